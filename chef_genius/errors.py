@@ -1,0 +1,50 @@
+"""Errors a user can act on, and the exit codes the command-line tools end with.
+
+A ``UserError`` is printed as one readable line on stderr and ends the process with its exit code;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAILURE = 1      # problems remain (verify), or a run failed at run time
+EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the checkpoint
+EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
+EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
+EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C after writing a checkpoint; resume with `latest`
+EXIT_INTERRUPTED = 130  # a second Ctrl+C: stopped at once without a checkpoint
+
+
+class UserError(Exception):
+    """Something the user can fix; the message is one sentence that says what to do."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class DataError(UserError):
+    exit_code = EXIT_DATA
+
+
+class SaveError(UserError):
+    exit_code = EXIT_SAVE
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
+    """Run ``main`` and turn a ``UserError`` into one line on stderr and its exit code."""
+    try:
+        code = main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)

@@ -1,0 +1,71 @@
+"""Deterministic, resumable sample order.
+
+The order of epoch E is a pure function of (number of samples, seed, E, lengths, group size): a
+seeded permutation, cut into groups of ``group_size`` examples, each group sorted longest first so
+a batch holds examples of similar length (little padding). The order does not depend on the batch
+size or the number of processes, so a run can resume on another world size at the same global
+sample position. Resuming mid-epoch is index arithmetic: start at ``samples_in_epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
+                group_size: int = 1024) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    if lengths is None:
+        return order
+    lengths = np.asarray(lengths)
+    groups = []
+    for start in range(0, num_samples, group_size):
+        group = order[start:start + group_size]
+        groups.append(group[np.argsort(-lengths[group], kind="stable")])
+    return np.concatenate(groups) if groups else order
+
+
+class ResumableBatchSampler:
+    """Yields this rank's micro-batches of one epoch, starting at a global sample position.
+
+    Each global micro-batch is ``batch_size * num_replicas`` consecutive samples of the epoch order;
+    rank r takes its share. ``set_position`` picks the epoch and how many samples (all ranks
+    together) were already consumed.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, lengths=None, group_size: int = 1024,
+                 num_replicas: int = 1, rank: int = 0):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.group_size = group_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.num_replicas
+
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(self.num_samples / self.global_batch_size)
+
+    def set_position(self, epoch: int, samples_in_epoch: int) -> None:
+        self.epoch = epoch
+        self.start = samples_in_epoch
+
+    def order(self) -> np.ndarray:
+        return epoch_order(self.num_samples, self.seed, self.epoch, self.lengths, self.group_size)
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, self.num_samples - self.start) / self.global_batch_size)
+
+    def __iter__(self):
+        order = self.order()
+        for pos in range(self.start, self.num_samples, self.global_batch_size):
+            chunk = order[pos:pos + self.global_batch_size]
+            yield np.array_split(chunk, self.num_replicas)[self.rank].tolist()

@@ -1,0 +1,367 @@
+"""The training loop.
+
+Features, in the order a step meets them:
+- data: tokenized once into an on-disk cache, length-grouped deterministic batches padded to a
+  multiple of 8, a resumable sampler (resume = index arithmetic, no skipped batches replayed);
+- precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
+- step: gradient accumulation with the loss normalised by the real target tokens of the whole
+  optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
+- periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, validation with
+  the best loss tracked, atomic checkpoints every ``--save-steps`` optimizer steps;
+- resume: model, optimizer, scheduler, every RNG and the data position restored, so on CPU the
+  resumed losses equal the uninterrupted run's bit for bit.
+
+Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, ``DataError`` (exit 3)
+for unusable data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from . import rng
+from .config import TrainConfig
+from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
+from .metrics import MetricsLog
+from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transformers, resolve_precision,
+                       should_compile, unwrap)
+from .resume import check_compatible, data_identity, resolve
+from .sampler import ResumableBatchSampler
+from .schedule import Schedule, apply_lr, make_scheduler
+from .state import RunState
+
+log = logging.getLogger("chef_genius")
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        from accelerate import Accelerator
+
+        self.config = config
+        self.output = Path(config.model_output)
+        quiet_transformers()
+        probe = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision, probe),
+                                       cpu=probe.type == "cpu")
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.state = RunState()
+        self.metrics = MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main)
+        self.last_saved_step: int | None = None
+        self.resumed_from: Path | None = None
+
+    # -----------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        c = self.config
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        rng.seed_everything(c.seed)
+        self.resumed_from = resolve(c.resume_from_checkpoint, c.auto_resume, self.output)
+        if self.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            for path in ckpt.remove_staging(self.output):
+                log.warning("removed %s, left by a save that did not finish", path.name)
+        saved = ckpt.load_training_state(self.resumed_from) if self.resumed_from else None
+        if saved is not None:
+            check_compatible(saved.get("hyperparameters", {}), c, data_identity(c.data))
+
+        self.tokenizer = load_tokenizer(str(self.resumed_from or c.pretrained_model))
+        model = load_model(self.resumed_from or c.pretrained_model)
+        self._setup_data()
+
+        compile_model, why = should_compile(c.compile, self.device)
+        log.info("torch.compile %s", why)
+        self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device)
+        model.to(self.device)
+        self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
+        self.total_steps = self.steps_per_epoch * c.epochs
+        if c.max_steps:
+            self.total_steps = min(self.total_steps, c.max_steps)
+        self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
+        self.scheduler = make_scheduler(self.optimizer, self.schedule)
+        if saved is not None:
+            self._restore(saved)
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if compile_model:
+            self.model = torch.compile(self.model, dynamic=True)
+        log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
+                 "global batch %d (%d per device x %d processes x %d accumulation)",
+                 len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
+                 self.total_steps, self.global_batch, c.batch_size, self.accelerator.num_processes,
+                 c.gradient_accumulation_steps)
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.accelerator.num_processes * self.config.gradient_accumulation_steps
+
+    def _setup_data(self) -> None:
+        c = self.config
+        cache_root = Path(c.cache_dir) if c.cache_dir else self.output.parent / ".cache" / "tokenized"
+        with self.accelerator.main_process_first():
+            train = load_tokenized(c.data, self.tokenizer, c.max_source_length, c.max_target_length,
+                                   cache_root, c.num_proc)
+            evald = (load_tokenized(c.eval_data, self.tokenizer, c.max_source_length, c.max_target_length,
+                                    cache_root, c.num_proc) if c.eval_data else None)
+        log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
+        if evald is not None:
+            self.train_data = RecipeDataset(train.dataset)
+            self.eval_data = RecipeDataset(evald.dataset)
+        else:
+            train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
+            self.train_data = RecipeDataset(train.dataset, train_idx)
+            self.eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
+        lengths = self.train_data.lengths() if c.group_by_length else None
+        self.sampler = ResumableBatchSampler(len(self.train_data), c.batch_size, c.seed, lengths,
+                                             c.length_group_size, self.accelerator.num_processes,
+                                             self.accelerator.process_index)
+        collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        workers = c.dataloader_num_workers
+        common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
+                      persistent_workers=workers > 0)
+        # A private generator: the loader's worker seeds must not draw from the global RNG, or a
+        # resumed run would see a different dropout stream than the uninterrupted one.
+        self.loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=self.sampler,
+                                                  generator=torch.Generator().manual_seed(c.seed), **common)
+        self.eval_loader = None
+        if self.eval_data is not None:
+            eval_sampler = ResumableBatchSampler(len(self.eval_data), c.batch_size, c.seed,
+                                                 self.eval_data.lengths(), len(self.eval_data),
+                                                 self.accelerator.num_processes, self.accelerator.process_index)
+            self.eval_loader = torch.utils.data.DataLoader(
+                self.eval_data, batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
+                **common)
+
+    def _decoder_start(self) -> int:
+        from transformers import AutoConfig
+        source = self.resumed_from or self.config.pretrained_model
+        value = AutoConfig.from_pretrained(source).decoder_start_token_id
+        return self.tokenizer.pad_token_id if value is None else value
+
+    def _restore(self, saved: dict) -> None:
+        c = self.config
+        self.state = RunState.from_dict(saved.get("run_state") or {"global_step": saved["global_step"]})
+        position = saved.get("data_position") or {}
+        self.state.epoch = position.get("epoch", self.state.epoch)
+        self.state.samples_in_epoch = position.get("samples_in_epoch", self.state.samples_in_epoch)
+        if position.get("num_samples") not in (None, len(self.train_data)):
+            log.warning("the training split has %d recipes, the checkpoint's had %d",
+                        len(self.train_data), position["num_samples"])
+        restored = []
+        if saved.get("optimizer_state_dict"):
+            self.optimizer.load_state_dict(saved["optimizer_state_dict"])
+            restored.append("optimizer")
+        else:
+            self.schedule.rewarm_from = self.state.global_step
+            self.schedule.rewarm_steps = c.optimizer_rewarmup_steps
+            log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
+                        "ramps back up over %d steps (--optimizer-rewarmup-steps)", c.optimizer_rewarmup_steps)
+        scheduler_state = dict(saved.get("scheduler_state_dict") or {})
+        # The schedule comes from this run's flags (a resume may extend --epochs), not the saved copy.
+        scheduler_state["lr_lambdas"] = [dict(vars(fn)) for fn in self.scheduler.lr_lambdas]
+        scheduler_state["last_epoch"] = self.state.global_step
+        self.scheduler.load_state_dict(scheduler_state)
+        apply_lr(self.optimizer, self.scheduler)
+        restored.append(f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})")
+        self._saved_rng = saved.get("rng_states")
+        restored.append("RNG" if self._saved_rng else "no RNG (fresh seeds)")
+        self.last_saved_step = self.state.global_step
+        threads = saved.get("torch_num_threads")
+        if threads and threads != torch.get_num_threads():
+            log.warning("the checkpoint was written with %d torch threads, this run has %d: CPU losses will not "
+                        "be bitwise equal to an uninterrupted run", threads, torch.get_num_threads())
+        log.info("resumed from %s: step %d, epoch %d, sample %d of %d; restored %s", self.resumed_from,
+                 self.state.global_step, self.state.epoch + 1, self.state.samples_in_epoch, len(self.train_data),
+                 ", ".join(restored))
+
+    # -----------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> RunState:
+        c = self.config
+        s = self.state
+        if getattr(self, "_saved_rng", None):
+            rng.restore(self._saved_rng)  # last, so nothing in setup draws from the restored streams
+        self.start_step = s.global_step
+        self.model.train()
+        self._window_start = time.perf_counter()
+        self._window_tokens = 0
+        self._window_losses = []
+        while not self._finished():
+            self.sampler.set_position(s.epoch, s.samples_in_epoch)
+            batches = iter(self.loader)
+            remaining = len(self.sampler)
+            while remaining and not self._finished():
+                window = [next(batches) for _ in range(min(c.gradient_accumulation_steps, remaining))]
+                remaining -= len(window)
+                loss, tokens = self._train_step(window)
+                s.global_step += 1
+                s.tokens_seen += tokens
+                s.samples_in_epoch = min(len(self.train_data),
+                                         s.samples_in_epoch + len(window) * self.sampler.global_batch_size)
+                if s.samples_in_epoch >= len(self.train_data):
+                    s.epoch, s.samples_in_epoch = s.epoch + 1, 0
+                self._window_losses.append(loss)
+                self._window_tokens += tokens
+                self.maybe_log()
+                self.maybe_evaluate()
+                self.maybe_save()
+            del batches
+        self.finish()
+        return s
+
+    def _finished(self) -> bool:
+        s, c = self.state, self.config
+        if c.stop_after_steps and s.global_step - self.start_step >= c.stop_after_steps:
+            return True
+        return s.global_step >= self.total_steps or s.epoch >= c.epochs
+
+    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
+        """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
+        tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
+        total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(window):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            last = i == len(window) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
+                with self.accelerator.autocast():
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        decoder_input_ids=batch["decoder_input_ids"]).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                       ignore_index=LABEL_PAD, reduction="sum") / max(tokens, 1)
+                self.accelerator.backward(loss)
+            total += loss.detach()
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, tokens
+
+    # -----------------------------------------------------------------------------------------
+    # periodic work
+
+    def maybe_log(self, force: bool = False) -> None:
+        s = self.state
+        if not self._window_losses or not (force or s.global_step % self.config.logging_steps == 0):
+            return
+        losses = torch.stack(self._window_losses).tolist()  # the one host sync per logging interval
+        elapsed = time.perf_counter() - self._window_start
+        s.train_seconds += elapsed
+        record = {"type": "train", "step": s.global_step, "epoch": s.epoch + s.samples_in_epoch / len(self.train_data),
+                  "loss": sum(losses) / len(losses), "step_losses": losses,
+                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9)}
+        self.metrics.write(record)
+        if self.is_main:
+            log.info("step %d/%d epoch %.2f loss %.4f lr %.3e %.0f tok/s", s.global_step, self.total_steps,
+                     record["epoch"], record["loss"], record["lr"], record["tokens_per_s"])
+        self._window_losses, self._window_tokens = [], 0
+        self._window_start = time.perf_counter()
+
+    def maybe_evaluate(self, force: bool = False) -> float | None:
+        s = self.state
+        if self.eval_loader is None or not (force or s.global_step % self.config.eval_steps == 0):
+            return None
+        loss = self.evaluate()
+        improved = s.best_loss is None or loss < s.best_loss
+        if improved:
+            s.best_loss, s.best_step = loss, s.global_step
+        self.metrics.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
+                            "best_step": s.best_step})
+        if self.is_main:
+            log.info("step %d validation loss %.4f%s", s.global_step, loss, " (best)" if improved else "")
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = torch.zeros((), device=self.device, dtype=torch.float64)
+        for batch in self.eval_loader:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with self.accelerator.autocast():
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    decoder_input_ids=batch["decoder_input_ids"]).logits
+            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
+                                        ignore_index=LABEL_PAD, reduction="sum")
+            tokens += (batch["labels"] != LABEL_PAD).sum()
+        loss_sum, tokens = self.accelerator.reduce(loss_sum), self.accelerator.reduce(tokens)
+        self.model.train()
+        return (loss_sum / tokens.clamp(min=1)).item()
+
+    def maybe_save(self, force: bool = False) -> Path | None:
+        s = self.state
+        if not (force or s.global_step % self.config.save_steps == 0) or self.last_saved_step == s.global_step:
+            return None
+        return self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path | None:
+        s = self.state
+        state = ckpt.make_training_state(
+            s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
+            rng.capture(), self._hyperparameters())
+        path = None
+        if self.is_main:
+            started = time.perf_counter()
+            path = ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state)
+            log.info("saved %s in %.1fs", path.name, time.perf_counter() - started)
+        self.accelerator.wait_for_everyone()
+        self.last_saved_step = s.global_step
+        return path
+
+    def _save_model(self, folder: Path) -> None:
+        unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
+        self.tokenizer.save_pretrained(folder)
+
+    def _data_position(self) -> dict:
+        c = self.config
+        return {"epoch": self.state.epoch, "samples_in_epoch": self.state.samples_in_epoch,
+                "sampler_seed": c.seed, "num_samples": len(self.train_data), "group_by_length": c.group_by_length,
+                "length_group_size": c.length_group_size}
+
+    def _hyperparameters(self) -> dict:
+        values = self.config.to_dict()
+        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+                      world_size=self.accelerator.num_processes, data_identity=data_identity(self.config.data),
+                      eval_data_identity=data_identity(self.config.eval_data))
+        return values
+
+    def finish(self) -> None:
+        """Flush the last log, validate, checkpoint the final step and save the model for use."""
+        self.maybe_log(force=True)
+        if self.last_saved_step != self.state.global_step:
+            self.maybe_evaluate(force=True)
+            self.save_checkpoint()
+        if self.is_main:
+            self._save_final()
+
+    def _save_final(self) -> None:
+        """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
+        staging = self.output / f"{ckpt.STAGING_PREFIX}final"
+        staging.mkdir(exist_ok=True)
+        try:
+            self._save_model(staging)
+            for path in staging.iterdir():
+                ckpt.fsync_file(path)
+                ckpt.retry_os(lambda p=path: p.replace(self.output / p.name))
+            ckpt.fsync_dir(self.output)
+        finally:
+            import shutil
+            shutil.rmtree(staging, ignore_errors=True)
+        log.info("final model saved to %s (load it with from_pretrained)", self.output)
+
+
+def _stats_line(stats: dict) -> str:
+    skipped = stats.get("skipped") or {}
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    return f"{stats.get('kept')} of {stats.get('rows')} rows used" + (f"; skipped {reasons}" if reasons else "")
