@@ -1,0 +1,73 @@
+"""Shared fixtures: the tiny offline T5 model, the bundled sample, and a helper to run training."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_CSV = REPO / "data" / "sample_recipes.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny T5 model + tokenizer built offline from the bundled sample (once per test session)."""
+    from chef_genius.tiny import build_tiny
+    return build_tiny(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    return SAMPLE_CSV
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    """The first 96 sample recipes: enough for a few epochs in a couple of seconds."""
+    lines = SAMPLE_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
+    import csv, io
+    rows = list(csv.reader(io.StringIO("".join(lines))))
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(rows[:97])
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("token-cache")
+
+
+def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
+    """Flags for a fast CPU run of the tiny model; ``extra`` overrides them."""
+    return ["--data", str(data), "--pretrained-model", str(tiny_model), "--model-output", str(output),
+            "--cache-dir", str(cache_dir), "--batch-size", "8", "--epochs", "2", "--learning-rate", "1e-3",
+            "--warmup-steps", "3", "--save-steps", "5", "--eval-steps", "5", "--logging-steps", "1",
+            "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
+            "--length-group-size", "32", "--disable-compilation", *map(str, extra)]
+
+
+def run_training(*argv) -> int:
+    """Run the training CLI in this process; returns its exit code."""
+    from chef_genius.train_cli import main
+    return main(list(argv))
+
+
+def step_losses(output: Path) -> dict[int, float]:
+    """Per-step training loss of a run folder, read back from metrics.jsonl."""
+    losses = {}
+    for line in (Path(output) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["type"] == "train":
+            first = record["step"] - len(record["step_losses"]) + 1
+            for offset, loss in enumerate(record["step_losses"]):
+                losses[first + offset] = loss
+    return losses
