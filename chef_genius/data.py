@@ -37,7 +37,15 @@ def file_fingerprint(path: str | Path) -> dict:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is None:
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    else:
+        # Calling a fast tokenizer with truncation changes its truncation / padding settings: not
+        # part of what it produces for a given max length, so not part of the key.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -110,7 +110,8 @@ def source_from_ingredients(text: str) -> str:
 
 def format_target(recipe: Recipe) -> str:
     steps = " ".join(f"{i}. {step}" for i, step in enumerate(recipe.directions, 1))
-    return (f"{_TITLE} {recipe.title} {_INGREDIENTS} {ITEM_SEP.join(recipe.ingredients)} "
+    items = ITEM_SEP.join(_item(item) for item in recipe.ingredients)
+    return (f"{_TITLE} {clean(recipe.title)} {_INGREDIENTS} {items} "
             f"{_DIRECTIONS} {steps}")
 
 

@@ -1,0 +1,74 @@
+"""Exact resume: the resumed run's per-step losses equal the uninterrupted run's, bit for bit."""
+
+import shutil
+
+import pytest
+
+from chef_genius.errors import UserError
+from conftest import run_training, step_losses, train_args
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
+    """An uninterrupted 2-epoch run with accumulation 2 and 2 loader workers."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--gradient-accumulation-steps", "2",
+                                    "--dataloader-num-workers", "2", "--save-steps", "3")) == 0
+    return out
+
+
+def _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, step, *extra):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    code = run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--gradient-accumulation-steps", "2",
+                                    "--dataloader-num-workers", "2", "--save-steps", "3",
+                                    "--resume-from-checkpoint", str(out / f"checkpoint-{step}"), *extra))
+    return code, out
+
+
+# 94 training recipes / batch 8 = 12 micro-batches = 6 optimizer steps per epoch; 12 steps in all.
+@pytest.mark.parametrize("step", [3, 6, 9], ids=["mid-epoch", "epoch-boundary", "mid-second-epoch"])
+def test_resumed_losses_are_bitwise_equal(reference, tiny_model, small_csv, cache_dir, tmp_path, step):
+    code, out = _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, step)
+    assert code == 0
+    expected, got = step_losses(reference), step_losses(out)
+    assert sorted(expected) == list(range(1, 13))
+    assert sorted(got) == list(range(step + 1, 13))
+    assert [got[s] for s in got] == [expected[s] for s in got]  # exact float equality, no tolerance
+
+
+def test_resume_never_overwrites_its_checkpoint(reference, tiny_model, small_csv, cache_dir, tmp_path):
+    before = (reference / "checkpoint-6" / "model.safetensors").read_bytes()
+    code, out = _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, 6)
+    assert code == 0
+    assert (out / "checkpoint-6" / "model.safetensors").read_bytes() == before
+    assert (out / "checkpoint-12" / "manifest.json").is_file()
+
+
+def test_resume_refuses_a_changed_batch_size(reference, tiny_model, small_csv, cache_dir, tmp_path):
+    with pytest.raises(UserError, match="batch-size 8 -> 4") as err:
+        _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, 6, "--batch-size", "4")
+    assert err.value.exit_code == 2
+
+
+def test_resume_refuses_another_data_file_unless_allowed(reference, tiny_model, sample_csv, cache_dir, tmp_path):
+    with pytest.raises(UserError, match="does not match the checkpoint"):
+        _resume(reference, tiny_model, sample_csv, cache_dir, tmp_path, 6)
+    shutil.rmtree(tmp_path / "run")
+    code, out = _resume(reference, tiny_model, sample_csv, cache_dir, tmp_path, 6, "--allow-config-change",
+                        "--max-steps", "8")
+    assert code == 0 and (out / "checkpoint-8").is_dir()
+
+
+def test_fresh_run_into_a_folder_with_checkpoints_is_refused(reference, tiny_model, small_csv, cache_dir):
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        run_training(*train_args(tiny_model, small_csv, reference, cache_dir))
+
+
+def test_latest_and_auto_resume(reference, tiny_model, small_csv, cache_dir, tmp_path):
+    out = tmp_path / "auto"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--auto-resume", "--max-steps", "4")) == 0
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--resume-from-checkpoint", "latest",
+                                    "--max-steps", "6")) == 0
+    assert sorted(step_losses(out)) == list(range(1, 7))
