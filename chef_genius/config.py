@@ -179,7 +179,7 @@ def add_monitoring_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--report-to", nargs="+", choices=REPORT_TO, default=[], metavar="{tensorboard,wandb,none}",
                    help="also send metrics to TensorBoard (MODEL_OUTPUT/tensorboard) and/or Weights & Biases; "
                         "metrics.jsonl is always written (default none)")
-    g.add_argument("--wandb-project", default=None,
+    g.add_argument("--wandb-project", default=None, metavar="NAME",
                    help="Weights & Biases project (default: $WANDB_PROJECT, else wandb's own default)")
     g.add_argument("--eval-samples", type=int, default=d.eval_samples,
                    help="recipes generated (greedy, short) from fixed ingredient lists at each evaluation, "

@@ -73,7 +73,8 @@ def open_reporters(config, output: Path, is_main: bool, step: int, resumed_from:
     previous = (saved or {}).get(CHECKPOINT_KEY) or {}
     sinks = []
     if "tensorboard" in config.report_to:
-        sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step if resumed_from else None))
+        # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
+        sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
     if "wandb" in config.report_to:
         sinks.append(WandbSink(config, Path(output), previous.get("wandb_run_id")))
     reporters = Reporters(metrics, sinks)
@@ -114,7 +115,6 @@ class TensorBoardSink:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
-        # purge_step drops events a resume from an older checkpoint replaces.
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=30)
 
     def write(self, record: dict) -> None:
