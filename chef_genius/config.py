@@ -181,7 +181,7 @@ def add_monitoring_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "metrics.jsonl is always written (default none)")
     g.add_argument("--wandb-project", default=None, metavar="NAME",
                    help="Weights & Biases project (default: $WANDB_PROJECT, else wandb's own default)")
-    g.add_argument("--eval-samples", type=int, default=d.eval_samples,
+    g.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
                    help="recipes generated (greedy, short) from fixed ingredient lists at each evaluation, "
                         f"logged and written to metrics.jsonl; up to 5, 0 turns them off (default {d.eval_samples})")
 

@@ -34,21 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder, checkpoint-N folder or saved model folder")
     p.add_argument("--ingredients", required=True, action="append", metavar='"A, B, C"',
                    help="comma-separated ingredients; repeat the flag for several recipes in one batch")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens,
                    help=f"longest recipe in tokens (default {d.max_new_tokens})")
-    p.add_argument("--num-beams", type=int, default=None,
+    p.add_argument("--num-beams", type=int, metavar="N", default=None,
                    help=f"beam search width; 1 = greedy (default {d.num_beams}, or 1 with --do-sample)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of beam search (varied recipes)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
+    p.add_argument("--temperature", type=float, metavar="X", default=d.temperature,
                    help=f"sampling temperature, lower = safer (default {d.temperature})")
-    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling mass (default {d.top_p})")
-    p.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k likeliest tokens (default {d.top_k})")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
-    p.add_argument("--num-return-sequences", type=int, default=d.num_return_sequences,
+    p.add_argument("--top-p", type=float, metavar="X", default=d.top_p, help=f"nucleus sampling mass (default {d.top_p})")
+    p.add_argument("--top-k", type=int, metavar="N", default=d.top_k, help=f"sample among the k likeliest tokens (default {d.top_k})")
+    p.add_argument("--seed", type=int, metavar="N", default=None, help="random seed, for repeatable sampling")
+    p.add_argument("--num-return-sequences", type=int, metavar="N", default=d.num_return_sequences,
                    help="recipes per ingredient list (default 1)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size,
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N", default=d.no_repeat_ngram_size,
                    help="forbid repeating any n-gram of this size (default 0: off)")
-    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty,
+    p.add_argument("--repetition-penalty", type=float, metavar="X", default=d.repetition_penalty,
                    help=f"penalise repeated tokens, 1.0 = off (default {d.repetition_penalty})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: CUDA when available)")

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="plot_training.py", description="Plot a training run from MODEL_OUTPUT/metrics.jsonl.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_output", metavar="MODEL_OUTPUT", help="the run folder (holds metrics.jsonl)")
-    p.add_argument("--out", help="folder for the PNG files (default MODEL_OUTPUT/plots)")
-    p.add_argument("--smooth", type=int, default=SMOOTH_STEPS,
+    p.add_argument("--out", metavar="DIR", help="folder for the PNG files (default MODEL_OUTPUT/plots)")
+    p.add_argument("--smooth", type=int, metavar="N", default=SMOOTH_STEPS,
                    help=f"steps in the training loss moving average (default {SMOOTH_STEPS})")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     return p

@@ -84,11 +84,11 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step", dynamic_ncols=True,
-                             mininterval=REFRESH_SECONDS, smoothing=0.05, file=self.stream or sys.stderr,
-                             bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+            self._bar = tqdm(total=self.total_steps, initial=self.start_step, desc="train", unit="step",
+                             dynamic_ncols=True, mininterval=REFRESH_SECONDS, smoothing=0.05,
+                             file=self.stream or sys.stderr,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-            self._bar.set_description_str("train", refresh=False)
             # Log lines (evaluation, checkpoints, warnings) are printed above the bar.
             self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=tqdm))
         return self

@@ -74,7 +74,7 @@ def _run(*argv) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tiny_model, small_csv, cache_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("monitoring")
-    common = ("--logging-steps", LOGGING_STEPS)
+    common = ("--logging-steps", LOGGING_STEPS, "--epochs", 1)
     plain = root / "plain"
     plain_log = _run(*train_args(tiny_model, small_csv, plain, cache_dir, *common))
 
