@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     autocast = contextlib.nullcontext
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    if not args.json:
+        print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr, flush=True)
     texts = generate_texts(model, tokenizer, ingredient_lists, settings, device, autocast)
 
     if args.json:
@@ -123,15 +125,22 @@ def main(argv=None) -> int:
         print(json.dumps({"model": str(model_dir), "settings": settings.to_dict(), "seed": args.seed,
                           "results": results}, indent=2, ensure_ascii=False))
         return EXIT_OK
-    print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr)
     blocks = []
     for given, outs in zip(ingredient_lists, texts):
         for i, text in enumerate(outs, 1):
             header = f"=== {given}" + (f" ({i} of {len(outs)})" if len(outs) > 1 else "") + " ==="
-            body = text if args.raw else render_text(text)
+            body = text if args.raw else _readable(text)
             blocks.append(body if len(ingredient_lists) == 1 and len(outs) == 1 else f"{header}\n{body}")
     print("\n\n".join(blocks))
     return EXIT_OK
+
+
+def _readable(text: str) -> str:
+    """The rendered recipe; the text as is when it has no recipe structure (an early checkpoint)."""
+    recipe = recipe_dict(text)
+    if not recipe["ingredients"] and not recipe["directions"]:
+        return f"{text}\n(no title / ingredients / directions structure in this output: shown as generated)"
+    return render_text(text)
 
 
 def _device(choice: str):

@@ -78,6 +78,7 @@ def open_reporters(config, output: Path, is_main: bool, step: int, resumed_from:
     if "wandb" in config.report_to:
         sinks.append(WandbSink(config, Path(output), previous.get("wandb_run_id")))
     reporters = Reporters(metrics, sinks)
+    log.info("metrics: %s%s", metrics.path, "".join(f", {name}" for name in config.report_to))
     if resumed_from is not None:
         reporters.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
     else:
