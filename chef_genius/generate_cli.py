@@ -97,6 +97,7 @@ def resolve_model_dir(given: str) -> Path:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _tolerant_stdout()
     settings = settings_from(args)
     ingredient_lists = [text.strip() for text in args.ingredients]
     if not all(any(part.strip() for part in text.split(",")) for text in ingredient_lists):
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         results = [{"ingredients": given, "recipes": [recipe_dict(t) for t in outs]}
                    for given, outs in zip(ingredient_lists, texts)]
         print(json.dumps({"model": str(model_dir), "settings": settings.to_dict(), "seed": args.seed,
-                          "results": results}, indent=2, ensure_ascii=False))
+                          "results": results}, indent=2))  # ASCII escapes: safe on any console encoding
         return EXIT_OK
     blocks = []
     for given, outs in zip(ingredient_lists, texts):
@@ -133,6 +134,14 @@ def main(argv=None) -> int:
             blocks.append(body if len(ingredient_lists) == 1 and len(outs) == 1 else f"{header}\n{body}")
     print("\n\n".join(blocks))
     return EXIT_OK
+
+
+def _tolerant_stdout() -> None:
+    """A recipe's "½" or "°" must not crash a Windows console or a redirected cp1252 stdout."""
+    try:
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):  # a replaced or detached stream (tests, embedding)
+        pass
 
 
 def _readable(text: str) -> str:
