@@ -281,6 +281,7 @@ class Trainer:
         s = self.state
         if self.eval_loader is None or not (force or s.global_step % self.config.eval_steps == 0):
             return None
+        started = time.perf_counter()
         loss = self.evaluate()
         improved = s.best_loss is None or loss < s.best_loss
         if improved:
@@ -290,6 +291,7 @@ class Trainer:
         if self.is_main:
             log.info("step %d validation loss %.4f%s", s.global_step, loss, " (best)" if improved else "")
         self.log_samples()
+        self._window_start += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
     def log_samples(self) -> None:
