@@ -24,8 +24,7 @@ def _flag_cell(action: argparse.Action) -> str:
     if action.nargs == 0:
         return names
     if action.choices:
-        value = "{" + ",".join(str(c) for c in action.choices if c != "none" or action.nargs != "+") + "}"
-        value = action.metavar or value
+        value = action.metavar or "{" + ",".join(map(str, action.choices)) + "}"
     else:
         value = action.metavar or {int: "N", float: "X"}.get(action.type, "PATH")
     if action.nargs == "+":
