@@ -177,7 +177,6 @@ def test_a_resume_from_an_older_checkpoint_replaces_the_replayed_steps_in_the_hi
 
 def test_report_to_an_uninstalled_package_is_one_line(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch):
     from chef_genius.errors import UserError
-    monkeypatch.setitem(sys.modules, "wandb", None)  # find_spec raises for None; treat as missing
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else object())
     with pytest.raises(UserError, match="--report-to wandb needs the wandb package: pip install wandb"):
         run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--report-to", "wandb"))
