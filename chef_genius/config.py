@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ SAMPLE_DATA = REPO_ROOT / "data" / "sample_recipes.csv"
 MODELS_ROOT = REPO_ROOT / "models"
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "no")
+PROGRESS_MODES = ("auto", "bar", "log")
+REPORT_TO = ("tensorboard", "wandb", "none")
 
 
 @dataclass
@@ -57,6 +60,10 @@ class TrainConfig:
     dataloader_num_workers: int = 2
     num_proc: int = 1
     demo: bool = False
+    progress: str = "auto"
+    report_to: list = dataclasses.field(default_factory=list)
+    wandb_project: str | None = None
+    eval_samples: int = 3
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,7 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"validation loss every N optimizer steps (default {d.eval_steps})")
     g.add_argument("--logging-steps", type=int, default=d.logging_steps,
                    help=f"log every N optimizer steps (default {d.logging_steps})")
+    add_monitoring_flags(p, d)
     return p
+
+
+def add_monitoring_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--progress", choices=PROGRESS_MODES, default=d.progress,
+                   help="bar: a progress bar; log: a log line every --logging-steps; auto: the bar on a "
+                        "terminal, log lines when output goes to a file (default auto)")
+    g.add_argument("--report-to", nargs="+", choices=REPORT_TO, default=[], metavar="{tensorboard,wandb,none}",
+                   help="also send metrics to TensorBoard (MODEL_OUTPUT/tensorboard) and/or Weights & Biases; "
+                        "metrics.jsonl is always written (default none)")
+    g.add_argument("--wandb-project", default=None, metavar="NAME",
+                   help="Weights & Biases project (default: $WANDB_PROJECT, else wandb's own default)")
+    g.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
+                   help="recipes generated (greedy, short) from fixed ingredient lists at each evaluation, "
+                        f"logged and written to metrics.jsonl; up to 5, 0 turns them off (default {d.eval_samples})")
 
 
 DEMO_OVERRIDES = dict(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=10, save_steps=20,
@@ -205,7 +228,7 @@ def validate(c: TrainConfig) -> None:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
     non_negative = ("max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
-                    "optimizer_rewarmup_steps")
+                    "optimizer_rewarmup_steps", "eval_samples")
     for name in non_negative:
         if getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")
@@ -220,5 +243,9 @@ def validate(c: TrainConfig) -> None:
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} file not found: {path}")
+    c.report_to = [name for name in dict.fromkeys(c.report_to) if name != "none"]
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in c.report_to and importlib.util.find_spec(package) is None:
+            raise UserError(f"--report-to {name} needs the {package} package: pip install {package}")
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")

@@ -1,5 +1,6 @@
 """``MODEL_OUTPUT/metrics.jsonl``: one JSON object per logging step and per evaluation, appended
-across resumes (a resume adds a ``{"type": "resume"}`` record)."""
+across resumes (each session starts with a ``{"type": "start"}`` or ``{"type": "resume"}`` record;
+see ``chef_genius/reporting.py``, which also feeds TensorBoard and Weights & Biases)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ def main(argv=None) -> int:
     config = parse_args(argv)
     setup_logging()
     if config.demo:
+        from .modeling import quiet_transformers
         from .tiny import ensure_tiny
+        quiet_transformers()  # no "Writing model shards" bar in the middle of the log
         ensure_tiny(config.pretrained_model)
     from .trainer import Trainer
     trainer = Trainer(config)
@@ -28,6 +30,9 @@ def main(argv=None) -> int:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
         print(f"done: step {state.global_step}, epoch {state.epoch}, best validation loss {best}; "
               f"model in {config.model_output}")
+        logging.getLogger("chef_genius").info(
+            "try it: python cli/generate_recipe.py --model %s --ingredients \"chicken, rice, garlic\"; "
+            "plots: python cli/plot_training.py %s", config.model_output, config.model_output)
     return EXIT_OK
 
 

@@ -30,9 +30,12 @@ from . import checkpoint as ckpt
 from . import rng
 from .config import TrainConfig
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
+from .generation import eval_samples
 from .metrics import MetricsLog
 from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transformers, resolve_precision,
                        should_compile, unwrap)
+from .progress import Progress
+from .reporting import Reporters, open_reporters
 from .resume import check_compatible, data_identity, resolve
 from .sampler import ResumableBatchSampler
 from .schedule import Schedule, apply_lr, make_scheduler
@@ -54,7 +57,8 @@ class Trainer:
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.state = RunState()
-        self.metrics = MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main)
+        self.metrics = Reporters(MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main))
+        self.progress = Progress(0, enabled=False)
         self.last_saved_step: int | None = None
         self.resumed_from: Path | None = None
 
@@ -100,6 +104,7 @@ class Trainer:
                  len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
                  self.total_steps, self.global_batch, c.batch_size, self.accelerator.num_processes,
                  c.gradient_accumulation_steps)
+        self.metrics = open_reporters(c, self.output, self.is_main, self.state.global_step, self.resumed_from, saved)
 
     @property
     def global_batch(self) -> int:
@@ -188,6 +193,11 @@ class Trainer:
     # the loop
 
     def train(self) -> RunState:
+        with Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main) as self.progress, \
+                contextlib.closing(self.metrics):
+            return self._train_loop()
+
+    def _train_loop(self) -> RunState:
         c = self.config
         s = self.state
         if getattr(self, "_saved_rng", None):
@@ -206,6 +216,7 @@ class Trainer:
                 remaining -= len(window)
                 loss, tokens = self._train_step(window)
                 s.global_step += 1
+                self.progress.step()
                 s.tokens_seen += tokens
                 s.samples_in_epoch = min(len(self.train_data),
                                          s.samples_in_epoch + len(window) * self.sampler.global_batch_size)
@@ -262,9 +273,7 @@ class Trainer:
                   "loss": sum(losses) / len(losses), "step_losses": losses,
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9)}
         self.metrics.write(record)
-        if self.is_main:
-            log.info("step %d/%d epoch %.2f loss %.4f lr %.3e %.0f tok/s", s.global_step, self.total_steps,
-                     record["epoch"], record["loss"], record["lr"], record["tokens_per_s"])
+        self.progress.report(record)
         self._window_losses, self._window_tokens = [], 0
         self._window_start = time.perf_counter()
 
@@ -272,6 +281,7 @@ class Trainer:
         s = self.state
         if self.eval_loader is None or not (force or s.global_step % self.config.eval_steps == 0):
             return None
+        started = time.perf_counter()
         loss = self.evaluate()
         improved = s.best_loss is None or loss < s.best_loss
         if improved:
@@ -280,7 +290,20 @@ class Trainer:
                             "best_step": s.best_step})
         if self.is_main:
             log.info("step %d validation loss %.4f%s", s.global_step, loss, " (best)" if improved else "")
+        self.log_samples()
+        self._window_start += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
+
+    def log_samples(self) -> None:
+        """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
+        if not self.is_main or not self.config.eval_samples:
+            return
+        samples = eval_samples(unwrap(self.model), self.tokenizer, self.device, self.config.eval_samples,
+                               self.accelerator.autocast)
+        self.metrics.write({"type": "samples", "step": self.state.global_step, "samples": samples})
+        for sample in samples:
+            log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
+                     sample["text"][:300])
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -309,7 +332,7 @@ class Trainer:
         s = self.state
         state = ckpt.make_training_state(
             s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
-            rng.capture(), self._hyperparameters())
+            rng.capture(), self._hyperparameters(), extra=self.metrics.checkpoint_extra())
         path = None
         if self.is_main:
             started = time.perf_counter()

@@ -52,7 +52,7 @@ def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
             "--cache-dir", str(cache_dir), "--batch-size", "8", "--epochs", "2", "--learning-rate", "1e-3",
             "--warmup-steps", "3", "--save-steps", "5", "--eval-steps", "5", "--logging-steps", "1",
             "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
-            "--length-group-size", "32", "--disable-compilation", *map(str, extra)]
+            "--length-group-size", "32", "--disable-compilation", "--eval-samples", "0", *map(str, extra)]
 
 
 def run_training(*argv) -> int:

@@ -1,0 +1,132 @@
+"""What a person watching a run sees: a progress bar on a terminal, plain log lines elsewhere.
+
+On a terminal (``--progress auto`` and stderr is a TTY, or ``--progress bar``) a tqdm bar shows the
+step, the ETA to the end of the run, and, refreshed at each ``--logging-steps``, the mean loss over
+the last ``LOSS_WINDOW`` steps, the learning rate, tokens/s and the epoch. Log messages printed while
+the bar runs go above it instead of breaking it. Anywhere else (a file, ``nohup``, a CI log, a
+scheduler's captured output) the same numbers come as one plain log line per ``--logging-steps``.
+
+Only the main process shows anything. The hot loop calls ``step()``, which is a counter increment
+and a tqdm update that redraws at most every ``REFRESH_SECONDS``; numbers that need a host sync are
+only handed over at logging steps, by the caller that already synced them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections import deque
+
+log = logging.getLogger("chef_genius")
+
+MODES = ("auto", "bar", "log")
+LOSS_WINDOW = 100          # steps in the bar's mean loss
+REFRESH_SECONDS = 0.5      # the bar redraws at most this often
+
+
+def use_bar(mode: str, stream=None) -> bool:
+    """True for a bar: asked for, or ``auto`` and both stdout and stderr are terminals."""
+    if mode == "bar":
+        return True
+    if mode == "log":
+        return False
+    streams = [stream] if stream is not None else [sys.stdout, sys.stderr]
+    return all(_is_tty(s) for s in streams)
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1d 02:03:04`` / ``02:03:04`` / ``03:04``; ``?`` when unknown."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(max(seconds, 0)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours or days else f"{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def format_count(value: float) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+class Progress:
+    """Progress of one training session from ``start_step`` to ``total_steps``."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, mode: str = "auto", enabled: bool = True,
+                 stream=None):
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.step_now = start_step
+        self.enabled = enabled
+        self.bar_mode = enabled and use_bar(mode, stream)
+        self.stream = stream
+        self.losses: deque[float] = deque(maxlen=LOSS_WINDOW)
+        self.started = time.perf_counter()
+        self._bar = None
+        self._redirect = contextlib.ExitStack()
+
+    def __enter__(self) -> "Progress":
+        self.started = time.perf_counter()
+        if self.bar_mode:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._bar = tqdm(total=self.total_steps, initial=self.start_step, desc="train", unit="step",
+                             dynamic_ncols=True, mininterval=REFRESH_SECONDS, smoothing=0.05,
+                             file=self.stream or sys.stderr,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            # Log lines (evaluation, checkpoints, warnings) are printed above the bar.
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=tqdm))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._redirect.close()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def step(self) -> None:
+        """One optimizer step done (called every step: no host sync, nothing formatted)."""
+        self.step_now += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def eta_seconds(self) -> float | None:
+        """Seconds to the end of the run at this session's mean pace so far."""
+        done = self.step_now - self.start_step
+        if done <= 0:
+            return None
+        pace = (time.perf_counter() - self.started) / done
+        return max(self.total_steps - self.step_now, 0) * pace
+
+    def report(self, record: dict) -> None:
+        """A ``{"type": "train"}`` metrics record of a logging step (values already on the host)."""
+        if not self.enabled:
+            return
+        self.losses.extend(record.get("step_losses") or [record["loss"]])
+        mean = sum(self.losses) / len(self.losses)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {mean:.4f}, lr {record['lr']:.2e}, "
+                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {record['epoch']:.2f}",
+                                      refresh=False)
+            return
+        log.info("step %d/%d epoch %.2f loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
+                 record["step"], self.total_steps, record["epoch"], record["loss"], len(self.losses), mean,
+                 record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))

@@ -1,0 +1,71 @@
+"""The progress display: a bar on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from chef_genius.progress import Progress, format_duration, use_bar
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def record(step, loss=2.0, lr=1e-4):
+    return {"type": "train", "step": step, "epoch": step / 10, "loss": loss, "step_losses": [loss, loss],
+            "lr": lr, "tokens_per_s": 12345.0}
+
+
+def test_auto_mode_uses_a_bar_only_on_a_terminal():
+    assert use_bar("auto", FakeTTY())
+    assert not use_bar("auto", io.StringIO())
+    assert use_bar("bar", io.StringIO())
+    assert not use_bar("log", FakeTTY())
+
+
+def test_durations_read_as_clock_times():
+    assert format_duration(65) == "01:05"
+    assert format_duration(3 * 3600 + 5) == "03:00:05"
+    assert format_duration(2 * 86400 + 3600) == "2d 01:00:00"
+    assert format_duration(None) == "?"
+
+
+def test_without_a_terminal_each_logging_step_is_one_log_line(caplog):
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    stream = io.StringIO()
+    with Progress(total_steps=10, start_step=4, mode="auto", stream=stream) as progress:
+        progress.step()
+        progress.step()
+        progress.report(record(6, loss=3.0))
+    assert stream.getvalue() == ""  # no bar drawn
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("step 6/10 ")
+    assert "loss 3.0000" in lines[0] and "lr 1.000e-04" in lines[0] and "12.3k tok/s" in lines[0]
+    assert "ETA " in lines[0] and "ETA ?" not in lines[0]
+
+
+def test_bar_shows_step_total_and_windowed_loss(caplog):
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    stream = FakeTTY()
+    with Progress(total_steps=10, start_step=0, mode="auto", stream=stream) as progress:
+        for step in range(1, 5):
+            progress.step()
+        progress.report(record(2, loss=4.0))
+        progress.report(record(4, loss=2.0))
+    text = stream.getvalue()
+    assert "4/10" in text
+    assert "loss 3.0000" in text  # mean of the last steps, not just the last window
+    assert "lr 1.00e-04" in text and "12.3k tok/s" in text
+    assert not [r for r in caplog.records if r.getMessage().startswith("step ")]  # no duplicate log lines
+
+
+def test_other_processes_show_nothing(caplog):
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    stream = FakeTTY()
+    with Progress(total_steps=10, mode="bar", enabled=False, stream=stream) as progress:
+        progress.step()
+        progress.report(record(1))
+    assert stream.getvalue() == "" and not caplog.records
