@@ -29,12 +29,12 @@ def _quiet() -> None:
 
 def _add_settings(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run settings for a rebuilt training state (default: a sibling checkpoint's)")
-    g.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch of the run")
-    g.add_argument("--samples-per-step", type=int,
+    g.add_argument("--steps-per-epoch", type=int, metavar="N", help="optimizer steps per epoch of the run")
+    g.add_argument("--samples-per-step", type=int, metavar="N",
                    help="samples per optimizer step (batch size x accumulation x processes)")
-    g.add_argument("--learning-rate", type=float, help="peak learning rate of the run")
-    g.add_argument("--warmup-steps", type=int, help="warmup steps of the run")
-    g.add_argument("--total-steps", type=int, help="optimizer steps of the whole run")
+    g.add_argument("--learning-rate", type=float, metavar="LR", help="peak learning rate of the run")
+    g.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps of the run")
+    g.add_argument("--total-steps", type=int, metavar="N", help="optimizer steps of the whole run")
     g.add_argument("--lr-scheduler", choices=SCHEDULES, help="decay of the run")
 
 

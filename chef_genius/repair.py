@@ -242,7 +242,6 @@ def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tupl
 
 def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
     import math
-    import torch
     trainer_state = foreign.hf_trainer_state(folder)
     settings, source = run_settings(folder, overrides)
     step = int(trainer_state["global_step"])
@@ -251,11 +250,10 @@ def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
     total = settings.get("num_samples")
     samples = round((epoch_float - epoch) * total) if total else _position(step, epoch, settings)[0] \
         if settings.get("steps_per_epoch") else 0
-    saved_opt = (torch.load(folder / foreign.HF_OPTIMIZER, map_location="cpu", weights_only=True)
-                 if (folder / foreign.HF_OPTIMIZER).is_file() else None)
+    saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
     optimizer, how = _optimizer(saved_opt, model)
-    if (folder / foreign.HF_SCHEDULER).is_file():
-        sched = torch.load(folder / foreign.HF_SCHEDULER, map_location="cpu", weights_only=True)
+    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
+    if sched.get("base_lrs"):
         settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
     settings.setdefault("steps_per_epoch", max(1, round(step / epoch_float)) if epoch_float else step or 1)
     best = trainer_state.get("best_metric")
@@ -263,6 +261,16 @@ def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
                      f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, "
                      f"epoch {epoch}, sample {samples}; optimizer {how} (the sample order is this project's "
                      "from here on)", {"converted_from": "hf_trainer"})
+
+
+def _load_plain(path: Path) -> dict | None:
+    """A Hugging Face ``optimizer.pt`` / ``scheduler.pt`` under ``weights_only``; None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        return ckpt.load_training_state(path)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(str(err).replace("training-state ", "")) from None
 
 
 def _optimizer(saved: dict | None, model) -> tuple[dict | None, str]:

@@ -17,7 +17,7 @@ from . import weights as wt
 SOFT = {"optimizer_empty", "rng_missing", "generation_config_missing"}
 # Problems no repair can undo: resume from a healthy sibling instead.
 FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
-         "state_unreadable", "lm_head_missing", "weights_missing"}
+         "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt"}
 
 
 @dataclass

@@ -63,6 +63,14 @@ def test_healthy_checkpoint_verifies(run_dir, capsys):
         (0, "chef_genius", True, True, 10)
 
 
+def test_fix_leaves_a_healthy_checkpoint_alone(run_copy, capsys):
+    folder = run_copy / "checkpoint-10"
+    before = snapshot(folder)
+    code, report = verify_json(folder, capsys, "--fix")
+    assert (code, report["repairs"]) == (0, [])
+    assert snapshot(folder) == before
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert cli(verify_main, tmp_path / "missing")[0] == 2
     (tmp_path / "file").write_text("x")
