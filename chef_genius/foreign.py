@@ -74,13 +74,43 @@ def pickle_globals(path: Path) -> list[str]:
     return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
 
 
+def raw_pickle_globals(path: Path) -> set[str]:
+    """Globals a raw pickle references, from its opcodes (nothing runs); "?" where a name is not plain."""
+    import pickletools
+    found, memo, last = set(), {}, []
+    try:
+        with open(path, "rb") as handle:
+            for op, arg, _ in pickletools.genops(handle):
+                if op.name == "GLOBAL":
+                    found.add(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.add(f"{last[-2]}.{last[-1]}" if len(last) >= 2 and None not in last[-2:] else "?")
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last[-1] if last else None
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[arg] = last[-1] if last else None
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    last.append(memo.get(arg))
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    last.append(arg)
+                elif op.name not in ("FRAME", "PROTO"):
+                    last.append(None)
+    except Exception:  # not a pickle at all: nothing it could run
+        return found
+    return found
+
+
 def load_with_numpy(path: str | Path) -> object:
     """Load a torch.save file that may hold numpy arrays; raises ``UnsafePickle`` for anything else."""
     path = Path(path)
     try:
         extra = pickle_globals(path)
-    except ValueError:  # not a torch zip file: weights_only below still refuses any global
-        extra = []
+    except ValueError:  # not a torch.save zip (a raw pickle?): scanned, never unpickled here
+        refused = [name for name in raw_pickle_globals(path) if name not in NUMPY_GLOBALS]
+        if refused:
+            raise UnsafePickle(path, refused) from None
+        raise ckpt.CheckpointError(f"{path.name} is not a torch.save file (a raw pickle, or corrupt); "
+                                   "it was not unpickled") from None
     refused = [name for name in extra if name not in NUMPY_GLOBALS]
     if refused:
         raise UnsafePickle(path, refused)

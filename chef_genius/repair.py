@@ -76,9 +76,9 @@ class Fixer:
     def note(self, code: str, text: str) -> None:
         self.repairs.append({"code": code, "message": ("would: " if self.dry_run else "") + text})
 
-    def keep(self, path: Path) -> None:
-        """Copy ``path`` into the backup folder before it changes."""
-        if not self.backup or self.dry_run or not path.is_file():
+    def keep(self, path: Path, always: bool = False) -> None:
+        """Copy ``path`` into the backup folder before it changes (``always``: even with --no-backup)."""
+        if not (self.backup or always) or self.dry_run or not path.is_file():
             return
         if self.backup_dir is None:
             self.backup_dir = self.folder / f"backup-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -122,7 +122,8 @@ class Fixer:
             report.lines.append(("FAIL", f"cannot build {ckpt.TRAINING_STATE}: {err}"))
             return
         if not self.dry_run:
-            self.keep(self.folder / ckpt.TRAINING_STATE)
+            # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
+            self.keep(self.folder / ckpt.TRAINING_STATE, always=report.facts["state_status"] == "unreadable")
             ckpt.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
         self.note(code, text)
 

@@ -329,3 +329,16 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_mode
                       "--stop-after-steps", "1")
     assert run_training(*args) == 0
     assert "resumed from" in caplog.text and "restored optimizer" in caplog.text
+
+
+def test_truncated_state_rebuilt_and_original_kept_even_without_backup(run_copy, capsys):
+    folder = run_copy / "checkpoint-10"
+    path = folder / ckpt.TRAINING_STATE
+    truncated = path.read_bytes()[:1000]
+    path.write_bytes(truncated)
+    code, report = verify_json(folder, capsys)
+    assert code == 1 and "state_unreadable" in {p["code"] for p in report["problems"]}
+    code, report = verify_json(folder, capsys, "--fix", "--no-backup")
+    assert report["resumable"] and "state_rebuilt" in {r["code"] for r in report["repairs"]}
+    (backup,) = folder.glob("backup-*")
+    assert (backup / ckpt.TRAINING_STATE).read_bytes() == truncated
