@@ -104,7 +104,7 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
 
     caplog.set_level(logging.INFO)
     args = train_args(tiny_model, small_csv, run_copy, cache_dir, "--resume-from-checkpoint", "latest",
-                      "--optimizer-rewarmup-steps", "4")
+                      "--optimizer-rewarmup-steps", "4", "--stop-after-steps", "5")
     assert run_training(*args) == 0
     log_text = caplog.text
     assert "resumed from" in log_text and "step 10, epoch 1, sample 80 of 94" in log_text
@@ -114,9 +114,11 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
         record = json.loads(line)
         if record["type"] == "train" and record["step"] > 10:
             lrs[record["step"]] = record["lr"]
-    assert sorted(lrs) == list(range(11, 25))  # trained on to the end of epoch 2
+    assert sorted(lrs) == list(range(11, 16))  # trained on
     for step, lr in lrs.items():  # the run's schedule at that step, times the short re-warm ramp
         assert lr == pytest.approx(1e-3 * lr_factor(step, 3, 24, "linear", rewarm_from=10, rewarm_steps=4))
+    position = ckpt.load_training_state(run_copy / "checkpoint-15")["data_position"]
+    assert (position["epoch"], position["samples_in_epoch"]) == (1, 3 * 8)  # 12 steps per epoch, 8 per step
     assert lrs[14] == pytest.approx(1e-3 * lr_factor(14, 3, 24))  # ramp over: back on the original curve
 
 
