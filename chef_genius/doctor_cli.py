@@ -22,6 +22,8 @@ GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
 
 def _quiet() -> None:
+    import warnings
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch, on a non-torch pickle
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
     from .modeling import quiet_transformers
     quiet_transformers()

@@ -49,6 +49,7 @@ class Fixer:
         self.overrides = overrides or Overrides()
         self.backup_dir: Path | None = None
         self.repairs: list[dict] = []
+        self.unfixed: list[str] = []  # repairs that were needed but could not be made, and why
 
     # -----------------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -67,10 +68,12 @@ class Fixer:
                                                            before.facts.get("header"))
         if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state"}:
             self._write_state(before, model)
-        if self.repairs or "manifest_invalid" in codes:
+        state_ok = self.dry_run or foreign.read_state(self.folder)[0] == "ours"
+        if state_ok and (self.repairs or "manifest_invalid" in codes):
             self._rebuild_manifest()
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
+        after.lines += [("FAIL", text) for text in self.unfixed]
         return after
 
     def note(self, code: str, text: str) -> None:
@@ -119,7 +122,7 @@ class Fixer:
                 state, text = rebuild_state(self.folder, model, self.overrides)
                 code = "state_rebuilt"
         except ckpt.CheckpointError as err:
-            report.lines.append(("FAIL", f"cannot build {ckpt.TRAINING_STATE}: {err}"))
+            self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
             return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
