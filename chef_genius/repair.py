@@ -187,14 +187,17 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
     if "samples_per_step" not in values and values.get("batch_size"):
         values["samples_per_step"] = (values["batch_size"] * values.get("gradient_accumulation_steps", 1)
                                       * values.get("world_size", 1))
-    return values, " + ".join(sources) or "nothing"
+    return values, " + ".join(sources) or "no saved run settings"
 
 
-def _schedule(settings: dict) -> tuple[Schedule, float, list[str]]:
+def _schedule(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
     """The run's LR schedule; names the settings that fell back to the training defaults."""
     d = TrainConfig()
     assumed = [k for k in ("learning_rate", "warmup_steps", "lr_scheduler") if k not in settings]
-    total = settings.get("total_steps") or settings["steps_per_epoch"] * settings.get("epochs", d.epochs)
+    total = settings.get("total_steps") or (settings.get("steps_per_epoch") or 0) * settings.get("epochs", 0)
+    if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
+        total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
+        assumed.append("total_steps")
     schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler))
     return schedule, settings.get("learning_rate", d.learning_rate), assumed
 
@@ -233,7 +236,8 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
 def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tuple[dict, str]:
     settings, source = run_settings(folder, overrides)
     step, epoch = int(old["global_step"]), max(0, int(old.get("epoch", 1)) - 1)
-    samples, where = _position(step, epoch, settings) if settings.get("steps_per_epoch") else (0, "start of the epoch")
+    samples, where = _position(step, epoch, settings) if settings.get("steps_per_epoch") else (
+        0, "start of the epoch (pass --steps-per-epoch and --samples-per-step for the exact position)")
     optimizer, how = _optimizer(old.get("optimizer_state_dict"), model)
     sched = old.get("scheduler_state_dict") or {}
     if sched.get("base_lrs"):
@@ -289,7 +293,7 @@ def _optimizer(saved: dict | None, model) -> tuple[dict | None, str]:
 
 
 def _assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_loss, text, extra=None):
-    schedule, lr, assumed = _schedule(settings)
+    schedule, lr, assumed = _schedule(settings, step)
     if assumed:
         text += f"; assumed the training defaults for {', '.join(assumed)} (pass them if the run used others)"
     run_state = RunState(global_step=step, epoch=epoch, samples_in_epoch=samples,
