@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .config import SCHEDULES, _Parser
 from .errors import EXIT_FAILURE, EXIT_OK, UserError, run_cli
 from .repair import Overrides, fix
-from .verify import verify
+from .verify import FATAL, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
@@ -75,7 +75,7 @@ def verify_main(argv=None) -> int:
     _quiet()
     report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
-    if not args.json and not args.fix and not report.valid:
+    if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
         print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)
     return EXIT_OK if report.valid else EXIT_FAILURE
 
