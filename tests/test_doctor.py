@@ -344,3 +344,15 @@ def test_truncated_state_rebuilt_and_original_kept_even_without_backup(run_copy,
     assert report["resumable"] and "state_rebuilt" in {r["code"] for r in report["repairs"]}
     (backup,) = folder.glob("backup-*")
     assert (backup / ckpt.TRAINING_STATE).read_bytes() == truncated
+
+
+def test_step_and_optimizer_mismatch_reported(run_copy, capsys):
+    folder = run_copy / "checkpoint-10"
+    state = ckpt.load_training_state(folder)
+    del state["optimizer_state_dict"]["state"][3]
+    ckpt.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
+    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, 10))
+    moved = folder.rename(run_copy / "checkpoint-11")
+    code, report = verify_json(moved, capsys)
+    assert code == 1 and {"step_mismatch", "optimizer_mismatch"} <= {p["code"] for p in report["problems"]}
+    assert not report["resumable"]
