@@ -76,10 +76,11 @@ def test_full_disk_during_a_save_stops_with_exit_4_and_keeps_earlier(tiny_model,
 def test_on_save_error_continue_trains_on(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, caplog):
     out = tmp_path / "run"
     fail_nth_state_write(monkeypatch, 2, RuntimeError("PytorchStreamWriter failed writing file data/0"))
-    argv = train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 6, "--on-save-error", "continue")
+    argv = train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 3, "--save-steps", 1,
+                      "--on-save-error", "continue")
     assert main(argv) == 0
-    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-6"]
-    assert "checkpoint-4 was not saved" in caplog.text
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-1", "checkpoint-3"]
+    assert "checkpoint-2 was not saved" in caplog.text
 
 
 def test_failing_rename_leaves_no_staging(tmp_path, monkeypatch):
@@ -114,19 +115,20 @@ def test_too_little_space_is_refused_before_training(tiny_model, small_csv, cach
 def test_latest_skips_truncated_and_bit_flipped_checkpoints(tiny_model, small_csv, cache_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
-    assert main(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 6)) == 0
-    truncated = out / "checkpoint-6" / ckpt.WEIGHTS
+    quick = (*QUICK, "--max-steps", 3, "--save-steps", 1)
+    assert main(train_args(tiny_model, small_csv, out, cache_dir, *quick)) == 0
+    truncated = out / "checkpoint-3" / ckpt.WEIGHTS
     truncated.write_bytes(truncated.read_bytes()[:-100])
-    flipped = out / "checkpoint-4" / ckpt.TRAINING_STATE
+    flipped = out / "checkpoint-2" / ckpt.TRAINING_STATE
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0x01
     flipped.write_bytes(bytes(data))
-    assert resolve("latest", False, out).name == "checkpoint-4"  # sizes only: the flip goes unseen
-    assert resolve("latest", False, out, verify_hashes=True).name == "checkpoint-2"
-    assert main(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 6, "--resume", "latest",
+    assert resolve("latest", False, out).name == "checkpoint-2"  # sizes only: the flip goes unseen
+    assert resolve("latest", False, out, verify_hashes=True).name == "checkpoint-1"
+    assert main(train_args(tiny_model, small_csv, out, cache_dir, *quick, "--resume", "latest",
                            "--verify-hashes")) == 0
-    assert "skipping checkpoint-6" in caplog.text and "skipping checkpoint-4" in caplog.text
-    assert f"resumed from {out / 'checkpoint-2'}: step 2" in caplog.text
+    assert "skipping checkpoint-3" in caplog.text and "skipping checkpoint-2" in caplog.text
+    assert f"resumed from {out / 'checkpoint-1'}: step 1" in caplog.text
     # the damaged ones were moved aside when the run reached their steps again, never overwritten
     assert len(list((out / "superseded").iterdir())) == 2
 
