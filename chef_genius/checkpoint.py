@@ -231,8 +231,6 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer."""
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, global_step)
-    if final.exists():
-        set_aside(final)
     staging = output_dir / f"{STAGING_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -250,6 +248,8 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
         atomic_write_json(staging / MANIFEST, manifest)
         fault_point("manifest written")
         fsync_dir(staging)
+        if final.exists():  # only now, so a crash before this point leaves the older folder in place
+            set_aside(final)
         retry_os(lambda: os.rename(staging, final))
         fault_point("renamed")
         fsync_dir(output_dir)

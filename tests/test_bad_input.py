@@ -129,3 +129,18 @@ def test_read_only_output_exits_2(tiny_model, small_csv, cache_dir, tmp_path, ca
     finally:
         locked.chmod(0o755)
     assert (code, len(lines)) == (EXIT_USAGE, 1) and "is not a writable folder" in lines[0]
+
+
+def test_unwritable_output_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """The same check as a read-only folder, also where the tests run as root."""
+    from pathlib import Path
+
+    from chef_genius import disk
+    from chef_genius.errors import UserError
+
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(UserError, match="is not a writable folder .Permission denied.") as exc:
+        disk.prepare_output(tmp_path / "run")
+    assert exc.value.exit_code == EXIT_USAGE

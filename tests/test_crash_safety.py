@@ -162,7 +162,7 @@ def test_sigkill_at_random_instants_then_sigterm_and_exact_resume(reference, tmp
         before = _train_records(out)
         proc = _launch(reference["args"](out, "--auto-resume"), log_path, env)
         if kind in ("kill", "sigterm") and _wait_for_a_new_step(proc, out, before):
-            time.sleep(rng.uniform(0, 1.5))
+            time.sleep(rng.uniform(0, 3.0 if kind == "kill" else 1.5))
             if kind == "sigterm":
                 proc.send_signal(signal.SIGTERM)
             else:
