@@ -210,6 +210,7 @@ class Trainer:
         self._window_tokens = 0
         self._window_losses = []
         self._last_save_clock = time.monotonic()
+        self._last_save_ok = True
         while not self._finished():
             self.sampler.set_position(s.epoch, s.samples_in_epoch)
             batches = iter(self.loader)
@@ -323,7 +324,7 @@ class Trainer:
     def _stop_preempted(self) -> None:
         s = self.state
         self.maybe_log(force=True)
-        if self.last_saved_step != s.global_step:
+        if not self._last_save_ok:
             raise SaveError(f"stopped by {self.preemption.signal_name or 'a signal'} at step {s.global_step} "
                             "but its checkpoint could not be saved (see the warning above)")
         raise Preempted(f"{self.preemption.signal_name or 'signal'} received: saved checkpoint-{s.global_step} "
@@ -350,8 +351,9 @@ class Trainer:
                 self._after_commit(path)
         self.accelerator.wait_for_everyone()
         self._last_save_clock = time.monotonic()
-        if path is not None or not self.is_main:
-            self.last_saved_step = s.global_step
+        # every rank moves on alike (a failed save under --on-save-error continue is not retried)
+        self.last_saved_step = s.global_step
+        self._last_save_ok = path is not None or not self.is_main
         return path
 
     def _after_commit(self, path: Path) -> None:
@@ -401,7 +403,11 @@ class Trainer:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
         if self.is_main:
-            self._save_final()
+            try:
+                self._save_final()
+            except OSError as err:
+                raise SaveError(f"the final model could not be written to {self.output} "
+                                f"({err.strerror or type(err).__name__}); the checkpoints are intact") from None
 
     def _save_final(self) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""

@@ -6,8 +6,8 @@ Two harnesses:
   folder as it is at that instant (hard links: files are never rewritten in place), i.e. exactly
   what a SIGKILL there would leave on disk; every such state is checked, and a few are resumed;
 - real kills: a chain of training subprocesses, each resuming from the previous one's leftovers and
-  killed with SIGKILL (at a random fault point of a save, or at a random instant with saves slowed
-  down, whichever comes first), the last one stopped with SIGTERM (exit 75). Set CHEF_GENIUS_FAULT_TRIALS (SIGKILL trials, default 1) for a longer chain
+  killed with SIGKILL (at a random fault point of a save or deletion, or at a random instant with
+  saves slowed down), the last one stopped with SIGTERM (exit 75). Set CHEF_GENIUS_FAULT_TRIALS (SIGKILL trials, default 1) for a longer chain
   and CHEF_GENIUS_FAULT_SEED to replay one.
 """
 
@@ -144,32 +144,33 @@ def _wait_for_a_new_step(proc: subprocess.Popen, output: Path, before: int, time
 @posix_only
 def test_sigkill_at_random_instants_then_sigterm_and_exact_resume(reference, tmp_path):
     seed = int(os.environ.get("CHEF_GENIUS_FAULT_SEED", time.time_ns() % 2**31))
-    # the fault points lie in the first few saves: most trials die inside a save, the rest at a random instant
-    kills = int(os.environ.get("CHEF_GENIUS_FAULT_TRIALS", 1))
+    kills = int(os.environ.get("CHEF_GENIUS_FAULT_TRIALS", 2))
     rng = random.Random(seed)
     out = tmp_path / "run"
-    # each "kill" trial dies at a random fault point of a save, or at a random instant if that comes first
-    plan = ["kill"] * kills + ["sigterm"]
+    # trials alternate: SIGKILL at a random fault point inside a save or deletion, SIGKILL at a random instant
+    plan = [("in-save", "random-instant")[i % 2] for i in range(kills)] + ["sigterm"]
     history = []
     for trial, kind in enumerate(plan):
         start = assert_recoverable(out) if out.is_dir() else 0
         env = {}
-        if kind == "kill":
-            env[faults.FAULT_AT_ENV] = str(rng.randint(1, 30))
-            env[faults.FAULT_DELAY_ENV] = "0.02"  # saves take longer, so random kills land in them often
+        if kind == "in-save":
+            env[faults.FAULT_AT_ENV] = str(rng.randint(1, 16))  # within the first two saves of the run
+        if kind == "random-instant":
+            env[faults.FAULT_DELAY_ENV] = "0.05"  # saves take longer, so random kills land in them often
         log_path = tmp_path / f"trial-{trial}.log"
         began = time.monotonic()
         before = _train_records(out)
         proc = _launch(reference["args"](out, "--auto-resume"), log_path, env)
-        if kind in ("kill", "sigterm") and _wait_for_a_new_step(proc, out, before):
-            time.sleep(rng.uniform(0, 3.0 if kind == "kill" else 1.5))
+        if kind in ("random-instant", "sigterm") and _wait_for_a_new_step(proc, out, before):
+            time.sleep(rng.uniform(0, 3.0 if kind == "random-instant" else 1.5))
             if kind == "sigterm":
                 proc.send_signal(signal.SIGTERM)
             else:
-                proc.kill()  # a no-op if the fault point killed it first
+                proc.kill()
         rc = proc.wait(timeout=300)
         text = log_path.read_text(errors="replace")
-        history.append(f"{kind} {env} from step {start}: rc {rc} in {time.monotonic() - began:.1f}s")
+        how = next((line for line in text.splitlines() if line.startswith("fault injection:")), "")
+        history.append(f"{kind} from step {start}: rc {rc} in {time.monotonic() - began:.1f}s {how}".rstrip())
         context = f"seed {seed}; " + "; ".join(history) + "\n" + text[-3000:]
         if kind == "sigterm" and rc == EXIT_PREEMPTED:
             step = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r.get("type") == "train"][-1]
