@@ -79,6 +79,18 @@ def space_problem(folder: str | Path, needed: int) -> str | None:
     return f"not enough free space in {folder}: a checkpoint needs about {human(want)}, {human(free)} free"
 
 
+def preflight(output_dir: Path, checkpoint_bytes: int, checkpoints_kept: int) -> None:
+    """Before training: refuse when one checkpoint does not fit; warn when all those kept will not."""
+    problem = space_problem(output_dir, checkpoint_bytes)
+    if problem:
+        raise SaveError(f"{problem}; free some space or pick another --model-output (nothing was written)")
+    free = free_bytes(output_dir)
+    log.info("a checkpoint takes about %s; %s free in %s", human(checkpoint_bytes), human(free), output_dir)
+    if checkpoints_kept * checkpoint_bytes > free:
+        log.warning("the %d checkpoints this run keeps need about %s but only %s is free; consider "
+                    "--save-total-limit", checkpoints_kept, human(checkpoints_kept * checkpoint_bytes), human(free))
+
+
 def prepare_output(folder: str | Path) -> None:
     """Create the run folder and prove it is writable, before anything else is written."""
     folder = Path(folder)

@@ -365,19 +365,10 @@ class Trainer:
 
     def _check_space_before_training(self) -> None:
         c = self.config
-        problem = disk.space_problem(self.output, self.checkpoint_bytes)
-        if problem:
-            raise SaveError(f"{problem}; free some space or pick another --model-output (nothing was written)")
         saves = max(1, (self.total_steps - self.state.global_step) // c.save_steps + 1)
         if c.save_total_limit:
             saves = min(saves, c.save_total_limit + 2)  # newest K, the best, and the one being written
-        planned = saves * self.checkpoint_bytes
-        free = disk.free_bytes(self.output)
-        log.info("a checkpoint takes about %s; %s free in %s", disk.human(self.checkpoint_bytes),
-                 disk.human(free), self.output)
-        if planned > free:
-            log.warning("the %d checkpoints this run keeps need about %s but only %s is free; consider "
-                        "--save-total-limit", saves, disk.human(planned), disk.human(free))
+        disk.preflight(self.output, self.checkpoint_bytes, saves)
 
     def _save_model(self, folder: Path) -> None:
         unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
