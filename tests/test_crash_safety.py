@@ -102,13 +102,17 @@ def test_every_kill_point_of_every_save_leaves_a_recoverable_folder(reference):
 
 
 @pytest.mark.parametrize("label", ["training state written", "renamed for deletion"])
-def test_resume_after_a_kill_inside_a_save_is_bitwise_exact(reference, tmp_path, label):
+def test_resume_after_a_kill_inside_a_save_is_bitwise_exact(reference, tmp_path, label, caplog):
     hits = [folder for name, folder in reference["snaps"] if name == label]
     folder = hits[len(hits) // 2]
     out = tmp_path / "run"
     shutil.copytree(folder, out)
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers  # the half-done save or deletion
     start = assert_recoverable(out)
     assert run_training(*reference["args"](out, "--resume-from-checkpoint", "latest")) == 0
+    for name in leftovers:  # removed at the start, and named in the log
+        assert not (out / name).exists() and f"removed {name}" in caplog.text
     resumed = losses_by_step(out)
     assert sorted(resumed) == list(range(start + 1, 13))
     assert resumed == {step: reference["losses"][step] for step in resumed}
