@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError
+from .faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ FORMAT_NAME = "chef-genius-checkpoint"
 FORMAT_VERSION = 1
 PREFIX = "checkpoint-"
 STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
 TRAINING_STATE = "training_state.pt"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -77,12 +79,15 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def staging_folders(output_dir: str | Path) -> list[Path]:
+    """Leftovers of a save or a deletion that did not finish (never a complete checkpoint)."""
     root = Path(output_dir)
-    return sorted(p for p in root.iterdir() if p.name.startswith(STAGING_PREFIX)) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)))
 
 
 def remove_staging(output_dir: str | Path) -> list[Path]:
-    """Remove staging folders left by a run that died mid-save; returns what was removed."""
+    """Remove folders left by a run that died mid-save or mid-deletion; returns what was removed."""
     removed = []
     for path in staging_folders(output_dir):
         shutil.rmtree(path, ignore_errors=True)
@@ -196,6 +201,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point(f"{path.name} temp written")
         retry_os(lambda: os.replace(tmp, path))
     finally:
         if tmp.exists():
@@ -225,21 +231,27 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer."""
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, global_step)
-    if final.exists():
-        set_aside(final)
     staging = output_dir / f"{STAGING_PREFIX}{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
+        fault_point("staging created")
         save_model(staging)
+        fault_point("model written")
         torch.save(training_state, staging / TRAINING_STATE)
+        fault_point("training state written")
         for path in staging.rglob("*"):
             if path.is_file():
                 fsync_file(path)
         manifest = build_manifest(staging, global_step)
+        fault_point("files fsynced")
         atomic_write_json(staging / MANIFEST, manifest)
+        fault_point("manifest written")
         fsync_dir(staging)
+        if final.exists():  # only now, so a crash before this point leaves the older folder in place
+            set_aside(final)
         retry_os(lambda: os.rename(staging, final))
+        fault_point("renamed")
         fsync_dir(output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -256,6 +268,19 @@ def set_aside(path: Path) -> Path:
     retry_os(lambda: os.rename(path, target))
     log.warning("moved the older %s aside to %s (a checkpoint is never overwritten)", path.name, target)
     return target
+
+
+def delete_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint so that no crash can leave a half-deleted folder that looks valid: it is
+    first renamed to ``.deleting-...`` (one atomic step; no longer a ``checkpoint-N``), then removed.
+    A leftover ``.deleting-`` folder is removed at the next start."""
+    path = Path(path)
+    doomed = path.parent / f"{DELETING_PREFIX}{path.name}-{os.getpid()}"
+    retry_os(lambda: os.rename(path, doomed))
+    fsync_dir(path.parent)
+    fault_point("renamed for deletion")
+    retry_os(lambda: shutil.rmtree(doomed))
+    fault_point("deleted")
 
 
 # ---------------------------------------------------------------------------------------------

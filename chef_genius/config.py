@@ -50,6 +50,9 @@ class TrainConfig:
     eval_steps: int = 1000
     logging_steps: int = 50
     save_total_limit: int = 0
+    save_every_minutes: float = 0.0
+    on_save_error: str = "stop"
+    verify_hashes: bool = False
     seed: int = 42
     max_source_length: int = 256
     max_target_length: int = 512
@@ -162,7 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-steps", type=int, default=d.save_steps,
                    help=f"checkpoint every N optimizer steps (default {d.save_steps})")
     g.add_argument("--save-total-limit", type=int, default=d.save_total_limit,
-                   help="keep the newest N checkpoints plus the best one (default 0: keep all)")
+                   help="keep the newest N checkpoints plus the best one and the one resumed from; older "
+                        "ones are deleted after each new checkpoint is committed (default 0: keep all)")
+    g.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes,
+                   help="also checkpoint when this many minutes of wall-clock time passed since the last "
+                        "checkpoint (default 0: only every --save-steps)")
+    g.add_argument("--on-save-error", choices=("stop", "continue"), default=d.on_save_error,
+                   help="when a checkpoint cannot be written (full disk, permissions): stop with exit code 4 "
+                        "(default), or warn and train on")
+    g.add_argument("--verify-hashes", action="store_true",
+                   help="resuming checks every checkpoint file's sha256 against its manifest, not only its "
+                        "size (reads the whole checkpoint once)")
     g.add_argument("--eval-steps", type=int, default=d.eval_steps,
                    help=f"validation loss every N optimizer steps (default {d.eval_steps})")
     g.add_argument("--logging-steps", type=int, default=d.logging_steps,
@@ -232,6 +245,8 @@ def validate(c: TrainConfig) -> None:
     for name in non_negative:
         if getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")
+    if not c.save_every_minutes >= 0:
+        raise UserError(f"--save-every-minutes must be 0 or more, got {c.save_every_minutes}")
     if not c.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {c.learning_rate}")
     if c.weight_decay < 0 or c.max_grad_norm < 0:

@@ -85,11 +85,18 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     staging.mkdir(parents=True)
     try:
         stats = ReadStats()
-        raw = datasets.Dataset.from_generator(
-            _example_generator, gen_kwargs={"path": str(data_path), "stats": stats},
-            cache_dir=str(staging / "work"),
-            features=datasets.Features({"source": datasets.Value("string"),
-                                        "target": datasets.Value("string")}))
+        try:
+            raw = datasets.Dataset.from_generator(
+                _example_generator, gen_kwargs={"path": str(data_path), "stats": stats},
+                cache_dir=str(staging / "work"),
+                features=datasets.Features({"source": datasets.Value("string"),
+                                            "target": datasets.Value("string")}))
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise _reader_error(err) from None
+        except ValueError:  # datasets refuses a generator that yielded nothing
+            if stats.kept:
+                raise
+            raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})") from None
         if stats.kept == 0 and len(raw) == 0:
             raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})")
         tokenized = raw.map(
@@ -112,6 +119,16 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return TokenizedData(datasets.load_from_disk(str(final)), stats_dict, final, False)
+
+
+def _reader_error(err: BaseException) -> BaseException:
+    """``datasets`` wraps what the reader raised; hand back the reader's own DataError / OSError."""
+    cause = err
+    while cause is not None:
+        if isinstance(cause, (DataError, OSError)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return err
 
 
 def _example_generator(path: str, stats: ReadStats):

@@ -14,14 +14,15 @@ EXIT_FAILURE = 1      # problems remain (verify), or a run failed at run time
 EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the checkpoint
 EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
 EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
-EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C after writing a checkpoint; resume with `latest`
-EXIT_INTERRUPTED = 130  # a second Ctrl+C: stopped at once without a checkpoint
+EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a checkpoint; resume with `latest`
+EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
 
 class UserError(Exception):
     """Something the user can fix; the message is one sentence that says what to do."""
 
     exit_code = EXIT_USAGE
+    label = "error"  # the word before the message on stderr
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
@@ -37,14 +38,22 @@ class SaveError(UserError):
     exit_code = EXIT_SAVE
 
 
+class Preempted(UserError):
+    """The run stopped on a signal after committing a checkpoint (not a failure: resume it)."""
+
+    exit_code = EXIT_PREEMPTED
+    label = "stopped"
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run ``main`` and turn a ``UserError`` into one line on stderr and its exit code."""
     try:
         code = main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{err.label}: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted at once, without a new checkpoint; the earlier checkpoints are intact "
+              "(resume with --resume-from-checkpoint latest)", file=sys.stderr)
         code = EXIT_INTERRUPTED
     sys.exit(code)

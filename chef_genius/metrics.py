@@ -13,6 +13,7 @@ class MetricsLog:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self._tail_checked = False
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -20,7 +21,20 @@ class MetricsLog:
         record = {"time": time.time(), **record}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
+            if not self._tail_checked:
+                handle.write(_line_break_if_torn(self.path))
+                self._tail_checked = True
             handle.write(json.dumps(record) + "\n")
+
+
+def _line_break_if_torn(path: Path) -> str:
+    """A killed run can leave a half-written last line; start the next record on a fresh line."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        if handle.tell() == 0:
+            return ""
+        handle.seek(-1, 2)
+        return "" if handle.read(1) == b"\n" else "\n"
 
 
 def read_metrics(path: str | Path) -> list[dict]:

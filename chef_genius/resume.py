@@ -30,7 +30,7 @@ def data_identity(path: str | Path | None) -> dict | None:
     return {"name": path.name, "size": size, "sha256_head_tail": digest.hexdigest()}
 
 
-def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path) -> Path | None:
+def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verify_hashes: bool = False) -> Path | None:
     """The checkpoint folder to resume from, or None to start fresh."""
     output_dir = Path(output_dir)
     if resume is None and not auto_resume:
@@ -40,7 +40,7 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path) -> Pa
                             "--resume-from-checkpoint latest or --auto-resume, or pick another --model-output")
         return None
     if resume is None or resume == "latest":
-        found, skipped = ckpt.find_latest(output_dir)
+        found, skipped = ckpt.find_latest(output_dir, verify_hashes)
         for path, reason in skipped:
             log.warning("skipping %s: %s", path.name, reason)
         if found is None:
@@ -56,7 +56,7 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path) -> Pa
     if not (path / ckpt.TRAINING_STATE).is_file():
         raise UserError(f"--resume-from-checkpoint {resume}: not a checkpoint (no {ckpt.TRAINING_STATE}); "
                         f"check it with: python cli/verify_and_fix_checkpoint.py {resume}")
-    problems = ckpt.manifest_problems(path)
+    problems = ckpt.manifest_problems(path, verify_hashes)
     if problems:
         raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
                         f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")

@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import rng
+from . import disk, preemption, rng
 from .config import TrainConfig
+from .errors import DataError, Preempted, SaveError, UserError
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
 from .generation import eval_samples
 from .metrics import MetricsLog
+from .retention import apply_retention
 from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transformers, resolve_precision,
                        should_compile, unwrap)
 from .progress import Progress
@@ -71,11 +73,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         rng.seed_everything(c.seed)
-        self.resumed_from = resolve(c.resume_from_checkpoint, c.auto_resume, self.output)
+        self.resumed_from = resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes)
         if self.is_main:
-            self.output.mkdir(parents=True, exist_ok=True)
+            disk.prepare_output(self.output)
             for path in ckpt.remove_staging(self.output):
-                log.warning("removed %s, left by a save that did not finish", path.name)
+                log.warning("removed %s, left by a save or deletion that did not finish", path.name)
         saved = ckpt.load_training_state(self.resumed_from) if self.resumed_from else None
         if saved is not None:
             check_compatible(saved.get("hyperparameters", {}), c, data_identity(c.data))
@@ -99,6 +101,10 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if compile_model:
             self.model = torch.compile(self.model, dynamic=True)
+        self.checkpoint_bytes = disk.estimate_checkpoint_bytes(
+            disk.model_tensors(model), extra_bytes=disk.tokenizer_bytes(self.resumed_from or c.pretrained_model))
+        if self.is_main:
+            self._check_space_before_training()
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
                  "global batch %d (%d per device x %d processes x %d accumulation)",
                  len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
@@ -113,7 +119,7 @@ class Trainer:
     def _setup_data(self) -> None:
         c = self.config
         cache_root = Path(c.cache_dir) if c.cache_dir else self.output.parent / ".cache" / "tokenized"
-        with self.accelerator.main_process_first():
+        with self.accelerator.main_process_first(), _cache_errors(cache_root):
             train = load_tokenized(c.data, self.tokenizer, c.max_source_length, c.max_target_length,
                                    cache_root, c.num_proc)
             evald = (load_tokenized(c.eval_data, self.tokenizer, c.max_source_length, c.max_target_length,
@@ -136,6 +142,8 @@ class Trainer:
                       persistent_workers=workers > 0)
         # A private generator: the loader's worker seeds must not draw from the global RNG, or a
         # resumed run would see a different dropout stream than the uninterrupted one.
+        if workers:
+            common["worker_init_fn"] = preemption.ignore_in_worker
         self.loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=self.sampler,
                                                   generator=torch.Generator().manual_seed(c.seed), **common)
         self.eval_loader = None
@@ -193,7 +201,8 @@ class Trainer:
     # the loop
 
     def train(self) -> RunState:
-        with Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main) as self.progress, \
+        with preemption.Preemption() as self.preemption, \
+                Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main) as self.progress, \
                 contextlib.closing(self.metrics):
             return self._train_loop()
 
@@ -207,6 +216,8 @@ class Trainer:
         self._window_start = time.perf_counter()
         self._window_tokens = 0
         self._window_losses = []
+        self._last_save_clock = time.monotonic()
+        self._last_save_ok = True
         while not self._finished():
             self.sampler.set_position(s.epoch, s.samples_in_epoch)
             batches = iter(self.loader)
@@ -226,7 +237,11 @@ class Trainer:
                 self._window_tokens += tokens
                 self.maybe_log()
                 self.maybe_evaluate()
-                self.maybe_save()
+                stop, clock_due = preemption.agree(self.accelerator, self.preemption.requested,
+                                                   self._save_clock_due())
+                self.maybe_save(force=clock_due or stop)
+                if stop:
+                    self._stop_preempted()
             del batches
         self.finish()
         return s
@@ -322,6 +337,19 @@ class Trainer:
         self.model.train()
         return (loss_sum / tokens.clamp(min=1)).item()
 
+    def _save_clock_due(self) -> bool:
+        minutes = self.config.save_every_minutes
+        return bool(minutes) and time.monotonic() - self._last_save_clock >= 60 * minutes
+
+    def _stop_preempted(self) -> None:
+        s = self.state
+        self.maybe_log(force=True)
+        if not self._last_save_ok:
+            raise SaveError(f"stopped by {self.preemption.signal_name or 'a signal'} at step {s.global_step} "
+                            "but its checkpoint could not be saved (see the warning above)")
+        raise Preempted(f"{self.preemption.signal_name or 'signal'} received: saved checkpoint-{s.global_step} "
+                        "and exited with code 75; continue with --resume-from-checkpoint latest")
+
     def maybe_save(self, force: bool = False) -> Path | None:
         s = self.state
         if not (force or s.global_step % self.config.save_steps == 0) or self.last_saved_step == s.global_step:
@@ -336,11 +364,31 @@ class Trainer:
         path = None
         if self.is_main:
             started = time.perf_counter()
-            path = ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state)
-            log.info("saved %s in %.1fs", path.name, time.perf_counter() - started)
+            path = disk.guarded_save(lambda: ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state),
+                                     self.output, s.global_step, self.checkpoint_bytes, self.config.on_save_error)
+            if path is not None:
+                log.info("saved %s in %.1fs", path.name, time.perf_counter() - started)
+                self._after_commit(path)
         self.accelerator.wait_for_everyone()
+        self._last_save_clock = time.monotonic()
+        # every rank moves on alike (a failed save under --on-save-error continue is not retried)
         self.last_saved_step = s.global_step
+        self._last_save_ok = path is not None or not self.is_main
         return path
+
+    def _after_commit(self, path: Path) -> None:
+        """Learn the real checkpoint size, then apply --save-total-limit (only now: the new one is safe)."""
+        manifest = ckpt.read_manifest(path) or {"files": {}}
+        actual = sum(entry.get("size", 0) for entry in manifest["files"].values())
+        self.checkpoint_bytes = max(self.checkpoint_bytes, actual)
+        apply_retention(self.output, self.config.save_total_limit, self.state.best_step, [self.resumed_from])
+
+    def _check_space_before_training(self) -> None:
+        c = self.config
+        saves = max(1, (self.total_steps - self.state.global_step) // c.save_steps + 1)
+        if c.save_total_limit:
+            saves = min(saves, c.save_total_limit + 2)  # newest K, the best, and the one being written
+        disk.preflight(self.output, self.checkpoint_bytes, saves)
 
     def _save_model(self, folder: Path) -> None:
         unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
@@ -366,7 +414,11 @@ class Trainer:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
         if self.is_main:
-            self._save_final()
+            try:
+                self._save_final()
+            except OSError as err:
+                raise SaveError(f"the final model could not be written to {self.output} "
+                                f"({err.strerror or type(err).__name__}); the checkpoints are intact") from None
 
     def _save_final(self) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
@@ -382,6 +434,19 @@ class Trainer:
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
         log.info("final model saved to %s (load it with from_pretrained)", self.output)
+
+
+@contextlib.contextmanager
+def _cache_errors(cache_root: Path):
+    try:
+        yield
+    except OSError as err:
+        where = Path(err.filename) if err.filename else cache_root
+        reason = err.strerror or type(err).__name__
+        if where == cache_root or cache_root in where.parents or not where.exists():
+            raise UserError(f"cannot write the tokenized-data cache at {where} ({reason}); "
+                            "pass a writable --cache-dir") from None
+        raise DataError(f"cannot read {where} ({reason})") from None
 
 
 def _stats_line(stats: dict) -> str:

@@ -1,0 +1,76 @@
+"""Preemption: stop cleanly on SIGTERM, Ctrl+C (SIGINT) and, on Windows, CTRL_BREAK (SIGBREAK).
+
+The first signal only sets a flag. The training loop reads it once per optimizer step (an attribute
+read), so the step in progress finishes, a checkpoint is committed and the process exits with
+``EXIT_PREEMPTED`` (75): spot/preemptible VMs, Slurm and Kubernetes send SIGTERM and allow a grace
+period before SIGKILL. A second signal aborts at once (``KeyboardInterrupt`` -> exit 130): a save in
+progress removes its staging folder, so no ``checkpoint-N`` that looks complete is left behind.
+
+DataLoader workers ignore these signals (Ctrl+C reaches the whole process group): the main process
+decides when to stop and shuts its workers down itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+log = logging.getLogger("chef_genius")
+
+
+def stop_signals() -> list[signal.Signals]:
+    names = ["SIGTERM", "SIGINT"] + (["SIGBREAK"] if sys.platform == "win32" else [])
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+
+class Preemption:
+    """Signal handlers that turn the first stop signal into a flag; a context manager."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def __enter__(self) -> "Preemption":
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("not the main thread: stop signals keep their default handlers")
+            return self
+        for sig in stop_signals():
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            log.warning("second stop signal (%s): aborting now without a checkpoint", name)
+            raise KeyboardInterrupt
+        self.signal_name = name
+        log.warning("%s received: finishing this step, saving a checkpoint, then exiting "
+                    "(send it again to abort at once without saving)", name)
+
+
+def agree(accelerator, *flags: bool) -> tuple[bool, ...]:
+    """The flags OR-ed over all processes, so every rank stops / saves at the same step. One
+    process: returned as they are (no collective, no host sync)."""
+    if accelerator.num_processes == 1:
+        return flags
+    import torch
+    values = torch.tensor([float(f) for f in flags], device=accelerator.device)
+    values = accelerator.reduce(values, reduction="sum")
+    return tuple(bool(v > 0) for v in values.tolist())
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers leave stop signals to the main process."""
+    for sig in stop_signals():
+        signal.signal(sig, signal.SIG_IGN)

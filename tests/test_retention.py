@@ -1,0 +1,72 @@
+"""--save-total-limit: the pure selection, and deletion that never leaves a valid-looking half."""
+
+from __future__ import annotations
+
+import pytest
+
+from chef_genius import checkpoint as ckpt
+from chef_genius import faults
+from chef_genius.retention import apply_retention, select_for_deletion
+
+
+def test_keeps_newest_k():
+    assert select_for_deletion([5, 10, 15, 20], keep_last=2) == [5, 10]
+
+
+def test_zero_keeps_everything():
+    assert select_for_deletion([5, 10, 15], keep_last=0) == []
+
+
+def test_keeps_the_best_even_when_old():
+    assert select_for_deletion([5, 10, 15, 20], keep_last=1, best_step=5) == [10, 15]
+
+
+def test_keeps_the_checkpoint_resumed_from():
+    assert select_for_deletion([5, 10, 15, 20], keep_last=1, protected=[10]) == [5, 15]
+
+
+def test_best_without_a_checkpoint_changes_nothing():
+    assert select_for_deletion([5, 10, 15], keep_last=2, best_step=7) == [5]
+
+
+def test_only_complete_checkpoint_is_never_deleted():
+    assert select_for_deletion([5], keep_last=1, best_step=None) == []
+    assert select_for_deletion([], keep_last=1) == []
+
+
+def _fake_checkpoint(root, step):
+    def save_model(folder):
+        (folder / ckpt.MODEL_CONFIG).write_text("{}")
+        (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
+    return ckpt.write_checkpoint(root, step, save_model, {"global_step": step})
+
+
+def test_incomplete_folders_are_neither_counted_nor_deleted(tmp_path):
+    for step in (1, 2, 3, 4):
+        _fake_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-3" / ckpt.MANIFEST).unlink()  # damaged: left for the doctor to repair
+    deleted = apply_retention(tmp_path, keep_last=1, best_step=None, protected=[tmp_path / "checkpoint-1"])
+    assert [p.name for p in deleted] == ["checkpoint-2"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-3", "checkpoint-4"]
+
+
+@pytest.mark.parametrize("crash_at", ["renamed for deletion", "deleted"])
+def test_crash_mid_deletion_never_leaves_a_valid_looking_half(tmp_path, monkeypatch, crash_at):
+    for step in (1, 2):
+        _fake_checkpoint(tmp_path, step)
+
+    class Crash(BaseException):
+        pass
+
+    def hook(label):
+        if label == crash_at:
+            raise Crash
+    monkeypatch.setattr(faults, "hook", hook)
+    with pytest.raises(Crash):
+        apply_retention(tmp_path, keep_last=1)
+    monkeypatch.setattr(faults, "hook", None)
+    # whatever is left is either gone or under a name that is never resumed from, and gets removed
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert not ckpt.manifest_problems(tmp_path / "checkpoint-2", verify_hashes=True)
+    ckpt.remove_staging(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
