@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from . import rng
 from .config import TrainConfig
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
@@ -53,6 +54,8 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        dist.quiet_other_ranks(self.accelerator)
+        self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
         self.metrics = MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main)
         self.last_saved_step: int | None = None
@@ -66,8 +69,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        rng.seed_everything(c.seed)
-        self.resumed_from = resolve(c.resume_from_checkpoint, c.auto_resume, self.output)
+        rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
+        self.resumed_from = dist.agree_on_path(
+            self.accelerator, resolve(c.resume_from_checkpoint, c.auto_resume, self.output))
         if self.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
             for path in ckpt.remove_staging(self.output):
@@ -86,6 +90,11 @@ class Trainer:
         model.to(self.device)
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * c.epochs
+        if saved is not None and dist.saved_world_size(saved) != self.accelerator.num_processes:
+            position = saved.get("data_position") or {}
+            self.total_steps = dist.planned_total_steps(
+                saved["global_step"], position.get("epoch", 0), position.get("samples_in_epoch", 0),
+                len(self.train_data), self.sampler.global_batch_size, c.gradient_accumulation_steps, c.epochs)
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
@@ -125,13 +134,14 @@ class Trainer:
         self.sampler = ResumableBatchSampler(len(self.train_data), c.batch_size, c.seed, lengths,
                                              c.length_group_size, self.accelerator.num_processes,
                                              self.accelerator.process_index)
-        collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        collate = dist.ShareCollator(Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start()),
+                                     LABEL_PAD)
         workers = c.dataloader_num_workers
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
                       persistent_workers=workers > 0)
         # A private generator: the loader's worker seeds must not draw from the global RNG, or a
         # resumed run would see a different dropout stream than the uninterrupted one.
-        self.loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=self.sampler,
+        self.loader = torch.utils.data.DataLoader(dist.ShareDataset(self.train_data), batch_sampler=self.sampler,
                                                   generator=torch.Generator().manual_seed(c.seed), **common)
         self.eval_loader = None
         if self.eval_data is not None:
@@ -139,7 +149,7 @@ class Trainer:
                                                  self.eval_data.lengths(), len(self.eval_data),
                                                  self.accelerator.num_processes, self.accelerator.process_index)
             self.eval_loader = torch.utils.data.DataLoader(
-                self.eval_data, batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
+                dist.ShareDataset(self.eval_data), batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
                 **common)
 
     def _decoder_start(self) -> int:
@@ -173,7 +183,7 @@ class Trainer:
         self.scheduler.load_state_dict(scheduler_state)
         apply_lr(self.optimizer, self.scheduler)
         restored.append(f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})")
-        self._saved_rng = saved.get("rng_states")
+        self._saved_rng = dist.rng_for_rank(saved, self.accelerator, c.seed)
         restored.append("RNG" if self._saved_rng else "no RNG (fresh seeds)")
         self.last_saved_step = self.state.global_step
         threads = saved.get("torch_num_threads")
@@ -204,6 +214,7 @@ class Trainer:
             while remaining and not self._finished():
                 window = [next(batches) for _ in range(min(c.gradient_accumulation_steps, remaining))]
                 remaining -= len(window)
+                self.sample_log.write(s.epoch, window)
                 loss, tokens = self._train_step(window)
                 s.global_step += 1
                 s.tokens_seen += tokens
@@ -229,6 +240,7 @@ class Trainer:
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
+        divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -238,7 +250,7 @@ class Trainer:
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         decoder_input_ids=batch["decoder_input_ids"]).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                       ignore_index=LABEL_PAD, reduction="sum") / max(tokens, 1)
+                                       ignore_index=LABEL_PAD, reduction="sum") / divisor
                 self.accelerator.backward(loss)
             total += loss.detach()
         if self.config.max_grad_norm > 0:
@@ -246,7 +258,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        return dist.global_step_loss(self.accelerator, total), tokens
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -307,9 +319,11 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         s = self.state
+        rng_per_rank = dist.gather_rng_states(self.accelerator)  # a collective: every rank is here
         state = ckpt.make_training_state(
             s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
-            rng.capture(), self._hyperparameters())
+            rng_per_rank[0] if rng_per_rank else None, self._hyperparameters(),
+            extra={ckpt.RNG_PER_RANK: rng_per_rank})
         path = None
         if self.is_main:
             started = time.perf_counter()
