@@ -28,6 +28,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import rng
+from .errors import UserError
 
 log = logging.getLogger("chef_genius")
 
@@ -160,6 +161,18 @@ def planned_total_steps(global_step: int, epoch: int, samples_in_epoch: int, num
 
 # ---------------------------------------------------------------------------------------------
 # logging and the sample log
+
+def check_launch(accelerator, fsdp_requested: bool) -> None:
+    """Refuse launches that would silently train something else than asked."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}: "
+                        "they would each train alone into the same folder; launch with torchrun --nproc_per_node "
+                        f"{launched} or accelerate launch --multi_gpu --num_processes {launched}")
+    if fsdp_requested and accelerator.device.type != "cuda":
+        raise UserError("the FSDP config needs CUDA GPUs; on CPU use accelerate launch --multi_gpu "
+                        "--num_processes N (data-parallel)")
+
 
 def quiet_other_ranks(accelerator) -> None:
     """Logs come from rank 0; other ranks say only warnings and errors."""

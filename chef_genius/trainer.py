@@ -18,6 +18,7 @@ for unusable data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from . import rng
+from . import rng, sharded
 from .config import TrainConfig
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
 from .metrics import MetricsLog
@@ -54,6 +55,7 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         dist.quiet_other_ranks(self.accelerator)
         self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
@@ -102,6 +104,9 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if getattr(self, "_optimizer_by_name", None):
+            sharded.load_optimizer_by_name(self.model, _bare(self.optimizer), self._optimizer_by_name)
+            apply_lr(self.optimizer, self.scheduler)
         if compile_model:
             self.model = torch.compile(self.model, dynamic=True)
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
@@ -168,7 +173,11 @@ class Trainer:
             log.warning("the training split has %d recipes, the checkpoint's had %d",
                         len(self.train_data), position["num_samples"])
         restored = []
-        if saved.get("optimizer_state_dict"):
+        self._optimizer_by_name = None
+        if saved.get("optimizer_state_dict") and sharded.saved_by_name(saved):
+            self._optimizer_by_name = saved["optimizer_state_dict"]  # loaded after prepare (FSDP)
+            restored.append("optimizer")
+        elif saved.get("optimizer_state_dict") and not sharded.is_fsdp(self.accelerator):
             self.optimizer.load_state_dict(saved["optimizer_state_dict"])
             restored.append("optimizer")
         else:
@@ -319,22 +328,26 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         s = self.state
-        rng_per_rank = dist.gather_rng_states(self.accelerator)  # a collective: every rank is here
+        # collectives first (every rank is here): RNG of each rank, and under FSDP the full state dicts
+        rng_per_rank = dist.gather_rng_states(self.accelerator)
+        optimizer_state, layout = sharded.gather_optimizer_state(self.accelerator, self.model, _bare(self.optimizer))
+        model_state = sharded.gather_model_state(self.accelerator, self.model)
         state = ckpt.make_training_state(
-            s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
+            s, self._data_position(), optimizer_state, self.scheduler.state_dict(),
             rng_per_rank[0] if rng_per_rank else None, self._hyperparameters(),
-            extra={ckpt.RNG_PER_RANK: rng_per_rank})
+            extra={ckpt.RNG_PER_RANK: rng_per_rank, **layout})
         path = None
         if self.is_main:
             started = time.perf_counter()
-            path = ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state)
+            path = ckpt.write_checkpoint(self.output, s.global_step,
+                                         functools.partial(self._save_model, state_dict=model_state), state)
             log.info("saved %s in %.1fs", path.name, time.perf_counter() - started)
         self.accelerator.wait_for_everyone()
         self.last_saved_step = s.global_step
         return path
 
-    def _save_model(self, folder: Path) -> None:
-        unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
+    def _save_model(self, folder: Path, state_dict: dict | None = None) -> None:
+        unwrap(self.model).save_pretrained(folder, state_dict=state_dict, max_shard_size="1000GB")
         self.tokenizer.save_pretrained(folder)
 
     def _data_position(self) -> dict:
@@ -356,15 +369,16 @@ class Trainer:
         if self.last_saved_step != self.state.global_step:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
+        model_state = sharded.gather_model_state(self.accelerator, self.model)  # FSDP: a collective
         if self.is_main:
-            self._save_final()
+            self._save_final(model_state)
 
-    def _save_final(self) -> None:
+    def _save_final(self, model_state: dict | None = None) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
         staging = self.output / f"{ckpt.STAGING_PREFIX}final"
         staging.mkdir(exist_ok=True)
         try:
-            self._save_model(staging)
+            self._save_model(staging, model_state)
             for path in staging.iterdir():
                 ckpt.fsync_file(path)
                 ckpt.retry_os(lambda p=path: p.replace(self.output / p.name))
@@ -373,6 +387,11 @@ class Trainer:
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
         log.info("final model saved to %s (load it with from_pretrained)", self.output)
+
+
+def _bare(optimizer):
+    """The torch optimizer under accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _stats_line(stats: dict) -> str:

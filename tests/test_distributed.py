@@ -142,3 +142,28 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     final = ckpt.find_latest(run_a)[0]
     assert ckpt.manifest_problems(final) == []
     assert ckpt.load_training_state(final)["run_state"]["epoch"] == 2
+
+
+def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):
+    """FSDP2 itself on 2 CPU processes; accelerate's FSDP plugin needs GPUs, so the trainer refuses it here."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "fsdp_worker.py"), str(tiny_model), str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("ok-*")) == ["ok-0", "ok-1"]
+
+
+def test_launches_that_would_train_something_else_are_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    from chef_genius.distributed import check_launch
+    from chef_genius.errors import UserError
+    cpu = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # two processes that each set up a world of one
+    with pytest.raises(UserError, match="each train alone"):
+        check_launch(cpu, fsdp_requested=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(UserError, match="FSDP config needs CUDA"):
+        check_launch(cpu, fsdp_requested=True)
+    check_launch(cpu, fsdp_requested=False)
