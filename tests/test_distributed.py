@@ -167,3 +167,26 @@ def test_launches_that_would_train_something_else_are_refused(monkeypatch):
     with pytest.raises(UserError, match="FSDP config needs CUDA"):
         check_launch(cpu, fsdp_requested=True)
     check_launch(cpu, fsdp_requested=False)
+
+
+def test_name_keyed_optimizer_state_of_an_fsdp_checkpoint_loads_without_fsdp(tiny_model):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from transformers import AutoModelForSeq2SeqLM
+
+    from chef_genius import sharded
+    from chef_genius.modeling import make_optimizer
+
+    def model_and_optimizer():
+        model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model)
+        return model, make_optimizer(model, 1e-3, 0.01, torch.device("cpu"))
+
+    model, optimizer = model_and_optimizer()
+    x = torch.randint(3, 100, (2, 8))
+    model(input_ids=x, labels=x).loss.backward()
+    optimizer.step()
+    saved = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    assert "shared.weight" in saved["state"]
+    fresh_model, fresh = model_and_optimizer()
+    sharded.load_optimizer_by_name(fresh_model, fresh, saved)
+    for before, after in zip(optimizer.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
+        assert torch.equal(before["exp_avg"], after["exp_avg"])
