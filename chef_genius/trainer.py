@@ -9,7 +9,10 @@ Features, in the order a step meets them:
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, validation with
   the best loss tracked, atomic checkpoints every ``--save-steps`` optimizer steps;
 - resume: model, optimizer, scheduler, every RNG and the data position restored, so on CPU the
-  resumed losses equal the uninterrupted run's bit for bit.
+  resumed losses equal the uninterrupted run's bit for bit;
+- several processes (``accelerate launch`` / ``torchrun``): DDP or FSDP through accelerate; what
+  differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
+  and ``sharded``.
 
 Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, ``DataError`` (exit 3)
 for unusable data.
@@ -139,8 +142,8 @@ class Trainer:
         self.sampler = ResumableBatchSampler(len(self.train_data), c.batch_size, c.seed, lengths,
                                              c.length_group_size, self.accelerator.num_processes,
                                              self.accelerator.process_index)
-        collate = dist.ShareCollator(Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start()),
-                                     LABEL_PAD)
+        collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
         workers = c.dataloader_num_workers
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
                       persistent_workers=workers > 0)
@@ -154,8 +157,8 @@ class Trainer:
                                                  self.eval_data.lengths(), len(self.eval_data),
                                                  self.accelerator.num_processes, self.accelerator.process_index)
             self.eval_loader = torch.utils.data.DataLoader(
-                dist.ShareDataset(self.eval_data), batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
-                **common)
+                dist.ShareDataset(self.eval_data), batch_sampler=eval_sampler,
+                generator=torch.Generator().manual_seed(c.seed), **common)
 
     def _decoder_start(self) -> int:
         from transformers import AutoConfig
@@ -180,7 +183,7 @@ class Trainer:
         elif saved.get("optimizer_state_dict") and not sharded.is_fsdp(self.accelerator):
             self.optimizer.load_state_dict(saved["optimizer_state_dict"])
             restored.append("optimizer")
-        else:
+        else:  # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
             self.schedule.rewarm_from = self.state.global_step
             self.schedule.rewarm_steps = c.optimizer_rewarmup_steps
             log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
