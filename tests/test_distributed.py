@@ -190,3 +190,20 @@ def test_name_keyed_optimizer_state_of_an_fsdp_checkpoint_loads_without_fsdp(tin
     sharded.load_optimizer_by_name(fresh_model, fresh, saved)
     for before, after in zip(optimizer.state_dict()["state"].values(), fresh.state_dict()["state"].values()):
         assert torch.equal(before["exp_avg"], after["exp_avg"])
+
+
+def test_two_processes_train_like_one_with_the_global_batch(tiny_model, data45, cache_dir, tmp_path):
+    """Without dropout, 2 x 3 per device equals 1 x 6: the loss is normalised by the global target tokens,
+    and the padding row of the last step (43 = 7 x 6 + 1) adds nothing."""
+    import json
+    model = tmp_path / "tiny-no-dropout"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.0}))
+    common = ("--eval-split-ratio", "0.05", "--epochs", "1", "--save-steps", "100", "--eval-steps", "100")
+    assert run_training(*train_args(model, data45, tmp_path / "one", cache_dir, *common, "--batch-size", "6")) == 0
+    _launch("torchrun", train_args(model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "3"),
+            tmp_path / "log")
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 9))
+    assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
