@@ -43,6 +43,7 @@ MODEL_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
+RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
 STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
               "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
 _STEP = re.compile(rf"^{PREFIX}(\d+)$")

@@ -31,8 +31,9 @@ class ResumableBatchSampler:
     """Yields this rank's micro-batches of one epoch, starting at a global sample position.
 
     Each global micro-batch is ``batch_size * num_replicas`` consecutive samples of the epoch order;
-    rank r takes its share. ``set_position`` picks the epoch and how many samples (all ranks
-    together) were already consumed.
+    rank r takes its share (``np.array_split``: every rank gets at least one sample when the chunk
+    has as many samples as ranks, else a padding index). ``set_position`` picks the epoch and how
+    many samples (all ranks together) were already consumed.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, lengths=None, group_size: int = 1024,
@@ -68,4 +69,7 @@ class ResumableBatchSampler:
         order = self.order()
         for pos in range(self.start, self.num_samples, self.global_batch_size):
             chunk = order[pos:pos + self.global_batch_size]
-            yield np.array_split(chunk, self.num_replicas)[self.rank].tolist()
+            share = np.array_split(chunk, self.num_replicas)[self.rank].tolist()
+            # Fewer samples than ranks (the end of an epoch): this rank still steps, on a padding
+            # copy ``~i`` of a sample that adds no loss (see distributed.ShareDataset).
+            yield share or [~int(chunk[0])]

@@ -9,7 +9,10 @@ Features, in the order a step meets them:
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, validation with
   the best loss tracked, atomic checkpoints every ``--save-steps`` optimizer steps;
 - resume: model, optimizer, scheduler, every RNG and the data position restored, so on CPU the
-  resumed losses equal the uninterrupted run's bit for bit.
+  resumed losses equal the uninterrupted run's bit for bit;
+- several processes (``accelerate launch`` / ``torchrun``): DDP or FSDP through accelerate; what
+  differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
+  and ``sharded``.
 
 Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, ``DataError`` (exit 3)
 for unusable data.
@@ -18,6 +21,7 @@ for unusable data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -27,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import disk, preemption, rng
+from . import disk, preemption, rng, sharded
+from . import distributed as dist
 from .config import TrainConfig
 from .errors import DataError, Preempted, SaveError, UserError
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
@@ -58,6 +63,9 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
+        dist.quiet_other_ranks(self.accelerator)
+        self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
         self.metrics = Reporters(MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main))
         self.progress = Progress(0, enabled=False)
@@ -72,8 +80,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        rng.seed_everything(c.seed)
-        self.resumed_from = resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes)
+        rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
+        self.resumed_from = dist.agree_on_path(
+            self.accelerator, resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes))
         if self.is_main:
             disk.prepare_output(self.output)
             for path in ckpt.remove_staging(self.output):
@@ -92,6 +101,11 @@ class Trainer:
         model.to(self.device)
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * c.epochs
+        if saved is not None and dist.saved_world_size(saved) != self.accelerator.num_processes:
+            position = saved.get("data_position") or {}
+            self.total_steps = dist.planned_total_steps(
+                saved["global_step"], position.get("epoch", 0), position.get("samples_in_epoch", 0),
+                len(self.train_data), self.sampler.global_batch_size, c.gradient_accumulation_steps, c.epochs)
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
@@ -99,6 +113,9 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if getattr(self, "_optimizer_by_name", None):
+            sharded.load_optimizer_by_name(self.model, _bare(self.optimizer), self._optimizer_by_name)
+            apply_lr(self.optimizer, self.scheduler)
         if compile_model:
             self.model = torch.compile(self.model, dynamic=True)
         self.checkpoint_bytes = disk.estimate_checkpoint_bytes(
@@ -137,6 +154,7 @@ class Trainer:
                                              c.length_group_size, self.accelerator.num_processes,
                                              self.accelerator.process_index)
         collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
         workers = c.dataloader_num_workers
         common = dict(collate_fn=collate, num_workers=workers, pin_memory=self.device.type == "cuda",
                       persistent_workers=workers > 0)
@@ -144,7 +162,7 @@ class Trainer:
         # resumed run would see a different dropout stream than the uninterrupted one.
         if workers:
             common["worker_init_fn"] = preemption.ignore_in_worker
-        self.loader = torch.utils.data.DataLoader(self.train_data, batch_sampler=self.sampler,
+        self.loader = torch.utils.data.DataLoader(dist.ShareDataset(self.train_data), batch_sampler=self.sampler,
                                                   generator=torch.Generator().manual_seed(c.seed), **common)
         self.eval_loader = None
         if self.eval_data is not None:
@@ -152,8 +170,8 @@ class Trainer:
                                                  self.eval_data.lengths(), len(self.eval_data),
                                                  self.accelerator.num_processes, self.accelerator.process_index)
             self.eval_loader = torch.utils.data.DataLoader(
-                self.eval_data, batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
-                **common)
+                dist.ShareDataset(self.eval_data), batch_sampler=eval_sampler,
+                generator=torch.Generator().manual_seed(c.seed), **common)
 
     def _decoder_start(self) -> int:
         from transformers import AutoConfig
@@ -171,10 +189,14 @@ class Trainer:
             log.warning("the training split has %d recipes, the checkpoint's had %d",
                         len(self.train_data), position["num_samples"])
         restored = []
-        if saved.get("optimizer_state_dict"):
+        self._optimizer_by_name = None
+        if saved.get("optimizer_state_dict") and sharded.saved_by_name(saved):
+            self._optimizer_by_name = saved["optimizer_state_dict"]  # loaded after prepare (FSDP)
+            restored.append("optimizer")
+        elif saved.get("optimizer_state_dict") and not sharded.is_fsdp(self.accelerator):
             self.optimizer.load_state_dict(saved["optimizer_state_dict"])
             restored.append("optimizer")
-        else:
+        else:  # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
             self.schedule.rewarm_from = self.state.global_step
             self.schedule.rewarm_steps = c.optimizer_rewarmup_steps
             log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
@@ -186,7 +208,7 @@ class Trainer:
         self.scheduler.load_state_dict(scheduler_state)
         apply_lr(self.optimizer, self.scheduler)
         restored.append(f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})")
-        self._saved_rng = saved.get("rng_states")
+        self._saved_rng = dist.rng_for_rank(saved, self.accelerator, c.seed)
         restored.append("RNG" if self._saved_rng else "no RNG (fresh seeds)")
         self.last_saved_step = self.state.global_step
         threads = saved.get("torch_num_threads")
@@ -225,6 +247,7 @@ class Trainer:
             while remaining and not self._finished():
                 window = [next(batches) for _ in range(min(c.gradient_accumulation_steps, remaining))]
                 remaining -= len(window)
+                self.sample_log.write(s.epoch, window)
                 loss, tokens = self._train_step(window)
                 s.global_step += 1
                 self.progress.step()
@@ -255,6 +278,7 @@ class Trainer:
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
+        divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -264,7 +288,7 @@ class Trainer:
                     logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         decoder_input_ids=batch["decoder_input_ids"]).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                       ignore_index=LABEL_PAD, reduction="sum") / max(tokens, 1)
+                                       ignore_index=LABEL_PAD, reduction="sum") / divisor
                 self.accelerator.backward(loss)
             total += loss.detach()
         if self.config.max_grad_norm > 0:
@@ -272,7 +296,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        return dist.global_step_loss(self.accelerator, total), tokens
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -358,13 +382,19 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         s = self.state
+        # collectives first (every rank is here): RNG of each rank, and under FSDP the full state dicts
+        rng_per_rank = dist.gather_rng_states(self.accelerator)
+        optimizer_state, layout = sharded.gather_optimizer_state(self.accelerator, self.model, _bare(self.optimizer))
+        model_state = sharded.gather_model_state(self.accelerator, self.model)
         state = ckpt.make_training_state(
-            s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
-            rng.capture(), self._hyperparameters(), extra=self.metrics.checkpoint_extra())
+            s, self._data_position(), optimizer_state, self.scheduler.state_dict(),
+            rng_per_rank[0] if rng_per_rank else None, self._hyperparameters(),
+            extra={ckpt.RNG_PER_RANK: rng_per_rank, **layout, **self.metrics.checkpoint_extra()})
         path = None
         if self.is_main:
             started = time.perf_counter()
-            path = disk.guarded_save(lambda: ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state),
+            save_model = functools.partial(self._save_model, state_dict=model_state)
+            path = disk.guarded_save(lambda: ckpt.write_checkpoint(self.output, s.global_step, save_model, state),
                                      self.output, s.global_step, self.checkpoint_bytes, self.config.on_save_error)
             if path is not None:
                 log.info("saved %s in %.1fs", path.name, time.perf_counter() - started)
@@ -390,8 +420,8 @@ class Trainer:
             saves = min(saves, c.save_total_limit + 2)  # newest K, the best, and the one being written
         disk.preflight(self.output, self.checkpoint_bytes, saves)
 
-    def _save_model(self, folder: Path) -> None:
-        unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
+    def _save_model(self, folder: Path, state_dict: dict | None = None) -> None:
+        unwrap(self.model).save_pretrained(folder, state_dict=state_dict, max_shard_size="1000GB")
         self.tokenizer.save_pretrained(folder)
 
     def _data_position(self) -> dict:
@@ -413,19 +443,20 @@ class Trainer:
         if self.last_saved_step != self.state.global_step:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
+        model_state = sharded.gather_model_state(self.accelerator, self.model)  # FSDP: a collective
         if self.is_main:
             try:
-                self._save_final()
+                self._save_final(model_state)
             except OSError as err:
                 raise SaveError(f"the final model could not be written to {self.output} "
                                 f"({err.strerror or type(err).__name__}); the checkpoints are intact") from None
 
-    def _save_final(self) -> None:
+    def _save_final(self, model_state: dict | None = None) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
         staging = self.output / f"{ckpt.STAGING_PREFIX}final"
         staging.mkdir(exist_ok=True)
         try:
-            self._save_model(staging)
+            self._save_model(staging, model_state)
             for path in staging.iterdir():
                 ckpt.fsync_file(path)
                 ckpt.retry_os(lambda p=path: p.replace(self.output / p.name))
@@ -447,6 +478,11 @@ def _cache_errors(cache_root: Path):
             raise UserError(f"cannot write the tokenized-data cache at {where} ({reason}); "
                             "pass a writable --cache-dir") from None
         raise DataError(f"cannot read {where} ({reason})") from None
+
+
+def _bare(optimizer):
+    """The torch optimizer under accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _stats_line(stats: dict) -> str:

@@ -1,0 +1,57 @@
+"""Checkpoints under FSDP (``accelerate launch --config_file configs/accelerate_fsdp.yaml``).
+
+Under FSDP no rank holds the whole model, so a checkpoint first gathers a *full* state dict to
+rank 0 (a collective: every rank calls these functions) and rank 0 writes the usual layout:
+``model.safetensors`` from ``save_pretrained`` and ``training_state.pt``. The optimizer state is
+saved keyed by parameter name (``OPTIMIZER_LAYOUT_NAMES``) because FSDP's flat shards have no
+stable parameter ids; such a state is loaded after ``prepare`` with
+``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict``, which works on a plain, a
+DDP or an FSDP model alike, so an FSDP checkpoint resumes on any world size.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("chef_genius")
+
+OPTIMIZER_LAYOUT = "optimizer_layout"
+OPTIMIZER_LAYOUT_NAMES = "full-by-name"
+
+
+def fsdp_requested() -> bool:
+    """Launched with an FSDP accelerate config (``Accelerator(cpu=True)`` would silently drop it)."""
+    import os
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def is_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == "FSDP"  # accelerate's DistributedType is a str enum
+
+
+def gather_model_state(accelerator, model) -> dict | None:
+    """The full model state dict (on rank 0) under FSDP; None otherwise (save the module as is)."""
+    if not is_fsdp(accelerator):
+        return None
+    return accelerator.get_state_dict(model)
+
+
+def gather_optimizer_state(accelerator, model, optimizer) -> tuple[dict, dict]:
+    """(optimizer state to save, extra training-state keys)."""
+    if not is_fsdp(accelerator):
+        return optimizer.state_dict(), {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    state = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return state, {OPTIMIZER_LAYOUT: OPTIMIZER_LAYOUT_NAMES}
+
+
+def saved_by_name(saved: dict) -> bool:
+    return saved.get(OPTIMIZER_LAYOUT) == OPTIMIZER_LAYOUT_NAMES
+
+
+def load_optimizer_by_name(model, optimizer, state: dict) -> None:
+    """Load a name-keyed full optimizer state into a prepared (plain, DDP or FSDP) model's optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
