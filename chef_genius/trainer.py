@@ -30,7 +30,9 @@ from . import checkpoint as ckpt
 from . import rng
 from .config import TrainConfig
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
+from .async_save import AsyncCheckpointer
 from .metrics import MetricsLog
+from .perf import mfu, peak_flops, train_flops
 from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transformers, resolve_precision,
                        should_compile, unwrap)
 from .resume import check_compatible, data_identity, resolve
@@ -57,6 +59,7 @@ class Trainer:
         self.metrics = MetricsLog(self.output / "metrics.jsonl", enabled=self.is_main)
         self.last_saved_step: int | None = None
         self.resumed_from: Path | None = None
+        self.saver = AsyncCheckpointer() if config.async_save else None
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -78,6 +81,11 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(str(self.resumed_from or c.pretrained_model))
         model = load_model(self.resumed_from or c.pretrained_model)
+        if c.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model_config = model.config
+        self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         self._setup_data()
 
         compile_model, why = should_compile(c.compile, self.device)
@@ -196,6 +204,7 @@ class Trainer:
         self.model.train()
         self._window_start = time.perf_counter()
         self._window_tokens = 0
+        self._window_counts = [0, 0]  # source tokens and rows of the window (for FLOPs)
         self._window_losses = []
         while not self._finished():
             self.sampler.set_position(s.epoch, s.samples_in_epoch)
@@ -228,7 +237,12 @@ class Trainer:
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
+        # Counted on the CPU tensors, before the device copy: no host sync.
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
+        counts = self._window_counts
+        for batch in window:
+            counts[0] += int(batch["attention_mask"].sum())
+            counts[1] += batch["input_ids"].shape[0]
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -258,14 +272,20 @@ class Trainer:
         losses = torch.stack(self._window_losses).tolist()  # the one host sync per logging interval
         elapsed = time.perf_counter() - self._window_start
         s.train_seconds += elapsed
+        src_tokens, rows = self._window_counts[0], max(self._window_counts[1], 1)
+        flops = train_flops(self.model_config, src_tokens, self._window_tokens, src_tokens / rows,
+                            self._window_tokens / rows) * self.accelerator.num_processes
+        utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
         record = {"type": "train", "step": s.global_step, "epoch": s.epoch + s.samples_in_epoch / len(self.train_data),
                   "loss": sum(losses) / len(losses), "step_losses": losses,
-                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9)}
+                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9),
+                  "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
         self.metrics.write(record)
         if self.is_main:
-            log.info("step %d/%d epoch %.2f loss %.4f lr %.3e %.0f tok/s", s.global_step, self.total_steps,
-                     record["epoch"], record["loss"], record["lr"], record["tokens_per_s"])
-        self._window_losses, self._window_tokens = [], 0
+            log.info("step %d/%d epoch %.2f loss %.4f lr %.3e %.0f tok/s%s", s.global_step, self.total_steps,
+                     record["epoch"], record["loss"], record["lr"], record["tokens_per_s"],
+                     f" MFU {utilisation:.1%}" if utilisation is not None else "")
+        self._window_losses, self._window_tokens, self._window_counts = [], 0, [0, 0]
         self._window_start = time.perf_counter()
 
     def maybe_evaluate(self, force: bool = False) -> float | None:
@@ -301,6 +321,8 @@ class Trainer:
 
     def maybe_save(self, force: bool = False) -> Path | None:
         s = self.state
+        if self.saver is not None:
+            self.saver.check()  # a failed background save stops the run here, not silently
         if not (force or s.global_step % self.config.save_steps == 0) or self.last_saved_step == s.global_step:
             return None
         return self.save_checkpoint()
@@ -311,6 +333,8 @@ class Trainer:
             s, self._data_position(), self.optimizer.state_dict(), self.scheduler.state_dict(),
             rng.capture(), self._hyperparameters())
         path = None
+        if self.saver is not None:
+            return self._save_async(state)
         if self.is_main:
             started = time.perf_counter()
             path = ckpt.write_checkpoint(self.output, s.global_step, self._save_model, state)
@@ -319,8 +343,30 @@ class Trainer:
         self.last_saved_step = s.global_step
         return path
 
-    def _save_model(self, folder: Path) -> None:
-        unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB")
+    def _save_async(self, state: dict) -> Path | None:
+        """Copy weights and state to CPU buffers now; write them in the background (--async-save)."""
+        step = self.state.global_step
+        path = None
+        if self.is_main:
+            started = time.perf_counter()
+            weights = self.saver.snapshot(unwrap(self.model).state_dict(), "model")
+            state = self.saver.snapshot(state, "state")
+            path = ckpt.checkpoint_path(self.output, step)
+            log.info("copied checkpoint-%d to CPU memory in %.2fs; writing it in the background", step,
+                     time.perf_counter() - started)
+
+            def write():
+                began = time.perf_counter()
+                ckpt.write_checkpoint(self.output, step, lambda folder: self._save_model(folder, weights), state)
+                log.info("saved %s in %.1fs (background)", path.name, time.perf_counter() - began)
+
+            self.saver.submit(write, path.name)
+        self.accelerator.wait_for_everyone()
+        self.last_saved_step = step
+        return path
+
+    def _save_model(self, folder: Path, state_dict: dict | None = None) -> None:
+        unwrap(self.model).save_pretrained(folder, max_shard_size="1000GB", state_dict=state_dict)
         self.tokenizer.save_pretrained(folder)
 
     def _data_position(self) -> dict:
@@ -342,6 +388,8 @@ class Trainer:
         if self.last_saved_step != self.state.global_step:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
+        if self.saver is not None:
+            self.saver.release()  # the run ends only once its last checkpoint is on disk
         if self.is_main:
             self._save_final()
 
