@@ -60,6 +60,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.resumed_from: Path | None = None
         self.saver = AsyncCheckpointer() if config.async_save else None
+        self._window_counts = [0, 0]  # source tokens and rows of the logging window (for FLOPs)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -204,7 +205,6 @@ class Trainer:
         self.model.train()
         self._window_start = time.perf_counter()
         self._window_tokens = 0
-        self._window_counts = [0, 0]  # source tokens and rows of the window (for FLOPs)
         self._window_losses = []
         while not self._finished():
             self.sampler.set_position(s.epoch, s.samples_in_epoch)
@@ -279,6 +279,7 @@ class Trainer:
         record = {"type": "train", "step": s.global_step, "epoch": s.epoch + s.samples_in_epoch / len(self.train_data),
                   "loss": sum(losses) / len(losses), "step_losses": losses,
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9),
+                  "tokens": self._window_tokens, "seconds": elapsed,
                   "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
         self.metrics.write(record)
         if self.is_main:
