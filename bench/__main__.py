@@ -94,7 +94,7 @@ def _run(name, args, profile, model, data, work, cache):
     if name == "throughput":
         return throughput.throughput_records(profile, model, data, work, cache)
     if name == "save_vs_raw":
-        return [checkpoints.save_vs_raw(model, work)]
+        return [checkpoints.save_vs_raw(profile, model, work)]
     if name == "async_save_stall":
         return [checkpoints.async_save_stall(profile, model, data, work, cache)]
     if name == "resume_startup":

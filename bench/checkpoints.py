@@ -23,6 +23,10 @@ from .common import Profile, train_flags
 REPEATS = 3
 
 
+def _repeats(profile: Profile) -> int:
+    return 1 if profile.mode == "smoke" else REPEATS
+
+
 def _timed(action) -> float:
     started = time.perf_counter()
     action()
@@ -50,7 +54,7 @@ def _unique_tensors(state_dict: dict) -> dict:
     return tensors
 
 
-def save_vs_raw(model_dir: Path, work: Path) -> dict:
+def save_vs_raw(profile: Profile, model_dir: Path, work: Path) -> dict:
     from safetensors.torch import save_file
 
     tokenizer = load_tokenizer(str(model_dir))
@@ -62,7 +66,8 @@ def save_vs_raw(model_dir: Path, work: Path) -> dict:
         tokenizer.save_pretrained(folder)
 
     ours, raw, raw_fsync, hashing = [], [], [], []
-    for i in range(REPEATS):
+    repeats = _repeats(profile)
+    for i in range(repeats):
         out = work / f"save-{i}"
         ours.append(_timed(lambda: ckpt.write_checkpoint(out, 1, save_model, state)))
         raw_dir = work / f"raw-{i}"
@@ -75,7 +80,7 @@ def save_vs_raw(model_dir: Path, work: Path) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(raw_dir, ignore_errors=True)
     return dict(name="save_vs_raw", ours=statistics.median(ours), baseline=statistics.median(raw), unit="s",
-                target="<= 1.25", bytes=size, repeats=REPEATS,
+                target="<= 1.25", bytes=size, repeats=repeats,
                 raw_plus_fsync_s=statistics.median(raw_fsync), sha256_of_raw_files_s=statistics.median(hashing),
                 note="ours = write_checkpoint (staging, fsync, sha256 manifest, rename) of save_pretrained + "
                      "tokenizer + torch.save(training state); baseline = safetensors.save_file + torch.save, "
@@ -139,7 +144,7 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
     calls = {"none": [], "sync": [], "async": []}
     lost = {"sync": [], "async": []}
     tails = []
-    for n in range(REPEATS + 2):
+    for n in range(_repeats(profile) + (2 if profile.mode != "smoke" else 0)):
         base, _ = run("none", n)
         for kind in ("sync", "async"):
             elapsed, tail = run(kind, n)
@@ -207,7 +212,7 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
         path = _forge(source, root, step, spe, samples)
         run_flags = train_flags(profile, model_dir, data, root, cache, "--max-steps", "0", "--epochs", str(big + 1),
                                 "--dataloader-num-workers", "0", "--resume-from-checkpoint", str(path))
-        times[label] = min(_timed(lambda: _time_to_first_step(run_flags)) for _ in range(2))
+        times[label] = min(_timed(lambda: _time_to_first_step(run_flags)) for _ in range(_repeats(profile)))
     return dict(name="resume_startup", ours=times["large"], baseline=times["zero"], unit="s to first step",
                 target="<= 1.1", large_step=large_step, samples_per_epoch=samples,
                 note="Trainer setup + first optimizer step, resuming at step %d vs at step 0" % large_step)

@@ -57,6 +57,7 @@ class TrainConfig:
     dataloader_num_workers: int = 2
     num_proc: int = 1
     async_save: bool = False
+    streaming: bool = False
     gradient_checkpointing: bool = False
     demo: bool = False
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes used to tokenize a new data file (default 1)")
     g.add_argument("--dataloader-num-workers", type=int, default=d.dataloader_num_workers,
                    help=f"DataLoader worker processes (default {d.dataloader_num_workers})")
+    g.add_argument("--streaming", action="store_true",
+                   help="read and tokenize --data on the fly, no disk cache (for data larger than the disk); "
+                        "order is shuffled only within --length-group-size groups; validation needs --eval-data")
     g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffled batches instead of length-grouped ones")
     g.add_argument("--length-group-size", type=int, default=d.length_group_size,

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import rng
+from .async_save import AsyncCheckpointer
 from .config import TrainConfig
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
-from .async_save import AsyncCheckpointer
+from .errors import DataError
 from .metrics import MetricsLog
-from .perf import mfu, peak_flops, train_flops
 from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transformers, resolve_precision,
                        should_compile, unwrap)
+from .perf import mfu, peak_flops, train_flops
 from .resume import check_compatible, data_identity, resolve
 from .sampler import ResumableBatchSampler
 from .schedule import Schedule, apply_lr, make_scheduler
@@ -117,6 +118,8 @@ class Trainer:
     def _setup_data(self) -> None:
         c = self.config
         cache_root = Path(c.cache_dir) if c.cache_dir else self.output.parent / ".cache" / "tokenized"
+        if c.streaming:
+            return self._setup_streaming(cache_root)
         with self.accelerator.main_process_first():
             train = load_tokenized(c.data, self.tokenizer, c.max_source_length, c.max_target_length,
                                    cache_root, c.num_proc)
@@ -150,6 +153,36 @@ class Trainer:
             self.eval_loader = torch.utils.data.DataLoader(
                 self.eval_data, batch_sampler=eval_sampler, generator=torch.Generator().manual_seed(c.seed),
                 **common)
+
+    def _setup_streaming(self, cache_root: Path) -> None:
+        """--streaming: read and tokenize the training file on the fly (see chef_genius/streaming.py)."""
+        from .streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+        c = self.config
+        with self.accelerator.main_process_first():
+            rows = count_rows(c.data, cache_root)
+            evald = (load_tokenized(c.eval_data, self.tokenizer, c.max_source_length, c.max_target_length,
+                                    cache_root, c.num_proc) if c.eval_data else None)
+        if rows == 0:
+            raise DataError(f"{c.data}: no usable recipe in the file")
+        log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
+        self.train_data = StreamingRows(rows)
+        self.sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size,
+                                        self.accelerator.num_processes, self.accelerator.process_index)
+        collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        stream = StreamingDataset(c.data, self.tokenizer, c.max_source_length, c.max_target_length, self.sampler,
+                                  collate)
+        # A private generator, as in the cached path: worker seeds must not draw from the global RNG.
+        self.loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
+                                                  pin_memory=self.device.type == "cuda",
+                                                  generator=torch.Generator().manual_seed(c.seed))
+        self.eval_data = RecipeDataset(evald.dataset) if evald is not None else None
+        self.eval_loader = None
+        if self.eval_data is not None:
+            eval_sampler = ResumableBatchSampler(len(self.eval_data), c.batch_size, c.seed, self.eval_data.lengths(),
+                                                 len(self.eval_data), self.accelerator.num_processes,
+                                                 self.accelerator.process_index)
+            self.eval_loader = torch.utils.data.DataLoader(self.eval_data, batch_sampler=eval_sampler,
+                                                           collate_fn=collate, pin_memory=self.device.type == "cuda")
 
     def _decoder_start(self) -> int:
         from transformers import AutoConfig
