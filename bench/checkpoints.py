@@ -179,7 +179,7 @@ def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, sam
     return ckpt.write_checkpoint(target_root, step, copy_model, state)
 
 
-def _time_to_first_step(flags: list[str]) -> float:
+def _time_to_first_step(flags: list[str]) -> tuple[float, float]:
     from chef_genius.config import parse_args
     from chef_genius.trainer import Trainer
 
@@ -192,8 +192,9 @@ def _time_to_first_step(flags: list[str]) -> float:
     trainer.model.train()
     trainer.sampler.set_position(s.epoch, s.samples_in_epoch)
     batch = next(iter(trainer.loader))
+    ready = time.perf_counter() - started
     trainer._train_step([batch])
-    return time.perf_counter() - started
+    return ready, time.perf_counter() - started
 
 
 def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, cache: Path) -> dict:
@@ -215,7 +216,11 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
         path = _forge(source, root, step, spe, samples)
         run_flags = train_flags(profile, model_dir, data, root, cache, "--max-steps", "0", "--epochs", str(big + 1),
                                 "--dataloader-num-workers", "0", "--resume-from-checkpoint", str(path))
-        times[label] = min(_timed(lambda: _time_to_first_step(run_flags)) for _ in range(_repeats(profile)))
-    return dict(name="resume_startup", ours=times["large"], baseline=times["zero"], unit="s to first step",
-                target="<= 1.1", large_step=large_step, samples_per_epoch=samples,
-                note="Trainer setup + first optimizer step, resuming at step %d vs at step 0" % large_step)
+        runs = [_time_to_first_step(run_flags) for _ in range(_repeats(profile))]
+        times[label] = min(r[0] for r in runs), min(r[1] for r in runs)
+    return dict(name="resume_startup", ours=times["large"][0], baseline=times["zero"][0],
+                unit="s to first batch", target="<= 1.1", large_step=large_step, samples_per_epoch=samples,
+                with_first_step_s={"large": times["large"][1], "zero": times["zero"][1]},
+                note="Trainer setup (checkpoint load, restore, data position) until the first batch is ready, "
+                     "resuming at step %d (mid-epoch) vs at step 0; with_first_step_s adds the first step, whose "
+                     "batch length differs between the two positions" % large_step)

@@ -130,9 +130,9 @@ def run_bare_loop(profile: Profile, model_dir: Path, data: Path, cache: Path) ->
 
 def throughput_records(profile: Profile, model: Path, data: Path, work: Path, cache: Path) -> list[dict]:
     ours = run_ours(profile, model, data, work, cache)
+    bare = run_bare_loop(profile, model, data, cache)  # right after ours: the machine's load drifts
     hf = run_seq2seq_trainer(profile, model, data, work, cache, "random")
     hf_grouped = run_seq2seq_trainer(profile, model, data, work, cache, "group_by_length")
-    bare = run_bare_loop(profile, model, data, cache)
     setting = {"batch_size": profile.batch_size, "timed_steps": profile.timed_steps,
                "warmup_steps": profile.warmup_steps, "bf16": profile.bf16, "compile_ours": profile.compile,
                "rows": profile.rows, "model": profile.model_config}
