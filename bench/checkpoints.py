@@ -33,9 +33,9 @@ def _timed(action) -> float:
     return time.perf_counter() - started
 
 
-def _model_and_state(model_dir: Path):
-    model = load_model(model_dir)
-    optimizer = make_optimizer(model, 1e-4, 0.01, torch.device("cpu"))
+def _model_and_state(model_dir: Path, device: torch.device = torch.device("cpu")):
+    model = load_model(model_dir).to(device)
+    optimizer = make_optimizer(model, 1e-4, 0.01, device)
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
     optimizer.step()  # creates the Adam moments, so the state has its full size
@@ -96,18 +96,24 @@ def _train_batches(profile: Profile, model_dir: Path, data: Path, cache: Path, c
 
 
 def _step(model, optimizer, batch):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   decoder_input_ids=batch["decoder_input_ids"]).logits
+    device = next(model.parameters()).device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=batch["decoder_input_ids"]).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=LABEL_PAD)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the bench times steps; the trainer never syncs here
 
 
 def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, cache: Path) -> dict:
     """Seconds one save blocks training, async vs sync; also (save + K steps) minus (K steps). K steps
     last about twice as long as a sync save, so the background write can finish behind them."""
-    model, optimizer, _ = _model_and_state(model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, optimizer, _ = _model_and_state(model_dir, device)
     batches, tokenizer = _train_batches(profile, model_dir, data, cache, 4)
     state_of = lambda: ckpt.make_training_state(RunState(), {}, optimizer.state_dict(), {}, rng.capture(), {})
 
