@@ -62,6 +62,9 @@ class TrainConfig:
     compile: bool | None = None
     dataloader_num_workers: int = 2
     num_proc: int = 1
+    async_save: bool = False
+    streaming: bool = False
+    gradient_checkpointing: bool = False
     demo: bool = False
     progress: str = "auto"
     report_to: list = dataclasses.field(default_factory=list)
@@ -107,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes used to tokenize a new data file (default 1)")
     g.add_argument("--dataloader-num-workers", type=int, default=d.dataloader_num_workers,
                    help=f"DataLoader worker processes (default {d.dataloader_num_workers})")
+    g.add_argument("--streaming", action="store_true",
+                   help="read and tokenize --data on the fly, no disk cache (for data larger than the disk); "
+                        "order is shuffled only within --length-group-size groups; validation needs --eval-data")
     g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="plain shuffled batches instead of length-grouped ones")
     g.add_argument("--length-group-size", type=int, default=d.length_group_size,
@@ -156,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU that supports it")
     g.add_argument("--enable-mixed-precision", dest="mixed_precision", action="store_const", const="bf16",
                    help="same as --mixed-precision bf16 (fp16 is never used: T5 overflows in fp16)")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less GPU memory, about 30%% slower steps")
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
     g.add_argument("--disable-compilation", dest="compile", action="store_false",
@@ -164,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints, evaluation and logging")
     g.add_argument("--save-steps", type=int, default=d.save_steps,
                    help=f"checkpoint every N optimizer steps (default {d.save_steps})")
+    g.add_argument("--async-save", action="store_true",
+                   help="copy the state to CPU memory and write the checkpoint in a background thread "
+                        "(same files, same crash safety; at most one save in flight)")
     g.add_argument("--save-total-limit", type=int, default=d.save_total_limit,
                    help="keep the newest N checkpoints plus the best one and the one resumed from; older "
                         "ones are deleted after each new checkpoint is committed (default 0: keep all)")

@@ -12,7 +12,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 # Changing these mid-run changes which sample comes next or what a step means.
-GUARDED = ("batch_size", "gradient_accumulation_steps")
+GUARDED = ("batch_size", "gradient_accumulation_steps", "streaming")
 
 
 def data_identity(path: str | Path | None) -> dict | None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import disk, preemption, rng, sharded
 from . import distributed as dist
+from .async_save import AsyncCheckpointer
 from .config import TrainConfig
 from .errors import DataError, Preempted, SaveError, UserError
 from .data import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
@@ -43,6 +44,7 @@ from .modeling import (load_model, load_tokenizer, make_optimizer, quiet_transfo
                        should_compile, unwrap)
 from .progress import Progress
 from .reporting import Reporters, open_reporters
+from .perf import mfu, peak_flops, train_flops
 from .resume import check_compatible, data_identity, resolve
 from .sampler import ResumableBatchSampler
 from .schedule import Schedule, apply_lr, make_scheduler
@@ -71,6 +73,8 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.last_saved_step: int | None = None
         self.resumed_from: Path | None = None
+        self.saver = AsyncCheckpointer() if config.async_save else None
+        self._window_counts = [0, 0]  # source tokens and rows of the logging window (for FLOPs)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -93,6 +97,11 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(str(self.resumed_from or c.pretrained_model))
         model = load_model(self.resumed_from or c.pretrained_model)
+        if c.gradient_checkpointing:
+            model.config.use_cache = False
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model_config = model.config
+        self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         self._setup_data()
 
         compile_model, why = should_compile(c.compile, self.device)
@@ -136,6 +145,8 @@ class Trainer:
     def _setup_data(self) -> None:
         c = self.config
         cache_root = Path(c.cache_dir) if c.cache_dir else self.output.parent / ".cache" / "tokenized"
+        if c.streaming:
+            return self._setup_streaming(cache_root)
         with self.accelerator.main_process_first(), _cache_errors(cache_root):
             train = load_tokenized(c.data, self.tokenizer, c.max_source_length, c.max_target_length,
                                    cache_root, c.num_proc)
@@ -172,6 +183,36 @@ class Trainer:
             self.eval_loader = torch.utils.data.DataLoader(
                 dist.ShareDataset(self.eval_data), batch_sampler=eval_sampler,
                 generator=torch.Generator().manual_seed(c.seed), **common)
+
+    def _setup_streaming(self, cache_root: Path) -> None:
+        """--streaming: read and tokenize the training file on the fly (see chef_genius/streaming.py)."""
+        from .streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+        c = self.config
+        with self.accelerator.main_process_first():
+            rows = count_rows(c.data, cache_root)
+            evald = (load_tokenized(c.eval_data, self.tokenizer, c.max_source_length, c.max_target_length,
+                                    cache_root, c.num_proc) if c.eval_data else None)
+        if rows == 0:
+            raise DataError(f"{c.data}: no usable recipe in the file")
+        log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
+        self.train_data = StreamingRows(rows)
+        self.sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size,
+                                        self.accelerator.num_processes, self.accelerator.process_index)
+        collate = Collator(self.tokenizer.pad_token_id, decoder_start_token_id=self._decoder_start())
+        stream = StreamingDataset(c.data, self.tokenizer, c.max_source_length, c.max_target_length, self.sampler,
+                                  collate)
+        # A private generator, as in the cached path: worker seeds must not draw from the global RNG.
+        self.loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
+                                                  pin_memory=self.device.type == "cuda",
+                                                  generator=torch.Generator().manual_seed(c.seed))
+        self.eval_data = RecipeDataset(evald.dataset) if evald is not None else None
+        self.eval_loader = None
+        if self.eval_data is not None:
+            eval_sampler = ResumableBatchSampler(len(self.eval_data), c.batch_size, c.seed, self.eval_data.lengths(),
+                                                 len(self.eval_data), self.accelerator.num_processes,
+                                                 self.accelerator.process_index)
+            self.eval_loader = torch.utils.data.DataLoader(self.eval_data, batch_sampler=eval_sampler,
+                                                           collate_fn=collate, pin_memory=self.device.type == "cuda")
 
     def _decoder_start(self) -> int:
         from transformers import AutoConfig
@@ -277,8 +318,13 @@ class Trainer:
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
+        # Counted on the CPU tensors, before the device copy: no host sync.
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
         divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
+        counts = self._window_counts
+        for batch in window:
+            counts[0] += int(batch["attention_mask"].sum())
+            counts[1] += batch["input_ids"].shape[0]
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -308,12 +354,18 @@ class Trainer:
         losses = torch.stack(self._window_losses).tolist()  # the one host sync per logging interval
         elapsed = time.perf_counter() - self._window_start
         s.train_seconds += elapsed
+        src_tokens, rows = self._window_counts[0], max(self._window_counts[1], 1)
+        flops = train_flops(self.model_config, src_tokens, self._window_tokens, src_tokens / rows,
+                            self._window_tokens / rows) * self.accelerator.num_processes
+        utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
         record = {"type": "train", "step": s.global_step, "epoch": s.epoch + s.samples_in_epoch / len(self.train_data),
                   "loss": sum(losses) / len(losses), "step_losses": losses,
-                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9)}
+                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._window_tokens / max(elapsed, 1e-9),
+                  "tokens": self._window_tokens, "seconds": elapsed,
+                  "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
         self.metrics.write(record)
         self.progress.report(record)
-        self._window_losses, self._window_tokens = [], 0
+        self._window_losses, self._window_tokens, self._window_counts = [], 0, [0, 0]
         self._window_start = time.perf_counter()
 
     def maybe_evaluate(self, force: bool = False) -> float | None:
@@ -376,6 +428,8 @@ class Trainer:
 
     def maybe_save(self, force: bool = False) -> Path | None:
         s = self.state
+        if self.saver is not None:
+            self.saver.check()  # a failed background save stops the run here, not silently
         if not (force or s.global_step % self.config.save_steps == 0) or self.last_saved_step == s.global_step:
             return None
         return self.save_checkpoint()
@@ -391,6 +445,8 @@ class Trainer:
             rng_per_rank[0] if rng_per_rank else None, self._hyperparameters(),
             extra={ckpt.RNG_PER_RANK: rng_per_rank, **layout, **self.metrics.checkpoint_extra()})
         path = None
+        if self.saver is not None:
+            return self._save_async(state)
         if self.is_main:
             started = time.perf_counter()
             save_model = functools.partial(self._save_model, state_dict=model_state)
@@ -420,6 +476,30 @@ class Trainer:
             saves = min(saves, c.save_total_limit + 2)  # newest K, the best, and the one being written
         disk.preflight(self.output, self.checkpoint_bytes, saves)
 
+    def _save_async(self, state: dict) -> Path | None:
+        """Copy weights and state to CPU buffers now; write them in the background (--async-save)."""
+        step = self.state.global_step
+        path = None
+        if self.is_main:
+            started = time.perf_counter()
+            weights = self.saver.snapshot(unwrap(self.model).state_dict(), "model")
+            state = self.saver.snapshot(state, "state")
+            path = ckpt.checkpoint_path(self.output, step)
+            log.info("copied checkpoint-%d to CPU memory in %.2fs; writing it in the background", step,
+                     time.perf_counter() - started)
+
+            def write():
+                began = time.perf_counter()
+                ckpt.write_checkpoint(self.output, step, lambda folder: self._save_model(folder, weights), state)
+                log.info("saved %s in %.1fs (background)", path.name, time.perf_counter() - began)
+
+            self.saver.submit(write, path.name)
+        self.accelerator.wait_for_everyone()
+        self._last_save_clock = time.monotonic()
+        self.last_saved_step = step
+        self._last_save_ok = True  # a failed background write stops the run at the next saver.check()
+        return path
+
     def _save_model(self, folder: Path, state_dict: dict | None = None) -> None:
         unwrap(self.model).save_pretrained(folder, state_dict=state_dict, max_shard_size="1000GB")
         self.tokenizer.save_pretrained(folder)
@@ -444,6 +524,8 @@ class Trainer:
             self.maybe_evaluate(force=True)
             self.save_checkpoint()
         model_state = sharded.gather_model_state(self.accelerator, self.model)  # FSDP: a collective
+        if self.saver is not None:
+            self.saver.release()  # the run ends only once its last checkpoint is on disk
         if self.is_main:
             try:
                 self._save_final(model_state)

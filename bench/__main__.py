@@ -1,0 +1,108 @@
+"""``python -m bench``: one JSON object per line on stdout (name, ours, baseline, ratio, unit, ...).
+
+    python -m bench --smoke      # seconds: every benchmark on tiny sizes (what the test suite runs)
+    python -m bench --quick      # a few minutes on CPU with the tiny model
+    python -m bench              # full CPU sizes, 1M-row preprocessing
+    python -m bench --gpu        # FLAN-T5-large architecture, bf16, torch.compile (needs a CUDA GPU)
+
+Logs go to stderr; stdout holds only the JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import tempfile
+import traceback
+from pathlib import Path
+
+for _name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_name, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCHMARKS = ("throughput", "save_vs_raw", "async_save_stall", "resume_startup", "preprocess_cached")
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
+    size.add_argument("--quick", action="store_true", help="a few minutes on CPU")
+    p.add_argument("--gpu", action="store_true", help="FLAN-T5-large architecture, bf16 and torch.compile")
+    p.add_argument("--model-config", choices=("tiny", "flan-t5-large"), default=None,
+                   help="model architecture (default tiny; flan-t5-large with --gpu)")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    p.add_argument("--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with "
+                                                        "--quick / --smoke)")
+    p.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    import torch
+
+    from chef_genius.modeling import quiet_transformers
+
+    from .common import build_model_folder, emit, machine, make_profile, write_recipes_csv
+
+    quiet_transformers()
+    if args.gpu and not torch.cuda.is_available():
+        print("error: --gpu needs a CUDA GPU; run without --gpu for the CPU benchmark", file=sys.stderr)
+        return 2
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    model_config = args.model_config or ("flan-t5-large" if args.gpu else "tiny")
+    profile = make_profile(mode, model_config, gpu=args.gpu)
+    wanted = set(args.only or BENCHMARKS)
+    scratch = tempfile.TemporaryDirectory(prefix="chef-bench-") if not args.work_dir else None
+    work = Path(args.work_dir or scratch.name)
+    work.mkdir(parents=True, exist_ok=True)
+    emit({"name": "machine", "ours": None, "baseline": None, "ratio": None, "unit": None, "mode": mode,
+          "model": model_config, **machine()})
+    model = build_model_folder(work, model_config)
+    data = write_recipes_csv(work / "train.csv", profile.rows)
+    cache = work / "cache"
+    failures = 0
+    for name in BENCHMARKS:
+        if name not in wanted:
+            continue
+        try:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for the JSON lines only
+                records = _run(name, args, profile, model, data, work, cache)
+            for record in records:
+                emit({**record, "bench_s": round(time.perf_counter() - started, 1)})
+        except Exception as err:  # one broken benchmark must not hide the others' figures
+            failures += 1
+            traceback.print_exc()
+            emit({"name": name, "ours": None, "baseline": None, "ratio": None, "unit": None,
+                  "error": f"{type(err).__name__}: {err}"})
+    if scratch is not None:
+        scratch.cleanup()
+    return 1 if failures else 0
+
+
+def _run(name, args, profile, model, data, work, cache):
+    from . import checkpoints, preprocess, throughput
+
+    if name == "throughput":
+        return throughput.throughput_records(profile, model, data, work, cache)
+    if name == "save_vs_raw":
+        return [checkpoints.save_vs_raw(profile, model, work)]
+    if name == "async_save_stall":
+        return [checkpoints.async_save_stall(profile, model, data, work, cache)]
+    if name == "resume_startup":
+        return [checkpoints.resume_startup(profile, model, data, work, cache)]
+    rows = args.preprocess_rows or profile.preprocess_rows
+    reduced = 1_000_000 if rows < 1_000_000 else None
+    return [preprocess.preprocess_cached(rows, model, work, reduced)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

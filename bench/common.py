@@ -1,0 +1,115 @@
+"""What every benchmark shares: the profile (sizes per mode), the model folder, the data, the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# FLAN-T5-large's architecture (google/flan-t5-large config.json), written here because no model hub
+# is reachable: weights are initialised from it, which is all a speed benchmark needs.
+FLAN_T5_LARGE = dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24,
+                     num_heads=16, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                     dropout_rate=0.1, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                     layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+@dataclass
+class Profile:
+    mode: str              # smoke | quick | full
+    model_config: str      # tiny | flan-t5-large
+    rows: int              # recipes in the training CSV
+    batch_size: int
+    warmup_steps: int      # steps run before timing starts (also the logging interval)
+    timed_steps: int
+    preprocess_rows: int
+    workers: int
+    bf16: bool
+    compile: bool
+    max_source: int = 256
+    max_target: int = 512
+
+
+def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
+    large = model_config == "flan-t5-large"
+    if mode == "smoke":
+        return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64)
+    if mode == "quick":
+        return Profile(mode, model_config, 2000, 8, 3, 15, 50_000, 1, gpu, gpu)
+    return Profile(mode, model_config, 20000, 8 if not large else 16, 10, 100, 1_000_000, 2, gpu, gpu)
+
+
+def emit(record: dict) -> None:
+    """One JSON object per line on stdout, flushed, with the fields every result has."""
+    record = dict(record)
+    ours, baseline = record.get("ours"), record.get("baseline")
+    if "ratio" not in record:
+        record["ratio"] = (ours / baseline) if ours is not None and baseline else None
+    for key in ("ours", "baseline", "ratio"):
+        if isinstance(record.get(key), float):
+            record[key] = round(record[key], 4)
+    print(json.dumps(record), flush=True)
+
+
+def machine() -> dict:
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def build_model_folder(root: Path, model_config: str) -> Path:
+    """The tiny offline T5 (and its tokenizer); for flan-t5-large, the same tokenizer with a randomly
+    initialised model of FLAN-T5-large's architecture (untied lm_head, as FLAN-T5)."""
+    from chef_genius.tiny import build_tiny
+
+    folder = build_tiny(root / "model")
+    if model_config == "flan-t5-large":
+        from transformers import T5Config, T5ForConditionalGeneration
+        torch.manual_seed(0)
+        config = T5Config(**FLAN_T5_LARGE)
+        model = T5ForConditionalGeneration(config)
+        model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
+        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
+        model.save_pretrained(folder)
+    return folder
+
+
+def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000) -> Path:
+    """A RecipeNLG-layout CSV of ``rows`` generated recipes (variable lengths), written in chunks."""
+    import csv
+
+    from chef_genius.sample_data import generate_recipes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["", "title", "ingredients", "directions", "link", "source", "NER"])
+        index = 0
+        for start in range(0, rows, chunk):
+            for r in generate_recipes(min(chunk, rows - start), seed=seed * 100_003 + start):
+                writer.writerow([index, r["title"], json.dumps(r["ingredients"]), json.dumps(r["directions"]),
+                                 r["link"], r["source"], json.dumps(r["ner"])])
+                index += 1
+    return path
+
+
+def train_flags(profile: Profile, model: Path, data: Path, output: Path, cache: Path, *extra) -> list[str]:
+    """Our trainer's flags for a timed run: no validation, no periodic checkpoint, one log per
+    ``warmup_steps`` steps (the first window is the warm-up, later ones are timed)."""
+    flags = ["--data", str(data), "--pretrained-model", str(model), "--model-output", str(output),
+             "--cache-dir", str(cache), "--batch-size", str(profile.batch_size), "--epochs", "1000",
+             "--max-steps", str(profile.warmup_steps + profile.timed_steps), "--eval-split-ratio", "0",
+             "--save-steps", "1000000000", "--eval-steps", "1000000000",
+             "--logging-steps", str(profile.warmup_steps), "--warmup-steps", "0",
+             "--max-source-length", str(profile.max_source), "--max-target-length", str(profile.max_target),
+             "--dataloader-num-workers", str(profile.workers),
+             "--mixed-precision", "bf16" if profile.bf16 else "no"]
+    flags.append("--compile" if profile.compile else "--disable-compilation")
+    return flags + [str(x) for x in extra]
