@@ -87,7 +87,7 @@ def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
             "args": lambda output, *extra: train_args(tiny_model, small_csv, output, cache_dir, *FAST, *extra)}
 
 
-def test_every_kill_point_of_every_save_leaves_a_recoverable_folder(reference):
+def test_every_kill_point_of_every_save_leaves_a_recoverable_folder(reference, tmp_path):
     snaps = reference["snaps"]
     labels = {label for label, _ in snaps}
     assert {"model written", "manifest written", "renamed", "renamed for deletion"} <= labels
@@ -97,8 +97,10 @@ def test_every_kill_point_of_every_save_leaves_a_recoverable_folder(reference):
         step = assert_recoverable(folder)
         assert step >= newest, f"a kill at '{label}' lost checkpoint-{newest}"
         newest = step
-        ckpt.remove_staging(folder)
-        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+        copy = tmp_path / folder.name  # the snapshots stay as they were for the tests below
+        snapshot(folder, copy)
+        ckpt.remove_staging(copy)
+        assert not [p for p in copy.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("label", ["training state written", "renamed for deletion"])
