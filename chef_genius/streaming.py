@@ -18,13 +18,13 @@ tokenizing them. That skip costs a parse of the rows before the position (not in
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .readers import ReadStats, read_examples
+from .sampler import ResumableBatchSampler
 
 
 def count_rows(path: str | Path, cache_root: str | Path) -> int:
@@ -53,28 +53,13 @@ class StreamingRows:
         return self.num_rows
 
 
-class StreamingSampler:
-    """The position of a streamed epoch; same interface as ``ResumableBatchSampler`` for the loop."""
+class StreamingSampler(ResumableBatchSampler):
+    """The position of a streamed epoch: the resumable sampler's bookkeeping, with the order made
+    while reading (the stream is not indexable)."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, group_size: int, num_replicas: int = 1,
                  rank: int = 0):
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.group_size, self.num_replicas, self.rank = group_size, num_replicas, rank
-        self.epoch = 0
-        self.start = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.num_replicas
-
-    def micro_batches_per_epoch(self) -> int:
-        return math.ceil(self.num_samples / self.global_batch_size)
-
-    def set_position(self, epoch: int, samples_in_epoch: int) -> None:
-        self.epoch, self.start = epoch, samples_in_epoch
-
-    def __len__(self) -> int:
-        return math.ceil(max(0, self.num_samples - self.start) / self.global_batch_size)
+        super().__init__(num_samples, batch_size, seed, None, group_size, num_replicas, rank)
 
 
 def group_order(lengths: np.ndarray, seed: int, epoch: int, group: int) -> np.ndarray:
