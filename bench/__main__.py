@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     import torch
 
-    from chef_genius.modeling import quiet_transformers
+    from chef_genius.model.loading import quiet_transformers
 
     from .common import build_model_folder, emit, machine, make_profile, write_recipes_csv
 

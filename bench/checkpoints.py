@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import rng
-from chef_genius.async_save import AsyncCheckpointer
-from chef_genius.data import LABEL_PAD, Collator, RecipeDataset, load_tokenized
-from chef_genius.modeling import load_model, load_tokenizer, make_optimizer
-from chef_genius.state import RunState
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.train import rng
+from chef_genius.checkpoint.async_writer import AsyncCheckpointer
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized
+from chef_genius.model.loading import load_model, load_tokenizer, make_optimizer
+from chef_genius.train.state import RunState
 
 from .common import Profile, train_flags
 
@@ -186,8 +186,8 @@ def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, sam
 
 
 def _time_to_first_step(flags: list[str]) -> tuple[float, float]:
-    from chef_genius.config import parse_args
-    from chef_genius.trainer import Trainer
+    from chef_genius.train.config import parse_args
+    from chef_genius.train.trainer import Trainer
 
     started = time.perf_counter()
     trainer = Trainer(parse_args(flags))
@@ -204,7 +204,7 @@ def _time_to_first_step(flags: list[str]) -> tuple[float, float]:
 
 
 def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, cache: Path) -> dict:
-    from chef_genius.train_cli import main
+    from chef_genius.train.cli import main
 
     big = 1_000_000_000
     base = work / "resume-base"

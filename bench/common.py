@@ -67,7 +67,7 @@ def machine() -> dict:
 def build_model_folder(root: Path, model_config: str) -> Path:
     """The tiny offline T5 (and its tokenizer); for flan-t5-large, the same tokenizer with a randomly
     initialised model of FLAN-T5-large's architecture (untied lm_head, as FLAN-T5)."""
-    from chef_genius.tiny import build_tiny
+    from chef_genius.model.tiny import build_tiny
 
     folder = build_tiny(root / "model")
     if model_config == "flan-t5-large":
@@ -85,7 +85,7 @@ def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000)
     """A RecipeNLG-layout CSV of ``rows`` generated recipes (variable lengths), written in chunks."""
     import csv
 
-    from chef_genius.sample_data import generate_recipes
+    from chef_genius.devtools.sample_data import generate_recipes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:

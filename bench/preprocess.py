@@ -19,8 +19,8 @@ from .common import write_recipes_csv
 
 
 def _one_run(csv: str, model: str, cache: str, num_proc: int) -> dict:
-    from chef_genius.data import load_tokenized
-    from chef_genius.modeling import load_tokenizer
+    from chef_genius.data.tokenized import load_tokenized
+    from chef_genius.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(model)
     started = time.perf_counter()

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from chef_genius.data import LABEL_PAD, Collator, RecipeDataset, load_tokenized
-from chef_genius.sampler import ResumableBatchSampler
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized
+from chef_genius.data.sampler import ResumableBatchSampler
 
 from .common import Profile, train_flags
 
@@ -30,7 +30,7 @@ def _sync():
 
 
 def run_ours(profile: Profile, model: Path, data: Path, work: Path, cache: Path) -> dict:
-    from chef_genius.train_cli import main
+    from chef_genius.train.cli import main
 
     output = work / "ours"
     assert main(train_flags(profile, model, data, output, cache)) == 0
@@ -85,7 +85,7 @@ def run_seq2seq_trainer(profile: Profile, model_dir: Path, data: Path, work: Pat
 
 def run_bare_loop(profile: Profile, model_dir: Path, data: Path, cache: Path) -> dict:
     """forward / backward / clip / AdamW step on the batches our sampler makes, built beforehand."""
-    from chef_genius.modeling import load_model, load_tokenizer, make_optimizer
+    from chef_genius.model.loading import load_model, load_tokenizer, make_optimizer
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(str(model_dir))

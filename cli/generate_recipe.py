@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from chef_genius.generate_cli import entry  # noqa: E402
+from chef_genius.model.generate_cli import entry  # noqa: E402
 
 if __name__ == "__main__":
     entry()

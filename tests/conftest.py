@@ -20,7 +20,7 @@ SAMPLE_CSV = REPO / "data" / "sample_recipes.csv"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny T5 model + tokenizer built offline from the bundled sample (once per test session)."""
-    from chef_genius.tiny import build_tiny
+    from chef_genius.model.tiny import build_tiny
     return build_tiny(tmp_path_factory.mktemp("tiny-t5"))
 
 
@@ -57,7 +57,7 @@ def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
 
 def run_training(*argv) -> int:
     """Run the training CLI in this process; returns its exit code."""
-    from chef_genius.train_cli import main
+    from chef_genius.train.cli import main
     return main(list(argv))
 
 

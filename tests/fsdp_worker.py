@@ -1,4 +1,4 @@
-"""Run by test_distributed.py under torchrun: FSDP2 on CPU/gloo through chef_genius.sharded.
+"""Run by test_distributed.py under torchrun: FSDP2 on CPU/gloo through chef_genius.train.sharded.
 
 Shards the tiny T5 per T5Block (as configs/accelerate_fsdp.yaml does), takes a step, gathers the full
 model and name-keyed optimizer state, reloads the optimizer from it the way a resume does (every
@@ -15,7 +15,7 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.models.t5.modeling_t5 import T5Block
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from chef_genius import sharded  # noqa: E402
+from chef_genius.train import sharded  # noqa: E402
 
 
 class _FsdpAccelerator:  # what sharded.py asks of accelerate's Accelerator

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import run_training, step_losses, train_args
 
-from chef_genius import checkpoint as ckpt
-from chef_genius.async_save import AsyncCheckpointer
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 
 
 def _sha(checkpoint, name):

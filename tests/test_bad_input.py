@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from chef_genius import checkpoint as ckpt
+from chef_genius.checkpoint import format as ckpt
 from chef_genius.errors import EXIT_DATA, EXIT_USAGE, run_cli
-from chef_genius.train_cli import main
+from chef_genius.train.cli import main
 from conftest import train_args
 
 QUICK = ("--max-source-length", 32, "--max-target-length", 64, "--eval-steps", 100, "--save-steps", 2)
@@ -135,7 +135,7 @@ def test_unwritable_output_is_refused_before_anything_is_written(tmp_path, monke
     """The same check as a read-only folder, also where the tests run as root."""
     from pathlib import Path
 
-    from chef_genius import disk
+    from chef_genius.checkpoint import disk
     from chef_genius.errors import UserError
 
     def refuse(self, data):

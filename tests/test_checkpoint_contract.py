@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from chef_genius import checkpoint as ckpt
+from chef_genius.checkpoint import format as ckpt
 from conftest import run_training, train_args
 
 

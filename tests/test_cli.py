@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from chef_genius.config import parse_args
+from chef_genius.train.config import parse_args
 from chef_genius.errors import UserError
 from conftest import REPO, run_training, train_args
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import faults
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_PREEMPTED
-from chef_genius.metrics import read_metrics
+from chef_genius.monitoring.metrics import read_metrics
 from conftest import REPO, run_training, train_args
 
 CLI = REPO / "cli" / "complete_optimized_training.py"

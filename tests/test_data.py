@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from chef_genius import data as data_mod
-from chef_genius.data import Collator, RecipeDataset, load_tokenized, split_indices
-from chef_genius.modeling import load_tokenizer
+from chef_genius.data import tokenized as data_mod
+from chef_genius.data.tokenized import Collator, RecipeDataset, load_tokenized, split_indices
+from chef_genius.model.loading import load_tokenizer
 
 
 def test_tokenized_cache_is_reused_and_keyed_by_lengths(tiny_model, small_csv, tmp_path, monkeypatch):

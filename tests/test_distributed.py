@@ -22,9 +22,9 @@ import torch
 
 from conftest import REPO, run_training, step_losses, train_args
 
-from chef_genius import checkpoint as ckpt
-from chef_genius.distributed import SAMPLE_LOG_ENV, planned_total_steps
-from chef_genius.sampler import ResumableBatchSampler
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.train.distributed import SAMPLE_LOG_ENV, planned_total_steps
+from chef_genius.data.sampler import ResumableBatchSampler
 
 CLI = str(REPO / "cli" / "complete_optimized_training.py")
 # 43 training recipes with 3 per device on 2 processes: the last global micro-batch holds 1 sample,
@@ -158,7 +158,7 @@ def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):
 def test_launches_that_would_train_something_else_are_refused(monkeypatch):
     from types import SimpleNamespace
 
-    from chef_genius.distributed import check_launch
+    from chef_genius.train.distributed import check_launch
     from chef_genius.errors import UserError
     cpu = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "2")  # two processes that each set up a world of one
@@ -174,8 +174,8 @@ def test_name_keyed_optimizer_state_of_an_fsdp_checkpoint_loads_without_fsdp(tin
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     from transformers import AutoModelForSeq2SeqLM
 
-    from chef_genius import sharded
-    from chef_genius.modeling import make_optimizer
+    from chef_genius.train import sharded
+    from chef_genius.model.loading import make_optimizer
 
     def model_and_optimizer():
         model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from chef_genius import checkpoint as ckpt
-from chef_genius.doctor_cli import fix_all_main, verify_main
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import run_cli
-from chef_genius.schedule import lr_factor
+from chef_genius.train.schedule import lr_factor
 from conftest import run_training, train_args
 
 
@@ -182,7 +182,7 @@ def make_legacy(run_dir, dest, prefix="_orig_mod."):
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForSeq2SeqLM
 
-    from chef_genius.modeling import make_optimizer
+    from chef_genius.model.loading import make_optimizer
     source = run_dir / "checkpoint-10"
     dest.mkdir(parents=True)
     for path in source.iterdir():
@@ -224,10 +224,10 @@ def test_legacy_checkpoint_converted_keeping_optimizer(run_dir, tmp_path, capsys
     state = ckpt.load_training_state(folder)  # weights_only: no numpy left
     assert state["data_position"] == {"epoch": 0, "samples_in_epoch": 80}
     assert state["rng_states"]["numpy"]["keys"].dtype == torch.int64
-    from chef_genius.modeling import load_model
+    from chef_genius.model.loading import load_model
     model = load_model(folder)
     names = {id(p): n for n, p in model.named_parameters()}
-    from chef_genius.modeling import make_optimizer
+    from chef_genius.model.loading import make_optimizer
     order = [names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups
              for p in g["params"]]
     for index, name in enumerate(order):
@@ -317,7 +317,7 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_mode
     assert state["global_step"] == 2 and state["epoch"] == 0 and not state["optimizer_state_empty"]
     assert state["rng_states"]["torch"].dtype == torch.uint8
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    from chef_genius.weights import hf_layout, meta_model, our_layout, read_header
+    from chef_genius.doctor.weights import hf_layout, meta_model, our_layout, read_header
     model = meta_model(folder, folder / ckpt.WEIGHTS, read_header(folder / ckpt.WEIGHTS))
     hf_names = [n for g in hf_layout(model) for n in g]
     ours = [n for g in our_layout(model) for n in g]

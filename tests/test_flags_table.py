@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chef_genius.config import build_parser
-from chef_genius.flags_table import markdown, replace_table, table_in
+from chef_genius.train.config import build_parser
+from chef_genius.devtools.flags_table import markdown, replace_table, table_in
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_readme_table_lists_every_flag_as_the_parser_does():
     table = table_in(README.read_text(encoding="utf-8"))
     assert table is not None, "README.md lost its flags-table markers"
-    assert table == markdown(), "README's flags table is out of date: python -m chef_genius.flags_table --write README.md"
+    assert table == markdown(), "README's flags table is out of date: python -m chef_genius.devtools.flags_table --write README.md"
 
 
 def test_every_option_appears_in_the_table():
@@ -25,7 +25,7 @@ def test_every_option_appears_in_the_table():
 
 
 def test_write_replaces_only_the_table():
-    from chef_genius.flags_table import BEGIN, END
+    from chef_genius.devtools.flags_table import BEGIN, END
     document = f"# Title\n\nbefore\n{BEGIN}\nold\n{END}\nafter\n"
     updated = replace_table(document, "| new |")
     assert updated == f"# Title\n\nbefore\n{BEGIN}\n| new |\n{END}\nafter\n"

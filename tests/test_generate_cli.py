@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import generate_cli
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.model import generate_cli
 from chef_genius.errors import EXIT_USAGE, UserError
-from chef_genius.generate_cli import main, resolve_model_dir
+from chef_genius.model.generate_cli import main, resolve_model_dir
 
 REPO = Path(__file__).resolve().parent.parent
 WELL_FORMED = ("Title: Garlic Chicken Rice Ingredients: 2 c. rice ; 1 lb. chicken ; 3 cloves garlic "

@@ -3,7 +3,7 @@ import sys
 import pytest
 import torch
 
-from chef_genius import modeling
+from chef_genius.model import loading as modeling
 from chef_genius.errors import UserError
 
 
@@ -42,8 +42,8 @@ def test_unknown_model_is_one_line_user_error(tmp_path):
 
 
 def test_separate_eval_file(tiny_model, small_csv, sample_csv, cache_dir, tmp_path):
-    from chef_genius.config import parse_args
-    from chef_genius.trainer import Trainer
+    from chef_genius.train.config import parse_args
+    from chef_genius.train.trainer import Trainer
     from conftest import train_args
     trainer = Trainer(parse_args(train_args(tiny_model, small_csv, tmp_path / "o", cache_dir,
                                             "--eval-data", sample_csv)))

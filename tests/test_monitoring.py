@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_training, step_losses, train_args
-from chef_genius import checkpoint as ckpt
-from chef_genius.metrics import read_metrics
-from chef_genius.plotting import history
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.monitoring.metrics import read_metrics
+from chef_genius.monitoring.plotting import history
 
 LOGGING_STEPS = 3
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_training, step_losses, train_args
 
-from chef_genius.perf import mfu, t5_matmul_params, train_flops
+from chef_genius.monitoring.flops import mfu, t5_matmul_params, train_flops
 
 
 def test_flops_match_flan_t5_large_parameter_count():

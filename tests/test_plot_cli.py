@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from chef_genius.errors import EXIT_DATA, EXIT_USAGE
-from chef_genius.plot_cli import main
-from chef_genius.plotting import PLOT_FILES, moving_average
+from chef_genius.monitoring.plot_cli import main
+from chef_genius.monitoring.plotting import PLOT_FILES, moving_average
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,11 +7,11 @@ import signal
 
 import pytest
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import faults
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, run_cli
-from chef_genius.train_cli import main
-from chef_genius.trainer import Trainer
+from chef_genius.train.cli import main
+from chef_genius.train.trainer import Trainer
 from conftest import train_args
 
 QUICK = ("--max-steps", 6, "--max-source-length", 32, "--max-target-length", 64, "--eval-steps", 100)

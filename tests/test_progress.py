@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from chef_genius.progress import Progress, format_duration, use_bar
+from chef_genius.monitoring.progress import Progress, format_duration, use_bar
 
 
 class FakeTTY(io.StringIO):

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from chef_genius.errors import DataError
-from chef_genius.readers import ReadStats, read_examples
+from chef_genius.data.readers import ReadStats, read_examples
 
 HEADER = ",title,ingredients,directions,link,source,NER\n"
 

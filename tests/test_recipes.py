@@ -1,6 +1,6 @@
 import pytest
 
-from chef_genius.recipes import (Recipe, RowError, format_source, format_target, parse_list, parse_target,
+from chef_genius.data.recipes import (Recipe, RowError, format_source, format_target, parse_list, parse_target,
                                  recipe_from_fields, render, source_from_ingredients)
 
 

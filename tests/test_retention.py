@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import faults
-from chef_genius.retention import apply_retention, select_for_deletion
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import faults
+from chef_genius.checkpoint.retention import apply_retention, select_for_deletion
 
 
 def test_keeps_newest_k():

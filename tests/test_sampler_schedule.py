@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from chef_genius.sampler import ResumableBatchSampler, epoch_order
-from chef_genius.schedule import Schedule, lr_factor, make_scheduler, scheduler_state_at
+from chef_genius.data.sampler import ResumableBatchSampler, epoch_order
+from chef_genius.train.schedule import Schedule, lr_factor, make_scheduler, scheduler_state_at
 
 
 def test_epoch_order_is_a_pure_permutation_grouped_by_length():

@@ -12,11 +12,11 @@ from collections import namedtuple
 import pytest
 import torch
 
-from chef_genius import checkpoint as ckpt
-from chef_genius import disk
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import disk
 from chef_genius.errors import EXIT_SAVE, SaveError
-from chef_genius.resume import resolve
-from chef_genius.train_cli import main
+from chef_genius.checkpoint.resume import resolve
+from chef_genius.train.cli import main
 from conftest import train_args
 
 QUICK = ("--max-source-length", 32, "--max-target-length", 64, "--eval-steps", 100, "--save-steps", 2)

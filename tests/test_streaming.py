@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from conftest import run_training, step_losses, train_args
 
-from chef_genius import checkpoint as ckpt
-from chef_genius.streaming import group_order
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.data.streaming import group_order
 
 
 def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_csv, tmp_path):

@@ -1,0 +1,357 @@
+"""The checkpoint format: the one place that names its files and keys, writes and reads it.
+
+    MODEL_OUTPUT/checkpoint-{global_step}/
+        config.json, generation_config.json, model.safetensors   (save_pretrained of the bare model)
+        tokenizer files
+        training_state.pt    (torch.save of plain values and tensors; loads with weights_only=True)
+        manifest.json        (written last: every other file with size and sha256, "complete": true)
+
+A checkpoint is written into a staging folder beside its final place, every file fsynced, the
+manifest last, then renamed to ``checkpoint-N`` in one step, so a crash leaves either the earlier
+state or the complete new checkpoint. A folder without a verifying manifest is never resumed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from chef_genius.errors import UserError
+from chef_genius.checkpoint.faults import fault_point
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "chef-genius-checkpoint"
+FORMAT_VERSION = 1
+PREFIX = "checkpoint-"
+STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
+TRAINING_STATE = "training_state.pt"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
+REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
+RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
+STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
+              "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
+_STEP = re.compile(rf"^{PREFIX}(\d+)$")
+_HASH_CHUNK = 8 << 20
+_SEAL_THREADS = max(2, min(8, os.cpu_count() or 1))
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+class UnsafeStateError(CheckpointError):
+    """A training state that does not load under ``weights_only=True`` (never unpickled further)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# names and discovery
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"{PREFIX}{step}"
+
+
+def step_of(path: str | Path) -> int | None:
+    match = _STEP.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders under ``output_dir``, oldest step first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of)
+
+
+def staging_folders(output_dir: str | Path) -> list[Path]:
+    """Leftovers of a save or a deletion that did not finish (never a complete checkpoint)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)))
+
+
+def remove_staging(output_dir: str | Path) -> list[Path]:
+    """Remove folders left by a run that died mid-save or mid-deletion; returns what was removed."""
+    removed = []
+    for path in staging_folders(output_dir):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def find_latest(output_dir: str | Path, verify_hashes: bool = False) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose manifest verifies, and the newer ones skipped with the reason."""
+    skipped = []
+    for path in reversed(list_checkpoints(output_dir)):
+        problems = manifest_problems(path, verify_hashes)
+        if not problems:
+            return path, skipped
+        skipped.append((path, problems[0]))
+    return None, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str, str] | None = None) -> dict:
+    """The manifest of ``folder``; ``known_sha256`` (name -> digest) spares hashing files again."""
+    folder = Path(folder)
+    known_sha256 = known_sha256 or {}
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name == MANIFEST or name.startswith("backup"):
+            continue
+        digest = known_sha256.get(name) or sha256_file(path)
+        files[name] = {"size": path.stat().st_size, "sha256": digest}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "global_step": global_step,
+            "complete": True, "created_unix": time.time(), "files": files}
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[str]:
+    """Why ``folder`` is not a complete checkpoint (empty when it verifies)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return ["no readable manifest.json (the save did not finish, or the files were copied by hand)"]
+    if not manifest.get("complete"):
+        return ["manifest.json does not mark the checkpoint complete"]
+    problems = []
+    for name in REQUIRED_FILES:
+        if name not in manifest["files"]:
+            problems.append(f"manifest lists no {name}")
+    for name, entry in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != entry.get("size"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
+        elif verify_hashes and sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{name} does not match its sha256 in the manifest")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: str | Path) -> None:
+    if sys.platform == "win32":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def retry_os(action: Callable[[], None], attempts: int = 8, first_delay: float = 0.05) -> None:
+    """Run a rename / delete, retrying on Windows sharing violations (antivirus, indexers)."""
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay *= 2
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        fault_point(f"{path.name} temp written")
+        retry_os(lambda: os.replace(tmp, path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, value) -> None:
+    atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def atomic_torch_save(path: str | Path, value) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(value, tmp)
+        fsync_file(tmp)
+        retry_os(lambda: os.replace(tmp, path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Callable[[Path], None],
+                     training_state: dict) -> Path:
+    """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer."""
+    output_dir = Path(output_dir)
+    final = checkpoint_path(output_dir, global_step)
+    staging = output_dir / f"{STAGING_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
+        # core): the model files are fsynced and hashed in other threads (hashlib and fsync release
+        # the GIL) while torch.save writes the training state, itself hashed as soon as it is written.
+        fault_point("staging created")
+        with ThreadPoolExecutor(max_workers=_SEAL_THREADS) as pool:
+            save_model(staging)
+            fault_point("model written")
+            sealing = {p: pool.submit(_fsync_and_hash, p) for p in staging.rglob("*") if p.is_file()}
+            torch.save(training_state, staging / TRAINING_STATE)
+            fault_point("training state written")
+            sealing[staging / TRAINING_STATE] = pool.submit(_fsync_and_hash, staging / TRAINING_STATE)
+            digests = {p.relative_to(staging).as_posix(): job.result() for p, job in sealing.items()}
+        manifest = build_manifest(staging, global_step, digests)
+        fault_point("files fsynced")
+        atomic_write_json(staging / MANIFEST, manifest)
+        fault_point("manifest written")
+        fsync_dir(staging)
+        if final.exists():  # only now, so a crash before this point leaves the older folder in place
+            set_aside(final)
+        retry_os(lambda: os.rename(staging, final))
+        fault_point("renamed")
+        fsync_dir(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _fsync_and_hash(path: Path) -> str:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    return sha256_file(path)
+
+
+def set_aside(path: Path) -> Path:
+    """Move a checkpoint out of the way without deleting it (a run resumed from an older step
+    reaches the step of a newer one): it goes to ``MODEL_OUTPUT/superseded/``."""
+    target_dir = path.parent / "superseded"
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    retry_os(lambda: os.rename(path, target))
+    log.warning("moved the older %s aside to %s (a checkpoint is never overwritten)", path.name, target)
+    return target
+
+
+def delete_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint so that no crash can leave a half-deleted folder that looks valid: it is
+    first renamed to ``.deleting-...`` (one atomic step; no longer a ``checkpoint-N``), then removed.
+    A leftover ``.deleting-`` folder is removed at the next start."""
+    path = Path(path)
+    doomed = path.parent / f"{DELETING_PREFIX}{path.name}-{os.getpid()}"
+    retry_os(lambda: os.rename(path, doomed))
+    fsync_dir(path.parent)
+    fault_point("renamed for deletion")
+    retry_os(lambda: shutil.rmtree(doomed))
+    fault_point("deleted")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+def load_training_state(folder_or_file: str | Path, map_location="cpu") -> dict:
+    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle."""
+    path = Path(folder_or_file)
+    if path.is_dir():
+        path = path / TRAINING_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        text = str(err)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise UnsafeStateError(f"{path} holds objects that are not plain tensors and values "
+                                   "(an old-format or unsafe file); it was not unpickled") from None
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}); it is truncated or corrupt") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a training-state dictionary")
+    return state
+
+
+def missing_state_keys(state: dict) -> list[str]:
+    return [key for key in STATE_KEYS if key not in state]
+
+
+# ---------------------------------------------------------------------------------------------
+# the training state's keys
+
+def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
+                        rng_states: dict, hyperparameters: dict, extra: dict | None = None) -> dict:
+    """The dictionary saved as ``training_state.pt`` (plain values and tensors only)."""
+    import transformers
+
+    from chef_genius import __version__
+    state = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "global_step": run_state.global_step,
+        "epoch": run_state.epoch,
+        "best_loss": run_state.best_loss,
+        "run_state": run_state.to_dict(),
+        "data_position": data_position,
+        "optimizer_state_dict": optimizer_state or {},
+        "optimizer_state_empty": not optimizer_state,
+        "scheduler_state_dict": scheduler_state,
+        "rng_states": rng_states,
+        "hyperparameters": hyperparameters,
+        "versions": {"chef_genius": __version__, "torch": str(torch.__version__),
+                     "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "torch_num_threads": torch.get_num_threads(),
+    }
+    state.update(extra or {})
+    return state

@@ -1,0 +1,79 @@
+"""Which checkpoint a run resumes from, and whether the run still matches it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Changing these mid-run changes which sample comes next or what a step means.
+GUARDED = ("batch_size", "gradient_accumulation_steps", "streaming")
+
+
+def data_identity(path: str | Path | None) -> dict | None:
+    """Name, size and a hash of the first and last MiB: survives a copy to another machine."""
+    if path is None:
+        return None
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(size - (1 << 20))
+            digest.update(handle.read())
+    return {"name": path.name, "size": size, "sha256_head_tail": digest.hexdigest()}
+
+
+def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verify_hashes: bool = False) -> Path | None:
+    """The checkpoint folder to resume from, or None to start fresh."""
+    output_dir = Path(output_dir)
+    if resume is None and not auto_resume:
+        existing = ckpt.list_checkpoints(output_dir)
+        if existing:
+            raise UserError(f"{output_dir} already holds checkpoints (newest {existing[-1].name}); resume with "
+                            "--resume-from-checkpoint latest or --auto-resume, or pick another --model-output")
+        return None
+    if resume is None or resume == "latest":
+        found, skipped = ckpt.find_latest(output_dir, verify_hashes)
+        for path, reason in skipped:
+            log.warning("skipping %s: %s", path.name, reason)
+        if found is None:
+            if auto_resume:
+                log.info("no complete checkpoint in %s: starting fresh", output_dir)
+                return None
+            raise UserError(f"no complete checkpoint under {output_dir} to resume from"
+                            + (f" ({len(skipped)} incomplete skipped)" if skipped else ""))
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        raise UserError(f"--resume-from-checkpoint {resume}: no such folder")
+    if not (path / ckpt.TRAINING_STATE).is_file():
+        raise UserError(f"--resume-from-checkpoint {resume}: not a checkpoint (no {ckpt.TRAINING_STATE}); "
+                        f"check it with: python cli/verify_and_fix_checkpoint.py {resume}")
+    problems = ckpt.manifest_problems(path, verify_hashes)
+    if problems:
+        raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
+                        f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")
+    return path
+
+
+def check_compatible(saved: dict, config, identity: dict | None) -> list[str]:
+    """Differences that break exact resume; raises unless ``--allow-config-change``."""
+    changes = [f"--{name.replace('_', '-')} {saved.get(name)} -> {getattr(config, name)}"
+               for name in GUARDED if name in saved and saved[name] != getattr(config, name)]
+    saved_identity = saved.get("data_identity")
+    if saved_identity and identity and saved_identity != identity:
+        changes.append(f"--data {saved_identity.get('name')} ({saved_identity.get('size')} bytes) -> "
+                       f"{identity['name']} ({identity['size']} bytes)")
+    if changes and not config.allow_config_change:
+        raise UserError("the run does not match the checkpoint: " + "; ".join(changes)
+                        + "; pass --allow-config-change to resume anyway (the sample order will differ)")
+    for change in changes:
+        log.warning("config changed on resume: %s", change)
+    return changes

@@ -1,0 +1,51 @@
+"""``--save-total-limit K``: which checkpoints to delete after a new one is committed.
+
+Kept, always: the newest K complete checkpoints, the best one (lowest validation loss), the one the
+run resumed from, and therefore at least one complete checkpoint. Folders that do not verify
+(interrupted or damaged) are neither counted nor deleted: ``verify_and_fix_checkpoint.py`` may still
+repair them, and deleting evidence is not retention's job. Deletion happens only after the new
+checkpoint is committed, and goes through ``checkpoint.delete_checkpoint`` (rename, then remove),
+so a crash mid-deletion never leaves a ``checkpoint-N`` that looks complete and is not.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+from chef_genius.checkpoint import format as ckpt
+
+log = logging.getLogger(__name__)
+
+
+def select_for_deletion(complete_steps: Iterable[int], keep_last: int, best_step: int | None = None,
+                        protected: Iterable[int] = ()) -> list[int]:
+    """Steps of the complete checkpoints to delete, oldest first (pure; ``keep_last`` 0 keeps all)."""
+    steps = sorted(set(complete_steps))
+    if keep_last <= 0 or not steps:
+        return []
+    keep = set(steps[-keep_last:]) | set(protected)
+    if best_step is not None:
+        keep.add(best_step)
+    return [step for step in steps if step not in keep]
+
+
+def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | None = None,
+                    protected: Iterable[Path | None] = ()) -> list[Path]:
+    """Delete the checkpoints ``select_for_deletion`` picks; returns the deleted paths."""
+    if keep_last <= 0:
+        return []
+    complete = {ckpt.step_of(p): p for p in ckpt.list_checkpoints(output_dir) if not ckpt.manifest_problems(p)}
+    root = Path(output_dir).resolve()
+    protected_steps = {ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root}
+    deleted = []
+    for step in select_for_deletion(complete, keep_last, best_step, protected_steps - {None}):
+        try:
+            ckpt.delete_checkpoint(complete[step])
+        except OSError as err:  # a file held open elsewhere: keep it, try again after the next save
+            log.warning("could not delete %s (%s); it is kept", complete[step].name, err)
+            continue
+        deleted.append(complete[step])
+        log.info("deleted %s (--save-total-limit %d)", complete[step].name, keep_last)
+    return deleted

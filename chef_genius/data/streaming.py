@@ -1,0 +1,114 @@
+"""``--streaming``: train on a file larger than the disk cache, tokenizing as it is read.
+
+Nothing is written to the tokenized cache; the file is read row by row in the loader worker, so
+memory stays bounded by one length group. What it gives up, compared with the cached path:
+- global shuffling: the epoch order is the file order, shuffled and length-sorted only within
+  consecutive groups of ``--length-group-size`` recipes (seeded by seed, epoch and group), so length
+  grouping is local, not over a random sample of the whole file;
+- a held-out split: validation needs ``--eval-data`` (without it there is no validation);
+- parallel loading: one loader worker at most (it reads the file in order);
+- a free epoch length: the first start counts the usable rows once (parsing, no tokenizing) and
+  keeps the count in the cache folder, so the LR schedule and progress are still exact.
+
+Resume stays exact: the order of epoch E is a pure function of (file, seed, E, group size), and a
+resumed run re-reads the file up to its position, skipping the rows before its length group without
+tokenizing them. That skip costs a parse of the rows before the position (not index arithmetic).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chef_genius.data.readers import ReadStats, read_examples
+from chef_genius.data.sampler import ResumableBatchSampler
+
+
+def count_rows(path: str | Path, cache_root: str | Path) -> int:
+    """Usable recipes in ``path``, counted once and remembered by the file's fingerprint."""
+    from chef_genius.data.tokenized import file_fingerprint
+
+    fingerprint = file_fingerprint(path)
+    memo = Path(cache_root) / "stream-counts.json"
+    known = json.loads(memo.read_text()) if memo.is_file() else {}
+    key = json.dumps(fingerprint, sort_keys=True)
+    if key not in known:
+        stats = ReadStats()
+        known[key] = sum(1 for _ in read_examples(path, stats))
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(json.dumps(known))
+    return known[key]
+
+
+class StreamingRows:
+    """Stands in for the dataset where only the number of rows is needed."""
+
+    def __init__(self, num_rows: int):
+        self.num_rows = num_rows
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+
+class StreamingSampler(ResumableBatchSampler):
+    """The position of a streamed epoch: the resumable sampler's bookkeeping, with the order made
+    while reading (the stream is not indexable)."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, group_size: int, num_replicas: int = 1,
+                 rank: int = 0):
+        super().__init__(num_samples, batch_size, seed, None, group_size, num_replicas, rank)
+
+
+def group_order(lengths: np.ndarray, seed: int, epoch: int, group: int) -> np.ndarray:
+    """Order of one length group: a seeded permutation, then longest first (pure)."""
+    order = np.random.default_rng([seed, epoch, group]).permutation(len(lengths))
+    return order[np.argsort(-lengths[order], kind="stable")]
+
+
+class StreamingDataset(torch.utils.data.IterableDataset):
+    """Yields this rank's collated micro-batches of the sampler's epoch, from its position on."""
+
+    def __init__(self, path, tokenizer, max_source_length: int, max_target_length: int, sampler: StreamingSampler,
+                 collate):
+        self.path, self.tokenizer, self.sampler, self.collate = str(path), tokenizer, sampler, collate
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+
+    def _examples(self):
+        """(input_ids, labels) of the epoch in order, starting at the sampler's position."""
+        s = self.sampler
+        first_group, skip = divmod(s.start, s.group_size)
+        rows = read_examples(self.path, ReadStats())
+        for _ in range(first_group * s.group_size):  # parsed, not tokenized
+            if next(rows, None) is None:
+                return
+        group = first_group
+        while True:
+            chunk = [row for _, row in zip(range(s.group_size), rows)]
+            if not chunk:
+                return
+            sources = self.tokenizer([r["source"] for r in chunk], max_length=self.max_source_length,
+                                     truncation=True)["input_ids"]
+            targets = self.tokenizer(text_target=[r["target"] for r in chunk], max_length=self.max_target_length,
+                                     truncation=True)["input_ids"]
+            lengths = np.array([len(a) + len(b) for a, b in zip(sources, targets)])
+            for i in group_order(lengths, s.seed, s.epoch, group)[skip:]:
+                yield sources[i], targets[i]
+            group, skip = group + 1, 0
+
+    def __iter__(self):
+        s = self.sampler
+        batch = []
+        for example in self._examples():
+            batch.append(example)
+            if len(batch) == s.global_batch_size:
+                yield self._mine(batch)
+                batch = []
+        if batch:
+            yield self._mine(batch)
+
+    def _mine(self, batch):
+        share = np.array_split(np.arange(len(batch)), self.sampler.num_replicas)[self.sampler.rank]
+        return self.collate([batch[i] for i in share])

@@ -1,0 +1,207 @@
+"""Tokenized training data: an on-disk ``datasets`` cache, the validation split, batches.
+
+The cache is keyed by the data file (absolute path, size, modification time), the tokenizer (hash
+of its serialized vocabulary), the recipe template version and the max lengths, so a second run or a
+resume memory-maps the same Arrow files instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chef_genius.errors import DataError
+from chef_genius.data.readers import ReadStats, read_examples
+from chef_genius.data.recipes import TEMPLATE_VERSION
+
+log = logging.getLogger(__name__)
+
+CACHE_META = "chef_genius_cache.json"
+PAD_MULTIPLE = 8
+LABEL_PAD = -100
+
+
+def file_fingerprint(path: str | Path) -> dict:
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        text = repr(sorted(tokenizer.get_vocab().items()))
+    else:
+        # Calling a fast tokenizer with truncation changes its truncation / padding settings: not
+        # part of what it produces for a given max length, so not part of the key.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: int) -> str:
+    key = {
+        "data": file_fingerprint(data_path),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": TEMPLATE_VERSION,
+        "max_source_length": max_source_length,
+        "max_target_length": max_target_length,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class TokenizedData:
+    dataset: "datasets.Dataset"  # noqa: F821 - columns input_ids, labels, source_len, target_len
+    stats: dict
+    cache_dir: Path
+    from_cache: bool
+
+
+def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_length: int,
+                   cache_root: str | Path, num_proc: int = 1) -> TokenizedData:
+    """Tokenize ``data_path`` once into ``cache_root``; later calls memory-map the cached Arrow files."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    key = cache_key(data_path, tokenizer, max_source_length, max_target_length)
+    final = Path(cache_root) / f"{Path(data_path).stem}-{key}"
+    if (final / CACHE_META).is_file():
+        stats = json.loads((final / CACHE_META).read_text())
+        return TokenizedData(datasets.load_from_disk(str(final)), stats, final, True)
+
+    staging = final.with_name(final.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        stats = ReadStats()
+        try:
+            raw = datasets.Dataset.from_generator(
+                _example_generator, gen_kwargs={"path": str(data_path), "stats": stats},
+                cache_dir=str(staging / "work"),
+                features=datasets.Features({"source": datasets.Value("string"),
+                                            "target": datasets.Value("string")}))
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise _reader_error(err) from None
+        except ValueError:  # datasets refuses a generator that yielded nothing
+            if stats.kept:
+                raise
+            raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})") from None
+        if stats.kept == 0 and len(raw) == 0:
+            raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})")
+        tokenized = raw.map(
+            _tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=["source", "target"],
+            fn_kwargs={"tokenizer": tokenizer, "max_source_length": max_source_length,
+                       "max_target_length": max_target_length},
+            features=datasets.Features({
+                "input_ids": datasets.List(datasets.Value("int32")),
+                "labels": datasets.List(datasets.Value("int32")),
+                "source_len": datasets.Value("int32"),
+                "target_len": datasets.Value("int32"),
+            }),
+            desc="tokenizing")
+        tokenized.save_to_disk(str(staging / "data"))
+        stats_dict = stats.to_dict() if stats.rows else {"rows": len(raw), "kept": len(raw), "skipped": {}}
+        (staging / "data" / CACHE_META).write_text(json.dumps(stats_dict))
+        del raw, tokenized
+        os.replace(staging / "data", final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TokenizedData(datasets.load_from_disk(str(final)), stats_dict, final, False)
+
+
+def _reader_error(err: BaseException) -> BaseException:
+    """``datasets`` wraps what the reader raised; hand back the reader's own DataError / OSError."""
+    cause = err
+    while cause is not None:
+        if isinstance(cause, (DataError, OSError)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return err
+
+
+def _example_generator(path: str, stats: ReadStats):
+    yield from read_examples(path, stats)
+
+
+def _tokenize_batch(batch, tokenizer, max_source_length, max_target_length):
+    sources = tokenizer(batch["source"], max_length=max_source_length, truncation=True)["input_ids"]
+    targets = tokenizer(text_target=batch["target"], max_length=max_target_length, truncation=True)["input_ids"]
+    return {"input_ids": sources, "labels": targets,
+            "source_len": [len(s) for s in sources], "target_len": [len(t) for t in targets]}
+
+
+def split_indices(num_rows: int, eval_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train / validation split of row indices (pure function of its arguments)."""
+    order = np.random.default_rng(seed).permutation(num_rows)
+    num_eval = int(round(num_rows * eval_ratio)) if eval_ratio > 0 else 0
+    if eval_ratio > 0 and num_rows > 1:
+        num_eval = min(max(num_eval, 1), num_rows - 1)
+    return np.sort(order[num_eval:]), np.sort(order[:num_eval])
+
+
+class RecipeDataset(torch.utils.data.Dataset):
+    """Rows ``indices`` of a tokenized dataset; item i is ``(input_ids, labels)`` as lists."""
+
+    def __init__(self, dataset, indices=None):
+        self.dataset = dataset.with_format(None)
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        row = self.dataset[int(self.indices[i])]
+        return row["input_ids"], row["labels"]
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per example (source + target), for length-grouped batching."""
+        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
+        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
+        return (src + tgt)[self.indices]
+
+
+class Collator:
+    """Pad a batch to a multiple of 8 (tensor-core friendly); labels padded with -100.
+
+    Also builds ``decoder_input_ids`` (labels shifted right behind the decoder start token) here, in
+    the loader workers, so the training step does no token shuffling of its own.
+    """
+
+    def __init__(self, pad_token_id: int, decoder_start_token_id: int | None = None, multiple: int = PAD_MULTIPLE):
+        self.pad_token_id = pad_token_id
+        self.decoder_start_token_id = pad_token_id if decoder_start_token_id is None else decoder_start_token_id
+        self.multiple = multiple
+
+    def _width(self, seqs) -> int:
+        width = max(len(s) for s in seqs)
+        return -(-width // self.multiple) * self.multiple
+
+    def __call__(self, items):
+        sources, targets = zip(*items)
+        rows = len(items)
+        src_w, tgt_w = self._width(sources), self._width(targets)
+        input_ids = torch.full((rows, src_w), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, src_w), dtype=torch.long)
+        labels = torch.full((rows, tgt_w), LABEL_PAD, dtype=torch.long)
+        decoder_input_ids = torch.full((rows, tgt_w), self.pad_token_id, dtype=torch.long)
+        for row, (src, tgt) in enumerate(zip(sources, targets)):
+            input_ids[row, :len(src)] = torch.as_tensor(src, dtype=torch.long)
+            attention_mask[row, :len(src)] = 1
+            tgt = torch.as_tensor(tgt, dtype=torch.long)
+            labels[row, :len(tgt)] = tgt
+            decoder_input_ids[row, 0] = self.decoder_start_token_id
+            decoder_input_ids[row, 1:len(tgt)] = tgt[:-1]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "decoder_input_ids": decoder_input_ids}

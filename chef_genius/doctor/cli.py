@@ -1,0 +1,137 @@
+"""``cli/verify_and_fix_checkpoint.py`` and ``cli/fix_all_checkpoints.py``.
+
+Exit codes: 0 every checkpoint complete and resumable (verify: with full state); 1 problems remain;
+2 usage error (path missing, not a directory, no checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.cli_support import Parser
+from chef_genius.train.config import SCHEDULES
+from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, run_cli
+from chef_genius.doctor.repair import Overrides, fix
+from chef_genius.doctor.verify import FATAL, verify
+
+GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
+
+
+def _quiet() -> None:
+    import warnings
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch, on a non-torch pickle
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+    from chef_genius.model.loading import quiet_transformers
+    quiet_transformers()
+
+
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run settings for a rebuilt training state (default: a sibling checkpoint's)")
+    g.add_argument("--steps-per-epoch", type=int, metavar="N", help="optimizer steps per epoch of the run")
+    g.add_argument("--samples-per-step", type=int, metavar="N",
+                   help="samples per optimizer step (batch size x accumulation x processes)")
+    g.add_argument("--learning-rate", type=float, metavar="LR", help="peak learning rate of the run")
+    g.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps of the run")
+    g.add_argument("--total-steps", type=int, metavar="N", help="optimizer steps of the whole run")
+    g.add_argument("--lr-scheduler", choices=SCHEDULES, help="decay of the run")
+
+
+def _overrides(args) -> Overrides:
+    for name in ("steps_per_epoch", "samples_per_step", "total_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    return Overrides(args.steps_per_epoch, args.samples_per_step, args.learning_rate, args.warmup_steps,
+                     args.total_steps, args.lr_scheduler)
+
+
+def _folder(path: str, what: str) -> Path:
+    folder = Path(path)
+    if not folder.exists():
+        raise UserError(f"{what} {path}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{what} {path}: not a directory")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+
+def verify_main(argv=None) -> int:
+    p = Parser(prog="verify_and_fix_checkpoint.py", description="Check a checkpoint folder and optionally "
+                "repair it without losing anything (" + GUIDE + ").")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint-N folder")
+    p.add_argument("--fix", action="store_true", help="repair what can be repaired (originals kept in backup-*/)")
+    p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    p.add_argument("--no-backup", action="store_true", help="with --fix: do not keep copies of replaced files")
+    _add_settings(p)
+    args = p.parse_args(argv)
+    folder = _folder(args.checkpoint, "checkpoint")
+    overrides = _overrides(args)
+    _quiet()
+    report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+    if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
+        print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)
+    return EXIT_OK if report.valid else EXIT_FAILURE
+
+
+def fix_all_main(argv=None) -> int:
+    p = Parser(prog="fix_all_checkpoints.py", description="Verify and repair every checkpoint-N folder of a "
+                "run, oldest first (" + GUIDE + ").")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="the run folder (--model-output of training)")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; say what would be repaired")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-backup", action="store_true", help="do not keep copies of replaced files")
+    _add_settings(p)
+    args = p.parse_args(argv)
+    root = _folder(args.model_dir, "MODEL_DIR")
+    folders = ckpt.list_checkpoints(root)
+    if not folders:
+        raise UserError(f"MODEL_DIR {root}: holds no {ckpt.PREFIX}N folder")
+    overrides = _overrides(args)
+    _quiet()
+    rows = []
+    for folder in folders:
+        before = verify(folder)
+        after = fix(folder, backup=not args.no_backup, dry_run=args.dry_run, overrides=overrides)
+        rows.append((before, after))
+    newest = next((str(a.path) for _, a in reversed(rows) if a.resumable and not args.dry_run), None)
+    if args.json:
+        print(json.dumps({"model_dir": str(root), "dry_run": args.dry_run, "newest_resumable": newest,
+                          "checkpoints": [dict(a.to_json(), before=_state_word(b)) for b, a in rows]}, indent=2))
+    else:
+        print(_table(rows, args.dry_run))
+        print(f"newest resumable checkpoint: {newest or 'none'}" if not args.dry_run else
+              "dry run: nothing was written")
+    return EXIT_OK if all(a.resumable for _, a in rows) else EXIT_FAILURE
+
+
+def _state_word(report) -> str:
+    return "complete" if report.valid else "resumable" if report.resumable else "broken"
+
+
+def _table(rows, dry_run: bool) -> str:
+    header = ("step", "kind", "before", "repairs" if not dry_run else "would repair", "after")
+    lines = []
+    for before, after in rows:
+        repairs = ", ".join(r["code"] for r in after.repairs if r["code"] != "backup") or "-"
+        step = "?" if after.global_step is None else str(after.global_step)
+        problem = "" if after.resumable or not after.problems else f" ({after.problems[0]['code']})"
+        kind = before.kind if before.kind == after.kind else f"{before.kind}->{after.kind}"
+        lines.append((step, kind, _state_word(before), repairs, "-" if dry_run else _state_word(after) + problem))
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *lines])
+
+
+def verify_entry() -> None:
+    run_cli(verify_main)
+
+
+def fix_all_entry() -> None:
+    run_cli(fix_all_main)

@@ -1,0 +1,224 @@
+"""Checkpoints this project did not write: the replaced system's and Hugging Face Trainer's.
+
+The one place that knows what those folders look like (``detect_kind``), how to read their state
+without a general unpickle, and how to turn it into this project's ``training_state.pt`` values.
+
+- legacy: ``training_state.pt`` is a pickle holding numpy RNG arrays, keys ``global_step``, ``epoch``
+  (1-based), ``best_loss``, ``epoch_losses``, ``optimizer_state_dict``, ``scheduler_state_dict``,
+  ``rng_states`` = {python_rng_state, numpy_rng_state, torch_rng_state, cuda_rng_state(_all)}.
+- hf_trainer: ``trainer_state.json``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state[_N].pth``,
+  ``training_args.bin`` (a full pickle of TrainingArguments: never loaded).
+
+Files holding numpy arrays are first scanned for the globals their pickle references (no code runs);
+only numpy's array / dtype / scalar reconstructors are allowed, and the load itself still goes
+through ``torch.load(weights_only=True)`` with just those added to its allowlist.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chef_genius.checkpoint import format as ckpt
+
+CHEF = "chef_genius"
+LEGACY = "legacy"
+HF = "hf_trainer"
+UNKNOWN = "unknown"
+
+HF_STATE = "trainer_state.json"
+HF_OPTIMIZER = "optimizer.pt"
+HF_SCHEDULER = "scheduler.pt"
+LEGACY_KEYS = ("global_step", "epoch", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
+
+
+class UnsafePickle(Exception):
+    """The file's pickle references something other than plain values, tensors and numpy arrays."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.names = sorted(names)
+        super().__init__(f"{path.name} references {', '.join(self.names[:3])}: refused, never unpickled")
+
+
+# ---------------------------------------------------------------------------------------------
+# the numpy allowlist
+
+def _numpy_globals() -> dict[str, object]:
+    """Qualified name -> object for numpy arrays, dtypes and scalars (numpy 1 and 2 module paths)."""
+    allowed = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    try:
+        from numpy._core import multiarray as core
+        allowed["numpy._core.multiarray._reconstruct"] = core._reconstruct
+        allowed["numpy._core.multiarray.scalar"] = core.scalar
+    except ImportError:  # numpy 1.x
+        pass
+    from numpy.core import multiarray as old  # numpy 2 keeps this alias for old pickles
+    allowed["numpy.core.multiarray._reconstruct"] = old._reconstruct
+    allowed["numpy.core.multiarray.scalar"] = old.scalar
+    for name in dir(np.dtypes):
+        value = getattr(np.dtypes, name)
+        if isinstance(value, type) and issubclass(value, np.dtype):
+            allowed[f"numpy.dtypes.{name}"] = value
+    return allowed
+
+
+NUMPY_GLOBALS = _numpy_globals()
+
+
+def pickle_globals(path: Path) -> list[str]:
+    """Globals a ``torch.save`` file references beyond torch's own allowlist (a scan, nothing runs)."""
+    return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+
+
+def raw_pickle_globals(path: Path) -> set[str]:
+    """Globals a raw pickle references, from its opcodes (nothing runs); "?" where a name is not plain."""
+    import pickletools
+    found, memo, last = set(), {}, []
+    try:
+        with open(path, "rb") as handle:
+            for op, arg, _ in pickletools.genops(handle):
+                if op.name == "GLOBAL":
+                    found.add(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.add(f"{last[-2]}.{last[-1]}" if len(last) >= 2 and None not in last[-2:] else "?")
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = last[-1] if last else None
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[arg] = last[-1] if last else None
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    last.append(memo.get(arg))
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    last.append(arg)
+                elif op.name not in ("FRAME", "PROTO"):
+                    last.append(None)
+    except Exception:  # not a pickle at all: nothing it could run
+        return found
+    return found
+
+
+def load_with_numpy(path: str | Path) -> object:
+    """Load a torch.save file that may hold numpy arrays; raises ``UnsafePickle`` for anything else."""
+    path = Path(path)
+    try:
+        extra = pickle_globals(path)
+    except ValueError:  # not a torch.save zip (a raw pickle?): scanned, never unpickled here
+        refused = [name for name in raw_pickle_globals(path) if name not in NUMPY_GLOBALS]
+        if refused:
+            raise UnsafePickle(path, refused) from None
+        raise ckpt.CheckpointError(f"{path.name} is not a torch.save file (a raw pickle, or corrupt); "
+                                   "it was not unpickled") from None
+    refused = [name for name in extra if name not in NUMPY_GLOBALS]
+    if refused:
+        raise UnsafePickle(path, refused)
+    try:  # the dtype classes are built without a GLOBAL of their own, so allow the whole (inert) set
+        with torch.serialization.safe_globals(list(NUMPY_GLOBALS.values())):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+            raise UnsafePickle(path, ["an object outside the numpy allowlist"]) from None
+        raise ckpt.CheckpointError(f"{path.name} is unreadable ({type(err).__name__}); truncated or corrupt") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# what kind of checkpoint
+
+def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
+    """(status, state, detail) of ``training_state.pt``: status is ours | legacy | missing | unsafe | unreadable."""
+    path = folder / ckpt.TRAINING_STATE
+    if not path.is_file():
+        return "missing", None, None
+    try:
+        state = ckpt.load_training_state(path)
+    except ckpt.UnsafeStateError:
+        try:
+            state = load_with_numpy(path)
+        except UnsafePickle as err:
+            return "unsafe", None, str(err)
+        except ckpt.CheckpointError as err:
+            return "unreadable", None, str(err)
+    except ckpt.CheckpointError as err:
+        return "unreadable", None, str(err)
+    if not isinstance(state, dict):
+        return "unreadable", None, f"{path.name} does not hold a dictionary"
+    if state.get("format") == ckpt.FORMAT_NAME or not ckpt.missing_state_keys(state):
+        return "ours", state, None
+    if all(key in state for key in ("global_step", "epoch")):
+        return "legacy", state, None
+    return "unreadable", None, f"{path.name} lacks {', '.join(ckpt.missing_state_keys(state))}"
+
+
+def detect_kind(folder: Path, state_status: str) -> str:
+    if state_status == "ours":
+        return CHEF
+    if state_status == "legacy":
+        return LEGACY
+    if (folder / HF_STATE).is_file():
+        return HF
+    manifest = ckpt.read_manifest(folder)
+    if manifest is not None and manifest.get("format") == ckpt.FORMAT_NAME:
+        return CHEF
+    if (folder / ckpt.MODEL_CONFIG).is_file() or (folder / ckpt.WEIGHTS).is_file():
+        return LEGACY  # the replaced system wrote no manifest
+    return UNKNOWN
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions to this project's state values
+
+def convert_rng(python_state, numpy_state, torch_state, cuda_states) -> dict:
+    """RNG states as ``rng.capture`` stores them (tensors and plain values, no numpy)."""
+    out = {}
+    if python_state is not None:
+        version, internal, gauss = python_state
+        out["python"] = [int(version), [int(v) for v in internal], gauss]
+    if numpy_state is not None:
+        kind, keys, pos, has_gauss, cached = numpy_state
+        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    if isinstance(torch_state, torch.Tensor):
+        out["torch"] = torch_state
+    out["cuda"] = [t for t in (cuda_states or []) if isinstance(t, torch.Tensor)]
+    return out if {"python", "numpy", "torch"} <= set(out) else {}
+
+
+def legacy_rng(states: dict | None) -> dict:
+    states = states or {}
+    cuda = states.get("cuda_rng_state_all") or ([states["cuda_rng_state"]] if states.get("cuda_rng_state")
+                                                is not None else [])
+    return convert_rng(states.get("python_rng_state"), states.get("numpy_rng_state"),
+                       states.get("torch_rng_state"), cuda)
+
+
+def hf_rng(folder: Path) -> dict:
+    """RNG of process 0 (``rng_state.pth`` or ``rng_state_0.pth``); {} when absent."""
+    for name in ("rng_state.pth", "rng_state_0.pth"):
+        if (folder / name).is_file():
+            try:
+                saved = load_with_numpy(folder / name)
+            except (UnsafePickle, ckpt.CheckpointError):
+                return {}  # reported as "no RNG state" by verify after the conversion
+            cuda = saved.get("cuda")
+            cuda = list(cuda) if isinstance(cuda, (list, tuple)) else ([cuda] if cuda is not None else [])
+            return convert_rng(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
+    return {}
+
+
+def hf_trainer_state(folder: Path) -> dict:
+    return json.loads((folder / HF_STATE).read_text(encoding="utf-8"))
+
+
+def hf_hyperparameters(trainer_state: dict) -> dict:
+    """What ``trainer_state.json`` tells about the run's shape (no sample-level position)."""
+    values = {}
+    epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
+    if epochs and max_steps:
+        values["steps_per_epoch"] = math.ceil(max_steps / epochs)
+        values["total_steps"] = int(max_steps)
+        values["epochs"] = int(epochs)
+    if trainer_state.get("train_batch_size"):
+        values["samples_per_step"] = int(trainer_state["train_batch_size"])
+    return values

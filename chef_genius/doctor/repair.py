@@ -1,0 +1,310 @@
+"""Repairs of one checkpoint folder, acting on a ``verify`` report. Never destroys data.
+
+Every file about to change is first copied into ``backup-<time>/`` inside the checkpoint (unless
+``no_backup``), every write is atomic, and nothing that failed a content check (truncated, flipped
+bytes, NaN, unsafe pickle) is ever blessed by a rebuilt manifest: those are reported together with
+the newest healthy sibling to resume from instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.doctor import foreign
+from chef_genius.doctor import weights as wt
+from chef_genius.train.config import TrainConfig
+from chef_genius.train.schedule import Schedule, scheduler_state_at
+from chef_genius.train.state import RunState
+from chef_genius.doctor.verify import FATAL, Report, verify
+
+log = logging.getLogger(__name__)
+
+COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
+
+
+@dataclass
+class Overrides:
+    """Run settings given on the command line; they win over what the run's files say."""
+    steps_per_epoch: int | None = None
+    samples_per_step: int | None = None
+    learning_rate: float | None = None
+    warmup_steps: int | None = None
+    total_steps: int | None = None
+    lr_scheduler: str | None = None
+
+    def values(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+class Fixer:
+    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None):
+        self.folder = Path(folder)
+        self.backup = backup
+        self.dry_run = dry_run
+        self.overrides = overrides or Overrides()
+        self.backup_dir: Path | None = None
+        self.repairs: list[dict] = []
+        self.unfixed: list[str] = []  # repairs that were needed but could not be made, and why
+
+    # -----------------------------------------------------------------------------------------
+    def run(self) -> Report:
+        before = verify(self.folder, deep=True)
+        codes = before.codes()
+        if not codes or codes & (FATAL - {"state_unreadable"}):
+            before.repairs = self.repairs
+            return before
+        if "weights_prefixed" in codes:
+            self._strip_prefixes()
+        for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
+                             (ckpt.GENERATION_CONFIG,)), ("tokenizer_missing", ckpt.TOKENIZER_FILES)):
+            if code in codes:
+                self._copy_from_run(names)
+        model = before.facts.get("model") or wt.meta_model(self.folder, self.folder / ckpt.WEIGHTS,
+                                                           before.facts.get("header"))
+        if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state"}:
+            self._write_state(before, model)
+        state_ok = self.dry_run or foreign.read_state(self.folder)[0] == "ours"
+        if state_ok and (self.repairs or "manifest_invalid" in codes):
+            self._rebuild_manifest()
+        after = verify(self.folder, deep=True) if not self.dry_run else before
+        after.repairs = self.repairs
+        after.lines += [("FAIL", text) for text in self.unfixed]
+        return after
+
+    def note(self, code: str, text: str) -> None:
+        self.repairs.append({"code": code, "message": ("would: " if self.dry_run else "") + text})
+
+    def keep(self, path: Path, always: bool = False) -> None:
+        """Copy ``path`` into the backup folder before it changes (``always``: even with --no-backup)."""
+        if not (self.backup or always) or self.dry_run or not path.is_file():
+            return
+        if self.backup_dir is None:
+            self.backup_dir = self.folder / f"backup-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.backup_dir.mkdir(exist_ok=True)
+            self.note("backup", f"originals kept in {self.backup_dir.name}/")
+        shutil.copy2(path, self.backup_dir / path.name)
+
+    # -----------------------------------------------------------------------------------------
+    def _strip_prefixes(self) -> None:
+        path = self.folder / ckpt.WEIGHTS
+        if not self.dry_run:
+            data = wt.stripped_weights(path)
+            self.keep(path)
+            ckpt.atomic_write_bytes(path, data)
+        self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {ckpt.WEIGHTS}")
+
+    def _copy_from_run(self, names) -> None:
+        for source in candidate_folders(self.folder):
+            found = [n for n in names if (source / n).is_file()]
+            if not found or not _same_model(self.folder, source):
+                continue
+            for name in found:
+                if not self.dry_run:
+                    ckpt.atomic_write_bytes(self.folder / name, (source / name).read_bytes())
+            self.note("file_copied", f"copied {', '.join(found)} from {source}")
+            return
+
+    def _write_state(self, report: Report, model) -> None:
+        kind = report.kind
+        try:
+            if kind == foreign.LEGACY and report.facts["state_status"] == "legacy":
+                state, text = convert_legacy(self.folder, report.facts["state"], model, self.overrides)
+                code = "state_converted_legacy"
+            elif kind == foreign.HF:
+                state, text = convert_hf(self.folder, model, self.overrides)
+                code = "state_converted_hf"
+            else:
+                state, text = rebuild_state(self.folder, model, self.overrides)
+                code = "state_rebuilt"
+        except ckpt.CheckpointError as err:
+            self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
+            return
+        if not self.dry_run:
+            # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
+            self.keep(self.folder / ckpt.TRAINING_STATE, always=report.facts["state_status"] == "unreadable")
+            ckpt.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
+        self.note(code, text)
+
+    def _rebuild_manifest(self) -> None:
+        step = ckpt.step_of(self.folder)
+        if not self.dry_run:
+            if step is None:
+                step = int(ckpt.load_training_state(self.folder)["global_step"])
+            self.keep(self.folder / ckpt.MANIFEST)
+            ckpt.atomic_write_json(self.folder / ckpt.MANIFEST, ckpt.build_manifest(self.folder, step))
+        self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
+
+
+def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None) -> Report:
+    return Fixer(Path(folder), backup, dry_run, overrides).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# where the run's settings and files come from
+
+def candidate_folders(folder: Path) -> list[Path]:
+    """Sibling checkpoints nearest in step first, then the run's output folder."""
+    step = ckpt.step_of(folder) or 0
+    siblings = [p for p in ckpt.list_checkpoints(folder.parent) if p.resolve() != folder.resolve()]
+    return sorted(siblings, key=lambda p: abs(ckpt.step_of(p) - step)) + [folder.parent]
+
+
+def _same_model(folder: Path, source: Path) -> bool:
+    """``source`` belongs to the same model: identical config.json, or shapes that fit our weights."""
+    mine, theirs = folder / ckpt.MODEL_CONFIG, source / ckpt.MODEL_CONFIG
+    if mine.is_file():
+        return theirs.is_file() and mine.read_bytes() == theirs.read_bytes()
+    if not theirs.is_file() or not (folder / ckpt.WEIGHTS).is_file():
+        return False
+    header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in wt.read_header(folder / ckpt.WEIGHTS).items()}
+    model = wt.meta_model(source)
+    shapes = wt.expected_tensors(model)[0] if model is not None else {}
+    return bool(header) and all(shapes.get(k) == v for k, v in header.items())
+
+
+def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
+    """Hyper-parameters of the run (nearest sibling's saved ones, trainer_state.json), flags on top."""
+    values, sources = {}, []
+    for source in candidate_folders(folder):
+        status, state, _ = foreign.read_state(source)
+        if status == "ours" and state.get("hyperparameters"):
+            values.update(state["hyperparameters"])
+            values.setdefault("num_samples", (state.get("data_position") or {}).get("num_samples"))
+            sources.append(source.name)
+            break
+    if (folder / foreign.HF_STATE).is_file():
+        values.update({k: v for k, v in foreign.hf_hyperparameters(foreign.hf_trainer_state(folder)).items()
+                       if k not in values})
+        sources.append(foreign.HF_STATE)
+    if overrides.values():
+        values.update(overrides.values())
+        sources.append("command line")
+    if "samples_per_step" not in values and values.get("batch_size"):
+        values["samples_per_step"] = (values["batch_size"] * values.get("gradient_accumulation_steps", 1)
+                                      * values.get("world_size", 1))
+    return values, " + ".join(sources) or "no saved run settings"
+
+
+def _schedule(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
+    """The run's LR schedule; names the settings that fell back to the training defaults."""
+    d = TrainConfig()
+    assumed = [k for k in ("learning_rate", "warmup_steps", "lr_scheduler") if k not in settings]
+    total = settings.get("total_steps") or (settings.get("steps_per_epoch") or 0) * settings.get("epochs", 0)
+    if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
+        total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
+        assumed.append("total_steps")
+    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler))
+    return schedule, settings.get("learning_rate", d.learning_rate), assumed
+
+
+def _position(step: int, epoch: int, settings: dict) -> tuple[int, str]:
+    """Samples of ``epoch`` consumed after ``step`` optimizer steps (with the note on how it was found)."""
+    spe = settings["steps_per_epoch"]
+    done = step - epoch * spe
+    per_step, total = settings.get("samples_per_step"), settings.get("num_samples")
+    if per_step and 0 <= done < spe:
+        samples = done * per_step
+        return (min(samples, total) if total else samples), f"sample {done * per_step}"
+    return 0, "start of the epoch (the samples per step are unknown: pass --samples-per-step)"
+
+
+def _num_groups(model) -> int:
+    return len(wt.our_layout(model)) if model is not None else 2
+
+
+def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    """A ``training_state.pt`` for a checkpoint that lost it: position and LR exact, optimizer empty."""
+    settings, source = run_settings(folder, overrides)
+    step = ckpt.step_of(folder)
+    if step is None:
+        raise ckpt.CheckpointError(f"the step is unknown (the folder is not named {ckpt.PREFIX}N)")
+    if not settings.get("steps_per_epoch"):
+        raise ckpt.CheckpointError("the steps per epoch are unknown (no sibling checkpoint with saved settings): "
+                                   "pass --steps-per-epoch N")
+    epoch = step // settings["steps_per_epoch"]
+    samples, where = _position(step, epoch, settings)
+    return _assemble(step, epoch, samples, settings, model, None, {}, None,
+                     f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch}, {where}; "
+                     "optimizer state empty (re-warms on resume)")
+
+
+def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tuple[dict, str]:
+    settings, source = run_settings(folder, overrides)
+    step, epoch = int(old["global_step"]), max(0, int(old.get("epoch", 1)) - 1)
+    samples, where = _position(step, epoch, settings) if settings.get("steps_per_epoch") else (
+        0, "start of the epoch (pass --steps-per-epoch and --samples-per-step for the exact position)")
+    optimizer, how = _optimizer(old.get("optimizer_state_dict"), model)
+    sched = old.get("scheduler_state_dict") or {}
+    if sched.get("base_lrs"):
+        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
+    extra = {"converted_from": "legacy", "epoch_losses": [float(v) for v in old.get("epoch_losses") or []]}
+    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.legacy_rng(old.get("rng_states")),
+                     old.get("best_loss"), f"converted the legacy state ({source}): step {step}, epoch {epoch} "
+                     f"(0-based), {where}; optimizer {how}", extra)
+
+
+def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    import math
+    trainer_state = foreign.hf_trainer_state(folder)
+    settings, source = run_settings(folder, overrides)
+    step = int(trainer_state["global_step"])
+    epoch_float = float(trainer_state.get("epoch") or 0.0)
+    epoch = int(math.floor(epoch_float + 1e-9))
+    total = settings.get("num_samples")
+    samples = round((epoch_float - epoch) * total) if total else _position(step, epoch, settings)[0] \
+        if settings.get("steps_per_epoch") else 0
+    saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
+    optimizer, how = _optimizer(saved_opt, model)
+    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
+    if sched.get("base_lrs"):
+        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
+    settings.setdefault("steps_per_epoch", max(1, round(step / epoch_float)) if epoch_float else step or 1)
+    best = trainer_state.get("best_metric")
+    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best,
+                     f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, "
+                     f"epoch {epoch}, sample {samples}; optimizer {how} (the sample order is this project's "
+                     "from here on)", {"converted_from": "hf_trainer"})
+
+
+def _load_plain(path: Path) -> dict | None:
+    """A Hugging Face ``optimizer.pt`` / ``scheduler.pt`` under ``weights_only``; None when absent."""
+    if not path.is_file():
+        return None
+    try:
+        return ckpt.load_training_state(path)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(str(err).replace("training-state ", "")) from None
+
+
+def _optimizer(saved: dict | None, model) -> tuple[dict | None, str]:
+    if not saved or not saved.get("state"):
+        return None, "state empty (re-warms on resume)"
+    if model is None:
+        return None, "state dropped: no config.json to check it against (re-warms on resume)"
+    remapped, how = wt.remap_optimizer(saved, model)
+    if remapped is None:
+        return None, f"state dropped, it does not fit the model: {how} (re-warms on resume)"
+    return remapped, f"state kept ({how} layout)"
+
+
+def _assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_loss, text, extra=None):
+    schedule, lr, assumed = _schedule(settings, step)
+    if assumed:
+        text += f"; assumed the training defaults for {', '.join(assumed)} (pass them if the run used others)"
+    run_state = RunState(global_step=step, epoch=epoch, samples_in_epoch=samples,
+                         best_loss=float(best_loss) if best_loss is not None else None)
+    position = {"epoch": epoch, "samples_in_epoch": samples}
+    for key, name in (("num_samples", "num_samples"), ("seed", "sampler_seed"),
+                      ("group_by_length", "group_by_length"), ("length_group_size", "length_group_size")):
+        if settings.get(key) is not None:
+            position[name] = settings[key]
+    hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
+    state = ckpt.make_training_state(run_state, position, optimizer,
+                                     scheduler_state_at(step, lr, schedule, _num_groups(model)),
+                                     rng_states, hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
+    return state, text

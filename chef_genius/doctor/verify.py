@@ -1,0 +1,224 @@
+"""Checks of one checkpoint folder -> a ``Report``: one line per check, problems with stable codes.
+
+Nothing here writes to disk or unpickles beyond ``weights_only`` (plus numpy arrays for legacy files,
+see foreign.py). ``repair.py`` acts on the same report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.doctor import foreign
+from chef_genius.doctor import weights as wt
+
+# Problems that leave a checkpoint resumable (training continues, with less state restored).
+SOFT = {"optimizer_empty", "rng_missing", "generation_config_missing"}
+# Problems no repair can undo: resume from a healthy sibling instead.
+FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
+         "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt"}
+
+
+@dataclass
+class Report:
+    path: Path
+    kind: str = foreign.UNKNOWN
+    global_step: int | None = None
+    epoch: int | None = None
+    problems: list[dict] = field(default_factory=list)
+    repairs: list[dict] = field(default_factory=list)
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    hint: str | None = None
+    facts: dict = field(default_factory=dict)  # what repair needs: state, header, model...
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def resumable(self) -> bool:
+        return self.kind == foreign.CHEF and all(p["code"] in SOFT for p in self.problems)
+
+    def ok(self, text: str) -> None:
+        self.lines.append(("ok", text))
+
+    def fail(self, code: str, text: str, status: str = "FAIL") -> None:
+        self.problems.append({"code": code, "message": text})
+        self.lines.append((status, text))
+
+    def repaired(self, code: str, text: str) -> None:
+        self.repairs.append({"code": code, "message": text})
+
+    def codes(self) -> set[str]:
+        return {p["code"] for p in self.problems}
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "valid": self.valid, "resumable": self.resumable,
+                "global_step": self.global_step, "epoch": self.epoch, "problems": self.problems,
+                "repairs": self.repairs, **({"resume_instead": self.hint} if self.hint else {})}
+
+    def text(self) -> str:
+        out = [f"{self.path} ({self.kind})"]
+        out += [f"  [{status}] {text}" for status, text in self.lines]
+        out += [f"  [fixed] {r['message']}" for r in self.repairs]
+        verdict = ("complete and resumable with full state" if self.valid else
+                   "resumable, with less state (see above)" if self.resumable else "NOT resumable")
+        out.append(f"  => {verdict}" + (f"; resume from {self.hint} instead" if self.hint and not self.resumable
+                                        else ""))
+        return "\n".join(out)
+
+
+def verify(folder: str | Path, deep: bool = False) -> Report:
+    folder = Path(folder)
+    report = Report(folder)
+    status, state, detail = foreign.read_state(folder)
+    report.kind = foreign.detect_kind(folder, status)
+    report.facts.update(state_status=status, state=state)
+    report.global_step = ckpt.step_of(folder)
+    _check_files(report, folder)
+    model = _check_weights(report, folder, deep)
+    report.facts["model"] = model
+    _check_state(report, folder, status, state, detail, model)
+    _check_manifest(report, folder, deep)
+    if report.codes() & FATAL:
+        report.hint = healthy_sibling(folder)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _check_files(report: Report, folder: Path) -> None:
+    before = len(report.problems)
+    if not (folder / ckpt.MODEL_CONFIG).is_file():
+        report.fail("config_missing", f"{ckpt.MODEL_CONFIG} is missing")
+    if not (folder / ckpt.GENERATION_CONFIG).is_file():
+        report.fail("generation_config_missing", f"{ckpt.GENERATION_CONFIG} is missing", "warn")
+    if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
+        report.fail("tokenizer_missing", "tokenizer files are missing (tokenizer.json / spiece.model)")
+    if len(report.problems) == before:
+        report.ok("config, generation config and tokenizer files present")
+
+
+def _check_weights(report: Report, folder: Path, deep: bool):
+    path = folder / ckpt.WEIGHTS
+    if not path.is_file():
+        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing")
+        return None
+    try:
+        header = wt.read_header(path)
+    except ValueError as err:
+        report.fail("weights_unreadable", str(err))
+        return None
+    report.facts["header"] = header
+    report.ok(f"model weights readable ({len(header)} tensors)")
+    bad = wt.prefixed(header)
+    if bad:
+        report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
+                                        f"(e.g. {bad[0]}); from_pretrained would ignore them")
+    model = wt.meta_model(folder, path, header) if (folder / ckpt.MODEL_CONFIG).is_file() else None
+    if model is not None:
+        _check_shapes(report, path, {wt.strip_prefix(k): v for k, v in header.items()}, model, deep)
+    if deep:
+        nonfinite = wt.nonfinite_tensors(path)
+        if nonfinite:
+            report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
+        else:
+            report.ok("every tensor read, all values finite")
+    return model
+
+
+def _check_shapes(report: Report, path: Path, header: dict, model, deep: bool) -> None:
+    shapes, ids = wt.expected_tensors(model)
+    unknown = [n for n in header if n not in shapes]
+    wrong = [n for n in header if n in shapes and tuple(header[n]["shape"]) != shapes[n]]
+    present_ids = {ids.get(n) for n in header}
+    missing = [n for n in shapes if n not in header and ids.get(n) not in present_ids]
+    if unknown or wrong or missing:
+        parts = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in
+                 ((missing, "missing"), (wrong, "with the wrong shape"), (unknown, "unknown")) if x]
+        code = "lm_head_missing" if missing == ["lm_head.weight"] and not wrong else "weights_mismatch"
+        report.fail(code, "weights do not match config.json: " + ", ".join(parts))
+        return
+    report.ok(f"weight shapes match {ckpt.MODEL_CONFIG}")
+    tied = [n for n in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in header]
+    if tied and "shared.weight" in header and deep:
+        if not all(wt.tensors_equal(path, "shared.weight", n) for n in tied):
+            report.fail("embeddings_inconsistent", "encoder/decoder embed_tokens differ from the shared embedding")
+            return
+    report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
+
+
+def _check_state(report: Report, folder: Path, status: str, state, detail, model) -> None:
+    name = ckpt.TRAINING_STATE
+    if status == "missing":
+        if report.kind == foreign.HF:
+            report.fail("hf_trainer_state", f"Hugging Face Trainer checkpoint: no {name} yet (--fix builds it from "
+                                            "trainer_state.json, optimizer.pt, scheduler.pt, rng_state*.pth)")
+        else:
+            report.fail("state_missing", f"{name} is missing")
+        return
+    if status in ("unsafe", "unreadable"):
+        report.fail(f"state_{status}", f"{name}: {detail}")
+        return
+    if status == "legacy":
+        report.fail("state_legacy", f"{name} is in the replaced system's format (epoch {state.get('epoch')} "
+                                    "1-based, numpy RNG): --fix converts it, keeping optimizer and scheduler")
+        report.global_step = int(state.get("global_step", 0))
+        report.epoch = max(0, int(state.get("epoch", 1)) - 1)
+        return
+    report.ok(f"{name} loads with weights_only=True")
+    step = int(state["global_step"])
+    report.global_step, report.epoch = step, int(state.get("epoch", 0))
+    folder_step = ckpt.step_of(folder)
+    if folder_step is not None and folder_step != step:
+        report.fail("step_mismatch", f"{name} is at step {step} but the folder is named {folder.name}")
+    else:
+        report.ok(f"global_step {step} matches the folder name")
+    _check_optimizer(report, state, model)
+    sched = state.get("scheduler_state_dict") or {}
+    if sched.get("last_epoch") != step:
+        report.fail("scheduler_mismatch", f"scheduler is at step {sched.get('last_epoch')}, the run at {step}")
+    else:
+        report.ok(f"scheduler position {step} matches global_step")
+    if not state.get("rng_states"):
+        report.fail("rng_missing", "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
+
+
+def _check_optimizer(report: Report, state: dict, model) -> None:
+    optimizer = state.get("optimizer_state_dict") or {}
+    if state.get("optimizer_state_empty") or not optimizer.get("state"):
+        report.fail("optimizer_empty", "optimizer state is empty: Adam moments restart and the learning rate "
+                                       "re-warms over --optimizer-rewarmup-steps on resume", "warn")
+        return
+    if model is None:
+        return
+    shapes, _ = wt.expected_tensors(model)
+    problem = wt.optimizer_problem(optimizer, wt.our_layout(model), shapes)
+    if problem:
+        report.fail("optimizer_mismatch", f"optimizer state does not fit the model: {problem}")
+    else:
+        report.ok(f"optimizer state covers all {sum(map(len, wt.our_layout(model)))} trainable parameters")
+
+
+def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
+    problems = ckpt.manifest_problems(folder, verify_hashes=deep)
+    if not problems:
+        report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
+        return
+    corrupt = [p for p in problems if "sha256" in p]
+    if corrupt:
+        report.fail("weights_corrupt" if ckpt.WEIGHTS in corrupt[0] else "file_corrupt",
+                    f"{corrupt[0]}: the file changed after it was saved (bit rot or a bad copy)")
+    if len(corrupt) < len(problems):
+        report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
+
+
+def healthy_sibling(folder: Path) -> str | None:
+    """The newest other checkpoint of the run that verifies and holds a loadable state."""
+    for path in reversed(ckpt.list_checkpoints(folder.parent)):
+        if path.resolve() == folder.resolve() or ckpt.manifest_problems(path):
+            continue
+        if foreign.read_state(path)[0] == "ours":
+            return str(path)
+    return None

@@ -1,0 +1,179 @@
+"""Model weights and optimizer layout as the checkpoint doctor sees them, read without trusting them.
+
+The safetensors header is parsed by hand (size checked against the file, so truncation shows without
+reading the data); the model the config describes is built on the ``meta`` device (no memory, no
+weights) to know every expected tensor name and shape and the optimizer's parameter groups.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+PREFIXES = ("_orig_mod.", "module.")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_header(path: Path) -> dict[str, dict]:
+    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated or bad file."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path.name} is only {size} bytes")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(size - 8, 100 << 20):
+            raise ValueError(f"{path.name} has a header length past its end ({size} bytes): truncated or corrupt")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            raise ValueError(f"{path.name} has an unreadable header: corrupt") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    end = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+    if end > size:
+        raise ValueError(f"{path.name} has {size} bytes but its tensors need {end}: truncated")
+    return tensors
+
+
+def strip_prefix(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name
+
+
+def prefixed(names) -> list[str]:
+    return [n for n in names if strip_prefix(n) != n]
+
+
+def stripped_weights(path: Path) -> bytes:
+    """The safetensors file with ``_orig_mod.`` / ``module.`` removed from every name."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    tensors = {}
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {"format": "pt"}
+        for name in handle.keys():
+            tensors[strip_prefix(name)] = handle.get_tensor(name)
+    return save(tensors, metadata)
+
+
+def nonfinite_tensors(path: Path) -> list[str]:
+    from safetensors import safe_open
+    bad = []
+    with safe_open(str(path), "pt") as handle:
+        for name in handle.keys():
+            tensor = handle.get_tensor(name)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                bad.append(name)
+    return bad
+
+
+def tensors_equal(path: Path, a: str, b: str) -> bool:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as handle:
+        return torch.equal(handle.get_tensor(a), handle.get_tensor(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model the config describes
+
+def meta_model(folder: Path, weights: Path | None = None, header: dict | None = None):
+    """The model of ``folder/config.json`` on the meta device, or None when the config is unusable.
+
+    Like ``from_pretrained``, ``lm_head`` is untied when the weights hold their own, different one
+    (FLAN-T5), which changes the parameter count the optimizer sees.
+    """
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = AutoModelForSeq2SeqLM.from_config(config)
+    except Exception:  # a config transformers cannot build: reported as such by the caller
+        return None
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    names = {strip_prefix(n): n for n in (header or {})}
+    if (head is not None and head.weight is embed.weight and "lm_head.weight" in names
+            and "shared.weight" in names
+            and not tensors_equal(weights, names["lm_head.weight"], names["shared.weight"])):
+        with torch.device("meta"):
+            head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
+    return model
+
+
+def expected_tensors(model) -> tuple[dict[str, tuple], dict[str, int]]:
+    """(name -> shape of every state-dict tensor, name -> id of its parameter, tied names sharing one id)."""
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    ids = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
+    return shapes, ids
+
+
+def our_layout(model) -> list[list[str]]:
+    """Parameter names per optimizer group, in the order this project's optimizer holds them."""
+    from chef_genius.model.loading import make_optimizer
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = make_optimizer(model, 1e-4, 0.0, torch.device("cpu"))
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+
+
+def hf_layout(model) -> list[list[str]]:
+    """Parameter names per group as Hugging Face Trainer's default AdamW groups them."""
+    from transformers import Trainer
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [[n for n, _ in named if n in decay], [n for n, _ in named if n not in decay]]
+
+
+def single_layout(model) -> list[list[str]]:
+    return [[n for n, p in model.named_parameters() if p.requires_grad]]
+
+
+def optimizer_problem(state: dict, layout: list[list[str]], shapes: dict[str, tuple]) -> str | None:
+    """Why ``state`` (an optimizer state_dict) does not fit ``layout``; None when it does."""
+    groups = state.get("param_groups") or []
+    if [len(g.get("params", [])) for g in groups] != [len(g) for g in layout]:
+        return (f"its parameter groups hold {[len(g.get('params', [])) for g in groups]} tensors, "
+                f"the model needs {[len(g) for g in layout]}")
+    per_param = state.get("state") or {}
+    for group, names in zip(groups, layout):
+        for index, name in zip(group["params"], names):
+            entry = per_param.get(index)
+            if entry is None:
+                return f"no moments for {name}"
+            avg = entry.get("exp_avg")
+            if isinstance(avg, torch.Tensor) and tuple(avg.shape) != shapes.get(name):
+                return f"moments of {name} have shape {tuple(avg.shape)}, the parameter {shapes.get(name)}"
+    return None
+
+
+def remap_optimizer(state: dict, model) -> tuple[dict | None, str]:
+    """``state`` in this project's group layout, from whichever known layout it fits; (None, why) if none."""
+    shapes, _ = expected_tensors(model)
+    target = our_layout(model)
+    for label, layout in (("this project's", target), ("Hugging Face Trainer's", hf_layout(model)),
+                          ("a single-group", single_layout(model))):
+        if optimizer_problem(state, layout, shapes) is not None:
+            continue
+        by_name = {}
+        for group, names in zip(state["param_groups"], layout):
+            for index, name in zip(group["params"], names):
+                by_name[name] = (state["state"][index],
+                                  {k: v for k, v in group.items() if k not in ("params", "param_names")})
+        new_state, new_groups, index = {}, [], 0
+        for names in target:
+            settings = dict(by_name[names[0]][1]) if names else {}
+            settings["params"] = list(range(index, index + len(names)))
+            for name in names:
+                new_state[index] = by_name[name][0]
+                index += 1
+            new_groups.append(settings)
+        return {"state": new_state, "param_groups": new_groups}, label
+    return None, optimizer_problem(state, target, shapes) or "unknown layout"

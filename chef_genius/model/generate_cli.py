@@ -1,0 +1,171 @@
+"""``cli/generate_recipe.py``: write a recipe from a list of ingredients with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.cli_support import Parser
+from chef_genius.errors import EXIT_OK, UserError, run_cli
+from chef_genius.model.generation import GenerationSettings, generate_texts, recipe_dict, render_text
+
+EXAMPLES = """examples:
+  python cli/generate_recipe.py --model models/flan-large --ingredients "chicken, rice, garlic"
+  python cli/generate_recipe.py --model models/flan-large/checkpoint-12000 --ingredients "flour, butter, sugar"
+  python cli/generate_recipe.py --model models/flan-large --ingredients "salmon, lemon, dill" \\
+      --do-sample --temperature 0.8 --top-p 0.9 --seed 7 --num-return-sequences 3
+  python cli/generate_recipe.py --model models/flan-large --ingredients "eggs, spinach" --json
+
+--model takes a run folder (its final model, else its newest complete checkpoint), a checkpoint-N
+folder, or any folder written by save_pretrained. Default decoding is beam search with 4 beams.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = GenerationSettings()
+    p = Parser(prog="generate_recipe.py", description="Write a recipe from ingredients with a trained model.",
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, metavar="CHECKPOINT_OR_MODEL_DIR",
+                   help="run folder, checkpoint-N folder or saved model folder")
+    p.add_argument("--ingredients", required=True, action="append", metavar='"A, B, C"',
+                   help="comma-separated ingredients; repeat the flag for several recipes in one batch")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens,
+                   help=f"longest recipe in tokens (default {d.max_new_tokens})")
+    p.add_argument("--num-beams", type=int, metavar="N", default=None,
+                   help=f"beam search width; 1 = greedy (default {d.num_beams}, or 1 with --do-sample)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of beam search (varied recipes)")
+    p.add_argument("--temperature", type=float, metavar="X", default=d.temperature,
+                   help=f"sampling temperature, lower = safer (default {d.temperature})")
+    p.add_argument("--top-p", type=float, metavar="X", default=d.top_p, help=f"nucleus sampling mass (default {d.top_p})")
+    p.add_argument("--top-k", type=int, metavar="N", default=d.top_k, help=f"sample among the k likeliest tokens (default {d.top_k})")
+    p.add_argument("--seed", type=int, metavar="N", default=None, help="random seed, for repeatable sampling")
+    p.add_argument("--num-return-sequences", type=int, metavar="N", default=d.num_return_sequences,
+                   help="recipes per ingredient list (default 1)")
+    p.add_argument("--no-repeat-ngram-size", type=int, metavar="N", default=d.no_repeat_ngram_size,
+                   help="forbid repeating any n-gram of this size (default 0: off)")
+    p.add_argument("--repetition-penalty", type=float, metavar="X", default=d.repetition_penalty,
+                   help=f"penalise repeated tokens, 1.0 = off (default {d.repetition_penalty})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (default auto: CUDA when available)")
+    p.add_argument("--raw", action="store_true", help="print the model's one-line output as is")
+    p.add_argument("--json", action="store_true", help="print the recipes as JSON")
+    return p
+
+
+def settings_from(args) -> GenerationSettings:
+    if args.num_beams is None:
+        args.num_beams = 1 if args.do_sample else GenerationSettings.num_beams
+    checks = [(args.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
+              (args.num_beams >= 1, "--num-beams must be at least 1"),
+              (args.num_return_sequences >= 1, "--num-return-sequences must be at least 1"),
+              (args.temperature > 0, "--temperature must be positive"),
+              (0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+              (args.top_k >= 0, "--top-k must be 0 or more"),
+              (args.no_repeat_ngram_size >= 0, "--no-repeat-ngram-size must be 0 or more"),
+              (args.repetition_penalty > 0, "--repetition-penalty must be positive"),
+              (args.do_sample or args.num_return_sequences <= args.num_beams,
+               "--num-return-sequences cannot exceed --num-beams without --do-sample")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                              do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, num_return_sequences=args.num_return_sequences,
+                              no_repeat_ngram_size=args.no_repeat_ngram_size,
+                              repetition_penalty=args.repetition_penalty)
+
+
+def resolve_model_dir(given: str) -> Path:
+    """A folder with a model: the folder itself, else a run folder's newest complete checkpoint."""
+    path = Path(given)
+    if not path.is_dir():
+        raise UserError(f"--model {given}: no such folder (give a run folder, a checkpoint-N folder or a "
+                        "saved model folder)")
+    if (path / ckpt.MODEL_CONFIG).is_file():
+        return path
+    latest, _ = ckpt.find_latest(path)
+    if latest is None:
+        raise UserError(f"--model {given}: no model here ({ckpt.MODEL_CONFIG} missing) and no complete "
+                        "checkpoint-N folder")
+    return latest
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _tolerant_stdout()
+    settings = settings_from(args)
+    ingredient_lists = [text.strip() for text in args.ingredients]
+    if not all(any(part.strip() for part in text.split(",")) for text in ingredient_lists):
+        raise UserError("--ingredients is empty: give a comma-separated list such as \"chicken, rice, garlic\"")
+    model_dir = resolve_model_dir(args.model)
+
+    import torch
+    from chef_genius.model.loading import load_model, load_tokenizer, quiet_transformers
+    quiet_transformers()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    device = _device(args.device)
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(model_dir).to(device).eval()
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    autocast = contextlib.nullcontext
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    if not args.json:
+        print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr, flush=True)
+    texts = generate_texts(model, tokenizer, ingredient_lists, settings, device, autocast)
+
+    if args.json:
+        results = [{"ingredients": given, "recipes": [recipe_dict(t) for t in outs]}
+                   for given, outs in zip(ingredient_lists, texts)]
+        print(json.dumps({"model": str(model_dir), "settings": settings.to_dict(), "seed": args.seed,
+                          "results": results}, indent=2))  # ASCII escapes: safe on any console encoding
+        return EXIT_OK
+    blocks = []
+    for given, outs in zip(ingredient_lists, texts):
+        for i, text in enumerate(outs, 1):
+            header = f"=== {given}" + (f" ({i} of {len(outs)})" if len(outs) > 1 else "") + " ==="
+            body = text if args.raw else _readable(text)
+            blocks.append(body if len(ingredient_lists) == 1 and len(outs) == 1 else f"{header}\n{body}")
+    print("\n\n".join(blocks))
+    return EXIT_OK
+
+
+def _tolerant_stdout() -> None:
+    """A recipe's "½" or "°" must not crash a Windows console or a redirected cp1252 stdout."""
+    try:
+        sys.stdout.reconfigure(errors="replace")
+    except (AttributeError, ValueError):  # a replaced or detached stream (tests, embedding)
+        pass
+
+
+def _readable(text: str) -> str:
+    """The rendered recipe; the text as is when it has no recipe structure (an early checkpoint)."""
+    recipe = recipe_dict(text)
+    if not recipe["ingredients"] and not recipe["directions"]:
+        return f"{text}\n(no title / ingredients / directions structure in this output: shown as generated)"
+    return render_text(text)
+
+
+def _device(choice: str):
+    import torch
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _decoding(s: GenerationSettings) -> str:
+    if s.do_sample:
+        return f"sampling (temperature {s.temperature}, top-p {s.top_p}, top-k {s.top_k})"
+    return "greedy" if s.num_beams == 1 else f"beam search ({s.num_beams} beams)"
+
+
+def entry() -> None:
+    run_cli(main)

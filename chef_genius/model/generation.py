@@ -1,0 +1,96 @@
+"""Writing recipes with a trained model: the shared generation call, and the samples of each evaluation.
+
+Generation reads the same text form training used (``recipes.source_from_ingredients``) and turns
+the model's one-line output back into a recipe (``recipes.parse_target``).
+
+The samples logged at each evaluation are greedy and short, made on the main process only, and
+never touch the training RNG streams (``torch.random.fork_rng``), so a run with samples resumes
+bit for bit like one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from chef_genius.data.recipes import clean, parse_target, render, source_from_ingredients
+
+SAMPLE_INGREDIENTS = (
+    "chicken, rice, garlic",
+    "flour, butter, sugar, eggs",
+    "tomatoes, basil, mozzarella, olive oil",
+    "potatoes, onion, cheddar cheese",
+    "salmon, lemon, dill",
+)
+SAMPLE_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 512
+    num_beams: int = 4
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    num_return_sequences: int = 1
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample,
+                      num_return_sequences=self.num_return_sequences,
+                      repetition_penalty=self.repetition_penalty)
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: GenerationSettings,
+                   device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256) -> list[list[str]]:
+    """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts."""
+    sources = [source_from_ingredients(text) for text in ingredient_lists]
+    batch = tokenizer(sources, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast():
+        out = model.generate(**batch, **settings.generate_kwargs())
+    texts = [clean(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    n = settings.num_return_sequences
+    return [texts[i * n:(i + 1) * n] for i in range(len(ingredient_lists))]
+
+
+def recipe_dict(text: str) -> dict:
+    recipe = parse_target(text)
+    return {"title": recipe.title, "ingredients": recipe.ingredients, "directions": recipe.directions,
+            "raw": text}
+
+
+def render_text(text: str) -> str:
+    return render(parse_target(text))
+
+
+def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=contextlib.nullcontext) -> list[dict]:
+    """Greedy, short generations from the first ``count`` fixed ingredient lists.
+
+    The model is put in eval mode and back; every RNG stream is saved and restored around the call.
+    """
+    ingredients = list(SAMPLE_INGREDIENTS[:count])
+    settings = GenerationSettings(max_new_tokens=SAMPLE_MAX_NEW_TOKENS, num_beams=1)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    was_training = model.training
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast)
+        finally:
+            model.train(was_training)
+    return [{"ingredients": given, "text": generated[0]} for given, generated in zip(ingredients, texts)]

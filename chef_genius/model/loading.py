@@ -1,0 +1,97 @@
+"""Loading the model and tokenizer, and the device-dependent choices around them."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from chef_genius.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' progress bars and advisory warnings out of the training log."""
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the tokenizer of {name_or_path!r} ({_first_line(err)}); give a model "
+                        "name the hub knows or a local folder with tokenizer files") from None
+
+
+def load_model(name_or_path: str | Path):
+    """The model in fp32 (master weights); mixed precision is autocast, never a cast of the weights."""
+    from transformers import AutoModelForSeq2SeqLM
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
+                        "name the hub knows or a local folder with config.json and model.safetensors") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def unwrap(model):
+    """The bare model under torch.compile (``_orig_mod``) and DDP (``module``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def should_compile(requested: bool | None, device: torch.device) -> tuple[bool, str]:
+    """(compile?, why): on with CUDA and Triton unless disabled; off on CPU unless forced."""
+    if requested is False:
+        return False, "disabled by --disable-compilation"
+    if requested is True:
+        return True, "forced by --compile"
+    if device.type != "cuda":
+        return False, "off on CPU (no steady gain, slow cold start); --compile forces it"
+    if not triton_available():
+        why = "Triton is not installed" + (" (usual on Windows)" if sys.platform == "win32" else "")
+        return False, f"off: {why}"
+    return True, "on: CUDA and Triton present"
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """'bf16' or 'no'. fp16 is never used: T5 activations overflow in fp16."""
+    if requested == "no":
+        return "no"
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    if requested == "bf16":
+        log.warning("bf16 autocast needs a CUDA GPU with bf16 support; training in fp32")
+    return "no"
+
+
+def make_optimizer(model, learning_rate: float, weight_decay: float, device: torch.device):
+    """AdamW, no weight decay on layer norms; fused kernels on CUDA."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if "layer_norm" in name or param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=learning_rate, **extra)

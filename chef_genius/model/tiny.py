@@ -1,0 +1,95 @@
+"""A tiny T5 model and tokenizer built offline from the bundled sample recipes.
+
+It stands in for FLAN-T5 in the demo, the tests and the CPU benchmark: same architecture family
+(gated-GELU T5 v1.1, untied ``lm_head`` like FLAN-T5), a Unigram tokenizer with T5's special tokens
+(pad=0, eos=1, unk=2), a few hundred thousand parameters. Built deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
+from chef_genius.data.readers import ReadStats, read_examples
+
+log = logging.getLogger(__name__)
+
+TINY_DIR = MODELS_ROOT / "tiny-t5"
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
+
+
+def tiny_config(vocab_size: int):
+    from transformers import T5Config
+    return T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                    num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=16,
+                    relative_attention_max_distance=64, dropout_rate=0.1, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DATA, seed: int = 0) -> Path:
+    """Write tokenizer and randomly initialised tiny T5 into ``out_dir``."""
+    from transformers import T5ForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    texts = []
+    for example in read_examples(data_path, ReadStats()):
+        texts += [example["source"], example["target"]]
+    tokenizer = build_tokenizer(texts)
+    vocab_size = -(-len(tokenizer) // 8) * 8
+    torch.manual_seed(seed)
+    config = tiny_config(vocab_size)
+    model = T5ForConditionalGeneration(config)
+    # transformers ties lm_head to the embeddings at construction; FLAN-T5 keeps its own lm_head, so
+    # give the stand-in a separately initialised one (a checkpoint holding both keeps them untied).
+    model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
+    torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out_dir)
+    model.generation_config.max_length = 256
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def ensure_tiny(out_dir: str | Path = TINY_DIR) -> Path:
+    """The tiny model folder, built on first use."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").is_file() or not (out_dir / "tokenizer.json").is_file():
+        log.info("building the tiny offline T5 model in %s", out_dir)
+        build_tiny(out_dir)
+    return out_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Build the tiny offline T5 model and tokenizer.")
+    parser.add_argument("--out", default=str(TINY_DIR))
+    parser.add_argument("--data", default=str(SAMPLE_DATA))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path = build_tiny(args.out, args.data, args.seed)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Where metrics go: ``MODEL_OUTPUT/metrics.jsonl`` always, TensorBoard and Weights & Biases on request.
+
+The trainer writes plain records (see ``chef_genius/monitoring/metrics.py``); ``Reporters.write`` appends each
+one to metrics.jsonl and hands it to the optional sinks. Each session of a run starts with a record
+that says where it started, so plots can mark it and drop what a resume from an older step replaced:
+
+    {"type": "start", "step": 0}                                      a fresh run
+    {"type": "resume", "step": 1200, "from_checkpoint": ".../checkpoint-1200"}
+
+- TensorBoard (``--report-to tensorboard``; needs the ``tensorboard`` package): event files in
+  ``MODEL_OUTPUT/tensorboard``; a resume purges the events after its step, so the curves stay single.
+- Weights & Biases (``--report-to wandb``; needs ``wandb`` installed and logged in): off by default;
+  the project comes from ``--wandb-project`` or ``$WANDB_PROJECT``, the key from wandb's own login.
+  The run id is saved in every checkpoint (``CHECKPOINT_KEY``) so a resume continues the same run.
+
+Only the main process reports; the others get a ``Reporters`` that writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from chef_genius.errors import UserError
+from chef_genius.monitoring.metrics import MetricsLog
+
+log = logging.getLogger("chef_genius")
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_KEY = "reporting"   # training_state.pt key: {"wandb_run_id": ...}
+
+
+class Reporters:
+    """metrics.jsonl plus the sinks asked for; ``write`` has ``MetricsLog``'s interface."""
+
+    def __init__(self, metrics: MetricsLog, sinks: list | None = None):
+        self.metrics = metrics
+        self.sinks = sinks or []
+
+    @property
+    def path(self) -> Path:
+        return self.metrics.path
+
+    @property
+    def enabled(self) -> bool:
+        return self.metrics.enabled
+
+    def write(self, record: dict) -> None:
+        self.metrics.write(record)
+        for sink in self.sinks:
+            sink.write(record)
+
+    def checkpoint_extra(self) -> dict:
+        """What a checkpoint keeps so a resume reports into the same runs."""
+        values = {}
+        for sink in self.sinks:
+            values.update(sink.checkpoint_values())
+        return {CHECKPOINT_KEY: values} if values else {}
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def open_reporters(config, output: Path, is_main: bool, step: int, resumed_from: Path | None,
+                   saved: dict | None) -> Reporters:
+    """The reporters of this session; writes its ``start`` / ``resume`` record."""
+    metrics = MetricsLog(Path(output) / METRICS_FILE, enabled=is_main)
+    if not is_main:
+        return Reporters(metrics)
+    previous = (saved or {}).get(CHECKPOINT_KEY) or {}
+    sinks = []
+    if "tensorboard" in config.report_to:
+        # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
+        sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
+    if "wandb" in config.report_to:
+        sinks.append(WandbSink(config, Path(output), previous.get("wandb_run_id")))
+    reporters = Reporters(metrics, sinks)
+    log.info("metrics: %s%s", metrics.path, "".join(f", {name}" for name in config.report_to))
+    if resumed_from is not None:
+        reporters.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
+    else:
+        reporters.write({"type": "start", "step": step})
+    return reporters
+
+
+# ---------------------------------------------------------------------------------------------
+# sinks: write(record), checkpoint_values(), close()
+
+def _scalars(record: dict) -> dict[str, float]:
+    kind = record.get("type")
+    if kind == "train":
+        return {"train/loss": record["loss"], "train/learning_rate": record["lr"],
+                "train/tokens_per_s": record["tokens_per_s"], "train/epoch": record["epoch"]}
+    if kind == "eval":
+        values = {"eval/loss": record["eval_loss"]}
+        if record.get("best_loss") is not None:
+            values["eval/best_loss"] = record["best_loss"]
+        return values
+    return {}
+
+
+def samples_text(record: dict) -> str:
+    """Markdown of a ``samples`` record (for TensorBoard's and W&B's text panels)."""
+    parts = []
+    for sample in record.get("samples", []):
+        parts.append(f"**{sample['ingredients']}**\n\n    {sample['text']}")
+    return "\n\n".join(parts)
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path, purge_step: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("--report-to tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step, flush_secs=30)
+
+    def write(self, record: dict) -> None:
+        step = record.get("step", 0)
+        for tag, value in _scalars(record).items():
+            self.writer.add_scalar(tag, value, step)
+        if record.get("type") == "samples":
+            self.writer.add_text("samples", samples_text(record), step)
+        if record.get("type") == "eval":
+            self.writer.flush()
+
+    def checkpoint_values(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, config, output: Path, run_id: str | None):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("--report-to wandb needs the wandb package: pip install wandb, then wandb login") from None
+        self.wandb = wandb
+        project = config.wandb_project or os.environ.get("WANDB_PROJECT")
+        self.run = wandb.init(project=project, id=run_id, resume="allow" if run_id else None,
+                              name=output.name, dir=str(output), config=config.to_dict())
+        self.run_id = self.run.id
+        log.info("Weights & Biases run %s%s", self.run_id, " (continued)" if run_id else "")
+
+    def write(self, record: dict) -> None:
+        values = dict(_scalars(record))
+        if record.get("type") == "samples":
+            values["samples"] = self.wandb.Html(f"<pre>{_escape(samples_text(record))}</pre>")
+        if values:
+            self.run.log(values, step=record.get("step", 0))
+
+    def checkpoint_values(self) -> dict:
+        return {"wandb_run_id": self.run_id}
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,269 @@
+"""Training configuration: one dataclass of plain values, built from the command line and checked.
+
+Every field is saved into each checkpoint (``hyperparameters``), so a resume can tell what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from chef_genius.cli_support import Parser
+from chef_genius.errors import UserError
+from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
+
+DEFAULT_MODEL = "google/flan-t5-large"
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "bf16", "no")
+PROGRESS_MODES = ("auto", "bar", "log")
+REPORT_TO = ("tensorboard", "wandb", "none")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    eval_data: str | None = None
+    eval_split_ratio: float = 0.02
+    pretrained_model: str = DEFAULT_MODEL
+    model_output: str = str(MODELS_ROOT / "chef-genius")
+    cache_dir: str | None = None
+    resume_from_checkpoint: str | None = None
+    auto_resume: bool = False
+    allow_config_change: bool = False
+    epochs: int = 3
+    max_steps: int = 0
+    stop_after_steps: int = 0
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    warmup_steps: int = 500
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    optimizer_rewarmup_steps: int = 100
+    save_steps: int = 1000
+    eval_steps: int = 1000
+    logging_steps: int = 50
+    save_total_limit: int = 0
+    save_every_minutes: float = 0.0
+    on_save_error: str = "stop"
+    verify_hashes: bool = False
+    seed: int = 42
+    max_source_length: int = 256
+    max_target_length: int = 512
+    group_by_length: bool = True
+    length_group_size: int = 1024
+    mixed_precision: str = "auto"
+    compile: bool | None = None
+    dataloader_num_workers: int = 2
+    num_proc: int = 1
+    async_save: bool = False
+    streaming: bool = False
+    gradient_checkpointing: bool = False
+    demo: bool = False
+    progress: str = "auto"
+    report_to: list = dataclasses.field(default_factory=list)
+    wandb_project: str | None = None
+    eval_samples: int = 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+EXAMPLES = """examples:
+  python cli/complete_optimized_training.py --demo
+  python cli/complete_optimized_training.py --data RecipeNLG_dataset.csv --model-output models/flan-large \\
+      --batch-size 8 --gradient-accumulation-steps 4 --epochs 2
+  python cli/complete_optimized_training.py --data RecipeNLG_dataset.csv --model-output models/flan-large \\
+      --resume-from-checkpoint latest
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = Parser(prog="complete_optimized_training.py",
+                description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
+                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="training recipes: RecipeNLG CSV, JSONL or Parquet")
+    g.add_argument("--eval-data", help="separate validation file (default: hold out --eval-split-ratio)")
+    g.add_argument("--eval-split-ratio", type=float, default=d.eval_split_ratio,
+                   help=f"fraction of --data held out for validation (default {d.eval_split_ratio})")
+    g.add_argument("--max-source-length", type=int, default=d.max_source_length,
+                   help=f"max input tokens (default {d.max_source_length})")
+    g.add_argument("--max-target-length", type=int, default=d.max_target_length,
+                   help=f"max recipe tokens (default {d.max_target_length})")
+    g.add_argument("--cache-dir", help="tokenized-data cache (default: MODEL_OUTPUT/../.cache/tokenized)")
+    g.add_argument("--num-proc", type=int, default=d.num_proc,
+                   help="processes used to tokenize a new data file (default 1)")
+    g.add_argument("--dataloader-num-workers", type=int, default=d.dataloader_num_workers,
+                   help=f"DataLoader worker processes (default {d.dataloader_num_workers})")
+    g.add_argument("--streaming", action="store_true",
+                   help="read and tokenize --data on the fly, no disk cache (for data larger than the disk); "
+                        "order is shuffled only within --length-group-size groups; validation needs --eval-data")
+    g.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                   help="plain shuffled batches instead of length-grouped ones")
+    g.add_argument("--length-group-size", type=int, default=d.length_group_size,
+                   help=f"examples sorted together by length (default {d.length_group_size})")
+
+    g = p.add_argument_group("model and output")
+    g.add_argument("--pretrained-model", default=d.pretrained_model,
+                   help=f"model name or folder to start from (default {d.pretrained_model})")
+    g.add_argument("--model-output", default=None,
+                   help="run folder: checkpoints and the final model (default models/chef-genius)")
+    g.add_argument("--resume-from-checkpoint", "--resume", dest="resume_from_checkpoint",
+                   metavar="PATH|latest", help="resume from a checkpoint folder, or the newest complete one")
+    g.add_argument("--auto-resume", action="store_true",
+                   help="resume from the newest complete checkpoint if there is one, else start fresh")
+    g.add_argument("--allow-config-change", action="store_true",
+                   help="resume even if batch size, accumulation or data file differ from the checkpoint's")
+    g.add_argument("--demo", action="store_true",
+                   help="train the offline tiny model on the bundled sample (CPU, under 2 minutes)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    g.add_argument("--max-steps", type=int, default=d.max_steps,
+                   help="stop after this many optimizer steps in total (default 0: run all epochs)")
+    g.add_argument("--stop-after-steps", type=int, default=0,
+                   help="end this session after N optimizer steps with a checkpoint, without changing the "
+                        "LR schedule (for job time limits; resume later with --resume-from-checkpoint latest)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"examples per device per micro-batch (default {d.batch_size})")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps,
+                   help="micro-batches per optimizer step (default 1)")
+    g.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                   help=f"peak AdamW learning rate (default {d.learning_rate})")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"linear warmup steps (default {d.warmup_steps})")
+    g.add_argument("--lr-scheduler", choices=SCHEDULES, default=d.lr_scheduler,
+                   help=f"decay after warmup (default {d.lr_scheduler})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
+                   help=f"gradient clipping norm, 0 to disable (default {d.max_grad_norm})")
+    g.add_argument("--optimizer-rewarmup-steps", type=int, default=d.optimizer_rewarmup_steps,
+                   help="LR ramp after resuming from a checkpoint without optimizer state (default 100)")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+
+    g = p.add_argument_group("precision and speed")
+    g.add_argument("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision,
+                   help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU that supports it")
+    g.add_argument("--enable-mixed-precision", dest="mixed_precision", action="store_const", const="bf16",
+                   help="same as --mixed-precision bf16 (fp16 is never used: T5 overflows in fp16)")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less GPU memory, about 30%% slower steps")
+    g.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
+    g.add_argument("--disable-compilation", dest="compile", action="store_false",
+                   help="never torch.compile")
+
+    g = p.add_argument_group("checkpoints, evaluation and logging")
+    g.add_argument("--save-steps", type=int, default=d.save_steps,
+                   help=f"checkpoint every N optimizer steps (default {d.save_steps})")
+    g.add_argument("--async-save", action="store_true",
+                   help="copy the state to CPU memory and write the checkpoint in a background thread "
+                        "(same files, same crash safety; at most one save in flight)")
+    g.add_argument("--save-total-limit", type=int, default=d.save_total_limit,
+                   help="keep the newest N checkpoints plus the best one and the one resumed from; older "
+                        "ones are deleted after each new checkpoint is committed (default 0: keep all)")
+    g.add_argument("--save-every-minutes", type=float, default=d.save_every_minutes,
+                   help="also checkpoint when this many minutes of wall-clock time passed since the last "
+                        "checkpoint (default 0: only every --save-steps)")
+    g.add_argument("--on-save-error", choices=("stop", "continue"), default=d.on_save_error,
+                   help="when a checkpoint cannot be written (full disk, permissions): stop with exit code 4 "
+                        "(default), or warn and train on")
+    g.add_argument("--verify-hashes", action="store_true",
+                   help="resuming checks every checkpoint file's sha256 against its manifest, not only its "
+                        "size (reads the whole checkpoint once)")
+    g.add_argument("--eval-steps", type=int, default=d.eval_steps,
+                   help=f"validation loss every N optimizer steps (default {d.eval_steps})")
+    g.add_argument("--logging-steps", type=int, default=d.logging_steps,
+                   help=f"log every N optimizer steps (default {d.logging_steps})")
+    add_monitoring_flags(p, d)
+    return p
+
+
+def add_monitoring_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--progress", choices=PROGRESS_MODES, default=d.progress,
+                   help="bar: a progress bar; log: a log line every --logging-steps; auto: the bar on a "
+                        "terminal, log lines when output goes to a file (default auto)")
+    g.add_argument("--report-to", nargs="+", choices=REPORT_TO, default=[], metavar="{tensorboard,wandb,none}",
+                   help="also send metrics to TensorBoard (MODEL_OUTPUT/tensorboard) and/or Weights & Biases; "
+                        "metrics.jsonl is always written (default none)")
+    g.add_argument("--wandb-project", default=None, metavar="NAME",
+                   help="Weights & Biases project (default: $WANDB_PROJECT, else wandb's own default)")
+    g.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
+                   help="recipes generated (greedy, short) from fixed ingredient lists at each evaluation, "
+                        f"logged and written to metrics.jsonl; up to 5, 0 turns them off (default {d.eval_samples})")
+
+
+DEMO_OVERRIDES = dict(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=10, save_steps=20,
+                      eval_steps=20, logging_steps=10, max_source_length=64, max_target_length=256,
+                      dataloader_num_workers=0, length_group_size=64)
+
+
+def parse_args(argv=None) -> TrainConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values = vars(args)
+    explicit = _explicit_flags(parser, argv)
+    if values["demo"]:
+        for key, value in DEMO_OVERRIDES.items():
+            if key not in explicit:
+                values[key] = value
+        values["data"] = values["data"] or str(SAMPLE_DATA)
+        if "pretrained_model" not in explicit:
+            values["pretrained_model"] = str(MODELS_ROOT / "tiny-t5")
+        values["model_output"] = values["model_output"] or str(MODELS_ROOT / "demo")
+        values["mixed_precision"] = "no" if "mixed_precision" not in explicit else values["mixed_precision"]
+    values["model_output"] = values["model_output"] or TrainConfig.model_output
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def _explicit_flags(parser, argv) -> set[str]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = set()
+    for action in parser._actions:
+        if any(a.split("=")[0] in action.option_strings for a in argv if a.startswith("--")):
+            names.add(action.dest)
+    return names
+
+
+def validate(c: TrainConfig) -> None:
+    """Reject values that cannot work, with one sentence each (exit code 2)."""
+    positive = ("epochs", "batch_size", "gradient_accumulation_steps", "save_steps", "eval_steps",
+                "logging_steps", "max_source_length", "max_target_length", "length_group_size", "num_proc")
+    for name in positive:
+        if getattr(c, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
+    non_negative = ("max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
+                    "optimizer_rewarmup_steps", "eval_samples")
+    for name in non_negative:
+        if getattr(c, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")
+    if not c.save_every_minutes >= 0:
+        raise UserError(f"--save-every-minutes must be 0 or more, got {c.save_every_minutes}")
+    if not c.learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive, got {c.learning_rate}")
+    if c.weight_decay < 0 or c.max_grad_norm < 0:
+        raise UserError("--weight-decay and --max-grad-norm must be 0 or more")
+    if not 0 <= c.eval_split_ratio < 1:
+        raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
+    if c.data is None:
+        raise UserError("--data is required (a RecipeNLG CSV, JSONL or Parquet file), or use --demo")
+    for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} file not found: {path}")
+    c.report_to = [name for name in dict.fromkeys(c.report_to) if name != "none"]
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in c.report_to and importlib.util.find_spec(package) is None:
+            raise UserError(f"--report-to {name} needs the {package} package: pip install {package}")
+    if c.resume_from_checkpoint and c.auto_resume:
+        raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")

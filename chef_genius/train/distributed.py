@@ -1,0 +1,200 @@
+"""What changes when the trainer runs on several processes (``accelerate launch`` / ``torchrun``).
+
+- Padding shares: the last global micro-batch of an epoch may hold fewer samples than processes.
+  A rank without a real sample still has to run forward and backward (DDP's gradient all-reduce
+  would hang otherwise), so the sampler hands it a *padding* index ``~i`` (negative): a copy of
+  sample ``i`` whose labels are all ignored, so it adds no loss, no tokens and no gradient.
+  ``ShareDataset`` / ``ShareCollator`` turn those indices into rows and put the sample indices
+  into each batch (``sample_index``, negative for padding rows).
+- Loss normalisation: the loss of an optimizer step is the sum over all ranks' target tokens
+  divided by the global token count, all-reduced once per step (see ``token_divisor``).
+- RNG: every rank's RNG state is gathered into the checkpoint (``rng_states_per_rank``) and given
+  back to the same rank when the world size is unchanged; on another world size each rank gets
+  fresh seeds derived from (seed, step, rank).
+- Resume: rank 0 picks the checkpoint and the other ranks follow it, so ranks on a shared file
+  system that is slow to show new folders cannot disagree.
+- ``CHEF_GENIUS_SAMPLE_LOG=DIR`` (debugging and tests): each rank appends the samples it trained
+  on to ``DIR/rank-R.txt``, one ``epoch index`` line each.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.train import rng
+from chef_genius.errors import UserError
+
+log = logging.getLogger("chef_genius")
+
+SAMPLE_LOG_ENV = "CHEF_GENIUS_SAMPLE_LOG"
+
+
+# ---------------------------------------------------------------------------------------------
+# padding rows
+
+class ShareDataset(torch.utils.data.Dataset):
+    """``base`` plus padding items: index ``~i`` is sample ``i`` marked as padding."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        source, target = self.base[~i if i < 0 else i]
+        return source, target, i
+
+
+class ShareCollator:
+    """The wrapped collator, then padding rows' labels ignored and ``sample_index`` added."""
+
+    def __init__(self, collate, label_pad: int):
+        self.collate = collate
+        self.label_pad = label_pad
+
+    def __call__(self, items):
+        batch = self.collate([(source, target) for source, target, _ in items])
+        index = torch.tensor([i for _, _, i in items], dtype=torch.long)
+        padding = index < 0
+        if padding.any():
+            batch["labels"][padding] = self.label_pad
+        batch["sample_index"] = index
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# loss normalisation
+
+def token_divisor(accelerator, local_tokens: int) -> tuple[float | int, int]:
+    """(divisor for this rank's summed loss, global target tokens of the step).
+
+    DDP averages gradients over ranks, so dividing each rank's token-summed loss by
+    ``global_tokens / world`` gives the gradient of the global token mean. One all-reduce per
+    optimizer step; on one process nothing is communicated and the divisor is the plain count.
+    """
+    world = accelerator.num_processes
+    if world == 1:
+        return max(local_tokens, 1), local_tokens
+    count = torch.tensor(local_tokens, device=accelerator.device, dtype=torch.long)
+    global_tokens = int(accelerator.reduce(count, reduction="sum").item())
+    return max(global_tokens, 1) / world, global_tokens
+
+
+def global_step_loss(accelerator, local_loss: torch.Tensor) -> torch.Tensor:
+    """The step's loss over all ranks (each rank holds its share scaled by the world size)."""
+    if accelerator.num_processes == 1:
+        return local_loss
+    return accelerator.reduce(local_loss, reduction="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG per rank
+
+def gather_rng_states(accelerator) -> list[dict] | None:
+    """Every rank's RNG state on rank 0 (a collective: all ranks call it); None elsewhere."""
+    mine = rng.capture()
+    if accelerator.num_processes == 1:
+        return [mine]
+    import torch.distributed as dist
+    gathered = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    dist.gather_object(mine, gathered, dst=0)
+    return gathered
+
+
+def rng_for_rank(saved: dict, accelerator, seed: int) -> dict | None:
+    """This rank's saved RNG state, or None after reseeding when the world size changed."""
+    per_rank = saved.get(ckpt.RNG_PER_RANK) or ([saved["rng_states"]] if saved.get("rng_states") else [])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if len(per_rank) == world:
+        return per_rank[rank]
+    if per_rank:
+        log.warning("the checkpoint was written by %d processes, this run has %d: each process starts fresh "
+                    "random streams (dropout), so losses will not match an uninterrupted run", len(per_rank), world)
+    rng.seed_everything(rank_seed(seed + int(saved.get("global_step", 0)), rank))
+    return None
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Different dropout streams per rank; rank 0 keeps ``seed`` so one process runs unchanged."""
+    return seed + 1_000_003 * rank
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement and plan
+
+def agree_on_path(accelerator, path: Path | None) -> Path | None:
+    """Rank 0's choice of checkpoint, on every rank."""
+    if accelerator.num_processes == 1:
+        return path
+    import torch.distributed as dist
+    box = [None if path is None else str(path)]
+    dist.broadcast_object_list(box, src=0)
+    return None if box[0] is None else Path(box[0])
+
+
+def saved_world_size(saved: dict) -> int:
+    per_rank = saved.get(ckpt.RNG_PER_RANK)
+    return len(per_rank) if per_rank else int(saved.get("hyperparameters", {}).get("world_size", 1))
+
+
+def planned_total_steps(global_step: int, epoch: int, samples_in_epoch: int, num_samples: int,
+                        global_batch: int, accumulation: int, epochs: int) -> int:
+    """The optimizer step at which ``epochs`` end, counted from a position (pure).
+
+    On an unchanged world size this equals ``steps_per_epoch * epochs``; after a resume on another
+    world size the steps already taken covered another number of samples each, so the plan is the
+    steps taken plus what the rest of this epoch and the later epochs need at the new global batch.
+    """
+    steps_per_epoch = math.ceil(math.ceil(num_samples / global_batch) / accumulation)
+    if epoch >= epochs:
+        return global_step
+    rest = math.ceil(math.ceil(max(0, num_samples - samples_in_epoch) / global_batch) / accumulation)
+    return global_step + rest + (epochs - epoch - 1) * steps_per_epoch
+
+
+# ---------------------------------------------------------------------------------------------
+# logging and the sample log
+
+def check_launch(accelerator, fsdp_requested: bool) -> None:
+    """Refuse launches that would silently train something else than asked."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}: "
+                        "they would each train alone into the same folder; launch with torchrun --nproc_per_node "
+                        f"{launched} or accelerate launch --multi_gpu --num_processes {launched}")
+    if fsdp_requested and accelerator.device.type != "cuda":
+        raise UserError("the FSDP config needs CUDA GPUs; on CPU use accelerate launch --multi_gpu "
+                        "--num_processes N (data-parallel)")
+
+
+def quiet_other_ranks(accelerator) -> None:
+    """Logs come from rank 0; other ranks say only warnings and errors."""
+    if not accelerator.is_main_process:
+        logging.getLogger("chef_genius").setLevel(logging.WARNING)
+
+
+class SampleLog:
+    """Appends ``epoch index`` lines for the real samples this rank trains on (debugging, tests)."""
+
+    def __init__(self, folder: str | None, rank: int):
+        self.path = Path(folder) / f"rank-{rank}.txt" if folder else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_env(cls, rank: int) -> "SampleLog":
+        return cls(os.environ.get(SAMPLE_LOG_ENV), rank)
+
+    def write(self, epoch: int, window: list[dict]) -> None:
+        if self.path is None:
+            return
+        lines = [f"{epoch} {int(i)}\n" for batch in window for i in batch["sample_index"].tolist() if i >= 0]
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.writelines(lines)
