@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
+import pytest
+import torch
 from conftest import run_training, step_losses, train_args
 
 from chef_genius.checkpoint import format as ckpt
-from chef_genius.data.streaming import group_order
+from chef_genius.data.sampler import ResumableBatchSampler
+from chef_genius.data.streaming import StreamingDataset, StreamingSampler, group_order
+from chef_genius.data.tokenized import LABEL_PAD, Collator
 
 
 def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_csv, tmp_path):
@@ -32,3 +39,59 @@ def test_group_order_is_seeded_and_longest_first():
     order = group_order(lengths, 42, 0, 3)
     assert sorted(order.tolist()) == list(range(5)) and list(lengths[order]) == sorted(lengths, reverse=True)
     assert order.tolist() == group_order(lengths, 42, 0, 3).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# shares of a streamed epoch on several processes
+
+@pytest.fixture(scope="module")
+def seven_recipes(tmp_path_factory, sample_csv) -> Path:
+    import csv
+    with open(sample_csv, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))[:8]  # header + 7 recipes
+    path = tmp_path_factory.mktemp("seven") / "seven.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return path
+
+
+def _rank_batches(path, tokenizer, world, batch_size, start=0):
+    batches = []
+    for rank in range(world):
+        sampler = StreamingSampler(7, batch_size, seed=3, group_size=4, num_replicas=world, rank=rank)
+        sampler.set_position(0, start)
+        stream = StreamingDataset(path, tokenizer, 32, 64, sampler, Collator(tokenizer.pad_token_id))
+        batches.append(list(stream))
+    return batches
+
+
+@pytest.mark.parametrize("world, batch_size", [(2, 3), (3, 2), (4, 1)])
+def test_streamed_epoch_end_with_fewer_samples_than_ranks_pads_like_the_cached_path(tiny_model, seven_recipes,
+                                                                                    world, batch_size):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    per_rank = _rank_batches(seven_recipes, tokenizer, world, batch_size)
+    cached = [list(ResumableBatchSampler(7, batch_size, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+
+    # every rank steps the same number of times (DDP would hang otherwise), never on an empty batch
+    assert [len(b) for b in per_rank] == [math.ceil(7 / (world * batch_size))] * world
+    real = []
+    for step, batches in enumerate(zip(*per_rank)):
+        for rank, batch in enumerate(batches):
+            index = batch["sample_index"]
+            assert len(index) == batch["input_ids"].shape[0] == len(cached[rank][step]) >= 1
+            # padding exactly where the cached path pads; a padding row is a real input with no target
+            assert (index < 0).tolist() == [i < 0 for i in cached[rank][step]]
+            assert torch.all(batch["labels"][index < 0] == LABEL_PAD)
+            assert torch.all(batch["attention_mask"][index < 0].sum(dim=1) > 0)
+            assert torch.all((batch["labels"][index >= 0] != LABEL_PAD).sum(dim=1) > 0)
+            real += index[index >= 0].tolist()
+    assert sorted(real) == list(range(7))  # every recipe of the file once per epoch, over all ranks
+
+    # resumed at the last global micro-batch: only that one is left, padded the same way
+    tail = _rank_batches(seven_recipes, tokenizer, world, batch_size, start=7 // (world * batch_size)
+                         * world * batch_size)
+    assert [len(b) for b in tail] == [1] * world
+    for rank in range(world):
+        assert torch.equal(tail[rank][0]["sample_index"], per_rank[rank][-1]["sample_index"])
+        assert torch.equal(tail[rank][0]["labels"], per_rank[rank][-1]["labels"])
