@@ -1,5 +1,6 @@
 """Preemption: a first stop signal saves and exits 75, a second aborts at once (130) without a
-checkpoint that looks complete; --save-every-minutes saves on wall-clock time; the signal handlers found before the run are back after it."""
+checkpoint that looks complete; --save-every-minutes saves on wall-clock time; the signal handlers
+found before the run are back after it."""
 
 from __future__ import annotations
 
