@@ -34,11 +34,32 @@ def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_cs
     assert step_losses(resumed) == losses
 
 
-def test_group_order_is_seeded_and_longest_first():
-    lengths = np.array([5, 9, 1, 9, 3])
+def test_group_order_is_a_permutation_longest_first_seeded_by_seed_epoch_and_group():
+    lengths = np.repeat([3, 8, 5, 8], 10)  # many equal lengths: the seeded shuffle shows among them
     order = group_order(lengths, 42, 0, 3)
-    assert sorted(order.tolist()) == list(range(5)) and list(lengths[order]) == sorted(lengths, reverse=True)
-    assert order.tolist() == group_order(lengths, 42, 0, 3).tolist()
+    assert sorted(order.tolist()) == list(range(40))
+    assert np.all(np.diff(lengths[order]) <= 0)  # longest first
+    assert np.array_equal(order, group_order(lengths, 42, 0, 3))  # pure: a resume recomputes it
+    variants = {args: group_order(lengths, *args) for args in [(42, 0, 3), (43, 0, 3), (42, 1, 3), (42, 0, 4)]}
+    assert len({v.tobytes() for v in variants.values()}) == 4, "seed, epoch and group each change the order"
+    unshuffled = np.argsort(-lengths, kind="stable")
+    assert not any(np.array_equal(v, unshuffled) for v in variants.values())
+
+
+def test_streamed_epoch_is_the_file_shuffled_within_length_groups(tiny_model, seven_recipes):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def streamed(seed, epoch):
+        sampler = StreamingSampler(7, 1, seed=seed, group_size=4)
+        sampler.set_position(epoch, 0)
+        stream = StreamingDataset(seven_recipes, tokenizer, 16, 16, sampler, Collator(tokenizer.pad_token_id))
+        return [int(batch["sample_index"]) for batch in stream]
+
+    epoch0 = streamed(3, 0)
+    assert sorted(epoch0[:4]) == [0, 1, 2, 3] and sorted(epoch0[4:]) == [4, 5, 6]  # groups of 4 file rows
+    assert streamed(3, 0) == epoch0
+    assert streamed(3, 1) != epoch0 and streamed(4, 0) != epoch0
 
 
 # ---------------------------------------------------------------------------------------------
