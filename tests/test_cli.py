@@ -1,5 +1,6 @@
 """The training command's errors: one readable line on stderr, exit code 2, nothing written."""
 
+import re
 import subprocess
 import sys
 
@@ -49,10 +50,29 @@ def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: --data file not found: {tmp_path / 'missing.csv'}"]
 
 
+def _help_options(text: str) -> list[set[str]]:
+    """The option strings of each option listed in ``--help`` (``--resume-from-checkpoint PATH, --resume
+    PATH`` gives one set of both), read from the option lines, not from prose."""
+    options = []
+    for line in text.splitlines():
+        if line.startswith("  -"):  # an option line; wrapped help text is indented further
+            head = re.split(r"\s{2,}", line.strip())[0]
+            options.append({word.rstrip(",") for word in head.split() if re.fullmatch(r"-{1,2}[a-z][\w-]*,?", word)})
+    return options
+
+
 def test_help_lists_the_replaced_systems_flags():
     text = subprocess.run([sys.executable, str(REPO / "cli" / "complete_optimized_training.py"), "--help"],
                           capture_output=True, text=True, timeout=120).stdout
+    options = _help_options(text)
+    listed = set().union(*options)
+    from chef_genius.train.config import build_parser
+    assert listed == {o for action in build_parser()._actions for o in action.option_strings}  # read right
     for flag in ("--epochs", "--batch-size", "--model-output", "--pretrained-model", "--resume-from-checkpoint",
                  "--resume", "--gradient-accumulation-steps", "--enable-mixed-precision", "--disable-compilation",
-                 "--dataloader-num-workers", "--demo", "examples:"):
-        assert flag in text
+                 "--dataloader-num-workers", "--demo"):
+        assert flag in listed, f"{flag} is not an option of --help"
+    # --resume is the short spelling of --resume-from-checkpoint, not a flag of its own
+    assert {"--resume-from-checkpoint", "--resume"} in options
+    assert parse_args(["--demo", "--resume", "latest"]).resume_from_checkpoint == "latest"
+    assert "examples:" in text

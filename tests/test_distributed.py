@@ -4,7 +4,7 @@ Each launch costs ~15 s of process start-up, so the runs are few and chained: a 
 stops mid-epoch-2 (coverage of epoch 1, its checkpoint verifies), a 2-process run resuming its step-8
 checkpoint (same world size: bitwise), then two steps on 1 process (2 -> 1) and the rest of epoch 2 on
 2 processes through ``accelerate launch`` (1 -> 2), every sample of epoch 2 exactly once; and, without
-dropout, 2 processes x 3 per device give the losses of 1 process x 6.
+dropout, 2 processes give the losses of 1 process with the same global batch, cached or ``--streaming``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,17 @@ def data45(tmp_path_factory, sample_csv) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def no_dropout_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with dropout off, so runs that see the same samples give the same losses."""
+    import json
+    model = tmp_path_factory.mktemp("tiny-no-dropout") / "model"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.0}))
+    return model
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -73,8 +84,8 @@ def _seen(sample_log: Path) -> dict[int, collections.Counter]:
     return seen
 
 
-def _exactly_once(counter: collections.Counter) -> bool:
-    return sorted(counter) == list(range(NUM_TRAIN)) and set(counter.values()) == {1}
+def _exactly_once(counter: collections.Counter, num_samples: int = NUM_TRAIN) -> bool:
+    return sorted(counter) == list(range(num_samples)) and set(counter.values()) == {1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,18 +204,29 @@ def test_name_keyed_optimizer_state_of_an_fsdp_checkpoint_loads_without_fsdp(tin
         assert torch.equal(before["exp_avg"], after["exp_avg"])
 
 
-def test_two_processes_train_like_one_with_the_global_batch(tiny_model, data45, cache_dir, tmp_path):
+def test_two_processes_train_like_one_with_the_global_batch(no_dropout_model, data45, cache_dir, tmp_path):
     """Without dropout, 2 x 3 per device equals 1 x 6: the loss is normalised by the global target tokens,
     and the padding row of the last step (43 = 7 x 6 + 1) adds nothing."""
-    import json
-    model = tmp_path / "tiny-no-dropout"
-    shutil.copytree(tiny_model, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "dropout_rate": 0.0}))
+    model = no_dropout_model
     common = ("--eval-split-ratio", "0.05", "--epochs", "1", "--save-steps", "100", "--eval-steps", "100")
     assert run_training(*train_args(model, data45, tmp_path / "one", cache_dir, *common, "--batch-size", "6")) == 0
     _launch("torchrun", train_args(model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "3"),
             tmp_path / "log")
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 9))
+    assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
+
+
+def test_streaming_on_two_processes_pads_the_short_last_batch(no_dropout_model, data45, cache_dir, tmp_path):
+    """--streaming on 2 processes, 2 per device: 45 recipes end the epoch on a global micro-batch of 1,
+    so rank 1 steps on a padding row; every recipe is trained on once and the losses are those of
+    1 process x 4 (the padding row adds nothing)."""
+    common = ("--streaming", "--eval-split-ratio", "0", "--epochs", "1", "--save-steps", "100")
+    _launch("torchrun", train_args(no_dropout_model, data45, tmp_path / "two", cache_dir, *common,
+                                   "--batch-size", "2"), tmp_path / "log")
+    assert _exactly_once(_seen(tmp_path / "log")[0], num_samples=45)
+    assert run_training(*train_args(no_dropout_model, data45, tmp_path / "one", cache_dir, *common,
+                                    "--batch-size", "4")) == 0
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 13))  # ceil(45 / 4) steps
     assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)

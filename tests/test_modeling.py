@@ -20,10 +20,21 @@ def test_compile_defaults(monkeypatch):
     assert modeling.should_compile(None, cuda)[0] is True
 
 
-def test_precision_is_never_fp16_and_bf16_only_on_cuda():
-    assert modeling.resolve_precision("auto", torch.device("cpu")) == "no"
-    assert modeling.resolve_precision("bf16", torch.device("cpu")) == "no"
-    assert modeling.resolve_precision("no", torch.device("cuda")) == "no"
+@pytest.mark.parametrize("requested, device, bf16_supported, expected, warned", [
+    ("auto", "cuda", True, "bf16", False),   # the default: bf16 wherever the GPU has it
+    ("bf16", "cuda", True, "bf16", False),
+    ("no", "cuda", True, "no", False),       # asked for fp32: fp32, even on a bf16 GPU
+    ("auto", "cuda", False, "no", False),    # an older GPU: fp32 (never fp16: T5 overflows), quietly
+    ("bf16", "cuda", False, "no", True),     # asked for bf16 it cannot have: fp32, and says so
+    ("auto", "cpu", True, "no", False),
+    ("bf16", "cpu", True, "no", True),
+])
+def test_precision_is_bf16_only_where_the_gpu_has_it_and_never_fp16(monkeypatch, caplog, requested, device,
+                                                                    bf16_supported, expected, warned):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
+    with caplog.at_level("WARNING"):
+        assert modeling.resolve_precision(requested, torch.device(device)) == expected
+    assert any("training in fp32" in r.getMessage() for r in caplog.records) is warned
 
 
 def test_optimizer_skips_weight_decay_on_layer_norms(tiny_model):

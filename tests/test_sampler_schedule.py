@@ -33,12 +33,19 @@ def test_sampler_resume_is_index_arithmetic_and_world_size_independent():
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 def test_lr_factor_warmup_and_decay(kind):
-    assert lr_factor(0, 10, 100, kind) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 100, kind) == pytest.approx(1.0)
-    end = lr_factor(100, 10, 100, kind)
-    assert end == pytest.approx(1.0 if kind == "constant" else 0.0)
-    if kind == "cosine":
-        assert lr_factor(55, 10, 100, kind) == pytest.approx(0.5)
+    # warmup 10, decay over steps 10..100: the factor for 0-based step s
+    assert [lr_factor(s, 10, 100, kind) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    inside = {10: 1.0, 32: 68 / 90, 55: 0.5, 77: 23 / 90, 99: 1 / 90}  # linear: 1 - (s - 10) / 90
+    if kind == "cosine":  # 0.5 * (1 + cos(pi * (s - 10) / 90)) at progress 0, 1/6, 1/2, 2/3, 89/90
+        inside = {10: 1.0, 25: (2 + math.sqrt(3)) / 4, 55: 0.5, 70: 0.25, 99: (1 - math.cos(math.pi / 90)) / 2}
+    if kind == "constant":
+        inside = {10: 1.0, 55: 1.0, 99: 1.0}
+    assert {s: lr_factor(s, 10, 100, kind) for s in inside} == pytest.approx(inside, rel=1e-12, abs=1e-15)
+    # the end, and past it (a run resumed with more steps than planned): 0, never negative
+    end = 1.0 if kind == "constant" else 0.0
+    assert [lr_factor(s, 10, 100, kind) for s in (100, 150)] == pytest.approx([end, end], abs=1e-15)
+    decay = [lr_factor(s, 10, 100, kind) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
 
 
 def test_rewarm_ramps_from_the_resume_step_without_restarting_warmup():

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from chef_genius.data.shares import rank_share
+
 
 def epoch_order(num_samples: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
                 group_size: int = 1024) -> np.ndarray:
@@ -31,9 +33,9 @@ class ResumableBatchSampler:
     """Yields this rank's micro-batches of one epoch, starting at a global sample position.
 
     Each global micro-batch is ``batch_size * num_replicas`` consecutive samples of the epoch order;
-    rank r takes its share (``np.array_split``: every rank gets at least one sample when the chunk
-    has as many samples as ranks, else a padding index). ``set_position`` picks the epoch and how
-    many samples (all ranks together) were already consumed.
+    rank r takes its share (``shares.rank_share``: every rank gets at least one sample when the chunk
+    has as many samples as ranks, else a padding index ``~i``, see ``shares.ShareDataset``).
+    ``set_position`` picks the epoch and how many samples (all ranks together) were already consumed.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, lengths=None, group_size: int = 1024,
@@ -68,8 +70,4 @@ class ResumableBatchSampler:
     def __iter__(self):
         order = self.order()
         for pos in range(self.start, self.num_samples, self.global_batch_size):
-            chunk = order[pos:pos + self.global_batch_size]
-            share = np.array_split(chunk, self.num_replicas)[self.rank].tolist()
-            # Fewer samples than ranks (the end of an epoch): this rank still steps, on a padding
-            # copy ``~i`` of a sample that adds no loss (see distributed.ShareDataset).
-            yield share or [~int(chunk[0])]
+            yield rank_share(order[pos:pos + self.global_batch_size], self.num_replicas, self.rank)

@@ -10,6 +10,10 @@ memory stays bounded by one length group. What it gives up, compared with the ca
 - a free epoch length: the first start counts the usable rows once (parsing, no tokenizing) and
   keeps the count in the cache folder, so the LR schedule and progress are still exact.
 
+On several processes every rank reads the whole file and keeps its share of each global
+micro-batch, split and padded at an epoch's end exactly as on the cached path (data/shares.py),
+so every recipe is trained on once per epoch over all ranks.
+
 Resume stays exact: the order of epoch E is a pure function of (file, seed, E, group size), and a
 resumed run re-reads the file up to its position, skipping the rows before its length group without
 tokenizing them. That skip costs a parse of the rows before the position (not index arithmetic).
@@ -25,6 +29,7 @@ import torch
 
 from chef_genius.data.readers import ReadStats, read_examples
 from chef_genius.data.sampler import ResumableBatchSampler
+from chef_genius.data.shares import ShareCollator, ShareDataset, rank_share
 
 
 def count_rows(path: str | Path, cache_root: str | Path) -> int:
@@ -69,15 +74,25 @@ def group_order(lengths: np.ndarray, seed: int, epoch: int, group: int) -> np.nd
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
-    """Yields this rank's collated micro-batches of the sampler's epoch, from its position on."""
+    """Yields this rank's collated micro-batches of the sampler's epoch, from its position on.
+
+    ``collate`` is the plain collator of ``(input_ids, labels)`` items; the stream splits each
+    global micro-batch into rank shares, pads an empty share and adds ``sample_index`` itself, with
+    the cached path's ``shares.ShareDataset`` / ``ShareCollator``.
+    """
 
     def __init__(self, path, tokenizer, max_source_length: int, max_target_length: int, sampler: StreamingSampler,
                  collate):
-        self.path, self.tokenizer, self.sampler, self.collate = str(path), tokenizer, sampler, collate
+        self.path, self.tokenizer, self.sampler = str(path), tokenizer, sampler
+        self.collate = ShareCollator(collate)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
     def _examples(self):
-        """(input_ids, labels) of the epoch in order, starting at the sampler's position."""
+        """(sample index, input_ids, labels) of the epoch in order, from the sampler's position on.
+
+        A sample's index is its row among the file's usable recipes (0-based), as the cached path's
+        index is its row of the training set: ``sample_index`` and the sample log mean the same.
+        """
         s = self.sampler
         first_group, skip = divmod(s.start, s.group_size)
         rows = read_examples(self.path, ReadStats())
@@ -95,20 +110,22 @@ class StreamingDataset(torch.utils.data.IterableDataset):
                                      truncation=True)["input_ids"]
             lengths = np.array([len(a) + len(b) for a, b in zip(sources, targets)])
             for i in group_order(lengths, s.seed, s.epoch, group)[skip:]:
-                yield sources[i], targets[i]
+                yield group * s.group_size + int(i), sources[i], targets[i]
             group, skip = group + 1, 0
 
     def __iter__(self):
         s = self.sampler
-        batch = []
-        for example in self._examples():
-            batch.append(example)
+        batch = {}  # the global micro-batch being read: sample index -> (input_ids, labels), in order
+        for index, source, target in self._examples():
+            batch[index] = (source, target)
             if len(batch) == s.global_batch_size:
                 yield self._mine(batch)
-                batch = []
+                batch = {}
         if batch:
             yield self._mine(batch)
 
-    def _mine(self, batch):
-        share = np.array_split(np.arange(len(batch)), self.sampler.num_replicas)[self.sampler.rank]
-        return self.collate([batch[i] for i in share])
+    def _mine(self, batch: dict):
+        """This rank's share of a global micro-batch, padded and collated as on the cached path."""
+        share = rank_share(list(batch), self.sampler.num_replicas, self.sampler.rank)
+        rows = ShareDataset(batch)
+        return self.collate([rows[i] for i in share])

@@ -1,11 +1,9 @@
 """What changes when the trainer runs on several processes (``accelerate launch`` / ``torchrun``).
 
-- Padding shares: the last global micro-batch of an epoch may hold fewer samples than processes.
-  A rank without a real sample still has to run forward and backward (DDP's gradient all-reduce
-  would hang otherwise), so the sampler hands it a *padding* index ``~i`` (negative): a copy of
-  sample ``i`` whose labels are all ignored, so it adds no loss, no tokens and no gradient.
-  ``ShareDataset`` / ``ShareCollator`` turn those indices into rows and put the sample indices
-  into each batch (``sample_index``, negative for padding rows).
+- Padding shares: the last global micro-batch of an epoch may hold fewer samples than processes;
+  a rank without a real sample still steps, on a padding row that adds no loss. That belongs to the
+  data (chef_genius/data/shares.py: ``ShareDataset`` / ``ShareCollator``, re-exported here), so the
+  cached path and ``--streaming`` pad the same way and every batch carries ``sample_index``.
 - Loss normalisation: the loss of an optimizer step is the sum over all ranks' target tokens
   divided by the global token count, all-reduced once per step (see ``token_divisor``).
 - RNG: every rank's RNG state is gathered into the checkpoint (``rng_states_per_rank``) and given
@@ -27,46 +25,13 @@ from pathlib import Path
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.data.shares import ShareCollator, ShareDataset  # noqa: F401 - the trainer's names for them
 from chef_genius.train import rng
 from chef_genius.errors import UserError
 
 log = logging.getLogger("chef_genius")
 
 SAMPLE_LOG_ENV = "CHEF_GENIUS_SAMPLE_LOG"
-
-
-# ---------------------------------------------------------------------------------------------
-# padding rows
-
-class ShareDataset(torch.utils.data.Dataset):
-    """``base`` plus padding items: index ``~i`` is sample ``i`` marked as padding."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        source, target = self.base[~i if i < 0 else i]
-        return source, target, i
-
-
-class ShareCollator:
-    """The wrapped collator, then padding rows' labels ignored and ``sample_index`` added."""
-
-    def __init__(self, collate, label_pad: int):
-        self.collate = collate
-        self.label_pad = label_pad
-
-    def __call__(self, items):
-        batch = self.collate([(source, target) for source, target, _ in items])
-        index = torch.tensor([i for _, _, i in items], dtype=torch.long)
-        padding = index < 0
-        if padding.any():
-            batch["labels"][padding] = self.label_pad
-        batch["sample_index"] = index
-        return batch
 
 
 # ---------------------------------------------------------------------------------------------

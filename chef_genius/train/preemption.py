@@ -8,6 +8,9 @@ progress removes its staging folder, so no ``checkpoint-N`` that looks complete 
 
 DataLoader workers ignore these signals (Ctrl+C reaches the whole process group): the main process
 decides when to stop and shuts its workers down itself.
+
+Leaving the context puts back the handlers found on entering it, whatever they were (Python's
+default, ``SIG_IGN`` in a background job, a calling program's own), also when training raised.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ class Preemption:
 
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            # None: a handler installed outside Python, which Python cannot put back; the OS default
+            # is closer to it than leaving this run's handler behind.
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
