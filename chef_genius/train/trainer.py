@@ -538,8 +538,8 @@ class Trainer:
 
     def _save_final(self, model_state: dict | None = None) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
-        staging = self.output / f"{ckpt.STAGING_PREFIX}final"
-        staging.mkdir(exist_ok=True)
+        staging = ckpt.staging_path(self.output, "final")
+        staging.mkdir()
         try:
             self._save_model(staging, model_state)
             for path in staging.iterdir():
