@@ -6,9 +6,15 @@
         training_state.pt    (torch.save of plain values and tensors; loads with weights_only=True)
         manifest.json        (written last: every other file with size and sha256, "complete": true)
 
+    MODEL_OUTPUT/run.lock  held by the run's main process while it trains (``checkpoint/runlock.py``)
+
 A checkpoint is written into a staging folder beside its final place, every file fsynced, the
 manifest last, then renamed to ``checkpoint-N`` in one step, so a crash leaves either the earlier
 state or the complete new checkpoint. A folder without a verifying manifest is never resumed from.
+
+Staging and deletion folders (``.staging-NAME-PID-TOKEN``, ``.deleting-NAME-PID-TOKEN``) carry a tag
+unique to the process that made them (its pid and a random token: pids repeat across the hosts of a
+shared file system and after a restart), so two processes never write into, or remove, each other's.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -37,6 +44,7 @@ FORMAT_VERSION = 1
 PREFIX = "checkpoint-"
 STAGING_PREFIX = ".staging-"
 DELETING_PREFIX = ".deleting-"
+RUN_LOCK = "run.lock"
 TRAINING_STATE = "training_state.pt"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -82,6 +90,29 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
+_process_tag: tuple[int, str] | None = None
+
+
+def process_tag() -> str:
+    """``PID-TOKEN``, unique to this process (a forked child gets its own)."""
+    global _process_tag
+    pid = os.getpid()
+    if _process_tag is None or _process_tag[0] != pid:
+        _process_tag = (pid, secrets.token_hex(4))
+    return f"{pid}-{_process_tag[1]}"
+
+
+def staging_path(output_dir: str | Path, name: str) -> Path:
+    """This process's staging folder for ``name`` (``checkpoint-N``, ``final``) in ``output_dir``."""
+    return Path(output_dir) / f"{STAGING_PREFIX}{name}-{process_tag()}"
+
+
+def deleting_path(path: str | Path) -> Path:
+    """The name ``path`` takes while this process deletes it."""
+    path = Path(path)
+    return path.parent / f"{DELETING_PREFIX}{path.name}-{process_tag()}"
+
+
 def staging_folders(output_dir: str | Path) -> list[Path]:
     """Leftovers of a save or a deletion that did not finish (never a complete checkpoint)."""
     root = Path(output_dir)
@@ -91,7 +122,10 @@ def staging_folders(output_dir: str | Path) -> list[Path]:
 
 
 def remove_staging(output_dir: str | Path) -> list[Path]:
-    """Remove folders left by a run that died mid-save or mid-deletion; returns what was removed."""
+    """Remove folders left by a run that died mid-save or mid-deletion; returns what was removed.
+
+    Only for a caller that holds the folder's run lock (``RunLock.remove_leftovers``): the lock is what
+    proves that no other live process is saving into the folder."""
     removed = []
     for path in staging_folders(output_dir):
         shutil.rmtree(path, ignore_errors=True)
@@ -202,7 +236,7 @@ def retry_os(action: Callable[[], None], attempts: int = 8, first_delay: float =
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{process_tag()}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -222,7 +256,7 @@ def atomic_write_json(path: str | Path, value) -> None:
 
 def atomic_torch_save(path: str | Path, value) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{process_tag()}")
     try:
         torch.save(value, tmp)
         fsync_file(tmp)
@@ -238,8 +272,8 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer."""
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, global_step)
-    staging = output_dir / f"{STAGING_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_path(output_dir, final.name)
+    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from a failed save of the same step
     staging.mkdir(parents=True)
     try:
         # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
@@ -292,7 +326,7 @@ def delete_checkpoint(path: str | Path) -> None:
     first renamed to ``.deleting-...`` (one atomic step; no longer a ``checkpoint-N``), then removed.
     A leftover ``.deleting-`` folder is removed at the next start."""
     path = Path(path)
-    doomed = path.parent / f"{DELETING_PREFIX}{path.name}-{os.getpid()}"
+    doomed = deleting_path(path)
     retry_os(lambda: os.rename(path, doomed))
     fsync_dir(path.parent)
     fault_point("renamed for deletion")

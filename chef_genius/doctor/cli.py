@@ -1,7 +1,9 @@
 """``cli/verify_and_fix_checkpoint.py`` and ``cli/fix_all_checkpoints.py``.
 
 Exit codes: 0 every checkpoint complete and resumable (verify: with full state); 1 problems remain;
-2 usage error (path missing, not a directory, no checkpoint).
+2 usage error (path missing, not a directory, no checkpoint), or a repair asked for in a run folder
+that a live training run holds (its ``run.lock``, see ``checkpoint/runlock.py``): retention may delete
+or set aside the very checkpoint being repaired. Checking without writing is allowed, with a note.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, run_cli
@@ -59,6 +62,18 @@ def _folder(path: str, what: str) -> Path:
     return folder
 
 
+def _check_live_run(run_dir: Path, writes: bool) -> None:
+    """Refuse to repair inside a run folder that a live training run holds; note it when only checking."""
+    holder = runlock.live_holder(run_dir)
+    if holder is None:
+        return
+    if writes:
+        raise UserError(f"{run_dir} is in use by a training run ({holder.describe()}); stop it, or wait for it "
+                        "to end, before repairing its checkpoints (checking without --fix / with --dry-run is fine)")
+    print(f"note: {run_dir} is in use by a training run ({holder.describe()}); its checkpoints may change "
+          "while this runs", file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def verify_main(argv=None) -> int:
@@ -73,6 +88,7 @@ def verify_main(argv=None) -> int:
     args = p.parse_args(argv)
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
+    _check_live_run(folder.resolve().parent, writes=args.fix)
     _quiet()
     report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
@@ -95,6 +111,7 @@ def fix_all_main(argv=None) -> int:
     if not folders:
         raise UserError(f"MODEL_DIR {root}: holds no {ckpt.PREFIX}N folder")
     overrides = _overrides(args)
+    _check_live_run(root, writes=not args.dry_run)
     _quiet()
     rows = []
     for folder in folders:

@@ -19,8 +19,11 @@ def main(argv=None) -> int:
         ensure_tiny(config.pretrained_model)
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
-    trainer.setup()
-    state = trainer.train()
+    try:
+        trainer.setup()
+        state = trainer.train()
+    finally:
+        trainer.close()  # after the final model is written: the run folder is this run's until then
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
         print(f"done: step {state.global_step}, epoch {state.epoch}, best validation loss {best}; "

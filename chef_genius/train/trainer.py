@@ -14,7 +14,8 @@ Features, in the order a step meets them:
   differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
   and ``sharded``.
 
-Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, ``DataError`` (exit 3)
+Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or a run folder that a
+live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
 for unusable data.
 """
 
@@ -37,6 +38,7 @@ from chef_genius.train import rng
 from chef_genius.train import sharded
 from chef_genius.train import distributed as dist
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
+from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.train.config import TrainConfig
 from chef_genius.errors import DataError, Preempted, SaveError, UserError
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
@@ -77,6 +79,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.resumed_from: Path | None = None
         self.saver = AsyncCheckpointer() if config.async_save else None
+        self.run_lock: RunLock | None = None
         self._window_counts = [0, 0]  # source tokens and rows of the logging window (for FLOPs)
 
     # -----------------------------------------------------------------------------------------
@@ -88,12 +91,12 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
+        if self.is_main:  # one run per run folder: refused (exit 2) while a live run holds it
+            disk.prepare_output(self.output)
+            self.run_lock = RunLock(self.output).acquire()
+            self.run_lock.remove_leftovers()
         self.resumed_from = dist.agree_on_path(
             self.accelerator, resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes))
-        if self.is_main:
-            disk.prepare_output(self.output)
-            for path in ckpt.remove_staging(self.output):
-                log.warning("removed %s, left by a save or deletion that did not finish", path.name)
         saved = ckpt.load_training_state(self.resumed_from) if self.resumed_from else None
         if saved is not None:
             check_compatible(saved.get("hyperparameters", {}), c, data_identity(c.data))
@@ -538,8 +541,8 @@ class Trainer:
 
     def _save_final(self, model_state: dict | None = None) -> None:
         """``save_pretrained`` into MODEL_OUTPUT, file by file atomically, so the folder always loads."""
-        staging = self.output / f"{ckpt.STAGING_PREFIX}final"
-        staging.mkdir(exist_ok=True)
+        staging = ckpt.staging_path(self.output, "final")
+        staging.mkdir()
         try:
             self._save_model(staging, model_state)
             for path in staging.iterdir():
@@ -550,6 +553,11 @@ class Trainer:
             import shutil
             shutil.rmtree(staging, ignore_errors=True)
         log.info("final model saved to %s (load it with from_pretrained)", self.output)
+
+    def close(self) -> None:
+        """Give the run folder back; while a background save still writes, that happens at process exit."""
+        if self.run_lock is not None and not (self.saver is not None and self.saver.in_flight):
+            self.run_lock.release()
 
 
 @contextlib.contextmanager
