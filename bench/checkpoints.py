@@ -191,16 +191,19 @@ def _time_to_first_step(flags: list[str]) -> tuple[float, float]:
 
     started = time.perf_counter()
     trainer = Trainer(parse_args(flags))
-    trainer.setup()
-    s = trainer.state
-    if trainer._saved_rng:
-        rng.restore(trainer._saved_rng)
-    trainer.model.train()
-    trainer.sampler.set_position(s.epoch, s.samples_in_epoch)
-    batch = next(iter(trainer.loader))
-    ready = time.perf_counter() - started
-    trainer._train_step([batch])
-    return ready, time.perf_counter() - started
+    try:
+        trainer.setup()
+        s = trainer.state
+        if trainer._saved_rng:
+            rng.restore(trainer._saved_rng)
+        trainer.model.train()
+        trainer.sampler.set_position(s.epoch, s.samples_in_epoch)
+        batch = next(iter(trainer.loader))
+        ready = time.perf_counter() - started
+        trainer._train_step([batch])
+        return ready, time.perf_counter() - started
+    finally:
+        trainer.close()  # the run lock: the next contender trains in the same folder
 
 
 def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, cache: Path) -> dict:
