@@ -1,4 +1,5 @@
-"""Which checkpoint a run resumes from, and whether the run still matches it."""
+"""Which checkpoint a run resumes from, and the identity of a data file (what the run may change
+on a resume is decided in ``chef_genius/train/settings.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ from chef_genius.checkpoint import format as ckpt
 from chef_genius.errors import UserError
 
 log = logging.getLogger(__name__)
-
-# Changing these mid-run changes which sample comes next or what a step means.
-GUARDED = ("batch_size", "gradient_accumulation_steps", "streaming")
-
 
 def data_identity(path: str | Path | None) -> dict | None:
     """Name, size and a hash of the first and last MiB: survives a copy to another machine."""
@@ -61,19 +58,3 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
         raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
                         f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")
     return path
-
-
-def check_compatible(saved: dict, config, identity: dict | None) -> list[str]:
-    """Differences that break exact resume; raises unless ``--allow-config-change``."""
-    changes = [f"--{name.replace('_', '-')} {saved.get(name)} -> {getattr(config, name)}"
-               for name in GUARDED if name in saved and saved[name] != getattr(config, name)]
-    saved_identity = saved.get("data_identity")
-    if saved_identity and identity and saved_identity != identity:
-        changes.append(f"--data {saved_identity.get('name')} ({saved_identity.get('size')} bytes) -> "
-                       f"{identity['name']} ({identity['size']} bytes)")
-    if changes and not config.allow_config_change:
-        raise UserError("the run does not match the checkpoint: " + "; ".join(changes)
-                        + "; pass --allow-config-change to resume anyway (the sample order will differ)")
-    for change in changes:
-        log.warning("config changed on resume: %s", change)
-    return changes

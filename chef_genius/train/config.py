@@ -1,6 +1,8 @@
 """Training configuration: one dataclass of plain values, built from the command line and checked.
 
-Every field is saved into each checkpoint (``hyperparameters``), so a resume can tell what changed.
+Every field but ``explicit`` is saved into each checkpoint (``hyperparameters``); a resume takes the
+run's settings back from there and keeps only the flags given on its own command line
+(``explicit``), see ``chef_genius/train/settings.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "no")
 PROGRESS_MODES = ("auto", "bar", "log")
 REPORT_TO = ("tensorboard", "wandb", "none")
+DATA_REQUIRED = "--data is required (a RecipeNLG CSV, JSONL or Parquet file), or use --demo"
 
 
 @dataclass
@@ -69,17 +72,20 @@ class TrainConfig:
     report_to: list = dataclasses.field(default_factory=list)
     wandb_project: str | None = None
     eval_samples: int = 3
+    # The fields the command line set (any spelling of their flags); never saved in a checkpoint.
+    explicit: frozenset = frozenset()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        del values["explicit"]
+        return values
 
 
 EXAMPLES = """examples:
   python cli/complete_optimized_training.py --demo
   python cli/complete_optimized_training.py --data RecipeNLG_dataset.csv --model-output models/flan-large \\
       --batch-size 8 --gradient-accumulation-steps 4 --epochs 2
-  python cli/complete_optimized_training.py --data RecipeNLG_dataset.csv --model-output models/flan-large \\
-      --resume-from-checkpoint latest
+  python cli/complete_optimized_training.py --model-output models/flan-large --resume-from-checkpoint latest
 """
 
 
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="training recipes: RecipeNLG CSV, JSONL or Parquet")
+    g.add_argument("--data", help="training recipes: RecipeNLG CSV, JSONL or Parquet (a resume reuses the run's)")
     g.add_argument("--eval-data", help="separate validation file (default: hold out --eval-split-ratio)")
     g.add_argument("--eval-split-ratio", type=float, default=d.eval_split_ratio,
                    help=f"fraction of --data held out for validation (default {d.eval_split_ratio})")
@@ -120,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--auto-resume", action="store_true",
                    help="resume from the newest complete checkpoint if there is one, else start fresh")
     g.add_argument("--allow-config-change", action="store_true",
-                   help="resume even if batch size, accumulation or data file differ from the checkpoint's")
+                   help="resume even with flags that change which recipes the rest of the run sees (data, batch "
+                        "size, accumulation, seed, grouping, max lengths, eval split)")
     g.add_argument("--demo", action="store_true",
                    help="train the offline tiny model on the bundled sample (CPU, under 2 minutes)")
 
@@ -156,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="same as --mixed-precision bf16 (fp16 is never used: T5 overflows in fp16)")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less GPU memory, about 30%% slower steps")
+    g.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
+                   help="turn off the --gradient-checkpointing a resumed run inherits from its checkpoint")
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
     g.add_argument("--disable-compilation", dest="compile", action="store_false",
@@ -167,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--async-save", action="store_true",
                    help="copy the state to CPU memory and write the checkpoint in a background thread "
                         "(same files, same crash safety; at most one save in flight)")
+    g.add_argument("--no-async-save", dest="async_save", action="store_false",
+                   help="write checkpoints synchronously again (a resume inherits --async-save otherwise)")
     g.add_argument("--save-total-limit", type=int, default=d.save_total_limit,
                    help="keep the newest N checkpoints plus the best one and the one resumed from; older "
                         "ones are deleted after each new checkpoint is committed (default 0: keep all)")
@@ -209,10 +220,10 @@ DEMO_OVERRIDES = dict(epochs=2, batch_size=8, learning_rate=1e-3, warmup_steps=1
 
 def parse_args(argv=None) -> TrainConfig:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    values = vars(args)
-    explicit = _explicit_flags(parser, argv)
-    if values["demo"]:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    values = vars(parser.parse_args(argv))
+    explicit = explicit_flags(parser, argv)
+    if values["demo"]:  # the demo's values are defaults: any flag given, however spelled, wins
         for key, value in DEMO_OVERRIDES.items():
             if key not in explicit:
                 values[key] = value
@@ -220,20 +231,24 @@ def parse_args(argv=None) -> TrainConfig:
         if "pretrained_model" not in explicit:
             values["pretrained_model"] = str(MODELS_ROOT / "tiny-t5")
         values["model_output"] = values["model_output"] or str(MODELS_ROOT / "demo")
-        values["mixed_precision"] = "no" if "mixed_precision" not in explicit else values["mixed_precision"]
+        if "mixed_precision" not in explicit:
+            values["mixed_precision"] = "no"
     values["model_output"] = values["model_output"] or TrainConfig.model_output
-    config = TrainConfig(**values)
+    config = TrainConfig(**values, explicit=explicit)
     validate(config)
     return config
 
 
-def _explicit_flags(parser, argv) -> set[str]:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    names = set()
-    for action in parser._actions:
-        if any(a.split("=")[0] in action.option_strings for a in argv if a.startswith("--")):
-            names.add(action.dest)
-    return names
+_UNSET = object()
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> frozenset[str]:
+    """The fields ``argv`` sets, as argparse itself reads it (abbreviations, ``--flag=value``, aliases,
+    ``store_false`` / ``store_const`` variants): a second parse into a namespace pre-filled with a
+    marker, where argparse puts no defaults, so every field still holding the marker was not given."""
+    fields = {a.dest for a in parser._actions if a.default is not argparse.SUPPRESS}
+    probe = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(fields, _UNSET)))
+    return frozenset(name for name, value in vars(probe).items() if value is not _UNSET)
 
 
 def validate(c: TrainConfig) -> None:
@@ -256,14 +271,19 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--weight-decay and --max-grad-norm must be 0 or more")
     if not 0 <= c.eval_split_ratio < 1:
         raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
-    if c.data is None:
-        raise UserError("--data is required (a RecipeNLG CSV, JSONL or Parquet file), or use --demo")
+    if c.data is None and not (c.resume_from_checkpoint or c.auto_resume):
+        raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} file not found: {path}")
     c.report_to = [name for name in dict.fromkeys(c.report_to) if name != "none"]
-    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
-        if name in c.report_to and importlib.util.find_spec(package) is None:
-            raise UserError(f"--report-to {name} needs the {package} package: pip install {package}")
+    check_reporters(c.report_to)
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
+
+
+def check_reporters(report_to: list[str]) -> None:
+    """The packages ``--report-to`` needs (also run on the list a resume inherits)."""
+    for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in report_to and importlib.util.find_spec(package) is None:
+            raise UserError(f"--report-to {name} needs the {package} package: pip install {package}")

@@ -14,6 +14,9 @@ Features, in the order a step meets them:
   differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
   and ``sharded``.
 
+A resume trains with the run's settings saved in its checkpoint, the explicit flags of its command
+on top (what it may change is decided in ``settings``).
+
 Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or a run folder that a
 live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
 for unusable data.
@@ -35,6 +38,7 @@ from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import disk
 from chef_genius.train import preemption
 from chef_genius.train import rng
+from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train import distributed as dist
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
@@ -50,7 +54,7 @@ from chef_genius.model.loading import (load_model, load_tokenizer, make_optimize
 from chef_genius.monitoring.progress import Progress
 from chef_genius.monitoring.reporting import Reporters, open_reporters
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
-from chef_genius.checkpoint.resume import check_compatible, data_identity, resolve
+from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.data.sampler import ResumableBatchSampler
 from chef_genius.train.schedule import Schedule, apply_lr, make_scheduler
 from chef_genius.train.state import RunState
@@ -90,7 +94,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
         if self.is_main:  # one run per run folder: refused (exit 2) while a live run holds it
             disk.prepare_output(self.output)
             self.run_lock = RunLock(self.output).acquire()
@@ -98,8 +101,10 @@ class Trainer:
         self.resumed_from = dist.agree_on_path(
             self.accelerator, resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes))
         saved = ckpt.load_training_state(self.resumed_from) if self.resumed_from else None
-        if saved is not None:
-            check_compatible(saved.get("hyperparameters", {}), c, data_identity(c.data))
+        command = c
+        self.config = c = settings.settle(command, saved, self.resumed_from)
+        self._adopt_settings(command)
+        rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
 
         self.tokenizer = load_tokenizer(str(self.resumed_from or c.pretrained_model))
         model = load_model(self.resumed_from or c.pretrained_model)
@@ -129,7 +134,8 @@ class Trainer:
             self._restore(saved)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
         if getattr(self, "_optimizer_by_name", None):
-            sharded.load_optimizer_by_name(self.model, _bare(self.optimizer), self._optimizer_by_name)
+            with settings.explicit_optimizer_settings(_bare(self.optimizer), c.explicit):
+                sharded.load_optimizer_by_name(self.model, _bare(self.optimizer), self._optimizer_by_name)
             apply_lr(self.optimizer, self.scheduler)
         if compile_model:
             self.model = torch.compile(self.model, dynamic=True)
@@ -143,6 +149,20 @@ class Trainer:
                  self.total_steps, self.global_batch, c.batch_size, self.accelerator.num_processes,
                  c.gradient_accumulation_steps)
         self.metrics = open_reporters(c, self.output, self.is_main, self.state.global_step, self.resumed_from, saved)
+
+    def _adopt_settings(self, command: TrainConfig) -> None:
+        """Redo what ``__init__`` built from the ``command`` line where the resumed run's settings differ."""
+        c = self.config
+        precision = self.accelerator.mixed_precision
+        if c.mixed_precision != command.mixed_precision:
+            precision = resolve_precision(c.mixed_precision, self.device)
+        if precision != self.accelerator.mixed_precision:  # e.g. a --mixed-precision no run resumed on a GPU
+            from accelerate import Accelerator
+            from accelerate.state import AcceleratorState
+            AcceleratorState._reset_state()  # accelerate allows one precision per process; nothing is prepared yet
+            self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
+        if c.async_save != command.async_save:
+            self.saver = AsyncCheckpointer() if c.async_save else None
 
     @property
     def global_batch(self) -> int:
@@ -241,18 +261,16 @@ class Trainer:
             self._optimizer_by_name = saved["optimizer_state_dict"]  # loaded after prepare (FSDP)
             restored.append("optimizer")
         elif saved.get("optimizer_state_dict") and not sharded.is_fsdp(self.accelerator):
-            self.optimizer.load_state_dict(saved["optimizer_state_dict"])
+            with settings.explicit_optimizer_settings(self.optimizer, c.explicit):
+                self.optimizer.load_state_dict(saved["optimizer_state_dict"])
             restored.append("optimizer")
         else:  # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
             self.schedule.rewarm_from = self.state.global_step
             self.schedule.rewarm_steps = c.optimizer_rewarmup_steps
             log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
                         "ramps back up over %d steps (--optimizer-rewarmup-steps)", c.optimizer_rewarmup_steps)
-        scheduler_state = dict(saved.get("scheduler_state_dict") or {})
-        # The schedule comes from this run's flags (a resume may extend --epochs), not the saved copy.
-        scheduler_state["lr_lambdas"] = [dict(vars(fn)) for fn in self.scheduler.lr_lambdas]
-        scheduler_state["last_epoch"] = self.state.global_step
-        self.scheduler.load_state_dict(scheduler_state)
+        self.scheduler.load_state_dict(settings.resumed_scheduler_state(
+            saved.get("scheduler_state_dict"), self.scheduler, self.state.global_step, c.explicit))
         apply_lr(self.optimizer, self.scheduler)
         restored.append(f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})")
         self._saved_rng = dist.rng_for_rank(saved, self.accelerator, c.seed)

@@ -1,0 +1,241 @@
+"""Where a resume decides what it may change: the run's settings come back from its checkpoint.
+
+A checkpoint's ``hyperparameters`` hold every run setting. A resume takes each one from there unless
+its own command line gives that flag (``TrainConfig.explicit``: any spelling, abbreviation or alias
+of it), so the short resume command continues the same run. A flag given with another value than
+the checkpoint's is handled by its group:
+
+- ``APPLIED``: changes only the rest of the run (learning rate and schedule from the resumed step
+  on, the planned end, save / eval / log cadence, retention, precision...): applied, one line each;
+- ``GUARDED``: would change which recipes the rest of the run sees or what one step is, so "every
+  recipe once per epoch" no longer holds: refused (exit 2) unless ``--allow-config-change``, then
+  applied with one warning each. Data files are compared by content (name, size, hash of the
+  ends), so a file moved to another path is the same file and an edited one is not;
+- ``RECORDED``: kept as the run's history, unused by a resume (the weights come from the
+  checkpoint): a different flag is ignored, with a warning;
+- ``SESSION``: this session's business (which checkpoint, where to write, workers, progress...):
+  never taken from the checkpoint.
+
+A checkpoint without a setting (written before its flag existed) leaves this command's value, and
+says so. ``decide`` is the rule, a pure function; ``settle`` adds the file checks and the log lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chef_genius.checkpoint.resume import data_identity
+from chef_genius.errors import UserError
+from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_reporters
+
+log = logging.getLogger("chef_genius")
+
+APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
+           "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
+           "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
+           "eval_samples", "report_to", "wandb_project")
+GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
+           "max_source_length", "max_target_length", "batch_size", "gradient_accumulation_steps", "streaming")
+RECORDED = ("pretrained_model",)
+SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
+           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes")
+
+# The data files, and the key of the content identity each checkpoint saves beside the path.
+FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
+# Older checkpoints kept these only in their data position.
+POSITION_KEYS = {"seed": "sampler_seed", "group_by_length": "group_by_length",
+                 "length_group_size": "length_group_size"}
+NOTES = {"learning_rate": "the schedule's peak from step {step} on",
+         "warmup_steps": "the learning-rate schedule from step {step} on",
+         "lr_scheduler": "the learning-rate schedule from step {step} on",
+         "epochs": "the planned end of the run, and the learning-rate schedule with it",
+         "max_steps": "the planned end of the run, and the learning-rate schedule with it",
+         "optimizer_rewarmup_steps": "used only when a checkpoint has no optimizer state",
+         "mixed_precision": "from step {step} on; the losses are no longer bitwise equal to an uninterrupted run's"}
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    old: object
+    new: object
+
+    def __str__(self) -> str:
+        if isinstance(self.new, bool):
+            words = self.name.replace("_", " ")
+            return f"{flag_of(self.name, self.new)} ({words} {_shown(self.old)} -> {_shown(self.new)})"
+        return f"{flag_of(self.name)} {_shown(self.old)} -> {_shown(self.new)}"
+
+
+@dataclass
+class Decision:
+    values: dict                                               # this session's settings
+    applied: list[Change] = field(default_factory=list)
+    refused: list[Change] = field(default_factory=list)        # GUARDED changes
+    ignored: list[Change] = field(default_factory=list)        # RECORDED flags a resume does not use
+    kept: list[str] = field(default_factory=list)              # taken from the checkpoint, unlike this command's
+    unrecorded: list[str] = field(default_factory=list)        # run settings the checkpoint lacks
+
+
+def decide(saved: dict, command: dict, explicit, position: dict | None = None) -> Decision:
+    """This session's settings from the checkpoint's ``saved`` hyperparameters, the command line's
+    values ``command`` and the names it gave ``explicit``ly (pure; data files are compared later)."""
+    recorded = dict(saved)
+    for name, key in POSITION_KEYS.items():
+        if name not in recorded and key in (position or {}):
+            recorded[name] = position[key]
+    out = Decision(values=dict(command))
+    for name, value in command.items():
+        if name in SESSION:
+            continue
+        if name not in recorded:
+            out.unrecorded.append(name)
+            continue
+        old = recorded[name]
+        if name not in explicit or name in RECORDED:
+            out.values[name] = old
+            if name in explicit and old != value:
+                out.ignored.append(Change(name, old, value))
+            elif old != value and name not in RECORDED:
+                out.kept.append(name)
+        elif old != value and name not in FILES:
+            (out.refused if name in GUARDED else out.applied).append(Change(name, old, value))
+    return out
+
+
+def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) -> TrainConfig:
+    """The settings this session trains with: the command line's for a fresh run; for a resume from
+    ``saved`` (a training state), the checkpoint's with the explicit flags on top, announced, or
+    refused with a ``UserError`` (exit 2)."""
+    if saved is None:
+        if config.data is None:
+            raise UserError(DATA_REQUIRED)
+        return config
+    hyper = saved.get("hyperparameters") or {}
+    where = source.name if source is not None else "the checkpoint"
+    decision = decide(hyper, config.to_dict(), config.explicit, saved.get("data_position"))
+    decision.refused += file_changes(decision.values, hyper, where)
+    if decision.refused and not config.allow_config_change:
+        raise UserError("the run does not match the checkpoint: " + "; ".join(map(str, decision.refused))
+                        + "; these change which recipes the rest of the run sees: drop them to resume the same "
+                          "run, or pass --allow-config-change to resume anyway (the sample order will differ)")
+    step = saved.get("global_step", 0) + 1  # the first step this session trains
+    for change in decision.refused:
+        log.warning("config changed on resume: %s (the sample order differs from an uninterrupted run's)", change)
+    for change in decision.applied:
+        log.info("resume changes %s: %s", change, NOTES.get(change.name, "from step {step} on").format(step=step))
+    for change in decision.ignored:
+        log.warning("%s is not used on a resume: the weights come from %s (the run keeps %s)",
+                    flag_of(change.name), where, _shown(change.old))
+    if decision.kept:
+        log.info("%s keeps the run's %s (give a flag to change one)", where,
+                 ", ".join(_as_flag(name, decision.values[name]) for name in decision.kept))
+    if decision.unrecorded:
+        log.info("%s does not record %s: this command's values are used", where,
+                 ", ".join(flag_of(name) for name in decision.unrecorded))
+    check_reporters(decision.values["report_to"])
+    return dataclasses.replace(config, **decision.values)
+
+
+def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
+    """The data files, compared by content with the ones the checkpoint trained on."""
+    changes = []
+    for name, key in FILES.items():
+        path = values[name]
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{where} was trained on {flag_of(name)} {path}, which is not there any more; "
+                            f"pass {flag_of(name)} with the file's new place")
+        if key not in saved:  # an older checkpoint: nothing to compare with
+            continue
+        identity = data_identity(path)
+        if identity != saved[key]:
+            old, new = _described(saved[key]), _described(identity)
+            changes.append(Change(name, old, new if new != old else f"{new}, other content"))
+    return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# applying the learning rate and the optimizer's settings
+
+
+def resumed_scheduler_state(saved_state: dict | None, scheduler, step: int, explicit) -> dict:
+    """The ``LambdaLR`` state a resume loads: this session's schedule (made from the run's settings)
+    at ``step``; the checkpoint's peak LR unless ``--learning-rate`` was given; and the re-warm ramp
+    of an earlier session that resumed without optimizer state, until it ends."""
+    state = dict(saved_state or {})
+    saved_fns = state.get("lr_lambdas") or []
+    for fn, saved_fn in zip(scheduler.lr_lambdas, saved_fns):
+        if isinstance(saved_fn, dict) and fn.rewarm_from is None and saved_fn.get("rewarm_from") is not None:
+            fn.rewarm_from, fn.rewarm_steps = saved_fn["rewarm_from"], saved_fn.get("rewarm_steps", 0)
+    planned = saved_fns[0].get("total_steps") if saved_fns and isinstance(saved_fns[0], dict) else None
+    end = scheduler.lr_lambdas[0].total_steps
+    if planned is not None and planned != end:
+        log.info("the run now ends at step %d (the checkpoint planned %d); the learning-rate schedule follows",
+                 end, planned)
+    state["lr_lambdas"] = [dict(vars(fn)) for fn in scheduler.lr_lambdas]
+    state["last_epoch"] = step
+    if "learning_rate" in explicit or not state.get("base_lrs"):
+        state["base_lrs"] = list(scheduler.base_lrs)
+    return state
+
+
+@contextlib.contextmanager
+def explicit_optimizer_settings(optimizer, explicit):
+    """Loading an optimizer state brings back the param groups' saved settings; an explicit flag keeps
+    this run's value (``--weight-decay``; ``--learning-rate`` through the schedule)."""
+    keys = [key for name, key in (("weight_decay", "weight_decay"), ("learning_rate", "initial_lr"))
+            if name in explicit]
+    fresh = [{key: group[key] for key in keys if key in group} for group in optimizer.param_groups]
+    yield
+    for group, values in zip(optimizer.param_groups, fresh):
+        group.update(values)
+
+
+# ---------------------------------------------------------------------------------------------
+# how a setting is named in messages
+
+
+@functools.cache
+def _actions() -> dict[str, list]:
+    by_field = {}
+    for action in build_parser()._actions:
+        by_field.setdefault(action.dest, []).append(action)
+    return by_field
+
+
+def flag_of(name: str, value=None) -> str:
+    """The flag that sets ``name`` (to ``value``, for on / off flags), as --help spells it."""
+    actions = _actions().get(name, [])
+    for action in actions:
+        if isinstance(value, bool) and action.nargs == 0 and action.const is value:
+            return action.option_strings[0]
+    for action in actions:
+        if action.nargs != 0:
+            return action.option_strings[0]
+    return actions[0].option_strings[0] if actions else "--" + name.replace("_", "-")
+
+
+def _as_flag(name: str, value) -> str:
+    if isinstance(value, bool):
+        flag = flag_of(name, value)
+        return flag if any(a.const is value for a in _actions().get(name, [])) else f"{flag} {_shown(value)}"
+    return f"{flag_of(name)} {_shown(value)}"
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _described(identity: dict | None) -> str:
+    return "none" if identity is None else f"{identity.get('name')} ({identity.get('size')} bytes)"

@@ -1,0 +1,313 @@
+"""A resume takes the run's settings from its checkpoint; explicit flags are applied or refused.
+
+One uninterrupted reference run with non-default warmup, retention and precision; the resumes start
+from copies of its checkpoints with the short command README gives (no --data, no run flags).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint.resume import data_identity
+from chef_genius.errors import UserError
+from chef_genius.train import settings
+from chef_genius.train.config import TrainConfig, parse_args
+from chef_genius.train.schedule import Schedule, make_scheduler
+from conftest import SAMPLE_CSV, run_training, step_losses, train_args
+
+# 94 training recipes / batch 8: 12 steps in the one epoch; checkpoints every 3, evaluations every 5.
+RUN = ("--epochs", "1", "--warmup-steps", "7", "--save-total-limit", "2", "--save-steps", "3",
+       "--mixed-precision", "no")
+REFUSED = [("--seed", "7"), ("--no-group-by-length",), ("--length-group-size", "16"), ("--max-source-length", "32"),
+           ("--max-target-length", "64"), ("--eval-split-ratio", "0.1")]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("settings-ref") / "run"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *RUN)) == 0
+    assert _steps(out) == [9, 12]  # --save-total-limit 2 (the best, at step 5 or 10, has no checkpoint)
+    return out
+
+
+def short_resume(out, cache_dir, *extra) -> list[str]:
+    """README's resume command: the run folder and `latest`, nothing about the run itself."""
+    return ["--model-output", str(out), "--resume-from-checkpoint", "latest", "--cache-dir", str(cache_dir),
+            "--dataloader-num-workers", "0", *map(str, extra)]
+
+
+def _copy(reference, tmp_path, step):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    return out
+
+
+def _steps(out) -> list[int]:
+    return [ckpt.step_of(p) for p in ckpt.list_checkpoints(out)]
+
+
+def _lrs(out) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in records if r["type"] == "train"}
+
+
+def _edit_hyperparameters(folder, drop=(), **values):
+    """Rewrite a checkpoint's saved settings (as an older or another run's would be), manifest included."""
+    state = ckpt.load_training_state(folder)
+    for key in drop:
+        del state["hyperparameters"][key]
+    state["hyperparameters"].update(values)
+    ckpt.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
+    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, state["global_step"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# resumes of real runs
+
+
+def test_short_resume_keeps_warmup_retention_and_every_step(reference, small_csv, cache_dir, tmp_path, caplog):
+    out = _copy(reference, tmp_path, 9)
+    caplog.set_level(logging.INFO)
+    # saves at 10, 11, 12 and the best at 12 (no evaluation at 10), to see retention
+    assert run_training(*short_resume(out, cache_dir, "--save-steps", "1", "--eval-steps", "100")) == 0
+    expected = _lrs(reference)
+    assert _lrs(out) == {step: expected[step] for step in (10, 11, 12)}  # warmup 7 and the planned end kept
+    losses = step_losses(reference)
+    assert step_losses(out) == {step: losses[step] for step in (10, 11, 12)}  # bit for bit: seed, lengths... kept
+    assert _steps(out) == [9, 11, 12]  # the newest 2 and the one resumed from: --save-total-limit 2 kept
+    kept = next(r.getMessage() for r in caplog.records if "keeps the run's" in r.getMessage())
+    assert "--warmup-steps 7" in kept and "--save-total-limit 2" in kept and f"--data {small_csv}" in kept
+    assert "resume changes --save-steps 3 -> 1: from step 10 on" in caplog.text
+
+
+def test_explicit_learning_rate_is_applied_from_the_resumed_step_and_announced(reference, cache_dir, tmp_path,
+                                                                               caplog):
+    out = _copy(reference, tmp_path, 9)
+    caplog.set_level(logging.INFO)
+    assert run_training(*short_resume(out, cache_dir, "--learning-rate", "5e-4")) == 0
+    got, expected = _lrs(out), _lrs(reference)
+    assert sorted(got) == [10, 11, 12]
+    assert got[10] != expected[10]
+    assert got == {step: pytest.approx(expected[step] * 0.5, rel=1e-12) for step in got}
+    assert "resume changes --learning-rate 0.001 -> 0.0005: the schedule's peak from step 10 on" in caplog.text
+
+
+@pytest.mark.parametrize("flag", REFUSED, ids=lambda f: f[0])
+def test_flags_that_change_the_sample_order_are_refused(reference, cache_dir, tmp_path, flag):
+    out = _copy(reference, tmp_path, 12)
+    with pytest.raises(UserError, match="does not match the checkpoint") as err:
+        run_training(*short_resume(out, cache_dir, *flag))
+    assert err.value.exit_code == 2
+    assert f"{flag[0]} " in str(err.value) and "--allow-config-change" in str(err.value)
+    assert _steps(out) == [12] and not (out / "metrics.jsonl").exists()
+
+
+def test_allow_config_change_applies_them_with_a_warning_each(reference, cache_dir, tmp_path, caplog):
+    out = _copy(reference, tmp_path, 9)
+    flags = [part for flag in REFUSED for part in flag]
+    assert run_training(*short_resume(out, cache_dir, *flags, "--allow-config-change", "--max-steps", "10")) == 0
+    warnings = [r.getMessage() for r in caplog.records if "config changed on resume" in r.getMessage()]
+    assert sorted(w.split(": ", 1)[1].split(" ")[0] for w in warnings) == sorted(flag[0] for flag in REFUSED)
+    saved = ckpt.load_training_state(out / "checkpoint-10")["hyperparameters"]
+    assert (saved["seed"], saved["group_by_length"], saved["length_group_size"], saved["max_source_length"],
+            saved["max_target_length"], saved["eval_split_ratio"]) == (7, False, 16, 32, 64, 0.1)
+    assert (saved["warmup_steps"], saved["save_total_limit"], saved["max_steps"]) == (7, 2, 10)
+
+
+def test_older_checkpoint_without_some_settings_still_resumes_exactly(reference, tiny_model, small_csv, cache_dir,
+                                                                      tmp_path, caplog):
+    out = _copy(reference, tmp_path, 9)
+    _edit_hyperparameters(out / "checkpoint-9", drop=("warmup_steps", "seed", "max_source_length"))
+    caplog.set_level(logging.INFO)
+    # the seed comes back from the data position; the other two from the flags
+    argv = short_resume(out, cache_dir, "--warmup-steps", "7", "--max-source-length", "64")
+    assert run_training(*argv) == 0
+    expected = step_losses(reference)
+    assert step_losses(out) == {step: expected[step] for step in (10, 11, 12)}
+    assert "checkpoint-9 does not record --warmup-steps, --max-source-length" in caplog.text
+
+
+def test_a_run_trained_in_fp32_resumes_in_fp32_with_its_async_saves(reference, cache_dir, tmp_path, monkeypatch):
+    """`__init__` built the accelerator and the saver from the command line; the settings win."""
+    from accelerate.state import AcceleratorState
+    from chef_genius.train import trainer as trainer_module
+    out = _copy(reference, tmp_path, 12)
+    _edit_hyperparameters(out / "checkpoint-12", async_save=True)
+    # As on a bf16 GPU: the command's default `auto` means bf16, the run's `no` means fp32.
+    monkeypatch.setattr(trainer_module, "resolve_precision", _as_on_a_bf16_gpu)
+    AcceleratorState._reset_state()
+    try:
+        trainer = trainer_module.Trainer(parse_args(short_resume(out, cache_dir)))
+        assert trainer.accelerator.mixed_precision == "bf16" and trainer.saver is None
+        trainer.setup()
+        assert trainer.accelerator.mixed_precision == "no" and not trainer.accelerator.native_amp
+        assert trainer.saver is not None
+        trainer.metrics.close()
+        trainer.close()
+    finally:
+        AcceleratorState._reset_state()
+
+
+def _as_on_a_bf16_gpu(requested, device):
+    return "no" if requested == "no" else "bf16"
+
+
+def test_auto_resume_into_an_empty_folder_still_needs_data(tiny_model, cache_dir, tmp_path):
+    parse_args(["--auto-resume"])  # a resume may omit --data ...
+    with pytest.raises(UserError, match="--data is required") as err:  # ... a fresh start may not
+        run_training("--auto-resume", "--model-output", str(tmp_path / "run"), "--pretrained-model", str(tiny_model),
+                     "--cache-dir", str(cache_dir))
+    assert err.value.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision, as a pure function
+
+
+def _saved(**values) -> dict:
+    return TrainConfig(**values).to_dict()
+
+
+def test_every_setting_belongs_to_exactly_one_group():
+    groups = [*settings.APPLIED, *settings.GUARDED, *settings.RECORDED, *settings.SESSION]
+    assert len(groups) == len(set(groups))
+    assert set(groups) == {f.name for f in dataclasses.fields(TrainConfig)} - {"explicit"}
+
+
+def test_unflagged_settings_come_from_the_checkpoint_and_session_ones_never_do():
+    saved = _saved(data="a.csv", warmup_steps=1000, save_total_limit=3, lr_scheduler="cosine", epochs=5, seed=9,
+                   mixed_precision="no", report_to=["wandb"], model_output="old/place", stop_after_steps=40,
+                   dataloader_num_workers=8, cache_dir="old/cache", resume_from_checkpoint="latest", demo=True)
+    command = _saved(model_output="new/place")
+    decision = settings.decide(saved, command, explicit={"model_output"})
+    values = decision.values
+    assert (values["data"], values["warmup_steps"], values["save_total_limit"], values["lr_scheduler"],
+            values["epochs"], values["seed"], values["mixed_precision"], values["report_to"]) == \
+        ("a.csv", 1000, 3, "cosine", 5, 9, "no", ["wandb"])
+    assert (values["model_output"], values["stop_after_steps"], values["dataloader_num_workers"],
+            values["cache_dir"], values["resume_from_checkpoint"], values["demo"]) == \
+        ("new/place", 0, 2, None, None, False)
+    assert set(decision.kept) == {"data", "warmup_steps", "save_total_limit", "lr_scheduler", "epochs", "seed",
+                                  "mixed_precision", "report_to"}
+    assert decision.applied == decision.refused == decision.unrecorded == []
+
+
+def test_explicit_flags_are_applied_or_refused_by_group():
+    saved = _saved(learning_rate=1e-4, epochs=2, save_steps=500, seed=42, batch_size=8, group_by_length=True,
+                   max_target_length=512, pretrained_model="google/flan-t5-large")
+    command = _saved(learning_rate=5e-5, epochs=3, save_steps=500, seed=7, batch_size=4, group_by_length=False,
+                     max_target_length=512, pretrained_model="other")
+    explicit = {"learning_rate", "epochs", "save_steps", "seed", "batch_size", "group_by_length", "pretrained_model"}
+    decision = settings.decide(saved, command, explicit)
+    assert [str(c) for c in decision.applied] == ["--epochs 2 -> 3", "--learning-rate 0.0001 -> 5e-05"]
+    assert [str(c) for c in decision.refused] == ["--batch-size 8 -> 4", "--seed 42 -> 7",
+                                                  "--no-group-by-length (group by length on -> off)"]
+    assert [c.name for c in decision.ignored] == ["pretrained_model"]
+    assert decision.values["pretrained_model"] == "google/flan-t5-large"  # the weights come from the checkpoint
+    assert (decision.values["learning_rate"], decision.values["seed"]) == (5e-5, 7)  # applied if allowed
+
+
+def test_a_checkpoint_without_a_setting_leaves_the_commands_value():
+    saved = {"batch_size": 8, "learning_rate": 1e-3}  # an older checkpoint
+    position = {"sampler_seed": 5, "group_by_length": False, "length_group_size": 64}
+    decision = settings.decide(saved, _saved(warmup_steps=20), explicit=set(), position=position)
+    assert (decision.values["seed"], decision.values["group_by_length"], decision.values["length_group_size"]) == \
+        (5, False, 64)
+    assert decision.values["warmup_steps"] == 20 and decision.values["learning_rate"] == 1e-3
+    assert "warmup_steps" in decision.unrecorded and "seed" not in decision.unrecorded
+
+
+def _resume_state(data, **values) -> dict:
+    hyper = {**_saved(data=str(data), **values), "data_identity": data_identity(data), "eval_data_identity": None}
+    return {"global_step": 3, "hyperparameters": hyper}
+
+
+def test_the_data_file_is_inherited_compared_by_content_and_must_exist(tmp_path):
+    data = tmp_path / "recipes.csv"
+    shutil.copy(SAMPLE_CSV, data)
+    saved = _resume_state(data)
+    assert settings.settle(parse_args(["--resume", "latest"]), saved).data == str(data)
+    moved = tmp_path / "moved" / "recipes.csv"
+    moved.parent.mkdir()
+    data.rename(moved)
+    with pytest.raises(UserError, match=r"was trained on --data .*recipes.csv, which is not there any more") as err:
+        settings.settle(parse_args(["--resume", "latest"]), saved)
+    assert err.value.exit_code == 2
+    assert settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved).data == str(moved)
+    moved.write_text(moved.read_text()[:-200])  # edited: another file under the same name
+    with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv"):
+        settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved)
+
+
+def _scheduler(lr=1e-3, **schedule):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param]}], lr=lr)
+    return make_scheduler(optimizer, Schedule(**{"warmup_steps": 10, "total_steps": 100, "kind": "linear",
+                                                 **schedule}))
+
+
+def test_the_saved_peak_lr_wins_unless_learning_rate_is_given():
+    saved = _scheduler(lr=1e-3).state_dict()
+    saved["base_lrs"] = [2e-3]  # the run's peak
+    assert settings.resumed_scheduler_state(saved, _scheduler(lr=1e-3), 40, explicit=set())["base_lrs"] == [2e-3]
+    assert settings.resumed_scheduler_state(saved, _scheduler(lr=5e-4), 40, {"learning_rate"})["base_lrs"] == [5e-4]
+
+
+def test_a_rewarm_ramp_of_an_earlier_session_is_kept_and_a_new_end_announced(caplog):
+    saved = _scheduler(rewarm_from=30, rewarm_steps=20).state_dict()
+    scheduler = _scheduler(total_steps=150)
+    caplog.set_level(logging.INFO)
+    state = settings.resumed_scheduler_state(saved, scheduler, 40, explicit=set())
+    assert state["lr_lambdas"][0]["rewarm_from"] == 30 and state["lr_lambdas"][0]["total_steps"] == 150
+    assert scheduler.lr_lambdas[0](40) == pytest.approx((1 - 30 / 140) * 11 / 20)
+    assert "the run now ends at step 150 (the checkpoint planned 100)" in caplog.text
+
+
+def test_an_explicit_weight_decay_survives_loading_the_optimizer_state():
+    param = torch.nn.Parameter(torch.zeros(1))
+    saved = torch.optim.AdamW([{"params": [param], "weight_decay": 0.01}], lr=1e-3).state_dict()
+    optimizer = torch.optim.AdamW([{"params": [param], "weight_decay": 0.1}], lr=1e-3)
+    with settings.explicit_optimizer_settings(optimizer, {"weight_decay"}):
+        optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.1
+    with settings.explicit_optimizer_settings(optimizer, set()):
+        optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# which flags the command line gave
+
+
+@pytest.mark.parametrize("argv, given", [
+    ([], set()),
+    (["--epoch", "5"], {"epochs"}),                      # an abbreviation
+    (["--epochs", "3"], {"epochs"}),                     # the default value, given explicitly
+    (["--learning-rate=5e-4"], {"learning_rate"}),
+    (["--no-group-by-length"], {"group_by_length"}),     # store_false
+    (["--enable-mixed-precision"], {"mixed_precision"}),  # store_const
+    (["--disable-compilation"], {"compile"}),
+    (["--no-async-save"], {"async_save"}),
+    (["--resume", "latest"], {"resume_from_checkpoint"}),  # an alias
+    (["--report-to", "none"], {"report_to"}),
+    (["--save-total", "3", "--warmup=7"], {"save_total_limit", "warmup_steps"}),
+])
+def test_explicit_flags_are_read_by_argparse_itself(argv, given):
+    config = parse_args(["--data", str(SAMPLE_CSV), *argv])
+    assert config.explicit == {"data", *given}
+    assert "explicit" not in config.to_dict()  # never saved in a checkpoint
+
+
+def test_demo_defaults_step_aside_for_any_explicit_flag():
+    assert parse_args(["--demo"]).epochs == 2
+    assert parse_args(["--demo", "--epoch", "5"]).epochs == 5
+    config = parse_args(["--demo", "--warmup=3", "--learning-rate", "5e-4"])
+    assert (config.warmup_steps, config.learning_rate, config.batch_size) == (3, 5e-4, 8)
