@@ -2,10 +2,10 @@
 
 Under FSDP no rank holds the whole model, so a checkpoint first gathers a *full* state dict to
 rank 0 (a collective: every rank calls these functions, in the main thread, before the checkpoint
-manager copies or writes anything) and rank 0 writes the usual layout: ``model.safetensors`` from
-``save_pretrained`` and ``training_state.pt``. The optimizer state is saved keyed by parameter name
-(``format.OPTIMIZER_LAYOUT_NAMES``) because FSDP's flat shards have no
-stable parameter ids; such a state is loaded after ``prepare`` with
+manager copies or writes anything) and rank 0 writes the usual layout: the weights through
+``save_pretrained``, the rest in the training state. The optimizer state is saved keyed by parameter
+name (``format.OPTIMIZER_LAYOUT_NAMES``) because FSDP's flat shards have no stable parameter ids;
+such a state is loaded after ``prepare`` with
 ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict``, which works on a plain, a
 DDP or an FSDP model alike, so an FSDP checkpoint resumes on any world size.
 """
