@@ -7,7 +7,7 @@ with ``state_dict()`` / ``load_state_dict()``, and a ``ModelFiles`` for the weig
 trainer knows nothing of ``training_state.pt``.
 
 One save path. Every save, synchronous or ``--async-save``:
-1. waits for the save in flight (at most one), and settles its outcome;
+1. waits for the save in flight (there is at most one);
 2. gathers every component's state on every process, in the main thread (under FSDP these are
    the collectives that assemble the full state on rank 0);
 3. checks the free space (rank 0, as every step below);
