@@ -193,11 +193,9 @@ def _time_to_first_step(flags: list[str]) -> tuple[float, float]:
     trainer = Trainer(parse_args(flags))
     try:
         trainer.setup()
-        s = trainer.state
-        if trainer._saved_rng:
-            rng.restore(trainer._saved_rng)
+        trainer.rng.apply()
         trainer.model.train()
-        trainer.sampler.set_position(s.epoch, s.samples_in_epoch)
+        trainer.sampler.resume_iteration()
         batch = next(iter(trainer.loader))
         ready = time.perf_counter() - started
         trainer._train_step([batch])

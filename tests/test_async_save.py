@@ -11,6 +11,7 @@ from conftest import run_training, step_losses, train_args
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
+from chef_genius.errors import EXIT_SAVE, SaveError
 
 
 def _sha(checkpoint, name):
@@ -63,8 +64,9 @@ def test_background_save_error_stops_the_run(tiny_model, small_csv, cache_dir, t
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt, "write_checkpoint", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(SaveError, match="checkpoint-5 was not saved: the disk under .* is full") as err:
         run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--async-save"))
+    assert err.value.exit_code == EXIT_SAVE
     assert not ckpt.list_checkpoints(tmp_path / "run")
 
 

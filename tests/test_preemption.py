@@ -5,6 +5,7 @@ found before the run are back after it."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -60,6 +61,7 @@ def test_second_signal_aborts_without_a_complete_looking_checkpoint(tiny_model, 
     def second_signal(label):
         if label == "model written":  # the preemption save of step 3 is half done
             signal.raise_signal(signal.SIGINT)
+            time.sleep(0.5)  # and has more to write (it runs in the writer thread, the signal in the main one)
     monkeypatch.setattr(faults, "hook", second_signal)
     code, line = _exit_code(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--save-steps", 100), capsys)
     assert code == EXIT_INTERRUPTED

@@ -27,7 +27,6 @@ from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import EXIT_USAGE, UserError, run_cli
 from chef_genius.monitoring.metrics import read_metrics
 from chef_genius.train.cli import main
-from chef_genius.train.trainer import Trainer
 from conftest import REPO, run_training, train_args
 
 CLI = REPO / "cli" / "complete_optimized_training.py"
@@ -204,13 +203,14 @@ def test_staging_and_deletion_names_differ_between_processes_even_with_the_same_
 
 def test_the_final_model_is_staged_under_a_name_unique_to_the_process(tiny_model, small_csv, cache_dir, tmp_path,
                                                                       monkeypatch):
+    from chef_genius.train.components import ModelFiles
     used = []
-    original = Trainer._save_model
+    original = ModelFiles.save
 
-    def save_model(self, folder, state_dict=None):
+    def save_model(self, folder, weights):
         used.append(Path(folder).name)
-        return original(self, folder, state_dict)
-    monkeypatch.setattr(Trainer, "_save_model", save_model)
+        return original(self, folder, weights)
+    monkeypatch.setattr(ModelFiles, "save", save_model)
     out = tmp_path / "run"
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *QUICK)) == 0
     final = [name for name in used if not name.startswith(f"{ckpt.STAGING_PREFIX}checkpoint-")]

@@ -1,11 +1,11 @@
-"""Full disk, failing writes and renames, damaged files: earlier checkpoints stay intact, the run
-stops with one clear line (exit 4) or goes on (--on-save-error continue), `latest` skips damage."""
+"""Full disk, failing writes, damaged files: earlier checkpoints stay intact, the run stops with one
+clear line (exit 4) or goes on (--on-save-error continue), `latest` skips damage. (The manager's own
+checks, free space before every save and a failing rename, are in test_manager.py.)"""
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from collections import namedtuple
 
@@ -83,24 +83,6 @@ def test_on_save_error_continue_trains_on(tiny_model, small_csv, cache_dir, tmp_
     assert "checkpoint-2 was not saved" in caplog.text
 
 
-def test_failing_rename_leaves_no_staging(tmp_path, monkeypatch):
-    real_rename = os.rename
-
-    def rename(src, dst):
-        if os.path.basename(src).startswith(ckpt.STAGING_PREFIX):
-            raise PermissionError(errno.EACCES, "Access is denied", str(src))
-        return real_rename(src, dst)
-    monkeypatch.setattr(os, "rename", rename)
-
-    def save_model(folder):
-        (folder / ckpt.MODEL_CONFIG).write_text("{}")
-        (folder / ckpt.WEIGHTS).write_bytes(b"w")
-    with pytest.raises(SaveError) as exc:
-        disk.guarded_save(lambda: ckpt.write_checkpoint(tmp_path, 7, save_model, {}), tmp_path, 7, 10)
-    assert "Access is denied" in str(exc.value)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_too_little_space_is_refused_before_training(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 2)) == 0
@@ -131,12 +113,3 @@ def test_latest_skips_truncated_and_bit_flipped_checkpoints(tiny_model, small_cs
     assert f"resumed from {out / 'checkpoint-1'}: step 1" in caplog.text
     # the damaged ones were moved aside when the run reached their steps again, never overwritten
     assert len(list((out / "superseded").iterdir())) == 2
-
-
-def test_guarded_save_checks_space_before_each_save(tmp_path, monkeypatch):
-    monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)
-    wrote = []
-    assert disk.guarded_save(lambda: wrote.append(1), tmp_path, 9, 10_000, on_error="continue") is None
-    assert wrote == []
-    with pytest.raises(SaveError, match="checkpoint-9 was not saved: not enough free space"):
-        disk.guarded_save(lambda: wrote.append(1), tmp_path, 9, 10_000)

@@ -136,7 +136,7 @@ def test_older_checkpoint_without_some_settings_still_resumes_exactly(reference,
 
 
 def test_a_run_trained_in_fp32_resumes_in_fp32_with_its_async_saves(reference, cache_dir, tmp_path, monkeypatch):
-    """`__init__` built the accelerator and the saver from the command line; the settings win."""
+    """`__init__` built the accelerator from the command line; the settings win, for it and the saves."""
     from accelerate.state import AcceleratorState
     from chef_genius.train import trainer as trainer_module
     out = _copy(reference, tmp_path, 12)
@@ -146,11 +146,11 @@ def test_a_run_trained_in_fp32_resumes_in_fp32_with_its_async_saves(reference, c
     AcceleratorState._reset_state()
     try:
         trainer = trainer_module.Trainer(parse_args(short_resume(out, cache_dir)))
-        assert trainer.accelerator.mixed_precision == "bf16" and trainer.saver is None
+        assert trainer.accelerator.mixed_precision == "bf16" and not trainer.config.async_save
         trainer.setup()
         assert trainer.accelerator.mixed_precision == "no" and not trainer.accelerator.native_amp
-        assert trainer.saver is not None
-        trainer.metrics.close()
+        assert trainer.checkpoints.async_save
+        trainer.reporters.close()
         trainer.close()
     finally:
         AcceleratorState._reset_state()

@@ -1,16 +1,18 @@
-"""Checkpoints written in the background (``--async-save``).
+"""The checkpoint manager's writer: CPU copies of the state, and one background thread that writes.
 
-The step that saves only copies the state to CPU memory (pinned buffers on CUDA, reused from one
-save to the next, one device sync for all of them); a background thread then writes the copy with
-``checkpoint.write_checkpoint``, so the crash safety is the sync save's: staging folder, fsync,
-manifest last, rename. The files are the same bytes a synchronous save writes.
+Every save is written by this thread (``chef_genius/checkpoint/manager.py``): a synchronous save
+waits for it at once, an ``--async-save`` one lets training go on. For the latter, the step that
+saves only copies the state to CPU memory (``snapshot``: pinned buffers on CUDA, reused from one save
+to the next, one device sync for all of them), so training cannot change what is being written.
+The files are the same bytes either way.
 
-- At most one save is in flight: a new save first waits for the previous one (the buffers are reused).
-- An error of the background write is raised again on the main thread, at the next step that checks
-  (``check``), the next save or the end of the run (``wait``), as the exception the write raised.
-- The run waits for the last write before it ends; the thread is not a daemon, so even a crash in
-  the main thread lets the write finish (or a killed process leaves only a staging folder, which the
-  next start removes).
+- At most one write is in flight: a new one first waits for the previous one (the buffers are reused).
+- An exception the write raises is raised again on the main thread by ``check`` / ``wait``.
+- ``wait`` polls the thread instead of blocking on it, so a stop signal's handler runs meanwhile on
+  the main thread (a second Ctrl+C can abort a save in progress).
+- The thread is not a daemon: a process that ends while a write is in flight waits for it. The
+  manager waits before any exit anyway, because the write needs threads of its own, which Python
+  refuses once the interpreter shuts down.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
+_POLL_SECONDS = 0.1
+
 
 class AsyncCheckpointer:
     def __init__(self):
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self._error: BaseException | None = None
         self._buffers: dict[str, torch.Tensor] = {}
 
@@ -78,6 +83,7 @@ class AsyncCheckpointer:
     def submit(self, write: Callable[[], object], what: str) -> None:
         """Run ``write()`` in the background once the previous write has finished."""
         self.wait()
+        done = threading.Event()
 
         def run():
             try:
@@ -85,13 +91,18 @@ class AsyncCheckpointer:
             except BaseException as err:  # surfaced on the main thread by check() / wait()
                 log.error("background save of %s failed: %s", what, err)
                 self._error = err
+            finally:
+                done.set()
 
+        self._done = done
         self._thread = threading.Thread(target=run, name=f"chef-genius-save-{what}", daemon=False)
         self._thread.start()
 
     @property
     def in_flight(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        # an Event, not Thread.is_alive(): a join interrupted by a signal handler's exception can
+        # leave the thread marked stopped while it still runs (CPython, bpo-45274)
+        return self._thread is not None and not self._done.is_set()
 
     def check(self) -> None:
         """Raise the error of a finished background write, if any (cheap: no waiting)."""
@@ -102,7 +113,9 @@ class AsyncCheckpointer:
     def wait(self) -> None:
         """Wait for the write in flight, then raise its error if it failed."""
         if self._thread is not None:
-            self._thread.join()
+            while not self._done.wait(_POLL_SECONDS):  # signal handlers run between the polls
+                pass
+            self._thread.join()  # it is past its last step
             self._thread = None
         self.check()
 

@@ -1,5 +1,5 @@
-"""Disk space and save errors: estimate a checkpoint's size, check free space, and turn a failed
-save into one clear line instead of a traceback or, worse, silence.
+"""Disk space and save errors: estimate a checkpoint's size, check free space, and describe a failed
+write in a few words (the checkpoint manager turns that into one clear line, never a traceback).
 
 A checkpoint holds the weights (``model.safetensors``, each tensor at its dtype), the optimizer
 state (AdamW: two moments per trainable parameter, at the parameter's dtype), the tokenizer and a
@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from chef_genius.checkpoint.format import TOKENIZER_FILES
 from chef_genius.errors import SaveError, UserError
@@ -105,27 +105,8 @@ def prepare_output(folder: str | Path) -> None:
                         "pick another --model-output") from None
 
 
-def guarded_save(write: Callable[[], Path], output_dir: Path, step: int, needed: int,
-                 on_error: str = "stop") -> Path | None:
-    """Run ``write`` (a checkpoint commit) after a free-space check. On a failure the staging folder
-    is already gone and earlier checkpoints are untouched; ``on_error`` says whether the run stops
-    (``SaveError``, exit 4) or goes on with a warning (returns None)."""
-    message = space_problem(output_dir, needed)
-    if message is None:
-        try:
-            return write()
-        except Exception as err:  # OSError, torch's RuntimeError, safetensors' errors: all mean "not saved"
-            log.debug("save of checkpoint-%d failed", step, exc_info=True)
-            message = _describe(err, output_dir, needed)
-    message = f"checkpoint-{step} was not saved: {message}"
-    if on_error == "stop":
-        raise SaveError(f"{message}; the earlier checkpoints are intact (resume with --resume-from-checkpoint "
-                        "latest), or pass --on-save-error continue to train on without this checkpoint")
-    log.warning("%s; training goes on (--on-save-error continue); the earlier checkpoints are intact", message)
-    return None
-
-
-def _describe(err: Exception, output_dir: Path, needed: int) -> str:
+def describe_failure(err: Exception, output_dir: Path, needed: int) -> str:
+    """Why a write under ``output_dir`` failed, in a few words (a full disk says how much is free)."""
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         try:
             free = human(free_bytes(output_dir))

@@ -15,6 +15,12 @@ state or the complete new checkpoint. A folder without a verifying manifest is n
 Staging and deletion folders (``.staging-NAME-PID-TOKEN``, ``.deleting-NAME-PID-TOKEN``) carry a tag
 unique to the process that made them (its pid and a random token: pids repeat across the hosts of a
 shared file system and after a restart), so two processes never write into, or remove, each other's.
+The final model (``save_pretrained`` into MODEL_OUTPUT itself) goes through the same staging and
+fsync, then its files are moved into place one by one, so the folder always loads.
+
+``training_state.pt`` is made of *slices*, one per stateful component of a run (the names the
+checkpoint manager registers them under): ``pack_training_state`` lays them out in the keys below,
+``unpack_training_state`` gives them back, also from checkpoints written before the slices existed.
 """
 
 from __future__ import annotations
@@ -54,11 +60,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
 RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
+OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMIZER_LAYOUT_NAMES: keyed by name
+OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
+REPORTING_KEY = "reporting"  # {"wandb_run_id": ...}, so a resume reports into the same runs
 STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
               "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
 _STEP = re.compile(rf"^{PREFIX}(\d+)$")
 _HASH_CHUNK = 8 << 20
 _SEAL_THREADS = max(2, min(8, os.cpu_count() or 1))
+MODEL_LABELS = ("model written", "training state written")  # fault points of a checkpoint's files
+FINAL_LABELS = ("final model written", None)                 # ... and of the final model's
 
 
 class CheckpointError(UserError):
@@ -67,6 +78,10 @@ class CheckpointError(UserError):
 
 class UnsafeStateError(CheckpointError):
     """A training state that does not load under ``weights_only=True`` (never unpickled further)."""
+
+
+class SaveCancelled(Exception):
+    """A save given up on request (a second stop signal); its staging folder is already removed."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,32 +282,30 @@ def atomic_torch_save(path: str | Path, value) -> None:
     fsync_dir(path.parent)
 
 
-def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Callable[[Path], None],
-                     training_state: dict) -> Path:
-    """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer."""
-    output_dir = Path(output_dir)
-    final = checkpoint_path(output_dir, global_step)
-    staging = staging_path(output_dir, final.name)
+def staging_folder(output_dir: str | Path, name: str) -> Path:
+    """A fresh, empty staging folder for ``name`` beside its final place, unique to this process."""
+    staging = staging_path(output_dir, name)
     shutil.rmtree(staging, ignore_errors=True)  # this process's own, from a failed save of the same step
     staging.mkdir(parents=True)
+    return staging
+
+
+def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Callable[[Path], None],
+                     training_state: dict, cancelled: Callable[[], bool] | None = None) -> Path:
+    """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer.
+    ``cancelled()`` is asked between the steps: when it says yes, the save is given up (``SaveCancelled``)."""
+    output_dir = Path(output_dir)
+    final = checkpoint_path(output_dir, global_step)
+    staging = staging_folder(output_dir, final.name)
     try:
-        # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
-        # core): the model files are fsynced and hashed in other threads (hashlib and fsync release
-        # the GIL) while torch.save writes the training state, itself hashed as soon as it is written.
         fault_point("staging created")
-        with ThreadPoolExecutor(max_workers=_SEAL_THREADS) as pool:
-            save_model(staging)
-            fault_point("model written")
-            sealing = {p: pool.submit(_fsync_and_hash, p) for p in staging.rglob("*") if p.is_file()}
-            torch.save(training_state, staging / TRAINING_STATE)
-            fault_point("training state written")
-            sealing[staging / TRAINING_STATE] = pool.submit(_fsync_and_hash, staging / TRAINING_STATE)
-            digests = {p.relative_to(staging).as_posix(): job.result() for p, job in sealing.items()}
+        digests = _write_sealed(staging, save_model, training_state, cancelled, labels=MODEL_LABELS)
         manifest = build_manifest(staging, global_step, digests)
         fault_point("files fsynced")
         atomic_write_json(staging / MANIFEST, manifest)
         fault_point("manifest written")
         fsync_dir(staging)
+        _stop_if(cancelled)
         if final.exists():  # only now, so a crash before this point leaves the older folder in place
             set_aside(final)
         retry_os(lambda: os.rename(staging, final))
@@ -302,6 +315,51 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def write_final_model(output_dir: str | Path, save_model: Callable[[Path], None],
+                      cancelled: Callable[[], bool] | None = None) -> list[Path]:
+    """``save_model(folder)`` into ``output_dir`` itself (the run's final model): written and fsynced in a
+    staging folder like a checkpoint, then each file moved into place (one atomic replace each)."""
+    output_dir = Path(output_dir)
+    staging = staging_folder(output_dir, "final")
+    try:
+        _write_sealed(staging, save_model, None, cancelled, labels=FINAL_LABELS, hash_files=False)
+        _stop_if(cancelled)
+        moved = []
+        for path in sorted(staging.iterdir()):
+            target = output_dir / path.name
+            retry_os(lambda p=path, t=target: os.replace(p, t))
+            moved.append(target)
+        fault_point("final model moved")
+        fsync_dir(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
+def _write_sealed(staging: Path, save_model: Callable[[Path], None], training_state: dict | None,
+                  cancelled: Callable[[], bool] | None, labels: tuple, hash_files: bool = True) -> dict[str, str]:
+    """Write the model (and the training state) into ``staging``; every file fsynced (and hashed)."""
+    # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
+    # core): the model files are fsynced and hashed in other threads (hashlib and fsync release
+    # the GIL) while torch.save writes the training state, itself hashed as soon as it is written.
+    seal = _fsync_and_hash if hash_files else fsync_file
+    with ThreadPoolExecutor(max_workers=_SEAL_THREADS) as pool:
+        save_model(staging)
+        fault_point(labels[0])
+        _stop_if(cancelled)
+        sealing = {p: pool.submit(seal, p) for p in staging.rglob("*") if p.is_file()}
+        if training_state is not None:
+            torch.save(training_state, staging / TRAINING_STATE)
+            fault_point(labels[1])
+            sealing[staging / TRAINING_STATE] = pool.submit(seal, staging / TRAINING_STATE)
+        return {p.relative_to(staging).as_posix(): job.result() for p, job in sealing.items()}
+
+
+def _stop_if(cancelled: Callable[[], bool] | None) -> None:
+    if cancelled is not None and cancelled():
+        raise SaveCancelled("the save was given up")
 
 
 def _fsync_and_hash(path: Path) -> str:
@@ -364,19 +422,35 @@ def missing_state_keys(state: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # the training state's keys
 
+# The slices: one per stateful component of a run, under the name the checkpoint manager knows it by.
+RUN_STATE = "run_state"          # dict: RunState (step, best loss, tokens, time)
+DATA_POSITION = "data_position"  # dict: DataPosition (epoch, sample, and the sample order it belongs to)
+OPTIMIZER = "optimizer"          # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES}
+SCHEDULER = "scheduler"          # dict: the LR scheduler's state dict
+RNG = "rng"                      # list: the RNG state of every process, rank 0 first
+REPORTING = "reporting"          # dict: what the reporters need to continue their runs
+SETTINGS = "hyperparameters"     # dict: the run's settings (every flag, steps per epoch, world size...)
+SLICES = (RUN_STATE, DATA_POSITION, OPTIMIZER, SCHEDULER, RNG, REPORTING, SETTINGS)
+
+
 def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
                         rng_states: dict, hyperparameters: dict, extra: dict | None = None) -> dict:
-    """The dictionary saved as ``training_state.pt`` (plain values and tensors only)."""
+    """The dictionary saved as ``training_state.pt`` (plain values and tensors only). ``run_state``: a
+    ``RunState`` or its dict; the epoch and sample come from ``data_position``."""
     import transformers
 
     from chef_genius import __version__
+    run = dict(run_state if isinstance(run_state, dict) else run_state.to_dict())
+    run = {"global_step": int(run.pop("global_step", 0)), "epoch": int(data_position.get("epoch", 0)),
+           "samples_in_epoch": int(data_position.get("samples_in_epoch", 0)),
+           **{k: v for k, v in run.items() if k not in ("epoch", "samples_in_epoch")}}
     state = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "global_step": run_state.global_step,
-        "epoch": run_state.epoch,
-        "best_loss": run_state.best_loss,
-        "run_state": run_state.to_dict(),
+        "global_step": run["global_step"],
+        "epoch": run["epoch"],
+        "best_loss": run.get("best_loss"),
+        "run_state": run,
         "data_position": data_position,
         "optimizer_state_dict": optimizer_state or {},
         "optimizer_state_empty": not optimizer_state,
@@ -389,3 +463,38 @@ def make_training_state(run_state, data_position: dict, optimizer_state: dict | 
     }
     state.update(extra or {})
     return state
+
+
+def pack_training_state(slices: dict) -> dict:
+    """``training_state.pt`` from the components' slices (see ``SLICES``)."""
+    per_rank = list(slices.get(RNG) or [])
+    optimizer = slices.get(OPTIMIZER) or {}
+    extra = {RNG_PER_RANK: per_rank}
+    if optimizer.get("layout"):
+        extra[OPTIMIZER_LAYOUT] = optimizer["layout"]
+    if slices.get(REPORTING):
+        extra[REPORTING_KEY] = slices[REPORTING]
+    return make_training_state(slices.get(RUN_STATE) or {}, dict(slices.get(DATA_POSITION) or {}),
+                               optimizer.get("state"), slices.get(SCHEDULER) or {},
+                               per_rank[0] if per_rank else None, slices.get(SETTINGS) or {}, extra)
+
+
+def unpack_training_state(state: dict) -> dict:
+    """The slices of a loaded ``training_state.pt`` (every one present, empty when the file has none)."""
+    run = dict(state.get("run_state") or {})
+    run.setdefault("global_step", int(state.get("global_step", 0)))
+    run.setdefault("best_loss", state.get("best_loss"))
+    position = dict(state.get("data_position") or {})
+    position.setdefault("epoch", int(run.get("epoch", state.get("epoch", 0))))
+    position.setdefault("samples_in_epoch", int(run.get("samples_in_epoch", 0)))
+    per_rank = state.get(RNG_PER_RANK) or ([state["rng_states"]] if state.get("rng_states") else [])
+    return {RUN_STATE: run, DATA_POSITION: position,
+            OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT)},
+            SCHEDULER: dict(state.get("scheduler_state_dict") or {}), RNG: list(per_rank),
+            REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {})}
+
+
+def saved_world_size(state: dict) -> int:
+    """How many processes wrote ``state`` (1 for checkpoints that do not say)."""
+    per_rank = state.get(RNG_PER_RANK)
+    return len(per_rank) if per_rank else int((state.get("hyperparameters") or {}).get("world_size", 1))

@@ -296,8 +296,7 @@ def _assemble(step, epoch, samples, settings, model, optimizer, rng_states, best
     schedule, lr, assumed = _schedule(settings, step)
     if assumed:
         text += f"; assumed the training defaults for {', '.join(assumed)} (pass them if the run used others)"
-    run_state = RunState(global_step=step, epoch=epoch, samples_in_epoch=samples,
-                         best_loss=float(best_loss) if best_loss is not None else None)
+    run_state = RunState(global_step=step, best_loss=float(best_loss) if best_loss is not None else None)
     position = {"epoch": epoch, "samples_in_epoch": samples}
     for key, name in (("num_samples", "num_samples"), ("seed", "sampler_seed"),
                       ("group_by_length", "group_by_length"), ("length_group_size", "length_group_size")):

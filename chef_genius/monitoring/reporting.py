@@ -11,7 +11,8 @@ that says where it started, so plots can mark it and drop what a resume from an 
   ``MODEL_OUTPUT/tensorboard``; a resume purges the events after its step, so the curves stay single.
 - Weights & Biases (``--report-to wandb``; needs ``wandb`` installed and logged in): off by default;
   the project comes from ``--wandb-project`` or ``$WANDB_PROJECT``, the key from wandb's own login.
-  The run id is saved in every checkpoint (``CHECKPOINT_KEY``) so a resume continues the same run.
+  The run id is saved in every checkpoint (``Reporters`` is one of the checkpoint manager's stateful
+  components: ``state_dict`` / ``load_state_dict``), so a resume continues the same run.
 
 Only the main process reports; the others get a ``Reporters`` that writes nothing.
 """
@@ -29,15 +30,18 @@ log = logging.getLogger("chef_genius")
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-CHECKPOINT_KEY = "reporting"   # training_state.pt key: {"wandb_run_id": ...}
 
 
 class Reporters:
-    """metrics.jsonl plus the sinks asked for; ``write`` has ``MetricsLog``'s interface."""
+    """metrics.jsonl plus the sinks asked for; ``write`` has ``MetricsLog``'s interface.
+
+    Made with metrics.jsonl alone; ``open`` adds the sinks once the run knows whether it resumes
+    (``load_state_dict`` gives it what the checkpoint kept for them)."""
 
     def __init__(self, metrics: MetricsLog, sinks: list | None = None):
         self.metrics = metrics
         self.sinks = sinks or []
+        self.previous: dict = {}  # what the checkpoint resumed from kept for the sinks
 
     @property
     def path(self) -> Path:
@@ -52,38 +56,43 @@ class Reporters:
         for sink in self.sinks:
             sink.write(record)
 
-    def checkpoint_extra(self) -> dict:
+    def state_dict(self) -> dict:
         """What a checkpoint keeps so a resume reports into the same runs."""
         values = {}
         for sink in self.sinks:
             values.update(sink.checkpoint_values())
-        return {CHECKPOINT_KEY: values} if values else {}
+        return values
+
+    def load_state_dict(self, values: dict) -> None:
+        self.previous = dict(values or {})
+
+    def open(self, config, output: Path, step: int, resumed_from: Path | None) -> None:
+        """Start the sinks of this session and write its ``start`` / ``resume`` record (main process)."""
+        if not self.enabled:
+            return
+        if "tensorboard" in config.report_to:
+            # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
+            self.sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
+        if "wandb" in config.report_to:
+            self.sinks.append(WandbSink(config, Path(output), self.previous.get("wandb_run_id")))
+        log.info("metrics: %s%s", self.path, "".join(f", {name}" for name in config.report_to))
+        if resumed_from is not None:
+            self.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
+        else:
+            self.write({"type": "start", "step": step})
+
+    def losses(self) -> list[str]:
+        """What could not be written, for the run's summary."""
+        return self.metrics.losses()
 
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
 
 
-def open_reporters(config, output: Path, is_main: bool, step: int, resumed_from: Path | None,
-                   saved: dict | None) -> Reporters:
-    """The reporters of this session; writes its ``start`` / ``resume`` record."""
-    metrics = MetricsLog(Path(output) / METRICS_FILE, enabled=is_main)
-    if not is_main:
-        return Reporters(metrics)
-    previous = (saved or {}).get(CHECKPOINT_KEY) or {}
-    sinks = []
-    if "tensorboard" in config.report_to:
-        # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
-        sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
-    if "wandb" in config.report_to:
-        sinks.append(WandbSink(config, Path(output), previous.get("wandb_run_id")))
-    reporters = Reporters(metrics, sinks)
-    log.info("metrics: %s%s", metrics.path, "".join(f", {name}" for name in config.report_to))
-    if resumed_from is not None:
-        reporters.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
-    else:
-        reporters.write({"type": "start", "step": step})
-    return reporters
+def make_reporters(config, output: Path, is_main: bool) -> Reporters:
+    """The reporters of a run: metrics.jsonl (on the main process), sinks added by ``open``."""
+    return Reporters(MetricsLog(Path(output) / METRICS_FILE, enabled=is_main, on_error=config.on_save_error))
 
 
 # ---------------------------------------------------------------------------------------------

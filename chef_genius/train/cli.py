@@ -26,7 +26,7 @@ def main(argv=None) -> int:
         trainer.close()  # after the final model is written: the run folder is this run's until then
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
-        print(f"done: step {state.global_step}, epoch {state.epoch}, best validation loss {best}; "
+        print(f"done: step {state.global_step}, epoch {trainer.position.epoch}, best validation loss {best}; "
               f"model in {config.model_output}")
         logging.getLogger("chef_genius").info(
             "try it: python cli/generate_recipe.py --model %s --ingredients \"chicken, rice, garlic\"; "

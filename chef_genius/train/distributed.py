@@ -6,11 +6,13 @@
   cached path and ``--streaming`` pad the same way and every batch carries ``sample_index``.
 - Loss normalisation: the loss of an optimizer step is the sum over all ranks' target tokens
   divided by the global token count, all-reduced once per step (see ``token_divisor``).
-- RNG: every rank's RNG state is gathered into the checkpoint (``rng_states_per_rank``) and given
+- RNG: every rank's RNG state is gathered into the checkpoint (one state per rank) and given
   back to the same rank when the world size is unchanged; on another world size each rank gets
   fresh seeds derived from (seed, step, rank).
 - Resume: rank 0 picks the checkpoint and the other ranks follow it, so ranks on a shared file
   system that is slow to show new folders cannot disagree.
+- Checkpoints: rank 0 writes; every rank takes part in gathering the state (``World`` is what the
+  checkpoint manager sees of the processes) and all agree on whether a save failed.
 - ``CHEF_GENIUS_SAMPLE_LOG=DIR`` (debugging and tests): each rank appends the samples it trained
   on to ``DIR/rank-R.txt``, one ``epoch index`` line each.
 """
@@ -24,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from chef_genius.checkpoint import format as ckpt
 from chef_genius.data.shares import ShareCollator, ShareDataset  # noqa: F401 - the trainer's names for them
-from chef_genius.train import rng
+from chef_genius.train import preemption, rng
 from chef_genius.errors import UserError
 
 log = logging.getLogger("chef_genius")
@@ -73,16 +74,16 @@ def gather_rng_states(accelerator) -> list[dict] | None:
     return gathered
 
 
-def rng_for_rank(saved: dict, accelerator, seed: int) -> dict | None:
-    """This rank's saved RNG state, or None after reseeding when the world size changed."""
-    per_rank = saved.get(ckpt.RNG_PER_RANK) or ([saved["rng_states"]] if saved.get("rng_states") else [])
+def rng_for_rank(per_rank: list[dict], accelerator, seed: int, global_step: int) -> dict | None:
+    """This rank's saved RNG state (``per_rank``: one per process that saved), or None after reseeding
+    when the world size changed."""
     world, rank = accelerator.num_processes, accelerator.process_index
     if len(per_rank) == world:
         return per_rank[rank]
     if per_rank:
         log.warning("the checkpoint was written by %d processes, this run has %d: each process starts fresh "
                     "random streams (dropout), so losses will not match an uninterrupted run", len(per_rank), world)
-    rng.seed_everything(rank_seed(seed + int(saved.get("global_step", 0)), rank))
+    rng.seed_everything(rank_seed(seed + int(global_step), rank))
     return None
 
 
@@ -94,6 +95,18 @@ def rank_seed(seed: int, rank: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # agreement and plan
 
+class World:
+    """What the checkpoint manager needs of the processes of a run: who writes, and agreeing on flags."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.is_main = accelerator.is_main_process
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """The flags OR-ed over all processes (one all-reduce; nothing on one process)."""
+        return preemption.agree(self.accelerator, *flags)
+
+
 def agree_on_path(accelerator, path: Path | None) -> Path | None:
     """Rank 0's choice of checkpoint, on every rank."""
     if accelerator.num_processes == 1:
@@ -102,11 +115,6 @@ def agree_on_path(accelerator, path: Path | None) -> Path | None:
     box = [None if path is None else str(path)]
     dist.broadcast_object_list(box, src=0)
     return None if box[0] is None else Path(box[0])
-
-
-def saved_world_size(saved: dict) -> int:
-    per_rank = saved.get(ckpt.RNG_PER_RANK)
-    return len(per_rank) if per_rank else int(saved.get("hyperparameters", {}).get("world_size", 1))
 
 
 def planned_total_steps(global_step: int, epoch: int, samples_in_epoch: int, num_samples: int,

@@ -1,10 +1,11 @@
 """Checkpoints under FSDP (``accelerate launch --config_file configs/accelerate_fsdp.yaml``).
 
 Under FSDP no rank holds the whole model, so a checkpoint first gathers a *full* state dict to
-rank 0 (a collective: every rank calls these functions) and rank 0 writes the usual layout:
-``model.safetensors`` from ``save_pretrained`` and ``training_state.pt``. The optimizer state is
-saved keyed by parameter name (``OPTIMIZER_LAYOUT_NAMES``) because FSDP's flat shards have no
-stable parameter ids; such a state is loaded after ``prepare`` with
+rank 0 (a collective: every rank calls these functions, in the main thread, before the checkpoint
+manager copies or writes anything) and rank 0 writes the usual layout: the weights through
+``save_pretrained``, the rest in the training state. The optimizer state is saved keyed by parameter
+name (``format.OPTIMIZER_LAYOUT_NAMES``) because FSDP's flat shards have no stable parameter ids;
+such a state is loaded after ``prepare`` with
 ``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict``, which works on a plain, a
 DDP or an FSDP model alike, so an FSDP checkpoint resumes on any world size.
 """
@@ -13,10 +14,9 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("chef_genius")
+from chef_genius.checkpoint import format as ckpt
 
-OPTIMIZER_LAYOUT = "optimizer_layout"
-OPTIMIZER_LAYOUT_NAMES = "full-by-name"
+log = logging.getLogger("chef_genius")
 
 
 def fsdp_requested() -> bool:
@@ -36,18 +36,18 @@ def gather_model_state(accelerator, model) -> dict | None:
     return accelerator.get_state_dict(model)
 
 
-def gather_optimizer_state(accelerator, model, optimizer) -> tuple[dict, dict]:
-    """(optimizer state to save, extra training-state keys)."""
+def gather_optimizer_state(accelerator, model, optimizer) -> tuple[dict, str | None]:
+    """(optimizer state to save, its layout: None for torch's own, ``OPTIMIZER_LAYOUT_NAMES`` under FSDP)."""
     if not is_fsdp(accelerator):
-        return optimizer.state_dict(), {}
+        return optimizer.state_dict(), None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     state = get_optimizer_state_dict(model, optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return state, {OPTIMIZER_LAYOUT: OPTIMIZER_LAYOUT_NAMES}
+    return state, ckpt.OPTIMIZER_LAYOUT_NAMES
 
 
-def saved_by_name(saved: dict) -> bool:
-    return saved.get(OPTIMIZER_LAYOUT) == OPTIMIZER_LAYOUT_NAMES
+def saved_by_name(layout: str | None) -> bool:
+    return layout == ckpt.OPTIMIZER_LAYOUT_NAMES
 
 
 def load_optimizer_by_name(model, optimizer, state: dict) -> None:

@@ -1,4 +1,8 @@
-"""The run state: everything about *where* a run is, saved and restored as one object."""
+"""The run state: how far a run got and what it learned on the way, saved and restored as one object.
+
+Where the run is in its data (epoch, sample) is the ``DataPosition`` the sampler owns
+(``chef_genius/data/position.py``); the checkpoint format writes both into ``run_state``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from dataclasses import dataclass
 @dataclass
 class RunState:
     global_step: int = 0          # optimizer steps taken
-    epoch: int = 0                # 0-based epoch in progress (an epoch just finished counts as the next)
-    samples_in_epoch: int = 0     # samples of that epoch already consumed, all processes together
     best_loss: float | None = None
     best_step: int | None = None
     tokens_seen: int = 0          # real (non-padding) target tokens trained on
@@ -23,3 +25,11 @@ class RunState:
     def from_dict(cls, values: dict) -> "RunState":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
+
+    def state_dict(self) -> dict:
+        return self.to_dict()
+
+    def load_state_dict(self, values: dict) -> None:
+        restored = self.from_dict(values)
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(restored, field.name))

@@ -1,0 +1,81 @@
+"""Where a run is in its data: the epoch, the samples of it already consumed, and what that count means.
+
+A count of consumed samples only means something for one sample order, and the order of epoch E is a
+pure function of (number of samples, seed, E, length grouping, group size) (see
+``chef_genius/data/sampler.py``). So the position carries those too, and restoring it under another
+order is refused: the same count applied to another permutation repeats some recipes and never shows
+others, silently. ``--allow-config-change`` accepts it with one warning line.
+
+Saved as the checkpoint's ``data_position`` (the keys are today's, so older checkpoints load; a
+position rebuilt by the doctor may carry only ``epoch`` and ``samples_in_epoch``, and what it lacks is
+not checked).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from chef_genius.errors import UserError
+
+log = logging.getLogger("chef_genius")
+
+# attribute -> (key in the saved dict, the flag a user changes it with)
+_IDENTITY = {"seed": ("sampler_seed", "--seed"),
+             "group_by_length": ("group_by_length", "--no-group-by-length"),
+             "length_group_size": ("length_group_size", "--length-group-size"),
+             "num_samples": ("num_samples", "the training recipes (data file, max lengths, --eval-split-ratio)")}
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0                # 0-based epoch in progress (an epoch just finished counts as the next)
+    samples_in_epoch: int = 0     # samples of that epoch already consumed, all processes together
+    seed: int = 42
+    num_samples: int = 0
+    group_by_length: bool = True
+    length_group_size: int = 1024
+
+    @classmethod
+    def saved_at(cls, saved: dict) -> "DataPosition":
+        """The epoch and sample of a saved position, as they are (nothing checked)."""
+        return cls(epoch=int(saved.get("epoch", 0)), samples_in_epoch=int(saved.get("samples_in_epoch", 0)))
+
+    def advance(self, samples: int) -> None:
+        """``samples`` more consumed (all processes together); the last step of an epoch starts the next."""
+        self.samples_in_epoch = min(self.num_samples, self.samples_in_epoch + samples)
+        if self.samples_in_epoch >= self.num_samples:
+            self.epoch, self.samples_in_epoch = self.epoch + 1, 0
+
+    @property
+    def fraction(self) -> float:
+        """Epochs done, as a float (for logs and plots)."""
+        return self.epoch + self.samples_in_epoch / max(self.num_samples, 1)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "sampler_seed": self.seed,
+                "num_samples": self.num_samples, "group_by_length": self.group_by_length,
+                "length_group_size": self.length_group_size}
+
+    def differences(self, saved: dict) -> list[str]:
+        """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""
+        changes = []
+        for name, (key, flag) in _IDENTITY.items():
+            if saved.get(key) is not None and saved[key] != getattr(self, name):
+                changes.append(f"{flag}: {saved[key]} in the checkpoint, {getattr(self, name)} now")
+        return changes
+
+    def load_state_dict(self, saved: dict, allow_change: bool = False) -> None:
+        """Continue at ``saved``'s epoch and sample; refuse another sample order unless ``allow_change``."""
+        changes = self.differences(saved)
+        if changes and not allow_change:
+            raise UserError("the checkpoint's data position was taken under another sample order ("
+                            + "; ".join(changes) + "): resuming would repeat some recipes and skip others; "
+                            "resume with the checkpoint's settings, or pass --allow-config-change to accept it")
+        if changes:
+            log.warning("data position restored under another sample order (--allow-config-change): %s; this "
+                        "epoch will repeat some recipes and skip others", "; ".join(changes))
+        where = self.saved_at(saved)
+        self.epoch, self.samples_in_epoch = where.epoch, where.samples_in_epoch
+        if self.samples_in_epoch >= self.num_samples:  # a smaller data set: that epoch is over
+            self.epoch, self.samples_in_epoch = self.epoch + 1, 0

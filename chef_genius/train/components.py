@@ -1,0 +1,139 @@
+"""The trainer's pieces as the checkpoint manager sees them: each saves and restores its own slice.
+
+The run state (``train/state.py``), the sampler's data position (``data/sampler.py``) and the
+reporters (``monitoring/reporting.py``) are stateful themselves; what needs the accelerator, or a
+decision on restore, is here:
+- ``ModelFiles``: the weights for ``save_pretrained`` (gathered in full under FSDP) and the tokenizer;
+- ``OptimizerSlice``: AdamW's moments; keyed by parameter name under FSDP; a checkpoint without them
+  (or one FSDP's shards cannot take) re-warms the learning rate instead;
+- ``SchedulerSlice``: the LR schedule's position (the schedule itself is this run's);
+- ``RngSlice``: the RNG of every process, given back to each at the first step (a changed world
+  size reseeds instead);
+- ``PositionSlice``: the sampler's position, refused under another sample order unless
+  ``--allow-config-change``;
+- ``SettingsSlice``: the run's settings, saved for the next resume (read before setup builds anything).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from chef_genius.checkpoint import format as ckpt
+from chef_genius.model.loading import unwrap
+from chef_genius.train import distributed as dist
+from chef_genius.train import rng
+from chef_genius.train import settings
+from chef_genius.train import sharded
+from chef_genius.train.schedule import Schedule, apply_lr
+from chef_genius.train.state import RunState
+
+log = logging.getLogger("chef_genius")
+
+
+def bare(optimizer):
+    """The torch optimizer under accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+class ModelFiles:
+    def __init__(self, accelerator, model, tokenizer):
+        self.accelerator, self.model, self.tokenizer = accelerator, model, tokenizer
+
+    def state_dict(self) -> dict:
+        if sharded.is_fsdp(self.accelerator):
+            return sharded.gather_model_state(self.accelerator, self.model)  # a collective; full on rank 0
+        return unwrap(self.model).state_dict()
+
+    def save(self, folder, weights: dict) -> None:
+        unwrap(self.model).save_pretrained(folder, state_dict=weights, max_shard_size="1000GB")
+        self.tokenizer.save_pretrained(folder)
+
+
+class OptimizerSlice:
+    def __init__(self, accelerator, model, optimizer, schedule: Schedule, run: RunState, rewarm_steps: int,
+                 explicit=frozenset()):
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.schedule, self.run, self.rewarm_steps = schedule, run, rewarm_steps
+        self.explicit = explicit  # flags of the resume command: their values win over the saved param groups
+
+    def state_dict(self) -> dict:
+        state, layout = sharded.gather_optimizer_state(self.accelerator, self.model, bare(self.optimizer))
+        return {"state": state, "layout": layout}
+
+    def load_state_dict(self, saved: dict) -> str:
+        if saved["state"] and sharded.saved_by_name(saved["layout"]):
+            with settings.explicit_optimizer_settings(bare(self.optimizer), self.explicit):
+                sharded.load_optimizer_by_name(self.model, bare(self.optimizer), saved["state"])
+            return "optimizer"
+        if saved["state"] and not sharded.is_fsdp(self.accelerator):
+            with settings.explicit_optimizer_settings(bare(self.optimizer), self.explicit):
+                bare(self.optimizer).load_state_dict(saved["state"])
+            return "optimizer"
+        # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
+        self.schedule.rewarm_from, self.schedule.rewarm_steps = self.run.global_step, self.rewarm_steps
+        log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
+                    "ramps back up over %d steps (--optimizer-rewarmup-steps)", self.rewarm_steps)
+        return "no optimizer state (re-warming)"
+
+
+class SchedulerSlice:
+    def __init__(self, scheduler, optimizer, run: RunState, explicit=frozenset()):
+        self.scheduler, self.optimizer, self.run = scheduler, optimizer, run
+        self.explicit = explicit
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, saved: dict) -> str:
+        # The schedule comes from the run's settings (a resume may extend --epochs), not the saved copy.
+        self.scheduler.load_state_dict(settings.resumed_scheduler_state(saved, self.scheduler, self.run.global_step,
+                                                                        self.explicit))
+        apply_lr(self.optimizer, self.scheduler)
+        return f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})"
+
+
+class RngSlice:
+    def __init__(self, accelerator, seed: int, run: RunState):
+        self.accelerator, self.seed, self.run = accelerator, seed, run
+        self.pending: dict | None = None
+
+    def state_dict(self) -> list[dict] | None:
+        return dist.gather_rng_states(self.accelerator)  # a collective; the list on rank 0
+
+    def load_state_dict(self, per_rank: list[dict]) -> str:
+        self.pending = dist.rng_for_rank(per_rank, self.accelerator, self.seed, self.run.global_step)
+        return "RNG" if self.pending else "no RNG (fresh seeds)"
+
+    def apply(self) -> None:
+        """Give this process its saved streams back: last, so nothing in setup draws from them."""
+        if self.pending is not None:
+            rng.restore(self.pending)
+            self.pending = None
+
+
+class PositionSlice:
+    def __init__(self, sampler, allow_change: bool):
+        self.sampler, self.allow_change = sampler, allow_change
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.sampler.load_state_dict(saved, allow_change=self.allow_change)
+
+
+class SettingsSlice:
+    def __init__(self, settings: Callable[[], dict]):
+        self.settings = settings
+
+    def state_dict(self) -> dict:
+        return self.settings()
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Nothing to do here: a resume reads the saved settings before setup builds anything from them."""
+
+
+# the order of saving and restoring: the run state first (the others restore at its step)
+ORDER = (ckpt.RUN_STATE, ckpt.DATA_POSITION, ckpt.OPTIMIZER, ckpt.SCHEDULER, ckpt.RNG, ckpt.REPORTING,
+         ckpt.SETTINGS)

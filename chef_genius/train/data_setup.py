@@ -1,0 +1,127 @@
+"""The trainer's data: datasets, the resumable sampler and the loaders, built from the config.
+
+- cached (default): ``--data`` tokenized once into the on-disk cache (``data/tokenized.py``), a
+  held-out validation split (or ``--eval-data``), length-grouped batches from
+  ``ResumableBatchSampler``, padding rows for short last batches on several processes
+  (``distributed.ShareDataset``);
+- ``--streaming``: tokenized as it is read (``data/streaming.py``); validation needs ``--eval-data``.
+
+Loaders use a private seeded generator: their worker seeds must not draw from the global RNG, or a
+resumed run would see another dropout stream than the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
+from chef_genius.data.sampler import ResumableBatchSampler
+from chef_genius.errors import DataError, UserError
+from chef_genius.train import distributed as dist
+from chef_genius.train import preemption
+
+log = logging.getLogger("chef_genius")
+
+
+@dataclass
+class Data:
+    train: object                     # the training recipes (``len`` is what the trainer needs)
+    eval: RecipeDataset | None
+    sampler: ResumableBatchSampler    # owns the data position
+    loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader | None
+
+
+def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:
+    cache_root = Path(config.cache_dir) if config.cache_dir else Path(output).parent / ".cache" / "tokenized"
+    collate = Collator(tokenizer.pad_token_id, decoder_start_token_id=decoder_start)
+    if config.streaming:
+        return _streaming(config, tokenizer, accelerator, cache_root, collate)
+    return _cached(config, tokenizer, accelerator, cache_root, collate)
+
+
+def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
+    with accelerator.main_process_first(), _cache_errors(cache_root):
+        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc)
+        evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
+                                c.num_proc) if c.eval_data else None)
+    log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
+    if evald is not None:
+        train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
+    else:
+        train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
+        train_data = RecipeDataset(train.dataset, train_idx)
+        eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
+    sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed,
+                                    train_data.lengths() if c.group_by_length else None, c.length_group_size,
+                                    accelerator.num_processes, accelerator.process_index)
+    collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
+    workers = c.dataloader_num_workers
+    common = dict(collate_fn=collate, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+                  persistent_workers=workers > 0)
+    if workers:
+        common["worker_init_fn"] = preemption.ignore_in_worker
+    loader = torch.utils.data.DataLoader(dist.ShareDataset(train_data), batch_sampler=sampler,
+                                         generator=torch.Generator().manual_seed(c.seed), **common)
+    eval_loader = None
+    if eval_data is not None:
+        eval_loader = torch.utils.data.DataLoader(dist.ShareDataset(eval_data),
+                                                  batch_sampler=_eval_sampler(c, eval_data, accelerator),
+                                                  generator=torch.Generator().manual_seed(c.seed), **common)
+    return Data(train_data, eval_data, sampler, loader, eval_loader)
+
+
+def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
+    from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+    with accelerator.main_process_first():
+        rows = count_rows(c.data, cache_root)
+        evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
+                                c.num_proc) if c.eval_data else None)
+    if rows == 0:
+        raise DataError(f"{c.data}: no usable recipe in the file")
+    log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
+    sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes,
+                               accelerator.process_index)
+    # A streamed order is length-sorted within groups whatever the flag; the position records the
+    # flag as given, as checkpoints always have.
+    sampler.position.group_by_length = c.group_by_length
+    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
+                                         pin_memory=accelerator.device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(c.seed))
+    eval_data = RecipeDataset(evald.dataset) if evald is not None else None
+    eval_loader = None
+    if eval_data is not None:
+        eval_loader = torch.utils.data.DataLoader(eval_data, batch_sampler=_eval_sampler(c, eval_data, accelerator),
+                                                  collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
+    return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
+
+
+def _eval_sampler(c, eval_data: RecipeDataset, accelerator) -> ResumableBatchSampler:
+    """The whole validation set in one length-sorted group (least padding; the order does not matter)."""
+    return ResumableBatchSampler(len(eval_data), c.batch_size, c.seed, eval_data.lengths(), len(eval_data),
+                                 accelerator.num_processes, accelerator.process_index)
+
+
+@contextlib.contextmanager
+def _cache_errors(cache_root: Path):
+    try:
+        yield
+    except OSError as err:
+        where = Path(err.filename) if err.filename else cache_root
+        reason = err.strerror or type(err).__name__
+        if where == cache_root or cache_root in where.parents or not where.exists():
+            raise UserError(f"cannot write the tokenized-data cache at {where} ({reason}); "
+                            "pass a writable --cache-dir") from None
+        raise DataError(f"cannot read {where} ({reason})") from None
+
+
+def _stats_line(stats: dict) -> str:
+    skipped = stats.get("skipped") or {}
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    return f"{stats.get('kept')} of {stats.get('rows')} rows used" + (f"; skipped {reasons}" if reasons else "")
