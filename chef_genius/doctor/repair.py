@@ -58,14 +58,13 @@ class Fixer:
         if not codes or codes & (FATAL - {"state_unreadable"}):
             before.repairs = self.repairs
             return before
-        if "weights_prefixed" in codes:
-            self._strip_prefixes()
+        if codes & {"weights_prefixed", "weights_bin"}:
+            self._rewrite_weights(before)
         for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
                              (ckpt.GENERATION_CONFIG,)), ("tokenizer_missing", ckpt.TOKENIZER_FILES)):
             if code in codes:
                 self._copy_from_run(names)
-        model = before.facts.get("model") or wt.meta_model(self.folder, self.folder / ckpt.WEIGHTS,
-                                                           before.facts.get("header"))
+        model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
         if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state"}:
             self._write_state(before, model)
         state_ok = self.dry_run or foreign.read_state(self.folder)[0] == "ours"
@@ -90,13 +89,25 @@ class Fixer:
         shutil.copy2(path, self.backup_dir / path.name)
 
     # -----------------------------------------------------------------------------------------
-    def _strip_prefixes(self) -> None:
-        path = self.folder / ckpt.WEIGHTS
+    def _rewrite_weights(self, report: Report) -> None:
+        """Wrapper prefixes removed from every weight name (each shard and the index), and a
+        ``pytorch_model.bin`` converted to ``model.safetensors``; the .bin is moved to the backup
+        folder even with --no-backup (the original of a conversion is always kept)."""
+        layout, files = report.facts["weights_layout"], report.facts["weight_files"]
         if not self.dry_run:
-            data = wt.stripped_weights(path)
-            self.keep(path)
-            ckpt.atomic_write_bytes(path, data)
-        self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {ckpt.WEIGHTS}")
+            for name, data in wt.stripped_files(self.folder, layout, files).items():
+                self.keep(self.folder / name)
+                ckpt.atomic_write_bytes(self.folder / name, data)
+            if layout == "bin":
+                self.keep(files[0], always=True)
+                files[0].unlink()
+        if "weights_prefixed" in report.codes():
+            where = {"single": ckpt.WEIGHTS, "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
+                     "bin": ckpt.WEIGHTS_BIN}[layout]
+            self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
+        if layout == "bin":
+            self.note("weights_converted", f"converted {ckpt.WEIGHTS_BIN} to {ckpt.WEIGHTS} (same tensors; the "
+                                           "original moved to the backup folder)")
 
     def _copy_from_run(self, names) -> None:
         for source in candidate_folders(self.folder):
@@ -159,9 +170,12 @@ def _same_model(folder: Path, source: Path) -> bool:
     mine, theirs = folder / ckpt.MODEL_CONFIG, source / ckpt.MODEL_CONFIG
     if mine.is_file():
         return theirs.is_file() and mine.read_bytes() == theirs.read_bytes()
-    if not theirs.is_file() or not (folder / ckpt.WEIGHTS).is_file():
+    if not theirs.is_file():
         return False
-    header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in wt.read_header(folder / ckpt.WEIGHTS).items()}
+    try:
+        header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in wt.read_weights(folder)[1].items()}
+    except ValueError:
+        return False
     model = wt.meta_model(source)
     shapes = wt.expected_tensors(model)[0] if model is not None else {}
     return bool(header) and all(shapes.get(k) == v for k, v in header.items())

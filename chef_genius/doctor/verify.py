@@ -14,7 +14,7 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import weights as wt
 
 # Problems that leave a checkpoint resumable (training continues, with less state restored).
-SOFT = {"optimizer_empty", "rng_missing", "generation_config_missing"}
+SOFT = {"optimizer_empty", "rng_missing", "generation_config_missing", "weights_bin"}
 # Problems no repair can undo: resume from a healthy sibling instead.
 FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
          "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt"}
@@ -101,34 +101,42 @@ def _check_files(report: Report, folder: Path) -> None:
 
 
 def _check_weights(report: Report, folder: Path, deep: bool):
-    path = folder / ckpt.WEIGHTS
-    if not path.is_file():
-        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing")
-        return None
     try:
-        header = wt.read_header(path)
+        layout, header, files = wt.read_weights(folder)
+    except wt.MissingShard as err:
+        report.fail("weights_missing", str(err))
+        return None
     except ValueError as err:
         report.fail("weights_unreadable", str(err))
         return None
-    report.facts["header"] = header
-    report.ok(f"model weights readable ({len(header)} tensors)")
+    if layout is None:
+        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
+                                       f"{ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})")
+        return None
+    report.facts.update(header=header, weights_layout=layout, weight_files=files)
+    where = {"single": "", "sharded": f" in {len(files)} shards", "bin": f" in {ckpt.WEIGHTS_BIN}"}[layout]
+    report.ok(f"model weights readable ({len(header)} tensors{where})")
+    if layout == "bin":
+        report.fail("weights_bin", f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
+                                   f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
     bad = wt.prefixed(header)
     if bad:
         report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                        f"(e.g. {bad[0]}); from_pretrained would ignore them")
-    model = wt.meta_model(folder, path, header) if (folder / ckpt.MODEL_CONFIG).is_file() else None
+                                        f"(e.g. {bad[0]}); --fix removes it")
+    model = wt.meta_model(folder, None, header) if (folder / ckpt.MODEL_CONFIG).is_file() else None
     if model is not None:
-        _check_shapes(report, path, {wt.strip_prefix(k): v for k, v in header.items()}, model, deep)
+        _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
     if deep:
-        nonfinite = wt.nonfinite_tensors(path)
+        nonfinite = wt.nonfinite_tensors(files)
         if nonfinite:
             report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
-            report.ok("every tensor read, all values finite")
+            report.ok("every tensor read" + (f" in each of the {len(files)} shards" if layout == "sharded" else "")
+                      + ", all values finite")
     return model
 
 
-def _check_shapes(report: Report, path: Path, header: dict, model, deep: bool) -> None:
+def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
     shapes, ids = wt.expected_tensors(model)
     unknown = [n for n in header if n not in shapes]
     wrong = [n for n in header if n in shapes and tuple(header[n]["shape"]) != shapes[n]]
@@ -143,7 +151,7 @@ def _check_shapes(report: Report, path: Path, header: dict, model, deep: bool) -
     report.ok(f"weight shapes match {ckpt.MODEL_CONFIG}")
     tied = [n for n in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in header]
     if tied and "shared.weight" in header and deep:
-        if not all(wt.tensors_equal(path, "shared.weight", n) for n in tied):
+        if not all(wt.tensors_equal(header, "shared.weight", n) for n in tied):
             report.fail("embeddings_inconsistent", "encoder/decoder embed_tokens differ from the shared embedding")
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
@@ -208,7 +216,7 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
         return
     corrupt = [p for p in problems if "sha256" in p]
     if corrupt:
-        report.fail("weights_corrupt" if ckpt.WEIGHTS in corrupt[0] else "file_corrupt",
+        report.fail("weights_corrupt" if ckpt.is_weights_file(corrupt[0].split()[0]) else "file_corrupt",
                     f"{corrupt[0]}: the file changed after it was saved (bit rot or a bad copy)")
     if len(corrupt) < len(problems):
         report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
