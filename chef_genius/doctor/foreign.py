@@ -212,13 +212,49 @@ def hf_trainer_state(folder: Path) -> dict:
 
 
 def hf_hyperparameters(trainer_state: dict) -> dict:
-    """What ``trainer_state.json`` tells about the run's shape (no sample-level position)."""
+    """What ``trainer_state.json`` tells about the run's shape. Its ``train_batch_size`` is the batch
+    of one process without the accumulation: never taken as the samples per optimizer step."""
     values = {}
     epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
     if epochs and max_steps:
         values["steps_per_epoch"] = math.ceil(max_steps / epochs)
         values["total_steps"] = int(max_steps)
         values["epochs"] = int(epochs)
-    if trainer_state.get("train_batch_size"):
-        values["samples_per_step"] = int(trainer_state["train_batch_size"])
     return values
+
+
+# what a Hugging Face run must tell for an exact conversion, and the flag that supplies each
+HF_NEEDED = {"learning_rate": "--learning-rate", "lr_scheduler": "--lr-scheduler", "warmup_steps": "--warmup-steps",
+             "samples_per_step": "--samples-per-step", "steps_per_epoch": "--steps-per-epoch"}
+
+
+def hf_settings(folder: Path) -> tuple[dict, list[str]]:
+    """(run settings, what could not be read) of a Hugging Face Trainer checkpoint, from
+    ``trainer_state.json`` and ``training_args.bin`` (read by ``hf_args``: nothing in it runs)."""
+    from chef_genius.doctor import hf_args
+    values = hf_hyperparameters(hf_trainer_state(folder))
+    problems = []
+    path = folder / hf_args.HF_ARGS
+    if not path.is_file():
+        problems.append(f"{hf_args.HF_ARGS} is missing")
+    else:
+        try:
+            args, unknown = hf_args.run_settings(path)
+        except hf_args.ArgsError as err:
+            problems.append(str(err))
+        else:
+            problems += [f"{hf_args.HF_ARGS}: {text}" for text in unknown]
+            values.update(args)
+    if "warmup_ratio" in values:
+        ratio = values.pop("warmup_ratio")
+        if values.get("total_steps"):  # as Hugging Face rounds it
+            values["warmup_steps"] = math.ceil(values["total_steps"] * ratio)
+    if values.get("batch_size") and "gradient_accumulation_steps" in values and "world_size" in values:
+        values["samples_per_step"] = (values["batch_size"] * values["gradient_accumulation_steps"]
+                                      * values["world_size"])
+    return values, problems
+
+
+def hf_unrecovered(values: dict) -> list[str]:
+    """The flags that must supply what a Hugging Face run's files did not tell."""
+    return [flag for name, flag in HF_NEEDED.items() if name not in values]

@@ -191,10 +191,10 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
             values.setdefault("num_samples", (state.get("data_position") or {}).get("num_samples"))
             sources.append(source.name)
             break
-    if (folder / foreign.HF_STATE).is_file():
-        values.update({k: v for k, v in foreign.hf_hyperparameters(foreign.hf_trainer_state(folder)).items()
-                       if k not in values})
-        sources.append(foreign.HF_STATE)
+    if (folder / foreign.HF_STATE).is_file():  # the run's own files win over a converted sibling's copy
+        hf_values, _ = foreign.hf_settings(folder)
+        values.update(hf_values)
+        sources.append(foreign.HF_STATE + (" + training_args.bin" if "learning_rate" in hf_values else ""))
     if overrides.values():
         values.update(overrides.values())
         sources.append("command line")
@@ -263,26 +263,36 @@ def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tupl
 
 
 def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    """A ``training_state.pt`` from Hugging Face Trainer's files: its schedule (learning rate,
+    scheduler, warmup, planned end) and run shape from ``training_args.bin``, the data position as
+    optimizer steps x batch x accumulation x processes, optimizer moments and RNG kept. What the
+    files do not tell must come from flags: the conversion refuses rather than assume a default."""
     import math
     trainer_state = foreign.hf_trainer_state(folder)
     settings, source = run_settings(folder, overrides)
+    _, problems = foreign.hf_settings(folder)
+    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
+    if sched.get("base_lrs"):  # the peak LR, even when training_args.bin could not be read
+        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
+    needed = foreign.hf_unrecovered(settings)
+    if needed:
+        why = "; ".join(problems) or "the run's files do not record them"
+        raise ckpt.CheckpointError(f"the run's settings are not all known ({why}): pass {' '.join(needed)} "
+                                   "with the values the Hugging Face run used")
     step = int(trainer_state["global_step"])
-    epoch_float = float(trainer_state.get("epoch") or 0.0)
-    epoch = int(math.floor(epoch_float + 1e-9))
-    total = settings.get("num_samples")
-    samples = round((epoch_float - epoch) * total) if total else _position(step, epoch, settings)[0] \
-        if settings.get("steps_per_epoch") else 0
+    spe = settings["steps_per_epoch"]
+    epoch = step // spe if spe else int(math.floor(float(trainer_state.get("epoch") or 0.0) + 1e-9))
+    samples = (step - epoch * spe) * settings["samples_per_step"]
     saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
     optimizer, how = _optimizer(saved_opt, model)
-    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
-    if sched.get("base_lrs"):
-        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
-    settings.setdefault("steps_per_epoch", max(1, round(step / epoch_float)) if epoch_float else step or 1)
     best = trainer_state.get("best_metric")
-    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best,
-                     f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, "
-                     f"epoch {epoch}, sample {samples}; optimizer {how} (the sample order is this project's "
-                     "from here on)", {"converted_from": "hf_trainer"})
+    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch}, "
+            f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
+            f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
+            f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
+            "(the sample order is this project's from here on)")
+    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best, text,
+                     {"converted_from": "hf_trainer"})
 
 
 def _load_plain(path: Path) -> dict | None:

@@ -162,7 +162,9 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     if status == "missing":
         if report.kind == foreign.HF:
             report.fail("hf_trainer_state", f"Hugging Face Trainer checkpoint: no {name} yet (--fix builds it from "
-                                            "trainer_state.json, optimizer.pt, scheduler.pt, rng_state*.pth)")
+                                            "trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt, "
+                                            "rng_state*.pth)")
+            _check_hf_settings(report, folder)
         else:
             report.fail("state_missing", f"{name} is missing")
         return
@@ -191,6 +193,24 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
         report.ok(f"scheduler position {step} matches global_step")
     if not state.get("rng_states"):
         report.fail("rng_missing", "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
+
+
+def _check_hf_settings(report: Report, folder: Path) -> None:
+    """What the Hugging Face run's files tell about its schedule and shape, and what must come from flags."""
+    values, problems = foreign.hf_settings(folder)
+    missing = foreign.hf_unrecovered(values)
+    if "--learning-rate" in missing and (folder / foreign.HF_SCHEDULER).is_file():
+        missing.remove("--learning-rate")  # scheduler.pt keeps the peak LR
+    if missing:
+        why = "; ".join(problems) or "not recorded"
+        report.fail("hf_settings_missing", f"the run's {', '.join(f[2:] for f in missing)} could not be recovered "
+                                           f"({why}): --fix needs {' '.join(f + ' ...' for f in missing)}")
+        return
+    shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
+                      if k in values)
+    report.ok(f"Hugging Face run settings read without unpickling: {shown}")
+    if problems:
+        report.fail("hf_settings_partial", "; ".join(problems), "warn")
 
 
 def _check_optimizer(report: Report, state: dict, model) -> None:
