@@ -130,3 +130,78 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
     state = ckpt.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == (4 - 3) * BATCH * ACCUMULATION
     assert state["scheduler_state_dict"]["_last_lr"][0] == pytest.approx(hf_lrs[5], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate's save_state folders
+
+@pytest.fixture(scope="module")
+def accelerate_run(tiny_model, tmp_path_factory):
+    """Three optimizer steps of the tiny model under ``Accelerator``, then ``save_state``."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    out = tmp_path_factory.mktemp("accelerate") / "run" / "checkpoint-3"
+    accelerator = Accelerator(cpu=True)
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+        batch = tokenizer(["salt, pepper, egg"], return_tensors="pt")
+        labels = tokenizer(["whisk the egg with salt"], return_tensors="pt")["input_ids"]
+        for _ in range(3):
+            accelerator.backward(model(**batch, labels=labels).loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        accelerator.save_state(str(out))
+        names = [n for n, _ in model.named_parameters()]
+    finally:
+        AcceleratorState._reset_state(True)
+    return out, names
+
+
+def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerate_run, tiny_model, small_csv,
+                                                                      cache_dir, tmp_path, capsys, caplog):
+    import logging
+    source, names = accelerate_run
+    run = shutil.copytree(source.parent, tmp_path / "run")
+    folder = run / source.name
+    code, out = cli(verify_main, folder, "--json", capsys=capsys)
+    report = json.loads(out)
+    codes = {p["code"]: p["message"] for p in report["problems"]}
+    assert code == 1 and report["kind"] == "accelerate"
+    assert {"config_missing", "tokenizer_missing", "accelerate_state"} <= set(codes)
+    assert "optimizer.bin" in codes["accelerate_state"] and "--steps-per-epoch" in codes["accelerate_unknown"]
+
+    code, out = cli(verify_main, folder, "--fix", "--steps-per-epoch", 12, capsys=capsys)
+    assert code == 1 and "pass --pretrained-model" in out and not (folder / ckpt.TRAINING_STATE).exists()
+
+    code, out = cli(verify_main, folder, "--fix", "--json", "--pretrained-model", tiny_model, "--steps-per-epoch", 12,
+                    "--samples-per-step", 8, capsys=capsys)
+    report = json.loads(out)
+    assert code == 0 and report["valid"], report
+    repairs = {r["code"]: r["message"] for r in report["repairs"]}
+    assert str(tiny_model) in repairs["file_copied"]
+    assert "optimizer state kept" in repairs["state_converted_accelerate"]
+    assert "assumed the training defaults for warmup_steps, lr_scheduler" in repairs["state_converted_accelerate"]
+    state = ckpt.load_training_state(folder)
+    assert state["global_step"] == 3 and state["data_position"]["samples_in_epoch"] == 24
+    assert state["scheduler_state_dict"]["base_lrs"][0] == 1e-3
+    saved = torch.load(folder / "optimizer.bin", weights_only=True)
+    from chef_genius.doctor.weights import meta_model, our_layout, read_weights
+    order = [n for g in our_layout(meta_model(folder, None, read_weights(folder)[1])) for n in g]
+    assert len(order) == len(names) == 52
+    for index, name in enumerate(order):
+        assert torch.equal(state["optimizer_state_dict"]["state"][index]["exp_avg"],
+                           saved["state"][names.index(name)]["exp_avg"])
+    assert state["rng_states"]["torch"].dtype == torch.uint8
+
+    caplog.set_level(logging.INFO)
+    assert run_training("--data", str(small_csv), "--model-output", str(run), "--cache-dir", str(cache_dir),
+                        "--resume-from-checkpoint", str(folder), "--stop-after-steps", "1", "--batch-size", "8",
+                        "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
+                        "--disable-compilation", "--eval-samples", "0") == 0
+    assert "restored optimizer" in caplog.text

@@ -42,6 +42,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps of the run")
     g.add_argument("--total-steps", type=int, metavar="N", help="optimizer steps of the whole run")
     g.add_argument("--lr-scheduler", choices=SCHEDULES, help="decay of the run")
+    g.add_argument("--pretrained-model", metavar="DIR", help="a model folder to take a missing config.json and "
+                   "tokenizer from (an accelerate save_state folder has neither); default: a sibling checkpoint")
 
 
 def _overrides(args) -> Overrides:
@@ -51,6 +53,10 @@ def _overrides(args) -> Overrides:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     return Overrides(args.steps_per_epoch, args.samples_per_step, args.learning_rate, args.warmup_steps,
                      args.total_steps, args.lr_scheduler)
+
+
+def _pretrained(args) -> Path | None:
+    return _folder(args.pretrained_model, "--pretrained-model") if args.pretrained_model else None
 
 
 def _folder(path: str, what: str) -> Path:
@@ -90,7 +96,8 @@ def verify_main(argv=None) -> int:
     overrides = _overrides(args)
     _check_live_run(folder.resolve().parent, writes=args.fix)
     _quiet()
-    report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
+    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args)) if args.fix
+              else verify(folder, args.deep))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
         print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)
@@ -116,7 +123,8 @@ def fix_all_main(argv=None) -> int:
     rows = []
     for folder in folders:
         before = verify(folder)
-        after = fix(folder, backup=not args.no_backup, dry_run=args.dry_run, overrides=overrides)
+        after = fix(folder, backup=not args.no_backup, dry_run=args.dry_run, overrides=overrides,
+                    pretrained=_pretrained(args))
         rows.append((before, after))
     newest = next((str(a.path) for _, a in reversed(rows) if a.resumable and not args.dry_run), None)
     if args.json:

@@ -7,7 +7,9 @@ without a general unpickle, and how to turn it into this project's ``training_st
   (1-based), ``best_loss``, ``epoch_losses``, ``optimizer_state_dict``, ``scheduler_state_dict``,
   ``rng_states`` = {python_rng_state, numpy_rng_state, torch_rng_state, cuda_rng_state(_all)}.
 - hf_trainer: ``trainer_state.json``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state[_N].pth``,
-  ``training_args.bin`` (a full pickle of TrainingArguments: never loaded).
+  ``training_args.bin`` (a full pickle of TrainingArguments: read by ``hf_args``, never unpickled).
+- accelerate: ``Accelerator.save_state``: ``model.safetensors`` (no config, no tokenizer),
+  ``optimizer.bin``, ``scheduler.bin``, ``random_states_N.pkl`` (numpy arrays), maybe ``sampler.bin``.
 
 Files holding numpy arrays are first scanned for the globals their pickle references (no code runs);
 only numpy's array / dtype / scalar reconstructors are allowed, and the load itself still goes
@@ -28,11 +30,16 @@ from chef_genius.checkpoint import format as ckpt
 CHEF = "chef_genius"
 LEGACY = "legacy"
 HF = "hf_trainer"
+ACCELERATE = "accelerate"
 UNKNOWN = "unknown"
 
 HF_STATE = "trainer_state.json"
 HF_OPTIMIZER = "optimizer.pt"
 HF_SCHEDULER = "scheduler.pt"
+ACC_OPTIMIZER = "optimizer.bin"
+ACC_SCHEDULER = "scheduler.bin"
+ACC_RNG = "random_states_0.pkl"
+ACC_SAMPLER = "sampler.bin"
 LEGACY_KEYS = ("global_step", "epoch", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
 
 
@@ -158,6 +165,8 @@ def detect_kind(folder: Path, state_status: str) -> str:
         return LEGACY
     if (folder / HF_STATE).is_file():
         return HF
+    if (folder / ACC_OPTIMIZER).is_file() or (folder / ACC_RNG).is_file():
+        return ACCELERATE
     manifest = ckpt.read_manifest(folder)
     if manifest is not None and manifest.get("format") == ckpt.FORMAT_NAME:
         return CHEF
@@ -205,6 +214,21 @@ def hf_rng(folder: Path) -> dict:
             cuda = list(cuda) if isinstance(cuda, (list, tuple)) else ([cuda] if cuda is not None else [])
             return convert_rng(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
     return {}
+
+
+def accelerate_rng(folder: Path) -> dict:
+    """RNG of process 0 from ``random_states_0.pkl`` (scanned first, numpy allowlist); {} when unusable."""
+    if not (folder / ACC_RNG).is_file():
+        return {}
+    try:
+        saved = load_with_numpy(folder / ACC_RNG)
+    except (UnsafePickle, ckpt.CheckpointError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    cuda = saved.get("torch_cuda_manual_seed")
+    return convert_rng(saved.get("random_state"), saved.get("numpy_random_seed"), saved.get("torch_manual_seed"),
+                       cuda if isinstance(cuda, list) else [])
 
 
 def hf_trainer_state(folder: Path) -> dict:

@@ -42,8 +42,10 @@ class Overrides:
 
 
 class Fixer:
-    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None):
+    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
+                 pretrained: Path | None = None):
         self.folder = Path(folder)
+        self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
         self.backup = backup
         self.dry_run = dry_run
         self.overrides = overrides or Overrides()
@@ -65,7 +67,7 @@ class Fixer:
             if code in codes:
                 self._copy_from_run(names)
         model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
-        if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state"}:
+        if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state", "accelerate_state"}:
             self._write_state(before, model)
         state_ok = self.dry_run or foreign.read_state(self.folder)[0] == "ours"
         if state_ok and (self.repairs or "manifest_invalid" in codes):
@@ -110,7 +112,7 @@ class Fixer:
                                            "original moved to the backup folder)")
 
     def _copy_from_run(self, names) -> None:
-        for source in candidate_folders(self.folder):
+        for source in ([self.pretrained] if self.pretrained else []) + candidate_folders(self.folder):
             found = [n for n in names if (source / n).is_file()]
             if not found or not _same_model(self.folder, source):
                 continue
@@ -129,6 +131,9 @@ class Fixer:
             elif kind == foreign.HF:
                 state, text = convert_hf(self.folder, model, self.overrides)
                 code = "state_converted_hf"
+            elif kind == foreign.ACCELERATE:
+                state, text = convert_accelerate(self.folder, model, self.overrides)
+                code = "state_converted_accelerate"
             else:
                 state, text = rebuild_state(self.folder, model, self.overrides)
                 code = "state_rebuilt"
@@ -151,8 +156,9 @@ class Fixer:
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
 
 
-def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None) -> Report:
-    return Fixer(Path(folder), backup, dry_run, overrides).run()
+def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
+        pretrained: str | Path | None = None) -> Report:
+    return Fixer(Path(folder), backup, dry_run, overrides, pretrained).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,6 +299,43 @@ def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
             "(the sample order is this project's from here on)")
     return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best, text,
                      {"converted_from": "hf_trainer"})
+
+
+def convert_accelerate(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    """A ``training_state.pt`` from an ``Accelerator.save_state`` folder: optimizer moments of
+    ``optimizer.bin``, the scheduler position and peak LR of ``scheduler.bin``, the RNG of
+    ``random_states_0.pkl``; epoch and position from --steps-per-epoch / --samples-per-step (or a
+    sibling's settings). The reply lists what accelerate does not record."""
+    if model is None:
+        raise ckpt.CheckpointError(f"no {ckpt.MODEL_CONFIG} to check {foreign.ACC_OPTIMIZER} against: pass "
+                                   "--pretrained-model DIR (the model the run started from)")
+    sched = _load_plain(folder / foreign.ACC_SCHEDULER) or {}
+    step = ckpt.step_of(folder)
+    if step is None:
+        step = sched.get("last_epoch")
+    if not isinstance(step, int):
+        raise ckpt.CheckpointError(f"the step is unknown (no {foreign.ACC_SCHEDULER}, and the folder is not named "
+                                   f"{ckpt.PREFIX}N): rename the folder to {ckpt.PREFIX}<step>")
+    settings, source = run_settings(folder, overrides)
+    if not settings.get("steps_per_epoch"):
+        raise ckpt.CheckpointError("accelerate does not record the steps per epoch: pass --steps-per-epoch N "
+                                   "(and --samples-per-step N for the position inside the epoch)")
+    if sched.get("base_lrs"):
+        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
+    epoch = step // settings["steps_per_epoch"]
+    samples, where = _position(step, epoch, settings)
+    optimizer, how = _optimizer(_load_plain(folder / foreign.ACC_OPTIMIZER), model)
+    rng_states = foreign.accelerate_rng(folder)
+    lost = ([] if rng_states else ["the RNG state (random_states_0.pkl missing or refused)"])
+    lost += [f"{foreign.ACC_SAMPLER}'s position (the sample order is this project's)"] if (
+        folder / foreign.ACC_SAMPLER).is_file() else []
+    lost += [f"the RNG of processes after the first ({len(list(folder.glob('random_states_*.pkl')))} saved)"] if (
+        folder / "random_states_1.pkl").is_file() else []
+    position = f"scheduler at step {sched['last_epoch']}" if "last_epoch" in sched else "no scheduler.bin"
+    text = (f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
+            f"epoch {epoch}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
+    return _assemble(step, epoch, samples, settings, model, optimizer, rng_states, None, text,
+                     {"converted_from": "accelerate"})
 
 
 def _load_plain(path: Path) -> dict | None:

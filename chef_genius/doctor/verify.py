@@ -165,6 +165,8 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
                                             "trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt, "
                                             "rng_state*.pth)")
             _check_hf_settings(report, folder)
+        elif report.kind == foreign.ACCELERATE:
+            _check_accelerate(report, folder)
         else:
             report.fail("state_missing", f"{name} is missing")
         return
@@ -193,6 +195,25 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
         report.ok(f"scheduler position {step} matches global_step")
     if not state.get("rng_states"):
         report.fail("rng_missing", "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
+
+
+def _check_accelerate(report: Report, folder: Path) -> None:
+    """An ``Accelerator.save_state`` folder: what --fix can build from it and what it cannot know."""
+    have = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if (folder / n).is_file()]
+    lacking = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
+    report.fail("accelerate_state", f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix builds it "
+                                    f"from {', '.join(have)}" + (f" ({', '.join(lacking)} missing)" if lacking else "")
+                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
+    if (folder / foreign.ACC_RNG).is_file():
+        try:
+            foreign.load_with_numpy(folder / foreign.ACC_RNG)
+        except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
+            report.fail("accelerate_rng_unsafe", f"{err} (the RNG state will not be restored)", "warn")
+    report.fail("accelerate_unknown", "not recorded by accelerate: steps per epoch and samples per step (pass "
+                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape (--warmup-steps, "
+                                      "--lr-scheduler, --total-steps) unless a sibling checkpoint has them"
+                + (f"; {foreign.ACC_SAMPLER}'s position is not used (the sample order is this project's)"
+                   if (folder / foreign.ACC_SAMPLER).is_file() else ""), "warn")
 
 
 def _check_hf_settings(report: Report, folder: Path) -> None:
