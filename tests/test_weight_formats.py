@@ -257,3 +257,30 @@ def test_unsafe_bin_is_never_unpickled(run_dir, tiny_model, tmp_path, capsys):
     with pytest.raises(UserError):
         load_model(folder)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# fix_all says why a checkpoint is not resumable and what repairs it
+
+def test_fix_all_names_reason_and_repair_and_the_newest_resumable(run_dir, tmp_path, capsys):
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    for flags in ((), ("--dry-run",)):
+        code, out = cli(fix_all_main, run, "--json", *flags, capsys=capsys)
+        table = json.loads(out)
+        assert code == 0 and table["newest_resumable"] == str(run / "checkpoint-10"), flags
+        assert not [c for c in table["checkpoints"] if "reason" in c]
+
+    (run / "checkpoint-10" / ckpt.TRAINING_STATE).unlink()  # no sibling records the run's shape
+    shutil.rmtree(run / "checkpoint-5")
+    weights = run / "checkpoint-10" / ckpt.WEIGHTS
+    code, out = cli(fix_all_main, run, "--json", "--no-backup", capsys=capsys)
+    entry = json.loads(out)["checkpoints"][0]
+    assert code == 1 and json.loads(out)["newest_resumable"] is None
+    assert entry["reason"].startswith("state_missing") and "--steps-per-epoch" in entry["repair"]
+    code, out = cli(fix_all_main, run, capsys=capsys)
+    assert "checkpoint-10: state_missing" in out and "repair: the steps per epoch are unknown" in out
+
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, out = cli(fix_all_main, run, "--json", capsys=capsys)
+    entry = json.loads(out)["checkpoints"][0]
+    assert entry["reason"].startswith("weights_unreadable") and "cannot be undone" in entry["repair"]

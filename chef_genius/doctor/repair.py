@@ -75,6 +75,7 @@ class Fixer:
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
         after.lines += [("FAIL", text) for text in self.unfixed]
+        after.facts["unfixed"] = list(self.unfixed)
         return after
 
     def note(self, code: str, text: str) -> None:
