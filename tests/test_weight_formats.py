@@ -71,6 +71,14 @@ def batch_loss(model, tokenizer) -> float:
         return model.eval()(**enc, labels=labels).loss.item()
 
 
+def generated(model_dir, capsys):
+    from chef_genius.model.generate_cli import main as generate_main
+    capsys.readouterr()
+    assert generate_main(["--model", str(model_dir), "--ingredients", "egg, salt", "--json", "--seed", "1",
+                          "--max-new-tokens", "12", "--num-beams", "1"]) == 0
+    return json.loads(capsys.readouterr().out)["results"]
+
+
 def same_weights(a, b) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -94,7 +102,6 @@ def test_prefixed_folder_loads_the_trained_weights_with_a_warning(tiny_model, tm
 
 def test_pretrained_model_and_generation_from_a_prefixed_folder(tiny_model, small_csv, cache_dir, tmp_path,
                                                                  caplog, capsys):
-    from chef_genius.model.generate_cli import main as generate_main
     folder = with_prefix(tiny_model, tmp_path / "compiled", "_orig_mod.")
     losses = {}
     for name, source in (("clean", tiny_model), ("wrapped", folder)):
@@ -103,13 +110,7 @@ def test_pretrained_model_and_generation_from_a_prefixed_folder(tiny_model, smal
                                         "--save-steps", "100", "--eval-steps", "100")) == 0
         losses[name] = step_losses(out)
     assert losses["wrapped"] == losses["clean"] and len(losses["clean"]) == 2
-    texts = {}
-    for name, source in (("clean", tiny_model), ("wrapped", folder)):
-        capsys.readouterr()
-        assert generate_main(["--model", str(source), "--ingredients", "egg, salt", "--json", "--seed", "1",
-                              "--max-new-tokens", "12", "--num-beams", "1"]) == 0
-        texts[name] = json.loads(capsys.readouterr().out)["results"]
-    assert texts["wrapped"] == texts["clean"]
+    assert generated(folder, capsys) == generated(tiny_model, capsys)
 
 
 def test_unknown_weight_name_is_an_error_naming_it(tiny_model, small_csv, cache_dir, tmp_path, capsys):
@@ -187,6 +188,7 @@ def test_sharded_checkpoint_verifies_and_resumes_like_a_single_file(run_dir, res
     assert "sha256 of every file" in out
     code, out = cli(fix_all_main, run, "--json", capsys=capsys)
     assert code == 0 and json.loads(out)["newest_resumable"] == str(folder)
+    assert generated(folder, capsys) == generated(run_dir / "checkpoint-10", capsys)
     assert run_training(*train_args(tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint", "latest",
                                     "--stop-after-steps", "3")) == 0
     assert {s: v for s, v in step_losses(run).items() if s > 10} == resumed_losses
