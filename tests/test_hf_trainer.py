@@ -119,7 +119,8 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
     code, out = cli(verify_main, folder, "--json", capsys=capsys)
     problems = {p["code"]: p["message"] for p in json.loads(out)["problems"]}
     assert "hf_settings_missing" in problems and "training_args.bin is missing" in problems["hf_settings_missing"]
-    assert "--lr-scheduler" in problems["hf_settings_missing"] and "--samples-per-step" in problems["hf_settings_missing"]
+    missing = problems["hf_settings_missing"]
+    assert "--lr-scheduler" in missing and "--samples-per-step" in missing
     code, out = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "pass --lr-scheduler --warmup-steps --samples-per-step" in out
     assert not (folder / ckpt.TRAINING_STATE).exists()

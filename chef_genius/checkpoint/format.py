@@ -206,8 +206,8 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         return ["manifest.json does not mark the checkpoint complete"]
     problems = []
     for name in REQUIRED_FILES:
-        listed = any(n in manifest["files"] for n in WEIGHT_ENTRY_FILES) if name == WEIGHTS else name in manifest["files"]
-        if not listed:
+        names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
+        if not any(n in manifest["files"] for n in names):
             problems.append(f"manifest lists no {name}")
     for name, entry in manifest["files"].items():
         path = folder / name

@@ -138,7 +138,8 @@ def fix_all_main(argv=None) -> int:
         for (_, after), why in zip(rows, remedies):
             if why:
                 print(f"  {after.path.name}: {why['reason']}; repair: {why['repair']}")
-        print(("dry run: nothing was written; " if args.dry_run else "") + f"newest resumable checkpoint: {newest or 'none'}")
+        print(("dry run: nothing was written; " if args.dry_run else "")
+              + f"newest resumable checkpoint: {newest or 'none'}")
     return EXIT_OK if all(a.resumable for _, a in rows) else EXIT_FAILURE
 
 

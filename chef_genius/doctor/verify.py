@@ -210,8 +210,8 @@ def _check_accelerate(report: Report, folder: Path) -> None:
         except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
             report.fail("accelerate_rng_unsafe", f"{err} (the RNG state will not be restored)", "warn")
     report.fail("accelerate_unknown", "not recorded by accelerate: steps per epoch and samples per step (pass "
-                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape (--warmup-steps, "
-                                      "--lr-scheduler, --total-steps) unless a sibling checkpoint has them"
+                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
+                                      "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
                 + (f"; {foreign.ACC_SAMPLER}'s position is not used (the sample order is this project's)"
                    if (folder / foreign.ACC_SAMPLER).is_file() else ""), "warn")
 
