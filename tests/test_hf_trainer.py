@@ -206,3 +206,24 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
                         "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
                         "--disable-compilation", "--eval-samples", "0") == 0
     assert "restored optimizer" in caplog.text
+
+
+def test_accelerate_rng_pickle_scanned_never_run(accelerate_run, tiny_model, tmp_path, capsys):
+    source, _ = accelerate_run
+    folder = shutil.copytree(source.parent, tmp_path / "run") / source.name
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"step": 3, "random_state": Payload()}, folder / "random_states_0.pkl")
+    code, out = cli(verify_main, folder, "--json", capsys=capsys)
+    assert "accelerate_rng_unsafe" in {p["code"] for p in json.loads(out)["problems"]}
+    code, out = cli(verify_main, folder, "--fix", "--json", "--pretrained-model", tiny_model, "--steps-per-epoch", 12,
+                    capsys=capsys)
+    report = json.loads(out)
+    repairs = {r["code"]: r["message"] for r in report["repairs"]}
+    assert report["resumable"] and "not recovered: the RNG state" in repairs["state_converted_accelerate"]
+    assert "rng_missing" in {p["code"] for p in report["problems"]}
+    assert not marker.exists()
