@@ -54,6 +54,8 @@ RUN_LOCK = "run.lock"
 TRAINING_STATE = "training_state.pt"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded weights: tensor name -> shard file
+WEIGHTS_BIN = "pytorch_model.bin"                # older transformers format, read with weights_only=True
 MODEL_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
@@ -204,7 +206,8 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         return ["manifest.json does not mark the checkpoint complete"]
     problems = []
     for name in REQUIRED_FILES:
-        if name not in manifest["files"]:
+        names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
+        if not any(n in manifest["files"] for n in names):
             problems.append(f"manifest lists no {name}")
     for name, entry in manifest["files"].items():
         path = folder / name
@@ -215,6 +218,38 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
             problems.append(f"{name} does not match its sha256 in the manifest")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# where the weights are: one file, shards listed by an index, or the older pytorch_model.bin
+
+WEIGHT_ENTRY_FILES = (WEIGHTS, WEIGHTS_INDEX, WEIGHTS_BIN)  # in the order from_pretrained prefers them
+
+
+def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
+    """(layout, files) of the model weights in ``folder``: ``single`` [model.safetensors], ``sharded``
+    (every shard its index names, present or not), ``bin`` [pytorch_model.bin], or (None, []).
+
+    Raises ``ValueError`` for an index that cannot be read."""
+    folder = Path(folder)
+    if (folder / WEIGHTS).is_file():
+        return "single", [folder / WEIGHTS]
+    if (folder / WEIGHTS_INDEX).is_file():
+        try:
+            index = json.loads((folder / WEIGHTS_INDEX).read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{WEIGHTS_INDEX} is unreadable or has no weight_map: corrupt") from None
+        if not shards or not all(isinstance(s, str) and Path(s).name == s for s in shards):
+            raise ValueError(f"{WEIGHTS_INDEX} names no shard files, or names outside the folder")
+        return "sharded", [folder / s for s in shards]
+    if (folder / WEIGHTS_BIN).is_file():
+        return "bin", [folder / WEIGHTS_BIN]
+    return None, []
+
+
+def is_weights_file(name: str) -> bool:
+    return name.endswith(".safetensors") or name == WEIGHTS_BIN or name == WEIGHTS_INDEX
 
 
 # ---------------------------------------------------------------------------------------------
