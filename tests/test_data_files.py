@@ -301,3 +301,14 @@ def test_streaming_counts_rows_with_the_columns_mapping(tmp_path):
     with pytest.raises(DataError, match="--columns title=Title"):
         count_rows(path, tmp_path / "cache")
     assert count_rows(path, tmp_path / "cache", ReadOptions(columns="directions=Instructions")) == 2
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_excel_semicolon_and_tab_exports(tmp_path, delimiter):
+    """Excel in a locale with a decimal comma saves "CSV" with semicolons (here with BOM and CRLF)."""
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows([HEADER[1:4], ROWS[0][1:4]])
+    path = tmp_path / "excel.csv"
+    path.write_bytes(out.getvalue().encode("utf-8-sig"))
+    examples, _ = read(path)
+    assert examples[0]["target"] == EXPECTED_FIRST["target"]

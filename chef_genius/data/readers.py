@@ -7,7 +7,8 @@ JSONL (extra keys ignored), plain ``{title, ingredients, directions}`` records, 
 mapped with ``--columns``. List columns may be lists, JSON or Python list strings (parsed with
 ``json`` / ``ast.literal_eval``) or one item a line.
 
-The file may be compressed (.gz, .bz2) or zipped, and in UTF-8 (with or without BOM), UTF-16 or
+A CSV header without commas but with semicolons or tabs sets that delimiter (Excel's exports in
+locales with a decimal comma, and its "Text" export). The file may be compressed (.gz, .bz2) or zipped, and in UTF-8 (with or without BOM), UTF-16 or
 UTF-32 with BOM, with LF or CRLF line ends (``sources.py``).
 
 A bad row (missing field, unparsable list, empty text, undecodable bytes, oversized field) is
@@ -123,7 +124,8 @@ def _has_surrogates(text: str) -> bool:
 def _csv_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with open_text(path) as (handle, _):
-        reader = csv.reader(handle)
+        first = handle.readline()
+        reader = csv.reader(itertools.chain([first], handle), delimiter=_delimiter(first))
         try:
             header = next(reader, None)
         except csv.Error as err:
@@ -148,6 +150,16 @@ def _csv_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dic
                 stats.skip("wrong_field_count")
                 continue
             yield {name: values[i] for name, i in at.items()}
+
+
+def _delimiter(header: str) -> str:
+    """A comma, unless the header has none but semicolons (Excel in locales with a decimal comma) or
+    tabs (Excel's "Text" export)."""
+    if "," not in header:
+        for other in (";", "\t"):
+            if other in header:
+                return other
+    return ","
 
 
 def _jsonl_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
