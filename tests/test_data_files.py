@@ -312,3 +312,18 @@ def test_excel_semicolon_and_tab_exports(tmp_path, delimiter):
     path.write_bytes(out.getvalue().encode("utf-8-sig"))
     examples, _ = read(path)
     assert examples[0]["target"] == EXPECTED_FIRST["target"]
+
+
+def test_json_array_and_zipped_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    array = tmp_path / "pairs.json"
+    array.write_bytes(("\r\n" + json.dumps(PAIRS, indent=1).replace("\n", "\r\n")).encode("utf-16"))
+    assert [e["source"] for e in read(array)[0]] == [p["input"] for p in PAIRS]
+    table = tmp_path / "RAW_recipes.parquet"
+    pq.write_table(pa.table({"name": ["Toast"], "ingredients": [["bread"]], "steps": [["Toast it."]]}), table)
+    archive = tmp_path / "foodcom.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.write(table, "RAW_recipes.parquet")
+    assert read(archive)[0] == [{"source": "Write a recipe with these ingredients: bread",
+                                 "target": "Title: Toast Ingredients: bread Directions: 1. Toast it."}]
