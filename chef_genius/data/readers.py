@@ -8,8 +8,10 @@ mapped with ``--columns``. List columns may be lists, JSON or Python list string
 ``json`` / ``ast.literal_eval``) or one item a line.
 
 A CSV header without commas but with semicolons or tabs sets that delimiter (Excel's exports in
-locales with a decimal comma, and its "Text" export). The file may be compressed (.gz, .bz2) or zipped, and in UTF-8 (with or without BOM), UTF-16 or
-UTF-32 with BOM, with LF or CRLF line ends (``sources.py``).
+locales with a decimal comma, and its "Text" export). The file may be compressed (.gz, .bz2) or
+zipped, and in UTF-8 (with or without BOM), UTF-16 or UTF-32 with BOM, with LF or CRLF line ends
+(``sources.py``). Only the fields the layout uses are checked, so junk in an unused column (a link,
+a site name) does not cost the row.
 
 A bad row (missing field, unparsable list, empty text, undecodable bytes, oversized field) is
 skipped and counted in ``ReadStats``; it never stops the run. A file that is not a recipe file at
