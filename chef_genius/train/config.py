@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.cli_support import Parser
+from chef_genius.data.layouts import canonical_columns
+from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, template_fields
 from chef_genius.errors import UserError
 from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
 
@@ -23,7 +25,8 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "no")
 PROGRESS_MODES = ("auto", "bar", "log")
 REPORT_TO = ("tensorboard", "wandb", "none")
-DATA_REQUIRED = "--data is required (a RecipeNLG CSV, JSONL or Parquet file), or use --demo"
+DATA_REQUIRED = ("--data is required (a RecipeNLG or Food.com CSV, JSONL or Parquet file, optionally .gz, .bz2 "
+                 "or zipped), or use --demo")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class TrainConfig:
     data: str | None = None
     eval_data: str | None = None
     eval_split_ratio: float = 0.02
+    columns: str | None = None
+    source_template: str = DEFAULT_SOURCE_TEMPLATE
     pretrained_model: str = DEFAULT_MODEL
     model_output: str = str(MODELS_ROOT / "chef-genius")
     cache_dir: str | None = None
@@ -95,8 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="training recipes: RecipeNLG CSV, JSONL or Parquet (a resume reuses the run's)")
+    g.add_argument("--data", help="training recipes: RecipeNLG / Food.com CSV, JSONL or Parquet, also .gz, .bz2 or "
+                                  "a .zip holding one (a resume reuses the run's)")
     g.add_argument("--eval-data", help="separate validation file (default: hold out --eval-split-ratio)")
+    g.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help="which columns hold the recipe, for a layout other than RecipeNLG, Food.com or input/output "
+                        "pairs, e.g. title=name,directions=steps (fields: title, ingredients, directions, ner, "
+                        "input, output; an unnamed field keeps its own name; applies to --eval-data too)")
+    g.add_argument("--source-template", default=d.source_template, metavar="TEXT",
+                   help="how the model input is built from a recipe: {ingredients} and/or {title}, stored with "
+                        "the run and the model and used by samples and generate_recipe.py; input/output pair "
+                        f"files keep their own input (default {d.source_template!r})")
     g.add_argument("--eval-split-ratio", type=float, default=d.eval_split_ratio,
                    help=f"fraction of --data held out for validation (default {d.eval_split_ratio})")
     g.add_argument("--max-source-length", type=int, default=d.max_source_length,
@@ -127,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from the newest complete checkpoint if there is one, else start fresh")
     g.add_argument("--allow-config-change", action="store_true",
                    help="resume even with flags that change which recipes the rest of the run sees (data, batch "
-                        "size, accumulation, seed, grouping, max lengths, eval split)")
+                        "size, accumulation, seed, grouping, max lengths, eval split, columns, source template)")
     g.add_argument("--demo", action="store_true",
                    help="train the offline tiny model on the bundled sample (CPU, under 2 minutes)")
 
@@ -271,6 +285,11 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--weight-decay and --max-grad-norm must be 0 or more")
     if not 0 <= c.eval_split_ratio < 1:
         raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
+    c.columns = canonical_columns(c.columns)
+    try:
+        template_fields(c.source_template)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if c.data is None and not (c.resume_from_checkpoint or c.auto_resume):
         raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):

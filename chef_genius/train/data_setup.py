@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from chef_genius.data.readers import ReadOptions, encoding_hint
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
 from chef_genius.data.sampler import ResumableBatchSampler
 from chef_genius.errors import DataError, UserError
@@ -45,12 +46,21 @@ def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) 
     return _cached(config, tokenizer, accelerator, cache_root, collate)
 
 
+def read_options(c) -> ReadOptions:
+    """How the run's files become examples: ``--columns`` and ``--source-template``."""
+    return ReadOptions(c.columns, c.source_template)
+
+
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
+    options = read_options(c)
     with accelerator.main_process_first(), _cache_errors(cache_root):
-        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc)
+        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
+                               options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc) if c.eval_data else None)
+                                c.num_proc, options) if c.eval_data else None)
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
+    if encoding_hint(train.stats):
+        log.warning("%s: %s", c.data, encoding_hint(train.stats))
     if evald is not None:
         train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
     else:
@@ -73,10 +83,11 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+    options = read_options(c)
     with accelerator.main_process_first():
-        rows = count_rows(c.data, cache_root)
+        rows = count_rows(c.data, cache_root, options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc) if c.eval_data else None)
+                                c.num_proc, options) if c.eval_data else None)
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
@@ -85,7 +96,8 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
-    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate)
+    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate,
+                              options)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
                                          pin_memory=accelerator.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(c.seed))

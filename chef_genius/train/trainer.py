@@ -200,7 +200,8 @@ class Trainer:
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
         return CheckpointManager(
-            self.output, parts.ModelFiles(acc, self.model, self.tokenizer), components, world=dist.World(acc),
+            self.output, parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template), components,
+            world=dist.World(acc),
             async_save=c.async_save, on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
@@ -360,7 +361,7 @@ class Trainer:
         if not self.is_main or not self.config.eval_samples:
             return
         samples = eval_samples(unwrap(self.model), self.tokenizer, self.device, self.config.eval_samples,
-                               self.accelerator.autocast)
+                               self.accelerator.autocast, self.config.source_template)
         self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
         for sample in samples:
             log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
