@@ -46,6 +46,7 @@ from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, SaveError
+from chef_genius.model import lean_loss
 from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
@@ -154,6 +155,7 @@ class Trainer:
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
         model = load_model(self.model_source)
+        self.head = lean_loss.install(model)  # loss over labelled positions only (model/lean_loss.py)
         if c.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -299,14 +301,9 @@ class Trainer:
             self.window.rows += batch["input_ids"].shape[0]
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                with self.accelerator.autocast():
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        decoder_input_ids=batch["decoder_input_ids"]).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                       ignore_index=LABEL_PAD, reduction="sum") / divisor
+                loss = self._loss_sum(batch) / divisor
                 self.accelerator.backward(loss)
             total += loss.detach()
         if self.config.max_grad_norm > 0:
@@ -315,6 +312,21 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return dist.global_step_loss(self.accelerator, total), tokens
+
+    def _loss_sum(self, batch: dict) -> torch.Tensor:
+        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
+        inputs = {k: batch[k].to(self.device, non_blocking=True)
+                  for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+        if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
+            with self.accelerator.autocast():
+                logits = self.model(**inputs).logits
+            labels = batch["labels"].to(self.device, non_blocking=True)
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD,
+                                   reduction="sum")
+        positions, targets = (t.to(self.device, non_blocking=True)
+                              for t in lean_loss.label_positions(batch["labels"], LABEL_PAD))
+        with self.accelerator.autocast(), lean_loss.targets(self.head, positions, targets):
+            return self.model(**inputs).logits  # the head's output: the summed loss
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -373,13 +385,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
         for batch in self.eval_loader:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self.accelerator.autocast():
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    decoder_input_ids=batch["decoder_input_ids"]).logits
-            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                        ignore_index=LABEL_PAD, reduction="sum")
-            tokens += (batch["labels"] != LABEL_PAD).sum()
+            loss_sum += self._loss_sum(batch)
+            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
         loss_sum, tokens = self.accelerator.reduce(loss_sum), self.accelerator.reduce(tokens)
         self.model.train()
         return (loss_sum / tokens.clamp(min=1)).item()
