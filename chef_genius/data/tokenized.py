@@ -201,6 +201,12 @@ class RecipeDataset(torch.utils.data.Dataset):
         tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
         return (src + tgt)[self.indices]
 
+    def source_target_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target tokens per example (for token-budget batches)."""
+        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
+        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
+        return src[self.indices], tgt[self.indices]
+
 
 class Collator:
     """Pad a batch to a multiple of 8 (tensor-core friendly); labels padded with -100.

@@ -21,7 +21,7 @@ import torch
 
 from chef_genius.data.readers import ReadOptions, encoding_hint
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
-from chef_genius.data.sampler import ResumableBatchSampler
+from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
 from chef_genius.train import preemption
@@ -67,9 +67,14 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
         train_data = RecipeDataset(train.dataset, train_idx)
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
-    sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed,
-                                    train_data.lengths() if c.group_by_length else None, c.length_group_size,
-                                    accelerator.num_processes, accelerator.process_index)
+    sort_by = train_data.lengths() if c.group_by_length else None
+    if c.max_tokens_per_batch:
+        sampler = TokenBudgetSampler(len(train_data), c.max_tokens_per_batch, c.seed, sort_by,
+                                     *train_data.source_target_lengths(), c.length_group_size,
+                                     accelerator.num_processes, accelerator.process_index)
+    else:
+        sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed, sort_by, c.length_group_size,
+                                        accelerator.num_processes, accelerator.process_index)
     collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
     workers = c.dataloader_num_workers
     common = dict(collate_fn=collate, num_workers=workers, pin_memory=accelerator.device.type == "cuda",

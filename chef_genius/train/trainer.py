@@ -176,12 +176,11 @@ class Trainer:
         rest of the epochs need at the new global batch)."""
         c = self.config
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
-        self.total_steps = self.steps_per_epoch * c.epochs
+        self.total_steps = self.sampler.planned_steps(c.epochs, c.gradient_accumulation_steps)
         if loaded is not None and loaded.world_size != self.accelerator.num_processes:
             where = DataPosition.saved_at(loaded.slices[ckpt.DATA_POSITION])
-            self.total_steps = dist.planned_total_steps(
-                loaded.global_step, where.epoch, where.samples_in_epoch, len(self.train_data),
-                self.sampler.global_batch_size, c.gradient_accumulation_steps, c.epochs)
+            self.total_steps = loaded.global_step + self.sampler.planned_steps(
+                c.epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch)
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
@@ -286,7 +285,7 @@ class Trainer:
         loss, tokens = self._train_step(window)
         self.state.global_step += 1
         self.state.tokens_seen += tokens
-        self.position.advance(len(window) * self.sampler.global_batch_size)
+        self.sampler.advance(len(window))
         self.window.losses.append(loss)
         self.window.tokens += tokens
         self.progress.step()
