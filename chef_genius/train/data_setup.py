@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, is_cached, load_tokenized, split_indices
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -53,7 +54,10 @@ def read_options(c) -> ReadOptions:
 
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     options = read_options(c)
-    with accelerator.main_process_first(), _cache_errors(cache_root):
+    files = [path for path in (c.data, c.eval_data) if path]
+    with _main_tokenizes_first(accelerator, lambda: all(
+            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+            for path in files)), _cache_errors(cache_root):
         train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
                                options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
@@ -124,6 +128,26 @@ def _eval_loader(c, eval_data: RecipeDataset | None, accelerator, collate) -> to
     return torch.utils.data.DataLoader(dist.ShareDataset(eval_data), batch_sampler=sampler, collate_fn=collate,
                                        pin_memory=accelerator.device.type == "cuda",
                                        generator=torch.Generator().manual_seed(c.seed))
+
+
+@contextlib.contextmanager
+def _main_tokenizes_first(accelerator, cached, poll_s: float = 2.0):
+    """Rank 0 tokenizes into the cache, then the other ranks map it. They wait by watching the file
+    system, not at a collective: a first tokenization of millions of rows takes longer than the process
+    group's timeout (NCCL: 10 minutes). The barrier afterwards is short: everyone has the cache then.
+    If rank 0 fails, its launcher (torchrun / accelerate launch) ends the waiting ranks."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    if not accelerator.is_main_process:
+        waited = time.monotonic()
+        while not cached():
+            time.sleep(poll_s)
+            if time.monotonic() - waited > 60:
+                log.warning("waiting for rank 0 to tokenize the data into the cache")
+                waited = time.monotonic()
+    yield
+    accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager

@@ -258,6 +258,7 @@ class Trainer:
         accumulation = self.config.gradient_accumulation_steps
         self.rng.apply()  # last, so nothing in setup draws from the restored streams
         self.start_step = self.state.global_step
+        self.unsettled_tokens = 0
         self.model.train()
         self.window = LogWindow()
         while not self._finished():
@@ -284,14 +285,20 @@ class Trainer:
     def _step(self, window: list[dict]) -> None:
         loss, tokens = self._train_step(window)
         self.state.global_step += 1
-        self.state.tokens_seen += tokens
+        self.unsettled_tokens += tokens  # on several processes a device tensor: read when logging or saving
         self.sampler.advance(len(window))
         self.window.losses.append(loss)
         self.window.tokens += tokens
         self.progress.step()
 
-    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
-        """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
+    def _settle_tokens(self) -> None:
+        """Add the target tokens of the steps since the last call to the run state (a host read)."""
+        self.state.tokens_seen += int(self.unsettled_tokens)
+        self.unsettled_tokens = 0
+
+    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
+        """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
+        an int on one process, a device tensor on several, so the step never waits on the host)."""
         # Counted on the CPU tensors, before the device copy: no host sync.
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
         divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
@@ -335,6 +342,8 @@ class Trainer:
         if not w.losses or not (force or s.global_step % self.config.logging_steps == 0):
             return
         losses = torch.stack(w.losses).tolist()  # the one host sync per logging interval
+        w.tokens = int(w.tokens)
+        self._settle_tokens()
         elapsed = time.perf_counter() - w.started
         s.train_seconds += elapsed
         rows = max(w.rows, 1)
@@ -395,6 +404,7 @@ class Trainer:
         process); returns True when the run must stop after this step."""
         stop, due = self.checkpoints.due(self.state.global_step, self.preemption.requested)
         if due:
+            self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
         return stop
 
@@ -416,6 +426,7 @@ class Trainer:
         self.maybe_log(force=True)
         if self.checkpoints.last_step != self.state.global_step:
             self.maybe_evaluate(force=True)
+            self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
         self.checkpoints.finish(also_lost=self.reporters.losses())
 
