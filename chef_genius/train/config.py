@@ -78,6 +78,7 @@ class TrainConfig:
     report_to: list = dataclasses.field(default_factory=list)
     wandb_project: str | None = None
     eval_samples: int = 3
+    eval_max_samples: int = 2000
     # The fields the command line set (any spelling of their flags); never saved in a checkpoint.
     explicit: frozenset = frozenset()
 
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size (reads the whole checkpoint once)")
     g.add_argument("--eval-steps", type=int, default=d.eval_steps,
                    help=f"validation loss every N optimizer steps (default {d.eval_steps})")
+    g.add_argument("--eval-max-samples", type=int, default=d.eval_max_samples, metavar="N",
+                   help="validate on a fixed, seeded choice of at most N held-out recipes, the same ones at "
+                        f"every evaluation (default {d.eval_max_samples}; 0: all of them)")
     g.add_argument("--logging-steps", type=int, default=d.logging_steps,
                    help=f"log every N optimizer steps (default {d.logging_steps})")
     add_monitoring_flags(p, d)
@@ -278,7 +282,7 @@ def validate(c: TrainConfig) -> None:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
     non_negative = ("max_tokens_per_batch", "max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
-                    "optimizer_rewarmup_steps", "eval_samples")
+                    "optimizer_rewarmup_steps", "eval_samples", "eval_max_samples")
     for name in non_negative:
         if getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")

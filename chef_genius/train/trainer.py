@@ -75,7 +75,8 @@ class LogWindow:
         self.tokens = 0          # target tokens
         self.source_tokens = 0
         self.rows = 0
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
+        self.wall_started = self.started     # not moved: the wall-clock rate, validation included
 
 
 class Trainer:
@@ -353,6 +354,7 @@ class Trainer:
         record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
                   "loss": sum(losses) / len(losses), "step_losses": losses,
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": w.tokens / max(elapsed, 1e-9),
+                  "wall_tokens_per_s": w.tokens / max(time.perf_counter() - w.wall_started, 1e-9),
                   "tokens": w.tokens, "seconds": elapsed,
                   "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
         self.reporters.write(record)
