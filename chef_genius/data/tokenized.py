@@ -93,14 +93,27 @@ class TokenizedData:
     from_cache: bool
 
 
+def cache_folder(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
+                 options: ReadOptions = ReadOptions()) -> Path:
+    """Where ``load_tokenized`` keeps the cache of these settings."""
+    key = cache_key(data_path, tokenizer, max_source_length, max_target_length, options)
+    return Path(cache_root) / f"{Path(data_path).stem}-{key}"
+
+
+def is_cached(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
+              options: ReadOptions = ReadOptions()) -> bool:
+    """Whether ``load_tokenized`` would only map an existing cache (no parsing, no tokenizing)."""
+    return (cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
+            / CACHE_META).is_file()
+
+
 def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_length: int,
                    cache_root: str | Path, num_proc: int = 1, options: ReadOptions = ReadOptions()) -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root``; later calls memory-map the cached Arrow files."""
     import datasets
 
     datasets.disable_progress_bars()
-    key = cache_key(data_path, tokenizer, max_source_length, max_target_length, options)
-    final = Path(cache_root) / f"{Path(data_path).stem}-{key}"
+    final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
     if (final / CACHE_META).is_file():
         stats = json.loads((final / CACHE_META).read_text())
         return TokenizedData(datasets.load_from_disk(str(final)), stats, final, True)
@@ -200,6 +213,12 @@ class RecipeDataset(torch.utils.data.Dataset):
         src = np.asarray(self.dataset["source_len"], dtype=np.int64)
         tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
         return (src + tgt)[self.indices]
+
+    def source_target_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target tokens per example (for token-budget batches)."""
+        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
+        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
+        return src[self.indices], tgt[self.indices]
 
 
 class Collator:

@@ -46,6 +46,7 @@ class TrainConfig:
     max_steps: int = 0
     stop_after_steps: int = 0
     batch_size: int = 8
+    max_tokens_per_batch: int = 0
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     warmup_steps: int = 500
@@ -77,6 +78,7 @@ class TrainConfig:
     report_to: list = dataclasses.field(default_factory=list)
     wandb_project: str | None = None
     eval_samples: int = 3
+    eval_max_samples: int = 2000
     # The fields the command line set (any spelling of their flags); never saved in a checkpoint.
     explicit: frozenset = frozenset()
 
@@ -154,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "LR schedule (for job time limits; resume later with --resume-from-checkpoint latest)")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"examples per device per micro-batch (default {d.batch_size})")
+    g.add_argument("--max-tokens-per-batch", type=int, default=d.max_tokens_per_batch, metavar="N",
+                   help="micro-batches of about N padded tokens per device (rows x (longest source + longest "
+                        "target)) built from length-grouped recipes, instead of --batch-size rows: every step "
+                        "does about the same work, little of it padding (default 0: --batch-size rows)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps,
                    help="micro-batches per optimizer step (default 1)")
     g.add_argument("--learning-rate", type=float, default=d.learning_rate,
@@ -206,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size (reads the whole checkpoint once)")
     g.add_argument("--eval-steps", type=int, default=d.eval_steps,
                    help=f"validation loss every N optimizer steps (default {d.eval_steps})")
+    g.add_argument("--eval-max-samples", type=int, default=d.eval_max_samples, metavar="N",
+                   help="validate on a fixed, seeded choice of at most N held-out recipes, the same ones at "
+                        f"every evaluation (default {d.eval_max_samples}; 0: all of them)")
     g.add_argument("--logging-steps", type=int, default=d.logging_steps,
                    help=f"log every N optimizer steps (default {d.logging_steps})")
     add_monitoring_flags(p, d)
@@ -272,8 +281,8 @@ def validate(c: TrainConfig) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
-    non_negative = ("max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
-                    "optimizer_rewarmup_steps", "eval_samples")
+    non_negative = ("max_tokens_per_batch", "max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
+                    "optimizer_rewarmup_steps", "eval_samples", "eval_max_samples")
     for name in non_negative:
         if getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")
@@ -297,6 +306,12 @@ def validate(c: TrainConfig) -> None:
             raise UserError(f"{flag} file not found: {path}")
     c.report_to = [name for name in dict.fromkeys(c.report_to) if name != "none"]
     check_reporters(c.report_to)
+    if c.max_tokens_per_batch and c.streaming:
+        raise UserError("--max-tokens-per-batch needs the tokenized cache: drop --streaming or --max-tokens-per-batch")
+    if c.max_tokens_per_batch and c.max_tokens_per_batch < c.max_source_length + c.max_target_length:
+        raise UserError(f"--max-tokens-per-batch {c.max_tokens_per_batch} is smaller than one recipe can be "
+                        f"(--max-source-length + --max-target-length = {c.max_source_length + c.max_target_length});"
+                        " raise it or the max lengths")
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
 
