@@ -12,6 +12,12 @@ from chef_genius.errors import EXIT_OK, run_cli
 def main(argv=None) -> int:
     config = parse_args(argv)
     setup_logging()
+    if config.plan_only:
+        from chef_genius.model.loading import quiet_transformers
+        from chef_genius.train.memory_plan import print_plans
+        quiet_transformers()
+        print_plans(config)
+        return EXIT_OK
     if config.demo:
         from chef_genius.model.loading import quiet_transformers
         from chef_genius.model.tiny import ensure_tiny

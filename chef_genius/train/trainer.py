@@ -55,6 +55,7 @@ from chef_genius.monitoring.progress import Progress
 from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
+from chef_genius.train import memory_plan
 from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import settings
@@ -114,7 +115,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
-        self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device)
+        self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
@@ -161,6 +162,8 @@ class Trainer:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model_config = model.config
+        if self.is_main:
+            self.memory_plan = memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16")
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         return model
 
@@ -194,7 +197,7 @@ class Trainer:
             ckpt.RUN_STATE: self.state,
             ckpt.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
             ckpt.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
-                                                 c.optimizer_rewarmup_steps, c.explicit),
+                                                 c.optimizer_rewarmup_steps, c.explicit, c.optimizer),
             ckpt.SCHEDULER: parts.SchedulerSlice(self.scheduler, self.optimizer, self.state, c.explicit),
             ckpt.RNG: self.rng,
             ckpt.REPORTING: self.reporters,
