@@ -28,9 +28,9 @@ def _eight_bit_possible() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
 
 
-def log_plan(model, c: TrainConfig, bf16: bool) -> memory.Plan:
-    """The plan of this run, in the log; a warning with the settings that fit when it does not."""
-    free = memory.gpu_free_bytes()
+def log_plan(model, c: TrainConfig, bf16: bool, free: int | None) -> memory.Plan:
+    """The plan of this run against ``free`` GPU bytes, in the log; a warning with the settings that
+    fit when it does not."""
     chosen = memory.plan(model, setting_of(c, bf16))
     for line in chosen.lines(free):
         log.info("%s", line)
