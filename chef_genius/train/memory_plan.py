@@ -95,8 +95,7 @@ def card_table(model=None, settings: list[memory.Setting] | None = None) -> str:
     base = memory.Setting(micro_batch=1)
     settings = settings or [replace(base, optimizer=o, gradient_checkpointing=g)
                             for g in (False, True) for o in memory.OPTIMIZERS]
-    settings = settings + [replace(base, lora_r=16, gradient_checkpointing=g) for g in (False, True)]
-    head = ("| setting | weights + gradients + optimizer (exact) | activations per example (estimated) | "
+    head = ("| setting | weights + gradients + optimizer state (exact) | activations per example (estimated) | "
             + " | ".join(f"{gb} GB" for gb in memory.CARDS_GIB) + " |")
     rows = [head, "|" + "---|" * (3 + len(memory.CARDS_GIB))]
     for setting in settings:
