@@ -77,3 +77,14 @@ def test_the_training_log_shows_the_plan(tiny_model, small_csv, cache_dir, tmp_p
 def test_readme_table_is_the_plans():
     from conftest import REPO
     assert card_table() in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_advice_names_only_settings_that_fit():
+    from chef_genius.train.config import TrainConfig
+    from chef_genius.train.memory_plan import advice
+    model = memory.flan_t5_large()
+    config = TrainConfig(data="x", batch_size=8)
+    text = advice(model, config, bf16=True, free=12 * memory.GIB)
+    assert "--optimizer adafactor --batch-size 8 --gradient-checkpointing (~8.9 GiB)" in text
+    assert "--optimizer adamw --batch-size 8 --gradient-checkpointing" not in text  # 14.7 GiB
+    assert "no planned setting fits" in advice(model, config, bf16=True, free=4 * memory.GIB)
