@@ -46,7 +46,7 @@ from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import OutOfMemory, Preempted, SaveError
+from chef_genius.errors import OutOfMemory, Preempted, SaveError, UserError
 from chef_genius.model import lean_loss
 from chef_genius.model import memory
 from chef_genius.model.generation import eval_samples
@@ -108,6 +108,10 @@ class Trainer:
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
+        if config.auto_micro_batch and self.accelerator.num_processes > 1:
+            # an out-of-memory error on one process would leave the others waiting in a collective
+            raise UserError("--auto-micro-batch works on one process only; on several GPUs lower --batch-size "
+                            "and raise --gradient-accumulation-steps (see --plan-only)")
         dist.quiet_other_ranks(self.accelerator)
         self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
