@@ -45,8 +45,10 @@ def test_adafactor_checkpoint_verifies(adafactor_run, capsys):
 def test_adafactor_resume_is_bitwise_exact(adafactor_run, tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(adafactor_run / "checkpoint-3", out / "checkpoint-3")
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--optimizer", "adafactor", *STEPS,
+    # the resume inherits --optimizer adafactor from the checkpoint
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS,
                                     "--resume-from-checkpoint", "latest")) == 0
+    assert ckpt.load_training_state(out / "checkpoint-6")[ckpt.OPTIMIZER_KIND] == "adafactor"
     expected, got = step_losses(adafactor_run), step_losses(out)
     assert sorted(got) == [4, 5, 6]
     assert [got[s] for s in got] == [expected[s] for s in got]  # no tolerance
