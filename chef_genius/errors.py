@@ -14,6 +14,7 @@ EXIT_FAILURE = 1      # problems remain (verify), or a run failed at run time
 EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the checkpoint
 EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
 EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
+EXIT_OUT_OF_MEMORY = 5  # the GPU ran out of memory in a step (no --auto-micro-batch); earlier checkpoints intact
 EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a checkpoint; resume with `latest`
 EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
@@ -36,6 +37,12 @@ class DataError(UserError):
 
 class SaveError(UserError):
     exit_code = EXIT_SAVE
+
+
+class OutOfMemory(UserError):
+    """A step did not fit the GPU; the message names the settings that would (from the memory plan)."""
+
+    exit_code = EXIT_OUT_OF_MEMORY
 
 
 class Preempted(UserError):

@@ -66,6 +66,7 @@ REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
 RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
 OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMIZER_LAYOUT_NAMES: keyed by name
 OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
+OPTIMIZER_KIND = "optimizer_kind"  # "adamw" (also when absent: checkpoints older than --optimizer), "adafactor"...
 REPORTING_KEY = "reporting"  # {"wandb_run_id": ...}, so a resume reports into the same runs
 STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
               "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
@@ -462,7 +463,8 @@ def missing_state_keys(state: dict) -> list[str]:
 # The slices: one per stateful component of a run, under the name the checkpoint manager knows it by.
 RUN_STATE = "run_state"          # dict: RunState (step, best loss, tokens, time)
 DATA_POSITION = "data_position"  # dict: DataPosition (epoch, sample, and the sample order it belongs to)
-OPTIMIZER = "optimizer"          # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES}
+OPTIMIZER = "optimizer"          # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES,
+                                 #  "kind": the --optimizer that wrote it}
 SCHEDULER = "scheduler"          # dict: the LR scheduler's state dict
 RNG = "rng"                      # list: the RNG state of every process, rank 0 first
 REPORTING = "reporting"          # dict: what the reporters need to continue their runs
@@ -509,6 +511,8 @@ def pack_training_state(slices: dict) -> dict:
     extra = {RNG_PER_RANK: per_rank}
     if optimizer.get("layout"):
         extra[OPTIMIZER_LAYOUT] = optimizer["layout"]
+    if optimizer.get("kind"):
+        extra[OPTIMIZER_KIND] = optimizer["kind"]
     if slices.get(REPORTING):
         extra[REPORTING_KEY] = slices[REPORTING]
     return make_training_state(slices.get(RUN_STATE) or {}, dict(slices.get(DATA_POSITION) or {}),
@@ -526,7 +530,8 @@ def unpack_training_state(state: dict) -> dict:
     position.setdefault("samples_in_epoch", int(run.get("samples_in_epoch", 0)))
     per_rank = state.get(RNG_PER_RANK) or ([state["rng_states"]] if state.get("rng_states") else [])
     return {RUN_STATE: run, DATA_POSITION: position,
-            OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT)},
+            OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT),
+                        "kind": state.get(OPTIMIZER_KIND, "adamw")},
             SCHEDULER: dict(state.get("scheduler_state_dict") or {}), RNG: list(per_rank),
             REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {})}
 

@@ -147,13 +147,24 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "no"
 
 
-def make_optimizer(model, learning_rate: float, weight_decay: float, device: torch.device):
-    """AdamW, no weight decay on layer norms; fused kernels on CUDA."""
+def make_optimizer(model, learning_rate: float, weight_decay: float, device: torch.device, kind: str = "adamw"):
+    """The optimizer over the trainable parameters, no weight decay on layer norms and biases.
+
+    ``adamw``: torch's AdamW, fused on CUDA; ``adafactor``: transformers' Adafactor with the schedule's
+    learning rate (no relative step, no parameter scaling, no first moment: factored second moments
+    only); ``adamw-8bit``: bitsandbytes' 8-bit AdamW (CUDA only, checked by ``--optimizer``'s validation).
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if "layer_norm" in name or param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if kind == "adafactor":
+        from transformers.optimization import Adafactor
+        return Adafactor(groups, lr=learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
+    if kind == "adamw-8bit":
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(groups, lr=learning_rate)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=learning_rate, **extra)

@@ -17,6 +17,12 @@ def main(argv=None) -> int:
         from chef_genius.model.tiny import ensure_tiny
         quiet_transformers()  # no "Writing model shards" bar in the middle of the log
         ensure_tiny(config.pretrained_model)
+    if config.plan_only:
+        from chef_genius.model.loading import quiet_transformers
+        from chef_genius.train.memory_plan import print_plans
+        quiet_transformers()
+        print_plans(config)
+        return EXIT_OK
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
     try:

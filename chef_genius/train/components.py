@@ -55,16 +55,24 @@ class ModelFiles:
 
 class OptimizerSlice:
     def __init__(self, accelerator, model, optimizer, schedule: Schedule, run: RunState, rewarm_steps: int,
-                 explicit=frozenset()):
+                 explicit=frozenset(), kind: str = "adamw"):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.schedule, self.run, self.rewarm_steps = schedule, run, rewarm_steps
         self.explicit = explicit  # flags of the resume command: their values win over the saved param groups
+        self.kind = kind  # --optimizer: a state written by another optimizer is not loaded into this one
 
     def state_dict(self) -> dict:
         state, layout = sharded.gather_optimizer_state(self.accelerator, self.model, bare(self.optimizer))
-        return {"state": state, "layout": layout}
+        return {"state": state, "layout": layout, "kind": self.kind}
 
     def load_state_dict(self, saved: dict) -> str:
+        saved_kind = saved.get("kind") or "adamw"
+        if saved["state"] and saved_kind != self.kind:
+            self._rewarm()
+            log.warning("the checkpoint's optimizer state is %s's, this run uses --optimizer %s: its state starts "
+                        "fresh and the learning rate ramps back up over %d steps (--optimizer-rewarmup-steps)",
+                        saved_kind, self.kind, self.rewarm_steps)
+            return f"no {self.kind} state ({saved_kind}'s not loaded; re-warming)"
         if saved["state"] and sharded.saved_by_name(saved["layout"]):
             with settings.explicit_optimizer_settings(bare(self.optimizer), self.explicit):
                 sharded.load_optimizer_by_name(self.model, bare(self.optimizer), saved["state"])
@@ -74,10 +82,13 @@ class OptimizerSlice:
                 bare(self.optimizer).load_state_dict(saved["state"])
             return "optimizer"
         # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
-        self.schedule.rewarm_from, self.schedule.rewarm_steps = self.run.global_step, self.rewarm_steps
+        self._rewarm()
         log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
                     "ramps back up over %d steps (--optimizer-rewarmup-steps)", self.rewarm_steps)
         return "no optimizer state (re-warming)"
+
+    def _rewarm(self) -> None:
+        self.schedule.rewarm_from, self.schedule.rewarm_steps = self.run.global_step, self.rewarm_steps
 
 
 class SchedulerSlice:

@@ -27,6 +27,7 @@ PROGRESS_MODES = ("auto", "bar", "log")
 REPORT_TO = ("tensorboard", "wandb", "none")
 DATA_REQUIRED = ("--data is required (a RecipeNLG or Food.com CSV, JSONL or Parquet file, optionally .gz, .bz2 "
                  "or zipped), or use --demo")
+OPTIMIZERS = ("adamw", "adafactor", "adamw-8bit")
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainConfig:
     lr_scheduler: str = "linear"
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"
     optimizer_rewarmup_steps: int = 100
     save_steps: int = 1000
     eval_steps: int = 1000
@@ -73,6 +75,8 @@ class TrainConfig:
     async_save: bool = False
     streaming: bool = False
     gradient_checkpointing: bool = False
+    plan_only: bool = False
+    auto_micro_batch: bool = False
     demo: bool = False
     progress: str = "auto"
     report_to: list = dataclasses.field(default_factory=list)
@@ -172,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"AdamW weight decay (default {d.weight_decay})")
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
                    help=f"gradient clipping norm, 0 to disable (default {d.max_grad_norm})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="adamw: fp32 moments, 8 bytes per parameter (default); adafactor: factored second "
+                        "moments, a few MB for FLAN-T5-large; adamw-8bit: 8-bit moments, about 2 bytes per "
+                        "parameter (needs a CUDA GPU and pip install bitsandbytes)")
     g.add_argument("--optimizer-rewarmup-steps", type=int, default=d.optimizer_rewarmup_steps,
                    help="LR ramp after resuming from a checkpoint without optimizer state (default 100)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
@@ -185,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute activations in the backward pass: less GPU memory, about 30%% slower steps")
     g.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false",
                    help="turn off the --gradient-checkpointing a resumed run inherits from its checkpoint")
+    g.add_argument("--plan-only", action="store_true",
+                   help="print the memory plan (weights, gradients, optimizer state, activations) of this "
+                        "setting and of cheaper ones, then exit without training; --data is not needed")
+    g.add_argument("--auto-micro-batch", action="store_true",
+                   help="on a CUDA out-of-memory error, retry the step with half the micro-batch and twice the "
+                        "accumulation (same global batch, same recipes per step), and keep that setting")
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
     g.add_argument("--disable-compilation", dest="compile", action="store_false",
@@ -299,7 +313,8 @@ def validate(c: TrainConfig) -> None:
         template_fields(c.source_template)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if c.data is None and not (c.resume_from_checkpoint or c.auto_resume):
+    check_optimizer(c.optimizer)
+    if c.data is None and not (c.resume_from_checkpoint or c.auto_resume or c.plan_only):
         raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
         if path is not None and not Path(path).is_file():
@@ -321,3 +336,16 @@ def check_reporters(report_to: list[str]) -> None:
     for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
         if name in report_to and importlib.util.find_spec(package) is None:
             raise UserError(f"--report-to {name} needs the {package} package: pip install {package}")
+
+
+def check_optimizer(name: str) -> None:
+    """``adamw-8bit`` needs bitsandbytes, which needs a CUDA GPU: refused here, before anything is loaded."""
+    if name != "adamw-8bit":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        raise UserError("--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); use --optimizer adafactor "
+                        "to save optimizer memory without one")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--optimizer adamw-8bit needs the bitsandbytes package: pip install bitsandbytes "
+                        "(or use --optimizer adafactor)")

@@ -31,20 +31,21 @@ from pathlib import Path
 
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
-from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_reporters
+from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_optimizer, check_reporters
 
 log = logging.getLogger("chef_genius")
 
 APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
            "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
            "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
-           "eval_samples", "eval_max_samples", "report_to", "wandb_project")
+           "eval_samples", "eval_max_samples", "report_to", "wandb_project", "optimizer", "auto_micro_batch")
 GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
            "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
            "gradient_accumulation_steps", "streaming", "columns", "source_template")
 RECORDED = ("pretrained_model",)
 SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
-           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes")
+           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes",
+           "plan_only")
 
 # The data files, and the key of the content identity each checkpoint saves beside the path.
 FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
@@ -57,6 +58,8 @@ NOTES = {"learning_rate": "the schedule's peak from step {step} on",
          "epochs": "the planned end of the run, and the learning-rate schedule with it",
          "max_steps": "the planned end of the run, and the learning-rate schedule with it",
          "optimizer_rewarmup_steps": "used only when a checkpoint has no optimizer state",
+         "optimizer": "the saved optimizer state is not loaded: the new one starts fresh and the learning rate "
+                      "re-warms over --optimizer-rewarmup-steps",
          "mixed_precision": "from step {step} on; the losses are no longer bitwise equal to an uninterrupted run's"}
 
 
@@ -140,6 +143,7 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
         log.info("%s does not record %s: this command's values are used", where,
                  ", ".join(flag_of(name) for name in decision.unrecorded))
     check_reporters(decision.values["report_to"])
+    check_optimizer(decision.values["optimizer"])  # an inherited adamw-8bit on a machine without CUDA
     return dataclasses.replace(config, **decision.values)
 
 

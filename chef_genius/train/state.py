@@ -17,6 +17,7 @@ class RunState:
     best_step: int | None = None
     tokens_seen: int = 0          # real (non-padding) target tokens trained on
     train_seconds: float = 0.0    # wall-clock time spent in training, summed over resumes
+    micro_batch_split: int = 1    # --auto-micro-batch: each loader batch is cut into this many micro-batches
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

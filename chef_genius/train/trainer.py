@@ -30,6 +30,7 @@ committed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -45,8 +46,9 @@ from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import Preempted, SaveError
+from chef_genius.errors import OutOfMemory, Preempted, SaveError, UserError
 from chef_genius.model import lean_loss
+from chef_genius.model import memory
 from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
@@ -55,6 +57,7 @@ from chef_genius.monitoring.progress import Progress
 from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
+from chef_genius.train import memory_plan
 from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import settings
@@ -79,6 +82,19 @@ class LogWindow:
         self.wall_started = self.started     # not moved: the wall-clock rate, validation included
 
 
+def split_micro_batches(window: list[dict], pieces: int) -> list[dict]:
+    """Each batch of ``window`` cut into ``pieces`` smaller ones along the rows (``--auto-micro-batch``):
+    the same recipes, so the same optimizer step."""
+    if pieces == 1:
+        return window
+    out = []
+    for batch in window:
+        parts = min(pieces, batch["input_ids"].shape[0])
+        columns = {k: v.tensor_split(parts) for k, v in batch.items()}
+        out += [{k: columns[k][i] for k in batch} for i in range(parts)]
+    return out
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
@@ -92,6 +108,10 @@ class Trainer:
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
+        if config.auto_micro_batch and self.accelerator.num_processes > 1:
+            # an out-of-memory error on one process would leave the others waiting in a collective
+            raise UserError("--auto-micro-batch works on one process only; on several GPUs lower --batch-size "
+                            "and raise --gradient-accumulation-steps (see --plan-only)")
         dist.quiet_other_ranks(self.accelerator)
         self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
@@ -114,7 +134,7 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
-        self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device)
+        self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
@@ -161,6 +181,9 @@ class Trainer:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model_config = model.config
+        self.gpu_free = memory.gpu_free_bytes()  # before this run puts anything on the GPU
+        if self.is_main:
+            memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         return model
 
@@ -194,7 +217,7 @@ class Trainer:
             ckpt.RUN_STATE: self.state,
             ckpt.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
             ckpt.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
-                                                 c.optimizer_rewarmup_steps, c.explicit),
+                                                 c.optimizer_rewarmup_steps, c.explicit, c.optimizer),
             ckpt.SCHEDULER: parts.SchedulerSlice(self.scheduler, self.optimizer, self.state, c.explicit),
             ckpt.RNG: self.rng,
             ckpt.REPORTING: self.reporters,
@@ -212,6 +235,10 @@ class Trainer:
 
     def _resume(self, loaded: LoadedCheckpoint) -> None:
         restored = self.checkpoints.restore(loaded)
+        if self.state.micro_batch_split > 1:
+            restored.append(f"micro-batch {math.ceil(self.config.batch_size / self.state.micro_batch_split)} x "
+                            f"accumulation {self.config.gradient_accumulation_steps * self.state.micro_batch_split} "
+                            "(--auto-micro-batch)")
         log.info("resumed from %s: step %d, epoch %d, sample %d of %d; restored %s", loaded.path,
                  self.state.global_step, self.position.epoch + 1, self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
@@ -284,7 +311,7 @@ class Trainer:
         return s.global_step >= self.total_steps or self.position.epoch >= c.epochs
 
     def _step(self, window: list[dict]) -> None:
-        loss, tokens = self._train_step(window)
+        loss, tokens = self._step_fitting_memory(window)
         self.state.global_step += 1
         self.unsettled_tokens += tokens  # on several processes a device tensor: read when logging or saving
         self.sampler.advance(len(window))
@@ -296,6 +323,42 @@ class Trainer:
         """Add the target tokens of the steps since the last call to the run state (a host read)."""
         self.state.tokens_seen += int(self.unsettled_tokens)
         self.unsettled_tokens = 0
+
+    def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int]:
+        """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
+        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends."""
+        while True:
+            counted = self.window.source_tokens, self.window.rows
+            try:
+                return self._train_step(split_micro_batches(window, self.state.micro_batch_split))
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled below, outside the except: its traceback holds the step's tensors
+            self.window.source_tokens, self.window.rows = counted
+            self._out_of_memory()
+
+    def _out_of_memory(self) -> None:
+        c, s = self.config, self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        micro = math.ceil(c.batch_size / s.micro_batch_split)
+        accumulation = c.gradient_accumulation_steps * s.micro_batch_split
+        if c.auto_micro_batch and micro > 1:
+            s.micro_batch_split *= 2
+            log.warning("out of GPU memory in step %d at micro-batch %d: retrying it with micro-batch %d x "
+                        "accumulation %d (global batch %d unchanged; kept for the rest of the run and in its "
+                        "checkpoints)", s.global_step + 1, micro, math.ceil(c.batch_size / s.micro_batch_split),
+                        accumulation * 2, self.global_batch)
+            return
+        intact = self.checkpoints.wait()
+        newest = self.checkpoints.last_step
+        where = (f"{ckpt.PREFIX}{newest} is intact (resume with --resume-from-checkpoint latest)"
+                 if intact and newest is not None else "no checkpoint of this run was saved yet")
+        fits = memory_plan.advice(unwrap(self.model), c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
+        retry = "" if c.auto_micro_batch else "; or pass --auto-micro-batch to halve the micro-batch on this error"
+        raise OutOfMemory(f"out of GPU memory in step {s.global_step + 1} at micro-batch {micro} x accumulation "
+                          f"{accumulation}; {fits}{retry}; {where}")
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:

@@ -1,0 +1,244 @@
+"""The memory plan: what a training setting needs on the GPU, before anything is allocated there.
+
+Weights, gradients and optimizer state are counted exactly from the model's parameters (on the meta
+device for ``--plan-only``: no weights are read): fp32 master weights (mixed precision is autocast,
+never a cast of the weights), fp32 gradients of the trainable parameters, and the optimizer's state
+as each optimizer lays it out:
+
+- ``adamw`` (torch): two fp32 moments per element plus a 4-byte step per tensor;
+- ``adafactor`` (transformers, no first moment): a row and a column vector of fp32 second moments per
+  matrix, a full one per vector, plus a 4-byte RMS per tensor (the step is a Python int);
+- ``adamw-8bit`` (bitsandbytes' defaults): two uint8 moments per element with an fp32 scale per block
+  of 256, tensors under 4096 elements in fp32.
+
+The activations of one micro-batch are an estimate (marked so wherever shown) from T5's shapes at
+the longest batch (``--max-source-length`` x ``--max-target-length``): what each layer keeps for
+the backward pass (all of it, or only its input with ``--gradient-checkpointing`` plus one layer
+being recomputed), and the logits with their fp32 copy and the loss's gradient. Pure functions
+except ``gpu_free_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+GIB = 1 << 30
+CUDA_OVERHEAD = 600 << 20  # CUDA context, cuBLAS workspace, allocator slack: an estimate
+CARDS_GIB = (8, 12, 16, 24, 80)
+OPTIMIZERS = ("adamw", "adafactor", "adamw-8bit")
+LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the plan depends on, besides the model."""
+
+    optimizer: str = "adamw"
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    micro_batch: int = 8
+    source_length: int = 256
+    target_length: int = 512
+    lora_r: int = 0                      # 0: full fine-tuning
+    lora_targets: tuple = LORA_TARGETS
+
+    def flags(self) -> str:
+        words = [f"--optimizer {self.optimizer}", f"--batch-size {self.micro_batch}"]
+        if self.gradient_checkpointing:
+            words.append("--gradient-checkpointing")
+        if self.lora_r:
+            words.append(f"--lora-r {self.lora_r}")
+        if not self.bf16:
+            words.append("--mixed-precision no")
+        return " ".join(words)
+
+
+@dataclass(frozen=True)
+class Plan:
+    setting: Setting
+    parameters: int          # elements, each shared tensor once
+    trainable: int
+    weights: int             # bytes, exact
+    gradients: int           # bytes, exact
+    optimizer_state: int     # bytes, exact
+    activations: int         # bytes, estimated, one micro-batch
+    per_example: int         # bytes of activations per example of the micro-batch, estimated
+
+    @property
+    def fixed(self) -> int:
+        """Bytes that do not depend on the micro-batch (exact part + the CUDA overhead estimate)."""
+        return self.weights + self.gradients + self.optimizer_state + CUDA_OVERHEAD
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.activations
+
+    def largest_micro_batch(self, capacity: int) -> int:
+        """The largest micro-batch whose estimated total fits ``capacity`` bytes (0: not even one)."""
+        left = capacity - self.fixed
+        return max(0, left // self.per_example) if self.per_example else 0
+
+    def lines(self, free: int | None = None) -> list[str]:
+        s = self.setting
+        head = (f"memory plan: {self.parameters:,} parameters ({self.trainable:,} trainable), "
+                f"{'bf16 autocast' if s.bf16 else 'fp32'}, --optimizer {s.optimizer}"
+                f"{', LoRA r=' + str(s.lora_r) if s.lora_r else ''}"
+                f"{', gradient checkpointing' if s.gradient_checkpointing else ''}, micro-batch {s.micro_batch} "
+                f"x ({s.source_length} source + {s.target_length} target tokens)")
+        rows = [head,
+                f"  weights (fp32)          {gib(self.weights)}  exact",
+                f"  gradients               {gib(self.gradients)}  exact",
+                f"  optimizer state         {gib(self.optimizer_state)}  exact",
+                f"  activations             {gib(self.activations)}  estimated ({gib(self.per_example).strip()} "
+                "per example)",
+                f"  CUDA context and slack  {gib(CUDA_OVERHEAD)}  estimated",
+                f"  total                   {gib(self.total)}  " + verdict(self.total, free)]
+        return rows
+
+
+def gib(size: int) -> str:
+    return f"{size / GIB:7.2f} GiB"
+
+
+def verdict(total: int, free: int | None) -> str:
+    if free is None:
+        return "(no CUDA GPU here to compare with)"
+    return f"{'fits in' if total <= free else 'does NOT fit in'} the GPU's {free / GIB:.2f} GiB free"
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact part
+
+
+def unique_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return list(model.named_parameters())  # named_parameters already yields a tied tensor once
+
+
+def lora_shapes(model, targets=LORA_TARGETS) -> list[tuple[int, int]]:
+    """(in, out) features of every ``nn.Linear`` LoRA would wrap: those whose name ends in a target."""
+    shapes = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            shapes.append((module.in_features, module.out_features))
+    return shapes
+
+
+def trainable_shapes(model, setting: Setting) -> list[tuple[int, ...]]:
+    """The shapes of the tensors the optimizer updates."""
+    if setting.lora_r:
+        r = setting.lora_r
+        return [shape for fan_in, fan_out in lora_shapes(model, setting.lora_targets)
+                for shape in ((r, fan_in), (fan_out, r))]
+    return [tuple(p.shape) for _, p in unique_parameters(model) if p.requires_grad]
+
+
+def optimizer_bytes(shapes: list[tuple[int, ...]], kind: str) -> int:
+    total = 0
+    for shape in shapes:
+        n = math.prod(shape)
+        if kind == "adamw":
+            total += 2 * 4 * n + 4
+        elif kind == "adafactor":
+            if len(shape) >= 2:
+                total += 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])) + 4
+            else:
+                total += 4 * n + 4
+        elif kind == "adamw-8bit":
+            total += 2 * 4 * n if n < 4096 else 2 * (n + 4 * math.ceil(n / 256))
+        else:
+            raise ValueError(f"no memory layout known for optimizer {kind!r}")
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimated part
+
+
+def activation_bytes(config, setting: Setting, batch: int | None = None) -> int:
+    """What one micro-batch of ``batch`` examples keeps for the backward pass (an estimate)."""
+    b = setting.micro_batch if batch is None else batch
+    s, t = setting.source_length, setting.target_length
+    h, f, v = config.d_model, config.d_ff, config.vocab_size
+    inner, heads = config.num_heads * config.d_kv, config.num_heads
+    a = 2 if setting.bf16 else 4          # bytes of an autocast activation
+    scores = 4 + 2 * a + 1                # fp32 scores (+ fp32 position bias), softmax, dropout mask and output
+    ff = (5 * a + 1) if "gated" in config.feed_forward_proj else (3 * a + 1)
+    encoder_layer = b * s * (2 * (4 + a) * h + 4 * a * inner + 2 * h) + b * heads * s * s * scores + b * s * f * ff
+    decoder_layer = (b * t * (3 * (4 + a) * h + 6 * a * inner + 3 * h) + b * heads * t * t * scores
+                     + b * heads * t * s * scores + 2 * a * b * s * inner + b * t * f * ff)
+    logits = b * t * v * (a + 4 + 4)     # autocast logits, their fp32 copy, the loss's gradient
+    encoder_layers, decoder_layers = config.num_layers, config.num_decoder_layers
+    if setting.gradient_checkpointing:
+        kept = 4 * b * (encoder_layers * s + decoder_layers * t) * h
+        return kept + max(encoder_layer, decoder_layer) + logits
+    return encoder_layers * encoder_layer + decoder_layers * decoder_layer + logits
+
+
+# ---------------------------------------------------------------------------------------------
+# plans
+
+
+def plan(model, setting: Setting) -> Plan:
+    params = unique_parameters(model)
+    base = sum(p.numel() for _, p in params)
+    shapes = trainable_shapes(model, setting)
+    trainable = sum(math.prod(shape) for shape in shapes)
+    weights = 4 * (base + (trainable if setting.lora_r else 0))
+    return Plan(setting, base + (trainable if setting.lora_r else 0), trainable, weights, 4 * trainable,
+                optimizer_bytes(shapes, setting.optimizer), activation_bytes(model.config, setting),
+                activation_bytes(model.config, setting, batch=1))
+
+
+def alternatives(setting: Setting, lora: bool = True, eight_bit: bool = True) -> list[Setting]:
+    """The chosen setting and cheaper ones: other optimizers, gradient checkpointing, LoRA, half batches."""
+    options = [setting]
+    optimizers = [o for o in OPTIMIZERS if o != setting.optimizer and (eight_bit or o != "adamw-8bit")]
+    for optimizer in optimizers:
+        options.append(replace(setting, optimizer=optimizer))
+    if not setting.gradient_checkpointing:
+        options += [replace(o, gradient_checkpointing=True) for o in list(options)]
+    if lora and not setting.lora_r:
+        options.append(replace(setting, lora_r=16, gradient_checkpointing=True))
+    batch = setting.micro_batch // 2
+    while batch >= 1:
+        options.append(replace(setting, micro_batch=batch, gradient_checkpointing=True, optimizer="adafactor"))
+        batch //= 2
+    return list(dict.fromkeys(options))
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory of the current CUDA device (None without one)."""
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return free
+
+
+def fitting(model, settings: list[Setting], free: int) -> list[Plan]:
+    """The plans among ``settings`` whose estimated total fits ``free`` bytes, cheapest change first."""
+    return [p for p in (plan(model, s) for s in settings) if p.total <= free]
+
+
+def meta_model(config, untied_head: bool = False):
+    """The model of ``config`` on the meta device: shapes without memory. ``untied_head``: its own
+    ``lm_head`` as FLAN-T5's weights have (transformers 5 ties T5's head in the config, and
+    ``from_pretrained`` unties it when the weights hold a different one)."""
+    from transformers import AutoModelForSeq2SeqLM
+    with torch.device("meta"):
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        head = model.get_output_embeddings()
+        if untied_head and head.weight is model.get_input_embeddings().weight:
+            head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
+    return model
+
+
+def flan_t5_large():
+    """FLAN-T5-large (783M parameters) on the meta device, its architecture written out here so the
+    README table needs no download."""
+    from transformers import T5Config
+    config = T5Config(d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16, d_kv=64,
+                    vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    return meta_model(config, untied_head=True)
