@@ -63,3 +63,19 @@ def test_score_recipes_averages_over_recipes():
     assert scores["invented_ingredients"] == pytest.approx(0.5)  # "1 tbsp. butter" once, nothing in the other
     with pytest.raises(ValueError):
         m.score_recipes([GOOD], [], [GOOD])
+
+
+def test_a_hub_name_offline_fails_at_once_with_one_sentence(monkeypatch):
+    import time
+    from chef_genius.errors import UserError
+    from chef_genius.model import loading
+    import huggingface_hub  # noqa: F401  (imported before the clock starts: the machine may be busy)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(UserError, match="not a local folder and not in the download cache, and HF_HUB_OFFLINE"):
+        loading.load_tokenizer("chef-genius-tests/no-such-model")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(loading, "_hub_answers", lambda endpoint: False)
+    with pytest.raises(UserError, match="cannot be reached"):
+        loading.load_model("chef-genius-tests/no-such-model")
+    assert time.perf_counter() - started < 5
