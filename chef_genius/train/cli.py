@@ -66,7 +66,7 @@ def show_learning(trainer, before: tuple[int, str, str]) -> None:
     start_step, given, text = before
     first = details[0]
     print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
-          f"{text[:300] or '(nothing)'}\n--- written at step {step} (after training):\n"
+          f"{text[:300] or '(no text: the untrained model ends at once)'}\n--- written at step {step} (after training):\n"
           f"{render(parse_target(first['text']))}\n")
     print(f"recipe metrics at step {step} on {len(details)} held-out recipes (greedy, README: Recipe metrics): "
           f"{format_metrics(metrics)}")
