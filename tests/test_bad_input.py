@@ -60,7 +60,8 @@ def _files(tmp_path):
         "binary junk": (junk, "expected columns"),
         "empty file": (write_csv(tmp_path / "empty.csv", []), "empty"),
         "100 MB field": (big, "no usable recipe"),
-        "only undecodable rows": (mixed, "no usable recipe"),
+        "only undecodable rows": (mixed, "no usable recipe in the file (0 of 1 rows kept; skipped: invalid_utf8=1); "
+                                         "1 row is not valid UTF-8"),
         "not json": (tmp_path / "bad.jsonl", "not a JSON Lines file"),
         "unknown format": (write_csv(tmp_path / "data.txt", [HEADER, GOOD_ROW]), "unknown data format"),
     }
@@ -89,6 +90,7 @@ def test_mixed_encodings_skip_the_bad_rows_and_train(tiny_model, small_csv, cach
     out = tmp_path / "run"
     assert main(train_args(tiny_model, mixed, out, cache_dir, *QUICK, "--max-steps", 1)) == 0
     assert "96 of 97 rows used; skipped invalid_utf8 1" in caplog.text
+    assert "1 row is not valid UTF-8 and skipped; if the file was saved as Windows-1252" in caplog.text
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -3,6 +3,7 @@
     MODEL_OUTPUT/checkpoint-{global_step}/
         config.json, generation_config.json, model.safetensors   (save_pretrained of the bare model)
         tokenizer files
+        chef_genius_prompt.json  (the --source-template; also beside the final model's config.json)
         training_state.pt    (torch.save of plain values and tensors; loads with weights_only=True)
         manifest.json        (written last: every other file with size and sha256, "complete": true)
 
@@ -58,6 +59,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded weights: tensor name -
 WEIGHTS_BIN = "pytorch_model.bin"                # older transformers format, read with weights_only=True
 MODEL_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
+PROMPT = "chef_genius_prompt.json"  # how the model's input is built (--source-template); optional
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
@@ -533,3 +535,22 @@ def saved_world_size(state: dict) -> int:
     """How many processes wrote ``state`` (1 for checkpoints that do not say)."""
     per_rank = state.get(RNG_PER_RANK)
     return len(per_rank) if per_rank else int((state.get("hyperparameters") or {}).get("world_size", 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# the prompt a model was trained with, beside config.json in checkpoints and the final model
+
+
+def write_prompt(folder: str | Path, source_template: str) -> None:
+    """Written into the model folder being saved (a staging folder: the save's own fsync covers it)."""
+    (Path(folder) / PROMPT).write_text(json.dumps({"source_template": source_template}) + "\n", encoding="utf-8")
+
+
+def read_prompt(folder: str | Path) -> str | None:
+    """The ``--source-template`` a model folder was trained with; None for a folder without one (older
+    runs, other tools) or an unreadable file."""
+    try:
+        value = json.loads((Path(folder) / PROMPT).read_text(encoding="utf-8")).get("source_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None

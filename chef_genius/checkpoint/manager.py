@@ -67,6 +67,8 @@ class SingleProcess:
     def agree(self, *flags: bool) -> tuple[bool, ...]:
         return flags
 
+    agree_late = agree  # one process: nothing to wait for, the vote is this step's
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -135,6 +137,7 @@ class CheckpointManager:
         self._writer = AsyncCheckpointer()
         self._outcome: _Outcome | None = None  # of the write in flight
         self._unsettled: list[_Outcome] = []   # finished, not yet acted on
+        self._unvoted_failures: list[_Outcome] = []  # failures the late stop vote has not reported yet
         self._cancel = threading.Event()
         self._last_save_clock = time.monotonic()
 
@@ -182,10 +185,15 @@ class CheckpointManager:
         if self.world.is_main:
             self._collect(block=False)
         failed_here = self._record()
+        self._unvoted_failures += failed_here
         clock_due = bool(self.save_every_minutes) and \
             time.monotonic() - self._last_save_clock >= 60 * self.save_every_minutes
-        stop, clock_due, failed = self.world.agree(stop_requested, clock_due, bool(failed_here))
-        self._act(failed, failed_here)
+        # Several processes: the vote cast at the previous step (no host wait on the step just queued);
+        # every process reads the same one, so all stop / save at the same step, one step late.
+        stop, clock_due, failed = self.world.agree_late(stop_requested, clock_due, bool(failed_here))
+        if failed:
+            failed_here, self._unvoted_failures = self._unvoted_failures, []
+            self._act(failed, failed_here)
         save = stop or clock_due or step % self.save_steps == 0
         return stop, save and self.last_step != step
 

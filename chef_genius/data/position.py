@@ -24,6 +24,7 @@ log = logging.getLogger("chef_genius")
 _IDENTITY = {"seed": ("sampler_seed", "--seed"),
              "group_by_length": ("group_by_length", "--no-group-by-length"),
              "length_group_size": ("length_group_size", "--length-group-size"),
+             "max_tokens_per_batch": ("max_tokens_per_batch", "--max-tokens-per-batch"),
              "num_samples": ("num_samples", "the training recipes (data file, max lengths, --eval-split-ratio)")}
 
 
@@ -35,6 +36,7 @@ class DataPosition:
     num_samples: int = 0
     group_by_length: bool = True
     length_group_size: int = 1024
+    max_tokens_per_batch: int = 0  # 0: fixed --batch-size micro-batches
 
     @classmethod
     def saved_at(cls, saved: dict) -> "DataPosition":
@@ -55,7 +57,7 @@ class DataPosition:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "sampler_seed": self.seed,
                 "num_samples": self.num_samples, "group_by_length": self.group_by_length,
-                "length_group_size": self.length_group_size}
+                "length_group_size": self.length_group_size, "max_tokens_per_batch": self.max_tokens_per_batch}
 
     def differences(self, saved: dict) -> list[str]:
         """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""

@@ -1,19 +1,28 @@
 """Read recipe files (CSV, JSONL, Parquet) into (source, target) training pairs.
 
-Three layouts are understood:
-- RecipeNLG CSV: an unnamed index column, ``title``, ``ingredients``, ``directions``, ``link``,
-  ``source``, ``NER``; list columns are list strings, parsed with ``json`` / ``ast.literal_eval``.
-- the replaced system's JSONL: ``{"input": ..., "output": ...}`` (extra keys ignored);
-- plain records ``{title, ingredients, directions}`` in JSONL or Parquet (lists or list strings).
+The layouts understood (``layouts.py``): RecipeNLG (an unnamed index column, ``title``,
+``ingredients``, ``directions``, ``link``, ``source``, ``NER``), Food.com's ``RAW_recipes.csv``
+(``name``, ``steps``, ``ingredients``...), the replaced system's ``{"input": ..., "output": ...}``
+JSONL (extra keys ignored), plain ``{title, ingredients, directions}`` records, and any other one
+mapped with ``--columns``. List columns may be lists, JSON or Python list strings (parsed with
+``json`` / ``ast.literal_eval``) or one item a line.
 
-A bad row (missing field, unparsable list, empty text, invalid UTF-8, oversized field) is skipped
-and counted in ``ReadStats``; it never stops the run. A file that is not a recipe file at all
-raises ``DataError`` with one line that says what was expected.
+A CSV header without commas but with semicolons or tabs sets that delimiter (Excel's exports in
+locales with a decimal comma, and its "Text" export). The file may be compressed (.gz, .bz2) or
+zipped, and in UTF-8 (with or without BOM), UTF-16 or UTF-32 with BOM, with LF or CRLF line ends
+(``sources.py``). Only the fields the layout uses are checked, so junk in an unused column (a link,
+a site name) does not cost the row.
+
+A bad row (missing field, unparsable list, empty text, undecodable bytes, oversized field) is
+skipped and counted in ``ReadStats``; it never stops the run. A file that is not a recipe file at
+all raises ``DataError`` with one line that says what was expected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import json
 import sys
 from collections import Counter
@@ -22,14 +31,23 @@ from pathlib import Path
 from typing import Iterator
 
 from chef_genius.errors import DataError
-from chef_genius.data.recipes import RowError, clean, format_source, format_target, recipe_from_fields
+from chef_genius.data.layouts import Layout, needed_columns, resolve_layout
+from chef_genius.data.recipes import (DEFAULT_SOURCE_TEMPLATE, RowError, clean, format_source, format_target,
+                                      recipe_from_fields)
+from chef_genius.data.sources import data_format, open_binary, open_text
 
 MAX_FIELD_CHARS = 1_000_000  # a recipe field larger than this is junk, not a recipe
-CSV_SUFFIXES = {".csv"}
-JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-PARQUET_SUFFIXES = {".parquet", ".pq"}
-RECIPE_COLUMNS = ("title", "ingredients", "directions")
-PAIR_COLUMNS = ("input", "output")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How rows become examples: the ``--columns`` mapping and the ``--source-template``."""
+    columns: str | None = None
+    source_template: str = DEFAULT_SOURCE_TEMPLATE
+
+    def key(self) -> dict:
+        """What the tokenized cache key takes from these options."""
+        return {"columns": self.columns, "source_template": self.source_template}
 
 
 @dataclass
@@ -49,27 +67,26 @@ class ReadStats:
         return {"rows": self.rows, "kept": self.kept, "skipped": dict(self.skipped)}
 
 
-def data_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'}; use .csv, .jsonl or .parquet")
+def encoding_hint(stats: dict) -> str | None:
+    """What to do about rows skipped as undecodable: most likely a file saved in a Windows code page."""
+    count = (stats.get("skipped") or {}).get("invalid_utf8", 0)
+    if not count:
+        return None
+    rows = "1 row is" if count == 1 else f"{count} rows are"
+    return (f"{rows} not valid UTF-8 and skipped; if the file was saved as Windows-1252 or "
+            "Latin-1, convert it (iconv -f CP1252 -t UTF-8 FILE > FILE.utf8) and train on the converted file")
 
 
-def read_examples(path: str | Path, stats: ReadStats) -> Iterator[dict]:
+def read_examples(path: str | Path, stats: ReadStats, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """Yield ``{"source": str, "target": str}`` for every usable row of ``path``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     reader = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[data_format(path)]
-    for row in reader(path, stats):
+    for fields in reader(path, stats, options.columns):
         stats.rows += 1
         try:
-            example = _example(row)
+            example = _example(fields, options.source_template)
         except RowError as err:
             stats.skip(str(err))
             continue
@@ -77,24 +94,24 @@ def read_examples(path: str | Path, stats: ReadStats) -> Iterator[dict]:
         yield example
 
 
-def _example(row: dict) -> dict:
+def _example(row: dict, template: str) -> dict:
+    """``row``: field -> value (the layout applied)."""
     for value in row.values():
         if isinstance(value, str):
             if len(value) > MAX_FIELD_CHARS:
                 raise RowError("oversized_field")
             if _has_surrogates(value):
                 raise RowError("invalid_utf8")
-    if "input" in row and "output" in row:
-        source, target = row["input"], row["output"]
+    if "input" in row:
+        source, target = row.get("input"), row.get("output")
         if not isinstance(source, str) or not isinstance(target, str):
             raise RowError("missing_field")
         source, target = clean(source), clean(target)
         if not source or not target:
             raise RowError("empty_text")
         return {"source": source, "target": target}
-    recipe = recipe_from_fields(row.get("title"), row.get("ingredients"), row.get("directions"),
-                                row.get("NER", row.get("ner")))
-    return {"source": format_source(recipe), "target": format_target(recipe)}
+    recipe = recipe_from_fields(row.get("title"), row.get("ingredients"), row.get("directions"), row.get("ner"))
+    return {"source": format_source(recipe, template), "target": format_target(recipe)}
 
 
 def _has_surrogates(text: str) -> bool:
@@ -106,60 +123,65 @@ def _has_surrogates(text: str) -> bool:
     return False
 
 
-def _check_columns(path: Path, columns) -> None:
-    columns = set(columns or ())
-    if set(PAIR_COLUMNS) <= columns or set(RECIPE_COLUMNS) <= columns:
-        return
-    raise DataError(f"{path}: expected columns {', '.join(RECIPE_COLUMNS)} (RecipeNLG layout) or "
-                    f"{', '.join(PAIR_COLUMNS)}; found {', '.join(sorted(map(str, columns))) or 'none'}")
-
-
-def _csv_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
+def _csv_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        reader = csv.DictReader(handle)
+    with open_text(path) as (handle, _):
+        first = handle.readline()
+        reader = csv.reader(itertools.chain([first], handle), delimiter=_delimiter(first))
         try:
-            header = reader.fieldnames
+            header = next(reader, None)
         except csv.Error as err:
             raise DataError(f"{path}: not a readable CSV file ({err})") from None
         if not header:
             raise DataError(f"{path}: the file is empty")
-        _check_columns(path, header)
+        layout = resolve_layout(path, header, columns)
+        at = {name: header.index(column) for name, column in layout.columns.items()}
         while True:
             try:
-                row = next(reader)
+                values = next(reader)
             except StopIteration:
                 return
             except csv.Error:
                 stats.rows += 1
                 stats.skip("malformed_csv")
                 continue
-            if None in row or any(v is None for v in row.values()):
+            if not values:
+                continue  # a blank line (csv.DictReader skipped them too)
+            if len(values) != len(header):
                 stats.rows += 1
                 stats.skip("wrong_field_count")
                 continue
-            yield row
+            yield {name: values[i] for name, i in at.items()}
 
 
-def _jsonl_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
-    with open(path, "rb") as handle:
-        first = handle.read(1024).lstrip()
-        handle.seek(0)
-        if not first:
+def _delimiter(header: str) -> str:
+    """A comma, unless the header has none but semicolons (Excel in locales with a decimal comma) or
+    tabs (Excel's "Text" export)."""
+    if "," not in header:
+        for other in (";", "\t"):
+            if other in header:
+                return other
+    return ","
+
+
+def _jsonl_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
+    with open_text(path) as (handle, _):
+        lines = (line for line in handle if line.strip())
+        first = next(lines, None)
+        if first is None:
             raise DataError(f"{path}: the file is empty")
-        if first.startswith(b"["):
-            yield from _json_array_rows(path, handle)
+        if first.lstrip().startswith("["):
+            yield from _json_array_rows(path, first + handle.read(), columns)
             return
+        layouts: dict[frozenset, Layout | None] = {}
         seen_object = False
-        for raw in handle:
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
+        for line in itertools.chain([first], lines):
+            if _has_surrogates(line):
                 stats.rows += 1
                 stats.skip("invalid_utf8")
                 continue
+            try:
+                row = json.loads(line)
             except ValueError:
                 if not seen_object and stats.rows >= 20:
                     raise DataError(f"{path}: not a JSON Lines file (no JSON object in its first lines)")
@@ -170,33 +192,53 @@ def _jsonl_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
                 stats.rows += 1
                 stats.skip("bad_json")
                 continue
-            if not seen_object:
-                _check_columns(path, row.keys())
-                seen_object = True
-            yield row
+            layout = _row_layout(path, row, columns, layouts, first=not seen_object)
+            seen_object = True
+            if layout is None:  # a later object that fits no layout
+                stats.rows += 1
+                stats.skip("missing_field")
+                continue
+            yield layout.fields(row)
         if not seen_object:
             raise DataError(f"{path}: not a JSON Lines file of recipes (no JSON object found)")
 
 
-def _json_array_rows(path: Path, handle) -> Iterator[dict]:
+def _row_layout(path, row: dict, columns, layouts: dict, first: bool) -> Layout | None:
+    """JSON objects may differ in keys (pairs beside plain records): a layout per key set; the first
+    object's must fit (else the file is refused), a later misfit is a bad row."""
+    keys = frozenset(row)
+    if keys not in layouts:
+        try:
+            layouts[keys] = resolve_layout(path, list(row), columns)
+        except DataError:
+            if first:
+                raise
+            layouts[keys] = None
+    return layouts[keys]
+
+
+def _json_array_rows(path: Path, text: str, columns: str | None) -> Iterator[dict]:
     try:
-        rows = json.loads(handle.read().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+        rows = json.loads(text)
+    except ValueError as err:
         raise DataError(f"{path}: not a valid JSON file ({err})") from None
     if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
         raise DataError(f"{path}: expected a JSON array of recipe objects")
-    _check_columns(path, rows[0].keys())
-    yield from (row if isinstance(row, dict) else {} for row in rows)
+    layouts: dict[frozenset, Layout | None] = {}
+    for i, row in enumerate(rows):
+        layout = _row_layout(path, row, columns, layouts, first=i == 0) if isinstance(row, dict) else None
+        yield layout.fields(row) if layout is not None else {}
 
 
-def _parquet_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
+def _parquet_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
     import pyarrow.parquet as pq
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    names = parquet.schema_arrow.names
-    _check_columns(path, names)
-    wanted = [c for c in (*PAIR_COLUMNS, *RECIPE_COLUMNS, "NER", "ner") if c in names]
-    for batch in parquet.iter_batches(batch_size=4096, columns=wanted):
-        yield from batch.to_pylist()
+    with contextlib.ExitStack() as stack:
+        plain = path.suffix.lower() in (".parquet", ".pq")  # else compressed or zipped: read as a stream
+        source = path if plain else stack.enter_context(open_binary(path))
+        try:
+            parquet = pq.ParquetFile(source)
+        except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        layout = resolve_layout(path, parquet.schema_arrow.names, columns)
+        for batch in parquet.iter_batches(batch_size=4096, columns=needed_columns(layout)):
+            yield from (layout.fields(row) for row in batch.to_pylist())

@@ -5,6 +5,11 @@ with section markers that tokenize cleanly and can be turned back into readable 
 
     Title: Garlic Rice Ingredients: 2 c. rice ; 3 cloves garlic Directions: 1. Rinse the rice. 2. Cook it.
 
+The input is built by a source template (``--source-template``, stored with the run and the
+model): ``{ingredients}`` is the comma-separated ingredient names (RecipeNLG's NER column when
+present, else the ingredient lines), ``{title}`` the recipe's title. Input / output pair files keep
+their own input.
+
 ``TEMPLATE_VERSION`` is part of the tokenized-data cache key: change it whenever the text form changes.
 """
 
@@ -13,10 +18,13 @@ from __future__ import annotations
 import ast
 import json
 import re
+import string
 from dataclasses import dataclass, field
 
 TEMPLATE_VERSION = "recipe-v1"
 SOURCE_PREFIX = "Write a recipe with these ingredients: "
+DEFAULT_SOURCE_TEMPLATE = SOURCE_PREFIX + "{ingredients}"
+TEMPLATE_FIELDS = ("ingredients", "title")
 ITEM_SEP = " ; "
 
 _TITLE, _INGREDIENTS, _DIRECTIONS = "Title:", "Ingredients:", "Directions:"
@@ -97,15 +105,40 @@ def recipe_from_fields(title, ingredients, directions, names=None) -> Recipe:
     return recipe
 
 
-def format_source(recipe: Recipe) -> str:
+def template_fields(template: str) -> set[str]:
+    """The fields ``template`` uses; ``ValueError`` (one sentence) for one it cannot fill."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"--source-template {template!r} is not a valid template ({err}); write literal "
+                         "braces as {{ and }}") from None
+    fields = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(f"--source-template {template!r}: unknown placeholder {{{name}}}; use "
+                             f"{{ingredients}} and/or {{title}} (literal braces as {{{{ and }}}})")
+        fields.add(name)
+    if not fields:
+        raise ValueError(f"--source-template {template!r} has no placeholder: every recipe would get the same "
+                         "input; put {ingredients} and/or {title} in it")
+    return fields
+
+
+def fill_template(template: str, ingredients: list[str], title: str = "") -> str:
+    return clean(template.format(ingredients=", ".join(ingredients), title=clean(title)))
+
+
+def format_source(recipe: Recipe, template: str = DEFAULT_SOURCE_TEMPLATE) -> str:
     """The model input: the ingredient names when known (what a user types), else the full lines."""
-    return SOURCE_PREFIX + ", ".join(recipe.names or recipe.ingredients)
+    return fill_template(template, recipe.names or recipe.ingredients, recipe.title)
 
 
-def source_from_ingredients(text: str) -> str:
+def source_from_ingredients(text: str, template: str = DEFAULT_SOURCE_TEMPLATE, title: str = "") -> str:
     """The model input for a user's comma-separated ingredient list (generation)."""
     names = [clean(part) for part in text.split(",")]
-    return SOURCE_PREFIX + ", ".join(name for name in names if name)
+    return fill_template(template, [name for name in names if name], title)
 
 
 def format_target(recipe: Recipe) -> str:

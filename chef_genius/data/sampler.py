@@ -74,6 +74,19 @@ class ResumableBatchSampler:
         """The next iteration starts where ``position`` is now."""
         self.set_position(self.position.epoch, self.position.samples_in_epoch)
 
+    def advance(self, micro_batches: int) -> None:
+        """The trainer consumed ``micro_batches`` more global micro-batches: move the position on."""
+        self.position.advance(micro_batches * self.global_batch_size)
+
+    def planned_steps(self, epochs: int, accumulation: int, epoch: int = 0, samples_in_epoch: int = 0) -> int:
+        """Optimizer steps from (``epoch``, ``samples_in_epoch``) to the end of ``epochs`` (pure)."""
+        if epoch >= epochs:
+            return 0
+        per_epoch = math.ceil(self.micro_batches_per_epoch() / accumulation)
+        rest = math.ceil(math.ceil(max(0, self.num_samples - samples_in_epoch) / self.global_batch_size)
+                         / accumulation)
+        return rest + (epochs - epoch - 1) * per_epoch
+
     def state_dict(self) -> dict:
         return self.position.state_dict()
 
@@ -91,3 +104,98 @@ class ResumableBatchSampler:
         order = self.order()
         for pos in range(self.start, self.num_samples, self.global_batch_size):
             yield rank_share(order[pos:pos + self.global_batch_size], self.num_replicas, self.rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# token-budget micro-batches
+
+
+def padded(lengths: np.ndarray, multiple: int = 8) -> np.ndarray:
+    return -(-np.asarray(lengths, dtype=np.int64) // multiple) * multiple
+
+
+def budget_bounds(order: np.ndarray, source_lengths: np.ndarray, target_lengths: np.ndarray,
+                  max_tokens: int, multiple: int = 8) -> np.ndarray:
+    """Where the micro-batches of ``order`` start, plus ``len(order)`` (pure).
+
+    Consecutive samples of the order go into one micro-batch while its padded size, rows x (widest
+    source + widest target, each padded to ``multiple`` as the collator pads), stays within
+    ``max_tokens``; a sample larger than the budget alone is a micro-batch of its own.
+    """
+    src, tgt = padded(source_lengths, multiple)[order], padded(target_lengths, multiple)[order]
+    bounds, rows, widest_src, widest_tgt = [0], 0, 0, 0
+    for i, (s, t) in enumerate(zip(src.tolist(), tgt.tolist())):
+        ws, wt = max(widest_src, s), max(widest_tgt, t)
+        if rows and (rows + 1) * (ws + wt) > max_tokens:
+            bounds.append(i)
+            rows, ws, wt = 0, s, t
+        rows, widest_src, widest_tgt = rows + 1, ws, wt
+    bounds.append(len(order))
+    return np.asarray(bounds if len(order) else [0], dtype=np.int64)
+
+
+class TokenBudgetSampler(ResumableBatchSampler):
+    """Micro-batches of about ``max_tokens`` padded tokens each instead of a fixed number of rows.
+
+    The epoch order is the same length-grouped order as ``ResumableBatchSampler``'s; it is cut into
+    micro-batches by ``budget_bounds`` (a pure function of the order, the lengths and the budget, not
+    of the number of processes). Global micro-batch g is micro-batches ``g*world .. g*world+world-1``,
+    one per rank; in the epoch's last one, a rank without a micro-batch steps on a padding copy
+    ``~i`` (no loss, no tokens), so every rank runs the same number of micro-batches. The position
+    still counts samples (all ranks together), and a saved count always falls on a micro-batch
+    boundary, on any world size: resuming is a search in the boundaries.
+    """
+
+    def __init__(self, num_samples: int, max_tokens: int, seed: int, lengths, source_lengths, target_lengths,
+                 group_size: int = 1024, num_replicas: int = 1, rank: int = 0):
+        super().__init__(num_samples, 1, seed, lengths, group_size, num_replicas, rank)
+        self.max_tokens = max_tokens
+        self.source_lengths, self.target_lengths = np.asarray(source_lengths), np.asarray(target_lengths)
+        self.position.max_tokens_per_batch = max_tokens
+        self._bounds: dict[int, np.ndarray] = {}
+
+    def bounds(self, epoch: int) -> np.ndarray:
+        if epoch not in self._bounds:
+            if len(self._bounds) > 2:
+                self._bounds.clear()
+            order = epoch_order(self.num_samples, self.seed, epoch, self.lengths, self.group_size)
+            self._bounds[epoch] = budget_bounds(order, self.source_lengths, self.target_lengths, self.max_tokens)
+        return self._bounds[epoch]
+
+    def _first(self, epoch: int, samples_in_epoch: int) -> int:
+        """The micro-batch that starts at ``samples_in_epoch`` (the next boundary if none does, which only
+        a position taken under another order can ask for)."""
+        return int(np.searchsorted(self.bounds(epoch), samples_in_epoch, side="left"))
+
+    def _global_batches(self, epoch: int, first: int = 0) -> int:
+        return math.ceil(max(0, len(self.bounds(epoch)) - 1 - first) / self.num_replicas)
+
+    def micro_batches_per_epoch(self) -> int:
+        return self._global_batches(0)
+
+    def __len__(self) -> int:
+        return self._global_batches(self.epoch, self._first(self.epoch, self.start))
+
+    def __iter__(self):
+        order, bounds = self.order(), self.bounds(self.epoch)
+        count = len(bounds) - 1
+        for g in range(self._first(self.epoch, self.start), count, self.num_replicas):
+            mine = g + self.rank
+            if mine < count:
+                yield order[bounds[mine]:bounds[mine + 1]].tolist()
+            else:
+                yield [~int(order[bounds[g]])]
+
+    def advance(self, micro_batches: int) -> None:
+        p = self.position
+        bounds = self.bounds(p.epoch)
+        first = self._first(p.epoch, p.samples_in_epoch)
+        last = min(first + micro_batches * self.num_replicas, len(bounds) - 1)
+        p.advance(int(bounds[last]) - p.samples_in_epoch)
+
+    def planned_steps(self, epochs: int, accumulation: int, epoch: int = 0, samples_in_epoch: int = 0) -> int:
+        steps = 0
+        for e in range(epoch, epochs):
+            first = self._first(e, samples_in_epoch) if e == epoch else 0
+            steps += math.ceil(self._global_batches(e, first) / accumulation)
+        return steps

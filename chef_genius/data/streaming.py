@@ -27,22 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chef_genius.data.readers import ReadStats, read_examples
+from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
 from chef_genius.data.sampler import ResumableBatchSampler
 from chef_genius.data.shares import ShareCollator, ShareDataset, rank_share
 
 
-def count_rows(path: str | Path, cache_root: str | Path) -> int:
-    """Usable recipes in ``path``, counted once and remembered by the file's fingerprint."""
+def count_rows(path: str | Path, cache_root: str | Path, options: ReadOptions = ReadOptions()) -> int:
+    """Usable recipes in ``path``, counted once and remembered by the file's fingerprint and the
+    ``--columns`` mapping (which decides which rows are usable)."""
     from chef_genius.data.tokenized import file_fingerprint
 
     fingerprint = file_fingerprint(path)
     memo = Path(cache_root) / "stream-counts.json"
     known = json.loads(memo.read_text()) if memo.is_file() else {}
-    key = json.dumps(fingerprint, sort_keys=True)
+    key = json.dumps({**fingerprint, "columns": options.columns}, sort_keys=True)
     if key not in known:
         stats = ReadStats()
-        known[key] = sum(1 for _ in read_examples(path, stats))
+        known[key] = sum(1 for _ in read_examples(path, stats, options))
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(json.dumps(known))
     return known[key]
@@ -82,8 +83,8 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, path, tokenizer, max_source_length: int, max_target_length: int, sampler: StreamingSampler,
-                 collate):
-        self.path, self.tokenizer, self.sampler = str(path), tokenizer, sampler
+                 collate, options: ReadOptions = ReadOptions()):
+        self.path, self.tokenizer, self.sampler, self.options = str(path), tokenizer, sampler, options
         self.collate = ShareCollator(collate)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
@@ -95,7 +96,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         s = self.sampler
         first_group, skip = divmod(s.start, s.group_size)
-        rows = read_examples(self.path, ReadStats())
+        rows = read_examples(self.path, ReadStats(), self.options)
         for _ in range(first_group * s.group_size):  # parsed, not tokenized
             if next(rows, None) is None:
                 return

@@ -1,7 +1,9 @@
 """Tokenized training data: an on-disk ``datasets`` cache, the validation split, batches.
 
-The cache is keyed by the data file (absolute path, size, modification time), the tokenizer (hash
-of its serialized vocabulary), the recipe template version and the max lengths, so a second run or a
+The cache is keyed by the data file (absolute path, size, modification time and a hash of its
+first and last MiB and of 16 blocks between them, so an edit that keeps size and time still
+counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
+``--columns`` mapping, the ``--source-template`` and the max lengths, so a second run or a
 resume memory-maps the same Arrow files instead of tokenizing again.
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from chef_genius.errors import DataError
-from chef_genius.data.readers import ReadStats, read_examples
+from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint, read_examples
 from chef_genius.data.recipes import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,31 @@ PAD_MULTIPLE = 8
 LABEL_PAD = -100
 
 
+_BLOCK, _EDGE, _SAMPLES = 64 << 10, 1 << 20, 16
+
+
 def file_fingerprint(path: str | Path) -> dict:
     path = Path(path).resolve()
     stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "sampled_sha256": sampled_digest(path, stat.st_size)}
+
+
+def sampled_digest(path: Path, size: int) -> str:
+    """sha256 of the first and last MiB and of evenly spaced 64 KiB blocks: about 3 MiB read for a
+    file of any size, and every byte of a file up to 3 MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if size <= 2 * _EDGE + _SAMPLES * _BLOCK:
+            digest.update(handle.read())
+            return digest.hexdigest()[:24]
+        digest.update(handle.read(_EDGE))
+        for i in range(1, _SAMPLES + 1):
+            handle.seek(_EDGE + (size - 2 * _EDGE) * i // (_SAMPLES + 1))
+            digest.update(handle.read(_BLOCK))
+        handle.seek(size - _EDGE)
+        digest.update(handle.read())
+    return digest.hexdigest()[:24]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -49,13 +72,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: int) -> str:
+def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: int,
+              options: ReadOptions = ReadOptions()) -> str:
     key = {
         "data": file_fingerprint(data_path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": TEMPLATE_VERSION,
         "max_source_length": max_source_length,
         "max_target_length": max_target_length,
+        **options.key(),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -68,14 +93,27 @@ class TokenizedData:
     from_cache: bool
 
 
+def cache_folder(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
+                 options: ReadOptions = ReadOptions()) -> Path:
+    """Where ``load_tokenized`` keeps the cache of these settings."""
+    key = cache_key(data_path, tokenizer, max_source_length, max_target_length, options)
+    return Path(cache_root) / f"{Path(data_path).stem}-{key}"
+
+
+def is_cached(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
+              options: ReadOptions = ReadOptions()) -> bool:
+    """Whether ``load_tokenized`` would only map an existing cache (no parsing, no tokenizing)."""
+    return (cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
+            / CACHE_META).is_file()
+
+
 def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_length: int,
-                   cache_root: str | Path, num_proc: int = 1) -> TokenizedData:
+                   cache_root: str | Path, num_proc: int = 1, options: ReadOptions = ReadOptions()) -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root``; later calls memory-map the cached Arrow files."""
     import datasets
 
     datasets.disable_progress_bars()
-    key = cache_key(data_path, tokenizer, max_source_length, max_target_length)
-    final = Path(cache_root) / f"{Path(data_path).stem}-{key}"
+    final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
     if (final / CACHE_META).is_file():
         stats = json.loads((final / CACHE_META).read_text())
         return TokenizedData(datasets.load_from_disk(str(final)), stats, final, True)
@@ -87,7 +125,7 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
         stats = ReadStats()
         try:
             raw = datasets.Dataset.from_generator(
-                _example_generator, gen_kwargs={"path": str(data_path), "stats": stats},
+                _example_generator, gen_kwargs={"path": str(data_path), "stats": stats, "options": options},
                 cache_dir=str(staging / "work"),
                 features=datasets.Features({"source": datasets.Value("string"),
                                             "target": datasets.Value("string")}))
@@ -96,9 +134,9 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
         except ValueError:  # datasets refuses a generator that yielded nothing
             if stats.kept:
                 raise
-            raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})") from None
+            raise _no_recipe(data_path, stats) from None
         if stats.kept == 0 and len(raw) == 0:
-            raise DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})")
+            raise _no_recipe(data_path, stats)
         tokenized = raw.map(
             _tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
             remove_columns=["source", "target"],
@@ -121,6 +159,11 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     return TokenizedData(datasets.load_from_disk(str(final)), stats_dict, final, False)
 
 
+def _no_recipe(data_path, stats: ReadStats) -> DataError:
+    hint = encoding_hint(stats.to_dict())
+    return DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})" + (f"; {hint}" if hint else ""))
+
+
 def _reader_error(err: BaseException) -> BaseException:
     """``datasets`` wraps what the reader raised; hand back the reader's own DataError / OSError."""
     cause = err
@@ -131,8 +174,8 @@ def _reader_error(err: BaseException) -> BaseException:
     return err
 
 
-def _example_generator(path: str, stats: ReadStats):
-    yield from read_examples(path, stats)
+def _example_generator(path: str, stats: ReadStats, options: ReadOptions):
+    yield from read_examples(path, stats, options)
 
 
 def _tokenize_batch(batch, tokenizer, max_source_length, max_target_length):
@@ -170,6 +213,12 @@ class RecipeDataset(torch.utils.data.Dataset):
         src = np.asarray(self.dataset["source_len"], dtype=np.int64)
         tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
         return (src + tgt)[self.indices]
+
+    def source_target_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target tokens per example (for token-budget batches)."""
+        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
+        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
+        return src[self.indices], tgt[self.indices]
 
 
 class Collator:

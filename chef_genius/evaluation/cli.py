@@ -64,20 +64,26 @@ def expand(given: str) -> list[tuple[str, int | None, Path]]:
 
 
 def held_out_recipes(args, models) -> tuple[list, str]:
-    from chef_genius.data.readers import ReadStats, read_examples
+    from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
+    from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
     from chef_genius.data.tokenized import split_indices
     from chef_genius.errors import DataError
     from chef_genius.evaluation.heldout import held_out_from_examples
     if args.data:
         if not Path(args.data).is_file():
             raise UserError(f"--data file not found: {args.data}")
-        examples, where = list(read_examples(args.data, ReadStats())), args.data
+        # the input the models were trained with (chef_genius_prompt.json), the default prompt without one
+        template = next((t for t in (ckpt.read_prompt(folder) for _, _, folder in models) if t),
+                        DEFAULT_SOURCE_TEMPLATE)
+        options = ReadOptions(source_template=template)
+        examples, where = list(read_examples(args.data, ReadStats(), options)), args.data
     else:
         settings = _run_settings(models)
+        options = ReadOptions(settings.get("columns"), settings.get("source_template") or DEFAULT_SOURCE_TEMPLATE)
         data = settings.get("eval_data") or settings.get("data")
         if not data or not Path(data).is_file():
             raise UserError(f"the run's data file {data} is not here: pass --data with held-out recipes")
-        examples = list(read_examples(data, ReadStats()))
+        examples = list(read_examples(data, ReadStats(), options))
         if not settings.get("eval_data"):
             _, idx = split_indices(len(examples), float(settings.get("eval_split_ratio", 0.0)), int(settings["seed"]))
             if not len(idx):
@@ -86,7 +92,7 @@ def held_out_recipes(args, models) -> tuple[list, str]:
         where = f"{data} (the run's validation split)" if not settings.get("eval_data") else data
     if not examples:
         raise DataError(f"{where}: no usable recipe")
-    return held_out_from_examples(examples[:args.max_recipes]), where
+    return held_out_from_examples(examples[:args.max_recipes], options.source_template), where
 
 
 def _run_settings(models) -> dict:

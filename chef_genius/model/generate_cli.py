@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.cli_support import Parser
+from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, source_from_ingredients, template_fields
 from chef_genius.errors import EXIT_OK, UserError, run_cli
 from chef_genius.model.generation import GenerationSettings, generate_texts, recipe_dict, render_text
 
@@ -20,11 +21,14 @@ EXAMPLES = """examples:
   python cli/generate_recipe.py --model models/flan-large --ingredients "salmon, lemon, dill" \\
       --do-sample --temperature 0.8 --top-p 0.9 --seed 7 --num-return-sequences 3
   python cli/generate_recipe.py --model models/flan-large --ingredients "eggs, spinach" --json
+  python cli/generate_recipe.py --model models/old-system --prompt "Create a detailed recipe for Pad Thai with step-by-step instructions."
 
 --model takes a run folder (its final model, else its newest complete checkpoint), a checkpoint-N
 folder, or any folder written by save_pretrained. Default decoding is greedy, at most 384 new tokens,
 and stops at the end of the recipe (the model's end-of-text token); --num-beams 4 often reads better
-on a large model, at about 4 times the time.
+on a large model, at about 4 times the time. --ingredients are put into the prompt the model was
+trained with (its --source-template, kept in chef_genius_prompt.json beside config.json; the default
+ingredient prompt for a folder without one); --prompt is given to the model as it is.
 """
 
 
@@ -34,8 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="CHECKPOINT_OR_MODEL_DIR",
                    help="run folder, checkpoint-N folder or saved model folder")
-    p.add_argument("--ingredients", required=True, action="append", metavar='"A, B, C"',
-                   help="comma-separated ingredients; repeat the flag for several recipes in one batch")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ingredients", action="append", metavar='"A, B, C"',
+                      help="comma-separated ingredients, put into the model's training prompt; repeat the flag "
+                           "for several recipes in one batch")
+    what.add_argument("--prompt", action="append", metavar="TEXT",
+                      help="the model's whole input, given as is (e.g. for a model trained on input/output "
+                           "pairs); repeat the flag for several recipes in one batch")
     p.add_argument("--max-new-tokens", type=int, metavar="N", default=d.max_new_tokens,
                    help=f"longest recipe in tokens (default {d.max_new_tokens})")
     p.add_argument("--num-beams", type=int, metavar="N", default=None,
@@ -101,10 +110,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _tolerant_stdout()
     settings = settings_from(args)
-    ingredient_lists = [text.strip() for text in args.ingredients]
-    if not all(any(part.strip() for part in text.split(",")) for text in ingredient_lists):
-        raise UserError("--ingredients is empty: give a comma-separated list such as \"chicken, rice, garlic\"")
     model_dir = resolve_model_dir(args.model)
+    given, sources = model_inputs(args, model_dir)
 
     import torch
     from chef_genius.model.loading import load_model, load_tokenizer, quiet_transformers
@@ -120,22 +127,45 @@ def main(argv=None) -> int:
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     if not args.json:
         print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr, flush=True)
-    texts = generate_texts(model, tokenizer, ingredient_lists, settings, device, autocast)
+    texts = generate_texts(model, tokenizer, given, settings, device, autocast, sources=sources)
 
     if args.json:
-        results = [{"ingredients": given, "recipes": [recipe_dict(t) for t in outs]}
-                   for given, outs in zip(ingredient_lists, texts)]
+        key = "prompt" if args.prompt else "ingredients"
+        results = [{key: text, "input": source, "recipes": [recipe_dict(t) for t in outs]}
+                   for text, source, outs in zip(given, sources, texts)]
         print(json.dumps({"model": str(model_dir), "settings": settings.to_dict(), "seed": args.seed,
                           "results": results}, indent=2))  # ASCII escapes: safe on any console encoding
         return EXIT_OK
     blocks = []
-    for given, outs in zip(ingredient_lists, texts):
+    for asked, outs in zip(given, texts):
         for i, text in enumerate(outs, 1):
-            header = f"=== {given}" + (f" ({i} of {len(outs)})" if len(outs) > 1 else "") + " ==="
+            header = f"=== {asked}" + (f" ({i} of {len(outs)})" if len(outs) > 1 else "") + " ==="
             body = text if args.raw else _readable(text)
-            blocks.append(body if len(ingredient_lists) == 1 and len(outs) == 1 else f"{header}\n{body}")
+            blocks.append(body if len(given) == 1 and len(outs) == 1 else f"{header}\n{body}")
     print("\n\n".join(blocks))
     return EXIT_OK
+
+
+def model_inputs(args, model_dir: Path) -> tuple[list[str], list[str]]:
+    """(what the user gave, the model inputs): --prompt as is, or --ingredients in the model's template."""
+    if args.prompt:
+        prompts = [text.strip() for text in args.prompt]
+        if not all(prompts):
+            raise UserError("--prompt is empty: give the model's input text")
+        return prompts, prompts
+    ingredient_lists = [text.strip() for text in args.ingredients]
+    if not all(any(part.strip() for part in text.split(",")) for text in ingredient_lists):
+        raise UserError("--ingredients is empty: give a comma-separated list such as \"chicken, rice, garlic\"")
+    template = ckpt.read_prompt(model_dir) or DEFAULT_SOURCE_TEMPLATE
+    try:
+        fields = template_fields(template)
+    except ValueError:
+        raise UserError(f"{model_dir / ckpt.PROMPT} holds an unusable template {template!r}; give the model's "
+                        "input with --prompt") from None
+    if fields != {"ingredients"}:
+        raise UserError(f"{model_dir.name} was trained with inputs {template!r}, which need more than "
+                        "ingredients: give the model's whole input with --prompt")
+    return ingredient_lists, [source_from_ingredients(text, template) for text in ingredient_lists]
 
 
 def _tolerant_stdout() -> None:

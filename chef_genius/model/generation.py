@@ -1,7 +1,8 @@
 """Writing recipes with a trained model: the shared generation call, and the samples of each evaluation.
 
-Generation reads the same text form training used (``recipes.source_from_ingredients``) and turns
-the model's one-line output back into a recipe (``recipes.parse_target``).
+Generation builds the model input as training did: the run's ``--source-template`` filled by
+``recipes.source_from_ingredients`` (or a prompt given as is), and turns the model's one-line output
+back into a recipe (``recipes.parse_target``).
 
 The samples logged at each evaluation are greedy and short, made on the main process only, and
 never touch the training RNG streams (``torch.random.fork_rng``), so a run with samples resumes
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chef_genius.data.recipes import clean, parse_target, render, source_from_ingredients
+from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, clean, parse_target, render, source_from_ingredients
 
 SAMPLE_INGREDIENTS = (
     "chicken, rice, garlic",
@@ -25,6 +26,8 @@ SAMPLE_INGREDIENTS = (
     "potatoes, onion, cheddar cheese",
     "salmon, lemon, dill",
 )
+SAMPLE_TITLES = ("Garlic chicken and rice", "Butter cookies", "Caprese salad", "Cheesy potato bake",
+                 "Lemon dill salmon")  # for a --source-template that uses {title}
 SAMPLE_MAX_NEW_TOKENS = 128
 
 
@@ -58,16 +61,19 @@ class GenerationSettings:
 
 @torch.no_grad()
 def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: GenerationSettings,
-                   device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256) -> list[list[str]]:
-    """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts."""
-    sources = [source_from_ingredients(text) for text in ingredient_lists]
+                   device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256,
+                   template: str = DEFAULT_SOURCE_TEMPLATE, sources: list[str] | None = None) -> list[list[str]]:
+    """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts; ``sources``
+    given: those model inputs as they are (``--prompt``) instead of the template filled."""
+    if sources is None:
+        sources = [source_from_ingredients(text, template) for text in ingredient_lists]
     batch = tokenizer(sources, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
     batch = {k: v.to(device) for k, v in batch.items()}
     with autocast():
         out = model.generate(**batch, **settings.generate_kwargs())
     texts = [clean(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
     n = settings.num_return_sequences
-    return [texts[i * n:(i + 1) * n] for i in range(len(ingredient_lists))]
+    return [texts[i * n:(i + 1) * n] for i in range(len(sources))]
 
 
 def recipe_dict(text: str) -> dict:
@@ -80,19 +86,23 @@ def render_text(text: str) -> str:
     return render(parse_target(text))
 
 
-def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=contextlib.nullcontext) -> list[dict]:
-    """Greedy, short generations from the first ``count`` fixed ingredient lists.
+def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=contextlib.nullcontext,
+                 template: str = DEFAULT_SOURCE_TEMPLATE) -> list[dict]:
+    """Greedy, short generations from the first ``count`` fixed ingredient lists (and titles), their
+    inputs built by the run's ``template``.
 
     The model is put in eval mode and back; every RNG stream is saved and restored around the call.
     """
     ingredients = list(SAMPLE_INGREDIENTS[:count])
+    sources = [source_from_ingredients(text, template, title) for text, title in zip(ingredients, SAMPLE_TITLES)]
     settings = GenerationSettings(max_new_tokens=SAMPLE_MAX_NEW_TOKENS, num_beams=1)
     devices = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
     with torch.random.fork_rng(devices=devices):
         model.eval()
         try:
-            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast)
+            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast, sources=sources)
         finally:
             model.train(was_training)
-    return [{"ingredients": given, "text": generated[0]} for given, generated in zip(ingredients, texts)]
+    return [{"ingredients": given, "prompt": source, "text": generated[0]}
+            for given, source, generated in zip(ingredients, sources, texts)]

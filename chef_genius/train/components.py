@@ -37,8 +37,9 @@ def bare(optimizer):
 
 
 class ModelFiles:
-    def __init__(self, accelerator, model, tokenizer):
+    def __init__(self, accelerator, model, tokenizer, source_template: str | None = None):
         self.accelerator, self.model, self.tokenizer = accelerator, model, tokenizer
+        self.source_template = source_template  # written beside config.json (generation reads it)
 
     def state_dict(self) -> dict:
         if sharded.is_fsdp(self.accelerator):
@@ -48,6 +49,8 @@ class ModelFiles:
     def save(self, folder, weights: dict) -> None:
         unwrap(self.model).save_pretrained(folder, state_dict=weights, max_shard_size="1000GB")
         self.tokenizer.save_pretrained(folder)
+        if self.source_template is not None:
+            ckpt.write_prompt(folder, self.source_template)
 
 
 class OptimizerSlice:

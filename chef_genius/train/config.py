@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.cli_support import Parser
+from chef_genius.data.layouts import canonical_columns
+from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, template_fields
 from chef_genius.errors import UserError
 from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
 
@@ -23,7 +25,8 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "bf16", "no")
 PROGRESS_MODES = ("auto", "bar", "log")
 REPORT_TO = ("tensorboard", "wandb", "none")
-DATA_REQUIRED = "--data is required (a RecipeNLG CSV, JSONL or Parquet file), or use --demo"
+DATA_REQUIRED = ("--data is required (a RecipeNLG or Food.com CSV, JSONL or Parquet file, optionally .gz, .bz2 "
+                 "or zipped), or use --demo")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class TrainConfig:
     data: str | None = None
     eval_data: str | None = None
     eval_split_ratio: float = 0.02
+    columns: str | None = None
+    source_template: str = DEFAULT_SOURCE_TEMPLATE
     pretrained_model: str = DEFAULT_MODEL
     model_output: str = str(MODELS_ROOT / "chef-genius")
     cache_dir: str | None = None
@@ -41,6 +46,7 @@ class TrainConfig:
     max_steps: int = 0
     stop_after_steps: int = 0
     batch_size: int = 8
+    max_tokens_per_batch: int = 0
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     warmup_steps: int = 500
@@ -72,6 +78,7 @@ class TrainConfig:
     report_to: list = dataclasses.field(default_factory=list)
     wandb_project: str | None = None
     eval_samples: int = 3
+    eval_max_samples: int = 2000
     eval_generate: int = 0
     metric_for_best: str = "eval_loss"
     # The fields the command line set (any spelling of their flags); never saved in a checkpoint.
@@ -97,8 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="training recipes: RecipeNLG CSV, JSONL or Parquet (a resume reuses the run's)")
+    g.add_argument("--data", help="training recipes: RecipeNLG / Food.com CSV, JSONL or Parquet, also .gz, .bz2 or "
+                                  "a .zip holding one (a resume reuses the run's)")
     g.add_argument("--eval-data", help="separate validation file (default: hold out --eval-split-ratio)")
+    g.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help="which columns hold the recipe, for a layout other than RecipeNLG, Food.com or input/output "
+                        "pairs, e.g. title=name,directions=steps (fields: title, ingredients, directions, ner, "
+                        "input, output; an unnamed field keeps its own name; applies to --eval-data too)")
+    g.add_argument("--source-template", default=d.source_template, metavar="TEXT",
+                   help="how the model input is built from a recipe: {ingredients} and/or {title}, stored with "
+                        "the run and the model and used by samples and generate_recipe.py; input/output pair "
+                        f"files keep their own input (default {d.source_template!r})")
     g.add_argument("--eval-split-ratio", type=float, default=d.eval_split_ratio,
                    help=f"fraction of --data held out for validation (default {d.eval_split_ratio})")
     g.add_argument("--max-source-length", type=int, default=d.max_source_length,
@@ -129,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume from the newest complete checkpoint if there is one, else start fresh")
     g.add_argument("--allow-config-change", action="store_true",
                    help="resume even with flags that change which recipes the rest of the run sees (data, batch "
-                        "size, accumulation, seed, grouping, max lengths, eval split)")
+                        "size, accumulation, seed, grouping, max lengths, eval split, columns, source template)")
     g.add_argument("--demo", action="store_true",
                    help="train the offline tiny model on the bundled sample (CPU, about 2 minutes of CPU time) and show "
                         "what it learned: a held-out recipe before and after, and its recipe metrics")
@@ -143,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "LR schedule (for job time limits; resume later with --resume-from-checkpoint latest)")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"examples per device per micro-batch (default {d.batch_size})")
+    g.add_argument("--max-tokens-per-batch", type=int, default=d.max_tokens_per_batch, metavar="N",
+                   help="micro-batches of about N padded tokens per device (rows x (longest source + longest "
+                        "target)) built from length-grouped recipes, instead of --batch-size rows: every step "
+                        "does about the same work, little of it padding (default 0: --batch-size rows)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=d.gradient_accumulation_steps,
                    help="micro-batches per optimizer step (default 1)")
     g.add_argument("--learning-rate", type=float, default=d.learning_rate,
@@ -195,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size (reads the whole checkpoint once)")
     g.add_argument("--eval-steps", type=int, default=d.eval_steps,
                    help=f"validation loss every N optimizer steps (default {d.eval_steps})")
+    g.add_argument("--eval-max-samples", type=int, default=d.eval_max_samples, metavar="N",
+                   help="validate on a fixed, seeded choice of at most N held-out recipes, the same ones at "
+                        f"every evaluation (default {d.eval_max_samples}; 0: all of them)")
     g.add_argument("--logging-steps", type=int, default=d.logging_steps,
                    help=f"log every N optimizer steps (default {d.logging_steps})")
     add_monitoring_flags(p, d)
@@ -279,8 +302,9 @@ def validate(c: TrainConfig) -> None:
     for name in positive:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
-    non_negative = ("max_steps", "stop_after_steps", "warmup_steps", "save_total_limit", "dataloader_num_workers",
-                    "optimizer_rewarmup_steps", "eval_samples", "eval_generate")
+    non_negative = ("max_tokens_per_batch", "max_steps", "stop_after_steps", "warmup_steps", "save_total_limit",
+                    "dataloader_num_workers", "optimizer_rewarmup_steps", "eval_samples", "eval_max_samples",
+                    "eval_generate")
     for name in non_negative:
         if getattr(c, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(c, name)}")
@@ -292,6 +316,11 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--weight-decay and --max-grad-norm must be 0 or more")
     if not 0 <= c.eval_split_ratio < 1:
         raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
+    c.columns = canonical_columns(c.columns)
+    try:
+        template_fields(c.source_template)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if c.data is None and not (c.resume_from_checkpoint or c.auto_resume):
         raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
@@ -301,6 +330,12 @@ def validate(c: TrainConfig) -> None:
     check_reporters(c.report_to)
     if c.metric_for_best != "eval_loss" and not c.eval_generate:
         raise UserError(f"--metric-for-best {c.metric_for_best} needs recipes to score: add --eval-generate N")
+    if c.max_tokens_per_batch and c.streaming:
+        raise UserError("--max-tokens-per-batch needs the tokenized cache: drop --streaming or --max-tokens-per-batch")
+    if c.max_tokens_per_batch and c.max_tokens_per_batch < c.max_source_length + c.max_target_length:
+        raise UserError(f"--max-tokens-per-batch {c.max_tokens_per_batch} is smaller than one recipe can be "
+                        f"(--max-source-length + --max-target-length = {c.max_source_length + c.max_target_length});"
+                        " raise it or the max lengths")
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
 

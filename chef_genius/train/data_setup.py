@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized, split_indices
-from chef_genius.data.sampler import ResumableBatchSampler
+from chef_genius.data.readers import ReadOptions, encoding_hint
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, is_cached, load_tokenized, split_indices
+from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
 from chef_genius.train import preemption
@@ -45,21 +48,40 @@ def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) 
     return _cached(config, tokenizer, accelerator, cache_root, collate)
 
 
+def read_options(c) -> ReadOptions:
+    """How the run's files become examples: ``--columns`` and ``--source-template``."""
+    return ReadOptions(c.columns, c.source_template)
+
+
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
-    with accelerator.main_process_first(), _cache_errors(cache_root):
-        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc)
+    options = read_options(c)
+    files = [path for path in (c.data, c.eval_data) if path]
+    with _main_tokenizes_first(accelerator, lambda: all(
+            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+            for path in files)), _cache_errors(cache_root):
+        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
+                               options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc) if c.eval_data else None)
+                                c.num_proc, options) if c.eval_data else None)
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
+    if encoding_hint(train.stats):
+        log.warning("%s: %s", c.data, encoding_hint(train.stats))
     if evald is not None:
         train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
     else:
         train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
         train_data = RecipeDataset(train.dataset, train_idx)
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
-    sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed,
-                                    train_data.lengths() if c.group_by_length else None, c.length_group_size,
-                                    accelerator.num_processes, accelerator.process_index)
+    if eval_data is not None:
+        eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
+    sort_by = train_data.lengths() if c.group_by_length else None
+    if c.max_tokens_per_batch:
+        sampler = TokenBudgetSampler(len(train_data), c.max_tokens_per_batch, c.seed, sort_by,
+                                     *train_data.source_target_lengths(), c.length_group_size,
+                                     accelerator.num_processes, accelerator.process_index)
+    else:
+        sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed, sort_by, c.length_group_size,
+                                        accelerator.num_processes, accelerator.process_index)
     collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
     workers = c.dataloader_num_workers
     common = dict(collate_fn=collate, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
@@ -73,10 +95,11 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+    options = read_options(c)
     with accelerator.main_process_first():
-        rows = count_rows(c.data, cache_root)
+        rows = count_rows(c.data, cache_root, options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc) if c.eval_data else None)
+                                c.num_proc, options) if c.eval_data else None)
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
@@ -85,28 +108,63 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
-    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate)
+    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate,
+                              options)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
                                          pin_memory=accelerator.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(c.seed))
-    eval_data = RecipeDataset(evald.dataset) if evald is not None else None
+    eval_data = eval_subset(RecipeDataset(evald.dataset), c.eval_max_samples, c.seed) if evald is not None else None
     eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
 
 
+EVAL_BATCH_FACTOR = 2  # no gradients, no optimizer state: an evaluation batch fits twice the training rows
+
+
+def eval_subset(eval_data: RecipeDataset, cap: int, seed: int) -> RecipeDataset:
+    """At most ``cap`` validation recipes (0: all), the same ones at every evaluation and on resume: a
+    seeded choice, so the loss stays comparable from one evaluation to the next."""
+    if not cap or len(eval_data) <= cap:
+        return eval_data
+    chosen = np.sort(np.random.default_rng([seed, 0xE7A1]).choice(len(eval_data), cap, replace=False))
+    log.info("validation on a fixed %d of the %d held-out recipes (--eval-max-samples)", cap, len(eval_data))
+    return RecipeDataset(eval_data.dataset, eval_data.indices[chosen])
+
+
 def _eval_loader(c, eval_data: RecipeDataset | None, accelerator, collate) -> torch.utils.data.DataLoader | None:
-    """The whole validation set in one length-sorted group (least padding; the order does not matter).
+    """The whole validation set in one length-sorted group (least padding; the order does not matter),
+    in batches of ``EVAL_BATCH_FACTOR`` times the training batch.
     On several processes a rank whose share of the last batch is empty gets a padding row, which
     ``collate`` (a ``ShareCollator``) masks out, so no recipe counts twice in the validation loss."""
     if eval_data is None:
         return None
-    sampler = ResumableBatchSampler(len(eval_data), c.batch_size, c.seed, eval_data.lengths(), len(eval_data),
-                                    accelerator.num_processes, accelerator.process_index)
+    sampler = ResumableBatchSampler(len(eval_data), c.batch_size * EVAL_BATCH_FACTOR, c.seed, eval_data.lengths(),
+                                    len(eval_data), accelerator.num_processes, accelerator.process_index)
     # the private generator: even without workers an iterator draws a base seed from it, never from
     # the global RNG that the training steps' dropout uses
     return torch.utils.data.DataLoader(dist.ShareDataset(eval_data), batch_sampler=sampler, collate_fn=collate,
                                        pin_memory=accelerator.device.type == "cuda",
                                        generator=torch.Generator().manual_seed(c.seed))
+
+
+@contextlib.contextmanager
+def _main_tokenizes_first(accelerator, cached, poll_s: float = 2.0):
+    """Rank 0 tokenizes into the cache, then the other ranks map it. They wait by watching the file
+    system, not at a collective: a first tokenization of millions of rows takes longer than the process
+    group's timeout (NCCL: 10 minutes). The barrier afterwards is short: everyone has the cache then.
+    If rank 0 fails, its launcher (torchrun / accelerate launch) ends the waiting ranks."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    if not accelerator.is_main_process:
+        waited = time.monotonic()
+        while not cached():
+            time.sleep(poll_s)
+            if time.monotonic() - waited > 60:
+                log.warning("waiting for rank 0 to tokenize the data into the cache")
+                waited = time.monotonic()
+    yield
+    accelerator.wait_for_everyone()
 
 
 @contextlib.contextmanager

@@ -38,19 +38,23 @@ SAMPLE_LOG_ENV = "CHEF_GENIUS_SAMPLE_LOG"
 # ---------------------------------------------------------------------------------------------
 # loss normalisation
 
-def token_divisor(accelerator, local_tokens: int) -> tuple[float | int, int]:
+def token_divisor(accelerator, local_tokens: int) -> tuple[float | torch.Tensor, int | torch.Tensor]:
     """(divisor for this rank's summed loss, global target tokens of the step).
 
     DDP averages gradients over ranks, so dividing each rank's token-summed loss by
     ``global_tokens / world`` gives the gradient of the global token mean. One all-reduce per
-    optimizer step; on one process nothing is communicated and the divisor is the plain count.
+    optimizer step, and both stay on the device (the count goes up through pinned memory): the
+    host never waits for the device here, so the GPU queue does not drain each step. On one process
+    nothing is communicated and both are plain numbers.
     """
     world = accelerator.num_processes
     if world == 1:
         return max(local_tokens, 1), local_tokens
-    count = torch.tensor(local_tokens, device=accelerator.device, dtype=torch.long)
-    global_tokens = int(accelerator.reduce(count, reduction="sum").item())
-    return max(global_tokens, 1) / world, global_tokens
+    count = torch.tensor(local_tokens, dtype=torch.long)
+    if accelerator.device.type == "cuda":
+        count = count.pin_memory()
+    global_tokens = accelerator.reduce(count.to(accelerator.device, non_blocking=True), reduction="sum")
+    return global_tokens.clamp(min=1).float() / world, global_tokens
 
 
 def global_step_loss(accelerator, local_loss: torch.Tensor) -> torch.Tensor:
@@ -101,10 +105,54 @@ class World:
     def __init__(self, accelerator):
         self.accelerator = accelerator
         self.is_main = accelerator.is_main_process
+        self._late: LateVote | None = None
 
     def agree(self, *flags: bool) -> tuple[bool, ...]:
         """The flags OR-ed over all processes (one all-reduce; nothing on one process)."""
         return preemption.agree(self.accelerator, *flags)
+
+    def agree_late(self, *flags: bool) -> tuple[bool, ...]:
+        """The flags of the *previous* call OR-ed over all processes (all False on the first call); this
+        call's flags start their all-reduce now and are read at the next call. Every process calls it
+        once per step, so all of them act on the same vote at the same step, one step after it was cast,
+        and the host never waits on the step just queued (the per-step stop vote). One process: this
+        call's flags, at once."""
+        if self.accelerator.num_processes == 1:
+            return flags
+        if self._late is None:
+            self._late = LateVote(self.accelerator.device)
+        return self._late.cast(flags)
+
+
+class LateVote:
+    """A sum all-reduce started now and read one call later (see ``World.agree_late``)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pending = None
+
+    def cast(self, flags) -> tuple[bool, ...]:
+        import torch.distributed as td
+        values = torch.tensor([float(f) for f in flags])
+        if self.device.type == "cuda":
+            values = values.pin_memory()
+        values = values.to(self.device, non_blocking=True)
+        work = td.all_reduce(values, op=td.ReduceOp.SUM, async_op=True)
+        if self.device.type == "cuda":
+            work.wait()  # the current stream waits for the collective; the host does not
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            pending = (done, host)
+        else:
+            pending = (work, values)
+        previous, self.pending = self.pending, pending
+        if previous is None:
+            return tuple(False for _ in flags)
+        waiter, result = previous
+        waiter.synchronize() if isinstance(waiter, torch.cuda.Event) else waiter.wait()
+        return tuple(bool(v > 0) for v in result.tolist())
 
 
 def broadcast_object(accelerator, value):

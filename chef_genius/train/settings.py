@@ -38,9 +38,10 @@ log = logging.getLogger("chef_genius")
 APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
            "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
            "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
-           "eval_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project")
+           "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project")
 GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
-           "max_source_length", "max_target_length", "batch_size", "gradient_accumulation_steps", "streaming")
+           "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
+           "gradient_accumulation_steps", "streaming", "columns", "source_template")
 RECORDED = ("pretrained_model",)
 SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
            "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes")

@@ -48,6 +48,7 @@ from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, SaveError
 from chef_genius.evaluation.heldout import evaluate_model, held_out
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
+from chef_genius.model import lean_loss
 from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
@@ -87,7 +88,8 @@ class LogWindow:
         self.tokens = 0          # target tokens
         self.source_tokens = 0
         self.rows = 0
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
+        self.wall_started = self.started     # not moved: the wall-clock rate, validation included
 
 
 class Trainer:
@@ -168,6 +170,7 @@ class Trainer:
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
         model = load_model(self.model_source)
+        self.head = lean_loss.install(model)  # loss over labelled positions only (model/lean_loss.py)
         if c.gradient_checkpointing:
             model.config.use_cache = False
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -188,12 +191,11 @@ class Trainer:
         rest of the epochs need at the new global batch)."""
         c = self.config
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
-        self.total_steps = self.steps_per_epoch * c.epochs
+        self.total_steps = self.sampler.planned_steps(c.epochs, c.gradient_accumulation_steps)
         if loaded is not None and loaded.world_size != self.accelerator.num_processes:
             where = DataPosition.saved_at(loaded.slices[ckpt.DATA_POSITION])
-            self.total_steps = dist.planned_total_steps(
-                loaded.global_step, where.epoch, where.samples_in_epoch, len(self.train_data),
-                self.sampler.global_batch_size, c.gradient_accumulation_steps, c.epochs)
+            self.total_steps = loaded.global_step + self.sampler.planned_steps(
+                c.epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch)
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
@@ -214,7 +216,8 @@ class Trainer:
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
         return CheckpointManager(
-            self.output, parts.ModelFiles(acc, self.model, self.tokenizer), components, world=dist.World(acc),
+            self.output, parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template), components,
+            world=dist.World(acc),
             async_save=c.async_save, on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
@@ -270,6 +273,7 @@ class Trainer:
         accumulation = self.config.gradient_accumulation_steps
         self.rng.apply()  # last, so nothing in setup draws from the restored streams
         self.start_step = self.state.global_step
+        self.unsettled_tokens = 0
         self.model.train()
         self.window = LogWindow()
         while not self._finished():
@@ -296,14 +300,20 @@ class Trainer:
     def _step(self, window: list[dict]) -> None:
         loss, tokens = self._train_step(window)
         self.state.global_step += 1
-        self.state.tokens_seen += tokens
-        self.position.advance(len(window) * self.sampler.global_batch_size)
+        self.unsettled_tokens += tokens  # on several processes a device tensor: read when logging or saving
+        self.sampler.advance(len(window))
         self.window.losses.append(loss)
         self.window.tokens += tokens
         self.progress.step()
 
-    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int]:
-        """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, target tokens)."""
+    def _settle_tokens(self) -> None:
+        """Add the target tokens of the steps since the last call to the run state (a host read)."""
+        self.state.tokens_seen += int(self.unsettled_tokens)
+        self.unsettled_tokens = 0
+
+    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
+        """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
+        an int on one process, a device tensor on several, so the step never waits on the host)."""
         # Counted on the CPU tensors, before the device copy: no host sync.
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
         divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
@@ -312,14 +322,9 @@ class Trainer:
             self.window.rows += batch["input_ids"].shape[0]
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(window):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
-                with self.accelerator.autocast():
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        decoder_input_ids=batch["decoder_input_ids"]).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                       ignore_index=LABEL_PAD, reduction="sum") / divisor
+                loss = self._loss_sum(batch) / divisor
                 self.accelerator.backward(loss)
             total += loss.detach()
         if self.config.max_grad_norm > 0:
@@ -329,6 +334,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return dist.global_step_loss(self.accelerator, total), tokens
 
+    def _loss_sum(self, batch: dict) -> torch.Tensor:
+        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
+        inputs = {k: batch[k].to(self.device, non_blocking=True)
+                  for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+        if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
+            with self.accelerator.autocast():
+                logits = self.model(**inputs).logits
+            labels = batch["labels"].to(self.device, non_blocking=True)
+            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD,
+                                   reduction="sum")
+        positions, targets = (t.to(self.device, non_blocking=True)
+                              for t in lean_loss.label_positions(batch["labels"], LABEL_PAD))
+        with self.accelerator.autocast(), lean_loss.targets(self.head, positions, targets):
+            return self.model(**inputs).logits  # the head's output: the summed loss
+
     # -----------------------------------------------------------------------------------------
     # periodic work
 
@@ -337,6 +357,8 @@ class Trainer:
         if not w.losses or not (force or s.global_step % self.config.logging_steps == 0):
             return
         losses = torch.stack(w.losses).tolist()  # the one host sync per logging interval
+        w.tokens = int(w.tokens)
+        self._settle_tokens()
         elapsed = time.perf_counter() - w.started
         s.train_seconds += elapsed
         rows = max(w.rows, 1)
@@ -346,6 +368,7 @@ class Trainer:
         record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
                   "loss": sum(losses) / len(losses), "step_losses": losses,
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": w.tokens / max(elapsed, 1e-9),
+                  "wall_tokens_per_s": w.tokens / max(time.perf_counter() - w.wall_started, 1e-9),
                   "tokens": w.tokens, "seconds": elapsed,
                   "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
         self.reporters.write(record)
@@ -387,7 +410,7 @@ class Trainer:
         if not c.eval_generate or self.eval_data is None:
             return None
         if getattr(self, "generation_set", None) is None:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate)
+            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
         metrics = None
         if self.is_main:
             metrics, details = self.score_generation()
@@ -402,15 +425,18 @@ class Trainer:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
         if self.eval_data is None or not len(self.eval_data) or not self.is_main:
             return None
-        example = held_out(self.eval_data, self.tokenizer, 1)
+        c = self.config
+        example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
         _, details = evaluate_model(unwrap(self.model), self.tokenizer, example, self.device, self.accelerator.autocast,
-                                    max_new_tokens=self.config.max_target_length)
+                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
+                                    template=c.source_template)
         return self.state.global_step, example[0].ingredient_text, details[0]["text"]
 
     def final_generation(self) -> tuple[int, dict, list[dict]]:
         """(step, metrics, details) of the final model on the ``--eval-generate`` recipes."""
         if self.last_generation is None or self.last_generation[0] != self.state.global_step:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None)
+            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
+                                           self.config.source_template)
             self.last_generation = (self.state.global_step, *self.score_generation())
         return self.last_generation
 
@@ -421,14 +447,15 @@ class Trainer:
                            self.is_main) as progress:
             return evaluate_model(unwrap(self.model), self.tokenizer, self.generation_set, self.device,
                                   self.accelerator.autocast, max_new_tokens=self.config.max_target_length,
-                                  max_source_length=self.config.max_source_length, on_batch=progress.update)
+                                  max_source_length=self.config.max_source_length, on_batch=progress.update,
+                                  template=self.config.source_template)
 
     def log_samples(self) -> None:
         """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
         if not self.is_main or not self.config.eval_samples:
             return
         samples = eval_samples(unwrap(self.model), self.tokenizer, self.device, self.config.eval_samples,
-                               self.accelerator.autocast)
+                               self.accelerator.autocast, self.config.source_template)
         self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
         for sample in samples:
             log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
@@ -440,13 +467,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
         for batch in self.eval_loader:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            with self.accelerator.autocast():
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    decoder_input_ids=batch["decoder_input_ids"]).logits
-            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                        ignore_index=LABEL_PAD, reduction="sum")
-            tokens += (batch["labels"] != LABEL_PAD).sum()
+            loss_sum += self._loss_sum(batch)
+            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
         loss_sum, tokens = self.accelerator.reduce(loss_sum), self.accelerator.reduce(tokens)
         self.model.train()
         return (loss_sum / tokens.clamp(min=1)).item()
@@ -456,6 +478,7 @@ class Trainer:
         process); returns True when the run must stop after this step."""
         stop, due = self.checkpoints.due(self.state.global_step, self.preemption.requested)
         if due:
+            self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
         return stop
 
@@ -477,6 +500,7 @@ class Trainer:
         self.maybe_log(force=True)
         if self.checkpoints.last_step != self.state.global_step:
             self.maybe_evaluate(force=True)
+            self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
         self.checkpoints.finish(also_lost=self.reporters.losses())
 

@@ -99,3 +99,33 @@ def test_evaluate_recipes_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path,
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_held_out_inputs_follow_the_runs_source_template():
+    from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, fill_template
+    from chef_genius.evaluation.heldout import HeldOut, held_out_from_examples, ingredients_from_source
+    template = "Cook {title} from: {ingredients}. Keep it short."
+    source = fill_template(template, ["chicken", "rice", "garlic"], "Garlic rice")
+    assert ingredients_from_source(source, template) == ["chicken", "rice", "garlic"]
+    assert ingredients_from_source(fill_template(DEFAULT_SOURCE_TEMPLATE, ["eggs", "milk"])) == ["eggs", "milk"]
+    assert ingredients_from_source("Cook x from: eggs, mi", template) == ["eggs", "mi"]  # truncated input
+    assert ingredients_from_source("Garlic rice", "Write {title}") == []
+    [example] = held_out_from_examples([{"source": source, "target": "Title: Garlic rice"}], template)
+    assert example.ingredients == ["chicken", "rice", "garlic"]
+    assert example.model_input(DEFAULT_SOURCE_TEMPLATE) == source  # the row's own input, not the default prompt
+    assert HeldOut(["eggs"], "").model_input(template) == "Cook from: eggs. Keep it short."
+
+
+def test_generation_uses_the_template_built_inputs(tiny_model, monkeypatch):
+    import torch
+    from chef_genius.evaluation import heldout
+    from chef_genius.model import generation
+    seen = {}
+
+    def fake(model, tokenizer, lists, settings, device, autocast, max_source_length, template, sources=None):
+        seen["sources"] = sources
+        return [["Title: x"] for _ in lists]
+    monkeypatch.setattr(generation, "generate_texts", fake)
+    examples = [heldout.HeldOut(["eggs", "milk"], "Title: y")]
+    heldout.generate_for(None, None, examples, torch.device("cpu"), template="Ingredients: {ingredients}")
+    assert seen["sources"] == ["Ingredients: eggs, milk"]

@@ -23,8 +23,8 @@ WELL_FORMED = ("Title: Garlic Chicken Rice Ingredients: 2 c. rice ; 1 lb. chicke
 def test_text_output_is_a_readable_recipe(tiny_model, capsys, monkeypatch):
     seen = {}
 
-    def fake_generate(model, tokenizer, ingredient_lists, settings, device, autocast):
-        seen["lists"], seen["settings"] = ingredient_lists, settings
+    def fake_generate(model, tokenizer, ingredient_lists, settings, device, autocast, sources):
+        seen["lists"], seen["settings"], seen["sources"] = ingredient_lists, settings, sources
         return [[WELL_FORMED]]
     monkeypatch.setattr(generate_cli, "generate_texts", fake_generate)
     assert main(["--model", str(tiny_model), "--ingredients", "chicken, rice, garlic"]) == 0
@@ -34,10 +34,11 @@ def test_text_output_is_a_readable_recipe(tiny_model, capsys, monkeypatch):
                                 "  2. Add rice and garlic.", "  3. Simmer 20 minutes."]
     assert seen["lists"] == ["chicken, rice, garlic"] and seen["settings"].num_beams == 1
     assert seen["settings"].max_new_tokens == 384  # defaults that finish in seconds on CPU
+    assert seen["sources"] == ["Write a recipe with these ingredients: chicken, rice, garlic"]  # no prompt file
 
 
 def test_output_without_recipe_structure_is_shown_as_generated(tiny_model, capsys, monkeypatch):
-    monkeypatch.setattr(generate_cli, "generate_texts", lambda *a: [["rice rice rice"]])
+    monkeypatch.setattr(generate_cli, "generate_texts", lambda *a, **k: [["rice rice rice"]])
     assert main(["--model", str(tiny_model), "--ingredients", "rice"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "rice rice rice" and "shown as generated" in out[1]

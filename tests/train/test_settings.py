@@ -26,7 +26,8 @@ from conftest import SAMPLE_CSV, run_training, step_losses, train_args
 RUN = ("--epochs", "1", "--warmup-steps", "7", "--save-total-limit", "2", "--save-steps", "3",
        "--mixed-precision", "no")
 REFUSED = [("--seed", "7"), ("--no-group-by-length",), ("--length-group-size", "16"), ("--max-source-length", "32"),
-           ("--max-target-length", "64"), ("--eval-split-ratio", "0.1")]
+           ("--max-target-length", "64"), ("--eval-split-ratio", "0.1"),
+           ("--source-template", "Cook {title}: {ingredients}"), ("--columns", "directions=directions")]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,7 @@ def test_allow_config_change_applies_them_with_a_warning_each(reference, cache_d
     assert (saved["seed"], saved["group_by_length"], saved["length_group_size"], saved["max_source_length"],
             saved["max_target_length"], saved["eval_split_ratio"]) == (7, False, 16, 32, 64, 0.1)
     assert (saved["warmup_steps"], saved["save_total_limit"], saved["max_steps"]) == (7, 2, 10)
+    assert (saved["source_template"], saved["columns"]) == ("Cook {title}: {ingredients}", "directions=directions")
 
 
 def test_older_checkpoint_without_some_settings_still_resumes_exactly(reference, tiny_model, small_csv, cache_dir,

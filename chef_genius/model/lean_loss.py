@@ -1,0 +1,123 @@
+"""The loss without the logits: project to the vocabulary only where there are labels, in chunks.
+
+``F.cross_entropy(model(...).logits.float(), labels)`` materialises fp32 logits for every target
+position, padding included: batch x length x vocabulary, about 2 GB per copy at 32 x 512 for
+FLAN-T5-large's 32,128 tokens, and autograd keeps them for the backward. Here the model's
+``lm_head`` is swapped for ``TargetHead`` (the same ``nn.Linear`` weight, so the state dict, the
+saved files and generation are unchanged). While a batch's targets are armed (``targets``), the
+head takes the decoder's hidden states at the labelled positions only and returns the summed
+cross-entropy, computed ``chunk_rows`` positions at a time:
+
+- with gradients: each chunk's gradient with respect to its hidden states and to the weight is
+  computed in the forward pass and the chunk's logits are dropped (``_ChunkedCrossEntropy``), so at
+  most one chunk of logits exists at a time and the backward is a scaling; the FLOPs are the
+  same as autograd's (three matmuls per chunk);
+- without (evaluation): the chunks' losses, summed.
+
+The loss is computed inside the model's own forward, so DDP, FSDP (the weight is gathered for
+the forward) and ``torch.compile`` see an ordinary call. Under autocast the matmuls run in the
+autocast dtype and the softmax in fp32, as ``logits.float()`` did. The values equal the plain
+cross-entropy within float tolerance (the sum runs in another order), and so do the gradients
+(``tests/test_lean_loss.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CHUNK_ROWS = 1024  # 1,024 x 32,128 fp32 logits: 132 MB per chunk
+
+
+class TargetHead(nn.Linear):
+    """``lm_head`` that, while armed with targets, returns the summed cross-entropy instead of logits."""
+
+    def __init__(self, linear: nn.Linear, chunk_rows: int = CHUNK_ROWS):
+        super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
+        self.weight = linear.weight
+        self.chunk_rows = chunk_rows
+        self.armed: tuple[torch.Tensor, torch.Tensor] | None = None  # (flat positions, target ids)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.armed is None:
+            return super().forward(hidden)
+        positions, labels = self.armed
+        rows = hidden.flatten(0, -2).index_select(0, positions)
+        return cross_entropy_sum(rows, self.weight, labels, self.chunk_rows)
+
+
+def install(model) -> TargetHead | None:
+    """Give ``model`` a ``TargetHead`` (idempotent); None for a model whose head is not a plain bias-free
+    ``nn.Linear`` (the trainer then takes the plain cross-entropy of the logits)."""
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, TargetHead):
+        return head
+    if type(head) is not nn.Linear or head.bias is not None:
+        return None
+    model.lm_head = TargetHead(head)
+    return model.lm_head
+
+
+def label_positions(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions with a label, their labels), taken on the CPU tensors before the device copy,
+    so the device never waits on a data-dependent shape."""
+    flat = labels.flatten()
+    positions = (flat != ignore_index).nonzero().squeeze(1)
+    return positions, flat.index_select(0, positions)
+
+
+@contextlib.contextmanager
+def targets(head: TargetHead, positions: torch.Tensor, labels: torch.Tensor):
+    """Arm ``head`` for one forward: its output is then the summed loss over ``positions``."""
+    head.armed = (positions, labels)
+    try:
+        yield
+    finally:
+        head.armed = None
+
+
+@torch.compiler.disable  # a Python loop over a data-dependent number of chunks: run it eagerly
+def cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """sum over rows of cross_entropy(hidden @ weight.T, labels), fp32, ``chunk_rows`` rows at a time."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_rows)
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        logits = F.linear(hidden[start:start + chunk_rows], weight).float()
+        total = total + F.cross_entropy(logits, labels[start:start + chunk_rows], reduction="sum")
+    return total
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Loss and both gradients chunk by chunk in the forward pass; the backward scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows):
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows, target = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
+            logits = F.linear(rows, weight)          # autocast dtype under autocast, else the weights'
+            compute = logits.dtype
+            logits = logits.float()
+            log_z = torch.logsumexp(logits, dim=1)
+            total = total + (log_z - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            # d(loss)/d(logits) = softmax - one_hot, written over the logits buffer
+            grad = logits.sub_(log_z[:, None]).exp_()
+            grad[torch.arange(grad.shape[0], device=grad.device), target] -= 1
+            grad = grad.to(compute)
+            grad_hidden[start:start + chunk_rows] = grad @ weight.to(compute)
+            grad_weight += (grad.t() @ rows.to(compute)).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight * grad_total.to(grad_weight.dtype), \
+            None, None
