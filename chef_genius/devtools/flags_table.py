@@ -33,7 +33,7 @@ def _flag_cell(action: argparse.Action) -> str:
 
 
 def _default_and_help(action: argparse.Action) -> tuple[str, str]:
-    text = " ".join((action.help or "").split())
+    text = " ".join((action.help or "").split()).replace("%%", "%")  # argparse's escape, not the text
     match = _DEFAULT.search(text)
     if match:
         return match.group(1), (text[:match.start()] + text[match.end():]).strip()

@@ -19,16 +19,23 @@ from chef_genius.data.readers import ReadStats, read_examples
 log = logging.getLogger(__name__)
 
 TINY_DIR = MODELS_ROOT / "tiny-t5"
+DEMO_DIR = MODELS_ROOT / "demo-t5"
+# The demo's model: wide enough to learn the recipe form and copy its ingredients in a few minutes of
+# CPU, no dropout (a few hundred steps on 400 recipes do not overfit), and its output head tied to the
+# embeddings, as its config says (transformers' T5 config always declares tied embeddings: an untied
+# head makes ``from_pretrained`` warn). The tests' and benchmarks' model keeps ``tiny_config``'s sizes.
+DEMO_SIZES = dict(d_model=128, d_kv=32, d_ff=256, dropout_rate=0.0, tie_head=True)
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 
-def tiny_config(vocab_size: int):
+def tiny_config(vocab_size: int, tie_head: bool = False, **sizes):
     from transformers import T5Config
-    return T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                    num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=16,
-                    relative_attention_max_distance=64, dropout_rate=0.1, feed_forward_proj="gated-gelu",
-                    tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    values = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.1)
+    values.update(sizes)
+    return T5Config(vocab_size=vocab_size, relative_attention_num_buckets=16, relative_attention_max_distance=64,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=tie_head, pad_token_id=0, eos_token_id=1,
+                    decoder_start_token_id=0, **values)
 
 
 def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
@@ -47,8 +54,9 @@ def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DATA, seed: int = 0) -> Path:
-    """Write tokenizer and randomly initialised tiny T5 into ``out_dir``."""
+def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DATA, seed: int = 0,
+               tie_head: bool = False, **sizes) -> Path:
+    """Write tokenizer and randomly initialised tiny T5 into ``out_dir`` (``sizes``: T5Config overrides)."""
     from transformers import T5ForConditionalGeneration
 
     out_dir = Path(out_dir)
@@ -58,12 +66,13 @@ def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DA
     tokenizer = build_tokenizer(texts)
     vocab_size = -(-len(tokenizer) // 8) * 8
     torch.manual_seed(seed)
-    config = tiny_config(vocab_size)
+    config = tiny_config(vocab_size, tie_head, **sizes)
     model = T5ForConditionalGeneration(config)
-    # transformers ties lm_head to the embeddings at construction; FLAN-T5 keeps its own lm_head, so
-    # give the stand-in a separately initialised one (a checkpoint holding both keeps them untied).
-    model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
-    torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
+    if not tie_head:
+        # transformers ties lm_head to the embeddings at construction; FLAN-T5 keeps its own lm_head, so
+        # give the stand-in a separately initialised one (a checkpoint holding both keeps them untied).
+        model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
+        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
     model.generation_config.max_length = 256
@@ -71,12 +80,12 @@ def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DA
     return out_dir
 
 
-def ensure_tiny(out_dir: str | Path = TINY_DIR) -> Path:
+def ensure_tiny(out_dir: str | Path = TINY_DIR, **sizes) -> Path:
     """The tiny model folder, built on first use."""
     out_dir = Path(out_dir)
     if not (out_dir / "config.json").is_file() or not (out_dir / "tokenizer.json").is_file():
         log.info("building the tiny offline T5 model in %s", out_dir)
-        build_tiny(out_dir)
+        build_tiny(out_dir, **sizes)
     return out_dir
 
 

@@ -130,3 +130,51 @@ class Progress:
         log.info("step %d/%d epoch %.2f loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
                  record["step"], self.total_steps, record["epoch"], record["loss"], len(self.losses), mean,
                  record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))
+
+
+LINE_SECONDS = 30.0        # without a bar, a counted task logs a line at least this often
+
+
+class CountProgress:
+    """Progress of a counted task outside the training steps (generating, scoring, tokenizing):
+    a tqdm bar on a terminal, else a log line with rate and ETA every ``LINE_SECONDS`` at most."""
+
+    def __init__(self, what: str, total: int, mode: str = "auto", enabled: bool = True, unit: str = "recipe",
+                 stream=None, clock=time.perf_counter):
+        self.what, self.total, self.unit, self.enabled, self.clock = what, total, unit, enabled, clock
+        self.bar_mode = enabled and use_bar(mode, stream)
+        self.stream = stream
+        self.done = 0
+        self._bar = None
+
+    def __enter__(self) -> "CountProgress":
+        self.started = self.last_line = self.clock()
+        if self.bar_mode:
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.total, desc=self.what, unit=self.unit, leave=False, dynamic_ncols=True,
+                             mininterval=REFRESH_SECONDS, file=self.stream or sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def update(self, done: int) -> None:
+        """``done`` of ``total`` finished so far."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(done - self.done)
+        self.done = done
+        now = self.clock()
+        if self._bar is None and now - self.last_line >= LINE_SECONDS and done < self.total:
+            self.last_line = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        return (f"{self.what}: {self.done}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s, "
+                f"ETA {format_duration(eta)}")

@@ -108,6 +108,9 @@ def _scalars(record: dict) -> dict[str, float]:
         if record.get("best_loss") is not None:
             values["eval/best_loss"] = record["best_loss"]
         return values
+    if kind == "generation":  # recipe metrics of --eval-generate (chef_genius/evaluation/metrics.py)
+        from chef_genius.evaluation.metrics import METRICS
+        return {f"generation/{name}": record[name] for name in METRICS if record.get(name) is not None}
     return {}
 
 

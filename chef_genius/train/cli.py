@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from chef_genius.cli_support import setup_logging
@@ -12,32 +13,69 @@ from chef_genius.errors import EXIT_OK, run_cli
 def main(argv=None) -> int:
     config = parse_args(argv)
     setup_logging()
-    if config.demo:
-        from chef_genius.model.loading import quiet_transformers
-        from chef_genius.model.tiny import ensure_tiny
-        quiet_transformers()  # no "Writing model shards" bar in the middle of the log
-        ensure_tiny(config.pretrained_model)
-    if config.plan_only:
-        from chef_genius.model.loading import quiet_transformers
-        from chef_genius.train.memory_plan import print_plans
-        quiet_transformers()
-        print_plans(config)
-        return EXIT_OK
+    with contextlib.ExitStack() as stack:
+        if config.demo:
+            stack.enter_context(_demo_model(config))
+        if config.plan_only:
+            from chef_genius.model.loading import quiet_transformers
+            from chef_genius.train.memory_plan import print_plans
+            quiet_transformers()
+            print_plans(config)
+            return EXIT_OK
+        return _train(config)
+
+
+@contextlib.contextmanager
+def _demo_model(config):
+    import torch
+    from chef_genius.model.loading import quiet_transformers
+    from chef_genius.model.tiny import DEMO_SIZES, ensure_tiny
+    quiet_transformers()  # no "Writing model shards" bar in the middle of the log
+    ensure_tiny(config.pretrained_model, **DEMO_SIZES)
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        # The demo's matrices are too small to share among threads: on 2 busy cores, 2 threads made
+        # each step 8 times slower than 1 (wall and CPU time; README: Quickstart).
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config) -> int:
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
     try:
         trainer.setup()
+        before = trainer.preview() if config.demo else None
         state = trainer.train()
+        if before is not None:
+            show_learning(trainer, before)
     finally:
         trainer.close()  # after the final model is written: the run folder is this run's until then
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
-        print(f"done: step {state.global_step}, epoch {trainer.position.epoch}, best validation loss {best}; "
+        print(f"done: step {state.global_step}, epoch {min(trainer.position.epoch + 1, config.epochs)} of {config.epochs}, best validation loss {best}; "
               f"model in {config.model_output}")
         logging.getLogger("chef_genius").info(
             "try it: python cli/generate_recipe.py --model %s --ingredients \"chicken, rice, garlic\"; "
             "plots: python cli/plot_training.py %s", config.model_output, config.model_output)
     return EXIT_OK
+
+
+def show_learning(trainer, before: tuple[int, str, str]) -> None:
+    """The demo's proof that it learned: one held-out recipe before and after, and the recipe metrics."""
+    from chef_genius.data.recipes import parse_target, render
+    from chef_genius.train.trainer import format_metrics
+    step, metrics, details = trainer.final_generation()
+    start_step, given, text = before
+    first = details[0]
+    print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
+          f"{text[:300] or '(no text: the untrained model ends at once)'}\n--- written at step {step} (after training):\n"
+          f"{render(parse_target(first['text']))}\n")
+    print(f"recipe metrics at step {step} on {len(details)} held-out recipes (greedy, README: Recipe metrics): "
+          f"{format_metrics(metrics)}")
 
 
 def entry() -> None:

@@ -155,6 +155,16 @@ class LateVote:
         return tuple(bool(v > 0) for v in result.tolist())
 
 
+def broadcast_object(accelerator, value):
+    """Rank 0's ``value`` (a small picklable object) on every rank."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def agree_on_path(accelerator, path: Path | None) -> Path | None:
     """Rank 0's choice of checkpoint, on every rank."""
     if accelerator.num_processes == 1:

@@ -38,7 +38,8 @@ log = logging.getLogger("chef_genius")
 APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
            "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
            "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
-           "eval_samples", "eval_max_samples", "report_to", "wandb_project", "optimizer", "auto_micro_batch")
+           "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project",
+           "optimizer", "auto_micro_batch")
 GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
            "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
            "gradient_accumulation_steps", "streaming", "columns", "source_template")

@@ -47,6 +47,8 @@ from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import OutOfMemory, Preempted, SaveError, UserError
+from chef_genius.evaluation.heldout import evaluate_model, held_out
+from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.model import lean_loss
 from chef_genius.model import memory
 from chef_genius.model.generation import eval_samples
@@ -68,6 +70,17 @@ from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
 log = logging.getLogger("chef_genius")
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (eval_loss, invented_ingredients, repetition: lower)."""
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER.get(metric, False) else value < best
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name in HIGHER_IS_BETTER)
 
 
 class LogWindow:
@@ -118,6 +131,7 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
+        self.last_generation = None   # (step, metrics, details) of the newest --eval-generate scoring
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -425,21 +439,79 @@ class Trainer:
         self.window = LogWindow()
 
     def maybe_evaluate(self, force: bool = False) -> float | None:
-        s = self.state
-        if self.eval_loader is None or not (force or s.global_step % self.config.eval_steps == 0):
+        s, c = self.state, self.config
+        if self.eval_loader is None or not (force or s.global_step % c.eval_steps == 0):
             return None
         started = time.perf_counter()
         loss = self.evaluate()
-        improved = s.best_loss is None or loss < s.best_loss
+        generation = self.log_generation()
+        value = loss if c.metric_for_best == "eval_loss" else (generation or {}).get(c.metric_for_best)
+        improved = value is not None and is_better(c.metric_for_best, value, self._best_value())
         if improved:
-            s.best_loss, s.best_step = loss, s.global_step
+            s.best_loss, s.best_step, s.best_value = loss, s.global_step, value
         self.reporters.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
-                              "best_step": s.best_step})
+                              "best_step": s.best_step, "metric_for_best": c.metric_for_best,
+                              "best_value": s.best_value})
         if self.is_main:
-            log.info("step %d validation loss %.4f%s", s.global_step, loss, " (best)" if improved else "")
+            best = "" if not improved else (" (best)" if c.metric_for_best == "eval_loss"
+                                            else f" (best {c.metric_for_best} {value:.4f})")
+            log.info("step %d validation loss %.4f%s", s.global_step, loss, best)
         self.log_samples()
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
+
+    def _best_value(self) -> float | None:
+        s = self.state
+        if s.best_value is None and self.config.metric_for_best == "eval_loss":
+            return s.best_loss  # a checkpoint from before --metric-for-best kept only the loss
+        return s.best_value
+
+    def log_generation(self) -> dict | None:
+        """Recipe metrics of greedy recipes for the first ``--eval-generate`` validation recipes (main
+        process; every RNG stream restored, so a resumed run stays bit-identical)."""
+        c = self.config
+        if not c.eval_generate or self.eval_data is None:
+            return None
+        if getattr(self, "generation_set", None) is None:
+            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
+        metrics = None
+        if self.is_main:
+            metrics, details = self.score_generation()
+            self.last_generation = (self.state.global_step, metrics, details)
+            self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
+                                  "recipes": len(details), "samples": details[:3]})
+            log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
+                     format_metrics(metrics))
+        return dist.broadcast_object(self.accelerator, metrics)
+
+    def preview(self) -> tuple[int, str, str] | None:
+        """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
+        if self.eval_data is None or not len(self.eval_data) or not self.is_main:
+            return None
+        c = self.config
+        example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
+        _, details = evaluate_model(unwrap(self.model), self.tokenizer, example, self.device, self.accelerator.autocast,
+                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
+                                    template=c.source_template)
+        return self.state.global_step, example[0].ingredient_text, details[0]["text"]
+
+    def final_generation(self) -> tuple[int, dict, list[dict]]:
+        """(step, metrics, details) of the final model on the ``--eval-generate`` recipes."""
+        if self.last_generation is None or self.last_generation[0] != self.state.global_step:
+            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
+                                           self.config.source_template)
+            self.last_generation = (self.state.global_step, *self.score_generation())
+        return self.last_generation
+
+    def score_generation(self) -> tuple[dict, list[dict]]:
+        """(metrics, per-recipe details) of the model as it is now on the ``--eval-generate`` recipes."""
+        from chef_genius.monitoring.progress import CountProgress
+        with CountProgress("generating validation recipes", len(self.generation_set), self.config.progress,
+                           self.is_main) as progress:
+            return evaluate_model(unwrap(self.model), self.tokenizer, self.generation_set, self.device,
+                                  self.accelerator.autocast, max_new_tokens=self.config.max_target_length,
+                                  max_source_length=self.config.max_source_length, on_batch=progress.update,
+                                  template=self.config.source_template)
 
     def log_samples(self) -> None:
         """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""

@@ -32,7 +32,8 @@ def test_text_output_is_a_readable_recipe(tiny_model, capsys, monkeypatch):
     assert out.splitlines() == ["Garlic Chicken Rice", "", "Ingredients:", "  - 2 c. rice", "  - 1 lb. chicken",
                                 "  - 3 cloves garlic", "", "Directions:", "  1. Brown the chicken.",
                                 "  2. Add rice and garlic.", "  3. Simmer 20 minutes."]
-    assert seen["lists"] == ["chicken, rice, garlic"] and seen["settings"].num_beams == 4
+    assert seen["lists"] == ["chicken, rice, garlic"] and seen["settings"].num_beams == 1
+    assert seen["settings"].max_new_tokens == 384  # defaults that finish in seconds on CPU
     assert seen["sources"] == ["Write a recipe with these ingredients: chicken, rice, garlic"]  # no prompt file
 
 

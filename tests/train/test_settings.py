@@ -309,7 +309,7 @@ def test_explicit_flags_are_read_by_argparse_itself(argv, given):
 
 
 def test_demo_defaults_step_aside_for_any_explicit_flag():
-    assert parse_args(["--demo"]).epochs == 2
+    assert parse_args(["--demo"]).epochs == 10  # the demo's tuned 10 epochs (README: Quickstart)
     assert parse_args(["--demo", "--epoch", "5"]).epochs == 5
     config = parse_args(["--demo", "--warmup=3", "--learning-rate", "5e-4"])
     assert (config.warmup_steps, config.learning_rate, config.batch_size) == (3, 5e-4, 8)
