@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from chef_genius.errors import UserError
+from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -97,12 +98,21 @@ def step_of(path: str | Path) -> int | None:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders under ``output_dir``, oldest step first."""
+    """``checkpoint-N`` folders under ``output_dir``, oldest step first (never a symbolic link: see
+    ``linked_checkpoints``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    found = [p for p in root.iterdir() if step_of(p) is not None and not trust.is_link(p) and p.is_dir()]
     return sorted(found, key=step_of)
+
+
+def linked_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` entries that are symbolic links: never resumed from, verified or repaired."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and trust.is_link(p)), key=step_of)
 
 
 _process_tag: tuple[int, str] | None = None
@@ -149,14 +159,44 @@ def remove_staging(output_dir: str | Path) -> list[Path]:
 
 
 def find_latest(output_dir: str | Path, verify_hashes: bool = False) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest checkpoint whose manifest verifies, and the newer ones skipped with the reason."""
+    """The newest checkpoint that verifies and whose state and model load, with its step equal to its
+    folder's name; and the newer ones skipped (symbolic links too), each with the reason."""
+    candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
+    candidates += [(p, None) for p in list_checkpoints(output_dir)]
     skipped = []
-    for path in reversed(list_checkpoints(output_dir)):
-        problems = manifest_problems(path, verify_hashes)
-        if not problems:
+    for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
+        reason = reason or usability_problem(path, verify_hashes)
+        if reason is None:
             return path, skipped
-        skipped.append((path, problems[0]))
+        skipped.append((path, reason))
     return None, skipped
+
+
+def usability_problem(folder: str | Path, verify_hashes: bool = False) -> str | None:
+    """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
+    files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
+    folder = Path(folder)
+    problems = manifest_problems(folder, verify_hashes)
+    if problems:
+        return problems[0]
+    try:
+        state = load_training_state(folder)
+    except CheckpointError as err:
+        return str(err)
+    if step_of(folder) is not None and state.get("global_step") != step_of(folder):
+        return f"{TRAINING_STATE} is at step {state.get('global_step')!r}, the folder is named {folder.name}"
+    try:
+        trust.read_safetensors_header(folder / WEIGHTS)
+        for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json"):
+            if name == MODEL_CONFIG or (folder / name).exists():
+                if not isinstance(trust.read_json(folder / name), dict):
+                    return f"{name} does not hold a JSON object"
+    except trust.Untrusted as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read its files ({err.strerror})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +214,9 @@ def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str,
     """The manifest of ``folder``; ``known_sha256`` (name -> digest) spares hashing files again."""
     folder = Path(folder)
     known_sha256 = known_sha256 or {}
+    odd = trust.odd_entries(folder)
+    if odd:  # never hash or bless what a link points at
+        raise CheckpointError(f"{folder}: {odd[0]}; no manifest written")
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
@@ -188,8 +231,8 @@ def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str,
 def read_manifest(folder: str | Path) -> dict | None:
     path = Path(folder) / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        manifest = trust.read_json(path)
+    except (OSError, trust.Untrusted):
         return None
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
 
@@ -206,9 +249,17 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
     for name in REQUIRED_FILES:
         if name not in manifest["files"]:
             problems.append(f"manifest lists no {name}")
+    outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
+    if outside:  # never opened, never stat'ed: the manifest itself is invalid
+        return [f"manifest.json names {trust.printable(outside[0])}, a path outside the checkpoint"]
+    odd = trust.odd_entries(folder, tuple(manifest["files"]))
+    if odd:
+        return odd[:1]
     for name, entry in manifest["files"].items():
         path = folder / name
-        if not path.is_file():
+        if not isinstance(entry, dict):
+            problems.append(f"manifest entry of {name} is not an object")
+        elif not path.is_file():
             problems.append(f"{name} is missing")
         elif path.stat().st_size != entry.get("size"):
             problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from chef_genius.errors import DataError
+from chef_genius.errors import DataError, printable
 from chef_genius.data.recipes import RowError, clean, format_source, format_target, recipe_from_fields
 
 MAX_FIELD_CHARS = 1_000_000  # a recipe field larger than this is junk, not a recipe
@@ -111,7 +111,14 @@ def _check_columns(path: Path, columns) -> None:
     if set(PAIR_COLUMNS) <= columns or set(RECIPE_COLUMNS) <= columns:
         return
     raise DataError(f"{path}: expected columns {', '.join(RECIPE_COLUMNS)} (RecipeNLG layout) or "
-                    f"{', '.join(PAIR_COLUMNS)}; found {', '.join(sorted(map(str, columns))) or 'none'}")
+                    f"{', '.join(PAIR_COLUMNS)}; found {printable(', '.join(sorted(map(str, columns))), 120) or 'none'}"
+                    + _binary_hint(columns))
+
+
+def _binary_hint(columns) -> str:
+    text = "".join(map(str, columns))
+    odd = sum(1 for c in text[:4096] if not c.isprintable() and c not in "\t")
+    return "; it looks like a binary file, not text" if text and odd > len(text[:4096]) // 10 else ""
 
 
 def _csv_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
@@ -121,7 +128,7 @@ def _csv_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
         try:
             header = reader.fieldnames
         except csv.Error as err:
-            raise DataError(f"{path}: not a readable CSV file ({err})") from None
+            raise DataError(f"{path}: not a readable CSV file ({printable(str(err), 120)})") from None
         if not header:
             raise DataError(f"{path}: the file is empty")
         _check_columns(path, header)
@@ -182,7 +189,7 @@ def _json_array_rows(path: Path, handle) -> Iterator[dict]:
     try:
         rows = json.loads(handle.read().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{path}: not a valid JSON file ({err})") from None
+        raise DataError(f"{path}: not a valid JSON file ({printable(str(err), 120)})") from None
     if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
         raise DataError(f"{path}: expected a JSON array of recipe objects")
     _check_columns(path, rows[0].keys())
@@ -194,7 +201,7 @@ def _parquet_rows(path: Path, stats: ReadStats) -> Iterator[dict]:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({printable(str(err), 120)})") from None
     names = parquet.schema_arrow.names
     _check_columns(path, names)
     wanted = [c for c in (*PAIR_COLUMNS, *RECIPE_COLUMNS, "NER", "ner") if c in names]

@@ -7,11 +7,11 @@ weights) to know every expected tensor name and shape and the optimizer's parame
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import torch
+
+from chef_genius.checkpoint import trust
 
 PREFIXES = ("_orig_mod.", "module.")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -19,24 +19,9 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 
 def read_header(path: Path) -> dict[str, dict]:
-    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated or bad file."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise ValueError(f"{path.name} is only {size} bytes")
-        (length,) = struct.unpack("<Q", raw)
-        if length > min(size - 8, 100 << 20):
-            raise ValueError(f"{path.name} has a header length past its end ({size} bytes): truncated or corrupt")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise ValueError(f"{path.name} has an unreadable header: corrupt") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
-    if end > size:
-        raise ValueError(f"{path.name} has {size} bytes but its tensors need {end}: truncated")
-    return tensors
+    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated, bad or hostile
+    file (``checkpoint/trust.py``: every entry validated, size and entry count bounded)."""
+    return trust.read_safetensors_header(path)
 
 
 def strip_prefix(name: str) -> str:

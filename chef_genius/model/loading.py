@@ -33,8 +33,14 @@ def load_tokenizer(name_or_path: str):
 def load_model(name_or_path: str | Path):
     """The model in fp32 (master weights); mixed precision is autocast, never a cast of the weights."""
     from transformers import AutoModelForSeq2SeqLM
+    import pickle
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32)
+    except pickle.UnpicklingError:  # torch's weights_only loader refused a pickled .bin (its own
+        # message suggests weights_only=False, i.e. running whatever the file carries: never)
+        raise UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
+                        "refused, never unpickled: get the model as model.safetensors from a source you "
+                        "trust") from None
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
                         "name the hub knows or a local folder with config.json and model.safetensors") from None
