@@ -137,6 +137,9 @@ def test_truncated_file_is_damage_and_never_blessed(run, capsys, name):
     folder = run / "checkpoint-10"
     path = folder / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for other in (run / "checkpoint-5" / name, run / name):  # no copy with the manifest's sha256
+        other.write_bytes(other.read_bytes() + b" ")
+    seal(run / "checkpoint-5")
     before = snapshot(folder)
     code, report = report_of(folder, capsys)
     assert code == 1 and not report["resumable"]
@@ -148,6 +151,20 @@ def test_truncated_file_is_damage_and_never_blessed(run, capsys, name):
     assert snapshot(folder) == before  # kept as it is, no manifest written over it
     found, skipped = ckpt.find_latest(run)
     assert found == run / "checkpoint-5" and skipped[0][0] == folder
+
+
+def test_damaged_file_restored_from_a_sibling_with_the_manifests_sha256(run, capsys):
+    folder = run / "checkpoint-10"
+    path = folder / "tokenizer.json"
+    original = path.read_bytes()
+    path.write_bytes(original[:1000])
+    (folder / "tokenizer_config.json").unlink()
+    code, report = report_of(folder, capsys, "--fix", "--no-backup")
+    assert code == 0, report
+    assert [r["code"] for r in report["repairs"]].count("file_restored") == 2
+    assert path.read_bytes() == original and ckpt.manifest_problems(folder, verify_hashes=True) == []
+    (backup,) = folder.glob("backup-*")  # the damaged file is kept, even with --no-backup
+    assert (backup / "tokenizer.json").read_bytes() == original[:1000]
 
 
 def test_damaged_file_without_manifest_gets_no_complete_manifest(run, capsys):

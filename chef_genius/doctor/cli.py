@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def verify_main(argv=None) -> int:
     args = p.parse_args(argv)
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
-    _check_live_run(folder.resolve().parent, writes=args.fix)
+    _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
     _quiet()
     report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())

@@ -26,6 +26,9 @@ from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 log = logging.getLogger(__name__)
 
+# Problems a sibling's byte-identical copy (by the manifest's sha256) can undo.
+RESTORABLE = {"file_corrupt", "manifest_invalid", "config_missing", "config_unreadable", "tokenizer_missing",
+              "tokenizer_unreadable", "generation_config_missing", "generation_config_unreadable"}
 COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 
@@ -57,6 +60,10 @@ class Fixer:
     def run(self) -> Report:
         before = verify(self.folder, deep=True)
         codes = before.codes()
+        if codes & RESTORABLE and not codes & {"untrusted_entry", "state_unsafe"} \
+                and self._restore_from_siblings() and not self.dry_run:
+            before = verify(self.folder, deep=True)
+        codes = before.codes()
         if not codes or codes & (FATAL - {"state_unreadable"}):
             before.repairs = self.repairs
             return before
@@ -73,6 +80,37 @@ class Fixer:
         if self.unfixed and after.valid:
             after.fail("repair_incomplete", self.unfixed[0])
         return after
+
+    def _restore_from_siblings(self) -> bool:
+        """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
+        sibling's copy whose size and sha256 are the manifest's: the original bytes, proven."""
+        manifest = ckpt.read_manifest(self.folder)
+        if manifest is None or not manifest.get("complete") or not all(
+                trust.confined(self.folder, n) for n in manifest["files"]):
+            return False
+        restored = False
+        for name, entry in manifest["files"].items():
+            path = self.folder / name
+            if name in (ckpt.WEIGHTS, ckpt.TRAINING_STATE) or "/" in name or not isinstance(entry, dict):
+                continue
+            if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
+                    ckpt.sha256_file(path) == entry.get("sha256"):
+                continue
+            source = next((s / name for s in candidate_folders(self.folder) if trust.regular_file(s / name)
+                           and (s / name).stat().st_size == entry.get("size")
+                           and ckpt.sha256_file(s / name) == entry.get("sha256")), None)
+            if source is None:
+                continue
+            try:
+                if not self.dry_run:
+                    self.keep(path, always=True)  # the damaged original, even with --no-backup
+                    ckpt.atomic_write_bytes(path, source.read_bytes())
+            except OSError as err:
+                self.unfixed.append(f"could not restore {name}: {os_sentence(err)}")
+                return restored
+            self.note("file_restored", f"restored {name} from {source.parent} (its sha256 is the manifest's)")
+            restored = True
+        return restored
 
     def _repair(self, before: Report, codes: set[str]) -> None:
         if "weights_prefixed" in codes:
