@@ -513,3 +513,44 @@ def test_binary_data_file_shows_a_short_printable_excerpt(tiny_model, cache_dir,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert info.value.code == 3 and len(err) < 600 and err.isprintable()
     assert "binary" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# payloads and wrong values in the other files the tools open
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt"])
+def test_hf_optimizer_or_scheduler_payload_never_runs(run, tmp_path, capsys, outside, opened, name):
+    secret, marker = outside
+    folder = hf_like(run, tmp_path / "hf" / "checkpoint-10")
+    torch.save({"state": {}, "param_groups": [], "x": Payload(marker)}, folder / name)
+    before = snapshot(folder)
+    code, out, _ = cli(verify_main, folder, "--fix", "--steps-per-epoch", "12", capsys=capsys)
+    assert code == 1 and f"cannot build {ckpt.TRAINING_STATE}" in out and "not plain tensors" in out
+    assert snapshot(folder) == before
+    code, out, _ = cli(fix_all_main, folder.parent, capsys=capsys)
+    assert code == 1 and "broken" in out
+    assert_untouched(secret, marker, opened)
+
+
+@pytest.mark.parametrize("values", [{"global_step": "ten", "epoch": 0.5}, [1, 2], {"epoch": {"a": 1}}])
+def test_hostile_trainer_state_json_is_a_report_line(run, tmp_path, capsys, values):
+    folder = hf_like(run, tmp_path / "hf" / "checkpoint-10")
+    (folder / "trainer_state.json").write_text(json.dumps(values))
+    code, out, _ = cli(verify_main, folder, "--fix", "--steps-per-epoch", "12", capsys=capsys)
+    assert code == 1 and f"cannot build {ckpt.TRAINING_STATE}" in out
+
+
+@pytest.mark.parametrize("state", [
+    {"format": ckpt.FORMAT_NAME, "global_step": 10, "epoch": 0, "optimizer_state_dict": [1],
+     "scheduler_state_dict": {"last_epoch": 10}, "rng_states": {}},
+    {"global_step": 10, "epoch": "one", "optimizer_state_dict": {}, "scheduler_state_dict": {},
+     "rng_states": {}},
+])
+def test_state_with_values_of_the_wrong_kind(run, capsys, state):
+    folder = run / "checkpoint-10"
+    torch.save(state, folder / ckpt.TRAINING_STATE)
+    seal(folder)
+    code, report = report_of(folder, capsys)
+    assert code == 1 and not report["resumable"]
+    found, skipped = ckpt.find_latest(run)
+    assert found == run / "checkpoint-5" and skipped[0][0] == folder

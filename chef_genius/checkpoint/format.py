@@ -183,6 +183,9 @@ def usability_problem(folder: str | Path, verify_hashes: bool = False) -> str | 
         state = load_training_state(folder)
     except CheckpointError as err:
         return str(err)
+    contract = state_contract_problem(state)
+    if contract:
+        return f"{TRAINING_STATE} {contract}"
     if step_of(folder) is not None and state.get("global_step") != step_of(folder):
         return f"{TRAINING_STATE} is at step {state.get('global_step')!r}, the folder is named {folder.name}"
     try:
@@ -468,6 +471,20 @@ def load_training_state(folder_or_file: str | Path, map_location="cpu") -> dict:
 
 def missing_state_keys(state: dict) -> list[str]:
     return [key for key in STATE_KEYS if key not in state]
+
+
+def state_contract_problem(state: dict) -> str | None:
+    """Why ``state`` breaks the training state's contract (keys and the kind of each value); None if not."""
+    missing = missing_state_keys(state)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("global_step", "epoch", "format_version"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool):
+            return f"holds a {key} that is not an integer"
+    for key in ("optimizer_state_dict", "scheduler_state_dict", "rng_states", "data_position", "hyperparameters"):
+        if not isinstance(state[key], dict):
+            return f"holds a {key} that is not a dictionary"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,6 +181,10 @@ class Fixer:
         except ckpt.CheckpointError as err:
             self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
             return
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # hostile plain values
+            self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: the old state or trainer_state.json holds "
+                                f"values of the wrong kind ({type(err).__name__}: {trust.printable(str(err), 80)})")
+            return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
             damaged = report.facts["state_status"] == "unreadable" or "state_corrupt" in report.codes()

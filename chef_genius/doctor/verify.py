@@ -89,7 +89,11 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
     _check_files(report, folder)
     model = _check_weights(report, folder, deep)
     report.facts["model"] = model
-    _check_state(report, folder, status, state, detail, model)
+    try:
+        _check_state(report, folder, status, state, detail, model)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
+        report.fail("state_unreadable", f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: "
+                                        f"{trust.printable(str(err), 80)})")
     if report.kind == foreign.HF:
         _check_hf_files(report, folder)
     if manifest:
