@@ -484,13 +484,11 @@ def test_pickled_bin_weights_refused_without_suggesting_weights_only_false(run, 
 
 
 def test_torch_disk_full_words_become_disk_full(tmp_path):
-    from chef_genius.checkpoint.disk import guarded_save
-    from chef_genius.errors import SaveError
-
-    def write():
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4368")
-    with pytest.raises(SaveError, match="is full"):
-        guarded_save(write, tmp_path, 7, needed=1)
+    from chef_genius.checkpoint.disk import describe_failure
+    for text in ("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4368",
+                 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'):
+        assert "is full" in describe_failure(RuntimeError(text), tmp_path, 1)
+    assert "is full" not in describe_failure(RuntimeError("something else"), tmp_path, 1)
 
 
 def test_fix_when_the_disk_fills(run, capsys, monkeypatch):
@@ -554,3 +552,38 @@ def test_state_with_values_of_the_wrong_kind(run, capsys, state):
     assert code == 1 and not report["resumable"]
     found, skipped = ckpt.find_latest(run)
     assert found == run / "checkpoint-5" and skipped[0][0] == folder
+
+
+def test_disk_full_while_writing_the_final_model(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys):
+    from chef_genius.train.cli import main
+    from chef_genius.train.components import ModelFiles
+
+    real = ModelFiles.save
+
+    def full(self, folder, *args, **kwargs):  # the checkpoint is written, the final model meets a full disk
+        if "final" in folder.name:
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                               '"No space left on device" })')
+        return real(self, folder, *args, **kwargs)
+    monkeypatch.setattr(ModelFiles, "save", full)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "1"))
+    err = capsys.readouterr().err
+    assert info.value.code == 4 and "Traceback" not in err
+    assert "the final model was not written (the disk under" in err and "is full" in err
+
+
+def test_a_link_in_the_run_folder_is_never_a_copy_source(run, capsys, outside, opened):
+    secret, marker = outside
+    folder = run / "checkpoint-10"
+    for where in (folder, run / "checkpoint-5"):
+        (where / "tokenizer.json").unlink()
+        (where / ckpt.MANIFEST).unlink()
+    (run / "tokenizer.json").unlink()
+    os.symlink(secret, run / "tokenizer.json")
+    _OPENED.clear()
+    code, report = report_of(folder, capsys, "--fix")
+    assert code == 1 and "tokenizer_missing" in codes(report)
+    assert not os.path.lexists(folder / "tokenizer.json")  # neither the link nor its target copied
+    assert_untouched(secret, marker, opened)
