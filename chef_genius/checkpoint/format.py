@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from chef_genius.errors import UserError
+from chef_genius.errors import UserError, printable
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.faults import fault_point
 
@@ -254,7 +254,7 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
             problems.append(f"manifest lists no {name}")
     outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
     if outside:  # never opened, never stat'ed: the manifest itself is invalid
-        return [f"manifest.json names {trust.printable(outside[0])}, a path outside the checkpoint"]
+        return [f"manifest.json names {printable(outside[0])}, a path outside the checkpoint"]
     odd = trust.odd_entries(folder, tuple(manifest["files"]))
     if odd:
         return odd[:1]

@@ -178,7 +178,8 @@ def _entry_problem(entry) -> str | None:
     for dim in shape:
         count *= dim
     if offsets[1] - offsets[0] != count * DTYPE_BYTES[dtype]:
-        return f"has data_offsets spanning {offsets[1] - offsets[0]} bytes, its shape needs {count * DTYPE_BYTES[dtype]}"
+        return (f"has data_offsets spanning {offsets[1] - offsets[0]} bytes, its shape needs "
+                f"{count * DTYPE_BYTES[dtype]}")
     return None
 
 

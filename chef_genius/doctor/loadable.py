@@ -13,6 +13,7 @@ from pathlib import Path
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
+from chef_genius.errors import printable
 
 MAX_TOKENIZER_BYTES = 64 << 20  # FLAN-T5's tokenizer.json is 2.4 MB, spiece.model 0.8 MB
 MAX_LAYERS = 1024  # encoder + decoder; FLAN-T5-XXL has 48
@@ -22,7 +23,8 @@ _LAYER = re.compile(r"(?:^|\.)(?:block|layers?|h)\.(\d+)\.")
 
 def describe(name: str, err: BaseException) -> str:
     """``name`` and the first printable line of ``err``, short."""
-    return f"{name} does not load ({type(err).__name__}: {trust.printable(str(err).strip().splitlines()[0] if str(err).strip() else '', 120)})"
+    lines = str(err).strip().splitlines()
+    return f"{name} does not load ({type(err).__name__}: {printable(lines[0] if lines else '', 120)})"
 
 
 def config_problem(folder: Path) -> str | None:
@@ -104,7 +106,7 @@ def layers_problem(folder: Path, header: dict) -> str | None:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return f"{key} is {trust.printable(value, 20)}, not a layer count"
+            return f"{key} is {printable(value, 20)}, not a layer count"
         claimed += value
     if claimed > MAX_LAYERS:
         return f"it describes {claimed} layers, more than the {MAX_LAYERS} this tool builds"

@@ -19,6 +19,7 @@ from chef_genius.checkpoint import disk, trust
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
+from chef_genius.errors import printable
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
 from chef_genius.train.state import RunState
@@ -183,7 +184,7 @@ class Fixer:
             return
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # hostile plain values
             self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: the old state or trainer_state.json holds "
-                                f"values of the wrong kind ({type(err).__name__}: {trust.printable(str(err), 80)})")
+                                f"values of the wrong kind ({type(err).__name__}: {printable(str(err), 80)})")
             return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere

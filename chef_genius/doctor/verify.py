@@ -14,6 +14,7 @@ from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
+from chef_genius.errors import printable
 
 # Problems that leave a checkpoint resumable (training continues, with less state restored).
 SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing"}
@@ -93,7 +94,7 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         _check_state(report, folder, status, state, detail, model)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
         report.fail("state_unreadable", f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: "
-                                        f"{trust.printable(str(err), 80)})")
+                                        f"{printable(str(err), 80)})")
     if report.kind == foreign.HF:
         _check_hf_files(report, folder)
     if manifest:
