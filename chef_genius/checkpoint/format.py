@@ -180,7 +180,7 @@ def usability_problem(folder: str | Path, verify_hashes: bool = False) -> str | 
     if problems:
         return problems[0]
     try:
-        state = load_training_state(folder)
+        state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
     except CheckpointError as err:
         return str(err)
     contract = state_contract_problem(state)
@@ -449,15 +449,16 @@ def delete_checkpoint(path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # reading
 
-def load_training_state(folder_or_file: str | Path, map_location="cpu") -> dict:
-    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle."""
+def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle. ``mmap``: the
+    tensors stay on disk until touched (a check of the state's values reads megabytes, not gigabytes)."""
     path = Path(folder_or_file)
     if path.is_dir():
         path = path / TRAINING_STATE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
