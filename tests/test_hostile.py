@@ -587,3 +587,14 @@ def test_a_link_in_the_run_folder_is_never_a_copy_source(run, capsys, outside, o
     assert code == 1 and "tokenizer_missing" in codes(report)
     assert not os.path.lexists(folder / "tokenizer.json")  # neither the link nor its target copied
     assert_untouched(secret, marker, opened)
+
+
+def test_fifo_and_escape_names_are_report_lines_that_never_block(run, capsys):
+    folder = run / "checkpoint-10"
+    (folder / "tokenizer_config.json").unlink()
+    os.mkfifo(folder / "tokenizer_config.json")  # opening it would wait forever for a writer
+    (folder / "notes\x1b[2J\nfake [ok] line").write_text("x")
+    code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
+    assert code == 1 and "tokenizer_config.json is not a regular file" in out
+    assert "\x1b" not in out and "\nfake" not in out
+    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"

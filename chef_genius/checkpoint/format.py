@@ -259,15 +259,16 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
     if odd:
         return odd[:1]
     for name, entry in manifest["files"].items():
-        path = folder / name
+        path, shown = folder / name, printable(name, 120)  # a name from a stranger: no escapes printed
         if not isinstance(entry, dict):
-            problems.append(f"manifest entry of {name} is not an object")
+            problems.append(f"manifest entry of {shown} is not an object")
         elif not path.is_file():
-            problems.append(f"{name} is missing")
+            problems.append(f"{shown} is missing")
         elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
+            problems.append(f"{shown} has {path.stat().st_size} bytes, the manifest says "
+                            f"{printable(entry.get('size'), 20)}")
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name} does not match its sha256 in the manifest")
+            problems.append(f"{shown} does not match its sha256 in the manifest")
     return problems
 
 

@@ -63,18 +63,19 @@ def odd_entries(folder: Path, file_names=()) -> list[str]:
                 return found + [f"more than {MAX_WALK_ENTRIES} entries: not a checkpoint"]
             path = Path(root) / name
             rel = path.relative_to(folder).as_posix()
+            shown = printable(rel, 120)
             try:
                 mode = os.lstat(path).st_mode
             except OSError as err:
-                found.append(f"{rel} cannot be examined ({err.strerror})")
+                found.append(f"{shown} cannot be examined ({err.strerror})")
                 continue
             if stat.S_ISLNK(mode):
-                found.append(f"{rel} is a symbolic link (to {_link_target(path)}): never followed")
+                found.append(f"{shown} is a symbolic link (to {_link_target(path)}): never followed")
             elif stat.S_ISDIR(mode):
                 if rel in file_names:
-                    found.append(f"{rel} is a folder where a file belongs")
+                    found.append(f"{shown} is a folder where a file belongs")
             elif not stat.S_ISREG(mode):
-                found.append(f"{rel} is not a regular file (a FIFO, socket or device)")
+                found.append(f"{shown} is not a regular file (a FIFO, socket or device)")
     return found
 
 
