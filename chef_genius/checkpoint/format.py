@@ -158,27 +158,37 @@ def remove_staging(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def find_latest(output_dir: str | Path, verify_hashes: bool = False) -> tuple[Path | None, list[tuple[Path, str]]]:
+def find_latest(output_dir: str | Path, verify_hashes: bool = False,
+                need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint that verifies and whose state and model load, with its step equal to its
-    folder's name; and the newer ones skipped (symbolic links too), each with the reason."""
+    folder's name; and the newer ones skipped (symbolic links too), each with the reason.
+    ``need_state=False`` (generation): the training state is not looked at."""
     candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
     candidates += [(p, None) for p in list_checkpoints(output_dir)]
     skipped = []
     for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
-        reason = reason or usability_problem(path, verify_hashes)
+        reason = reason or usability_problem(path, verify_hashes, need_state)
         if reason is None:
             return path, skipped
         skipped.append((path, reason))
     return None, skipped
 
 
-def usability_problem(folder: str | Path, verify_hashes: bool = False) -> str | None:
+def usability_problem(folder: str | Path, verify_hashes: bool = False, need_state: bool = True) -> str | None:
     """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
     files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
     folder = Path(folder)
     problems = manifest_problems(folder, verify_hashes)
     if problems:
         return problems[0]
+    if need_state:
+        problem = _state_problem(folder)
+        if problem:
+            return problem
+    return _model_problem(folder)
+
+
+def _state_problem(folder: Path) -> str | None:
     try:
         state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
     except CheckpointError as err:
@@ -187,7 +197,12 @@ def usability_problem(folder: str | Path, verify_hashes: bool = False) -> str | 
     if contract:
         return f"{TRAINING_STATE} {contract}"
     if step_of(folder) is not None and state.get("global_step") != step_of(folder):
-        return f"{TRAINING_STATE} is at step {state.get('global_step')!r}, the folder is named {folder.name}"
+        return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
+                f"the folder is named {folder.name}")
+    return None
+
+
+def _model_problem(folder: Path) -> str | None:
     try:
         trust.read_safetensors_header(folder / WEIGHTS)
         for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
