@@ -55,6 +55,8 @@ RUN_LOCK = "run.lock"
 TRAINING_STATE = "training_state.pt"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded weights: tensor name -> shard file
+WEIGHTS_BIN = "pytorch_model.bin"                # older transformers format, read with weights_only=True
 MODEL_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
@@ -204,13 +206,23 @@ def _state_problem(folder: Path) -> str | None:
 
 def _model_problem(folder: Path) -> str | None:
     try:
-        trust.read_safetensors_header(folder / WEIGHTS)
+        layout, files = weights_layout(folder)
+        if layout is None:
+            return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
+        for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
+            if not os.path.lexists(path):
+                return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
+            if layout == "bin":
+                if not trust.regular_file(path):
+                    raise trust.Untrusted(f"{path.name} is not a regular file")
+            else:
+                trust.read_safetensors_header(path)
         for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
                      "special_tokens_map.json"):
-            if name == MODEL_CONFIG or (folder / name).exists():
+            if name == MODEL_CONFIG or os.path.lexists(folder / name):
                 if not isinstance(trust.read_json(folder / name), dict):
                     return f"{name} does not hold a JSON object"
-    except trust.Untrusted as err:
+    except (trust.Untrusted, ValueError) as err:
         return str(err)
     except OSError as err:
         return f"cannot read its files ({err.strerror})"
@@ -265,7 +277,8 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         return ["manifest.json does not mark the checkpoint complete"]
     problems = []
     for name in REQUIRED_FILES:
-        if name not in manifest["files"]:
+        names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
+        if not any(n in manifest["files"] for n in names):
             problems.append(f"manifest lists no {name}")
     outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
     if outside:  # never opened, never stat'ed: the manifest itself is invalid
@@ -285,6 +298,43 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
             problems.append(f"{shown} does not match its sha256 in the manifest")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# where the weights are: one file, shards listed by an index, or the older pytorch_model.bin
+
+WEIGHT_ENTRY_FILES = (WEIGHTS, WEIGHTS_INDEX, WEIGHTS_BIN)  # in the order from_pretrained prefers them
+
+
+def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
+    """(layout, files) of the model weights in ``folder``: ``single`` [model.safetensors], ``sharded``
+    (every shard its index names, present or not), ``bin`` [pytorch_model.bin], or (None, []).
+
+    An entry counts as present even when it is a link or a folder (never followed: the reader of the
+    file says it is not a regular one). Raises ``ValueError`` for an index that cannot be read, or that
+    names a shard outside the folder."""
+    folder = Path(folder)
+    if os.path.lexists(folder / WEIGHTS):
+        return "single", [folder / WEIGHTS]
+    if os.path.lexists(folder / WEIGHTS_INDEX):
+        try:
+            index = trust.read_json(folder / WEIGHTS_INDEX)  # a regular file, size-capped
+            shards = sorted(set(index["weight_map"].values()))
+        except trust.Untrusted as err:
+            raise ValueError(str(err)) from None
+        except (OSError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{WEIGHTS_INDEX} is unreadable or has no weight_map: corrupt") from None
+        if not shards or not all(isinstance(s, str) and Path(s).name == s and trust.confined(folder, s)
+                                 for s in shards):
+            raise ValueError(f"{WEIGHTS_INDEX} names no shard files, or names outside the folder")
+        return "sharded", [folder / s for s in shards]
+    if os.path.lexists(folder / WEIGHTS_BIN):
+        return "bin", [folder / WEIGHTS_BIN]
+    return None, []
+
+
+def is_weights_file(name: str) -> bool:
+    return name.endswith(".safetensors") or name == WEIGHTS_BIN or name == WEIGHTS_INDEX
 
 
 # ---------------------------------------------------------------------------------------------

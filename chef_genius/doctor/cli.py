@@ -21,7 +21,7 @@ from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
 from chef_genius.doctor.repair import Overrides, fix
-from chef_genius.doctor.verify import FATAL, Report, verify
+from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
@@ -43,6 +43,8 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, metavar="N", help="warmup steps of the run")
     g.add_argument("--total-steps", type=int, metavar="N", help="optimizer steps of the whole run")
     g.add_argument("--lr-scheduler", choices=SCHEDULES, help="decay of the run")
+    g.add_argument("--pretrained-model", metavar="DIR", help="a model folder to take a missing config.json and "
+                   "tokenizer from (an accelerate save_state folder has neither); default: a sibling checkpoint")
 
 
 def _overrides(args) -> Overrides:
@@ -52,6 +54,10 @@ def _overrides(args) -> Overrides:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     return Overrides(args.steps_per_epoch, args.samples_per_step, args.learning_rate, args.warmup_steps,
                      args.total_steps, args.lr_scheduler)
+
+
+def _pretrained(args) -> Path | None:
+    return _folder(args.pretrained_model, "--pretrained-model") if args.pretrained_model else None
 
 
 def _folder(path: str, what: str) -> Path:
@@ -91,7 +97,8 @@ def verify_main(argv=None) -> int:
     overrides = _overrides(args)
     _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
     _quiet()
-    report = fix(folder, backup=not args.no_backup, overrides=overrides) if args.fix else verify(folder, args.deep)
+    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args)) if args.fix
+              else verify(folder, args.deep))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
         print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)
@@ -118,16 +125,22 @@ def fix_all_main(argv=None) -> int:
     for folder in folders:  # each checkpoint reported, whatever the one before it held
         before = _guarded(folder, lambda: verify(folder))
         after = _guarded(folder, lambda: fix(folder, backup=not args.no_backup, dry_run=args.dry_run,
-                                             overrides=overrides))
+                                             overrides=overrides, pretrained=_pretrained(args)))
         rows.append((before, after))
-    newest = next((str(a.path) for _, a in reversed(rows) if a.resumable and not args.dry_run), None)
+    # after a dry run, each report is what verify found now (nothing was written), with what would be done
+    newest = next((str(a.path) for _, a in reversed(rows) if a.resumable), None)
+    remedies = [remedy(a, args.dry_run) for _, a in rows]
     if args.json:
         print(json.dumps({"model_dir": str(root), "dry_run": args.dry_run, "newest_resumable": newest,
-                          "checkpoints": [dict(a.to_json(), before=_state_word(b)) for b, a in rows]}, indent=2))
+                          "checkpoints": [dict(a.to_json(), before=_state_word(b), **(why or {}))
+                                          for (b, a), why in zip(rows, remedies)]}, indent=2))
     else:
         print(_table(rows, args.dry_run))
-        print(f"newest resumable checkpoint: {newest or 'none'}" if not args.dry_run else
-              "dry run: nothing was written")
+        for (_, after), why in zip(rows, remedies):
+            if why:
+                print(f"  {after.path.name}: {why['reason']}; repair: {why['repair']}")
+        print(("dry run: nothing was written; " if args.dry_run else "")
+              + f"newest resumable checkpoint: {newest or 'none'}")
     return EXIT_OK if all(a.resumable for _, a in rows) else EXIT_FAILURE
 
 
@@ -144,6 +157,31 @@ def _guarded(folder: Path, check) -> Report:
         report.fail("check_failed", f"the check stopped with {type(err).__name__}: "
                                     f"{printable(str(err), 160)} (left alone)")
     return report
+
+
+def remedy(report, dry_run: bool = False) -> dict | None:
+    """Why ``report``'s checkpoint is not resumable and the flag or step that would repair it (None
+    when it is resumable)."""
+    if report.resumable:
+        return None
+    problem = next((p for p in report.problems if p["code"] not in SOFT), report.problems[0] if report.problems
+                   else {"code": "unknown", "message": "not a checkpoint this tool knows"})
+    unfixed = report.facts.get("unfixed") or []
+    codes = report.codes()
+    if codes & FATAL:
+        repair = (f"none for this folder (the damage cannot be undone): resume from {report.hint}" if report.hint
+                  else "none for this folder (the damage cannot be undone) and no healthy sibling: restore the "
+                       "file from a copy")
+    elif unfixed:
+        repair = unfixed[0].split(": ", 1)[-1]
+    elif codes & {"config_missing", "tokenizer_missing"}:
+        repair = ("--fix --pretrained-model DIR (the model the run started from: config.json and tokenizer "
+                  "files; no sibling checkpoint has them)")
+    elif dry_run:
+        repair = f"run without --dry-run (python cli/verify_and_fix_checkpoint.py {report.path} --fix)"
+    else:
+        repair = f"see the report of python cli/verify_and_fix_checkpoint.py {report.path} ({GUIDE})"
+    return {"reason": f"{problem['code']}: {problem['message']}", "repair": repair}
 
 
 def _state_word(report) -> str:

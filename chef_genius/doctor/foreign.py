@@ -7,7 +7,9 @@ without a general unpickle, and how to turn it into this project's ``training_st
   (1-based), ``best_loss``, ``epoch_losses``, ``optimizer_state_dict``, ``scheduler_state_dict``,
   ``rng_states`` = {python_rng_state, numpy_rng_state, torch_rng_state, cuda_rng_state(_all)}.
 - hf_trainer: ``trainer_state.json``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state[_N].pth``,
-  ``training_args.bin`` (a full pickle of TrainingArguments: never loaded).
+  ``training_args.bin`` (a full pickle of TrainingArguments: read by ``hf_args``, never unpickled).
+- accelerate: ``Accelerator.save_state``: ``model.safetensors`` (no config, no tokenizer),
+  ``optimizer.bin``, ``scheduler.bin``, ``random_states_N.pkl`` (numpy arrays), maybe ``sampler.bin``.
 
 Files holding numpy arrays are first scanned for the globals their pickle references (no code runs);
 only numpy's array / dtype / scalar reconstructors are allowed, and the load itself still goes
@@ -28,11 +30,16 @@ from chef_genius.checkpoint import trust
 CHEF = "chef_genius"
 LEGACY = "legacy"
 HF = "hf_trainer"
+ACCELERATE = "accelerate"
 UNKNOWN = "unknown"
 
 HF_STATE = "trainer_state.json"
 HF_OPTIMIZER = "optimizer.pt"
 HF_SCHEDULER = "scheduler.pt"
+ACC_OPTIMIZER = "optimizer.bin"
+ACC_SCHEDULER = "scheduler.bin"
+ACC_RNG = "random_states_0.pkl"
+ACC_SAMPLER = "sampler.bin"
 LEGACY_KEYS = ("global_step", "epoch", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
 
 
@@ -162,6 +169,8 @@ def detect_kind(folder: Path, state_status: str) -> str:
         return LEGACY
     if (folder / HF_STATE).is_file():
         return HF
+    if (folder / ACC_OPTIMIZER).is_file() or (folder / ACC_RNG).is_file():
+        return ACCELERATE
     manifest = ckpt.read_manifest(folder)
     if manifest is not None and manifest.get("format") == ckpt.FORMAT_NAME:
         return CHEF
@@ -211,6 +220,21 @@ def hf_rng(folder: Path) -> dict:
     return {}
 
 
+def accelerate_rng(folder: Path) -> dict:
+    """RNG of process 0 from ``random_states_0.pkl`` (scanned first, numpy allowlist); {} when unusable."""
+    if not (folder / ACC_RNG).is_file():
+        return {}
+    try:
+        saved = load_with_numpy(folder / ACC_RNG)
+    except (UnsafePickle, ckpt.CheckpointError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    cuda = saved.get("torch_cuda_manual_seed")
+    return convert_rng(saved.get("random_state"), saved.get("numpy_random_seed"), saved.get("torch_manual_seed"),
+                       cuda if isinstance(cuda, list) else [])
+
+
 def hf_trainer_state(folder: Path) -> dict:
     try:
         value = trust.read_json(folder / HF_STATE)
@@ -222,13 +246,54 @@ def hf_trainer_state(folder: Path) -> dict:
 
 
 def hf_hyperparameters(trainer_state: dict) -> dict:
-    """What ``trainer_state.json`` tells about the run's shape (no sample-level position)."""
+    """What ``trainer_state.json`` tells about the run's shape. Its ``train_batch_size`` is the batch
+    of one process without the accumulation: never taken as the samples per optimizer step."""
     values = {}
     epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
-    if epochs and max_steps:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in (epochs, max_steps))
+    if numbers:  # a stranger's file: anything else is ignored (the flags must then supply it)
         values["steps_per_epoch"] = math.ceil(max_steps / epochs)
         values["total_steps"] = int(max_steps)
         values["epochs"] = int(epochs)
-    if trainer_state.get("train_batch_size"):
-        values["samples_per_step"] = int(trainer_state["train_batch_size"])
     return values
+
+
+# what a Hugging Face run must tell for an exact conversion, and the flag that supplies each
+HF_NEEDED = {"learning_rate": "--learning-rate", "lr_scheduler": "--lr-scheduler", "warmup_steps": "--warmup-steps",
+             "samples_per_step": "--samples-per-step", "steps_per_epoch": "--steps-per-epoch"}
+
+
+def hf_settings(folder: Path) -> tuple[dict, list[str]]:
+    """(run settings, what could not be read) of a Hugging Face Trainer checkpoint, from
+    ``trainer_state.json`` and ``training_args.bin`` (read by ``hf_args``: nothing in it runs)."""
+    from chef_genius.doctor import hf_args
+    problems = []
+    try:
+        values = hf_hyperparameters(hf_trainer_state(folder))
+    except ckpt.CheckpointError as err:  # a link, a huge or hostile trainer_state.json: a sentence
+        values = {}
+        problems.append(str(err))
+    path = folder / hf_args.HF_ARGS
+    if not path.is_file():
+        problems.append(f"{hf_args.HF_ARGS} is missing")
+    else:
+        try:
+            args, unknown = hf_args.run_settings(path)
+        except hf_args.ArgsError as err:
+            problems.append(str(err))
+        else:
+            problems += [f"{hf_args.HF_ARGS}: {text}" for text in unknown]
+            values.update(args)
+    if "warmup_ratio" in values:
+        ratio = values.pop("warmup_ratio")
+        if values.get("total_steps"):  # as Hugging Face rounds it
+            values["warmup_steps"] = math.ceil(values["total_steps"] * ratio)
+    if values.get("batch_size") and "gradient_accumulation_steps" in values and "world_size" in values:
+        values["samples_per_step"] = (values["batch_size"] * values["gradient_accumulation_steps"]
+                                      * values["world_size"])
+    return values, problems
+
+
+def hf_unrecovered(values: dict) -> list[str]:
+    """The flags that must supply what a Hugging Face run's files did not tell."""
+    return [flag for name, flag in HF_NEEDED.items() if name not in values]

@@ -48,8 +48,10 @@ class Overrides:
 
 
 class Fixer:
-    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None):
+    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
+                 pretrained: Path | None = None):
         self.folder = Path(folder)
+        self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
         self.backup = backup
         self.dry_run = dry_run
         self.overrides = overrides or Overrides()
@@ -78,6 +80,7 @@ class Fixer:
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
         after.lines += [("FAIL", text) for text in self.unfixed]
+        after.facts["unfixed"] = list(self.unfixed)
         if self.unfixed and after.valid:
             after.fail("repair_incomplete", self.unfixed[0])
         return after
@@ -92,7 +95,7 @@ class Fixer:
         restored = False
         for name, entry in manifest["files"].items():
             path = self.folder / name
-            if name in (ckpt.WEIGHTS, ckpt.TRAINING_STATE) or "/" in name or not isinstance(entry, dict):
+            if ckpt.is_weights_file(name) or name == ckpt.TRAINING_STATE or "/" in name or not isinstance(entry, dict):
                 continue
             if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
                     ckpt.sha256_file(path) == entry.get("sha256"):
@@ -114,19 +117,21 @@ class Fixer:
         return restored
 
     def _repair(self, before: Report, codes: set[str]) -> None:
-        if "weights_prefixed" in codes:
-            self._strip_prefixes()
+        if codes & {"weights_prefixed", "weights_bin"}:
+            self._rewrite_weights(before)
         for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
                              (ckpt.GENERATION_CONFIG,)), ("tokenizer_missing", ckpt.TOKENIZER_FILES)):
             if code in codes:
                 self._copy_from_run(names)
-        model = before.facts.get("model") or wt.meta_model(self.folder, self.folder / ckpt.WEIGHTS,
-                                                           before.facts.get("header"))
-        if codes & {"state_missing", "state_unreadable", "state_corrupt", "state_legacy", "hf_trainer_state"}:
+        model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
+        if codes & {"state_missing", "state_unreadable", "state_corrupt", "state_legacy", "hf_trainer_state",
+                    "accelerate_state"}:
             self._write_state(before, model)
         if not (self.repairs or "manifest_invalid" in codes):
             return
         if not self.dry_run:  # the gate: a complete manifest only over files that all load
+            if foreign.read_state(self.folder)[0] != "ours":
+                return  # no training state of ours could be written (the reason is in unfixed)
             gate = verify(self.folder, deep=True, manifest=False)
             blocking = [p for p in gate.problems if p["code"] not in SOFT]
             if blocking:
@@ -148,16 +153,28 @@ class Fixer:
         shutil.copy2(path, self.backup_dir / path.name)
 
     # -----------------------------------------------------------------------------------------
-    def _strip_prefixes(self) -> None:
-        path = self.folder / ckpt.WEIGHTS
+    def _rewrite_weights(self, report: Report) -> None:
+        """Wrapper prefixes removed from every weight name (each shard and the index), and a
+        ``pytorch_model.bin`` converted to ``model.safetensors``; the .bin is moved to the backup
+        folder even with --no-backup (the original of a conversion is always kept)."""
+        layout, files = report.facts["weights_layout"], report.facts["weight_files"]
         if not self.dry_run:
-            data = wt.stripped_weights(path)
-            self.keep(path)
-            ckpt.atomic_write_bytes(path, data)
-        self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {ckpt.WEIGHTS}")
+            for name, data in wt.stripped_files(self.folder, layout, files).items():
+                self.keep(self.folder / name)
+                ckpt.atomic_write_bytes(self.folder / name, data)
+            if layout == "bin":
+                self.keep(files[0], always=True)
+                files[0].unlink()
+        if "weights_prefixed" in report.codes():
+            where = {"single": ckpt.WEIGHTS, "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
+                     "bin": ckpt.WEIGHTS_BIN}[layout]
+            self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
+        if layout == "bin":
+            self.note("weights_converted", f"converted {ckpt.WEIGHTS_BIN} to {ckpt.WEIGHTS} (same tensors; the "
+                                           "original moved to the backup folder)")
 
     def _copy_from_run(self, names) -> None:
-        for source in candidate_folders(self.folder):
+        for source in ([self.pretrained] if self.pretrained else []) + candidate_folders(self.folder):
             found = [n for n in names if trust.regular_file(source / n)]
             if not found or not _same_model(self.folder, source):
                 continue
@@ -176,6 +193,9 @@ class Fixer:
             elif kind == foreign.HF:
                 state, text = convert_hf(self.folder, model, self.overrides)
                 code = "state_converted_hf"
+            elif kind == foreign.ACCELERATE:
+                state, text = convert_accelerate(self.folder, model, self.overrides)
+                code = "state_converted_accelerate"
             else:
                 state, text = rebuild_state(self.folder, model, self.overrides)
                 code = "state_rebuilt"
@@ -203,8 +223,9 @@ class Fixer:
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
 
 
-def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None) -> Report:
-    return Fixer(Path(folder), backup, dry_run, overrides).run()
+def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
+        pretrained: str | Path | None = None) -> Report:
+    return Fixer(Path(folder), backup, dry_run, overrides, pretrained).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,10 +243,13 @@ def _same_model(folder: Path, source: Path) -> bool:
     mine, theirs = folder / ckpt.MODEL_CONFIG, source / ckpt.MODEL_CONFIG
     if trust.regular_file(mine):
         return trust.regular_file(theirs) and mine.read_bytes() == theirs.read_bytes()
-    if not trust.regular_file(theirs) or not trust.regular_file(folder / ckpt.WEIGHTS):
+    if not trust.regular_file(theirs):
         return False
-    raw = wt.read_header(folder / ckpt.WEIGHTS)
-    if loadable.layers_problem(source, raw) or loadable.config_problem(source):
+    try:
+        raw = wt.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
+    except ValueError:
+        return False
+    if not raw or loadable.layers_problem(source, raw) or loadable.config_problem(source):
         return False
     header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in raw.items()}
     model = wt.meta_model(source)
@@ -243,10 +267,10 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
             values.setdefault("num_samples", (state.get("data_position") or {}).get("num_samples"))
             sources.append(source.name)
             break
-    if (folder / foreign.HF_STATE).is_file():
-        values.update({k: v for k, v in foreign.hf_hyperparameters(foreign.hf_trainer_state(folder)).items()
-                       if k not in values})
-        sources.append(foreign.HF_STATE)
+    if (folder / foreign.HF_STATE).is_file():  # the run's own files win over a converted sibling's copy
+        hf_values, _ = foreign.hf_settings(folder)
+        values.update(hf_values)
+        sources.append(foreign.HF_STATE + (" + training_args.bin" if "learning_rate" in hf_values else ""))
     if overrides.values():
         values.update(overrides.values())
         sources.append("command line")
@@ -350,26 +374,73 @@ def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tupl
 
 
 def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    """A ``training_state.pt`` from Hugging Face Trainer's files: its schedule (learning rate,
+    scheduler, warmup, planned end) and run shape from ``training_args.bin``, the data position as
+    optimizer steps x batch x accumulation x processes, optimizer moments and RNG kept. What the
+    files do not tell must come from flags: the conversion refuses rather than assume a default."""
     import math
     trainer_state = foreign.hf_trainer_state(folder)
     settings, source = run_settings(folder, overrides)
+    _, problems = foreign.hf_settings(folder)
+    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
+    if sched.get("base_lrs"):  # the peak LR, even when training_args.bin could not be read
+        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
+    needed = foreign.hf_unrecovered(settings)
+    if needed:
+        why = "; ".join(problems) or "the run's files do not record them"
+        raise ckpt.CheckpointError(f"the run's settings are not all known ({why}): pass {' '.join(needed)} "
+                                   "with the values the Hugging Face run used")
     step = int(trainer_state["global_step"])
-    epoch_float = float(trainer_state.get("epoch") or 0.0)
-    epoch = int(math.floor(epoch_float + 1e-9))
-    total = settings.get("num_samples")
-    samples = round((epoch_float - epoch) * total) if total else _position(step, epoch, settings)[0] \
-        if settings.get("steps_per_epoch") else 0
+    spe = settings["steps_per_epoch"]
+    epoch = step // spe if spe else int(math.floor(float(trainer_state.get("epoch") or 0.0) + 1e-9))
+    samples = (step - epoch * spe) * settings["samples_per_step"]
     saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
     optimizer, how = _optimizer(saved_opt, model)
-    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
+    best = trainer_state.get("best_metric")
+    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch}, "
+            f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
+            f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
+            f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
+            "(the sample order is this project's from here on)")
+    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best, text,
+                     {"converted_from": "hf_trainer"})
+
+
+def convert_accelerate(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
+    """A ``training_state.pt`` from an ``Accelerator.save_state`` folder: optimizer moments of
+    ``optimizer.bin``, the scheduler position and peak LR of ``scheduler.bin``, the RNG of
+    ``random_states_0.pkl``; epoch and position from --steps-per-epoch / --samples-per-step (or a
+    sibling's settings). The reply lists what accelerate does not record."""
+    if model is None:
+        raise ckpt.CheckpointError(f"no {ckpt.MODEL_CONFIG} to check {foreign.ACC_OPTIMIZER} against: pass "
+                                   "--pretrained-model DIR (the model the run started from)")
+    sched = _load_plain(folder / foreign.ACC_SCHEDULER) or {}
+    step = ckpt.step_of(folder)
+    if step is None:
+        step = sched.get("last_epoch")
+    if not isinstance(step, int):
+        raise ckpt.CheckpointError(f"the step is unknown (no {foreign.ACC_SCHEDULER}, and the folder is not named "
+                                   f"{ckpt.PREFIX}N): rename the folder to {ckpt.PREFIX}<step>")
+    settings, source = run_settings(folder, overrides)
+    if not settings.get("steps_per_epoch"):
+        raise ckpt.CheckpointError("accelerate does not record the steps per epoch: pass --steps-per-epoch N "
+                                   "(and --samples-per-step N for the position inside the epoch)")
     if sched.get("base_lrs"):
         settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
-    settings.setdefault("steps_per_epoch", max(1, round(step / epoch_float)) if epoch_float else step or 1)
-    best = trainer_state.get("best_metric")
-    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best,
-                     f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, "
-                     f"epoch {epoch}, sample {samples}; optimizer {how} (the sample order is this project's "
-                     "from here on)", {"converted_from": "hf_trainer"})
+    epoch = step // settings["steps_per_epoch"]
+    samples, where = _position(step, epoch, settings)
+    optimizer, how = _optimizer(_load_plain(folder / foreign.ACC_OPTIMIZER), model)
+    rng_states = foreign.accelerate_rng(folder)
+    lost = ([] if rng_states else ["the RNG state (random_states_0.pkl missing or refused)"])
+    lost += [f"{foreign.ACC_SAMPLER}'s position (the sample order is this project's)"] if (
+        folder / foreign.ACC_SAMPLER).is_file() else []
+    lost += [f"the RNG of processes after the first ({len(list(folder.glob('random_states_*.pkl')))} saved)"] if (
+        folder / "random_states_1.pkl").is_file() else []
+    position = f"scheduler at step {sched['last_epoch']}" if "last_epoch" in sched else "no scheduler.bin"
+    text = (f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
+            f"epoch {epoch}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
+    return _assemble(step, epoch, samples, settings, model, optimizer, rng_states, None, text,
+                     {"converted_from": "accelerate"})
 
 
 def _load_plain(path: Path) -> dict | None:

@@ -17,7 +17,7 @@ from chef_genius.doctor import weights as wt
 from chef_genius.errors import printable
 
 # Problems that leave a checkpoint resumable (training continues, with less state restored).
-SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing"}
+SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
 # Problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
 # ``state_corrupt`` are rebuilt from the folder name and the run's settings, the original kept.)
 FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
@@ -117,7 +117,7 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 
-FILE_NAMES = (*ckpt.REQUIRED_FILES, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
+FILE_NAMES = (*ckpt.REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
               foreign.HF_STATE, foreign.HF_OPTIMIZER, foreign.HF_SCHEDULER, "rng_state.pth", "rng_state_0.pth")
 
 
@@ -154,21 +154,29 @@ def _check_hf_files(report: Report, folder: Path) -> None:
 
 
 def _check_weights(report: Report, folder: Path, deep: bool):
-    path = folder / ckpt.WEIGHTS
-    if not path.is_file():
-        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing")
-        return None
     try:
-        header = wt.read_header(path)
-    except (ValueError, OSError) as err:
+        layout, header, files = wt.read_weights(folder)
+    except wt.MissingShard as err:
+        report.fail("weights_missing", str(err))
+        return None
+    except (ValueError, OSError) as err:  # trust.Untrusted too: a link, a FIFO, a hostile header
         report.fail("weights_unreadable", str(err))
         return None
-    report.facts["header"] = header
-    report.ok(f"model weights readable ({len(header)} tensors)")
+    if layout is None:
+        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
+                                       f"{ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})")
+        return None
+    report.facts.update(header=header, weights_layout=layout, weight_files=files)
+    where = {"single": "", "sharded": f" in {len(files)} shards", "bin": f" in {ckpt.WEIGHTS_BIN}"}[layout]
+    report.ok(f"model weights readable ({len(header)} tensors{where})")
+    if layout == "bin":
+        report.fail("weights_bin", f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
+                                   f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
     bad = wt.prefixed(header)
     if bad:
         report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                        f"(e.g. {bad[0]}); from_pretrained would ignore them")
+                                        f"(e.g. {bad[0]}); --fix removes it")
+    shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
     if (folder / ckpt.MODEL_CONFIG).is_file() and "config_unreadable" not in report.codes():
         too_big = loadable.layers_problem(folder, header)
@@ -176,26 +184,27 @@ def _check_weights(report: Report, folder: Path, deep: bool):
             report.fail("weights_mismatch", f"weights do not match {ckpt.MODEL_CONFIG}: {too_big}")
             return None
         try:
-            model = wt.meta_model(folder, path, header)
+            model = wt.meta_model(folder, None, header)
         except Exception as err:  # reading lm_head / shared to decide on the tie: unreadable data
-            report.fail("weights_unreadable", loadable.describe(ckpt.WEIGHTS, err))
+            report.fail("weights_unreadable", loadable.describe(shown, err))
             return None
     if model is not None:
-        _check_shapes(report, path, {wt.strip_prefix(k): v for k, v in header.items()}, model, deep)
-    if deep and not report.codes() & {"weights_mismatch", "lm_head_missing"}:  # fatal already: no full read
-        try:
-            nonfinite = wt.nonfinite_tensors(path)
+        _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
+    if deep and not report.codes() & {"weights_mismatch", "lm_head_missing", "weights_unreadable"}:
+        try:  # fatal already: no full read
+            nonfinite = wt.nonfinite_tensors(files)
         except Exception as err:  # safetensors' own checks go further than the header's
-            report.fail("weights_unreadable", loadable.describe(ckpt.WEIGHTS, err))
+            report.fail("weights_unreadable", loadable.describe(shown, err))
             return model
         if nonfinite:
             report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
-            report.ok("every tensor read, all values finite")
+            report.ok("every tensor read" + (f" in each of the {len(files)} shards" if layout == "sharded" else "")
+                      + ", all values finite")
     return model
 
 
-def _check_shapes(report: Report, path: Path, header: dict, model, deep: bool) -> None:
+def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
     shapes, ids = wt.expected_tensors(model)
     unknown = [n for n in header if n not in shapes]
     wrong = [n for n in header if n in shapes and tuple(header[n]["shape"]) != shapes[n]]
@@ -211,9 +220,9 @@ def _check_shapes(report: Report, path: Path, header: dict, model, deep: bool) -
     tied = [n for n in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in header]
     if tied and "shared.weight" in header and deep:
         try:
-            equal = all(wt.tensors_equal(path, "shared.weight", n) for n in tied)
+            equal = all(wt.tensors_equal(header, "shared.weight", n) for n in tied)
         except Exception as err:
-            report.fail("weights_unreadable", loadable.describe(ckpt.WEIGHTS, err))
+            report.fail("weights_unreadable", loadable.describe(header["shared.weight"]["file"].name, err))
             return
         if not equal:
             report.fail("embeddings_inconsistent", "encoder/decoder embed_tokens differ from the shared embedding")
@@ -226,7 +235,11 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     if status == "missing":
         if report.kind == foreign.HF:
             report.fail("hf_trainer_state", f"Hugging Face Trainer checkpoint: no {name} yet (--fix builds it from "
-                                            "trainer_state.json, optimizer.pt, scheduler.pt, rng_state*.pth)")
+                                            "trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt, "
+                                            "rng_state*.pth)")
+            _check_hf_settings(report, folder)
+        elif report.kind == foreign.ACCELERATE:
+            _check_accelerate(report, folder)
         else:
             report.fail("state_missing", f"{name} is missing")
         return
@@ -264,6 +277,43 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
                                    "draw new streams on resume", "warn")
 
 
+def _check_accelerate(report: Report, folder: Path) -> None:
+    """An ``Accelerator.save_state`` folder: what --fix can build from it and what it cannot know."""
+    have = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if (folder / n).is_file()]
+    lacking = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
+    report.fail("accelerate_state", f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix builds it "
+                                    f"from {', '.join(have)}" + (f" ({', '.join(lacking)} missing)" if lacking else "")
+                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
+    if (folder / foreign.ACC_RNG).is_file():
+        try:
+            foreign.load_with_numpy(folder / foreign.ACC_RNG)
+        except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
+            report.fail("accelerate_rng_unsafe", f"{err} (the RNG state will not be restored)", "warn")
+    report.fail("accelerate_unknown", "not recorded by accelerate: steps per epoch and samples per step (pass "
+                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
+                                      "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
+                + (f"; {foreign.ACC_SAMPLER}'s position is not used (the sample order is this project's)"
+                   if (folder / foreign.ACC_SAMPLER).is_file() else ""), "warn")
+
+
+def _check_hf_settings(report: Report, folder: Path) -> None:
+    """What the Hugging Face run's files tell about its schedule and shape, and what must come from flags."""
+    values, problems = foreign.hf_settings(folder)
+    missing = foreign.hf_unrecovered(values)
+    if "--learning-rate" in missing and (folder / foreign.HF_SCHEDULER).is_file():
+        missing.remove("--learning-rate")  # scheduler.pt keeps the peak LR
+    if missing:
+        why = "; ".join(problems) or "not recorded"
+        report.fail("hf_settings_missing", f"the run's {', '.join(f[2:] for f in missing)} could not be recovered "
+                                           f"({why}): --fix needs {' '.join(f + ' ...' for f in missing)}")
+        return
+    shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
+                      if k in values)
+    report.ok(f"Hugging Face run settings read without unpickling: {shown}")
+    if problems:
+        report.fail("hf_settings_partial", "; ".join(problems), "warn")
+
+
 def _check_optimizer(report: Report, state: dict, model) -> None:
     optimizer = state.get("optimizer_state_dict") or {}
     if state.get("optimizer_state_empty") or not optimizer.get("state"):
@@ -289,8 +339,8 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     corrupt = [p for p in problems if "sha256" in p or " bytes, the manifest says " in p]
     for problem in corrupt:
         name = problem.split(" ", 1)[0]
-        code = ("weights_corrupt" if name == ckpt.WEIGHTS else "state_corrupt" if name == ckpt.TRAINING_STATE
-                else "file_corrupt")
+        code = ("weights_corrupt" if ckpt.is_weights_file(name) else "state_corrupt"
+                if name == ckpt.TRAINING_STATE else "file_corrupt")
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     if len(corrupt) < len(problems):
         report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")

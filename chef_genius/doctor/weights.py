@@ -1,12 +1,16 @@
 """Model weights and optimizer layout as the checkpoint doctor sees them, read without trusting them.
 
-The safetensors header is parsed by hand (size checked against the file, so truncation shows without
-reading the data); the model the config describes is built on the ``meta`` device (no memory, no
+The weights are one ``model.safetensors``, shards named by ``model.safetensors.index.json``, or an
+older ``pytorch_model.bin`` (loaded with ``weights_only=True`` onto the meta device: nothing runs, no
+memory). Each safetensors header is parsed by hand (size checked against the file, so truncation
+shows without reading the data); the model the config describes is built on the ``meta`` device (no memory, no
 weights) to know every expected tensor name and shape and the optimizer's parameter groups.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +28,77 @@ def read_header(path: Path) -> dict[str, dict]:
     return trust.read_safetensors_header(path)
 
 
+class MissingShard(ValueError):
+    """A shard the index names is not in the folder."""
+
+
+def read_weights(folder: Path) -> tuple[str | None, dict[str, dict], list[Path]]:
+    """(layout, name -> {dtype, shape, file}, files) of the folder's weights (layout None: no weights).
+
+    Raises ``MissingShard`` or ``ValueError`` (truncated, corrupt, an index that disagrees with its
+    shards, a ``.bin`` that needs more than ``weights_only``)."""
+    from chef_genius.checkpoint import format as ckpt
+    layout, files = ckpt.weights_layout(folder)
+    header: dict[str, dict] = {}
+    if layout == "bin":
+        if not trust.regular_file(files[0]):  # never loaded through a link, a FIFO or a folder
+            raise trust.Untrusted(f"{files[0].name} is not a regular file")
+        for name, tensor in _load_bin(files[0], "meta").items():
+            header[name] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape), "file": files[0]}
+        return layout, header, files
+    for path in files:
+        if not os.path.lexists(path):  # a link or a folder is present, and refused by read_header
+            raise MissingShard(f"{path.name} is missing (a shard named by {ckpt.WEIGHTS_INDEX})")
+        for name, entry in read_header(path).items():
+            if name in header:
+                raise ValueError(f"{name} is stored twice ({header[name]['file'].name} and {path.name})")
+            header[name] = dict(entry, file=path)
+    if layout == "sharded":
+        weight_map = trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"]  # checked by weights_layout
+        wrong = [n for n, shard in weight_map.items() if n not in header or header[n]["file"].name != shard]
+        extra = [n for n in header if n not in weight_map]
+        if wrong or extra:
+            example = (wrong or extra)[0]
+            raise ValueError(f"{ckpt.WEIGHTS_INDEX} disagrees with its shards ({len(wrong)} names not in the shard "
+                             f"it gives, {len(extra)} tensors it does not list, e.g. {example})")
+    return layout, header, files
+
+
+def _load_bin(path: Path, device: str) -> dict:
+    """``pytorch_model.bin`` as tensors, under ``weights_only=True`` (refused, never run, otherwise)."""
+    try:
+        value = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for damage
+        text = str(err)
+        why = ("it holds objects other than tensors; it was not unpickled" if "Weights only load failed" in text
+               or "Unsupported global" in text else f"unreadable ({type(err).__name__}): truncated or corrupt")
+        raise ValueError(f"{path.name} does not load with weights_only=True: {why}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+        raise ValueError(f"{path.name} does not hold a name -> tensor dictionary")
+    return value
+
+
+def _tensors(path: Path):
+    """(name, tensor) of one weights file, read one at a time for safetensors."""
+    if path.suffix == ".bin":
+        yield from _load_bin(path, "cpu").items()
+        return
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as handle:
+        for name in handle.keys():
+            yield name, handle.get_tensor(name)
+
+
+def get_tensor(header: dict, name: str) -> torch.Tensor:
+    """Tensor ``name`` of ``header`` (an entry's ``name``, when set, is its name in the file)."""
+    path, stored = header[name]["file"], header[name].get("name", name)
+    if path.suffix == ".bin":
+        return _load_bin(path, "cpu")[stored]
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as handle:
+        return handle.get_tensor(stored)
+
+
 def strip_prefix(name: str) -> str:
     changed = True
     while changed:
@@ -38,34 +113,40 @@ def prefixed(names) -> list[str]:
     return [n for n in names if strip_prefix(n) != n]
 
 
-def stripped_weights(path: Path) -> bytes:
-    """The safetensors file with ``_orig_mod.`` / ``module.`` removed from every name."""
-    from safetensors import safe_open
+def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, bytes]:
+    """File name -> new content: the weights with ``_orig_mod.`` / ``module.`` removed from every name
+    (each shard and the index for sharded weights; ``model.safetensors`` for a ``.bin``)."""
     from safetensors.torch import save
 
-    tensors = {}
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {"format": "pt"}
-        for name in handle.keys():
-            tensors[strip_prefix(name)] = handle.get_tensor(name)
-    return save(tensors, metadata)
+    from chef_genius.checkpoint import format as ckpt
+    out = {}
+    for path in files:
+        metadata = {"format": "pt"}
+        if path.suffix != ".bin":
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or metadata
+        # clone: a .bin may hold tied tensors sharing one storage, which safetensors refuses
+        tensors = {strip_prefix(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in _tensors(path)}
+        out[ckpt.WEIGHTS if path.suffix == ".bin" else path.name] = save(tensors, metadata)
+    if layout == "sharded":
+        index = trust.read_json(folder / ckpt.WEIGHTS_INDEX)
+        index["weight_map"] = {strip_prefix(n): shard for n, shard in index["weight_map"].items()}
+        out[ckpt.WEIGHTS_INDEX] = json.dumps(index, indent=2, sort_keys=True).encode("utf-8")
+    return out
 
 
-def nonfinite_tensors(path: Path) -> list[str]:
-    from safetensors import safe_open
+def nonfinite_tensors(files: list[Path]) -> list[str]:
     bad = []
-    with safe_open(str(path), "pt") as handle:
-        for name in handle.keys():
-            tensor = handle.get_tensor(name)
+    for path in files:
+        for name, tensor in _tensors(path):
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 bad.append(name)
     return bad
 
 
-def tensors_equal(path: Path, a: str, b: str) -> bool:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as handle:
-        return torch.equal(handle.get_tensor(a), handle.get_tensor(b))
+def tensors_equal(header: dict, a: str, b: str) -> bool:
+    return torch.equal(get_tensor(header, a), get_tensor(header, b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,10 +166,11 @@ def meta_model(folder: Path, weights: Path | None = None, header: dict | None = 
     except Exception:  # a config transformers cannot build: reported as such by the caller
         return None
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    names = {strip_prefix(n): n for n in (header or {})}
+    header = {n: e if "file" in e else dict(e, file=weights) for n, e in (header or {}).items()}
+    names = {strip_prefix(n): n for n in header}
     if (head is not None and head.weight is embed.weight and "lm_head.weight" in names
             and "shared.weight" in names
-            and not tensors_equal(weights, names["lm_head.weight"], names["shared.weight"])):
+            and not tensors_equal(header, names["lm_head.weight"], names["shared.weight"])):
         with torch.device("meta"):
             head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
     return model

@@ -30,12 +30,34 @@ def load_tokenizer(name_or_path: str):
                         "name the hub knows or a local folder with tokenizer files") from None
 
 
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/accelerate wrappers, in any nesting
+_STRIP_WRAPPERS = {r"^(?:_orig_mod\.|module\.)+": ""}
+_NAMED = 3  # weight names quoted in an error
+
+
 def load_model(name_or_path: str | Path):
-    """The model in fp32 (master weights); mixed precision is autocast, never a cast of the weights."""
+    """The model in fp32 (master weights); mixed precision is autocast, never a cast of the weights.
+
+    A local folder may hold ``model.safetensors``, sharded safetensors with their index, or
+    ``pytorch_model.bin`` (read with ``weights_only=True``). Names saved through a wrapper
+    (``_orig_mod.``, ``module.``) are loaded without it, with a warning; any other missing,
+    unexpected or misshapen weight is an error: a model is never returned with random weights.
+    """
     from transformers import AutoModelForSeq2SeqLM
     import pickle
+    folder = Path(name_or_path)
+    local = folder.is_dir()
+    options = {}
+    if local:
+        wrapped = [n for n in weight_names(folder) if n.startswith(WRAPPER_PREFIXES)]
+        if wrapped:
+            log.warning("%d weight names in %s carry a wrapper prefix (e.g. %s): loaded without it; repair "
+                        "the folder with: python cli/verify_and_fix_checkpoint.py %s --fix",
+                        len(wrapped), folder, wrapped[0], folder)
+            options["key_mapping"] = _STRIP_WRAPPERS
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32)
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32, weights_only=True,
+                                                            output_loading_info=True, **options)
     except pickle.UnpicklingError:  # torch's weights_only loader refused a pickled .bin (its own
         # message suggests weights_only=False, i.e. running whatever the file carries: never)
         raise UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
@@ -43,7 +65,52 @@ def load_model(name_or_path: str | Path):
                         "trust") from None
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
-                        "name the hub knows or a local folder with config.json and model.safetensors") from None
+                        "name the hub knows or a local folder with config.json and model.safetensors "
+                        "(or sharded safetensors with their index, or pytorch_model.bin)") from None
+    problems = [f"{what}: {len(names)} ({', '.join(sorted(names)[:_NAMED])}{', ...' if len(names) > _NAMED else ''})"
+                for what, names in (("missing", info.get("missing_keys") or []),
+                                    ("unexpected", info.get("unexpected_keys") or []),
+                                    ("with the wrong shape", [k[0] if isinstance(k, tuple) else k
+                                                              for k in info.get("mismatched_keys") or []]))
+                if names]
+    if problems:
+        raise UserError(f"the weights of {str(name_or_path)!r} do not match its config.json: "
+                        f"{'; '.join(problems)}; the model would start from random weights there, "
+                        "so it was not loaded (check the folder with cli/verify_and_fix_checkpoint.py)")
+    return model
+
+
+def weight_names(folder: Path) -> list[str]:
+    """Tensor names of a local model folder's weights, read from the safetensors headers (the index
+    for shards) or, for ``pytorch_model.bin``, a ``weights_only`` load mapped from disk."""
+    import pickle
+    from chef_genius.checkpoint import format as ckpt
+    try:
+        layout, files = ckpt.weights_layout(folder)
+    except ValueError as err:
+        raise UserError(f"cannot load the model {str(folder)!r}: {err}") from None
+    if layout == "sharded":
+        from chef_genius.checkpoint import trust
+        return list(trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"])  # checked by weights_layout
+    if layout == "single":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(files[0]), "pt") as handle:
+                return list(handle.keys())
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} is unreadable "
+                            f"({_first_line(err)})") from None
+    if layout == "bin":
+        try:
+            return list(torch.load(files[0], map_location="meta", weights_only=True))
+        except pickle.UnpicklingError:  # never quote torch's hint to retry with weights_only=False
+            raise UserError(f"the weights of {str(folder)!r} are a pickle holding more than plain tensors; "
+                            "refused, never unpickled: get the model as model.safetensors from a source you "
+                            "trust") from None
+        except Exception as err:
+            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} does not load with "
+                            f"weights_only=True ({_first_line(err)}); it was not unpickled") from None
+    return []
 
 
 def _first_line(err: Exception) -> str:

@@ -68,12 +68,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         common["worker_init_fn"] = preemption.ignore_in_worker
     loader = torch.utils.data.DataLoader(dist.ShareDataset(train_data), batch_sampler=sampler,
                                          generator=torch.Generator().manual_seed(c.seed), **common)
-    eval_loader = None
-    if eval_data is not None:
-        eval_loader = torch.utils.data.DataLoader(dist.ShareDataset(eval_data),
-                                                  batch_sampler=_eval_sampler(c, eval_data, accelerator),
-                                                  generator=torch.Generator().manual_seed(c.seed), **common)
-    return Data(train_data, eval_data, sampler, loader, eval_loader)
+    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate))
 
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
@@ -95,17 +90,23 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
                                          pin_memory=accelerator.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(c.seed))
     eval_data = RecipeDataset(evald.dataset) if evald is not None else None
-    eval_loader = None
-    if eval_data is not None:
-        eval_loader = torch.utils.data.DataLoader(eval_data, batch_sampler=_eval_sampler(c, eval_data, accelerator),
-                                                  collate_fn=collate, pin_memory=accelerator.device.type == "cuda")
+    eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
 
 
-def _eval_sampler(c, eval_data: RecipeDataset, accelerator) -> ResumableBatchSampler:
-    """The whole validation set in one length-sorted group (least padding; the order does not matter)."""
-    return ResumableBatchSampler(len(eval_data), c.batch_size, c.seed, eval_data.lengths(), len(eval_data),
-                                 accelerator.num_processes, accelerator.process_index)
+def _eval_loader(c, eval_data: RecipeDataset | None, accelerator, collate) -> torch.utils.data.DataLoader | None:
+    """The whole validation set in one length-sorted group (least padding; the order does not matter).
+    On several processes a rank whose share of the last batch is empty gets a padding row, which
+    ``collate`` (a ``ShareCollator``) masks out, so no recipe counts twice in the validation loss."""
+    if eval_data is None:
+        return None
+    sampler = ResumableBatchSampler(len(eval_data), c.batch_size, c.seed, eval_data.lengths(), len(eval_data),
+                                    accelerator.num_processes, accelerator.process_index)
+    # the private generator: even without workers an iterator draws a base seed from it, never from
+    # the global RNG that the training steps' dropout uses
+    return torch.utils.data.DataLoader(dist.ShareDataset(eval_data), batch_sampler=sampler, collate_fn=collate,
+                                       pin_memory=accelerator.device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(c.seed))
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from chef_genius.errors import EXIT_DATA, EXIT_USAGE
 from chef_genius.monitoring.plot_cli import main
 from chef_genius.monitoring.plotting import PLOT_FILES, moving_average
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

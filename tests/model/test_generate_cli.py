@@ -15,7 +15,7 @@ from chef_genius.model import generate_cli
 from chef_genius.errors import EXIT_USAGE, UserError
 from chef_genius.model.generate_cli import main, resolve_model_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WELL_FORMED = ("Title: Garlic Chicken Rice Ingredients: 2 c. rice ; 1 lb. chicken ; 3 cloves garlic "
                "Directions: 1. Brown the chicken. 2. Add rice and garlic. 3. Simmer 20 minutes.")
 

@@ -159,7 +159,7 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
 def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):
     """FSDP2 itself on 2 CPU processes; accelerate's FSDP plugin needs GPUs, so the trainer refuses it here."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "fsdp_worker.py"), str(tiny_model), str(tmp_path)]
+           str(REPO / "tests" / "train" / "fsdp_worker.py"), str(tiny_model), str(tmp_path)]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -14,7 +14,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForSeq2SeqLM
 from transformers.models.t5.modeling_t5 import T5Block
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from chef_genius.checkpoint import format as ckpt  # noqa: E402
 from chef_genius.train import sharded  # noqa: E402
 
