@@ -19,6 +19,15 @@ EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a
 EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
 
+def printable(text, limit: int = 60) -> str:
+    """A short printable excerpt of ``text`` (bytes or str) for an error line: never the raw bytes of
+    a binary file, never a line longer than ``limit`` characters plus an ellipsis."""
+    if isinstance(text, bytes):
+        text = text[: limit * 4].decode("utf-8", errors="replace")
+    text = "".join(c if c.isprintable() else "?" for c in str(text)[: limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class UserError(Exception):
     """Something the user can fix; the message is one sentence that says what to do."""
 

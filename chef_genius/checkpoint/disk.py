@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from chef_genius.checkpoint.format import TOKENIZER_FILES
-from chef_genius.errors import SaveError, UserError
+from chef_genius.errors import SaveError, UserError, printable
 
 log = logging.getLogger("chef_genius")
 
@@ -105,9 +105,17 @@ def prepare_output(folder: str | Path) -> None:
                         "pick another --model-output") from None
 
 
+def disk_full(err: Exception) -> bool:
+    """ENOSPC, or how torch and safetensors word it ("unexpected pos" / "file write failed")."""
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    text = str(err)
+    return any(s in text for s in ("No space left", "unexpected pos", "file write failed", "os error 28"))
+
+
 def describe_failure(err: Exception, output_dir: Path, needed: int) -> str:
     """Why a write under ``output_dir`` failed, in a few words (a full disk says how much is free)."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+    if disk_full(err):
         try:
             free = human(free_bytes(output_dir))
         except OSError:
@@ -116,4 +124,4 @@ def describe_failure(err: Exception, output_dir: Path, needed: int) -> str:
     if isinstance(err, OSError):
         where = f" ({err.filename})" if err.filename else ""
         return f"{err.strerror or type(err).__name__}{where}"
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    return f"{type(err).__name__}: {printable(str(err).splitlines()[0] if str(err) else '', 200)}".rstrip(": ")

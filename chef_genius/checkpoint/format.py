@@ -41,7 +41,8 @@ from typing import Callable
 
 import torch
 
-from chef_genius.errors import UserError
+from chef_genius.errors import UserError, printable
+from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,21 @@ def step_of(path: str | Path) -> int | None:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders under ``output_dir``, oldest step first."""
+    """``checkpoint-N`` folders under ``output_dir``, oldest step first (never a symbolic link: see
+    ``linked_checkpoints``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    found = [p for p in root.iterdir() if step_of(p) is not None and not trust.is_link(p) and p.is_dir()]
     return sorted(found, key=step_of)
+
+
+def linked_checkpoints(output_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` entries that are symbolic links: never resumed from, verified or repaired."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and trust.is_link(p)), key=step_of)
 
 
 _process_tag: tuple[int, str] | None = None
@@ -153,15 +163,73 @@ def remove_staging(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def find_latest(output_dir: str | Path, verify_hashes: bool = False) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest checkpoint whose manifest verifies, and the newer ones skipped with the reason."""
+def find_latest(output_dir: str | Path, verify_hashes: bool = False,
+                need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies and whose state and model load, with its step equal to its
+    folder's name; and the newer ones skipped (symbolic links too), each with the reason.
+    ``need_state=False`` (generation): the training state is not looked at."""
+    candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
+    candidates += [(p, None) for p in list_checkpoints(output_dir)]
     skipped = []
-    for path in reversed(list_checkpoints(output_dir)):
-        problems = manifest_problems(path, verify_hashes)
-        if not problems:
+    for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
+        reason = reason or usability_problem(path, verify_hashes, need_state)
+        if reason is None:
             return path, skipped
-        skipped.append((path, problems[0]))
+        skipped.append((path, reason))
     return None, skipped
+
+
+def usability_problem(folder: str | Path, verify_hashes: bool = False, need_state: bool = True) -> str | None:
+    """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
+    files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
+    folder = Path(folder)
+    problems = manifest_problems(folder, verify_hashes)
+    if problems:
+        return problems[0]
+    if need_state:
+        problem = _state_problem(folder)
+        if problem:
+            return problem
+    return _model_problem(folder)
+
+
+def _state_problem(folder: Path) -> str | None:
+    try:
+        state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
+    except CheckpointError as err:
+        return str(err)
+    contract = state_contract_problem(state)
+    if contract:
+        return f"{TRAINING_STATE} {contract}"
+    if step_of(folder) is not None and state.get("global_step") != step_of(folder):
+        return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
+                f"the folder is named {folder.name}")
+    return None
+
+
+def _model_problem(folder: Path) -> str | None:
+    try:
+        layout, files = weights_layout(folder)
+        if layout is None:
+            return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
+        for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
+            if not os.path.lexists(path):
+                return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
+            if layout == "bin":
+                if not trust.regular_file(path):
+                    raise trust.Untrusted(f"{path.name} is not a regular file")
+            else:
+                trust.read_safetensors_header(path)
+        for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json"):
+            if name == MODEL_CONFIG or os.path.lexists(folder / name):
+                if not isinstance(trust.read_json(folder / name), dict):
+                    return f"{name} does not hold a JSON object"
+    except (trust.Untrusted, ValueError) as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read its files ({err.strerror})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +247,9 @@ def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str,
     """The manifest of ``folder``; ``known_sha256`` (name -> digest) spares hashing files again."""
     folder = Path(folder)
     known_sha256 = known_sha256 or {}
+    odd = trust.odd_entries(folder)
+    if odd:  # never hash or bless what a link points at
+        raise CheckpointError(f"{folder}: {odd[0]}; no manifest written")
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
@@ -193,8 +264,8 @@ def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str,
 def read_manifest(folder: str | Path) -> dict | None:
     path = Path(folder) / MANIFEST
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        manifest = trust.read_json(path)
+    except (OSError, trust.Untrusted):
         return None
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
 
@@ -212,14 +283,23 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
         names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
         if not any(n in manifest["files"] for n in names):
             problems.append(f"manifest lists no {name}")
+    outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
+    if outside:  # never opened, never stat'ed: the manifest itself is invalid
+        return [f"manifest.json names {printable(outside[0])}, a path outside the checkpoint"]
+    odd = trust.odd_entries(folder, tuple(manifest["files"]))
+    if odd:
+        return odd[:1]
     for name, entry in manifest["files"].items():
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
+        path, shown = folder / name, printable(name, 120)  # a name from a stranger: no escapes printed
+        if not isinstance(entry, dict):
+            problems.append(f"manifest entry of {shown} is not an object")
+        elif not path.is_file():
+            problems.append(f"{shown} is missing")
         elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
+            problems.append(f"{shown} has {path.stat().st_size} bytes, the manifest says "
+                            f"{printable(entry.get('size'), 20)}")
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name} does not match its sha256 in the manifest")
+            problems.append(f"{shown} does not match its sha256 in the manifest")
     return problems
 
 
@@ -233,20 +313,25 @@ def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
     """(layout, files) of the model weights in ``folder``: ``single`` [model.safetensors], ``sharded``
     (every shard its index names, present or not), ``bin`` [pytorch_model.bin], or (None, []).
 
-    Raises ``ValueError`` for an index that cannot be read."""
+    An entry counts as present even when it is a link or a folder (never followed: the reader of the
+    file says it is not a regular one). Raises ``ValueError`` for an index that cannot be read, or that
+    names a shard outside the folder."""
     folder = Path(folder)
-    if (folder / WEIGHTS).is_file():
+    if os.path.lexists(folder / WEIGHTS):
         return "single", [folder / WEIGHTS]
-    if (folder / WEIGHTS_INDEX).is_file():
+    if os.path.lexists(folder / WEIGHTS_INDEX):
         try:
-            index = json.loads((folder / WEIGHTS_INDEX).read_text(encoding="utf-8"))
+            index = trust.read_json(folder / WEIGHTS_INDEX)  # a regular file, size-capped
             shards = sorted(set(index["weight_map"].values()))
-        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        except trust.Untrusted as err:
+            raise ValueError(str(err)) from None
+        except (OSError, KeyError, TypeError, AttributeError):
             raise ValueError(f"{WEIGHTS_INDEX} is unreadable or has no weight_map: corrupt") from None
-        if not shards or not all(isinstance(s, str) and Path(s).name == s for s in shards):
+        if not shards or not all(isinstance(s, str) and Path(s).name == s and trust.confined(folder, s)
+                                 for s in shards):
             raise ValueError(f"{WEIGHTS_INDEX} names no shard files, or names outside the folder")
         return "sharded", [folder / s for s in shards]
-    if (folder / WEIGHTS_BIN).is_file():
+    if os.path.lexists(folder / WEIGHTS_BIN):
         return "bin", [folder / WEIGHTS_BIN]
     return None, []
 
@@ -433,15 +518,16 @@ def delete_checkpoint(path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # reading
 
-def load_training_state(folder_or_file: str | Path, map_location="cpu") -> dict:
-    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle."""
+def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle. ``mmap``: the
+    tensors stay on disk until touched (a check of the state's values reads megabytes, not gigabytes)."""
     path = Path(folder_or_file)
     if path.is_dir():
         path = path / TRAINING_STATE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
@@ -455,6 +541,20 @@ def load_training_state(folder_or_file: str | Path, map_location="cpu") -> dict:
 
 def missing_state_keys(state: dict) -> list[str]:
     return [key for key in STATE_KEYS if key not in state]
+
+
+def state_contract_problem(state: dict) -> str | None:
+    """Why ``state`` breaks the training state's contract (keys and the kind of each value); None if not."""
+    missing = missing_state_keys(state)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("global_step", "epoch", "format_version"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool):
+            return f"holds a {key} that is not an integer"
+    for key in ("optimizer_state_dict", "scheduler_state_dict", "rng_states", "data_position", "hyperparameters"):
+        if not isinstance(state[key], dict):
+            return f"holds a {key} that is not a dictionary"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

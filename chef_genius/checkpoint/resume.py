@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import trust
 from chef_genius.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,17 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
             log.warning("skipping %s: %s", path.name, reason)
         if found is None:
             if auto_resume:
-                log.info("no complete checkpoint in %s: starting fresh", output_dir)
+                log.info("no usable checkpoint in %s: starting fresh", output_dir)
                 return None
             raise UserError(f"no complete checkpoint under {output_dir} to resume from"
-                            + (f" ({len(skipped)} incomplete skipped)" if skipped else ""))
+                            + (f" ({len(skipped)} unusable skipped)" if skipped else ""))
+        if skipped:
+            log.warning("resuming from %s, the newest usable checkpoint (%d newer skipped: check them with "
+                        "python cli/fix_all_checkpoints.py %s --dry-run)", found.name, len(skipped), output_dir)
         return found
     path = Path(resume)
+    if trust.is_link(path):
+        raise UserError(f"--resume-from-checkpoint {resume}: a symbolic link, never followed; give the real folder")
     if not path.is_dir():
         raise UserError(f"--resume-from-checkpoint {resume}: no such folder")
     if not (path / ckpt.TRAINING_STATE).is_file():
@@ -57,4 +63,8 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
     if problems:
         raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
                         f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")
+    problem = ckpt.usability_problem(path, verify_hashes)
+    if problem:
+        raise ckpt.CheckpointError(f"--resume-from-checkpoint {resume}: not usable ({problem}); check it with: "
+                                   f"python cli/verify_and_fix_checkpoint.py {resume}")
     return path

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chef_genius.errors import DataError, UserError
+from chef_genius.errors import DataError, UserError, printable
 
 FIELDS = ("title", "ingredients", "directions", "ner", "input", "output")
 RECIPE_FIELDS = ("title", "ingredients", "directions")
@@ -93,9 +93,20 @@ def resolve_layout(where, found, spec: str | None = None) -> Layout:
         located = {f: _find(c, found) for f, c in columns.items()}
         if all(located[f] for f in columns if f not in OPTIONAL):
             return Layout(name, {f: c for f, c in located.items() if c})
+    shown = printable(", ".join(map(str, found)), 120)
+    if _looks_binary(found):  # a binary file read as CSV: a short excerpt, never its raw bytes
+        raise DataError(f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
+                        f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
+                        "it looks like a binary file, not text")
     raise DataError(f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
-                    f"ingredients (Food.com) or input, output; found {', '.join(found) or 'none'}; "
-                    f"map yours with {suggestion(found)}")
+                    f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
+                    f"map yours with {printable(suggestion(found), 200)}")
+
+
+def _looks_binary(found) -> bool:
+    text = "".join(map(str, found))[:4096]
+    odd = sum(1 for c in text if not c.isprintable() and c != "\t")
+    return bool(text) and odd > len(text) // 10
 
 
 def _mapped(where, found: list[str], mapping: dict, spec: str) -> Layout:

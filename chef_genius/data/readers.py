@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from chef_genius.errors import DataError
+from chef_genius.errors import DataError, printable
 from chef_genius.data.layouts import Layout, needed_columns, resolve_layout
 from chef_genius.data.recipes import (DEFAULT_SOURCE_TEMPLATE, RowError, clean, format_source, format_target,
                                       recipe_from_fields)
@@ -131,7 +131,7 @@ def _csv_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dic
         try:
             header = next(reader, None)
         except csv.Error as err:
-            raise DataError(f"{path}: not a readable CSV file ({err})") from None
+            raise DataError(f"{path}: not a readable CSV file ({printable(str(err), 120)})") from None
         if not header:
             raise DataError(f"{path}: the file is empty")
         layout = resolve_layout(path, header, columns)
@@ -221,7 +221,7 @@ def _json_array_rows(path: Path, text: str, columns: str | None) -> Iterator[dic
     try:
         rows = json.loads(text)
     except ValueError as err:
-        raise DataError(f"{path}: not a valid JSON file ({err})") from None
+        raise DataError(f"{path}: not a valid JSON file ({printable(str(err), 120)})") from None
     if not isinstance(rows, list) or not rows or not isinstance(rows[0], dict):
         raise DataError(f"{path}: expected a JSON array of recipe objects")
     layouts: dict[frozenset, Layout | None] = {}
@@ -238,7 +238,7 @@ def _parquet_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator
         try:
             parquet = pq.ParquetFile(source)
         except Exception as err:  # pyarrow raises several types for a file that is not Parquet
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({printable(str(err), 120)})") from None
         layout = resolve_layout(path, parquet.schema_arrow.names, columns)
         for batch in parquet.iter_batches(batch_size=4096, columns=needed_columns(layout)):
             yield from (layout.fields(row) for row in batch.to_pylist())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
-from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, run_cli
+from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
 from chef_genius.doctor.repair import Overrides, fix
-from chef_genius.doctor.verify import FATAL, SOFT, verify
+from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
@@ -94,7 +95,7 @@ def verify_main(argv=None) -> int:
     args = p.parse_args(argv)
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
-    _check_live_run(folder.resolve().parent, writes=args.fix)
+    _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
     _quiet()
     report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args)) if args.fix
               else verify(folder, args.deep))
@@ -114,17 +115,17 @@ def fix_all_main(argv=None) -> int:
     _add_settings(p)
     args = p.parse_args(argv)
     root = _folder(args.model_dir, "MODEL_DIR")
-    folders = ckpt.list_checkpoints(root)
+    folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.step_of)
     if not folders:
         raise UserError(f"MODEL_DIR {root}: holds no {ckpt.PREFIX}N folder")
     overrides = _overrides(args)
     _check_live_run(root, writes=not args.dry_run)
     _quiet()
     rows = []
-    for folder in folders:
-        before = verify(folder)
-        after = fix(folder, backup=not args.no_backup, dry_run=args.dry_run, overrides=overrides,
-                    pretrained=_pretrained(args))
+    for folder in folders:  # each checkpoint reported, whatever the one before it held
+        before = _guarded(folder, lambda: verify(folder))
+        after = _guarded(folder, lambda: fix(folder, backup=not args.no_backup, dry_run=args.dry_run,
+                                             overrides=overrides, pretrained=_pretrained(args)))
         rows.append((before, after))
     # after a dry run, each report is what verify found now (nothing was written), with what would be done
     newest = next((str(a.path) for _, a in reversed(rows) if a.resumable), None)
@@ -141,6 +142,21 @@ def fix_all_main(argv=None) -> int:
         print(("dry run: nothing was written; " if args.dry_run else "")
               + f"newest resumable checkpoint: {newest or 'none'}")
     return EXIT_OK if all(a.resumable for _, a in rows) else EXIT_FAILURE
+
+
+def _guarded(folder: Path, check) -> Report:
+    """``check()``'s report, or one that names the failure: one hostile checkpoint never stops the loop."""
+    try:
+        return check()
+    except UserError as err:
+        report = Report(folder, global_step=ckpt.step_of(folder))
+        report.fail("check_failed", str(err))
+    except Exception as err:  # a bug or a file no check foresaw: reported with its type, the loop goes on
+        logging.getLogger(__name__).debug("checking %s failed", folder, exc_info=True)
+        report = Report(folder, global_step=ckpt.step_of(folder))
+        report.fail("check_failed", f"the check stopped with {type(err).__name__}: "
+                                    f"{printable(str(err), 160)} (left alone)")
+    return report
 
 
 def remedy(report, dry_run: bool = False) -> dict | None:

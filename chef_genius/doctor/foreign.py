@@ -18,7 +18,6 @@ through ``torch.load(weights_only=True)`` with just those added to its allowlist
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import trust
 
 CHEF = "chef_genius"
 LEGACY = "legacy"
@@ -136,8 +136,12 @@ def load_with_numpy(path: str | Path) -> object:
 def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
     """(status, state, detail) of ``training_state.pt``: status is ours | legacy | missing | unsafe | unreadable."""
     path = folder / ckpt.TRAINING_STATE
-    if not path.is_file():
+    if trust.is_link(path):
+        return "unreadable", None, f"{path.name} is a symbolic link: never followed"
+    if not path.exists():
         return "missing", None, None
+    if not trust.regular_file(path):
+        return "unreadable", None, f"{path.name} is not a regular file (a folder where a file belongs?)"
     try:
         state = ckpt.load_training_state(path)
     except ckpt.UnsafeStateError:
@@ -208,8 +212,8 @@ def hf_rng(folder: Path) -> dict:
         if (folder / name).is_file():
             try:
                 saved = load_with_numpy(folder / name)
-            except (UnsafePickle, ckpt.CheckpointError):
-                return {}  # reported as "no RNG state" by verify after the conversion
+            except (UnsafePickle, ckpt.CheckpointError) as err:  # verify reports it first (rng_unreadable)
+                raise ckpt.CheckpointError(f"{name}: {err}") from None
             cuda = saved.get("cuda")
             cuda = list(cuda) if isinstance(cuda, (list, tuple)) else ([cuda] if cuda is not None else [])
             return convert_rng(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
@@ -232,7 +236,13 @@ def accelerate_rng(folder: Path) -> dict:
 
 
 def hf_trainer_state(folder: Path) -> dict:
-    return json.loads((folder / HF_STATE).read_text(encoding="utf-8"))
+    try:
+        value = trust.read_json(folder / HF_STATE)
+    except trust.Untrusted as err:
+        raise ckpt.CheckpointError(str(err)) from None
+    if not isinstance(value, dict):
+        raise ckpt.CheckpointError(f"{HF_STATE} does not hold a JSON object")
+    return value
 
 
 def hf_hyperparameters(trainer_state: dict) -> dict:
@@ -240,7 +250,8 @@ def hf_hyperparameters(trainer_state: dict) -> dict:
     of one process without the accumulation: never taken as the samples per optimizer step."""
     values = {}
     epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
-    if epochs and max_steps:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in (epochs, max_steps))
+    if numbers:  # a stranger's file: anything else is ignored (the flags must then supply it)
         values["steps_per_epoch"] = math.ceil(max_steps / epochs)
         values["total_steps"] = int(max_steps)
         values["epochs"] = int(epochs)
@@ -256,8 +267,12 @@ def hf_settings(folder: Path) -> tuple[dict, list[str]]:
     """(run settings, what could not be read) of a Hugging Face Trainer checkpoint, from
     ``trainer_state.json`` and ``training_args.bin`` (read by ``hf_args``: nothing in it runs)."""
     from chef_genius.doctor import hf_args
-    values = hf_hyperparameters(hf_trainer_state(folder))
     problems = []
+    try:
+        values = hf_hyperparameters(hf_trainer_state(folder))
+    except ckpt.CheckpointError as err:  # a link, a huge or hostile trainer_state.json: a sentence
+        values = {}
+        problems.append(str(err))
     path = folder / hf_args.HF_ARGS
     if not path.is_file():
         problems.append(f"{hf_args.HF_ARGS} is missing")

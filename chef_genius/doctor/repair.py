@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import disk, trust
 from chef_genius.doctor import foreign
+from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
+from chef_genius.errors import printable
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
 from chef_genius.train.state import RunState
-from chef_genius.doctor.verify import FATAL, Report, verify
+from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 log = logging.getLogger(__name__)
 
+# Problems a sibling's byte-identical copy (by the manifest's sha256) can undo.
+RESTORABLE = {"file_corrupt", "manifest_invalid", "config_missing", "config_unreadable", "tokenizer_missing",
+              "tokenizer_unreadable", "generation_config_missing", "generation_config_unreadable"}
 COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 
@@ -57,9 +63,60 @@ class Fixer:
     def run(self) -> Report:
         before = verify(self.folder, deep=True)
         codes = before.codes()
+        if codes & RESTORABLE and not codes & {"untrusted_entry", "state_unsafe"} \
+                and self._restore_from_siblings() and not self.dry_run:
+            before = verify(self.folder, deep=True)
+        codes = before.codes()
         if not codes or codes & (FATAL - {"state_unreadable"}):
             before.repairs = self.repairs
             return before
+        try:
+            self._repair(before, codes)
+        except Exception as err:  # read-only mount, permissions, full disk: each write is atomic, so
+            if not (isinstance(err, OSError) or disk.disk_full(err)):
+                raise
+            self.unfixed.append(f"stopped repairing: {os_sentence(err)}; every file is either its old or "
+                                "its new version, none half-written")
+        after = verify(self.folder, deep=True) if not self.dry_run else before
+        after.repairs = self.repairs
+        after.lines += [("FAIL", text) for text in self.unfixed]
+        after.facts["unfixed"] = list(self.unfixed)
+        if self.unfixed and after.valid:
+            after.fail("repair_incomplete", self.unfixed[0])
+        return after
+
+    def _restore_from_siblings(self) -> bool:
+        """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
+        sibling's copy whose size and sha256 are the manifest's: the original bytes, proven."""
+        manifest = ckpt.read_manifest(self.folder)
+        if manifest is None or not manifest.get("complete") or not all(
+                trust.confined(self.folder, n) for n in manifest["files"]):
+            return False
+        restored = False
+        for name, entry in manifest["files"].items():
+            path = self.folder / name
+            if ckpt.is_weights_file(name) or name == ckpt.TRAINING_STATE or "/" in name or not isinstance(entry, dict):
+                continue
+            if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
+                    ckpt.sha256_file(path) == entry.get("sha256"):
+                continue
+            source = next((s / name for s in candidate_folders(self.folder) if trust.regular_file(s / name)
+                           and (s / name).stat().st_size == entry.get("size")
+                           and ckpt.sha256_file(s / name) == entry.get("sha256")), None)
+            if source is None:
+                continue
+            try:
+                if not self.dry_run:
+                    self.keep(path, always=True)  # the damaged original, even with --no-backup
+                    ckpt.atomic_write_bytes(path, source.read_bytes())
+            except OSError as err:
+                self.unfixed.append(f"could not restore {name}: {os_sentence(err)}")
+                return restored
+            self.note("file_restored", f"restored {name} from {source.parent} (its sha256 is the manifest's)")
+            restored = True
+        return restored
+
+    def _repair(self, before: Report, codes: set[str]) -> None:
         if codes & {"weights_prefixed", "weights_bin"}:
             self._rewrite_weights(before)
         for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
@@ -67,16 +124,20 @@ class Fixer:
             if code in codes:
                 self._copy_from_run(names)
         model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
-        if codes & {"state_missing", "state_unreadable", "state_legacy", "hf_trainer_state", "accelerate_state"}:
+        if codes & {"state_missing", "state_unreadable", "state_corrupt", "state_legacy", "hf_trainer_state",
+                    "accelerate_state"}:
             self._write_state(before, model)
-        state_ok = self.dry_run or foreign.read_state(self.folder)[0] == "ours"
-        if state_ok and (self.repairs or "manifest_invalid" in codes):
-            self._rebuild_manifest()
-        after = verify(self.folder, deep=True) if not self.dry_run else before
-        after.repairs = self.repairs
-        after.lines += [("FAIL", text) for text in self.unfixed]
-        after.facts["unfixed"] = list(self.unfixed)
-        return after
+        if not (self.repairs or "manifest_invalid" in codes):
+            return
+        if not self.dry_run:  # the gate: a complete manifest only over files that all load
+            if foreign.read_state(self.folder)[0] != "ours":
+                return  # no training state of ours could be written (the reason is in unfixed)
+            gate = verify(self.folder, deep=True, manifest=False)
+            blocking = [p for p in gate.problems if p["code"] not in SOFT]
+            if blocking:
+                self.unfixed.append(f"no manifest written: {blocking[0]['message']}")
+                return
+        self._rebuild_manifest()
 
     def note(self, code: str, text: str) -> None:
         self.repairs.append({"code": code, "message": ("would: " if self.dry_run else "") + text})
@@ -114,7 +175,7 @@ class Fixer:
 
     def _copy_from_run(self, names) -> None:
         for source in ([self.pretrained] if self.pretrained else []) + candidate_folders(self.folder):
-            found = [n for n in names if (source / n).is_file()]
+            found = [n for n in names if trust.regular_file(source / n)]
             if not found or not _same_model(self.folder, source):
                 continue
             for name in found:
@@ -141,9 +202,14 @@ class Fixer:
         except ckpt.CheckpointError as err:
             self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
             return
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # hostile plain values
+            self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: the old state or trainer_state.json holds "
+                                f"values of the wrong kind ({type(err).__name__}: {printable(str(err), 80)})")
+            return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
-            self.keep(self.folder / ckpt.TRAINING_STATE, always=report.facts["state_status"] == "unreadable")
+            damaged = report.facts["state_status"] == "unreadable" or "state_corrupt" in report.codes()
+            self.keep(self.folder / ckpt.TRAINING_STATE, always=damaged)
             ckpt.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
         self.note(code, text)
 
@@ -175,14 +241,17 @@ def candidate_folders(folder: Path) -> list[Path]:
 def _same_model(folder: Path, source: Path) -> bool:
     """``source`` belongs to the same model: identical config.json, or shapes that fit our weights."""
     mine, theirs = folder / ckpt.MODEL_CONFIG, source / ckpt.MODEL_CONFIG
-    if mine.is_file():
-        return theirs.is_file() and mine.read_bytes() == theirs.read_bytes()
-    if not theirs.is_file():
+    if trust.regular_file(mine):
+        return trust.regular_file(theirs) and mine.read_bytes() == theirs.read_bytes()
+    if not trust.regular_file(theirs):
         return False
     try:
-        header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in wt.read_weights(folder)[1].items()}
+        raw = wt.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
     except ValueError:
         return False
+    if not raw or loadable.layers_problem(source, raw) or loadable.config_problem(source):
+        return False
+    header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in raw.items()}
     model = wt.meta_model(source)
     shapes = wt.expected_tensors(model)[0] if model is not None else {}
     return bool(header) and all(shapes.get(k) == v for k, v in header.items())
@@ -249,9 +318,44 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
                                    "pass --steps-per-epoch N")
     epoch = step // settings["steps_per_epoch"]
     samples, where = _position(step, epoch, settings)
-    return _assemble(step, epoch, samples, settings, model, None, {}, None,
+    seed = settings.get("seed", TrainConfig().seed)
+    return _assemble(step, epoch, samples, settings, model, None, seeded_rng(seed, step), None,
                      f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch}, {where}; "
-                     "optimizer state empty (re-warms on resume)")
+                     "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
+                     {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]})
+
+
+def seeded_rng(seed: int, step: int) -> dict:
+    """RNG states as ``train/rng.capture`` stores them, drawn from ``seed`` and ``step`` alone (the
+    process's own generators are left untouched)."""
+    import random
+
+    import numpy as np
+    import torch
+    value = (int(seed) * 1_000_003 + int(step)) % 2**32
+    kind, keys, pos, has_gauss, cached = np.random.RandomState(value).get_state()
+    version, internal, gauss = random.Random(value).getstate()
+    return {"python": [version, list(internal), gauss],
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.Generator().manual_seed(value).get_state(), "cuda": []}
+
+
+def os_sentence(err: Exception) -> str:
+    """An OSError (or torch's words for a full disk) as the operator reads it: what, where, what to do."""
+    import errno
+    if not isinstance(err, OSError):
+        return "the disk is full; free space or pass --no-backup"
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.EROFS:
+        return f"the file system is read-only{where}; copy the checkpoint to a writable disk and repair the copy"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}; run as the checkpoint's owner or repair a copy"
+    if err.errno == errno.ENOSPC:
+        return f"the disk is full{where}; free space or pass --no-backup"
+    if err.errno == errno.EISDIR:
+        return f"a folder is where a file belongs{where}"
+    return f"{err.strerror or type(err).__name__}{where}"
 
 
 def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tuple[dict, str]:

@@ -10,14 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
+from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
+from chef_genius.errors import printable
 
 # Problems that leave a checkpoint resumable (training continues, with less state restored).
-SOFT = {"optimizer_empty", "rng_missing", "generation_config_missing", "weights_bin"}
-# Problems no repair can undo: resume from a healthy sibling instead.
+SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
+# Problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
+# ``state_corrupt`` are rebuilt from the folder name and the run's settings, the original kept.)
 FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
-         "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt"}
+         "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt", "untrusted_entry",
+         "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable", "rng_unreadable",
+         "check_failed"}
 
 
 @dataclass
@@ -69,35 +75,82 @@ class Report:
         return "\n".join(out)
 
 
-def verify(folder: str | Path, deep: bool = False) -> Report:
+def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Report:
+    """The report of ``folder``; ``manifest=False`` skips the manifest check (repair's gate before it
+    writes one: every file must load first)."""
     folder = Path(folder)
     report = Report(folder)
+    report.global_step = ckpt.step_of(folder)
+    if not _trustworthy(report, folder):
+        report.hint = healthy_sibling(folder)
+        return report
     status, state, detail = foreign.read_state(folder)
     report.kind = foreign.detect_kind(folder, status)
     report.facts.update(state_status=status, state=state)
-    report.global_step = ckpt.step_of(folder)
     _check_files(report, folder)
     model = _check_weights(report, folder, deep)
     report.facts["model"] = model
-    _check_state(report, folder, status, state, detail, model)
-    _check_manifest(report, folder, deep)
+    try:
+        _check_state(report, folder, status, state, detail, model)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
+        report.fail("state_unreadable", f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: "
+                                        f"{printable(str(err), 80)})")
+    if report.kind == foreign.HF:
+        _check_hf_files(report, folder)
+    if manifest:
+        _check_manifest(report, folder, deep)
     if report.codes() & FATAL:
         report.hint = healthy_sibling(folder)
     return report
 
 
+def _trustworthy(report: Report, folder: Path) -> bool:
+    """No link, device or folder-for-a-file anywhere in the checkpoint (nothing else is read if so)."""
+    if trust.is_link(folder):
+        report.fail("untrusted_entry", f"{folder.name} is a symbolic link: never followed (give the real folder)")
+        return False
+    odd = trust.odd_entries(folder, FILE_NAMES)
+    for text in odd:
+        report.fail("untrusted_entry", text + "; the checkpoint is left alone")
+    return not odd
+
+
 # ---------------------------------------------------------------------------------------------
 
+FILE_NAMES = (*ckpt.REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
+              foreign.HF_STATE, foreign.HF_OPTIMIZER, foreign.HF_SCHEDULER, "rng_state.pth", "rng_state_0.pth")
+
+
 def _check_files(report: Report, folder: Path) -> None:
+    """Present, and each loads the way the trainer loads it (a damaged file is a problem, not an omission)."""
     before = len(report.problems)
     if not (folder / ckpt.MODEL_CONFIG).is_file():
         report.fail("config_missing", f"{ckpt.MODEL_CONFIG} is missing")
+    else:
+        _loads(report, "config_unreadable", loadable.config_problem(folder))
     if not (folder / ckpt.GENERATION_CONFIG).is_file():
         report.fail("generation_config_missing", f"{ckpt.GENERATION_CONFIG} is missing", "warn")
+    else:
+        _loads(report, "generation_config_unreadable", loadable.generation_config_problem(folder))
     if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
         report.fail("tokenizer_missing", "tokenizer files are missing (tokenizer.json / spiece.model)")
+    else:
+        _loads(report, "tokenizer_unreadable", loadable.tokenizer_problem(folder))
     if len(report.problems) == before:
-        report.ok("config, generation config and tokenizer files present")
+        report.ok("config, generation config and tokenizer load")
+
+
+def _loads(report: Report, code: str, problem: str | None) -> None:
+    if problem:
+        report.fail(code, problem)
+
+
+def _check_hf_files(report: Report, folder: Path) -> None:
+    for name in ("rng_state.pth", "rng_state_0.pth"):
+        if (folder / name).is_file():
+            problem = loadable.rng_file_problem(folder / name)
+            if problem:
+                report.fail("rng_unreadable", f"{problem}; never listed as \"no RNG state\"")
 
 
 def _check_weights(report: Report, folder: Path, deep: bool):
@@ -106,7 +159,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     except wt.MissingShard as err:
         report.fail("weights_missing", str(err))
         return None
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # trust.Untrusted too: a link, a FIFO, a hostile header
         report.fail("weights_unreadable", str(err))
         return None
     if layout is None:
@@ -123,11 +176,26 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     if bad:
         report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
                                         f"(e.g. {bad[0]}); --fix removes it")
-    model = wt.meta_model(folder, None, header) if (folder / ckpt.MODEL_CONFIG).is_file() else None
+    shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
+    model = None
+    if (folder / ckpt.MODEL_CONFIG).is_file() and "config_unreadable" not in report.codes():
+        too_big = loadable.layers_problem(folder, header)
+        if too_big:  # never build thousands of layers a config claims without the weights to match
+            report.fail("weights_mismatch", f"weights do not match {ckpt.MODEL_CONFIG}: {too_big}")
+            return None
+        try:
+            model = wt.meta_model(folder, None, header)
+        except Exception as err:  # reading lm_head / shared to decide on the tie: unreadable data
+            report.fail("weights_unreadable", loadable.describe(shown, err))
+            return None
     if model is not None:
         _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
-    if deep:
-        nonfinite = wt.nonfinite_tensors(files)
+    if deep and not report.codes() & {"weights_mismatch", "lm_head_missing", "weights_unreadable"}:
+        try:  # fatal already: no full read
+            nonfinite = wt.nonfinite_tensors(files)
+        except Exception as err:  # safetensors' own checks go further than the header's
+            report.fail("weights_unreadable", loadable.describe(shown, err))
+            return model
         if nonfinite:
             report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
@@ -151,7 +219,12 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
     report.ok(f"weight shapes match {ckpt.MODEL_CONFIG}")
     tied = [n for n in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in header]
     if tied and "shared.weight" in header and deep:
-        if not all(wt.tensors_equal(header, "shared.weight", n) for n in tied):
+        try:
+            equal = all(wt.tensors_equal(header, "shared.weight", n) for n in tied)
+        except Exception as err:
+            report.fail("weights_unreadable", loadable.describe(header["shared.weight"]["file"].name, err))
+            return
+        if not equal:
             report.fail("embeddings_inconsistent", "encoder/decoder embed_tokens differ from the shared embedding")
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
@@ -180,21 +253,28 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
         report.epoch = max(0, int(state.get("epoch", 1)) - 1)
         return
     report.ok(f"{name} loads with weights_only=True")
-    step = int(state["global_step"])
-    report.global_step, report.epoch = step, int(state.get("epoch", 0))
+    step, epoch = state.get("global_step"), state.get("epoch", 0)
+    if not (isinstance(step, int) and isinstance(epoch, int)) or isinstance(step, bool):
+        report.fail("state_unreadable", f"{name} holds a global_step / epoch that are not integers")
+        return
+    report.global_step, report.epoch = step, epoch
     folder_step = ckpt.step_of(folder)
     if folder_step is not None and folder_step != step:
         report.fail("step_mismatch", f"{name} is at step {step} but the folder is named {folder.name}")
     else:
         report.ok(f"global_step {step} matches the folder name")
     _check_optimizer(report, state, model)
-    sched = state.get("scheduler_state_dict") or {}
+    sched = state.get("scheduler_state_dict")
+    sched = sched if isinstance(sched, dict) else {}
     if sched.get("last_epoch") != step:
         report.fail("scheduler_mismatch", f"scheduler is at step {sched.get('last_epoch')}, the run at {step}")
     else:
         report.ok(f"scheduler position {step} matches global_step")
     if not state.get("rng_states"):
         report.fail("rng_missing", "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
+    elif "rng_states" in (state.get("rebuilt") or ()):
+        report.fail("rng_rebuilt", "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
+                                   "draw new streams on resume", "warn")
 
 
 def _check_accelerate(report: Report, folder: Path) -> None:
@@ -251,23 +331,24 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
 
 
 def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
+    """A file whose size or sha256 differs from the manifest is damage, never a stale manifest."""
     problems = ckpt.manifest_problems(folder, verify_hashes=deep)
     if not problems:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
-    corrupt = [p for p in problems if "sha256" in p]
-    if corrupt:
-        report.fail("weights_corrupt" if ckpt.is_weights_file(corrupt[0].split()[0]) else "file_corrupt",
-                    f"{corrupt[0]}: the file changed after it was saved (bit rot or a bad copy)")
+    corrupt = [p for p in problems if "sha256" in p or " bytes, the manifest says " in p]
+    for problem in corrupt:
+        name = problem.split(" ", 1)[0]
+        code = ("weights_corrupt" if ckpt.is_weights_file(name) else "state_corrupt"
+                if name == ckpt.TRAINING_STATE else "file_corrupt")
+        report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     if len(corrupt) < len(problems):
         report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
 
 
 def healthy_sibling(folder: Path) -> str | None:
-    """The newest other checkpoint of the run that verifies and holds a loadable state."""
+    """The newest other checkpoint of the run that a resume would accept (the rules of ``latest``)."""
     for path in reversed(ckpt.list_checkpoints(folder.parent)):
-        if path.resolve() == folder.resolve() or ckpt.manifest_problems(path):
-            continue
-        if foreign.read_state(path)[0] == "ours":
+        if path.name != folder.name and ckpt.usability_problem(path) is None:
             return str(path)
     return None

@@ -10,10 +10,12 @@ weights) to know every expected tensor name and shape and the optimizer's parame
 from __future__ import annotations
 
 import json
-import struct
+import os
 from pathlib import Path
 
 import torch
+
+from chef_genius.checkpoint import trust
 
 PREFIXES = ("_orig_mod.", "module.")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -21,24 +23,9 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 
 def read_header(path: Path) -> dict[str, dict]:
-    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated or bad file."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise ValueError(f"{path.name} is only {size} bytes")
-        (length,) = struct.unpack("<Q", raw)
-        if length > min(size - 8, 100 << 20):
-            raise ValueError(f"{path.name} has a header length past its end ({size} bytes): truncated or corrupt")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError:
-            raise ValueError(f"{path.name} has an unreadable header: corrupt") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 8 + length + max((v["data_offsets"][1] for v in tensors.values()), default=0)
-    if end > size:
-        raise ValueError(f"{path.name} has {size} bytes but its tensors need {end}: truncated")
-    return tensors
+    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated, bad or hostile
+    file (``checkpoint/trust.py``: every entry validated, size and entry count bounded)."""
+    return trust.read_safetensors_header(path)
 
 
 class MissingShard(ValueError):
@@ -54,18 +41,20 @@ def read_weights(folder: Path) -> tuple[str | None, dict[str, dict], list[Path]]
     layout, files = ckpt.weights_layout(folder)
     header: dict[str, dict] = {}
     if layout == "bin":
+        if not trust.regular_file(files[0]):  # never loaded through a link, a FIFO or a folder
+            raise trust.Untrusted(f"{files[0].name} is not a regular file")
         for name, tensor in _load_bin(files[0], "meta").items():
             header[name] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape), "file": files[0]}
         return layout, header, files
     for path in files:
-        if not path.is_file():
+        if not os.path.lexists(path):  # a link or a folder is present, and refused by read_header
             raise MissingShard(f"{path.name} is missing (a shard named by {ckpt.WEIGHTS_INDEX})")
         for name, entry in read_header(path).items():
             if name in header:
                 raise ValueError(f"{name} is stored twice ({header[name]['file'].name} and {path.name})")
             header[name] = dict(entry, file=path)
     if layout == "sharded":
-        weight_map = json.loads((folder / ckpt.WEIGHTS_INDEX).read_text(encoding="utf-8"))["weight_map"]
+        weight_map = trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"]  # checked by weights_layout
         wrong = [n for n, shard in weight_map.items() if n not in header or header[n]["file"].name != shard]
         extra = [n for n in header if n not in weight_map]
         if wrong or extra:
@@ -141,7 +130,7 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
         tensors = {strip_prefix(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in _tensors(path)}
         out[ckpt.WEIGHTS if path.suffix == ".bin" else path.name] = save(tensors, metadata)
     if layout == "sharded":
-        index = json.loads((folder / ckpt.WEIGHTS_INDEX).read_text(encoding="utf-8"))
+        index = trust.read_json(folder / ckpt.WEIGHTS_INDEX)
         index["weight_map"] = {strip_prefix(n): shard for n, shard in index["weight_map"].items()}
         out[ckpt.WEIGHTS_INDEX] = json.dumps(index, indent=2, sort_keys=True).encode("utf-8")
     return out

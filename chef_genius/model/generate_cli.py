@@ -99,7 +99,7 @@ def resolve_model_dir(given: str) -> Path:
                         "saved model folder)")
     if (path / ckpt.MODEL_CONFIG).is_file():
         return path
-    latest, _ = ckpt.find_latest(path)
+    latest, _ = ckpt.find_latest(path, need_state=False)  # generation needs the model, not the state
     if latest is None:
         raise UserError(f"--model {given}: no model here ({ckpt.MODEL_CONFIG} missing) and no complete "
                         "checkpoint-N folder")

@@ -92,7 +92,7 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
 
     code, report = verify_json(folder, capsys, "--fix")
     assert code == 1  # resumable, but without the optimizer's moments
-    assert report["resumable"] and {p["code"] for p in report["problems"]} == {"optimizer_empty", "rng_missing"}
+    assert report["resumable"] and {p["code"] for p in report["problems"]} == {"optimizer_empty", "rng_rebuilt"}
     assert {"state_rebuilt", "manifest_rebuilt"} <= {r["code"] for r in report["repairs"]}
     rebuilt = ckpt.load_training_state(folder)
     assert rebuilt["optimizer_state_empty"] is True
