@@ -27,7 +27,8 @@ def _saved() -> dict:
 
 def test_the_saved_position_keeps_its_keys_and_resumes_at_the_next_sample():
     saved = _saved()
-    assert set(saved) == SAVED_KEYS  # the keys checkpoints have always had
+    # the keys checkpoints have always had, plus the token budget (--max-tokens-per-batch, 0 when off)
+    assert set(saved) == SAVED_KEYS | {"max_tokens_per_batch"}
     assert (saved["epoch"], saved["samples_in_epoch"], saved["sampler_seed"]) == (1, 56, 42)
     resumed = _sampler()
     resumed.load_state_dict(saved)
