@@ -71,3 +71,12 @@ def step_losses(output: Path) -> dict[int, float]:
             for offset, loss in enumerate(record["step_losses"]):
                 losses[first + offset] = loss
     return losses
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """End child processes a test left behind (a trainer's persistent loader workers ignore SIGTERM by
+    design, see chef_genius/train/preemption.py), so the suite's own exit never waits on them."""
+    import multiprocessing
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)

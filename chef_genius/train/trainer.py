@@ -568,7 +568,15 @@ class Trainer:
         self.checkpoints.finish(also_lost=self.reporters.losses())
 
     def close(self) -> None:
-        """Give the run folder back (after the final model is written; also after a failed setup)."""
+        """End the loader workers and give the run folder back (after the final model is written; also
+        after a failed setup or a stop). Persistent workers ignore SIGTERM (the main process decides when
+        a preempted run stops), so multiprocessing's exit handler could not end them: a process whose
+        trainer is still referenced (a traceback, a test) would wait for them forever at exit."""
+        for loader in (getattr(self, "loader", None), getattr(self, "eval_loader", None)):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
         if self.run_lock is not None:
             self.run_lock.release()
             self.run_lock = None
