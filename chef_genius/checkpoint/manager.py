@@ -40,6 +40,8 @@ import torch
 
 from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 from chef_genius.checkpoint.retention import apply_retention
 from chef_genius.errors import SaveError
@@ -230,13 +232,13 @@ class CheckpointManager:
 
         def write() -> None:
             began = time.perf_counter()
-            self._attempt(outcome, self.checkpoint_bytes, lambda: ckpt.write_checkpoint(
+            self._attempt(outcome, self.checkpoint_bytes, lambda: ckcommit.write_checkpoint(
                 self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set))
             if not outcome.ok:
                 return
             log.info("saved %s in %.1fs%s", outcome.what, time.perf_counter() - began,
                      " (background)" if self.async_save else "")
-            manifest = ckpt.read_manifest(outcome.path) or {"files": {}}
+            manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}
             actual = sum(entry.get("size", 0) for entry in manifest["files"].values())
             self.checkpoint_bytes = max(self.checkpoint_bytes, actual)
             apply_retention(self.output, self.keep_last, best, protected)
@@ -369,5 +371,5 @@ class CheckpointManager:
         return not failed
 
     def _write_final(self, weights: dict) -> Path:
-        ckpt.write_final_model(self.output, lambda folder: self.model.save(folder, weights), self._cancel.is_set)
+        ckcommit.write_final_model(self.output, lambda folder: self.model.save(folder, weights), self._cancel.is_set)
         return self.output

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
@@ -332,7 +333,7 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
 
 def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     """A file whose size or sha256 differs from the manifest is damage, never a stale manifest."""
-    problems = ckpt.manifest_problems(folder, verify_hashes=deep)
+    problems = ckmanifest.manifest_problems(folder, verify_hashes=deep)
     if not problems:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
@@ -349,6 +350,6 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
 def healthy_sibling(folder: Path) -> str | None:
     """The newest other checkpoint of the run that a resume would accept (the rules of ``latest``)."""
     for path in reversed(ckpt.list_checkpoints(folder.parent)):
-        if path.name != folder.name and ckpt.usability_problem(path) is None:
+        if path.name != folder.name and ckmanifest.usability_problem(path) is None:
             return str(path)
     return None

@@ -23,6 +23,7 @@ import torch
 from conftest import REPO, run_training, step_losses, train_args
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.train.distributed import SAMPLE_LOG_ENV, planned_total_steps
 from chef_genius.data.sampler import ResumableBatchSampler
 
@@ -124,7 +125,7 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
 
     # the checkpoint written by rank 0 verifies and loads like any other
     checkpoint = run_a / "checkpoint-11"
-    assert ckpt.manifest_problems(checkpoint, verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
     state = ckpt.load_training_state(checkpoint)
     assert len(state[ckpt.RNG_PER_RANK]) == 2
     assert not torch.equal(state[ckpt.RNG_PER_RANK][0]["torch"], state[ckpt.RNG_PER_RANK][1]["torch"])
@@ -151,8 +152,8 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     assert sum(_seen(log_a)[1].values()) == 18 + 6
     _launch("accelerate", args, log_a)
     assert _exactly_once(_seen(log_a)[1])
-    final = ckpt.find_latest(run_a)[0]
-    assert ckpt.manifest_problems(final) == []
+    final = ckmanifest.find_latest(run_a)[0]
+    assert ckmanifest.manifest_problems(final) == []
     assert ckpt.load_training_state(final)["run_state"]["epoch"] == 2
 
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train import settings
@@ -66,8 +68,8 @@ def _edit_hyperparameters(folder, drop=(), **values):
     for key in drop:
         del state["hyperparameters"][key]
     state["hyperparameters"].update(values)
-    ckpt.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, state["global_step"]))
+    ckfiles.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, state["global_step"]))
 
 
 # ---------------------------------------------------------------------------------------------
