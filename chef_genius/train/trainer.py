@@ -7,8 +7,11 @@ Features, in the order a step meets them:
 - precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
-- periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, validation with
-  the best loss tracked, checkpoints every ``--save-steps`` optimizer steps;
+- periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
+  (``train/evaluation.py``: validation loss, recipe metrics, the best step, samples), checkpoints every
+  ``--save-steps`` optimizer steps;
+- out of GPU memory in a step (``train/oom.py``): retried at half the micro-batch with
+  ``--auto-micro-batch``, else one line with what would fit;
 - checkpoints and resume: the ``CheckpointManager`` (``checkpoint/manager.py``) saves and restores
   every stateful piece (``train/components.py``): model, optimizer, scheduler, every RNG, the data
   position, the run state, the reporters; on CPU the resumed losses equal the uninterrupted run's
@@ -30,7 +33,6 @@ committed.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import time
@@ -46,12 +48,9 @@ from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import OutOfMemory, Preempted, SaveError, UserError
-from chef_genius.evaluation.heldout import evaluate_model, held_out
-from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
+from chef_genius.errors import Preempted, SaveError, UserError
 from chef_genius.model import lean_loss
 from chef_genius.model import memory
-from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
@@ -60,27 +59,18 @@ from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
 from chef_genius.train import memory_plan
+from chef_genius.train import oom
 from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.data_setup import make_data
+from chef_genius.train.evaluation import Evaluation
 from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
 log = logging.getLogger("chef_genius")
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` beats ``best`` (eval_loss, invented_ingredients, repetition: lower)."""
-    if best is None:
-        return True
-    return value > best if HIGHER_IS_BETTER.get(metric, False) else value < best
-
-
-def format_metrics(metrics: dict) -> str:
-    return ", ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name in HIGHER_IS_BETTER)
 
 
 class LogWindow:
@@ -93,19 +83,6 @@ class LogWindow:
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
         self.wall_started = self.started     # not moved: the wall-clock rate, validation included
-
-
-def split_micro_batches(window: list[dict], pieces: int) -> list[dict]:
-    """Each batch of ``window`` cut into ``pieces`` smaller ones along the rows (``--auto-micro-batch``):
-    the same recipes, so the same optimizer step."""
-    if pieces == 1:
-        return window
-    out = []
-    for batch in window:
-        parts = min(pieces, batch["input_ids"].shape[0])
-        columns = {k: v.tensor_split(parts) for k, v in batch.items()}
-        out += [{k: columns[k][i] for k in batch} for i in range(parts)]
-    return out
 
 
 class Trainer:
@@ -131,7 +108,6 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
-        self.last_generation = None   # (step, metrics, details) of the newest --eval-generate scoring
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -148,6 +124,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
+        self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
+                                     self.reporters, self.state)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
@@ -344,35 +322,17 @@ class Trainer:
         while True:
             counted = self.window.source_tokens, self.window.rows
             try:
-                return self._train_step(split_micro_batches(window, self.state.micro_batch_split))
+                return self._train_step(oom.split_micro_batches(window, self.state.micro_batch_split))
             except torch.cuda.OutOfMemoryError:
                 pass  # handled below, outside the except: its traceback holds the step's tensors
             self.window.source_tokens, self.window.rows = counted
             self._out_of_memory()
 
     def _out_of_memory(self) -> None:
-        c, s = self.config, self.state
-        self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        micro = math.ceil(c.batch_size / s.micro_batch_split)
-        accumulation = c.gradient_accumulation_steps * s.micro_batch_split
-        if c.auto_micro_batch and micro > 1:
-            s.micro_batch_split *= 2
-            log.warning("out of GPU memory in step %d at micro-batch %d: retrying it with micro-batch %d x "
-                        "accumulation %d (global batch %d unchanged; kept for the rest of the run and in its "
-                        "checkpoints)", s.global_step + 1, micro, math.ceil(c.batch_size / s.micro_batch_split),
-                        accumulation * 2, self.global_batch)
-            return
-        intact = self.checkpoints.wait()
-        newest = self.checkpoints.last_step
-        where = (f"{ckpt.PREFIX}{newest} is intact (resume with --resume-from-checkpoint latest)"
-                 if intact and newest is not None else "no checkpoint of this run was saved yet")
-        fits = memory_plan.advice(unwrap(self.model), c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
-        retry = "" if c.auto_micro_batch else "; or pass --auto-micro-batch to halve the micro-batch on this error"
-        raise OutOfMemory(f"out of GPU memory in step {s.global_step + 1} at micro-batch {micro} x accumulation "
-                          f"{accumulation}; {fits}{retry}; {where}")
+        oom.free_step(self.optimizer)
+        if not oom.halve(self.config, self.state, self.global_batch):
+            raise oom.give_up(self.config, self.state, self.checkpoints, unwrap(self.model),
+                              self.accelerator.mixed_precision == "bf16", self.gpu_free)
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
@@ -439,102 +399,20 @@ class Trainer:
         self.window = LogWindow()
 
     def maybe_evaluate(self, force: bool = False) -> float | None:
-        s, c = self.state, self.config
-        if self.eval_loader is None or not (force or s.global_step % c.eval_steps == 0):
+        if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluate()
-        generation = self.log_generation()
-        value = loss if c.metric_for_best == "eval_loss" else (generation or {}).get(c.metric_for_best)
-        improved = value is not None and is_better(c.metric_for_best, value, self._best_value())
-        if improved:
-            s.best_loss, s.best_step, s.best_value = loss, s.global_step, value
-        self.reporters.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
-                              "best_step": s.best_step, "metric_for_best": c.metric_for_best,
-                              "best_value": s.best_value})
-        if self.is_main:
-            best = "" if not improved else (" (best)" if c.metric_for_best == "eval_loss"
-                                            else f" (best {c.metric_for_best} {value:.4f})")
-            log.info("step %d validation loss %.4f%s", s.global_step, loss, best)
-        self.log_samples()
+        loss = self.evaluation.run(self.model, self._loss_sum)
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
-    def _best_value(self) -> float | None:
-        s = self.state
-        if s.best_value is None and self.config.metric_for_best == "eval_loss":
-            return s.best_loss  # a checkpoint from before --metric-for-best kept only the loss
-        return s.best_value
-
-    def log_generation(self) -> dict | None:
-        """Recipe metrics of greedy recipes for the first ``--eval-generate`` validation recipes (main
-        process; every RNG stream restored, so a resumed run stays bit-identical)."""
-        c = self.config
-        if not c.eval_generate or self.eval_data is None:
-            return None
-        if getattr(self, "generation_set", None) is None:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
-        metrics = None
-        if self.is_main:
-            metrics, details = self.score_generation()
-            self.last_generation = (self.state.global_step, metrics, details)
-            self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
-                                  "recipes": len(details), "samples": details[:3]})
-            log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
-                     format_metrics(metrics))
-        return dist.broadcast_object(self.accelerator, metrics)
-
     def preview(self) -> tuple[int, str, str] | None:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
-        if self.eval_data is None or not len(self.eval_data) or not self.is_main:
-            return None
-        c = self.config
-        example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
-        _, details = evaluate_model(unwrap(self.model), self.tokenizer, example, self.device, self.accelerator.autocast,
-                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
-                                    template=c.source_template)
-        return self.state.global_step, example[0].ingredient_text, details[0]["text"]
+        return self.evaluation.preview(self.model)
 
     def final_generation(self) -> tuple[int, dict, list[dict]]:
         """(step, metrics, details) of the final model on the ``--eval-generate`` recipes."""
-        if self.last_generation is None or self.last_generation[0] != self.state.global_step:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
-                                           self.config.source_template)
-            self.last_generation = (self.state.global_step, *self.score_generation())
-        return self.last_generation
-
-    def score_generation(self) -> tuple[dict, list[dict]]:
-        """(metrics, per-recipe details) of the model as it is now on the ``--eval-generate`` recipes."""
-        from chef_genius.monitoring.progress import CountProgress
-        with CountProgress("generating validation recipes", len(self.generation_set), self.config.progress,
-                           self.is_main) as progress:
-            return evaluate_model(unwrap(self.model), self.tokenizer, self.generation_set, self.device,
-                                  self.accelerator.autocast, max_new_tokens=self.config.max_target_length,
-                                  max_source_length=self.config.max_source_length, on_batch=progress.update,
-                                  template=self.config.source_template)
-
-    def log_samples(self) -> None:
-        """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
-        if not self.is_main or not self.config.eval_samples:
-            return
-        samples = eval_samples(unwrap(self.model), self.tokenizer, self.device, self.config.eval_samples,
-                               self.accelerator.autocast, self.config.source_template)
-        self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
-        for sample in samples:
-            log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
-                     sample["text"][:300])
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.eval_loader:
-            loss_sum += self._loss_sum(batch)
-            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
-        loss_sum, tokens = self.accelerator.reduce(loss_sum), self.accelerator.reduce(tokens)
-        self.model.train()
-        return (loss_sum / tokens.clamp(min=1)).item()
+        return self.evaluation.final_generation(self.model)
 
     def maybe_save(self) -> bool:
         """Checkpoint when it is time (every ``--save-steps``, ``--save-every-minutes``, a stop signal on any

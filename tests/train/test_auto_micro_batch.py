@@ -12,7 +12,8 @@ import torch
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
-from chef_genius.train.trainer import Trainer, split_micro_batches
+from chef_genius.train.oom import split_micro_batches
+from chef_genius.train.trainer import Trainer
 from conftest import run_training, step_losses, train_args
 
 STEPS = ("--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2")
