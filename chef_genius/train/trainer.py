@@ -48,7 +48,7 @@ from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import Preempted, SaveError, UserError
+from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
 from chef_genius.model import lean_loss
 from chef_genius.model import memory
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
@@ -142,11 +142,21 @@ class Trainer:
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
 
     def _hold_run_folder(self) -> None:
-        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.
+        Rank 0 takes the lock; a refusal ends every rank (the others would wait in its next collective)."""
+        refusal = None
         if self.is_main:
-            disk.prepare_output(self.output)
-            self.run_lock = RunLock(self.output).acquire()
-            self.run_lock.remove_leftovers()
+            try:
+                disk.prepare_output(self.output)
+                self.run_lock = RunLock(self.output).acquire()
+                self.run_lock.remove_leftovers()
+            except UserError as err:
+                refusal = err
+        shared = dist.broadcast_object(self.accelerator, None if refusal is None else (str(refusal), refusal.exit_code))
+        if refusal is not None:
+            raise refusal
+        if shared is not None:
+            raise ReportedByRankZero(*shared)
 
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
