@@ -29,7 +29,7 @@ GIB = 1 << 30
 CUDA_OVERHEAD = 600 << 20  # CUDA context, cuBLAS workspace, allocator slack: an estimate
 CARDS_GIB = (8, 12, 16, 24, 80)
 OPTIMIZERS = ("adamw", "adafactor", "adamw-8bit")
-LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")  # those the model has
 
 
 @dataclass(frozen=True)

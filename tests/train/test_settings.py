@@ -181,7 +181,7 @@ def _saved(**values) -> dict:
 
 
 def test_every_setting_belongs_to_exactly_one_group():
-    groups = [*settings.APPLIED, *settings.GUARDED, *settings.RECORDED, *settings.SESSION]
+    groups = [*settings.APPLIED, *settings.GUARDED, *settings.ADAPTER, *settings.RECORDED, *settings.SESSION]
     assert len(groups) == len(set(groups))
     assert set(groups) == {f.name for f in dataclasses.fields(TrainConfig)} - {"explicit"}
 
