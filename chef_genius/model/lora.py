@@ -160,3 +160,27 @@ def merged_state_dict(peft_model) -> dict:
             plain = name.replace(".base_layer.", ".")
             merged.setdefault(plain, tensor.detach().cpu())
     return merged
+
+
+def load_merged(folder: Path, load_base):
+    """The model of an adapter folder (a LoRA checkpoint, a ``--save-adapter-only`` final model) with the
+    adapter merged in, for generation and evaluation: the base rebuilt by ``load_base`` from the
+    recorded ``--pretrained-model``, refused when its weights are not the ones the adapter was trained on."""
+    from peft import LoraConfig, get_peft_model
+    folder = Path(folder)
+    record = ckpt.read_base(folder)
+    if record is None:
+        raise UserError(f"{folder} holds a LoRA adapter but no record of its base model ({ckpt.BASE_RECORD}): "
+                        f"check it with python cli/verify_and_fix_checkpoint.py {folder}")
+    base = load_base(record["pretrained_model"])
+    digest = fingerprint(base)
+    if digest != record["sha256"]:
+        raise UserError(f"{folder}'s adapter was trained on base weights {record['sha256'][:12]}, but "
+                        f"{record['pretrained_model']} now has {digest[:12]}: the base model changed")
+    try:
+        config = LoraConfig.from_pretrained(str(folder))
+    except Exception as err:  # peft raises ValueError / OSError / TypeError for a bad config
+        raise UserError(f"{folder}/{ckpt.ADAPTER_CONFIG} is not a LoRA config ({type(err).__name__})") from None
+    model = get_peft_model(base, config)
+    load_adapter(model, folder)
+    return model.merge_and_unload()

@@ -182,6 +182,9 @@ def test_save_adapter_only_with_gradient_checkpointing(tiny_model, small_csv, ca
     assert ckpt.read_base(out)["pretrained_model"] == str(tiny_model)
     assert "PeftModel.from_pretrained" in caplog.text
     assert all(torch.isfinite(torch.tensor(loss)) for loss in step_losses(out).values())
+    # generate_recipe.py rebuilds the base the adapter records and merges the adapter in
+    from chef_genius.model.generate_cli import main
+    assert main(["--model", str(out), "--ingredients", "chicken, rice", "--max-new-tokens", "8"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------
