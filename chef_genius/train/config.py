@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR ramp after resuming from a checkpoint without optimizer state (default 100)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
 
-    g = p.add_argument_group("LoRA (README: Fitting the card you have)")
+    g = p.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=d.lora_r, metavar="R",
                    help="train rank-R LoRA adapters (peft) on a frozen --pretrained-model instead of every weight; "
                         "the optimizer holds the adapter only (default 0: full fine-tuning)")
