@@ -4,6 +4,9 @@
         config.json, generation_config.json, model.safetensors   (save_pretrained of the bare model)
         tokenizer files
         chef_genius_prompt.json  (the --source-template; also beside the final model's config.json)
+      or, for a LoRA run (--lora-r), instead of the model's files:
+        adapter_model.safetensors, adapter_config.json   (the adapter as peft saves it)
+        chef_genius_base.json    (the base model: --pretrained-model and a sha256 of its weights)
         training_state.pt    (torch.save of plain values and tensors; loads with weights_only=True)
         manifest.json        (written last: every other file with size and sha256, "complete": true)
 
@@ -56,6 +59,10 @@ PROMPT = "chef_genius_prompt.json"  # how the model's input is built (--source-t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA checkpoint: the adapter (peft's names), no model weights
+ADAPTER_CONFIG = "adapter_config.json"          # peft's LoraConfig
+BASE_RECORD = "chef_genius_base.json"           # the base the adapter belongs to: source and weights' sha256
+ADAPTER_REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, BASE_RECORD, TRAINING_STATE)
 RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
 OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMIZER_LAYOUT_NAMES: keyed by name
 OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
@@ -182,6 +189,11 @@ def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
     if os.path.lexists(folder / WEIGHTS_BIN):
         return "bin", [folder / WEIGHTS_BIN]
     return None, []
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """Whether ``folder`` is a LoRA checkpoint (or final adapter): it holds ``adapter_model.safetensors``."""
+    return os.path.lexists(Path(folder) / ADAPTER_WEIGHTS)
 
 
 def is_weights_file(name: str) -> bool:
@@ -332,3 +344,27 @@ def read_prompt(folder: str | Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and value else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the base model a LoRA adapter belongs to
+
+
+def write_base(folder: str | Path, record: dict) -> None:
+    """``chef_genius_base.json`` (``model/lora.py:base_record``) into the folder being saved."""
+    (Path(folder) / BASE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def read_base(folder: str | Path) -> dict | None:
+    """The base record of a LoRA folder: ``pretrained_model`` and ``sha256`` (a 64-digit hex string);
+    None when the file is missing, unreadable or malformed."""
+    try:
+        record = trust.read_json(Path(folder) / BASE_RECORD)
+    except (OSError, trust.Untrusted, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("pretrained_model"), str):
+        return None
+    digest = record.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return None
+    return record

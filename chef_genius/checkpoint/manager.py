@@ -60,6 +60,10 @@ class ModelFiles(Protocol):
 
     def save(self, folder: Path, weights: dict) -> None: ...  # save_pretrained + the tokenizer
 
+    # optional, for a final model unlike a checkpoint's files (a LoRA run's merged model); default: the above
+    # def final_state_dict(self) -> dict: ...
+    # def save_final(self, folder: Path, weights: dict) -> None: ...
+
 
 class SingleProcess:
     """The world of a run on one process (the trainer passes its own for several)."""
@@ -349,7 +353,7 @@ class CheckpointManager:
 
     def _save_final_model(self) -> bool:
         """``save_pretrained`` into MODEL_OUTPUT through the writer (every process calls it)."""
-        weights = self.model.state_dict()  # under FSDP a collective
+        weights = getattr(self.model, "final_state_dict", self.model.state_dict)()  # under FSDP a collective
         failed_here = False
         if self.world.is_main:
             outcome = _Outcome("the final model", None, reason=disk.space_problem(self.output, self.model_bytes))
@@ -366,10 +370,12 @@ class CheckpointManager:
                 log.error("the final model could not be written to %s: %s; the checkpoints are intact",
                           self.output, outcome.reason)
             else:
-                log.info("final model saved to %s (load it with from_pretrained)", self.output)
+                log.info("final model saved to %s (%s)", self.output,
+                         getattr(self.model, "how_to_load", "load it with from_pretrained"))
         (failed,) = self.world.agree(failed_here)
         return not failed
 
     def _write_final(self, weights: dict) -> Path:
-        ckcommit.write_final_model(self.output, lambda folder: self.model.save(folder, weights), self._cancel.is_set)
+        save = getattr(self.model, "save_final", self.model.save)
+        ckcommit.write_final_model(self.output, lambda folder: save(folder, weights), self._cancel.is_set)
         return self.output

@@ -14,9 +14,10 @@ from pathlib import Path
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.files import sha256_file
 from chef_genius.checkpoint.format import (
-    FORMAT_NAME, FORMAT_VERSION, GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE,
+    ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
+    GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE,
     WEIGHT_ENTRY_FILES, WEIGHTS, WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, linked_checkpoints,
-    list_checkpoints, load_training_state, state_contract_problem, step_of, weights_layout)
+    list_checkpoints, load_training_state, read_base, state_contract_problem, step_of, weights_layout)
 from chef_genius.errors import printable
 
 
@@ -56,7 +57,8 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
     if not manifest.get("complete"):
         return ["manifest.json does not mark the checkpoint complete"]
     problems = []
-    for name in REQUIRED_FILES:
+    required = ADAPTER_REQUIRED_FILES if ADAPTER_WEIGHTS in manifest["files"] else REQUIRED_FILES  # LoRA: no model
+    for name in required:
         names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
         if not any(n in manifest["files"] for n in names):
             problems.append(f"manifest lists no {name}")
@@ -128,6 +130,8 @@ def _state_problem(folder: Path) -> str | None:
 
 
 def _model_problem(folder: Path) -> str | None:
+    if os.path.lexists(folder / ADAPTER_WEIGHTS):
+        return _adapter_problem(folder)
     try:
         layout, files = weights_layout(folder)
         if layout is None:
@@ -145,6 +149,24 @@ def _model_problem(folder: Path) -> str | None:
             if name == MODEL_CONFIG or os.path.lexists(folder / name):
                 if not isinstance(trust.read_json(folder / name), dict):
                     return f"{name} does not hold a JSON object"
+    except (trust.Untrusted, ValueError) as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read its files ({err.strerror})"
+    return None
+
+
+def _adapter_problem(folder: Path) -> str | None:
+    """A LoRA checkpoint: the adapter's header, its config, the base record, the tokenizer's JSON files."""
+    try:
+        trust.read_safetensors_header(folder / ADAPTER_WEIGHTS)
+        if not isinstance(trust.read_json(folder / ADAPTER_CONFIG), dict):
+            return f"{ADAPTER_CONFIG} does not hold a JSON object"
+        if read_base(folder) is None:
+            return f"{BASE_RECORD} is missing or malformed: the base model the adapter belongs to is unknown"
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.lexists(folder / name) and not isinstance(trust.read_json(folder / name), dict):
+                return f"{name} does not hold a JSON object"
     except (trust.Untrusted, ValueError) as err:
         return str(err)
     except OSError as err:

@@ -98,7 +98,7 @@ def resolve_model_dir(given: str) -> Path:
     if not path.is_dir():
         raise UserError(f"--model {given}: no such folder (give a run folder, a checkpoint-N folder or a "
                         "saved model folder)")
-    if (path / ckpt.MODEL_CONFIG).is_file():
+    if (path / ckpt.MODEL_CONFIG).is_file() or ckpt.is_adapter(path):  # a model, or a LoRA adapter
         return path
     latest, _ = ckmanifest.find_latest(path, need_state=False)  # generation needs the model, not the state
     if latest is None:

@@ -4,6 +4,8 @@ Features, in the order a step meets them:
 - data (``train/data_setup.py``): tokenized once into an on-disk cache, length-grouped deterministic
   batches padded to a multiple of 8, a resumable sampler that owns the data position (resume =
   index arithmetic, no skipped batches replayed);
+- model: every weight trained, or with ``--lora-r`` rank-R adapters (``model/lora.py``, peft) on a
+  frozen base checked by its fingerprint on resume; the final model is then the merged one;
 - precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
@@ -50,6 +52,7 @@ from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
 from chef_genius.model import lean_loss
+from chef_genius.model import lora
 from chef_genius.model import memory
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
@@ -177,7 +180,8 @@ class Trainer:
         c = self.config
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
-        model = load_model(self.model_source)
+        model = load_model(c.pretrained_model if c.lora_r else self.model_source)  # LoRA: the base, always
+        self.base = self._base_record(model, loaded) if c.lora_r else None
         self.head = lean_loss.install(model)  # loss over labelled positions only (model/lean_loss.py)
         if c.gradient_checkpointing:
             model.config.use_cache = False
@@ -187,6 +191,37 @@ class Trainer:
         if self.is_main:
             memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
+        if c.lora_r:
+            model = self._wrap_lora(model, loaded)
+        return model
+
+    def _base_record(self, model, loaded: LoadedCheckpoint | None) -> dict:
+        """A LoRA run's base: its fingerprint, computed once, checked against the checkpoint's on resume."""
+        c = self.config
+        if sharded.is_fsdp(self.accelerator):
+            raise UserError("--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
+                            "without an FSDP config) or on one GPU")
+        began = time.perf_counter()
+        digest = lora.fingerprint(model)
+        log.info("base model %s: weights' sha256 %s (%.1fs)", c.pretrained_model, digest[:12],
+                 time.perf_counter() - began)
+        if loaded is not None:
+            if not ckpt.is_adapter(loaded.path):
+                raise UserError(f"{loaded.path.name} is a full fine-tuning checkpoint and has no adapter to "
+                                "continue: resume it without --lora-r")
+            lora.check_base(loaded.path, digest, c.pretrained_model)
+        return lora.base_record(c.pretrained_model, digest, sum(p.numel() for p in model.parameters()))
+
+    def _wrap_lora(self, model, loaded: LoadedCheckpoint | None):
+        c = self.config
+        model = lora.wrap(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules)
+        if loaded is not None:
+            lora.load_adapter(model, loaded.path)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)", c.lora_r,
+                 c.lora_alpha, c.lora_dropout, " ".join(lora.targets_of(model)),
+                 f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
         return model
 
     def _make_data(self, model) -> None:
@@ -226,14 +261,21 @@ class Trainer:
             ckpt.SETTINGS: parts.SettingsSlice(self._hyperparameters),
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
+        files = parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template)
+        final_tensors = tensors
+        if c.lora_r:  # checkpoints hold the adapter only; the final model the merged base (or the adapter)
+            files = parts.AdapterFiles(acc, self.model, self.tokenizer, c.source_template, self.base,
+                                       c.save_adapter_only)
+            final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
+            tensors = [t for t in tensors if t[2]]
         return CheckpointManager(
-            self.output, parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template), components,
+            self.output, files, components,
             world=dist.World(acc),
             async_save=c.async_save, on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
             checkpoint_bytes=disk.estimate_checkpoint_bytes(tensors, extra_bytes=tokenizer),
-            model_bytes=disk.estimate_checkpoint_bytes(tensors, optimizer_moments=0, extra_bytes=tokenizer))
+            model_bytes=disk.estimate_checkpoint_bytes(final_tensors, optimizer_moments=0, extra_bytes=tokenizer))
 
     def _resume(self, loaded: LoadedCheckpoint) -> None:
         restored = self.checkpoints.restore(loaded)
@@ -396,7 +438,7 @@ class Trainer:
         s.train_seconds += elapsed
         rows = max(w.rows, 1)
         flops = train_flops(self.model_config, w.source_tokens, w.tokens, w.source_tokens / rows,
-                            w.tokens / rows) * self.accelerator.num_processes
+                            w.tokens / rows, frozen_weights=bool(self.config.lora_r)) * self.accelerator.num_processes
         utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
         record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
                   "loss": sum(losses) / len(losses), "step_losses": losses,
