@@ -37,6 +37,8 @@ def parse(argv):
     p.add_argument("--model-config", choices=("tiny", "flan-t5-large"), default=None,
                    help="model architecture (default tiny; flan-t5-large with --gpu)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    p.add_argument("--repeats", type=int, help="runs of each throughput contender, alternated (default 5; "
+                                               "3 with --quick, 1 with --smoke or --gpu)")
     p.add_argument("--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with "
                                                         "--quick / --smoke)")
     p.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     model_config = args.model_config or ("flan-t5-large" if args.gpu else "tiny")
     profile = make_profile(mode, model_config, gpu=args.gpu)
+    if args.repeats:
+        profile.repeats = args.repeats
     wanted = set(args.only or BENCHMARKS)
     scratch = tempfile.TemporaryDirectory(prefix="chef-bench-") if not args.work_dir else None
     work = Path(args.work_dir or scratch.name)
