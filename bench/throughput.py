@@ -21,7 +21,7 @@ Two questions, two comparisons:
 Every run uses the same model folder, train split, held-out recipes (our ``--eval-split-ratio`` and
 ``--eval-max-samples`` choice, given to both), seed, learning rate, logging / evaluation / save cadence
 (every ``eval_every`` steps, a full checkpoint with optimizer state each time, at most 2 kept), and
-the same loader workers, in this one process. The timed window is steps ``W+1 .. W+T``, from the
+the same loader workers; each run is a fresh process. The timed window is steps ``W+1 .. W+T``, from the
 end of step W's periodic work (log, evaluation, save) to the end of step W+T's; the warm-up W is a
 whole evaluation / save interval, so first-time costs (allocation, compilation, a first evaluation and
 save) stay outside it. Training-only time is the window less the evaluations and saves in it.
@@ -32,10 +32,10 @@ ratio of the medians.
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,18 +292,47 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     return result
 
 
-def run_contender(plan: Plan, name: str, attempt: int) -> dict:
-    import gc
-
-    gc.collect()  # the previous contender's model and optimizer are garbage by now
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+def run_in_process(plan: Plan, name: str, attempt: int) -> dict:
     if name == "ours_fixed":
         return run_ours(plan, name, budget=False, attempt=attempt)
     if name == "ours_token_budget":
         return run_ours(plan, name, budget=True, attempt=attempt)
     return run_seq2seq_trainer(plan, name, same_batches=name == "hf_same_batches", attempt=attempt)
+
+
+def run_contender(plan: Plan, name: str, attempt: int) -> dict:
+    """One run in a fresh process, so nothing carries over from the previous contender (accelerate's
+    process-wide state, CUDA memory and its peak, torch.compile caches, loader workers). On a CPU-only
+    machine the process is forked from this one (no second import of torch and transformers, which
+    costs seconds); where CUDA is available, spawned (a forked child cannot use CUDA)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn" if torch.cuda.is_available() else "fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(plan, name, attempt, send), name=f"bench-{name}")
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        result = None
+    child.join()
+    if child.exitcode != 0 or result is None:
+        raise RuntimeError(f"throughput contender {name} (run {attempt + 1}) failed (exit code {child.exitcode}); "
+                           "its traceback is above")
+    return result
+
+
+def _child(plan: Plan, name: str, attempt: int, send) -> None:
+    import contextlib
+
+    from chef_genius.model.loading import quiet_transformers
+
+    quiet_transformers()
+    with contextlib.redirect_stdout(sys.stderr):  # the parent's stdout is for the JSON lines only
+        result = run_in_process(plan, name, attempt)
+    send.send(result)
+    send.close()
 
 
 # ---------------------------------------------------------------------------------------------
