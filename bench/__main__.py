@@ -34,6 +34,8 @@ def parse(argv):
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     size.add_argument("--quick", action="store_true", help="a few minutes on CPU")
     p.add_argument("--gpu", action="store_true", help="FLAN-T5-large architecture, bf16 and torch.compile")
+    p.add_argument("--threads", type=int, help="torch threads of each throughput run (default 1 on CPU; 0: "
+                                               "torch's default)")
     p.add_argument("--model-config", choices=("tiny", "flan-t5-large"), default=None,
                    help="model architecture (default tiny; flan-t5-large with --gpu)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     profile = make_profile(mode, model_config, gpu=args.gpu)
     if args.repeats:
         profile.repeats = args.repeats
+    if args.threads is not None:
+        profile.threads = args.threads
     wanted = set(args.only or BENCHMARKS)
     scratch = tempfile.TemporaryDirectory(prefix="chef-bench-") if not args.work_dir else None
     work = Path(args.work_dir or scratch.name)

@@ -329,6 +329,8 @@ def _child(plan: Plan, name: str, attempt: int, send) -> None:
     from chef_genius.model.loading import quiet_transformers
 
     quiet_transformers()
+    if plan.profile.threads:
+        torch.set_num_threads(plan.profile.threads)
     with contextlib.redirect_stdout(sys.stderr):  # the parent's stdout is for the JSON lines only
         result = run_in_process(plan, name, attempt)
     send.send(result)
@@ -390,7 +392,7 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
                "eval_and_save_every": profile.eval_every, "eval_recipes": len(plan.eval_rows),
                "train_recipes": len(plan.train_rows), "repeats": profile.repeats, "workers": profile.workers,
                "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
-               "torch_threads": torch.get_num_threads(), "load_before": [round(x, 2) for x in load_before],
+               "torch_threads": profile.threads or torch.get_num_threads(), "load_before": [round(x, 2) for x in load_before],
                "load_after": [round(x, 2) for x in load_after]}
 
     def record(name, ours, baseline, key, target=None, **extra):
