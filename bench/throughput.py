@@ -78,6 +78,7 @@ class Plan:
     eval_rows: np.ndarray           # the held-out recipes every evaluation uses
     order: np.ndarray               # our epoch-0 order (positions in the train split)
     max_tokens: int                 # the token budget of ours_token_budget
+    mean_target_tokens: float       # over the train split: what a window's recipes are compared with
 
     @property
     def first(self) -> int:
@@ -103,7 +104,7 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
     budget = profile.batch_size * int(padded(src[longest]).max() + padded(tgt[longest]).max())
     needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
     assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
-    return Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget)
+    return Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()))
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Run:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         peak = peak_flops(device, "bf16" if torch.cuda.is_available() else "no")
         out = {"tokens": tokens, "steps": len(rows), "rows_per_step": samples / max(len(rows), 1),
+               "target_tokens_per_row": tokens / samples,
                "padded_tokens_per_step": sum(r[0] * (r[1] + r[2]) for r in rows) / max(len(rows), 1),
                "wall_s": wall, "train_s": train_s, "eval_s": self.eval_s, "save_s": self.save_s,
                "evals": self.evals, "saves": self.saves, "tokens_per_s": tokens / train_s,
@@ -365,7 +367,8 @@ def spread(values: list[float]) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     out = {key: spread([r[key] for r in runs]) for key in ("tokens_per_s", "wall_tokens_per_s")}
-    for key in ("tokens", "steps", "rows_per_step", "padded_tokens_per_step", "evals", "saves"):
+    for key in ("tokens", "steps", "rows_per_step", "target_tokens_per_row", "padded_tokens_per_step", "evals",
+                "saves"):
         out[key] = runs[0][key]
     for key in ("eval_s", "save_s", "tflops_per_s", "load_1min"):
         out[key] = statistics.median(r[key] for r in runs)
@@ -390,7 +393,10 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
     setting = {"batch_size": profile.batch_size, "max_tokens_per_batch": plan.max_tokens,
                "warmup_steps": profile.warmup_steps, "timed_steps": profile.timed_steps,
                "eval_and_save_every": profile.eval_every, "eval_recipes": len(plan.eval_rows),
-               "train_recipes": len(plan.train_rows), "repeats": profile.repeats, "workers": profile.workers,
+               "train_recipes": len(plan.train_rows),
+               # a window of longer recipes than average gives more tokens/s (fixed per-step costs): compare
+               # each contender's target_tokens_per_row with this
+               "train_mean_target_tokens": plan.mean_target_tokens, "repeats": profile.repeats, "workers": profile.workers,
                "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
                "torch_threads": profile.threads or torch.get_num_threads(), "load_before": [round(x, 2) for x in load_before],
                "load_after": [round(x, 2) for x in load_after]}
