@@ -34,9 +34,13 @@ def parse(argv):
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     size.add_argument("--quick", action="store_true", help="a few minutes on CPU")
     p.add_argument("--gpu", action="store_true", help="FLAN-T5-large architecture, bf16 and torch.compile")
+    p.add_argument("--threads", type=int, help="torch threads of each throughput run (default 1 on CPU; 0: "
+                                               "torch's default)")
     p.add_argument("--model-config", choices=("tiny", "flan-t5-large"), default=None,
                    help="model architecture (default tiny; flan-t5-large with --gpu)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    p.add_argument("--repeats", type=int, help="runs of each throughput contender, alternated (default 5; "
+                                               "3 with --quick, 1 with --smoke or --gpu)")
     p.add_argument("--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with "
                                                         "--quick / --smoke)")
     p.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
@@ -59,6 +63,10 @@ def main(argv=None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     model_config = args.model_config or ("flan-t5-large" if args.gpu else "tiny")
     profile = make_profile(mode, model_config, gpu=args.gpu)
+    if args.repeats:
+        profile.repeats = args.repeats
+    if args.threads is not None:
+        profile.threads = args.threads
     wanted = set(args.only or BENCHMARKS)
     scratch = tempfile.TemporaryDirectory(prefix="chef-bench-") if not args.work_dir else None
     work = Path(args.work_dir or scratch.name)

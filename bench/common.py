@@ -33,15 +33,31 @@ class Profile:
     compile: bool
     max_source: int = 256
     max_target: int = 512
+    # the throughput benchmark: each contender runs ``repeats`` times, alternated; every run validates on
+    # the same ``eval_max_samples`` held-out recipes and saves a checkpoint every ``eval_every`` steps
+    # (``warmup_steps`` and ``timed_steps`` are multiples of it)
+    repeats: int = 1
+    eval_every: int = 1
+    eval_max_samples: int = 8
+    # torch threads of each throughput run (0: torch's default). One on CPU: the tiny model's matrices
+    # are too small to share among threads, and on 2 shared cores two threads made a run many times slower
+    threads: int = 0
 
 
 def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     large = model_config == "flan-t5-large"
     if mode == "smoke":
-        return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64)
+        return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64, repeats=1, eval_every=1,
+                       eval_max_samples=8, threads=0 if gpu else 1)
+    if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more), under 10 minutes
+        repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
+        return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,
+                       repeats=repeats, eval_every=10, eval_max_samples=64)
     if mode == "quick":
-        return Profile(mode, model_config, 2000, 8, 3, 15, 50_000, 1, gpu, gpu)
-    return Profile(mode, model_config, 20000, 8 if not large else 16, 10, 100, 1_000_000, 2, gpu, gpu)
+        return Profile(mode, model_config, 2000, 8, 5, 20, 50_000, 1, gpu, gpu, repeats=3, eval_every=5,
+                       eval_max_samples=16, threads=1)
+    return Profile(mode, model_config, 20000, 8 if not large else 16, 10, 40, 1_000_000, 2, gpu, gpu, repeats=5,
+                   eval_every=10, eval_max_samples=32, threads=1)
 
 
 def emit(record: dict) -> None:
