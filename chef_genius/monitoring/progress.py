@@ -55,6 +55,16 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d {clock}" if days else clock
 
 
+def epoch_label(epochs_done: float, epochs: int = 0) -> str:
+    """The epoch in progress, counted from 1 as every line a person reads counts it: ``epochs_done``
+    (metrics.jsonl's fractional ``epoch``: 0.82 = 82 % through the first) gives ``1/3``; at the end
+    of the last epoch it stays at the last (``3/3``)."""
+    number = int(epochs_done + 1e-9) + 1
+    if epochs:
+        return f"{min(number, epochs)}/{epochs}"
+    return str(number)
+
+
 def format_count(value: float) -> str:
     for unit, size in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
@@ -66,8 +76,9 @@ class Progress:
     """Progress of one training session from ``start_step`` to ``total_steps``."""
 
     def __init__(self, total_steps: int, start_step: int = 0, mode: str = "auto", enabled: bool = True,
-                 stream=None):
+                 stream=None, epochs: int = 0):
         self.total_steps = total_steps
+        self.epochs = epochs
         self.start_step = start_step
         self.step_now = start_step
         self.enabled = enabled
@@ -122,13 +133,13 @@ class Progress:
             return
         self.losses.extend(record.get("step_losses") or [record["loss"]])
         mean = sum(self.losses) / len(self.losses)
+        epoch = epoch_label(record["epoch"], self.epochs)
         if self._bar is not None:
             self._bar.set_postfix_str(f"loss {mean:.4f}, lr {record['lr']:.2e}, "
-                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {record['epoch']:.2f}",
-                                      refresh=False)
+                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {epoch}", refresh=False)
             return
-        log.info("step %d/%d epoch %.2f loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
-                 record["step"], self.total_steps, record["epoch"], record["loss"], len(self.losses), mean,
+        log.info("step %d/%d epoch %s loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
+                 record["step"], self.total_steps, epoch, record["loss"], len(self.losses), mean,
                  record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))
 
 

@@ -35,14 +35,14 @@ def test_durations_read_as_clock_times():
 def test_without_a_terminal_each_logging_step_is_one_log_line(caplog):
     caplog.set_level(logging.INFO, logger="chef_genius")
     stream = io.StringIO()
-    with Progress(total_steps=10, start_step=4, mode="auto", stream=stream) as progress:
+    with Progress(total_steps=10, start_step=4, mode="auto", stream=stream, epochs=2) as progress:
         progress.step()
         progress.step()
         progress.report(record(6, loss=3.0))
     assert stream.getvalue() == ""  # no bar drawn
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert lines[0].startswith("step 6/10 ")
+    assert lines[0].startswith("step 6/10 epoch 1/2 ")  # 0.6 epochs done: the first epoch, counted from 1
     assert "loss 3.0000" in lines[0] and "lr 1.000e-04" in lines[0] and "12.3k tok/s" in lines[0]
     assert "ETA " in lines[0] and "ETA ?" not in lines[0]
 
@@ -50,7 +50,7 @@ def test_without_a_terminal_each_logging_step_is_one_log_line(caplog):
 def test_bar_shows_step_total_and_windowed_loss(caplog):
     caplog.set_level(logging.INFO, logger="chef_genius")
     stream = FakeTTY()
-    with Progress(total_steps=10, start_step=0, mode="auto", stream=stream) as progress:
+    with Progress(total_steps=10, start_step=0, mode="auto", stream=stream, epochs=3) as progress:
         for step in range(1, 5):
             progress.step()
         progress.report(record(2, loss=4.0))
@@ -58,8 +58,16 @@ def test_bar_shows_step_total_and_windowed_loss(caplog):
     text = stream.getvalue()
     assert "4/10" in text
     assert "loss 3.0000" in text  # mean of the last steps, not just the last window
-    assert "lr 1.00e-04" in text and "12.3k tok/s" in text
+    assert "lr 1.00e-04" in text and "12.3k tok/s" in text and "epoch 1/3" in text
     assert not [r for r in caplog.records if r.getMessage().startswith("step ")]  # no duplicate log lines
+
+
+def test_epochs_are_counted_from_1_and_stop_at_the_last():
+    from chef_genius.monitoring.progress import epoch_label
+    assert epoch_label(0.0, 3) == "1/3" and epoch_label(0.82, 3) == "1/3"
+    assert epoch_label(1.0, 3) == "2/3" and epoch_label(2.99, 3) == "3/3"
+    assert epoch_label(3.0, 3) == "3/3"          # the run's end: the last epoch, not a fourth
+    assert epoch_label(0.5) == "1"
 
 
 def test_other_processes_show_nothing(caplog):
