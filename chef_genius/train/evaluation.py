@@ -79,9 +79,12 @@ class Evaluation:
         model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.eval_loader:
-            total += loss_sum(batch)
-            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+        with CountProgress("validation", len(self.eval_loader), self.config.progress, self.is_main,
+                           unit="batch") as progress:
+            for done, batch in enumerate(self.eval_loader, 1):
+                total += loss_sum(batch)
+                tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+                progress.update(done)
         total, tokens = self.accelerator.reduce(total), self.accelerator.reduce(tokens)
         model.train()
         return (total / tokens.clamp(min=1)).item()

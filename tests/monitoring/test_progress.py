@@ -77,3 +77,53 @@ def test_other_processes_show_nothing(caplog):
         progress.step()
         progress.report(record(1))
     assert stream.getvalue() == "" and not caplog.records
+
+
+# ---------------------------------------------------------------------------------------------
+# counted tasks: validation, generation, evaluation after training
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_counted_task_without_a_terminal_logs_rate_and_eta_every_30_seconds(caplog, monkeypatch):
+    from chef_genius.monitoring import progress as progress_module
+    monkeypatch.setattr(progress_module, "LINE_SECONDS", 30.0)
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    clock = Clock()
+    with progress_module.CountProgress("generating", 100, "log", unit="recipe", clock=clock) as progress:
+        clock.now = 10.0
+        progress.update(10)          # 10 s: too soon for a line
+        clock.now = 31.0
+        progress.update(31)          # 31 s: a line
+        clock.now = 40.0
+        progress.update(40)          # 9 s after it: none
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["generating: 31/100 recipes, 1.00 recipes/s, elapsed 00:31, ETA 01:09"]
+
+
+def test_a_slow_unit_still_gets_its_line_from_the_timer(caplog, monkeypatch):
+    import time
+    from chef_genius.monitoring import progress as progress_module
+    monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.05)
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    with progress_module.CountProgress("validation", 4, "log", unit="batch") as progress:
+        time.sleep(0.3)              # the first batch takes long: no update() comes
+        progress.update(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and lines[0].startswith("validation: 0/4 batches, 0.00 batches/s") and "ETA ?" in lines[0]
+
+
+def test_a_counted_task_on_a_terminal_is_a_bar_and_no_log_line(caplog, monkeypatch):
+    from chef_genius.monitoring import progress as progress_module
+    monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    stream = FakeTTY()
+    with progress_module.CountProgress("generating", 5, "auto", stream=stream) as progress:
+        progress.update(5)
+    assert "generating:" in stream.getvalue() and "/5 [" in stream.getvalue()   # the tqdm bar
+    assert not caplog.records

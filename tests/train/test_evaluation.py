@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 
 import numpy as np
 import torch
@@ -45,3 +46,24 @@ def test_generation_at_evaluation_draws_nothing_training_sees(tiny_model, small_
     assert torch.equal(saved[0]["numpy"]["keys"], saved[1]["numpy"]["keys"])
     assert saved[0]["numpy"]["pos"] == saved[1]["numpy"]["pos"]
     assert torch.equal(saved[0]["torch"], saved[1]["torch"])
+
+
+def test_validation_shows_its_progress(caplog, monkeypatch):
+    import logging
+    from types import SimpleNamespace
+    from chef_genius.monitoring import progress as progress_module
+    from chef_genius.train.evaluation import Evaluation
+    monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.05)  # a line for each batch of 0.1 s
+    caplog.set_level(logging.INFO, logger="chef_genius")
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, reduce=lambda t: t)
+    batches = [{"labels": torch.tensor([[5, 6, -100]])} for _ in range(3)]
+    evaluation = Evaluation(SimpleNamespace(progress="log"), accelerator, None, None, batches, None, None)
+
+    def slow_loss(batch):
+        time.sleep(0.1)
+        return torch.tensor(4.0, dtype=torch.float64)
+
+    assert evaluation.validation_loss(torch.nn.Linear(1, 1), slow_loss) == 2.0   # 12 over 6 real target tokens
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validation:")]
+    assert {"validation: 1/3 batches", "validation: 2/3 batches"} <= {line.split(",")[0] for line in lines}
+    assert all("batches/s" in line and "ETA" in line for line in lines)
