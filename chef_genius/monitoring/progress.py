@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 import threading
 import time
@@ -56,14 +57,15 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d {clock}" if days else clock
 
 
-def epoch_label(epochs_done: float, epochs: int = 0) -> str:
-    """The epoch in progress, counted from 1 as every line a person reads counts it: ``epochs_done``
-    (metrics.jsonl's fractional ``epoch``: 0.82 = 82 % through the first) gives ``1/3``; at the end
-    of the last epoch it stays at the last (``3/3``)."""
-    number = int(epochs_done + 1e-9) + 1
-    if epochs:
-        return f"{min(number, epochs)}/{epochs}"
-    return str(number)
+def epoch_label(number: int, epochs: int = 0) -> str:
+    """``number`` (counted from 1, as every line a person reads counts epochs) of ``epochs``: ``1/3``."""
+    return f"{min(number, epochs)}/{epochs}" if epochs else str(number)
+
+
+def epoch_of_step(epochs_done: float) -> int:
+    """The epoch (from 1) that the step which brought the run to ``epochs_done`` trained in
+    (metrics.jsonl's fractional ``epoch``): 0.82 and 1.0 are the first epoch, 1.01 the second."""
+    return max(1, math.ceil(epochs_done - 1e-9))
 
 
 def format_count(value: float) -> str:
@@ -134,7 +136,7 @@ class Progress:
             return
         self.losses.extend(record.get("step_losses") or [record["loss"]])
         mean = sum(self.losses) / len(self.losses)
-        epoch = epoch_label(record["epoch"], self.epochs)
+        epoch = epoch_label(epoch_of_step(record["epoch"]), self.epochs)
         if self._bar is not None:
             self._bar.set_postfix_str(f"loss {mean:.4f}, lr {record['lr']:.2e}, "
                                       f"{format_count(record['tokens_per_s'])} tok/s, epoch {epoch}", refresh=False)

@@ -232,7 +232,7 @@ class Trainer:
                             f"accumulation {self.config.gradient_accumulation_steps * self.state.micro_batch_split} "
                             "(--auto-micro-batch)")
         log.info("resumed from %s: step %d, epoch %s, sample %d of %d; restored %s", loaded.path,
-                 self.state.global_step, epoch_label(self.position.fraction, self.config.epochs),
+                 self.state.global_step, epoch_label(self.position.epoch + 1, self.config.epochs),
                  self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
 

@@ -63,11 +63,9 @@ def test_bar_shows_step_total_and_windowed_loss(caplog):
 
 
 def test_epochs_are_counted_from_1_and_stop_at_the_last():
-    from chef_genius.monitoring.progress import epoch_label
-    assert epoch_label(0.0, 3) == "1/3" and epoch_label(0.82, 3) == "1/3"
-    assert epoch_label(1.0, 3) == "2/3" and epoch_label(2.99, 3) == "3/3"
-    assert epoch_label(3.0, 3) == "3/3"          # the run's end: the last epoch, not a fourth
-    assert epoch_label(0.5) == "1"
+    from chef_genius.monitoring.progress import epoch_label, epoch_of_step
+    assert [epoch_of_step(x) for x in (0.0, 0.5, 1.0, 1.01, 2.99, 3.0)] == [1, 1, 1, 2, 3, 3]
+    assert epoch_label(1, 3) == "1/3" and epoch_label(4, 3) == "3/3" and epoch_label(2) == "2"
 
 
 def test_other_processes_show_nothing(caplog):
