@@ -45,6 +45,9 @@ def _demo_model(config):
 
 
 def _train(config) -> int:
+    if not (config.resume_from_checkpoint or config.auto_resume):  # a resume takes the checkpoint's weights
+        from chef_genius.model.hub import check_hub_reachable
+        check_hub_reachable(config.pretrained_model)  # before the heavy imports: offline fails in seconds
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
     try:
