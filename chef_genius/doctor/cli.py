@@ -25,6 +25,26 @@ from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
+VERIFY_EXAMPLES = """examples:
+  python cli/verify_and_fix_checkpoint.py models/chef-genius/checkpoint-12000           # report, one line per check
+  python cli/verify_and_fix_checkpoint.py models/chef-genius/checkpoint-12000 --deep    # also sha256, NaN/Inf
+  python cli/verify_and_fix_checkpoint.py models/chef-genius/checkpoint-12000 --fix     # repair, originals kept
+  python cli/verify_and_fix_checkpoint.py models/chef-genius/checkpoint-12000 --json
+  python cli/verify_and_fix_checkpoint.py old-run/checkpoint-3000 --fix --steps-per-epoch 4000 --samples-per-step 32
+  python cli/verify_and_fix_checkpoint.py accelerate-run/step_500 --fix --pretrained-model models/flan-large --steps-per-epoch 4000 --samples-per-step 32
+
+exit codes: 0 complete and resumable with full state, 1 problems remain, 2 path missing or not a folder.
+"""
+
+FIX_ALL_EXAMPLES = """examples:
+  python cli/fix_all_checkpoints.py models/chef-genius --dry-run    # what would be repaired, nothing written
+  python cli/fix_all_checkpoints.py models/chef-genius              # repair all, name the newest resumable
+  python cli/fix_all_checkpoints.py models/chef-genius --json
+  python cli/fix_all_checkpoints.py models/old-run --steps-per-epoch 4000 --samples-per-step 32 --learning-rate 1e-4
+
+exit codes: 0 every checkpoint resumable, 1 problems remain, 2 no such folder or no checkpoint-N inside.
+"""
+
 
 def _quiet() -> None:
     import warnings
@@ -85,7 +105,8 @@ def _check_live_run(run_dir: Path, writes: bool) -> None:
 
 def verify_main(argv=None) -> int:
     p = Parser(prog="verify_and_fix_checkpoint.py", description="Check a checkpoint folder and optionally "
-                "repair it without losing anything (" + GUIDE + ").")
+                "repair it without losing anything (" + GUIDE + ").", epilog=VERIFY_EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint-N folder")
     p.add_argument("--fix", action="store_true", help="repair what can be repaired (originals kept in backup-*/)")
     p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
@@ -107,7 +128,8 @@ def verify_main(argv=None) -> int:
 
 def fix_all_main(argv=None) -> int:
     p = Parser(prog="fix_all_checkpoints.py", description="Verify and repair every checkpoint-N folder of a "
-                "run, oldest first (" + GUIDE + ").")
+                "run, oldest first (" + GUIDE + ").", epilog=FIX_ALL_EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", metavar="MODEL_DIR", help="the run folder (--model-output of training)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; say what would be repaired")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -322,7 +322,7 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
     samples, where = _position(step, epoch, settings)
     seed = settings.get("seed", TrainConfig().seed)
     return _assemble(step, epoch, samples, settings, model, None, seeded_rng(seed, step), None,
-                     f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch}, {where}; "
+                     f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
                      "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
                      {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]})
 
@@ -371,8 +371,8 @@ def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tupl
         settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
     extra = {"converted_from": "legacy", "epoch_losses": [float(v) for v in old.get("epoch_losses") or []]}
     return _assemble(step, epoch, samples, settings, model, optimizer, foreign.legacy_rng(old.get("rng_states")),
-                     old.get("best_loss"), f"converted the legacy state ({source}): step {step}, epoch {epoch} "
-                     f"(0-based), {where}; optimizer {how}", extra)
+                     old.get("best_loss"), f"converted the legacy state ({source}): step {step}, epoch {epoch + 1}, "
+                     f"{where}; optimizer {how}", extra)
 
 
 def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
@@ -399,7 +399,7 @@ def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
     saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
     optimizer, how = _optimizer(saved_opt, model)
     best = trainer_state.get("best_metric")
-    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch}, "
+    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch + 1}, "
             f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
             f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
             f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
@@ -440,7 +440,7 @@ def convert_accelerate(folder: Path, model, overrides: Overrides) -> tuple[dict,
         folder / "random_states_1.pkl").is_file() else []
     position = f"scheduler at step {sched['last_epoch']}" if "last_epoch" in sched else "no scheduler.bin"
     text = (f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
-            f"epoch {epoch}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
+            f"epoch {epoch + 1}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
     return _assemble(step, epoch, samples, settings, model, optimizer, rng_states, None, text,
                      {"converted_from": "accelerate"})
 

@@ -18,6 +18,7 @@ from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser, setup_logging
 from chef_genius.errors import EXIT_OK, UserError, run_cli
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from chef_genius.model.generation import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY
 
 log = logging.getLogger("chef_genius")
 
@@ -29,7 +30,7 @@ EXAMPLES = """examples:
 
 A run folder stands for each of its complete checkpoints and its final model; without --data the
 held-out recipes are the run's own validation split (its --data, --eval-split-ratio and --seed),
-read from its newest checkpoint. Decoding is greedy.
+read from its newest checkpoint. Decoding is greedy, against loops as generate_recipe.py (repetition penalty, no repeated span).
 """
 
 
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-recipes", type=int, default=50, metavar="N", help="score the first N recipes (default 50)")
     p.add_argument("--max-new-tokens", type=int, default=384, metavar="N", help="longest recipe (default 384)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="recipes generated at once (default 16)")
+    p.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY, metavar="X",
+                   help="penalise tokens already written, 1.0 = off (default "
+                        f"{REPETITION_PENALTY}, as generate_recipe.py and the metrics during training)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=NO_REPEAT_NGRAM_SIZE, metavar="N",
+                   help=f"never write the same span of N tokens twice, 0 = off (default {NO_REPEAT_NGRAM_SIZE}, "
+                        "as generate_recipe.py and the metrics during training)")
     p.add_argument("--out", metavar="DIR", help="where evaluation.json and the PNGs go (default: the first "
                    "run folder given, else the first model folder)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -109,6 +116,9 @@ def main(argv=None) -> int:
     for name in ("max_recipes", "max_new_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.no_repeat_ngram_size < 0 or args.repetition_penalty <= 0:
+        raise UserError("--no-repeat-ngram-size must be 0 or more and --repetition-penalty positive")
+    decoding = {"no_repeat_ngram_size": args.no_repeat_ngram_size, "repetition_penalty": args.repetition_penalty}
     setup_logging()
     models = [m for given in args.models for m in expand(given)]
     examples, where = held_out_recipes(args, models)
@@ -127,10 +137,12 @@ def main(argv=None) -> int:
         model, tokenizer = load_model(folder).to(device).eval(), load_tokenizer(str(folder))
         with CountProgress(f"{label}: generating", len(examples), args.progress) as progress:
             metrics, details = evaluate_model(model, tokenizer, examples, device, max_new_tokens=args.max_new_tokens,
-                                              batch_size=args.batch_size, on_batch=progress.update)
+                                              batch_size=args.batch_size, on_batch=progress.update,
+                                              decoding=decoding)
         results.append({"model": label, "path": str(folder), "step": step, "metrics": metrics, "recipes": details})
     out = Path(args.out) if args.out else Path(args.models[0])
     report = {"data": where, "recipes": len(examples), "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+              **decoding,
               "models": results}
     files = write_report(report, out)
     if args.json:

@@ -86,12 +86,13 @@ def held_out(dataset, tokenizer, count: int | None = None,
 @torch.no_grad()
 def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
                  batch_size: int = EVAL_BATCH_SIZE, autocast=contextlib.nullcontext, max_source_length: int = 256,
-                 on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE) -> list[str]:
-    """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch).
+                 on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE, decoding: dict | None = None) -> list[str]:
+    """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch);
+    ``decoding``: ``no_repeat_ngram_size`` / ``repetition_penalty`` other than the project's defaults.
 
     The caller owns RNG isolation and train/eval mode (see ``evaluate_model``)."""
     from chef_genius.model.generation import GenerationSettings, generate_texts
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=1)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=1, **(decoding or {}))
     texts: list[str] = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
@@ -105,8 +106,8 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
 
 def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.device, autocast=contextlib.nullcontext,
                    max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
-                   max_source_length: int = 256, on_batch=None,
-                   template: str = DEFAULT_SOURCE_TEMPLATE) -> tuple[dict, list[dict]]:
+                   max_source_length: int = 256, on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE,
+                   decoding: dict | None = None) -> tuple[dict, list[dict]]:
     """(metrics, per-recipe details) of greedy generation on ``examples``.
 
     Every RNG stream is saved and restored around generation and the model's train/eval mode is
@@ -119,7 +120,7 @@ def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.devi
         model.eval()
         try:
             texts = generate_for(model, tokenizer, examples, device, max_new_tokens, batch_size, autocast,
-                                 max_source_length, on_batch, template)
+                                 max_source_length, on_batch, template, decoding)
         finally:
             model.train(was_training)
     metrics = score_recipes(texts, [e.ingredients for e in examples], [e.reference for e in examples])

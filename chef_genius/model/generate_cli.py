@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-return-sequences", type=int, metavar="N", default=d.num_return_sequences,
                    help="recipes per ingredient list (default 1)")
     p.add_argument("--no-repeat-ngram-size", type=int, metavar="N", default=d.no_repeat_ngram_size,
-                   help="forbid repeating any n-gram of this size (default 0: off)")
+                   help="never write the same span of N tokens twice, against loops; 0 = off "
+                        f"(default {d.no_repeat_ngram_size})")
     p.add_argument("--repetition-penalty", type=float, metavar="X", default=d.repetition_penalty,
-                   help=f"penalise repeated tokens, 1.0 = off (default {d.repetition_penalty})")
+                   help=f"penalise tokens already written, against loops; 1.0 = off (default {d.repetition_penalty})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to run (default auto: CUDA when available)")
     p.add_argument("--raw", action="store_true", help="print the model's one-line output as is")
@@ -196,8 +197,14 @@ def _device(choice: str):
 
 def _decoding(s: GenerationSettings) -> str:
     if s.do_sample:
-        return f"sampling (temperature {s.temperature}, top-p {s.top_p}, top-k {s.top_k})"
-    return "greedy" if s.num_beams == 1 else f"beam search ({s.num_beams} beams)"
+        how = f"sampling (temperature {s.temperature}, top-p {s.top_p}, top-k {s.top_k})"
+    else:
+        how = "greedy" if s.num_beams == 1 else f"beam search ({s.num_beams} beams)"
+    if s.repetition_penalty != 1.0:
+        how += f", repetition penalty {s.repetition_penalty:g}"
+    if s.no_repeat_ngram_size:
+        how += f", no repeated {s.no_repeat_ngram_size}-token span"
+    return how
 
 
 def entry() -> None:

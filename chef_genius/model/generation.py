@@ -29,12 +29,23 @@ SAMPLE_INGREDIENTS = (
 SAMPLE_TITLES = ("Garlic chicken and rice", "Butter cookies", "Caprese salad", "Cheesy potato bake",
                  "Lemon dill salmon")  # for a --source-template that uses {title}
 SAMPLE_MAX_NEW_TOKENS = 128
+# Against greedy loops ("1 tbsp. honey ; 1 tbsp. honey ; ..."): a token already written scores 1.15
+# times lower (transformers' repetition penalty) and no span of 10 tokens is written twice (a recipe
+# rarely repeats 10 tokens on purpose; a loop always does, and the span ban also ends the one-token
+# loops the penalty alone leaves, "a a a a"). Greedy and deterministic still. On the demo's 20 held-out
+# recipes over 3 seeds they raised structure_valid from 0.45-0.70 to 0.85-1.0 and ingredient coverage
+# from 0.50-0.61 to 0.64-0.68 (README: "What the demo shows"). They are the default decoding everywhere
+# (generate_recipe.py, the recipe metrics during and after training, the samples), so the metrics
+# measure what a user gets; 1.0 and 0 turn them off.
+REPETITION_PENALTY = 1.15
+NO_REPEAT_NGRAM_SIZE = 10
 
 
 @dataclass
 class GenerationSettings:
-    """Decoding settings; the defaults (greedy, up to 384 new tokens, ending at the model's end-of-text
-    token) finish in seconds for the tiny model on CPU and fit 95 % of the sample's recipes."""
+    """Decoding settings; the defaults (greedy with a repetition penalty of 1.15 and no repeated 10-token
+    span, up to 384 new tokens, ending at the model's end-of-text token) finish in seconds for the tiny
+    model on CPU and fit 95 % of the sample's recipes."""
     max_new_tokens: int = 384
     num_beams: int = 1
     do_sample: bool = False
@@ -42,8 +53,8 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 50
     num_return_sequences: int = 1
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = NO_REPEAT_NGRAM_SIZE
+    repetition_penalty: float = REPETITION_PENALTY
 
     def generate_kwargs(self) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample,

@@ -1,4 +1,4 @@
-"""``cli/plot_training.py``: PNG plots of a run's losses, learning rate and throughput."""
+"""``cli/plot_training.py``: PNG plots of a run's losses, learning rate, throughput and recipe metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from chef_genius.cli_support import Parser
 from chef_genius.errors import EXIT_OK, DataError, UserError, run_cli
 from chef_genius.monitoring.metrics import read_metrics
+from chef_genius.evaluation.metrics import METRICS
 from chef_genius.monitoring.plotting import SMOOTH_STEPS, history, plot_run
 from chef_genius.monitoring.reporting import METRICS_FILE
 
@@ -17,8 +18,9 @@ EXAMPLES = """examples:
   python cli/plot_training.py models/flan-large --out plots/today --smooth 200
   python cli/plot_training.py models/flan-large --json
 
-writes loss.png, learning_rate.png, throughput.png and overview.png (all three stacked); resume
-points are dashed vertical lines; steps a resume from an older checkpoint replayed are drawn once.
+writes loss.png, learning_rate.png, throughput.png and overview.png (all three stacked), and for a
+run trained with --eval-generate recipe_metrics.png (each recipe metric over steps); resume points
+are dashed vertical lines; steps a resume from an older checkpoint replayed are drawn once.
 """
 
 
@@ -50,7 +52,9 @@ def main(argv=None) -> int:
     written = plot_run(h, out, title=str(run.resolve().name), smooth=args.smooth)
     last = h.step_losses[-1][0] if h.step_losses else h.evals[-1]["step"]
     summary = {"plots": [str(p) for p in written], "last_step": last, "resumes": [r["step"] for r in h.resumes],
-               "best_eval_loss": min((r["eval_loss"] for r in h.evals), default=None)}
+               "best_eval_loss": min((r["eval_loss"] for r in h.evals), default=None),
+               "recipe_metrics": ({"step": h.generations[-1]["step"],
+                                   **{n: h.generations[-1].get(n) for n in METRICS}} if h.generations else None)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

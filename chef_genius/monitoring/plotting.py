@@ -1,4 +1,5 @@
-"""PNG plots of a run from its ``metrics.jsonl``: losses, learning rate and throughput over steps.
+"""PNG plots of a run from its ``metrics.jsonl``: losses, learning rate, throughput and, with
+``--eval-generate``, the recipe metrics of the generated recipes over steps.
 
 A run's metrics file holds every session of the run, each opened by a ``start`` or ``resume``
 record. ``history()`` turns it into the run's one true timeline: a resume from step S drops what
@@ -14,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chef_genius.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+
 PLOT_FILES = ("loss.png", "learning_rate.png", "throughput.png", "overview.png")
+RECIPE_METRICS_FILE = "recipe_metrics.png"   # only for a run with ``generation`` records (--eval-generate)
 SMOOTH_STEPS = 50
 
 
@@ -23,6 +27,7 @@ class History:
     step_losses: list[tuple[int, float]] = field(default_factory=list)   # (step, training loss)
     train: list[dict] = field(default_factory=list)                      # one per logging step
     evals: list[dict] = field(default_factory=list)
+    generations: list[dict] = field(default_factory=list)                # recipe metrics, per evaluation
     resumes: list[dict] = field(default_factory=list)
 
     def empty(self) -> bool:
@@ -48,13 +53,21 @@ def history(records: list[dict]) -> History:
             h.train.append(record)
         elif kind == "eval" and record.get("eval_loss") is not None:
             h.evals.append(record)
+        elif kind == "generation":
+            h.generations.append(record)
     return h
+
+
+def metric_series(h: History, name: str) -> list[tuple[int, float]]:
+    """(step, value) of one recipe metric over the run's evaluations (pure)."""
+    return [(r["step"], float(r[name])) for r in h.generations if isinstance(r.get(name), (int, float))]
 
 
 def _cut(h: History, step: int) -> None:
     h.step_losses = [(s, v) for s, v in h.step_losses if s <= step]
     h.train = [r for r in h.train if r["step"] <= step]
     h.evals = [r for r in h.evals if r["step"] <= step]
+    h.generations = [r for r in h.generations if r["step"] <= step]
     h.resumes = [r for r in h.resumes if r["step"] <= step]
 
 
@@ -114,6 +127,18 @@ def draw_throughput(ax, h: History) -> None:
     ax.set_title("Throughput")
 
 
+def draw_recipe_metric(ax, h: History, name: str, higher_is_better: bool) -> None:
+    series = metric_series(h, name)
+    if series:
+        steps, values = zip(*series)
+        ax.plot(steps, values, color="tab:brown", marker="o", markersize=4, linewidth=1.6, label=name)
+        best = (max if higher_is_better else min)(series, key=lambda point: point[1])
+        ax.plot([best[0]], [best[1]], marker="*", markersize=12, color="tab:red", linestyle="none",
+                label=f"best {best[1]:.3g} at step {best[0]}")
+    _mark_resumes(ax, h, label=False)
+    ax.set_title(f"{name} ({'higher' if higher_is_better else 'lower'} is better)", fontsize=9)
+
+
 def _finish(ax, xlabel: bool = True) -> None:
     if xlabel:
         ax.set_xlabel("optimizer step")
@@ -148,7 +173,23 @@ def plot_run(h: History, out_dir: str | Path, title: str = "", smooth: int = SMO
         _finish(ax, xlabel=i == len(axes) - 1)
     fig.suptitle(title or "Training", fontsize=11)
     written.append(_save(fig, out_dir / PLOT_FILES[3]))
+    if h.generations:
+        written.append(plot_recipe_metrics(h, out_dir / RECIPE_METRICS_FILE, title))
     return written
+
+
+def plot_recipe_metrics(h: History, path: Path, title: str = "") -> Path:
+    """One panel per recipe metric of the ``generation`` records, over steps, the best point starred."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 9), layout="constrained")
+    axes = fig.subplots(3, 2, sharex=True).flatten()
+    for i, (ax, name) in enumerate(zip(axes, METRICS)):
+        draw_recipe_metric(ax, h, name, HIGHER_IS_BETTER[name])
+        _finish(ax, xlabel=i >= len(axes) - 2)
+    recipes = h.generations[-1].get("recipes")
+    fig.suptitle(f"{title + ': ' if title else ''}recipe metrics"
+                 f"{f' on {recipes} validation recipes' if recipes else ''} (greedy)", fontsize=11)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

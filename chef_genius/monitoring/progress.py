@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
+import threading
 import time
 from collections import deque
 
@@ -55,6 +57,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{days}d {clock}" if days else clock
 
 
+def epoch_label(number: int, epochs: int = 0) -> str:
+    """``number`` (counted from 1, as every line a person reads counts epochs) of ``epochs``: ``1/3``."""
+    return f"{min(number, epochs)}/{epochs}" if epochs else str(number)
+
+
+def epoch_of_step(epochs_done: float) -> int:
+    """The epoch (from 1) that the step which brought the run to ``epochs_done`` trained in
+    (metrics.jsonl's fractional ``epoch``): 0.82 and 1.0 are the first epoch, 1.01 the second."""
+    return max(1, math.ceil(epochs_done - 1e-9))
+
+
 def format_count(value: float) -> str:
     for unit, size in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
@@ -66,8 +79,9 @@ class Progress:
     """Progress of one training session from ``start_step`` to ``total_steps``."""
 
     def __init__(self, total_steps: int, start_step: int = 0, mode: str = "auto", enabled: bool = True,
-                 stream=None):
+                 stream=None, epochs: int = 0):
         self.total_steps = total_steps
+        self.epochs = epochs
         self.start_step = start_step
         self.step_now = start_step
         self.enabled = enabled
@@ -122,13 +136,13 @@ class Progress:
             return
         self.losses.extend(record.get("step_losses") or [record["loss"]])
         mean = sum(self.losses) / len(self.losses)
+        epoch = epoch_label(epoch_of_step(record["epoch"]), self.epochs)
         if self._bar is not None:
             self._bar.set_postfix_str(f"loss {mean:.4f}, lr {record['lr']:.2e}, "
-                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {record['epoch']:.2f}",
-                                      refresh=False)
+                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {epoch}", refresh=False)
             return
-        log.info("step %d/%d epoch %.2f loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
-                 record["step"], self.total_steps, record["epoch"], record["loss"], len(self.losses), mean,
+        log.info("step %d/%d epoch %s loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
+                 record["step"], self.total_steps, epoch, record["loss"], len(self.losses), mean,
                  record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))
 
 
@@ -136,16 +150,21 @@ LINE_SECONDS = 30.0        # without a bar, a counted task logs a line at least 
 
 
 class CountProgress:
-    """Progress of a counted task outside the training steps (generating, scoring, tokenizing):
-    a tqdm bar on a terminal, else a log line with rate and ETA every ``LINE_SECONDS`` at most."""
+    """Progress of a counted task outside the training steps (validation, generating, scoring): a tqdm
+    bar on a terminal, else a log line with rate and ETA at least every ``LINE_SECONDS``, also while
+    one slow unit (a batch of long recipes on a CPU) is still running: a background timer writes it."""
 
     def __init__(self, what: str, total: int, mode: str = "auto", enabled: bool = True, unit: str = "recipe",
                  stream=None, clock=time.perf_counter):
         self.what, self.total, self.unit, self.enabled, self.clock = what, total, unit, enabled, clock
+        self.units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
         self.bar_mode = enabled and use_bar(mode, stream)
         self.stream = stream
         self.done = 0
         self._bar = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def __enter__(self) -> "CountProgress":
         self.started = self.last_line = self.clock()
@@ -153,9 +172,16 @@ class CountProgress:
             from tqdm import tqdm
             self._bar = tqdm(total=self.total, desc=self.what, unit=self.unit, leave=False, dynamic_ncols=True,
                              mininterval=REFRESH_SECONDS, file=self.stream or sys.stderr)
+        elif self.enabled:
+            self._timer = threading.Thread(target=self._heartbeat, name="count-progress", daemon=True)
+            self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -166,15 +192,26 @@ class CountProgress:
             return
         if self._bar is not None:
             self._bar.update(done - self.done)
-        self.done = done
-        now = self.clock()
-        if self._bar is None and now - self.last_line >= LINE_SECONDS and done < self.total:
+        with self._lock:
+            self.done = done
+        self._maybe_line()
+
+    def _maybe_line(self) -> None:
+        with self._lock:
+            now = self.clock()
+            if self._bar is not None or now - self.last_line < LINE_SECONDS or self.done >= self.total:
+                return
             self.last_line = now
-            log.info("%s", self.line(now))
+            text = self.line(now)
+        log.info("%s", text)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(max(LINE_SECONDS, 0.01), 1.0)):
+            self._maybe_line()
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else None
-        return (f"{self.what}: {self.done}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s, "
-                f"ETA {format_duration(eta)}")
+        return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
+                f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")

@@ -8,6 +8,7 @@ import logging
 from chef_genius.cli_support import setup_logging
 from chef_genius.train.config import parse_args
 from chef_genius.errors import EXIT_OK, run_cli
+from chef_genius.monitoring.progress import epoch_label
 
 
 def main(argv=None) -> int:
@@ -44,6 +45,9 @@ def _demo_model(config):
 
 
 def _train(config) -> int:
+    if not (config.resume_from_checkpoint or config.auto_resume):  # a resume takes the checkpoint's weights
+        from chef_genius.model.hub import check_hub_reachable
+        check_hub_reachable(config.pretrained_model)  # before the heavy imports: offline fails in seconds
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
     try:
@@ -56,7 +60,8 @@ def _train(config) -> int:
         trainer.close()  # after the final model is written: the run folder is this run's until then
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
-        print(f"done: step {state.global_step}, epoch {min(trainer.position.epoch + 1, config.epochs)} of {config.epochs}, best validation loss {best}; "
+        print(f"done: step {state.global_step}, epoch {epoch_label(trainer.position.epoch + 1, config.epochs)}, "
+              f"best validation loss {best}; "
               f"model in {config.model_output}")
         logging.getLogger("chef_genius").info(
             "try it: python cli/generate_recipe.py --model %s --ingredients \"chicken, rice, garlic\"; "

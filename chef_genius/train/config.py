@@ -266,8 +266,9 @@ def add_generation_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
     g = p.add_argument_group("recipe metrics (README: Recipe metrics)")
     g.add_argument("--eval-generate", type=int, default=d.eval_generate, metavar="N",
-                   help="at each evaluation, write recipes (greedy, batched, at most --max-target-length new "
-                        "tokens) for the first N validation recipes and log their recipe metrics "
+                   help="at each evaluation, write recipes (greedy, repetition penalty 1.15, no repeated 10-token "
+                        "span, batched, at most --max-target-length new tokens) for the first N validation recipes "
+                        "and log their recipe metrics "
                         f"(default {d.eval_generate}: off)")
     directions = ", ".join(f"{name} ({'higher' if up else 'lower'} is better)" for name, up in HIGHER_IS_BETTER.items())
     g.add_argument("--metric-for-best", choices=("eval_loss", *HIGHER_IS_BETTER), default=d.metric_for_best,

@@ -2,8 +2,9 @@
 checkpoint's choice, and the sample recipes in the log.
 
 Every ``--eval-steps`` (and at the end) the trainer calls ``Evaluation.run``. Generation is greedy and
-runs on the main process only; it draws from no training RNG stream, so a resumed run stays
-bit-identical to an uninterrupted one.
+runs on the main process only, inside ``rng.isolated()``: whatever it draws from any RNG stream
+(python, numpy, torch, CUDA) is undone, so training continues as if no evaluation had run and a
+resumed run stays bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import unwrap
 from chef_genius.monitoring.progress import CountProgress
 from chef_genius.train import distributed as dist
+from chef_genius.train import rng
 
 log = logging.getLogger("chef_genius")
 
@@ -77,9 +79,12 @@ class Evaluation:
         model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.eval_loader:
-            total += loss_sum(batch)
-            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+        with CountProgress("validation", len(self.eval_loader), self.config.progress, self.is_main,
+                           unit="batch") as progress:
+            for done, batch in enumerate(self.eval_loader, 1):
+                total += loss_sum(batch)
+                tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+                progress.update(done)
         total, tokens = self.accelerator.reduce(total), self.accelerator.reduce(tokens)
         model.train()
         return (total / tokens.clamp(min=1)).item()
@@ -114,9 +119,10 @@ class Evaluation:
             return None
         c = self.config
         example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
-        _, details = evaluate_model(unwrap(model), self.tokenizer, example, self.device, self.accelerator.autocast,
-                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
-                                    template=c.source_template)
+        with rng.isolated():
+            _, details = evaluate_model(unwrap(model), self.tokenizer, example, self.device, self.accelerator.autocast,
+                                        max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
+                                        template=c.source_template)
         return self.state.global_step, example[0].ingredient_text, details[0]["text"]
 
     def final_generation(self, model) -> tuple[int, dict, list[dict]]:
@@ -131,8 +137,8 @@ class Evaluation:
     def score_generation(self, model) -> tuple[dict, list[dict]]:
         """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
         c = self.config
-        with CountProgress("generating validation recipes", len(self.generation_set), c.progress,
-                           self.is_main) as progress:
+        with rng.isolated(), CountProgress("generating validation recipes", len(self.generation_set), c.progress,
+                                           self.is_main) as progress:
             return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,
                                   self.accelerator.autocast, max_new_tokens=c.max_target_length,
                                   max_source_length=c.max_source_length, on_batch=progress.update,
@@ -142,8 +148,9 @@ class Evaluation:
         """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
         if not self.is_main or not self.config.eval_samples:
             return
-        samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,
-                               self.accelerator.autocast, self.config.source_template)
+        with rng.isolated():
+            samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,
+                                   self.accelerator.autocast, self.config.source_template)
         self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
         for sample in samples:
             log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],

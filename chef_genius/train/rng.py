@@ -5,6 +5,7 @@ No numpy arrays or numpy scalars: the state must load with ``torch.load(weights_
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -49,3 +50,14 @@ def _to_plain(value):
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
     return value
+
+
+@contextlib.contextmanager
+def isolated():
+    """Run the block without moving any stream a run draws from (python, numpy, torch, CUDA): what it
+    draws (sampling, a library's own shuffling) is undone, so training after it draws as if it never ran."""
+    saved = capture()
+    try:
+        yield
+    finally:
+        restore(saved)

@@ -57,7 +57,7 @@ from chef_genius.model import memory
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
-from chef_genius.monitoring.progress import Progress
+from chef_genius.monitoring.progress import Progress, epoch_label
 from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
@@ -283,8 +283,9 @@ class Trainer:
             restored.append(f"micro-batch {math.ceil(self.config.batch_size / self.state.micro_batch_split)} x "
                             f"accumulation {self.config.gradient_accumulation_steps * self.state.micro_batch_split} "
                             "(--auto-micro-batch)")
-        log.info("resumed from %s: step %d, epoch %d, sample %d of %d; restored %s", loaded.path,
-                 self.state.global_step, self.position.epoch + 1, self.position.samples_in_epoch,
+        log.info("resumed from %s: step %d, epoch %s, sample %d of %d; restored %s", loaded.path,
+                 self.state.global_step, epoch_label(self.position.epoch + 1, self.config.epochs),
+                 self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
 
     def _compile(self) -> None:
@@ -321,7 +322,8 @@ class Trainer:
 
     def train(self) -> RunState:
         with preemption.Preemption() as self.preemption, \
-                Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main) as self.progress, \
+                Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main,
+                         epochs=self.config.epochs) as self.progress, \
                 contextlib.closing(self.reporters), self.checkpoints:
             self._train_loop()
         return self.state

@@ -68,14 +68,36 @@ def test_score_recipes_averages_over_recipes():
 def test_a_hub_name_offline_fails_at_once_with_one_sentence(monkeypatch):
     import time
     from chef_genius.errors import UserError
-    from chef_genius.model import loading
+    from chef_genius.model import hub, loading
     import huggingface_hub  # noqa: F401  (imported before the clock starts: the machine may be busy)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with pytest.raises(UserError, match="not a local folder and not in the download cache, and HF_HUB_OFFLINE"):
         loading.load_tokenizer("chef-genius-tests/no-such-model")
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(loading, "_hub_answers", lambda endpoint: False)
+    monkeypatch.setattr(hub, "_hub_answers", lambda endpoint: False)
     with pytest.raises(UserError, match="cannot be reached"):
         loading.load_model("chef-genius-tests/no-such-model")
     assert time.perf_counter() - started < 5
+
+
+def test_training_with_a_hub_name_offline_fails_before_loading_torch_or_transformers(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    script = ("import sys\n"
+              "from chef_genius.errors import UserError\n"
+              "from chef_genius.train.cli import main\n"
+              "try:\n"
+              "    main(['--data', sys.argv[1], '--pretrained-model', 'chef-genius-tests/no-such-model',\n"
+              "          '--model-output', sys.argv[2]])\n"
+              "except UserError as err:\n"
+              "    print('refused:', err)\n"
+              "print(sorted(m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", script, str(REPO / "data" / "sample_recipes.csv"),
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused: 'chef-genius-tests/no-such-model' is not a local folder")
+    assert lines[1] == "[]"

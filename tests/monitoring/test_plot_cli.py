@@ -10,7 +10,7 @@ import pytest
 
 from chef_genius.errors import EXIT_DATA, EXIT_USAGE
 from chef_genius.monitoring.plot_cli import main
-from chef_genius.monitoring.plotting import PLOT_FILES, moving_average
+from chef_genius.monitoring.plotting import PLOT_FILES, RECIPE_METRICS_FILE, history, metric_series, moving_average
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -57,6 +57,39 @@ def test_plots_go_where_asked_and_the_text_output_names_them(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resumed at step 20" in out and str(tmp_path / "elsewhere" / "loss.png") in out
     assert (tmp_path / "elsewhere" / "overview.png").is_file()
+
+
+def generation(step, valid):
+    return {"type": "generation", "step": step, "structure_valid": valid, "ingredient_coverage": 0.5,
+            "invented_ingredients": 2.0, "repetition": 0.1, "rouge_l": 0.3, "bleu": 20.0, "recipes": 20}
+
+
+def test_recipe_metrics_of_a_run_with_eval_generate_are_plotted(tmp_path, capsys):
+    run = tmp_path / "run"
+    records = run_records()
+    records[1:1] = [generation(10, 0.2)]  # before the resume at 20: kept
+    records += [generation(20, 0.4), generation(30, 0.6), generation(40, 0.9)]
+    write_metrics(run, records)
+    assert main([str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["plots"][-1].endswith(RECIPE_METRICS_FILE)
+    assert summary["recipe_metrics"]["step"] == 40 and summary["recipe_metrics"]["structure_valid"] == 0.9
+    data = (run / "plots" / RECIPE_METRICS_FILE).read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
+
+
+def test_recipe_metrics_replayed_after_a_resume_are_drawn_once():
+    records = [{"type": "start", "step": 0}, generation(10, 0.1), generation(20, 0.2), generation(30, 0.3),
+               {"type": "resume", "step": 20}, generation(30, 0.5)]
+    assert metric_series(history(records), "structure_valid") == [(10, 0.1), (20, 0.2), (30, 0.5)]
+
+
+def test_a_run_without_recipe_metrics_gets_no_recipe_metrics_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_metrics(run, run_records())
+    assert main([str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe_metrics"] is None
+    assert not (run / "plots" / RECIPE_METRICS_FILE).exists()
 
 
 def test_moving_average_is_a_trailing_mean():
