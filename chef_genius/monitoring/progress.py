@@ -137,11 +137,13 @@ LINE_SECONDS = 30.0        # without a bar, a counted task logs a line at least 
 
 class CountProgress:
     """Progress of a counted task outside the training steps (generating, scoring, tokenizing):
-    a tqdm bar on a terminal, else a log line with rate and ETA every ``LINE_SECONDS`` at most."""
+    a tqdm bar on a terminal, else a log line with rate and ETA every ``LINE_SECONDS`` at most.
+    ``total`` None: not known ahead (the line then shows the count and the rate)."""
 
-    def __init__(self, what: str, total: int, mode: str = "auto", enabled: bool = True, unit: str = "recipe",
-                 stream=None, clock=time.perf_counter):
+    def __init__(self, what: str, total: int | None, mode: str = "auto", enabled: bool = True,
+                 unit: str = "recipe", stream=None, clock=time.perf_counter, plural: str | None = None):
         self.what, self.total, self.unit, self.enabled, self.clock = what, total, unit, enabled, clock
+        self.units = plural or unit + "s"
         self.bar_mode = enabled and use_bar(mode, stream)
         self.stream = stream
         self.done = 0
@@ -168,13 +170,15 @@ class CountProgress:
             self._bar.update(done - self.done)
         self.done = done
         now = self.clock()
-        if self._bar is None and now - self.last_line >= LINE_SECONDS and done < self.total:
+        if self._bar is None and now - self.last_line >= LINE_SECONDS and (self.total is None or done < self.total):
             self.last_line = now
             log.info("%s", self.line(now))
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:
+            return f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s"
         eta = (self.total - self.done) / rate if rate > 0 else None
-        return (f"{self.what}: {self.done}/{self.total} {self.unit}s, {rate:.2f} {self.unit}s/s, "
+        return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
                 f"ETA {format_duration(eta)}")
