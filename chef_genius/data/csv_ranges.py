@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from chef_genius.errors import DataError
 from chef_genius.data.readers import ReadOptions, ReadStats, csv_fields, csv_reader, examples
 from chef_genius.data.sources import UNDECODABLE, data_format, detect_encoding
 
@@ -71,7 +72,10 @@ def plan_csv(path: str | Path, options: ReadOptions, parts: int) -> CsvPlan | No
             return None
         start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
         lines = Lines(handle, start)
-        reader, width, at = csv_reader(path, lines, options.columns)
+        try:
+            reader, width, at = csv_reader(path, lines, options.columns)
+        except DataError:  # the one-pass reader says what is wrong, or reads it (a lone CR, say)
+            return None
         delimiter = reader.dialect.delimiter
         body = lines.pos
     size = path.stat().st_size

@@ -50,7 +50,7 @@ def schema():
 
 def build_parts(data_path, tokenizer, max_source_length: int, max_target_length: int, folder: Path,
                 num_proc: int = 0, options: ReadOptions = ReadOptions(), progress: str = "auto",
-                range_bytes: int = RANGE_BYTES) -> tuple[ReadStats, list[str]]:
+                range_bytes: int | None = None) -> tuple[ReadStats, list[str]]:
     """Write the tokenized rows of ``data_path`` as Arrow parts into ``folder``; (stats, part names in
     row order). ``num_proc``: worker processes (0: one per available core)."""
     procs = num_proc or available_cpus()
@@ -58,7 +58,7 @@ def build_parts(data_path, tokenizer, max_source_length: int, max_target_length:
         procs = 1
     encoders = (Encoder(tokenizer, max_source_length), Encoder(tokenizer, max_target_length, target=True))
     size = Path(data_path).stat().st_size
-    plan = plan_csv(data_path, options, max(1, size // range_bytes)) if procs > 1 else None
+    plan = plan_csv(data_path, options, max(1, size // (range_bytes or RANGE_BYTES))) if procs > 1 else None
     name = Path(data_path).name
     if plan is not None:
         done = _in_ranges(plan, encoders, folder, min(procs, len(plan.ranges)), options, progress, name)
