@@ -53,12 +53,13 @@ def build_parts(data_path, tokenizer, max_source_length: int, max_target_length:
                 range_bytes: int | None = None) -> tuple[ReadStats, list[str]]:
     """Write the tokenized rows of ``data_path`` as Arrow parts into ``folder``; (stats, part names in
     row order). ``num_proc``: worker processes (0: one per available core)."""
-    procs = num_proc or available_cpus()
-    if "fork" not in multiprocessing.get_all_start_methods():
-        procs = 1
-    encoders = (Encoder(tokenizer, max_source_length), Encoder(tokenizer, max_target_length, target=True))
+    range_bytes = range_bytes or RANGE_BYTES
     size = Path(data_path).stat().st_size
-    plan = plan_csv(data_path, options, max(1, size // (range_bytes or RANGE_BYTES))) if procs > 1 else None
+    procs = num_proc or available_cpus()
+    if "fork" not in multiprocessing.get_all_start_methods() or size < range_bytes:
+        procs = 1  # a small file is read before a pool would have started
+    encoders = (Encoder(tokenizer, max_source_length), Encoder(tokenizer, max_target_length, target=True))
+    plan = plan_csv(data_path, options, size // range_bytes) if procs > 1 else None
     name = Path(data_path).name
     if plan is not None:
         done = _in_ranges(plan, encoders, folder, min(procs, len(plan.ranges)), options, progress, name)

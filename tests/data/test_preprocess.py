@@ -119,7 +119,7 @@ def test_files_that_cannot_be_cut_are_read_in_one_pass(tok, sample_csv, tmp_path
         assert_same(result, reference(path, tok))
 
 
-def test_jsonl_is_tokenized_by_the_workers_in_order(tok, sample_csv, tmp_path, monkeypatch):
+def test_jsonl_is_tokenized_by_the_workers_in_order(tok, sample_csv, tmp_path, monkeypatch, small_ranges):
     path = tmp_path / "pairs.jsonl"
     rows = list(read_examples(sample_csv, ReadStats()))
     with open(path, "w", encoding="utf-8") as handle:
@@ -128,7 +128,11 @@ def test_jsonl_is_tokenized_by_the_workers_in_order(tok, sample_csv, tmp_path, m
             if i % 50 == 3:
                 handle.write("{broken\n")
     monkeypatch.setattr(preprocess, "BATCH_ROWS", 16)  # many batches in flight on the workers
+    pooled = []
+    real = preprocess._write_part_pooled
+    monkeypatch.setattr(preprocess, "_write_part_pooled", lambda *a: pooled.append(a[-1]) or real(*a))
     result = load_tokenized(path, tok, 64, 128, tmp_path / "cache", num_proc=2)
+    assert pooled == [2]
     assert result.stats["skipped"] == {"bad_json": len(range(3, len(rows), 50))}
     assert_same(result, reference(path, tok))
 
