@@ -95,7 +95,7 @@ class Encoder:
             for i, words in enumerate(split):
                 try:
                     ids = list(chain.from_iterable(map(get, words)))
-                except TypeError:  # None: the text or one of its words is not for the cache
+                except (TypeError, KeyError):  # None: the text or one of its words is not for the cache
                     slow.append(i)
                     continue
                 out[i] = self.prefix + ids[:room] + self.suffix

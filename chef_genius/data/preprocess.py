@@ -75,11 +75,25 @@ def build_parts(data_path, tokenizer, max_source_length: int, max_target_length:
 _shared: dict = {}
 
 
+def _pool(procs: int):
+    """Forked workers that each tokenize on one core (the processes are the parallelism). The variable
+    is set while forking only: it keeps this process's own threads, and spares each worker the
+    tokenizers library's warning about a fork after its threads ran."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return multiprocessing.get_context("fork").Pool(procs, initializer=_start_worker)
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def _start_worker() -> None:
     # Ctrl-C is the parent's to handle; a trainer's SIGTERM handler must not keep a worker alive.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core each: the processes are the parallelism
 
 
 def _range_part(index: int) -> tuple[int, dict, int, bool]:
@@ -104,7 +118,7 @@ def _in_ranges(plan, encoders, folder: Path, procs: int, options, progress: str,
     results = {}
     try:
         with CountProgress(f"tokenizing {name}", max(1, total >> 20), mode=progress, unit="MB",
-                           plural="MB") as shown, context.Pool(procs, initializer=_start_worker) as pool:
+                           plural="MB") as shown, _pool(procs) as pool:
             pending = pool.map_async(_range_part, range(len(plan.ranges)), chunksize=1)
             while not pending.ready():
                 pending.wait(POLL_SECONDS)
@@ -205,7 +219,7 @@ def _write_part_pooled(path: Path, batches, encoders, procs: int) -> int:
     _shared["encoders"] = encoders
     rows, writer = 0, None
     try:
-        with multiprocessing.get_context("fork").Pool(procs, initializer=_start_worker) as pool:
+        with _pool(procs) as pool:
             flight: deque = deque()
 
             def drain(limit: int) -> None:

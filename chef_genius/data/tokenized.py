@@ -3,8 +3,12 @@
 The cache is keyed by the data file (absolute path, size, modification time and a hash of its
 first and last MiB and of 16 blocks between them, so an edit that keeps size and time still
 counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
-``--columns`` mapping, the ``--source-template`` and the max lengths, so a second run or a
-resume memory-maps the same Arrow files instead of tokenizing again.
+``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
+run or a resume memory-maps the same Arrow files instead of tokenizing again.
+
+A cache folder holds Arrow parts (written once, by the processes that tokenized them:
+``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
+written last, so a folder without it is never used.
 """
 
 from __future__ import annotations
