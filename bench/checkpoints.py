@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.train import rng
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized
@@ -69,13 +71,13 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path) -> dict:
     repeats = _repeats(profile)
     for i in range(repeats):
         out = work / f"save-{i}"
-        ours.append(_timed(lambda: ckpt.write_checkpoint(out, 1, save_model, state)))
+        ours.append(_timed(lambda: ckcommit.write_checkpoint(out, 1, save_model, state)))
         raw_dir = work / f"raw-{i}"
         raw_dir.mkdir(parents=True)
         raw.append(_timed(lambda: (save_file(tensors, raw_dir / "w.safetensors", metadata={"format": "pt"}),
                                    torch.save(state, raw_dir / "s.pt"))))
-        raw_fsync.append(raw[-1] + _timed(lambda: [ckpt.fsync_file(p) for p in raw_dir.iterdir()]))
-        hashing.append(_timed(lambda: [ckpt.sha256_file(p) for p in raw_dir.iterdir()]))
+        raw_fsync.append(raw[-1] + _timed(lambda: [ckfiles.fsync_file(p) for p in raw_dir.iterdir()]))
+        hashing.append(_timed(lambda: [ckfiles.sha256_file(p) for p in raw_dir.iterdir()]))
         size = sum(p.stat().st_size for p in raw_dir.iterdir())
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(raw_dir, ignore_errors=True)
@@ -124,7 +126,7 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
     for batch in batches:
         _step(model, optimizer, batch)  # warm-up
     step_s = min(_timed(lambda: _step(model, optimizer, batches[0])) for _ in range(3))
-    sync_s = _timed(lambda: ckpt.write_checkpoint(work / "stall-warm", 1, save_model, state_of()))
+    sync_s = _timed(lambda: ckcommit.write_checkpoint(work / "stall-warm", 1, save_model, state_of()))
     steps = max(4, min(400, int(2 * sync_s / step_s) + 2))
 
     def run(kind: str, n: int) -> tuple[float, float]:
@@ -140,11 +142,11 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
 
     def save(kind, n, saver):
         if kind == "sync":
-            ckpt.write_checkpoint(work / f"stall-{kind}-{n}", 1, save_model, state_of())
+            ckcommit.write_checkpoint(work / f"stall-{kind}-{n}", 1, save_model, state_of())
         elif kind == "async":
             weights = saver.snapshot(model.state_dict(), "model")
             state = saver.snapshot(state_of(), "state")
-            saver.submit(lambda: ckpt.write_checkpoint(work / f"stall-{kind}-{n}", 1,
+            saver.submit(lambda: ckcommit.write_checkpoint(work / f"stall-{kind}-{n}", 1,
                                                        lambda f: save_model(f, weights), state), "bench")
 
     calls = {"none": [], "sync": [], "async": []}
@@ -182,7 +184,7 @@ def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, sam
             if path.name not in (ckpt.TRAINING_STATE, ckpt.MANIFEST):
                 shutil.copy2(path, folder / path.name)
 
-    return ckpt.write_checkpoint(target_root, step, copy_model, state)
+    return ckcommit.write_checkpoint(target_root, step, copy_model, state)
 
 
 def _time_to_first_step(flags: list[str]) -> tuple[float, float]:

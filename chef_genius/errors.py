@@ -54,6 +54,13 @@ class OutOfMemory(UserError):
     exit_code = EXIT_OUT_OF_MEMORY
 
 
+class ReportedByRankZero(UserError):
+    """The error of the main process, which printed it: ends another process of the run with the same
+    exit code and no second copy of the line."""
+
+    label = None
+
+
 class Preempted(UserError):
     """The run stopped on a signal after committing a checkpoint (not a failure: resume it)."""
 
@@ -66,7 +73,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     try:
         code = main(argv)
     except UserError as err:
-        print(f"{err.label}: {err}", file=sys.stderr)
+        if err.label:
+            print(f"{err.label}: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted at once, without a new checkpoint; the earlier checkpoints are intact "

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
 from chef_genius.errors import EXIT_DATA, EXIT_USAGE, run_cli
 from chef_genius.train.cli import main
 from conftest import train_args
@@ -26,7 +26,7 @@ def existing_run(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 
 def digest(folder):
-    return {p.relative_to(folder).as_posix(): ckpt.sha256_file(p)
+    return {p.relative_to(folder).as_posix(): ckfiles.sha256_file(p)
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "metrics.jsonl"}
 
 

@@ -1,23 +1,26 @@
-"""The checkpoint format: the one place that names its files and keys, writes and reads it.
+"""The checkpoint format: the one place that names its files, folders and keys, and reads them.
 
     MODEL_OUTPUT/checkpoint-{global_step}/
         config.json, generation_config.json, model.safetensors   (save_pretrained of the bare model)
         tokenizer files
         chef_genius_prompt.json  (the --source-template; also beside the final model's config.json)
+      or, for a LoRA run (--lora-r), instead of the model's files:
+        adapter_model.safetensors, adapter_config.json   (the adapter as peft saves it)
+        chef_genius_base.json    (the base model: --pretrained-model and a sha256 of its weights)
         training_state.pt    (torch.save of plain values and tensors; loads with weights_only=True)
         manifest.json        (written last: every other file with size and sha256, "complete": true)
 
     MODEL_OUTPUT/run.lock  held by the run's main process while it trains (``checkpoint/runlock.py``)
 
-A checkpoint is written into a staging folder beside its final place, every file fsynced, the
-manifest last, then renamed to ``checkpoint-N`` in one step, so a crash leaves either the earlier
-state or the complete new checkpoint. A folder without a verifying manifest is never resumed from.
+The format is written and checked by its neighbours, which take every name from here:
+``commit.py`` writes a checkpoint (staging folder, fsync, manifest last, one rename) and the final
+model, and deletes checkpoints; ``manifest.py`` builds and checks the manifest and decides whether a
+folder is a checkpoint a run can use; ``files.py`` holds the durable file operations (fsync, atomic
+replace, sha256).
 
 Staging and deletion folders (``.staging-NAME-PID-TOKEN``, ``.deleting-NAME-PID-TOKEN``) carry a tag
 unique to the process that made them (its pid and a random token: pids repeat across the hosts of a
 shared file system and after a restart), so two processes never write into, or remove, each other's.
-The final model (``save_pretrained`` into MODEL_OUTPUT itself) goes through the same staging and
-fsync, then its files are moved into place one by one, so the folder always loads.
 
 ``training_state.pt`` is made of *slices*, one per stateful component of a run (the names the
 checkpoint manager registers them under): ``pack_training_state`` lays them out in the keys below,
@@ -26,26 +29,18 @@ checkpoint manager registers them under): ``pack_training_state`` lays them out 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
 import re
 import secrets
 import shutil
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from chef_genius.errors import UserError, printable
+from chef_genius.errors import UserError
 from chef_genius.checkpoint import trust
-from chef_genius.checkpoint.faults import fault_point
-
-log = logging.getLogger(__name__)
 
 FORMAT_NAME = "chef-genius-checkpoint"
 FORMAT_VERSION = 1
@@ -64,6 +59,10 @@ PROMPT = "chef_genius_prompt.json"  # how the model's input is built (--source-t
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA checkpoint: the adapter (peft's names), no model weights
+ADAPTER_CONFIG = "adapter_config.json"          # peft's LoraConfig
+BASE_RECORD = "chef_genius_base.json"           # the base the adapter belongs to: source and weights' sha256
+ADAPTER_REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, BASE_RECORD, TRAINING_STATE)
 RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
 OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMIZER_LAYOUT_NAMES: keyed by name
 OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
@@ -72,10 +71,6 @@ REPORTING_KEY = "reporting"  # {"wandb_run_id": ...}, so a resume reports into t
 STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
               "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
 _STEP = re.compile(rf"^{PREFIX}(\d+)$")
-_HASH_CHUNK = 8 << 20
-_SEAL_THREADS = max(2, min(8, os.cpu_count() or 1))
-MODEL_LABELS = ("model written", "training state written")  # fault points of a checkpoint's files
-FINAL_LABELS = ("final model written", None)                 # ... and of the final model's
 
 
 class CheckpointError(UserError):
@@ -163,146 +158,6 @@ def remove_staging(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def find_latest(output_dir: str | Path, verify_hashes: bool = False,
-                need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest checkpoint that verifies and whose state and model load, with its step equal to its
-    folder's name; and the newer ones skipped (symbolic links too), each with the reason.
-    ``need_state=False`` (generation): the training state is not looked at."""
-    candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
-    candidates += [(p, None) for p in list_checkpoints(output_dir)]
-    skipped = []
-    for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
-        reason = reason or usability_problem(path, verify_hashes, need_state)
-        if reason is None:
-            return path, skipped
-        skipped.append((path, reason))
-    return None, skipped
-
-
-def usability_problem(folder: str | Path, verify_hashes: bool = False, need_state: bool = True) -> str | None:
-    """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
-    files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
-    folder = Path(folder)
-    problems = manifest_problems(folder, verify_hashes)
-    if problems:
-        return problems[0]
-    if need_state:
-        problem = _state_problem(folder)
-        if problem:
-            return problem
-    return _model_problem(folder)
-
-
-def _state_problem(folder: Path) -> str | None:
-    try:
-        state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
-    except CheckpointError as err:
-        return str(err)
-    contract = state_contract_problem(state)
-    if contract:
-        return f"{TRAINING_STATE} {contract}"
-    if step_of(folder) is not None and state.get("global_step") != step_of(folder):
-        return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
-                f"the folder is named {folder.name}")
-    return None
-
-
-def _model_problem(folder: Path) -> str | None:
-    try:
-        layout, files = weights_layout(folder)
-        if layout is None:
-            return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
-        for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
-            if not os.path.lexists(path):
-                return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
-            if layout == "bin":
-                if not trust.regular_file(path):
-                    raise trust.Untrusted(f"{path.name} is not a regular file")
-            else:
-                trust.read_safetensors_header(path)
-        for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            if name == MODEL_CONFIG or os.path.lexists(folder / name):
-                if not isinstance(trust.read_json(folder / name), dict):
-                    return f"{name} does not hold a JSON object"
-    except (trust.Untrusted, ValueError) as err:
-        return str(err)
-    except OSError as err:
-        return f"cannot read its files ({err.strerror})"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# manifest
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str, str] | None = None) -> dict:
-    """The manifest of ``folder``; ``known_sha256`` (name -> digest) spares hashing files again."""
-    folder = Path(folder)
-    known_sha256 = known_sha256 or {}
-    odd = trust.odd_entries(folder)
-    if odd:  # never hash or bless what a link points at
-        raise CheckpointError(f"{folder}: {odd[0]}; no manifest written")
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder).as_posix()
-        if name == MANIFEST or name.startswith("backup"):
-            continue
-        digest = known_sha256.get(name) or sha256_file(path)
-        files[name] = {"size": path.stat().st_size, "sha256": digest}
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "global_step": global_step,
-            "complete": True, "created_unix": time.time(), "files": files}
-
-
-def read_manifest(folder: str | Path) -> dict | None:
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = trust.read_json(path)
-    except (OSError, trust.Untrusted):
-        return None
-    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
-
-
-def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[str]:
-    """Why ``folder`` is not a complete checkpoint (empty when it verifies)."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return ["no readable manifest.json (the save did not finish, or the files were copied by hand)"]
-    if not manifest.get("complete"):
-        return ["manifest.json does not mark the checkpoint complete"]
-    problems = []
-    for name in REQUIRED_FILES:
-        names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
-        if not any(n in manifest["files"] for n in names):
-            problems.append(f"manifest lists no {name}")
-    outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
-    if outside:  # never opened, never stat'ed: the manifest itself is invalid
-        return [f"manifest.json names {printable(outside[0])}, a path outside the checkpoint"]
-    odd = trust.odd_entries(folder, tuple(manifest["files"]))
-    if odd:
-        return odd[:1]
-    for name, entry in manifest["files"].items():
-        path, shown = folder / name, printable(name, 120)  # a name from a stranger: no escapes printed
-        if not isinstance(entry, dict):
-            problems.append(f"manifest entry of {shown} is not an object")
-        elif not path.is_file():
-            problems.append(f"{shown} is missing")
-        elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{shown} has {path.stat().st_size} bytes, the manifest says "
-                            f"{printable(entry.get('size'), 20)}")
-        elif verify_hashes and sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{shown} does not match its sha256 in the manifest")
-    return problems
-
-
 # ---------------------------------------------------------------------------------------------
 # where the weights are: one file, shards listed by an index, or the older pytorch_model.bin
 
@@ -336,183 +191,13 @@ def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
     return None, []
 
 
+def is_adapter(folder: str | Path) -> bool:
+    """Whether ``folder`` is a LoRA checkpoint (or final adapter): it holds ``adapter_model.safetensors``."""
+    return os.path.lexists(Path(folder) / ADAPTER_WEIGHTS)
+
+
 def is_weights_file(name: str) -> bool:
     return name.endswith(".safetensors") or name == WEIGHTS_BIN or name == WEIGHTS_INDEX
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
-
-def fsync_file(path: str | Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(path: str | Path) -> None:
-    if sys.platform == "win32":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def retry_os(action: Callable[[], None], attempts: int = 8, first_delay: float = 0.05) -> None:
-    """Run a rename / delete, retrying on Windows sharing violations (antivirus, indexers)."""
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            action()
-            return
-        except PermissionError:
-            if sys.platform != "win32" or attempt == attempts - 1:
-                raise
-            time.sleep(delay)
-            delay *= 2
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{process_tag()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fault_point(f"{path.name} temp written")
-        retry_os(lambda: os.replace(tmp, path))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | Path, value) -> None:
-    atomic_write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
-
-
-def atomic_torch_save(path: str | Path, value) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{process_tag()}")
-    try:
-        torch.save(value, tmp)
-        fsync_file(tmp)
-        retry_os(lambda: os.replace(tmp, path))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def staging_folder(output_dir: str | Path, name: str) -> Path:
-    """A fresh, empty staging folder for ``name`` beside its final place, unique to this process."""
-    staging = staging_path(output_dir, name)
-    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from a failed save of the same step
-    staging.mkdir(parents=True)
-    return staging
-
-
-def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Callable[[Path], None],
-                     training_state: dict, cancelled: Callable[[], bool] | None = None) -> Path:
-    """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer.
-    ``cancelled()`` is asked between the steps: when it says yes, the save is given up (``SaveCancelled``)."""
-    output_dir = Path(output_dir)
-    final = checkpoint_path(output_dir, global_step)
-    staging = staging_folder(output_dir, final.name)
-    try:
-        fault_point("staging created")
-        digests = _write_sealed(staging, save_model, training_state, cancelled, labels=MODEL_LABELS)
-        manifest = build_manifest(staging, global_step, digests)
-        fault_point("files fsynced")
-        atomic_write_json(staging / MANIFEST, manifest)
-        fault_point("manifest written")
-        fsync_dir(staging)
-        _stop_if(cancelled)
-        if final.exists():  # only now, so a crash before this point leaves the older folder in place
-            set_aside(final)
-        retry_os(lambda: os.rename(staging, final))
-        fault_point("renamed")
-        fsync_dir(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
-
-
-def write_final_model(output_dir: str | Path, save_model: Callable[[Path], None],
-                      cancelled: Callable[[], bool] | None = None) -> list[Path]:
-    """``save_model(folder)`` into ``output_dir`` itself (the run's final model): written and fsynced in a
-    staging folder like a checkpoint, then each file moved into place (one atomic replace each)."""
-    output_dir = Path(output_dir)
-    staging = staging_folder(output_dir, "final")
-    try:
-        _write_sealed(staging, save_model, None, cancelled, labels=FINAL_LABELS, hash_files=False)
-        _stop_if(cancelled)
-        moved = []
-        for path in sorted(staging.iterdir()):
-            target = output_dir / path.name
-            retry_os(lambda p=path, t=target: os.replace(p, t))
-            moved.append(target)
-        fault_point("final model moved")
-        fsync_dir(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return moved
-
-
-def _write_sealed(staging: Path, save_model: Callable[[Path], None], training_state: dict | None,
-                  cancelled: Callable[[], bool] | None, labels: tuple, hash_files: bool = True) -> dict[str, str]:
-    """Write the model (and the training state) into ``staging``; every file fsynced (and hashed)."""
-    # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
-    # core): the model files are fsynced and hashed in other threads (hashlib and fsync release
-    # the GIL) while torch.save writes the training state, itself hashed as soon as it is written.
-    seal = _fsync_and_hash if hash_files else fsync_file
-    with ThreadPoolExecutor(max_workers=_SEAL_THREADS) as pool:
-        save_model(staging)
-        fault_point(labels[0])
-        _stop_if(cancelled)
-        sealing = {p: pool.submit(seal, p) for p in staging.rglob("*") if p.is_file()}
-        if training_state is not None:
-            torch.save(training_state, staging / TRAINING_STATE)
-            fault_point(labels[1])
-            sealing[staging / TRAINING_STATE] = pool.submit(seal, staging / TRAINING_STATE)
-        return {p.relative_to(staging).as_posix(): job.result() for p, job in sealing.items()}
-
-
-def _stop_if(cancelled: Callable[[], bool] | None) -> None:
-    if cancelled is not None and cancelled():
-        raise SaveCancelled("the save was given up")
-
-
-def _fsync_and_hash(path: Path) -> str:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-    return sha256_file(path)
-
-
-def set_aside(path: Path) -> Path:
-    """Move a checkpoint out of the way without deleting it (a run resumed from an older step
-    reaches the step of a newer one): it goes to ``MODEL_OUTPUT/superseded/``."""
-    target_dir = path.parent / "superseded"
-    target_dir.mkdir(exist_ok=True)
-    target = target_dir / f"{path.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    retry_os(lambda: os.rename(path, target))
-    log.warning("moved the older %s aside to %s (a checkpoint is never overwritten)", path.name, target)
-    return target
-
-
-def delete_checkpoint(path: str | Path) -> None:
-    """Delete a checkpoint so that no crash can leave a half-deleted folder that looks valid: it is
-    first renamed to ``.deleting-...`` (one atomic step; no longer a ``checkpoint-N``), then removed.
-    A leftover ``.deleting-`` folder is removed at the next start."""
-    path = Path(path)
-    doomed = deleting_path(path)
-    retry_os(lambda: os.rename(path, doomed))
-    fsync_dir(path.parent)
-    fault_point("renamed for deletion")
-    retry_os(lambda: shutil.rmtree(doomed))
-    fault_point("deleted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,3 +344,27 @@ def read_prompt(folder: str | Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) and value else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the base model a LoRA adapter belongs to
+
+
+def write_base(folder: str | Path, record: dict) -> None:
+    """``chef_genius_base.json`` (``model/lora.py:base_record``) into the folder being saved."""
+    (Path(folder) / BASE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def read_base(folder: str | Path) -> dict | None:
+    """The base record of a LoRA folder: ``pretrained_model`` and ``sha256`` (a 64-digit hex string);
+    None when the file is missing, unreadable or malformed."""
+    try:
+        record = trust.read_json(Path(folder) / BASE_RECORD)
+    except (OSError, trust.Untrusted, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("pretrained_model"), str):
+        return None
+    digest = record.get("sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        return None
+    return record

@@ -40,6 +40,8 @@ import torch
 
 from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 from chef_genius.checkpoint.retention import apply_retention
 from chef_genius.errors import SaveError
@@ -57,6 +59,10 @@ class ModelFiles(Protocol):
     def state_dict(self) -> dict: ...                        # the full weights (a collective under FSDP)
 
     def save(self, folder: Path, weights: dict) -> None: ...  # save_pretrained + the tokenizer
+
+    # optional, for a final model unlike a checkpoint's files (a LoRA run's merged model); default: the above
+    # def final_state_dict(self) -> dict: ...
+    # def save_final(self, folder: Path, weights: dict) -> None: ...
 
 
 class SingleProcess:
@@ -230,13 +236,13 @@ class CheckpointManager:
 
         def write() -> None:
             began = time.perf_counter()
-            self._attempt(outcome, self.checkpoint_bytes, lambda: ckpt.write_checkpoint(
+            self._attempt(outcome, self.checkpoint_bytes, lambda: ckcommit.write_checkpoint(
                 self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set))
             if not outcome.ok:
                 return
             log.info("saved %s in %.1fs%s", outcome.what, time.perf_counter() - began,
                      " (background)" if self.async_save else "")
-            manifest = ckpt.read_manifest(outcome.path) or {"files": {}}
+            manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}
             actual = sum(entry.get("size", 0) for entry in manifest["files"].values())
             self.checkpoint_bytes = max(self.checkpoint_bytes, actual)
             apply_retention(self.output, self.keep_last, best, protected)
@@ -347,7 +353,7 @@ class CheckpointManager:
 
     def _save_final_model(self) -> bool:
         """``save_pretrained`` into MODEL_OUTPUT through the writer (every process calls it)."""
-        weights = self.model.state_dict()  # under FSDP a collective
+        weights = getattr(self.model, "final_state_dict", self.model.state_dict)()  # under FSDP a collective
         failed_here = False
         if self.world.is_main:
             outcome = _Outcome("the final model", None, reason=disk.space_problem(self.output, self.model_bytes))
@@ -364,10 +370,12 @@ class CheckpointManager:
                 log.error("the final model could not be written to %s: %s; the checkpoints are intact",
                           self.output, outcome.reason)
             else:
-                log.info("final model saved to %s (load it with from_pretrained)", self.output)
+                log.info("final model saved to %s (%s)", self.output,
+                         getattr(self.model, "how_to_load", "load it with from_pretrained"))
         (failed,) = self.world.agree(failed_here)
         return not failed
 
     def _write_final(self, weights: dict) -> Path:
-        ckpt.write_final_model(self.output, lambda folder: self.model.save(folder, weights), self._cancel.is_set)
+        save = getattr(self.model, "save_final", self.model.save)
+        ckcommit.write_final_model(self.output, lambda folder: save(folder, weights), self._cancel.is_set)
         return self.output

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.errors import UserError
 
@@ -38,7 +39,7 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
                             "--resume-from-checkpoint latest or --auto-resume, or pick another --model-output")
         return None
     if resume is None or resume == "latest":
-        found, skipped = ckpt.find_latest(output_dir, verify_hashes)
+        found, skipped = ckmanifest.find_latest(output_dir, verify_hashes)
         for path, reason in skipped:
             log.warning("skipping %s: %s", path.name, reason)
         if found is None:
@@ -59,11 +60,11 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
     if not (path / ckpt.TRAINING_STATE).is_file():
         raise UserError(f"--resume-from-checkpoint {resume}: not a checkpoint (no {ckpt.TRAINING_STATE}); "
                         f"check it with: python cli/verify_and_fix_checkpoint.py {resume}")
-    problems = ckpt.manifest_problems(path, verify_hashes)
+    problems = ckmanifest.manifest_problems(path, verify_hashes)
     if problems:
         raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
                         f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")
-    problem = ckpt.usability_problem(path, verify_hashes)
+    problem = ckmanifest.usability_problem(path, verify_hashes)
     if problem:
         raise ckpt.CheckpointError(f"--resume-from-checkpoint {resume}: not usable ({problem}); check it with: "
                                    f"python cli/verify_and_fix_checkpoint.py {resume}")

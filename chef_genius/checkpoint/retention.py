@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,13 @@ def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | Non
     """Delete the checkpoints ``select_for_deletion`` picks; returns the deleted paths."""
     if keep_last <= 0:
         return []
-    complete = {ckpt.step_of(p): p for p in ckpt.list_checkpoints(output_dir) if not ckpt.manifest_problems(p)}
+    complete = {ckpt.step_of(p): p for p in ckpt.list_checkpoints(output_dir) if not ckmanifest.manifest_problems(p)}
     root = Path(output_dir).resolve()
     protected_steps = {ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root}
     deleted = []
     for step in select_for_deletion(complete, keep_last, best_step, protected_steps - {None}):
         try:
-            ckpt.delete_checkpoint(complete[step])
+            ckcommit.delete_checkpoint(complete[step])
         except OSError as err:  # a file held open elsewhere: keep it, try again after the next save
             log.warning("could not delete %s (%s); it is kept", complete[step].name, err)
             continue

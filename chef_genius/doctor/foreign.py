@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 
 CHEF = "chef_genius"
@@ -171,7 +172,7 @@ def detect_kind(folder: Path, state_status: str) -> str:
         return HF
     if (folder / ACC_OPTIMIZER).is_file() or (folder / ACC_RNG).is_file():
         return ACCELERATE
-    manifest = ckpt.read_manifest(folder)
+    manifest = ckmanifest.read_manifest(folder)
     if manifest is not None and manifest.get("format") == ckpt.FORMAT_NAME:
         return CHEF
     if (folder / ckpt.MODEL_CONFIG).is_file() or (folder / ckpt.WEIGHTS).is_file():

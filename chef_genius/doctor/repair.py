@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk, trust
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
@@ -88,7 +90,7 @@ class Fixer:
     def _restore_from_siblings(self) -> bool:
         """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
         sibling's copy whose size and sha256 are the manifest's: the original bytes, proven."""
-        manifest = ckpt.read_manifest(self.folder)
+        manifest = ckmanifest.read_manifest(self.folder)
         if manifest is None or not manifest.get("complete") or not all(
                 trust.confined(self.folder, n) for n in manifest["files"]):
             return False
@@ -98,17 +100,17 @@ class Fixer:
             if ckpt.is_weights_file(name) or name == ckpt.TRAINING_STATE or "/" in name or not isinstance(entry, dict):
                 continue
             if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
-                    ckpt.sha256_file(path) == entry.get("sha256"):
+                    ckfiles.sha256_file(path) == entry.get("sha256"):
                 continue
             source = next((s / name for s in candidate_folders(self.folder) if trust.regular_file(s / name)
                            and (s / name).stat().st_size == entry.get("size")
-                           and ckpt.sha256_file(s / name) == entry.get("sha256")), None)
+                           and ckfiles.sha256_file(s / name) == entry.get("sha256")), None)
             if source is None:
                 continue
             try:
                 if not self.dry_run:
                     self.keep(path, always=True)  # the damaged original, even with --no-backup
-                    ckpt.atomic_write_bytes(path, source.read_bytes())
+                    ckfiles.atomic_write_bytes(path, source.read_bytes())
             except OSError as err:
                 self.unfixed.append(f"could not restore {name}: {os_sentence(err)}")
                 return restored
@@ -161,7 +163,7 @@ class Fixer:
         if not self.dry_run:
             for name, data in wt.stripped_files(self.folder, layout, files).items():
                 self.keep(self.folder / name)
-                ckpt.atomic_write_bytes(self.folder / name, data)
+                ckfiles.atomic_write_bytes(self.folder / name, data)
             if layout == "bin":
                 self.keep(files[0], always=True)
                 files[0].unlink()
@@ -180,7 +182,7 @@ class Fixer:
                 continue
             for name in found:
                 if not self.dry_run:
-                    ckpt.atomic_write_bytes(self.folder / name, (source / name).read_bytes())
+                    ckfiles.atomic_write_bytes(self.folder / name, (source / name).read_bytes())
             self.note("file_copied", f"copied {', '.join(found)} from {source}")
             return
 
@@ -210,7 +212,7 @@ class Fixer:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
             damaged = report.facts["state_status"] == "unreadable" or "state_corrupt" in report.codes()
             self.keep(self.folder / ckpt.TRAINING_STATE, always=damaged)
-            ckpt.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
+            ckfiles.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
         self.note(code, text)
 
     def _rebuild_manifest(self) -> None:
@@ -219,7 +221,7 @@ class Fixer:
             if step is None:
                 step = int(ckpt.load_training_state(self.folder)["global_step"])
             self.keep(self.folder / ckpt.MANIFEST)
-            ckpt.atomic_write_json(self.folder / ckpt.MANIFEST, ckpt.build_manifest(self.folder, step))
+            ckfiles.atomic_write_json(self.folder / ckpt.MANIFEST, ckmanifest.build_manifest(self.folder, step))
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
@@ -23,7 +24,7 @@ SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_miss
 FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
          "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt", "untrusted_entry",
          "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable", "rng_unreadable",
-         "check_failed"}
+         "check_failed", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing"}
 
 
 @dataclass
@@ -87,8 +88,12 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
     status, state, detail = foreign.read_state(folder)
     report.kind = foreign.detect_kind(folder, status)
     report.facts.update(state_status=status, state=state)
-    _check_files(report, folder)
-    model = _check_weights(report, folder, deep)
+    if ckpt.is_adapter(folder):  # a LoRA checkpoint: the adapter and its base instead of the model
+        _check_adapter(report, folder, deep)
+        model = None
+    else:
+        _check_files(report, folder)
+        model = _check_weights(report, folder, deep)
     report.facts["model"] = model
     try:
         _check_state(report, folder, status, state, detail, model)
@@ -117,7 +122,7 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 
-FILE_NAMES = (*ckpt.REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
+FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
               foreign.HF_STATE, foreign.HF_OPTIMIZER, foreign.HF_SCHEDULER, "rng_state.pth", "rng_state_0.pth")
 
 
@@ -138,6 +143,55 @@ def _check_files(report: Report, folder: Path) -> None:
         _loads(report, "tokenizer_unreadable", loadable.tokenizer_problem(folder))
     if len(report.problems) == before:
         report.ok("config, generation config and tokenizer load")
+
+
+def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
+    """A LoRA checkpoint: the adapter's header and config agree, the base it belongs to is recorded, the
+    tokenizer loads (there is no model config: the base's comes from --pretrained-model)."""
+    try:
+        header = trust.read_safetensors_header(folder / ckpt.ADAPTER_WEIGHTS)
+    except (trust.Untrusted, ValueError, OSError) as err:
+        report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS}: {err}")
+        header = None
+    config = None
+    try:
+        config = trust.read_json(folder / ckpt.ADAPTER_CONFIG)
+    except (trust.Untrusted, OSError) as err:
+        report.fail("adapter_config_unreadable", f"{ckpt.ADAPTER_CONFIG}: {err}")
+    if config is not None and not (isinstance(config, dict) and isinstance(config.get("r"), int)):
+        report.fail("adapter_config_unreadable", f"{ckpt.ADAPTER_CONFIG} holds no LoRA config (no integer r)")
+        config = None
+    if header is not None:
+        names = [n for n in header if n != "__metadata__"]
+        ranks = {header[n]["shape"][0] for n in names if "lora_A" in n and header[n].get("shape")}
+        if not names or not all("lora_A" in n or "lora_B" in n for n in names):
+            report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
+        elif config is not None and ranks != {config["r"]}:
+            report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
+                                              f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
+        else:
+            report.ok(f"adapter readable ({len(names)} tensors, r={config['r'] if config else '?'})")
+            report.facts["adapter_header"] = header
+            if deep:
+                bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
+                if bad:
+                    report.fail("weights_nonfinite", f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
+                else:
+                    report.ok("every adapter tensor read, all values finite")
+    base = ckpt.read_base(folder)
+    if base is None:
+        report.fail("base_record_missing", f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
+                                           "belongs to, and its fingerprint, are unknown")
+    else:
+        report.ok(f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 "
+                  f"{base['sha256'][:12]})")
+    if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
+        report.fail("tokenizer_missing", "tokenizer files are missing (tokenizer.json / spiece.model)")
+    else:
+        problem = loadable.tokenizer_problem(folder)
+        _loads(report, "tokenizer_unreadable", problem)
+        if not problem:
+            report.ok("tokenizer loads")
 
 
 def _loads(report: Report, code: str, problem: str | None) -> None:
@@ -321,6 +375,7 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
                                        "re-warms over --optimizer-rewarmup-steps on resume", "warn")
         return
     if model is None:
+        _check_adapter_optimizer(report, optimizer)
         return
     shapes, _ = wt.expected_tensors(model)
     problem = wt.optimizer_problem(optimizer, wt.our_layout(model), shapes)
@@ -330,9 +385,24 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
         report.ok(f"optimizer state covers all {sum(map(len, wt.our_layout(model)))} trainable parameters")
 
 
+def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
+    """A LoRA checkpoint's optimizer: one state per adapter tensor, each moment of that tensor's shape."""
+    header = report.facts.get("adapter_header")
+    if header is None:
+        return
+    want = sorted(tuple(e["shape"]) for n, e in header.items() if n != "__metadata__")
+    got = sorted(tuple(m["exp_avg"].shape) for m in optimizer["state"].values()
+                 if isinstance(m, dict) and hasattr(m.get("exp_avg"), "shape"))
+    if got and got != want:  # Adafactor keeps no exp_avg: its state is not compared here
+        report.fail("optimizer_mismatch", f"optimizer state does not fit the adapter: {len(got)} moments for "
+                                          f"{len(want)} adapter tensors")
+    else:
+        report.ok(f"optimizer state over the adapter ({len(optimizer['state'])} tensors)")
+
+
 def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     """A file whose size or sha256 differs from the manifest is damage, never a stale manifest."""
-    problems = ckpt.manifest_problems(folder, verify_hashes=deep)
+    problems = ckmanifest.manifest_problems(folder, verify_hashes=deep)
     if not problems:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
@@ -349,6 +419,6 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
 def healthy_sibling(folder: Path) -> str | None:
     """The newest other checkpoint of the run that a resume would accept (the rules of ``latest``)."""
     for path in reversed(ckpt.list_checkpoints(folder.parent)):
-        if path.name != folder.name and ckpt.usability_problem(path) is None:
+        if path.name != folder.name and ckmanifest.usability_problem(path) is None:
             return str(path)
     return None

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser, setup_logging
 from chef_genius.errors import EXIT_OK, UserError, run_cli
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER, METRICS
@@ -54,7 +55,7 @@ def expand(given: str) -> list[tuple[str, int | None, Path]]:
     path = Path(given)
     if not path.is_dir():
         raise UserError(f"{given}: no such folder (give a model folder, a checkpoint-N folder or a run folder)")
-    found = [(p.name, ckpt.step_of(p), p) for p in ckpt.list_checkpoints(path) if not ckpt.manifest_problems(p)]
+    found = [(p.name, ckpt.step_of(p), p) for p in ckpt.list_checkpoints(path) if not ckmanifest.manifest_problems(p)]
     if (path / ckpt.MODEL_CONFIG).is_file():
         step = ckpt.step_of(path)
         found.append((path.name if step is not None or not found else f"{path.name} (final)", step, path))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, source_from_ingredients, template_fields
 from chef_genius.errors import EXIT_OK, UserError, run_cli
@@ -97,9 +98,9 @@ def resolve_model_dir(given: str) -> Path:
     if not path.is_dir():
         raise UserError(f"--model {given}: no such folder (give a run folder, a checkpoint-N folder or a "
                         "saved model folder)")
-    if (path / ckpt.MODEL_CONFIG).is_file():
+    if (path / ckpt.MODEL_CONFIG).is_file() or ckpt.is_adapter(path):  # a model, or a LoRA adapter
         return path
-    latest, _ = ckpt.find_latest(path, need_state=False)  # generation needs the model, not the state
+    latest, _ = ckmanifest.find_latest(path, need_state=False)  # generation needs the model, not the state
     if latest is None:
         raise UserError(f"--model {given}: no model here ({ckpt.MODEL_CONFIG} missing) and no complete "
                         "checkpoint-N folder")

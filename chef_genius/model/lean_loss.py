@@ -11,7 +11,8 @@ cross-entropy, computed ``chunk_rows`` positions at a time:
 - with gradients: each chunk's gradient with respect to its hidden states and to the weight is
   computed in the forward pass and the chunk's logits are dropped (``_ChunkedCrossEntropy``), so at
   most one chunk of logits exists at a time and the backward is a scaling; the FLOPs are the
-  same as autograd's (three matmuls per chunk);
+  same as autograd's (three matmuls per chunk; two, and no weight gradient, for a frozen head as
+  under LoRA);
 - without (evaluation): the chunks' losses, summed.
 
 The loss is computed inside the model's own forward, so DDP, FSDP (the weight is gathered for
@@ -99,7 +100,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, chunk_rows):
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32)
+        weight_grad = ctx.needs_input_grad[1]  # a frozen head (LoRA): no vocabulary x model-width gradient
+        grad_weight = torch.zeros(weight.shape if weight_grad else (), device=weight.device, dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_rows):
             rows, target = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
             logits = F.linear(rows, weight)          # autocast dtype under autocast, else the weights'
@@ -112,12 +114,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad[torch.arange(grad.shape[0], device=grad.device), target] -= 1
             grad = grad.to(compute)
             grad_hidden[start:start + chunk_rows] = grad @ weight.to(compute)
-            grad_weight += (grad.t() @ rows.to(compute)).float()
+            if weight_grad:
+                grad_weight += (grad.t() @ rows.to(compute)).float()
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        ctx.weight_grad = weight_grad
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight * grad_total.to(grad_weight.dtype), \
-            None, None
+        grad_weight = grad_weight * grad_total.to(grad_weight.dtype) if ctx.weight_grad else None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight, None, None

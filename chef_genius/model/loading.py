@@ -84,15 +84,20 @@ def load_model(name_or_path: str | Path):
     """The model in fp32 (master weights); mixed precision is autocast, never a cast of the weights.
 
     A local folder may hold ``model.safetensors``, sharded safetensors with their index, or
-    ``pytorch_model.bin`` (read with ``weights_only=True``). Names saved through a wrapper
+    ``pytorch_model.bin`` (read with ``weights_only=True``), or a LoRA adapter (``model/lora.py``:
+    the recorded base, checked by its fingerprint, with the adapter merged in). Names saved through a wrapper
     (``_orig_mod.``, ``module.``) are loaded without it, with a warning; any other missing,
     unexpected or misshapen weight is an error: a model is never returned with random weights.
     """
     check_hub_reachable(name_or_path)
     from transformers import AutoModelForSeq2SeqLM
     import pickle
+    from chef_genius.checkpoint import format as ckpt
     folder = Path(name_or_path)
     local = folder.is_dir()
+    if local and ckpt.is_adapter(folder):  # a LoRA adapter: its base, checked, with the adapter merged in
+        from chef_genius.model import lora
+        return lora.load_merged(folder, load_model)
     options = {}
     if local:
         wrapped = [n for n in weight_names(folder) if n.startswith(WRAPPER_PREFIXES)]

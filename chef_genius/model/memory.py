@@ -14,8 +14,13 @@ as each optimizer lays it out:
 The activations of one micro-batch are an estimate (marked so wherever shown) from T5's shapes at
 the longest batch (``--max-source-length`` x ``--max-target-length``): what each layer keeps for
 the backward pass (all of it, or only its input with ``--gradient-checkpointing`` plus one layer
-being recomputed), and the logits with their fp32 copy and the loss's gradient. Pure functions
-except ``gpu_free_bytes``.
+being recomputed), and the loss. The trainer's loss is the lean one (``model/lean_loss.py``): only
+the labelled positions are projected to the vocabulary, ``CHUNK_ROWS`` at a time, and what it keeps
+for the backward is the gradient of those positions' hidden states; one chunk of logits (with its
+fp32 copy and gradient) and, for a trained head, the head's fp32 gradient exist once, whatever the
+micro-batch (``activation_fixed``). Every target position is counted as labelled (the longest batch).
+Under LoRA each adapted layer also keeps its dropped-out input and its rank-r projection. Pure
+functions except ``gpu_free_bytes``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from chef_genius.model.lean_loss import CHUNK_ROWS
+
 GIB = 1 << 30
 CUDA_OVERHEAD = 600 << 20  # CUDA context, cuBLAS workspace, allocator slack: an estimate
 CARDS_GIB = (8, 12, 16, 24, 80)
 OPTIMIZERS = ("adamw", "adafactor", "adamw-8bit")
-LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")  # those the model has
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class Plan:
     optimizer_state: int     # bytes, exact
     activations: int         # bytes, estimated, one micro-batch
     per_example: int         # bytes of activations per example of the micro-batch, estimated
+    activation_fixed: int = 0  # bytes of activations whatever the micro-batch (the loss's chunk), estimated
 
     @property
     def fixed(self) -> int:
@@ -78,7 +86,7 @@ class Plan:
 
     def largest_micro_batch(self, capacity: int) -> int:
         """The largest micro-batch whose estimated total fits ``capacity`` bytes (0: not even one)."""
-        left = capacity - self.fixed
+        left = capacity - self.fixed - self.activation_fixed
         return max(0, left // self.per_example) if self.per_example else 0
 
     def lines(self, free: int | None = None) -> list[str]:
@@ -157,8 +165,30 @@ def optimizer_bytes(shapes: list[tuple[int, ...]], kind: str) -> int:
 # the estimated part
 
 
+def loss_fixed_bytes(config, setting: Setting) -> int:
+    """The lean loss's memory that does not grow with the micro-batch: one chunk of logits in the
+    autocast dtype, its fp32 copy turned into its gradient, and the head's fp32 gradient when the head
+    trains (not under LoRA: it is frozen)."""
+    a = 2 if setting.bf16 else 4
+    chunk = CHUNK_ROWS * config.vocab_size * (a + 4 + a)
+    return chunk + (0 if setting.lora_r else 4 * config.vocab_size * config.d_model)
+
+
+def lora_per_token(config, setting: Setting, attentions: int) -> int:
+    """Bytes per token an adapted layer keeps for the adapter's backward: each adapted projection's
+    dropped-out input with its mask, and its rank-r projection (autocast dtype)."""
+    a, r, targets = (2 if setting.bf16 else 4), setting.lora_r, set(setting.lora_targets)
+    widths = [config.d_model] * (attentions * len(targets & {"q", "k", "v"}))
+    widths += [config.num_heads * config.d_kv] * (attentions * ("o" in targets))
+    gated = "gated" in config.feed_forward_proj
+    widths += [config.d_model] * (len(targets & {"wi_0", "wi_1"}) if gated else int("wi" in targets))
+    widths += [config.d_ff] * ("wo" in targets)
+    return sum(width * (a + 1) + r * a for width in widths)
+
+
 def activation_bytes(config, setting: Setting, batch: int | None = None) -> int:
-    """What one micro-batch of ``batch`` examples keeps for the backward pass (an estimate)."""
+    """What one micro-batch of ``batch`` examples keeps for the backward pass (an estimate), without
+    ``loss_fixed_bytes``."""
     b = setting.micro_batch if batch is None else batch
     s, t = setting.source_length, setting.target_length
     h, f, v = config.d_model, config.d_ff, config.vocab_size
@@ -169,12 +199,16 @@ def activation_bytes(config, setting: Setting, batch: int | None = None) -> int:
     encoder_layer = b * s * (2 * (4 + a) * h + 4 * a * inner + 2 * h) + b * heads * s * s * scores + b * s * f * ff
     decoder_layer = (b * t * (3 * (4 + a) * h + 6 * a * inner + 3 * h) + b * heads * t * t * scores
                      + b * heads * t * s * scores + 2 * a * b * s * inner + b * t * f * ff)
-    logits = b * t * v * (a + 4 + 4)     # autocast logits, their fp32 copy, the loss's gradient
+    if setting.lora_r:
+        encoder_layer += b * s * lora_per_token(config, setting, attentions=1)
+        decoder_layer += b * t * lora_per_token(config, setting, attentions=2)
+    # the lean loss keeps the labelled positions' hidden states and their gradient (model/lean_loss.py)
+    loss = b * t * h * 2 * a
     encoder_layers, decoder_layers = config.num_layers, config.num_decoder_layers
     if setting.gradient_checkpointing:
         kept = 4 * b * (encoder_layers * s + decoder_layers * t) * h
-        return kept + max(encoder_layer, decoder_layer) + logits
-    return encoder_layers * encoder_layer + decoder_layers * decoder_layer + logits
+        return kept + max(encoder_layer, decoder_layer) + loss
+    return encoder_layers * encoder_layer + decoder_layers * decoder_layer + loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,9 +221,10 @@ def plan(model, setting: Setting) -> Plan:
     shapes = trainable_shapes(model, setting)
     trainable = sum(math.prod(shape) for shape in shapes)
     weights = 4 * (base + (trainable if setting.lora_r else 0))
+    fixed = loss_fixed_bytes(model.config, setting)
     return Plan(setting, base + (trainable if setting.lora_r else 0), trainable, weights, 4 * trainable,
-                optimizer_bytes(shapes, setting.optimizer), activation_bytes(model.config, setting),
-                activation_bytes(model.config, setting, batch=1))
+                optimizer_bytes(shapes, setting.optimizer), activation_bytes(model.config, setting) + fixed,
+                activation_bytes(model.config, setting, batch=1), fixed)
 
 
 def alternatives(setting: Setting, lora: bool = True, eight_bit: bool = True) -> list[Setting]:

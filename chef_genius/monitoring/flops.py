@@ -48,9 +48,12 @@ def t5_matmul_params(config) -> dict:
     return {"encoder": encoder, "decoder": decoder}
 
 
-def train_flops(config, source_tokens: int, target_tokens: int, source_len: float, target_len: float) -> float:
+def train_flops(config, source_tokens: int, target_tokens: int, source_len: float, target_len: float,
+                frozen_weights: bool = False) -> float:
     """Training FLOPs of one step over ``source_tokens`` / ``target_tokens`` real tokens whose mean
-    sequence lengths are ``source_len`` / ``target_len``."""
+    sequence lengths are ``source_len`` / ``target_len``. The backward costs twice the forward (the
+    inputs' and the weights' gradients); ``frozen_weights`` (LoRA): once, no weight gradients (the
+    adapter's own FLOPs are a rounding error at small ranks)."""
     params = t5_matmul_params(config)
     inner = config.num_heads * config.d_kv
     decoder_layers = getattr(config, "num_decoder_layers", None) or config.num_layers
@@ -59,7 +62,7 @@ def train_flops(config, source_tokens: int, target_tokens: int, source_len: floa
     dec_attn = decoder_layers * 4 * (target_len + source_len) * inner  # self + cross attention
     forward = (source_tokens * (2 * params["encoder"] + enc_attn)
                + target_tokens * (2 * params["decoder"] + dec_attn))
-    return 3.0 * forward
+    return (2.0 if frozen_weights else 3.0) * forward
 
 
 def peak_flops(device, precision: str) -> float | None:

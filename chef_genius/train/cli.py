@@ -67,7 +67,7 @@ def _train(config) -> int:
 def show_learning(trainer, before: tuple[int, str, str]) -> None:
     """The demo's proof that it learned: one held-out recipe before and after, and the recipe metrics."""
     from chef_genius.data.recipes import parse_target, render
-    from chef_genius.train.trainer import format_metrics
+    from chef_genius.train.evaluation import format_metrics
     step, metrics, details = trainer.final_generation()
     start_step, given, text = before
     first = details[0]

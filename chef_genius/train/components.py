@@ -4,6 +4,7 @@ The run state (``train/state.py``), the sampler's data position (``data/sampler.
 reporters (``monitoring/reporting.py``) are stateful themselves; what needs the accelerator, or a
 decision on restore, is here:
 - ``ModelFiles``: the weights for ``save_pretrained`` (gathered in full under FSDP) and the tokenizer;
+  ``AdapterFiles`` for a LoRA run: the adapter and the base's record, and a merged final model;
 - ``OptimizerSlice``: AdamW's moments; keyed by parameter name under FSDP; a checkpoint without them
   (or one FSDP's shards cannot take) re-warms the learning rate instead;
 - ``SchedulerSlice``: the LR schedule's position (the schedule itself is this run's);
@@ -20,6 +21,7 @@ import logging
 from typing import Callable
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.model import lora
 from chef_genius.model.loading import unwrap
 from chef_genius.train import distributed as dist
 from chef_genius.train import rng
@@ -48,6 +50,55 @@ class ModelFiles:
 
     def save(self, folder, weights: dict) -> None:
         unwrap(self.model).save_pretrained(folder, state_dict=weights, max_shard_size="1000GB")
+        self.tokenizer.save_pretrained(folder)
+        if self.source_template is not None:
+            ckpt.write_prompt(folder, self.source_template)
+
+    # the final model: the same files (a LoRA run's differ, see AdapterFiles)
+    def final_state_dict(self) -> dict:
+        return self.state_dict()
+
+    def save_final(self, folder, weights: dict) -> None:
+        self.save(folder, weights)
+
+
+class AdapterFiles(ModelFiles):
+    """A LoRA run's files: checkpoints hold the adapter (peft's files), the base's record
+    (``--pretrained-model`` and its weights' fingerprint) and the tokenizer; the final model is the
+    merged one (``save_pretrained`` of the base with the adapter folded in), or with
+    ``adapter_only`` the checkpoint's files."""
+
+    def __init__(self, accelerator, model, tokenizer, source_template: str | None, base: dict,
+                 adapter_only: bool = False):
+        super().__init__(accelerator, model, tokenizer, source_template)
+        self.base, self.adapter_only = base, adapter_only
+
+    def state_dict(self) -> dict:
+        return lora.adapter_state(unwrap(self.model))
+
+    def save(self, folder, weights: dict) -> None:
+        lora.save_adapter(unwrap(self.model), folder, weights)
+        ckpt.write_base(folder, self.base)
+        self._save_tokenizer(folder)
+
+    @property
+    def how_to_load(self) -> str:
+        if not self.adapter_only:
+            return "the merged model: load it with from_pretrained"
+        return (f"the adapter only: PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("
+                f"{self.base['pretrained_model']!r}), FOLDER), or give the folder to generate_recipe.py")
+
+    def final_state_dict(self) -> dict:
+        return self.state_dict() if self.adapter_only else lora.merged_state_dict(unwrap(self.model))
+
+    def save_final(self, folder, weights: dict) -> None:
+        if self.adapter_only:
+            self.save(folder, weights)
+            return
+        unwrap(self.model).get_base_model().save_pretrained(folder, state_dict=weights, max_shard_size="1000GB")
+        self._save_tokenizer(folder)
+
+    def _save_tokenizer(self, folder) -> None:
         self.tokenizer.save_pretrained(folder)
         if self.source_template is not None:
             ckpt.write_prompt(folder, self.source_template)

@@ -18,6 +18,7 @@ from chef_genius.cli_support import Parser
 from chef_genius.data.layouts import canonical_columns
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, template_fields
 from chef_genius.errors import UserError
+from chef_genius.model.memory import LORA_TARGETS
 from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
 
 DEFAULT_MODEL = "google/flan-t5-large"
@@ -77,6 +78,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     plan_only: bool = False
     auto_micro_batch: bool = False
+    lora_r: int = 0
+    lora_alpha: float | None = None  # None: 2 x --lora-r (set by validate)
+    lora_dropout: float = 0.05
+    lora_target_modules: list = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
+    save_adapter_only: bool = False
     demo: bool = False
     progress: str = "auto"
     report_to: list = dataclasses.field(default_factory=list)
@@ -187,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR ramp after resuming from a checkpoint without optimizer state (default 100)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
 
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--lora-r", type=int, default=d.lora_r, metavar="R",
+                   help="train rank-R LoRA adapters (peft) on a frozen --pretrained-model instead of every weight; "
+                        "the optimizer holds the adapter only (default 0: full fine-tuning)")
+    g.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                   help="LoRA scaling numerator: the adapter's update is scaled by A / R (default 2 x --lora-r)")
+    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout, metavar="P",
+                   help=f"dropout on the adapter's input (default {d.lora_dropout})")
+    g.add_argument("--lora-target-modules", nargs="+", default=list(d.lora_target_modules), metavar="NAME",
+                   help="linear layers that get an adapter, by the last part of their name, those the model has "
+                        f"(default T5's attention and feed-forward projections: {' '.join(d.lora_target_modules)})")
+    g.add_argument("--save-adapter-only", action="store_true",
+                   help="with --lora-r: the final model folder keeps the adapter (and the base's name) instead "
+                        "of the merged model")
+
     g = p.add_argument_group("precision and speed")
     g.add_argument("--mixed-precision", choices=PRECISIONS, default=d.mixed_precision,
                    help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU that supports it")
@@ -202,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--auto-micro-batch", action="store_true",
                    help="on a CUDA out-of-memory error, retry the step with half the micro-batch and twice the "
                         "accumulation (same global batch, same recipes per step), and keep that setting")
+    g.add_argument("--no-auto-micro-batch", dest="auto_micro_batch", action="store_false",
+                   help="turn off the --auto-micro-batch a resumed run inherits from its checkpoint")
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
     g.add_argument("--disable-compilation", dest="compile", action="store_false",
@@ -328,6 +351,17 @@ def validate(c: TrainConfig) -> None:
         raise UserError(f"--learning-rate must be positive, got {c.learning_rate}")
     if c.weight_decay < 0 or c.max_grad_norm < 0:
         raise UserError("--weight-decay and --max-grad-norm must be 0 or more")
+    if c.lora_r < 0:
+        raise UserError(f"--lora-r must be 0 (off) or more, got {c.lora_r}")
+    if c.lora_r and c.lora_alpha is None:
+        c.lora_alpha = 2.0 * c.lora_r
+    if c.lora_alpha is not None and not c.lora_alpha > 0:
+        raise UserError(f"--lora-alpha must be positive, got {c.lora_alpha}")
+    if not 0 <= c.lora_dropout < 1:
+        raise UserError(f"--lora-dropout must be in [0, 1), got {c.lora_dropout}")
+    c.lora_target_modules = list(dict.fromkeys(c.lora_target_modules))
+    if c.save_adapter_only and not c.lora_r and not (c.resume_from_checkpoint or c.auto_resume):
+        raise UserError("--save-adapter-only needs --lora-r R (a full fine-tuning run has no adapter)")
     if not 0 <= c.eval_split_ratio < 1:
         raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
     c.columns = canonical_columns(c.columns)

@@ -14,8 +14,8 @@ log = logging.getLogger("chef_genius")
 
 
 def setting_of(c: TrainConfig, bf16: bool, micro_batch: int | None = None) -> memory.Setting:
-    lora_r = getattr(c, "lora_r", 0) or 0
-    targets = tuple(getattr(c, "lora_target_modules", None) or memory.LORA_TARGETS)
+    lora_r = c.lora_r
+    targets = tuple(c.lora_target_modules or memory.LORA_TARGETS)
     return memory.Setting(optimizer=c.optimizer, bf16=bf16, gradient_checkpointing=c.gradient_checkpointing,
                           micro_batch=micro_batch or c.batch_size, source_length=c.max_source_length,
                           target_length=c.max_target_length, lora_r=lora_r, lora_targets=targets)
@@ -43,7 +43,7 @@ def advice(model, c: TrainConfig, bf16: bool, free: int | None) -> str:
     """A clause naming the cheapest settings whose plan fits ``free`` bytes."""
     if free is None:
         return "no CUDA GPU to plan against"
-    options = memory.alternatives(setting_of(c, bf16), lora=hasattr(c, "lora_r"), eight_bit=_eight_bit_possible())
+    options = memory.alternatives(setting_of(c, bf16), eight_bit=_eight_bit_possible())
     fits = memory.fitting(model, options[1:], free)
     if not fits:
         return (f"no planned setting fits the {free / memory.GIB:.1f} GiB free (see --plan-only); "
@@ -77,7 +77,7 @@ def print_plans(c: TrainConfig) -> None:
     for line in memory.plan(model, setting_of(c, bf16)).lines(free):
         print(line)
     print("alternatives (weights, gradients and optimizer state exact; activations estimated):")
-    options = memory.alternatives(setting_of(c, bf16), lora=hasattr(c, "lora_r"), eight_bit=True)
+    options = memory.alternatives(setting_of(c, bf16), eight_bit=True)
     for option in options[1:]:
         p = memory.plan(model, option)
         fixed = p.weights + p.gradients + p.optimizer_state
@@ -94,7 +94,8 @@ def card_table(model=None, settings: list[memory.Setting] | None = None) -> str:
     model = model or memory.flan_t5_large()
     base = memory.Setting(micro_batch=1)
     settings = settings or [replace(base, optimizer=o, gradient_checkpointing=g)
-                            for g in (False, True) for o in memory.OPTIMIZERS]
+                            for g in (False, True) for o in memory.OPTIMIZERS] + [
+        replace(base, lora_r=16, gradient_checkpointing=g) for g in (False, True)]
     head = ("| setting | weights + gradients + optimizer state (exact) | activations per example (estimated) | "
             + " | ".join(f"{gb} GB" for gb in memory.CARDS_GIB) + " |")
     rows = [head, "|" + "---|" * (3 + len(memory.CARDS_GIB))]

@@ -11,8 +11,15 @@ the checkpoint's is handled by its group:
   recipe once per epoch" no longer holds: refused (exit 2) unless ``--allow-config-change``, then
   applied with one warning each. Data files are compared by content (name, size, hash of the
   ends), so a file moved to another path is the same file and an edited one is not;
+- ``ADAPTER``: the shape of a LoRA run's adapter (``--lora-r``, ``--lora-alpha``,
+  ``--lora-target-modules``): the saved adapter was trained with them, so a change is refused
+  (exit 2); with ``--allow-config-change`` a new ``--lora-alpha`` (a rescaling of the same weights)
+  is applied with a warning, while another rank or other target modules are still refused: the
+  saved adapter's tensors would not fit;
 - ``RECORDED``: kept as the run's history, unused by a resume (the weights come from the
-  checkpoint): a different flag is ignored, with a warning;
+  checkpoint): a different flag is ignored, with a warning. A LoRA run's base model is rebuilt from
+  ``--pretrained-model``, so there a new one (the same base moved elsewhere) is used, and its weights
+  checked against the fingerprint the checkpoint recorded (``model/lora.py``);
 - ``SESSION``: this session's business (which checkpoint, where to write, workers, progress...):
   never taken from the checkpoint.
 
@@ -39,7 +46,9 @@ APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps
            "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
            "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
            "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project",
-           "optimizer", "auto_micro_batch")
+           "optimizer", "auto_micro_batch", "lora_dropout", "save_adapter_only")
+ADAPTER = ("lora_r", "lora_alpha", "lora_target_modules")
+RESHAPING = ("lora_r", "lora_target_modules")  # the saved adapter's tensors cannot take another value
 GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
            "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
            "gradient_accumulation_steps", "streaming", "columns", "source_template")
@@ -61,6 +70,8 @@ NOTES = {"learning_rate": "the schedule's peak from step {step} on",
          "optimizer_rewarmup_steps": "used only when a checkpoint has no optimizer state",
          "optimizer": "the saved optimizer state is not loaded: the new one starts fresh and the learning rate "
                       "re-warms over --optimizer-rewarmup-steps",
+         "pretrained_model": "the LoRA run's base model is rebuilt from it (its weights must match the "
+                             "checkpoint's fingerprint)",
          "mixed_precision": "from step {step} on; the losses are no longer bitwise equal to an uninterrupted run's"}
 
 
@@ -82,6 +93,7 @@ class Decision:
     values: dict                                               # this session's settings
     applied: list[Change] = field(default_factory=list)
     refused: list[Change] = field(default_factory=list)        # GUARDED changes
+    adapter: list[Change] = field(default_factory=list)        # ADAPTER changes
     ignored: list[Change] = field(default_factory=list)        # RECORDED flags a resume does not use
     kept: list[str] = field(default_factory=list)              # taken from the checkpoint, unlike this command's
     unrecorded: list[str] = field(default_factory=list)        # run settings the checkpoint lacks
@@ -102,6 +114,11 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
             out.unrecorded.append(name)
             continue
         old = recorded[name]
+        if name == "pretrained_model" and recorded.get("lora_r") and name in explicit:
+            out.values[name] = value  # a LoRA run rebuilds its base from it (checked by its fingerprint)
+            if old != value:
+                out.applied.append(Change(name, old, value))
+            continue
         if name not in explicit or name in RECORDED:
             out.values[name] = old
             if name in explicit and old != value:
@@ -109,7 +126,8 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
             elif old != value and name not in RECORDED:
                 out.kept.append(name)
         elif old != value and name not in FILES:
-            (out.refused if name in GUARDED else out.applied).append(Change(name, old, value))
+            group = out.refused if name in GUARDED else out.adapter if name in ADAPTER else out.applied
+            group.append(Change(name, old, value))
     return out
 
 
@@ -129,6 +147,8 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
         raise UserError("the run does not match the checkpoint: " + "; ".join(map(str, decision.refused))
                         + "; these change which recipes the rest of the run sees: drop them to resume the same "
                           "run, or pass --allow-config-change to resume anyway (the sample order will differ)")
+    _check_adapter(decision.adapter, config.allow_config_change, where)
+    decision.applied += decision.adapter
     step = saved.get("global_step", 0) + 1  # the first step this session trains
     for change in decision.refused:
         log.warning("config changed on resume: %s (the sample order differs from an uninterrupted run's)", change)
@@ -146,6 +166,24 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
     check_reporters(decision.values["report_to"])
     check_optimizer(decision.values["optimizer"])  # an inherited adamw-8bit on a machine without CUDA
     return dataclasses.replace(config, **decision.values)
+
+
+def _check_adapter(changes: list[Change], allowed: bool, where: str) -> None:
+    """A LoRA adapter's shape changed on a resume: refused (exit 2), a new alpha allowed with the flag."""
+    if not changes:
+        return
+    reshaping = [c for c in changes if c.name in RESHAPING]
+    if reshaping:
+        raise UserError(f"{where} was trained with another adapter: " + "; ".join(map(str, reshaping))
+                        + ": its saved tensors do not fit that shape (not even with --allow-config-change); "
+                          "drop the flags to resume the run, or start a new run from the run's merged final "
+                          "model (--pretrained-model MODEL_OUTPUT)")
+    if not allowed:
+        raise UserError(f"{where}'s adapter was trained with " + "; ".join(map(str, changes)) + " as the old "
+                        "value: drop the flag to resume the same run, or pass --allow-config-change to rescale "
+                        "the adapter from here on")
+    for change in changes:
+        log.warning("adapter changed on resume: %s (the saved adapter's update is rescaled from here on)", change)
 
 
 def file_changes(values: dict, saved: dict, where: str) -> list[Change]:

@@ -4,11 +4,16 @@ Features, in the order a step meets them:
 - data (``train/data_setup.py``): tokenized once into an on-disk cache, length-grouped deterministic
   batches padded to a multiple of 8, a resumable sampler that owns the data position (resume =
   index arithmetic, no skipped batches replayed);
+- model: every weight trained, or with ``--lora-r`` rank-R adapters (``model/lora.py``, peft) on a
+  frozen base checked by its fingerprint on resume; the final model is then the merged one;
 - precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
-- periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, validation with
-  the best loss tracked, checkpoints every ``--save-steps`` optimizer steps;
+- periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
+  (``train/evaluation.py``: validation loss, recipe metrics, the best step, samples), checkpoints every
+  ``--save-steps`` optimizer steps;
+- out of GPU memory in a step (``train/oom.py``): retried at half the micro-batch with
+  ``--auto-micro-batch``, else one line with what would fit;
 - checkpoints and resume: the ``CheckpointManager`` (``checkpoint/manager.py``) saves and restores
   every stateful piece (``train/components.py``): model, optimizer, scheduler, every RNG, the data
   position, the run state, the reporters; on CPU the resumed losses equal the uninterrupted run's
@@ -30,7 +35,6 @@ committed.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import time
@@ -46,12 +50,10 @@ from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import OutOfMemory, Preempted, SaveError, UserError
-from chef_genius.evaluation.heldout import evaluate_model, held_out
-from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
+from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
 from chef_genius.model import lean_loss
+from chef_genius.model import lora
 from chef_genius.model import memory
-from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
                                        resolve_precision, should_compile, unwrap)
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
@@ -60,27 +62,18 @@ from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
 from chef_genius.train import memory_plan
+from chef_genius.train import oom
 from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.data_setup import make_data
+from chef_genius.train.evaluation import Evaluation
 from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
 log = logging.getLogger("chef_genius")
-
-
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    """Whether ``value`` of ``metric`` beats ``best`` (eval_loss, invented_ingredients, repetition: lower)."""
-    if best is None:
-        return True
-    return value > best if HIGHER_IS_BETTER.get(metric, False) else value < best
-
-
-def format_metrics(metrics: dict) -> str:
-    return ", ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name in HIGHER_IS_BETTER)
 
 
 class LogWindow:
@@ -93,19 +86,6 @@ class LogWindow:
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
         self.wall_started = self.started     # not moved: the wall-clock rate, validation included
-
-
-def split_micro_batches(window: list[dict], pieces: int) -> list[dict]:
-    """Each batch of ``window`` cut into ``pieces`` smaller ones along the rows (``--auto-micro-batch``):
-    the same recipes, so the same optimizer step."""
-    if pieces == 1:
-        return window
-    out = []
-    for batch in window:
-        parts = min(pieces, batch["input_ids"].shape[0])
-        columns = {k: v.tensor_split(parts) for k, v in batch.items()}
-        out += [{k: columns[k][i] for k in batch} for i in range(parts)]
-    return out
 
 
 class Trainer:
@@ -131,7 +111,6 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
-        self.last_generation = None   # (step, metrics, details) of the newest --eval-generate scoring
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -148,6 +127,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
+        self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
+                                     self.reporters, self.state)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
@@ -164,11 +145,21 @@ class Trainer:
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
 
     def _hold_run_folder(self) -> None:
-        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.
+        Rank 0 takes the lock; a refusal ends every rank (the others would wait in its next collective)."""
+        refusal = None
         if self.is_main:
-            disk.prepare_output(self.output)
-            self.run_lock = RunLock(self.output).acquire()
-            self.run_lock.remove_leftovers()
+            try:
+                disk.prepare_output(self.output)
+                self.run_lock = RunLock(self.output).acquire()
+                self.run_lock.remove_leftovers()
+            except UserError as err:
+                refusal = err
+        shared = dist.broadcast_object(self.accelerator, None if refusal is None else (str(refusal), refusal.exit_code))
+        if refusal is not None:
+            raise refusal
+        if shared is not None:
+            raise ReportedByRankZero(*shared)
 
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
@@ -189,7 +180,8 @@ class Trainer:
         c = self.config
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
-        model = load_model(self.model_source)
+        model = load_model(c.pretrained_model if c.lora_r else self.model_source)  # LoRA: the base, always
+        self.base = self._base_record(model, loaded) if c.lora_r else None
         self.head = lean_loss.install(model)  # loss over labelled positions only (model/lean_loss.py)
         if c.gradient_checkpointing:
             model.config.use_cache = False
@@ -199,6 +191,37 @@ class Trainer:
         if self.is_main:
             memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
+        if c.lora_r:
+            model = self._wrap_lora(model, loaded)
+        return model
+
+    def _base_record(self, model, loaded: LoadedCheckpoint | None) -> dict:
+        """A LoRA run's base: its fingerprint, computed once, checked against the checkpoint's on resume."""
+        c = self.config
+        if sharded.is_fsdp(self.accelerator):
+            raise UserError("--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
+                            "without an FSDP config) or on one GPU")
+        began = time.perf_counter()
+        digest = lora.fingerprint(model)
+        log.info("base model %s: weights' sha256 %s (%.1fs)", c.pretrained_model, digest[:12],
+                 time.perf_counter() - began)
+        if loaded is not None:
+            if not ckpt.is_adapter(loaded.path):
+                raise UserError(f"{loaded.path.name} is a full fine-tuning checkpoint and has no adapter to "
+                                "continue: resume it without --lora-r")
+            lora.check_base(loaded.path, digest, c.pretrained_model)
+        return lora.base_record(c.pretrained_model, digest, sum(p.numel() for p in model.parameters()))
+
+    def _wrap_lora(self, model, loaded: LoadedCheckpoint | None):
+        c = self.config
+        model = lora.wrap(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules)
+        if loaded is not None:
+            lora.load_adapter(model, loaded.path)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)", c.lora_r,
+                 c.lora_alpha, c.lora_dropout, " ".join(lora.targets_of(model)),
+                 f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
         return model
 
     def _make_data(self, model) -> None:
@@ -238,14 +261,21 @@ class Trainer:
             ckpt.SETTINGS: parts.SettingsSlice(self._hyperparameters),
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
+        files = parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template)
+        final_tensors = tensors
+        if c.lora_r:  # checkpoints hold the adapter only; the final model the merged base (or the adapter)
+            files = parts.AdapterFiles(acc, self.model, self.tokenizer, c.source_template, self.base,
+                                       c.save_adapter_only)
+            final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
+            tensors = [t for t in tensors if t[2]]
         return CheckpointManager(
-            self.output, parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template), components,
+            self.output, files, components,
             world=dist.World(acc),
             async_save=c.async_save, on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
             checkpoint_bytes=disk.estimate_checkpoint_bytes(tensors, extra_bytes=tokenizer),
-            model_bytes=disk.estimate_checkpoint_bytes(tensors, optimizer_moments=0, extra_bytes=tokenizer))
+            model_bytes=disk.estimate_checkpoint_bytes(final_tensors, optimizer_moments=0, extra_bytes=tokenizer))
 
     def _resume(self, loaded: LoadedCheckpoint) -> None:
         restored = self.checkpoints.restore(loaded)
@@ -344,35 +374,17 @@ class Trainer:
         while True:
             counted = self.window.source_tokens, self.window.rows
             try:
-                return self._train_step(split_micro_batches(window, self.state.micro_batch_split))
+                return self._train_step(oom.split_micro_batches(window, self.state.micro_batch_split))
             except torch.cuda.OutOfMemoryError:
                 pass  # handled below, outside the except: its traceback holds the step's tensors
             self.window.source_tokens, self.window.rows = counted
             self._out_of_memory()
 
     def _out_of_memory(self) -> None:
-        c, s = self.config, self.state
-        self.optimizer.zero_grad(set_to_none=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        micro = math.ceil(c.batch_size / s.micro_batch_split)
-        accumulation = c.gradient_accumulation_steps * s.micro_batch_split
-        if c.auto_micro_batch and micro > 1:
-            s.micro_batch_split *= 2
-            log.warning("out of GPU memory in step %d at micro-batch %d: retrying it with micro-batch %d x "
-                        "accumulation %d (global batch %d unchanged; kept for the rest of the run and in its "
-                        "checkpoints)", s.global_step + 1, micro, math.ceil(c.batch_size / s.micro_batch_split),
-                        accumulation * 2, self.global_batch)
-            return
-        intact = self.checkpoints.wait()
-        newest = self.checkpoints.last_step
-        where = (f"{ckpt.PREFIX}{newest} is intact (resume with --resume-from-checkpoint latest)"
-                 if intact and newest is not None else "no checkpoint of this run was saved yet")
-        fits = memory_plan.advice(unwrap(self.model), c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
-        retry = "" if c.auto_micro_batch else "; or pass --auto-micro-batch to halve the micro-batch on this error"
-        raise OutOfMemory(f"out of GPU memory in step {s.global_step + 1} at micro-batch {micro} x accumulation "
-                          f"{accumulation}; {fits}{retry}; {where}")
+        oom.free_step(self.optimizer)
+        if not oom.halve(self.config, self.state, self.global_batch):
+            raise oom.give_up(self.config, self.state, self.checkpoints, unwrap(self.model),
+                              self.accelerator.mixed_precision == "bf16", self.gpu_free)
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
@@ -426,7 +438,7 @@ class Trainer:
         s.train_seconds += elapsed
         rows = max(w.rows, 1)
         flops = train_flops(self.model_config, w.source_tokens, w.tokens, w.source_tokens / rows,
-                            w.tokens / rows) * self.accelerator.num_processes
+                            w.tokens / rows, frozen_weights=bool(self.config.lora_r)) * self.accelerator.num_processes
         utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
         record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
                   "loss": sum(losses) / len(losses), "step_losses": losses,
@@ -439,102 +451,20 @@ class Trainer:
         self.window = LogWindow()
 
     def maybe_evaluate(self, force: bool = False) -> float | None:
-        s, c = self.state, self.config
-        if self.eval_loader is None or not (force or s.global_step % c.eval_steps == 0):
+        if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluate()
-        generation = self.log_generation()
-        value = loss if c.metric_for_best == "eval_loss" else (generation or {}).get(c.metric_for_best)
-        improved = value is not None and is_better(c.metric_for_best, value, self._best_value())
-        if improved:
-            s.best_loss, s.best_step, s.best_value = loss, s.global_step, value
-        self.reporters.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
-                              "best_step": s.best_step, "metric_for_best": c.metric_for_best,
-                              "best_value": s.best_value})
-        if self.is_main:
-            best = "" if not improved else (" (best)" if c.metric_for_best == "eval_loss"
-                                            else f" (best {c.metric_for_best} {value:.4f})")
-            log.info("step %d validation loss %.4f%s", s.global_step, loss, best)
-        self.log_samples()
+        loss = self.evaluation.run(self.model, self._loss_sum)
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
-    def _best_value(self) -> float | None:
-        s = self.state
-        if s.best_value is None and self.config.metric_for_best == "eval_loss":
-            return s.best_loss  # a checkpoint from before --metric-for-best kept only the loss
-        return s.best_value
-
-    def log_generation(self) -> dict | None:
-        """Recipe metrics of greedy recipes for the first ``--eval-generate`` validation recipes (main
-        process; every RNG stream restored, so a resumed run stays bit-identical)."""
-        c = self.config
-        if not c.eval_generate or self.eval_data is None:
-            return None
-        if getattr(self, "generation_set", None) is None:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
-        metrics = None
-        if self.is_main:
-            metrics, details = self.score_generation()
-            self.last_generation = (self.state.global_step, metrics, details)
-            self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
-                                  "recipes": len(details), "samples": details[:3]})
-            log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
-                     format_metrics(metrics))
-        return dist.broadcast_object(self.accelerator, metrics)
-
     def preview(self) -> tuple[int, str, str] | None:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
-        if self.eval_data is None or not len(self.eval_data) or not self.is_main:
-            return None
-        c = self.config
-        example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
-        _, details = evaluate_model(unwrap(self.model), self.tokenizer, example, self.device, self.accelerator.autocast,
-                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
-                                    template=c.source_template)
-        return self.state.global_step, example[0].ingredient_text, details[0]["text"]
+        return self.evaluation.preview(self.model)
 
     def final_generation(self) -> tuple[int, dict, list[dict]]:
         """(step, metrics, details) of the final model on the ``--eval-generate`` recipes."""
-        if self.last_generation is None or self.last_generation[0] != self.state.global_step:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
-                                           self.config.source_template)
-            self.last_generation = (self.state.global_step, *self.score_generation())
-        return self.last_generation
-
-    def score_generation(self) -> tuple[dict, list[dict]]:
-        """(metrics, per-recipe details) of the model as it is now on the ``--eval-generate`` recipes."""
-        from chef_genius.monitoring.progress import CountProgress
-        with CountProgress("generating validation recipes", len(self.generation_set), self.config.progress,
-                           self.is_main) as progress:
-            return evaluate_model(unwrap(self.model), self.tokenizer, self.generation_set, self.device,
-                                  self.accelerator.autocast, max_new_tokens=self.config.max_target_length,
-                                  max_source_length=self.config.max_source_length, on_batch=progress.update,
-                                  template=self.config.source_template)
-
-    def log_samples(self) -> None:
-        """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
-        if not self.is_main or not self.config.eval_samples:
-            return
-        samples = eval_samples(unwrap(self.model), self.tokenizer, self.device, self.config.eval_samples,
-                               self.accelerator.autocast, self.config.source_template)
-        self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
-        for sample in samples:
-            log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
-                     sample["text"][:300])
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        tokens = torch.zeros((), device=self.device, dtype=torch.float64)
-        for batch in self.eval_loader:
-            loss_sum += self._loss_sum(batch)
-            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
-        loss_sum, tokens = self.accelerator.reduce(loss_sum), self.accelerator.reduce(tokens)
-        self.model.train()
-        return (loss_sum / tokens.clamp(min=1)).item()
+        return self.evaluation.final_generation(self.model)
 
     def maybe_save(self) -> bool:
         """Checkpoint when it is time (every ``--save-steps``, ``--save-every-minutes``, a stop signal on any

@@ -10,12 +10,14 @@ import torch
 from conftest import run_training, step_losses, train_args
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 from chef_genius.errors import EXIT_SAVE, SaveError
 
 
 def _sha(checkpoint, name):
-    return ckpt.read_manifest(checkpoint)["files"][name]["sha256"]
+    return ckmanifest.read_manifest(checkpoint)["files"][name]["sha256"]
 
 
 def _assert_same(a, b, where=""):
@@ -47,13 +49,13 @@ def test_async_checkpoints_equal_sync_ones_and_resume_bitwise(tiny_model, small_
         for state in (a, b):  # wall-clock time is the one thing allowed to differ
             state["run_state"].pop("train_seconds")
         _assert_same(a, b, name)
-        assert not ckpt.manifest_problems(asyn / name, verify_hashes=True)
+        assert not ckmanifest.manifest_problems(asyn / name, verify_hashes=True)
     assert step_losses(asyn) == step_losses(sync)
 
     # Stop after 7 steps with an async save in flight at the end, resume, compare bit for bit.
     assert run_training(*train_args(tiny_model, small_csv, resumed, cache_dir, "--epochs", "1", "--async-save",
                                     "--stop-after-steps", "7")) == 0
-    assert ckpt.find_latest(resumed)[0].name == "checkpoint-7"
+    assert ckmanifest.find_latest(resumed)[0].name == "checkpoint-7"
     assert run_training(*train_args(tiny_model, small_csv, resumed, cache_dir, "--epochs", "1", "--async-save",
                                     "--resume-from-checkpoint", "latest")) == 0
     assert step_losses(resumed) == step_losses(sync)
@@ -63,7 +65,7 @@ def test_background_save_error_stops_the_run(tiny_model, small_csv, cache_dir, t
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "write_checkpoint", full_disk)
+    monkeypatch.setattr(ckcommit, "write_checkpoint", full_disk)
     with pytest.raises(SaveError, match="checkpoint-5 was not saved: the disk under .* is full") as err:
         run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--async-save"))
     assert err.value.exit_code == EXIT_SAVE

@@ -7,6 +7,8 @@ import torch
 from safetensors import safe_open
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from conftest import run_training, train_args
 
 
@@ -62,8 +64,8 @@ def test_manifest_lists_every_file_with_size_and_sha256(run):
     assert set(manifest["files"]) == on_disk
     for name, entry in manifest["files"].items():
         assert entry["size"] == (folder / name).stat().st_size
-        assert entry["sha256"] == ckpt.sha256_file(folder / name)
-    assert ckpt.manifest_problems(folder, verify_hashes=True) == []
+        assert entry["sha256"] == ckfiles.sha256_file(folder / name)
+    assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
 
 
 def test_a_changed_file_fails_the_manifest(run, tmp_path):
@@ -73,10 +75,10 @@ def test_a_changed_file_fails_the_manifest(run, tmp_path):
     data = bytearray((copy / "training_state.pt").read_bytes())
     data[100] ^= 0xFF
     (copy / "training_state.pt").write_bytes(bytes(data))
-    assert ckpt.manifest_problems(copy) == []  # same size: only the hash tells
-    assert "sha256" in ckpt.manifest_problems(copy, verify_hashes=True)[0]
+    assert ckmanifest.manifest_problems(copy) == []  # same size: only the hash tells
+    assert "sha256" in ckmanifest.manifest_problems(copy, verify_hashes=True)[0]
     (copy / "config.json").write_text("{}")
-    assert "bytes" in ckpt.manifest_problems(copy)[0]
+    assert "bytes" in ckmanifest.manifest_problems(copy)[0]
 
 
 def test_latest_skips_a_checkpoint_without_manifest(run, tmp_path):
@@ -84,5 +86,5 @@ def test_latest_skips_a_checkpoint_without_manifest(run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(run, out)
     (out / "checkpoint-10" / "manifest.json").unlink()
-    found, skipped = ckpt.find_latest(out)
+    found, skipped = ckmanifest.find_latest(out)
     assert found.name == "checkpoint-5" and skipped[0][0].name == "checkpoint-10"

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_PREEMPTED
 from chef_genius.monitoring.metrics import read_metrics
@@ -51,8 +52,8 @@ def losses_by_step(output: Path) -> dict[int, float]:
 def assert_recoverable(folder: Path) -> int:
     """Every checkpoint-* verifies (hashes too); `latest` finds one that loads. Returns its step (0: none)."""
     for path in ckpt.list_checkpoints(folder):
-        assert ckpt.manifest_problems(path, verify_hashes=True) == [], path
-    latest, skipped = ckpt.find_latest(folder, verify_hashes=True)
+        assert ckmanifest.manifest_problems(path, verify_hashes=True) == [], path
+    latest, skipped = ckmanifest.find_latest(folder, verify_hashes=True)
     assert skipped == []
     if latest is None:
         return 0

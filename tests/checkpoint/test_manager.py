@@ -25,6 +25,8 @@ import torch
 from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import faults
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.manager import CheckpointManager
 from chef_genius.errors import EXIT_PREEMPTED, EXIT_SAVE, SaveError, run_cli
 from chef_genius.monitoring import metrics as metrics_module
@@ -92,8 +94,8 @@ def test_sigterm_during_an_async_save_exits_75_only_with_a_committed_checkpoint(
     match = re.match(r"stopped: SIGTERM received: saved checkpoint-(\d+) and exited with code 75", last)
     assert match, text[-3000:]
     step = int(match.group(1))
-    assert ckpt.manifest_problems(out / f"checkpoint-{step}", verify_hashes=True) == [], text[-3000:]
-    assert ckpt.find_latest(out, verify_hashes=True)[0].name == f"checkpoint-{step}"
+    assert ckmanifest.manifest_problems(out / f"checkpoint-{step}", verify_hashes=True) == [], text[-3000:]
+    assert ckmanifest.find_latest(out, verify_hashes=True)[0].name == f"checkpoint-{step}"
     assert _no_staging(out) and "failed" not in text
     _assert_resumes_like_the_reference(reference, argv, out, step)
 
@@ -115,7 +117,7 @@ def test_ctrl_c_right_after_an_async_save_waits_for_both_writes(reference, tiny_
     assert code == EXIT_PREEMPTED
     assert err[-1].startswith("stopped: SIGINT received: saved checkpoint-3 ")
     for step in (2, 3):  # committed when the process reports it, not some time later
-        assert ckpt.manifest_problems(out / f"checkpoint-{step}", verify_hashes=True) == []
+        assert ckmanifest.manifest_problems(out / f"checkpoint-{step}", verify_hashes=True) == []
     assert _no_staging(out)
     _assert_resumes_like_the_reference(reference, argv, out, 3)
 
@@ -150,7 +152,7 @@ def test_async_saves_apply_save_total_limit(tiny_model, small_csv, cache_dir, tm
     out = tmp_path / "run"
     assert run_training(*_args(tiny_model, small_csv, cache_dir, out, "--async-save", "--save-total-limit", 2)) == 0
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
-    assert all(ckpt.manifest_problems(p, verify_hashes=True) == [] for p in ckpt.list_checkpoints(out))
+    assert all(ckmanifest.manifest_problems(p, verify_hashes=True) == [] for p in ckpt.list_checkpoints(out))
 
 
 def _full_disk(*args, **kwargs):
@@ -160,7 +162,7 @@ def _full_disk(*args, **kwargs):
 def test_async_save_on_a_full_disk_stops_with_one_line_and_exit_4(tiny_model, small_csv, cache_dir, tmp_path,
                                                                   monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(ckpt, "write_checkpoint", _full_disk)
+    monkeypatch.setattr(ckcommit, "write_checkpoint", _full_disk)
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out, "--async-save"), capsys)
     assert code == EXIT_SAVE
     assert err[-1].startswith("error: checkpoint-2 was not saved: the disk under ") and " is full " in err[-1]
@@ -172,7 +174,7 @@ def test_async_save_on_a_full_disk_stops_with_one_line_and_exit_4(tiny_model, sm
 def test_continue_trains_on_and_ends_with_exit_4_when_the_final_checkpoint_failed(
         tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys, caplog, mode):
     out = tmp_path / "run"
-    monkeypatch.setattr(ckpt, "write_checkpoint", _full_disk)
+    monkeypatch.setattr(ckcommit, "write_checkpoint", _full_disk)
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out, "--on-save-error", "continue", *mode), capsys)
     assert code == EXIT_SAVE
     assert sorted(step_losses(out)) == list(range(1, 7))  # the run went on
@@ -322,7 +324,7 @@ def test_one_save_path_gathers_in_the_main_thread_writes_copies_and_applies_rete
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
     for step in (2, 3):
         folder = tmp_path / f"checkpoint-{step}"
-        assert ckpt.manifest_problems(folder, verify_hashes=True) == []
+        assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
         assert ckpt.load_training_state(folder)["global_step"] == step
         assert (folder / ckpt.WEIGHTS).read_bytes() == (torch.arange(6.0) + step - 1).numpy().tobytes()
     assert set(model.threads + run.threads) == {threading.main_thread()}  # collectives stay in the main thread

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint import faults
 from chef_genius.checkpoint.retention import apply_retention, select_for_deletion
 
@@ -38,7 +40,7 @@ def _fake_checkpoint(root, step):
     def save_model(folder):
         (folder / ckpt.MODEL_CONFIG).write_text("{}")
         (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
-    return ckpt.write_checkpoint(root, step, save_model, {"global_step": step})
+    return ckcommit.write_checkpoint(root, step, save_model, {"global_step": step})
 
 
 def test_incomplete_folders_are_neither_counted_nor_deleted(tmp_path):
@@ -67,6 +69,6 @@ def test_crash_mid_deletion_never_leaves_a_valid_looking_half(tmp_path, monkeypa
     monkeypatch.setattr(faults, "hook", None)
     # whatever is left is either gone or under a name that is never resumed from, and gets removed
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2"]
-    assert not ckpt.manifest_problems(tmp_path / "checkpoint-2", verify_hashes=True)
+    assert not ckmanifest.manifest_problems(tmp_path / "checkpoint-2", verify_hashes=True)
     ckpt.remove_staging(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]

@@ -21,6 +21,7 @@ import pytest
 
 from chef_genius.checkpoint import faults
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import runlock
 from chef_genius.checkpoint.runlock import RunLock, RunLocked
 from chef_genius.doctor.cli import fix_all_main, verify_main
@@ -118,7 +119,7 @@ def test_a_second_fresh_run_is_refused_and_the_live_run_finishes_alone(tiny_mode
     assert "was not saved" not in text and "done: step 2" in text
     # the first run's checkpoints are its own: none moved aside, one session in metrics.jsonl
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
-    assert ckpt.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
     assert not (out / "superseded").exists()
     assert [r["type"] for r in read_metrics(out / "metrics.jsonl") if r["type"] in ("start", "resume")] == ["start"]
     assert not (out / ckpt.RUN_LOCK).exists() and not ckpt.staging_folders(out)
@@ -176,12 +177,13 @@ NAMES = textwrap.dedent("""
     os.getpid = lambda: 4242  # the same pid: another host of a shared file system, or a pid reused
     from chef_genius.checkpoint import faults
     from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import commit as ckcommit
     out, seen = Path(sys.argv[1]), []
     faults.hook = lambda label: seen.extend(p.name for p in out.iterdir() if p.name.startswith("."))
     def save_model(folder):
         (folder / ckpt.MODEL_CONFIG).write_text("{}")
         (folder / ckpt.WEIGHTS).write_bytes(b"w")
-    ckpt.delete_checkpoint(ckpt.write_checkpoint(out, 1, save_model, {}))
+    ckcommit.delete_checkpoint(ckcommit.write_checkpoint(out, 1, save_model, {}))
     print(json.dumps(sorted(set(seen))))
 """)
 

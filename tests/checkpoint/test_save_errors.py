@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk
 from chef_genius.errors import EXIT_SAVE, SaveError
 from chef_genius.checkpoint.resume import resolve
@@ -24,7 +26,7 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def tree_digest(folder):
-    return {p.relative_to(folder).as_posix(): ckpt.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    return {p.relative_to(folder).as_posix(): ckfiles.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
             and "checkpoint-" in p.as_posix()}
 
 
@@ -69,7 +71,7 @@ def test_full_disk_during_a_save_stops_with_exit_4_and_keeps_earlier(tiny_model,
     message = str(exc.value)
     assert "checkpoint-4 was not saved" in message and "is full" in message and "\n" not in message
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
-    assert ckpt.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 

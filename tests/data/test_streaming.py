@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import run_training, step_losses, train_args
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.data.sampler import ResumableBatchSampler
 from chef_genius.data.streaming import StreamingDataset, StreamingSampler, group_order
 from chef_genius.data.tokenized import LABEL_PAD, Collator
@@ -28,7 +28,7 @@ def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_cs
     # Stop mid-epoch (step 7 of 12, inside the second length group) and resume with a loader worker.
     assert run_training(*train_args(tiny_model, small_csv, resumed, cache, *flags, "--stop-after-steps", "7",
                                     "--dataloader-num-workers", "1")) == 0
-    assert ckpt.find_latest(resumed)[0].name == "checkpoint-7"
+    assert ckmanifest.find_latest(resumed)[0].name == "checkpoint-7"
     assert run_training(*train_args(tiny_model, small_csv, resumed, cache, *flags, "--dataloader-num-workers", "1",
                                     "--resume-from-checkpoint", "latest")) == 0
     assert step_losses(resumed) == losses

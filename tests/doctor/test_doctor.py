@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import run_cli
 from chef_genius.train.schedule import lr_factor
@@ -99,8 +101,8 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
     assert rebuilt["data_position"]["epoch"] == original["data_position"]["epoch"] == 0
     assert rebuilt["data_position"]["samples_in_epoch"] == original["data_position"]["samples_in_epoch"] == 80
     assert rebuilt["scheduler_state_dict"]["_last_lr"] == pytest.approx(original["scheduler_state_dict"]["_last_lr"])
-    assert ckpt.manifest_problems(folder, verify_hashes=True) == []
-    assert ckpt.find_latest(run_copy)[0] == folder
+    assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
+    assert ckmanifest.find_latest(run_copy)[0] == folder
 
     caplog.set_level(logging.INFO)
     args = train_args(tiny_model, small_csv, run_copy, cache_dir, "--resume-from-checkpoint", "latest",
@@ -264,7 +266,7 @@ def test_malicious_state_never_executed(run_copy, tiny_model, small_csv, cache_d
         torch.save(value, folder / ckpt.TRAINING_STATE)
     else:
         (folder / ckpt.TRAINING_STATE).write_bytes(pickle.dumps(value))
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, 10))  # an attacker can do that
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, 10))  # an attacker can do that
     before = snapshot(folder)
 
     code, report = verify_json(folder, capsys)
@@ -350,8 +352,8 @@ def test_step_and_optimizer_mismatch_reported(run_copy, capsys):
     folder = run_copy / "checkpoint-10"
     state = ckpt.load_training_state(folder)
     del state["optimizer_state_dict"]["state"][3]
-    ckpt.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, 10))
+    ckfiles.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, 10))
     moved = folder.rename(run_copy / "checkpoint-11")
     code, report = verify_json(moved, capsys)
     assert code == 1 and {"step_mismatch", "optimizer_mismatch"} <= {p["code"] for p in report["problems"]}

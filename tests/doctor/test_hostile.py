@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import resume
 from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import UserError, run_cli
@@ -118,7 +120,7 @@ def snapshot(folder):
 
 def seal(folder, step=None):
     """Write a manifest over ``folder`` as it is now (what an attacker or a bad copy can do)."""
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, step or ckpt.step_of(folder)))
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, step or ckpt.step_of(folder)))
 
 
 def assert_untouched(secret, marker, opened):
@@ -149,7 +151,7 @@ def test_truncated_file_is_damage_and_never_blessed(run, capsys, name):
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "NOT resumable" in out and f"resume from {run / 'checkpoint-5'}" in out
     assert snapshot(folder) == before  # kept as it is, no manifest written over it
-    found, skipped = ckpt.find_latest(run)
+    found, skipped = ckmanifest.find_latest(run)
     assert found == run / "checkpoint-5" and skipped[0][0] == folder
 
 
@@ -162,7 +164,7 @@ def test_damaged_file_restored_from_a_sibling_with_the_manifests_sha256(run, cap
     code, report = report_of(folder, capsys, "--fix", "--no-backup")
     assert code == 0, report
     assert [r["code"] for r in report["repairs"]].count("file_restored") == 2
-    assert path.read_bytes() == original and ckpt.manifest_problems(folder, verify_hashes=True) == []
+    assert path.read_bytes() == original and ckmanifest.manifest_problems(folder, verify_hashes=True) == []
     (backup,) = folder.glob("backup-*")  # the damaged file is kept, even with --no-backup
     assert (backup / "tokenizer.json").read_bytes() == original[:1000]
 
@@ -176,7 +178,7 @@ def test_damaged_file_without_manifest_gets_no_complete_manifest(run, capsys):
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "tokenizer.json is not valid JSON" in out and "NOT resumable" in out
     assert not (folder / ckpt.MANIFEST).exists()
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
 
 
 def test_same_size_flip_in_state_is_rebuilt_keeping_the_original(run, capsys):
@@ -304,7 +306,7 @@ def test_symlinked_checkpoint_is_reported_never_followed(run, tmp_path, capsys, 
     code, out, _ = cli(fix_all_main, run, capsys=capsys)
     assert code == 1 and "untrusted_entry" in out
     assert snapshot(elsewhere) == before  # nothing written outside the run
-    found, skipped = ckpt.find_latest(run)
+    found, skipped = ckmanifest.find_latest(run)
     assert found == run / "checkpoint-10" and "symbolic link" in skipped[0][1]
     code, report = report_of(run / "checkpoint-11", capsys)
     assert code == 1 and "symbolic link" in report["problems"][0]["message"]
@@ -317,8 +319,8 @@ def test_symlinked_files_are_never_hashed_copied_or_blessed(run, capsys, outside
     (folder / "tokenizer.json").unlink()
     os.symlink(secret, folder / "tokenizer.json")
     os.symlink(secret, folder / "notes.txt")
-    manifest = ckpt.read_manifest(folder)  # an attacker lists the links too
-    manifest["files"]["notes.txt"] = {"size": secret.stat().st_size, "sha256": ckpt.sha256_file(secret)}
+    manifest = ckmanifest.read_manifest(folder)  # an attacker lists the links too
+    manifest["files"]["notes.txt"] = {"size": secret.stat().st_size, "sha256": ckfiles.sha256_file(secret)}
     manifest["files"]["tokenizer.json"] = dict(manifest["files"]["notes.txt"])
     (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
     _OPENED.clear()
@@ -329,9 +331,9 @@ def test_symlinked_files_are_never_hashed_copied_or_blessed(run, capsys, outside
         assert "symbolic link" in report["problems"][0]["message"]
     assert cli(fix_all_main, run, capsys=capsys)[0] == 1
     assert snapshot(folder) == before and not list(folder.glob("backup-*"))
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
     with pytest.raises(ckpt.CheckpointError):
-        ckpt.build_manifest(folder, 10)
+        ckmanifest.build_manifest(folder, 10)
     assert_untouched(secret, marker, opened)
 
 
@@ -340,17 +342,17 @@ def test_manifest_paths_must_stay_inside(run, capsys, outside, opened, how):
     secret, marker = outside
     folder = run / "checkpoint-10"
     name = os.path.relpath(secret, folder) if how == "relative" else str(secret)
-    manifest = ckpt.read_manifest(folder)
+    manifest = ckmanifest.read_manifest(folder)
     manifest["files"][name] = {"size": 19, "sha256": "0" * 64}
     (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
     _OPENED.clear()
     code, out, _ = cli(verify_main, folder, "--deep", capsys=capsys)
     assert code == 1 and "a path outside the checkpoint" in out and "19 bytes" not in out
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
     assert_untouched(secret, marker, opened)
     code, report = report_of(folder, capsys, "--fix")  # the files load: a confined manifest replaces it
     assert code == 0 and "manifest_rebuilt" in {r["code"] for r in report["repairs"]}
-    assert name not in ckpt.read_manifest(folder)["files"]
+    assert name not in ckmanifest.read_manifest(folder)["files"]
     assert_untouched(secret, marker, opened)
 
 
@@ -388,7 +390,7 @@ def test_malformed_header_is_a_report_line(run, capsys, case):
         code, report = report_of(folder, capsys, *flags)
         assert time.perf_counter() - start < 15
         assert code == 1 and "weights_unreadable" in codes(report), (case, report["problems"])
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
 
 
 def test_huge_header_refused_before_it_is_read(run, capsys):
@@ -467,7 +469,7 @@ def test_a_folder_where_the_state_belongs(run, capsys):
     (folder / ckpt.TRAINING_STATE).mkdir()
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "training_state.pt is a folder where a file belongs" in out
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
 
 
 def test_pickled_bin_weights_refused_without_suggesting_weights_only_false(run, tmp_path, outside):
@@ -552,7 +554,7 @@ def test_state_with_values_of_the_wrong_kind(run, capsys, state):
     seal(folder)
     code, report = report_of(folder, capsys)
     assert code == 1 and not report["resumable"]
-    found, skipped = ckpt.find_latest(run)
+    found, skipped = ckmanifest.find_latest(run)
     assert found == run / "checkpoint-5" and skipped[0][0] == folder
 
 
@@ -599,7 +601,7 @@ def test_fifo_and_escape_names_are_report_lines_that_never_block(run, capsys):
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "tokenizer_config.json is not a regular file" in out
     assert "\x1b" not in out and "\nfake" not in out
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,12 +616,12 @@ def test_each_shard_and_the_index_get_the_trust_checks(run, tmp_path, capsys, ou
     shards = sorted(folder.glob("model-*-of-*.safetensors"))
     assert len(shards) > 2
     seal(folder)
-    assert ckpt.usability_problem(folder) is None
+    assert ckmanifest.usability_problem(folder) is None
     # a shard whose header lies, under a manifest that lists it: `latest` skips it, verify says which
     write_safetensors(shards[1], {"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1 << 40]}})
     seal(folder)
-    assert shards[1].name in ckpt.usability_problem(folder)
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert shards[1].name in ckmanifest.usability_problem(folder)
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
     code, report = report_of(folder, capsys)
     assert code == 1 and any(p["code"] == "weights_unreadable" and shards[1].name in p["message"]
                              for p in report["problems"])
@@ -631,7 +633,7 @@ def test_each_shard_and_the_index_get_the_trust_checks(run, tmp_path, capsys, ou
     os.symlink(secret, shards[1])
     code, report = report_of(folder, capsys, "--fix")
     assert code == 1 and "untrusted_entry" in codes(report) and not report["repairs"]
-    assert ckpt.find_latest(run)[0] == run / "checkpoint-5"
+    assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
     # an index naming a shard outside the folder: a sentence, never opened
     shards[1].unlink()
     index = json.loads((folder / ckpt.WEIGHTS_INDEX).read_text())
@@ -653,5 +655,5 @@ def test_bin_weights_that_are_a_link_are_never_loaded(run, capsys, outside, open
     os.symlink(target, folder / ckpt.WEIGHTS_BIN)
     code, report = report_of(folder, capsys, "--fix")
     assert code == 1 and "untrusted_entry" in codes(report) and not report["repairs"]
-    assert "a symbolic link" in ckpt.usability_problem(folder)
+    assert "a symbolic link" in ckmanifest.usability_problem(folder)
     assert_untouched(secret, marker, opened)

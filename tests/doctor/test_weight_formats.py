@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import UserError, run_cli
 from chef_genius.model.loading import load_model
@@ -61,7 +63,7 @@ def as_bin(source, dest):
 
 
 def seal(folder):
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, ckpt.step_of(folder)))
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, ckpt.step_of(folder)))
 
 
 def batch_loss(model, tokenizer) -> float:

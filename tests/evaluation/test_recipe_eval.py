@@ -10,7 +10,7 @@ from conftest import run_training, step_losses, train_args
 from chef_genius.errors import UserError
 from chef_genius.evaluation import cli as evaluate_cli
 from chef_genius.evaluation.metrics import METRICS
-from chef_genius.train.trainer import is_better
+from chef_genius.train.evaluation import is_better
 
 
 def records(output, kind):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.model import generate_cli
 from chef_genius.errors import EXIT_USAGE, UserError
 from chef_genius.model.generate_cli import main, resolve_model_dir
@@ -76,7 +77,7 @@ def test_a_run_folder_without_a_final_model_uses_its_newest_complete_checkpoint(
         for path in Path(tiny_model).iterdir():
             shutil.copy(path, folder / path.name)
     for step in (5, 10):
-        ckpt.write_checkpoint(tmp_path, step, copy_model, {"global_step": step})
+        ckcommit.write_checkpoint(tmp_path, step, copy_model, {"global_step": step})
     (tmp_path / "checkpoint-10" / ckpt.MANIFEST).unlink()  # an unfinished save is never used
     assert resolve_model_dir(str(tmp_path)) == tmp_path / "checkpoint-5"
     assert resolve_model_dir(str(tmp_path / "checkpoint-5")) == tmp_path / "checkpoint-5"

@@ -34,6 +34,20 @@ def test_chunked_loss_and_gradients_equal_the_plain_cross_entropy(chunk_rows):
                                    rtol=1e-6, atol=1e-5)
 
 
+def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_the_same():
+    """Under LoRA the head is frozen: the vocabulary x width gradient is neither computed nor returned."""
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(11, 16, generator=g, requires_grad=True)
+    weight = torch.randn(40, 16, generator=g)  # requires_grad=False
+    labels = torch.randint(0, 40, (11,), generator=g)
+    (want,) = torch.autograd.grad(_plain(hidden, weight, labels) * 0.5, (hidden,))
+    got = lean_loss.cross_entropy_sum(hidden, weight, labels, 4)
+    assert got.grad_fn.saved_tensors[1].numel() == 1  # no (vocabulary x width) buffer kept for the backward
+    (got_h,) = torch.autograd.grad(got * 0.5, (hidden,))
+    torch.testing.assert_close(got_h, want, rtol=1e-5, atol=1e-6)
+    assert weight.grad is None
+
+
 @pytest.fixture(scope="module")
 def tiny_batch(tiny_model):
     from chef_genius.model.loading import load_model

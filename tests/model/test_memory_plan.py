@@ -47,11 +47,11 @@ def test_flan_t5_large_is_planned_without_weights():
 def test_activation_estimate_scales_and_checkpointing_saves():
     model = memory.flan_t5_large()
     full = memory.plan(model, memory.Setting(micro_batch=4))
-    assert full.activations == 4 * full.per_example
+    assert full.activations == 4 * full.per_example + full.activation_fixed
     saved = memory.plan(model, memory.Setting(micro_batch=4, gradient_checkpointing=True))
     assert saved.activations < full.activations / 4
-    assert full.largest_micro_batch(full.fixed + 3 * full.per_example) == 3
-    assert full.largest_micro_batch(full.fixed - 1) == 0
+    assert full.largest_micro_batch(full.fixed + full.activation_fixed + 3 * full.per_example) == 3
+    assert full.largest_micro_batch(full.fixed + full.activation_fixed - 1) == 0
 
 
 def test_plan_only_prints_the_plans_and_trains_nothing(tiny_model, tmp_path, capsys):
@@ -85,6 +85,53 @@ def test_advice_names_only_settings_that_fit():
     model = memory.flan_t5_large()
     config = TrainConfig(data="x", batch_size=8)
     text = advice(model, config, bf16=True, free=12 * memory.GIB)
-    assert "--optimizer adafactor --batch-size 8 --gradient-checkpointing (~8.9 GiB)" in text
-    assert "--optimizer adamw --batch-size 8 --gradient-checkpointing" not in text  # 14.7 GiB
+    assert "--optimizer adafactor --batch-size 8 --gradient-checkpointing (~8.0 GiB)" in text
+    assert "--optimizer adamw --batch-size 8 --gradient-checkpointing (~" not in text  # 13.9 GiB
+    assert "--gradient-checkpointing --lora-r 16 (~5.4 GiB)" in text  # the adapter's optimizer is small
     assert "no planned setting fits" in advice(model, config, bf16=True, free=4 * memory.GIB)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adafactor"])
+def test_lora_plan_equals_what_the_real_peft_model_allocates(tiny_model, kind):
+    """The plan with --lora-r counts what training with peft really holds: the adapter's parameters,
+    their gradients and the optimizer's state over them, and the frozen base's weights."""
+    from chef_genius.model import lora
+    model = load_model(tiny_model)
+    planned = memory.plan(model, memory.Setting(optimizer=kind, micro_batch=1, lora_r=4))  # on the base
+    model = lora.wrap(model, 4, 8.0, 0.0)
+    optimizer = make_optimizer(model, 1e-3, 0.01, torch.device("cpu"), kind)
+    ids = torch.tensor([[5, 6, 7, 1]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert planned.trainable == sum(p.numel() for p in trainable) > 0
+    assert planned.weights == tensor_bytes(model.parameters())
+    assert planned.gradients == tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+    state = [value for entry in optimizer.state.values() for value in entry.values()]
+    assert len(optimizer.state) == len(trainable)
+    assert planned.optimizer_state == tensor_bytes(state)
+
+
+def test_activation_estimate_follows_the_lean_loss():
+    """Only labelled positions are projected, a chunk at a time: the vocabulary no longer grows the
+    per-example activations; one chunk of logits (and a trained head's gradient) is fixed."""
+    from dataclasses import replace as copy
+    model = memory.flan_t5_large()
+    wide = memory.meta_model(copy_config(model.config, vocab_size=2 * model.config.vocab_size), untied_head=True)
+    setting = memory.Setting(micro_batch=4)
+    narrow_plan, wide_plan = memory.plan(model, setting), memory.plan(wide, setting)
+    assert wide_plan.per_example == narrow_plan.per_example
+    v, h = model.config.vocab_size, model.config.d_model
+    assert wide_plan.activation_fixed - narrow_plan.activation_fixed == memory.CHUNK_ROWS * v * (2 + 4 + 2) + 4 * v * h
+    assert narrow_plan.activations == 4 * narrow_plan.per_example + narrow_plan.activation_fixed
+    lora_plan = memory.plan(model, copy(setting, lora_r=16))  # a frozen head: no head gradient
+    assert narrow_plan.activation_fixed - lora_plan.activation_fixed == 4 * v * h
+    budget = narrow_plan.fixed + narrow_plan.activation_fixed + 3 * narrow_plan.per_example
+    assert narrow_plan.largest_micro_batch(budget) == 3
+
+
+def copy_config(config, **changes):
+    fresh = type(config).from_dict(config.to_dict())
+    for key, value in changes.items():
+        setattr(fresh, key, value)
+    return fresh

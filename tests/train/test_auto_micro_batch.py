@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
-from chef_genius.train.trainer import Trainer, split_micro_batches
+from chef_genius.train.oom import split_micro_batches
+from chef_genius.train.trainer import Trainer
 from conftest import run_training, step_losses, train_args
 
 STEPS = ("--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2")
@@ -95,4 +97,4 @@ def test_without_the_flag_the_run_ends_with_exit_5(tiny_model, small_csv, cache_
     message = str(err.value)
     assert "out of GPU memory in step 3 at micro-batch 8 x accumulation 2" in message
     assert "--auto-micro-batch" in message and "checkpoint-2 is intact" in message
-    assert ckpt.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []

@@ -23,6 +23,7 @@ import torch
 from conftest import REPO, run_training, step_losses, train_args
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.train.distributed import SAMPLE_LOG_ENV, planned_total_steps
 from chef_genius.data.sampler import ResumableBatchSampler
 
@@ -124,7 +125,7 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
 
     # the checkpoint written by rank 0 verifies and loads like any other
     checkpoint = run_a / "checkpoint-11"
-    assert ckpt.manifest_problems(checkpoint, verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
     state = ckpt.load_training_state(checkpoint)
     assert len(state[ckpt.RNG_PER_RANK]) == 2
     assert not torch.equal(state[ckpt.RNG_PER_RANK][0]["torch"], state[ckpt.RNG_PER_RANK][1]["torch"])
@@ -151,8 +152,8 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     assert sum(_seen(log_a)[1].values()) == 18 + 6
     _launch("accelerate", args, log_a)
     assert _exactly_once(_seen(log_a)[1])
-    final = ckpt.find_latest(run_a)[0]
-    assert ckpt.manifest_problems(final) == []
+    final = ckmanifest.find_latest(run_a)[0]
+    assert ckmanifest.manifest_problems(final) == []
     assert ckpt.load_training_state(final)["run_state"]["epoch"] == 2
 
 
@@ -230,3 +231,19 @@ def test_streaming_on_two_processes_pads_the_short_last_batch(no_dropout_model, 
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 13))  # ceil(45 / 4) steps
     assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
+
+
+def test_a_run_folder_held_by_a_live_run_ends_every_rank_with_one_line(tiny_model, data45, cache_dir, tmp_path):
+    from chef_genius.checkpoint.runlock import RunLock
+    out = tmp_path / "run"
+    out.mkdir()
+    RunLock(out).acquire()  # this test process is the live run
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CLI,
+           *train_args(tiny_model, data45, out, cache_dir, *EXTRA)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)  # rank 1 must not wait
+    assert done.returncode != 0
+    assert done.stderr.count("is in use by another training run") == 1, done.stderr[-3000:]
+    # torchrun prints its own ChildFailedError; no rank may end in a traceback (a collective left waiting)
+    assert not any(line.startswith("[rank") and "Traceback" in line for line in done.stderr.splitlines()), \
+        done.stderr[-3000:]

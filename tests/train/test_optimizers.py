@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import UserError, run_cli
 from conftest import run_training, step_losses, train_args
@@ -31,7 +32,7 @@ def test_adafactor_state_is_in_the_checkpoint_and_loads_weights_only(adafactor_r
     assert moments and all("exp_avg" not in entry for entry in moments.values())  # no first moment
     factored = [entry for entry in moments.values() if "exp_avg_sq_row" in entry]
     assert factored and all(entry["step"] == 3 for entry in moments.values())
-    assert ckpt.manifest_problems(adafactor_run / "checkpoint-3", verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(adafactor_run / "checkpoint-3", verify_hashes=True) == []
 
 
 def test_adafactor_checkpoint_verifies(adafactor_run, capsys):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, run_cli
 from chef_genius.train.cli import main
@@ -49,7 +50,7 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_75(tiny_model, small_csv, cach
     assert code == EXIT_PREEMPTED
     assert line.startswith("stopped: SIGINT received: saved checkpoint-3 ")
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
-    assert ckpt.manifest_problems(out / "checkpoint-3", verify_hashes=True) == []
+    assert ckmanifest.manifest_problems(out / "checkpoint-3", verify_hashes=True) == []
     assert _handlers() == found  # the handlers the run found are back
 
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import files as ckfiles
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train import settings
@@ -66,8 +68,8 @@ def _edit_hyperparameters(folder, drop=(), **values):
     for key in drop:
         del state["hyperparameters"][key]
     state["hyperparameters"].update(values)
-    ckpt.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
-    ckpt.atomic_write_json(folder / ckpt.MANIFEST, ckpt.build_manifest(folder, state["global_step"]))
+    ckfiles.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, state["global_step"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def _saved(**values) -> dict:
 
 
 def test_every_setting_belongs_to_exactly_one_group():
-    groups = [*settings.APPLIED, *settings.GUARDED, *settings.RECORDED, *settings.SESSION]
+    groups = [*settings.APPLIED, *settings.GUARDED, *settings.ADAPTER, *settings.RECORDED, *settings.SESSION]
     assert len(groups) == len(set(groups))
     assert set(groups) == {f.name for f in dataclasses.fields(TrainConfig)} - {"explicit"}
 
@@ -313,3 +315,27 @@ def test_demo_defaults_step_aside_for_any_explicit_flag():
     assert parse_args(["--demo", "--epoch", "5"]).epochs == 5
     config = parse_args(["--demo", "--warmup=3", "--learning-rate", "5e-4"])
     assert (config.warmup_steps, config.learning_rate, config.batch_size) == (3, 5e-4, 8)
+
+
+def test_no_auto_micro_batch_turns_off_an_inherited_auto_micro_batch():
+    saved = _saved(data="a.csv", auto_micro_batch=True)
+    command = parse_args(["--data", str(SAMPLE_CSV), "--no-auto-micro-batch"])
+    assert command.explicit == {"data", "auto_micro_batch"} and command.auto_micro_batch is False
+    decision = settings.decide(saved, command.to_dict(), command.explicit)
+    assert decision.values["auto_micro_batch"] is False
+    assert [str(c) for c in decision.applied] == ["--no-auto-micro-batch (auto micro batch on -> off)"]
+    # without the flag the resume keeps it
+    plain = parse_args(["--data", str(SAMPLE_CSV)])
+    assert settings.decide(saved, plain.to_dict(), plain.explicit).values["auto_micro_batch"] is True
+
+
+def test_lora_settings_are_inherited_and_a_lora_run_may_name_its_base_anew():
+    saved = _saved(data="a.csv", lora_r=8, lora_alpha=16.0, pretrained_model="old/base")
+    command = parse_args(["--data", str(SAMPLE_CSV), "--pretrained-model", "new/base"])
+    decision = settings.decide(saved, command.to_dict(), command.explicit)
+    assert (decision.values["lora_r"], decision.values["lora_alpha"]) == (8, 16.0)
+    assert decision.values["pretrained_model"] == "new/base"  # rebuilt from there, checked by its fingerprint
+    full = _saved(data="a.csv", pretrained_model="old/base")  # a full fine-tuning run: the weights are the checkpoint's
+    assert settings.decide(full, command.to_dict(), command.explicit).values["pretrained_model"] == "old/base"
+    changed = parse_args(["--data", str(SAMPLE_CSV), "--lora-alpha", "4"])
+    assert [c.name for c in settings.decide(saved, changed.to_dict(), changed.explicit).adapter] == ["lora_alpha"]

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
 from chef_genius.errors import UserError
 from chef_genius.model.generate_cli import main as generate
@@ -57,8 +58,8 @@ def test_unusable_templates_are_refused(small_csv, template, message):
 def test_template_is_kept_in_every_model_folder_and_used_by_the_samples(run):
     for folder in (run / "checkpoint-2", run):
         assert ckpt.read_prompt(folder) == TEMPLATE
-    assert ckpt.manifest_problems(run / "checkpoint-2", verify_hashes=True) == []
-    assert "chef_genius_prompt.json" in ckpt.read_manifest(run / "checkpoint-2")["files"]
+    assert ckmanifest.manifest_problems(run / "checkpoint-2", verify_hashes=True) == []
+    assert "chef_genius_prompt.json" in ckmanifest.read_manifest(run / "checkpoint-2")["files"]
     assert ckpt.load_training_state(run / "checkpoint-2")["hyperparameters"]["source_template"] == TEMPLATE
     samples = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     samples = [r for r in samples if r["type"] == "samples"]

@@ -1,0 +1,174 @@
+"""The manifest that seals a checkpoint, and the checks that decide whether a folder is a checkpoint
+a run can use (``find_latest``, ``usability_problem``).
+
+``manifest.json`` is written last: every other file of the checkpoint with its size and sha256, and
+``"complete": true``. A folder without a verifying manifest is never resumed from.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from chef_genius.checkpoint import trust
+from chef_genius.checkpoint.files import sha256_file
+from chef_genius.checkpoint.format import (
+    ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
+    GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE,
+    WEIGHT_ENTRY_FILES, WEIGHTS, WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, linked_checkpoints,
+    list_checkpoints, load_training_state, read_base, state_contract_problem, step_of, weights_layout)
+from chef_genius.errors import printable
+
+
+def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str, str] | None = None) -> dict:
+    """The manifest of ``folder``; ``known_sha256`` (name -> digest) spares hashing files again."""
+    folder = Path(folder)
+    known_sha256 = known_sha256 or {}
+    odd = trust.odd_entries(folder)
+    if odd:  # never hash or bless what a link points at
+        raise CheckpointError(f"{folder}: {odd[0]}; no manifest written")
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name == MANIFEST or name.startswith("backup"):
+            continue
+        digest = known_sha256.get(name) or sha256_file(path)
+        files[name] = {"size": path.stat().st_size, "sha256": digest}
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "global_step": global_step,
+            "complete": True, "created_unix": time.time(), "files": files}
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = trust.read_json(path)
+    except (OSError, trust.Untrusted):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
+
+
+def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[str]:
+    """Why ``folder`` is not a complete checkpoint (empty when it verifies)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return ["no readable manifest.json (the save did not finish, or the files were copied by hand)"]
+    if not manifest.get("complete"):
+        return ["manifest.json does not mark the checkpoint complete"]
+    problems = []
+    required = ADAPTER_REQUIRED_FILES if ADAPTER_WEIGHTS in manifest["files"] else REQUIRED_FILES  # LoRA: no model
+    for name in required:
+        names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
+        if not any(n in manifest["files"] for n in names):
+            problems.append(f"manifest lists no {name}")
+    outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
+    if outside:  # never opened, never stat'ed: the manifest itself is invalid
+        return [f"manifest.json names {printable(outside[0])}, a path outside the checkpoint"]
+    odd = trust.odd_entries(folder, tuple(manifest["files"]))
+    if odd:
+        return odd[:1]
+    for name, entry in manifest["files"].items():
+        path, shown = folder / name, printable(name, 120)  # a name from a stranger: no escapes printed
+        if not isinstance(entry, dict):
+            problems.append(f"manifest entry of {shown} is not an object")
+        elif not path.is_file():
+            problems.append(f"{shown} is missing")
+        elif path.stat().st_size != entry.get("size"):
+            problems.append(f"{shown} has {path.stat().st_size} bytes, the manifest says "
+                            f"{printable(entry.get('size'), 20)}")
+        elif verify_hashes and sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{shown} does not match its sha256 in the manifest")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# is this folder a checkpoint a run can use?
+
+def find_latest(output_dir: str | Path, verify_hashes: bool = False,
+                need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies and whose state and model load, with its step equal to its
+    folder's name; and the newer ones skipped (symbolic links too), each with the reason.
+    ``need_state=False`` (generation): the training state is not looked at."""
+    candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
+    candidates += [(p, None) for p in list_checkpoints(output_dir)]
+    skipped = []
+    for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
+        reason = reason or usability_problem(path, verify_hashes, need_state)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+def usability_problem(folder: str | Path, verify_hashes: bool = False, need_state: bool = True) -> str | None:
+    """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
+    files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
+    folder = Path(folder)
+    problems = manifest_problems(folder, verify_hashes)
+    if problems:
+        return problems[0]
+    if need_state:
+        problem = _state_problem(folder)
+        if problem:
+            return problem
+    return _model_problem(folder)
+
+
+def _state_problem(folder: Path) -> str | None:
+    try:
+        state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
+    except CheckpointError as err:
+        return str(err)
+    contract = state_contract_problem(state)
+    if contract:
+        return f"{TRAINING_STATE} {contract}"
+    if step_of(folder) is not None and state.get("global_step") != step_of(folder):
+        return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
+                f"the folder is named {folder.name}")
+    return None
+
+
+def _model_problem(folder: Path) -> str | None:
+    if os.path.lexists(folder / ADAPTER_WEIGHTS):
+        return _adapter_problem(folder)
+    try:
+        layout, files = weights_layout(folder)
+        if layout is None:
+            return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
+        for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
+            if not os.path.lexists(path):
+                return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
+            if layout == "bin":
+                if not trust.regular_file(path):
+                    raise trust.Untrusted(f"{path.name} is not a regular file")
+            else:
+                trust.read_safetensors_header(path)
+        for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json"):
+            if name == MODEL_CONFIG or os.path.lexists(folder / name):
+                if not isinstance(trust.read_json(folder / name), dict):
+                    return f"{name} does not hold a JSON object"
+    except (trust.Untrusted, ValueError) as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read its files ({err.strerror})"
+    return None
+
+
+def _adapter_problem(folder: Path) -> str | None:
+    """A LoRA checkpoint: the adapter's header, its config, the base record, the tokenizer's JSON files."""
+    try:
+        trust.read_safetensors_header(folder / ADAPTER_WEIGHTS)
+        if not isinstance(trust.read_json(folder / ADAPTER_CONFIG), dict):
+            return f"{ADAPTER_CONFIG} does not hold a JSON object"
+        if read_base(folder) is None:
+            return f"{BASE_RECORD} is missing or malformed: the base model the adapter belongs to is unknown"
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if os.path.lexists(folder / name) and not isinstance(trust.read_json(folder / name), dict):
+                return f"{name} does not hold a JSON object"
+    except (trust.Untrusted, ValueError) as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot read its files ({err.strerror})"
+    return None

@@ -1,0 +1,150 @@
+"""Evaluation during training: the validation loss, the recipe metrics of generated recipes, the best
+checkpoint's choice, and the sample recipes in the log.
+
+Every ``--eval-steps`` (and at the end) the trainer calls ``Evaluation.run``. Generation is greedy and
+runs on the main process only; it draws from no training RNG stream, so a resumed run stays
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from chef_genius.data.tokenized import LABEL_PAD
+from chef_genius.evaluation.heldout import evaluate_model, held_out
+from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
+from chef_genius.model.generation import eval_samples
+from chef_genius.model.loading import unwrap
+from chef_genius.monitoring.progress import CountProgress
+from chef_genius.train import distributed as dist
+
+log = logging.getLogger("chef_genius")
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (eval_loss, invented_ingredients, repetition: lower)."""
+    if best is None:
+        return True
+    return value > best if HIGHER_IS_BETTER.get(metric, False) else value < best
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name in HIGHER_IS_BETTER)
+
+
+class Evaluation:
+    """What one run evaluates on: its validation split and loader, the ``--eval-generate`` recipes, the
+    fixed sample ingredient lists; the results go to the reporters and the best step to ``state``."""
+
+    def __init__(self, config, accelerator, tokenizer, eval_data, eval_loader, reporters, state):
+        self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
+        self.eval_data, self.eval_loader = eval_data, eval_loader
+        self.reporters, self.state = reporters, state
+        self.device = accelerator.device
+        self.is_main = accelerator.is_main_process
+        self.generation_set = None    # the held-out recipes scored at every evaluation, chosen once
+        self.last_generation = None   # (step, metrics, details) of the newest scoring
+
+    @property
+    def enabled(self) -> bool:
+        return self.eval_loader is not None
+
+    def run(self, model, loss_sum: Callable[[dict], torch.Tensor]) -> float:
+        """One evaluation: validation loss, recipe metrics, the best step, sample recipes; returns the loss."""
+        s, c = self.state, self.config
+        loss = self.validation_loss(model, loss_sum)
+        generation = self.log_generation(model)
+        value = loss if c.metric_for_best == "eval_loss" else (generation or {}).get(c.metric_for_best)
+        improved = value is not None and is_better(c.metric_for_best, value, self._best_value())
+        if improved:
+            s.best_loss, s.best_step, s.best_value = loss, s.global_step, value
+        self.reporters.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
+                              "best_step": s.best_step, "metric_for_best": c.metric_for_best,
+                              "best_value": s.best_value})
+        if self.is_main:
+            best = "" if not improved else (" (best)" if c.metric_for_best == "eval_loss"
+                                            else f" (best {c.metric_for_best} {value:.4f})")
+            log.info("step %d validation loss %.4f%s", s.global_step, loss, best)
+        self.log_samples(model)
+        return loss
+
+    @torch.no_grad()
+    def validation_loss(self, model, loss_sum: Callable[[dict], torch.Tensor]) -> float:
+        """The mean cross-entropy per real target token over the validation loader (every process)."""
+        model.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        tokens = torch.zeros((), device=self.device, dtype=torch.float64)
+        for batch in self.eval_loader:
+            total += loss_sum(batch)
+            tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+        total, tokens = self.accelerator.reduce(total), self.accelerator.reduce(tokens)
+        model.train()
+        return (total / tokens.clamp(min=1)).item()
+
+    def _best_value(self) -> float | None:
+        s = self.state
+        if s.best_value is None and self.config.metric_for_best == "eval_loss":
+            return s.best_loss  # a checkpoint from before --metric-for-best kept only the loss
+        return s.best_value
+
+    def log_generation(self, model) -> dict | None:
+        """Recipe metrics of greedy recipes for the first ``--eval-generate`` validation recipes (written on
+        the main process, then given to every process so they agree on the best step)."""
+        c = self.config
+        if not c.eval_generate or self.eval_data is None:
+            return None
+        if self.generation_set is None:
+            self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
+        metrics = None
+        if self.is_main:
+            metrics, details = self.score_generation(model)
+            self.last_generation = (self.state.global_step, metrics, details)
+            self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
+                                  "recipes": len(details), "samples": details[:3]})
+            log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
+                     format_metrics(metrics))
+        return dist.broadcast_object(self.accelerator, metrics)
+
+    def preview(self, model) -> tuple[int, str, str] | None:
+        """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
+        if self.eval_data is None or not len(self.eval_data) or not self.is_main:
+            return None
+        c = self.config
+        example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
+        _, details = evaluate_model(unwrap(model), self.tokenizer, example, self.device, self.accelerator.autocast,
+                                    max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
+                                    template=c.source_template)
+        return self.state.global_step, example[0].ingredient_text, details[0]["text"]
+
+    def final_generation(self, model) -> tuple[int, dict, list[dict]]:
+        """(step, metrics, details) of the final model on the ``--eval-generate`` recipes (all validation
+        recipes when it is 0)."""
+        if self.last_generation is None or self.last_generation[0] != self.state.global_step:
+            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
+                                           self.config.source_template)
+            self.last_generation = (self.state.global_step, *self.score_generation(model))
+        return self.last_generation
+
+    def score_generation(self, model) -> tuple[dict, list[dict]]:
+        """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
+        c = self.config
+        with CountProgress("generating validation recipes", len(self.generation_set), c.progress,
+                           self.is_main) as progress:
+            return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,
+                                  self.accelerator.autocast, max_new_tokens=c.max_target_length,
+                                  max_source_length=c.max_source_length, on_batch=progress.update,
+                                  template=c.source_template)
+
+    def log_samples(self, model) -> None:
+        """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
+        if not self.is_main or not self.config.eval_samples:
+            return
+        samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,
+                               self.accelerator.autocast, self.config.source_template)
+        self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
+        for sample in samples:
+            log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
+                     sample["text"][:300])
