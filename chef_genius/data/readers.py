@@ -83,10 +83,15 @@ def read_examples(path: str | Path, stats: ReadStats, options: ReadOptions = Rea
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     reader = {"csv": _csv_rows, "jsonl": _jsonl_rows, "parquet": _parquet_rows}[data_format(path)]
-    for fields in reader(path, stats, options.columns):
+    yield from examples(reader(path, stats, options.columns), stats, options.source_template)
+
+
+def examples(rows: Iterator[dict], stats: ReadStats, template: str) -> Iterator[dict]:
+    """The usable examples of ``rows`` (field -> value, the layout applied); the others counted."""
+    for fields in rows:
         stats.rows += 1
         try:
-            example = _example(fields, options.source_template)
+            example = _example(fields, template)
         except RowError as err:
             stats.skip(str(err))
             continue
@@ -124,34 +129,45 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _csv_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with open_text(path) as (handle, _):
-        first = handle.readline()
-        reader = csv.reader(itertools.chain([first], handle), delimiter=_delimiter(first))
+        reader, width, at = csv_reader(path, iter(handle.readline, ""), columns)
+        yield from csv_fields(reader, width, at, stats)
+
+
+def csv_reader(path: Path, lines: Iterator[str], columns: str | None):
+    """(csv reader past the header, the header's width, column index of each layout field) for the
+    text ``lines`` of a CSV file."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    first = next(lines, "")
+    reader = csv.reader(itertools.chain([first], lines), delimiter=_delimiter(first))
+    try:
+        header = next(reader, None)
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV file ({printable(str(err), 120)})") from None
+    if not header:
+        raise DataError(f"{path}: the file is empty")
+    layout = resolve_layout(path, header, columns)
+    return reader, len(header), {name: header.index(column) for name, column in layout.columns.items()}
+
+
+def csv_fields(reader, width: int, at: dict, stats: ReadStats, more=lambda: True) -> Iterator[dict]:
+    """The layout's fields of each CSV record while ``more()``; malformed records counted."""
+    while more():
         try:
-            header = next(reader, None)
-        except csv.Error as err:
-            raise DataError(f"{path}: not a readable CSV file ({printable(str(err), 120)})") from None
-        if not header:
-            raise DataError(f"{path}: the file is empty")
-        layout = resolve_layout(path, header, columns)
-        at = {name: header.index(column) for name, column in layout.columns.items()}
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error:
-                stats.rows += 1
-                stats.skip("malformed_csv")
-                continue
-            if not values:
-                continue  # a blank line (csv.DictReader skipped them too)
-            if len(values) != len(header):
-                stats.rows += 1
-                stats.skip("wrong_field_count")
-                continue
-            yield {name: values[i] for name, i in at.items()}
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            stats.rows += 1
+            stats.skip("malformed_csv")
+            continue
+        if not values:
+            continue  # a blank line (csv.DictReader skipped them too)
+        if len(values) != width:
+            stats.rows += 1
+            stats.skip("wrong_field_count")
+            continue
+        yield {name: values[i] for name, i in at.items()}
 
 
 def _delimiter(header: str) -> str:

@@ -3,8 +3,12 @@
 The cache is keyed by the data file (absolute path, size, modification time and a hash of its
 first and last MiB and of 16 blocks between them, so an edit that keeps size and time still
 counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
-``--columns`` mapping, the ``--source-template`` and the max lengths, so a second run or a
-resume memory-maps the same Arrow files instead of tokenizing again.
+``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
+run or a resume memory-maps the same Arrow files instead of tokenizing again.
+
+A cache folder holds Arrow parts (written once, by the processes that tokenized them:
+``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
+written last, so a folder without it is never used.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import numpy as np
 import torch
 
 from chef_genius.errors import DataError
-from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint, read_examples
+from chef_genius.data.preprocess import build_parts
+from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
 
 CACHE_META = "chef_genius_cache.json"
+# 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
+CACHE_LAYOUT = 2
 PAD_MULTIPLE = 8
 LABEL_PAD = -100
 
@@ -78,6 +85,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
         "data": file_fingerprint(data_path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": TEMPLATE_VERSION,
+        "layout": CACHE_LAYOUT,
         "max_source_length": max_source_length,
         "max_target_length": max_target_length,
         **options.key(),
@@ -108,81 +116,43 @@ def is_cached(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 
 def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_length: int,
-                   cache_root: str | Path, num_proc: int = 1, options: ReadOptions = ReadOptions()) -> TokenizedData:
-    """Tokenize ``data_path`` once into ``cache_root``; later calls memory-map the cached Arrow files."""
-    import datasets
-
-    datasets.disable_progress_bars()
+                   cache_root: str | Path, num_proc: int = 0, options: ReadOptions = ReadOptions(),
+                   progress: str = "auto") -> TokenizedData:
+    """Tokenize ``data_path`` once into ``cache_root`` (on ``num_proc`` processes, 0: all cores);
+    later calls memory-map the cached Arrow parts."""
     final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
     if (final / CACHE_META).is_file():
-        stats = json.loads((final / CACHE_META).read_text())
-        return TokenizedData(datasets.load_from_disk(str(final)), stats, final, True)
+        meta = json.loads((final / CACHE_META).read_text())
+        return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, True)
 
     staging = final.with_name(final.name + f".tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    (staging / "data").mkdir(parents=True)
     try:
-        stats = ReadStats()
-        try:
-            raw = datasets.Dataset.from_generator(
-                _example_generator, gen_kwargs={"path": str(data_path), "stats": stats, "options": options},
-                cache_dir=str(staging / "work"),
-                features=datasets.Features({"source": datasets.Value("string"),
-                                            "target": datasets.Value("string")}))
-        except datasets.exceptions.DatasetGenerationError as err:
-            raise _reader_error(err) from None
-        except ValueError:  # datasets refuses a generator that yielded nothing
-            if stats.kept:
-                raise
-            raise _no_recipe(data_path, stats) from None
-        if stats.kept == 0 and len(raw) == 0:
+        stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, staging / "data",
+                                   num_proc, options, progress)
+        if stats.kept == 0:
             raise _no_recipe(data_path, stats)
-        tokenized = raw.map(
-            _tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=["source", "target"],
-            fn_kwargs={"tokenizer": tokenizer, "max_source_length": max_source_length,
-                       "max_target_length": max_target_length},
-            features=datasets.Features({
-                "input_ids": datasets.List(datasets.Value("int32")),
-                "labels": datasets.List(datasets.Value("int32")),
-                "source_len": datasets.Value("int32"),
-                "target_len": datasets.Value("int32"),
-            }),
-            desc="tokenizing")
-        tokenized.save_to_disk(str(staging / "data"))
-        stats_dict = stats.to_dict() if stats.rows else {"rows": len(raw), "kept": len(raw), "skipped": {}}
-        (staging / "data" / CACHE_META).write_text(json.dumps(stats_dict))
-        del raw, tokenized
+        meta = {"stats": stats.to_dict(), "parts": parts}
+        (staging / "data" / CACHE_META).write_text(json.dumps(meta))
         os.replace(staging / "data", final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return TokenizedData(datasets.load_from_disk(str(final)), stats_dict, final, False)
+    return TokenizedData(_open_parts(final, parts), meta["stats"], final, False)
+
+
+def _open_parts(folder: Path, parts: list[str]):
+    """The parts, memory-mapped, as one dataset in row order."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    opened = [datasets.Dataset.from_file(str(folder / part)) for part in parts]
+    return opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
 
 
 def _no_recipe(data_path, stats: ReadStats) -> DataError:
     hint = encoding_hint(stats.to_dict())
     return DataError(f"{data_path}: no usable recipe in the file ({stats.summary()})" + (f"; {hint}" if hint else ""))
-
-
-def _reader_error(err: BaseException) -> BaseException:
-    """``datasets`` wraps what the reader raised; hand back the reader's own DataError / OSError."""
-    cause = err
-    while cause is not None:
-        if isinstance(cause, (DataError, OSError)):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return err
-
-
-def _example_generator(path: str, stats: ReadStats, options: ReadOptions):
-    yield from read_examples(path, stats, options)
-
-
-def _tokenize_batch(batch, tokenizer, max_source_length, max_target_length):
-    sources = tokenizer(batch["source"], max_length=max_source_length, truncation=True)["input_ids"]
-    targets = tokenizer(text_target=batch["target"], max_length=max_target_length, truncation=True)["input_ids"]
-    return {"input_ids": sources, "labels": targets,
-            "source_len": [len(s) for s in sources], "target_len": [len(t) for t in targets]}
 
 
 def split_indices(num_rows: int, eval_ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

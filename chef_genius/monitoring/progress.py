@@ -150,14 +150,16 @@ LINE_SECONDS = 30.0        # without a bar, a counted task logs a line at least 
 
 
 class CountProgress:
-    """Progress of a counted task outside the training steps (validation, generating, scoring): a tqdm
-    bar on a terminal, else a log line with rate and ETA at least every ``LINE_SECONDS``, also while
-    one slow unit (a batch of long recipes on a CPU) is still running: a background timer writes it."""
+    """Progress of a counted task outside the training steps (validation, generating, scoring,
+    tokenizing): a tqdm bar on a terminal, else a log line with rate and ETA at least every
+    ``LINE_SECONDS``, also while one slow unit (a batch of long recipes on a CPU) is still running: a
+    background timer writes it. ``total`` None: not known ahead (the line then shows the count and
+    the rate)."""
 
-    def __init__(self, what: str, total: int, mode: str = "auto", enabled: bool = True, unit: str = "recipe",
-                 stream=None, clock=time.perf_counter):
+    def __init__(self, what: str, total: int | None, mode: str = "auto", enabled: bool = True,
+                 unit: str = "recipe", stream=None, clock=time.perf_counter, plural: str | None = None):
         self.what, self.total, self.unit, self.enabled, self.clock = what, total, unit, enabled, clock
-        self.units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
+        self.units = plural or unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
         self.bar_mode = enabled and use_bar(mode, stream)
         self.stream = stream
         self.done = 0
@@ -199,7 +201,8 @@ class CountProgress:
     def _maybe_line(self) -> None:
         with self._lock:
             now = self.clock()
-            if self._bar is not None or now - self.last_line < LINE_SECONDS or self.done >= self.total:
+            if (self._bar is not None or now - self.last_line < LINE_SECONDS
+                    or (self.total is not None and self.done >= self.total)):
                 return
             self.last_line = now
             text = self.line(now)
@@ -212,6 +215,8 @@ class CountProgress:
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:
+            return f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, elapsed {format_duration(elapsed)}"
         eta = (self.total - self.done) / rate if rate > 0 else None
         return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
                 f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")

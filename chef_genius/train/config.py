@@ -72,7 +72,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     compile: bool | None = None
     dataloader_num_workers: int = 2
-    num_proc: int = 1
+    num_proc: int = 0
     async_save: bool = False
     streaming: bool = False
     gradient_checkpointing: bool = False
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"max recipe tokens (default {d.max_target_length})")
     g.add_argument("--cache-dir", help="tokenized-data cache (default: MODEL_OUTPUT/../.cache/tokenized)")
     g.add_argument("--num-proc", type=int, default=d.num_proc,
-                   help="processes used to tokenize a new data file (default 1)")
+                   help="processes that parse and tokenize a new data file (default 0: one per available core)")
     g.add_argument("--dataloader-num-workers", type=int, default=d.dataloader_num_workers,
                    help=f"DataLoader worker processes (default {d.dataloader_num_workers})")
     g.add_argument("--streaming", action="store_true",
@@ -336,11 +336,11 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> frozense
 def validate(c: TrainConfig) -> None:
     """Reject values that cannot work, with one sentence each (exit code 2)."""
     positive = ("epochs", "batch_size", "gradient_accumulation_steps", "save_steps", "eval_steps",
-                "logging_steps", "max_source_length", "max_target_length", "length_group_size", "num_proc")
+                "logging_steps", "max_source_length", "max_target_length", "length_group_size")
     for name in positive:
         if getattr(c, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(c, name)}")
-    non_negative = ("max_tokens_per_batch", "max_steps", "stop_after_steps", "warmup_steps", "save_total_limit",
+    non_negative = ("num_proc", "max_tokens_per_batch", "max_steps", "stop_after_steps", "warmup_steps", "save_total_limit",
                     "dataloader_num_workers", "optimizer_rewarmup_steps", "eval_samples", "eval_max_samples",
                     "eval_generate")
     for name in non_negative:

@@ -60,9 +60,9 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
             is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
             for path in files)), _cache_errors(cache_root):
         train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
-                               options)
+                               options, c.progress)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc, options) if c.eval_data else None)
+                                c.num_proc, options, c.progress) if c.eval_data else None)
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
     if encoding_hint(train.stats):
         log.warning("%s: %s", c.data, encoding_hint(train.stats))
@@ -99,7 +99,7 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     with accelerator.main_process_first():
         rows = count_rows(c.data, cache_root, options)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc, options) if c.eval_data else None)
+                                c.num_proc, options, c.progress) if c.eval_data else None)
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)

@@ -14,7 +14,7 @@ def test_tokenized_cache_is_reused_and_keyed_by_lengths(tiny_model, small_csv, t
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again although the cache matches")
-    monkeypatch.setattr(data_mod, "_tokenize_batch", no_tokenizing)
+    monkeypatch.setattr(data_mod, "build_parts", no_tokenizing)
     second = load_tokenized(small_csv, tok, 64, 128, tmp_path)
     assert second.from_cache and second.cache_dir == first.cache_dir
     assert second.dataset["input_ids"] == first.dataset["input_ids"]

@@ -1,6 +1,6 @@
 import pytest
 
-from chef_genius.data.recipes import (Recipe, RowError, format_source, format_target, parse_list, parse_target,
+from chef_genius.data.recipes import (Recipe, RowError, clean, format_source, format_target, parse_list, parse_target,
                                  recipe_from_fields, render, source_from_ingredients)
 
 
@@ -47,3 +47,12 @@ def test_render_is_readable():
     text = render(parse_target("Title: Toast Ingredients: 1 slice bread Directions: 1. Toast it. 2. Eat."))
     assert text.splitlines()[0] == "Toast"
     assert "  1. Toast it." in text and "  2. Eat." in text and "  - 1 slice bread" in text
+
+
+def test_clean_collapses_exactly_the_whitespace_a_regex_would():
+    import re
+    import sys
+    spaces = re.compile(r"\s+")
+    for code in range(sys.maxunicode + 1):
+        text = f" a{chr(code)}{chr(code)}b\t"
+        assert clean(text) == spaces.sub(" ", text).strip(), hex(code)

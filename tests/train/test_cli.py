@@ -14,6 +14,7 @@ from conftest import REPO, run_training, train_args
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "-4"], "--batch-size must be a positive integer"),
     (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--num-proc", "-1"], "--num-proc must be 0 or more"),
     (["--learning-rate", "0"], "--learning-rate must be positive"),
     (["--eval-split-ratio", "1.5"], "--eval-split-ratio must be in"),
     (["--data", "no/such/file.csv"], "--data file not found"),
