@@ -28,7 +28,7 @@ import torch
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.errors import UserError
-from chef_genius.model.memory import LORA_TARGETS
+from chef_genius.model.names import LORA_TARGETS
 
 log = logging.getLogger("chef_genius")
 

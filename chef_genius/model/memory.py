@@ -31,12 +31,12 @@ from dataclasses import dataclass, replace
 import torch
 
 from chef_genius.model.lean_loss import CHUNK_ROWS
+from chef_genius.model.names import LORA_TARGETS
 
 GIB = 1 << 30
 CUDA_OVERHEAD = 600 << 20  # CUDA context, cuBLAS workspace, allocator slack: an estimate
 CARDS_GIB = (8, 12, 16, 24, 80)
 OPTIMIZERS = ("adamw", "adafactor", "adamw-8bit")
-LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")  # those the model has
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def activation_bytes(config, setting: Setting, batch: int | None = None) -> int:
     ``loss_fixed_bytes``."""
     b = setting.micro_batch if batch is None else batch
     s, t = setting.source_length, setting.target_length
-    h, f, v = config.d_model, config.d_ff, config.vocab_size
+    h, f = config.d_model, config.d_ff
     inner, heads = config.num_heads * config.d_kv, config.num_heads
     a = 2 if setting.bf16 else 4          # bytes of an autocast activation
     scores = 4 + 2 * a + 1                # fp32 scores (+ fp32 position bias), softmax, dropout mask and output

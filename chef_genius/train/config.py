@@ -18,7 +18,7 @@ from chef_genius.cli_support import Parser
 from chef_genius.data.layouts import canonical_columns
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, template_fields
 from chef_genius.errors import UserError
-from chef_genius.model.memory import LORA_TARGETS
+from chef_genius.model.names import LORA_TARGETS
 from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
 
 DEFAULT_MODEL = "google/flan-t5-large"

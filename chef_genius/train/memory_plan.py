@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from chef_genius.errors import UserError
 from chef_genius.model import memory
+from chef_genius.model.names import LORA_TARGETS
 from chef_genius.train.config import DEFAULT_MODEL, TrainConfig
 
 log = logging.getLogger("chef_genius")
@@ -15,7 +16,7 @@ log = logging.getLogger("chef_genius")
 
 def setting_of(c: TrainConfig, bf16: bool, micro_batch: int | None = None) -> memory.Setting:
     lora_r = c.lora_r
-    targets = tuple(c.lora_target_modules or memory.LORA_TARGETS)
+    targets = tuple(c.lora_target_modules or LORA_TARGETS)
     return memory.Setting(optimizer=c.optimizer, bf16=bf16, gradient_checkpointing=c.gradient_checkpointing,
                           micro_batch=micro_batch or c.batch_size, source_length=c.max_source_length,
                           target_length=c.max_target_length, lora_r=lora_r, lora_targets=targets)
