@@ -15,7 +15,6 @@ from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.train import rng
-from chef_genius.checkpoint.async_writer import AsyncCheckpointer
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_tokenized
 from chef_genius.model.loading import load_model, load_tokenizer, make_optimizer
 from chef_genius.train.state import RunState
@@ -23,6 +22,7 @@ from chef_genius.train.state import RunState
 from .common import Profile, train_flags
 
 REPEATS = 3
+SAVE_REPEATS = 7  # a save of the tiny model takes milliseconds
 
 
 def _repeats(profile: Profile) -> int:
@@ -56,37 +56,51 @@ def _unique_tensors(state_dict: dict) -> dict:
     return tensors
 
 
-def save_vs_raw(profile: Profile, model_dir: Path, work: Path) -> dict:
+def _spread(values: list[float]) -> list[float]:
+    return [round(min(values), 4), round(max(values), 4)]
+
+
+def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: int | None = None) -> dict:
+    """One checkpoint as the trainer writes it vs the least a durable save must do: safetensors.save_file
+    of the weights and torch.save of the training state, both fsynced. Alternated, repeated."""
     from safetensors.torch import save_file
+
+    from chef_genius.model.saving import PretrainedFiles
 
     tokenizer = load_tokenizer(str(model_dir))
     model, _, state = _model_and_state(model_dir)
     tensors = _unique_tensors(model.state_dict())
+    files = PretrainedFiles(model, tokenizer)  # what ModelFiles.save writes
 
-    def save_model(folder):
-        model.save_pretrained(folder, max_shard_size="1000GB")
-        tokenizer.save_pretrained(folder)
+    def ours(out):
+        ckcommit.write_checkpoint(out, 1, lambda folder: files.write(folder, model.state_dict()), state)
 
-    ours, raw, raw_fsync, hashing = [], [], [], []
-    repeats = _repeats(profile)
+    def raw(folder):
+        folder.mkdir(parents=True)
+        save_file(tensors, folder / "w.safetensors", metadata={"format": "pt"})
+        torch.save(state, folder / "s.pt")
+        for path in sorted(folder.iterdir()):
+            ckfiles.fsync_file(path)
+
+    first = _timed(lambda: ours(work / "save-first"))  # makes the config and tokenizer files, once per run
+    shutil.rmtree(work / "save-first", ignore_errors=True)
+    times = {"ours": [], "raw": []}
+    repeats = 1 if profile.mode == "smoke" else profile_repeats or SAVE_REPEATS
     for i in range(repeats):
-        out = work / f"save-{i}"
-        ours.append(_timed(lambda: ckcommit.write_checkpoint(out, 1, save_model, state)))
-        raw_dir = work / f"raw-{i}"
-        raw_dir.mkdir(parents=True)
-        raw.append(_timed(lambda: (save_file(tensors, raw_dir / "w.safetensors", metadata={"format": "pt"}),
-                                   torch.save(state, raw_dir / "s.pt"))))
-        raw_fsync.append(raw[-1] + _timed(lambda: [ckfiles.fsync_file(p) for p in raw_dir.iterdir()]))
-        hashing.append(_timed(lambda: [ckfiles.sha256_file(p) for p in raw_dir.iterdir()]))
-        size = sum(p.stat().st_size for p in raw_dir.iterdir())
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(raw_dir, ignore_errors=True)
-    return dict(name="save_vs_raw", ours=statistics.median(ours), baseline=statistics.median(raw), unit="s",
-                target="<= 1.25", bytes=size, repeats=repeats,
-                raw_plus_fsync_s=statistics.median(raw_fsync), sha256_of_raw_files_s=statistics.median(hashing),
-                note="ours = write_checkpoint (staging, fsync, sha256 manifest, rename) of save_pretrained + "
-                     "tokenizer + torch.save(training state); baseline = safetensors.save_file + torch.save, "
-                     "no fsync, no hashing")
+        order = (("ours", ours), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("ours", ours))
+        for label, save in order:
+            out = work / f"save-{label}-{i}"
+            times[label].append(_timed(lambda: save(out)))
+            if label == "raw":
+                size = sum(p.stat().st_size for p in out.iterdir())
+                hashing = _timed(lambda: [ckfiles.sha256_file(p) for p in out.iterdir()])
+            shutil.rmtree(out, ignore_errors=True)
+    return dict(name="save_vs_raw", ours=statistics.median(times["ours"]), baseline=statistics.median(times["raw"]),
+                unit="s", target="<= 1.25", bytes=size, repeats=repeats, ours_min_max=_spread(times["ours"]),
+                baseline_min_max=_spread(times["raw"]), first_save_s=first, sha256_of_raw_files_s=hashing,
+                note="ours = write_checkpoint (staging, one-pass sha256, batched fsync, manifest, rename) of the "
+                     "model files as ModelFiles.save writes them + torch.save(training state), after a first save; "
+                     "baseline = safetensors.save_file + torch.save, both fsynced, no hashing; alternated")
 
 
 def _train_batches(profile: Profile, model_dir: Path, data: Path, cache: Path, count: int):
@@ -111,62 +125,88 @@ def _step(model, optimizer, batch):
         torch.cuda.synchronize()  # the bench times steps; the trainer never syncs here
 
 
+class _Slice:
+    """A component of the bench's checkpoint manager: its state comes from ``state_of()``."""
+
+    def __init__(self, state_of):
+        self.state_dict = state_of
+
+    def load_state_dict(self, state):
+        raise NotImplementedError("the bench never resumes")
+
+
+class _BenchModelFiles:
+    def __init__(self, model, tokenizer):
+        from chef_genius.model.saving import PretrainedFiles
+        self.model, self.files = model, PretrainedFiles(model, tokenizer)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def save(self, folder, weights):
+        return self.files.write(folder, weights)
+
+
 def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, cache: Path) -> dict:
-    """Seconds one save blocks training, async vs sync; also (save + K steps) minus (K steps). K steps
-    last about twice as long as a sync save, so the background write can finish behind them."""
+    """Seconds one save blocks training, async vs sync, both through the trainer's CheckpointManager;
+    also (save + K steps) minus (K steps). K steps last about twice as long as a sync save, so the
+    background write can finish behind them."""
+    from chef_genius.checkpoint.manager import CheckpointManager
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, optimizer, _ = _model_and_state(model_dir, device)
     batches, tokenizer = _train_batches(profile, model_dir, data, cache, 4)
-    state_of = lambda: ckpt.make_training_state(RunState(), {}, optimizer.state_dict(), {}, rng.capture(), {})
+    model_files = _BenchModelFiles(model, tokenizer)
+    components = {ckpt.RUN_STATE: RunState(global_step=1),
+                  ckpt.OPTIMIZER: _Slice(lambda: {"state": optimizer.state_dict(), "layout": None, "kind": "adamw"}),
+                  ckpt.RNG: _Slice(lambda: [rng.capture()])}
+    managers = {}
 
-    def save_model(folder, weights=None):
-        model.save_pretrained(folder, max_shard_size="1000GB", state_dict=weights)
-        tokenizer.save_pretrained(folder)
+    def manager(kind: str, n: int) -> CheckpointManager:
+        managers[kind] = managers.get(kind) or CheckpointManager(work / f"stall-{kind}", model_files, components,
+                                                                 async_save=kind == "async", save_steps=10 ** 9)
+        managers[kind].output = work / f"stall-{kind}-{n}"
+        managers[kind].output.mkdir(parents=True, exist_ok=True)
+        return managers[kind]  # one per kind, as in a run: the async one reuses its buffers
 
     for batch in batches:
         _step(model, optimizer, batch)  # warm-up
     step_s = min(_timed(lambda: _step(model, optimizer, batches[0])) for _ in range(3))
-    sync_s = _timed(lambda: ckcommit.write_checkpoint(work / "stall-warm", 1, save_model, state_of()))
+    for kind in ("sync", "async"):  # a first save of each: the config and tokenizer bytes, the CPU buffers
+        manager(kind, "warm").save(1)
+        managers[kind].wait()
+    sync_s = _timed(lambda: manager("sync", "warm2").save(1))
     steps = max(4, min(400, int(2 * sync_s / step_s) + 2))
 
     def run(kind: str, n: int) -> tuple[float, float]:
-        saver = AsyncCheckpointer()
+        saver = manager(kind, n) if kind != "none" else None
         started = time.perf_counter()
-        call = _timed(lambda: save(kind, n, saver))
-        calls[kind].append(call)
+        calls[kind].append(_timed(lambda: saver and saver.save(1)))
         for i in range(steps):
             _step(model, optimizer, batches[i % len(batches)])
         elapsed = time.perf_counter() - started
-        tail = _timed(saver.wait)
+        tail = _timed(lambda: saver and saver.wait())
         return elapsed, tail
-
-    def save(kind, n, saver):
-        if kind == "sync":
-            ckcommit.write_checkpoint(work / f"stall-{kind}-{n}", 1, save_model, state_of())
-        elif kind == "async":
-            weights = saver.snapshot(model.state_dict(), "model")
-            state = saver.snapshot(state_of(), "state")
-            saver.submit(lambda: ckcommit.write_checkpoint(work / f"stall-{kind}-{n}", 1,
-                                                       lambda f: save_model(f, weights), state), "bench")
 
     calls = {"none": [], "sync": [], "async": []}
     lost = {"sync": [], "async": []}
     tails = []
     for n in range(_repeats(profile)):
         base, _ = run("none", n)
-        for kind in ("sync", "async"):
+        for kind in ("sync", "async") if n % 2 == 0 else ("async", "sync"):
             elapsed, tail = run(kind, n)
             lost[kind].append(max(elapsed - base, 0.0))
             if kind == "async":
                 tails.append(tail)
     blocked = {k: statistics.median(v) for k, v in calls.items() if k != "none"}
     return dict(name="async_save_stall", ours=blocked["async"], baseline=blocked["sync"], unit="s blocked",
-                target="<= 0.2", steps_after_save=steps, step_s=step_s,
-                async_write_left_after_steps_s=statistics.median(tails),
+                target="<= 0.2", steps_after_save=steps, step_s=step_s, ours_min_max=_spread(calls["async"]),
+                baseline_min_max=_spread(calls["sync"]), async_write_left_after_steps_s=statistics.median(tails),
                 end_to_end_lost_s={k: statistics.median(v) for k, v in lost.items()},
-                note="ours/baseline: seconds the training thread is blocked by one save (async: copy to CPU + "
-                     "hand-off; sync: the whole write). end_to_end_lost_s: (save + K steps) - (K steps), which "
-                     "also counts the background write competing for CPU cores; noisy on a shared CPU")
+                note="ours/baseline: seconds CheckpointManager.save blocks the training thread (async: gather the "
+                     "state, copy it into the reused CPU buffers, hand it to the writer; sync: the whole write). "
+                     "end_to_end_lost_s: (save + K steps) - (K steps), which also counts the background write "
+                     "competing for CPU cores; noisy on a shared CPU")
 
 
 def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, samples_per_epoch: int) -> Path:
@@ -235,3 +275,45 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
                 note="Trainer setup (checkpoint load, restore, data position) until the first batch is ready, "
                      "resuming at step %d (mid-epoch) vs at step 0; with_first_step_s adds the first step, whose "
                      "batch length differs between the two positions" % large_step)
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m bench.checkpoints: save_vs_raw at a real model's size (random weights, CPU)
+
+SHAPES = {  # the architectures of google/flan-t5-small and -base (their config.json)
+    "flan-t5-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6),
+    "flan-t5-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
+}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import os
+    import tempfile
+
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from chef_genius.model.tiny import build_tiny
+    from .common import make_profile
+
+    p = argparse.ArgumentParser(prog="python -m bench.checkpoints", description="save_vs_raw of a FLAN-T5 size")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="flan-t5-small")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="chef-bench-save-") as scratch:
+        work = Path(scratch)
+        folder = build_tiny(work / "model")
+        torch.manual_seed(0)
+        config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                          **SHAPES[args.shape])
+        T5ForConditionalGeneration(config).save_pretrained(folder)
+        record = save_vs_raw(make_profile("quick", "tiny", gpu=False), folder, work, args.repeats)
+        record.update(shape=args.shape, ratio=round(record["ours"] / record["baseline"], 4),
+                      load_average=os.getloadavg())
+        print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

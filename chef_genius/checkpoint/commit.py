@@ -3,7 +3,8 @@ folder that looks valid and is not.
 
 A checkpoint is written into a staging folder beside its final place, every file fsynced, the
 manifest last, then renamed to ``checkpoint-N`` in one step, so a crash leaves either the earlier
-state or the complete new checkpoint. The final model (``save_pretrained`` into MODEL_OUTPUT itself)
+state or the complete new checkpoint. One pass over the bytes: each file's sha256 (for the
+manifest) is computed while it is written, and the files are fsynced together once all are written. The final model (``save_pretrained`` into MODEL_OUTPUT itself)
 goes through the same staging and fsync, then its files are moved into place one by one, so the
 folder always loads.
 """
@@ -14,21 +15,22 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from chef_genius.checkpoint.faults import fault_point
-from chef_genius.checkpoint.files import atomic_write_json, fsync_dir, fsync_file, retry_os, sha256_file
+from chef_genius.checkpoint.files import (
+    atomic_write_json, fsync_dir, fsync_files, retry_os, sha256_file, write_hashed)
 from chef_genius.checkpoint.format import (
     MANIFEST, TRAINING_STATE, SaveCancelled, checkpoint_path, deleting_path, staging_path)
 from chef_genius.checkpoint.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
-_SEAL_THREADS = max(2, min(8, os.cpu_count() or 1))
+# ``save_model(folder)`` writes the model files into ``folder`` and may return {name: sha256} of them
+SaveModel = Callable[[Path], Mapping[str, str] | None]
 MODEL_LABELS = ("model written", "training state written")  # fault points of a checkpoint's files
 FINAL_LABELS = ("final model written", None)                 # ... and of the final model's
 
@@ -41,7 +43,7 @@ def staging_folder(output_dir: str | Path, name: str) -> Path:
     return staging
 
 
-def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Callable[[Path], None],
+def write_checkpoint(output_dir: str | Path, global_step: int, save_model: SaveModel,
                      training_state: dict, cancelled: Callable[[], bool] | None = None) -> Path:
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer.
     ``cancelled()`` is asked between the steps: when it says yes, the save is given up (``SaveCancelled``)."""
@@ -54,8 +56,7 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
         manifest = build_manifest(staging, global_step, digests)
         fault_point("files fsynced")
         atomic_write_json(staging / MANIFEST, manifest)
-        fault_point("manifest written")
-        fsync_dir(staging)
+        fault_point("manifest written")  # atomic_write_json fsynced the staging folder too
         _stop_if(cancelled)
         if final.exists():  # only now, so a crash before this point leaves the older folder in place
             set_aside(final)
@@ -68,7 +69,7 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: Calla
     return final
 
 
-def write_final_model(output_dir: str | Path, save_model: Callable[[Path], None],
+def write_final_model(output_dir: str | Path, save_model: SaveModel,
                       cancelled: Callable[[], bool] | None = None) -> list[Path]:
     """``save_model(folder)`` into ``output_dir`` itself (the run's final model): written and fsynced in a
     staging folder like a checkpoint, then each file moved into place (one atomic replace each)."""
@@ -89,34 +90,30 @@ def write_final_model(output_dir: str | Path, save_model: Callable[[Path], None]
     return moved
 
 
-def _write_sealed(staging: Path, save_model: Callable[[Path], None], training_state: dict | None,
+def _write_sealed(staging: Path, save_model: SaveModel, training_state: dict | None,
                   cancelled: Callable[[], bool] | None, labels: tuple, hash_files: bool = True) -> dict[str, str]:
-    """Write the model (and the training state) into ``staging``; every file fsynced (and hashed)."""
-    # Hashing costs about as much as writing (sha256 runs at a few hundred MB/s to ~2 GB/s per
-    # core): the model files are fsynced and hashed in other threads (hashlib and fsync release
-    # the GIL) while torch.save writes the training state, itself hashed as soon as it is written.
-    seal = _fsync_and_hash if hash_files else fsync_file
-    with ThreadPoolExecutor(max_workers=_SEAL_THREADS) as pool:
-        save_model(staging)
-        fault_point(labels[0])
-        _stop_if(cancelled)
-        sealing = {p: pool.submit(seal, p) for p in staging.rglob("*") if p.is_file()}
-        if training_state is not None:
-            torch.save(training_state, staging / TRAINING_STATE)
-            fault_point(labels[1])
-            sealing[staging / TRAINING_STATE] = pool.submit(seal, staging / TRAINING_STATE)
-        return {p.relative_to(staging).as_posix(): job.result() for p, job in sealing.items()}
+    """Write the model (and the training state) into ``staging``, then fsync every file together;
+    returns each file's sha256. Hashes come from the bytes as they were written; only a file that
+    ``save_model`` wrote without saying its hash is read back for it."""
+    digests = dict(save_model(staging) or {})
+    fault_point(labels[0])
+    _stop_if(cancelled)
+    if training_state is not None:
+        digests[TRAINING_STATE] = write_hashed(staging / TRAINING_STATE, lambda stream: torch.save(training_state, stream))
+        fault_point(labels[1])
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    fsync_files(files)
+    if hash_files:
+        for path in files:
+            name = path.relative_to(staging).as_posix()
+            if name not in digests:
+                digests[name] = sha256_file(path)
+    return digests
 
 
 def _stop_if(cancelled: Callable[[], bool] | None) -> None:
     if cancelled is not None and cancelled():
         raise SaveCancelled("the save was given up")
-
-
-def _fsync_and_hash(path: Path) -> str:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-    return sha256_file(path)
 
 
 def set_aside(path: Path) -> Path:

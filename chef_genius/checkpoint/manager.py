@@ -2,9 +2,9 @@
 
 A run registers its stateful components under the names of the format's slices (``format.SLICES``:
 run state, data position, optimizer, LR schedule, RNG of every process, reporters, settings), each
-with ``state_dict()`` / ``load_state_dict()``, and a ``ModelFiles`` for the weights, which go through
-``save_pretrained`` (safetensors) with the tokenizer. The manager knows nothing of training; the
-trainer knows nothing of ``training_state.pt``.
+with ``state_dict()`` / ``load_state_dict()``, and a ``ModelFiles`` for the weights, which writes them
+as ``save_pretrained`` does (safetensors) with the tokenizer, hashing each file as it writes it. The
+manager knows nothing of training; the trainer knows nothing of ``training_state.pt``.
 
 One save path. Every save, synchronous or ``--async-save``:
 1. waits for the save in flight (there is at most one);
@@ -13,7 +13,7 @@ One save path. Every save, synchronous or ``--async-save``:
 3. checks the free space (rank 0, as every step below);
 4. async only: copies the state to CPU buffers, so training can go on;
 5. hands the write to the writer thread: staging folder, fsync, manifest, rename
-   (``format.write_checkpoint``); then learns the real checkpoint size and applies
+   (``commit.write_checkpoint``); then learns the real checkpoint size and applies
    ``--save-total-limit`` (newest K, the best, the resume source), only now that the new one is safe;
 6. sync only: waits for it. A synchronous save is the asynchronous one followed by a wait.
 
@@ -24,7 +24,7 @@ on, and ``finish`` sums the failures up, ending with exit code 4 when the final 
 No exit reports a checkpoint the manager has not seen committed: ``wait`` is how the trainer learns
 it, and leaving the manager's ``with`` block waits for a write still in flight (a second Ctrl+C
 gives it up instead: the write stops at its next step and removes its staging folder). The final
-model goes through the same writer, staging and fsync (``format.write_final_model``).
+model goes through the same writer, staging and fsync (``commit.write_final_model``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class Stateful(Protocol):
 class ModelFiles(Protocol):
     def state_dict(self) -> dict: ...                        # the full weights (a collective under FSDP)
 
-    def save(self, folder: Path, weights: dict) -> None: ...  # save_pretrained + the tokenizer
+    def save(self, folder: Path, weights: dict) -> dict[str, str] | None: ...  # the model files; their sha256
 
     # optional, for a final model unlike a checkpoint's files (a LoRA run's merged model); default: the above
     # def final_state_dict(self) -> dict: ...

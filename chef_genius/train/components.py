@@ -3,7 +3,8 @@
 The run state (``train/state.py``), the sampler's data position (``data/sampler.py``) and the
 reporters (``monitoring/reporting.py``) are stateful themselves; what needs the accelerator, or a
 decision on restore, is here:
-- ``ModelFiles``: the weights for ``save_pretrained`` (gathered in full under FSDP) and the tokenizer;
+- ``ModelFiles``: the weights (gathered in full under FSDP) and the tokenizer, written as
+  ``save_pretrained`` writes them, each file hashed as it is written (``model/saving.py``);
   ``AdapterFiles`` for a LoRA run: the adapter and the base's record, and a merged final model;
 - ``OptimizerSlice``: AdamW's moments; keyed by parameter name under FSDP; a checkpoint without them
   (or one FSDP's shards cannot take) re-warms the learning rate instead;
@@ -23,6 +24,7 @@ from typing import Callable
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.model import lora
 from chef_genius.model.loading import unwrap
+from chef_genius.model.saving import PretrainedFiles
 from chef_genius.train import distributed as dist
 from chef_genius.train import rng
 from chef_genius.train import settings
@@ -42,24 +44,25 @@ class ModelFiles:
     def __init__(self, accelerator, model, tokenizer, source_template: str | None = None):
         self.accelerator, self.model, self.tokenizer = accelerator, model, tokenizer
         self.source_template = source_template  # written beside config.json (generation reads it)
+        self._files: PretrainedFiles | None = None
 
     def state_dict(self) -> dict:
         if sharded.is_fsdp(self.accelerator):
             return sharded.gather_model_state(self.accelerator, self.model)  # a collective; full on rank 0
         return unwrap(self.model).state_dict()
 
-    def save(self, folder, weights: dict) -> None:
-        unwrap(self.model).save_pretrained(folder, state_dict=weights, max_shard_size="1000GB")
-        self.tokenizer.save_pretrained(folder)
-        if self.source_template is not None:
-            ckpt.write_prompt(folder, self.source_template)
+    def save(self, folder, weights: dict) -> dict[str, str]:
+        """Write the model files into ``folder``; returns the sha256 of each, computed while writing."""
+        if self._files is None:
+            self._files = PretrainedFiles(unwrap(self.model), self.tokenizer, self.source_template)
+        return self._files.write(folder, weights)
 
     # the final model: the same files (a LoRA run's differ, see AdapterFiles)
     def final_state_dict(self) -> dict:
         return self.state_dict()
 
-    def save_final(self, folder, weights: dict) -> None:
-        self.save(folder, weights)
+    def save_final(self, folder, weights: dict) -> dict[str, str]:
+        return self.save(folder, weights)
 
 
 class AdapterFiles(ModelFiles):

@@ -73,7 +73,7 @@ class TrainConfig:
     compile: bool | None = None
     dataloader_num_workers: int = 2
     num_proc: int = 0
-    async_save: bool = False
+    async_save: bool | None = None  # None: on with CUDA, off on CPU
     streaming: bool = False
     gradient_checkpointing: bool = False
     plan_only: bool = False
@@ -233,11 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints, evaluation and logging")
     g.add_argument("--save-steps", type=int, default=d.save_steps,
                    help=f"checkpoint every N optimizer steps (default {d.save_steps})")
-    g.add_argument("--async-save", action="store_true",
-                   help="copy the state to CPU memory and write the checkpoint in a background thread "
-                        "(same files, same crash safety; at most one save in flight)")
+    g.add_argument("--async-save", action="store_true", default=None,
+                   help="copy the state to CPU memory and write the checkpoint in a background thread: "
+                        "same files, same crash safety, at most one save in flight (default: on with CUDA, "
+                        "off on CPU)")
     g.add_argument("--no-async-save", dest="async_save", action="store_false",
-                   help="write checkpoints synchronously again (a resume inherits --async-save otherwise)")
+                   help="write checkpoints in the training thread (a resume inherits --async-save otherwise)")
     g.add_argument("--save-total-limit", type=int, default=d.save_total_limit,
                    help="keep the newest N checkpoints plus the best one and the one resumed from; older "
                         "ones are deleted after each new checkpoint is committed (default 0: keep all)")

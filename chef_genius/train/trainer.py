@@ -271,11 +271,16 @@ class Trainer:
         return CheckpointManager(
             self.output, files, components,
             world=dist.World(acc),
-            async_save=c.async_save, on_error=c.on_save_error, save_steps=c.save_steps,
+            async_save=self._async_save(), on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
             checkpoint_bytes=disk.estimate_checkpoint_bytes(tensors, extra_bytes=tokenizer),
             model_bytes=disk.estimate_checkpoint_bytes(final_tensors, optimizer_moments=0, extra_bytes=tokenizer))
+
+    def _async_save(self) -> bool:
+        """--async-save / --no-async-save; by default on with CUDA (the copy to pinned memory is quick
+        there, the write is not), off on CPU (the copy and the write compete for the same cores)."""
+        return self.device.type == "cuda" if self.config.async_save is None else self.config.async_save
 
     def _resume(self, loaded: LoadedCheckpoint) -> None:
         restored = self.checkpoints.restore(loaded)

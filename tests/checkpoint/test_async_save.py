@@ -93,3 +93,19 @@ def test_at_most_one_save_in_flight_and_snapshot_is_a_copy():
         saver.submit(slow_write, "x")
     saver.wait()
     assert peak[0] == 1 and not saver.in_flight
+
+
+def test_snapshots_reuse_their_buffers_and_copy_plain_lists():
+    saver = AsyncCheckpointer()
+    weight, moments = torch.randn(64, 8), torch.randn(64, 8)
+    state = {"w": weight, "opt": {"m": moments, "step": torch.tensor(3.0)}, "rng": [1, 2, 3], "t": (weight, 4)}
+    first, before = saver.snapshot(state, "s"), weight.clone()
+    assert first["t"][0] is first["w"] and isinstance(first["t"], tuple)
+    state["rng"].append(4)  # training goes on: neither the list nor the tensors of the copy change
+    weight.add_(1)
+    assert first["rng"] == [1, 2, 3] and torch.equal(first["w"], before)
+    second = saver.snapshot(state, "s")  # the next save: the same memory, the new values
+    assert second["w"].data_ptr() == first["w"].data_ptr() and second["w"] is not weight
+    assert second["opt"]["m"].data_ptr() == first["opt"]["m"].data_ptr()
+    assert torch.equal(second["w"], weight) and torch.equal(second["opt"]["m"], moments)
+    assert second["rng"] == [1, 2, 3, 4]

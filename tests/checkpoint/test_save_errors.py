@@ -8,6 +8,7 @@ import errno
 import logging
 import shutil
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,11 +36,14 @@ def fail_nth_state_write(monkeypatch, n, err):
     real_save, calls = torch.save, []
 
     def save(obj, f, *args, **kwargs):
-        if str(f).endswith(ckpt.TRAINING_STATE):
+        if str(getattr(f, "name", f)).endswith(ckpt.TRAINING_STATE):  # a path, or the stream the save writes into
             calls.append(f)
             if len(calls) == n:
-                with open(f, "wb") as handle:
-                    handle.write(b"partial")
+                if isinstance(f, str | Path):
+                    with open(f, "wb") as handle:
+                        handle.write(b"partial")
+                else:
+                    f.write(b"partial")
                 raise err
         return real_save(obj, f, *args, **kwargs)
     monkeypatch.setattr(torch, "save", save)

@@ -339,3 +339,14 @@ def test_lora_settings_are_inherited_and_a_lora_run_may_name_its_base_anew():
     assert settings.decide(full, command.to_dict(), command.explicit).values["pretrained_model"] == "old/base"
     changed = parse_args(["--data", str(SAMPLE_CSV), "--lora-alpha", "4"])
     assert [c.name for c in settings.decide(saved, changed.to_dict(), changed.explicit).adapter] == ["lora_alpha"]
+
+
+def test_async_save_is_the_default_on_cuda_only():
+    from types import SimpleNamespace
+    from chef_genius.train.trainer import Trainer
+
+    def async_save(device, *argv):
+        config = parse_args(["--data", str(SAMPLE_CSV), *argv])
+        return Trainer._async_save(SimpleNamespace(device=torch.device(device), config=config))
+    assert async_save("cuda") and not async_save("cpu")
+    assert not async_save("cuda", "--no-async-save") and async_save("cpu", "--async-save")
