@@ -130,45 +130,46 @@ def _state_problem(folder: Path) -> str | None:
 
 
 def _model_problem(folder: Path) -> str | None:
-    if os.path.lexists(folder / ADAPTER_WEIGHTS):
-        return _adapter_problem(folder)
+    """Why the model files of ``folder`` would not load: a full model's weights and JSON files, or a LoRA
+    checkpoint's adapter, its config, the base record and the tokenizer's JSON files."""
+    check = _adapter_files_problem if os.path.lexists(folder / ADAPTER_WEIGHTS) else _model_files_problem
     try:
-        layout, files = weights_layout(folder)
-        if layout is None:
-            return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
-        for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
-            if not os.path.lexists(path):
-                return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
-            if layout == "bin":
-                if not trust.regular_file(path):
-                    raise trust.Untrusted(f"{path.name} is not a regular file")
-            else:
-                trust.read_safetensors_header(path)
-        for name in (MODEL_CONFIG, GENERATION_CONFIG, "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json"):
-            if name == MODEL_CONFIG or os.path.lexists(folder / name):
-                if not isinstance(trust.read_json(folder / name), dict):
-                    return f"{name} does not hold a JSON object"
+        return check(folder)
     except (trust.Untrusted, ValueError) as err:
         return str(err)
     except OSError as err:
         return f"cannot read its files ({err.strerror})"
-    return None
 
 
-def _adapter_problem(folder: Path) -> str | None:
-    """A LoRA checkpoint: the adapter's header, its config, the base record, the tokenizer's JSON files."""
-    try:
-        trust.read_safetensors_header(folder / ADAPTER_WEIGHTS)
-        if not isinstance(trust.read_json(folder / ADAPTER_CONFIG), dict):
-            return f"{ADAPTER_CONFIG} does not hold a JSON object"
-        if read_base(folder) is None:
-            return f"{BASE_RECORD} is missing or malformed: the base model the adapter belongs to is unknown"
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if os.path.lexists(folder / name) and not isinstance(trust.read_json(folder / name), dict):
-                return f"{name} does not hold a JSON object"
-    except (trust.Untrusted, ValueError) as err:
-        return str(err)
-    except OSError as err:
-        return f"cannot read its files ({err.strerror})"
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _model_files_problem(folder: Path) -> str | None:
+    layout, files = weights_layout(folder)
+    if layout is None:
+        return f"no model weights ({WEIGHTS}, sharded weights with {WEIGHTS_INDEX}, or {WEIGHTS_BIN})"
+    for path in files:  # every shard: a regular file inside the folder, its header bounded and valid
+        if not os.path.lexists(path):
+            return f"{path.name} is missing (a shard named by {WEIGHTS_INDEX})"
+        if layout == "bin":
+            if not trust.regular_file(path):
+                raise trust.Untrusted(f"{path.name} is not a regular file")
+        else:
+            trust.read_safetensors_header(path)
+    return _json_problem(folder, required=(MODEL_CONFIG,), optional=(GENERATION_CONFIG, *_TOKENIZER_JSON))
+
+
+def _adapter_files_problem(folder: Path) -> str | None:
+    trust.read_safetensors_header(folder / ADAPTER_WEIGHTS)
+    problem = _json_problem(folder, required=(ADAPTER_CONFIG,))
+    if problem is None and read_base(folder) is None:
+        problem = f"{BASE_RECORD} is missing or malformed: the base model the adapter belongs to is unknown"
+    return problem or _json_problem(folder, optional=_TOKENIZER_JSON)
+
+
+def _json_problem(folder: Path, required: tuple = (), optional: tuple = ()) -> str | None:
+    """The first of ``required`` (and of ``optional`` where present) that is not a JSON object."""
+    for name in (*required, *optional):
+        if (name in required or os.path.lexists(folder / name)) and not isinstance(trust.read_json(folder / name), dict):
+            return f"{name} does not hold a JSON object"
     return None
