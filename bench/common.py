@@ -53,7 +53,7 @@ def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     large = model_config == "flan-t5-large"
     if mode == "smoke":
         return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64, repeats=1, eval_every=1,
-                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=1)
+                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=2)
     if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more), under 10 minutes
         repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
         return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,

@@ -57,7 +57,8 @@ SAVE_LIMIT = 2
 LOOP = ("ours_fixed", "hf_same_batches")                            # the loop: identical batches, a window
 WHOLE = ("ours_token_budget", "hf_tuned", "ours_fixed_epochs")      # the whole trainer: whole epochs
 CONTENDERS = LOOP + WHOLE
-EPOCHS = 2  # the first epoch is the warm-up, the second is timed
+EPOCHS = 2  # the first epoch is the warm-up, the second is timed; one step of a third ends the run (its
+# end-of-training evaluation and save fall after the window, as for any step count)
 
 
 def _sync():
@@ -166,7 +167,7 @@ class Run:
 
     def periodic(self, kind: str, step: int, fn, *args, **kwargs):
         """``fn`` timed as evaluation or save work when ``step`` is in the window (a sync only then)."""
-        if not self.timed(step):
+        if not self.timed(step) or self.last in self.marks:  # outside the window (the end of training's is after it)
             return fn(*args, **kwargs)
         _sync()
         started = time.perf_counter()
@@ -216,8 +217,9 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
     p = plan.profile
     output = plan.work / f"{name}-{attempt}"
     first, last, every = plan.window(name)
+    stop = last + 1 if plan.epochs else last
     flags = ["--data", str(plan.data), "--pretrained-model", str(plan.model), "--model-output", str(output),
-             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS if plan.epochs else 1000), "--max-steps", str(last),
+             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS + 1 if plan.epochs else 1000), "--max-steps", str(stop),
              "--learning-rate", str(LEARNING_RATE), "--warmup-steps", "0", "--seed", str(SEED),
              "--eval-split-ratio", str(EVAL_SPLIT), "--eval-max-samples", str(p.eval_max_samples),
              "--eval-steps", str(every), "--save-steps", str(every), "--logging-steps",
@@ -278,6 +280,7 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     train, held_out = tokenized.select(plan.train_rows), tokenized.select(plan.eval_rows)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=LABEL_PAD)
     first, last, every = plan.window(name)
+    stop = last + 1 if plan.epochs else last
     run = Run(name, first, last, every)
     order = plan.order
 
@@ -305,7 +308,7 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     workers = p.workers
     args = Seq2SeqTrainingArguments(
         output_dir=str(plan.work / f"{name}-{attempt}"), per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR, max_steps=last,
+        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR, max_steps=stop,
         learning_rate=LEARNING_RATE, warmup_steps=0, lr_scheduler_type="linear", weight_decay=0.01,
         max_grad_norm=1.0, seed=SEED, optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length", length_column_name="length",
