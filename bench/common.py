@@ -57,7 +57,7 @@ def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more), under 10 minutes
         repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
         return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,
-                       repeats=repeats, eval_every=10, eval_max_samples=64, epoch_rows=400, evals_per_epoch=1)
+                       repeats=repeats, eval_every=10, eval_max_samples=64, epoch_rows=200, evals_per_epoch=1)
     if mode == "quick":
         return Profile(mode, model_config, 2000, 8, 5, 20, 50_000, 1, gpu, gpu, repeats=3, eval_every=5,
                        eval_max_samples=16, threads=1, epoch_rows=200, evals_per_epoch=2)

@@ -16,16 +16,26 @@ Two questions, two comparisons:
   saving included. The budget is the padded size of a batch of the ``--batch-size`` longest recipes:
   the same peak tokens per micro-batch (so about the same peak memory) as Seq2SeqTrainer's longest
   batch, which is what its ``per_device_train_batch_size`` has to be sized for.
-  ``token_budget_vs_fixed_batches`` compares ours with either sampler, same figure.
+  ``token_budget_vs_fixed_batches`` compares ours with our fixed batches (``ours_fixed_epochs``), same
+  figure, same timing.
 
-Every run uses the same model folder, train split, held-out recipes (our ``--eval-split-ratio`` and
-``--eval-max-samples`` choice, given to both), seed, learning rate, logging / evaluation / save cadence
-(every ``eval_every`` steps, a full checkpoint with optimizer state each time, at most 2 kept), and
-the same loader workers; each run is a fresh process. The timed window is steps ``W+1 .. W+T``, from the
-end of step W's periodic work (log, evaluation, save) to the end of step W+T's; the warm-up W is a
-whole evaluation / save interval, so first-time costs (allocation, compilation, a first evaluation and
-save) stay outside it. Training-only time is the window less the evaluations and saves in it.
-Contenders run in a rotated order in each repetition (ABCD, BCDA, ...) so none always goes first
+  A window of steps would time different recipes for different samplers (ours puts the longest recipes
+  of a length group first, and a step has fixed costs, so longer rows give more tokens/s). So these
+  contenders train two whole epochs of a small split (``epoch_rows`` recipes in their own CSV) and are
+  timed over the second one: every recipe exactly once each, the same real target tokens in total
+  (the record's ``epoch_target_tokens``; the test checks it). Each contender evaluates and saves every
+  ``eval_and_save_every[name]`` steps, chosen from its own steps per epoch so that it falls
+  ``evals_per_epoch`` times in the timed epoch for every contender. The run stops one step into a
+  third epoch, so the end-of-training evaluation and save fall after the window.
+
+Every run uses the same model folder, held-out recipes of its split (our ``--eval-split-ratio`` and
+``--eval-max-samples`` choice, given to both), seed, learning rate, a full checkpoint with optimizer
+state at every evaluation (at most 2 kept), and the same loader workers; each run is a fresh process.
+The loop's timed window is steps ``W+1 .. W+T``, from the end of step W's periodic work (log,
+evaluation, save) to the end of step W+T's; the warm-up W is a whole evaluation / save interval, so
+first-time costs (allocation, compilation, a first evaluation and save) stay outside it; the whole
+trainer's warm-up is the first epoch. Training-only time is the window less the evaluations and saves
+in it. Contenders run in a rotated order in each repetition (ABCDE, BCDEA, ...) so none always goes first
 while the shared machine's load drifts; records give each contender's median, min and max and the
 ratio of the medians.
 """
