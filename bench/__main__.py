@@ -41,6 +41,8 @@ def parse(argv):
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     p.add_argument("--repeats", type=int, help="runs of each throughput contender, alternated (default 5; "
                                                "3 with --quick, 1 with --smoke or --gpu)")
+    p.add_argument("--epoch-rows", type=int, help="recipes in the CSV whose train split the whole-trainer "
+                                                   "comparisons train on for two epochs (default 200 with --quick)")
     p.add_argument("--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with "
                                                         "--quick / --smoke)")
     p.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     profile = make_profile(mode, model_config, gpu=args.gpu)
     if args.repeats:
         profile.repeats = args.repeats
+    if args.epoch_rows:
+        profile.epoch_rows = args.epoch_rows
     if args.threads is not None:
         profile.threads = args.threads
     wanted = set(args.only or BENCHMARKS)

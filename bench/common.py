@@ -42,22 +42,27 @@ class Profile:
     # torch threads of each throughput run (0: torch's default). One on CPU: the tiny model's matrices
     # are too small to share among threads, and on 2 shared cores two threads made a run many times slower
     threads: int = 0
+    # the whole-trainer comparisons: each contender trains two whole epochs of a small split of its own
+    # ``epoch_rows``-recipe CSV and is timed over the second (every recipe exactly once), validating and
+    # saving ``evals_per_epoch`` times in it
+    epoch_rows: int = 40
+    evals_per_epoch: int = 1
 
 
 def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     large = model_config == "flan-t5-large"
     if mode == "smoke":
         return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64, repeats=1, eval_every=1,
-                       eval_max_samples=8, threads=0 if gpu else 1)
+                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=2)
     if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more), under 10 minutes
         repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
         return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,
-                       repeats=repeats, eval_every=10, eval_max_samples=64)
+                       repeats=repeats, eval_every=10, eval_max_samples=64, epoch_rows=200, evals_per_epoch=1)
     if mode == "quick":
         return Profile(mode, model_config, 2000, 8, 5, 20, 50_000, 1, gpu, gpu, repeats=3, eval_every=5,
-                       eval_max_samples=16, threads=1)
+                       eval_max_samples=16, threads=1, epoch_rows=200, evals_per_epoch=2)
     return Profile(mode, model_config, 20000, 8 if not large else 16, 10, 40, 1_000_000, 2, gpu, gpu, repeats=5,
-                   eval_every=10, eval_max_samples=32, threads=1)
+                   eval_every=10, eval_max_samples=32, threads=1, epoch_rows=1000, evals_per_epoch=4)
 
 
 def emit(record: dict) -> None:

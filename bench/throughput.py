@@ -16,16 +16,26 @@ Two questions, two comparisons:
   saving included. The budget is the padded size of a batch of the ``--batch-size`` longest recipes:
   the same peak tokens per micro-batch (so about the same peak memory) as Seq2SeqTrainer's longest
   batch, which is what its ``per_device_train_batch_size`` has to be sized for.
-  ``token_budget_vs_fixed_batches`` compares ours with either sampler, same figure.
+  ``token_budget_vs_fixed_batches`` compares ours with our fixed batches (``ours_fixed_epochs``), same
+  figure, same timing.
 
-Every run uses the same model folder, train split, held-out recipes (our ``--eval-split-ratio`` and
-``--eval-max-samples`` choice, given to both), seed, learning rate, logging / evaluation / save cadence
-(every ``eval_every`` steps, a full checkpoint with optimizer state each time, at most 2 kept), and
-the same loader workers; each run is a fresh process. The timed window is steps ``W+1 .. W+T``, from the
-end of step W's periodic work (log, evaluation, save) to the end of step W+T's; the warm-up W is a
-whole evaluation / save interval, so first-time costs (allocation, compilation, a first evaluation and
-save) stay outside it. Training-only time is the window less the evaluations and saves in it.
-Contenders run in a rotated order in each repetition (ABCD, BCDA, ...) so none always goes first
+  A window of steps would time different recipes for different samplers (ours puts the longest recipes
+  of a length group first, and a step has fixed costs, so longer rows give more tokens/s). So these
+  contenders train two whole epochs of a small split (``epoch_rows`` recipes in their own CSV) and are
+  timed over the second one: every recipe exactly once each, the same real target tokens in total
+  (the record's ``epoch_target_tokens``; the test checks it). Each contender evaluates and saves every
+  ``eval_and_save_every[name]`` steps, chosen from its own steps per epoch so that it falls
+  ``evals_per_epoch`` times in the timed epoch for every contender. The run stops one step into a
+  third epoch, so the end-of-training evaluation and save fall after the window.
+
+Every run uses the same model folder, held-out recipes of its split (our ``--eval-split-ratio`` and
+``--eval-max-samples`` choice, given to both), seed, learning rate, a full checkpoint with optimizer
+state at every evaluation (at most 2 kept), and the same loader workers; each run is a fresh process.
+The loop's timed window is steps ``W+1 .. W+T``, from the end of step W's periodic work (log,
+evaluation, save) to the end of step W+T's; the warm-up W is a whole evaluation / save interval, so
+first-time costs (allocation, compilation, a first evaluation and save) stay outside it; the whole
+trainer's warm-up is the first epoch. Training-only time is the window less the evaluations and saves
+in it. Contenders run in a rotated order in each repetition (ABCDE, BCDEA, ...) so none always goes first
 while the shared machine's load drifts; records give each contender's median, min and max and the
 ratio of the medians.
 """
@@ -43,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chef_genius.data.sampler import epoch_order, padded
+from chef_genius.data.sampler import budget_bounds, epoch_order, padded
 from chef_genius.data.tokenized import LABEL_PAD, RecipeDataset, load_tokenized, split_indices
 from chef_genius.train.data_setup import EVAL_BATCH_FACTOR, eval_subset
 
@@ -54,7 +64,11 @@ SEED = 42
 EVAL_SPLIT = 0.1
 LEARNING_RATE = 1e-4
 SAVE_LIMIT = 2
-CONTENDERS = ("ours_fixed", "hf_same_batches", "ours_token_budget", "hf_tuned")
+LOOP = ("ours_fixed", "hf_same_batches")                            # the loop: identical batches, a window
+WHOLE = ("ours_token_budget", "hf_tuned", "ours_fixed_epochs")      # the whole trainer: whole epochs
+CONTENDERS = LOOP + WHOLE
+EPOCHS = 2  # the first epoch is the warm-up, the second is timed; one step of a third ends the run (its
+# end-of-training evaluation and save fall after the window, as for any step count)
 
 
 def _sync():
@@ -79,17 +93,31 @@ class Plan:
     order: np.ndarray               # our epoch-0 order (positions in the train split)
     max_tokens: int                 # the token budget of ours_token_budget
     mean_target_tokens: float       # over the train split: what a window's recipes are compared with
+    target_tokens: int              # over the train split: what a whole epoch trains on
+    epochs: bool = False            # whole epochs (the whole-trainer plan) or a window of steps (the loop's)
+    # whole epochs: per contender, optimizer steps in epoch 1 and epoch 2, and the evaluation / save interval
+    epoch_steps: dict = field(default_factory=dict)
+    every: dict = field(default_factory=dict)
 
-    @property
-    def first(self) -> int:
-        return self.profile.warmup_steps
+    def window(self, name: str) -> tuple[int, int, int]:
+        """(first, last, every): the timed steps are first+1 .. last, evaluation and save every ``every``."""
+        if self.epochs:
+            first, second = self.epoch_steps[name]
+            return first, first + second, self.every[name]
+        p = self.profile
+        return p.warmup_steps, p.warmup_steps + p.timed_steps, p.eval_every
 
-    @property
-    def last(self) -> int:
-        return self.profile.warmup_steps + self.profile.timed_steps
+
+def interval(first: int, second: int, count: int) -> int:
+    """The evaluation / save interval closest to ``second / count`` steps that falls exactly ``count``
+    times in the timed epoch (steps first+1 .. first+second) and at least once in the warm-up epoch."""
+    fits = [e for e in range(1, first + 1) if (first + second) // e - first // e == count]
+    if not fits:
+        raise ValueError(f"no interval gives {count} evaluations in an epoch of {second} steps")
+    return min(fits, key=lambda e: (abs(e - second / count), e))
 
 
-def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path) -> Plan:
+def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path, epochs: bool = False) -> Plan:
     from chef_genius.model.loading import load_tokenizer
 
     assert profile.warmup_steps % profile.eval_every == 0 and profile.timed_steps % profile.eval_every == 0
@@ -102,9 +130,19 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
     src, tgt = train.source_target_lengths()
     longest = np.argsort(-(padded(src) + padded(tgt)), kind="stable")[:profile.batch_size]
     budget = profile.batch_size * int(padded(src[longest]).max() + padded(tgt[longest]).max())
-    needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
-    assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
-    return Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()))
+    plan = Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()),
+                int(tgt.sum()), epochs)
+    if not epochs:
+        needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
+        assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
+        return plan
+    fixed = -(-len(train) // profile.batch_size)
+    budgeted = [len(budget_bounds(epoch_order(len(train), SEED, e, train.lengths(), 1024), src, tgt, budget)) - 1
+                for e in range(EPOCHS)]
+    plan.epoch_steps = {"ours_token_budget": tuple(budgeted), "hf_tuned": (fixed, fixed),
+                        "ours_fixed_epochs": (fixed, fixed)}
+    plan.every = {name: interval(*steps, profile.evals_per_epoch) for name, steps in plan.epoch_steps.items()}
+    return plan
 
 
 @dataclass
@@ -139,7 +177,7 @@ class Run:
 
     def periodic(self, kind: str, step: int, fn, *args, **kwargs):
         """``fn`` timed as evaluation or save work when ``step`` is in the window (a sync only then)."""
-        if not self.timed(step):
+        if not self.timed(step) or self.last in self.marks:  # outside the window (the end of training's is after it)
             return fn(*args, **kwargs)
         _sync()
         started = time.perf_counter()
@@ -188,17 +226,19 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
 
     p = plan.profile
     output = plan.work / f"{name}-{attempt}"
+    first, last, every = plan.window(name)
+    stop = last + 1 if plan.epochs else last
     flags = ["--data", str(plan.data), "--pretrained-model", str(plan.model), "--model-output", str(output),
-             "--cache-dir", str(plan.cache), "--epochs", "1000", "--max-steps", str(plan.last),
+             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS + 1 if plan.epochs else 1000), "--max-steps", str(stop),
              "--learning-rate", str(LEARNING_RATE), "--warmup-steps", "0", "--seed", str(SEED),
              "--eval-split-ratio", str(EVAL_SPLIT), "--eval-max-samples", str(p.eval_max_samples),
-             "--eval-steps", str(p.eval_every), "--save-steps", str(p.eval_every), "--logging-steps",
-             str(p.eval_every), "--save-total-limit", str(SAVE_LIMIT), "--eval-samples", "0",
+             "--eval-steps", str(every), "--save-steps", str(every), "--logging-steps",
+             str(every), "--save-total-limit", str(SAVE_LIMIT), "--eval-samples", "0",
              "--max-source-length", str(p.max_source), "--max-target-length", str(p.max_target),
              "--dataloader-num-workers", str(p.workers), "--mixed-precision", "bf16" if p.bf16 else "no",
              "--progress", "log", "--compile" if p.compile else "--disable-compilation"]
     flags += ["--max-tokens-per-batch", str(plan.max_tokens)] if budget else ["--batch-size", str(p.batch_size)]
-    run = Run(name, plan.first, plan.last, p.eval_every)
+    run = Run(name, first, last, every)
     trainer = Trainer(parse_args(flags))
     try:
         trainer.setup()
@@ -249,7 +289,9 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
                               batched=True).remove_columns(["source_len", "target_len"])
     train, held_out = tokenized.select(plan.train_rows), tokenized.select(plan.eval_rows)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=LABEL_PAD)
-    run = Run(name, plan.first, plan.last, p.eval_every)
+    first, last, every = plan.window(name)
+    stop = last + 1 if plan.epochs else last
+    run = Run(name, first, last, every)
     order = plan.order
 
     class Timed(Seq2SeqTrainer):
@@ -276,13 +318,13 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     workers = p.workers
     args = Seq2SeqTrainingArguments(
         output_dir=str(plan.work / f"{name}-{attempt}"), per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR, max_steps=plan.last,
+        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR, max_steps=stop,
         learning_rate=LEARNING_RATE, warmup_steps=0, lr_scheduler_type="linear", weight_decay=0.01,
         max_grad_norm=1.0, seed=SEED, optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length", length_column_name="length",
-        eval_strategy="steps", eval_steps=p.eval_every, prediction_loss_only=True,
-        save_strategy="steps", save_steps=p.eval_every, save_total_limit=SAVE_LIMIT,
-        logging_strategy="steps", logging_steps=p.eval_every, report_to="none", disable_tqdm=True,
+        eval_strategy="steps", eval_steps=every, prediction_loss_only=True,
+        save_strategy="steps", save_steps=every, save_total_limit=SAVE_LIMIT,
+        logging_strategy="steps", logging_steps=every, report_to="none", disable_tqdm=True,
         dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, dataloader_pin_memory=cuda,
         bf16=p.bf16, torch_compile=p.compile and cuda, use_cpu=not cuda)
     trainer = Timed(model=model, args=args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
@@ -295,7 +337,7 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
 
 
 def run_in_process(plan: Plan, name: str, attempt: int) -> dict:
-    if name == "ours_fixed":
+    if name in ("ours_fixed", "ours_fixed_epochs"):
         return run_ours(plan, name, budget=False, attempt=attempt)
     if name == "ours_token_budget":
         return run_ours(plan, name, budget=True, attempt=attempt)
@@ -343,17 +385,18 @@ def _child(plan: Plan, name: str, attempt: int, send) -> None:
 # alternation and the records
 
 
-def alternate(plan: Plan, contenders=CONTENDERS, repeats: int | None = None, runner=run_contender) -> dict:
-    """Each contender ``repeats`` times, the order rotated each repetition; {name: [result, ...]}."""
+def alternate(plans: dict, repeats: int, runner=run_contender) -> dict:
+    """Each contender (``plans``: name -> its plan) ``repeats`` times, the order rotated each repetition;
+    {name: [result, ...]}."""
     import os
 
-    repeats = repeats or plan.profile.repeats
+    contenders = tuple(plans)
     results = {name: [] for name in contenders}
     for attempt in range(repeats):
         shift = attempt % len(contenders)
         for name in contenders[shift:] + contenders[:shift]:
             load = os.getloadavg()[0]
-            result = runner(plan, name, attempt)
+            result = runner(plans[name], name, attempt)
             result["load_1min"] = round((load + os.getloadavg()[0]) / 2, 2)
             results[name].append(result)
             log.warning("throughput %s run %d: %.0f target tokens/s training, %.0f wall-clock (load %.2f)", name,
@@ -382,26 +425,35 @@ def summarise(runs: list[dict]) -> dict:
 def throughput_records(profile: Profile, model: Path, data: Path, work: Path, cache: Path) -> list[dict]:
     import os
 
-    plan = make_plan(profile, model, data, work, cache)
+    from .common import write_recipes_csv
+
+    loop = make_plan(profile, model, data, work, cache)
+    epoch_data = write_recipes_csv(work / "epochs.csv", profile.epoch_rows, seed=1)
+    whole = make_plan(profile, model, epoch_data, work, cache, epochs=True)
+    plans = {**{name: loop for name in LOOP}, **{name: whole for name in WHOLE}}
     load_before = os.getloadavg()
-    results = alternate(plan)
+    results = alternate(plans, profile.repeats)
     load_after = os.getloadavg()
     s = {name: summarise(runs) for name, runs in results.items()}
     prints = {name: [r["fingerprint"] for r in runs] for name, runs in results.items()}
     loop_prints = prints["ours_fixed"] + prints["hf_same_batches"]
     identical = all(fp == loop_prints[0] for fp in loop_prints)
-    setting = {"batch_size": profile.batch_size, "max_tokens_per_batch": plan.max_tokens,
-               "warmup_steps": profile.warmup_steps, "timed_steps": profile.timed_steps,
-               "eval_and_save_every": profile.eval_every, "eval_recipes": len(plan.eval_rows),
-               "train_recipes": len(plan.train_rows),
-               # a window of longer recipes than average gives more tokens/s (fixed per-step costs): compare
-               # each contender's target_tokens_per_row with this
-               "train_mean_target_tokens": plan.mean_target_tokens, "repeats": profile.repeats, "workers": profile.workers,
-               "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
-               "torch_threads": profile.threads or torch.get_num_threads(), "load_before": [round(x, 2) for x in load_before],
-               "load_after": [round(x, 2) for x in load_after]}
+    common = {"batch_size": profile.batch_size, "repeats": profile.repeats, "workers": profile.workers,
+              "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
+              "torch_threads": profile.threads or torch.get_num_threads(),
+              "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after]}
+    loop_setting = {**common, "max_tokens_per_batch": loop.max_tokens, "warmup_steps": profile.warmup_steps,
+                    "timed_steps": profile.timed_steps, "eval_and_save_every": profile.eval_every,
+                    "eval_recipes": len(loop.eval_rows), "train_recipes": len(loop.train_rows),
+                    "train_mean_target_tokens": loop.mean_target_tokens}
+    # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
+    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
+                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
+                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
+                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
+                     "eval_and_save_every": dict(whole.every)}
 
-    def record(name, ours, baseline, key, target=None, **extra):
+    def record(name, ours, baseline, key, setting, target=None, **extra):
         a, b = s[ours][key]["median"], s[baseline][key]["median"]
         return dict(name=name, ours=a, baseline=b, ratio=a / b, unit=f"real target tokens/s ({key}, medians)",
                     target=target, contenders=[ours, baseline], setting=setting,
@@ -410,13 +462,16 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
                     # real source tokens, sum of input ids, sum of label ids
                     batch_fingerprints={ours: prints[ours], baseline: prints[baseline]})
 
-    whole = record("throughput_vs_seq2seqtrainer", "ours_token_budget", "hf_tuned", "wall_tokens_per_s", ">= 1.3")
-    whole["training_only"] = {"ours": s["ours_token_budget"]["tokens_per_s"]["median"],
-                              "baseline": s["hf_tuned"]["tokens_per_s"]["median"]}
-    whole["training_only"]["ratio"] = whole["training_only"]["ours"] / whole["training_only"]["baseline"]
+    def training_only(rec):
+        ours, baseline = (s[n]["tokens_per_s"]["median"] for n in rec["contenders"])
+        rec["training_only"] = {"ours": ours, "baseline": baseline, "ratio": ours / baseline}
+        return rec
+
     return [
-        record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", ">= 1.0",
+        record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting, ">= 1.0",
                identical_batches=identical, batches_compared=len(loop_prints)),
-        whole,
-        record("token_budget_vs_fixed_batches", "ours_token_budget", "ours_fixed", "wall_tokens_per_s"),
+        training_only(record("throughput_vs_seq2seqtrainer", "ours_token_budget", "hf_tuned", "wall_tokens_per_s",
+                             whole_setting, ">= 1.3")),
+        training_only(record("token_budget_vs_fixed_batches", "ours_token_budget", "ours_fixed_epochs",
+                             "wall_tokens_per_s", whole_setting)),
     ]

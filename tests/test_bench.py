@@ -37,18 +37,30 @@ def check_throughput(records):
     loop, whole = records["loop_efficiency"], records["throughput_vs_seq2seqtrainer"]
     assert loop["contenders"] == ["ours_fixed", "hf_same_batches"]
     assert whole["contenders"] == ["ours_token_budget", "hf_tuned"]
+    assert records["token_budget_vs_fixed_batches"]["contenders"] == ["ours_token_budget", "ours_fixed_epochs"]
     assert whole["unit"].startswith("real target tokens/s (wall_tokens_per_s")
     for record in records.values():
         assert abs(record["ratio"] - record["ours"] / record["baseline"]) < 1e-3 * record["ratio"]
+        setting = record["setting"]
         for detail in (record["ours_detail"], record["baseline_detail"]):
             for key in ("tokens_per_s", "wall_tokens_per_s"):
                 runs = detail[key]["runs"]
-                assert len(runs) == record["setting"]["repeats"]
+                assert len(runs) == setting["repeats"]
                 assert detail[key]["min"] <= detail[key]["median"] <= detail[key]["max"]
-            # wall-clock includes the evaluations and saves, at the same cadence for every contender
+            # wall-clock includes the evaluations and saves, as many of them for every contender
             assert detail["wall_tokens_per_s"]["median"] < detail["tokens_per_s"]["median"]
-            every = record["setting"]["eval_and_save_every"]
-            assert detail["evals"] == detail["saves"] == record["setting"]["timed_steps"] // every
+            expected = (setting["evals_per_epoch"] if record is not loop
+                        else setting["timed_steps"] // setting["eval_and_save_every"])
+            assert detail["evals"] == detail["saves"] == expected > 0
+    for record in (whole, records["token_budget_vs_fixed_batches"]):
+        # the whole trainer is timed over a whole epoch: every recipe of the split exactly once, so each
+        # contender trained on the same real target tokens (its own batches, but the same recipes)
+        ours, theirs = record["ours_detail"], record["baseline_detail"]
+        assert ours["tokens"] == theirs["tokens"] == record["setting"]["epoch_target_tokens"] > 0, \
+            "the whole-trainer contenders trained on different real target tokens"
+        for name, detail in zip(record["contenders"], (ours, theirs)):
+            assert detail["steps"] == record["setting"]["steps_per_epoch"][name][1]
+            assert all(sum(b[3] for b in run) == ours["tokens"] for run in record["batch_fingerprints"][name])
     ours, theirs = (loop["batch_fingerprints"][name] for name in loop["contenders"])
     steps = loop["setting"]["timed_steps"]
     assert all(len(run) == steps for run in ours + theirs)
