@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -104,6 +105,32 @@ def check_base(folder: Path, digest: str, pretrained_model: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the adapter's files
+
+
+def base_of_run(model, pretrained_model: str, resumed_from: Path | None) -> dict:
+    """The record of a LoRA run's base (its fingerprint computed once, at load); on a resume checked
+    against the checkpoint's, so an adapter never continues on other weights (exit 2)."""
+    began = time.perf_counter()
+    digest = fingerprint(model)
+    log.info("base model %s: weights' sha256 %s (%.1fs)", pretrained_model, digest[:12], time.perf_counter() - began)
+    if resumed_from is not None:
+        if not ckpt.is_adapter(resumed_from):
+            raise UserError(f"{resumed_from.name} is a full fine-tuning checkpoint and has no adapter to "
+                            "continue: resume it without --lora-r")
+        check_base(resumed_from, digest, pretrained_model)
+    return base_record(pretrained_model, digest, sum(p.numel() for p in model.parameters()))
+
+
+def wrap_for_training(model, r: int, alpha: float, dropout: float, targets, resumed_from: Path | None):
+    """``wrap``, with the checkpoint's adapter weights loaded on a resume; logs what trains."""
+    model = wrap(model, r, alpha, dropout, targets)
+    if resumed_from is not None:
+        load_adapter(model, resumed_from)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)", r, alpha, dropout,
+             " ".join(targets_of(model)), f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    return model
 
 
 def adapter_state(peft_model) -> dict:

@@ -180,8 +180,12 @@ class Trainer:
         c = self.config
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
+        if c.lora_r and sharded.is_fsdp(self.accelerator):
+            raise UserError("--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
+                            "without an FSDP config) or on one GPU")
+        resumed_from = loaded.path if loaded is not None else None
         model = load_model(c.pretrained_model if c.lora_r else self.model_source)  # LoRA: the base, always
-        self.base = self._base_record(model, loaded) if c.lora_r else None
+        self.base = lora.base_of_run(model, c.pretrained_model, resumed_from) if c.lora_r else None
         self.head = lean_loss.install(model)  # loss over labelled positions only (model/lean_loss.py)
         if c.gradient_checkpointing:
             model.config.use_cache = False
@@ -192,36 +196,8 @@ class Trainer:
             memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         if c.lora_r:
-            model = self._wrap_lora(model, loaded)
-        return model
-
-    def _base_record(self, model, loaded: LoadedCheckpoint | None) -> dict:
-        """A LoRA run's base: its fingerprint, computed once, checked against the checkpoint's on resume."""
-        c = self.config
-        if sharded.is_fsdp(self.accelerator):
-            raise UserError("--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
-                            "without an FSDP config) or on one GPU")
-        began = time.perf_counter()
-        digest = lora.fingerprint(model)
-        log.info("base model %s: weights' sha256 %s (%.1fs)", c.pretrained_model, digest[:12],
-                 time.perf_counter() - began)
-        if loaded is not None:
-            if not ckpt.is_adapter(loaded.path):
-                raise UserError(f"{loaded.path.name} is a full fine-tuning checkpoint and has no adapter to "
-                                "continue: resume it without --lora-r")
-            lora.check_base(loaded.path, digest, c.pretrained_model)
-        return lora.base_record(c.pretrained_model, digest, sum(p.numel() for p in model.parameters()))
-
-    def _wrap_lora(self, model, loaded: LoadedCheckpoint | None):
-        c = self.config
-        model = lora.wrap(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules)
-        if loaded is not None:
-            lora.load_adapter(model, loaded.path)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)", c.lora_r,
-                 c.lora_alpha, c.lora_dropout, " ".join(lora.targets_of(model)),
-                 f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+            model = lora.wrap_for_training(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules,
+                                           resumed_from)
         return model
 
     def _make_data(self, model) -> None:
