@@ -46,6 +46,15 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("token-cache")
 
 
+@pytest.fixture(scope="session")
+def stopped_run(tiny_model, small_csv, cache_dir, tmp_path_factory) -> Path:
+    """A run stopped at step 10 of 24 (12 steps per epoch): checkpoint-5 and checkpoint-10. Shared by
+    several modules: read it, and copy it before changing anything."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--stop-after-steps", "10")) == 0
+    return out
+
+
 def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
     """Flags for a fast CPU run of the tiny model; ``extra`` overrides them."""
     return ["--data", str(data), "--pretrained-model", str(tiny_model), "--model-output", str(output),

@@ -23,12 +23,10 @@ from chef_genius.train.schedule import lr_factor
 from conftest import run_training, train_args
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_model, small_csv, cache_dir, tmp_path_factory):
-    """A run stopped at step 10 of 24 (12 steps per epoch): checkpoint-5 and checkpoint-10."""
-    out = tmp_path_factory.mktemp("doctor") / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--stop-after-steps", "10")) == 0
-    return out
+@pytest.fixture
+def run_dir(stopped_run):
+    """checkpoint-5 and checkpoint-10 of a run stopped at step 10 (conftest: read only)."""
+    return stopped_run
 
 
 @pytest.fixture

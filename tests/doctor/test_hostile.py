@@ -43,12 +43,10 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_model, small_csv, cache_dir, tmp_path_factory):
-    """A run stopped at step 10 (12 steps per epoch): checkpoint-5 and checkpoint-10."""
-    out = tmp_path_factory.mktemp("hostile") / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--stop-after-steps", "10")) == 0
-    return out
+@pytest.fixture
+def run_dir(stopped_run):
+    """checkpoint-5 and checkpoint-10 of a run stopped at step 10 (conftest: read only)."""
+    return stopped_run
 
 
 @pytest.fixture
