@@ -264,9 +264,10 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
     values, sources = {}, []
     for source in candidate_folders(folder):
         status, state, _ = foreign.read_state(source)
-        if status == "ours" and state.get("hyperparameters"):
-            values.update(state["hyperparameters"])
-            values.setdefault("num_samples", (state.get("data_position") or {}).get("num_samples"))
+        slices = ckpt.unpack_training_state(state) if status == "ours" else {}
+        if slices.get(ckpt.SETTINGS):
+            values.update(slices[ckpt.SETTINGS])
+            values.setdefault("num_samples", slices[ckpt.DATA_POSITION].get("num_samples"))
             sources.append(source.name)
             break
     if (folder / foreign.HF_STATE).is_file():  # the run's own files win over a converted sibling's copy
