@@ -22,7 +22,8 @@ from chef_genius.train.state import RunState
 from .common import Profile, train_flags
 
 REPEATS = 3
-SAVE_REPEATS = 7  # a save of the tiny model takes milliseconds
+SAVE_REPEATS = 7
+SAVE_SHAPE = "flan-t5-small"  # save_vs_raw on CPU: 726 MB of weights and Adam moments
 
 
 def _repeats(profile: Profile) -> int:
@@ -33,6 +34,20 @@ def _timed(action) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def save_vs_raw_at(shape: str, profile: Profile, work: Path, repeats: int | None = None) -> dict:
+    """``save_vs_raw`` on a randomly initialised model of ``shape`` (``tiny``, ``flan-t5-small``, ...)."""
+    import os
+
+    from .common import build_model_folder
+
+    folder = build_model_folder(work, shape, name=f"save-{shape}")
+    try:
+        record = save_vs_raw(profile, folder, work, repeats)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return dict(record, shape=shape, load_average=[round(x, 2) for x in os.getloadavg()])
 
 
 def _model_and_state(model_dir: Path, device: torch.device = torch.device("cpu")):
@@ -85,7 +100,7 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: 
     first = _timed(lambda: ours(work / "save-first"))  # makes the config and tokenizer files, once per run
     shutil.rmtree(work / "save-first", ignore_errors=True)
     times = {"ours": [], "raw": []}
-    repeats = 1 if profile.mode == "smoke" else profile_repeats or SAVE_REPEATS
+    repeats = 1 if profile.mode == "smoke" else profile_repeats or (3 if profile.model_config == "flan-t5-large" else SAVE_REPEATS)
     for i in range(repeats):
         order = (("ours", ours), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("ours", ours))
         for label, save in order:
@@ -280,11 +295,6 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
 # ---------------------------------------------------------------------------------------------
 # python -m bench.checkpoints: save_vs_raw at a real model's size (random weights, CPU)
 
-SHAPES = {  # the architectures of google/flan-t5-small and -base (their config.json)
-    "flan-t5-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6),
-    "flan-t5-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
-}
-
 
 def main(argv=None) -> int:
     import argparse
@@ -292,26 +302,23 @@ def main(argv=None) -> int:
     import os
     import tempfile
 
-    from transformers import T5Config, T5ForConditionalGeneration
+    from .common import SHAPES, build_model_folder, make_profile, write_recipes_csv
 
-    from chef_genius.model.tiny import build_tiny
-    from .common import make_profile
-
-    p = argparse.ArgumentParser(prog="python -m bench.checkpoints", description="save_vs_raw of a FLAN-T5 size")
-    p.add_argument("--shape", choices=sorted(SHAPES), default="flan-t5-small")
-    p.add_argument("--repeats", type=int, default=3)
+    p = argparse.ArgumentParser(prog="python -m bench.checkpoints",
+                                description="save_vs_raw (and --stall: async_save_stall) at a FLAN-T5 size")
+    p.add_argument("--shape", choices=["tiny", *sorted(SHAPES), "flan-t5-large"], default=SAVE_SHAPE)
+    p.add_argument("--repeats", type=int, default=SAVE_REPEATS)
+    p.add_argument("--stall", action="store_true", help="also the async save's stall, training the shape on CPU")
     args = p.parse_args(argv)
+    profile = make_profile("quick", "tiny", gpu=False)
     with tempfile.TemporaryDirectory(prefix="chef-bench-save-") as scratch:
         work = Path(scratch)
-        folder = build_tiny(work / "model")
-        torch.manual_seed(0)
-        config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                          **SHAPES[args.shape])
-        T5ForConditionalGeneration(config).save_pretrained(folder)
-        record = save_vs_raw(make_profile("quick", "tiny", gpu=False), folder, work, args.repeats)
-        record.update(shape=args.shape, ratio=round(record["ours"] / record["baseline"], 4),
-                      load_average=os.getloadavg())
-        print(json.dumps(record))
+        print(json.dumps(save_vs_raw_at(args.shape, profile, work, args.repeats)), flush=True)
+        if args.stall:
+            folder = build_model_folder(work, args.shape, name=f"stall-{args.shape}")
+            data = write_recipes_csv(work / "train.csv", 200)
+            record = async_save_stall(profile, folder, data, work, work / "cache")
+            print(json.dumps(dict(record, shape=args.shape, load_average=[round(x, 2) for x in os.getloadavg()])))
     return 0
 
 

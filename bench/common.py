@@ -85,16 +85,26 @@ def machine() -> dict:
     return info
 
 
-def build_model_folder(root: Path, model_config: str) -> Path:
-    """The tiny offline T5 (and its tokenizer); for flan-t5-large, the same tokenizer with a randomly
-    initialised model of FLAN-T5-large's architecture (untied lm_head, as FLAN-T5)."""
+# the architectures of google/flan-t5-small and -base (their config.json), for checkpoints of a real size
+SHAPES = {
+    "flan-t5-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6),
+    "flan-t5-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
+}
+
+
+def build_model_folder(root: Path, model_config: str, name: str = "model") -> Path:
+    """The tiny offline T5 (and its tokenizer) in ``root/name``; for a FLAN-T5 architecture
+    (``flan-t5-large``, or a key of ``SHAPES``), the same tokenizer with a randomly initialised model
+    of that architecture (32,128-token vocabulary, untied lm_head, as FLAN-T5)."""
     from chef_genius.model.tiny import build_tiny
 
-    folder = build_tiny(root / "model")
-    if model_config == "flan-t5-large":
+    folder = build_tiny(root / name)
+    if model_config != "tiny":
         from transformers import T5Config, T5ForConditionalGeneration
         torch.manual_seed(0)
-        config = T5Config(**FLAN_T5_LARGE)
+        sizes = FLAN_T5_LARGE if model_config == "flan-t5-large" else dict(
+            FLAN_T5_LARGE, **SHAPES[model_config])
+        config = T5Config(**sizes)
         model = T5ForConditionalGeneration(config)
         model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
         torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)

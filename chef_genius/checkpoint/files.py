@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
@@ -24,7 +24,8 @@ from chef_genius.checkpoint.faults import fault_point
 from chef_genius.checkpoint.format import process_tag
 
 _HASH_CHUNK = 8 << 20
-_OVERLAP_BYTES = 1 << 20  # writes this large are hashed in another thread while they are written
+_OVERLAP_BYTES = 256 << 10  # writes this large are hashed in another thread while they are written
+_WRITEBACK_BYTES = 64 << 20  # after this many new bytes a file's data is flushed to disk in the background
 _FSYNC_THREADS = max(2, min(8, os.cpu_count() or 1))
 
 
@@ -57,23 +58,25 @@ class HashingFile:
     """A file opened for writing whose sha256 is computed from the bytes as they are written.
 
     A large write is hashed in a second thread while this one writes it (hashlib and file writes
-    release the GIL), so hashing adds little to the time of the write. Not fsynced on close: the
-    caller fsyncs the files of a save together, before it seals them. For ``torch.save``, the
-    safetensors writer, or plain bytes."""
+    release the GIL), so hashing adds little to the time of the write. Every ``_WRITEBACK_BYTES``
+    the data written so far starts going to disk in a third thread (``fdatasync``), so the disk
+    works while the rest is hashed and written, and the fsync at the end of the save only waits
+    for the tail. Not fsynced on close: the caller fsyncs the files of a save together, before it
+    seals them. For ``torch.save``, the safetensors writer, or plain bytes."""
 
     def __init__(self, path: str | Path):
         self.name = str(path)
         self._handle: BinaryIO = open(path, "wb")
         self._sha256 = hashlib.sha256()
         self._hasher: ThreadPoolExecutor | None = None
+        self._writeback: Future | None = None
+        self._unflushed = 0
         self.size = 0
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")  # the caller's buffer is not used after this returns
         if view.nbytes >= _OVERLAP_BYTES:
-            if self._hasher is None:
-                self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chef-genius-sha256")
-            hashed = self._hasher.submit(self._sha256.update, view)
+            hashed = self._pool().submit(self._sha256.update, view)
             try:
                 self._handle.write(view)
             finally:
@@ -82,7 +85,22 @@ class HashingFile:
             self._sha256.update(view)
             self._handle.write(view)
         self.size += view.nbytes
+        self._unflushed += view.nbytes
+        if self._unflushed >= _WRITEBACK_BYTES and (self._writeback is None or self._writeback.done()):
+            self._start_writeback()
         return view.nbytes
+
+    def _start_writeback(self) -> None:
+        if self._writeback is not None:
+            self._writeback.result()  # done: raises what it raised
+        self._handle.flush()
+        self._unflushed = 0
+        self._writeback = self._pool().submit(_datasync, self._handle.fileno())
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chef-genius-save")
+        return self._hasher
 
     def flush(self) -> None:
         self._handle.flush()
@@ -91,15 +109,23 @@ class HashingFile:
         return self._sha256.hexdigest()
 
     def close(self) -> None:
-        if self._hasher is not None:
-            self._hasher.shutdown()
-        self._handle.close()
+        try:
+            if self._writeback is not None:
+                self._writeback.result()
+        finally:
+            if self._hasher is not None:
+                self._hasher.shutdown()
+            self._handle.close()
 
     def __enter__(self) -> "HashingFile":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _datasync(fd: int) -> None:
+    (getattr(os, "fdatasync", None) or os.fsync)(fd)  # the data, not the times: what a reader needs
 
 
 def write_hashed(path: str | Path, write: Callable[[HashingFile], object]) -> str:
@@ -112,6 +138,19 @@ def write_hashed(path: str | Path, write: Callable[[HashingFile], object]) -> st
 
 def write_bytes_hashed(path: str | Path, data: bytes) -> str:
     return write_hashed(path, lambda stream: stream.write(data))
+
+
+def torch_save_hashed(path: str | Path, value) -> str:
+    """``torch.save(value)`` into a new file at ``path``; returns its sha256, computed while writing.
+
+    Without the zip format's CRC-32 of each record: the manifest's sha256 already covers every byte,
+    and the CRC is a second pass over them, as costly as the write into the page cache. ``torch.load``
+    does not read it (a zip tool would call it wrong). The switch is torch's process-wide save config,
+    held for this call only."""
+    from torch.utils.serialization import config
+
+    with config.patch({"save.compute_crc32": False}):
+        return write_hashed(path, lambda stream: torch.save(value, stream))
 
 
 def fsync_dir(path: str | Path) -> None:

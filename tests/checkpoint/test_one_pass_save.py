@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 import torch
@@ -72,9 +73,31 @@ def test_hashing_file_hashes_what_it_writes_small_and_large(tmp_path):
     assert torch.equal(loaded["w"], state["w"]) and loaded["step"] == 3
 
 
+def test_large_writes_start_going_to_disk_while_the_file_is_written(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(ckfiles, "_WRITEBACK_BYTES", 1 << 20)
+    monkeypatch.setattr(ckfiles, "_datasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    chunk = torch.randint(0, 256, (512 << 10,), dtype=torch.uint8).numpy().tobytes()
+    path = tmp_path / "f"
+    digest = ckfiles.write_hashed(path, lambda stream: [stream.write(chunk) for _ in range(8)])
+    assert path.read_bytes() == chunk * 8 and digest == _sha(path)
+    assert len(synced) >= 2 and 1 << 20 <= synced[0] < len(chunk) * 8  # while the file was being written
+
+
+def test_the_training_state_is_written_without_the_zip_checksum_and_loads(tmp_path):
+    state = {"moments": torch.randn(64, 64), "step": 7}
+    digest = ckfiles.torch_save_hashed(tmp_path / "s.pt", state)
+    assert digest == _sha(tmp_path / "s.pt")
+    assert torch.serialization.get_crc32_options()  # torch's process-wide switch is back as it was
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert torch.equal(loaded["moments"], state["moments"]) and loaded["step"] == 7
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["state-after-model", "state-in-its-own-thread"])
 def test_a_save_reads_nothing_back_and_fsyncs_every_file_before_the_manifest(model_and_tokenizer, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, parallel):
     model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(ckcommit, "_PARALLEL_BYTES", 0 if parallel else 1 << 40)
     files = PretrainedFiles(model, tokenizer, source_template="{ingredients}")
     files.fixed_files()  # made once per run, before its first save
     events = []
