@@ -247,3 +247,22 @@ def test_a_run_folder_held_by_a_live_run_ends_every_rank_with_one_line(tiny_mode
     # torchrun prints its own ChildFailedError; no rank may end in a traceback (a collective left waiting)
     assert not any(line.startswith("[rank") and "Traceback" in line for line in done.stderr.splitlines()), \
         done.stderr[-3000:]
+
+
+def test_lora_on_two_processes_trains_like_one_and_saves_the_adapter(no_dropout_model, data45, cache_dir, tmp_path):
+    """LoRA under DDP (adapter dropout off, like the model's): only the adapter is trained and synchronised, so
+    2 x 3 per device still equals 1 x 6,
+    and rank 0 saves the adapter (not the DDP wrapper's names) in a checkpoint that verifies."""
+    model = no_dropout_model
+    common = ("--eval-split-ratio", "0.05", "--epochs", "1", "--save-steps", "4", "--eval-steps", "100",
+              "--lora-r", "4", "--lora-dropout", "0")
+    assert run_training(*train_args(model, data45, tmp_path / "one", cache_dir, *common, "--batch-size", "6")) == 0
+    _launch("torchrun", train_args(model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "3"),
+            tmp_path / "log")
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 9))
+    assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
+    checkpoint = tmp_path / "two" / "checkpoint-8"
+    assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
+    names = {p.name for p in checkpoint.iterdir()}
+    assert ckpt.WEIGHTS not in names and any("adapter" in name for name in names)
