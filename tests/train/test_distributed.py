@@ -250,9 +250,9 @@ def test_a_run_folder_held_by_a_live_run_ends_every_rank_with_one_line(tiny_mode
 
 
 def test_lora_on_two_processes_trains_like_one_and_saves_the_adapter(no_dropout_model, data45, cache_dir, tmp_path):
-    """LoRA under DDP (adapter dropout off, like the model's): only the adapter is trained and synchronised, so
-    2 x 3 per device still equals 1 x 6,
-    and rank 0 saves the adapter (not the DDP wrapper's names) in a checkpoint that verifies."""
+    """LoRA under DDP (adapter dropout off, like the model's): only the adapter is trained and synchronised,
+    so 2 x 3 per device still equals 1 x 6, and rank 0 saves the adapter (not the DDP wrapper's names) in
+    a checkpoint that verifies."""
     model = no_dropout_model
     common = ("--eval-split-ratio", "0.05", "--epochs", "1", "--save-steps", "4", "--eval-steps", "100",
               "--lora-r", "4", "--lora-dropout", "0")
