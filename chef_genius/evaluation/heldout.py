@@ -86,9 +86,11 @@ def held_out(dataset, tokenizer, count: int | None = None,
 @torch.no_grad()
 def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
                  batch_size: int = EVAL_BATCH_SIZE, autocast=contextlib.nullcontext, max_source_length: int = 256,
-                 on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE, decoding: dict | None = None) -> list[str]:
+                 on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE, decoding: dict | None = None,
+                 synced: bool = False) -> list[str]:
     """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch);
-    ``decoding``: ``no_repeat_ngram_size`` / ``repetition_penalty`` other than the project's defaults.
+    ``decoding``: ``no_repeat_ngram_size`` / ``repetition_penalty`` other than the project's defaults;
+    ``synced``: every process of a sharded model calls this with the same examples (``generate_texts``).
 
     The caller owns RNG isolation and train/eval mode (see ``evaluate_model``)."""
     from chef_genius.model.generation import GenerationSettings, generate_texts
@@ -97,7 +99,8 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         out = generate_texts(model, tokenizer, [e.ingredient_text for e in chunk], settings, device, autocast,
-                             max_source_length, template, sources=[e.model_input(template) for e in chunk])
+                             max_source_length, template, sources=[e.model_input(template) for e in chunk],
+                             synced=synced)
         texts += [outs[0] for outs in out]
         if on_batch is not None:
             on_batch(len(texts))
@@ -107,12 +110,13 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
 def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.device, autocast=contextlib.nullcontext,
                    max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
                    max_source_length: int = 256, on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE,
-                   decoding: dict | None = None) -> tuple[dict, list[dict]]:
+                   decoding: dict | None = None, synced: bool = False) -> tuple[dict, list[dict]]:
     """(metrics, per-recipe details) of greedy generation on ``examples``.
 
     Every RNG stream is saved and restored around generation and the model's train/eval mode is
     restored, so calling this during training leaves a resumed run bit-identical. ``template``: the run's
-    ``--source-template``, for examples without their own model input."""
+    ``--source-template``, for examples without their own model input; ``synced``: every process of a
+    sharded (FSDP) model calls this with the same examples (``generation.generate_texts``)."""
     devices = [device.index or 0] if device.type == "cuda" else []
     was_training = model.training
     started = time.perf_counter()
@@ -120,7 +124,7 @@ def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.devi
         model.eval()
         try:
             texts = generate_for(model, tokenizer, examples, device, max_new_tokens, batch_size, autocast,
-                                 max_source_length, on_batch, template, decoding)
+                                 max_source_length, on_batch, template, decoding, synced)
         finally:
             model.train(was_training)
     metrics = score_recipes(texts, [e.ingredients for e in examples], [e.reference for e in examples])

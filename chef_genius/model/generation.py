@@ -4,9 +4,9 @@ Generation builds the model input as training did: the run's ``--source-template
 ``recipes.source_from_ingredients`` (or a prompt given as is), and turns the model's one-line output
 back into a recipe (``recipes.parse_target``).
 
-The samples logged at each evaluation are greedy and short, made on the main process only, and
-never touch the training RNG streams (``torch.random.fork_rng``), so a run with samples resumes
-bit for bit like one without.
+The samples logged at each evaluation are greedy and short, made on the main process only (under
+FSDP on every process, ``synced``), and never touch the training RNG streams
+(``torch.random.fork_rng``), so a run with samples resumes bit for bit like one without.
 """
 
 from __future__ import annotations
@@ -73,15 +73,20 @@ class GenerationSettings:
 @torch.no_grad()
 def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: GenerationSettings,
                    device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256,
-                   template: str = DEFAULT_SOURCE_TEMPLATE, sources: list[str] | None = None) -> list[list[str]]:
+                   template: str = DEFAULT_SOURCE_TEMPLATE, sources: list[str] | None = None,
+                   synced: bool = False) -> list[list[str]]:
     """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts; ``sources``
-    given: those model inputs as they are (``--prompt``) instead of the template filled."""
+    given: those model inputs as they are (``--prompt``) instead of the template filled.
+
+    ``synced``: every process of a sharded (FSDP) model makes this call together. Each forward then
+    gathers the parameters from all of them, so a process whose recipes end early must keep stepping
+    until every process is done (transformers' ``synced_gpus``), or the others wait for it forever."""
     if sources is None:
         sources = [source_from_ingredients(text, template) for text in ingredient_lists]
     batch = tokenizer(sources, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
     batch = {k: v.to(device) for k, v in batch.items()}
     with autocast():
-        out = model.generate(**batch, **settings.generate_kwargs())
+        out = model.generate(**batch, **settings.generate_kwargs(), synced_gpus=synced)
     texts = [clean(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
     n = settings.num_return_sequences
     return [texts[i * n:(i + 1) * n] for i in range(len(sources))]
@@ -98,9 +103,9 @@ def render_text(text: str) -> str:
 
 
 def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=contextlib.nullcontext,
-                 template: str = DEFAULT_SOURCE_TEMPLATE) -> list[dict]:
+                 template: str = DEFAULT_SOURCE_TEMPLATE, synced: bool = False) -> list[dict]:
     """Greedy, short generations from the first ``count`` fixed ingredient lists (and titles), their
-    inputs built by the run's ``template``.
+    inputs built by the run's ``template``; ``synced``: as in ``generate_texts``.
 
     The model is put in eval mode and back; every RNG stream is saved and restored around the call.
     """
@@ -112,7 +117,8 @@ def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=co
     with torch.random.fork_rng(devices=devices):
         model.eval()
         try:
-            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast, sources=sources)
+            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast, sources=sources,
+                                   synced=synced)
         finally:
             model.train(was_training)
     return [{"ingredients": given, "prompt": source, "text": generated[0]}

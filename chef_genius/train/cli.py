@@ -54,7 +54,7 @@ def _train(config) -> int:
         trainer.setup()
         before = trainer.preview() if config.demo else None
         state = trainer.train()
-        if before is not None:
+        if config.demo:
             show_learning(trainer, before)
     finally:
         trainer.close()  # after the final model is written: the run folder is this run's until then
@@ -69,11 +69,16 @@ def _train(config) -> int:
     return EXIT_OK
 
 
-def show_learning(trainer, before: tuple[int, str, str]) -> None:
-    """The demo's proof that it learned: one held-out recipe before and after, and the recipe metrics."""
+def show_learning(trainer, before: tuple[int, str, str] | None) -> None:
+    """The demo's proof that it learned: one held-out recipe before and after, and the recipe metrics.
+
+    Called on every process (under FSDP they all generate); the main one prints."""
     from chef_genius.data.recipes import parse_target, render
     from chef_genius.train.evaluation import format_metrics
-    step, metrics, details = trainer.final_generation()
+    final = trainer.final_generation()
+    if before is None or final is None:
+        return
+    step, metrics, details = final
     start_step, given, text = before
     first = details[0]
     print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"

@@ -5,6 +5,11 @@ Every ``--eval-steps`` (and at the end) the trainer calls ``Evaluation.run``. Ge
 runs on the main process only, inside ``rng.isolated()``: whatever it draws from any RNG stream
 (python, numpy, torch, CUDA) is undone, so training continues as if no evaluation had run and a
 resumed run stays bit-identical to an uninterrupted one.
+
+Under FSDP no process holds the whole model and every forward gathers the shards from all of them,
+so a generation on the main process alone would wait for the others forever. There every process
+makes the same generation calls on the same recipes, synced (``generation.generate_texts``), each
+inside its own ``rng.isolated()``; only the main process logs, writes and keeps what they return.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from chef_genius.model.loading import unwrap
 from chef_genius.monitoring.progress import CountProgress
 from chef_genius.train import distributed as dist
 from chef_genius.train import rng
+from chef_genius.train import sharded
 
 log = logging.getLogger("chef_genius")
 
@@ -47,12 +53,18 @@ class Evaluation:
         self.reporters, self.state = reporters, state
         self.device = accelerator.device
         self.is_main = accelerator.is_main_process
+        self.synced = sharded.is_fsdp(accelerator)  # every process joins each generation
         self.generation_set = None    # the held-out recipes scored at every evaluation, chosen once
         self.last_generation = None   # (step, metrics, details) of the newest scoring
 
     @property
     def enabled(self) -> bool:
         return self.eval_loader is not None
+
+    @property
+    def generates(self) -> bool:
+        """Whether this process runs the generation: the main one, and under FSDP every one."""
+        return self.is_main or self.synced
 
     def run(self, model, loss_sum: Callable[[dict], torch.Tensor]) -> float:
         """One evaluation: validation loss, recipe metrics, the best step, sample recipes; returns the loss."""
@@ -104,9 +116,11 @@ class Evaluation:
         if self.generation_set is None:
             self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
         metrics = None
-        if self.is_main:
+        if self.generates:
             metrics, details = self.score_generation(model)
+            # kept on every generating process: final_generation's choice to generate again must agree
             self.last_generation = (self.state.global_step, metrics, details)
+        if self.is_main:
             self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
                                   "recipes": len(details), "samples": details[:3]})
             log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
@@ -115,24 +129,28 @@ class Evaluation:
 
     def preview(self, model) -> tuple[int, str, str] | None:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
-        if self.eval_data is None or not len(self.eval_data) or not self.is_main:
+        if self.eval_data is None or not len(self.eval_data) or not self.generates:
             return None
         c = self.config
         example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
         with rng.isolated():
             _, details = evaluate_model(unwrap(model), self.tokenizer, example, self.device, self.accelerator.autocast,
                                         max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
-                                        template=c.source_template)
+                                        template=c.source_template, synced=self.synced)
+        if not self.is_main:
+            return None
         return self.state.global_step, example[0].ingredient_text, details[0]["text"]
 
-    def final_generation(self, model) -> tuple[int, dict, list[dict]]:
+    def final_generation(self, model) -> tuple[int, dict, list[dict]] | None:
         """(step, metrics, details) of the final model on the ``--eval-generate`` recipes (all validation
-        recipes when it is 0)."""
+        recipes when it is 0); None on the other processes and without validation recipes."""
+        if self.eval_data is None or not len(self.eval_data) or not self.generates:
+            return None
         if self.last_generation is None or self.last_generation[0] != self.state.global_step:
             self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
                                            self.config.source_template)
             self.last_generation = (self.state.global_step, *self.score_generation(model))
-        return self.last_generation
+        return self.last_generation if self.is_main else None
 
     def score_generation(self, model) -> tuple[dict, list[dict]]:
         """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
@@ -142,15 +160,17 @@ class Evaluation:
             return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,
                                   self.accelerator.autocast, max_new_tokens=c.max_target_length,
                                   max_source_length=c.max_source_length, on_batch=progress.update,
-                                  template=c.source_template)
+                                  template=c.source_template, synced=self.synced)
 
     def log_samples(self, model) -> None:
-        """A few greedy recipes from fixed ingredient lists (main process; training RNG untouched)."""
-        if not self.is_main or not self.config.eval_samples:
+        """A few greedy recipes from fixed ingredient lists (logged by the main process; training RNG untouched)."""
+        if not self.generates or not self.config.eval_samples:
             return
         with rng.isolated():
             samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,
-                                   self.accelerator.autocast, self.config.source_template)
+                                   self.accelerator.autocast, self.config.source_template, synced=self.synced)
+        if not self.is_main:
+            return
         self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
         for sample in samples:
             log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],

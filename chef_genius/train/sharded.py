@@ -29,6 +29,15 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == "FSDP"  # accelerate's DistributedType is a str enum
 
 
+def prepare_generation(model) -> None:
+    """Let ``model.generate`` run on an FSDP2 model (a no-op on any other): FSDP gathers the root's own
+    parameters (the shared embeddings, the head) only around ``forward``, and generate calls the encoder
+    and the decoder outside it, on still-sharded weights. Registered, generate gathers them for the whole
+    call (as transformers' Trainer does); each T5Block still gathers its own around its forward."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+    register_fsdp_forward_method(model, "generate")
+
+
 def gather_model_state(accelerator, model) -> dict | None:
     """The full model state dict (on rank 0) under FSDP; None otherwise (save the module as is)."""
     if not is_fsdp(accelerator):

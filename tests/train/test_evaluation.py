@@ -55,7 +55,8 @@ def test_validation_shows_its_progress(caplog, monkeypatch):
     from chef_genius.train.evaluation import Evaluation
     monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.05)  # a line for each batch of 0.1 s
     caplog.set_level(logging.INFO, logger="chef_genius")
-    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, reduce=lambda t: t)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, reduce=lambda t: t,
+                                  distributed_type="NO")
     batches = [{"labels": torch.tensor([[5, 6, -100]])} for _ in range(3)]
     evaluation = Evaluation(SimpleNamespace(progress="log"), accelerator, None, None, batches, None, None)
 
