@@ -122,7 +122,8 @@ def test_generation_uses_the_template_built_inputs(tiny_model, monkeypatch):
     from chef_genius.model import generation
     seen = {}
 
-    def fake(model, tokenizer, lists, settings, device, autocast, max_source_length, template, sources=None):
+    def fake(model, tokenizer, lists, settings, device, autocast, max_source_length, template, sources=None,
+             synced=False):
         seen["sources"] = sources
         return [["Title: x"] for _ in lists]
     monkeypatch.setattr(generation, "generate_texts", fake)

@@ -9,6 +9,7 @@ only rank 0 wrote to its reporter, and writes what it got to ``argv[2]/rank-<r>.
 """
 
 import contextlib
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from chef_genius.train.evaluation import Evaluation  # noqa: E402
 
 SHORT, LONG = 4, 20  # new tokens of rank 0's and rank 1's direct generation
 DIRECT_INPUT = "chicken, rice, garlic"
+WATCHDOG_SECONDS = 60  # the whole run takes ~15 s on 2 busy cores
 
 
 class Accelerator:  # what Evaluation asks of accelerate's Accelerator
@@ -87,6 +89,8 @@ def direct_text(model, tokenizer, max_new_tokens: int, synced: bool) -> str:
 
 
 def main(model_dir: str, out: str) -> None:
+    # a deadlock ends this worker with its stack (torchrun then ends the other), not gloo's 30-minute timeout
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from accelerate import PartialState
