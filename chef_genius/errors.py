@@ -15,6 +15,8 @@ EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the che
 EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
 EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
 EXIT_OUT_OF_MEMORY = 5  # the GPU ran out of memory in a step (no --auto-micro-batch); earlier checkpoints intact
+EXIT_DIVERGED = 6     # the run kept diverging (--max-rollbacks used up) or its final weights are not finite;
+                      # the message names the newest healthy checkpoint
 EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a checkpoint; resume with `latest`
 EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
@@ -52,6 +54,13 @@ class OutOfMemory(UserError):
     """A step did not fit the GPU; the message names the settings that would (from the memory plan)."""
 
     exit_code = EXIT_OUT_OF_MEMORY
+
+
+class Diverged(UserError):
+    """The run's numbers went bad and rolling back did not cure them (or could not): the message names the
+    newest healthy checkpoint; nothing non-finite was saved as the final model."""
+
+    exit_code = EXIT_DIVERGED
 
 
 class ReportedByRankZero(UserError):
