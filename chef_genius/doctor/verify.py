@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import health as cphealth
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
@@ -21,7 +22,8 @@ from chef_genius.errors import printable
 SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
 # Problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
 # ``state_corrupt`` are rebuilt from the folder name and the run's settings, the original kept.)
-FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
+FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "optimizer_nonfinite", "weights_mismatch",
+         "state_unsafe",
          "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt", "untrusted_entry",
          "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable", "rng_unreadable",
          "check_failed", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing"}
@@ -174,6 +176,7 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
             report.facts["adapter_header"] = header
             if deep:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
+                report.facts["weights_read"] = True
                 if bad:
                     report.fail("weights_nonfinite", f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
@@ -250,6 +253,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
         except Exception as err:  # safetensors' own checks go further than the header's
             report.fail("weights_unreadable", loadable.describe(shown, err))
             return model
+        report.facts["weights_read"] = True
         if nonfinite:
             report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
@@ -329,6 +333,35 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     elif "rng_states" in (state.get("rebuilt") or ()):
         report.fail("rng_rebuilt", "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
                                    "draw new streams on resume", "warn")
+    _check_health(report, folder, state)
+
+
+def _check_health(report: Report, folder: Path, state: dict) -> None:
+    """The checkpoint judged by its numbers: its health record, or (none: an older checkpoint) the numbers
+    themselves, never assumed finite (``checkpoint/health.py``)."""
+    record = ckpt.recorded_health(state)
+    if record is not None:
+        if not record["weights_finite"]:
+            report.fail("weights_nonfinite", "its weights held NaN or Inf when it was saved (health record)")
+        if not record["moments_finite"]:
+            report.fail("optimizer_nonfinite", "its optimizer moments held NaN or Inf when it was saved (health record)")
+        if record["weights_finite"] and record["moments_finite"]:
+            report.ok("health record: weights and optimizer moments finite when saved")
+        return
+    if not report.facts.get("weights_read") and not report.codes() & FATAL:  # --deep read them already
+        try:
+            bad = cphealth.nonfinite_weights(folder)
+        except Exception as err:  # safetensors' own checks go further than the header's
+            report.fail("weights_unreadable", loadable.describe(folder.name, err))
+            return
+        if bad:
+            report.fail("weights_nonfinite", f"no health record, so the numbers were read: {len(bad)} tensors "
+                                             f"hold NaN or Inf (e.g. {bad[0]})")
+    if not cphealth.moments_finite(state):
+        report.fail("optimizer_nonfinite", "no health record, so the numbers were read: optimizer moments hold "
+                                           "NaN or Inf")
+    if not report.codes() & {"weights_nonfinite", "optimizer_nonfinite"}:
+        report.ok("no health record (an older checkpoint): its weights and optimizer moments were read, all finite")
 
 
 def _check_accelerate(report: Report, folder: Path) -> None:
