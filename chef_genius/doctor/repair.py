@@ -25,13 +25,15 @@ from chef_genius.errors import printable
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
 from chef_genius.train.state import RunState
-from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
+from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.verify import Report, verify
 
 log = logging.getLogger(__name__)
 
 # Problems a sibling's byte-identical copy (by the manifest's sha256) can undo.
-RESTORABLE = {"file_corrupt", "manifest_invalid", "config_missing", "config_unreadable", "tokenizer_missing",
-              "tokenizer_unreadable", "generation_config_missing", "generation_config_unreadable"}
+RESTORABLE = {Problem.FILE_CORRUPT, Problem.MANIFEST_INVALID, Problem.CONFIG_MISSING, Problem.CONFIG_UNREADABLE,
+              Problem.TOKENIZER_MISSING, Problem.TOKENIZER_UNREADABLE, Problem.GENERATION_CONFIG_MISSING,
+              Problem.GENERATION_CONFIG_UNREADABLE}
 COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 
@@ -65,11 +67,11 @@ class Fixer:
     def run(self) -> Report:
         before = verify(self.folder, deep=True)
         codes = before.codes()
-        if codes & RESTORABLE and not codes & {"untrusted_entry", "state_unsafe"} \
+        if codes & RESTORABLE and not codes & {Problem.UNTRUSTED_ENTRY, Problem.STATE_UNSAFE} \
                 and self._restore_from_siblings() and not self.dry_run:
             before = verify(self.folder, deep=True)
         codes = before.codes()
-        if not codes or codes & (FATAL - {"state_unreadable"}):
+        if not codes or codes & (FATAL - {Problem.STATE_UNREADABLE}):
             before.repairs = self.repairs
             return before
         try:
@@ -84,7 +86,7 @@ class Fixer:
         after.lines += [("FAIL", text) for text in self.unfixed]
         after.facts["unfixed"] = list(self.unfixed)
         if self.unfixed and after.valid:
-            after.fail("repair_incomplete", self.unfixed[0])
+            after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
 
     def _restore_from_siblings(self) -> bool:
@@ -119,17 +121,17 @@ class Fixer:
         return restored
 
     def _repair(self, before: Report, codes: set[str]) -> None:
-        if codes & {"weights_prefixed", "weights_bin"}:
+        if codes & {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_BIN}:
             self._rewrite_weights(before)
-        for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
-                             (ckpt.GENERATION_CONFIG,)), ("tokenizer_missing", ckpt.TOKENIZER_FILES)):
+        for code, names in ((Problem.CONFIG_MISSING, (ckpt.MODEL_CONFIG,)), (Problem.GENERATION_CONFIG_MISSING,
+                             (ckpt.GENERATION_CONFIG,)), (Problem.TOKENIZER_MISSING, ckpt.TOKENIZER_FILES)):
             if code in codes:
                 self._copy_from_run(names)
         model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
-        if codes & {"state_missing", "state_unreadable", "state_corrupt", "state_legacy", "hf_trainer_state",
-                    "accelerate_state"}:
+        if codes & {Problem.STATE_MISSING, Problem.STATE_UNREADABLE, Problem.STATE_CORRUPT, Problem.STATE_LEGACY,
+                    Problem.HF_TRAINER_STATE, Problem.ACCELERATE_STATE}:
             self._write_state(before, model)
-        if not (self.repairs or "manifest_invalid" in codes):
+        if not (self.repairs or Problem.MANIFEST_INVALID in codes):
             return
         if not self.dry_run:  # the gate: a complete manifest only over files that all load
             if foreign.read_state(self.folder)[0] != "ours":
@@ -167,7 +169,7 @@ class Fixer:
             if layout == "bin":
                 self.keep(files[0], always=True)
                 files[0].unlink()
-        if "weights_prefixed" in report.codes():
+        if Problem.WEIGHTS_PREFIXED in report.codes():
             where = {"single": ckpt.WEIGHTS, "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
                      "bin": ckpt.WEIGHTS_BIN}[layout]
             self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
