@@ -399,18 +399,17 @@ def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
 
 def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     """A file whose size or sha256 differs from the manifest is damage, never a stale manifest."""
-    problems = ckmanifest.manifest_problems(folder, verify_hashes=deep)
+    problems = ckmanifest.manifest_findings(folder, verify_hashes=deep)
     if not problems:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
-    corrupt = [p for p in problems if "sha256" in p or " bytes, the manifest says " in p]
-    for problem in corrupt:
-        name = problem.split(" ", 1)[0]
-        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(name) else Problem.STATE_CORRUPT
-                if name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
+    for problem in (p for p in problems if p.kind == "changed"):
+        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name) else Problem.STATE_CORRUPT
+                if problem.name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
-    if len(corrupt) < len(problems):
-        report.fail(Problem.MANIFEST_INVALID, f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
+    invalid = [p for p in problems if p.kind != "changed"]
+    if invalid:
+        report.fail(Problem.MANIFEST_INVALID, f"{ckpt.MANIFEST}: {invalid[0]}")
 
 
 def healthy_sibling(folder: Path) -> str | None:
