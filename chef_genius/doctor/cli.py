@@ -189,7 +189,7 @@ def remedy(report, dry_run: bool = False) -> dict | None:
         return None
     problem = next((p for p in report.problems if p["code"] not in SOFT), report.problems[0] if report.problems
                    else {"code": "unknown", "message": "not a checkpoint this tool knows"})
-    unfixed = report.facts.get("unfixed") or []
+    unfixed = report.facts.unfixed
     codes = report.codes()
     if codes & FATAL:
         repair = (f"none for this folder (the damage cannot be undone): resume from {report.hint}" if report.hint

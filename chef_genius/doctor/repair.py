@@ -84,7 +84,7 @@ class Fixer:
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
         after.lines += [("FAIL", text) for text in self.unfixed]
-        after.facts["unfixed"] = list(self.unfixed)
+        after.facts.unfixed = list(self.unfixed)
         if self.unfixed and after.valid:
             after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
@@ -127,7 +127,7 @@ class Fixer:
                              (ckpt.GENERATION_CONFIG,)), (Problem.TOKENIZER_MISSING, ckpt.TOKENIZER_FILES)):
             if code in codes:
                 self._copy_from_run(names)
-        model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
+        model = before.facts.model or wt.meta_model(self.folder, None, before.facts.header)
         if codes & {Problem.STATE_MISSING, Problem.STATE_UNREADABLE, Problem.STATE_CORRUPT, Problem.STATE_LEGACY,
                     Problem.HF_TRAINER_STATE, Problem.ACCELERATE_STATE}:
             self._write_state(before, model)
@@ -161,7 +161,7 @@ class Fixer:
         """Wrapper prefixes removed from every weight name (each shard and the index), and a
         ``pytorch_model.bin`` converted to ``model.safetensors``; the .bin is moved to the backup
         folder even with --no-backup (the original of a conversion is always kept)."""
-        layout, files = report.facts["weights_layout"], report.facts["weight_files"]
+        layout, files = report.facts.weights_layout, report.facts.weight_files
         if not self.dry_run:
             for name, data in wt.stripped_files(self.folder, layout, files).items():
                 self.keep(self.folder / name)
@@ -191,8 +191,8 @@ class Fixer:
     def _write_state(self, report: Report, model) -> None:
         kind = report.kind
         try:
-            if kind == foreign.LEGACY and report.facts["state_status"] == "legacy":
-                state, text = convert_legacy(self.folder, report.facts["state"], model, self.overrides)
+            if kind == foreign.LEGACY and report.facts.state_status == "legacy":
+                state, text = convert_legacy(self.folder, report.facts.state, model, self.overrides)
                 code = "state_converted_legacy"
             elif kind == foreign.HF:
                 state, text = convert_hf(self.folder, model, self.overrides)
@@ -212,7 +212,7 @@ class Fixer:
             return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
-            damaged = report.facts["state_status"] == "unreadable" or "state_corrupt" in report.codes()
+            damaged = report.facts.state_status == "unreadable" or Problem.STATE_CORRUPT in report.codes()
             self.keep(self.folder / ckpt.TRAINING_STATE, always=damaged)
             ckfiles.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
         self.note(code, text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
@@ -24,6 +25,22 @@ from chef_genius.errors import printable
 # Both are read from the registry of problem codes (problems.py).
 
 
+StateStatus = Literal["ours", "legacy", "missing", "unsafe", "unreadable"]  # of ``foreign.read_state``
+
+
+@dataclass
+class Facts:
+    """What the checks found and repair acts on (never printed: ``Report.to_json`` leaves it out)."""
+    state_status: StateStatus | None = None  # None: the checkpoint was not read (an untrusted entry)
+    state: dict | None = None                # training_state.pt's values (ours or legacy)
+    model: Any = None                        # the meta-device model of config.json, when it fits the weights
+    header: dict | None = None               # weight name -> safetensors header entry (every shard)
+    weights_layout: str | None = None        # single | sharded | bin
+    weight_files: list[Path] = field(default_factory=list)
+    adapter_header: dict | None = None       # a LoRA checkpoint's adapter header
+    unfixed: list[str] = field(default_factory=list)  # repairs --fix needed but could not make, and why
+
+
 @dataclass
 class Report:
     path: Path
@@ -34,7 +51,7 @@ class Report:
     repairs: list[dict] = field(default_factory=list)
     lines: list[tuple[str, str]] = field(default_factory=list)
     hint: str | None = None
-    facts: dict = field(default_factory=dict)  # what repair needs: state, header, model...
+    facts: Facts = field(default_factory=Facts)
 
     @property
     def valid(self) -> bool:
@@ -84,14 +101,14 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         return report
     status, state, detail = foreign.read_state(folder)
     report.kind = foreign.detect_kind(folder, status)
-    report.facts.update(state_status=status, state=state)
+    report.facts.state_status, report.facts.state = status, state
     if ckpt.is_adapter(folder):  # a LoRA checkpoint: the adapter and its base instead of the model
         _check_adapter(report, folder, deep)
         model = None
     else:
         _check_files(report, folder)
         model = _check_weights(report, folder, deep)
-    report.facts["model"] = model
+    report.facts.model = model
     try:
         _check_state(report, folder, status, state, detail, model)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
@@ -168,7 +185,7 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                                               f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
         else:
             report.ok(f"adapter readable ({len(names)} tensors, r={config['r'] if config else '?'})")
-            report.facts["adapter_header"] = header
+            report.facts.adapter_header = header
             if deep:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
                 if bad:
@@ -217,7 +234,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
         report.fail(Problem.WEIGHTS_MISSING, f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
                                        f"{ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})")
         return None
-    report.facts.update(header=header, weights_layout=layout, weight_files=files)
+    report.facts.header, report.facts.weights_layout, report.facts.weight_files = header, layout, files
     where = {"single": "", "sharded": f" in {len(files)} shards", "bin": f" in {ckpt.WEIGHTS_BIN}"}[layout]
     report.ok(f"model weights readable ({len(header)} tensors{where})")
     if layout == "bin":
@@ -384,7 +401,7 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
 
 def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
     """A LoRA checkpoint's optimizer: one state per adapter tensor, each moment of that tensor's shape."""
-    header = report.facts.get("adapter_header")
+    header = report.facts.adapter_header
     if header is None:
         return
     want = sorted(tuple(e["shape"]) for n, e in header.items() if n != "__metadata__")
