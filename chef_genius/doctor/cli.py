@@ -20,7 +20,8 @@ from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
-from chef_genius.doctor.repair import Overrides, fix
+from chef_genius.doctor.repair import fix
+from chef_genius.doctor.state_builder import Overrides
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
 from chef_genius.doctor.verify import Report, verify
 

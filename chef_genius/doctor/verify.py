@@ -1,7 +1,8 @@
 """Checks of one checkpoint folder -> a ``Report``: one line per check, problems with stable codes.
 
 Nothing here writes to disk or unpickles beyond ``weights_only`` (plus numpy arrays for legacy files,
-see foreign.py). ``repair.py`` acts on the same report.
+see foreign.py). A foreign format's state is described by its importer (importers/). ``repair.py``
+acts on the same report.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
+from chef_genius.doctor import importers
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
@@ -100,7 +102,7 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         report.hint = healthy_sibling(folder)
         return report
     status, state, detail = foreign.read_state(folder)
-    report.kind = foreign.detect_kind(folder, status)
+    report.kind = importers.detect_kind(folder, status)
     report.facts.state_status, report.facts.state = status, state
     if ckpt.is_adapter(folder):  # a LoRA checkpoint: the adapter and its base instead of the model
         _check_adapter(report, folder, deep)
@@ -112,10 +114,11 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
     try:
         _check_state(report, folder, status, state, detail, model)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
-        report.fail(Problem.STATE_UNREADABLE, f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: "
-                                        f"{printable(str(err), 80)})")
-    if report.kind == foreign.HF:
-        _check_hf_files(report, folder)
+        report.fail(Problem.STATE_UNREADABLE, f"{ckpt.TRAINING_STATE} holds values of the wrong kind "
+                                              f"({type(err).__name__}: {printable(str(err), 80)})")
+    importer = importers.importer_for(report.kind)
+    if importer is not None:
+        importer.check_files(report, folder)
     if manifest:
         _check_manifest(report, folder, deep)
     if report.codes() & FATAL:
@@ -137,7 +140,7 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
-              foreign.HF_STATE, foreign.HF_OPTIMIZER, foreign.HF_SCHEDULER, "rng_state.pth", "rng_state_0.pth")
+              *importers.FILES)
 
 
 def _check_files(report: Report, folder: Path) -> None:
@@ -211,14 +214,6 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
 def _loads(report: Report, code: Problem, problem: str | None) -> None:
     if problem:
         report.fail(code, problem)
-
-
-def _check_hf_files(report: Report, folder: Path) -> None:
-    for name in ("rng_state.pth", "rng_state_0.pth"):
-        if (folder / name).is_file():
-            problem = loadable.rng_file_problem(folder / name)
-            if problem:
-                report.fail(Problem.RNG_UNREADABLE, f"{problem}; never listed as \"no RNG state\"")
 
 
 def _check_weights(report: Report, folder: Path, deep: bool):
@@ -300,25 +295,14 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
 
 def _check_state(report: Report, folder: Path, status: str, state, detail, model) -> None:
     name = ckpt.TRAINING_STATE
+    importer = importers.importer_for(report.kind)
+    if importer is not None and importer.describe(report, folder, status, state):
+        return  # a foreign format: its importer says what --fix builds from it
     if status == "missing":
-        if report.kind == foreign.HF:
-            report.fail(Problem.HF_TRAINER_STATE, f"Hugging Face Trainer checkpoint: no {name} yet (--fix builds it from "
-                                            "trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt, "
-                                            "rng_state*.pth)")
-            _check_hf_settings(report, folder)
-        elif report.kind == foreign.ACCELERATE:
-            _check_accelerate(report, folder)
-        else:
-            report.fail(Problem.STATE_MISSING, f"{name} is missing")
+        report.fail(Problem.STATE_MISSING, f"{name} is missing")
         return
     if status in ("unsafe", "unreadable"):
         report.fail(Problem.STATE_UNSAFE if status == "unsafe" else Problem.STATE_UNREADABLE, f"{name}: {detail}")
-        return
-    if status == "legacy":
-        report.fail(Problem.STATE_LEGACY, f"{name} is in the replaced system's format (epoch {state.get('epoch')} "
-                                    "1-based, numpy RNG): --fix converts it, keeping optimizer and scheduler")
-        report.global_step = int(state.get("global_step", 0))
-        report.epoch = max(0, int(state.get("epoch", 1)) - 1)
         return
     report.ok(f"{name} loads with weights_only=True")
     step, epoch = state.get("global_step"), state.get("epoch", 0)
@@ -343,43 +327,6 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     elif "rng_states" in (state.get("rebuilt") or ()):
         report.fail(Problem.RNG_REBUILT, "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
                                    "draw new streams on resume", "warn")
-
-
-def _check_accelerate(report: Report, folder: Path) -> None:
-    """An ``Accelerator.save_state`` folder: what --fix can build from it and what it cannot know."""
-    have = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if (folder / n).is_file()]
-    lacking = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
-    report.fail(Problem.ACCELERATE_STATE, f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix builds it "
-                                    f"from {', '.join(have)}" + (f" ({', '.join(lacking)} missing)" if lacking else "")
-                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
-    if (folder / foreign.ACC_RNG).is_file():
-        try:
-            foreign.load_with_numpy(folder / foreign.ACC_RNG)
-        except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
-            report.fail(Problem.ACCELERATE_RNG_UNSAFE, f"{err} (the RNG state will not be restored)", "warn")
-    report.fail(Problem.ACCELERATE_UNKNOWN, "not recorded by accelerate: steps per epoch and samples per step (pass "
-                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
-                                      "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
-                + (f"; {foreign.ACC_SAMPLER}'s position is not used (the sample order is this project's)"
-                   if (folder / foreign.ACC_SAMPLER).is_file() else ""), "warn")
-
-
-def _check_hf_settings(report: Report, folder: Path) -> None:
-    """What the Hugging Face run's files tell about its schedule and shape, and what must come from flags."""
-    values, problems = foreign.hf_settings(folder)
-    missing = foreign.hf_unrecovered(values)
-    if "--learning-rate" in missing and (folder / foreign.HF_SCHEDULER).is_file():
-        missing.remove("--learning-rate")  # scheduler.pt keeps the peak LR
-    if missing:
-        why = "; ".join(problems) or "not recorded"
-        report.fail(Problem.HF_SETTINGS_MISSING, f"the run's {', '.join(f[2:] for f in missing)} could not be recovered "
-                                           f"({why}): --fix needs {' '.join(f + ' ...' for f in missing)}")
-        return
-    shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
-                      if k in values)
-    report.ok(f"Hugging Face run settings read without unpickling: {shown}")
-    if problems:
-        report.fail(Problem.HF_SETTINGS_PARTIAL, "; ".join(problems), "warn")
 
 
 def _check_optimizer(report: Report, state: dict, model) -> None:
