@@ -141,28 +141,33 @@ def usability_problem(folder: str | Path, verify_hashes: bool = False, need_stat
     problems = manifest_problems(folder, verify_hashes)
     if problems:
         return problems[0]
+    state = None
     if need_state:
-        problem = _state_problem(folder)
+        problem, state = _state_problem(folder)
         if problem:
             return problem
-    return _model_problem(folder)
+    problem = _model_problem(folder)
+    if problem or state is None:
+        return problem
+    try:  # last: a checkpoint without a health record has its numbers read
+        return health_problem(folder, state)
+    except Exception as err:  # safetensors' own errors, a truncated tensor: its numbers cannot be judged
+        return f"its numbers could not be read ({type(err).__name__})"
 
 
-def _state_problem(folder: Path) -> str | None:
+def _state_problem(folder: Path) -> tuple[str | None, dict | None]:
+    """(why the training state is unusable, or None; the state, loaded with mmap)."""
     try:
         state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
     except CheckpointError as err:
-        return str(err)
+        return str(err), None
     contract = state_contract_problem(state)
     if contract:
-        return f"{TRAINING_STATE} {contract}"
+        return f"{TRAINING_STATE} {contract}", state
     if step_of(folder) is not None and state.get("global_step") != step_of(folder):
         return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
-                f"the folder is named {folder.name}")
-    try:
-        return health_problem(folder, state)
-    except (OSError, ValueError, RuntimeError) as err:  # weights unreadable while their numbers were read
-        return f"its numbers could not be read ({type(err).__name__})"
+                f"the folder is named {folder.name}"), state
+    return None, state
 
 
 def _model_problem(folder: Path) -> str | None:

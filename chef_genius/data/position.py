@@ -68,7 +68,7 @@ class DataPosition:
         return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "sampler_seed": self.seed,
                 "num_samples": self.num_samples, "group_by_length": self.group_by_length,
                 "length_group_size": self.length_group_size, "max_tokens_per_batch": self.max_tokens_per_batch,
-                "skipped_ranges": [list(r) for r in self.skipped]}
+                **({"skipped_ranges": [list(r) for r in self.skipped]} if self.skipped else {})}
 
     def differences(self, saved: dict) -> list[str]:
         """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""
