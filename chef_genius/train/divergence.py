@@ -98,7 +98,7 @@ def skip_nonfinite_update(step, optimizer, finite: torch.Tensor) -> None:
 
     ``optimizer`` is the bare torch optimizer: a fused Adam / AdamW gets ``found_inf`` and skips on the
     device; any other reads the flag (free on the CPU, a host sync on CUDA)."""
-    if finite.device.type != "cpu" and skips_on_device(optimizer):
+    if skips_on_device(optimizer):
         optimizer.found_inf = (~finite).float()
         try:
             step()

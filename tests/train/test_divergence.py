@@ -46,10 +46,13 @@ def test_a_spike_is_judged_against_the_median_of_recent_losses():
     assert not divergence.is_spike(100.0, recent, 0.0)      # 0: spike detection off
 
 
-def test_a_nonfinite_gradient_changes_no_weight_and_no_moment():
+@pytest.mark.parametrize("fused", [False, True], ids=["flag-read", "skipped-on-device"])
+def test_a_nonfinite_gradient_changes_no_weight_and_no_moment(fused):
+    """Read on the host (the CPU trainer), or fused AdamW's found_inf (CUDA's path, run here on the CPU)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1, fused=fused)
+    assert divergence.skips_on_device(optimizer) == fused
     layer(torch.ones(1, 4)).sum().backward()
     optimizer.step()
     before = [p.detach().clone() for p in layer.parameters()]
