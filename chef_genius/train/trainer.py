@@ -343,25 +343,29 @@ class Trainer:
                 window = [next(batches) for _ in range(min(accumulation, remaining))]
                 remaining -= len(window)
                 self.sample_log.write(self.position.epoch, window)
-                verdict = self._step(window)
-                stop, save = self.checkpoints.due(self.state.global_step, self.preemption.requested)
-                if (save or stop) and verdict is None:
-                    verdict = self.health.flush()  # a checkpoint never holds a step whose verdict is unknown
-                if verdict is not None:
-                    self._roll_back(verdict)
-                    break  # the iteration starts again at the position after the skip
-                self.maybe_log()
-                self.maybe_evaluate()
+                if not self._after_step(self._step(window)):
+                    break  # rolled back: the iteration starts again at the position after the skip
+            del batches
+            if self._finished() and (verdict := self.health.flush()) is not None:
+                self._roll_back(verdict)  # the last steps' verdict, read before the final save
+        self.finish()
+
+    def _after_step(self, verdict: divergence.Verdict | None) -> bool:
+        """The periodic work after a step: log, evaluate, checkpoint, stop. Returns False when the run rolled
+        back instead (a diverged step, or a checkpoint whose numbers are not finite)."""
+        if verdict is None:
+            self.maybe_log()
+            self.maybe_evaluate()
+            stop, save = self.checkpoints.due(self.state.global_step, self.preemption.requested)
+            verdict = self.health.flush() if save else None  # a checkpoint never holds a step not yet judged
+            if verdict is None:
                 if save and not self.maybe_save():
-                    break  # its numbers were not finite: rolled back instead
+                    return False
                 if stop:
                     self._stop_preempted()
-            del batches
-            if self._finished():
-                verdict = self.health.flush()
-                if verdict is not None:
-                    self._roll_back(verdict)
-        self.finish()
+                return True
+        self._roll_back(verdict)
+        return False
 
     def _finished(self) -> bool:
         s, c = self.state, self.config
