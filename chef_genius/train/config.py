@@ -16,7 +16,6 @@ from chef_genius.cli_support import Parser
 from chef_genius.errors import UserError
 from chef_genius.paths import MODELS_ROOT, SAMPLE_DATA
 from chef_genius.settings import schema
-from chef_genius.settings.checks import check_optimizer, check_reporters  # noqa: F401 (used by train/settings.py)
 from chef_genius.settings.fields import add_section, own_settings, run_checks
 from chef_genius.settings.schema import DEFAULT_MODEL, TrainConfig  # noqa: F401 (the names other modules import)
 

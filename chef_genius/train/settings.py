@@ -38,8 +38,9 @@ from pathlib import Path
 
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
+from chef_genius.settings.checks import check_optimizer, check_reporters
 from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of
-from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_optimizer, check_reporters
+from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser
 
 log = logging.getLogger("chef_genius")
 
