@@ -114,11 +114,15 @@ def value_type(f: dataclasses.Field):
 
 
 def flags_of(f: dataclasses.Field) -> tuple[Flag, ...]:
+    """The setting's flags: as declared, else ``--the-name`` (a switch for a bool)."""
     spec = spec_of(f)
     if spec.flags is not None:
         return spec.flags
-    name = "--" + f.name.replace("_", "-")
-    return (Flag((name,), action="store_true"),) if f.type is bool else (Flag((name,)),)
+    name = f.name.replace("_", "-")
+    if f.type is bool:  # a switch: on with --name when off by default, off with --no-name when on
+        return (Flag((f"--{name}",), action="store_true"),) if not f.default else \
+            (Flag((f"--no-{name}",), action="store_false"),)
+    return (Flag((f"--{name}",)),)
 
 
 def flag_name(f: dataclasses.Field) -> str:

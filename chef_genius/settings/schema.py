@@ -12,12 +12,20 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
 help from the field), its check in ``validate``, its resume policy and README's flags table follow
-(regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``). Choices are
-a ``Literal[...]`` annotation; a bool is a switch (``store_true``) unless ``flags=[Flag(...), ...]``
-spells it otherwise; ``flags=("--name", "--alias")`` adds aliases; ``cli_default`` is the parser's
-default where it must differ from the field's; ``position_key`` names the key under which the data
-position also saves a setting the sample order depends on; ``note`` is what a resume that changes it
-announces. A check that involves several settings goes into ``validate`` (``train/config.py``).
+(regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``).
+
+- Choices are a ``Literal[...]`` annotation (``list[Literal[...]]`` for several values).
+- A bool is a switch: ``--name`` turns on one that is off by default, ``--no-name`` turns off one
+  that is on; ``flags=[Flag(...), ...]`` spells the flags otherwise (both ways, a ``store_const``).
+- ``flags=("--name", "--alias")`` adds aliases; ``metavar`` names the value in ``--help``.
+- ``cli_default``: the parser's default where it must differ from the field's.
+- ``position_key``: the key under which the data position also saves a setting the sample order
+  depends on; ``note``: what a resume that changes the setting announces.
+- A check that involves several settings goes into ``validate`` (``train/config.py``).
+- Checkpoints from before the setting existed do not record it: their resume keeps the command's value
+  and says so (``train/settings.py``), nothing else to do.
+- Keep these annotations real types (no ``from __future__ import annotations`` here): the parser
+  reads them.
 """
 
 import dataclasses
@@ -77,9 +85,8 @@ class DataSettings:
     streaming: bool = setting(False, policy=GUARDED, help=(
         "read and tokenize --data on the fly, no disk cache (for data larger than the disk); order is shuffled "
         "only within --length-group-size groups; validation needs --eval-data"))
-    group_by_length: bool = setting(True, policy=GUARDED, position_key="group_by_length", flags=[
-        Flag(("--no-group-by-length",), action="store_false")],
-        help="plain shuffled batches instead of length-grouped ones")
+    group_by_length: bool = setting(True, policy=GUARDED, position_key="group_by_length",  # --no-group-by-length
+                                    help="plain shuffled batches instead of length-grouped ones")
     length_group_size: int = setting(1024, policy=GUARDED, check=checks.positive_int,
                                      position_key="length_group_size",
                                      help="examples sorted together by length (default {default})")

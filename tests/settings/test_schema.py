@@ -14,7 +14,7 @@ from chef_genius.data.position import DataPosition
 from chef_genius.errors import UserError
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.settings import checks, schema
-from chef_genius.settings.fields import (AS_FIELD, Flag, Policy, add_section, choices_of, default_of, flags_of,
+from chef_genius.settings.fields import (AS_FIELD, Policy, add_section, choices_of, default_of, flags_of,
                                          own_settings, position_keys, run_checks, setting, settings_of, spec_of,
                                          value_type)
 from chef_genius.train import config, settings
@@ -122,8 +122,8 @@ class _Extra:
     smoothing: float = setting(0.1, policy=Policy.APPLIED, check=checks.fraction,
                                help="label smoothing (default {default})")
     style: Literal["short", "long"] = setting("short", policy=Policy.SESSION, help="how recipes read")
-    tidy: bool = setting(True, policy=Policy.APPLIED, flags=[Flag(("--no-tidy",), action="store_false")],
-                         help="keep the recipe as written")
+    tidy: bool = setting(True, policy=Policy.APPLIED, help="keep the recipe as written")  # on: --no-tidy
+    quiet: bool = setting(False, policy=Policy.SESSION, help="say less")  # off: --quiet
 
 
 def test_one_field_gives_flag_default_help_choices_and_check():
@@ -132,8 +132,9 @@ def test_one_field_gives_flag_default_help_choices_and_check():
     by_dest = {a.dest: a for a in p._actions}
     assert by_dest["smoothing"].help == "label smoothing (default 0.1)" and by_dest["smoothing"].type is float
     assert by_dest["style"].choices == ("short", "long")
-    assert vars(p.parse_args(["--smoothing", "0.2", "--no-tidy"])) == {"smoothing": 0.2, "style": "short",
-                                                                        "tidy": False}
+    assert vars(p.parse_args(["--smoothing", "0.2", "--no-tidy", "--quiet"])) == \
+        {"smoothing": 0.2, "style": "short", "tidy": False, "quiet": True}
+    assert vars(p.parse_args([])) == {"smoothing": 0.1, "style": "short", "tidy": True, "quiet": False}
     with pytest.raises(SystemExit):
         p.parse_args(["--style", "medium"])
     with pytest.raises(UserError, match=r"--smoothing must be in \[0, 1\), got 1.5"):
