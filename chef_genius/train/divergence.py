@@ -11,11 +11,11 @@ and runs of non-finite steps answered by a rollback.
 - The host learns each step's loss and whether it was finite one step late on CUDA (a pinned copy
   read at the next step, as the stop vote is), at once on the CPU; before every checkpoint it reads
   everything still pending, so a checkpoint never holds a step whose verdict is unknown.
-- Spikes (``is_spike``): a finite loss above ``spike_factor`` times the median of the last
+- Spikes (``is_spike``): a finite loss above ``--spike-factor`` times the median of the last
   ``SPIKE_WINDOW`` finite losses, once ``SPIKE_MIN_HISTORY`` of them are known. The median ignores the
   spike-sized outliers a mean would follow, and a multiple of it means the same early in training (loss
-  7) as late (loss 0.5). ``spike_factor`` 0 turns spike detection off.
-- A spike, or ``nonfinite_steps`` non-finite steps in a row, is a ``Verdict``: the trainer rolls back to
+  7) as late (loss 0.5). ``--spike-factor 0`` turns spike detection off.
+- A spike, or ``--max-nonfinite-steps`` non-finite steps in a row, is a ``Verdict``: the trainer rolls back to
   the newest healthy checkpoint before that step and skips the recipes from the checkpoint's data
   position to the end of the step that diverged (``DataPosition.skip_to``).
 
@@ -33,26 +33,35 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
 import torch
+
+from chef_genius.settings.schema import TrainConfig
 
 log = logging.getLogger("chef_genius")
 
 POISON_ENV = "CHEF_GENIUS_POISON"
 SPIKE_WINDOW = 32       # finite losses the median is taken over
 SPIKE_MIN_HISTORY = 8   # no spike is called before this many finite losses are known
-DEFAULT_SPIKE_FACTOR = 3.0
-DEFAULT_NONFINITE_STEPS = 3
-DEFAULT_MAX_ROLLBACKS = 3
+
+# A skipped step moves the LR schedule without an optimizer step, on purpose: torch's warning about
+# that order (meant for a misplaced scheduler call) would be noise.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
 
 
 @dataclass(frozen=True)
 class Policy:
-    spike_factor: float = DEFAULT_SPIKE_FACTOR       # 0: no spike detection
-    nonfinite_steps: int = DEFAULT_NONFINITE_STEPS   # non-finite steps in a row that roll back (0: never)
-    max_rollbacks: int = DEFAULT_MAX_ROLLBACKS       # rollbacks in one session before the run stops
+    """The guard's settings (``--spike-factor``, ``--max-nonfinite-steps``, ``--max-rollbacks``)."""
+    spike_factor: float = TrainConfig.spike_factor            # 0: no spike detection
+    nonfinite_steps: int = TrainConfig.max_nonfinite_steps    # non-finite steps in a row that roll back (0: never)
+    max_rollbacks: int = TrainConfig.max_rollbacks            # rollbacks in one session before the run stops
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "Policy":
+        return cls(config.spike_factor, config.max_nonfinite_steps, config.max_rollbacks)
 
 
 @dataclass(frozen=True)

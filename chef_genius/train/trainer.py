@@ -33,7 +33,7 @@ Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or
 live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
 for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl or the final model could
 not be written (``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint is
-committed, ``Diverged`` (exit 6) when the run keeps diverging after ``--max-rollbacks`` rollbacks or its
+committed, ``Diverged`` (exit 6) when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its
 final weights are not finite (the message names the newest healthy checkpoint).
 """
 
@@ -136,6 +136,7 @@ class Trainer:
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final
         c = self.config
+        self.health.policy = divergence.Policy.of(c)
         self.reporters = make_reporters(c, self.output, self.is_main)
         rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
         if self.device.type == "cuda":

@@ -160,3 +160,35 @@ def test_nonfinite_steps_in_a_row_roll_back(tiny_model, small_csv, cache_dir, tm
     (record,) = _records(out, "rollback")
     assert (record["at_step"], record["step"], record["skipped"]) == (12, 8, [0, 64, 1, 0])
     assert "3 non-finite steps in a row" in record["reason"]
+
+
+def test_a_divergence_with_no_rollback_left_stops_with_exit_6_naming_the_healthy_checkpoint(tiny_model, small_csv,
+                                                                                            cache_dir, tmp_path):
+    from chef_genius.errors import Diverged
+    out = tmp_path / "run"
+    with _poisoned("11:1e4"), pytest.raises(Diverged, match=r"diverged at step 11 \(loss spike") as err:
+        run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16,
+                                 "--eval-steps", 100, "--max-rollbacks", 0))
+    assert err.value.exit_code == 6
+    assert f"the newest healthy checkpoint is {out / 'checkpoint-8'}" in str(err.value)
+    assert not (out / ckpt.WEIGHTS).exists()  # no final model
+
+
+def test_nan_weights_are_never_saved_as_the_final_model(tiny_model, small_csv, cache_dir, tmp_path):
+    """Weights that went NaN (rollback off, so each step is only skipped): exit 6, no final model."""
+    from chef_genius.errors import Diverged
+    from chef_genius.train.config import parse_args
+    from chef_genius.train.trainer import Trainer
+    out = tmp_path / "run"
+    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 100, "--max-steps", 2,
+                                            "--eval-steps", 100, "--max-nonfinite-steps", 0)))
+    try:
+        trainer.setup()
+        with torch.no_grad():
+            next(trainer.model.parameters()).fill_(float("nan"))
+        with pytest.raises(Diverged, match="final weights .*are not finite: no final model was saved") as err:
+            trainer.train()
+    finally:
+        trainer.close()
+    assert err.value.exit_code == 6
+    assert not (out / ckpt.WEIGHTS).exists() and not ckpt.list_checkpoints(out)
