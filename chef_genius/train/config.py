@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,6 +375,7 @@ def validate(c: TrainConfig) -> None:
     check_optimizer(c.optimizer)
     if c.data is None and not (c.resume_from_checkpoint or c.auto_resume or c.plan_only):
         raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
+    check_model_output(c.model_output)
     for flag, path in (("--data", c.data), ("--eval-data", c.eval_data)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} file not found: {path}")
@@ -389,6 +391,17 @@ def validate(c: TrainConfig) -> None:
                         " raise it or the max lengths")
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
+
+
+def check_model_output(model_output: str) -> None:
+    """A run folder is never a checkpoint nor inside one: a run's files there would break its seal."""
+    from chef_genius.checkpoint.format import enclosing_checkpoint
+    checkpoint = enclosing_checkpoint(model_output)
+    if checkpoint is None:
+        return
+    where = "is" if checkpoint == Path(os.path.abspath(model_output)) else "is inside"
+    raise UserError(f"--model-output {model_output} {where} the checkpoint {checkpoint.name}, which a run never "
+                    f"writes into; did you mean its run folder? --model-output {checkpoint.parent}")
 
 
 def check_reporters(report_to: list[str]) -> None:
