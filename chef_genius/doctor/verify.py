@@ -104,6 +104,7 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         _check_hf_files(report, folder)
     if manifest:
         _check_manifest(report, folder, deep)
+        _prefix_over_changed_weights(report)
     if report.codes() & FATAL:
         report.hint = healthy_sibling(folder)
     return report
@@ -229,7 +230,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     bad = wt.prefixed(header)
     if bad:
         report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                        f"(e.g. {bad[0]}); --fix removes it")
+                                        f"(e.g. {bad[0]}){PREFIX_FIX}")
     shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
     if (folder / ckpt.MODEL_CONFIG).is_file() and "config_unreadable" not in report.codes():
@@ -414,6 +415,24 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     if len(corrupt) < len(problems):
         report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
+
+
+PREFIX_FIX = "; --fix removes it"
+PREFIX_BLOCKED = ("; --fix leaves it, because the weights changed after the manifest sealed them (the prefixed file "
+                  "is not the one the run saved); if you trust the file as it is, --fix --accept-changed-weights "
+                  "strips the prefix, keeps the original in backup-*/ and re-seals, else resume from a sibling")
+
+
+def _prefix_over_changed_weights(report: Report) -> None:
+    """Prefixed weights that the manifest did not seal: a plain --fix does not bless them, so the
+    prefix line must not promise that it removes the prefix; it says why, and what will."""
+    if not {"weights_prefixed", "weights_corrupt"} <= report.codes():
+        return
+    for problem in report.problems:
+        if problem["code"] == "weights_prefixed" and problem["message"].endswith(PREFIX_FIX):
+            old = problem["message"]
+            problem["message"] = old[: -len(PREFIX_FIX)] + PREFIX_BLOCKED
+            report.lines = [(status, problem["message"] if text == old else text) for status, text in report.lines]
 
 
 def healthy_sibling(folder: Path) -> str | None:
