@@ -39,8 +39,9 @@ COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 class Fixer:
     def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-                 pretrained: Path | None = None):
+                 pretrained: Path | None = None, accept_changed_weights: bool = False):
         self.folder = Path(folder)
+        self.accept_changed_weights = accept_changed_weights  # weights the manifest did not seal, taken as they are
         self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
         self.backup = backup
         self.dry_run = dry_run
@@ -57,6 +58,9 @@ class Fixer:
                 and self._restore_from_siblings() and not self.dry_run:
             before = verify(self.folder, deep=True)
         codes = before.codes()
+        if (self.accept_changed_weights and Problem.WEIGHTS_CORRUPT in codes
+                and not codes & (FATAL - {Problem.WEIGHTS_CORRUPT})):
+            codes = self._accept_changed_weights(before, codes)
         if not codes or codes & (FATAL - {Problem.STATE_UNREADABLE}):
             before.repairs = self.repairs
             return before
@@ -74,6 +78,19 @@ class Fixer:
         if self.unfixed and after.valid:
             after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
+
+    def _accept_changed_weights(self, report: Report, codes: set[str]) -> set[str]:
+        """``--accept-changed-weights``: weights that changed after the manifest sealed them, but read in
+        full, finite and of the config's shapes, are taken as they are (the prefix stripped after); the
+        files as found are kept in the backup folder, even with --no-backup, and the manifest re-sealed."""
+        files = report.facts.weight_files or []
+        if not self.dry_run:
+            for path in files:
+                self.keep(path, always=True)
+        names = ", ".join(p.name for p in files)
+        self.note("weights_accepted", f"took {names} as it is now, not as the manifest sealed it "
+                                      "(--accept-changed-weights; the file as found kept in the backup folder)")
+        return codes - {Problem.WEIGHTS_CORRUPT}
 
     def _restore_from_siblings(self) -> bool:
         """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
@@ -208,8 +225,8 @@ class Fixer:
 
 
 def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-        pretrained: str | Path | None = None) -> Report:
-    return Fixer(Path(folder), backup, dry_run, overrides, pretrained).run()
+        pretrained: str | Path | None = None, accept_changed_weights: bool = False) -> Report:
+    return Fixer(Path(folder), backup, dry_run, overrides, pretrained, accept_changed_weights).run()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,6 +123,7 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         importer.check_files(report, folder)
     if manifest:
         _check_manifest(report, folder, deep)
+        _prefix_over_changed_weights(report)
     if report.codes() & FATAL:
         report.hint = healthy_sibling(folder)
     return report
@@ -241,7 +242,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     bad = wt.prefixed(header)
     if bad:
         report.fail(Problem.WEIGHTS_PREFIXED, f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                        f"(e.g. {bad[0]}); --fix removes it")
+                                              f"(e.g. {bad[0]}){PREFIX_FIX}")
     shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
     if (folder / ckpt.MODEL_CONFIG).is_file() and Problem.CONFIG_UNREADABLE not in report.codes():
@@ -408,6 +409,24 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     invalid = [p for p in problems if p.kind != "changed"]
     if invalid:
         report.fail(Problem.MANIFEST_INVALID, f"{ckpt.MANIFEST}: {invalid[0]}")
+
+
+PREFIX_FIX = "; --fix removes it"
+PREFIX_BLOCKED = ("; --fix leaves it, because the weights changed after the manifest sealed them (the prefixed file "
+                  "is not the one the run saved); if you trust the file as it is, --fix --accept-changed-weights "
+                  "strips the prefix, keeps the original in backup-*/ and re-seals, else resume from a sibling")
+
+
+def _prefix_over_changed_weights(report: Report) -> None:
+    """Prefixed weights that the manifest did not seal: a plain --fix does not bless them, so the
+    prefix line must not promise that it removes the prefix; it says why, and what will."""
+    if not {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_CORRUPT} <= report.codes():
+        return
+    for problem in report.problems:
+        if problem["code"] == Problem.WEIGHTS_PREFIXED and problem["message"].endswith(PREFIX_FIX):
+            old = problem["message"]
+            problem["message"] = old[: -len(PREFIX_FIX)] + PREFIX_BLOCKED
+            report.lines = [(status, problem["message"] if text == old else text) for status, text in report.lines]
 
 
 def healthy_sibling(folder: Path) -> str | None:
