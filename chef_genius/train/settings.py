@@ -36,7 +36,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_optimizer, check_reporters
 

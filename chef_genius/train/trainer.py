@@ -46,8 +46,9 @@ import torch.nn.functional as F
 from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
-from chef_genius.checkpoint.resume import data_identity, resolve
+from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.runlock import RunLock
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError

@@ -17,7 +17,7 @@ import torch
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train import settings
 from chef_genius.train.config import TrainConfig, parse_args
