@@ -27,6 +27,7 @@ import torch
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
+from chef_genius.train import rng
 
 CHEF = "chef_genius"
 LEGACY = "legacy"
@@ -183,28 +184,12 @@ def detect_kind(folder: Path, state_status: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # conversions to this project's state values
 
-def convert_rng(python_state, numpy_state, torch_state, cuda_states) -> dict:
-    """RNG states as ``rng.capture`` stores them (tensors and plain values, no numpy)."""
-    out = {}
-    if python_state is not None:
-        version, internal, gauss = python_state
-        out["python"] = [int(version), [int(v) for v in internal], gauss]
-    if numpy_state is not None:
-        kind, keys, pos, has_gauss, cached = numpy_state
-        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    if isinstance(torch_state, torch.Tensor):
-        out["torch"] = torch_state
-    out["cuda"] = [t for t in (cuda_states or []) if isinstance(t, torch.Tensor)]
-    return out if {"python", "numpy", "torch"} <= set(out) else {}
-
-
 def legacy_rng(states: dict | None) -> dict:
     states = states or {}
     cuda = states.get("cuda_rng_state_all") or ([states["cuda_rng_state"]] if states.get("cuda_rng_state")
                                                 is not None else [])
-    return convert_rng(states.get("python_rng_state"), states.get("numpy_rng_state"),
-                       states.get("torch_rng_state"), cuda)
+    return rng.from_parts(states.get("python_rng_state"), states.get("numpy_rng_state"),
+                          states.get("torch_rng_state"), cuda)
 
 
 def hf_rng(folder: Path) -> dict:
@@ -217,7 +202,7 @@ def hf_rng(folder: Path) -> dict:
                 raise ckpt.CheckpointError(f"{name}: {err}") from None
             cuda = saved.get("cuda")
             cuda = list(cuda) if isinstance(cuda, (list, tuple)) else ([cuda] if cuda is not None else [])
-            return convert_rng(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
+            return rng.from_parts(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
     return {}
 
 
@@ -232,8 +217,8 @@ def accelerate_rng(folder: Path) -> dict:
     if not isinstance(saved, dict):
         return {}
     cuda = saved.get("torch_cuda_manual_seed")
-    return convert_rng(saved.get("random_state"), saved.get("numpy_random_seed"), saved.get("torch_manual_seed"),
-                       cuda if isinstance(cuda, list) else [])
+    return rng.from_parts(saved.get("random_state"), saved.get("numpy_random_seed"),
+                          saved.get("torch_manual_seed"), cuda if isinstance(cuda, list) else [])
 
 
 def hf_trainer_state(folder: Path) -> dict:

@@ -22,6 +22,7 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
 from chef_genius.errors import printable
+from chef_genius.train import rng
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
 from chef_genius.train.state import RunState
@@ -329,19 +330,9 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
 
 
 def seeded_rng(seed: int, step: int) -> dict:
-    """RNG states as ``train/rng.capture`` stores them, drawn from ``seed`` and ``step`` alone (the
-    process's own generators are left untouched)."""
-    import random
-
-    import numpy as np
-    import torch
-    value = (int(seed) * 1_000_003 + int(step)) % 2**32
-    kind, keys, pos, has_gauss, cached = np.random.RandomState(value).get_state()
-    version, internal, gauss = random.Random(value).getstate()
-    return {"python": [version, list(internal), gauss],
-            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "torch": torch.Generator().manual_seed(value).get_state(), "cuda": []}
+    """RNG states in ``train/rng``'s layout, drawn from ``seed`` and ``step`` alone (the process's own
+    generators are left untouched)."""
+    return rng.seeded((int(seed) * 1_000_003 + int(step)) % 2**32)
 
 
 def os_sentence(err: Exception) -> str:
