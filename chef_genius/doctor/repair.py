@@ -22,6 +22,7 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
 from chef_genius.errors import printable
+from chef_genius.model import wrappers
 from chef_genius.train import rng
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
@@ -254,7 +255,7 @@ def _same_model(folder: Path, source: Path) -> bool:
         return False
     if not raw or loadable.layers_problem(source, raw) or loadable.config_problem(source):
         return False
-    header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in raw.items()}
+    header = {wrappers.strip(k): tuple(v["shape"]) for k, v in raw.items()}
     model = wt.meta_model(source)
     shapes = wt.expected_tensors(model)[0] if model is not None else {}
     return bool(header) and all(shapes.get(k) == v for k, v in header.items())

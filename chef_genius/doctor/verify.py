@@ -16,6 +16,7 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
 from chef_genius.errors import printable
+from chef_genius.model import wrappers
 
 # Problems that leave a checkpoint resumable (training continues, with less state restored).
 SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
@@ -226,7 +227,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     if layout == "bin":
         report.fail("weights_bin", f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
                                    f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
-    bad = wt.prefixed(header)
+    bad = wrappers.wrapped(header)
     if bad:
         report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
                                         f"(e.g. {bad[0]}); --fix removes it")
@@ -243,7 +244,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
             report.fail("weights_unreadable", loadable.describe(shown, err))
             return None
     if model is not None:
-        _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
+        _check_shapes(report, {wrappers.strip(k): dict(v, name=k) for k, v in header.items()}, model, deep)
     if deep and not report.codes() & {"weights_mismatch", "lm_head_missing", "weights_unreadable"}:
         try:  # fatal already: no full read
             nonfinite = wt.nonfinite_tensors(files)

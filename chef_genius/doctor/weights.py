@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from chef_genius.checkpoint import trust
+from chef_genius.model import wrappers
 
-PREFIXES = ("_orig_mod.", "module.")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -99,20 +99,6 @@ def get_tensor(header: dict, name: str) -> torch.Tensor:
         return handle.get_tensor(stored)
 
 
-def strip_prefix(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
-
-
-def prefixed(names) -> list[str]:
-    return [n for n in names if strip_prefix(n) != n]
-
-
 def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, bytes]:
     """File name -> new content: the weights with ``_orig_mod.`` / ``module.`` removed from every name
     (each shard and the index for sharded weights; ``model.safetensors`` for a ``.bin``)."""
@@ -127,11 +113,11 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or metadata
         # clone: a .bin may hold tied tensors sharing one storage, which safetensors refuses
-        tensors = {strip_prefix(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in _tensors(path)}
+        tensors = {wrappers.strip(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in _tensors(path)}
         out[ckpt.WEIGHTS if path.suffix == ".bin" else path.name] = save(tensors, metadata)
     if layout == "sharded":
         index = trust.read_json(folder / ckpt.WEIGHTS_INDEX)
-        index["weight_map"] = {strip_prefix(n): shard for n, shard in index["weight_map"].items()}
+        index["weight_map"] = {wrappers.strip(n): shard for n, shard in index["weight_map"].items()}
         out[ckpt.WEIGHTS_INDEX] = json.dumps(index, indent=2, sort_keys=True).encode("utf-8")
     return out
 
@@ -167,7 +153,7 @@ def meta_model(folder: Path, weights: Path | None = None, header: dict | None = 
         return None
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     header = {n: e if "file" in e else dict(e, file=weights) for n, e in (header or {}).items()}
-    names = {strip_prefix(n): n for n in header}
+    names = {wrappers.strip(n): n for n in header}
     if (head is not None and head.weight is embed.weight and "lm_head.weight" in names
             and "shared.weight" in names
             and not tensors_equal(header, names["lm_head.weight"], names["shared.weight"])):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from chef_genius.errors import UserError
+from chef_genius.model import wrappers
 from chef_genius.model.hub import check_hub_reachable
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ def load_tokenizer(name_or_path: str):
                         "name the hub knows or a local folder with tokenizer files") from None
 
 
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/accelerate wrappers, in any nesting
-_STRIP_WRAPPERS = {r"^(?:_orig_mod\.|module\.)+": ""}
 _NAMED = 3  # weight names quoted in an error
 
 
@@ -57,12 +56,12 @@ def load_model(name_or_path: str | Path):
         return lora.load_merged(folder, load_model)
     options = {}
     if local:
-        wrapped = [n for n in weight_names(folder) if n.startswith(WRAPPER_PREFIXES)]
+        wrapped = wrappers.wrapped(weight_names(folder))
         if wrapped:
             log.warning("%d weight names in %s carry a wrapper prefix (e.g. %s): loaded without it; repair "
                         "the folder with: python cli/verify_and_fix_checkpoint.py %s --fix",
                         len(wrapped), folder, wrapped[0], folder)
-            options["key_mapping"] = _STRIP_WRAPPERS
+            options["key_mapping"] = wrappers.KEY_MAPPING
     try:
         model, info = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32, weights_only=True,
                                                             output_loading_info=True, **options)
