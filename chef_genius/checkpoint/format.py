@@ -214,8 +214,7 @@ def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bo
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if trust.refused_by_weights_only(err):
             raise UnsafeStateError(f"{path} holds objects that are not plain tensors and values "
                                    "(an old-format or unsafe file); it was not unpickled") from None
         raise CheckpointError(f"{path} is unreadable ({type(err).__name__}); it is truncated or corrupt") from None

@@ -127,7 +127,7 @@ def load_with_numpy(path: str | Path) -> object:
         with torch.serialization.safe_globals(list(NUMPY_GLOBALS.values())):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+        if trust.refused_by_weights_only(err):
             raise UnsafePickle(path, ["an object outside the numpy allowlist"]) from None
         raise ckpt.CheckpointError(f"{path.name} is unreadable ({type(err).__name__}); truncated or corrupt") from None
 

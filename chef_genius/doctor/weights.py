@@ -69,9 +69,8 @@ def _load_bin(path: Path, device: str) -> dict:
     try:
         value = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for damage
-        text = str(err)
-        why = ("it holds objects other than tensors; it was not unpickled" if "Weights only load failed" in text
-               or "Unsupported global" in text else f"unreadable ({type(err).__name__}): truncated or corrupt")
+        why = ("it holds objects other than tensors; it was not unpickled" if trust.refused_by_weights_only(err)
+               else f"unreadable ({type(err).__name__}): truncated or corrupt")
         raise ValueError(f"{path.name} does not load with weights_only=True: {why}") from None
     if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
         raise ValueError(f"{path.name} does not hold a name -> tensor dictionary")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from chef_genius.checkpoint import trust
 from chef_genius.errors import UserError
 from chef_genius.model import wrappers
 from chef_genius.model.hub import check_hub_reachable
@@ -47,7 +48,6 @@ def load_model(name_or_path: str | Path):
     """
     check_hub_reachable(name_or_path)
     from transformers import AutoModelForSeq2SeqLM
-    import pickle
     from chef_genius.checkpoint import format as ckpt
     folder = Path(name_or_path)
     local = folder.is_dir()
@@ -65,12 +65,11 @@ def load_model(name_or_path: str | Path):
     try:
         model, info = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32, weights_only=True,
                                                             output_loading_info=True, **options)
-    except pickle.UnpicklingError:  # torch's weights_only loader refused a pickled .bin (its own
-        # message suggests weights_only=False, i.e. running whatever the file carries: never)
-        raise UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
-                        "refused, never unpickled: get the model as model.safetensors from a source you "
-                        "trust") from None
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if trust.refused_by_weights_only(err):  # a pickled .bin holding more than tensors
+            raise _refused_pickle(name_or_path) from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
                         "name the hub knows or a local folder with config.json and model.safetensors "
                         "(or sharded safetensors with their index, or pytorch_model.bin)") from None
@@ -90,14 +89,12 @@ def load_model(name_or_path: str | Path):
 def weight_names(folder: Path) -> list[str]:
     """Tensor names of a local model folder's weights, read from the safetensors headers (the index
     for shards) or, for ``pytorch_model.bin``, a ``weights_only`` load mapped from disk."""
-    import pickle
     from chef_genius.checkpoint import format as ckpt
     try:
         layout, files = ckpt.weights_layout(folder)
     except ValueError as err:
         raise UserError(f"cannot load the model {str(folder)!r}: {err}") from None
     if layout == "sharded":
-        from chef_genius.checkpoint import trust
         return list(trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"])  # checked by weights_layout
     if layout == "single":
         from safetensors import safe_open
@@ -110,14 +107,18 @@ def weight_names(folder: Path) -> list[str]:
     if layout == "bin":
         try:
             return list(torch.load(files[0], map_location="meta", weights_only=True))
-        except pickle.UnpicklingError:  # never quote torch's hint to retry with weights_only=False
-            raise UserError(f"the weights of {str(folder)!r} are a pickle holding more than plain tensors; "
-                            "refused, never unpickled: get the model as model.safetensors from a source you "
-                            "trust") from None
         except Exception as err:
+            if trust.refused_by_weights_only(err):
+                raise _refused_pickle(folder) from None
             raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} does not load with "
                             f"weights_only=True ({_first_line(err)}); it was not unpickled") from None
     return []
+
+
+def _refused_pickle(name_or_path) -> UserError:
+    """Never quotes torch's hint to retry with weights_only=False (that would run what the file carries)."""
+    return UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
+                     "refused, never unpickled: get the model as model.safetensors from a source you trust")
 
 
 def _first_line(err: Exception) -> str:
