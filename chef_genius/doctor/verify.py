@@ -12,6 +12,7 @@ from pathlib import Path
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
@@ -210,8 +211,8 @@ def _check_hf_files(report: Report, folder: Path) -> None:
 
 def _check_weights(report: Report, folder: Path, deep: bool):
     try:
-        layout, header, files = wt.read_weights(folder)
-    except wt.MissingShard as err:
+        layout, header, files = weight_files.read_weights(folder)
+    except weight_files.MissingShard as err:
         report.fail("weights_missing", str(err))
         return None
     except (ValueError, OSError) as err:  # trust.Untrusted too: a link, a FIFO, a hostile header

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from chef_genius.checkpoint import trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.errors import UserError
 from chef_genius.model import wrappers
 from chef_genius.model.hub import check_hub_reachable
@@ -87,32 +88,13 @@ def load_model(name_or_path: str | Path):
 
 
 def weight_names(folder: Path) -> list[str]:
-    """Tensor names of a local model folder's weights, read from the safetensors headers (the index
-    for shards) or, for ``pytorch_model.bin``, a ``weights_only`` load mapped from disk."""
-    from chef_genius.checkpoint import format as ckpt
+    """Tensor names of a local model folder's weights, in any layout (``checkpoint/weight_files.py``)."""
     try:
-        layout, files = ckpt.weights_layout(folder)
-    except ValueError as err:
+        return list(weight_files.read_weights(folder)[1])
+    except weight_files.RefusedPickle:
+        raise _refused_pickle(folder) from None
+    except (ValueError, OSError) as err:  # trust.Untrusted and MissingShard too
         raise UserError(f"cannot load the model {str(folder)!r}: {err}") from None
-    if layout == "sharded":
-        return list(trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"])  # checked by weights_layout
-    if layout == "single":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(files[0]), "pt") as handle:
-                return list(handle.keys())
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} is unreadable "
-                            f"({_first_line(err)})") from None
-    if layout == "bin":
-        try:
-            return list(torch.load(files[0], map_location="meta", weights_only=True))
-        except Exception as err:
-            if trust.refused_by_weights_only(err):
-                raise _refused_pickle(folder) from None
-            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} does not load with "
-                            f"weights_only=True ({_first_line(err)}); it was not unpickled") from None
-    return []
 
 
 def _refused_pickle(name_or_path) -> UserError:
