@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.errors import UserError

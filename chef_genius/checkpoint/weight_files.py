@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import trust
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.train import rng
@@ -145,8 +146,8 @@ def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
     if not trust.regular_file(path):
         return "unreadable", None, f"{path.name} is not a regular file (a folder where a file belongs?)"
     try:
-        state = ckpt.load_training_state(path)
-    except ckpt.UnsafeStateError:
+        state = ckstate.load_training_state(path)
+    except ckstate.UnsafeStateError:
         try:
             state = load_with_numpy(path)
         except UnsafePickle as err:
@@ -157,11 +158,11 @@ def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
         return "unreadable", None, str(err)
     if not isinstance(state, dict):
         return "unreadable", None, f"{path.name} does not hold a dictionary"
-    if state.get("format") == ckpt.FORMAT_NAME or not ckpt.missing_state_keys(state):
+    if state.get("format") == ckpt.FORMAT_NAME or not ckstate.missing_state_keys(state):
         return "ours", state, None
     if all(key in state for key in ("global_step", "epoch")):
         return "legacy", state, None
-    return "unreadable", None, f"{path.name} lacks {', '.join(ckpt.missing_state_keys(state))}"
+    return "unreadable", None, f"{path.name} lacks {', '.join(ckstate.missing_state_keys(state))}"
 
 
 def detect_kind(folder: Path, state_status: str) -> str:

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk, trust
@@ -221,7 +222,7 @@ class Fixer:
         step = ckpt.step_of(self.folder)
         if not self.dry_run:
             if step is None:
-                step = int(ckpt.load_training_state(self.folder)["global_step"])
+                step = int(ckstate.load_training_state(self.folder)["global_step"])
             self.keep(self.folder / ckpt.MANIFEST)
             ckfiles.atomic_write_json(self.folder / ckpt.MANIFEST, ckmanifest.build_manifest(self.folder, step))
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
@@ -266,10 +267,10 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
     values, sources = {}, []
     for source in candidate_folders(folder):
         status, state, _ = foreign.read_state(source)
-        slices = ckpt.unpack_training_state(state) if status == "ours" else {}
-        if slices.get(ckpt.SETTINGS):
-            values.update(slices[ckpt.SETTINGS])
-            values.setdefault("num_samples", slices[ckpt.DATA_POSITION].get("num_samples"))
+        slices = ckstate.unpack_training_state(state) if status == "ours" else {}
+        if slices.get(ckstate.SETTINGS):
+            values.update(slices[ckstate.SETTINGS])
+            values.setdefault("num_samples", slices[ckstate.DATA_POSITION].get("num_samples"))
             sources.append(source.name)
             break
     if (folder / foreign.HF_STATE).is_file():  # the run's own files win over a converted sibling's copy
@@ -443,7 +444,7 @@ def _load_plain(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return ckpt.load_training_state(path)
+        return ckstate.load_training_state(path)
     except ckpt.CheckpointError as err:
         raise ckpt.CheckpointError(str(err).replace("training-state ", "")) from None
 
@@ -470,7 +471,7 @@ def _assemble(step, epoch, samples, settings, model, optimizer, rng_states, best
         if settings.get(key) is not None:
             position[name] = settings[key]
     hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
-    state = ckpt.make_training_state(run_state, position, optimizer,
-                                     scheduler_state_at(step, lr, schedule, _num_groups(model)),
-                                     rng_states, hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
+    state = ckstate.make_training_state(run_state, position, optimizer,
+                                        scheduler_state_at(step, lr, schedule, _num_groups(model)), rng_states,
+                                        hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
     return state, text

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint import weight_files
@@ -180,7 +181,7 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                     report.fail("weights_nonfinite", f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
                     report.ok("every adapter tensor read, all values finite")
-    base = ckpt.read_base(folder)
+    base = ckrecords.read_base(folder)
     if base is None:
         report.fail("base_record_missing", f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
                                            "belongs to, and its fingerprint, are unknown")

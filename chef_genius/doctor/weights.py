@@ -26,7 +26,7 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
     (each shard and the index for sharded weights; ``model.safetensors`` for a ``.bin``)."""
     from safetensors.torch import save
 
-    from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import layout as ckpt
     out = {}
     for path in files:
         metadata = {"format": "pt"}

@@ -49,7 +49,7 @@ def load_model(name_or_path: str | Path):
     """
     check_hub_reachable(name_or_path)
     from transformers import AutoModelForSeq2SeqLM
-    from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import layout as ckpt
     folder = Path(name_or_path)
     local = folder.is_dir()
     if local and ckpt.is_adapter(folder):  # a LoRA adapter: its base, checked, with the adapter merged in

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import weight_files
 from chef_genius.errors import UserError
 from chef_genius.model.loading import weight_names

@@ -12,7 +12,8 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.doctor import hf_args
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import run_cli
@@ -86,7 +87,7 @@ def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(hf
     code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
     report = json.loads(out)
     assert code == 0 and report["valid"], report
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == 2 * BATCH * ACCUMULATION  # 16, not 8
     hyper = state["hyperparameters"]
     assert (hyper["learning_rate"], hyper["lr_scheduler"], hyper["warmup_steps"], hyper["max_steps"],
@@ -128,7 +129,7 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
     code, out = cli(verify_main, folder, "--fix", "--json", "--lr-scheduler", "cosine", "--warmup-steps", 1,
                     "--samples-per-step", BATCH * ACCUMULATION, capsys=capsys)
     assert code == 0, out
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == (4 - 3) * BATCH * ACCUMULATION
     assert state["scheduler_state_dict"]["_last_lr"][0] == pytest.approx(hf_lrs[5], rel=1e-6)
 
@@ -188,7 +189,7 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
     assert str(tiny_model) in repairs["file_copied"]
     assert "optimizer state kept" in repairs["state_converted_accelerate"]
     assert "assumed the training defaults for warmup_steps, lr_scheduler" in repairs["state_converted_accelerate"]
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["global_step"] == 3 and state["data_position"]["samples_in_epoch"] == 24
     assert state["scheduler_state_dict"]["base_lrs"][0] == 1e-3
     saved = torch.load(folder / "optimizer.bin", weights_only=True)
