@@ -93,15 +93,17 @@ def make_training_state(run_state, data_position: dict, optimizer_state: dict | 
 
     from chef_genius import __version__
     run = dict(run_state if isinstance(run_state, dict) else run_state.to_dict())
-    run = {"global_step": int(run.pop("global_step", 0)), "epoch": int(data_position.get("epoch", 0)),
-           "samples_in_epoch": int(data_position.get("samples_in_epoch", 0)),
+    global_step, best_loss = int(run.pop("global_step", 0)), run.pop("best_loss", None)
+    # written once: the step and best loss at the top, the sample in ``data_position``. The epoch is
+    # still written three times and the RNG twice: tools and tests read those copies (see ``unpack``).
+    run = {"epoch": int(data_position.get("epoch", 0)),
            **{k: v for k, v in run.items() if k not in ("epoch", "samples_in_epoch")}}
     state = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "global_step": run["global_step"],
+        "global_step": global_step,
         "epoch": run["epoch"],
-        "best_loss": run.get("best_loss"),
+        "best_loss": best_loss,
         "run_state": run,
         "data_position": data_position,
         "optimizer_state_dict": optimizer_state or {},
@@ -134,13 +136,17 @@ def pack_training_state(slices: dict) -> dict:
 
 
 def unpack_training_state(state: dict) -> dict:
-    """The slices of a loaded ``training_state.pt`` (every one present, empty when the file has none)."""
+    """The slices of a loaded ``training_state.pt`` (every one present, empty when the file has none),
+    the same from every layout written so far: before the slices (step, epoch, best loss and RNG at
+    the top only), with the slices and ``run_state`` repeating the step, best loss and sample, and
+    today's, which writes those once."""
     run = dict(state.get("run_state") or {})
     run.setdefault("global_step", int(state.get("global_step", 0)))
     run.setdefault("best_loss", state.get("best_loss"))
     position = dict(state.get("data_position") or {})
     position.setdefault("epoch", int(run.get("epoch", state.get("epoch", 0))))
     position.setdefault("samples_in_epoch", int(run.get("samples_in_epoch", 0)))
+    run.setdefault("samples_in_epoch", position["samples_in_epoch"])  # written in run_state until 2026-12
     per_rank = state.get(RNG_PER_RANK) or ([state["rng_states"]] if state.get("rng_states") else [])
     return {RUN_STATE: run, DATA_POSITION: position,
             OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT),
