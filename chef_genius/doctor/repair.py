@@ -19,6 +19,7 @@ from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk, trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.doctor import foreign
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
@@ -251,7 +252,7 @@ def _same_model(folder: Path, source: Path) -> bool:
     if not trust.regular_file(theirs):
         return False
     try:
-        raw = wt.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
+        raw = weight_files.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
     except ValueError:
         return False
     if not raw or loadable.layers_problem(source, raw) or loadable.config_problem(source):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from chef_genius.checkpoint import trust
-from chef_genius.checkpoint.weight_files import get_tensor, read_header, read_weights, tensors  # noqa: F401 (the doctor's names)
+from chef_genius.checkpoint.weight_files import get_tensor, tensors
 from chef_genius.model import wrappers
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,

@@ -318,7 +318,8 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_mode
     assert state["global_step"] == 2 and state["epoch"] == 0 and not state["optimizer_state_empty"]
     assert state["rng_states"]["torch"].dtype == torch.uint8
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    from chef_genius.doctor.weights import hf_layout, meta_model, our_layout, read_header
+    from chef_genius.checkpoint.weight_files import read_header
+    from chef_genius.doctor.weights import hf_layout, meta_model, our_layout
     model = meta_model(folder, folder / ckpt.WEIGHTS, read_header(folder / ckpt.WEIGHTS))
     hf_names = [n for g in hf_layout(model) for n in g]
     ours = [n for g in our_layout(model) for n in g]

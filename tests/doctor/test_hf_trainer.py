@@ -193,7 +193,8 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
     assert state["global_step"] == 3 and state["data_position"]["samples_in_epoch"] == 24
     assert state["scheduler_state_dict"]["base_lrs"][0] == 1e-3
     saved = torch.load(folder / "optimizer.bin", weights_only=True)
-    from chef_genius.doctor.weights import meta_model, our_layout, read_weights
+    from chef_genius.checkpoint.weight_files import read_weights
+    from chef_genius.doctor.weights import meta_model, our_layout
     order = [n for g in our_layout(meta_model(folder, None, read_weights(folder)[1])) for n in g]
     assert len(order) == len(names) == 52
     for index, name in enumerate(order):
