@@ -8,6 +8,7 @@ import torch
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.train import rng
+from conftest import same_values
 
 POSITION = {"epoch": 1, "samples_in_epoch": 24, "sampler_seed": 42, "num_samples": 94}
 RUN = {"global_step": 7, "best_loss": 0.5, "best_step": 6, "best_value": 0.5, "tokens_seen": 1234,
@@ -37,16 +38,6 @@ def _pre_slices_layout() -> dict:
             "scheduler_state_dict": SCHEDULER, "rng_states": RANKS[0], "hyperparameters": SETTINGS}
 
 
-def _equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _slices() -> dict:
     return {ckstate.RUN_STATE: dict(RUN), ckstate.DATA_POSITION: dict(POSITION),
             ckstate.OPTIMIZER: {"state": OPTIMIZER, "layout": None, "kind": "adafactor"},
@@ -59,14 +50,14 @@ def test_todays_main_layout_unpacks_to_the_values_it_was_written_with():
     assert slices[ckstate.RUN_STATE] == {**RUN, "epoch": 1, "samples_in_epoch": 24}
     assert slices[ckstate.DATA_POSITION] == POSITION
     assert slices[ckstate.OPTIMIZER]["kind"] == "adafactor" and slices[ckstate.OPTIMIZER]["layout"] is None
-    assert _equal(slices[ckstate.RNG], RANKS) and slices[ckstate.SETTINGS] == SETTINGS
+    assert same_values(slices[ckstate.RNG], RANKS) and slices[ckstate.SETTINGS] == SETTINGS
     assert ckstate.saved_world_size(_todays_main_layout()) == 2
 
 
 def test_new_layout_unpacks_like_the_old_and_writes_step_loss_and_sample_once():
     new = ckstate.pack_training_state(_slices())
     assert ckstate.state_contract_problem(new) is None
-    assert _equal(ckstate.unpack_training_state(new), ckstate.unpack_training_state(_todays_main_layout()))
+    assert same_values(ckstate.unpack_training_state(new), ckstate.unpack_training_state(_todays_main_layout()))
     assert "global_step" not in new["run_state"] and "best_loss" not in new["run_state"]
     assert "samples_in_epoch" not in new["run_state"]
     assert (new["global_step"], new["best_loss"], new["data_position"]["samples_in_epoch"]) == (7, 0.5, 24)
@@ -76,4 +67,4 @@ def test_a_state_from_before_the_slices_still_unpacks():
     slices = ckstate.unpack_training_state(_pre_slices_layout())
     assert (slices[ckstate.RUN_STATE]["global_step"], slices[ckstate.RUN_STATE]["best_loss"]) == (7, 0.5)
     assert slices[ckstate.DATA_POSITION] == {"epoch": 1, "samples_in_epoch": 24}
-    assert _equal(slices[ckstate.RNG], [RANKS[0]]) and ckstate.saved_world_size(_pre_slices_layout()) == 2
+    assert same_values(slices[ckstate.RNG], [RANKS[0]]) and ckstate.saved_world_size(_pre_slices_layout()) == 2

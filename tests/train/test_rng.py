@@ -8,16 +8,7 @@ import numpy as np
 import torch
 
 from chef_genius.train import rng
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    return a == b
+from conftest import same_values
 
 
 def test_capture_holds_plain_values_and_restores_every_stream():
@@ -35,7 +26,7 @@ def test_from_parts_of_foreign_states_is_capture_layout():
     they are exactly what ``capture`` would have saved, so ``restore`` continues the same draws."""
     rng.seed_everything(11)
     raw = (random.getstate(), np.random.get_state(), torch.get_rng_state(), [])
-    assert _equal(rng.from_parts(*raw), rng.capture())
+    assert same_values(rng.from_parts(*raw), rng.capture())
     assert rng.from_parts(None, raw[1], raw[2]) == {}  # a state without python's generator is not usable
 
 
@@ -43,7 +34,7 @@ def test_seeded_leaves_this_process_untouched_and_draws_like_the_seed():
     rng.seed_everything(3)
     before = rng.capture()
     state = rng.seeded(1234)
-    assert _equal(rng.capture(), before)
+    assert same_values(rng.capture(), before)
     rng.restore(state)
     assert random.random() == random.Random(1234).random()
     assert np.random.rand() == np.random.RandomState(1234).rand()
