@@ -232,7 +232,7 @@ def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, sam
     samples = min(within * (samples_per_epoch // steps_per_epoch), samples_per_epoch - 1)
     state["global_step"] = step
     state["epoch"] = epoch
-    state["run_state"].update(global_step=step, epoch=epoch, samples_in_epoch=samples)
+    state["run_state"]["epoch"] = epoch
     state["data_position"].update(epoch=epoch, samples_in_epoch=samples)
 
     def copy_model(folder):
