@@ -233,6 +233,8 @@ def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, sam
     state["global_step"] = step
     state["epoch"] = epoch
     state["run_state"]["epoch"] = epoch
+    for repeated in ("global_step", "samples_in_epoch"):  # a source written before they were stored once
+        state["run_state"].pop(repeated, None)
     state["data_position"].update(epoch=epoch, samples_in_epoch=samples)
 
     def copy_model(folder):
