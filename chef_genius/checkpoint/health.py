@@ -1,7 +1,7 @@
 """A checkpoint judged by its numbers: are its weights and optimizer moments finite?
 
 Every checkpoint written since the record exists carries it in ``training_state.pt`` (slice
-``health``, see ``format.HEALTH_KEYS``; covered by the manifest's sha256 like every other byte): the
+``health``, see ``training_state.HEALTH_KEYS``; covered by the manifest's sha256 like every other byte): the
 trainer checks the numbers before each save, so the record is read, not recomputed. A checkpoint
 without a record (older ones, states rebuilt by the doctor) is never assumed healthy: its numbers
 are read (every weight and every optimizer moment; about one read of the checkpoint).
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from chef_genius.checkpoint.format import ADAPTER_WEIGHTS, is_adapter, recorded_health, weights_layout
+from chef_genius.checkpoint.layout import ADAPTER_WEIGHTS, is_adapter, weights_layout
+from chef_genius.checkpoint.training_state import recorded_health
 
 NONFINITE_WEIGHTS = "its weights hold NaN or Inf"
 NONFINITE_MOMENTS = "its optimizer moments hold NaN or Inf"

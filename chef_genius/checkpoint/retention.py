@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.health import health_problem
+from chef_genius.checkpoint.training_state import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def newest_recorded_healthy(complete: dict[int, Path]) -> int | None:
     finite (the record only: no tensor is read after each save)."""
     for step in sorted(complete, reverse=True):
         try:
-            state = ckpt.load_training_state(complete[step], mmap=True)
+            state = load_training_state(complete[step], mmap=True)
         except ckpt.CheckpointError:
             continue
         if health_problem(complete[step], state, check_numbers=False) is None:

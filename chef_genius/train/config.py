@@ -115,7 +115,7 @@ def validate(c: TrainConfig) -> None:
 
 def check_model_output(model_output: str) -> None:
     """A run folder is never a checkpoint nor inside one: a run's files there would break its seal."""
-    from chef_genius.checkpoint.format import enclosing_checkpoint
+    from chef_genius.checkpoint.layout import enclosing_checkpoint
     checkpoint = enclosing_checkpoint(model_output)
     if checkpoint is None:
         return

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.doctor.cli import fix_all_main
@@ -25,11 +26,11 @@ def _poison(folder, recorded: bool) -> None:
     weights = load_file(folder / ckpt.WEIGHTS)
     save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, folder / ckpt.WEIGHTS,
               metadata={"format": "pt"})
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     if recorded:
-        state[ckpt.HEALTH] = dict(state[ckpt.HEALTH], weights_finite=False)
+        state[ckstate.HEALTH] = dict(state[ckstate.HEALTH], weights_finite=False)
     else:
-        state.pop(ckpt.HEALTH)
+        state.pop(ckstate.HEALTH)
     torch.save(state, folder / ckpt.TRAINING_STATE)
     manifest = ckmanifest.build_manifest(folder, ckpt.step_of(folder))
     (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
@@ -65,7 +66,7 @@ def test_fix_all_names_the_newest_finite_checkpoint(nan_run, capsys):
 
 
 def test_a_checkpoint_of_today_records_its_health(stopped_run):
-    state = ckpt.load_training_state(stopped_run / "checkpoint-10")
-    record = ckpt.recorded_health(state)
+    state = ckstate.load_training_state(stopped_run / "checkpoint-10")
+    record = ckstate.recorded_health(state)
     assert record["weights_finite"] and record["moments_finite"]
     assert len(record["recent_losses"]) == 10 and record["skipped_steps"] == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint import faults
@@ -81,7 +82,7 @@ def _judged_checkpoint(root, step, finite: bool | None):
         (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
     state = {"global_step": step}
     if finite is not None:
-        state[ckpt.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [], "skipped_steps": 0}
+        state[ckstate.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [], "skipped_steps": 0}
     return ckcommit.write_checkpoint(root, step, save_model, state)
 
 

@@ -13,7 +13,8 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.data.position import DataPosition
 from chef_genius.train import divergence
 from conftest import run_training, step_losses, train_args
@@ -93,10 +94,10 @@ def test_a_poisoned_step_is_skipped_counted_and_logged(tiny_model, small_csv, ca
     # step 4 changed no weight and no optimizer moment; step 5 trained again
     weights = {s: (out / f"checkpoint-{s}" / ckpt.WEIGHTS).read_bytes() for s in (3, 4, 5)}
     assert weights[3] == weights[4] != weights[5]
-    states = {s: ckpt.load_training_state(out / f"checkpoint-{s}")["optimizer_state_dict"]["state"] for s in (3, 4)}
+    states = {s: ckstate.load_training_state(out / f"checkpoint-{s}")["optimizer_state_dict"]["state"] for s in (3, 4)}
     for key, moments in states[3].items():
         assert all(torch.equal(v, states[4][key][name]) for name, v in moments.items())
-    health = ckpt.load_training_state(out / "checkpoint-5")[ckpt.HEALTH]
+    health = ckstate.load_training_state(out / "checkpoint-5")[ckstate.HEALTH]
     assert health["weights_finite"] and health["moments_finite"] and health["skipped_steps"] == 1
 
 
@@ -117,7 +118,7 @@ def test_a_spike_rolls_back_to_the_newest_healthy_checkpoint_and_skips_its_recip
     assert "loss spike" in record["reason"]
     assert sorted(step_losses(rolled_back)) == list(range(1, 17))
     assert max(step_losses(rolled_back).values()) < 10  # the spike was replaced by the rolled-back steps
-    position = ckpt.load_training_state(rolled_back / "checkpoint-12")["data_position"]
+    position = ckstate.load_training_state(rolled_back / "checkpoint-12")["data_position"]
     assert position["skipped_ranges"] == [[0, 64, 0, 88]]
 
 
