@@ -52,6 +52,13 @@ def test_latest_and_auto_resume_skip_a_nan_checkpoint(nan_run, caplog):
     assert len(skips) == 2 and all("weights hold NaN or Inf" in line for line in skips)
 
 
+def test_resuming_a_nan_checkpoint_by_name_is_refused(nan_run):
+    from chef_genius.errors import UserError
+    with pytest.raises(UserError, match="not usable .*weights hold NaN or Inf") as err:
+        resolve(str(nan_run / "checkpoint-10"), False, nan_run)
+    assert err.value.exit_code == 2
+
+
 def test_plain_verify_reports_a_nan_checkpoint_as_not_resumable(nan_run):
     report = verify(nan_run / "checkpoint-10")
     assert not report.resumable and "weights_nonfinite" in report.codes()
