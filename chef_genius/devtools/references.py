@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from chef_genius.devtools import flags_table, problems_table
 from chef_genius.devtools.flags_table import replace_table, table_in
@@ -178,7 +178,7 @@ def write(root: Path = ROOT) -> list[str]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m chef_genius.devtools.references",
-                                description="Regenerate or check the reference pages and tables generated from the code.")
+                                description="Regenerate or check the pages and tables generated from the code.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="regenerate every one of them")
     mode.add_argument("--check", action="store_true", help="exit 1 if any of them is out of date")
