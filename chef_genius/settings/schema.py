@@ -98,6 +98,9 @@ class ModelSettings:
     pretrained_model: str = setting(DEFAULT_MODEL, policy=RECORDED, note=(
         "the LoRA run's base model is rebuilt from it (its weights must match the checkpoint's fingerprint)"),
         help="model name or folder to start from (default {default})")
+    config: str | None = setting(None, policy=SESSION, metavar="FILE.yaml", help=(
+        "read settings from a YAML file (name: value, one a line; see configs/); flags given on the command line "
+        "override it, and a resume treats the file's settings as flags given"))
     model_output: str = setting(str(MODELS_ROOT / "chef-genius"), policy=SESSION, cli_default=None,
                                 help="run folder: checkpoints and the final model (default models/chef-genius)")
     resume_from_checkpoint: str | None = setting(None, policy=SESSION, flags=("--resume-from-checkpoint", "--resume"),
