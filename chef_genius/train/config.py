@@ -3,7 +3,9 @@ line and checked.
 
 Every field but ``explicit`` is saved into each checkpoint (``hyperparameters``); a resume takes the
 run's settings back from there and keeps only the flags given on its own command line
-(``explicit``), see ``chef_genius/train/settings.py``.
+(``explicit``), see ``chef_genius/train/settings.py``. ``--config FILE.yaml`` gives settings as a file
+(``chef_genius/settings/config_file.py``): the command line overrides it, and the settings it names
+are explicit like flags.
 """
 
 from __future__ import annotations
