@@ -143,3 +143,15 @@ def test_a_run_writes_its_resolved_settings_and_they_round_trip(stopped_run, tmp
     names = [n for n in TrainConfig().to_dict() if n not in NOT_WRITTEN]
     assert {n: reread[n] for n in names} == {n: hyper[n] for n in names}
     assert reread["stop_after_steps"] == 10 and reread["batch_size"] == 8
+
+
+@pytest.mark.parametrize("name, card_gb", [("flan-t5-large-24gb.yaml", 24), ("lora-12gb.yaml", 12)])
+def test_the_single_gpu_configs_plan_to_fit_their_card_with_room_to_spare(name, card_gb, monkeypatch):
+    """The memory plan (built-in FLAN-T5-large shape, no download) of each single-GPU config stays
+    under 75 % of its card, the margin its comment promises for the activation estimate."""
+    from chef_genius.model import memory
+    from chef_genius.train.memory_plan import plan_model, setting_of
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = parse_args(["--config", REPO / "configs" / name, "--plan-only"])
+    planned = memory.plan(plan_model(config), setting_of(config, bf16=config.mixed_precision == "bf16")).total
+    assert planned < 0.75 * card_gb * 1e9, f"{name} plans {planned / memory.GIB:.1f} GiB"
