@@ -155,7 +155,8 @@ def settings_yaml(config, sections) -> str:
     lines = ["# The settings this run trains with, as its latest session resolved them (rewritten by each",
              "# session). Reuse them: --config THIS_FILE starts a new run with the same settings (give",
              "# --model-output NEW_FOLDER), and --config THIS_FILE --resume-from-checkpoint latest continues",
-             "# this one. Flags on the command line override the file."]
+             "# this one. Flags on the command line override the file. Not written: what one command does",
+             f"# ({', '.join(NOT_WRITTEN)})."]
     for section in sections:
         names = [f.name for f in settings_of(section)
                  if f.name in vars(section).get("__annotations__", {}) and f.name not in NOT_WRITTEN]

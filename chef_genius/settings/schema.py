@@ -11,7 +11,8 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
                                      help="label smoothing of the loss (default {default})")
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
-help from the field), its check in ``validate``, its resume policy and README's flags table follow
+help from the field), its check in ``validate``, its resume policy, its key in ``--config`` files and
+in a run's ``settings.yaml`` (``settings/config_file.py``) and README's flags table follow
 (regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``).
 
 - Choices are a ``Literal[...]`` annotation (``list[Literal[...]]`` for several values).
