@@ -11,7 +11,8 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
                                      help="label smoothing of the loss (default {default})")
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
-help from the field), its check in ``validate``, its resume policy and the reference pages follow
+help from the field), its check in ``validate``, its resume policy, its key in ``--config`` files and
+in a run's ``settings.yaml`` (``settings/config_file.py``) and the reference pages follow
 (regenerate them: ``python -m chef_genius.devtools.references --write``; docs/reference/flags.md and
 docs/reference/resume-policy.md).
 
@@ -99,6 +100,9 @@ class ModelSettings:
     pretrained_model: str = setting(DEFAULT_MODEL, policy=RECORDED, note=(
         "the LoRA run's base model is rebuilt from it (its weights must match the checkpoint's fingerprint)"),
         help="model name or folder to start from (default {default})")
+    config: str | None = setting(None, policy=SESSION, metavar="FILE.yaml", help=(
+        "read settings from a YAML file (name: value, one a line; see configs/); flags given on the command line "
+        "override it, and a resume treats the file's settings as flags given"))
     model_output: str = setting(str(MODELS_ROOT / "chef-genius"), policy=SESSION, cli_default=None,
                                 help="run folder: checkpoints and the final model (default models/chef-genius)")
     resume_from_checkpoint: str | None = setting(None, policy=SESSION, flags=("--resume-from-checkpoint", "--resume"),
