@@ -284,10 +284,8 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(plan.model, dtype=torch.float32)
-    tokenized = load_tokenized(plan.data, tokenizer, p.max_source, p.max_target, plan.cache).dataset
-    tokenized = tokenized.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
-                              batched=True).remove_columns(["source_len", "target_len"])
-    train, held_out = tokenized.select(plan.train_rows), tokenized.select(plan.eval_rows)
+    rows = load_tokenized(plan.data, tokenizer, p.max_source, p.max_target, plan.cache).dataset
+    train, held_out = hf_dataset(rows, plan.train_rows), hf_dataset(rows, plan.eval_rows)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=LABEL_PAD)
     first, last, every = plan.window(name)
     stop = last + 1 if plan.epochs else last
@@ -313,6 +311,10 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
         def _get_train_sampler(self, train_dataset=None):
             if same_batches:
                 return [int(i) for i in order]  # a sequence of indices is a sampler
+            if isinstance(self.train_dataset, InMemoryRows):  # what it does with a datasets length column
+                from transformers.trainer_pt_utils import LengthGroupedSampler
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=self.train_dataset.lengths)
             return super()._get_train_sampler(train_dataset)
 
     workers = p.workers
@@ -334,6 +336,37 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     del trainer
     shutil.rmtree(plan.work / f"{name}-{attempt}", ignore_errors=True)
     return result
+
+
+class InMemoryRows(torch.utils.data.Dataset):
+    """The baseline's rows where ``datasets`` is not installed (the GPU machine): dicts of input_ids and
+    labels, with the source + target length of each for its length-grouped sampler."""
+
+    def __init__(self, rows, indices):
+        self.rows = [rows[int(i)] for i in indices]
+        self.lengths = [r["source_len"] + r["target_len"] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i]["input_ids"], "labels": self.rows[i]["labels"]}
+
+
+def hf_dataset(rows, indices):
+    """Rows ``indices`` of the cache (an ``ArrowRows``) as a careful ``Seq2SeqTrainer`` user feeds them: a
+    ``datasets.Dataset`` of the same Arrow files with a ``length`` column (source + target tokens) for
+    ``group_by_length``; without ``datasets``, the same rows in memory (``InMemoryRows``)."""
+    try:
+        import datasets
+    except ImportError:
+        return InMemoryRows(rows, indices)
+    datasets.disable_progress_bars()
+    opened = [datasets.Dataset.from_file(str(path)) for path in rows.paths]
+    table = opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
+    table = table.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
+                      batched=True).remove_columns(["source_len", "target_len"])
+    return table.select(indices)
 
 
 def run_in_process(plan: Plan, name: str, attempt: int) -> dict:
