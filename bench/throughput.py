@@ -94,6 +94,7 @@ class Plan:
     max_tokens: int                 # the token budget of ours_token_budget
     mean_target_tokens: float       # over the train split: what a window's recipes are compared with
     target_tokens: int              # over the train split: what a whole epoch trains on
+    target_lengths: np.ndarray      # target tokens of each recipe of the train split
     epochs: bool = False            # whole epochs (the whole-trainer plan) or a window of steps (the loop's)
     # whole epochs: per contender, optimizer steps in epoch 1 and epoch 2, and the evaluation / save interval
     epoch_steps: dict = field(default_factory=dict)
@@ -131,7 +132,7 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
     longest = np.argsort(-(padded(src) + padded(tgt)), kind="stable")[:profile.batch_size]
     budget = profile.batch_size * int(padded(src[longest]).max() + padded(tgt[longest]).max())
     plan = Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()),
-                int(tgt.sum()), epochs)
+                int(tgt.sum()), tgt, epochs)
     if not epochs:
         needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
         assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
@@ -461,15 +462,17 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
     from .common import write_recipes_csv
 
     loop = make_plan(profile, model, data, work, cache)
-    epoch_data = write_recipes_csv(work / "epochs.csv", profile.epoch_rows, seed=1)
-    whole = make_plan(profile, model, epoch_data, work, cache, epochs=True)
-    plans = {**{name: loop for name in LOOP}, **{name: whole for name in WHOLE}}
+    plans = {name: loop for name in LOOP} if profile.loop else {}
+    if profile.whole_epochs:
+        epoch_data = write_recipes_csv(work / "epochs.csv", profile.epoch_rows, seed=1, skew=profile.skewed)
+        whole = make_plan(profile, model, epoch_data, work, cache, epochs=True)
+        plans.update({name: whole for name in WHOLE})
     load_before = os.getloadavg()
     results = alternate(plans, profile.repeats)
     load_after = os.getloadavg()
     s = {name: summarise(runs) for name, runs in results.items()}
     prints = {name: [r["fingerprint"] for r in runs] for name, runs in results.items()}
-    loop_prints = prints["ours_fixed"] + prints["hf_same_batches"]
+    loop_prints = prints.get("ours_fixed", []) + prints.get("hf_same_batches", [])
     identical = all(fp == loop_prints[0] for fp in loop_prints)
     common = {"batch_size": profile.batch_size, "repeats": profile.repeats, "workers": profile.workers,
               "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
@@ -479,12 +482,6 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
                     "timed_steps": profile.timed_steps, "eval_and_save_every": profile.eval_every,
                     "eval_recipes": len(loop.eval_rows), "train_recipes": len(loop.train_rows),
                     "train_mean_target_tokens": loop.mean_target_tokens}
-    # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
-    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
-                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
-                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
-                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
-                     "eval_and_save_every": dict(whole.every)}
 
     def record(name, ours, baseline, key, setting, target=None, **extra):
         a, b = s[ours][key]["median"], s[baseline][key]["median"]
@@ -500,9 +497,19 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
         rec["training_only"] = {"ours": ours, "baseline": baseline, "ratio": ours / baseline}
         return rec
 
-    return [
-        record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting, ">= 1.0",
-               identical_batches=identical, batches_compared=len(loop_prints)),
+    loop_records = [record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting,
+                           ">= 1.0", identical_batches=identical, batches_compared=len(loop_prints))] if profile.loop else []
+    if not profile.whole_epochs:
+        return loop_records
+    # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
+    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
+                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
+                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
+                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
+                     "eval_and_save_every": dict(whole.every), "skewed_lengths": profile.skewed,
+                     "train_target_tokens_percentiles": {str(q): float(np.percentile(whole.target_lengths, q))
+                                                         for q in (5, 50, 95, 100)}}
+    return loop_records + [
         training_only(record("throughput_vs_seq2seqtrainer", "ours_token_budget", "hf_tuned", "wall_tokens_per_s",
                              whole_setting, ">= 1.3")),
         training_only(record("token_budget_vs_fixed_batches", "ours_token_budget", "ours_fixed_epochs",

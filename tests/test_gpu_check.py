@@ -19,15 +19,19 @@ def _env(**extra) -> dict:
             "PYTHON": sys.executable, **extra}
 
 
-def test_dry_run_passes_every_phase_and_writes_one_summary(tmp_path, tiny_model):
+def test_dry_run_passes_every_phase_without_datasets_and_writes_one_summary(tmp_path, tiny_model):
+    """The GPU machine has no ``datasets``: the whole check (our trainer and the Seq2SeqTrainer baseline)
+    runs without it."""
     out = tmp_path / "out"
     done = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--model", str(tiny_model), "--out", str(out)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=_env(PYTHONPATH=str(_hiding(tmp_path, "datasets"))), capture_output=True,
+                          text=True, timeout=600)
     summary = json.loads((out / "gpu_check.json").read_text())
     phases = summary["phases"]
     assert done.returncode == 0, (done.stderr[-3000:], json.dumps(phases, indent=1)[-3000:])
     assert list(phases) == PHASES and all(p["status"] == "ok" for p in phases.values())
     assert summary["ok"] is True and summary["versions"]["torch"]["found"]
+    assert summary["device"]["datasets_importable"] is False
     assert not (out / "work").exists(), "the scratch folder is removed unless --keep-work"
     eager, resume = phases["eager"], phases["resume"]
     # eager saved half-way (in the background) and at the end; the resume continued from half-way
@@ -44,20 +48,11 @@ def test_dry_run_passes_every_phase_and_writes_one_summary(tmp_path, tiny_model)
 
 
 def _hiding(tmp_path: Path, *modules: str) -> Path:
-    """A sitecustomize that makes ``modules`` unimportable, as on a machine without them."""
+    """A folder whose sitecustomize makes ``modules`` unimportable in every Python started with it on
+    PYTHONPATH (children too), as on a machine without them: ``import`` fails, ``find_spec`` says None."""
     folder = tmp_path / "hide"
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text(f"""
-import sys
-
-class _Hide:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {set(modules)!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-sys.meta_path.insert(0, _Hide())
-""")
+    (folder / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({list(modules)!r}))\n")
     return folder
 
 

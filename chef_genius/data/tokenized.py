@@ -150,7 +150,8 @@ def _open_parts(folder: Path, parts: list[str]) -> "ArrowRows":
 
 class ArrowRows:
     """Arrow stream files of the cache's schema, memory-mapped, read as one table: ``rows[i]`` is row i
-    as a dict of Python values, ``rows["source_len"]`` a whole column as a numpy array (no copy).
+    and ``rows["labels"]`` a whole column, as Python values (as ``datasets.Dataset`` gives them);
+    ``rows.column("source_len")`` a numeric column as one numpy array.
 
     A row read slices the mapped list arrays through their offsets (a few microseconds), where
     ``datasets.Dataset`` formats each row through its own machinery (several times slower, measured
@@ -175,13 +176,17 @@ class ArrowRows:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.column_names:
+            raise KeyError(name)
+        return np.concatenate([np.zeros(0, dtype=np.int64)] +
+                              [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches])
+
     def __getitem__(self, key):
         if isinstance(key, str):
             if key not in self.column_names:
                 raise KeyError(key)
-            if not self._batches:
-                return np.zeros(0, dtype=np.int64)
-            return np.concatenate([b.column(key).to_numpy(zero_copy_only=False) for b in self._batches])
+            return [value for b in self._batches for value in b.column(key).to_pylist()]
         index = int(key)
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} of {len(self)}")
@@ -232,17 +237,17 @@ class RecipeDataset(torch.utils.data.Dataset):
         row = self.dataset[int(self.indices[i])]
         return row["input_ids"], row["labels"]
 
+    def _column(self, name: str) -> np.ndarray:
+        column = self.dataset.column(name) if isinstance(self.dataset, ArrowRows) else self.dataset[name]
+        return np.asarray(column, dtype=np.int64)
+
     def lengths(self) -> np.ndarray:
         """Tokens per example (source + target), for length-grouped batching."""
-        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
-        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
-        return (src + tgt)[self.indices]
+        return (self._column("source_len") + self._column("target_len"))[self.indices]
 
     def source_target_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Source and target tokens per example (for token-budget batches)."""
-        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
-        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
-        return src[self.indices], tgt[self.indices]
+        return self._column("source_len")[self.indices], self._column("target_len")[self.indices]
 
 
 class Collator:
