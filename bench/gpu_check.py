@@ -402,6 +402,8 @@ class Check:
         import gc
 
         import torch
+        if "torch._dynamo" in sys.modules:  # its caches hold the compiled model (and so its weights)
+            torch._dynamo.reset()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

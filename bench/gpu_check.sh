@@ -7,15 +7,16 @@
 set -u
 cd "$(dirname "$0")/.." || exit 2
 PYTHON=${PYTHON:-python3}
-if compgen -G ".wheels/*.whl" > /dev/null; then
-    SITE=${GPU_CHECK_SITE:-/tmp/chef-genius-wheels}
+WHEELS=${GPU_CHECK_WHEELS:-.wheels}          # where the carried wheels are
+SITE=${GPU_CHECK_SITE:-/tmp/chef-genius-wheels}  # where they are installed (first on PYTHONPATH)
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
     started=$(date +%s)
     if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$SITE" .wheels/*.whl; then
-        echo "gpu_check: installing the wheels in .wheels/ failed (see pip's message above)" >&2
+            --target "$SITE" "$WHEELS"/*.whl; then
+        echo "gpu_check: installing the wheels in $WHEELS/ failed (see pip's message above)" >&2
         exit 2
     fi
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    echo "gpu_check: installed $(ls .wheels/*.whl | wc -l) wheels from .wheels/ in $(( $(date +%s) - started )) s" >&2
+    echo "gpu_check: installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS/ in $(( $(date +%s) - started )) s" >&2
 fi
 exec "$PYTHON" -m bench.gpu_check "$@"

@@ -15,8 +15,9 @@ PHASES = ["build", "eager", "resume", "gc_adafactor", "compiled", "vs_seq2seq"]
 
 
 def _env(**extra) -> dict:
+    """The check's environment; no carried wheels unless ``extra`` names a folder of them."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PYTHON": sys.executable, **extra}
+            "PYTHON": sys.executable, "GPU_CHECK_WHEELS": str(REPO / "tests" / "no-wheels-here"), **extra}
 
 
 def test_dry_run_passes_every_phase_without_datasets_and_writes_one_summary(tmp_path, tiny_model):
@@ -77,3 +78,35 @@ def test_without_gpu_and_without_dry_run_refuses_with_one_line(tmp_path):
     assert "gpu_check: no CUDA GPU is visible to torch; run with --dry-run" in done.stderr
     summary = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert summary["ok"] is False and all(p["status"] == "skipped" for p in summary["phases"].values())
+
+
+def _wheel(folder: Path, name: str) -> Path:
+    """A minimal pure-Python wheel of a package ``name`` whose module says it was imported from there."""
+    import zipfile
+
+    folder.mkdir(parents=True)
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": "CARRIED = True\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def test_carried_wheels_are_installed_first_and_put_on_the_path(tmp_path):
+    """gpu_check.sh installs .wheels/*.whl (here a folder named by GPU_CHECK_WHEELS) into its own folder,
+    first on PYTHONPATH: a carried package is importable by the check, and the missing one is still named."""
+    _wheel(tmp_path / "wheels", "chef_probe_pkg")
+    site = tmp_path / "site"
+    done = subprocess.run(["bash", "bench/gpu_check.sh", "--out", str(tmp_path / "out")], cwd=REPO,
+                          env=_env(GPU_CHECK_WHEELS=str(tmp_path / "wheels"), GPU_CHECK_SITE=str(site),
+                                   PYTHONPATH=str(_hiding(tmp_path, "pyarrow"))),
+                          capture_output=True, text=True, timeout=120)
+    assert (site / "chef_probe_pkg" / "__init__.py").read_text() == "CARRIED = True\n"
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("gpu_check: installed 1 wheels from ") and done.returncode == 2
+    assert lines[-1].startswith("gpu_check: missing Python package 'pyarrow'")
