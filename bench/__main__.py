@@ -52,8 +52,8 @@ def parse(argv):
     p.add_argument("--comparisons", nargs="+", choices=("loop", "whole"), default=("loop", "whole"),
                    help="the throughput comparisons to run: the loop's (identical batches) and the whole "
                         "trainer's (whole epochs); default both")
-    p.add_argument("--skewed", action="store_true", help="the whole-trainer comparisons on recipes with "
-                                                         "RecipeNLG's long tail of long directions")
+    p.add_argument("--skewed", action="store_true", help="generated recipes with RecipeNLG's long tail of long "
+                                                         "directions (bench/common.py: write_recipes_csv)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     p.add_argument("--repeats", type=int, help="runs of each throughput contender, alternated (default 5; "
                                                "3 with --quick, 1 with --smoke or --gpu)")
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     emit({"name": "machine", "ours": None, "baseline": None, "ratio": None, "unit": None, "mode": mode,
           "model": model_config, **machine()})
     model = build_model_folder(work, model_config)
-    data = write_recipes_csv(work / "train.csv", profile.rows)
+    data = write_recipes_csv(work / "train.csv", profile.rows, skew=profile.skewed)
     cache = work / "cache"
     failures = 0
     for name in BENCHMARKS:
