@@ -3,7 +3,7 @@
     python -m bench --smoke      # seconds: every benchmark on tiny sizes (what the test suite runs)
     python -m bench --quick      # CPU, the FLAN-T5-head proxy model (bench/common.py: SHAPES["flan-head"])
     python -m bench              # full CPU sizes, 1M-row preprocessing
-    python -m bench --quick --only throughput --comparisons whole --skewed --epoch-rows 60   # item 3's figures
+    python -m bench --quick --only throughput --comparisons whole --skewed --epoch-rows 30   # the proxy, whole epochs
     python -m bench --gpu        # FLAN-T5-large architecture, bf16, torch.compile (needs a CUDA GPU; 25-40 min)
     python -m bench --gpu --budget-s 480   # what fits 8 minutes on one H100 (one lease's command)
 

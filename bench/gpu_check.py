@@ -373,8 +373,8 @@ def child_main(args) -> int:
             result = {"status": "failed", "reason": f"{type(err).__name__}: {err}",
                       "traceback_tail": traceback.format_exc()[-2000:]}
         result["elapsed_s"] = round(time.time() - began, 1)
+        check.release(name)
         events.send(event="end", phase=name, result=result)
-        check.release()
     return EXIT_OK
 
 
@@ -398,10 +398,17 @@ class Check:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def release(self) -> None:
+    # the run folders a phase leaves that no later phase reads: FLAN-T5-large's checkpoints are 9.4 GB each,
+    # and the machine's disk is 64 GiB
+    DONE_WITH = {"resume": ("eager", "resume"), "gc_adafactor": ("gc_adafactor",), "compiled": ("compiled",)}
+
+    def release(self, phase: str) -> None:
         import gc
+        import shutil
 
         import torch
+        for folder in self.DONE_WITH.get(phase, ()):
+            shutil.rmtree(self.work / folder, ignore_errors=True)
         if "torch._dynamo" in sys.modules:  # its caches hold the compiled model (and so its weights)
             torch._dynamo.reset()
         gc.collect()
