@@ -65,3 +65,21 @@ def test_arrow_rows_refuse_a_row_past_the_end(tmp_path):
         except IndexError:
             continue
         raise AssertionError(f"row {bad} of 3 was read")
+
+
+def test_benchmark_baseline_rows_without_datasets(tmp_path, monkeypatch):
+    """On the GPU machine (no ``datasets``) the Seq2SeqTrainer baseline gets the same rows in memory, with
+    the source + target lengths its length-grouped sampler needs; with ``datasets``, a Dataset of them."""
+    import sys
+
+    from bench.throughput import InMemoryRows, hf_dataset
+
+    recipes = _rows(12, 4)
+    rows = ArrowRows([_part(tmp_path / "part-00000.arrow", recipes, 5)])
+    picked = [7, 0, 11]
+    with_datasets = hf_dataset(rows, picked)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now fails, as there
+    without = hf_dataset(rows, picked)
+    assert isinstance(without, InMemoryRows) and not isinstance(with_datasets, InMemoryRows)
+    assert [without[i] for i in range(3)] == [{"input_ids": recipes[i][0], "labels": recipes[i][1]} for i in picked]
+    assert without.lengths == list(with_datasets["length"]) == [len(recipes[i][0]) + len(recipes[i][1]) for i in picked]
