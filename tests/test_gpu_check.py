@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test starts the check in a subprocess
 PHASES = ["build", "eager", "resume", "gc_adafactor", "compiled", "vs_seq2seq"]
 
 
