@@ -115,8 +115,8 @@ def parse(argv):
     p.add_argument("--budget-s", type=float, default=480.0, help="the whole check's time (default 480)")
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out",
                    help="folder of the JSON summary (default $OUT, else ./gpu-check-out)")
-    p.add_argument("--work-dir", help="scratch folder for the model, data and runs (default: OUT/work, "
-                                      "removed at the end unless --keep-work)")
+    p.add_argument("--work-dir", help="scratch folder for the model, data and runs (default: a new temporary "
+                                      "folder, removed at the end unless --keep-work)")
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
     p.add_argument("--phases", nargs="+", choices=PHASES, help="run only these phases (build always runs)")
     p.add_argument("--model", help="a model folder (weights and tokenizer) to check instead of the one the build "
@@ -145,7 +145,10 @@ def main(argv=None) -> int:
               "`bash bench/gpu_check.sh`", file=sys.stderr)
         return EXIT_USAGE
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work_dir) if args.work_dir else out / "work"
+    # not under OUT: on the device machine whatever OUT holds is copied back (8 files at most), and a run
+    # stopped at the command's limit would leave 9 GB checkpoints and logs there beside the summary
+    import tempfile
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="chef-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     summary = {"check": "gpu_check", "dry_run": args.dry_run, "budget_s": args.budget_s,
                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "commit": _commit(),
