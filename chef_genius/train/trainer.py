@@ -355,13 +355,16 @@ class Trainer:
 
     def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int]:
         """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
-        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends."""
+        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends.
+        Any error type that reports an exhausted GPU counts (cuBLAS, cuDNN, Triton: ``oom.is_out_of_memory``)."""
         while True:
             counted = self.window.source_tokens, self.window.rows
             try:
                 return self._train_step(oom.split_micro_batches(window, self.state.micro_batch_split))
-            except torch.cuda.OutOfMemoryError:
-                pass  # handled below, outside the except: its traceback holds the step's tensors
+            except Exception as err:  # out of memory of any type (oom.is_out_of_memory); others go on up
+                if not oom.is_out_of_memory(err):
+                    raise
+                # handled below, outside the except: its traceback holds the step's tensors
             self.window.source_tokens, self.window.rows = counted
             self._out_of_memory()
 
