@@ -100,6 +100,8 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        # --compile is this session's (never taken from a checkpoint): decided, or refused, before anything
+        self.compiled, self.compile_why = should_compile(config.compile, self.device)
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         if config.auto_micro_batch and self.accelerator.num_processes > 1:
             # an out-of-memory error on one process would leave the others waiting in a collective
@@ -137,7 +139,7 @@ class Trainer:
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
         if loaded is not None:
             self._resume(loaded)
-        self._compile()
+        self._compile(loaded)
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
                  "global batch %d (%d per device x %d processes x %d accumulation)",
@@ -271,10 +273,9 @@ class Trainer:
                  self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
 
-    def _compile(self) -> None:
-        compile_model, why = should_compile(self.config.compile, self.device)
-        log.info("torch.compile %s", why)
-        if compile_model:
+    def _compile(self, loaded: LoadedCheckpoint | None) -> None:
+        log.info("torch.compile %s", self.compile_why)
+        if self.compiled:
             self.model = torch.compile(self.model, dynamic=True)
 
     def _adopt_settings(self, command: TrainConfig) -> None:
