@@ -275,6 +275,12 @@ class Trainer:
 
     def _compile(self, loaded: LoadedCheckpoint | None) -> None:
         log.info("torch.compile %s", self.compile_why)
+        saved = None if loaded is None else loaded.settings.get("compiled")
+        if saved is not None and saved != self.compiled:  # None: a checkpoint older than the record
+            log.warning("this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
+                        "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
+                        *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
+                          ("eager", "compiled", loaded.global_step, "--compile")))
         if self.compiled:
             self.model = torch.compile(self.model, dynamic=True)
 
@@ -296,7 +302,7 @@ class Trainer:
 
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
-        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, compiled=self.compiled,
                       world_size=self.accelerator.num_processes, data_identity=data_identity(self.config.data),
                       eval_data_identity=data_identity(self.config.eval_data))
         return values

@@ -350,3 +350,33 @@ def test_async_save_is_the_default_on_cuda_only():
         return Trainer._async_save(SimpleNamespace(device=torch.device(device), config=config))
     assert async_save("cuda") and not async_save("cpu")
     assert not async_save("cuda", "--no-async-save") and async_save("cpu", "--async-save")
+
+
+@pytest.mark.parametrize("saved, command, said", [
+    (True, [], "this session trains eager while the checkpoint's run trained compiled"),
+    (None, [], None),   # a checkpoint older than the record: nothing known, nothing said
+    (False, [], None),
+])
+def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(reference, cache_dir, tmp_path, caplog,
+                                                                        saved, command, said):
+    """--compile is this session's flag; the numerics of a compiled step differ from an eager one's, so a
+    resume that changes it says so in one line (the checkpoint records whether its run compiled)."""
+    from chef_genius.train.trainer import Trainer
+    out = _copy(reference, tmp_path, 12)
+    assert ckpt.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
+    if saved is None:
+        _edit_hyperparameters(out / "checkpoint-12", drop=("compiled",))
+    else:
+        _edit_hyperparameters(out / "checkpoint-12", compiled=saved)
+    caplog.set_level(logging.INFO)
+    trainer = Trainer(parse_args(short_resume(out, cache_dir, *command)))
+    try:
+        trainer.setup()
+    finally:
+        trainer.reporters.close()
+        trainer.close()
+    lines = [r.getMessage() for r in caplog.records if "bitwise equal to an uninterrupted run's (pass" in r.getMessage()]
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and said in lines[0] and "from step 12 on" in lines[0] and "--compile" in lines[0]
