@@ -133,7 +133,7 @@ class Trainer:
                                      self.reporters, self.state)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
-        self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
+        self.model, self.optimizer = sharded.prepare(self.accelerator, model, self.optimizer, self.device)
         if sharded.is_fsdp(self.accelerator):
             sharded.prepare_generation(unwrap(self.model))  # the evaluation's samples and recipe metrics
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
