@@ -6,7 +6,9 @@ Features, in the order a step meets them:
   index arithmetic, no skipped batches replayed);
 - model: every weight trained, or with ``--lora-r`` rank-R adapters (``model/lora.py``, peft) on a
   frozen base checked by its fingerprint on resume; the final model is then the merged one;
-- precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
+- precision: fp32 master weights, bf16 autocast on GPUs with native bf16 (never fp16: T5 overflows),
+  TF32 matmuls; with torch.compile the training forward and its loss are one compiled region
+  (``lean_loss.summed_loss``), validation runs eager;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
@@ -35,6 +37,7 @@ committed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -74,6 +77,13 @@ from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
 log = logging.getLogger("chef_genius")
+
+
+def _logits_loss(model, input_ids, attention_mask, decoder_input_ids, labels) -> torch.Tensor:
+    """The summed cross-entropy of the logits (a model without a plain linear head), no decoder cache."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                   use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD, reduction="sum")
 
 
 class LogWindow:
@@ -281,8 +291,19 @@ class Trainer:
                         "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
                         *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
                           ("eager", "compiled", loaded.global_step, "--compile")))
+        if self.head is None:
+            self._eager_loss = functools.partial(_logits_loss, self.model)
+        else:
+            self._eager_loss = functools.partial(lean_loss.summed_loss, self.model, self.head)
+        self._compiled_loss = None
         if self.compiled:
-            self.model = torch.compile(self.model, dynamic=True)
+            # One region from the token ids to the summed loss (no decoder cache, the loss inside): no
+            # graph break at the head. Validation runs eager (``_loss_sum(compiled=False)``): in eval mode
+            # under no_grad the compiled region would be compiled a second time in full.
+            c = self.config
+            if self.head is not None:
+                self.head.chunks = lean_loss.chunks_for(c.max_tokens_per_batch or c.batch_size * c.max_target_length)
+            self._compiled_loss = torch.compile(self._eager_loss, dynamic=True)
 
     def _adopt_settings(self, command: TrainConfig) -> None:
         """Redo what ``__init__`` built from the ``command`` line where the resumed run's settings differ."""
@@ -404,20 +425,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return dist.global_step_loss(self.accelerator, total), tokens
 
-    def _loss_sum(self, batch: dict) -> torch.Tensor:
-        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
-        inputs = {k: batch[k].to(self.device, non_blocking=True)
-                  for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    def _loss_sum(self, batch: dict, compiled: bool = True) -> torch.Tensor:
+        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU.
+        ``compiled``: through the compiled region when this session compiles (training), else eager."""
+        inputs = [batch[k].to(self.device, non_blocking=True)
+                  for k in ("input_ids", "attention_mask", "decoder_input_ids")]
         if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
-            with self.accelerator.autocast():
-                logits = self.model(**inputs).logits
-            labels = batch["labels"].to(self.device, non_blocking=True)
-            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD,
-                                   reduction="sum")
-        positions, targets = (t.to(self.device, non_blocking=True)
-                              for t in lean_loss.label_positions(batch["labels"], LABEL_PAD))
-        with self.accelerator.autocast(), lean_loss.targets(self.head, positions, targets):
-            return self.model(**inputs).logits  # the head's output: the summed loss
+            targets = [batch["labels"].to(self.device, non_blocking=True)]
+        else:  # the labelled positions, found on the CPU tensors (no data-dependent shape on the device)
+            targets = [t.to(self.device, non_blocking=True)
+                       for t in lean_loss.label_positions(batch["labels"], LABEL_PAD)]
+        loss = self._compiled_loss if compiled and self._compiled_loss is not None else self._eager_loss
+        with self.accelerator.autocast():
+            return loss(*inputs, *targets)
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -449,7 +469,7 @@ class Trainer:
         if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluation.run(self.model, self._loss_sum)
+        loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
