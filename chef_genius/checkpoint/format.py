@@ -97,6 +97,17 @@ def step_of(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def enclosing_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint folder that ``path`` is or lies in (None: neither): a ``checkpoint-N`` folder, or
+    any folder holding a ``training_state.pt``. Nothing but a run writes into a checkpoint, and only
+    while it stages it."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        if folder.is_dir() and (step_of(folder) is not None or (folder / TRAINING_STATE).is_file()):
+            return folder
+    return None
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """``checkpoint-N`` folders under ``output_dir``, oldest step first (never a symbolic link: see
     ``linked_checkpoints``)."""

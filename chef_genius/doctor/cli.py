@@ -20,8 +20,10 @@ from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
-from chef_genius.doctor.repair import Overrides, fix
-from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
+from chef_genius.doctor.repair import fix
+from chef_genius.doctor.state_builder import Overrides
+from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.verify import Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
@@ -112,14 +114,20 @@ def verify_main(argv=None) -> int:
     p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--no-backup", action="store_true", help="with --fix: do not keep copies of replaced files")
+    p.add_argument("--accept-changed-weights", action="store_true",
+                   help="with --fix: take weights that changed after the manifest sealed them as they are (read "
+                        "in full, finite, the config's shapes), strip a _orig_mod./module. prefix and re-seal; "
+                        "the file as found is kept in backup-*/ (CHECKPOINT_FIX_GUIDE.md)")
     _add_settings(p)
     args = p.parse_args(argv)
+    if args.accept_changed_weights and not args.fix:
+        raise UserError("--accept-changed-weights works with --fix only")
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
     _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
     _quiet()
-    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args)) if args.fix
-              else verify(folder, args.deep))
+    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args),
+                  accept_changed_weights=args.accept_changed_weights) if args.fix else verify(folder, args.deep))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
         print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)
@@ -172,11 +180,11 @@ def _guarded(folder: Path, check) -> Report:
         return check()
     except UserError as err:
         report = Report(folder, global_step=ckpt.step_of(folder))
-        report.fail("check_failed", str(err))
+        report.fail(Problem.CHECK_FAILED, str(err))
     except Exception as err:  # a bug or a file no check foresaw: reported with its type, the loop goes on
         logging.getLogger(__name__).debug("checking %s failed", folder, exc_info=True)
         report = Report(folder, global_step=ckpt.step_of(folder))
-        report.fail("check_failed", f"the check stopped with {type(err).__name__}: "
+        report.fail(Problem.CHECK_FAILED, f"the check stopped with {type(err).__name__}: "
                                     f"{printable(str(err), 160)} (left alone)")
     return report
 
@@ -188,7 +196,7 @@ def remedy(report, dry_run: bool = False) -> dict | None:
         return None
     problem = next((p for p in report.problems if p["code"] not in SOFT), report.problems[0] if report.problems
                    else {"code": "unknown", "message": "not a checkpoint this tool knows"})
-    unfixed = report.facts.get("unfixed") or []
+    unfixed = report.facts.unfixed
     codes = report.codes()
     if codes & FATAL:
         repair = (f"none for this folder (the damage cannot be undone): resume from {report.hint}" if report.hint
@@ -196,7 +204,7 @@ def remedy(report, dry_run: bool = False) -> dict | None:
                        "file from a copy")
     elif unfixed:
         repair = unfixed[0].split(": ", 1)[-1]
-    elif codes & {"config_missing", "tokenizer_missing"}:
+    elif codes & {Problem.CONFIG_MISSING, Problem.TOKENIZER_MISSING}:
         repair = ("--fix --pretrained-model DIR (the model the run started from: config.json and tokenizer "
                   "files; no sibling checkpoint has them)")
     elif dry_run:

@@ -35,44 +35,29 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
-from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_optimizer, check_reporters
+from chef_genius.settings.checks import check_optimizer, check_reporters
+from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of
+from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser
 
 log = logging.getLogger("chef_genius")
 
-APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
-           "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
-           "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
-           "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project",
-           "optimizer", "auto_micro_batch", "lora_dropout", "save_adapter_only")
-ADAPTER = ("lora_r", "lora_alpha", "lora_target_modules")
-RESHAPING = ("lora_r", "lora_target_modules")  # the saved adapter's tensors cannot take another value
-GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
-           "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
-           "gradient_accumulation_steps", "streaming", "columns", "source_template")
-RECORDED = ("pretrained_model",)
-SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
-           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes",
-           "plan_only")
+# Each setting's group is declared with it, in the schema (``chef_genius/settings/schema.py``).
+APPLIED = by_policy(TrainConfig, Policy.APPLIED)
+GUARDED = by_policy(TrainConfig, Policy.GUARDED)
+ADAPTER = by_policy(TrainConfig, Policy.ADAPTER)
+RECORDED = by_policy(TrainConfig, Policy.RECORDED)
+SESSION = by_policy(TrainConfig, Policy.SESSION)
+RESHAPING = ("lora_r", "lora_target_modules")  # ADAPTER settings the saved adapter's tensors cannot change
 
 # The data files, and the key of the content identity each checkpoint saves beside the path.
 FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
 # Older checkpoints kept these only in their data position.
-POSITION_KEYS = {"seed": "sampler_seed", "group_by_length": "group_by_length",
-                 "length_group_size": "length_group_size"}
-NOTES = {"learning_rate": "the schedule's peak from step {step} on",
-         "warmup_steps": "the learning-rate schedule from step {step} on",
-         "lr_scheduler": "the learning-rate schedule from step {step} on",
-         "epochs": "the planned end of the run, and the learning-rate schedule with it",
-         "max_steps": "the planned end of the run, and the learning-rate schedule with it",
-         "optimizer_rewarmup_steps": "used only when a checkpoint has no optimizer state",
-         "optimizer": "the saved optimizer state is not loaded: the new one starts fresh and the learning rate "
-                      "re-warms over --optimizer-rewarmup-steps",
-         "pretrained_model": "the LoRA run's base model is rebuilt from it (its weights must match the "
-                             "checkpoint's fingerprint)",
-         "mixed_precision": "from step {step} on; the losses are no longer bitwise equal to an uninterrupted run's"}
+POSITION_KEYS = position_keys(TrainConfig)
+NOTES = {f.name: spec_of(f).note for f in settings_of(TrainConfig) if spec_of(f).note}
 
 
 @dataclass(frozen=True)
@@ -201,6 +186,49 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
             old, new = _described(saved[key]), _described(identity)
             changes.append(Change(name, old, new if new != old else f"{new}, other content"))
     return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# where a resumed run ends
+
+
+def resumed_end(epochs: int, max_steps: int, saved: dict, explicit, step: int,
+                reach: Callable[[int], int]) -> tuple[int, int, list[str]]:
+    """(epochs, max steps, log lines) of a run resumed at ``step``. ``reach(E)`` is the step at which
+    the run ends its E-th epoch, counted from the checkpoint's data position (pure).
+
+    A new ``--max-steps`` or ``--epochs`` on the command line says "train to here", so the run trains
+    to it or the resume is refused (``UserError``, exit 2), never ending at once while claiming a later
+    end. As in Hugging Face's Trainer, a ``--max-steps`` past the run's last epoch adds the epochs it
+    needs (unless ``--epochs`` is given too); an ``--epochs`` past an inherited ``--max-steps`` lifts it
+    (unless ``--max-steps`` is given too). Flags that repeat the checkpoint's values change nothing."""
+    changed = [name for name, value in (("epochs", epochs), ("max_steps", max_steps))
+               if name in explicit and saved.get(name) != value]
+    notes = []
+    if "max_steps" in changed and max_steps and "epochs" not in explicit and reach(epochs) < max_steps:
+        needed = epochs
+        while reach(needed) < max_steps:  # every epoch adds at least one step
+            needed += 1
+        notes.append(f"--max-steps {max_steps} is past the run's last epoch (epoch {epochs}, step {reach(epochs)}): "
+                     f"the run now trains {needed} epochs, to reach step {max_steps}")
+        epochs = needed
+    if "epochs" in changed and "max_steps" not in explicit and max_steps and max_steps < reach(epochs):
+        notes.append(f"--epochs {epochs} goes past the run's --max-steps {max_steps}: the run now ends with its "
+                     f"last epoch, at step {reach(epochs)}")
+        max_steps = 0
+    end = min(reach(epochs), max_steps) if max_steps else reach(epochs)
+    given = " ".join(_as_flag(name, value) for name, value in (("epochs", epochs), ("max_steps", max_steps))
+                     if name in changed)
+    if "max_steps" in changed and max_steps > end:
+        raise UserError(f"--max-steps {max_steps} is past the end of --epochs {epochs} (step {end}): raise "
+                        "--epochs, or drop it and the run adds the epochs --max-steps needs")
+    if "epochs" in changed and reach(epochs) > end:
+        raise UserError(f"--epochs {epochs} ends at step {reach(epochs)}, past --max-steps {max_steps}: raise "
+                        f"--max-steps to {reach(epochs)}, or pass --max-steps 0 to run every epoch")
+    if changed and end <= step:
+        raise UserError(f"the checkpoint is at step {step} and {given} ends the run at step {end}: nothing would "
+                        f"be trained; give a later end (--max-steps above {step}, or more --epochs)")
+    return epochs, max_steps, notes
 
 
 # ---------------------------------------------------------------------------------------------

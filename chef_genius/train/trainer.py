@@ -226,6 +226,8 @@ class Trainer:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the
         rest of the epochs need at the new global batch)."""
         c = self.config
+        if loaded is not None:
+            self._settle_end(loaded)
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
         self.total_steps = self.sampler.planned_steps(c.epochs, c.gradient_accumulation_steps)
         if loaded is not None and loaded.world_size != self.accelerator.num_processes:
@@ -236,6 +238,20 @@ class Trainer:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
+
+    def _settle_end(self, loaded: LoadedCheckpoint) -> None:
+        """A resume's new ``--max-steps`` / ``--epochs``: trained to, or refused (``settings.resumed_end``)."""
+        c = self.config
+        where = DataPosition.saved_at(loaded.slices.get(ckpt.DATA_POSITION) or {})
+
+        def reach(epochs: int) -> int:
+            return loaded.global_step + self.sampler.planned_steps(epochs, c.gradient_accumulation_steps,
+                                                                   where.epoch, where.samples_in_epoch)
+
+        c.epochs, c.max_steps, notes = settings.resumed_end(c.epochs, c.max_steps, loaded.settings, c.explicit,
+                                                            loaded.global_step, reach)
+        for note in notes:
+            log.info("%s", note)
 
     def _make_checkpoint_manager(self, model, loaded: LoadedCheckpoint | None) -> CheckpointManager:
         c, acc = self.config, self.accelerator

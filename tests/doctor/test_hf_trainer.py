@@ -227,3 +227,26 @@ def test_accelerate_rng_pickle_scanned_never_run(accelerate_run, tiny_model, tmp
     assert report["resumable"] and "not recovered: the RNG state" in repairs["state_converted_accelerate"]
     assert "rng_missing" in {p["code"] for p in report["problems"]}
     assert not marker.exists()
+
+
+
+def test_hf_resume_with_a_larger_max_steps_trains_to_it(hf_run, tmp_path, small_csv, cache_dir, capsys):
+    """Hugging Face's max_steps wins over its epochs: checkpoint-6 of a max_steps=6 run (its epochs
+    all done), resumed with --max-steps 8, trains steps 7 and 8 and labels the epoch it is in."""
+    source, _ = hf_run
+    run = shutil.copytree(source, tmp_path / "run")
+    folder = run / f"checkpoint-{MAX_STEPS}"
+    code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
+    assert code == 0, out
+    assert ckpt.load_training_state(folder)["data_position"]["epoch"] == 2  # the run's 2 epochs are done
+    argv = ["--data", small_csv, "--model-output", run, "--cache-dir", cache_dir, "--resume-from-checkpoint",
+            folder, "--max-steps", MAX_STEPS + 2, "--logging-steps", 1, "--save-steps", 100, "--eval-steps", 100,
+            "--eval-samples", 0, "--max-source-length", 64, "--max-target-length", 128,
+            "--dataloader-num-workers", 0, "--disable-compilation"]
+    capsys.readouterr()
+    assert run_training(*map(str, argv)) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [7, 8]
+    hyper = ckpt.load_training_state(run / "checkpoint-8")["hyperparameters"]
+    assert (hyper["epochs"], hyper["max_steps"]) == (3, 8)  # a later resume inherits the run it continues
+    assert "done: step 8, epoch 3/3" in capsys.readouterr().out

@@ -258,6 +258,26 @@ def _scheduler(lr=1e-3, **schedule):
                                                  **schedule}))
 
 
+def _reach(epochs: int) -> int:
+    """A run at step 6 whose 2 epochs are done, 12 steps per further epoch."""
+    return 6 + max(0, epochs - 2) * 12
+
+
+def test_a_new_end_on_a_resume_is_trained_to_or_refused():
+    saved = {"epochs": 2, "max_steps": 6}
+    epochs, max_steps, notes = settings.resumed_end(2, 8, saved, {"max_steps"}, 6, _reach)
+    assert (epochs, max_steps) == (3, 8) and "now trains 3 epochs, to reach step 8" in notes[0]
+    epochs, max_steps, notes = settings.resumed_end(4, 6, saved, {"epochs"}, 6, _reach)
+    assert (epochs, max_steps) == (4, 0) and "ends with its last epoch, at step 30" in notes[0]
+    assert settings.resumed_end(2, 6, saved, {"epochs", "max_steps"}, 6, _reach) == (2, 6, [])  # the run's own
+    with pytest.raises(UserError, match="past the end of --epochs 2 \\(step 6\\)"):
+        settings.resumed_end(2, 8, saved, {"epochs", "max_steps"}, 6, _reach)
+    with pytest.raises(UserError, match="--epochs 4 ends at step 30, past --max-steps 10"):
+        settings.resumed_end(4, 10, saved, {"epochs", "max_steps"}, 6, _reach)
+    with pytest.raises(UserError, match="--max-steps 5 ends the run at step 5: nothing would be trained"):
+        settings.resumed_end(2, 5, saved, {"max_steps"}, 6, _reach)
+
+
 def test_the_saved_peak_lr_wins_unless_learning_rate_is_given():
     saved = _scheduler(lr=1e-3).state_dict()
     saved["base_lrs"] = [2e-3]  # the run's peak
