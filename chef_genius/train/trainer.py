@@ -110,7 +110,8 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
-        # --compile is this session's (never taken from a checkpoint): decided, or refused, before anything
+        # decided, or an explicit --compile that cannot work here refused, before anything is touched (a
+        # resume that inherits another choice decides again in _adopt_settings)
         self.compiled, self.compile_why = should_compile(config.compile, self.device)
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         if config.auto_micro_batch and self.accelerator.num_processes > 1:
@@ -327,6 +328,9 @@ class Trainer:
         precision = self.accelerator.mixed_precision
         if c.mixed_precision != command.mixed_precision:
             precision = resolve_precision(c.mixed_precision, self.device)
+        if c.compile != command.compile:  # --compile / --disable-compilation inherited from the checkpoint
+            self.compiled, self.compile_why = should_compile(c.compile, self.device)
+            self.compile_why += " (the run's setting, from its checkpoint)"
         if precision != self.accelerator.mixed_precision:  # e.g. a --mixed-precision no run resumed on a GPU
             from accelerate import Accelerator
             from accelerate.state import AcceleratorState

@@ -379,8 +379,9 @@ def test_async_save_is_the_default_on_cuda_only():
 ])
 def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(reference, cache_dir, tmp_path, caplog,
                                                                         saved, command, said):
-    """--compile is this session's flag; the numerics of a compiled step differ from an eager one's, so a
-    resume that changes it says so in one line (the checkpoint records whether its run compiled)."""
+    """The run's --compile setting (None: decided by the machine) may resolve otherwise on another machine;
+    the numerics of a compiled step differ from an eager one's, so a resume that trains otherwise says so
+    in one line (the checkpoint records whether its run compiled)."""
     from chef_genius.train.trainer import Trainer
     out = _copy(reference, tmp_path, 12)
     assert ckpt.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
@@ -400,3 +401,15 @@ def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(referen
         assert lines == []
     else:
         assert len(lines) == 1 and said in lines[0] and "from step 12 on" in lines[0] and "--compile" in lines[0]
+
+
+def test_a_resume_keeps_the_runs_compile_choice_unless_a_flag_changes_it():
+    """--disable-compilation (or --compile) is the run's: compiled and eager steps differ in floating point,
+    so a resume keeps it; a flag on the resume command changes it with one line."""
+    saved = _saved(data="a.csv", compile=False)
+    plain = parse_args(["--data", str(SAMPLE_CSV)])
+    assert plain.compile is None and settings.decide(saved, plain.to_dict(), plain.explicit).values["compile"] is False
+    forced = parse_args(["--data", str(SAMPLE_CSV), "--compile"])
+    decision = settings.decide(saved, forced.to_dict(), forced.explicit)
+    assert decision.values["compile"] is True
+    assert [str(c) for c in decision.applied] == ["--compile (compile off -> on)"]
