@@ -15,7 +15,8 @@ import json
 import logging
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser, setup_logging
 from chef_genius.errors import EXIT_OK, UserError, run_cli
@@ -38,7 +39,7 @@ read from its newest checkpoint. Decoding is greedy, against loops as generate_r
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="evaluate_recipes.py", description="Score models and checkpoints on held-out recipes "
-               "with the recipe metrics (README: Recipe metrics).", epilog=EXAMPLES,
+               "with the recipe metrics (docs/monitoring.md: Recipe metrics).", epilog=EXAMPLES,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL_CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--data", help="held-out recipes (CSV, JSONL or Parquet); default: the run's validation split")
@@ -83,7 +84,7 @@ def held_out_recipes(args, models) -> tuple[list, str]:
         if not Path(args.data).is_file():
             raise UserError(f"--data file not found: {args.data}")
         # the input the models were trained with (chef_genius_prompt.json), the default prompt without one
-        template = next((t for t in (ckpt.read_prompt(folder) for _, _, folder in models) if t),
+        template = next((t for t in (ckrecords.read_prompt(folder) for _, _, folder in models) if t),
                         DEFAULT_SOURCE_TEMPLATE)
         options = ReadOptions(source_template=template)
         examples, where = list(read_examples(args.data, ReadStats(), options)), args.data

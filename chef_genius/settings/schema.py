@@ -11,8 +11,9 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
                                      help="label smoothing of the loss (default {default})")
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
-help from the field), its check in ``validate``, its resume policy and README's flags table follow
-(regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``).
+help from the field), its check in ``validate``, its resume policy and the reference pages follow
+(regenerate them: ``python -m chef_genius.devtools.references --write``; docs/reference/flags.md and
+docs/reference/resume-policy.md).
 
 - Choices are a ``Literal[...]`` annotation (``list[Literal[...]]`` for several values).
 - A bool is a switch: ``--name`` turns on one that is off by default, ``--no-name`` turns off one
@@ -266,7 +267,7 @@ _DIRECTIONS = ", ".join(f"{name} ({'higher' if up else 'lower'} is better)" for 
 
 @dataclass
 class RecipeMetricsSettings:
-    title = "recipe metrics (README: Recipe metrics)"
+    title = "recipe metrics (docs/monitoring.md)"
     eval_generate: int = setting(0, policy=APPLIED, check=checks.at_least_zero, metavar="N", help=(
         "at each evaluation, write recipes (greedy, repetition penalty 1.15, no repeated 10-token span, batched, "
         "at most --max-target-length new tokens) for the first N validation recipes and log their recipe metrics "

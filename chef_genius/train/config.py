@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The demo's settings, tuned so that its model writes recipes on held-out ingredients (README: Quickstart):
+# The demo's settings, tuned so that its model writes recipes on held-out ingredients (docs/training-and-data.md: The demo):
 # 10 epochs of 380 recipes (480 steps) at a high peak LR suit its small model; 20 recipes (5 %) are held
 # out and all of them are written and scored at each evaluation.
 DEMO_OVERRIDES = dict(epochs=10, batch_size=8, learning_rate=3e-3, warmup_steps=30, save_steps=120,
@@ -115,7 +115,7 @@ def validate(c: TrainConfig) -> None:
 
 def check_model_output(model_output: str) -> None:
     """A run folder is never a checkpoint nor inside one: a run's files there would break its seal."""
-    from chef_genius.checkpoint.format import enclosing_checkpoint
+    from chef_genius.checkpoint.layout import enclosing_checkpoint
     checkpoint = enclosing_checkpoint(model_output)
     if checkpoint is None:
         return

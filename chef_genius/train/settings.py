@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.settings.checks import check_optimizer, check_reporters
 from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of

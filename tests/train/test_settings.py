@@ -14,10 +14,11 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train import settings
 from chef_genius.train.config import TrainConfig, parse_args
@@ -64,7 +65,7 @@ def _lrs(out) -> dict[int, float]:
 
 def _edit_hyperparameters(folder, drop=(), **values):
     """Rewrite a checkpoint's saved settings (as an older or another run's would be), manifest included."""
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     for key in drop:
         del state["hyperparameters"][key]
     state["hyperparameters"].update(values)
@@ -119,7 +120,7 @@ def test_allow_config_change_applies_them_with_a_warning_each(reference, cache_d
     assert run_training(*short_resume(out, cache_dir, *flags, "--allow-config-change", "--max-steps", "10")) == 0
     warnings = [r.getMessage() for r in caplog.records if "config changed on resume" in r.getMessage()]
     assert sorted(w.split(": ", 1)[1].split(" ")[0] for w in warnings) == sorted(flag[0] for flag in REFUSED)
-    saved = ckpt.load_training_state(out / "checkpoint-10")["hyperparameters"]
+    saved = ckstate.load_training_state(out / "checkpoint-10")["hyperparameters"]
     assert (saved["seed"], saved["group_by_length"], saved["length_group_size"], saved["max_source_length"],
             saved["max_target_length"], saved["eval_split_ratio"]) == (7, False, 16, 32, 64, 0.1)
     assert (saved["warmup_steps"], saved["save_total_limit"], saved["max_steps"]) == (7, 2, 10)
