@@ -103,7 +103,7 @@ def test_a_resume_on_another_device_keeps_this_devices_fused_adamw(by_name, capl
     saving = torch.optim.AdamW(model.parameters(), lr=1e-3)  # as on the CPU that saved: fused None
     model(torch.ones(3, 4)).sum().backward()
     saving.step()
-    state, layout = saving.state_dict(), ckpt.OPTIMIZER_LAYOUT_NAMES if by_name else None
+    state, layout = saving.state_dict(), ckstate.OPTIMIZER_LAYOUT_NAMES if by_name else None
     if by_name:  # torch's by-name loader needs a process group; what matters here is the path around it
         monkeypatch.setattr(sharded, "load_optimizer_by_name", lambda model, optimizer, state:
                             optimizer.load_state_dict(state))
