@@ -385,7 +385,7 @@ def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(referen
     in one line (the checkpoint records whether its run compiled)."""
     from chef_genius.train.trainer import Trainer
     out = _copy(reference, tmp_path, 12)
-    assert ckpt.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
+    assert ckstate.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
     if saved is None:
         _edit_hyperparameters(out / "checkpoint-12", drop=("compiled",))
     else:
