@@ -189,7 +189,8 @@ class PrecisionSettings:
         Flag(("--mixed-precision",)),
         Flag(("--enable-mixed-precision",), action="store_const", const="bf16",
              help="same as --mixed-precision bf16 (fp16 is never used: T5 overflows in fp16)")],
-        help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU that supports it")
+        help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU with native bf16 (compute capability 8.0 "
+             "or newer; older GPUs only emulate it, slower than fp32), else fp32")
     gradient_checkpointing: bool = setting(False, policy=APPLIED, flags=[
         Flag(("--gradient-checkpointing",), action="store_true"),
         Flag(("--no-gradient-checkpointing",), action="store_false",
@@ -204,10 +205,16 @@ class PrecisionSettings:
              help="turn off the --auto-micro-batch a resumed run inherits from its checkpoint")], help=(
         "on a CUDA out-of-memory error, retry the step with half the micro-batch and twice the accumulation (same "
         "global batch, same recipes per step), and keep that setting"))
-    compile: bool | None = setting(None, policy=SESSION, flags=[  # None: on with CUDA and Triton
+    # None: on where Triton can compile. A resume keeps the run's choice: compiled and eager steps differ in
+    # floating point (the checkpoint also records whether its run compiled: the trainer warns when the
+    # same choice resolves otherwise on this machine)
+    compile: bool | None = setting(None, policy=APPLIED, note=(
+        "from step {step} on; compiled and eager steps differ in floating point, so the losses are no longer "
+        "bitwise equal to an uninterrupted run's"), flags=[
         Flag(("--compile",), action="store_true"),
         Flag(("--disable-compilation",), action="store_false", help="never torch.compile")],
-        help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
+        help="force torch.compile (default: on with a CUDA GPU of compute capability 7.0 or newer and Triton "
+             "installed, off on CPU; refused at start where it cannot work)")
 
 
 @dataclass

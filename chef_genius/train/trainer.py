@@ -6,7 +6,9 @@ Features, in the order a step meets them:
   index arithmetic, no skipped batches replayed);
 - model: every weight trained, or with ``--lora-r`` rank-R adapters (``model/lora.py``, peft) on a
   frozen base checked by its fingerprint on resume; the final model is then the merged one;
-- precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
+- precision: fp32 master weights, bf16 autocast on GPUs with native bf16 (never fp16: T5 overflows),
+  TF32 matmuls; with torch.compile the training forward and its loss are one compiled region
+  (``lean_loss.summed_loss``), validation runs eager;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
@@ -40,6 +42,7 @@ final weights are not finite (the message names the newest healthy checkpoint).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -86,6 +89,13 @@ from chef_genius.train.state import RunState
 log = logging.getLogger("chef_genius")
 
 
+def _logits_loss(model, input_ids, attention_mask, decoder_input_ids, labels) -> torch.Tensor:
+    """The summed cross-entropy of the logits (a model without a plain linear head), no decoder cache."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                   use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD, reduction="sum")
+
+
 class LogWindow:
     """What the steps since the last log line trained on (for the loss, tokens/s and FLOPs)."""
 
@@ -116,6 +126,9 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        # decided, or an explicit --compile that cannot work here refused, before anything is touched (a
+        # resume that inherits another choice decides again in _adopt_settings)
+        self.compiled, self.compile_why = should_compile(config.compile, self.device)
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         if config.auto_micro_batch and self.accelerator.num_processes > 1:
             # an out-of-memory error on one process would leave the others waiting in a collective
@@ -151,13 +164,13 @@ class Trainer:
                                      self.reporters, self.state)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
-        self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
+        self.model, self.optimizer = sharded.prepare(self.accelerator, model, self.optimizer, self.device)
         if sharded.is_fsdp(self.accelerator):
             sharded.prepare_generation(unwrap(self.model))  # the evaluation's samples and recipe metrics
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
         if loaded is not None:
             self._resume(loaded)
-        self._compile()
+        self._compile(loaded)
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
         self._write_settings()
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
@@ -317,11 +330,27 @@ class Trainer:
                  self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
 
-    def _compile(self) -> None:
-        compile_model, why = should_compile(self.config.compile, self.device)
-        log.info("torch.compile %s", why)
-        if compile_model:
-            self.model = torch.compile(self.model, dynamic=True)
+    def _compile(self, loaded: LoadedCheckpoint | None) -> None:
+        log.info("torch.compile %s", self.compile_why)
+        saved = None if loaded is None else loaded.settings.get("compiled")
+        if saved is not None and saved != self.compiled:  # None: a checkpoint older than the record
+            log.warning("this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
+                        "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
+                        *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
+                          ("eager", "compiled", loaded.global_step, "--compile")))
+        if self.head is None:
+            self._eager_loss = functools.partial(_logits_loss, self.model)
+        else:
+            self._eager_loss = functools.partial(lean_loss.summed_loss, self.model, self.head)
+        self._compiled_loss = None
+        if self.compiled:
+            # One region from the token ids to the summed loss (no decoder cache, the loss inside): no
+            # graph break at the head. Validation runs eager (``_loss_sum(compiled=False)``): in eval mode
+            # under no_grad the compiled region would be compiled a second time in full.
+            c = self.config
+            if self.head is not None:
+                self.head.chunks = lean_loss.chunks_for(c.max_tokens_per_batch or c.batch_size * c.max_target_length)
+            self._compiled_loss = torch.compile(self._eager_loss, dynamic=True)
 
     def _adopt_settings(self, command: TrainConfig) -> None:
         """Redo what ``__init__`` built from the ``command`` line where the resumed run's settings differ."""
@@ -329,6 +358,9 @@ class Trainer:
         precision = self.accelerator.mixed_precision
         if c.mixed_precision != command.mixed_precision:
             precision = resolve_precision(c.mixed_precision, self.device)
+        if c.compile != command.compile:  # --compile / --disable-compilation inherited from the checkpoint
+            self.compiled, self.compile_why = should_compile(c.compile, self.device)
+            self.compile_why += " (the run's setting, from its checkpoint)"
         if precision != self.accelerator.mixed_precision:  # e.g. a --mixed-precision no run resumed on a GPU
             from accelerate import Accelerator
             from accelerate.state import AcceleratorState
@@ -341,7 +373,7 @@ class Trainer:
 
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
-        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, compiled=self.compiled,
                       world_size=self.accelerator.num_processes, data_identity=data_identity(self.config.data),
                       eval_data_identity=data_identity(self.config.eval_data))
         return values
@@ -420,13 +452,16 @@ class Trainer:
 
     def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
         """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
-        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends."""
+        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends.
+        Any error type that reports an exhausted GPU counts (cuBLAS, cuDNN, Triton: ``oom.is_out_of_memory``)."""
         while True:
             counted = self.window.source_tokens, self.window.rows
             try:
                 return self._train_step(oom.split_micro_batches(window, self.state.micro_batch_split))
-            except torch.cuda.OutOfMemoryError:
-                pass  # handled below, outside the except: its traceback holds the step's tensors
+            except Exception as err:  # out of memory of any type (oom.is_out_of_memory); others go on up
+                if not oom.is_out_of_memory(err):
+                    raise
+                # handled below, outside the except: its traceback holds the step's tensors
             self.window.source_tokens, self.window.rows = counted
             self._out_of_memory()
 
@@ -467,20 +502,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens, finite
 
-    def _loss_sum(self, batch: dict) -> torch.Tensor:
-        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
-        inputs = {k: batch[k].to(self.device, non_blocking=True)
-                  for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    def _loss_sum(self, batch: dict, compiled: bool = True) -> torch.Tensor:
+        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU.
+        ``compiled``: through the compiled region when this session compiles (training), else eager."""
+        inputs = [batch[k].to(self.device, non_blocking=True)
+                  for k in ("input_ids", "attention_mask", "decoder_input_ids")]
         if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
-            with self.accelerator.autocast():
-                logits = self.model(**inputs).logits
-            labels = batch["labels"].to(self.device, non_blocking=True)
-            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD,
-                                   reduction="sum")
-        positions, targets = (t.to(self.device, non_blocking=True)
-                              for t in lean_loss.label_positions(batch["labels"], LABEL_PAD))
-        with self.accelerator.autocast(), lean_loss.targets(self.head, positions, targets):
-            return self.model(**inputs).logits  # the head's output: the summed loss
+            targets = [batch["labels"].to(self.device, non_blocking=True)]
+        else:  # the labelled positions, found on the CPU tensors (no data-dependent shape on the device)
+            targets = [t.to(self.device, non_blocking=True)
+                       for t in lean_loss.label_positions(batch["labels"], LABEL_PAD)]
+        loss = self._compiled_loss if compiled and self._compiled_loss is not None else self._eager_loss
+        with self.accelerator.autocast():
+            return loss(*inputs, *targets)
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -521,7 +555,7 @@ class Trainer:
         if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluation.run(self.model, self._loss_sum)
+        loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
