@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 CACHE_META = "chef_genius_cache.json"
 # 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
-CACHE_LAYOUT = 2
+# 3: the untruncated lengths too (source_full_len, target_full_len: the truncation report)
+CACHE_LAYOUT = 3
 PAD_MULTIPLE = 8
 LABEL_PAD = -100
 
@@ -95,7 +96,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 @dataclass
 class TokenizedData:
-    dataset: "datasets.Dataset"  # noqa: F821 - columns input_ids, labels, source_len, target_len
+    dataset: "datasets.Dataset"  # noqa: F821 - input_ids, labels, source_len, target_len and *_full_len
     stats: dict
     cache_dir: Path
     from_cache: bool

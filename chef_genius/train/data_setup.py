@@ -13,6 +13,7 @@ resumed run would see another dropout stream than the uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chef_genius.data import corpus, report
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, is_cached, load_tokenized, split_indices
+from chef_genius.data.tokenized import (LABEL_PAD, Collator, RecipeDataset, cache_folder, is_cached, load_tokenized,
+                                        split_indices)
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -53,25 +56,46 @@ def read_options(c) -> ReadOptions:
     return ReadOptions(c.columns, c.source_template)
 
 
+def dedup_options(c) -> corpus.DedupOptions:
+    """``--dedup`` and ``--dedup-threshold``."""
+    return corpus.DedupOptions(c.dedup, c.dedup_threshold)
+
+
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
-    options = read_options(c)
+    options, settings = read_options(c), dedup_options(c)
     files = [path for path in (c.data, c.eval_data) if path]
-    with _main_tokenizes_first(accelerator, lambda: all(
-            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
-            for path in files)), _cache_errors(cache_root):
+
+    def ready() -> bool:
+        if not all(is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+                   for path in files):
+            return False
+        folder = cache_folder(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+        return not settings.active or corpus.result_path(folder, c.data, options, settings, c.eval_data).is_file()
+
+    with _main_tokenizes_first(accelerator, ready), _cache_errors(cache_root):
         train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
                                options, c.progress)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
                                 c.num_proc, options, c.progress) if c.eval_data else None)
+        found = (corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data)
+                 if settings.active else None)
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
     if encoding_hint(train.stats):
         log.warning("%s: %s", c.data, encoding_hint(train.stats))
+    if found is not None and len(found.result.keys) != len(train.dataset):
+        raise DataError(f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
+                        f"{len(train.dataset)}; delete {train.cache_dir} and run again")
+    usable = found.train_rows(settings.mode) if found is not None else None
     if evald is not None:
-        train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
+        train_data, eval_data = RecipeDataset(train.dataset, usable), RecipeDataset(evald.dataset)
     else:
-        train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
+        if found is None:  # --dedup off: the split of rows by number, as before duplicates were looked for
+            train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
+        else:
+            train_idx, eval_idx = corpus.content_split(found.result.keys, usable, c.eval_split_ratio, c.seed)
         train_data = RecipeDataset(train.dataset, train_idx)
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
+    _report(c, train, found, settings, train_data, eval_data, accelerator)
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     sort_by = train_data.lengths() if c.group_by_length else None
@@ -102,6 +126,9 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
                                 c.num_proc, options, c.progress) if c.eval_data else None)
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
+    if c.dedup != "off":
+        log.warning("--streaming: duplicates are not looked for and the file is trained on as it is "
+                    "(--dedup needs the cached path); pass --dedup off to say so")
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
     sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes,
                                accelerator.process_index)
@@ -118,6 +145,30 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
 
 
+def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> None:
+    """The data summary, once: in the log, and (rank 0) in the run folder with the removed rows listed
+    (``removed_duplicates.csv``) and the training recipes' signatures (beside the final model)."""
+    lengths = report.full_lengths(train.dataset, train_data.indices)
+    lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
+    summary = report.summarize(c.data, train.stats, found, settings.mode, len(train_data),
+                               len(eval_data) if eval_data is not None else 0, lengths_report)
+    for line in report.summary_lines(summary):
+        log.info("%s", line)
+    for line in report.truncation_warnings(lengths_report):
+        log.warning("%s", line)
+    if not accelerator.is_main_process:
+        return
+    output = Path(c.model_output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / DATA_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if found is not None:
+        audit = corpus.write_audit(output, found)
+        if found.result.removed:
+            log.info("every duplicate found is listed in %s", audit)
+        corpus.write_signatures(output, found, train_data.indices)
+
+
+DATA_SUMMARY_FILE = "data_summary.json"
 EVAL_BATCH_FACTOR = 2  # no gradients, no optimizer state: an evaluation batch fits twice the training rows
 
 
