@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.cli_support import Parser
+from chef_genius.data.dedup import DEFAULT_THRESHOLD, MODES
 from chef_genius.data.layouts import canonical_columns
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, template_fields
 from chef_genius.errors import UserError
@@ -36,6 +37,8 @@ class TrainConfig:
     data: str | None = None
     eval_data: str | None = None
     eval_split_ratio: float = 0.02
+    dedup: str = "remove"
+    dedup_threshold: float = DEFAULT_THRESHOLD
     columns: str | None = None
     source_template: str = DEFAULT_SOURCE_TEMPLATE
     pretrained_model: str = DEFAULT_MODEL
@@ -127,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"files keep their own input (default {d.source_template!r})")
     g.add_argument("--eval-split-ratio", type=float, default=d.eval_split_ratio,
                    help=f"fraction of --data held out for validation (default {d.eval_split_ratio})")
+    g.add_argument("--dedup", choices=MODES, default=d.dedup,
+                   help="duplicate recipes of --data (exact after normalising case, spacing, punctuation and "
+                        "ingredient order; near: MinHash similarity >= --dedup-threshold) and twins of --eval-data "
+                        "recipes: remove them from training, keep them (still found, listed and split together), or "
+                        "off (not looked for; the validation split by row number, as before) (default remove)")
+    g.add_argument("--dedup-threshold", type=float, default=d.dedup_threshold, metavar="J",
+                   help="estimated Jaccard similarity of word 3-grams from which two recipes are near-duplicates "
+                        f"(default {d.dedup_threshold}, set by measurement: docs/data.md)")
     g.add_argument("--max-source-length", type=int, default=d.max_source_length,
                    help=f"max input tokens (default {d.max_source_length})")
     g.add_argument("--max-target-length", type=int, default=d.max_target_length,
@@ -366,6 +377,8 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--save-adapter-only needs --lora-r R (a full fine-tuning run has no adapter)")
     if not 0 <= c.eval_split_ratio < 1:
         raise UserError(f"--eval-split-ratio must be in [0, 1), got {c.eval_split_ratio}")
+    if not 0 < c.dedup_threshold <= 1:
+        raise UserError(f"--dedup-threshold must be in (0, 1], got {c.dedup_threshold}")
     c.columns = canonical_columns(c.columns)
     try:
         template_fields(c.source_template)

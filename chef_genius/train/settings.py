@@ -51,7 +51,10 @@ ADAPTER = ("lora_r", "lora_alpha", "lora_target_modules")
 RESHAPING = ("lora_r", "lora_target_modules")  # the saved adapter's tensors cannot take another value
 GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
            "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
-           "gradient_accumulation_steps", "streaming", "columns", "source_template")
+           "gradient_accumulation_steps", "streaming", "columns", "source_template", "dedup", "dedup_threshold")
+# What a checkpoint that does not record a setting was trained with (it predates the flag), where that
+# differs from today's default: a resume keeps it unless the flag is given.
+UNRECORDED_MEANS = {"dedup": "off"}
 RECORDED = ("pretrained_model",)
 SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
            "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes",
@@ -109,6 +112,10 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
     out = Decision(values=dict(command))
     for name, value in command.items():
         if name in SESSION:
+            continue
+        if name not in recorded and name in UNRECORDED_MEANS and name not in explicit:
+            out.values[name] = UNRECORDED_MEANS[name]
+            out.kept.append(name)
             continue
         if name not in recorded:
             out.unrecorded.append(name)
