@@ -152,6 +152,23 @@ def content_split(keys: np.ndarray, rows: np.ndarray, ratio: float, seed: int) -
     return rows[~held], rows[held]
 
 
+def split_rows(num_rows: int, found: FileDedup | None, mode: str, has_eval_data: bool, ratio: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a file's usable recipes (pure given ``found``): with
+    ``--eval-data`` every row training may use and no validation row, else the content split of those
+    rows; with ``--dedup off`` (``found`` None) the split of rows by number, as before duplicates were
+    looked for (``tokenized.split_indices``)."""
+    if found is None:
+        if has_eval_data:
+            return np.arange(num_rows), np.arange(0)
+        from chef_genius.data.tokenized import split_indices
+        return split_indices(num_rows, ratio, seed)
+    usable = found.train_rows(mode)
+    if has_eval_data:
+        return usable, usable[:0]
+    return content_split(found.result.keys, usable, ratio, seed)
+
+
 # -- what the run folder gets -------------------------------------------------------------------------
 def write_audit(out_dir: Path, found: FileDedup) -> Path:
     """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity."""

@@ -24,8 +24,7 @@ import torch
 
 from chef_genius.data import corpus, report
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import (LABEL_PAD, Collator, RecipeDataset, cache_folder, is_cached, load_tokenized,
-                                        split_indices)
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, cache_folder, is_cached, load_tokenized
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -85,15 +84,12 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     if found is not None and len(found.result.keys) != len(train.dataset):
         raise DataError(f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
                         f"{len(train.dataset)}; delete {train.cache_dir} and run again")
-    usable = found.train_rows(settings.mode) if found is not None else None
+    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
+                                            c.eval_split_ratio, c.seed)
+    train_data = RecipeDataset(train.dataset, train_idx)
     if evald is not None:
-        train_data, eval_data = RecipeDataset(train.dataset, usable), RecipeDataset(evald.dataset)
+        eval_data = RecipeDataset(evald.dataset)
     else:
-        if found is None:  # --dedup off: the split of rows by number, as before duplicates were looked for
-            train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
-        else:
-            train_idx, eval_idx = corpus.content_split(found.result.keys, usable, c.eval_split_ratio, c.seed)
-        train_data = RecipeDataset(train.dataset, train_idx)
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
     _report(c, train, found, settings, train_data, eval_data, accelerator)
     if eval_data is not None:
