@@ -69,7 +69,8 @@ def inspect(args) -> dict:
     quiet_transformers()
     tokenizer = load_tokenizer(args.pretrained_model)
     options = ReadOptions(canonical_columns(args.columns), args.source_template)
-    cache_root = Path(args.cache_dir) if args.cache_dir else Path(TrainConfig().model_output).parent / ".cache" / "tokenized"
+    default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
+    cache_root = Path(args.cache_dir) if args.cache_dir else default_root
     settings = corpus.DedupOptions(args.dedup, args.dedup_threshold)
     train = load_tokenized(args.data, tokenizer, args.max_source_length, args.max_target_length, cache_root,
                            args.num_proc, options, args.progress)

@@ -108,7 +108,8 @@ def _validation_rows(examples: list[dict], settings: dict):
     import numpy as np
 
     from chef_genius.data import corpus, dedup
-    mode, ratio, seed = settings.get("dedup", "off"), float(settings.get("eval_split_ratio", 0.0)), int(settings["seed"])
+    mode, seed = settings.get("dedup", "off"), int(settings["seed"])
+    ratio = float(settings.get("eval_split_ratio", 0.0))
     found = None
     if mode != "off":
         result = dedup.deduplicate([e["target"] for e in examples],

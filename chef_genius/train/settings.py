@@ -109,13 +109,11 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
     for name, key in POSITION_KEYS.items():
         if name not in recorded and key in (position or {}):
             recorded[name] = position[key]
+    for name, value in UNRECORDED_MEANS.items():
+        recorded.setdefault(name, value)
     out = Decision(values=dict(command))
     for name, value in command.items():
         if name in SESSION:
-            continue
-        if name not in recorded and name in UNRECORDED_MEANS and name not in explicit:
-            out.values[name] = UNRECORDED_MEANS[name]
-            out.kept.append(name)
             continue
         if name not in recorded:
             out.unrecorded.append(name)

@@ -350,3 +350,13 @@ def test_async_save_is_the_default_on_cuda_only():
         return Trainer._async_save(SimpleNamespace(device=torch.device(device), config=config))
     assert async_save("cuda") and not async_save("cpu")
     assert not async_save("cuda", "--no-async-save") and async_save("cpu", "--async-save")
+
+
+def test_a_checkpoint_from_before_dedup_resumes_without_it_and_refuses_turning_it_on():
+    saved = {"batch_size": 8, "seed": 42}  # written before --dedup existed: its run trained on every row
+    decision = settings.decide(saved, _saved(), explicit=set())
+    assert decision.values["dedup"] == "off" and "dedup" in decision.kept and decision.refused == []
+    turned_on = settings.decide(saved, _saved(dedup="remove"), explicit={"dedup"})
+    assert [str(c) for c in turned_on.refused] == ["--dedup off -> remove"]
+    recorded = settings.decide(_saved(dedup="keep"), _saved(), explicit=set())
+    assert recorded.values["dedup"] == "keep"
