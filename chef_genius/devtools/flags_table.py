@@ -1,4 +1,5 @@
-"""README's table of every flag of ``complete_optimized_training.py``, generated from ``build_parser()``.
+"""README's table of every flag of ``complete_optimized_training.py``, generated from ``build_parser()``,
+which is built from the settings schema (``chef_genius/settings/schema.py``).
 
     python -m chef_genius.devtools.flags_table                  # print the table (Markdown)
     python -m chef_genius.devtools.flags_table --write README.md  # replace the table between its markers

@@ -10,6 +10,7 @@ from pathlib import Path
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.doctor import foreign
 from chef_genius.doctor import weights as wt
+from chef_genius.settings.fields import position_keys
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.schedule import Schedule, scheduler_state_at
 from chef_genius.train.state import RunState
@@ -119,8 +120,7 @@ def assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_
         text += f"; assumed the training defaults for {', '.join(assumed)} (pass them if the run used others)"
     run_state = RunState(global_step=step, best_loss=float(best_loss) if best_loss is not None else None)
     position = {"epoch": epoch, "samples_in_epoch": samples}
-    for key, name in (("num_samples", "num_samples"), ("seed", "sampler_seed"),
-                      ("group_by_length", "group_by_length"), ("length_group_size", "length_group_size")):
+    for key, name in {"num_samples": "num_samples", **position_keys(TrainConfig)}.items():
         if settings.get(key) is not None:
             position[name] = settings[key]
     hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
