@@ -35,13 +35,14 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from chef_genius.train.config import build_parser as training_parser
+    from chef_genius.settings.fields import add_section, settings_of
+    from chef_genius.settings.schema import TrainConfig
     p = Parser(prog="inspect_data.py", description="Report what is in a recipe file as training would see it: "
-               "rows, skips, duplicates, split, token lengths and truncation.", epilog=EXAMPLES,
+               "rows, skips, duplicates, split, token lengths and truncation (of --pretrained-model only the "
+               "tokenizer is loaded).", epilog=EXAMPLES,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for action in training_parser()._actions:
-        if action.dest in DATA_FLAGS:
-            p._add_action(action)  # the training flag itself: one definition, one help text
+    # the training settings themselves (settings/schema.py): one definition, one help text, one check
+    add_section(p, "data, as training reads it", [f for f in settings_of(TrainConfig) if f.name in DATA_FLAGS])
     p.add_argument("--out", default="data-report", metavar="DIR",
                    help="where the length histograms go (default ./data-report)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
@@ -51,38 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
 def inspect(args) -> dict:
     """The data summary (``data/report.py``) of ``args``' data, as training would see it."""
     from chef_genius.data import corpus, report
-    from chef_genius.data.layouts import canonical_columns
     from chef_genius.data.readers import ReadOptions
     from chef_genius.data.tokenized import load_tokenized
     from chef_genius.model.loading import load_tokenizer, quiet_transformers
-    from chef_genius.train.config import TrainConfig
+    from chef_genius.settings.fields import run_checks
+    from chef_genius.settings.schema import TrainConfig
 
     if not args.data:
         raise UserError("--data is required: the recipe file to inspect")
-    for flag, path in (("--data", args.data), ("--eval-data", args.eval_data)):
-        if path is not None and not Path(path).is_file():
-            raise UserError(f"{flag} file not found: {path}")
-    if not 0 < args.dedup_threshold <= 1:
-        raise UserError(f"--dedup-threshold must be in (0, 1], got {args.dedup_threshold}")
-    if not 0 <= args.eval_split_ratio < 1:
-        raise UserError(f"--eval-split-ratio must be in [0, 1), got {args.eval_split_ratio}")
+    c = TrainConfig(**{name: getattr(args, name) for name in DATA_FLAGS})
+    run_checks(c)  # each setting's own check, as training runs it
     quiet_transformers()
-    tokenizer = load_tokenizer(args.pretrained_model)
-    options = ReadOptions(canonical_columns(args.columns), args.source_template)
+    tokenizer = load_tokenizer(c.pretrained_model)
+    options = ReadOptions(c.columns, c.source_template)
     default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
-    cache_root = Path(args.cache_dir) if args.cache_dir else default_root
-    settings = corpus.DedupOptions(args.dedup, args.dedup_threshold)
-    train = load_tokenized(args.data, tokenizer, args.max_source_length, args.max_target_length, cache_root,
-                           args.num_proc, options, args.progress)
-    evald = (load_tokenized(args.eval_data, tokenizer, args.max_source_length, args.max_target_length, cache_root,
-                            args.num_proc, options, args.progress) if args.eval_data else None)
-    found = (corpus.find_duplicates(args.data, options, settings, train.cache_dir, args.eval_data)
-             if settings.active else None)
-    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, args.dedup, evald is not None,
-                                            args.eval_split_ratio, args.seed)
+    cache_root = Path(c.cache_dir) if c.cache_dir else default_root
+    settings = corpus.DedupOptions(c.dedup, c.dedup_threshold)
+    train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
+                           options, c.progress)
+    evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
+                            c.num_proc, options, c.progress) if c.eval_data else None)
+    found = corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
+    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
+                                            c.eval_split_ratio, c.seed)
     lengths = report.full_lengths(train.dataset, train_idx)
-    lengths_report = report.lengths_report(lengths, args.max_source_length, args.max_target_length)
-    summary = report.summarize(args.data, train.stats, found, args.dedup, len(train_idx),
+    lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
+    summary = report.summarize(c.data, train.stats, found, c.dedup, len(train_idx),
                                len(evald.dataset) if evald is not None else len(eval_idx), lengths_report)
     summary["warnings"] = report.truncation_warnings(lengths_report)
     summary["plots"] = [str(p) for p in report.write_histograms(lengths, lengths_report, Path(args.out))]

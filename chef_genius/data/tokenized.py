@@ -6,6 +6,10 @@ counts), the tokenizer (hash of its serialized vocabulary), the recipe template 
 ``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
 run or a resume memory-maps the same Arrow files instead of tokenizing again.
 
+The duplicate search (``corpus.find_duplicates``) keeps its decision in the same folder, under a key of
+its own settings (``--dedup-threshold``, the ``--eval-data`` file), so another threshold re-hashes
+without re-tokenizing.
+
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
 ``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
 written last, so a folder without it is never used.
