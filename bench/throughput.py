@@ -236,7 +236,8 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
              str(every), "--save-total-limit", str(SAVE_LIMIT), "--eval-samples", "0",
              "--max-source-length", str(p.max_source), "--max-target-length", str(p.max_target),
              "--dataloader-num-workers", str(p.workers), "--mixed-precision", "bf16" if p.bf16 else "no",
-             "--progress", "log", "--compile" if p.compile else "--disable-compilation"]
+             "--progress", "log", "--compile" if p.compile else "--disable-compilation",
+             "--dedup", "off"]  # the same rows as the baseline's split: a speed comparison
     flags += ["--max-tokens-per-batch", str(plan.max_tokens)] if budget else ["--batch-size", str(p.batch_size)]
     run = Run(name, first, last, every)
     trainer = Trainer(parse_args(flags))
@@ -286,7 +287,8 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     model = AutoModelForSeq2SeqLM.from_pretrained(plan.model, dtype=torch.float32)
     tokenized = load_tokenized(plan.data, tokenizer, p.max_source, p.max_target, plan.cache).dataset
     tokenized = tokenized.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
-                              batched=True).remove_columns(["source_len", "target_len"])
+                              batched=True).remove_columns(["source_len", "target_len", "source_full_len",
+                                                            "target_full_len"])
     train, held_out = tokenized.select(plan.train_rows), tokenized.select(plan.eval_rows)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=LABEL_PAD)
     first, last, every = plan.window(name)

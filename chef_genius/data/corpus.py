@@ -100,7 +100,7 @@ def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]
     for example in read_examples(path, stats, options):
         targets.append(example["target"])
         records.append(stats.rows)  # counted before the row is yielded: its record number
-        titles.append(parse_target(example["target"]).title)
+        titles.append(parse_target(example["target"]).title[:120])  # a pair file's "title" may be its whole text
     return targets, np.array(records, dtype=np.int64), titles
 
 

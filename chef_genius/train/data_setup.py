@@ -144,6 +144,8 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
 def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> None:
     """The data summary, once: in the log, and (rank 0) in the run folder with the removed rows listed
     (``removed_duplicates.csv``) and the training recipes' signatures (beside the final model)."""
+    if not accelerator.is_main_process:
+        return
     lengths = report.full_lengths(train.dataset, train_data.indices)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
     summary = report.summarize(c.data, train.stats, found, settings.mode, len(train_data),
@@ -152,8 +154,6 @@ def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, acc
         log.info("%s", line)
     for line in report.truncation_warnings(lengths_report):
         log.warning("%s", line)
-    if not accelerator.is_main_process:
-        return
     output = Path(c.model_output)
     output.mkdir(parents=True, exist_ok=True)
     (output / DATA_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
