@@ -130,30 +130,30 @@ class Dedup:
 
 
 class Index:
-    """Kept recipes so far: their exact keys, and their MinHashes in an LSH index."""
+    """Kept recipes so far: their exact keys, and their MinHashes in an LSH index. ``digests`` (rows x
+    NUM_PERM) holds every row's MinHash values; a candidate's similarity is the share of equal values
+    (what ``RMinHash.jaccard`` computes), compared for all candidates of a row at once."""
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, digests: np.ndarray):
         from rensa import RMinHashLSH
-        self.threshold = threshold
+        self.threshold, self.digests = threshold, digests
         self.lsh = RMinHashLSH(threshold, NUM_PERM, NUM_BANDS)
         self.exact: dict[int, int] = {}
-        self.hashes: dict[int, object] = {}
 
-    def match(self, key: int, m) -> tuple[int, float] | None:
-        """(kept row, similarity) of the closest kept twin at or above the threshold, exact first."""
+    def match(self, key: int, m, row: int) -> tuple[int, float] | None:
+        """(kept row, similarity) of the closest kept twin of ``row`` at or above the threshold, exact first;
+        ties go to the earliest row."""
         if key in self.exact:
             return self.exact[key], 1.0
-        best = None
-        for other in self.lsh.query(m):
-            similarity = m.jaccard(self.hashes[other])
-            if similarity >= self.threshold and (best is None or similarity > best[1]
-                                                 or (similarity == best[1] and other < best[0])):
-                best = other, similarity
-        return best
+        candidates = np.sort(np.fromiter(self.lsh.query(m), dtype=np.int64))
+        if not len(candidates):
+            return None
+        similarity = (self.digests[candidates] == self.digests[row]).mean(axis=1)
+        best = int(np.argmax(similarity))  # the first of the highest: the earliest row
+        return (int(candidates[best]), float(similarity[best])) if similarity[best] >= self.threshold else None
 
     def add(self, row: int, key: int, m) -> None:
         self.exact.setdefault(key, row)
-        self.hashes[row] = m
         self.lsh.insert(row, m)
 
 
@@ -161,29 +161,31 @@ def deduplicate(targets, threshold: float = DEFAULT_THRESHOLD, held_out=()) -> D
     """Duplicates among ``targets`` (recipe texts in row order) and twins of the ``held_out`` ones."""
     if not 0 < threshold <= 1:
         raise ValueError(f"the near-duplicate threshold must be in (0, 1], got {threshold}")
-    held = Index(threshold)
+    targets, held_out = list(targets), list(held_out)
+    held = Index(threshold, np.zeros((len(held_out) + 1, NUM_PERM), dtype=np.uint32))
     for row, target in enumerate(held_out):
         normal = normal_form(target)
-        held.add(row, content_key(normal), minhash(normal))
-    index = Index(threshold)
-    keys, removed, digests = [], [], []
+        m = minhash(normal)
+        held.digests[row] = m.digest()
+        held.add(row, content_key(normal), m)
+    index = Index(threshold, np.zeros((len(targets), NUM_PERM), dtype=np.uint32))
+    keys, removed = np.zeros(len(targets), dtype=np.uint64), []
     for row, target in enumerate(targets):
         normal = normal_form(target)
         key = content_key(normal)
         m = minhash(normal)
-        digests.append(m.digest())
-        twin = held.match(key, m) if held.exact else None
+        index.digests[row] = m.digest()
+        keys[row] = key
+        if held_out:
+            held.digests[-1] = index.digests[row]
+            twin = held.match(key, m, len(held_out))
+            if twin is not None:
+                removed.append(Removal(row, twin[0], "held_out_twin", round(twin[1], 4)))
+                continue
+        twin = index.match(key, m, row)
         if twin is not None:
-            removed.append(Removal(row, twin[0], "held_out_twin", round(twin[1], 4)))
-            keys.append(key)
-            continue
-        twin = index.match(key, m)
-        if twin is not None:
-            removed.append(Removal(row, twin[0], "exact" if twin[1] == 1.0 and key in index.exact else "near",
-                                   round(twin[1], 4)))
-            keys.append(keys[twin[0]])
+            removed.append(Removal(row, twin[0], "exact" if key in index.exact else "near", round(twin[1], 4)))
+            keys[row] = keys[twin[0]]
             continue
         index.add(row, key, m)
-        keys.append(key)
-    bands = band_keys(np.array(digests, dtype=np.uint32).reshape(len(digests), NUM_PERM))
-    return Dedup(np.array(keys, dtype=np.uint64), removed, bands, threshold)
+    return Dedup(keys, removed, band_keys(index.digests), threshold)
