@@ -69,7 +69,7 @@ class FileDedup:
 
 
 def _key(path, options: ReadOptions, settings: DedupOptions, eval_path) -> str:
-    from chef_genius.data.tokenized import file_fingerprint
+    from chef_genius.data.fingerprint import file_fingerprint
     key = {"version": DEDUP_VERSION, "data": file_fingerprint(path), **options.key(), "threshold": settings.threshold,
            "eval": file_fingerprint(eval_path) if eval_path else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
