@@ -40,6 +40,25 @@ class Data:
     sampler: ResumableBatchSampler    # owns the data position
     loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader | None
+    records: DataRecords | None = None  # what the run folder gets once the run starts (rank 0; cached path)
+
+
+@dataclass
+class DataRecords:
+    """The data summary, the removed rows and the training recipes' signatures, written into the run
+    folder by ``write`` once setup has succeeded (a refused resume leaves the folder as it was)."""
+    summary: dict
+    found: corpus.FileDedup | None
+    train_rows: np.ndarray
+
+    def write(self, output: Path) -> None:
+        output = Path(output)
+        (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+        if self.found is not None:
+            audit = corpus.write_audit(output, self.found)
+            if self.found.result.removed:
+                log.info("every duplicate found is listed in %s", audit)
+            corpus.write_signatures(output, self.found, self.train_rows)
 
 
 def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:
@@ -91,7 +110,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         eval_data = RecipeDataset(evald.dataset)
     else:
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
-    _report(c, train, found, settings, train_data, eval_data, accelerator)
+    records = _report(c, train, found, settings, train_data, eval_data, accelerator)
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     sort_by = train_data.lengths() if c.group_by_length else None
@@ -110,7 +129,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         common["worker_init_fn"] = preemption.ignore_in_worker
     loader = torch.utils.data.DataLoader(dist.ShareDataset(train_data), batch_sampler=sampler,
                                          generator=torch.Generator().manual_seed(c.seed), **common)
-    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate))
+    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate), records)
 
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
@@ -141,11 +160,10 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
 
 
-def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> None:
-    """The data summary, once: in the log, and (rank 0) in the run folder with the removed rows listed
-    (``removed_duplicates.csv``) and the training recipes' signatures (beside the final model)."""
+def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> DataRecords | None:
+    """The data summary, once (rank 0): in the log now, and what the run folder gets (``DataRecords``)."""
     if not accelerator.is_main_process:
-        return
+        return None
     lengths = report.full_lengths(train.dataset, train_data.indices)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
     summary = report.summarize(c.data, train.stats, found, settings.mode, len(train_data),
@@ -154,14 +172,7 @@ def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, acc
         log.info("%s", line)
     for line in report.truncation_warnings(lengths_report):
         log.warning("%s", line)
-    output = Path(c.model_output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / DATA_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if found is not None:
-        audit = corpus.write_audit(output, found)
-        if found.result.removed:
-            log.info("every duplicate found is listed in %s", audit)
-        corpus.write_signatures(output, found, train_data.indices)
+    return DataRecords(summary, found, train_data.indices)
 
 
 DATA_SUMMARY_FILE = "data_summary.json"
