@@ -25,7 +25,9 @@ docs/reference/resume-policy.md).
   depends on; ``note``: what a resume that changes the setting announces.
 - A check that involves several settings goes into ``validate`` (``train/config.py``).
 - Checkpoints from before the setting existed do not record it: their resume keeps the command's value
-  and says so (``train/settings.py``), nothing else to do.
+  and says so (``train/settings.py``), nothing else to do; unless the new default would change what
+  such a run did: then ``legacy`` declares the value those runs had (``dedup``: they trained on every
+  row), and a resume of them keeps it like a recorded value.
 - Keep these annotations real types (no ``from __future__ import annotations`` here): the parser
   reads them.
 """
@@ -34,6 +36,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from chef_genius.data.dedup import DEFAULT_THRESHOLD
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.model.names import LORA_TARGETS
@@ -50,7 +53,8 @@ Optimizer = Literal["adamw", "adafactor", "adamw-8bit"]
 OnSaveError = Literal["stop", "continue"]
 # eval_loss, then the recipe metrics of evaluation/metrics.py (a test keeps the two in step)
 MetricForBest = Literal["eval_loss", "rouge_l", "bleu", "ingredient_coverage", "invented_ingredients",
-                        "structure_valid", "repetition"]
+                        "structure_valid", "repetition", "step_loops"]
+DedupMode = Literal["remove", "keep", "off"]
 
 APPLIED, GUARDED, ADAPTER, RECORDED, SESSION = Policy  # short names for the declarations below
 
@@ -74,6 +78,14 @@ class DataSettings:
         "(default {default!r})"))
     eval_split_ratio: float = setting(0.02, policy=GUARDED, check=checks.fraction,
                                       help="fraction of --data held out for validation (default {default})")
+    dedup: DedupMode = setting("remove", policy=GUARDED, legacy="off", help=(
+        "duplicate recipes of --data (exact after normalising case, spacing, punctuation and ingredient order; "
+        "near: MinHash similarity >= --dedup-threshold) and twins of --eval-data recipes: remove them from "
+        "training and list them in removed_duplicates.csv, keep them (found, listed, held out or trained on "
+        "together), or off (not looked for; the validation split by row number, as before) (default {default})"))
+    dedup_threshold: float = setting(DEFAULT_THRESHOLD, policy=GUARDED, check=checks.similarity, metavar="J", help=(
+        "estimated Jaccard similarity of word 3-grams from which two recipes are near-duplicates (default "
+        "{default}, set by measurement: docs/data.md)"))
     max_source_length: int = setting(256, policy=GUARDED, check=checks.positive_int,
                                      help="max input tokens (default {default})")
     max_target_length: int = setting(512, policy=GUARDED, check=checks.positive_int,

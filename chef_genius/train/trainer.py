@@ -143,6 +143,7 @@ class Trainer:
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.rollbacks = 0  # in this session
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
+        self.data_records = None  # data_setup.DataRecords: written into the run folder once setup succeeds
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -173,6 +174,8 @@ class Trainer:
         self._compile(loaded)
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
         self._write_settings()
+        if self.is_main and self.data_records is not None:
+            self.data_records.write(self.output)  # the data summary, removed rows, training signatures
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
                  "global batch %d (%d per device x %d processes x %d accumulation)",
                  len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
@@ -250,6 +253,7 @@ class Trainer:
         self.train_data, self.eval_data = data.train, data.eval
         self.loader, self.eval_loader, self.sampler = data.loader, data.eval_loader, data.sampler
         self.position = self.sampler.position
+        self.data_records = data.records
 
     def _make_schedule(self, loaded: LoadedCheckpoint | None) -> None:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the

@@ -414,3 +414,13 @@ def test_a_resume_keeps_the_runs_compile_choice_unless_a_flag_changes_it():
     decision = settings.decide(saved, forced.to_dict(), forced.explicit)
     assert decision.values["compile"] is True
     assert [str(c) for c in decision.applied] == ["--compile (compile off -> on)"]
+
+
+def test_a_checkpoint_from_before_dedup_resumes_without_it_and_refuses_turning_it_on():
+    saved = {"batch_size": 8, "seed": 42}  # written before --dedup existed: its run trained on every row
+    decision = settings.decide(saved, _saved(), explicit=set())
+    assert decision.values["dedup"] == "off" and "dedup" in decision.kept and decision.refused == []
+    turned_on = settings.decide(saved, _saved(dedup="remove"), explicit={"dedup"})
+    assert [str(c) for c in turned_on.refused] == ["--dedup off -> remove"]
+    recorded = settings.decide(_saved(dedup="keep"), _saved(), explicit=set())
+    assert recorded.values["dedup"] == "keep"
