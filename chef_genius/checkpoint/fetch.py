@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint import format as ckpt
-from chef_genius.checkpoint.manifest import usability_problem
+from chef_genius.checkpoint.manifest import find_latest, usability_problem
 from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry
 
 log = logging.getLogger("chef_genius")
@@ -68,3 +68,22 @@ def _fetch_one(store: RemoteStore, output_dir: str | Path, name: str, listed: di
     log.info("fetched %s from %s (%.1f MB in %.1fs, every file checked against its sha256)", name, store.url,
              size / 1e6, time.perf_counter() - began)
     return path
+
+
+def fill_run_folder(store: RemoteStore, output_dir: str | Path, verify_hashes: bool = False) -> Path | None:
+    """Before a resume chooses its checkpoint: bring the mirror's newest healthy checkpoint into
+    ``output_dir`` when it is newer than the newest usable local one; returns it (None: nothing fetched)."""
+    local, _ = find_latest(output_dir, verify_hashes)
+    return fetch_newer(store, output_dir, None if local is None else ckpt.step_of(local))
+
+
+def saved_mirror(output_dir: str | Path, setting: str) -> str | None:
+    """The mirror URL the newest usable local checkpoint was written with (its run setting ``setting``)."""
+    local, _ = find_latest(output_dir)
+    if local is None:
+        return None
+    try:
+        value = (ckpt.load_training_state(local, mmap=True).get("hyperparameters") or {}).get(setting)
+    except ckpt.CheckpointError:
+        return None
+    return value if isinstance(value, str) and value else None

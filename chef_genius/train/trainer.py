@@ -44,8 +44,11 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import disk
+from chef_genius.checkpoint import fetch
 from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import remote
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import data_identity, resolve
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.position import DataPosition
@@ -111,14 +114,17 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
+        self.mirror_store: remote.RemoteStore | None = None  # --checkpoint-mirror, on the main process
 
     # -----------------------------------------------------------------------------------------
     # setup
 
     def setup(self) -> None:
         self._hold_run_folder()
+        self._on_main(self._fill_from_mirror)
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final
+        self._on_main(self._open_mirror)
         c = self.config
         self.reporters = make_reporters(c, self.output, self.is_main)
         rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
@@ -147,14 +153,20 @@ class Trainer:
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
 
     def _hold_run_folder(self) -> None:
-        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.
-        Rank 0 takes the lock; a refusal ends every rank (the others would wait in its next collective)."""
+        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+        def hold() -> None:
+            disk.prepare_output(self.output)
+            self.run_lock = RunLock(self.output).acquire()
+            self.run_lock.remove_leftovers()
+        self._on_main(hold)
+
+    def _on_main(self, action) -> None:
+        """``action()`` on rank 0; its refusal (``UserError``) ends every rank (the others would wait in
+        its next collective)."""
         refusal = None
         if self.is_main:
             try:
-                disk.prepare_output(self.output)
-                self.run_lock = RunLock(self.output).acquire()
-                self.run_lock.remove_leftovers()
+                action()
             except UserError as err:
                 refusal = err
         shared = dist.broadcast_object(self.accelerator, None if refusal is None else (str(refusal), refusal.exit_code))
@@ -162,6 +174,29 @@ class Trainer:
             raise refusal
         if shared is not None:
             raise ReportedByRankZero(*shared)
+
+    def _fill_from_mirror(self) -> None:
+        """A resume with a mirror (the command's, else the one the local checkpoints were written with):
+        the mirror's newest healthy checkpoint is fetched first when it is newer than the local ones
+        (a fresh machine: the run folder is empty). Wrong credentials or a missing bucket: exit 2 here."""
+        c = self.config
+        if not (c.auto_resume or c.resume_from_checkpoint == "latest"):
+            return
+        url = c.checkpoint_mirror or fetch.saved_mirror(self.output, "checkpoint_mirror")
+        if url:
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
+            fetch.fill_run_folder(self.mirror_store, self.output, c.verify_hashes)
+
+    def _open_mirror(self) -> None:
+        """The run's mirror (a run setting: a resume keeps the checkpoint's unless the command names one),
+        checked before training: refused now (exit 2), not at the first save."""
+        url = self.config.checkpoint_mirror
+        if not url:
+            self.mirror_store = None
+        elif self.mirror_store is None or self.mirror_store.url != url.rstrip("/"):
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
 
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
@@ -246,8 +281,11 @@ class Trainer:
                                        c.save_adapter_only)
             final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
             tensors = [t for t in tensors if t[2]]
+        mirror = None
+        if self.mirror_store is not None:
+            mirror = Mirror(self.mirror_store, keep_last=c.save_total_limit, best_step=lambda: self.state.best_step)
         return CheckpointManager(
-            self.output, files, components,
+            self.output, files, components, mirror=mirror,
             world=dist.World(acc),
             async_save=self._async_save(), on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
@@ -470,8 +508,12 @@ class Trainer:
         if not self.checkpoints.wait():
             raise SaveError(f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
                             "(see the warning above)")
-        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; continue "
-                        "with --resume-from-checkpoint latest")
+        self.checkpoints.drain_mirror()  # a warning when it did not make it: the local checkpoint is there
+        self.preemption.settled = True
+        requeued = self.config.requeue_on_preemption and self.is_main and preemption.requeue_slurm_job()
+        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; "
+                        + ("the Slurm job is requeued and resumes with --auto-resume" if requeued else
+                           "continue with --resume-from-checkpoint latest"))
 
     def finish(self) -> None:
         """Flush the last log, validate, checkpoint the final step, commit the final model for use."""
