@@ -106,6 +106,20 @@ def step_losses(output: Path) -> dict[int, float]:
     return losses
 
 
+# Fixtures whose users train or load a model: a test that takes one (directly or through another
+# fixture) is in the slow tier. Modules that start processes mark themselves with ``pytestmark``.
+SLOW_FIXTURES = frozenset({"tiny_model", "stopped_run"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: ``slow`` marks every test that trains, loads a model or starts a process, so
+    ``pytest -m "not slow"`` is the fast tier (seconds) and plain ``pytest`` runs everything."""
+    slow = pytest.mark.slow
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """End child processes a test left behind (a trainer's persistent loader workers ignore SIGTERM by
     design, see chef_genius/train/preemption.py), so the suite's own exit never waits on them."""

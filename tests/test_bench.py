@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 THROUGHPUT = {"loop_efficiency", "throughput_vs_seq2seqtrainer", "token_budget_vs_fixed_batches"}
 EXPECTED = {"machine", *THROUGHPUT, "save_vs_raw", "async_save_stall", "resume_startup", "preprocess_cached"}
+
+pytestmark = pytest.mark.slow  # runs every benchmark in a subprocess
 
 
 def test_bench_smoke_prints_one_json_object_per_benchmark(tmp_path):

@@ -196,6 +196,7 @@ def _names_seen(folder: Path) -> list[str]:
     return json.loads(stdout)
 
 
+@pytest.mark.slow  # starts processes
 def test_staging_and_deletion_names_differ_between_processes_even_with_the_same_pid(tmp_path):
     one, other = _names_seen(tmp_path / "a"), _names_seen(tmp_path / "b")
     assert sorted({name.split("-")[0] + "-" for name in one}) == [ckpt.DELETING_PREFIX, ckpt.STAGING_PREFIX]

@@ -10,6 +10,8 @@ import pytest
 
 from chef_genius.train.cli import main
 
+pytestmark = pytest.mark.slow  # trains the demo model for 480 steps
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):

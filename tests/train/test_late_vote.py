@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
@@ -30,6 +31,7 @@ def _worker(rank: int, world: int, init: str, results):
         td.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_every_rank_acts_on_the_same_vote_one_step_after_it_was_cast(tmp_path):
     with mp.Manager() as manager:
         results = manager.dict()
