@@ -64,6 +64,8 @@ class TrainConfig:
     save_every_minutes: float = 0.0
     on_save_error: str = "stop"
     verify_hashes: bool = False
+    checkpoint_mirror: str | None = None
+    requeue_on_preemption: bool = False
     seed: int = 42
     max_source_length: int = 256
     max_target_length: int = 512
@@ -248,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on-save-error", choices=("stop", "continue"), default=d.on_save_error,
                    help="when a checkpoint cannot be written (full disk, permissions): stop with exit code 4 "
                         "(default), or warn and train on")
+    g.add_argument("--checkpoint-mirror", metavar="URL", default=d.checkpoint_mirror,
+                   help="copy every committed checkpoint, in the background, to this fsspec URL (s3://bucket/prefix "
+                        "or a second folder; pip install -r requirements-mirror.txt), each file read back and "
+                        "verified, the manifest last; --auto-resume on an empty run folder fetches the newest "
+                        "healthy one from there (a resume keeps the run's mirror)")
+    g.add_argument("--requeue-on-preemption", action="store_true",
+                   help="Slurm: after the checkpoint of a stop signal (SIGTERM, SIGUSR1) is committed, requeue the "
+                        "job with scontrol requeue $SLURM_JOB_ID (it resumes with --auto-resume)")
     g.add_argument("--verify-hashes", action="store_true",
                    help="resuming checks every checkpoint file's sha256 against its manifest, not only its "
                         "size (reads the whole checkpoint once)")

@@ -44,7 +44,7 @@ log = logging.getLogger("chef_genius")
 
 APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
            "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
-           "save_every_minutes", "on_save_error", "async_save", "mixed_precision", "gradient_checkpointing",
+           "save_every_minutes", "on_save_error", "checkpoint_mirror", "async_save", "mixed_precision", "gradient_checkpointing",
            "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project",
            "optimizer", "auto_micro_batch", "lora_dropout", "save_adapter_only")
 ADAPTER = ("lora_r", "lora_alpha", "lora_target_modules")
@@ -54,7 +54,7 @@ GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "
            "gradient_accumulation_steps", "streaming", "columns", "source_template")
 RECORDED = ("pretrained_model",)
 SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
-           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes",
+           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes", "requeue_on_preemption",
            "plan_only")
 
 # The data files, and the key of the content identity each checkpoint saves beside the path.
