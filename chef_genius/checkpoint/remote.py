@@ -116,26 +116,39 @@ class RemoteStore:
         """Write, read back and delete a small object under the URL, so that wrong credentials, a missing
         bucket or an unreachable endpoint end the run now (``UserError``, exit 2), not at its first save."""
         probe = self._path(f".chef-genius-probe-{ckpt.process_tag()}")
-        try:
+        text = b"chef-genius mirror probe\n"
+
+        def probe_round_trip() -> None:
             if self.is_local:  # a folder is made; a bucket never is (object stores have no folders)
                 self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.pipe_file(probe, b"chef-genius mirror probe\n")
+            self.fs.pipe_file(probe, text)
             self.fs.invalidate_cache(self.root)
-            if self.fs.cat_file(probe) != b"chef-genius mirror probe\n":
+            if self.fs.cat_file(probe) != text:
                 raise UserError(f"--checkpoint-mirror {self.url}: the store returned other bytes than those written")
             self.fs.rm_file(probe)
+        self._refuse_errors(probe_round_trip, "--checkpoint-mirror")
+
+    def check_access_read(self) -> None:
+        """``check_access`` for a reader (the doctor): one listing, nothing written."""
+        def listing() -> None:
+            if not self.fs.exists(self.root):
+                raise FileNotFoundError(self.url)
+        self._refuse_errors(listing, "mirror")
+
+    def _refuse_errors(self, action: Callable[[], None], what: str) -> None:
+        try:
+            action()
         except UserError:
             raise
         except FileNotFoundError as err:
-            raise UserError(f"--checkpoint-mirror {self.url}: not found ({describe(err)}); create the bucket or "
-                            "folder first, or fix the URL") from None
+            raise UserError(f"{what} {self.url}: not found ({describe(err)}); create the bucket or folder first, "
+                            "or fix the URL") from None
         except PermissionError as err:
-            raise UserError(f"--checkpoint-mirror {self.url}: access denied ({describe(err)}); check the "
-                            "store's credentials (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
-                            "AWS_PROFILE)") from None
+            raise UserError(f"{what} {self.url}: access denied ({describe(err)}); check the store's credentials "
+                            "(for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
         except Exception as err:
-            raise UserError(f"--checkpoint-mirror {self.url}: the store cannot be used ({describe(err)}); for "
-                            "an S3-compatible store set AWS_ENDPOINT_URL") from None
+            raise UserError(f"{what} {self.url}: the store cannot be used ({describe(err)}); for an "
+                            "S3-compatible store set AWS_ENDPOINT_URL") from None
 
     # -- listing ----------------------------------------------------------------------------------
 
