@@ -182,6 +182,8 @@ class CheckpointManager:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.mirror is not None:
+            self.mirror.close()  # its thread ends after the upload in flight (finish and a stop waited for it)
         if exc_type is None:
             return
         if issubclass(exc_type, KeyboardInterrupt):  # a second stop signal: give the write in flight up

@@ -72,6 +72,7 @@ class Mirror:
         self._idle = threading.Event()
         self._idle.set()
         self._wake = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     # -- the manager's side -----------------------------------------------------------------------
@@ -86,9 +87,12 @@ class Mirror:
                          self._waiting.path.name, work.path.name)
             self._waiting = work
             self._idle.clear()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="chef-genius-mirror", daemon=True)
-            self._thread.start()
+            thread = None
+            if self._thread is None:
+                self._closed = False
+                thread = self._thread = threading.Thread(target=self._run, name="chef-genius-mirror", daemon=True)
+        if thread is not None:
+            thread.start()
         self._wake.set()
 
     def busy(self) -> list[Path]:
@@ -116,6 +120,12 @@ class Mirror:
                 return False
         return True
 
+    def close(self) -> None:
+        """Let the thread end once it has nothing left to upload (it never blocks the caller)."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+
     def has(self, step: int) -> bool:
         return step in self.mirrored
 
@@ -141,6 +151,9 @@ class Mirror:
                 self._running = work
                 if work is None:
                     self._idle.set()
+                    if self._closed:
+                        self._thread = None
+                        return
                     continue
             try:
                 self._upload(work)

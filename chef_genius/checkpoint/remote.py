@@ -144,8 +144,9 @@ class RemoteStore:
             raise UserError(f"{what} {self.url}: not found ({describe(err)}); create the bucket or folder first, "
                             "or fix the URL") from None
         except PermissionError as err:
-            raise UserError(f"{what} {self.url}: access denied ({describe(err)}); check the store's credentials "
-                            "(for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
+            fix = ("check the folder's permissions" if self.is_local else "check the store's credentials (for S3: "
+                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+            raise UserError(f"{what} {self.url}: access denied ({describe(err)}); {fix}") from None
         except Exception as err:
             raise UserError(f"{what} {self.url}: the store cannot be used ({describe(err)}); for an "
                             "S3-compatible store set AWS_ENDPOINT_URL") from None

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ pytest.importorskip("fsspec")
 from chef_genius.checkpoint import format as ckpt  # noqa: E402
 from chef_genius.checkpoint import remote  # noqa: E402
 from chef_genius.checkpoint.manifest import manifest_problems  # noqa: E402
+from chef_genius.checkpoint.mirror import Mirror  # noqa: E402
 from chef_genius.errors import EXIT_PREEMPTED, EXIT_SAVE, EXIT_USAGE, run_cli  # noqa: E402
 from chef_genius.train.cli import main  # noqa: E402
 from chef_genius.train.trainer import Trainer  # noqa: E402
@@ -143,3 +145,33 @@ def test_without_requeue_flag_sigusr1_stops_and_nothing_is_requeued(tiny_model, 
     assert code == EXIT_PREEMPTED and "continue with --resume-from-checkpoint latest" in line
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
     assert not record.exists()  # opt-in: no --requeue-on-preemption, no scontrol
+
+
+def test_a_slow_store_never_stalls_training_and_what_it_reads_is_kept_locally(tiny_model, small_csv, cache_dir,
+                                                                              tmp_path, monkeypatch):
+    """checkpoint-2's upload hangs until checkpoint-6 is committed: training goes on meanwhile, the local
+    --save-total-limit keeps checkpoint-2 while the mirror reads it, checkpoint-4 (still waiting) is
+    replaced by checkpoint-6, and the mirror's own retention ends with the newest only."""
+    out, mirrors = tmp_path / "run", []
+    real_upload, real_init = remote.RemoteStore.upload, Mirror.__init__
+
+    def slow_upload(self, folder, *args, **kwargs):
+        if folder.name == "checkpoint-2":
+            for _ in range(1200):  # at most 120 s
+                if (out / "checkpoint-6" / ckpt.MANIFEST).exists():
+                    break
+                time.sleep(0.1)
+            assert (out / "checkpoint-2").is_dir()  # kept locally while the mirror reads it
+        return real_upload(self, folder, *args, **kwargs)
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        mirrors.append(self)
+    monkeypatch.setattr(remote.RemoteStore, "upload", slow_upload)
+    monkeypatch.setattr(Mirror, "__init__", init)
+    assert main(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--save-steps", 2, "--save-total-limit", 1,
+                           "--checkpoint-mirror", tmp_path / "mirror")) == 0
+    (mirror,) = mirrors
+    assert mirror.mirrored == [2, 6] and mirror.skipped == [4] and not mirror.failures
+    assert remote.open_store(str(tmp_path / "mirror")).steps() == [6]
+    assert "checkpoint-4" not in [p.name for p in ckpt.list_checkpoints(out)]
