@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import atexit
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ class S3Server:
         self.log = open(d / "weed.log", "ab")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
+        atexit.register(self.stop)  # also when the test session ends without its fixtures' cleanup
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -111,16 +113,14 @@ class S3Server:
         return s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"endpoint_url": self.endpoint},
                                  skip_instance_cache=True, config_kwargs={"retries": {"max_attempts": 1}})
 
-    def stop(self, kill: bool = False) -> None:
+    def stop(self) -> None:
+        """SIGKILL, as a crash would (its data folder is the test's: nothing to shut down gracefully;
+        weed takes tens of seconds over SIGTERM)."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=20)
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
         self.process = None
         self.log.close()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.files import sha256_file
@@ -48,38 +50,58 @@ def read_manifest(folder: str | Path) -> dict | None:
     return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else None
 
 
-def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[str]:
-    """Why ``folder`` is not a complete checkpoint (empty when it verifies)."""
+@dataclass(frozen=True)
+class ManifestProblem:
+    """One reason a folder's manifest does not verify. ``kind`` says which: ``changed`` means a file the
+    manifest lists (``name``) has another size or sha256 than it says (damage, never a stale manifest);
+    every other kind means the manifest itself is missing, incomplete or does not match the folder."""
+    kind: Literal["unreadable", "incomplete", "unlisted", "outside", "odd_entry", "bad_entry", "missing", "changed"]
+    message: str
+    name: str | None = None  # the file concerned, as the manifest names it
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def manifest_findings(folder: str | Path, verify_hashes: bool = False) -> list[ManifestProblem]:
+    """Why ``folder`` is not a complete checkpoint (empty when it verifies), each problem typed."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
-        return ["no readable manifest.json (the save did not finish, or the files were copied by hand)"]
+        return [ManifestProblem("unreadable", "no readable manifest.json (the save did not finish, or the files "
+                                              "were copied by hand)")]
     if not manifest.get("complete"):
-        return ["manifest.json does not mark the checkpoint complete"]
+        return [ManifestProblem("incomplete", "manifest.json does not mark the checkpoint complete")]
     problems = []
     required = ADAPTER_REQUIRED_FILES if ADAPTER_WEIGHTS in manifest["files"] else REQUIRED_FILES  # LoRA: no model
     for name in required:
         names = WEIGHT_ENTRY_FILES if name == WEIGHTS else (name,)  # the weights: in any of their layouts
         if not any(n in manifest["files"] for n in names):
-            problems.append(f"manifest lists no {name}")
+            problems.append(ManifestProblem("unlisted", f"manifest lists no {name}", name))
     outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
     if outside:  # never opened, never stat'ed: the manifest itself is invalid
-        return [f"manifest.json names {printable(outside[0])}, a path outside the checkpoint"]
+        return [ManifestProblem("outside", f"manifest.json names {printable(outside[0])}, a path outside the "
+                                           "checkpoint", outside[0])]
     odd = trust.odd_entries(folder, tuple(manifest["files"]))
     if odd:
-        return odd[:1]
+        return [ManifestProblem("odd_entry", odd[0])]
     for name, entry in manifest["files"].items():
         path, shown = folder / name, printable(name, 120)  # a name from a stranger: no escapes printed
         if not isinstance(entry, dict):
-            problems.append(f"manifest entry of {shown} is not an object")
+            problems.append(ManifestProblem("bad_entry", f"manifest entry of {shown} is not an object", name))
         elif not path.is_file():
-            problems.append(f"{shown} is missing")
+            problems.append(ManifestProblem("missing", f"{shown} is missing", name))
         elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{shown} has {path.stat().st_size} bytes, the manifest says "
-                            f"{printable(entry.get('size'), 20)}")
+            problems.append(ManifestProblem("changed", f"{shown} has {path.stat().st_size} bytes, the manifest "
+                                                       f"says {printable(entry.get('size'), 20)}", name))
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{shown} does not match its sha256 in the manifest")
+            problems.append(ManifestProblem("changed", f"{shown} does not match its sha256 in the manifest", name))
     return problems
+
+
+def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[str]:
+    """Why ``folder`` is not a complete checkpoint (empty when it verifies), as sentences."""
+    return [problem.message for problem in manifest_findings(folder, verify_hashes)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,26 +17,27 @@ import logging
 from dataclasses import dataclass
 
 from chef_genius.errors import UserError
+from chef_genius.settings.fields import flag_name, settings_of, spec_of
+from chef_genius.settings.schema import TrainConfig
 
 log = logging.getLogger("chef_genius")
 
-# attribute -> (key in the saved dict, the flag a user changes it with)
-_IDENTITY = {"seed": ("sampler_seed", "--seed"),
-             "group_by_length": ("group_by_length", "--no-group-by-length"),
-             "length_group_size": ("length_group_size", "--length-group-size"),
-             "max_tokens_per_batch": ("max_tokens_per_batch", "--max-tokens-per-batch"),
-             "num_samples": ("num_samples", "the training recipes (data file, max lengths, --eval-split-ratio)")}
+# attribute -> (key in the saved dict, the flag a user changes it with); the settings' keys are declared
+# in the schema (``setting(position_key=...)``)
+_IDENTITY = {f.name: (spec_of(f).position_key, flag_name(f)) for f in settings_of(TrainConfig)
+             if spec_of(f).position_key}
+_IDENTITY["num_samples"] = ("num_samples", "the training recipes (data file, max lengths, --eval-split-ratio)")
 
 
 @dataclass
 class DataPosition:
     epoch: int = 0                # 0-based epoch in progress (an epoch just finished counts as the next)
     samples_in_epoch: int = 0     # samples of that epoch already consumed, all processes together
-    seed: int = 42
+    seed: int = TrainConfig.seed
     num_samples: int = 0
-    group_by_length: bool = True
-    length_group_size: int = 1024
-    max_tokens_per_batch: int = 0  # 0: fixed --batch-size micro-batches
+    group_by_length: bool = TrainConfig.group_by_length
+    length_group_size: int = TrainConfig.length_group_size
+    max_tokens_per_batch: int = TrainConfig.max_tokens_per_batch  # 0: fixed --batch-size micro-batches
 
     @classmethod
     def saved_at(cls, saved: dict) -> "DataPosition":
@@ -55,9 +56,8 @@ class DataPosition:
         return self.epoch + self.samples_in_epoch / max(self.num_samples, 1)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch, "sampler_seed": self.seed,
-                "num_samples": self.num_samples, "group_by_length": self.group_by_length,
-                "length_group_size": self.length_group_size, "max_tokens_per_batch": self.max_tokens_per_batch}
+        return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
+                **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()}}
 
     def differences(self, saved: dict) -> list[str]:
         """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""

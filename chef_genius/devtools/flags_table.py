@@ -1,4 +1,5 @@
-"""README's table of every flag of ``complete_optimized_training.py``, generated from ``build_parser()``.
+"""README's table of every flag of ``complete_optimized_training.py``, generated from ``build_parser()``,
+which is built from the settings schema (``chef_genius/settings/schema.py``).
 
     python -m chef_genius.devtools.flags_table                  # print the table (Markdown)
     python -m chef_genius.devtools.flags_table --write README.md  # replace the table between its markers
@@ -67,18 +68,19 @@ def markdown(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(lines)
 
 
-def replace_table(document: str, table: str) -> str:
-    start, end = document.find(BEGIN), document.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"the markers {BEGIN!r} and {END!r} are missing")
-    return document[:start] + BEGIN + "\n" + table + "\n" + document[end:]
+def replace_table(document: str, table: str, begin: str = BEGIN, end: str = END) -> str:
+    """``document`` with ``table`` between the markers ``begin`` and ``end`` (the other generated tables too)."""
+    first, last = document.find(begin), document.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"the markers {begin!r} and {end!r} are missing")
+    return document[:first] + begin + "\n" + table + "\n" + document[last:]
 
 
-def table_in(document: str) -> str | None:
-    start, end = document.find(BEGIN), document.find(END)
-    if start < 0 or end < start:
+def table_in(document: str, begin: str = BEGIN, end: str = END) -> str | None:
+    first, last = document.find(begin), document.find(end)
+    if first < 0 or last < first:
         return None
-    return document[start + len(BEGIN):end].strip("\n")
+    return document[first + len(begin):last].strip("\n")
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,10 @@ from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
 from chef_genius.doctor import mirror
-from chef_genius.doctor.repair import Overrides, fix
-from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
+from chef_genius.doctor.repair import fix
+from chef_genius.doctor.state_builder import Overrides
+from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.verify import Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
 
@@ -193,11 +195,11 @@ def _guarded(folder: Path, check) -> Report:
         return check()
     except UserError as err:
         report = Report(folder, global_step=ckpt.step_of(folder))
-        report.fail("check_failed", str(err))
+        report.fail(Problem.CHECK_FAILED, str(err))
     except Exception as err:  # a bug or a file no check foresaw: reported with its type, the loop goes on
         logging.getLogger(__name__).debug("checking %s failed", folder, exc_info=True)
         report = Report(folder, global_step=ckpt.step_of(folder))
-        report.fail("check_failed", f"the check stopped with {type(err).__name__}: "
+        report.fail(Problem.CHECK_FAILED, f"the check stopped with {type(err).__name__}: "
                                     f"{printable(str(err), 160)} (left alone)")
     return report
 
@@ -209,7 +211,7 @@ def remedy(report, dry_run: bool = False) -> dict | None:
         return None
     problem = next((p for p in report.problems if p["code"] not in SOFT), report.problems[0] if report.problems
                    else {"code": "unknown", "message": "not a checkpoint this tool knows"})
-    unfixed = report.facts.get("unfixed") or []
+    unfixed = report.facts.unfixed
     codes = report.codes()
     if codes & FATAL:
         repair = (f"none for this folder (the damage cannot be undone): resume from {report.hint}" if report.hint
@@ -217,7 +219,7 @@ def remedy(report, dry_run: bool = False) -> dict | None:
                        "file from a copy")
     elif unfixed:
         repair = unfixed[0].split(": ", 1)[-1]
-    elif codes & {"config_missing", "tokenizer_missing"}:
+    elif codes & {Problem.CONFIG_MISSING, Problem.TOKENIZER_MISSING}:
         repair = ("--fix --pretrained-model DIR (the model the run started from: config.json and tokenizer "
                   "files; no sibling checkpoint has them)")
     elif dry_run:

@@ -1,15 +1,7 @@
-"""Checkpoints this project did not write: the replaced system's and Hugging Face Trainer's.
-
-The one place that knows what those folders look like (``detect_kind``), how to read their state
-without a general unpickle, and how to turn it into this project's ``training_state.pt`` values.
-
-- legacy: ``training_state.pt`` is a pickle holding numpy RNG arrays, keys ``global_step``, ``epoch``
-  (1-based), ``best_loss``, ``epoch_losses``, ``optimizer_state_dict``, ``scheduler_state_dict``,
-  ``rng_states`` = {python_rng_state, numpy_rng_state, torch_rng_state, cuda_rng_state(_all)}.
-- hf_trainer: ``trainer_state.json``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state[_N].pth``,
-  ``training_args.bin`` (a full pickle of TrainingArguments: read by ``hf_args``, never unpickled).
-- accelerate: ``Accelerator.save_state``: ``model.safetensors`` (no config, no tokenizer),
-  ``optimizer.bin``, ``scheduler.bin``, ``random_states_N.pkl`` (numpy arrays), maybe ``sampler.bin``.
+"""What the importers of foreign checkpoints share (``doctor/importers/``: one per format, legacy,
+Hugging Face Trainer, accelerate): the kinds a report names, reading ``training_state.pt`` without a
+general unpickle (``read_state``), loading files that hold numpy arrays, and turning their RNG states
+into this project's layout.
 
 Files holding numpy arrays are first scanned for the globals their pickle references (no code runs);
 only numpy's array / dtype / scalar reconstructors are allowed, and the load itself still goes
@@ -18,14 +10,12 @@ through ``torch.load(weights_only=True)`` with just those added to its allowlist
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from chef_genius.checkpoint import format as ckpt
-from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 
 CHEF = "chef_genius"
@@ -34,13 +24,7 @@ HF = "hf_trainer"
 ACCELERATE = "accelerate"
 UNKNOWN = "unknown"
 
-HF_STATE = "trainer_state.json"
-HF_OPTIMIZER = "optimizer.pt"
-HF_SCHEDULER = "scheduler.pt"
-ACC_OPTIMIZER = "optimizer.bin"
-ACC_SCHEDULER = "scheduler.bin"
-ACC_RNG = "random_states_0.pkl"
-ACC_SAMPLER = "sampler.bin"
+ACC_RNG = "random_states_0.pkl"  # accelerate's RNG of process 0 (importers/accelerate.py)
 LEGACY_KEYS = ("global_step", "epoch", "optimizer_state_dict", "scheduler_state_dict", "rng_states")
 
 
@@ -132,7 +116,7 @@ def load_with_numpy(path: str | Path) -> object:
 
 
 # ---------------------------------------------------------------------------------------------
-# what kind of checkpoint
+# the training state, without a general unpickle
 
 def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
     """(status, state, detail) of ``training_state.pt``: status is ours | legacy | missing | unsafe | unreadable."""
@@ -161,23 +145,6 @@ def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
     if all(key in state for key in ("global_step", "epoch")):
         return "legacy", state, None
     return "unreadable", None, f"{path.name} lacks {', '.join(ckpt.missing_state_keys(state))}"
-
-
-def detect_kind(folder: Path, state_status: str) -> str:
-    if state_status == "ours":
-        return CHEF
-    if state_status == "legacy":
-        return LEGACY
-    if (folder / HF_STATE).is_file():
-        return HF
-    if (folder / ACC_OPTIMIZER).is_file() or (folder / ACC_RNG).is_file():
-        return ACCELERATE
-    manifest = ckmanifest.read_manifest(folder)
-    if manifest is not None and manifest.get("format") == ckpt.FORMAT_NAME:
-        return CHEF
-    if (folder / ckpt.MODEL_CONFIG).is_file() or (folder / ckpt.WEIGHTS).is_file():
-        return LEGACY  # the replaced system wrote no manifest
-    return UNKNOWN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,67 +201,3 @@ def accelerate_rng(folder: Path) -> dict:
     cuda = saved.get("torch_cuda_manual_seed")
     return convert_rng(saved.get("random_state"), saved.get("numpy_random_seed"), saved.get("torch_manual_seed"),
                        cuda if isinstance(cuda, list) else [])
-
-
-def hf_trainer_state(folder: Path) -> dict:
-    try:
-        value = trust.read_json(folder / HF_STATE)
-    except trust.Untrusted as err:
-        raise ckpt.CheckpointError(str(err)) from None
-    if not isinstance(value, dict):
-        raise ckpt.CheckpointError(f"{HF_STATE} does not hold a JSON object")
-    return value
-
-
-def hf_hyperparameters(trainer_state: dict) -> dict:
-    """What ``trainer_state.json`` tells about the run's shape. Its ``train_batch_size`` is the batch
-    of one process without the accumulation: never taken as the samples per optimizer step."""
-    values = {}
-    epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in (epochs, max_steps))
-    if numbers:  # a stranger's file: anything else is ignored (the flags must then supply it)
-        values["steps_per_epoch"] = math.ceil(max_steps / epochs)
-        values["total_steps"] = int(max_steps)
-        values["epochs"] = int(epochs)
-    return values
-
-
-# what a Hugging Face run must tell for an exact conversion, and the flag that supplies each
-HF_NEEDED = {"learning_rate": "--learning-rate", "lr_scheduler": "--lr-scheduler", "warmup_steps": "--warmup-steps",
-             "samples_per_step": "--samples-per-step", "steps_per_epoch": "--steps-per-epoch"}
-
-
-def hf_settings(folder: Path) -> tuple[dict, list[str]]:
-    """(run settings, what could not be read) of a Hugging Face Trainer checkpoint, from
-    ``trainer_state.json`` and ``training_args.bin`` (read by ``hf_args``: nothing in it runs)."""
-    from chef_genius.doctor import hf_args
-    problems = []
-    try:
-        values = hf_hyperparameters(hf_trainer_state(folder))
-    except ckpt.CheckpointError as err:  # a link, a huge or hostile trainer_state.json: a sentence
-        values = {}
-        problems.append(str(err))
-    path = folder / hf_args.HF_ARGS
-    if not path.is_file():
-        problems.append(f"{hf_args.HF_ARGS} is missing")
-    else:
-        try:
-            args, unknown = hf_args.run_settings(path)
-        except hf_args.ArgsError as err:
-            problems.append(str(err))
-        else:
-            problems += [f"{hf_args.HF_ARGS}: {text}" for text in unknown]
-            values.update(args)
-    if "warmup_ratio" in values:
-        ratio = values.pop("warmup_ratio")
-        if values.get("total_steps"):  # as Hugging Face rounds it
-            values["warmup_steps"] = math.ceil(values["total_steps"] * ratio)
-    if values.get("batch_size") and "gradient_accumulation_steps" in values and "world_size" in values:
-        values["samples_per_step"] = (values["batch_size"] * values["gradient_accumulation_steps"]
-                                      * values["world_size"])
-    return values, problems
-
-
-def hf_unrecovered(values: dict) -> list[str]:
-    """The flags that must supply what a Hugging Face run's files did not tell."""
-    return [flag for name, flag in HF_NEEDED.items() if name not in values]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint.remote import RemoteError, Retry, open_store
+from chef_genius.doctor.problems import Problem
 from chef_genius.doctor.verify import Report, verify
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError
 
@@ -47,7 +48,7 @@ def verify_remote(url: str, deep: bool = False) -> Report:
                 problem = str(err)
         if problem is not None:
             report = Report(folder, global_step=ckpt.step_of(name))
-            report.fail("mirror_incomplete", f"on the mirror: {problem}")
+            report.fail(Problem.MIRROR_INCOMPLETE, f"on the mirror: {problem}")
         else:
             report = verify(folder, deep)
             report.ok("downloaded from the mirror, every file matching the remote manifest's sha256")

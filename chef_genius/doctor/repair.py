@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from chef_genius.checkpoint import format as ckpt
@@ -19,34 +18,23 @@ from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk, trust
 from chef_genius.doctor import foreign
+from chef_genius.doctor import importers
 from chef_genius.doctor import loadable
+from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor import weights as wt
+from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.state_builder import Overrides
+from chef_genius.doctor.verify import Report, verify
 from chef_genius.errors import printable
 from chef_genius.train.config import TrainConfig
-from chef_genius.train.schedule import Schedule, scheduler_state_at
-from chef_genius.train.state import RunState
-from chef_genius.doctor.verify import FATAL, SOFT, Report, verify
 
 log = logging.getLogger(__name__)
 
 # Problems a sibling's byte-identical copy (by the manifest's sha256) can undo.
-RESTORABLE = {"file_corrupt", "manifest_invalid", "config_missing", "config_unreadable", "tokenizer_missing",
-              "tokenizer_unreadable", "generation_config_missing", "generation_config_unreadable"}
+RESTORABLE = {Problem.FILE_CORRUPT, Problem.MANIFEST_INVALID, Problem.CONFIG_MISSING, Problem.CONFIG_UNREADABLE,
+              Problem.TOKENIZER_MISSING, Problem.TOKENIZER_UNREADABLE, Problem.GENERATION_CONFIG_MISSING,
+              Problem.GENERATION_CONFIG_UNREADABLE}
 COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
-
-
-@dataclass
-class Overrides:
-    """Run settings given on the command line; they win over what the run's files say."""
-    steps_per_epoch: int | None = None
-    samples_per_step: int | None = None
-    learning_rate: float | None = None
-    warmup_steps: int | None = None
-    total_steps: int | None = None
-    lr_scheduler: str | None = None
-
-    def values(self) -> dict:
-        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 class Fixer:
@@ -65,11 +53,11 @@ class Fixer:
     def run(self) -> Report:
         before = verify(self.folder, deep=True)
         codes = before.codes()
-        if codes & RESTORABLE and not codes & {"untrusted_entry", "state_unsafe"} \
+        if codes & RESTORABLE and not codes & {Problem.UNTRUSTED_ENTRY, Problem.STATE_UNSAFE} \
                 and self._restore_from_siblings() and not self.dry_run:
             before = verify(self.folder, deep=True)
         codes = before.codes()
-        if not codes or codes & (FATAL - {"state_unreadable"}):
+        if not codes or codes & (FATAL - {Problem.STATE_UNREADABLE}):
             before.repairs = self.repairs
             return before
         try:
@@ -82,9 +70,9 @@ class Fixer:
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
         after.lines += [("FAIL", text) for text in self.unfixed]
-        after.facts["unfixed"] = list(self.unfixed)
+        after.facts.unfixed = list(self.unfixed)
         if self.unfixed and after.valid:
-            after.fail("repair_incomplete", self.unfixed[0])
+            after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
 
     def _restore_from_siblings(self) -> bool:
@@ -102,7 +90,7 @@ class Fixer:
             if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
                     ckfiles.sha256_file(path) == entry.get("sha256"):
                 continue
-            source = next((s / name for s in candidate_folders(self.folder) if trust.regular_file(s / name)
+            source = next((s / name for s in sb.candidate_folders(self.folder) if trust.regular_file(s / name)
                            and (s / name).stat().st_size == entry.get("size")
                            and ckfiles.sha256_file(s / name) == entry.get("sha256")), None)
             if source is None:
@@ -119,17 +107,17 @@ class Fixer:
         return restored
 
     def _repair(self, before: Report, codes: set[str]) -> None:
-        if codes & {"weights_prefixed", "weights_bin"}:
+        if codes & {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_BIN}:
             self._rewrite_weights(before)
-        for code, names in (("config_missing", (ckpt.MODEL_CONFIG,)), ("generation_config_missing",
-                             (ckpt.GENERATION_CONFIG,)), ("tokenizer_missing", ckpt.TOKENIZER_FILES)):
+        for code, names in ((Problem.CONFIG_MISSING, (ckpt.MODEL_CONFIG,)), (Problem.GENERATION_CONFIG_MISSING,
+                             (ckpt.GENERATION_CONFIG,)), (Problem.TOKENIZER_MISSING, ckpt.TOKENIZER_FILES)):
             if code in codes:
                 self._copy_from_run(names)
-        model = before.facts.get("model") or wt.meta_model(self.folder, None, before.facts.get("header"))
-        if codes & {"state_missing", "state_unreadable", "state_corrupt", "state_legacy", "hf_trainer_state",
-                    "accelerate_state"}:
+        model = before.facts.model or wt.meta_model(self.folder, None, before.facts.header)
+        if codes & {Problem.STATE_MISSING, Problem.STATE_UNREADABLE, Problem.STATE_CORRUPT, Problem.STATE_LEGACY,
+                    Problem.HF_TRAINER_STATE, Problem.ACCELERATE_STATE}:
             self._write_state(before, model)
-        if not (self.repairs or "manifest_invalid" in codes):
+        if not (self.repairs or Problem.MANIFEST_INVALID in codes):
             return
         if not self.dry_run:  # the gate: a complete manifest only over files that all load
             if foreign.read_state(self.folder)[0] != "ours":
@@ -159,7 +147,7 @@ class Fixer:
         """Wrapper prefixes removed from every weight name (each shard and the index), and a
         ``pytorch_model.bin`` converted to ``model.safetensors``; the .bin is moved to the backup
         folder even with --no-backup (the original of a conversion is always kept)."""
-        layout, files = report.facts["weights_layout"], report.facts["weight_files"]
+        layout, files = report.facts.weights_layout, report.facts.weight_files
         if not self.dry_run:
             for name, data in wt.stripped_files(self.folder, layout, files).items():
                 self.keep(self.folder / name)
@@ -167,7 +155,7 @@ class Fixer:
             if layout == "bin":
                 self.keep(files[0], always=True)
                 files[0].unlink()
-        if "weights_prefixed" in report.codes():
+        if Problem.WEIGHTS_PREFIXED in report.codes():
             where = {"single": ckpt.WEIGHTS, "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
                      "bin": ckpt.WEIGHTS_BIN}[layout]
             self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
@@ -176,7 +164,7 @@ class Fixer:
                                            "original moved to the backup folder)")
 
     def _copy_from_run(self, names) -> None:
-        for source in ([self.pretrained] if self.pretrained else []) + candidate_folders(self.folder):
+        for source in ([self.pretrained] if self.pretrained else []) + sb.candidate_folders(self.folder):
             found = [n for n in names if trust.regular_file(source / n)]
             if not found or not _same_model(self.folder, source):
                 continue
@@ -187,17 +175,11 @@ class Fixer:
             return
 
     def _write_state(self, report: Report, model) -> None:
-        kind = report.kind
+        importer = importers.importer_for(report.kind)
         try:
-            if kind == foreign.LEGACY and report.facts["state_status"] == "legacy":
-                state, text = convert_legacy(self.folder, report.facts["state"], model, self.overrides)
-                code = "state_converted_legacy"
-            elif kind == foreign.HF:
-                state, text = convert_hf(self.folder, model, self.overrides)
-                code = "state_converted_hf"
-            elif kind == foreign.ACCELERATE:
-                state, text = convert_accelerate(self.folder, model, self.overrides)
-                code = "state_converted_accelerate"
+            if importer is not None and importer.converts(report.facts.state_status):
+                state, text = importer.convert(self.folder, report, model, self.overrides)
+                code = importer.converted
             else:
                 state, text = rebuild_state(self.folder, model, self.overrides)
                 code = "state_rebuilt"
@@ -210,7 +192,7 @@ class Fixer:
             return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
-            damaged = report.facts["state_status"] == "unreadable" or "state_corrupt" in report.codes()
+            damaged = report.facts.state_status == "unreadable" or Problem.STATE_CORRUPT in report.codes()
             self.keep(self.folder / ckpt.TRAINING_STATE, always=damaged)
             ckfiles.atomic_torch_save(self.folder / ckpt.TRAINING_STATE, state)
         self.note(code, text)
@@ -233,13 +215,6 @@ def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, override
 # ---------------------------------------------------------------------------------------------
 # where the run's settings and files come from
 
-def candidate_folders(folder: Path) -> list[Path]:
-    """Sibling checkpoints nearest in step first, then the run's output folder."""
-    step = ckpt.step_of(folder) or 0
-    siblings = [p for p in ckpt.list_checkpoints(folder.parent) if p.resolve() != folder.resolve()]
-    return sorted(siblings, key=lambda p: abs(ckpt.step_of(p) - step)) + [folder.parent]
-
-
 def _same_model(folder: Path, source: Path) -> bool:
     """``source`` belongs to the same model: identical config.json, or shapes that fit our weights."""
     mine, theirs = folder / ckpt.MODEL_CONFIG, source / ckpt.MODEL_CONFIG
@@ -259,60 +234,9 @@ def _same_model(folder: Path, source: Path) -> bool:
     return bool(header) and all(shapes.get(k) == v for k, v in header.items())
 
 
-def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
-    """Hyper-parameters of the run (nearest sibling's saved ones, trainer_state.json), flags on top."""
-    values, sources = {}, []
-    for source in candidate_folders(folder):
-        status, state, _ = foreign.read_state(source)
-        slices = ckpt.unpack_training_state(state) if status == "ours" else {}
-        if slices.get(ckpt.SETTINGS):
-            values.update(slices[ckpt.SETTINGS])
-            values.setdefault("num_samples", slices[ckpt.DATA_POSITION].get("num_samples"))
-            sources.append(source.name)
-            break
-    if (folder / foreign.HF_STATE).is_file():  # the run's own files win over a converted sibling's copy
-        hf_values, _ = foreign.hf_settings(folder)
-        values.update(hf_values)
-        sources.append(foreign.HF_STATE + (" + training_args.bin" if "learning_rate" in hf_values else ""))
-    if overrides.values():
-        values.update(overrides.values())
-        sources.append("command line")
-    if "samples_per_step" not in values and values.get("batch_size"):
-        values["samples_per_step"] = (values["batch_size"] * values.get("gradient_accumulation_steps", 1)
-                                      * values.get("world_size", 1))
-    return values, " + ".join(sources) or "no saved run settings"
-
-
-def _schedule(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
-    """The run's LR schedule; names the settings that fell back to the training defaults."""
-    d = TrainConfig()
-    assumed = [k for k in ("learning_rate", "warmup_steps", "lr_scheduler") if k not in settings]
-    total = settings.get("total_steps") or (settings.get("steps_per_epoch") or 0) * settings.get("epochs", 0)
-    if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
-        total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
-        assumed.append("total_steps")
-    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler))
-    return schedule, settings.get("learning_rate", d.learning_rate), assumed
-
-
-def _position(step: int, epoch: int, settings: dict) -> tuple[int, str]:
-    """Samples of ``epoch`` consumed after ``step`` optimizer steps (with the note on how it was found)."""
-    spe = settings["steps_per_epoch"]
-    done = step - epoch * spe
-    per_step, total = settings.get("samples_per_step"), settings.get("num_samples")
-    if per_step and 0 <= done < spe:
-        samples = done * per_step
-        return (min(samples, total) if total else samples), f"sample {done * per_step}"
-    return 0, "start of the epoch (the samples per step are unknown: pass --samples-per-step)"
-
-
-def _num_groups(model) -> int:
-    return len(wt.our_layout(model)) if model is not None else 2
-
-
 def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
     """A ``training_state.pt`` for a checkpoint that lost it: position and LR exact, optimizer empty."""
-    settings, source = run_settings(folder, overrides)
+    settings, source = sb.run_settings(folder, overrides)
     step = ckpt.step_of(folder)
     if step is None:
         raise ckpt.CheckpointError(f"the step is unknown (the folder is not named {ckpt.PREFIX}N)")
@@ -320,12 +244,12 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
         raise ckpt.CheckpointError("the steps per epoch are unknown (no sibling checkpoint with saved settings): "
                                    "pass --steps-per-epoch N")
     epoch = step // settings["steps_per_epoch"]
-    samples, where = _position(step, epoch, settings)
+    samples, where = sb.position_in_epoch(step, epoch, settings)
     seed = settings.get("seed", TrainConfig().seed)
-    return _assemble(step, epoch, samples, settings, model, None, seeded_rng(seed, step), None,
-                     f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
-                     "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
-                     {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]})
+    return sb.assemble(step, epoch, samples, settings, model, None, seeded_rng(seed, step), None,
+                       f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
+                       "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
+                       {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]})
 
 
 def seeded_rng(seed: int, step: int) -> dict:
@@ -359,126 +283,3 @@ def os_sentence(err: Exception) -> str:
     if err.errno == errno.EISDIR:
         return f"a folder is where a file belongs{where}"
     return f"{err.strerror or type(err).__name__}{where}"
-
-
-def convert_legacy(folder: Path, old: dict, model, overrides: Overrides) -> tuple[dict, str]:
-    settings, source = run_settings(folder, overrides)
-    step, epoch = int(old["global_step"]), max(0, int(old.get("epoch", 1)) - 1)
-    samples, where = _position(step, epoch, settings) if settings.get("steps_per_epoch") else (
-        0, "start of the epoch (pass --steps-per-epoch and --samples-per-step for the exact position)")
-    optimizer, how = _optimizer(old.get("optimizer_state_dict"), model)
-    sched = old.get("scheduler_state_dict") or {}
-    if sched.get("base_lrs"):
-        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
-    extra = {"converted_from": "legacy", "epoch_losses": [float(v) for v in old.get("epoch_losses") or []]}
-    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.legacy_rng(old.get("rng_states")),
-                     old.get("best_loss"), f"converted the legacy state ({source}): step {step}, epoch {epoch + 1}, "
-                     f"{where}; optimizer {how}", extra)
-
-
-def convert_hf(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
-    """A ``training_state.pt`` from Hugging Face Trainer's files: its schedule (learning rate,
-    scheduler, warmup, planned end) and run shape from ``training_args.bin``, the data position as
-    optimizer steps x batch x accumulation x processes, optimizer moments and RNG kept. What the
-    files do not tell must come from flags: the conversion refuses rather than assume a default."""
-    import math
-    trainer_state = foreign.hf_trainer_state(folder)
-    settings, source = run_settings(folder, overrides)
-    _, problems = foreign.hf_settings(folder)
-    sched = _load_plain(folder / foreign.HF_SCHEDULER) or {}
-    if sched.get("base_lrs"):  # the peak LR, even when training_args.bin could not be read
-        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
-    needed = foreign.hf_unrecovered(settings)
-    if needed:
-        why = "; ".join(problems) or "the run's files do not record them"
-        raise ckpt.CheckpointError(f"the run's settings are not all known ({why}): pass {' '.join(needed)} "
-                                   "with the values the Hugging Face run used")
-    step = int(trainer_state["global_step"])
-    spe = settings["steps_per_epoch"]
-    epoch = step // spe if spe else int(math.floor(float(trainer_state.get("epoch") or 0.0) + 1e-9))
-    samples = (step - epoch * spe) * settings["samples_per_step"]
-    saved_opt = _load_plain(folder / foreign.HF_OPTIMIZER)
-    optimizer, how = _optimizer(saved_opt, model)
-    best = trainer_state.get("best_metric")
-    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch + 1}, "
-            f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
-            f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
-            f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
-            "(the sample order is this project's from here on)")
-    return _assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best, text,
-                     {"converted_from": "hf_trainer"})
-
-
-def convert_accelerate(folder: Path, model, overrides: Overrides) -> tuple[dict, str]:
-    """A ``training_state.pt`` from an ``Accelerator.save_state`` folder: optimizer moments of
-    ``optimizer.bin``, the scheduler position and peak LR of ``scheduler.bin``, the RNG of
-    ``random_states_0.pkl``; epoch and position from --steps-per-epoch / --samples-per-step (or a
-    sibling's settings). The reply lists what accelerate does not record."""
-    if model is None:
-        raise ckpt.CheckpointError(f"no {ckpt.MODEL_CONFIG} to check {foreign.ACC_OPTIMIZER} against: pass "
-                                   "--pretrained-model DIR (the model the run started from)")
-    sched = _load_plain(folder / foreign.ACC_SCHEDULER) or {}
-    step = ckpt.step_of(folder)
-    if step is None:
-        step = sched.get("last_epoch")
-    if not isinstance(step, int):
-        raise ckpt.CheckpointError(f"the step is unknown (no {foreign.ACC_SCHEDULER}, and the folder is not named "
-                                   f"{ckpt.PREFIX}N): rename the folder to {ckpt.PREFIX}<step>")
-    settings, source = run_settings(folder, overrides)
-    if not settings.get("steps_per_epoch"):
-        raise ckpt.CheckpointError("accelerate does not record the steps per epoch: pass --steps-per-epoch N "
-                                   "(and --samples-per-step N for the position inside the epoch)")
-    if sched.get("base_lrs"):
-        settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
-    epoch = step // settings["steps_per_epoch"]
-    samples, where = _position(step, epoch, settings)
-    optimizer, how = _optimizer(_load_plain(folder / foreign.ACC_OPTIMIZER), model)
-    rng_states = foreign.accelerate_rng(folder)
-    lost = ([] if rng_states else ["the RNG state (random_states_0.pkl missing or refused)"])
-    lost += [f"{foreign.ACC_SAMPLER}'s position (the sample order is this project's)"] if (
-        folder / foreign.ACC_SAMPLER).is_file() else []
-    lost += [f"the RNG of processes after the first ({len(list(folder.glob('random_states_*.pkl')))} saved)"] if (
-        folder / "random_states_1.pkl").is_file() else []
-    position = f"scheduler at step {sched['last_epoch']}" if "last_epoch" in sched else "no scheduler.bin"
-    text = (f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
-            f"epoch {epoch + 1}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
-    return _assemble(step, epoch, samples, settings, model, optimizer, rng_states, None, text,
-                     {"converted_from": "accelerate"})
-
-
-def _load_plain(path: Path) -> dict | None:
-    """A Hugging Face ``optimizer.pt`` / ``scheduler.pt`` under ``weights_only``; None when absent."""
-    if not path.is_file():
-        return None
-    try:
-        return ckpt.load_training_state(path)
-    except ckpt.CheckpointError as err:
-        raise ckpt.CheckpointError(str(err).replace("training-state ", "")) from None
-
-
-def _optimizer(saved: dict | None, model) -> tuple[dict | None, str]:
-    if not saved or not saved.get("state"):
-        return None, "state empty (re-warms on resume)"
-    if model is None:
-        return None, "state dropped: no config.json to check it against (re-warms on resume)"
-    remapped, how = wt.remap_optimizer(saved, model)
-    if remapped is None:
-        return None, f"state dropped, it does not fit the model: {how} (re-warms on resume)"
-    return remapped, f"state kept ({how} layout)"
-
-
-def _assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_loss, text, extra=None):
-    schedule, lr, assumed = _schedule(settings, step)
-    if assumed:
-        text += f"; assumed the training defaults for {', '.join(assumed)} (pass them if the run used others)"
-    run_state = RunState(global_step=step, best_loss=float(best_loss) if best_loss is not None else None)
-    position = {"epoch": epoch, "samples_in_epoch": samples}
-    for key, name in (("num_samples", "num_samples"), ("seed", "sampler_seed"),
-                      ("group_by_length", "group_by_length"), ("length_group_size", "length_group_size")):
-        if settings.get(key) is not None:
-            position[name] = settings[key]
-    hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
-    state = ckpt.make_training_state(run_state, position, optimizer,
-                                     scheduler_state_at(step, lr, schedule, _num_groups(model)),
-                                     rng_states, hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
-    return state, text

@@ -1,30 +1,46 @@
 """Checks of one checkpoint folder -> a ``Report``: one line per check, problems with stable codes.
 
 Nothing here writes to disk or unpickles beyond ``weights_only`` (plus numpy arrays for legacy files,
-see foreign.py). ``repair.py`` acts on the same report.
+see foreign.py). A foreign format's state is described by its importer (importers/). ``repair.py``
+acts on the same report.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.doctor import foreign
+from chef_genius.doctor import importers
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
+from chef_genius.doctor.problems import FATAL, SOFT, Problem
 from chef_genius.errors import printable
 
-# Problems that leave a checkpoint resumable (training continues, with less state restored).
-SOFT = {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
-# Problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
+# SOFT: problems that leave a checkpoint resumable (training continues, with less state restored).
+# FATAL: problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
 # ``state_corrupt`` are rebuilt from the folder name and the run's settings, the original kept.)
-FATAL = {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch", "state_unsafe",
-         "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt", "untrusted_entry",
-         "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable", "rng_unreadable",
-         "check_failed", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing"}
+# Both are read from the registry of problem codes (problems.py).
+
+
+StateStatus = Literal["ours", "legacy", "missing", "unsafe", "unreadable"]  # of ``foreign.read_state``
+
+
+@dataclass
+class Facts:
+    """What the checks found and repair acts on (never printed: ``Report.to_json`` leaves it out)."""
+    state_status: StateStatus | None = None  # None: the checkpoint was not read (an untrusted entry)
+    state: dict | None = None                # training_state.pt's values (ours or legacy)
+    model: Any = None                        # the meta-device model of config.json, when it fits the weights
+    header: dict | None = None               # weight name -> safetensors header entry (every shard)
+    weights_layout: str | None = None        # single | sharded | bin
+    weight_files: list[Path] = field(default_factory=list)
+    adapter_header: dict | None = None       # a LoRA checkpoint's adapter header
+    unfixed: list[str] = field(default_factory=list)  # repairs --fix needed but could not make, and why
 
 
 @dataclass
@@ -37,7 +53,7 @@ class Report:
     repairs: list[dict] = field(default_factory=list)
     lines: list[tuple[str, str]] = field(default_factory=list)
     hint: str | None = None
-    facts: dict = field(default_factory=dict)  # what repair needs: state, header, model...
+    facts: Facts = field(default_factory=Facts)
 
     @property
     def valid(self) -> bool:
@@ -50,15 +66,15 @@ class Report:
     def ok(self, text: str) -> None:
         self.lines.append(("ok", text))
 
-    def fail(self, code: str, text: str, status: str = "FAIL") -> None:
-        self.problems.append({"code": code, "message": text})
+    def fail(self, code: Problem, text: str, status: str = "FAIL") -> None:
+        self.problems.append({"code": Problem(code).value, "message": text})
         self.lines.append((status, text))
 
     def repaired(self, code: str, text: str) -> None:
         self.repairs.append({"code": code, "message": text})
 
-    def codes(self) -> set[str]:
-        return {p["code"] for p in self.problems}
+    def codes(self) -> set[Problem]:
+        return {Problem(p["code"]) for p in self.problems}
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "valid": self.valid, "resumable": self.resumable,
@@ -86,22 +102,23 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         report.hint = healthy_sibling(folder)
         return report
     status, state, detail = foreign.read_state(folder)
-    report.kind = foreign.detect_kind(folder, status)
-    report.facts.update(state_status=status, state=state)
+    report.kind = importers.detect_kind(folder, status)
+    report.facts.state_status, report.facts.state = status, state
     if ckpt.is_adapter(folder):  # a LoRA checkpoint: the adapter and its base instead of the model
         _check_adapter(report, folder, deep)
         model = None
     else:
         _check_files(report, folder)
         model = _check_weights(report, folder, deep)
-    report.facts["model"] = model
+    report.facts.model = model
     try:
         _check_state(report, folder, status, state, detail, model)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
-        report.fail("state_unreadable", f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: "
-                                        f"{printable(str(err), 80)})")
-    if report.kind == foreign.HF:
-        _check_hf_files(report, folder)
+        report.fail(Problem.STATE_UNREADABLE, f"{ckpt.TRAINING_STATE} holds values of the wrong kind "
+                                              f"({type(err).__name__}: {printable(str(err), 80)})")
+    importer = importers.importer_for(report.kind)
+    if importer is not None:
+        importer.check_files(report, folder)
     if manifest:
         _check_manifest(report, folder, deep)
     if report.codes() & FATAL:
@@ -112,35 +129,35 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
 def _trustworthy(report: Report, folder: Path) -> bool:
     """No link, device or folder-for-a-file anywhere in the checkpoint (nothing else is read if so)."""
     if trust.is_link(folder):
-        report.fail("untrusted_entry", f"{folder.name} is a symbolic link: never followed (give the real folder)")
+        report.fail(Problem.UNTRUSTED_ENTRY, f"{folder.name} is a symbolic link: never followed (give the real folder)")
         return False
     odd = trust.odd_entries(folder, FILE_NAMES)
     for text in odd:
-        report.fail("untrusted_entry", text + "; the checkpoint is left alone")
+        report.fail(Problem.UNTRUSTED_ENTRY, text + "; the checkpoint is left alone")
     return not odd
 
 
 # ---------------------------------------------------------------------------------------------
 
 FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
-              foreign.HF_STATE, foreign.HF_OPTIMIZER, foreign.HF_SCHEDULER, "rng_state.pth", "rng_state_0.pth")
+              *importers.FILES)
 
 
 def _check_files(report: Report, folder: Path) -> None:
     """Present, and each loads the way the trainer loads it (a damaged file is a problem, not an omission)."""
     before = len(report.problems)
     if not (folder / ckpt.MODEL_CONFIG).is_file():
-        report.fail("config_missing", f"{ckpt.MODEL_CONFIG} is missing")
+        report.fail(Problem.CONFIG_MISSING, f"{ckpt.MODEL_CONFIG} is missing")
     else:
-        _loads(report, "config_unreadable", loadable.config_problem(folder))
+        _loads(report, Problem.CONFIG_UNREADABLE, loadable.config_problem(folder))
     if not (folder / ckpt.GENERATION_CONFIG).is_file():
-        report.fail("generation_config_missing", f"{ckpt.GENERATION_CONFIG} is missing", "warn")
+        report.fail(Problem.GENERATION_CONFIG_MISSING, f"{ckpt.GENERATION_CONFIG} is missing", "warn")
     else:
-        _loads(report, "generation_config_unreadable", loadable.generation_config_problem(folder))
+        _loads(report, Problem.GENERATION_CONFIG_UNREADABLE, loadable.generation_config_problem(folder))
     if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
-        report.fail("tokenizer_missing", "tokenizer files are missing (tokenizer.json / spiece.model)")
+        report.fail(Problem.TOKENIZER_MISSING, "tokenizer files are missing (tokenizer.json / spiece.model)")
     else:
-        _loads(report, "tokenizer_unreadable", loadable.tokenizer_problem(folder))
+        _loads(report, Problem.TOKENIZER_UNREADABLE, loadable.tokenizer_problem(folder))
     if len(report.problems) == before:
         report.ok("config, generation config and tokenizer load")
 
@@ -151,107 +168,99 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
     try:
         header = trust.read_safetensors_header(folder / ckpt.ADAPTER_WEIGHTS)
     except (trust.Untrusted, ValueError, OSError) as err:
-        report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS}: {err}")
+        report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS}: {err}")
         header = None
     config = None
     try:
         config = trust.read_json(folder / ckpt.ADAPTER_CONFIG)
     except (trust.Untrusted, OSError) as err:
-        report.fail("adapter_config_unreadable", f"{ckpt.ADAPTER_CONFIG}: {err}")
+        report.fail(Problem.ADAPTER_CONFIG_UNREADABLE, f"{ckpt.ADAPTER_CONFIG}: {err}")
     if config is not None and not (isinstance(config, dict) and isinstance(config.get("r"), int)):
-        report.fail("adapter_config_unreadable", f"{ckpt.ADAPTER_CONFIG} holds no LoRA config (no integer r)")
+        report.fail(Problem.ADAPTER_CONFIG_UNREADABLE, f"{ckpt.ADAPTER_CONFIG} holds no LoRA config (no integer r)")
         config = None
     if header is not None:
         names = [n for n in header if n != "__metadata__"]
         ranks = {header[n]["shape"][0] for n in names if "lora_A" in n and header[n].get("shape")}
         if not names or not all("lora_A" in n or "lora_B" in n for n in names):
-            report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
+            report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
         elif config is not None and ranks != {config["r"]}:
-            report.fail("adapter_unreadable", f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
+            report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
                                               f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
         else:
             report.ok(f"adapter readable ({len(names)} tensors, r={config['r'] if config else '?'})")
-            report.facts["adapter_header"] = header
+            report.facts.adapter_header = header
             if deep:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
                 if bad:
-                    report.fail("weights_nonfinite", f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
+                    report.fail(Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
                     report.ok("every adapter tensor read, all values finite")
     base = ckpt.read_base(folder)
     if base is None:
-        report.fail("base_record_missing", f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
+        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
                                            "belongs to, and its fingerprint, are unknown")
     else:
         report.ok(f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 "
                   f"{base['sha256'][:12]})")
     if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
-        report.fail("tokenizer_missing", "tokenizer files are missing (tokenizer.json / spiece.model)")
+        report.fail(Problem.TOKENIZER_MISSING, "tokenizer files are missing (tokenizer.json / spiece.model)")
     else:
         problem = loadable.tokenizer_problem(folder)
-        _loads(report, "tokenizer_unreadable", problem)
+        _loads(report, Problem.TOKENIZER_UNREADABLE, problem)
         if not problem:
             report.ok("tokenizer loads")
 
 
-def _loads(report: Report, code: str, problem: str | None) -> None:
+def _loads(report: Report, code: Problem, problem: str | None) -> None:
     if problem:
         report.fail(code, problem)
-
-
-def _check_hf_files(report: Report, folder: Path) -> None:
-    for name in ("rng_state.pth", "rng_state_0.pth"):
-        if (folder / name).is_file():
-            problem = loadable.rng_file_problem(folder / name)
-            if problem:
-                report.fail("rng_unreadable", f"{problem}; never listed as \"no RNG state\"")
 
 
 def _check_weights(report: Report, folder: Path, deep: bool):
     try:
         layout, header, files = wt.read_weights(folder)
     except wt.MissingShard as err:
-        report.fail("weights_missing", str(err))
+        report.fail(Problem.WEIGHTS_MISSING, str(err))
         return None
     except (ValueError, OSError) as err:  # trust.Untrusted too: a link, a FIFO, a hostile header
-        report.fail("weights_unreadable", str(err))
+        report.fail(Problem.WEIGHTS_UNREADABLE, str(err))
         return None
     if layout is None:
-        report.fail("weights_missing", f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
+        report.fail(Problem.WEIGHTS_MISSING, f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
                                        f"{ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})")
         return None
-    report.facts.update(header=header, weights_layout=layout, weight_files=files)
+    report.facts.header, report.facts.weights_layout, report.facts.weight_files = header, layout, files
     where = {"single": "", "sharded": f" in {len(files)} shards", "bin": f" in {ckpt.WEIGHTS_BIN}"}[layout]
     report.ok(f"model weights readable ({len(header)} tensors{where})")
     if layout == "bin":
-        report.fail("weights_bin", f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
+        report.fail(Problem.WEIGHTS_BIN, f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
                                    f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
     bad = wt.prefixed(header)
     if bad:
-        report.fail("weights_prefixed", f"{len(bad)} weight names carry a _orig_mod./module. prefix "
+        report.fail(Problem.WEIGHTS_PREFIXED, f"{len(bad)} weight names carry a _orig_mod./module. prefix "
                                         f"(e.g. {bad[0]}); --fix removes it")
     shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
-    if (folder / ckpt.MODEL_CONFIG).is_file() and "config_unreadable" not in report.codes():
+    if (folder / ckpt.MODEL_CONFIG).is_file() and Problem.CONFIG_UNREADABLE not in report.codes():
         too_big = loadable.layers_problem(folder, header)
         if too_big:  # never build thousands of layers a config claims without the weights to match
-            report.fail("weights_mismatch", f"weights do not match {ckpt.MODEL_CONFIG}: {too_big}")
+            report.fail(Problem.WEIGHTS_MISMATCH, f"weights do not match {ckpt.MODEL_CONFIG}: {too_big}")
             return None
         try:
             model = wt.meta_model(folder, None, header)
         except Exception as err:  # reading lm_head / shared to decide on the tie: unreadable data
-            report.fail("weights_unreadable", loadable.describe(shown, err))
+            report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(shown, err))
             return None
     if model is not None:
         _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
-    if deep and not report.codes() & {"weights_mismatch", "lm_head_missing", "weights_unreadable"}:
+    if deep and not report.codes() & {Problem.WEIGHTS_MISMATCH, Problem.LM_HEAD_MISSING, Problem.WEIGHTS_UNREADABLE}:
         try:  # fatal already: no full read
             nonfinite = wt.nonfinite_tensors(files)
         except Exception as err:  # safetensors' own checks go further than the header's
-            report.fail("weights_unreadable", loadable.describe(shown, err))
+            report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(shown, err))
             return model
         if nonfinite:
-            report.fail("weights_nonfinite", f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
+            report.fail(Problem.WEIGHTS_NONFINITE, f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
             report.ok("every tensor read" + (f" in each of the {len(files)} shards" if layout == "sharded" else "")
                       + ", all values finite")
@@ -267,7 +276,7 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
     if unknown or wrong or missing:
         parts = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in
                  ((missing, "missing"), (wrong, "with the wrong shape"), (unknown, "unknown")) if x]
-        code = "lm_head_missing" if missing == ["lm_head.weight"] and not wrong else "weights_mismatch"
+        code = Problem.LM_HEAD_MISSING if missing == ["lm_head.weight"] and not wrong else Problem.WEIGHTS_MISMATCH
         report.fail(code, "weights do not match config.json: " + ", ".join(parts))
         return
     report.ok(f"weight shapes match {ckpt.MODEL_CONFIG}")
@@ -276,102 +285,54 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
         try:
             equal = all(wt.tensors_equal(header, "shared.weight", n) for n in tied)
         except Exception as err:
-            report.fail("weights_unreadable", loadable.describe(header["shared.weight"]["file"].name, err))
+            report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(header["shared.weight"]["file"].name, err))
             return
         if not equal:
-            report.fail("embeddings_inconsistent", "encoder/decoder embed_tokens differ from the shared embedding")
+            report.fail(Problem.EMBEDDINGS_INCONSISTENT, "encoder/decoder embed_tokens differ from the shared embedding")
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
 
 
 def _check_state(report: Report, folder: Path, status: str, state, detail, model) -> None:
     name = ckpt.TRAINING_STATE
+    importer = importers.importer_for(report.kind)
+    if importer is not None and importer.describe(report, folder, status, state):
+        return  # a foreign format: its importer says what --fix builds from it
     if status == "missing":
-        if report.kind == foreign.HF:
-            report.fail("hf_trainer_state", f"Hugging Face Trainer checkpoint: no {name} yet (--fix builds it from "
-                                            "trainer_state.json, training_args.bin, optimizer.pt, scheduler.pt, "
-                                            "rng_state*.pth)")
-            _check_hf_settings(report, folder)
-        elif report.kind == foreign.ACCELERATE:
-            _check_accelerate(report, folder)
-        else:
-            report.fail("state_missing", f"{name} is missing")
+        report.fail(Problem.STATE_MISSING, f"{name} is missing")
         return
     if status in ("unsafe", "unreadable"):
-        report.fail(f"state_{status}", f"{name}: {detail}")
-        return
-    if status == "legacy":
-        report.fail("state_legacy", f"{name} is in the replaced system's format (epoch {state.get('epoch')} "
-                                    "1-based, numpy RNG): --fix converts it, keeping optimizer and scheduler")
-        report.global_step = int(state.get("global_step", 0))
-        report.epoch = max(0, int(state.get("epoch", 1)) - 1)
+        report.fail(Problem.STATE_UNSAFE if status == "unsafe" else Problem.STATE_UNREADABLE, f"{name}: {detail}")
         return
     report.ok(f"{name} loads with weights_only=True")
     step, epoch = state.get("global_step"), state.get("epoch", 0)
     if not (isinstance(step, int) and isinstance(epoch, int)) or isinstance(step, bool):
-        report.fail("state_unreadable", f"{name} holds a global_step / epoch that are not integers")
+        report.fail(Problem.STATE_UNREADABLE, f"{name} holds a global_step / epoch that are not integers")
         return
     report.global_step, report.epoch = step, epoch
     folder_step = ckpt.step_of(folder)
     if folder_step is not None and folder_step != step:
-        report.fail("step_mismatch", f"{name} is at step {step} but the folder is named {folder.name}")
+        report.fail(Problem.STEP_MISMATCH, f"{name} is at step {step} but the folder is named {folder.name}")
     else:
         report.ok(f"global_step {step} matches the folder name")
     _check_optimizer(report, state, model)
     sched = state.get("scheduler_state_dict")
     sched = sched if isinstance(sched, dict) else {}
     if sched.get("last_epoch") != step:
-        report.fail("scheduler_mismatch", f"scheduler is at step {sched.get('last_epoch')}, the run at {step}")
+        report.fail(Problem.SCHEDULER_MISMATCH, f"scheduler is at step {sched.get('last_epoch')}, the run at {step}")
     else:
         report.ok(f"scheduler position {step} matches global_step")
     if not state.get("rng_states"):
-        report.fail("rng_missing", "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
+        report.fail(Problem.RNG_MISSING, "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
     elif "rng_states" in (state.get("rebuilt") or ()):
-        report.fail("rng_rebuilt", "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
+        report.fail(Problem.RNG_REBUILT, "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
                                    "draw new streams on resume", "warn")
-
-
-def _check_accelerate(report: Report, folder: Path) -> None:
-    """An ``Accelerator.save_state`` folder: what --fix can build from it and what it cannot know."""
-    have = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if (folder / n).is_file()]
-    lacking = [n for n in (foreign.ACC_OPTIMIZER, foreign.ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
-    report.fail("accelerate_state", f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix builds it "
-                                    f"from {', '.join(have)}" + (f" ({', '.join(lacking)} missing)" if lacking else "")
-                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
-    if (folder / foreign.ACC_RNG).is_file():
-        try:
-            foreign.load_with_numpy(folder / foreign.ACC_RNG)
-        except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
-            report.fail("accelerate_rng_unsafe", f"{err} (the RNG state will not be restored)", "warn")
-    report.fail("accelerate_unknown", "not recorded by accelerate: steps per epoch and samples per step (pass "
-                                      "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
-                                      "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
-                + (f"; {foreign.ACC_SAMPLER}'s position is not used (the sample order is this project's)"
-                   if (folder / foreign.ACC_SAMPLER).is_file() else ""), "warn")
-
-
-def _check_hf_settings(report: Report, folder: Path) -> None:
-    """What the Hugging Face run's files tell about its schedule and shape, and what must come from flags."""
-    values, problems = foreign.hf_settings(folder)
-    missing = foreign.hf_unrecovered(values)
-    if "--learning-rate" in missing and (folder / foreign.HF_SCHEDULER).is_file():
-        missing.remove("--learning-rate")  # scheduler.pt keeps the peak LR
-    if missing:
-        why = "; ".join(problems) or "not recorded"
-        report.fail("hf_settings_missing", f"the run's {', '.join(f[2:] for f in missing)} could not be recovered "
-                                           f"({why}): --fix needs {' '.join(f + ' ...' for f in missing)}")
-        return
-    shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
-                      if k in values)
-    report.ok(f"Hugging Face run settings read without unpickling: {shown}")
-    if problems:
-        report.fail("hf_settings_partial", "; ".join(problems), "warn")
 
 
 def _check_optimizer(report: Report, state: dict, model) -> None:
     optimizer = state.get("optimizer_state_dict") or {}
     if state.get("optimizer_state_empty") or not optimizer.get("state"):
-        report.fail("optimizer_empty", "optimizer state is empty: Adam moments restart and the learning rate "
+        report.fail(Problem.OPTIMIZER_EMPTY, "optimizer state is empty: Adam moments restart and the learning rate "
                                        "re-warms over --optimizer-rewarmup-steps on resume", "warn")
         return
     if model is None:
@@ -380,21 +341,21 @@ def _check_optimizer(report: Report, state: dict, model) -> None:
     shapes, _ = wt.expected_tensors(model)
     problem = wt.optimizer_problem(optimizer, wt.our_layout(model), shapes)
     if problem:
-        report.fail("optimizer_mismatch", f"optimizer state does not fit the model: {problem}")
+        report.fail(Problem.OPTIMIZER_MISMATCH, f"optimizer state does not fit the model: {problem}")
     else:
         report.ok(f"optimizer state covers all {sum(map(len, wt.our_layout(model)))} trainable parameters")
 
 
 def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
     """A LoRA checkpoint's optimizer: one state per adapter tensor, each moment of that tensor's shape."""
-    header = report.facts.get("adapter_header")
+    header = report.facts.adapter_header
     if header is None:
         return
     want = sorted(tuple(e["shape"]) for n, e in header.items() if n != "__metadata__")
     got = sorted(tuple(m["exp_avg"].shape) for m in optimizer["state"].values()
                  if isinstance(m, dict) and hasattr(m.get("exp_avg"), "shape"))
     if got and got != want:  # Adafactor keeps no exp_avg: its state is not compared here
-        report.fail("optimizer_mismatch", f"optimizer state does not fit the adapter: {len(got)} moments for "
+        report.fail(Problem.OPTIMIZER_MISMATCH, f"optimizer state does not fit the adapter: {len(got)} moments for "
                                           f"{len(want)} adapter tensors")
     else:
         report.ok(f"optimizer state over the adapter ({len(optimizer['state'])} tensors)")
@@ -402,18 +363,17 @@ def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
 
 def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     """A file whose size or sha256 differs from the manifest is damage, never a stale manifest."""
-    problems = ckmanifest.manifest_problems(folder, verify_hashes=deep)
+    problems = ckmanifest.manifest_findings(folder, verify_hashes=deep)
     if not problems:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
-    corrupt = [p for p in problems if "sha256" in p or " bytes, the manifest says " in p]
-    for problem in corrupt:
-        name = problem.split(" ", 1)[0]
-        code = ("weights_corrupt" if ckpt.is_weights_file(name) else "state_corrupt"
-                if name == ckpt.TRAINING_STATE else "file_corrupt")
+    for problem in (p for p in problems if p.kind == "changed"):
+        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name) else Problem.STATE_CORRUPT
+                if problem.name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
-    if len(corrupt) < len(problems):
-        report.fail("manifest_invalid", f"{ckpt.MANIFEST}: {[p for p in problems if p not in corrupt][0]}")
+    invalid = [p for p in problems if p.kind != "changed"]
+    if invalid:
+        report.fail(Problem.MANIFEST_INVALID, f"{ckpt.MANIFEST}: {invalid[0]}")
 
 
 def healthy_sibling(folder: Path) -> str | None:

@@ -38,41 +38,25 @@ from pathlib import Path
 
 from chef_genius.checkpoint.resume import data_identity
 from chef_genius.errors import UserError
-from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser, check_optimizer, check_reporters
+from chef_genius.settings.checks import check_optimizer, check_reporters
+from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of
+from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser
 
 log = logging.getLogger("chef_genius")
 
-APPLIED = ("learning_rate", "warmup_steps", "lr_scheduler", "epochs", "max_steps", "weight_decay", "max_grad_norm",
-           "optimizer_rewarmup_steps", "save_steps", "eval_steps", "logging_steps", "save_total_limit",
-           "save_every_minutes", "on_save_error", "checkpoint_mirror", "async_save", "mixed_precision", "gradient_checkpointing",
-           "eval_samples", "eval_max_samples", "eval_generate", "metric_for_best", "report_to", "wandb_project",
-           "optimizer", "auto_micro_batch", "lora_dropout", "save_adapter_only")
-ADAPTER = ("lora_r", "lora_alpha", "lora_target_modules")
-RESHAPING = ("lora_r", "lora_target_modules")  # the saved adapter's tensors cannot take another value
-GUARDED = ("data", "eval_data", "eval_split_ratio", "seed", "group_by_length", "length_group_size",
-           "max_source_length", "max_target_length", "batch_size", "max_tokens_per_batch",
-           "gradient_accumulation_steps", "streaming", "columns", "source_template")
-RECORDED = ("pretrained_model",)
-SESSION = ("resume_from_checkpoint", "auto_resume", "allow_config_change", "stop_after_steps", "model_output",
-           "cache_dir", "demo", "progress", "dataloader_num_workers", "num_proc", "compile", "verify_hashes", "requeue_on_preemption",
-           "plan_only")
+# Each setting's group is declared with it, in the schema (``chef_genius/settings/schema.py``).
+APPLIED = by_policy(TrainConfig, Policy.APPLIED)
+GUARDED = by_policy(TrainConfig, Policy.GUARDED)
+ADAPTER = by_policy(TrainConfig, Policy.ADAPTER)
+RECORDED = by_policy(TrainConfig, Policy.RECORDED)
+SESSION = by_policy(TrainConfig, Policy.SESSION)
+RESHAPING = ("lora_r", "lora_target_modules")  # ADAPTER settings the saved adapter's tensors cannot change
 
 # The data files, and the key of the content identity each checkpoint saves beside the path.
 FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
 # Older checkpoints kept these only in their data position.
-POSITION_KEYS = {"seed": "sampler_seed", "group_by_length": "group_by_length",
-                 "length_group_size": "length_group_size"}
-NOTES = {"learning_rate": "the schedule's peak from step {step} on",
-         "warmup_steps": "the learning-rate schedule from step {step} on",
-         "lr_scheduler": "the learning-rate schedule from step {step} on",
-         "epochs": "the planned end of the run, and the learning-rate schedule with it",
-         "max_steps": "the planned end of the run, and the learning-rate schedule with it",
-         "optimizer_rewarmup_steps": "used only when a checkpoint has no optimizer state",
-         "optimizer": "the saved optimizer state is not loaded: the new one starts fresh and the learning rate "
-                      "re-warms over --optimizer-rewarmup-steps",
-         "pretrained_model": "the LoRA run's base model is rebuilt from it (its weights must match the "
-                             "checkpoint's fingerprint)",
-         "mixed_precision": "from step {step} on; the losses are no longer bitwise equal to an uninterrupted run's"}
+POSITION_KEYS = position_keys(TrainConfig)
+NOTES = {f.name: spec_of(f).note for f in settings_of(TrainConfig) if spec_of(f).note}
 
 
 @dataclass(frozen=True)

