@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def verify_remote(url: str, deep: bool = False) -> Report:
         if problem is None:
             try:
                 store.download(name, folder, Retry(attempts=3))
+                manifest = store.read_manifest(name)  # beside the files, as in a local checkpoint
+                (folder / ckpt.MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
             except RemoteError as err:
                 problem = str(err)
         if problem is not None:
