@@ -63,14 +63,19 @@ class S3Server:
                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
     def start(self) -> None:
+        self.stop()  # never two servers on the same ports (the first one would be left behind)
         mp, mg, vp, vg, fp, fg, sp, sg = self.ports
         d = self.folder
         argv = [self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={d / 'data'}",
                 "-master.telemetry=false", f"-master.port={mp}", f"-master.port.grpc={mg}",
-                f"-volume.port={vp}", f"-volume.port.grpc={vg}", "-volume.max=8", "-master.volumeSizeLimitMB=64",
+                f"-volume.port={vp}", f"-volume.port.grpc={vg}",
+                # each bucket is a collection that takes several volumes at its first write: no fixed cap
+                # (0: as many as the free disk allows; volumes are sparse files), small volumes
+                "-volume.max=0", "-master.volumeSizeLimitMB=32",
                 "-filer", f"-filer.port={fp}", f"-filer.port.grpc={fg}", f"-filer.localSocket={d / 'filer.sock'}",
                 "-s3", f"-s3.port={sp}", f"-s3.port.grpc={sg}", f"-s3.config={d / 's3.json'}",
-                "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.localSocket={d / 's3.sock'}"]
+                "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                f"-s3.localSocket={d / 's3.sock'}"]
         self.log = open(d / "weed.log", "ab")
         self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry, describe
@@ -204,7 +204,7 @@ class Mirror:
             protected = {work.step} | ({self.resumed_step} if self.resumed_step is not None else set())
             for step in select_for_deletion(complete, self.keep_last, self.best_step(), protected):
                 name = f"{ckpt.PREFIX}{step}"
-                self.retry(lambda: self.store.delete(name))
+                self.retry(lambda name=name: self.store.delete(name))
                 log.info("mirror: deleted %s (--save-total-limit %d)", name, self.keep_last)
         except (RemoteError, OSError) as err:  # kept, tried again after the next upload
             log.warning("mirror: retention could not finish (%s); the older checkpoints are kept for now", err)

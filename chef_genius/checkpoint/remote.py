@@ -26,7 +26,7 @@ import logging
 import posixpath
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.checkpoint import format as ckpt
 from chef_genius.checkpoint import trust
@@ -73,7 +73,7 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {printable(text, 200)}"
 
 
-def open_store(url: str) -> "RemoteStore":
+def open_store(url: str) -> RemoteStore:
     """The store at ``url``; ``UserError`` when fsspec or the client of its protocol is not installed."""
     try:
         import fsspec
@@ -206,7 +206,8 @@ class RemoteStore:
             if file not in listed:
                 return f"{printable(file)} is missing"
             if listed[file] != entry.get("size"):
-                return f"{printable(file)} has {listed[file]} bytes, the manifest says {printable(entry.get('size'), 20)}"
+                said = printable(entry.get("size"), 20)
+                return f"{printable(file)} has {listed[file]} bytes, the manifest says {said}"
         return None
 
     # -- writing ----------------------------------------------------------------------------------
@@ -231,7 +232,8 @@ class RemoteStore:
         for file, entry in sorted(manifest["files"].items()):
             if cancelled():
                 raise RemoteError("given up")
-            retry(lambda: self._put_verified(folder / file, self._path(name, file), entry), on_retry)
+            retry(lambda file=file, entry=entry: self._put_verified(folder / file, self._path(name, file), entry),
+                  on_retry)
             sent += int(entry["size"])
         manifest_bytes = (folder / ckpt.MANIFEST).read_bytes()
         manifest_entry = {"size": len(manifest_bytes), "sha256": hashlib.sha256(manifest_bytes).hexdigest()}
@@ -289,7 +291,8 @@ class RemoteStore:
                 raise RemoteError(f"manifest.json names {printable(file)}, not a file of the checkpoint")
             target = staging / file
             target.parent.mkdir(parents=True, exist_ok=True)
-            size, digest = retry(lambda: self._hash_remote(self._path(name, file), into=target))
+            remote = self._path(name, file)
+            size, digest = retry(lambda remote=remote, target=target: self._hash_remote(remote, into=target))
             if size != entry.get("size") or digest != entry.get("sha256"):
                 raise RemoteError(f"{printable(file)} does not match its sha256 in the remote manifest")
             digests[file] = digest
@@ -307,7 +310,7 @@ class _Discard:
     def write(self, data) -> None:
         pass
 
-    def __enter__(self) -> "_Discard":
+    def __enter__(self) -> _Discard:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -18,6 +18,9 @@ Features, in the order a step meets them:
   every stateful piece (``train/components.py``): model, optimizer, scheduler, every RNG, the data
   position, the run state, the reporters; on CPU the resumed losses equal the uninterrupted run's
   bit for bit. A stop (signal, ``--stop-after-steps``, the end) waits for the checkpoint in flight;
+- a checkpoint mirror (``--checkpoint-mirror``): the manager's ``Mirror`` uploads each committed
+  checkpoint in the background; a resume on an empty run folder first fetches the mirror's newest
+  healthy checkpoint (``checkpoint/fetch.py``); a mirror that cannot be used is refused at setup;
 - several processes (``accelerate launch`` / ``torchrun``): DDP or FSDP through accelerate; what
   differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
   and ``sharded``.
@@ -25,11 +28,12 @@ Features, in the order a step meets them:
 A resume trains with the run's settings saved in its checkpoint, the explicit flags of its command
 on top (what it may change is decided in ``train/settings.py``).
 
-Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or a run folder that a
-live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
-for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl or the final model could
-not be written (``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint is
-committed.
+Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, a run folder that a
+live run holds (``checkpoint/runlock.py``; the lock is held until ``close``) or a mirror that cannot be
+used, ``DataError`` (exit 3) for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl
+or the final model could not be written, or the final checkpoint did not reach the mirror
+(``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint (SIGTERM, SIGUSR1,
+Ctrl+C) is committed (then ``--requeue-on-preemption`` requeues the Slurm job).
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def test_a_damaged_mirrored_checkpoint_fails_verification_and_the_listing(stoppe
     lines = out.splitlines()
     assert code == EXIT_FAILURE
     assert lines[1].split() == ["5", "complete"]
-    assert lines[2].startswith("7   incomplete: manifest.json does not mark it complete at its step")
-    assert lines[3].startswith("10  incomplete: no manifest.json")
+    assert lines[2].split(None, 1) == ["7", "incomplete: manifest.json does not mark it complete at its step"]
+    assert lines[3].split(None, 1) == ["10", "incomplete: no manifest.json (its upload did not finish)"]
     assert "newest complete checkpoint on the mirror: checkpoint-5" in lines[4]
     code, _, err = _run(fix_all_main, [url], capsys)
     assert code == EXIT_USAGE and "add --dry-run" in err
