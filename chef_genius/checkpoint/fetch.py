@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from chef_genius.checkpoint import commit as ckcommit
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manifest import find_latest, usability_problem
 from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry
 
@@ -83,7 +84,7 @@ def saved_mirror(output_dir: str | Path, setting: str) -> str | None:
     if local is None:
         return None
     try:
-        value = (ckpt.load_training_state(local, mmap=True).get("hyperparameters") or {}).get(setting)
+        value = (ckstate.load_training_state(local, mmap=True).get("hyperparameters") or {}).get(setting)
     except ckpt.CheckpointError:
         return None
     return value if isinstance(value, str) and value else None

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry, describe
 from chef_genius.checkpoint.retention import select_for_deletion
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.manifest import read_manifest
 from chef_genius.errors import UserError, printable

@@ -15,7 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint.remote import RemoteError, Retry, open_store
 from chef_genius.doctor.problems import Problem
 from chef_genius.doctor.verify import Report, verify

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("fsspec")
 
-from chef_genius.checkpoint import format as ckpt  # noqa: E402
+from chef_genius.checkpoint import layout as ckpt  # noqa: E402
 from chef_genius.checkpoint.fetch import fetch_newer  # noqa: E402
 from chef_genius.checkpoint.manifest import manifest_problems  # noqa: E402
 from chef_genius.checkpoint.mirror import Mirror  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("fsspec")
 
-from chef_genius.checkpoint import format as ckpt  # noqa: E402
+from chef_genius.checkpoint import layout as ckpt  # noqa: E402
 from chef_genius.checkpoint.mirror import Mirror  # noqa: E402
 from chef_genius.checkpoint.remote import Retry, open_store  # noqa: E402
 from chef_genius.doctor.cli import fix_all_main, verify_main  # noqa: E402
