@@ -1,7 +1,7 @@
 """``--checkpoint-mirror URL``: every committed checkpoint copied to a second place, in the background.
 
 A component of the checkpoint manager (``manager.py``), not a second save path: the manager commits a
-checkpoint locally as always, then hands its folder to ``Mirror.submit`` (a few microseconds: the
+checkpoint locally as always, then hands its folder to ``Mirror.submit`` (it only queues the folder: the
 training thread never waits for the store). One background thread uploads it (``remote.py``: hashed
 on the way, read back and hashed again, the manifest last), then applies ``--save-total-limit`` to
 the mirror as to the run folder (``retention.select_for_deletion``: the newest K complete ones, the
