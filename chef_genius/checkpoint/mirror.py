@@ -29,8 +29,10 @@ from pathlib import Path
 from collections.abc import Callable
 
 from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint.health import health_problem
 from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry, describe
 from chef_genius.checkpoint.retention import select_for_deletion
+from chef_genius.checkpoint.training_state import load_training_state
 
 log = logging.getLogger("chef_genius")
 
@@ -65,6 +67,7 @@ class Mirror:
         self.mirrored: list[int] = []             # steps uploaded (or found there already) by this session
         self.failures: list[MirrorFailure] = []   # every checkpoint not mirrored
         self.skipped: list[int] = []              # replaced by a newer one before their upload began
+        self.healthy: set[int] = set()            # uploaded steps whose health record says finite numbers
         self._new_failures: list[MirrorFailure] = []
         self._lock = threading.Lock()
         self._waiting: _Work | None = None
@@ -177,6 +180,8 @@ class Mirror:
             return
         with self._lock:
             self.mirrored.append(work.step)
+            if _recorded_healthy(work.path):
+                self.healthy.add(work.step)
         if sent:
             seconds = time.perf_counter() - began
             log.info("mirrored %s to %s (%.1f MB in %.1fs, every file read back and verified)", work.path.name,
@@ -202,9 +207,19 @@ class Mirror:
             listed = self.retry(self.store.objects)
             complete = [ckpt.step_of(name) for name, files in listed.items() if self.store.problem(name, files) is None]
             protected = {work.step} | ({self.resumed_step} if self.resumed_step is not None else set())
+            healthy = [step for step in complete if step in self.healthy]
+            protected |= {max(healthy)} if healthy else set()  # as locally: the newest with finite numbers
             for step in select_for_deletion(complete, self.keep_last, self.best_step(), protected):
                 name = f"{ckpt.PREFIX}{step}"
                 self.retry(lambda name=name: self.store.delete(name))
                 log.info("mirror: deleted %s (--save-total-limit %d)", name, self.keep_last)
         except (RemoteError, OSError) as err:  # kept, tried again after the next upload
             log.warning("mirror: retention could not finish (%s); the older checkpoints are kept for now", err)
+
+
+def _recorded_healthy(folder: Path) -> bool:
+    """Whether the local checkpoint's health record says its numbers are finite (the record only)."""
+    try:
+        return health_problem(folder, load_training_state(folder, mmap=True), check_numbers=False) is None
+    except ckpt.CheckpointError:
+        return False

@@ -11,8 +11,10 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
                                      help="label smoothing of the loss (default {default})")
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
-help from the field), its check in ``validate``, its resume policy and README's flags table follow
-(regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``).
+help from the field), its check in ``validate``, its resume policy, its key in ``--config`` files and
+in a run's ``settings.yaml`` (``settings/config_file.py``) and the reference pages follow
+(regenerate them: ``python -m chef_genius.devtools.references --write``; docs/reference/flags.md and
+docs/reference/resume-policy.md).
 
 - Choices are a ``Literal[...]`` annotation (``list[Literal[...]]`` for several values).
 - A bool is a switch: ``--name`` turns on one that is off by default, ``--no-name`` turns off one
@@ -98,6 +100,9 @@ class ModelSettings:
     pretrained_model: str = setting(DEFAULT_MODEL, policy=RECORDED, note=(
         "the LoRA run's base model is rebuilt from it (its weights must match the checkpoint's fingerprint)"),
         help="model name or folder to start from (default {default})")
+    config: str | None = setting(None, policy=SESSION, metavar="FILE.yaml", help=(
+        "read settings from a YAML file (name: value, one a line; see configs/); flags given on the command line "
+        "override it, and a resume treats the file's settings as flags given"))
     model_output: str = setting(str(MODELS_ROOT / "chef-genius"), policy=SESSION, cli_default=None,
                                 help="run folder: checkpoints and the final model (default models/chef-genius)")
     resume_from_checkpoint: str | None = setting(None, policy=SESSION, flags=("--resume-from-checkpoint", "--resume"),
@@ -133,7 +138,7 @@ class OptimisationSettings:
         "padding (default {default}: --batch-size rows)"))
     gradient_accumulation_steps: int = setting(1, policy=GUARDED, check=checks.positive_int,
                                                help="micro-batches per optimizer step (default {default})")
-    learning_rate: float = setting(1e-4, policy=APPLIED, check=checks.positive,
+    learning_rate: float = setting(1e-4, policy=APPLIED, check=checks.learning_rate,
                                    note="the schedule's peak from step {step} on",
                                    help="peak AdamW learning rate (default {default})")
     warmup_steps: int = setting(500, policy=APPLIED, check=checks.at_least_zero,
@@ -217,7 +222,8 @@ class CheckpointSettings:
         "copy the state to CPU memory and write the checkpoint in a background thread: same files, same crash "
         "safety, at most one save in flight (default: on with CUDA, off on CPU)"))
     save_total_limit: int = setting(0, policy=APPLIED, check=checks.at_least_zero, help=(
-        "keep the newest N checkpoints plus the best one and the one resumed from; older ones are deleted after "
+        "keep the newest N checkpoints plus the best one, the one resumed from and the newest healthy one (finite "
+        "numbers); older ones are deleted after "
         "each new checkpoint is committed (default {default}: keep all)"))
     save_every_minutes: float = setting(0.0, policy=APPLIED, check=checks.at_least_zero, help=(
         "also checkpoint when this many minutes of wall-clock time passed since the last checkpoint (default 0: "
@@ -246,6 +252,20 @@ class CheckpointSettings:
 
 
 @dataclass
+class DivergenceSettings:
+    title = "divergence guard (docs/checkpoints.md: Divergence)"
+    spike_factor: float = setting(3.0, policy=APPLIED, check=checks.at_least_zero, metavar="F", help=(
+        "a loss above F times the median of the last 32 finite losses is a spike: the run rolls back to the "
+        "newest healthy checkpoint before it and skips the recipes that led into it (default {default}; 0: off)"))
+    max_nonfinite_steps: int = setting(3, policy=APPLIED, check=checks.at_least_zero, metavar="K", help=(
+        "K steps in a row whose loss or gradient norm is NaN/Inf (each skipped: no weight changes) roll the run "
+        "back the same way (default {default}; 0: never, the steps are only skipped)"))
+    max_rollbacks: int = setting(3, policy=APPLIED, check=checks.at_least_zero, metavar="R", help=(
+        "rollbacks in one session before the run stops with exit code 6, naming the newest healthy checkpoint "
+        "(default {default}; 0: stop at the first divergence)"))
+
+
+@dataclass
 class MonitoringSettings:
     title = "monitoring"
     progress: ProgressMode = setting("auto", policy=SESSION, help=(
@@ -267,7 +287,7 @@ _DIRECTIONS = ", ".join(f"{name} ({'higher' if up else 'lower'} is better)" for 
 
 @dataclass
 class RecipeMetricsSettings:
-    title = "recipe metrics (README: Recipe metrics)"
+    title = "recipe metrics (docs/monitoring.md)"
     eval_generate: int = setting(0, policy=APPLIED, check=checks.at_least_zero, metavar="N", help=(
         "at each evaluation, write recipes (greedy, repetition penalty 1.15, no repeated 10-token span, batched, "
         "at most --max-target-length new tokens) for the first N validation recipes and log their recipe metrics "
@@ -279,7 +299,7 @@ class RecipeMetricsSettings:
 
 @dataclass
 class TrainConfig(DataSettings, ModelSettings, OptimisationSettings, LoRASettings, PrecisionSettings,
-                  CheckpointSettings, MonitoringSettings, RecipeMetricsSettings):
+                  CheckpointSettings, DivergenceSettings, MonitoringSettings, RecipeMetricsSettings):
     """All settings, flat. (As dataclasses do, the fields run from the last section to the first; a
     resume lists its changes in that order.)"""
     # The fields the command line set (any spelling of their flags); never saved in a checkpoint.
