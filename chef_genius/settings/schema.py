@@ -250,6 +250,14 @@ class CheckpointSettings:
     on_save_error: OnSaveError = setting("stop", policy=APPLIED, help=(
         "when a checkpoint cannot be written (full disk, permissions): stop with exit code 4 (default), or "
         "warn and train on"))
+    checkpoint_mirror: str | None = setting(None, policy=APPLIED, metavar="URL", help=(
+        "copy every committed checkpoint, in the background, to this fsspec URL (s3://bucket/prefix or a second "
+        "folder; pip install -r requirements-mirror.txt), each file read back and verified, the manifest last; "
+        "--auto-resume on an empty run folder fetches the newest healthy one from there (a resume keeps the "
+        "run's mirror)"))
+    requeue_on_preemption: bool = setting(False, policy=SESSION, help=(
+        "Slurm: after the checkpoint of a stop signal (SIGTERM, SIGUSR1) is committed, requeue the job with "
+        "scontrol requeue $SLURM_JOB_ID (it resumes with --auto-resume)"))
     verify_hashes: bool = setting(False, policy=SESSION, help=(
         "resuming checks every checkpoint file's sha256 against its manifest, not only its size (reads the whole "
         "checkpoint once)"))

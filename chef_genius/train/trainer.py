@@ -24,6 +24,9 @@ Features, in the order a step meets them:
   every stateful piece (``train/components.py``): model, optimizer, scheduler, every RNG, the data
   position, the run state, the reporters; on CPU the resumed losses equal the uninterrupted run's
   bit for bit. A stop (signal, ``--stop-after-steps``, the end) waits for the checkpoint in flight;
+- a checkpoint mirror (``--checkpoint-mirror``): the manager's ``Mirror`` uploads each committed
+  checkpoint in the background; a resume on an empty run folder first fetches the mirror's newest
+  healthy checkpoint (``checkpoint/fetch.py``); a mirror that cannot be used is refused at setup;
 - several processes (``accelerate launch`` / ``torchrun``): DDP or FSDP through accelerate; what
   differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
   and ``sharded``.
@@ -31,12 +34,14 @@ Features, in the order a step meets them:
 A resume trains with the run's settings saved in its checkpoint, the explicit flags of its command
 on top (what it may change is decided in ``train/settings.py``).
 
-Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or a run folder that a
-live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
-for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl or the final model could
-not be written (``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint is
-committed, ``Diverged`` (exit 6) when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its
-final weights are not finite (the message names the newest healthy checkpoint).
+Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, a run folder that a
+live run holds (``checkpoint/runlock.py``; the lock is held until ``close``) or a mirror that cannot be
+used, ``DataError`` (exit 3) for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl
+or the final model could not be written, or the final checkpoint did not reach the mirror
+(``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint (SIGTERM, SIGUSR1,
+Ctrl+C) is committed (then ``--requeue-on-preemption`` requeues the Slurm job), ``Diverged`` (exit 6)
+when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its final weights are not finite
+(the message names the newest healthy checkpoint).
 """
 
 from __future__ import annotations
@@ -52,9 +57,12 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import disk
+from chef_genius.checkpoint import fetch
+from chef_genius.checkpoint import remote
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.files import atomic_write_bytes
 from chef_genius.checkpoint.runlock import RunLock
@@ -140,6 +148,7 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
+        self.mirror_store: remote.RemoteStore | None = None  # --checkpoint-mirror, on the main process
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.rollbacks = 0  # in this session
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
@@ -150,8 +159,10 @@ class Trainer:
 
     def setup(self) -> None:
         self._hold_run_folder()
+        self._on_main(self._fill_from_mirror)
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final
+        self._on_main(self._open_mirror)
         c = self.config
         self.health.policy = divergence.Policy.of(c)
         self.reporters = make_reporters(c, self.output, self.is_main)
@@ -191,14 +202,20 @@ class Trainer:
                                config_file.settings_yaml(self.config, schema.SECTIONS).encode("utf-8"))
 
     def _hold_run_folder(self) -> None:
-        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.
-        Rank 0 takes the lock; a refusal ends every rank (the others would wait in its next collective)."""
+        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+        def hold() -> None:
+            disk.prepare_output(self.output)
+            self.run_lock = RunLock(self.output).acquire()
+            self.run_lock.remove_leftovers()
+        self._on_main(hold)
+
+    def _on_main(self, action) -> None:
+        """``action()`` on rank 0; its refusal (``UserError``) ends every rank (the others would wait in
+        its next collective)."""
         refusal = None
         if self.is_main:
             try:
-                disk.prepare_output(self.output)
-                self.run_lock = RunLock(self.output).acquire()
-                self.run_lock.remove_leftovers()
+                action()
             except UserError as err:
                 refusal = err
         shared = dist.broadcast_object(self.accelerator, None if refusal is None else (str(refusal), refusal.exit_code))
@@ -206,6 +223,29 @@ class Trainer:
             raise refusal
         if shared is not None:
             raise ReportedByRankZero(*shared)
+
+    def _fill_from_mirror(self) -> None:
+        """A resume with a mirror (the command's, else the one the local checkpoints were written with):
+        the mirror's newest healthy checkpoint is fetched first when it is newer than the local ones
+        (a fresh machine: the run folder is empty). Wrong credentials or a missing bucket: exit 2 here."""
+        c = self.config
+        if not (c.auto_resume or c.resume_from_checkpoint == "latest"):
+            return
+        url = c.checkpoint_mirror or fetch.saved_mirror(self.output, "checkpoint_mirror")
+        if url:
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
+            fetch.fill_run_folder(self.mirror_store, self.output, c.verify_hashes)
+
+    def _open_mirror(self) -> None:
+        """The run's mirror (a run setting: a resume keeps the checkpoint's unless the command names one),
+        checked before training: refused now (exit 2), not at the first save."""
+        url = self.config.checkpoint_mirror
+        if not url:
+            self.mirror_store = None
+        elif self.mirror_store is None or self.mirror_store.url != url.rstrip("/"):
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
 
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
@@ -309,8 +349,11 @@ class Trainer:
                                        c.save_adapter_only)
             final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
             tensors = [t for t in tensors if t[2]]
+        mirror = None
+        if self.mirror_store is not None:
+            mirror = Mirror(self.mirror_store, keep_last=c.save_total_limit, best_step=lambda: self.state.best_step)
         return CheckpointManager(
-            self.output, files, components,
+            self.output, files, components, mirror=mirror,
             world=dist.World(acc),
             async_save=self._async_save(), on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
@@ -651,8 +694,12 @@ class Trainer:
         if not self.checkpoints.wait():
             raise SaveError(f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
                             "(see the warning above)")
-        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; continue "
-                        "with --resume-from-checkpoint latest")
+        self.checkpoints.drain_mirror()  # a warning when it did not make it: the local checkpoint is there
+        self.preemption.settled = True
+        requeued = self.config.requeue_on_preemption and self.is_main and preemption.requeue_slurm_job()
+        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; "
+                        + ("the Slurm job is requeued and resumes with --auto-resume" if requeued else
+                           "continue with --resume-from-checkpoint latest"))
 
     def finish(self) -> None:
         """Flush the last log, validate, checkpoint the final step, commit the final model for use; never
