@@ -6,6 +6,10 @@ time still counts), the tokenizer (hash of its serialized vocabulary), the recip
 ``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
 run or a resume memory-maps the same Arrow files instead of tokenizing again.
 
+The duplicate search (``corpus.find_duplicates``) keeps its decision in the same folder, under a key of
+its own settings (``--dedup-threshold``, the ``--eval-data`` file), so another threshold re-hashes
+without re-tokenizing.
+
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
 ``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
 written last, so a folder without it is never used. They are read back memory-mapped with pyarrow
@@ -36,7 +40,8 @@ log = logging.getLogger(__name__)
 
 CACHE_META = "chef_genius_cache.json"
 # 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
-CACHE_LAYOUT = 2
+# 3: the untruncated lengths too (source_full_len, target_full_len: the truncation report)
+CACHE_LAYOUT = 3
 PAD_MULTIPLE = 8
 LABEL_PAD = -100
 
@@ -71,7 +76,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 @dataclass
 class TokenizedData:
-    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len
+    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len, source_full_len, target_full_len
     stats: dict
     cache_dir: Path
     from_cache: bool
