@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

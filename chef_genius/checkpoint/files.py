@@ -16,7 +16,8 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -117,7 +118,7 @@ class HashingFile:
                 self._hasher.shutdown()
             self._handle.close()
 
-    def __enter__(self) -> "HashingFile":
+    def __enter__(self) -> HashingFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -34,7 +34,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -168,7 +169,7 @@ class CheckpointManager:
     # -----------------------------------------------------------------------------------------
     # when to save
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         self._last_save_clock = time.monotonic()
         return self
 

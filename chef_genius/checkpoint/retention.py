@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest

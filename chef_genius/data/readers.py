@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from chef_genius.errors import DataError, printable
 from chef_genius.data.layouts import Layout, needed_columns, resolve_layout

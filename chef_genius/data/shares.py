@@ -14,7 +14,7 @@ The cached path (``sampler.ResumableBatchSampler`` with ``ShareDataset``) and ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -92,7 +92,7 @@ class Progress:
         self._bar = None
         self._redirect = contextlib.ExitStack()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.started = time.perf_counter()
         if self.bar_mode:
             from tqdm import tqdm
@@ -171,7 +171,7 @@ class CountProgress:
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
-    def __enter__(self) -> "CountProgress":
+    def __enter__(self) -> CountProgress:
         self.started = self.last_line = self.clock()
         if self.bar_mode:
             from tqdm import tqdm

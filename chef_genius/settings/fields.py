@@ -15,7 +15,8 @@ import enum
 import types
 import typing
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 _NONE = type(None)
 AS_FIELD = object()  # cli_default: the field's own default

@@ -21,7 +21,7 @@ decision on restore, is here:
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import training_state as ckstate

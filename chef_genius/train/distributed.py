@@ -220,7 +220,7 @@ class SampleLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def from_env(cls, rank: int) -> "SampleLog":
+    def from_env(cls, rank: int) -> SampleLog:
         return cls(os.environ.get(SAMPLE_LOG_ENV), rank)
 
     def write(self, epoch: int, window: list[dict]) -> None:

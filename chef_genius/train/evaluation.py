@@ -15,7 +15,7 @@ inside its own ``rng.isolated()``; only the main process logs, writes and keeps 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -41,7 +41,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
