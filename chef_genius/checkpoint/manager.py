@@ -361,8 +361,8 @@ class CheckpointManager:
             outcome = _Outcome("the final model", None, reason=disk.space_problem(self.output, self.model_bytes))
             if outcome.reason is None:
                 self._outcome = outcome
-                self._writer.submit(lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)),
-                                    outcome.what)
+                self._writer.submit(
+                    lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)), outcome.what)
                 self._collect(block=True)
             else:
                 self._unsettled.append(outcome)

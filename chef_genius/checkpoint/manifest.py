@@ -212,6 +212,7 @@ def _adapter_files_problem(folder: Path) -> str | None:
 def _json_problem(folder: Path, required: tuple = (), optional: tuple = ()) -> str | None:
     """The first of ``required`` (and of ``optional`` where present) that is not a JSON object."""
     for name in (*required, *optional):
-        if (name in required or os.path.lexists(folder / name)) and not isinstance(trust.read_json(folder / name), dict):
+        present = name in required or os.path.lexists(folder / name)
+        if present and not isinstance(trust.read_json(folder / name), dict):
             return f"{name} does not hold a JSON object"
     return None

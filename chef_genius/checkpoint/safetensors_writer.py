@@ -46,14 +46,16 @@ def header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
     for name in layout(tensors):
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
-        entries[name] = {"dtype": _NAME[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        entries[name] = {"dtype": _NAME[tensor.dtype], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors(stream: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(stream: BinaryIO, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (a state dict without tensors sharing memory) as one safetensors file."""
     if sys.byteorder != "little":  # the format is little-endian; torch's memory is the machine's
         raise ValueError("writing safetensors needs a little-endian machine")

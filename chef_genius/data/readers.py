@@ -200,7 +200,7 @@ def _jsonl_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[d
                 row = json.loads(line)
             except ValueError:
                 if not seen_object and stats.rows >= 20:
-                    raise DataError(f"{path}: not a JSON Lines file (no JSON object in its first lines)")
+                    raise DataError(f"{path}: not a JSON Lines file (no JSON object in its first lines)") from None
                 stats.rows += 1
                 stats.skip("bad_json")
                 continue

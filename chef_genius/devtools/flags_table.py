@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     document = path.read_text(encoding="utf-8")
     if args.check:
         if table_in(document) != table:
-            print(f"{path}: the flags table is out of date; run python -m chef_genius.devtools.flags_table --write {path}",
-                  file=sys.stderr)
+            print(f"{path}: the flags table is out of date; "
+                  f"run python -m chef_genius.devtools.flags_table --write {path}", file=sys.stderr)
             return 1
         return 0
     path.write_text(replace_table(document, table), encoding="utf-8")

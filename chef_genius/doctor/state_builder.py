@@ -73,7 +73,8 @@ def schedule_of(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
     if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
         total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
         assumed.append("total_steps")
-    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler))
+    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total,
+                        settings.get("lr_scheduler", d.lr_scheduler))
     return schedule, settings.get("learning_rate", d.learning_rate), assumed
 
 

@@ -146,8 +146,8 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 
-FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
-              *importers.FILES)
+FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST,
+              ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES, *importers.FILES)
 
 
 def _check_files(report: Report, folder: Path) -> None:
@@ -189,7 +189,8 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
         names = [n for n in header if n != "__metadata__"]
         ranks = {header[n]["shape"][0] for n in names if "lora_A" in n and header[n].get("shape")}
         if not names or not all("lora_A" in n or "lora_B" in n for n in names):
-            report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
+            report.fail(Problem.ADAPTER_UNREADABLE,
+                        f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
         elif config is not None and ranks != {config["r"]}:
             report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
                                               f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
@@ -200,13 +201,14 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
                 report.facts.weights_read = True
                 if bad:
-                    report.fail(Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
+                    report.fail(Problem.WEIGHTS_NONFINITE,
+                                f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
                     report.ok("every adapter tensor read, all values finite")
     base = ckrecords.read_base(folder)
     if base is None:
-        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
-                                           "belongs to, and its fingerprint, are unknown")
+        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the "
+                                                 "adapter belongs to, and its fingerprint, are unknown")
     else:
         report.ok(f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 "
                   f"{base['sha256'][:12]})")
@@ -297,7 +299,8 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(header["shared.weight"]["file"].name, err))
             return
         if not equal:
-            report.fail(Problem.EMBEDDINGS_INCONSISTENT, "encoder/decoder embed_tokens differ from the shared embedding")
+            report.fail(Problem.EMBEDDINGS_INCONSISTENT,
+                        "encoder/decoder embed_tokens differ from the shared embedding")
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
 

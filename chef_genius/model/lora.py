@@ -163,7 +163,8 @@ def load_adapter(peft_model, folder: Path) -> None:
     try:
         result = set_peft_model_state_dict(peft_model, saved, adapter_name=ADAPTER)
     except RuntimeError as err:
-        raise UserError(f"{folder.name}'s adapter does not fit this model's ({str(err).splitlines()[0][:160]})") from None
+        first_line = str(err).splitlines()[0][:160]
+        raise UserError(f"{folder.name}'s adapter does not fit this model's ({first_line})") from None
     missing = [k for k in result.missing_keys if k in expected]
     if missing or result.unexpected_keys:
         names = (missing or list(result.unexpected_keys))[:2]

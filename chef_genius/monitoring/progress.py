@@ -219,7 +219,8 @@ class CountProgress:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
         if self.total is None:
-            return f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, elapsed {format_duration(elapsed)}"
+            return (f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, "
+                    f"elapsed {format_duration(elapsed)}")
         eta = (self.total - self.done) / rate if rate > 0 else None
         return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
                 f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")

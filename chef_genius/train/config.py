@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The demo's settings, tuned so that its model writes recipes on held-out ingredients (docs/training-and-data.md: The demo):
+# The demo's settings, tuned so that its model writes recipes on held-out ingredients
+# (docs/training-and-data.md: The demo):
 # 10 epochs of 380 recipes (480 steps) at a high peak LR suit its small model; 20 recipes (5 %) are held
 # out and all of them are written and scored at each evaluation.
 DEMO_OVERRIDES = dict(epochs=10, batch_size=8, learning_rate=3e-3, warmup_steps=30, save_steps=120,

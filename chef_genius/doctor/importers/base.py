@@ -29,7 +29,7 @@ class Importer(ABC):
         know; True when that replaces verify's checks of a training state (there is none of ours)."""
         return False
 
-    def check_files(self, report: Report, folder: Path) -> None:
+    def check_files(self, report: Report, folder: Path) -> None:  # noqa: B027 (optional hook: none by default)
         """Report the format's own files that do not load (after the training-state checks)."""
 
     def converts(self, state_status: str) -> bool:
