@@ -77,7 +77,7 @@ class UserError(Exception):
     """Something the user can fix; the message is one sentence that says what to do."""
 
     exit_code = EXIT_USAGE
-    label = "error"  # the word before the message on stderr
+    label: str | None = "error"  # the word before the message on stderr (None: print nothing)
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)

@@ -12,6 +12,7 @@ folder always loads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -85,7 +86,7 @@ def write_final_model(output_dir: str | Path, save_model: SaveModel,
         moved = []
         for path in sorted(staging.iterdir()):
             target = output_dir / path.name
-            retry_os(lambda p=path, t=target: os.replace(p, t))
+            retry_os(functools.partial(os.replace, path, target))
             moved.append(target)
         fault_point("final model moved")
         fsync_dir(output_dir)
@@ -110,7 +111,7 @@ def _write_sealed(staging: Path, save_model: SaveModel, training_state: dict | N
         digests = dict(save_model(staging) or {})
         fault_point(labels[0])
         if training_state is not None:
-            digests[TRAINING_STATE] = (state.result() if parallel
+            digests[TRAINING_STATE] = (state.result() if state is not None
                                        else torch_save_hashed(staging / TRAINING_STATE, training_state))
             fault_point(labels[1])
     _stop_if(cancelled)

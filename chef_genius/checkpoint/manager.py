@@ -121,7 +121,7 @@ class _Outcome:
 class CheckpointManager:
     def __init__(self, output: Path, model: ModelFiles, components: dict[str, Stateful], *, world=None,
                  async_save: bool = False, on_error: str = "stop", save_steps: int = 1000,
-                 save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] = None,
+                 save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] | None = None,
                  checkpoint_bytes: int = 0, model_bytes: int = 0):
         unknown = set(components) - set(ckstate.SLICES)
         if unknown:
@@ -135,7 +135,7 @@ class CheckpointManager:
         self.save_steps = save_steps
         self.save_every_minutes = save_every_minutes
         self.keep_last = keep_last
-        self.best_step = best_step or (lambda: None)
+        self.best_step: Callable[[], int | None] = best_step or (lambda: None)
         self.checkpoint_bytes = checkpoint_bytes  # an estimate; the real size once a checkpoint is written
         self.model_bytes = model_bytes
         self.resumed_from: Path | None = None
@@ -242,6 +242,7 @@ class CheckpointManager:
                 self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set))
             if not outcome.ok:
                 return
+            assert outcome.path is not None  # set by every save that succeeded
             log.info("saved %s in %.1fs%s", outcome.what, time.perf_counter() - began,
                      " (background)" if self.async_save else "")
             manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}

@@ -71,4 +71,5 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     tensor = tensor.contiguous().reshape(-1)
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.view(torch.uint8).numpy())
+    # numpy declares the buffer protocol to type checkers for Python >= 3.12 only
+    return memoryview(tensor.view(torch.uint8).numpy())  # type: ignore[arg-type]
