@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, overload
 from collections.abc import Callable, Iterable
 
 import torch
@@ -97,6 +97,12 @@ class LoadedCheckpoint:
         return self.slices[ckstate.SETTINGS]
 
 
+@overload
+def read_checkpoint(path: Path) -> LoadedCheckpoint: ...
+@overload
+def read_checkpoint(path: None) -> None: ...
+@overload
+def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None: ...
 def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None:
     """The checkpoint at ``path`` (None: a fresh run). Loaded with ``weights_only=True``."""
     if path is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from typing import BinaryIO
+from typing import Protocol
 
 import torch
 
@@ -54,7 +54,13 @@ def header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors(stream: BinaryIO, tensors: dict[str, torch.Tensor],
+class Writable(Protocol):
+    """Where the bytes go: a binary file, or a ``HashingFile`` that hashes them on the way."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+def write_safetensors(stream: Writable, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (a state dict without tensors sharing memory) as one safetensors file."""
     if sys.byteorder != "little":  # the format is little-endian; torch's memory is the machine's

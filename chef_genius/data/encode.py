@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import json
 from itertools import chain
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
 MAX_WORDS = 1 << 21                             # distinct words cached before the cache starts over
@@ -39,8 +43,8 @@ class Encoder:
 
     def __init__(self, tokenizer, max_length: int, target: bool = False):
         self.tokenizer, self.max_length, self.target = tokenizer, max_length, target
-        self.words: dict[str, list[int]] = {}
-        self._backend = None
+        self.words: dict[str, list[int] | None] = {}  # None: a word the normalizer changes
+        self._backend: Tokenizer | None = None
         self._setup()
 
     # -- what the tokenizer allows ----------------------------------------------------------------
@@ -102,7 +106,7 @@ class Encoder:
         if slow:
             for i, ids in zip(slow, self._tokenizer([texts[i] for i in slow])):
                 out[i] = ids
-        return out
+        return cast("list[list[int]]", out)  # every text's ids are in by now
 
     def _tokenizer(self, texts: list[str]) -> list[list[int]]:
         if self.target:
@@ -125,6 +129,7 @@ class Encoder:
 
     def _learn(self, words: set[str]) -> None:
         """Segment the words not cached yet; a word the normalizer would change is cached as None."""
+        assert self._backend is not None  # called only with the fast path set up
         new = [w for w in words if w not in self.words]
         if not new:
             return

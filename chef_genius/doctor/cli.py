@@ -145,7 +145,7 @@ def fix_all_main(argv=None) -> int:
     _add_settings(p)
     args = p.parse_args(argv)
     root = _folder(args.model_dir, "MODEL_DIR")
-    folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.step_of)
+    folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.checkpoint_step)
     if not folders:
         raise UserError(f"MODEL_DIR {root}: holds no {ckpt.PREFIX}N folder")
     overrides = _overrides(args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from chef_genius.checkpoint import health as cphealth
 from chef_genius.checkpoint import layout as ckpt
@@ -32,7 +32,7 @@ from chef_genius.model import wrappers
 # Both are read from the registry of problem codes (problems.py).
 
 
-StateStatus = Literal["ours", "legacy", "missing", "unsafe", "unreadable"]  # of ``foreign.read_state``
+StateStatus = foreign.StateStatus
 
 
 @dataclass
@@ -73,14 +73,15 @@ class Report:
         self.lines.append(("ok", text))
 
     def fail(self, code: Problem, text: str, status: str = "FAIL") -> None:
-        self.problems.append({"code": Problem(code).value, "message": text})
+        # Problem(x) looks a member up by value; mypy reads it as a call of the members' constructor
+        self.problems.append({"code": Problem(code).value, "message": text})  # type: ignore[call-arg]
         self.lines.append((status, text))
 
     def repaired(self, code: str, text: str) -> None:
         self.repairs.append({"code": code, "message": text})
 
     def codes(self) -> set[Problem]:
-        return {Problem(p["code"]) for p in self.problems}
+        return {Problem(p["code"]) for p in self.problems}  # type: ignore[call-arg]  # lookup by value
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "valid": self.valid, "resumable": self.resumable,
@@ -410,7 +411,7 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
     for problem in (p for p in problems if p.kind == "changed"):
-        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name) else Problem.STATE_CORRUPT
+        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name or "") else Problem.STATE_CORRUPT
                 if problem.name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     invalid = [p for p in problems if p.kind != "changed"]

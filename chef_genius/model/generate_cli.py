@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from chef_genius.checkpoint import layout as ckpt
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
     refuse_nonfinite(model, model_dir)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    autocast = contextlib.nullcontext
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     if not args.json:
@@ -187,7 +188,7 @@ def model_inputs(args, model_dir: Path) -> tuple[list[str], list[str]]:
 def _tolerant_stdout() -> None:
     """A recipe's "½" or "°" must not crash a Windows console or a redirected cp1252 stdout."""
     try:
-        sys.stdout.reconfigure(errors="replace")
+        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]  # AttributeError handled below
     except (AttributeError, ValueError):  # a replaced or detached stream (tests, embedding)
         pass
 

@@ -32,7 +32,7 @@ class Importer(ABC):
     def check_files(self, report: Report, folder: Path) -> None:  # noqa: B027 (optional hook: none by default)
         """Report the format's own files that do not load (after the training-state checks)."""
 
-    def converts(self, state_status: str) -> bool:
+    def converts(self, state_status: str | None) -> bool:
         """--fix converts this folder's state (rather than rebuilding one from the run's settings)."""
         return True
 

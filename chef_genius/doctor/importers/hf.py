@@ -97,6 +97,7 @@ def hyperparameters(trainer_state: dict) -> dict:
     epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in (epochs, max_steps))
     if numbers:  # a stranger's file: anything else is ignored (the flags must then supply it)
+        assert epochs is not None and max_steps is not None  # numbers, as just checked
         values["steps_per_epoch"] = math.ceil(max_steps / epochs)
         values["total_steps"] = int(max_steps)
         values["epochs"] = int(epochs)
