@@ -98,7 +98,8 @@ class Encoder:
             get, room = self.words.__getitem__, self.room
             for i, words in enumerate(split):
                 try:
-                    ids = list(chain.from_iterable(map(get, words)))
+                    # words or a word's ids None: TypeError, caught (typed as they are, not as they pass)
+                    ids = list(chain.from_iterable(map(get, words)))  # type: ignore[arg-type]
                 except (TypeError, KeyError):  # None: the text or one of its words is not for the cache
                     slow.append(i)
                     continue

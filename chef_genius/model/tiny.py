@@ -36,7 +36,8 @@ def tiny_config(vocab_size: int, tie_head: bool = False, **sizes):
                                   dropout_rate=0.1)
     values.update(sizes)
     # tie_word_embeddings and decoder_start_token_id go through T5Config's **kwargs, which its annotations hide
-    return T5Config(  # type: ignore[call-arg]vocab_size=vocab_size, relative_attention_num_buckets=16, relative_attention_max_distance=64,
+    return T5Config(vocab_size=vocab_size, relative_attention_num_buckets=16,  # type: ignore[call-arg]
+                    relative_attention_max_distance=64,
                     feed_forward_proj="gated-gelu", tie_word_embeddings=tie_head, pad_token_id=0, eos_token_id=1,
                     decoder_start_token_id=0, **values)
 

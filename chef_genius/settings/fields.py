@@ -153,7 +153,8 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def position_keys(cls) -> dict[str, str]:
     """field -> the key of the data position that saves it too (older checkpoints kept them only there)."""
-    return {f.name: spec_of(f).position_key for f in settings_of(cls) if spec_of(f).position_key}
+    keys = {f.name: spec_of(f).position_key for f in settings_of(cls)}
+    return {name: key for name, key in keys.items() if key}
 
 
 def by_policy(cls, policy: Policy) -> tuple[str, ...]:

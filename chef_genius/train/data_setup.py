@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ log = logging.getLogger("chef_genius")
 
 @dataclass
 class Data:
-    train: object                     # the training recipes (``len`` is what the trainer needs)
+    train: Sized                      # the training recipes (``len`` is what the trainer needs)
     eval: RecipeDataset | None
     sampler: ResumableBatchSampler    # owns the data position
     loader: torch.utils.data.DataLoader
@@ -66,6 +67,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
     if encoding_hint(train.stats):
         log.warning("%s: %s", c.data, encoding_hint(train.stats))
+    eval_data: RecipeDataset | None
     if evald is not None:
         train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
     else:
@@ -75,6 +77,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     sort_by = train_data.lengths() if c.group_by_length else None
+    sampler: TokenBudgetSampler | ResumableBatchSampler
     if c.max_tokens_per_batch:
         sampler = TokenBudgetSampler(len(train_data), c.max_tokens_per_batch, c.seed, sort_by,
                                      *train_data.source_target_lengths(), c.length_group_size,

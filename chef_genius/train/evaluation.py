@@ -121,6 +121,7 @@ class Evaluation:
             # kept on every generating process: final_generation's choice to generate again must agree
             self.last_generation = (self.state.global_step, metrics, details)
         if self.is_main:
+            assert metrics is not None  # the main process always generates
             self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
                                   "recipes": len(details), "samples": details[:3]})
             log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),

@@ -63,7 +63,7 @@ RESHAPING = ("lora_r", "lora_target_modules")  # ADAPTER settings the saved adap
 FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
 # Older checkpoints kept these only in their data position.
 POSITION_KEYS = position_keys(TrainConfig)
-NOTES = {f.name: spec_of(f).note for f in settings_of(TrainConfig) if spec_of(f).note}
+NOTES: dict[str, str] = {f.name: note for f in settings_of(TrainConfig) if (note := spec_of(f).note)}
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,10 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
     """This session's settings from the checkpoint's ``saved`` hyperparameters, the command line's
     values ``command`` and the names it gave ``explicit``ly (pure; data files are compared later)."""
     recorded = dict(saved)
+    saved_position = position or {}
     for name, key in POSITION_KEYS.items():
-        if name not in recorded and key in (position or {}):
-            recorded[name] = position[key]
+        if name not in recorded and key in saved_position:
+            recorded[name] = saved_position[key]
     out = Decision(values=dict(command))
     for name, value in command.items():
         if name in SESSION:
@@ -280,7 +281,7 @@ def explicit_optimizer_settings(optimizer, explicit):
 
 @functools.cache
 def _actions() -> dict[str, list]:
-    by_field = {}
+    by_field: dict[str, list] = {}
     for action in build_parser()._actions:
         by_field.setdefault(action.dest, []).append(action)
     return by_field
