@@ -179,7 +179,7 @@ class ArrowRows:
         return {"paths": self.paths}
 
     def __setstate__(self, state):
-        self.__init__(state["paths"])
+        type(self).__init__(self, state["paths"])
 
 
 def _no_recipe(data_path, stats: ReadStats) -> DataError:

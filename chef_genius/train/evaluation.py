@@ -156,6 +156,7 @@ class Evaluation:
     def score_generation(self, model) -> tuple[dict, list[dict]]:
         """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
         c = self.config
+        assert self.generation_set is not None  # chosen before the first generation
         with rng.isolated(), CountProgress("generating validation recipes", len(self.generation_set), c.progress,
                                            self.is_main) as progress:
             return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,

@@ -92,7 +92,7 @@ class LogWindow:
     def __init__(self):
         self.losses: list[torch.Tensor] = []
         self.finite: list[torch.Tensor] = []  # per step: its loss and gradient norm were finite
-        self.tokens = 0          # target tokens
+        self.tokens: int | torch.Tensor = 0  # target tokens (a device tensor on several processes)
         self.source_tokens = 0
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
