@@ -153,7 +153,8 @@ def budgeted(profile, wanted: set, budget_s: float, gpu: bool) -> dict:
             planned[name], left = None, left - GPU_COST_S[name]
         else:
             planned[name] = f"--budget-s {budget_s:.0f}: needs about {GPU_COST_S[name]} s, {max(left, 0):.0f} left"
-    profile.whole_epochs = profile.whole_epochs and planned.get("throughput", "") is None and left >= WHOLE_EPOCHS_COST_S
+    profile.whole_epochs = (profile.whole_epochs and planned.get("throughput", "") is None
+                            and left >= WHOLE_EPOCHS_COST_S)
     return planned
 
 

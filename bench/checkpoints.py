@@ -107,10 +107,10 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: 
         order = (("ours", ours), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("ours", ours))
         for label, save in order:
             out = work / f"save-{label}-{i}"
-            times[label].append(_timed(lambda: save(out)))
+            times[label].append(_timed(lambda: save(out)))  # noqa: B023 (timed at once, in this iteration)
             if label == "raw":
                 size = sum(p.stat().st_size for p in out.iterdir())
-                hashing = _timed(lambda: [ckfiles.sha256_file(p) for p in out.iterdir()])
+                hashing = _timed(lambda: [ckfiles.sha256_file(p) for p in out.iterdir()])  # noqa: B023
             shutil.rmtree(out, ignore_errors=True)
     return dict(name="save_vs_raw", ours=statistics.median(times["ours"]), baseline=statistics.median(times["raw"]),
                 unit="s", target="<= 1.25", bytes=size, repeats=repeats, ours_min_max=_spread(times["ours"]),
@@ -292,8 +292,8 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
                 unit="s to first batch", target="<= 1.1", large_step=large_step, samples_per_epoch=samples,
                 with_first_step_s={"large": times["large"][1], "zero": times["zero"][1]},
                 note="Trainer setup (checkpoint load, restore, data position) until the first batch is ready, "
-                     "resuming at step %d (mid-epoch) vs at step 0; with_first_step_s adds the first step, whose "
-                     "batch length differs between the two positions" % large_step)
+                     f"resuming at step {large_step} (mid-epoch) vs at step 0; with_first_step_s adds the first step, "
+                     "whose batch length differs between the two positions")
 
 
 # ---------------------------------------------------------------------------------------------

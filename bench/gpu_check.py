@@ -172,9 +172,6 @@ def main(argv=None) -> int:
 
 def preflight() -> tuple[list, dict]:
     """(missing [(module, (distribution, needed by))], {distribution: {found, pinned}}): no heavy import."""
-    import importlib.metadata
-    import importlib.util
-
     pins = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
         if "==" in line and not line.lstrip().startswith("#"):

@@ -61,7 +61,8 @@ def _one(shape: str, contender: str, batch: int, target: int) -> dict:
         model = load_model(build_model_folder(Path(tempfile.mkdtemp(prefix="chef-loss-")), "tiny"))
         vocab = model.config.vocab_size
         _, labels = _batch(batch, target, vocab, 1)
-        inputs = {"input_ids": torch.randint(2, vocab, (batch, 64)), "attention_mask": torch.ones(batch, 64, dtype=torch.long),
+        inputs = {"input_ids": torch.randint(2, vocab, (batch, 64)),
+                  "attention_mask": torch.ones(batch, 64, dtype=torch.long),
                   "decoder_input_ids": torch.randint(2, vocab, (batch, target))}
         head = lean_loss.install(model) if contender == "lean" else None
 

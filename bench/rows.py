@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     medians = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     print(json.dumps({"name": "cache_row_reads", "rows": rows, "parts": len(arrow.paths),
                       "ours": medians["arrow_rows"]["rows_s"], "baseline": medians["datasets"]["rows_s"],
-                      "ratio": medians["arrow_rows"]["rows_s"] / medians["datasets"]["rows_s"], "unit": "s, every row once",
+                      "ratio": medians["arrow_rows"]["rows_s"] / medians["datasets"]["rows_s"],
+                      "unit": "s, every row once",
                       "lengths_s": {n: m["lengths_s"] for n, m in medians.items()},
                       "runs": times, "load_average": [round(x, 2) for x in os.getloadavg()]}))
     return 0

@@ -230,7 +230,8 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
     first, last, every = plan.window(name)
     stop = last + 1 if plan.epochs else last
     flags = ["--data", str(plan.data), "--pretrained-model", str(plan.model), "--model-output", str(output),
-             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS + 1 if plan.epochs else 1000), "--max-steps", str(stop),
+             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS + 1 if plan.epochs else 1000),
+             "--max-steps", str(stop),
              "--learning-rate", str(LEARNING_RATE), "--warmup-steps", "0", "--seed", str(SEED),
              "--eval-split-ratio", str(EVAL_SPLIT), "--eval-max-samples", str(p.eval_max_samples),
              "--eval-steps", str(every), "--save-steps", str(every), "--logging-steps",
@@ -253,7 +254,8 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
 
 
 def _instrument_ours(trainer, run: Run) -> None:
-    step, evaluate, save, maybe_save = trainer._step, trainer.maybe_evaluate, trainer.checkpoints.save, trainer.maybe_save
+    step, evaluate = trainer._step, trainer.maybe_evaluate
+    save, maybe_save = trainer.checkpoints.save, trainer.maybe_save
 
     def timed_step(window):
         if run.timed(trainer.state.global_step + 1):
@@ -499,7 +501,8 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
         return rec
 
     loop_records = [record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting,
-                           ">= 1.0", identical_batches=identical, batches_compared=len(loop_prints))] if profile.loop else []
+                           ">= 1.0", identical_batches=identical, batches_compared=len(loop_prints))
+                    ] if profile.loop else []
     if not profile.whole_epochs:
         return loop_records
     # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender

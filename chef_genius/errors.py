@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class UserError(Exception):
     """Something the user can fix; the message is one sentence that says what to do."""
 
     exit_code = EXIT_USAGE
-    label = "error"  # the word before the message on stderr
+    label: str | None = "error"  # the word before the message on stderr (None: print nothing)
 
     def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)

@@ -33,7 +33,8 @@ def sample_csv() -> Path:
 def small_csv(tmp_path_factory) -> Path:
     """The first 96 sample recipes: enough for a few epochs in a couple of seconds."""
     lines = SAMPLE_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
-    import csv, io
+    import csv
+    import io
     rows = list(csv.reader(io.StringIO("".join(lines))))
     path = tmp_path_factory.mktemp("data") / "small.csv"
     with open(path, "w", encoding="utf-8", newline="") as handle:

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

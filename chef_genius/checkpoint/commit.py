@@ -12,13 +12,14 @@ folder always loads.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -108,7 +109,7 @@ def write_final_model(output_dir: str | Path, save_model: SaveModel,
         moved = []
         for path in sorted(staging.iterdir()):
             target = output_dir / path.name
-            retry_os(lambda p=path, t=target: os.replace(p, t))
+            retry_os(functools.partial(os.replace, path, target))
             moved.append(target)
         fault_point("final model moved")
         fsync_dir(output_dir)
@@ -133,7 +134,7 @@ def _write_sealed(staging: Path, save_model: SaveModel, training_state: dict | N
         digests = dict(save_model(staging) or {})
         fault_point(labels[0])
         if training_state is not None:
-            digests[TRAINING_STATE] = (state.result() if parallel
+            digests[TRAINING_STATE] = (state.result() if state is not None
                                        else torch_save_hashed(staging / TRAINING_STATE, training_state))
             fault_point(labels[1])
     _stop_if(cancelled)

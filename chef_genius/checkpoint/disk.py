@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from chef_genius.checkpoint.layout import TOKENIZER_FILES
 from chef_genius.errors import SaveError, UserError, printable

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 FAULT_AT_ENV = "CHEF_GENIUS_FAULT_AT"
 FAULT_DELAY_ENV = "CHEF_GENIUS_FAULT_DELAY"

@@ -16,7 +16,8 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -117,7 +118,7 @@ class HashingFile:
                 self._hasher.shutdown()
             self._handle.close()
 
-    def __enter__(self) -> "HashingFile":
+    def __enter__(self) -> HashingFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -149,8 +150,10 @@ def torch_save_hashed(path: str | Path, value) -> str:
     held for this call only."""
     from torch.utils.serialization import config
 
-    with config.patch({"save.compute_crc32": False}):
-        return write_hashed(path, lambda stream: torch.save(value, stream))
+    # config's attributes are installed at import (torch's install_config_module): no stub knows them.
+    # torch.save takes any object with write() / flush(), which a HashingFile is.
+    with config.patch({"save.compute_crc32": False}):  # type: ignore[attr-defined]
+        return write_hashed(path, lambda stream: torch.save(value, stream))  # type: ignore[arg-type]
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -81,6 +81,14 @@ def step_of(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of ``path``, known to be named ``checkpoint-N`` (a sort key); ValueError if it is not."""
+    step = step_of(path)
+    if step is None:
+        raise ValueError(f"{path} is not named {PREFIX}N")
+    return step
+
+
 def enclosing_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint folder that ``path`` is or lies in (None: neither): a ``checkpoint-N`` folder, or
     any folder holding a ``training_state.pt``. Nothing but a run writes into a checkpoint, and only
@@ -99,7 +107,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if step_of(p) is not None and not trust.is_link(p) and p.is_dir()]
-    return sorted(found, key=step_of)
+    return sorted(found, key=checkpoint_step)
 
 
 def linked_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -107,7 +115,7 @@ def linked_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if step_of(p) is not None and trust.is_link(p)), key=step_of)
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and trust.is_link(p)), key=checkpoint_step)
 
 
 _process_tag: tuple[int, str] | None = None

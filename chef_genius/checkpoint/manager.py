@@ -39,7 +39,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol, overload
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -102,6 +103,12 @@ class LoadedCheckpoint:
         return self.slices[ckstate.SETTINGS]
 
 
+@overload
+def read_checkpoint(path: Path) -> LoadedCheckpoint: ...
+@overload
+def read_checkpoint(path: None) -> None: ...
+@overload
+def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None: ...
 def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None:
     """The checkpoint at ``path`` (None: a fresh run). Loaded with ``weights_only=True``."""
     if path is None:
@@ -140,7 +147,7 @@ class CheckpointManager:
         self.save_steps = save_steps
         self.save_every_minutes = save_every_minutes
         self.keep_last = keep_last
-        self.best_step = best_step or (lambda: None)
+        self.best_step: Callable[[], int | None] = best_step or (lambda: None)
         self.checkpoint_bytes = checkpoint_bytes  # an estimate; the real size once a checkpoint is written
         self.model_bytes = model_bytes
         self.mirror = mirror  # main process only
@@ -178,7 +185,7 @@ class CheckpointManager:
     # -----------------------------------------------------------------------------------------
     # when to save
 
-    def __enter__(self) -> "CheckpointManager":
+    def __enter__(self) -> CheckpointManager:
         self._last_save_clock = time.monotonic()
         return self
 
@@ -253,6 +260,7 @@ class CheckpointManager:
                 self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set))
             if not outcome.ok:
                 return
+            assert outcome.path is not None  # set by every save that succeeded
             log.info("saved %s in %.1fs%s", outcome.what, time.perf_counter() - began,
                      " (background)" if self.async_save else "")
             manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}
@@ -402,8 +410,8 @@ class CheckpointManager:
             outcome = _Outcome("the final model", None, reason=disk.space_problem(self.output, self.model_bytes))
             if outcome.reason is None:
                 self._outcome = outcome
-                self._writer.submit(lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)),
-                                    outcome.what)
+                self._writer.submit(
+                    lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)), outcome.what)
                 self._collect(block=True)
             else:
                 self._unsettled.append(outcome)

@@ -19,7 +19,8 @@ from chef_genius.checkpoint.files import sha256_file
 from chef_genius.checkpoint.layout import (
     ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
     GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE, WEIGHT_ENTRY_FILES, WEIGHTS,
-    WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, linked_checkpoints, list_checkpoints, step_of, weights_layout)
+    WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, checkpoint_step, linked_checkpoints, list_checkpoints, step_of,
+    weights_layout)
 from chef_genius.checkpoint.records import read_base
 from chef_genius.checkpoint.training_state import load_training_state, state_contract_problem
 from chef_genius.errors import printable
@@ -114,11 +115,12 @@ def find_latest(output_dir: str | Path, verify_hashes: bool = False,
     """The newest checkpoint that verifies and whose state and model load, with its step equal to its
     folder's name and its numbers finite; and the newer ones skipped (symbolic links too), each with the reason.
     ``need_state=False`` (generation): the training state is not looked at."""
-    candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
+    candidates: list[tuple[Path, str | None]] = [(p, "a symbolic link: never followed")
+                                                 for p in linked_checkpoints(output_dir)]
     candidates += [(p, None) for p in list_checkpoints(output_dir)]
-    skipped = []
-    for path, reason in sorted(candidates, key=lambda c: step_of(c[0]), reverse=True):
-        reason = reason or usability_problem(path, verify_hashes, need_state)
+    skipped: list[tuple[Path, str]] = []
+    for path, known in sorted(candidates, key=lambda c: checkpoint_step(c[0]), reverse=True):
+        reason = known or usability_problem(path, verify_hashes, need_state)
         if reason is None:
             return path, skipped
         skipped.append((path, reason))
@@ -129,7 +131,7 @@ def newest_healthy(output_dir: str | Path, before_step: int | None = None) -> Pa
     """The newest checkpoint a resume would accept (its numbers finite, see ``health.py``), only among
     those before step ``before_step`` when given (a rollback's target)."""
     for path in reversed(list_checkpoints(output_dir)):
-        if (before_step is None or step_of(path) < before_step) and usability_problem(path) is None:
+        if (before_step is None or checkpoint_step(path) < before_step) and usability_problem(path) is None:
             return path
     return None
 
@@ -212,6 +214,7 @@ def _adapter_files_problem(folder: Path) -> str | None:
 def _json_problem(folder: Path, required: tuple = (), optional: tuple = ()) -> str | None:
     """The first of ``required`` (and of ``optional`` where present) that is not a JSON object."""
     for name in (*required, *optional):
-        if (name in required or os.path.lexists(folder / name)) and not isinstance(trust.read_json(folder / name), dict):
+        present = name in required or os.path.lexists(folder / name)
+        if present and not isinstance(trust.read_json(folder / name), dict):
             return f"{name} does not hold a JSON object"
     return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
@@ -55,14 +55,16 @@ def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | Non
     """Delete the checkpoints ``select_for_deletion`` picks; returns the deleted paths."""
     if keep_last <= 0:
         return []
-    complete = {ckpt.step_of(p): p for p in ckpt.list_checkpoints(output_dir) if not ckmanifest.manifest_problems(p)}
+    complete = {ckpt.checkpoint_step(p): p for p in ckpt.list_checkpoints(output_dir)
+                if not ckmanifest.manifest_problems(p)}
     root = Path(output_dir).resolve()
-    protected_steps = {ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root}
+    steps = (ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root)
+    protected_steps = {step for step in steps if step is not None}
     healthy = newest_recorded_healthy(complete)
     if healthy is not None:
         protected_steps.add(healthy)
     deleted = []
-    for step in select_for_deletion(complete, keep_last, best_step, protected_steps - {None}):
+    for step in select_for_deletion(complete, keep_last, best_step, protected_steps):
         try:
             ckcommit.delete_checkpoint(complete[step])
         except OSError as err:  # a file held open elsewhere: keep it, try again after the next save

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from typing import BinaryIO
+from typing import Protocol
 
 import torch
 
@@ -46,14 +46,22 @@ def header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
     for name in layout(tensors):
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
-        entries[name] = {"dtype": _NAME[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        entries[name] = {"dtype": _NAME[tensor.dtype], "shape": list(tensor.shape),
+                         "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 
 
-def write_safetensors(stream: BinaryIO, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+class Writable(Protocol):
+    """Where the bytes go: a binary file, or a ``HashingFile`` that hashes them on the way."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+def write_safetensors(stream: Writable, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (a state dict without tensors sharing memory) as one safetensors file."""
     if sys.byteorder != "little":  # the format is little-endian; torch's memory is the machine's
         raise ValueError("writing safetensors needs a little-endian machine")
@@ -69,4 +77,5 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     tensor = tensor.contiguous().reshape(-1)
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.view(torch.uint8).numpy())
+    # numpy declares the buffer protocol to type checkers for Python >= 3.12 only
+    return memoryview(tensor.view(torch.uint8).numpy())  # type: ignore[arg-type]

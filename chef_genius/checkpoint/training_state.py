@@ -90,7 +90,7 @@ HEALTH_KEYS = ("weights_finite", "moments_finite", "recent_losses", "skipped_ste
 
 
 def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
-                        rng_states: dict, hyperparameters: dict, extra: dict | None = None) -> dict:
+                        rng_states: dict | None, hyperparameters: dict, extra: dict | None = None) -> dict:
     """The dictionary saved as ``training_state.pt`` (plain values and tensors only). ``run_state``: a
     ``RunState`` or its dict; the epoch and sample come from ``data_position``."""
     import transformers

@@ -66,7 +66,8 @@ def regular_file(path: Path) -> bool:
 def odd_entries(folder: Path, file_names=()) -> list[str]:
     """Why entries of ``folder`` cannot be trusted: links (never followed), special files, folders
     named like one of ``file_names``. Empty when every entry is a plain file or folder."""
-    found, seen = [], 0
+    found: list[str] = []
+    seen = 0
     for root, dirs, files in os.walk(folder, followlinks=False):
         for name in dirs + files:
             seen += 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from chef_genius.errors import DataError
 from chef_genius.data.readers import ReadOptions, ReadStats, csv_fields, csv_reader, examples

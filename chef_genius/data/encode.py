@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import json
 from itertools import chain
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
 MAX_WORDS = 1 << 21                             # distinct words cached before the cache starts over
@@ -39,8 +43,8 @@ class Encoder:
 
     def __init__(self, tokenizer, max_length: int, target: bool = False):
         self.tokenizer, self.max_length, self.target = tokenizer, max_length, target
-        self.words: dict[str, list[int]] = {}
-        self._backend = None
+        self.words: dict[str, list[int] | None] = {}  # None: a word the normalizer changes
+        self._backend: Tokenizer | None = None
         self._setup()
 
     # -- what the tokenizer allows ----------------------------------------------------------------
@@ -99,7 +103,8 @@ class Encoder:
             get, room = self.words.__getitem__, self.room
             for i, words in enumerate(split):
                 try:
-                    ids = list(chain.from_iterable(map(get, words)))
+                    # words or a word's ids None: TypeError, caught (typed as they are, not as they pass)
+                    ids = list(chain.from_iterable(map(get, words)))  # type: ignore[arg-type]
                 except (TypeError, KeyError):  # None: the text or one of its words is not for the cache
                     slow.append(i)
                     continue
@@ -139,6 +144,7 @@ class Encoder:
 
     def _learn(self, words: set[str]) -> None:
         """Segment the words not cached yet; a word the normalizer would change is cached as None."""
+        assert self._backend is not None  # called only with the fast path set up
         new = [w for w in words if w not in self.words]
         if not new:
             return

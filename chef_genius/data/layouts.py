@@ -87,7 +87,7 @@ def resolve_layout(where, found, spec: str | None = None) -> Layout:
     """The layout of a file whose columns are ``found``, with the ``--columns`` mapping ``spec``."""
     found = [str(c) for c in found or ()]
     mapping = parse_columns(spec)
-    if mapping:
+    if mapping and spec is not None:  # a mapping comes only from a spec
         return _mapped(where, found, mapping, spec)
     for name, columns in KNOWN:
         located = {f: _find(c, found) for f, c in columns.items()}

@@ -42,7 +42,7 @@ class DataPosition:
     skipped: list = field(default_factory=list)  # [epoch, sample, to epoch, to sample] per rollback's skip
 
     @classmethod
-    def saved_at(cls, saved: dict) -> "DataPosition":
+    def saved_at(cls, saved: dict) -> DataPosition:
         """The epoch and sample of a saved position, as they are (nothing checked)."""
         return cls(epoch=int(saved.get("epoch", 0)), samples_in_epoch=int(saved.get("samples_in_epoch", 0)))
 

@@ -119,15 +119,16 @@ def _in_ranges(plan, encoders, folder: Path, procs: int, options, progress: str,
     total = plan.ranges[-1][1] - plan.ranges[0][0]
     results = {}
     try:
-        with CountProgress(f"tokenizing {name}", max(1, total >> 20), mode=progress, unit="MB",
+        total_mb = max(1, total >> 20)
+        with CountProgress(f"tokenizing {name}", total_mb, mode=progress, unit="MB",
                            plural="MB") as shown, _pool(procs) as pool:
             pending = pool.map_async(_range_part, range(len(plan.ranges)), chunksize=1)
             while not pending.ready():
                 pending.wait(POLL_SECONDS)
-                shown.update(min(sum(done) >> 20, shown.total))
+                shown.update(min(sum(done) >> 20, total_mb))
             for index, stats, rows, ok in pending.get():
                 results[index] = (stats, rows, ok)
-            shown.update(shown.total)
+            shown.update(total_mb)
     finally:
         _shared.clear()
     if not all(ok for _, _, ok in results.values()):

@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from chef_genius.errors import DataError, printable
 from chef_genius.data.layouts import Layout, needed_columns, resolve_layout
@@ -200,7 +200,7 @@ def _jsonl_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[d
                 row = json.loads(line)
             except ValueError:
                 if not seen_object and stats.rows >= 20:
-                    raise DataError(f"{path}: not a JSON Lines file (no JSON object in its first lines)")
+                    raise DataError(f"{path}: not a JSON Lines file (no JSON object in its first lines)") from None
                 stats.rows += 1
                 stats.skip("bad_json")
                 continue

@@ -14,7 +14,7 @@ The cached path (``sampler.ResumableBatchSampler`` with ``ShareDataset``) and ``
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch
 from chef_genius.data.tokenized import LABEL_PAD
 
 
-def rank_share(chunk: Sequence[int], num_replicas: int, rank: int) -> list[int]:
+def rank_share(chunk: Sequence[int] | np.ndarray, num_replicas: int, rank: int) -> list[int]:
     """Rank ``rank``'s sample indices of the global micro-batch ``chunk`` (never empty)."""
     share = np.array_split(np.asarray(chunk), num_replicas)[rank].tolist()
     return share or [~int(chunk[0])]

@@ -20,13 +20,15 @@ import contextlib
 import gzip
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from chef_genius.errors import DataError
 
 DATA_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                  ".parquet": "parquet", ".pq": "parquet"}
-COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open}  # opened "rb": binary
 ARCHIVES = (".zip",)
 BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
     (codecs.BOM_UTF32_LE, "utf-32", "UTF-32 LE"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32 BE"),
@@ -37,7 +39,8 @@ UNDECODABLE = "chef_genius_undecodable"
 _HEAD = 4096
 
 
-def _mark_undecodable(err: UnicodeDecodeError):
+def _mark_undecodable(err: UnicodeError) -> tuple[str, int]:
+    assert isinstance(err, UnicodeDecodeError)  # registered for decoding only
     return "\udcff", err.end  # a lone surrogate: the row check counts it as invalid text
 
 

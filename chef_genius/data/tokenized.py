@@ -76,7 +76,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 @dataclass
 class TokenizedData:
-    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len, source_full_len, target_full_len
+    dataset: ArrowRows  # columns input_ids, labels, source_len, target_len, source_full_len, target_full_len
     stats: dict
     cache_dir: Path
     from_cache: bool
@@ -122,7 +122,7 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     return TokenizedData(_open_parts(final, parts), meta["stats"], final, False)
 
 
-def _open_parts(folder: Path, parts: list[str]) -> "ArrowRows":
+def _open_parts(folder: Path, parts: list[str]) -> ArrowRows:
     """The parts, memory-mapped, as one table in row order."""
     return ArrowRows([folder / part for part in parts])
 
@@ -184,7 +184,7 @@ class ArrowRows:
         return {"paths": self.paths}
 
     def __setstate__(self, state):
-        self.__init__(state["paths"])
+        type(self).__init__(self, state["paths"])
 
 
 def _no_recipe(data_path, stats: ReadStats) -> DataError:

@@ -21,14 +21,19 @@ END = "<!-- flags-table:end -->"
 _DEFAULT = re.compile(r"\s*\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)")
 
 
+_VALUE_NAMES: dict[object, str] = {int: "N", float: "X"}  # a value's name by its type (else PATH)
+
+
 def _flag_cell(action: argparse.Action) -> str:
     names = ", ".join(f"`{name}`" for name in action.option_strings)
     if action.nargs == 0:
         return names
+    metavar = action.metavar
+    assert not isinstance(metavar, tuple)  # one name per flag: the parser sets no tuple metavar
     if action.choices:
-        value = action.metavar or "{" + ",".join(map(str, action.choices)) + "}"
+        value = metavar or "{" + ",".join(map(str, action.choices)) + "}"
     else:
-        value = action.metavar or {int: "N", float: "X"}.get(action.type, "PATH")
+        value = metavar or _VALUE_NAMES.get(action.type, "PATH")
     if action.nargs == "+":
         value += " ..."
     return f"{names} `{value}`"
@@ -54,7 +59,7 @@ def rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str, str]]:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
                 continue
             default, text = _default_and_help(action)
-            out.append((group.title, _flag_cell(action), default, text))
+            out.append((group.title or "", _flag_cell(action), default, text))
     return out
 
 

@@ -136,6 +136,7 @@ class Generated:
     def expected(self, current: str | None) -> str:
         if self.begin is None:
             return self.render()
+        assert self.end is not None  # given with begin
         if current is None or table_in(current, self.begin, self.end) is None:
             raise ValueError(f"{self.path} lost its markers {self.begin!r} ... {self.end!r}")
         return replace_table(current, self.render(), self.begin, self.end)

@@ -14,6 +14,7 @@ import csv
 import json
 import random
 import re
+from typing import Any
 from pathlib import Path
 
 # Main ingredients by kind: (name, title word, "|"-separated quantity choices).
@@ -82,7 +83,7 @@ PANTRY = {
 
 # Dish types: title pattern, main kinds, base pantry items, optional extras, timing and steps.
 # Steps: "*" required, "+" shown only when extras were chosen, no prefix optional.
-DISHES = [
+DISHES: list[dict[str, Any]] = [  # a table of literals: each key's own type (str, list, tuple)
     dict(title="{main} Soup", kinds="meat ground cured legume veg tender fish", base=["onion", "chicken broth"],
          extras="garlic, carrots, celery, cumin, thyme, salt, pepper, heavy cream, jalapeño, bay leaf",
          m=(20, 45), steps=[

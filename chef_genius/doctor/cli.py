@@ -39,7 +39,7 @@ VERIFY_EXAMPLES = """examples:
   python cli/verify_and_fix_checkpoint.py s3://bucket/runs/flan-large/checkpoint-12000 --deep   # on a mirror, read-only
 
 exit codes: 0 complete and resumable with full state, 1 problems remain, 2 path missing or not a folder.
-"""
+"""  # noqa: E501 (printed verbatim by --help)
 
 FIX_ALL_EXAMPLES = """examples:
   python cli/fix_all_checkpoints.py models/chef-genius --dry-run    # what would be repaired, nothing written
@@ -113,8 +113,8 @@ def verify_main(argv=None) -> int:
     p = Parser(prog="verify_and_fix_checkpoint.py", description="Check a checkpoint folder and optionally "
                 "repair it without losing anything (" + GUIDE + ").", epilog=VERIFY_EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint-N folder, or URL/checkpoint-N on a --checkpoint-mirror "
-                   "(verified read-only)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a checkpoint-N folder, or URL/checkpoint-N on a --checkpoint-mirror (verified read-only)")
     p.add_argument("--fix", action="store_true", help="repair what can be repaired (originals kept in backup-*/)")
     p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -166,7 +166,7 @@ def fix_all_main(argv=None) -> int:
         print(table)
         return code
     root = _folder(args.model_dir, "MODEL_DIR")
-    folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.step_of)
+    folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.checkpoint_step)
     if not folders:
         raise UserError(f"MODEL_DIR {root}: holds no {ckpt.PREFIX}N folder")
     overrides = _overrides(args)
@@ -174,8 +174,9 @@ def fix_all_main(argv=None) -> int:
     _quiet()
     rows = []
     for folder in folders:  # each checkpoint reported, whatever the one before it held
-        before = _guarded(folder, lambda: verify(folder))
-        after = _guarded(folder, lambda: fix(folder, backup=not args.no_backup, dry_run=args.dry_run,
+        # each lambda is called at once, inside this iteration (B023 does not apply)
+        before = _guarded(folder, lambda: verify(folder))  # noqa: B023
+        after = _guarded(folder, lambda: fix(folder, backup=not args.no_backup, dry_run=args.dry_run,  # noqa: B023
                                              overrides=overrides, pretrained=_pretrained(args)))
         rows.append((before, after))
     # after a dry run, each report is what verify found now (nothing was written), with what would be done

@@ -11,6 +11,7 @@ through ``torch.load(weights_only=True)`` with just those added to its allowlist
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,9 +42,9 @@ class UnsafePickle(Exception):
 # ---------------------------------------------------------------------------------------------
 # the numpy allowlist
 
-def _numpy_globals() -> dict[str, object]:
+def _numpy_globals() -> dict[str, Any]:
     """Qualified name -> object for numpy arrays, dtypes and scalars (numpy 1 and 2 module paths)."""
-    allowed = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    allowed: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     try:
         from numpy._core import multiarray as core
         allowed["numpy._core.multiarray._reconstruct"] = core._reconstruct
@@ -71,11 +72,14 @@ def pickle_globals(path: Path) -> list[str]:
 def raw_pickle_globals(path: Path) -> set[str]:
     """Globals a raw pickle references, from its opcodes (nothing runs); "?" where a name is not plain."""
     import pickletools
-    found, memo, last = set(), {}, []
+    found: set[str] = set()
+    memo: dict[object, str | None] = {}  # memo index (the opcode's argument) -> the string stored there
+    last: list[str | None] = []
     try:
         with open(path, "rb") as handle:
             for op, arg, _ in pickletools.genops(handle):
                 if op.name == "GLOBAL":
+                    assert isinstance(arg, str)  # "module name"
                     found.add(arg.replace(" ", "."))
                 elif op.name == "STACK_GLOBAL":
                     found.add(f"{last[-2]}.{last[-1]}" if len(last) >= 2 and None not in last[-2:] else "?")
@@ -94,8 +98,9 @@ def raw_pickle_globals(path: Path) -> set[str]:
     return found
 
 
-def load_with_numpy(path: str | Path) -> object:
-    """Load a torch.save file that may hold numpy arrays; raises ``UnsafePickle`` for anything else."""
+def load_with_numpy(path: str | Path) -> Any:
+    """Load a torch.save file that may hold numpy arrays; raises ``UnsafePickle`` for anything else.
+    Returns whatever the file holds: the caller checks its shape."""
     path = Path(path)
     try:
         extra = pickle_globals(path)
@@ -120,7 +125,10 @@ def load_with_numpy(path: str | Path) -> object:
 # ---------------------------------------------------------------------------------------------
 # the training state, without a general unpickle
 
-def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
+StateStatus = Literal["ours", "legacy", "missing", "unsafe", "unreadable"]  # of ``read_state``
+
+
+def read_state(folder: Path) -> tuple[StateStatus, dict | None, str | None]:
     """(status, state, detail) of ``training_state.pt``: status is ours | legacy | missing | unsafe | unreadable."""
     path = folder / ckpt.TRAINING_STATE
     if trust.is_link(path):

@@ -60,8 +60,8 @@ class Problem(str, Enum):
         "generation_config_missing", "`generation_config.json` is missing (warn)", "yes", _FIX, soft=True)
     CONFIG_UNREADABLE = _entry(
         "config_unreadable", "`config.json` does not load the way the trainer loads it (`AutoConfig`, no remote "
-        "code, after a size and JSON check)", "copy", "`--fix` if a sibling holds the manifest's bytes; else " + _SIBLING,
-        fatal=True)
+        "code, after a size and JSON check)", "copy",
+        "`--fix` if a sibling holds the manifest's bytes; else " + _SIBLING, fatal=True)
     GENERATION_CONFIG_UNREADABLE = _entry(
         "generation_config_unreadable", "`generation_config.json` does not load (`GenerationConfig`)", "copy",
         "`--fix` if a sibling holds the manifest's bytes; else " + _SIBLING, fatal=True)

@@ -43,7 +43,7 @@ COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 class Fixer:
     def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-                 pretrained: Path | None = None, accept_changed_weights: bool = False):
+                 pretrained: str | Path | None = None, accept_changed_weights: bool = False):
         self.folder = Path(folder)
         self.accept_changed_weights = accept_changed_weights  # weights the manifest did not seal, taken as they are
         self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
@@ -83,7 +83,7 @@ class Fixer:
             after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
 
-    def _accept_changed_weights(self, report: Report, codes: set[str]) -> set[str]:
+    def _accept_changed_weights(self, report: Report, codes: set[Problem]) -> set[Problem]:
         """``--accept-changed-weights``: weights that changed after the manifest sealed them, but read in
         full, finite and of the config's shapes, are taken as they are (the prefix stripped after); the
         files as found are kept in the backup folder, even with --no-backup, and the manifest re-sealed."""
@@ -127,7 +127,7 @@ class Fixer:
             restored = True
         return restored
 
-    def _repair(self, before: Report, codes: set[str]) -> None:
+    def _repair(self, before: Report, codes: set[Problem]) -> None:
         if codes & {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_BIN}:
             self._rewrite_weights(before)
         for code, names in ((Problem.CONFIG_MISSING, (ckpt.MODEL_CONFIG,)), (Problem.GENERATION_CONFIG_MISSING,
@@ -169,6 +169,7 @@ class Fixer:
         ``pytorch_model.bin`` converted to ``model.safetensors``; the .bin is moved to the backup
         folder even with --no-backup (the original of a conversion is always kept)."""
         layout, files = report.facts.weights_layout, report.facts.weight_files
+        assert layout is not None  # verify found the weights' layout when it found their names or .bin
         if not self.dry_run:
             for name, data in wt.stripped_files(self.folder, layout, files).items():
                 self.keep(self.folder / name)

@@ -35,7 +35,7 @@ def candidate_folders(folder: Path) -> list[Path]:
     """Sibling checkpoints nearest in step first, then the run's output folder."""
     step = ckpt.step_of(folder) or 0
     siblings = [p for p in ckpt.list_checkpoints(folder.parent) if p.resolve() != folder.resolve()]
-    return sorted(siblings, key=lambda p: abs(ckpt.step_of(p) - step)) + [folder.parent]
+    return sorted(siblings, key=lambda p: abs(ckpt.checkpoint_step(p) - step)) + [folder.parent]
 
 
 def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
@@ -44,7 +44,7 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
     values, sources = {}, []
     for source in candidate_folders(folder):
         status, state, _ = foreign.read_state(source)
-        slices = ckstate.unpack_training_state(state) if status == "ours" else {}
+        slices = ckstate.unpack_training_state(state) if status == "ours" and state is not None else {}
         if slices.get(ckstate.SETTINGS):
             values.update(slices[ckstate.SETTINGS])
             values.setdefault("num_samples", slices[ckstate.DATA_POSITION].get("num_samples"))
@@ -73,7 +73,8 @@ def schedule_of(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
     if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
         total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
         assumed.append("total_steps")
-    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler))
+    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total,
+                        settings.get("lr_scheduler", d.lr_scheduler))
     return schedule, settings.get("learning_rate", d.learning_rate), assumed
 
 

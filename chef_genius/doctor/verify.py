@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from chef_genius.checkpoint import health as cphealth
 from chef_genius.checkpoint import layout as ckpt
@@ -32,7 +32,7 @@ from chef_genius.model import wrappers
 # Both are read from the registry of problem codes (problems.py).
 
 
-StateStatus = Literal["ours", "legacy", "missing", "unsafe", "unreadable"]  # of ``foreign.read_state``
+StateStatus = foreign.StateStatus
 
 
 @dataclass
@@ -73,14 +73,15 @@ class Report:
         self.lines.append(("ok", text))
 
     def fail(self, code: Problem, text: str, status: str = "FAIL") -> None:
-        self.problems.append({"code": Problem(code).value, "message": text})
+        # Problem(x) looks a member up by value; mypy reads it as a call of the members' constructor
+        self.problems.append({"code": Problem(code).value, "message": text})  # type: ignore[call-arg]
         self.lines.append((status, text))
 
     def repaired(self, code: str, text: str) -> None:
         self.repairs.append({"code": code, "message": text})
 
     def codes(self) -> set[Problem]:
-        return {Problem(p["code"]) for p in self.problems}
+        return {Problem(p["code"]) for p in self.problems}  # type: ignore[call-arg]  # lookup by value
 
     def to_json(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "valid": self.valid, "resumable": self.resumable,
@@ -146,8 +147,8 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 
-FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES,
-              *importers.FILES)
+FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST,
+              ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES, *importers.FILES)
 
 
 def _check_files(report: Report, folder: Path) -> None:
@@ -189,7 +190,8 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
         names = [n for n in header if n != "__metadata__"]
         ranks = {header[n]["shape"][0] for n in names if "lora_A" in n and header[n].get("shape")}
         if not names or not all("lora_A" in n or "lora_B" in n for n in names):
-            report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
+            report.fail(Problem.ADAPTER_UNREADABLE,
+                        f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
         elif config is not None and ranks != {config["r"]}:
             report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
                                               f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
@@ -200,13 +202,14 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
                 report.facts.weights_read = True
                 if bad:
-                    report.fail(Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
+                    report.fail(Problem.WEIGHTS_NONFINITE,
+                                f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
                     report.ok("every adapter tensor read, all values finite")
     base = ckrecords.read_base(folder)
     if base is None:
-        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
-                                           "belongs to, and its fingerprint, are unknown")
+        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the "
+                                                 "adapter belongs to, and its fingerprint, are unknown")
     else:
         report.ok(f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 "
                   f"{base['sha256'][:12]})")
@@ -297,7 +300,8 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(header["shared.weight"]["file"].name, err))
             return
         if not equal:
-            report.fail(Problem.EMBEDDINGS_INCONSISTENT, "encoder/decoder embed_tokens differ from the shared embedding")
+            report.fail(Problem.EMBEDDINGS_INCONSISTENT,
+                        "encoder/decoder embed_tokens differ from the shared embedding")
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
 
@@ -407,7 +411,7 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
     for problem in (p for p in problems if p.kind == "changed"):
-        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name) else Problem.STATE_CORRUPT
+        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name or "") else Problem.STATE_CORRUPT
                 if problem.name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     invalid = [p for p in problems if p.kind != "changed"]

@@ -34,7 +34,7 @@ EXAMPLES = """examples:
 A run folder stands for each of its complete checkpoints and its final model; without --data the
 held-out recipes are the run's own validation split (its --data, --eval-split-ratio and --seed),
 read from its newest checkpoint. Decoding is greedy, against loops as generate_recipe.py (repetition penalty, no repeated span).
-"""
+"""  # noqa: E501 (printed verbatim by --help)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,8 +84,9 @@ def held_out(dataset, tokenizer, count: int | None = None,
 
 
 @torch.no_grad()
-def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device, max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
-                 batch_size: int = EVAL_BATCH_SIZE, autocast=contextlib.nullcontext, max_source_length: int = 256,
+def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device,
+                 max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
+                 autocast=contextlib.nullcontext, max_source_length: int = 256,
                  on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE, decoding: dict | None = None,
                  synced: bool = False) -> list[str]:
     """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch);

@@ -31,7 +31,7 @@ and stops at the end of the recipe (the model's end-of-text token); --num-beams 
 on a large model, at about 4 times the time. --ingredients are put into the prompt the model was
 trained with (its --source-template, kept in chef_genius_prompt.json beside config.json; the default
 ingredient prompt for a folder without one); --prompt is given to the model as it is.
-"""
+"""  # noqa: E501 (printed verbatim by --help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--do-sample", action="store_true", help="sample instead of beam search (varied recipes)")
     p.add_argument("--temperature", type=float, metavar="X", default=d.temperature,
                    help=f"sampling temperature, lower = safer (default {d.temperature})")
-    p.add_argument("--top-p", type=float, metavar="X", default=d.top_p, help=f"nucleus sampling mass (default {d.top_p})")
-    p.add_argument("--top-k", type=int, metavar="N", default=d.top_k, help=f"sample among the k likeliest tokens (default {d.top_k})")
+    p.add_argument("--top-p", type=float, metavar="X", default=d.top_p,
+                   help=f"nucleus sampling mass (default {d.top_p})")
+    p.add_argument("--top-k", type=int, metavar="N", default=d.top_k,
+                   help=f"sample among the k likeliest tokens (default {d.top_k})")
     p.add_argument("--seed", type=int, metavar="N", default=None, help="random seed, for repeatable sampling")
     p.add_argument("--num-return-sequences", type=int, metavar="N", default=d.num_return_sequences,
                    help="recipes per ingredient list (default 1)")
@@ -185,7 +187,7 @@ def model_inputs(args, model_dir: Path) -> tuple[list[str], list[str]]:
 def _tolerant_stdout() -> None:
     """A recipe's "½" or "°" must not crash a Windows console or a redirected cp1252 stdout."""
     try:
-        sys.stdout.reconfigure(errors="replace")
+        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]  # AttributeError handled below
     except (AttributeError, ValueError):  # a replaced or detached stream (tests, embedding)
         pass
 

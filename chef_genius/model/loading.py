@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -205,7 +206,8 @@ def make_optimizer(model, learning_rate: float, weight_decay: float, device: tor
     learning rate (no relative step, no parameter scaling, no first moment: factored second moments
     only); ``adamw-8bit``: bitsandbytes' 8-bit AdamW (CUDA only, checked by ``--optimizer``'s validation).
     """
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if "layer_norm" in name or param.ndim < 2 else decay).append(param)
@@ -217,5 +219,5 @@ def make_optimizer(model, learning_rate: float, weight_decay: float, device: tor
     if kind == "adamw-8bit":
         import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(groups, lr=learning_rate)
-    extra = {"fused": True} if device.type == "cuda" else {}
+    extra: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=learning_rate, **extra)

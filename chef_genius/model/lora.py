@@ -24,6 +24,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,7 +53,9 @@ def wrap(model, r: int, alpha: float, dropout: float, targets=LORA_TARGETS):
                         f"(T5's are {' '.join(LORA_TARGETS)})")
     # No task type: peft 0.21's seq2seq wrapper calls a generation helper transformers 5 no longer has;
     # the plain PeftModel forwards calls (forward, generate) to the wrapped model as they are.
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=present, bias="none")
+    # peft annotates lora_alpha as an int; it is only divided by r (scaling = alpha / r), a float works alike
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
+                        target_modules=present, bias="none")
     return get_peft_model(model, config)
 
 
@@ -161,9 +164,11 @@ def load_adapter(peft_model, folder: Path) -> None:
                         f"python cli/verify_and_fix_checkpoint.py {folder}") from None
     expected = adapter_state(peft_model)
     try:
-        result = set_peft_model_state_dict(peft_model, saved, adapter_name=ADAPTER)
+        # peft's helper is unannotated; it returns the model's load_state_dict result (missing / unexpected keys)
+        result: Any = set_peft_model_state_dict(peft_model, saved, adapter_name=ADAPTER)
     except RuntimeError as err:
-        raise UserError(f"{folder.name}'s adapter does not fit this model's ({str(err).splitlines()[0][:160]})") from None
+        first_line = str(err).splitlines()[0][:160]
+        raise UserError(f"{folder.name}'s adapter does not fit this model's ({first_line})") from None
     missing = [k for k in result.missing_keys if k in expected]
     if missing or result.unexpected_keys:
         names = (missing or list(result.unexpected_keys))[:2]
@@ -181,7 +186,9 @@ def merged_state_dict(peft_model) -> dict:
         for name, module in base.named_modules():
             if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
                 weight = module.get_base_layer().weight
-                merged[f"{name}.weight"] = (weight + module.get_delta_weight(ADAPTER).to(weight.dtype)).cpu()
+                # get_delta_weight is defined by each concrete LoraLayer (Linear, Embedding, Conv), not the base
+                delta = module.get_delta_weight(ADAPTER)  # type: ignore[attr-defined]
+                merged[f"{name}.weight"] = (weight + delta.to(weight.dtype)).cpu()
         for name, tensor in base.state_dict().items():
             if "lora_" in name:
                 continue

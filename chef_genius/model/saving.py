@@ -65,8 +65,8 @@ class PretrainedFiles:
         digests = {}
         for shard_file, names in split.filename_to_tensors.items():
             shard = {name: state[name] for name in names}
-            digests[shard_file] = write_hashed(folder / shard_file,
-                                               lambda stream: write_safetensors(stream, shard, {"format": "pt"}))
+            digests[shard_file] = write_hashed(folder / shard_file,  # calls the lambda before the loop moves on
+                                               lambda stream: write_safetensors(stream, shard, {"format": "pt"}))  # noqa: B023
         if split.is_sharded:
             index = {"metadata": {"total_parameters": self.model.num_parameters(), **split.metadata},
                      "weight_map": split.tensor_to_filename}

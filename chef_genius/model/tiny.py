@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,9 +32,12 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 def tiny_config(vocab_size: int, tie_head: bool = False, **sizes):
     from transformers import T5Config
-    values = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.1)
+    values: dict[str, Any] = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                  dropout_rate=0.1)
     values.update(sizes)
-    return T5Config(vocab_size=vocab_size, relative_attention_num_buckets=16, relative_attention_max_distance=64,
+    # tie_word_embeddings and decoder_start_token_id go through T5Config's **kwargs, which its annotations hide
+    return T5Config(vocab_size=vocab_size, relative_attention_num_buckets=16,  # type: ignore[call-arg]
+                    relative_attention_max_distance=64,
                     feed_forward_proj="gated-gelu", tie_word_embeddings=tie_head, pad_token_id=0, eos_token_id=1,
                     decoder_start_token_id=0, **values)
 

@@ -86,7 +86,7 @@ def _line_break_if_torn(path: Path) -> str:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """All records of a metrics file, skipping a torn last line (a run killed mid-write)."""
-    records = []
+    records: list[dict] = []
     path = Path(path)
     if not path.is_file():
         return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 from pathlib import Path
 
 from chef_genius.cli_support import Parser
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else run / "plots"
     written = plot_run(h, out, title=str(run.resolve().name), smooth=args.smooth)
     last = h.step_losses[-1][0] if h.step_losses else h.evals[-1]["step"]
-    summary = {"plots": [str(p) for p in written], "last_step": last, "resumes": [r["step"] for r in h.resumes],
+    summary: dict[str, Any] = {"plots": [str(p) for p in written], "last_step": last,
+               "resumes": [r["step"] for r in h.resumes],
                "best_eval_loss": min((r["eval_loss"] for r in h.evals), default=None),
                "recipe_metrics": ({"step": h.generations[-1]["step"],
                                    **{n: h.generations[-1].get(n) for n in METRICS}} if h.generations else None)}

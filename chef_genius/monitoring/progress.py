@@ -92,7 +92,7 @@ class Progress:
         self._bar = None
         self._redirect = contextlib.ExitStack()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self.started = time.perf_counter()
         if self.bar_mode:
             from tqdm import tqdm
@@ -171,7 +171,7 @@ class CountProgress:
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
-    def __enter__(self) -> "CountProgress":
+    def __enter__(self) -> CountProgress:
         self.started = self.last_line = self.clock()
         if self.bar_mode:
             from tqdm import tqdm
@@ -219,7 +219,8 @@ class CountProgress:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
         if self.total is None:
-            return f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, elapsed {format_duration(elapsed)}"
+            return (f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, "
+                    f"elapsed {format_duration(elapsed)}")
         eta = (self.total - self.done) / rate if rate > 0 else None
         return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
                 f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")

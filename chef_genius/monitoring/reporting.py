@@ -176,7 +176,7 @@ class WandbSink:
         log.info("Weights & Biases run %s%s", self.run_id, f" (continued after step {resumed_step})" if run_id else "")
 
     def write(self, record: dict) -> None:
-        values = dict(_scalars(record))
+        values: dict[str, object] = dict(_scalars(record))
         if record.get("type") == "samples":
             values["samples"] = self.wandb.Html(f"<pre>{_escape(samples_text(record))}</pre>")
         if values:

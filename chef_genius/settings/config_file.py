@@ -140,8 +140,8 @@ def _scalar(value, tp, f: dataclasses.Field):
         return converted
     if not isinstance(value, str):
         raise UserError(f"must be a string (put it in quotes), got {value!r}")
-    choices = choices_of(f)
-    if typing.get_origin(tp) is Literal and value not in choices:
+    choices = choices_of(f)  # tp's values when tp is the field's Literal (or its list's)
+    if typing.get_origin(tp) is Literal and choices is not None and value not in choices:
         raise UserError(f"must be one of {', '.join(choices)}, got {value!r}")
     return value
 

@@ -15,7 +15,8 @@ import enum
 import types
 import typing
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
+from collections.abc import Callable
 
 _NONE = type(None)
 AS_FIELD = object()  # cli_default: the field's own default
@@ -89,13 +90,18 @@ def setting(default=dataclasses.MISSING, *, help: str, policy: Policy, flags=Non
 # reading the declarations
 
 
-def spec_of(f: dataclasses.Field) -> Spec | None:
-    return f.metadata.get("spec")
+def is_setting(f: dataclasses.Field) -> bool:
+    return f.metadata.get("spec") is not None
+
+
+def spec_of(f: dataclasses.Field) -> Spec:
+    """The declaration of ``f``, one of ``settings_of``'s fields (KeyError for another field)."""
+    return f.metadata["spec"]
 
 
 def settings_of(cls) -> list[dataclasses.Field]:
     """The declared settings of a dataclass, in field order (internal fields like ``explicit`` left out)."""
-    return [f for f in dataclasses.fields(cls) if spec_of(f) is not None]
+    return [f for f in dataclasses.fields(cls) if is_setting(f)]
 
 
 def own_settings(section) -> list[dataclasses.Field]:
@@ -148,7 +154,8 @@ def flag_name(f: dataclasses.Field) -> str:
 
 def position_keys(cls) -> dict[str, str]:
     """field -> the key of the data position that saves it too (older checkpoints kept them only there)."""
-    return {f.name: spec_of(f).position_key for f in settings_of(cls) if spec_of(f).position_key}
+    keys = {f.name: spec_of(f).position_key for f in settings_of(cls)}
+    return {name: key for name, key in keys.items() if key}
 
 
 def legacy_values(cls) -> dict[str, object]:
@@ -180,7 +187,7 @@ def add_section(parser: argparse.ArgumentParser, title: str, fields: list[datacl
     for f in fields:
         spec = spec_of(f)
         for i, flag in enumerate(flags_of(f)):
-            kwargs = {"dest": f.name, "help": help_of(f, flag)}
+            kwargs: dict[str, object] = {"dest": f.name, "help": help_of(f, flag)}
             if flag.action is not None:
                 kwargs["action"] = flag.action
                 if flag.action == "store_const":
@@ -192,7 +199,8 @@ def add_section(parser: argparse.ArgumentParser, title: str, fields: list[datacl
             if i == 0:  # argparse takes a field's default from its first flag
                 default = default_of(f) if spec.cli_default is AS_FIELD else spec.cli_default
                 kwargs["default"] = list(default) if isinstance(default, list) else default
-            g.add_argument(*flag.names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
+            given = {k: v for k, v in kwargs.items() if v is not None or k == "default"}
+            g.add_argument(*flag.names, **given)  # type: ignore[arg-type]  # each value the type its keyword takes
 
 
 def run_checks(config) -> None:

@@ -34,7 +34,7 @@ docs/reference/resume-policy.md).
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal, Protocol, cast
 
 from chef_genius.data.dedup import DEFAULT_THRESHOLD
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
@@ -330,4 +330,9 @@ class TrainConfig(DataSettings, ModelSettings, OptimisationSettings, LoRASetting
         return values
 
 
-SECTIONS = TrainConfig.__bases__  # in --help order
+class Section(Protocol):
+    """What the parser and the reference pages read of a section besides its fields: its title."""
+    title: ClassVar[str]
+
+
+SECTIONS = cast("tuple[type[Section], ...]", TrainConfig.__bases__)  # in --help order

@@ -60,7 +60,8 @@ def _train(config) -> int:
         trainer.close()  # after the final model is written: the run folder is this run's until then
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
-        print(f"done: step {state.global_step}, epoch {epoch_label(trainer.position.epoch + 1, trainer.config.epochs)}, "
+        epoch = epoch_label(trainer.position.epoch + 1, trainer.config.epochs)
+        print(f"done: step {state.global_step}, epoch {epoch}, "
               f"best validation loss {best}; "
               f"model in {config.model_output}")
         logging.getLogger("chef_genius").info(
@@ -82,9 +83,11 @@ def show_learning(trainer, before: tuple[int, str, str] | None) -> None:
     start_step, given, text = before
     first = details[0]
     print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
-          f"{text[:300] or '(no text: the untrained model ends at once)'}\n--- written at step {step} (after training):\n"
+          f"{text[:300] or '(no text: the untrained model ends at once)'}\n"
+          f"--- written at step {step} (after training):\n"
           f"{render(parse_target(first['text']))}\n")
-    print(f"recipe metrics at step {step} on {len(details)} held-out recipes (greedy, docs/monitoring.md: Recipe metrics): "
+    print(f"recipe metrics at step {step} on {len(details)} held-out recipes "
+          "(greedy, docs/monitoring.md: Recipe metrics): "
           f"{format_metrics(metrics)}")
 
 

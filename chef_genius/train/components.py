@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import training_state as ckstate
@@ -53,10 +53,12 @@ class ModelFiles:
 
     def state_dict(self) -> dict:
         if sharded.is_fsdp(self.accelerator):
-            return sharded.gather_model_state(self.accelerator, self.model)  # a collective; full on rank 0
+            state = sharded.gather_model_state(self.accelerator, self.model)  # a collective; full on rank 0
+            assert state is not None  # None only without FSDP
+            return state
         return unwrap(self.model).state_dict()
 
-    def save(self, folder, weights: dict) -> dict[str, str]:
+    def save(self, folder, weights: dict) -> dict[str, str] | None:
         """Write the model files into ``folder``; returns the sha256 of each, computed while writing."""
         if self._files is None:
             self._files = PretrainedFiles(unwrap(self.model), self.tokenizer, self.source_template)
@@ -66,7 +68,7 @@ class ModelFiles:
     def final_state_dict(self) -> dict:
         return self.state_dict()
 
-    def save_final(self, folder, weights: dict) -> dict[str, str]:
+    def save_final(self, folder, weights: dict) -> dict[str, str] | None:
         return self.save(folder, weights)
 
 

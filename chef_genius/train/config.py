@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The demo's settings, tuned so that its model writes recipes on held-out ingredients (docs/training-and-data.md: The demo):
+# The demo's settings, tuned so that its model writes recipes on held-out ingredients
+# (docs/training-and-data.md: The demo):
 # 10 epochs of 380 recipes (480 steps) at a high peak LR suit its small model; 20 recipes (5 %) are held
 # out and all of them are written and scored at each evaluation. The sample holds no duplicates
 # (tests/data/test_dedup.py), so --dedup would remove nothing; the demo keeps the split by row number

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ log = logging.getLogger("chef_genius")
 
 @dataclass
 class Data:
-    train: object                     # the training recipes (``len`` is what the trainer needs)
+    train: Sized                      # the training recipes (``len`` is what the trainer needs)
     eval: RecipeDataset | None
     sampler: ResumableBatchSampler    # owns the data position
     loader: torch.utils.data.DataLoader
@@ -114,6 +115,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     sort_by = train_data.lengths() if c.group_by_length else None
+    sampler: TokenBudgetSampler | ResumableBatchSampler
     if c.max_tokens_per_batch:
         sampler = TokenBudgetSampler(len(train_data), c.max_tokens_per_batch, c.seed, sort_by,
                                      *train_data.source_target_lengths(), c.length_group_size,

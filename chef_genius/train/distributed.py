@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ def gather_rng_states(accelerator) -> list[dict] | None:
     if accelerator.num_processes == 1:
         return [mine]
     import torch.distributed as dist
-    gathered = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    gathered: list[Any] | None = [None] * accelerator.num_processes if accelerator.is_main_process else None
     dist.gather_object(mine, gathered, dst=0)
     return gathered
 
@@ -129,7 +130,7 @@ class LateVote:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.pending = None
+        self.pending: tuple[Any, torch.Tensor] | None = None  # (a collective's work or CUDA event, its values)
 
     def cast(self, flags) -> tuple[bool, ...]:
         import torch.distributed as td
@@ -220,7 +221,7 @@ class SampleLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    def from_env(cls, rank: int) -> "SampleLog":
+    def from_env(cls, rank: int) -> SampleLog:
         return cls(os.environ.get(SAMPLE_LOG_ENV), rank)
 
     def write(self, epoch: int, window: list[dict]) -> None:

@@ -60,7 +60,7 @@ class Policy:
     max_rollbacks: int = TrainConfig.max_rollbacks            # rollbacks in one session before the run stops
 
     @classmethod
-    def of(cls, config: TrainConfig) -> "Policy":
+    def of(cls, config: TrainConfig) -> Policy:
         return cls(config.spike_factor, config.max_nonfinite_steps, config.max_rollbacks)
 
 

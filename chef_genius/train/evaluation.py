@@ -15,7 +15,7 @@ inside its own ``rng.isolated()``; only the main process logs, writes and keeps 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -121,6 +121,7 @@ class Evaluation:
             # kept on every generating process: final_generation's choice to generate again must agree
             self.last_generation = (self.state.global_step, metrics, details)
         if self.is_main:
+            assert metrics is not None  # the main process always generates
             self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
                                   "recipes": len(details), "samples": details[:3]})
             log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
@@ -155,6 +156,7 @@ class Evaluation:
     def score_generation(self, model) -> tuple[dict, list[dict]]:
         """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
         c = self.config
+        assert self.generation_set is not None  # chosen before the first generation
         with rng.isolated(), CountProgress("generating validation recipes", len(self.generation_set), c.progress,
                                            self.is_main) as progress:
             return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,

@@ -48,7 +48,7 @@ class Preemption:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         if threading.current_thread() is not threading.main_thread():
             log.debug("not the main thread: stop signals keep their default handlers")
             return self

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ def from_parts(python_state, numpy_state, torch_state, cuda_states=()) -> dict:
     """The stored layout (the one place that knows it) from each generator's own state: python's
     ``getstate()`` tuple, numpy's ``get_state()`` tuple, torch's and CUDA's byte tensors, from this
     process or from another tool's file. {} when the python, numpy or torch state is missing."""
-    out = {}
+    out: dict[str, Any] = {}
     if python_state is not None:
         version, internal, gauss = python_state
         out["python"] = [int(version), [int(v) for v in internal], gauss]

@@ -31,7 +31,8 @@ changes nothing.
 
 A checkpoint without a setting (written before its flag existed) leaves this command's value, and
 says so; a setting whose default would change what such a run did declares the value it had
-(``legacy``: ``--dedup off``), which the resume keeps as if recorded. ``decide`` is the rule, a pure function; ``settle`` adds the file checks and the log lines.
+(``legacy``: ``--dedup off``), which the resume keeps as if recorded. ``decide`` is the rule, a pure
+function; ``settle`` adds the file checks and the log lines.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
@@ -97,9 +98,10 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
     """This session's settings from the checkpoint's ``saved`` hyperparameters, the command line's
     values ``command`` and the names it gave ``explicit``ly (pure; data files are compared later)."""
     recorded = dict(saved)
+    saved_position = position or {}
     for name, key in POSITION_KEYS.items():
-        if name not in recorded and key in (position or {}):
-            recorded[name] = position[key]
+        if name not in recorded and key in saved_position:
+            recorded[name] = saved_position[key]
     for name, value in LEGACY.items():
         recorded.setdefault(name, value)
     out = Decision(values=dict(command))
@@ -285,7 +287,7 @@ def explicit_optimizer_settings(optimizer, explicit):
 
 @functools.cache
 def _actions() -> dict[str, list]:
-    by_field = {}
+    by_field: dict[str, list] = {}
     for action in build_parser()._actions:
         by_field.setdefault(action.dest, []).append(action)
     return by_field

@@ -61,7 +61,7 @@ from chef_genius.checkpoint import fetch
 from chef_genius.checkpoint import remote
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import training_state as ckstate
-from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, Stateful, read_checkpoint
 from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.files import atomic_write_bytes
@@ -110,7 +110,7 @@ class LogWindow:
     def __init__(self):
         self.losses: list[torch.Tensor] = []
         self.finite: list[torch.Tensor] = []  # per step: its loss and gradient norm were finite
-        self.tokens = 0          # target tokens
+        self.tokens: int | torch.Tensor = 0  # target tokens (a device tensor on several processes)
         self.source_tokens = 0
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
@@ -282,6 +282,7 @@ class Trainer:
             memory_plan.log_plan(model, c, self.accelerator.mixed_precision == "bf16", self.gpu_free)
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         if c.lora_r:
+            assert c.lora_alpha is not None  # validate sets 2 x r when not given
             model = lora.wrap_for_training(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules,
                                            resumed_from)
         return model
@@ -330,7 +331,7 @@ class Trainer:
         c, acc = self.config, self.accelerator
         self.rng = parts.RngSlice(acc, c.seed, self.state)
         self.health_slice = parts.HealthSlice(self.health)
-        components = {
+        components: dict[str, Stateful] = {
             ckstate.RUN_STATE: self.state,
             ckstate.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
             ckstate.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
@@ -345,6 +346,7 @@ class Trainer:
         files = parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template)
         final_tensors = tensors
         if c.lora_r:  # checkpoints hold the adapter only; the final model the merged base (or the adapter)
+            assert self.base is not None  # recorded for every LoRA run
             files = parts.AdapterFiles(acc, self.model, self.tokenizer, c.source_template, self.base,
                                        c.save_adapter_only)
             final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
@@ -440,7 +442,7 @@ class Trainer:
         accumulation = self.config.gradient_accumulation_steps
         self.rng.apply()  # last, so nothing in setup draws from the restored streams
         self.start_step = self.state.global_step
-        self.unsettled_tokens = 0
+        self.unsettled_tokens: int | torch.Tensor = 0  # a device tensor on several processes
         self.model.train()
         self.window = LogWindow()
         while not self._finished():
@@ -497,7 +499,7 @@ class Trainer:
         self.state.tokens_seen += int(self.unsettled_tokens)
         self.unsettled_tokens = 0
 
-    def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
+    def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor, torch.Tensor]:
         """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
         step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends.
         Any error type that reports an exhausted GPU counts (cuBLAS, cuDNN, Triton: ``oom.is_out_of_memory``)."""
@@ -523,8 +525,8 @@ class Trainer:
         an int on one process, a device tensor on several, so the step never waits on the host, and a
         device bool: the loss and gradient norm were finite, else the update was skipped)."""
         # Counted on the CPU tensors, before the device copy: no host sync.
-        tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
-        divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
+        local_tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
+        divisor, tokens = dist.token_divisor(self.accelerator, local_tokens)  # global tokens on N processes
         for batch in window:
             self.window.source_tokens += int(batch["attention_mask"].sum())
             self.window.rows += batch["input_ids"].shape[0]
@@ -610,8 +612,8 @@ class Trainer:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
         return self.evaluation.preview(self.model)
 
-    def final_generation(self) -> tuple[int, dict, list[dict]]:
-        """(step, metrics, details) of the final model on the ``--eval-generate`` recipes."""
+    def final_generation(self) -> tuple[int, dict, list[dict]] | None:
+        """(step, metrics, details) of the final model on the ``--eval-generate`` recipes (None: not here)."""
         return self.evaluation.final_generation(self.model)
 
     def maybe_save(self) -> bool:
@@ -726,7 +728,7 @@ class Trainer:
         trainer is still referenced (a traceback, a test) would wait for them forever at exit."""
         for loader in (getattr(self, "loader", None), getattr(self, "eval_loader", None)):
             iterator = getattr(loader, "_iterator", None)
-            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            if loader is not None and iterator is not None and hasattr(iterator, "_shutdown_workers"):
                 iterator._shutdown_workers()
                 loader._iterator = None
         if self.run_lock is not None:

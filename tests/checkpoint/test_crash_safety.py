@@ -7,8 +7,8 @@ Two harnesses:
   what a SIGKILL there would leave on disk; every such state is checked, and a few are resumed;
 - real kills: a chain of training subprocesses, each resuming from the previous one's leftovers and
   killed with SIGKILL (at a random fault point of a save or deletion, or at a random instant with
-  saves slowed down), the last one stopped with SIGTERM (exit 75). Set CHEF_GENIUS_FAULT_TRIALS (SIGKILL trials, default 1) for a longer chain
-  and CHEF_GENIUS_FAULT_SEED to replay one.
+  saves slowed down), the last one stopped with SIGTERM (exit 75). Set CHEF_GENIUS_FAULT_TRIALS (SIGKILL
+  trials, default 1) for a longer chain and CHEF_GENIUS_FAULT_SEED to replay one.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ def _sha(path) -> str:
 def test_safetensors_writer_writes_the_bytes_of_save_file():
     tensors = {"b.weight": torch.randn(3, 4), "a.weight": torch.randn(5).bfloat16(), "steps": torch.arange(7),
                "mask": torch.tensor([True, False]), "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.0),
-               "half": torch.randn(2, 2).half(), "wide": torch.randn(3).double(), "small": torch.ones(4, dtype=torch.int8),
+               "half": torch.randn(2, 2).half(), "wide": torch.randn(3).double(),
+               "small": torch.ones(4, dtype=torch.int8),
                "strided": torch.randn(4, 6)[:, ::2]}
     ours = io.BytesIO()
     write_safetensors(ours, tensors, {"format": "pt"})

@@ -82,7 +82,8 @@ def _judged_checkpoint(root, step, finite: bool | None):
         (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
     state = {"global_step": step}
     if finite is not None:
-        state[ckstate.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [], "skipped_steps": 0}
+        state[ckstate.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [],
+                                 "skipped_steps": 0}
     return ckcommit.write_checkpoint(root, step, save_model, state)
 
 

@@ -20,7 +20,8 @@ def _part(path, rows, batch_rows):
     with pa.ipc.new_stream(str(path), schema()) as writer:
         for start in range(0, len(rows), batch_rows):
             chunk = rows[start:start + batch_rows]
-            writer.write_batch(pa.record_batch([pa.array([s for s, _ in chunk], ids), pa.array([t for _, t in chunk], ids),
+            writer.write_batch(pa.record_batch([pa.array([s for s, _ in chunk], ids),
+                                                pa.array([t for _, t in chunk], ids),
                                                 pa.array([len(s) for s, _ in chunk], pa.int32()),
                                                 pa.array([len(t) for _, t in chunk], pa.int32()),
                                                 pa.array([len(s) for s, _ in chunk], pa.int32()),
@@ -47,7 +48,8 @@ def test_arrow_rows_read_what_datasets_reads(tmp_path):
         assert rows[name] == list(reference[name])
     assert rows.column("target_len").tolist() == [len(t) for _, t in first + second]
     ours, theirs = RecipeDataset(rows, [39, 0, 22, 23]), RecipeDataset(reference, [39, 0, 22, 23])
-    assert [ours[i] for i in range(4)] == [theirs[i] for i in range(4)] == [(first + second)[i] for i in (39, 0, 22, 23)]
+    expected = [(first + second)[i] for i in (39, 0, 22, 23)]
+    assert [ours[i] for i in range(4)] == [theirs[i] for i in range(4)] == expected
     assert (ours.lengths() == theirs.lengths()).all()
     assert all((a == b).all() for a, b in zip(ours.source_target_lengths(), theirs.source_target_lengths()))
 

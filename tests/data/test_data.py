@@ -1,5 +1,4 @@
 import numpy as np
-import torch
 
 from chef_genius.data import tokenized as data_mod
 from chef_genius.data.tokenized import Collator, RecipeDataset, load_tokenized, split_indices

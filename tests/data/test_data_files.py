@@ -215,7 +215,8 @@ def test_unknown_layout_is_refused_with_the_columns_line_that_maps_it(tmp_path):
     assert "found Title, Ingredients, Instructions, Image_Name" in message
     assert message.endswith("map yours with --columns title=Title,ingredients=Ingredients,directions=Instructions")
     examples, _ = read(path, columns="directions=Instructions")  # title / ingredients: their own names
-    assert examples[0]["target"] == "Title: Tea Ingredients: 1 bag tea ; water Directions: 1. Boil water. 2. Steep the tea."
+    assert examples[0]["target"] == ("Title: Tea Ingredients: 1 bag tea ; water "
+                                     "Directions: 1. Boil water. 2. Steep the tea.")
 
 
 def test_columns_map_pairs_and_name_a_missing_column(tmp_path):

@@ -30,8 +30,9 @@ ADDED = {"optimizer_nonfinite",  # issue 22: a checkpoint judged by its numbers
 def test_guide_table_is_the_registry():
     table = problems_table.table_in(GUIDE.read_text(encoding="utf-8"))
     assert table is not None, "CHECKPOINT_FIX_GUIDE.md lost its problems-table markers"
-    assert table == problems_table.markdown(), ("the guide's problem codes are out of date: "
-                                                "python -m chef_genius.devtools.problems_table --write CHECKPOINT_FIX_GUIDE.md")
+    assert table == problems_table.markdown(), (
+        "the guide's problem codes are out of date: "
+        "python -m chef_genius.devtools.problems_table --write CHECKPOINT_FIX_GUIDE.md")
 
 
 def test_check_mode_fails_on_a_stale_table(tmp_path):

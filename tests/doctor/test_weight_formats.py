@@ -302,7 +302,7 @@ def test_prefixed_weights_under_a_stale_manifest_are_explained_and_taken_on_requ
               metadata={"format": "pt"})
     found = (folder / ckpt.WEIGHTS).read_bytes()
     code, out = cli(verify_main, folder, capsys=capsys)
-    line = next(l for l in out.splitlines() if "weight names carry" in l)
+    line = next(text for text in out.splitlines() if "weight names carry" in text)
     assert code == 1 and "--fix removes it" not in line
     assert "changed after the manifest sealed them" in line and "--fix --accept-changed-weights" in line
     code, out = cli(verify_main, folder, "--fix", capsys=capsys)

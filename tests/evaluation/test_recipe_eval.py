@@ -21,8 +21,8 @@ def records(output, kind):
 @pytest.fixture(scope="module")
 def generating_runs(tiny_model, small_csv, cache_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
-    flags = ("--max-steps", "10", "--eval-generate", "4", "--metric-for-best", "ingredient_coverage", "--max-target-length", "48",
-             "--eval-split-ratio", "0.1")
+    flags = ("--max-steps", "10", "--eval-generate", "4", "--metric-for-best", "ingredient_coverage",
+             "--max-target-length", "48", "--eval-split-ratio", "0.1")
     whole, parts = root / "whole", root / "parts"
     assert run_training(*train_args(tiny_model, small_csv, whole, cache_dir, *flags)) == 0
     assert run_training(*train_args(tiny_model, small_csv, parts, cache_dir, *flags, "--stop-after-steps", "5")) == 0

@@ -77,7 +77,8 @@ def tiny_batch(tiny_model):
     labels = torch.randint(2, vocab, (3, 16), generator=g)
     labels[0, 9:] = LABEL_PAD  # ragged targets, as the collator pads them
     labels[2, 4:] = LABEL_PAD
-    batch = {"input_ids": torch.randint(2, vocab, (3, 8), generator=g), "attention_mask": torch.ones(3, 8, dtype=torch.long),
+    batch = {"input_ids": torch.randint(2, vocab, (3, 8), generator=g),
+             "attention_mask": torch.ones(3, 8, dtype=torch.long),
              "decoder_input_ids": torch.randint(2, vocab, (3, 16), generator=g), "labels": labels}
     return model, batch
 

@@ -8,8 +8,8 @@ from chef_genius.model import wrappers
 
 
 def test_every_leading_prefix_goes_in_any_nesting_and_nothing_else():
-    assert wrappers.strip("module._orig_mod.module.encoder.module.weight") == "encoder.module.weight"
-    assert wrappers.strip("shared.weight") == "shared.weight"
+    assert wrappers.strip("module._orig_mod.module.encoder.module.weight") == "encoder.module.weight"  # noqa: B005 (not str.strip)
+    assert wrappers.strip("shared.weight") == "shared.weight"  # noqa: B005 (not str.strip)
     assert wrappers.wrapped(["shared.weight", "module.lm_head.weight", "_orig_mod.x", "xmodule.y"]) == [
         "module.lm_head.weight", "_orig_mod.x"]
 

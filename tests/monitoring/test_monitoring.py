@@ -165,7 +165,8 @@ def test_tensorboard_curves_span_the_resume_once(runs):
 
 def test_a_resume_from_an_older_checkpoint_replaces_the_replayed_steps_in_the_history():
     records = [{"type": "start", "step": 0},
-               {"type": "train", "step": 4, "loss": 4.0, "step_losses": [1.0, 2.0, 3.0, 4.0], "lr": 1, "tokens_per_s": 1},
+               {"type": "train", "step": 4, "loss": 4.0, "step_losses": [1.0, 2.0, 3.0, 4.0], "lr": 1,
+                "tokens_per_s": 1},
                {"type": "eval", "step": 4, "eval_loss": 9.0},
                {"type": "train", "step": 6, "loss": 5.5, "step_losses": [5.0, 6.0], "lr": 1, "tokens_per_s": 1},
                {"type": "resume", "step": 3, "from_checkpoint": "checkpoint-3"},

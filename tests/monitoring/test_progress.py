@@ -51,7 +51,7 @@ def test_bar_shows_step_total_and_windowed_loss(caplog):
     caplog.set_level(logging.INFO, logger="chef_genius")
     stream = FakeTTY()
     with Progress(total_steps=10, start_step=0, mode="auto", stream=stream, epochs=3) as progress:
-        for step in range(1, 5):
+        for _ in range(1, 5):
             progress.step()
         progress.report(record(2, loss=4.0))
         progress.report(record(4, loss=2.0))

@@ -50,7 +50,8 @@ def test_every_setting_has_help_a_policy_and_a_real_type():
         spec = spec_of(f)
         assert spec.help.strip(), f"{f.name} has no help"
         assert isinstance(spec.policy, Policy), f"{f.name} has no resume policy"
-        assert not isinstance(f.type, str), f"{f.name}'s type is a string: the schema must not use postponed annotations"
+        assert not isinstance(f.type, str), (f"{f.name}'s type is a string: "
+                                             "the schema must not use postponed annotations")
         assert typing.get_origin(f.type) is not None or isinstance(f.type, type), f"{f.name}: {f.type!r}"
 
 

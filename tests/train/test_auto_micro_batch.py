@@ -74,8 +74,11 @@ def test_auto_micro_batch_halves_until_it_fits(reference, tiny_model, small_csv,
     assert recipes == reference_recipes and sorted(recipes) == [1, 2, 3, 4]  # the same recipes in each step
     # the same loss up to dropout, whose masks are drawn per micro-batch
     assert [got[s] for s in (2, 3, 4)] == pytest.approx([expected[s] for s in (2, 3, 4)], rel=1e-2)
-    lrs = lambda run: [json.loads(l)["lr"] for l in (run / "metrics.jsonl").read_text().splitlines()
-                       if json.loads(l)["type"] == "train"]
+
+    def lrs(run):
+        return [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["type"] == "train"]
+
     assert lrs(out) == lrs(reference)  # the schedule is untouched
     assert ckstate.load_training_state(out / "checkpoint-2")["run_state"]["micro_batch_split"] == 4
 

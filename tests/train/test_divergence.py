@@ -181,8 +181,8 @@ def test_nan_weights_are_never_saved_as_the_final_model(tiny_model, small_csv, c
     from chef_genius.train.config import parse_args
     from chef_genius.train.trainer import Trainer
     out = tmp_path / "run"
-    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 100, "--max-steps", 2,
-                                            "--eval-steps", 100, "--max-nonfinite-steps", 0)))
+    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 100,
+                                            "--max-steps", 2, "--eval-steps", 100, "--max-nonfinite-steps", 0)))
     try:
         trainer.setup()
         with torch.no_grad():

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from chef_genius.checkpoint import layout as ckpt

@@ -59,7 +59,8 @@ def test_adafactor_resume_is_bitwise_exact(adafactor_run, tiny_model, small_csv,
 def test_adafactor_learns_differently_from_adamw(adafactor_run, tiny_model, small_csv, cache_dir, tmp_path):
     """The flag reaches the optimizer: same data and seed, another update rule, other losses after step 1."""
     out = tmp_path / "adamw"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "3", "--save-steps", "3")) == 0
+    args = train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "3", "--save-steps", "3")
+    assert run_training(*args) == 0
     adamw, adafactor = step_losses(out), step_losses(adafactor_run)
     assert adamw[1] == adafactor[1] and adamw[3] != adafactor[3]
 

@@ -397,7 +397,8 @@ def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(referen
     finally:
         trainer.reporters.close()
         trainer.close()
-    lines = [r.getMessage() for r in caplog.records if "bitwise equal to an uninterrupted run's (pass" in r.getMessage()]
+    said_lines = (r.getMessage() for r in caplog.records)
+    lines = [line for line in said_lines if "bitwise equal to an uninterrupted run's (pass" in line]
     if said is None:
         assert lines == []
     else:

@@ -44,7 +44,8 @@ def _check_folder(report: Report, folder: Path) -> None:
     lacking = [n for n in (ACC_OPTIMIZER, ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
     report.fail(Problem.ACCELERATE_STATE, f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix "
                                           f"builds it from {', '.join(have)}"
-                + (f" ({', '.join(lacking)} missing)" if lacking else "") + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
+                + (f" ({', '.join(lacking)} missing)" if lacking else "")
+                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
     if (folder / foreign.ACC_RNG).is_file():
         try:
             foreign.load_with_numpy(folder / foreign.ACC_RNG)

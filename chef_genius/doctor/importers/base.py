@@ -29,10 +29,10 @@ class Importer(ABC):
         know; True when that replaces verify's checks of a training state (there is none of ours)."""
         return False
 
-    def check_files(self, report: Report, folder: Path) -> None:
+    def check_files(self, report: Report, folder: Path) -> None:  # noqa: B027 (optional hook: none by default)
         """Report the format's own files that do not load (after the training-state checks)."""
 
-    def converts(self, state_status: str) -> bool:
+    def converts(self, state_status: str | None) -> bool:
         """--fix converts this folder's state (rather than rebuilding one from the run's settings)."""
         return True
 

@@ -69,8 +69,9 @@ def _check_settings(report: Report, folder: Path) -> None:
         missing.remove("--learning-rate")  # scheduler.pt keeps the peak LR
     if missing:
         why = "; ".join(problems) or "not recorded"
+        needs = " ".join(f + " ..." for f in missing)
         report.fail(Problem.HF_SETTINGS_MISSING, f"the run's {', '.join(f[2:] for f in missing)} could not be "
-                                                 f"recovered ({why}): --fix needs {' '.join(f + ' ...' for f in missing)}")
+                                                 f"recovered ({why}): --fix needs {needs}")
         return
     shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
                       if k in values)
@@ -96,6 +97,7 @@ def hyperparameters(trainer_state: dict) -> dict:
     epochs, max_steps = trainer_state.get("num_train_epochs"), trainer_state.get("max_steps")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in (epochs, max_steps))
     if numbers:  # a stranger's file: anything else is ignored (the flags must then supply it)
+        assert epochs is not None and max_steps is not None  # numbers, as just checked
         values["steps_per_epoch"] = math.ceil(max_steps / epochs)
         values["total_steps"] = int(max_steps)
         values["epochs"] = int(epochs)
@@ -165,7 +167,8 @@ def convert_state(folder: Path, model, overrides: sb.Overrides) -> tuple[dict, s
     saved_opt = sb.load_plain(folder / HF_OPTIMIZER)
     optimizer, how = sb.optimizer_for(saved_opt, model)
     best = trainer_state.get("best_metric")
-    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): step {step}, epoch {epoch + 1}, "
+    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): "
+            f"step {step}, epoch {epoch + 1}, "
             f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
             f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
             f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "

@@ -29,6 +29,7 @@ class LegacyImporter(Importer):
     def describe(self, report, folder: Path, state_status: str, state: dict | None) -> bool:
         if state_status != "legacy":
             return False  # model files with a lost state: verify's checks, a rebuild by --fix
+        assert state is not None  # read_state returns the state with "legacy"
         report.fail(Problem.STATE_LEGACY, f"{ckpt.TRAINING_STATE} is in the replaced system's format (epoch "
                                           f"{state.get('epoch')} 1-based, numpy RNG): --fix converts it, keeping "
                                           "optimizer and scheduler")
@@ -36,7 +37,7 @@ class LegacyImporter(Importer):
         report.epoch = max(0, int(state.get("epoch", 1)) - 1)
         return True
 
-    def converts(self, state_status: str) -> bool:
+    def converts(self, state_status: str | None) -> bool:
         return state_status == "legacy"
 
     def convert(self, folder: Path, report, model, overrides: sb.Overrides) -> tuple[dict, str]:
