@@ -216,6 +216,17 @@ def live_holder(output_dir: str | Path) -> Holder | None:
         os.close(fd)
 
 
+def try_lock(fd: int) -> bool | None:
+    """Take ``fd``'s exclusive OS lock without waiting (the primitive of the run lock, for other locks
+    that must die with their process: the tokenized cache's builder). True: taken (``os.close`` drops
+    it); False: another process holds it; None: this file system has no locks."""
+    try:
+        _lock(fd, shared=False)
+    except OSError as err:
+        return False if err.errno in _CONTENDED else None
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # the OS primitives
 

@@ -7,8 +7,9 @@ counts), the tokenizer (hash of its serialized vocabulary), the recipe template 
 run or a resume memory-maps the same Arrow files instead of tokenizing again.
 
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
-``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
-written last, so a folder without it is never used.
+``preprocess.py``) and ``CACHE_META``, which lists them in row order with their checksums and the read
+statistics and is written last, so a folder without it is never used. ``cache_store.py`` owns the
+folders: verified when opened, rebuilt when damaged, built by one run while the others wait.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,14 @@ import numpy as np
 import torch
 
 from chef_genius.errors import DataError
+from chef_genius.data import cache_store
+from chef_genius.data.cache_store import CACHE_META
 from chef_genius.data.preprocess import build_parts
 from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
 
-CACHE_META = "chef_genius_cache.json"
 # 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
 CACHE_LAYOUT = 2
 PAD_MULTIPLE = 8
@@ -119,26 +119,19 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
                    cache_root: str | Path, num_proc: int = 0, options: ReadOptions = ReadOptions(),
                    progress: str = "auto") -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root`` (on ``num_proc`` processes, 0: all cores);
-    later calls memory-map the cached Arrow parts."""
+    later calls verify and memory-map the cached Arrow parts (``cache_store.py``: checksums, one
+    builder at a time, a damaged cache built again)."""
     final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
-    if (final / CACHE_META).is_file():
-        meta = json.loads((final / CACHE_META).read_text())
-        return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, True)
 
-    staging = final.with_name(final.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "data").mkdir(parents=True)
-    try:
-        stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, staging / "data",
+    def build(folder: Path) -> dict:
+        stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, folder,
                                    num_proc, options, progress)
         if stats.kept == 0:
             raise _no_recipe(data_path, stats)
-        meta = {"stats": stats.to_dict(), "parts": parts}
-        (staging / "data" / CACHE_META).write_text(json.dumps(meta))
-        os.replace(staging / "data", final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return TokenizedData(_open_parts(final, parts), meta["stats"], final, False)
+        return {"stats": stats.to_dict(), "parts": parts}
+
+    meta, from_cache = cache_store.open_or_build(final, build)
+    return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, from_cache)
 
 
 def _open_parts(folder: Path, parts: list[str]):
