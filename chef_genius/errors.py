@@ -15,6 +15,7 @@ EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the che
 EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
 EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
 EXIT_OUT_OF_MEMORY = 5  # the GPU ran out of memory in a step (no --auto-micro-batch); earlier checkpoints intact
+EXIT_STOPPED_IN_SETUP = 6  # a stop signal before the first step (tokenizing, loading): nothing half-built kept
 EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a checkpoint; resume with `latest`
 EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
@@ -68,6 +69,14 @@ class Preempted(UserError):
     label = "stopped"
 
 
+class StoppedInSetup(KeyboardInterrupt):
+    """A stop signal before training began (first-time tokenization, loading the model): raised by the
+    signal handler (a ``KeyboardInterrupt``, so no ``except Exception`` swallows it), so every cleanup on
+    the way out runs (staging folders removed, worker processes ended); ends with one line, exit 6."""
+
+    exit_code = EXIT_STOPPED_IN_SETUP
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run ``main`` and turn a ``UserError`` into one line on stderr and its exit code."""
     try:
@@ -75,6 +84,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except UserError as err:
         if err.label:
             print(f"{err.label}: {err}", file=sys.stderr)
+        code = err.exit_code
+    except StoppedInSetup as err:
+        print(f"stopped: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted at once, without a new checkpoint; the earlier checkpoints are intact "

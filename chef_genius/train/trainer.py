@@ -69,7 +69,7 @@ from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.data_setup import make_data
-from chef_genius.train.evaluation import Evaluation
+from chef_genius.train.evaluation import Evaluation, Stopped as EvaluationStopped
 from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
@@ -111,6 +111,7 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
+        self.preemption = preemption.Preemption()  # entered by ``train`` (and by the CLI, until the exit)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -128,7 +129,7 @@ class Trainer:
         model = self._make_model(loaded)
         self._make_data(model)
         self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
-                                     self.reporters, self.state)
+                                     self.reporters, self.state, lambda: self.preemption.requested)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
@@ -304,7 +305,7 @@ class Trainer:
     # the loop
 
     def train(self) -> RunState:
-        with preemption.Preemption() as self.preemption, \
+        with self.preemption, \
                 Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main,
                          epochs=self.config.epochs) as self.progress, \
                 contextlib.closing(self.reporters), self.checkpoints:
@@ -439,7 +440,12 @@ class Trainer:
         if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluation.run(self.model, self._loss_sum)
+        try:
+            loss = self.evaluation.run(self.model, self._loss_sum)
+        except EvaluationStopped as why:  # a stop signal: the checkpoint of this step comes next
+            log.warning("step %d: %s for %s; nothing of it recorded", self.state.global_step, why,
+                        self.preemption.signal_name or "a stop signal")
+            loss = None
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
@@ -470,6 +476,7 @@ class Trainer:
         if not self.checkpoints.wait():
             raise SaveError(f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
                             "(see the warning above)")
+        self.preemption.committed = True  # a further signal must not cut the exit short: the line below is true
         raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; continue "
                         "with --resume-from-checkpoint latest")
 
@@ -480,6 +487,8 @@ class Trainer:
             self.maybe_evaluate(force=True)
             self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
+        if preemption.agree(self.accelerator, self.preemption.requested)[0]:
+            self._stop_preempted()  # the final model is written by the resume (it has nothing left to train)
         self.checkpoints.finish(also_lost=self.reporters.losses())
 
     def close(self) -> None:
