@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.train import rng
@@ -57,8 +58,8 @@ def _model_and_state(model_dir: Path, device: torch.device = torch.device("cpu")
         param.grad = torch.zeros_like(param)
     optimizer.step()  # creates the Adam moments, so the state has its full size
     optimizer.zero_grad(set_to_none=True)
-    state = ckpt.make_training_state(RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1},
-                                     rng.capture(), {})
+    state = ckstate.make_training_state(RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1},
+                                        rng.capture(), {})
     return model, optimizer, state
 
 
@@ -172,9 +173,9 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
     model, optimizer, _ = _model_and_state(model_dir, device)
     batches, tokenizer = _train_batches(profile, model_dir, data, cache, 4)
     model_files = _BenchModelFiles(model, tokenizer)
-    components = {ckpt.RUN_STATE: RunState(global_step=1),
-                  ckpt.OPTIMIZER: _Slice(lambda: {"state": optimizer.state_dict(), "layout": None, "kind": "adamw"}),
-                  ckpt.RNG: _Slice(lambda: [rng.capture()])}
+    components = {ckstate.RUN_STATE: RunState(global_step=1),
+                  ckstate.OPTIMIZER: _Slice(lambda: {"state": optimizer.state_dict(), "layout": None, "kind": "adamw"}),
+                  ckstate.RNG: _Slice(lambda: [rng.capture()])}
     managers = {}
 
     def manager(kind: str, n: int) -> CheckpointManager:
@@ -226,12 +227,14 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
 
 def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, samples_per_epoch: int) -> Path:
     """A copy of checkpoint ``source`` moved to optimizer step ``step`` (mid-epoch), written like any other."""
-    state = ckpt.load_training_state(source)
+    state = ckstate.load_training_state(source)
     epoch, within = divmod(step, steps_per_epoch)
     samples = min(within * (samples_per_epoch // steps_per_epoch), samples_per_epoch - 1)
     state["global_step"] = step
     state["epoch"] = epoch
-    state["run_state"].update(global_step=step, epoch=epoch, samples_in_epoch=samples)
+    state["run_state"]["epoch"] = epoch
+    for repeated in ("global_step", "samples_in_epoch"):  # a source written before they were stored once
+        state["run_state"].pop(repeated, None)
     state["data_position"].update(epoch=epoch, samples_in_epoch=samples)
 
     def copy_model(folder):
@@ -270,7 +273,7 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
                         "--dataloader-num-workers", "0", "--epochs", str(big))
     assert main(flags) == 0
     source = ckpt.checkpoint_path(base, 1)
-    saved = ckpt.load_training_state(source)
+    saved = ckstate.load_training_state(source)
     spe = saved["hyperparameters"]["steps_per_epoch"]
     samples = saved["data_position"]["num_samples"]
     large_step = (big // 2) * spe + spe // 2  # mid-epoch, half a billion epochs in

@@ -96,6 +96,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(slow)
 
 
+def same_values(a, b) -> bool:
+    """Nested dicts / lists / tuples of plain values and tensors equal value for value (tensors by ``torch.equal``)."""
+    import torch
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def pytest_sessionfinish(session, exitstatus):
     """End child processes a test left behind (a trainer's persistent loader workers ignore SIGTERM by
     design, see chef_genius/train/preemption.py), so the suite's own exit never waits on them."""

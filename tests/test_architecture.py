@@ -96,7 +96,7 @@ def _reached(start: str) -> dict[str, str]:
 
 
 def test_the_graph_covers_the_package():
-    assert {"chef_genius.checkpoint.format", "chef_genius.doctor.repair", "chef_genius.data.streaming",
+    assert {"chef_genius.checkpoint.layout", "chef_genius.doctor.repair", "chef_genius.data.streaming",
             "chef_genius.train.trainer", "chef_genius.devtools.flags_table"} <= set(GRAPH)
     assert "chef_genius.train.config" in GRAPH["chef_genius.doctor.repair"]
 

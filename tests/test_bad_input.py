@@ -116,6 +116,22 @@ def test_model_output_under_a_file_exits_2(tiny_model, small_csv, cache_dir, tmp
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("how", ["fresh", "resume", "inside", "demo"])
+def test_model_output_in_a_checkpoint_is_refused_before_anything_is_written(tiny_model, small_csv, cache_dir,
+                                                                           existing_run, how, capsys):
+    checkpoint = existing_run / "checkpoint-2"
+    target = checkpoint / "final" if how == "inside" else checkpoint
+    argv = {"fresh": train_args(tiny_model, small_csv, target, cache_dir),
+            "resume": ["--resume-from-checkpoint", checkpoint, "--model-output", target, "--cache-dir", cache_dir],
+            "inside": train_args(tiny_model, small_csv, target, cache_dir, "--resume-from-checkpoint", checkpoint),
+            "demo": ["--demo", "--model-output", target, "--cache-dir", cache_dir]}[how]
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    code, lines = run(argv, capsys)
+    assert (code, len(lines)) == (EXIT_USAGE, 1)
+    assert "the checkpoint checkpoint-2" in lines[0] and lines[0].endswith(f"--model-output {existing_run}")
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+
+
 def test_data_folder_instead_of_file_exits_2(tiny_model, cache_dir, tmp_path, capsys):
     code, lines = run(train_args(tiny_model, tmp_path, tmp_path / "run", cache_dir), capsys)
     assert (code, len(lines)) == (EXIT_USAGE, 1) and "file not found" in lines[0]

@@ -26,7 +26,7 @@ import torch
 from chef_genius.checkpoint.faults import fault_point
 from chef_genius.checkpoint.files import (
     atomic_write_json, fsync_dir, fsync_files, retry_os, sha256_file, torch_save_hashed)
-from chef_genius.checkpoint.format import (
+from chef_genius.checkpoint.layout import (
     MANIFEST, TRAINING_STATE, SaveCancelled, checkpoint_path, deleting_path, staging_path)
 from chef_genius.checkpoint.manifest import build_manifest
 

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from chef_genius.checkpoint.format import TOKENIZER_FILES
+from chef_genius.checkpoint.layout import TOKENIZER_FILES
 from chef_genius.errors import SaveError, UserError, printable
 
 log = logging.getLogger("chef_genius")

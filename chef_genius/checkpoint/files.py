@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Iterable
 import torch
 
 from chef_genius.checkpoint.faults import fault_point
-from chef_genius.checkpoint.format import process_tag
+from chef_genius.checkpoint.layout import process_tag
 
 _HASH_CHUNK = 8 << 20
 _OVERLAP_BYTES = 256 << 10  # writes this large are hashed in another thread while they are written

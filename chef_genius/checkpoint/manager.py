@@ -39,7 +39,8 @@ from typing import Callable, Iterable, Protocol
 import torch
 
 from chef_genius.checkpoint import disk
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
@@ -87,20 +88,20 @@ class LoadedCheckpoint:
 
     @property
     def global_step(self) -> int:
-        return int(self.slices[ckpt.RUN_STATE]["global_step"])
+        return int(self.slices[ckstate.RUN_STATE]["global_step"])
 
     @property
     def settings(self) -> dict:
         """The run settings saved with it (every flag, steps per epoch, world size...)."""
-        return self.slices[ckpt.SETTINGS]
+        return self.slices[ckstate.SETTINGS]
 
 
 def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None:
     """The checkpoint at ``path`` (None: a fresh run). Loaded with ``weights_only=True``."""
     if path is None:
         return None
-    state = ckpt.load_training_state(path)
-    return LoadedCheckpoint(Path(path), ckpt.unpack_training_state(state), ckpt.saved_world_size(state),
+    state = ckstate.load_training_state(path)
+    return LoadedCheckpoint(Path(path), ckstate.unpack_training_state(state), ckstate.saved_world_size(state),
                             state.get("torch_num_threads"))
 
 
@@ -121,7 +122,7 @@ class CheckpointManager:
                  async_save: bool = False, on_error: str = "stop", save_steps: int = 1000,
                  save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] = None,
                  checkpoint_bytes: int = 0, model_bytes: int = 0):
-        unknown = set(components) - set(ckpt.SLICES)
+        unknown = set(components) - set(ckstate.SLICES)
         if unknown:
             raise ValueError(f"no slice of the checkpoint format is named {sorted(unknown)}")
         self.output = Path(output)
@@ -226,7 +227,7 @@ class CheckpointManager:
             outcome.reason = problem
             self._unsettled.append(outcome)
             return
-        state = ckpt.pack_training_state(slices)
+        state = ckstate.pack_training_state(slices)
         if self.async_save:
             began = time.perf_counter()
             weights, state = self._writer.snapshot(weights, "model"), self._writer.snapshot(state, "state")

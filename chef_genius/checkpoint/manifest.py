@@ -15,11 +15,12 @@ from typing import Literal
 
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.files import sha256_file
-from chef_genius.checkpoint.format import (
+from chef_genius.checkpoint.layout import (
     ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
-    GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE,
-    WEIGHT_ENTRY_FILES, WEIGHTS, WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, linked_checkpoints,
-    list_checkpoints, load_training_state, read_base, state_contract_problem, step_of, weights_layout)
+    GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE, WEIGHT_ENTRY_FILES, WEIGHTS,
+    WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, linked_checkpoints, list_checkpoints, step_of, weights_layout)
+from chef_genius.checkpoint.records import read_base
+from chef_genius.checkpoint.training_state import load_training_state, state_contract_problem
 from chef_genius.errors import printable
 
 

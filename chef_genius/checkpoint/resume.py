@@ -1,32 +1,17 @@
-"""Which checkpoint a run resumes from, and the identity of a data file (what the run may change
-on a resume is decided in ``chef_genius/train/settings.py``)."""
+"""Which checkpoint a run resumes from (what the run may change on a resume is decided in
+``chef_genius/train/settings.py``; the data file's identity in ``chef_genius/data/fingerprint.py``)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
 from chef_genius.errors import UserError
 
 log = logging.getLogger(__name__)
-
-def data_identity(path: str | Path | None) -> dict | None:
-    """Name, size and a hash of the first and last MiB: survives a copy to another machine."""
-    if path is None:
-        return None
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read(1 << 20))
-        if size > 2 << 20:
-            handle.seek(size - (1 << 20))
-            digest.update(handle.read())
-    return {"name": path.name, "size": size, "sha256_head_tail": digest.hexdigest()}
 
 
 def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verify_hashes: bool = False) -> Path | None:

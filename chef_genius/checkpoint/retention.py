@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 

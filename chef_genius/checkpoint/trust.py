@@ -10,7 +10,8 @@ bound and follows no link:
 - ``regular_file``: a path that is a real file (``Path.is_file`` follows links);
 - ``read_json``: a small JSON file, size-capped, nesting caught;
 - ``read_safetensors_header``: the header of a safetensors file, every entry validated (dtype,
-  shape, offsets, byte count, no overlap past the data), size and entry count capped.
+  shape, offsets, byte count, no overlap past the data), size and entry count capped;
+- ``refused_by_weights_only``: whether ``torch.load(weights_only=True)`` refused what a file holds.
 
 No import of the rest of the checkpoint package, so every module of it can use these.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import stat
 import struct
 from pathlib import Path, PurePosixPath
@@ -35,6 +37,15 @@ DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 class Untrusted(ValueError):
     """A file that is not what it claims; the message says what is wrong with it, in one sentence."""
+
+
+def refused_by_weights_only(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` raised ``err`` because it refused what the file holds
+    (a global outside its allowlist, bytes its restricted unpickler does not take), not because the
+    archive is damaged. The file is then never loaded without ``weights_only``, whatever torch's
+    message suggests: that would run the code it carries."""
+    text = str(err)
+    return isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text or "Unsupported global" in text
 
 
 def is_link(path: Path) -> bool:

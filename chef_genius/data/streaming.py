@@ -35,7 +35,7 @@ from chef_genius.data.shares import ShareCollator, ShareDataset, rank_share
 def count_rows(path: str | Path, cache_root: str | Path, options: ReadOptions = ReadOptions()) -> int:
     """Usable recipes in ``path``, counted once and remembered by the file's fingerprint and the
     ``--columns`` mapping (which decides which rows are usable)."""
-    from chef_genius.data.tokenized import file_fingerprint
+    from chef_genius.data.fingerprint import file_fingerprint
 
     fingerprint = file_fingerprint(path)
     memo = Path(cache_root) / "stream-counts.json"

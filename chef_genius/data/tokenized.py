@@ -1,8 +1,8 @@
 """Tokenized training data: an on-disk ``datasets`` cache, the validation split, batches.
 
-The cache is keyed by the data file (absolute path, size, modification time and a hash of its
-first and last MiB and of 16 blocks between them, so an edit that keeps size and time still
-counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
+The cache is keyed by the data file (``data/fingerprint.py``: absolute path, size, modification time
+and a hash of its first and last MiB and of 16 blocks between them, so an edit that keeps size and
+time still counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
 ``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
 run or a resume memory-maps the same Arrow files instead of tokenizing again.
 
@@ -26,6 +26,7 @@ import torch
 from chef_genius.errors import DataError
 from chef_genius.data import cache_store
 from chef_genius.data.cache_store import CACHE_META
+from chef_genius.data.fingerprint import file_fingerprint
 from chef_genius.data.preprocess import build_parts
 from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
@@ -36,33 +37,6 @@ log = logging.getLogger(__name__)
 CACHE_LAYOUT = 2
 PAD_MULTIPLE = 8
 LABEL_PAD = -100
-
-
-_BLOCK, _EDGE, _SAMPLES = 64 << 10, 1 << 20, 16
-
-
-def file_fingerprint(path: str | Path) -> dict:
-    path = Path(path).resolve()
-    stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "sampled_sha256": sampled_digest(path, stat.st_size)}
-
-
-def sampled_digest(path: Path, size: int) -> str:
-    """sha256 of the first and last MiB and of evenly spaced 64 KiB blocks: about 3 MiB read for a
-    file of any size, and every byte of a file up to 3 MiB."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        if size <= 2 * _EDGE + _SAMPLES * _BLOCK:
-            digest.update(handle.read())
-            return digest.hexdigest()[:24]
-        digest.update(handle.read(_EDGE))
-        for i in range(1, _SAMPLES + 1):
-            handle.seek(_EDGE + (size - 2 * _EDGE) * i // (_SAMPLES + 1))
-            digest.update(handle.read(_BLOCK))
-        handle.seek(size - _EDGE)
-        digest.update(handle.read())
-    return digest.hexdigest()[:24]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
@@ -114,14 +114,20 @@ def verify_main(argv=None) -> int:
     p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--no-backup", action="store_true", help="with --fix: do not keep copies of replaced files")
+    p.add_argument("--accept-changed-weights", action="store_true",
+                   help="with --fix: take weights that changed after the manifest sealed them as they are (read "
+                        "in full, finite, the config's shapes), strip a _orig_mod./module. prefix and re-seal; "
+                        "the file as found is kept in backup-*/ (CHECKPOINT_FIX_GUIDE.md)")
     _add_settings(p)
     args = p.parse_args(argv)
+    if args.accept_changed_weights and not args.fix:
+        raise UserError("--accept-changed-weights works with --fix only")
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
     _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
     _quiet()
-    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args)) if args.fix
-              else verify(folder, args.deep))
+    report = (fix(folder, backup=not args.no_backup, overrides=overrides, pretrained=_pretrained(args),
+                  accept_changed_weights=args.accept_changed_weights) if args.fix else verify(folder, args.deep))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
     if not args.json and not args.fix and not report.valid and not report.codes() & FATAL:
         print(f"  repair with: python cli/verify_and_fix_checkpoint.py {folder} --fix", file=sys.stderr)

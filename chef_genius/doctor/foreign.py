@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import trust
+from chef_genius.train import rng
 
 CHEF = "chef_genius"
 LEGACY = "legacy"
@@ -110,7 +112,7 @@ def load_with_numpy(path: str | Path) -> object:
         with torch.serialization.safe_globals(list(NUMPY_GLOBALS.values())):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+        if trust.refused_by_weights_only(err):
             raise UnsafePickle(path, ["an object outside the numpy allowlist"]) from None
         raise ckpt.CheckpointError(f"{path.name} is unreadable ({type(err).__name__}); truncated or corrupt") from None
 
@@ -128,8 +130,8 @@ def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
     if not trust.regular_file(path):
         return "unreadable", None, f"{path.name} is not a regular file (a folder where a file belongs?)"
     try:
-        state = ckpt.load_training_state(path)
-    except ckpt.UnsafeStateError:
+        state = ckstate.load_training_state(path)
+    except ckstate.UnsafeStateError:
         try:
             state = load_with_numpy(path)
         except UnsafePickle as err:
@@ -140,38 +142,22 @@ def read_state(folder: Path) -> tuple[str, dict | None, str | None]:
         return "unreadable", None, str(err)
     if not isinstance(state, dict):
         return "unreadable", None, f"{path.name} does not hold a dictionary"
-    if state.get("format") == ckpt.FORMAT_NAME or not ckpt.missing_state_keys(state):
+    if state.get("format") == ckpt.FORMAT_NAME or not ckstate.missing_state_keys(state):
         return "ours", state, None
     if all(key in state for key in ("global_step", "epoch")):
         return "legacy", state, None
-    return "unreadable", None, f"{path.name} lacks {', '.join(ckpt.missing_state_keys(state))}"
+    return "unreadable", None, f"{path.name} lacks {', '.join(ckstate.missing_state_keys(state))}"
 
 
 # ---------------------------------------------------------------------------------------------
 # conversions to this project's state values
 
-def convert_rng(python_state, numpy_state, torch_state, cuda_states) -> dict:
-    """RNG states as ``rng.capture`` stores them (tensors and plain values, no numpy)."""
-    out = {}
-    if python_state is not None:
-        version, internal, gauss = python_state
-        out["python"] = [int(version), [int(v) for v in internal], gauss]
-    if numpy_state is not None:
-        kind, keys, pos, has_gauss, cached = numpy_state
-        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    if isinstance(torch_state, torch.Tensor):
-        out["torch"] = torch_state
-    out["cuda"] = [t for t in (cuda_states or []) if isinstance(t, torch.Tensor)]
-    return out if {"python", "numpy", "torch"} <= set(out) else {}
-
-
 def legacy_rng(states: dict | None) -> dict:
     states = states or {}
     cuda = states.get("cuda_rng_state_all") or ([states["cuda_rng_state"]] if states.get("cuda_rng_state")
                                                 is not None else [])
-    return convert_rng(states.get("python_rng_state"), states.get("numpy_rng_state"),
-                       states.get("torch_rng_state"), cuda)
+    return rng.from_parts(states.get("python_rng_state"), states.get("numpy_rng_state"),
+                          states.get("torch_rng_state"), cuda)
 
 
 def hf_rng(folder: Path) -> dict:
@@ -184,7 +170,7 @@ def hf_rng(folder: Path) -> dict:
                 raise ckpt.CheckpointError(f"{name}: {err}") from None
             cuda = saved.get("cuda")
             cuda = list(cuda) if isinstance(cuda, (list, tuple)) else ([cuda] if cuda is not None else [])
-            return convert_rng(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
+            return rng.from_parts(saved.get("python"), saved.get("numpy"), saved.get("cpu"), cuda)
     return {}
 
 
@@ -199,5 +185,5 @@ def accelerate_rng(folder: Path) -> dict:
     if not isinstance(saved, dict):
         return {}
     cuda = saved.get("torch_cuda_manual_seed")
-    return convert_rng(saved.get("random_state"), saved.get("numpy_random_seed"), saved.get("torch_manual_seed"),
-                       cuda if isinstance(cuda, list) else [])
+    return rng.from_parts(saved.get("random_state"), saved.get("numpy_random_seed"),
+                          saved.get("torch_manual_seed"), cuda if isinstance(cuda, list) else [])

@@ -13,10 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import disk, trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.doctor import foreign
 from chef_genius.doctor import importers
 from chef_genius.doctor import loadable
@@ -26,6 +28,8 @@ from chef_genius.doctor.problems import FATAL, SOFT, Problem
 from chef_genius.doctor.state_builder import Overrides
 from chef_genius.doctor.verify import Report, verify
 from chef_genius.errors import printable
+from chef_genius.model import wrappers
+from chef_genius.train import rng
 from chef_genius.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,9 @@ COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 class Fixer:
     def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-                 pretrained: Path | None = None):
+                 pretrained: Path | None = None, accept_changed_weights: bool = False):
         self.folder = Path(folder)
+        self.accept_changed_weights = accept_changed_weights  # weights the manifest did not seal, taken as they are
         self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
         self.backup = backup
         self.dry_run = dry_run
@@ -57,6 +62,9 @@ class Fixer:
                 and self._restore_from_siblings() and not self.dry_run:
             before = verify(self.folder, deep=True)
         codes = before.codes()
+        if (self.accept_changed_weights and Problem.WEIGHTS_CORRUPT in codes
+                and not codes & (FATAL - {Problem.WEIGHTS_CORRUPT})):
+            codes = self._accept_changed_weights(before, codes)
         if not codes or codes & (FATAL - {Problem.STATE_UNREADABLE}):
             before.repairs = self.repairs
             return before
@@ -74,6 +82,19 @@ class Fixer:
         if self.unfixed and after.valid:
             after.fail(Problem.REPAIR_INCOMPLETE, self.unfixed[0])
         return after
+
+    def _accept_changed_weights(self, report: Report, codes: set[str]) -> set[str]:
+        """``--accept-changed-weights``: weights that changed after the manifest sealed them, but read in
+        full, finite and of the config's shapes, are taken as they are (the prefix stripped after); the
+        files as found are kept in the backup folder, even with --no-backup, and the manifest re-sealed."""
+        files = report.facts.weight_files or []
+        if not self.dry_run:
+            for path in files:
+                self.keep(path, always=True)
+        names = ", ".join(p.name for p in files)
+        self.note("weights_accepted", f"took {names} as it is now, not as the manifest sealed it "
+                                      "(--accept-changed-weights; the file as found kept in the backup folder)")
+        return codes - {Problem.WEIGHTS_CORRUPT}
 
     def _restore_from_siblings(self) -> bool:
         """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
@@ -201,15 +222,15 @@ class Fixer:
         step = ckpt.step_of(self.folder)
         if not self.dry_run:
             if step is None:
-                step = int(ckpt.load_training_state(self.folder)["global_step"])
+                step = int(ckstate.load_training_state(self.folder)["global_step"])
             self.keep(self.folder / ckpt.MANIFEST)
             ckfiles.atomic_write_json(self.folder / ckpt.MANIFEST, ckmanifest.build_manifest(self.folder, step))
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
 
 
 def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-        pretrained: str | Path | None = None) -> Report:
-    return Fixer(Path(folder), backup, dry_run, overrides, pretrained).run()
+        pretrained: str | Path | None = None, accept_changed_weights: bool = False) -> Report:
+    return Fixer(Path(folder), backup, dry_run, overrides, pretrained, accept_changed_weights).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,12 +244,12 @@ def _same_model(folder: Path, source: Path) -> bool:
     if not trust.regular_file(theirs):
         return False
     try:
-        raw = wt.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
+        raw = weight_files.read_weights(folder)[1]  # any layout, every shard through trust's bounded reader
     except ValueError:
         return False
     if not raw or loadable.layers_problem(source, raw) or loadable.config_problem(source):
         return False
-    header = {wt.strip_prefix(k): tuple(v["shape"]) for k, v in raw.items()}
+    header = {wrappers.strip(k): tuple(v["shape"]) for k, v in raw.items()}
     model = wt.meta_model(source)
     shapes = wt.expected_tensors(model)[0] if model is not None else {}
     return bool(header) and all(shapes.get(k) == v for k, v in header.items())
@@ -253,19 +274,9 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
 
 
 def seeded_rng(seed: int, step: int) -> dict:
-    """RNG states as ``train/rng.capture`` stores them, drawn from ``seed`` and ``step`` alone (the
-    process's own generators are left untouched)."""
-    import random
-
-    import numpy as np
-    import torch
-    value = (int(seed) * 1_000_003 + int(step)) % 2**32
-    kind, keys, pos, has_gauss, cached = np.random.RandomState(value).get_state()
-    version, internal, gauss = random.Random(value).getstate()
-    return {"python": [version, list(internal), gauss],
-            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "torch": torch.Generator().manual_seed(value).get_state(), "cuda": []}
+    """RNG states in ``train/rng``'s layout, drawn from ``seed`` and ``step`` alone (the process's own
+    generators are left untouched)."""
+    return rng.seeded((int(seed) * 1_000_003 + int(step)) % 2**32)
 
 
 def os_sentence(err: Exception) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.doctor import foreign
 from chef_genius.doctor import weights as wt
 from chef_genius.settings.fields import position_keys
@@ -43,10 +44,10 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
     values, sources = {}, []
     for source in candidate_folders(folder):
         status, state, _ = foreign.read_state(source)
-        slices = ckpt.unpack_training_state(state) if status == "ours" else {}
-        if slices.get(ckpt.SETTINGS):
-            values.update(slices[ckpt.SETTINGS])
-            values.setdefault("num_samples", slices[ckpt.DATA_POSITION].get("num_samples"))
+        slices = ckstate.unpack_training_state(state) if status == "ours" else {}
+        if slices.get(ckstate.SETTINGS):
+            values.update(slices[ckstate.SETTINGS])
+            values.setdefault("num_samples", slices[ckstate.DATA_POSITION].get("num_samples"))
             sources.append(source.name)
             break
     from chef_genius.doctor import importers  # they build on this module: looked up when called
@@ -96,7 +97,7 @@ def load_plain(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return ckpt.load_training_state(path)
+        return ckstate.load_training_state(path)
     except ckpt.CheckpointError as err:
         raise ckpt.CheckpointError(str(err).replace("training-state ", "")) from None
 
@@ -124,7 +125,7 @@ def assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_
         if settings.get(key) is not None:
             position[name] = settings[key]
     hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
-    state = ckpt.make_training_state(run_state, position, optimizer,
+    state = ckstate.make_training_state(run_state, position, optimizer,
                                      scheduler_state_at(step, lr, schedule, num_groups(model)),
                                      rng_states, hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
     return state, text

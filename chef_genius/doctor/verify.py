@@ -11,15 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.doctor import foreign
 from chef_genius.doctor import importers
 from chef_genius.doctor import loadable
 from chef_genius.doctor import weights as wt
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
 from chef_genius.errors import printable
+from chef_genius.model import wrappers
 
 # SOFT: problems that leave a checkpoint resumable (training continues, with less state restored).
 # FATAL: problems no repair can undo: resume from a healthy sibling instead. (``state_unreadable`` and
@@ -121,6 +124,7 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
         importer.check_files(report, folder)
     if manifest:
         _check_manifest(report, folder, deep)
+        _prefix_over_changed_weights(report)
     if report.codes() & FATAL:
         report.hint = healthy_sibling(folder)
     return report
@@ -195,7 +199,7 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                     report.fail(Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
                     report.ok("every adapter tensor read, all values finite")
-    base = ckpt.read_base(folder)
+    base = ckrecords.read_base(folder)
     if base is None:
         report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the adapter "
                                            "belongs to, and its fingerprint, are unknown")
@@ -218,8 +222,8 @@ def _loads(report: Report, code: Problem, problem: str | None) -> None:
 
 def _check_weights(report: Report, folder: Path, deep: bool):
     try:
-        layout, header, files = wt.read_weights(folder)
-    except wt.MissingShard as err:
+        layout, header, files = weight_files.read_weights(folder)
+    except weight_files.MissingShard as err:
         report.fail(Problem.WEIGHTS_MISSING, str(err))
         return None
     except (ValueError, OSError) as err:  # trust.Untrusted too: a link, a FIFO, a hostile header
@@ -235,10 +239,10 @@ def _check_weights(report: Report, folder: Path, deep: bool):
     if layout == "bin":
         report.fail(Problem.WEIGHTS_BIN, f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
                                    f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
-    bad = wt.prefixed(header)
+    bad = wrappers.wrapped(header)
     if bad:
         report.fail(Problem.WEIGHTS_PREFIXED, f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                        f"(e.g. {bad[0]}); --fix removes it")
+                                              f"(e.g. {bad[0]}){PREFIX_FIX}")
     shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
     if (folder / ckpt.MODEL_CONFIG).is_file() and Problem.CONFIG_UNREADABLE not in report.codes():
@@ -252,7 +256,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(shown, err))
             return None
     if model is not None:
-        _check_shapes(report, {wt.strip_prefix(k): dict(v, name=k) for k, v in header.items()}, model, deep)
+        _check_shapes(report, {wrappers.strip(k): dict(v, name=k) for k, v in header.items()}, model, deep)
     if deep and not report.codes() & {Problem.WEIGHTS_MISMATCH, Problem.LM_HEAD_MISSING, Problem.WEIGHTS_UNREADABLE}:
         try:  # fatal already: no full read
             nonfinite = wt.nonfinite_tensors(files)
@@ -374,6 +378,24 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
     invalid = [p for p in problems if p.kind != "changed"]
     if invalid:
         report.fail(Problem.MANIFEST_INVALID, f"{ckpt.MANIFEST}: {invalid[0]}")
+
+
+PREFIX_FIX = "; --fix removes it"
+PREFIX_BLOCKED = ("; --fix leaves it, because the weights changed after the manifest sealed them (the prefixed file "
+                  "is not the one the run saved); if you trust the file as it is, --fix --accept-changed-weights "
+                  "strips the prefix, keeps the original in backup-*/ and re-seals, else resume from a sibling")
+
+
+def _prefix_over_changed_weights(report: Report) -> None:
+    """Prefixed weights that the manifest did not seal: a plain --fix does not bless them, so the
+    prefix line must not promise that it removes the prefix; it says why, and what will."""
+    if not {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_CORRUPT} <= report.codes():
+        return
+    for problem in report.problems:
+        if problem["code"] == Problem.WEIGHTS_PREFIXED and problem["message"].endswith(PREFIX_FIX):
+            old = problem["message"]
+            problem["message"] = old[: -len(PREFIX_FIX)] + PREFIX_BLOCKED
+            report.lines = [(status, problem["message"] if text == old else text) for status, text in report.lines]
 
 
 def healthy_sibling(folder: Path) -> str | None:

@@ -1,116 +1,24 @@
 """Model weights and optimizer layout as the checkpoint doctor sees them, read without trusting them.
 
-The weights are one ``model.safetensors``, shards named by ``model.safetensors.index.json``, or an
-older ``pytorch_model.bin`` (loaded with ``weights_only=True`` onto the meta device: nothing runs, no
-memory). Each safetensors header is parsed by hand (size checked against the file, so truncation
-shows without reading the data); the model the config describes is built on the ``meta`` device (no memory, no
-weights) to know every expected tensor name and shape and the optimizer's parameter groups.
+The weights are read per layout by ``checkpoint/weight_files.py`` (the loader's reader too); here
+they are rewritten without wrapper prefixes and checked for non-finite values, and the model the
+config describes is built on the ``meta`` device (no memory, no weights) to know every expected
+tensor name and shape and the optimizer's parameter groups.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from chef_genius.checkpoint import trust
+from chef_genius.checkpoint.weight_files import get_tensor, tensors
+from chef_genius.model import wrappers
 
-PREFIXES = ("_orig_mod.", "module.")
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def read_header(path: Path) -> dict[str, dict]:
-    """Tensor name -> {dtype, shape, data_offsets}; raises ValueError for a truncated, bad or hostile
-    file (``checkpoint/trust.py``: every entry validated, size and entry count bounded)."""
-    return trust.read_safetensors_header(path)
-
-
-class MissingShard(ValueError):
-    """A shard the index names is not in the folder."""
-
-
-def read_weights(folder: Path) -> tuple[str | None, dict[str, dict], list[Path]]:
-    """(layout, name -> {dtype, shape, file}, files) of the folder's weights (layout None: no weights).
-
-    Raises ``MissingShard`` or ``ValueError`` (truncated, corrupt, an index that disagrees with its
-    shards, a ``.bin`` that needs more than ``weights_only``)."""
-    from chef_genius.checkpoint import format as ckpt
-    layout, files = ckpt.weights_layout(folder)
-    header: dict[str, dict] = {}
-    if layout == "bin":
-        if not trust.regular_file(files[0]):  # never loaded through a link, a FIFO or a folder
-            raise trust.Untrusted(f"{files[0].name} is not a regular file")
-        for name, tensor in _load_bin(files[0], "meta").items():
-            header[name] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape), "file": files[0]}
-        return layout, header, files
-    for path in files:
-        if not os.path.lexists(path):  # a link or a folder is present, and refused by read_header
-            raise MissingShard(f"{path.name} is missing (a shard named by {ckpt.WEIGHTS_INDEX})")
-        for name, entry in read_header(path).items():
-            if name in header:
-                raise ValueError(f"{name} is stored twice ({header[name]['file'].name} and {path.name})")
-            header[name] = dict(entry, file=path)
-    if layout == "sharded":
-        weight_map = trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"]  # checked by weights_layout
-        wrong = [n for n, shard in weight_map.items() if n not in header or header[n]["file"].name != shard]
-        extra = [n for n in header if n not in weight_map]
-        if wrong or extra:
-            example = (wrong or extra)[0]
-            raise ValueError(f"{ckpt.WEIGHTS_INDEX} disagrees with its shards ({len(wrong)} names not in the shard "
-                             f"it gives, {len(extra)} tensors it does not list, e.g. {example})")
-    return layout, header, files
-
-
-def _load_bin(path: Path, device: str) -> dict:
-    """``pytorch_model.bin`` as tensors, under ``weights_only=True`` (refused, never run, otherwise)."""
-    try:
-        value = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for damage
-        text = str(err)
-        why = ("it holds objects other than tensors; it was not unpickled" if "Weights only load failed" in text
-               or "Unsupported global" in text else f"unreadable ({type(err).__name__}): truncated or corrupt")
-        raise ValueError(f"{path.name} does not load with weights_only=True: {why}") from None
-    if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
-        raise ValueError(f"{path.name} does not hold a name -> tensor dictionary")
-    return value
-
-
-def _tensors(path: Path):
-    """(name, tensor) of one weights file, read one at a time for safetensors."""
-    if path.suffix == ".bin":
-        yield from _load_bin(path, "cpu").items()
-        return
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as handle:
-        for name in handle.keys():
-            yield name, handle.get_tensor(name)
-
-
-def get_tensor(header: dict, name: str) -> torch.Tensor:
-    """Tensor ``name`` of ``header`` (an entry's ``name``, when set, is its name in the file)."""
-    path, stored = header[name]["file"], header[name].get("name", name)
-    if path.suffix == ".bin":
-        return _load_bin(path, "cpu")[stored]
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as handle:
-        return handle.get_tensor(stored)
-
-
-def strip_prefix(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
-
-
-def prefixed(names) -> list[str]:
-    return [n for n in names if strip_prefix(n) != n]
 
 
 def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, bytes]:
@@ -118,7 +26,7 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
     (each shard and the index for sharded weights; ``model.safetensors`` for a ``.bin``)."""
     from safetensors.torch import save
 
-    from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import layout as ckpt
     out = {}
     for path in files:
         metadata = {"format": "pt"}
@@ -127,11 +35,11 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or metadata
         # clone: a .bin may hold tied tensors sharing one storage, which safetensors refuses
-        tensors = {strip_prefix(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in _tensors(path)}
-        out[ckpt.WEIGHTS if path.suffix == ".bin" else path.name] = save(tensors, metadata)
+        renamed = {wrappers.strip(n): t.contiguous().clone() if path.suffix == ".bin" else t for n, t in tensors(path)}
+        out[ckpt.WEIGHTS if path.suffix == ".bin" else path.name] = save(renamed, metadata)
     if layout == "sharded":
         index = trust.read_json(folder / ckpt.WEIGHTS_INDEX)
-        index["weight_map"] = {strip_prefix(n): shard for n, shard in index["weight_map"].items()}
+        index["weight_map"] = {wrappers.strip(n): shard for n, shard in index["weight_map"].items()}
         out[ckpt.WEIGHTS_INDEX] = json.dumps(index, indent=2, sort_keys=True).encode("utf-8")
     return out
 
@@ -139,7 +47,7 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
 def nonfinite_tensors(files: list[Path]) -> list[str]:
     bad = []
     for path in files:
-        for name, tensor in _tensors(path):
+        for name, tensor in tensors(path):
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
                 bad.append(name)
     return bad
@@ -167,7 +75,7 @@ def meta_model(folder: Path, weights: Path | None = None, header: dict | None = 
         return None
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     header = {n: e if "file" in e else dict(e, file=weights) for n, e in (header or {}).items()}
-    names = {strip_prefix(n): n for n in header}
+    names = {wrappers.strip(n): n for n in header}
     if (head is not None and head.weight is embed.weight and "lm_head.weight" in names
             and "shared.weight" in names
             and not tensors_equal(header, names["lm_head.weight"], names["shared.weight"])):

@@ -3,7 +3,9 @@
 Scores every model given (a saved model folder, a ``checkpoint-N`` folder, or a run folder = each of
 its complete checkpoints and its final model) with greedy generation and the recipe metrics
 (``evaluation/metrics.py``), then prints a side-by-side table, writes ``evaluation.json`` and, with
-two checkpoints or more, one PNG per metric over steps. Bad input ends with one line and exit 2.
+two checkpoints or more, one PNG per metric over steps: into ``--out``, else the first folder given,
+except that a checkpoint's report goes beside it, in its run folder (a checkpoint is never written
+into). Bad input ends with one line and exit 2.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import logging
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser, setup_logging
 from chef_genius.errors import EXIT_OK, UserError, run_cli
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"never write the same span of N tokens twice, 0 = off (default {NO_REPEAT_NGRAM_SIZE}, "
                         "as generate_recipe.py and the metrics during training)")
     p.add_argument("--out", metavar="DIR", help="where evaluation.json and the PNGs go (default: the first "
-                   "run folder given, else the first model folder)")
+                   "folder given; for a checkpoint-N folder its run folder: a checkpoint is never written into)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -81,7 +84,7 @@ def held_out_recipes(args, models) -> tuple[list, str]:
         if not Path(args.data).is_file():
             raise UserError(f"--data file not found: {args.data}")
         # the input the models were trained with (chef_genius_prompt.json), the default prompt without one
-        template = next((t for t in (ckpt.read_prompt(folder) for _, _, folder in models) if t),
+        template = next((t for t in (ckrecords.read_prompt(folder) for _, _, folder in models) if t),
                         DEFAULT_SOURCE_TEMPLATE)
         options = ReadOptions(source_template=template)
         examples, where = list(read_examples(args.data, ReadStats(), options)), args.data
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
                                               batch_size=args.batch_size, on_batch=progress.update,
                                               decoding=decoding)
         results.append({"model": label, "path": str(folder), "step": step, "metrics": metrics, "recipes": details})
-    out = Path(args.out) if args.out else Path(args.models[0])
+    out = report_folder(args.out, args.models[0])
     report = {"data": where, "recipes": len(examples), "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
               **decoding,
               "models": results}
@@ -151,6 +154,19 @@ def main(argv=None) -> int:
         print(table(results))
         print("written: " + ", ".join(str(f) for f in files))
     return EXIT_OK
+
+
+def report_folder(given: str | None, first_model: str) -> Path:
+    """Where the report goes: ``--out``, else the first folder given; never into a checkpoint, whose
+    manifest lists every file it holds (a checkpoint's report goes beside it, in its run folder)."""
+    if given is not None:
+        checkpoint = ckpt.enclosing_checkpoint(given)
+        if checkpoint is not None:
+            raise UserError(f"--out {given} is in the checkpoint {checkpoint.name}, which nothing may write into; "
+                            f"give another folder, e.g. --out {checkpoint.parent}")
+        return Path(given)
+    checkpoint = ckpt.enclosing_checkpoint(first_model)
+    return checkpoint.parent if checkpoint is not None else Path(first_model)
 
 
 def table(results: list[dict]) -> str:

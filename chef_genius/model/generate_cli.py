@@ -9,7 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.cli_support import Parser
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, source_from_ingredients, template_fields
@@ -158,7 +159,7 @@ def model_inputs(args, model_dir: Path) -> tuple[list[str], list[str]]:
     ingredient_lists = [text.strip() for text in args.ingredients]
     if not all(any(part.strip() for part in text.split(",")) for text in ingredient_lists):
         raise UserError("--ingredients is empty: give a comma-separated list such as \"chicken, rice, garlic\"")
-    template = ckpt.read_prompt(model_dir) or DEFAULT_SOURCE_TEMPLATE
+    template = ckrecords.read_prompt(model_dir) or DEFAULT_SOURCE_TEMPLATE
     try:
         fields = template_fields(template)
     except ValueError:

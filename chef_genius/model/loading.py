@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from chef_genius.checkpoint import trust
+from chef_genius.checkpoint import weight_files
 from chef_genius.errors import UserError
+from chef_genius.model import wrappers
 from chef_genius.model.hub import check_hub_reachable
 
 log = logging.getLogger(__name__)
@@ -32,8 +35,6 @@ def load_tokenizer(name_or_path: str):
                         "name the hub knows or a local folder with tokenizer files") from None
 
 
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP/accelerate wrappers, in any nesting
-_STRIP_WRAPPERS = {r"^(?:_orig_mod\.|module\.)+": ""}
 _NAMED = 3  # weight names quoted in an error
 
 
@@ -48,8 +49,7 @@ def load_model(name_or_path: str | Path):
     """
     check_hub_reachable(name_or_path)
     from transformers import AutoModelForSeq2SeqLM
-    import pickle
-    from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import layout as ckpt
     folder = Path(name_or_path)
     local = folder.is_dir()
     if local and ckpt.is_adapter(folder):  # a LoRA adapter: its base, checked, with the adapter merged in
@@ -57,21 +57,20 @@ def load_model(name_or_path: str | Path):
         return lora.load_merged(folder, load_model)
     options = {}
     if local:
-        wrapped = [n for n in weight_names(folder) if n.startswith(WRAPPER_PREFIXES)]
+        wrapped = wrappers.wrapped(weight_names(folder))
         if wrapped:
             log.warning("%d weight names in %s carry a wrapper prefix (e.g. %s): loaded without it; repair "
                         "the folder with: python cli/verify_and_fix_checkpoint.py %s --fix",
                         len(wrapped), folder, wrapped[0], folder)
-            options["key_mapping"] = _STRIP_WRAPPERS
+            options["key_mapping"] = wrappers.KEY_MAPPING
     try:
         model, info = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32, weights_only=True,
                                                             output_loading_info=True, **options)
-    except pickle.UnpicklingError:  # torch's weights_only loader refused a pickled .bin (its own
-        # message suggests weights_only=False, i.e. running whatever the file carries: never)
-        raise UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
-                        "refused, never unpickled: get the model as model.safetensors from a source you "
-                        "trust") from None
-    except (OSError, ValueError) as err:
+    except Exception as err:
+        if trust.refused_by_weights_only(err):  # a pickled .bin holding more than tensors
+            raise _refused_pickle(name_or_path) from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
                         "name the hub knows or a local folder with config.json and model.safetensors "
                         "(or sharded safetensors with their index, or pytorch_model.bin)") from None
@@ -89,36 +88,19 @@ def load_model(name_or_path: str | Path):
 
 
 def weight_names(folder: Path) -> list[str]:
-    """Tensor names of a local model folder's weights, read from the safetensors headers (the index
-    for shards) or, for ``pytorch_model.bin``, a ``weights_only`` load mapped from disk."""
-    import pickle
-    from chef_genius.checkpoint import format as ckpt
+    """Tensor names of a local model folder's weights, in any layout (``checkpoint/weight_files.py``)."""
     try:
-        layout, files = ckpt.weights_layout(folder)
-    except ValueError as err:
+        return list(weight_files.read_weights(folder)[1])
+    except weight_files.RefusedPickle:
+        raise _refused_pickle(folder) from None
+    except (ValueError, OSError) as err:  # trust.Untrusted and MissingShard too
         raise UserError(f"cannot load the model {str(folder)!r}: {err}") from None
-    if layout == "sharded":
-        from chef_genius.checkpoint import trust
-        return list(trust.read_json(folder / ckpt.WEIGHTS_INDEX)["weight_map"])  # checked by weights_layout
-    if layout == "single":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(files[0]), "pt") as handle:
-                return list(handle.keys())
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} is unreadable "
-                            f"({_first_line(err)})") from None
-    if layout == "bin":
-        try:
-            return list(torch.load(files[0], map_location="meta", weights_only=True))
-        except pickle.UnpicklingError:  # never quote torch's hint to retry with weights_only=False
-            raise UserError(f"the weights of {str(folder)!r} are a pickle holding more than plain tensors; "
-                            "refused, never unpickled: get the model as model.safetensors from a source you "
-                            "trust") from None
-        except Exception as err:
-            raise UserError(f"cannot load the model {str(folder)!r}: {files[0].name} does not load with "
-                            f"weights_only=True ({_first_line(err)}); it was not unpickled") from None
-    return []
+
+
+def _refused_pickle(name_or_path) -> UserError:
+    """Never quotes torch's hint to retry with weights_only=False (that would run what the file carries)."""
+    return UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
+                     "refused, never unpickled: get the model as model.safetensors from a source you trust")
 
 
 def _first_line(err: Exception) -> str:

@@ -9,7 +9,7 @@ holds the adapter's parameters only. What a LoRA checkpoint needs besides the ad
   tensor once), computed once when the base is loaded and recorded beside the adapter, so a resume
   onto other base weights is refused instead of training an adapter that no longer fits;
 - the adapter's files as peft writes them (``adapter_model.safetensors`` + ``adapter_config.json``,
-  names in ``checkpoint/format.py``), loadable with ``PeftModel.from_pretrained(base, folder)``;
+  names in ``checkpoint/layout.py``), loadable with ``PeftModel.from_pretrained(base, folder)``;
 - ``merged_state_dict``: the base's weights with each adapter folded in (W + scale * B A), computed
   without touching the trained model, for the final model that ``from_pretrained`` loads alone.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.errors import UserError
 from chef_genius.model.names import LORA_TARGETS
 
@@ -92,7 +93,7 @@ def base_record(pretrained_model: str, digest: str, parameters: int) -> dict:
 
 def check_base(folder: Path, digest: str, pretrained_model: str) -> None:
     """Refuse (exit 2) to continue ``folder``'s adapter on a base whose fingerprint is not the recorded one."""
-    record = ckpt.read_base(folder)
+    record = ckrecords.read_base(folder)
     if record is None:
         raise UserError(f"{folder.name} records no fingerprint of its base model ({ckpt.BASE_RECORD} is missing "
                         "or unreadable): check it with python cli/verify_and_fix_checkpoint.py "
@@ -195,7 +196,7 @@ def load_merged(folder: Path, load_base):
     recorded ``--pretrained-model``, refused when its weights are not the ones the adapter was trained on."""
     from peft import LoraConfig, get_peft_model
     folder = Path(folder)
-    record = ckpt.read_base(folder)
+    record = ckrecords.read_base(folder)
     if record is None:
         raise UserError(f"{folder} holds a LoRA adapter but no record of its base model ({ckpt.BASE_RECORD}): "
                         f"check it with python cli/verify_and_fix_checkpoint.py {folder}")

@@ -19,7 +19,8 @@ from pathlib import Path
 from huggingface_hub import split_torch_state_dict_into_shards
 from transformers.modeling_utils import remove_tied_weights_from_state_dict, revert_weight_conversion, unwrap_model
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint.files import write_bytes_hashed, write_hashed
 from chef_genius.checkpoint.safetensors_writer import write_safetensors
 
@@ -47,7 +48,7 @@ class PretrainedFiles:
                 self.model.save_pretrained(scratch, state_dict={})  # the config files, as save_pretrained writes them
                 self.tokenizer.save_pretrained(scratch)
                 if self.source_template is not None:
-                    ckpt.write_prompt(scratch, self.source_template)
+                    ckrecords.write_prompt(scratch, self.source_template)
                 self._fixed = {p.name: p.read_bytes() for p in sorted(Path(scratch).iterdir())
                                if p.is_file() and not ckpt.is_weights_file(p.name)}
         return self._fixed

@@ -68,7 +68,7 @@ def _train(config) -> int:
         trainer.close()
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
-        print(f"done: step {state.global_step}, epoch {epoch_label(trainer.position.epoch + 1, config.epochs)}, "
+        print(f"done: step {state.global_step}, epoch {epoch_label(trainer.position.epoch + 1, trainer.config.epochs)}, "
               f"best validation loss {best}; "
               f"model in {config.model_output}")
         logging.getLogger("chef_genius").info(

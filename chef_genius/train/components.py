@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import records as ckrecords
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.model import lora
 from chef_genius.model.loading import unwrap
 from chef_genius.model.saving import PretrainedFiles
@@ -81,7 +82,7 @@ class AdapterFiles(ModelFiles):
 
     def save(self, folder, weights: dict) -> None:
         lora.save_adapter(unwrap(self.model), folder, weights)
-        ckpt.write_base(folder, self.base)
+        ckrecords.write_base(folder, self.base)
         self._save_tokenizer(folder)
 
     @property
@@ -104,7 +105,7 @@ class AdapterFiles(ModelFiles):
     def _save_tokenizer(self, folder) -> None:
         self.tokenizer.save_pretrained(folder)
         if self.source_template is not None:
-            ckpt.write_prompt(folder, self.source_template)
+            ckrecords.write_prompt(folder, self.source_template)
 
 
 class OptimizerSlice:
@@ -203,5 +204,5 @@ class SettingsSlice:
 
 
 # the order of saving and restoring: the run state first (the others restore at its step)
-ORDER = (ckpt.RUN_STATE, ckpt.DATA_POSITION, ckpt.OPTIMIZER, ckpt.SCHEDULER, ckpt.RNG, ckpt.REPORTING,
-         ckpt.SETTINGS)
+ORDER = (ckstate.RUN_STATE, ckstate.DATA_POSITION, ckstate.OPTIMIZER, ckstate.SCHEDULER, ckstate.RNG, ckstate.REPORTING,
+         ckstate.SETTINGS)

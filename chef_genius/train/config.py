@@ -9,8 +9,10 @@ run's settings back from there and keeps only the flags given on its own command
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
+from pathlib import Path
 
 from chef_genius.cli_support import Parser
 from chef_genius.errors import UserError
@@ -98,6 +100,7 @@ def validate(c: TrainConfig) -> None:
         raise UserError("--save-adapter-only needs --lora-r R (a full fine-tuning run has no adapter)")
     if c.data is None and not (c.resume_from_checkpoint or c.auto_resume or c.plan_only):
         raise UserError(DATA_REQUIRED)  # a resume reuses the checkpoint's file (checked in train/settings.py)
+    check_model_output(c.model_output)
     if c.metric_for_best != "eval_loss" and not c.eval_generate:
         raise UserError(f"--metric-for-best {c.metric_for_best} needs recipes to score: add --eval-generate N")
     if c.max_tokens_per_batch and c.streaming:
@@ -108,3 +111,15 @@ def validate(c: TrainConfig) -> None:
                         " raise it or the max lengths")
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
+
+
+def check_model_output(model_output: str) -> None:
+    """A run folder is never a checkpoint nor inside one: a run's files there would break its seal."""
+    from chef_genius.checkpoint.layout import enclosing_checkpoint
+    checkpoint = enclosing_checkpoint(model_output)
+    if checkpoint is None:
+        return
+    where = "is" if checkpoint == Path(os.path.abspath(model_output)) else "is inside"
+    raise UserError(f"--model-output {model_output} {where} the checkpoint {checkpoint.name}, which a run never "
+                    f"writes into; did you mean its run folder? --model-output {checkpoint.parent}")
+

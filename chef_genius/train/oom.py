@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.errors import OutOfMemory
 from chef_genius.train import memory_plan
 

@@ -13,15 +13,32 @@ import torch
 
 
 def capture() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": _to_plain(random.getstate()),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return state
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return from_parts(random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+
+
+def from_parts(python_state, numpy_state, torch_state, cuda_states=()) -> dict:
+    """The stored layout (the one place that knows it) from each generator's own state: python's
+    ``getstate()`` tuple, numpy's ``get_state()`` tuple, torch's and CUDA's byte tensors, from this
+    process or from another tool's file. {} when the python, numpy or torch state is missing."""
+    out = {}
+    if python_state is not None:
+        version, internal, gauss = python_state
+        out["python"] = [int(version), [int(v) for v in internal], gauss]
+    if numpy_state is not None:
+        kind, keys, pos, has_gauss, cached = numpy_state
+        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    if isinstance(torch_state, torch.Tensor):
+        out["torch"] = torch_state
+    out["cuda"] = [t for t in (cuda_states or []) if isinstance(t, torch.Tensor)]
+    return out if {"python", "numpy", "torch"} <= set(out) else {}
+
+
+def seeded(value: int) -> dict:
+    """The stored layout of generators seeded with ``value`` (this process's own are left untouched)."""
+    return from_parts(random.Random(value).getstate(), np.random.RandomState(value).get_state(),
+                      torch.Generator().manual_seed(value).get_state())
 
 
 def restore(state: dict) -> None:
@@ -44,12 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_plain(value):
-    if isinstance(value, tuple):
-        return [_to_plain(v) for v in value]
-    return value
 
 
 @contextlib.contextmanager

@@ -35,8 +35,9 @@ import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.settings.checks import check_optimizer, check_reporters
 from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of
@@ -185,6 +186,49 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
             old, new = _described(saved[key]), _described(identity)
             changes.append(Change(name, old, new if new != old else f"{new}, other content"))
     return changes
+
+
+# ---------------------------------------------------------------------------------------------
+# where a resumed run ends
+
+
+def resumed_end(epochs: int, max_steps: int, saved: dict, explicit, step: int,
+                reach: Callable[[int], int]) -> tuple[int, int, list[str]]:
+    """(epochs, max steps, log lines) of a run resumed at ``step``. ``reach(E)`` is the step at which
+    the run ends its E-th epoch, counted from the checkpoint's data position (pure).
+
+    A new ``--max-steps`` or ``--epochs`` on the command line says "train to here", so the run trains
+    to it or the resume is refused (``UserError``, exit 2), never ending at once while claiming a later
+    end. As in Hugging Face's Trainer, a ``--max-steps`` past the run's last epoch adds the epochs it
+    needs (unless ``--epochs`` is given too); an ``--epochs`` past an inherited ``--max-steps`` lifts it
+    (unless ``--max-steps`` is given too). Flags that repeat the checkpoint's values change nothing."""
+    changed = [name for name, value in (("epochs", epochs), ("max_steps", max_steps))
+               if name in explicit and saved.get(name) != value]
+    notes = []
+    if "max_steps" in changed and max_steps and "epochs" not in explicit and reach(epochs) < max_steps:
+        needed = epochs
+        while reach(needed) < max_steps:  # every epoch adds at least one step
+            needed += 1
+        notes.append(f"--max-steps {max_steps} is past the run's last epoch (epoch {epochs}, step {reach(epochs)}): "
+                     f"the run now trains {needed} epochs, to reach step {max_steps}")
+        epochs = needed
+    if "epochs" in changed and "max_steps" not in explicit and max_steps and max_steps < reach(epochs):
+        notes.append(f"--epochs {epochs} goes past the run's --max-steps {max_steps}: the run now ends with its "
+                     f"last epoch, at step {reach(epochs)}")
+        max_steps = 0
+    end = min(reach(epochs), max_steps) if max_steps else reach(epochs)
+    given = " ".join(_as_flag(name, value) for name, value in (("epochs", epochs), ("max_steps", max_steps))
+                     if name in changed)
+    if "max_steps" in changed and max_steps > end:
+        raise UserError(f"--max-steps {max_steps} is past the end of --epochs {epochs} (step {end}): raise "
+                        "--epochs, or drop it and the run adds the epochs --max-steps needs")
+    if "epochs" in changed and reach(epochs) > end:
+        raise UserError(f"--epochs {epochs} ends at step {reach(epochs)}, past --max-steps {max_steps}: raise "
+                        f"--max-steps to {reach(epochs)}, or pass --max-steps 0 to run every epoch")
+    if changed and end <= step:
+        raise UserError(f"the checkpoint is at step {step} and {given} ends the run at step {end}: nothing would "
+                        f"be trained; give a later end (--max-steps above {step}, or more --epochs)")
+    return epochs, max_steps, notes
 
 
 # ---------------------------------------------------------------------------------------------

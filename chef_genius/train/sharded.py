@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 
 log = logging.getLogger("chef_genius")
 
@@ -52,11 +52,11 @@ def gather_optimizer_state(accelerator, model, optimizer) -> tuple[dict, str | N
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     state = get_optimizer_state_dict(model, optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return state, ckpt.OPTIMIZER_LAYOUT_NAMES
+    return state, ckstate.OPTIMIZER_LAYOUT_NAMES
 
 
 def saved_by_name(layout: str | None) -> bool:
-    return layout == ckpt.OPTIMIZER_LAYOUT_NAMES
+    return layout == ckstate.OPTIMIZER_LAYOUT_NAMES
 
 
 def load_optimizer_by_name(model, optimizer, state: dict) -> None:

@@ -1,7 +1,8 @@
 """The run state: how far a run got and what it learned on the way, saved and restored as one object.
 
 Where the run is in its data (epoch, sample) is the ``DataPosition`` the sampler owns
-(``chef_genius/data/position.py``); the checkpoint format writes both into ``run_state``.
+(``chef_genius/data/position.py``); ``checkpoint/training_state.py`` saves the run state in
+``run_state`` and the position in ``data_position``.
 """
 
 from __future__ import annotations

@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import disk
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
-from chef_genius.checkpoint.resume import data_identity, resolve
+from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.runlock import RunLock
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
@@ -175,7 +176,7 @@ class Trainer:
         """A resume's settings: the checkpoint's, the explicit flags on top (``train/settings.py``)."""
         command = self.config
         saved = None if loaded is None else {"hyperparameters": loaded.settings, "global_step": loaded.global_step,
-                                             "data_position": loaded.slices.get(ckpt.DATA_POSITION)}
+                                             "data_position": loaded.slices.get(ckstate.DATA_POSITION)}
         self.config = settings.settle(command, saved, loaded.path if loaded else None)
         self._adopt_settings(command)
 
@@ -215,10 +216,12 @@ class Trainer:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the
         rest of the epochs need at the new global batch)."""
         c = self.config
+        if loaded is not None:
+            self._settle_end(loaded)
         self.steps_per_epoch = math.ceil(self.sampler.micro_batches_per_epoch() / c.gradient_accumulation_steps)
         self.total_steps = self.sampler.planned_steps(c.epochs, c.gradient_accumulation_steps)
         if loaded is not None and loaded.world_size != self.accelerator.num_processes:
-            where = DataPosition.saved_at(loaded.slices[ckpt.DATA_POSITION])
+            where = DataPosition.saved_at(loaded.slices[ckstate.DATA_POSITION])
             self.total_steps = loaded.global_step + self.sampler.planned_steps(
                 c.epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch)
         if c.max_steps:
@@ -226,18 +229,32 @@ class Trainer:
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
 
+    def _settle_end(self, loaded: LoadedCheckpoint) -> None:
+        """A resume's new ``--max-steps`` / ``--epochs``: trained to, or refused (``settings.resumed_end``)."""
+        c = self.config
+        where = DataPosition.saved_at(loaded.slices.get(ckstate.DATA_POSITION) or {})
+
+        def reach(epochs: int) -> int:
+            return loaded.global_step + self.sampler.planned_steps(epochs, c.gradient_accumulation_steps,
+                                                                   where.epoch, where.samples_in_epoch)
+
+        c.epochs, c.max_steps, notes = settings.resumed_end(c.epochs, c.max_steps, loaded.settings, c.explicit,
+                                                            loaded.global_step, reach)
+        for note in notes:
+            log.info("%s", note)
+
     def _make_checkpoint_manager(self, model, loaded: LoadedCheckpoint | None) -> CheckpointManager:
         c, acc = self.config, self.accelerator
         self.rng = parts.RngSlice(acc, c.seed, self.state)
         components = {
-            ckpt.RUN_STATE: self.state,
-            ckpt.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
-            ckpt.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
-                                                 c.optimizer_rewarmup_steps, c.explicit, c.optimizer),
-            ckpt.SCHEDULER: parts.SchedulerSlice(self.scheduler, self.optimizer, self.state, c.explicit),
-            ckpt.RNG: self.rng,
-            ckpt.REPORTING: self.reporters,
-            ckpt.SETTINGS: parts.SettingsSlice(self._hyperparameters),
+            ckstate.RUN_STATE: self.state,
+            ckstate.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
+            ckstate.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
+                                                    c.optimizer_rewarmup_steps, c.explicit, c.optimizer),
+            ckstate.SCHEDULER: parts.SchedulerSlice(self.scheduler, self.optimizer, self.state, c.explicit),
+            ckstate.RNG: self.rng,
+            ckstate.REPORTING: self.reporters,
+            ckstate.SETTINGS: parts.SettingsSlice(self._hyperparameters),
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
         files = parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template)

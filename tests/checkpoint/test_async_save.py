@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import run_training, step_losses, train_args
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
@@ -44,7 +45,7 @@ def test_async_checkpoints_equal_sync_ones_and_resume_bitwise(tiny_model, small_
     assert names and names == [p.name for p in ckpt.list_checkpoints(asyn)]
     for name in names:  # weights byte for byte; training state equal apart from the run's own flags
         assert _sha(asyn / name, ckpt.WEIGHTS) == _sha(sync / name, ckpt.WEIGHTS), name
-        a, b = ckpt.load_training_state(asyn / name), ckpt.load_training_state(sync / name)
+        a, b = ckstate.load_training_state(asyn / name), ckstate.load_training_state(sync / name)
         assert a.pop("hyperparameters")["async_save"] and not b.pop("hyperparameters")["async_save"]
         for state in (a, b):  # wall-clock time is the one thing allowed to differ
             state["run_state"].pop("train_seconds")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from conftest import run_training, train_args

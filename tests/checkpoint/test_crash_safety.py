@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_PREEMPTED
@@ -57,7 +58,7 @@ def assert_recoverable(folder: Path) -> int:
     assert skipped == []
     if latest is None:
         return 0
-    assert ckpt.load_training_state(latest)["global_step"] == ckpt.step_of(latest)
+    assert ckstate.load_training_state(latest)["global_step"] == ckpt.step_of(latest)
     return ckpt.step_of(latest)
 
 

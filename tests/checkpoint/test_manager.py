@@ -24,7 +24,8 @@ import torch
 
 from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import faults
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.manager import CheckpointManager
@@ -309,7 +310,7 @@ class _Counter:
 def _manager(root: Path, **kwargs) -> tuple[CheckpointManager, _Model, _Counter]:
     model, run = _Model(), _Counter()
     kwargs = {"checkpoint_bytes": 1000, "save_steps": 1, **kwargs}
-    return CheckpointManager(root, model, {ckpt.RUN_STATE: run}, **kwargs), model, run
+    return CheckpointManager(root, model, {ckstate.RUN_STATE: run}, **kwargs), model, run
 
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
@@ -325,7 +326,7 @@ def test_one_save_path_gathers_in_the_main_thread_writes_copies_and_applies_rete
     for step in (2, 3):
         folder = tmp_path / f"checkpoint-{step}"
         assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
-        assert ckpt.load_training_state(folder)["global_step"] == step
+        assert ckstate.load_training_state(folder)["global_step"] == step
         assert (folder / ckpt.WEIGHTS).read_bytes() == (torch.arange(6.0) + step - 1).numpy().tobytes()
     assert set(model.threads + run.threads) == {threading.main_thread()}  # collectives stay in the main thread
     assert manager.committed == [1, 2, 3]

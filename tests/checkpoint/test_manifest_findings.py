@@ -7,7 +7,7 @@ import json
 
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
-from chef_genius.checkpoint.format import MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE, WEIGHTS
+from chef_genius.checkpoint.layout import MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE, WEIGHTS
 
 
 def _sealed(tmp_path):

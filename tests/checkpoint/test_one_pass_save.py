@@ -14,7 +14,8 @@ from safetensors.torch import save as safetensors_bytes
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint import faults
 from chef_genius.checkpoint import files as ckfiles
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint.safetensors_writer import write_safetensors
 from chef_genius.model.saving import PretrainedFiles
@@ -119,7 +120,7 @@ def test_a_save_reads_nothing_back_and_fsyncs_every_file_before_the_manifest(mod
     assert sorted(name for kind, name in events[:sealed] if kind == "fsync") == written
     assert events.index(("fault", "training state written")) < events.index(("fsync", ckpt.WEIGHTS))  # batched
     assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
-    assert torch.equal(ckpt.load_training_state(folder)["moments"], state["moments"])
+    assert torch.equal(ckstate.load_training_state(folder)["moments"], state["moments"])
 
 
 def test_a_save_model_that_writes_its_own_files_still_gets_them_hashed(tmp_path):

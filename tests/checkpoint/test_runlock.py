@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from chef_genius.checkpoint import faults
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import runlock
 from chef_genius.checkpoint.runlock import RunLock, RunLocked
@@ -176,7 +176,7 @@ NAMES = textwrap.dedent("""
     from pathlib import Path
     os.getpid = lambda: 4242  # the same pid: another host of a shared file system, or a pid reused
     from chef_genius.checkpoint import faults
-    from chef_genius.checkpoint import format as ckpt
+    from chef_genius.checkpoint import layout as ckpt
     from chef_genius.checkpoint import commit as ckcommit
     out, seen = Path(sys.argv[1]), []
     faults.hook = lambda label: seen.extend(p.name for p in out.iterdir() if p.name.startswith("."))

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import fix_all_main, verify_main
@@ -84,7 +85,7 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
     """Break (delete training_state.pt), fix, resume from `latest`, train on: step, epoch, data position
     and learning rate continue; the optimizer re-warms over a short ramp instead of the whole warmup."""
     folder = run_copy / "checkpoint-10"
-    original = ckpt.load_training_state(folder)
+    original = ckstate.load_training_state(folder)
     (folder / ckpt.TRAINING_STATE).unlink()
     code, report = verify_json(folder, capsys)
     assert code == 1 and not report["resumable"]
@@ -94,7 +95,7 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
     assert code == 1  # resumable, but without the optimizer's moments
     assert report["resumable"] and {p["code"] for p in report["problems"]} == {"optimizer_empty", "rng_rebuilt"}
     assert {"state_rebuilt", "manifest_rebuilt"} <= {r["code"] for r in report["repairs"]}
-    rebuilt = ckpt.load_training_state(folder)
+    rebuilt = ckstate.load_training_state(folder)
     assert rebuilt["optimizer_state_empty"] is True
     assert rebuilt["data_position"]["epoch"] == original["data_position"]["epoch"] == 0
     assert rebuilt["data_position"]["samples_in_epoch"] == original["data_position"]["samples_in_epoch"] == 80
@@ -117,7 +118,7 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
     assert sorted(lrs) == list(range(11, 16))  # trained on
     for step, lr in lrs.items():  # the run's schedule at that step, times the short re-warm ramp
         assert lr == pytest.approx(1e-3 * lr_factor(step, 3, 24, "linear", rewarm_from=10, rewarm_steps=4))
-    position = ckpt.load_training_state(run_copy / "checkpoint-15")["data_position"]
+    position = ckstate.load_training_state(run_copy / "checkpoint-15")["data_position"]
     assert (position["epoch"], position["samples_in_epoch"]) == (1, 3 * 8)  # 12 steps per epoch, 8 per step
     assert lrs[14] == pytest.approx(1e-3 * lr_factor(14, 3, 24))  # ramp over: back on the original curve
 
@@ -131,7 +132,7 @@ def test_missing_state_without_sibling_needs_steps_per_epoch(run_copy, capsys):
     code, report = verify_json(folder, capsys, "--fix", "--steps-per-epoch", "12", "--samples-per-step", "8",
                                "--learning-rate", "1e-3", "--warmup-steps", "3", "--total-steps", "24")
     assert report["resumable"]
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == 80
     assert state["scheduler_state_dict"]["_last_lr"][0] == pytest.approx(1e-3 * lr_factor(10, 3, 24))
 
@@ -190,7 +191,7 @@ def make_legacy(run_dir, dest, prefix="_orig_mod."):
             shutil.copy(path, dest / path.name)
     save_file({prefix + k: v for k, v in load_file(source / ckpt.WEIGHTS).items()}, dest / ckpt.WEIGHTS,
               metadata={"format": "pt"})
-    ours = ckpt.load_training_state(source)
+    ours = ckstate.load_training_state(source)
     model = AutoModelForSeq2SeqLM.from_pretrained(source)
     names = {id(p): n for n, p in model.named_parameters()}
     our_order = [names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups
@@ -221,7 +222,7 @@ def test_legacy_checkpoint_converted_keeping_optimizer(run_dir, tmp_path, capsys
     assert {"state_converted_legacy", "prefixes_stripped", "manifest_rebuilt"} <= {r["code"] for r in report["repairs"]}
     backups = list(folder.glob("backup-*"))
     assert len(backups) == 1 and (backups[0] / ckpt.TRAINING_STATE).read_bytes() == original
-    state = ckpt.load_training_state(folder)  # weights_only: no numpy left
+    state = ckstate.load_training_state(folder)  # weights_only: no numpy left
     assert state["data_position"] == {"epoch": 0, "samples_in_epoch": 80}
     assert state["rng_states"]["numpy"]["keys"].dtype == torch.int64
     from chef_genius.model.loading import load_model
@@ -313,11 +314,12 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_mode
     assert code == 0 and table["newest_resumable"] == str(run / "checkpoint-4")
     assert [c["global_step"] for c in table["checkpoints"]] == [2, 4]
     folder = run / "checkpoint-2"
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["global_step"] == 2 and state["epoch"] == 0 and not state["optimizer_state_empty"]
     assert state["rng_states"]["torch"].dtype == torch.uint8
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
-    from chef_genius.doctor.weights import hf_layout, meta_model, our_layout, read_header
+    from chef_genius.checkpoint.weight_files import read_header
+    from chef_genius.doctor.weights import hf_layout, meta_model, our_layout
     model = meta_model(folder, folder / ckpt.WEIGHTS, read_header(folder / ckpt.WEIGHTS))
     hf_names = [n for g in hf_layout(model) for n in g]
     ours = [n for g in our_layout(model) for n in g]
@@ -348,7 +350,7 @@ def test_truncated_state_rebuilt_and_original_kept_even_without_backup(run_copy,
 
 def test_step_and_optimizer_mismatch_reported(run_copy, capsys):
     folder = run_copy / "checkpoint-10"
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     del state["optimizer_state_dict"]["state"][3]
     ckfiles.atomic_torch_save(folder / ckpt.TRAINING_STATE, state)
     ckfiles.atomic_write_json(folder / ckpt.MANIFEST, ckmanifest.build_manifest(folder, 10))

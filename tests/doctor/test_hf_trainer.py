@@ -12,7 +12,8 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.doctor import hf_args
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import run_cli
@@ -86,7 +87,7 @@ def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(hf
     code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
     report = json.loads(out)
     assert code == 0 and report["valid"], report
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == 2 * BATCH * ACCUMULATION  # 16, not 8
     hyper = state["hyperparameters"]
     assert (hyper["learning_rate"], hyper["lr_scheduler"], hyper["warmup_steps"], hyper["max_steps"],
@@ -128,7 +129,7 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
     code, out = cli(verify_main, folder, "--fix", "--json", "--lr-scheduler", "cosine", "--warmup-steps", 1,
                     "--samples-per-step", BATCH * ACCUMULATION, capsys=capsys)
     assert code == 0, out
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == (4 - 3) * BATCH * ACCUMULATION
     assert state["scheduler_state_dict"]["_last_lr"][0] == pytest.approx(hf_lrs[5], rel=1e-6)
 
@@ -188,11 +189,12 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
     assert str(tiny_model) in repairs["file_copied"]
     assert "optimizer state kept" in repairs["state_converted_accelerate"]
     assert "assumed the training defaults for warmup_steps, lr_scheduler" in repairs["state_converted_accelerate"]
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     assert state["global_step"] == 3 and state["data_position"]["samples_in_epoch"] == 24
     assert state["scheduler_state_dict"]["base_lrs"][0] == 1e-3
     saved = torch.load(folder / "optimizer.bin", weights_only=True)
-    from chef_genius.doctor.weights import meta_model, our_layout, read_weights
+    from chef_genius.checkpoint.weight_files import read_weights
+    from chef_genius.doctor.weights import meta_model, our_layout
     order = [n for g in our_layout(meta_model(folder, None, read_weights(folder)[1])) for n in g]
     assert len(order) == len(names) == 52
     for index, name in enumerate(order):
@@ -227,3 +229,26 @@ def test_accelerate_rng_pickle_scanned_never_run(accelerate_run, tiny_model, tmp
     assert report["resumable"] and "not recovered: the RNG state" in repairs["state_converted_accelerate"]
     assert "rng_missing" in {p["code"] for p in report["problems"]}
     assert not marker.exists()
+
+
+
+def test_hf_resume_with_a_larger_max_steps_trains_to_it(hf_run, tmp_path, small_csv, cache_dir, capsys):
+    """Hugging Face's max_steps wins over its epochs: checkpoint-6 of a max_steps=6 run (its epochs
+    all done), resumed with --max-steps 8, trains steps 7 and 8 and labels the epoch it is in."""
+    source, _ = hf_run
+    run = shutil.copytree(source, tmp_path / "run")
+    folder = run / f"checkpoint-{MAX_STEPS}"
+    code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
+    assert code == 0, out
+    assert ckstate.load_training_state(folder)["data_position"]["epoch"] == 2  # the run's 2 epochs are done
+    argv = ["--data", small_csv, "--model-output", run, "--cache-dir", cache_dir, "--resume-from-checkpoint",
+            folder, "--max-steps", MAX_STEPS + 2, "--logging-steps", 1, "--save-steps", 100, "--eval-steps", 100,
+            "--eval-samples", 0, "--max-source-length", 64, "--max-target-length", 128,
+            "--dataloader-num-workers", 0, "--disable-compilation"]
+    capsys.readouterr()
+    assert run_training(*map(str, argv)) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [7, 8]
+    hyper = ckstate.load_training_state(run / "checkpoint-8")["hyperparameters"]
+    assert (hyper["epochs"], hyper["max_steps"]) == (3, 8)  # a later resume inherits the run it continues
+    assert "done: step 8, epoch 3/3" in capsys.readouterr().out

@@ -13,7 +13,8 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main
 
@@ -84,16 +85,16 @@ def test_same_size_flip_in_state_is_rebuilt_keeping_the_original(run, capsys):
 def test_rebuilt_state_meets_the_native_contract(run, tmp_path, capsys):
     from chef_genius.train import rng
     folder = run / "checkpoint-10"
-    native = ckpt.load_training_state(folder)
+    native = ckstate.load_training_state(folder)
     other = shutil.copytree(run, tmp_path / "other")
     for target in (folder, other / "checkpoint-10"):
         (target / ckpt.TRAINING_STATE).unlink()
         assert report_of(target, capsys, "--fix")[1]["resumable"]
-    rebuilt = ckpt.load_training_state(folder)
-    assert ckpt.missing_state_keys(rebuilt) == []
+    rebuilt = ckstate.load_training_state(folder)
+    assert ckstate.missing_state_keys(rebuilt) == []
     assert set(native["rng_states"]) <= set(rebuilt["rng_states"])  # python, numpy, torch, cuda
     assert {"rng_states", "optimizer_state_dict"} <= set(rebuilt["rebuilt"])
-    again = ckpt.load_training_state(other / "checkpoint-10")  # seeded from the run's seed and the step
+    again = ckstate.load_training_state(other / "checkpoint-10")  # seeded from the run's seed and the step
     assert torch.equal(rebuilt["rng_states"]["torch"], again["rng_states"]["torch"])
     assert not torch.equal(rebuilt["rng_states"]["torch"], native["rng_states"]["torch"])
     saved = rng.capture()

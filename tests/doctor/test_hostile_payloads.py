@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import fix_all_main, verify_main
 from chef_genius.errors import run_cli

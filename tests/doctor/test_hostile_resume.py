@@ -14,7 +14,7 @@ import struct
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import resume
 from conftest import run_training, train_args
 

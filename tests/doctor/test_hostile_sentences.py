@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import UserError, run_cli

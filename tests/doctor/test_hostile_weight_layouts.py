@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 
 from .conftest import assert_untouched, codes, report_of, seal, snapshot, write_safetensors

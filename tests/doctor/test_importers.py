@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.doctor import foreign, importers
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor.importers import hf

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import fix_all_main, verify_main
@@ -288,3 +288,32 @@ def test_fix_all_names_reason_and_repair_and_the_newest_resumable(run_dir, tmp_p
     code, out = cli(fix_all_main, run, "--json", capsys=capsys)
     entry = json.loads(out)["checkpoints"][0]
     assert entry["reason"].startswith("weights_unreadable") and "cannot be undone" in entry["repair"]
+
+
+
+def test_prefixed_weights_under_a_stale_manifest_are_explained_and_taken_on_request(run_dir, tmp_path, capsys):
+    """torch.compile's prefix written over the sealed model.safetensors: verify must not promise that --fix
+    removes it (--fix will not bless a file that changed after the seal); --accept-changed-weights does,
+    keeping the file as found."""
+    from safetensors.torch import load_file, save_file
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    folder = run / "checkpoint-10"
+    save_file({"_orig_mod." + k: v for k, v in load_file(folder / ckpt.WEIGHTS).items()}, folder / ckpt.WEIGHTS,
+              metadata={"format": "pt"})
+    found = (folder / ckpt.WEIGHTS).read_bytes()
+    code, out = cli(verify_main, folder, capsys=capsys)
+    line = next(l for l in out.splitlines() if "weight names carry" in l)
+    assert code == 1 and "--fix removes it" not in line
+    assert "changed after the manifest sealed them" in line and "--fix --accept-changed-weights" in line
+    code, out = cli(verify_main, folder, "--fix", capsys=capsys)
+    assert code == 1 and "--fix --accept-changed-weights" in out
+    assert (folder / ckpt.WEIGHTS).read_bytes() == found  # a plain --fix blesses nothing
+    code, out = cli(verify_main, folder, "--fix", "--accept-changed-weights", "--no-backup", "--json",
+                    capsys=capsys)
+    report = json.loads(out)
+    assert code == 0 and report["valid"], report
+    assert {"weights_accepted", "prefixes_stripped", "manifest_rebuilt"} <= {r["code"] for r in report["repairs"]}
+    kept = list(folder.glob(f"backup-*/{ckpt.WEIGHTS}"))
+    assert len(kept) == 1 and kept[0].read_bytes() == found  # the original, even with --no-backup
+    assert same_weights(load_model(folder), load_model(run_dir / "checkpoint-10"))
+    assert cli(verify_main, folder, "--deep", capsys=capsys)[0] == 0

@@ -84,6 +84,23 @@ def test_evaluate_recipes_scores_every_checkpoint_of_a_run(generating_runs, tmp_
     assert "checkpoint-5" in capsys.readouterr().out
 
 
+def test_evaluating_a_checkpoint_leaves_it_byte_identical(generating_runs, tmp_path, capsys):
+    """The report of a checkpoint goes beside it, in its run folder; an --out inside it is refused."""
+    import shutil
+    from chef_genius.doctor.cli import verify_main
+    whole, _ = generating_runs
+    checkpoint = shutil.copytree(whole / "checkpoint-10", tmp_path / "run" / "checkpoint-10")
+    before = {p.relative_to(checkpoint): p.read_bytes() for p in sorted(checkpoint.rglob("*"))}
+    assert evaluate_cli.main([str(checkpoint), "--max-recipes", "2", "--max-new-tokens", "16",
+                              "--progress", "log"]) == 0
+    assert f"written: {checkpoint.parent / 'evaluation.json'}" in capsys.readouterr().out
+    with pytest.raises(UserError, match="in the checkpoint checkpoint-10, which nothing may write into") as err:
+        evaluate_cli.main([str(checkpoint), "--max-recipes", "2", "--out", str(checkpoint / "reports")])
+    assert err.value.exit_code == 2
+    assert {p.relative_to(checkpoint): p.read_bytes() for p in sorted(checkpoint.rglob("*"))} == before
+    assert verify_main([str(checkpoint), "--deep"]) == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/folder"], "no such folder"),
     (["{tmp}"], "no model here"),

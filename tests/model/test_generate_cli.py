@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.model import generate_cli
 from chef_genius.errors import EXIT_USAGE, UserError

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_training, step_losses, train_args
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.monitoring.metrics import read_metrics
 from chef_genius.monitoring.plotting import history
 
@@ -144,7 +144,7 @@ def test_wandb_run_id_is_kept_in_checkpoints_and_reused_on_resume(runs):
     assert len(wandb.inits) == 2 and wandb.finished == 2
     assert wandb.inits[0]["project"] == "test-project" and wandb.inits[0].get("id") is None
     assert wandb.inits[1]["id"] == "run1" and wandb.inits[1]["resume"] == "allow"
-    state = ckpt.load_training_state(runs.resumed / "checkpoint-7")
+    state = ckstate.load_training_state(runs.resumed / "checkpoint-7")
     assert state["reporting"] == {"wandb_run_id": "run1"}
     logged_steps = [step for step, values in wandb.logged if "train/loss" in values]
     assert logged_steps == sorted(logged_steps) and logged_steps[-1] == max(step_losses(runs.resumed))

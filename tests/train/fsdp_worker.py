@@ -15,7 +15,7 @@ from transformers import AutoModelForSeq2SeqLM
 from transformers.models.t5.modeling_t5 import T5Block
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from chef_genius.checkpoint import format as ckpt  # noqa: E402
+from chef_genius.checkpoint import training_state as ckstate  # noqa: E402
 from chef_genius.train import sharded  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main(model_dir: str, out: str) -> None:
     optimizer.step()
     if dist.get_rank() == 0:
         full = AutoModelForSeq2SeqLM.from_pretrained(model_dir).state_dict()
-        assert layout == ckpt.OPTIMIZER_LAYOUT_NAMES
+        assert layout == ckstate.OPTIMIZER_LAYOUT_NAMES
         assert all(name in weights and weights[name].shape == t.shape for name, t in full.items()
                    if name in weights), "gathered weights have the shapes of the bare model"
         assert "shared.weight" in box[0]["state"]

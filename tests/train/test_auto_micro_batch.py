@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
 from chef_genius.train.oom import split_micro_batches
@@ -76,7 +76,7 @@ def test_auto_micro_batch_halves_until_it_fits(reference, tiny_model, small_csv,
     lrs = lambda run: [json.loads(l)["lr"] for l in (run / "metrics.jsonl").read_text().splitlines()
                        if json.loads(l)["type"] == "train"]
     assert lrs(out) == lrs(reference)  # the schedule is untouched
-    assert ckpt.load_training_state(out / "checkpoint-2")["run_state"]["micro_batch_split"] == 4
+    assert ckstate.load_training_state(out / "checkpoint-2")["run_state"]["micro_batch_split"] == 4
 
     # a resume keeps the smaller micro-batch: no out-of-memory error again
     seen.clear()

@@ -22,7 +22,8 @@ import torch
 
 from conftest import REPO, run_training, step_losses, train_args
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.train.distributed import SAMPLE_LOG_ENV, planned_total_steps
 from chef_genius.data.sampler import ResumableBatchSampler
@@ -126,9 +127,9 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     # the checkpoint written by rank 0 verifies and loads like any other
     checkpoint = run_a / "checkpoint-11"
     assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
-    state = ckpt.load_training_state(checkpoint)
-    assert len(state[ckpt.RNG_PER_RANK]) == 2
-    assert not torch.equal(state[ckpt.RNG_PER_RANK][0]["torch"], state[ckpt.RNG_PER_RANK][1]["torch"])
+    state = ckstate.load_training_state(checkpoint)
+    assert len(state[ckstate.RNG_PER_RANK]) == 2
+    assert not torch.equal(state[ckstate.RNG_PER_RANK][0]["torch"], state[ckstate.RNG_PER_RANK][1]["torch"])
     assert state["data_position"]["samples_in_epoch"] == 18
     from safetensors.torch import load_file
     assert not any(k.startswith("module.") for k in load_file(checkpoint / ckpt.WEIGHTS))
@@ -154,7 +155,7 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     assert _exactly_once(_seen(log_a)[1])
     final = ckmanifest.find_latest(run_a)[0]
     assert ckmanifest.manifest_problems(final) == []
-    assert ckpt.load_training_state(final)["run_state"]["epoch"] == 2
+    assert ckstate.load_training_state(final)["run_state"]["epoch"] == 2
 
 
 def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from conftest import run_training, step_losses, train_args
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.model import generation
 
 
@@ -41,7 +41,7 @@ def test_generation_at_evaluation_draws_nothing_training_sees(tiny_model, small_
                                     "--eval-samples", "1")) == 0
     assert '"type": "generation"' in (generating / "metrics.jsonl").read_text()
     assert step_losses(generating) == step_losses(plain)
-    saved = [ckpt.load_training_state(run / "checkpoint-6")[ckpt.RNG_PER_RANK][0] for run in (plain, generating)]
+    saved = [ckstate.load_training_state(run / "checkpoint-6")[ckstate.RNG_PER_RANK][0] for run in (plain, generating)]
     assert saved[0]["python"] == saved[1]["python"]
     assert torch.equal(saved[0]["numpy"]["keys"], saved[1]["numpy"]["keys"])
     assert saved[0]["numpy"]["pos"] == saved[1]["numpy"]["pos"]

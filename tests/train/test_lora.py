@@ -13,7 +13,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import records as ckrecords
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import UserError, run_cli
@@ -52,9 +54,9 @@ def test_checkpoint_holds_the_adapter_the_base_fingerprint_and_an_optimizer_over
     config = json.loads((folder / ckpt.ADAPTER_CONFIG).read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 8 and config["peft_type"] == "LORA"
     assert set(config["target_modules"]) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}  # the gated tiny T5: no wi
-    base = ckpt.read_base(folder)
+    base = ckrecords.read_base(folder)
     assert base["pretrained_model"] == str(tiny_model) and len(base["sha256"]) == 64
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     moments = state["optimizer_state_dict"]["state"]
     assert sorted(m["exp_avg"].shape for m in moments.values()) == sorted(t.shape for t in adapter.values())
     assert state["hyperparameters"]["lora_r"] == 4
@@ -119,7 +121,7 @@ def test_the_same_base_at_another_path_is_accepted(lora_run, tiny_model, small_c
     out = tmp_path / "run"
     _copy(lora_run, out)
     assert _resume(tiny_model, small_csv, cache_dir, out, "--pretrained-model", moved, "--max-steps", "4") == 0
-    assert ckpt.read_base(out / "checkpoint-4")["pretrained_model"] == str(moved)
+    assert ckrecords.read_base(out / "checkpoint-4")["pretrained_model"] == str(moved)
 
 
 @pytest.mark.parametrize("flags, allowed, words", [
@@ -179,7 +181,7 @@ def test_save_adapter_only_with_gradient_checkpointing(tiny_model, small_csv, ca
                                     "--save-adapter-only", "--gradient-checkpointing")) == 0
     assert (out / ckpt.ADAPTER_WEIGHTS).is_file() and (out / ckpt.ADAPTER_CONFIG).is_file()
     assert not (out / ckpt.WEIGHTS).exists()
-    assert ckpt.read_base(out)["pretrained_model"] == str(tiny_model)
+    assert ckrecords.read_base(out)["pretrained_model"] == str(tiny_model)
     assert "PeftModel.from_pretrained" in caplog.text
     assert all(torch.isfinite(torch.tensor(loss)) for loss in step_losses(out).values())
     # generate_recipe.py rebuilds the base the adapter records and merges the adapter in
@@ -220,7 +222,7 @@ def test_lost_training_state_of_a_lora_checkpoint_is_rebuilt_and_resumes(lora_ru
     report = capsys.readouterr().out
     assert exit_info.value.code == 1, report  # 1: resumable, with less state than a full one
     assert "resumable, with less state" in report and "optimizer state empty" in report
-    state = ckpt.load_training_state(out / "checkpoint-6")
+    state = ckstate.load_training_state(out / "checkpoint-6")
     assert state["global_step"] == 6 and state["hyperparameters"]["lora_r"] == 4
     assert ckmanifest.usability_problem(out / "checkpoint-6", verify_hashes=True) is None
     # it resumes: the adapter of step 6, a fresh optimizer (said so), the step-7 learning rate

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor.cli import verify_main
 from chef_genius.errors import UserError, run_cli
@@ -27,7 +28,7 @@ def adafactor_run(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 def test_adafactor_state_is_in_the_checkpoint_and_loads_weights_only(adafactor_run):
     state = torch.load(adafactor_run / "checkpoint-3" / ckpt.TRAINING_STATE, weights_only=True)
-    assert state[ckpt.OPTIMIZER_KIND] == "adafactor"
+    assert state[ckstate.OPTIMIZER_KIND] == "adafactor"
     moments = state["optimizer_state_dict"]["state"]
     assert moments and all("exp_avg" not in entry for entry in moments.values())  # no first moment
     factored = [entry for entry in moments.values() if "exp_avg_sq_row" in entry]
@@ -49,7 +50,7 @@ def test_adafactor_resume_is_bitwise_exact(adafactor_run, tiny_model, small_csv,
     # the resume inherits --optimizer adafactor from the checkpoint
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS,
                                     "--resume-from-checkpoint", "latest")) == 0
-    assert ckpt.load_training_state(out / "checkpoint-6")[ckpt.OPTIMIZER_KIND] == "adafactor"
+    assert ckstate.load_training_state(out / "checkpoint-6")[ckstate.OPTIMIZER_KIND] == "adafactor"
     expected, got = step_losses(adafactor_run), step_losses(out)
     assert sorted(got) == [4, 5, 6]
     assert [got[s] for s in got] == [expected[s] for s in got]  # no tolerance
@@ -71,8 +72,8 @@ def test_an_optimizer_change_on_resume_starts_its_state_fresh(adafactor_run, tin
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--optimizer", "adamw", *STEPS,
                                     "--resume-from-checkpoint", "latest", "--optimizer-rewarmup-steps", "2")) == 0
     assert "optimizer state is adafactor's, this run uses --optimizer adamw" in caplog.text
-    state = ckpt.load_training_state(out / "checkpoint-6")
-    assert state[ckpt.OPTIMIZER_KIND] == "adamw"
+    state = ckstate.load_training_state(out / "checkpoint-6")
+    assert state[ckstate.OPTIMIZER_KIND] == "adamw"
     assert all("exp_avg" in entry for entry in state["optimizer_state_dict"]["state"].values())
     # step 4 trains at half the schedule's 1e-3: the first step of a 2-step re-warm ramp
     assert "restored no adamw state (adafactor's not loaded; re-warming), scheduler (lr 5.000e-04)" in caplog.text

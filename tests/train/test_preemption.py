@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import faults
 from chef_genius.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, run_cli

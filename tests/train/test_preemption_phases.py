@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.data.cache_store import STAGING
 from chef_genius.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_STOPPED_IN_SETUP

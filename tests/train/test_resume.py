@@ -1,5 +1,6 @@
 """Exact resume: the resumed run's per-step losses equal the uninterrupted run's, bit for bit."""
 
+import re
 import shutil
 
 import pytest
@@ -72,3 +73,36 @@ def test_latest_and_auto_resume(reference, tiny_model, small_csv, cache_dir, tmp
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--resume-from-checkpoint", "latest",
                                     "--max-steps", "6")) == 0
     assert sorted(step_losses(out)) == list(range(1, 7))
+
+
+def _short_resume(out, step, *extra) -> list[str]:
+    return ["--model-output", str(out), "--resume-from-checkpoint", str(out / f"checkpoint-{step}"),
+            *map(str, extra)]
+
+
+def test_a_larger_max_steps_past_the_last_epoch_trains_to_it(reference, tiny_model, small_csv, cache_dir,
+                                                             tmp_path, capsys):
+    """The finished 2-epoch run (6 steps per epoch) resumed with --max-steps 20 trains steps 13 to 20 in
+    two more epochs, and the last line counts the run's epochs, not the command line's default 3."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference / "checkpoint-12", out / "checkpoint-12")
+    capsys.readouterr()
+    assert run_training(*_short_resume(out, 12, "--max-steps", 20, "--cache-dir", cache_dir)) == 0
+    assert sorted(step_losses(out)) == list(range(13, 21))
+    assert "done: step 20, epoch 4/4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, reason", [
+    (("--max-steps", 10), "is at step 12 and --max-steps 10 ends the run at step 10: nothing would be trained"),
+    (("--max-steps", 15, "--epochs", 2), "--max-steps 15 is past the end of --epochs 2 (step 12)"),
+], ids=["end-before-the-checkpoint", "epochs-end-first"])
+def test_an_end_the_resume_cannot_train_to_is_refused(reference, cache_dir, tmp_path, extra, reason):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference / "checkpoint-12", out / "checkpoint-12")
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(UserError, match=re.escape(reason)) as err:
+        run_training(*_short_resume(out, 12, "--cache-dir", cache_dir, *extra))
+    assert err.value.exit_code == 2
+    assert sorted(p.name for p in out.iterdir()) == before  # no new checkpoint, no final model

@@ -14,10 +14,11 @@ import shutil
 import pytest
 import torch
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
-from chef_genius.checkpoint.resume import data_identity
+from chef_genius.data.fingerprint import data_identity
 from chef_genius.errors import UserError
 from chef_genius.train import settings
 from chef_genius.train.config import TrainConfig, parse_args
@@ -64,7 +65,7 @@ def _lrs(out) -> dict[int, float]:
 
 def _edit_hyperparameters(folder, drop=(), **values):
     """Rewrite a checkpoint's saved settings (as an older or another run's would be), manifest included."""
-    state = ckpt.load_training_state(folder)
+    state = ckstate.load_training_state(folder)
     for key in drop:
         del state["hyperparameters"][key]
     state["hyperparameters"].update(values)
@@ -119,7 +120,7 @@ def test_allow_config_change_applies_them_with_a_warning_each(reference, cache_d
     assert run_training(*short_resume(out, cache_dir, *flags, "--allow-config-change", "--max-steps", "10")) == 0
     warnings = [r.getMessage() for r in caplog.records if "config changed on resume" in r.getMessage()]
     assert sorted(w.split(": ", 1)[1].split(" ")[0] for w in warnings) == sorted(flag[0] for flag in REFUSED)
-    saved = ckpt.load_training_state(out / "checkpoint-10")["hyperparameters"]
+    saved = ckstate.load_training_state(out / "checkpoint-10")["hyperparameters"]
     assert (saved["seed"], saved["group_by_length"], saved["length_group_size"], saved["max_source_length"],
             saved["max_target_length"], saved["eval_split_ratio"]) == (7, False, 16, 32, 64, 0.1)
     assert (saved["warmup_steps"], saved["save_total_limit"], saved["max_steps"]) == (7, 2, 10)
@@ -256,6 +257,26 @@ def _scheduler(lr=1e-3, **schedule):
     optimizer = torch.optim.AdamW([{"params": [param]}], lr=lr)
     return make_scheduler(optimizer, Schedule(**{"warmup_steps": 10, "total_steps": 100, "kind": "linear",
                                                  **schedule}))
+
+
+def _reach(epochs: int) -> int:
+    """A run at step 6 whose 2 epochs are done, 12 steps per further epoch."""
+    return 6 + max(0, epochs - 2) * 12
+
+
+def test_a_new_end_on_a_resume_is_trained_to_or_refused():
+    saved = {"epochs": 2, "max_steps": 6}
+    epochs, max_steps, notes = settings.resumed_end(2, 8, saved, {"max_steps"}, 6, _reach)
+    assert (epochs, max_steps) == (3, 8) and "now trains 3 epochs, to reach step 8" in notes[0]
+    epochs, max_steps, notes = settings.resumed_end(4, 6, saved, {"epochs"}, 6, _reach)
+    assert (epochs, max_steps) == (4, 0) and "ends with its last epoch, at step 30" in notes[0]
+    assert settings.resumed_end(2, 6, saved, {"epochs", "max_steps"}, 6, _reach) == (2, 6, [])  # the run's own
+    with pytest.raises(UserError, match="past the end of --epochs 2 \\(step 6\\)"):
+        settings.resumed_end(2, 8, saved, {"epochs", "max_steps"}, 6, _reach)
+    with pytest.raises(UserError, match="--epochs 4 ends at step 30, past --max-steps 10"):
+        settings.resumed_end(4, 10, saved, {"epochs", "max_steps"}, 6, _reach)
+    with pytest.raises(UserError, match="--max-steps 5 ends the run at step 5: nothing would be trained"):
+        settings.resumed_end(2, 5, saved, {"max_steps"}, 6, _reach)
 
 
 def test_the_saved_peak_lr_wins_unless_learning_rate_is_given():

@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import records as ckrecords
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
 from chef_genius.errors import UserError
@@ -57,10 +58,10 @@ def test_unusable_templates_are_refused(small_csv, template, message):
 
 def test_template_is_kept_in_every_model_folder_and_used_by_the_samples(run):
     for folder in (run / "checkpoint-2", run):
-        assert ckpt.read_prompt(folder) == TEMPLATE
+        assert ckrecords.read_prompt(folder) == TEMPLATE
     assert ckmanifest.manifest_problems(run / "checkpoint-2", verify_hashes=True) == []
     assert "chef_genius_prompt.json" in ckmanifest.read_manifest(run / "checkpoint-2")["files"]
-    assert ckpt.load_training_state(run / "checkpoint-2")["hyperparameters"]["source_template"] == TEMPLATE
+    assert ckstate.load_training_state(run / "checkpoint-2")["hyperparameters"]["source_template"] == TEMPLATE
     samples = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     samples = [r for r in samples if r["type"] == "samples"]
     assert samples and samples[0]["samples"][0]["prompt"] == \
@@ -75,7 +76,7 @@ def test_a_resume_inherits_the_template_and_refuses_another(run, cache_dir, tmp_
     with pytest.raises(UserError, match="--columns none -> title=name"):
         run_training(*resume(out, cache_dir, "--columns", "title=name", "--max-steps", "3"))
     assert run_training(*resume(out, cache_dir, "--max-steps", "3", "--eval-samples", "0")) == 0
-    assert ckpt.read_prompt(out / "checkpoint-3") == TEMPLATE == ckpt.read_prompt(out)
+    assert ckrecords.read_prompt(out / "checkpoint-3") == TEMPLATE == ckrecords.read_prompt(out)
 
 
 def _generate_json(capsys, *argv) -> dict:
@@ -94,7 +95,7 @@ def test_generate_fills_the_models_template_or_takes_a_prompt_as_is(run, capsys)
 def test_generate_refuses_ingredients_for_a_model_trained_on_titles(tiny_model, tmp_path, capsys):
     model = tmp_path / "titles"
     shutil.copytree(tiny_model, model)
-    ckpt.write_prompt(model, "Create a detailed recipe for {title} with step-by-step instructions.")
+    ckrecords.write_prompt(model, "Create a detailed recipe for {title} with step-by-step instructions.")
     with pytest.raises(UserError, match="need more than ingredients: give the model's whole input with --prompt"):
         generate(["--model", str(model), "--ingredients", "tea"])
     assert _generate_json(capsys, "--model", model, "--prompt", "Create a detailed recipe for Tea.")["results"]

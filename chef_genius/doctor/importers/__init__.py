@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.doctor import foreign
 from chef_genius.doctor.importers.accelerate import AccelerateImporter

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chef_genius.checkpoint import format as ckpt
+from chef_genius.checkpoint import layout as ckpt
 from chef_genius.doctor import foreign
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor.importers.base import Importer

@@ -1,0 +1,161 @@
+"""What ``training_state.pt`` holds: its keys, how it is written from the run's components, and
+how it is read back (``weights_only=True``, also from checkpoints written before the slices existed).
+
+It is made of *slices*, one per stateful component of a run (the names the checkpoint manager
+registers them under): ``pack_training_state`` lays them out in the keys below,
+``unpack_training_state`` gives them back. The file's name and the folder around it are
+``layout.py``'s.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from chef_genius.checkpoint import trust
+from chef_genius.checkpoint.layout import FORMAT_NAME, FORMAT_VERSION, TRAINING_STATE, CheckpointError
+
+RNG_PER_RANK = "rng_states_per_rank"  # list: one RNG state per process of the run that saved
+OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMIZER_LAYOUT_NAMES: keyed by name
+OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
+OPTIMIZER_KIND = "optimizer_kind"  # "adamw" (also when absent: checkpoints older than --optimizer), "adafactor"...
+REPORTING_KEY = "reporting"  # {"wandb_run_id": ...}, so a resume reports into the same runs
+STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
+              "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
+
+class UnsafeStateError(CheckpointError):
+    """A training state that does not load under ``weights_only=True`` (never unpickled further)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle. ``mmap``: the
+    tensors stay on disk until touched (a check of the state's values reads megabytes, not gigabytes)."""
+    path = Path(folder_or_file)
+    if path.is_dir():
+        path = path / TRAINING_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        if trust.refused_by_weights_only(err):
+            raise UnsafeStateError(f"{path} holds objects that are not plain tensors and values "
+                                   "(an old-format or unsafe file); it was not unpickled") from None
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}); it is truncated or corrupt") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a training-state dictionary")
+    return state
+
+
+def missing_state_keys(state: dict) -> list[str]:
+    return [key for key in STATE_KEYS if key not in state]
+
+
+def state_contract_problem(state: dict) -> str | None:
+    """Why ``state`` breaks the training state's contract (keys and the kind of each value); None if not."""
+    missing = missing_state_keys(state)
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("global_step", "epoch", "format_version"):
+        if not isinstance(state[key], int) or isinstance(state[key], bool):
+            return f"holds a {key} that is not an integer"
+    for key in ("optimizer_state_dict", "scheduler_state_dict", "rng_states", "data_position", "hyperparameters"):
+        if not isinstance(state[key], dict):
+            return f"holds a {key} that is not a dictionary"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the training state's keys
+
+# The slices: one per stateful component of a run, under the name the checkpoint manager knows it by.
+RUN_STATE = "run_state"          # dict: RunState (step, best loss, tokens, time)
+DATA_POSITION = "data_position"  # dict: DataPosition (epoch, sample, and the sample order it belongs to)
+OPTIMIZER = "optimizer"          # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES,
+                                 #  "kind": the --optimizer that wrote it}
+SCHEDULER = "scheduler"          # dict: the LR scheduler's state dict
+RNG = "rng"                      # list: the RNG state of every process, rank 0 first
+REPORTING = "reporting"          # dict: what the reporters need to continue their runs
+SETTINGS = "hyperparameters"     # dict: the run's settings (every flag, steps per epoch, world size...)
+SLICES = (RUN_STATE, DATA_POSITION, OPTIMIZER, SCHEDULER, RNG, REPORTING, SETTINGS)
+
+
+def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
+                        rng_states: dict, hyperparameters: dict, extra: dict | None = None) -> dict:
+    """The dictionary saved as ``training_state.pt`` (plain values and tensors only). ``run_state``: a
+    ``RunState`` or its dict; the epoch and sample come from ``data_position``."""
+    import transformers
+
+    from chef_genius import __version__
+    run = dict(run_state if isinstance(run_state, dict) else run_state.to_dict())
+    global_step, best_loss = int(run.pop("global_step", 0)), run.pop("best_loss", None)
+    # written once: the step and best loss at the top, the sample in ``data_position``. The epoch is
+    # still written three times and the RNG twice: tools and tests read those copies (see ``unpack``).
+    run = {"epoch": int(data_position.get("epoch", 0)),
+           **{k: v for k, v in run.items() if k not in ("epoch", "samples_in_epoch")}}
+    state = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "global_step": global_step,
+        "epoch": run["epoch"],
+        "best_loss": best_loss,
+        "run_state": run,
+        "data_position": data_position,
+        "optimizer_state_dict": optimizer_state or {},
+        "optimizer_state_empty": not optimizer_state,
+        "scheduler_state_dict": scheduler_state,
+        "rng_states": rng_states,
+        "hyperparameters": hyperparameters,
+        "versions": {"chef_genius": __version__, "torch": str(torch.__version__),
+                     "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "torch_num_threads": torch.get_num_threads(),
+    }
+    state.update(extra or {})
+    return state
+
+
+def pack_training_state(slices: dict) -> dict:
+    """``training_state.pt`` from the components' slices (see ``SLICES``)."""
+    per_rank = list(slices.get(RNG) or [])
+    optimizer = slices.get(OPTIMIZER) or {}
+    extra = {RNG_PER_RANK: per_rank}
+    if optimizer.get("layout"):
+        extra[OPTIMIZER_LAYOUT] = optimizer["layout"]
+    if optimizer.get("kind"):
+        extra[OPTIMIZER_KIND] = optimizer["kind"]
+    if slices.get(REPORTING):
+        extra[REPORTING_KEY] = slices[REPORTING]
+    return make_training_state(slices.get(RUN_STATE) or {}, dict(slices.get(DATA_POSITION) or {}),
+                               optimizer.get("state"), slices.get(SCHEDULER) or {},
+                               per_rank[0] if per_rank else None, slices.get(SETTINGS) or {}, extra)
+
+
+def unpack_training_state(state: dict) -> dict:
+    """The slices of a loaded ``training_state.pt`` (every one present, empty when the file has none),
+    the same from every layout written so far: before the slices (step, epoch, best loss and RNG at
+    the top only), with the slices and ``run_state`` repeating the step, best loss and sample, and
+    today's, which writes those once."""
+    run = dict(state.get("run_state") or {})
+    run.setdefault("global_step", int(state.get("global_step", 0)))
+    run.setdefault("best_loss", state.get("best_loss"))
+    position = dict(state.get("data_position") or {})
+    position.setdefault("epoch", int(run.get("epoch", state.get("epoch", 0))))
+    position.setdefault("samples_in_epoch", int(run.get("samples_in_epoch", 0)))
+    run.setdefault("samples_in_epoch", position["samples_in_epoch"])  # written in run_state until 2026-12
+    per_rank = state.get(RNG_PER_RANK) or ([state["rng_states"]] if state.get("rng_states") else [])
+    return {RUN_STATE: run, DATA_POSITION: position,
+            OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT),
+                        "kind": state.get(OPTIMIZER_KIND, "adamw")},
+            SCHEDULER: dict(state.get("scheduler_state_dict") or {}), RNG: list(per_rank),
+            REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {})}
+
+
+def saved_world_size(state: dict) -> int:
+    """How many processes wrote ``state`` (1 for checkpoints that do not say)."""
+    per_rank = state.get(RNG_PER_RANK)
+    return len(per_rank) if per_rank else int((state.get("hyperparameters") or {}).get("world_size", 1))
