@@ -3,7 +3,8 @@
 - A cache folder (``<stem>-<key>``) holds Arrow parts and ``CACHE_META``, which lists the parts in row
   order with the size and sha256 of each. It is built in a staging folder ``<stem>-<key>.tmp-<pid>``
   and renamed into place whole, ``CACHE_META`` written last, so no half-built folder is ever opened.
-- Opening verifies it: the metadata parses, every part is there with its size and its sha256. That
+- Opening verifies it: the metadata parses, every part is there with its size and its sha256, and
+  the caller's check passes (``tokenized.py``: built from the data file's content as it is now). That
   reads every byte of the cache once per run start (sha256 runs at about 1 GB/s on one core of this
   machine; README: "The tokenized cache"). A folder that fails is named in one warning line, removed
   and built again: a damaged cache is never trained on.
@@ -55,9 +56,9 @@ def checksums(folder: Path, parts: list[str]) -> dict[str, dict]:
     return {part: {"size": (folder / part).stat().st_size, "sha256": file_sha256(folder / part)} for part in parts}
 
 
-def problem(folder: Path) -> tuple[dict | None, str | None]:
-    """(metadata, None) for a sound cache folder; (None, what is wrong) for a damaged one; (None, None)
-    when there is none."""
+def problem(folder: Path, check: Callable[[dict], str | None] = lambda meta: None) -> tuple[dict | None, str | None]:
+    """(metadata, None) for a sound cache folder; (None, what is wrong) for a damaged one, or one that
+    ``check(metadata)`` finds wrong (a stale one); (None, None) when there is none."""
     try:
         text = (folder / CACHE_META).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -82,29 +83,31 @@ def problem(folder: Path) -> tuple[dict | None, str | None]:
             return None, f"{part} has {size} bytes instead of {sums[part].get('size')} (cut short or grown)"
         if file_sha256(path) != sums[part].get("sha256"):
             return None, f"{part} does not match its checksum (damaged)"
-    return meta, None
+    wrong = check(meta)
+    return (None, wrong) if wrong else (meta, None)
 
 
-def open_or_build(final: Path, build: Callable[[Path], dict]) -> tuple[dict, bool]:
+def open_or_build(final: Path, build: Callable[[Path], dict],
+                  check: Callable[[dict], str | None] = lambda meta: None) -> tuple[dict, bool]:
     """(metadata, from_cache) of the sound cache folder ``final``, building it with ``build(folder)``
-    (which writes the parts into ``folder`` and returns ``{"stats", "parts"}``) when it is missing or
-    damaged, under the builder lock."""
-    meta, _ = problem(final)
+    (which writes the parts into ``folder`` and returns ``{"stats", "parts", ...}``) when it is
+    missing, damaged or stale (``check(metadata)`` says what is wrong), under the builder lock."""
+    meta, _ = problem(final, check)
     if meta is not None:
         return meta, True
     with builder_lock(final) as locked:
         if locked:  # without locks a live builder's staging folder cannot be told from a dead one's
             remove_stale_staging(final.parent, own=final)
-        meta, wrong = problem(final)  # another run may have built it while this one waited
+        meta, wrong = problem(final, check)  # another run may have built it while this one waited
         if meta is not None:
             return meta, True
         if wrong:
             log.warning("tokenized cache %s: %s; removing it and tokenizing again", final, wrong)
             discard(final)
-        return _build(final, build), False
+        return _build(final, build, check), False
 
 
-def _build(final: Path, build: Callable[[Path], dict]) -> dict:
+def _build(final: Path, build: Callable[[Path], dict], check: Callable[[dict], str | None]) -> dict:
     staging = final.with_name(f"{final.name}{STAGING}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "data").mkdir(parents=True)
@@ -116,7 +119,7 @@ def _build(final: Path, build: Callable[[Path], dict]) -> dict:
             os.replace(staging / "data", final)
         except OSError as err:
             # another run renamed its own build into place first (only without working locks)
-            won, _ = problem(final)
+            won, _ = problem(final, check)
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or won is None:
                 raise
             return won

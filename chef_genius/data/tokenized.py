@@ -1,10 +1,12 @@
 """Tokenized training data: an on-disk ``datasets`` cache, the validation split, batches.
 
-The cache is keyed by the data file (``data/fingerprint.py``: absolute path, size, modification time
-and a hash of its first and last MiB and of 16 blocks between them, so an edit that keeps size and
-time still counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
-``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
-run or a resume memory-maps the same Arrow files instead of tokenizing again.
+The cache folder is named by the data file (``data/fingerprint.py``: absolute path, size,
+modification time and a sampled hash), the tokenizer (hash of its serialized vocabulary), the recipe
+template version, the ``--columns`` mapping, the ``--source-template``, the max lengths and the cache
+layout, so a second run or a resume memory-maps the same Arrow files instead of tokenizing again. It
+is used only if it was built from the data file's content as it is now: its metadata records the
+file's ``content_sha256`` (hashed beside the first tokenization), compared with the file's on every
+open, so an edit that keeps the size and the modification time is tokenized again, never served stale.
 
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
 ``preprocess.py``) and ``CACHE_META``, which lists them in row order with their checksums and the read
@@ -26,7 +28,7 @@ import torch
 from chef_genius.errors import DataError
 from chef_genius.data import cache_store
 from chef_genius.data.cache_store import CACHE_META
-from chef_genius.data.fingerprint import file_fingerprint
+from chef_genius.data.fingerprint import content_sha256, file_fingerprint, hashing_beside
 from chef_genius.data.preprocess import build_parts
 from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
@@ -98,13 +100,23 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
 
     def build(folder: Path) -> dict:
-        stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, folder,
-                                   num_proc, options, progress)
-        if stats.kept == 0:
-            raise _no_recipe(data_path, stats)
-        return {"stats": stats.to_dict(), "parts": parts}
+        with hashing_beside(data_path) as content:  # the fingerprint, read beside the tokenization
+            stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, folder,
+                                       num_proc, options, progress)
+            if stats.kept == 0:
+                raise _no_recipe(data_path, stats)
+            return {"stats": stats.to_dict(), "parts": parts, "content_sha256": content()}
 
-    meta, from_cache = cache_store.open_or_build(final, build)
+    def built_from_this_content(meta: dict) -> str | None:
+        recorded = meta.get("content_sha256")
+        if recorded is None:
+            return f"it does not record the content of {Path(data_path).name} (written by an older version)"
+        if recorded != content_sha256(data_path):
+            return (f"{Path(data_path).name} changed since it was built (its content; size and modification "
+                    "time may be the same)")
+        return None
+
+    meta, from_cache = cache_store.open_or_build(final, build, built_from_this_content)
     return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, from_cache)
 
 

@@ -48,7 +48,7 @@ from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.runlock import RunLock
-from chef_genius.data.fingerprint import data_identity
+from chef_genius.data.fingerprint import content_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
@@ -113,6 +113,7 @@ class Trainer:
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
         self.preemption = preemption.Preemption()  # entered by ``train`` (and by the CLI, until the exit)
+        self.data_identities: dict = {}  # data_identity / eval_data_identity: the files by content (setup)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -129,6 +130,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
+        # what the run trains on, fingerprinted by content once (the cache check already read it: no second
+        # read); every checkpoint records it, whatever happens to the files later
+        self.data_identities = {"data_identity": content_identity(c.data),
+                                "eval_data_identity": content_identity(c.eval_data)}
         self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
                                      self.reporters, self.state, lambda: self.preemption.requested)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
@@ -314,8 +319,7 @@ class Trainer:
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
         values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                      world_size=self.accelerator.num_processes, data_identity=data_identity(self.config.data),
-                      eval_data_identity=data_identity(self.config.eval_data))
+                      world_size=self.accelerator.num_processes, **self.data_identities)
         return values
 
     # -----------------------------------------------------------------------------------------

@@ -146,3 +146,36 @@ def test_three_runs_started_together_on_one_fresh_cache_all_succeed(tiny_model, 
     assert {line[0] for line in lines} == {"1600"} and len({line[2] for line in lines}) == 1
     assert sorted(line[1] for line in lines) == ["False", "True", "True"]  # one built, two read it
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [lines[0][2]]  # no staging folder left
+
+
+def _sampled_spans(size):
+    from chef_genius.data.fingerprint import _sampled
+    return [(start, size if length is None else start + length) for start, length in _sampled(size)]
+
+
+def test_a_same_length_edit_with_the_time_kept_is_never_served_from_the_cache(tok, tmp_path, caplog):
+    """Over 3 MiB the folder's name samples the file; the edit lies between the samples, so only the
+    content fingerprint in the cache's metadata tells the cache is stale."""
+    data = tmp_path / "recipes.csv"
+    rows = list(csv.reader(SAMPLE_CSV.open(encoding="utf-8", newline="")))
+    with open(data, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([rows[0]] + rows[1:] * 15)  # about 4 MB
+    cache = tmp_path / "cache"
+    before = load_tokenized(data, tok, 64, 128, cache, num_proc=1)
+    text = bytearray(data.read_bytes())
+    spans = _sampled_spans(len(text))
+    where = next(i for i in range(len(text) // 2, len(text))
+                 if chr(text[i]).islower() and chr(text[i + 1]).islower() and not any(a <= i < b for a, b in spans))
+    stat = data.stat()
+    text[where] = ord("x") if text[where] != ord("x") else ord("y")
+    data.write_bytes(bytes(text))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p, rsync -t: size and time kept
+    with caplog.at_level(logging.WARNING, logger="chef_genius"):
+        after = load_tokenized(data, tok, 64, 128, cache, num_proc=1)
+    assert after.cache_dir == before.cache_dir  # the same folder name: its sampled key missed the edit
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "recipes.csv changed since it was built" in warnings[0]
+    assert not after.from_cache
+    assert after.dataset["input_ids"] != before.dataset["input_ids"] or \
+        after.dataset["labels"] != before.dataset["labels"]  # the edited recipe, as it is now
+    assert load_tokenized(data, tok, 64, 128, cache, num_proc=1).from_cache
