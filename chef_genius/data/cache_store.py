@@ -8,7 +8,7 @@
   reads every byte of the cache once per run start (sha256 runs at about 1 GB/s on one core of this
   machine; README: "The tokenized cache"). A folder that fails is named in one warning line, removed
   and built again: a damaged cache is never trained on.
-- One builder per key: an OS lock on ``<stem>-<key>.lock`` (``runlock.try_lock``: ``flock``, dropped by
+- One builder per key: an OS lock on ``<stem>-<key>.lock`` (``oslock.try_lock``: ``flock``, dropped by
   the OS however the process dies). A run that needs the cache built takes it, looks again (another run
   may have built it while this one waited) and builds only if it still must; runs started together
   wait for the first one and read what it built.
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from chef_genius.checkpoint.runlock import try_lock
+from chef_genius.oslock import try_lock
 
 log = logging.getLogger("chef_genius")
 

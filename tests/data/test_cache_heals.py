@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from chef_genius.checkpoint.runlock import try_lock
+from chef_genius.oslock import try_lock
 from chef_genius.data import cache_store
 from chef_genius.data.cache_store import CACHE_META, LOCK_SUFFIX, STAGING
 from chef_genius.data.tokenized import load_tokenized
