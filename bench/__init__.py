@@ -1,1 +1,1 @@
-"""Side-by-side benchmarks: ``python -m bench`` (see ``--help`` and README "Performance")."""
+"""Side-by-side benchmarks: ``python -m bench`` (see ``--help`` and docs/performance.md)."""

@@ -1,24 +1,67 @@
 """Errors a user can act on, and the exit codes the command-line tools end with.
 
 A ``UserError`` is printed as one readable line on stderr and ends the process with its exit code;
-any other exception is a bug and keeps its traceback.
+any other exception is a bug and keeps its traceback. Every exit code is declared once, with its meaning,
+in ``EXIT_CODES`` below.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-EXIT_OK = 0
-EXIT_FAILURE = 1      # problems remain (verify), or a run failed at run time
-EXIT_USAGE = 2        # bad flag, bad path, a resume that does not match the checkpoint
-EXIT_DATA = 3         # a data file that cannot be read or holds no usable recipe
-EXIT_SAVE = 4         # a checkpoint could not be written (full disk, permission); earlier ones are intact
-EXIT_OUT_OF_MEMORY = 5  # the GPU ran out of memory in a step (no --auto-micro-batch); earlier checkpoints intact
-EXIT_STOPPED_IN_SETUP = 6  # a stop signal before the first step (tokenizing, loading): nothing half-built kept
-EXIT_PREEMPTED = 75   # stopped by SIGTERM / Ctrl+C / CTRL_BREAK after writing a checkpoint; resume with `latest`
-EXIT_INTERRUPTED = 130  # a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones intact
 
+@dataclass(frozen=True)
+class ExitCode:
+    """What one exit code means: for every tool, and in detail for the trainer and the doctor's two tools
+    (``docs/reference/exit-codes.md`` is generated from ``EXIT_CODES``)."""
+    code: int
+    meaning: str
+    training: str = ""   # cli/complete_optimized_training.py
+    doctor: str = ""     # cli/verify_and_fix_checkpoint.py / cli/fix_all_checkpoints.py
+
+
+EXIT_CODES: dict[int, ExitCode] = {}  # the registry, in code order
+
+
+def _code(code: int, meaning: str, training: str = "", doctor: str = "") -> int:
+    assert code not in EXIT_CODES, f"exit code {code} declared twice"
+    EXIT_CODES[code] = ExitCode(code, meaning, training, doctor)
+    return code
+
+
+EXIT_OK = _code(0, "done", training="finished", doctor=(
+    "verify: complete and resumable with full state; fix-all: every checkpoint ends resumable"))
+EXIT_FAILURE = _code(1, "failed, or problems remain (verify)", doctor=(
+    "verify: problems remain (after `--fix`: what could not be repaired, or a resumable checkpoint with less "
+    "state); fix-all: at least one checkpoint is not resumable"))
+EXIT_USAGE = _code(2, "bad flag or path, a resume that does not match its checkpoint", training=(
+    "bad flag or path (e.g. `--model-output` under a file or not writable, or equal to or inside a checkpoint "
+    "folder: the line names the run folder to give instead), a resume that does not match its checkpoint or whose "
+    "`--max-steps` / `--epochs` it cannot train to, or a `--model-output` that a live run holds (`run.lock`)"),
+    doctor=("verify: CKPT missing or not a folder, bad flag; `--fix` on a checkpoint whose run is training now; "
+            "fix-all: MODEL_DIR missing or holds no `checkpoint-N`; a repair while a run is training in MODEL_DIR"))
+EXIT_DATA = _code(3, "a data file that cannot be read or holds no usable recipe", training=(
+    "a data file that is not a recipe file: wrong columns (the message gives the `--columns` line), binary, empty, "
+    "UTF-16 without a BOM, a zip without exactly one data file, a damaged archive, or no usable row (bad rows in a "
+    "good file are skipped and counted)"))
+EXIT_SAVE = _code(4, "a checkpoint (or `metrics.jsonl`, or the final model) could not be written; earlier ones are "
+                     "intact", training=(
+    "a checkpoint, `metrics.jsonl` or the final model could not be written (with `--on-save-error continue`: the "
+    "run's final checkpoint or final model), or too little free disk space; earlier checkpoints intact"))
+EXIT_OUT_OF_MEMORY = _code(5, "out of GPU memory in a step; earlier checkpoints intact", training=(
+    "out of GPU memory in a step, without `--auto-micro-batch` (or at a micro-batch of 1): the line names settings "
+    "that fit and the intact checkpoint to resume from"))
+EXIT_STOPPED_IN_SETUP = _code(6, "stopped by a signal before the first step; nothing half-built kept", training=(
+    "stopped by SIGTERM / Ctrl+C before the first step (reading the checkpoint, a first tokenization, loading the "
+    "model): no checkpoint written, the tokenizing workers ended, no staging folder kept; run the same command "
+    "again"))
+EXIT_PREEMPTED = _code(75, "stopped by SIGTERM or Ctrl+C after a checkpoint; resume with `latest`", training=(
+    "preempted (SIGTERM / Ctrl+C / Ctrl+Break): the checkpoint it names was committed (`--async-save` waits for "
+    "it); resume with `latest`"))
+EXIT_INTERRUPTED = _code(130, "a second Ctrl+C (or signal): stopped at once; no new checkpoint, the earlier ones "
+                              "intact", training="a second Ctrl+C: stopped at once without a new checkpoint")
 
 def printable(text, limit: int = 60) -> str:
     """A short printable excerpt of ``text`` (bytes or str) for an error line: never the raw bytes of

@@ -1,4 +1,4 @@
-"""README's flags table is generated from the parser and must stay in step with it."""
+"""The flags table (docs/reference/flags.md) is generated from the parser and must stay in step with it."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 from chef_genius.train.config import build_parser
 from chef_genius.devtools.flags_table import markdown, replace_table, table_in
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "flags.md"
 
 
-def test_readme_table_lists_every_flag_as_the_parser_does():
-    table = table_in(README.read_text(encoding="utf-8"))
-    assert table is not None, "README.md lost its flags-table markers"
-    assert table == markdown(), "README's flags table is out of date: python -m chef_genius.devtools.flags_table --write README.md"
+def test_reference_table_lists_every_flag_as_the_parser_does():
+    table = table_in(PAGE.read_text(encoding="utf-8"))
+    assert table is not None, "docs/reference/flags.md lost its flags-table markers"
+    assert table == markdown(), "the flags table is out of date: python -m chef_genius.devtools.references --write"
 
 
 def test_every_option_appears_in_the_table():

@@ -6,7 +6,7 @@
 - Opening verifies it: the metadata parses, every part is there with its size and its sha256, and
   the caller's check passes (``tokenized.py``: built from the data file's content as it is now). That
   reads every byte of the cache once per run start (sha256 runs at about 1 GB/s on one core of this
-  machine; README: "The tokenized cache"). A folder that fails is named in one warning line, removed
+  machine; docs/training-and-data.md: "The tokenized cache"). A folder that fails is named in one warning line, removed
   and built again: a damaged cache is never trained on.
 - One builder per key: an OS lock on ``<stem>-<key>.lock`` (``oslock.try_lock``: ``flock``, dropped by
   the OS however the process dies). A run that needs the cache built takes it, looks again (another run

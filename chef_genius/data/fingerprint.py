@@ -10,7 +10,7 @@ The fingerprint is the file's content: ``content_sha256``, the sha256 of every b
   it (``data/tokenized.py``); ``file_fingerprint`` (path, size, time, a sampled hash) only names the
   cache folder to look in, so a first run finds none without reading the file.
 - The cost: one read of the file per run start (sha256 runs at about 345 MB/s on this 2-core machine
-  at load average 13, 1.4 GB/s on a quiet core; README: "Data by content"), remembered for the life
+  at load average 13, 1.4 GB/s on a quiet core; docs/training-and-data.md: "Data by content"), remembered for the life
   of the process so the resume check and the cache check share it. A first run pays nothing in wall
   time: the hash runs in a thread beside the tokenization (``hashing_beside``).
 - ``data_identity``: the identity checkpoints saved before the content fingerprint (name, size, a

@@ -39,7 +39,7 @@ read from its newest checkpoint. Decoding is greedy, against loops as generate_r
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="evaluate_recipes.py", description="Score models and checkpoints on held-out recipes "
-               "with the recipe metrics (README: Recipe metrics).", epilog=EXAMPLES,
+               "with the recipe metrics (docs/monitoring.md: Recipe metrics).", epilog=EXAMPLES,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL_CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--data", help="held-out recipes (CSV, JSONL or Parquet); default: the run's validation split")

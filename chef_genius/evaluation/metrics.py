@@ -1,4 +1,4 @@
-"""Recipe metrics: how good a generated recipe is, as pure functions of text (README, "Recipe metrics").
+"""Recipe metrics: how good a generated recipe is, as pure functions of text (docs/monitoring.md, "Recipe metrics").
 
 General text overlap comes from well-kept libraries (``rouge-score`` for ROUGE-L, ``sacrebleu`` for
 BLEU; neither downloads anything). The recipe-specific ones are defined here:

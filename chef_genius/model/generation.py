@@ -35,7 +35,7 @@ SAMPLE_MAX_NEW_TOKENS = 128
 # rarely repeats 10 tokens on purpose; a loop always does, and the span ban also ends the one-token
 # loops the penalty alone leaves, "a a a a"). Greedy and deterministic still. On the demo's 20 held-out
 # recipes over 3 seeds they raised structure_valid from 0.45-0.70 to 0.85-1.0 and ingredient coverage
-# from 0.50-0.61 to 0.64-0.68 (README: "What the demo shows"). They are the default decoding everywhere
+# from 0.50-0.61 to 0.64-0.68 (docs/training-and-data.md: "The demo"). They are the default decoding everywhere
 # (generate_recipe.py, the recipe metrics during and after training, the samples), so the metrics
 # measure what a user gets; 1.0 and 0 turn them off.
 REPETITION_PENALTY = 1.15

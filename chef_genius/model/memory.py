@@ -272,7 +272,7 @@ def meta_model(config, untied_head: bool = False):
 
 def flan_t5_large():
     """FLAN-T5-large (783M parameters) on the meta device, its architecture written out here so the
-    README table needs no download."""
+    memory table (docs/memory.md) needs no download."""
     from transformers import T5Config
     config = T5Config(d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16, d_kv=64,
                     vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)

@@ -4,7 +4,7 @@
 command-line flag(s), the check, how a resume treats the setting (``Policy``) and, for settings the
 sampler's order depends on, the key the checkpoint's data position saves it under. Everything else
 (the argparse parser, ``validate``, the resume's policy groups, the data position, the doctor's
-defaults, README's flags table) reads these specs; nothing repeats a default or a choice list.
+defaults, the reference pages in docs/reference/) reads these specs; nothing repeats a default or a choice list.
 """
 
 from __future__ import annotations
@@ -29,6 +29,21 @@ class Policy(enum.Enum):
     ADAPTER = "adapter"      # the shape of a LoRA adapter: refused (alpha allowed with --allow-config-change)
     RECORDED = "recorded"    # the run's history; the weights come from the checkpoint
     SESSION = "session"      # this session's business, never taken from the checkpoint
+
+
+# What a resume does with a setting of each policy given with another value than the checkpoint's, in the
+# words of docs/reference/resume-policy.md (generated from these and the schema).
+POLICY_MEANINGS = {
+    Policy.APPLIED: "applied from the resumed step on, one log line each",
+    Policy.GUARDED: ("refused (exit 2) unless `--allow-config-change`, because the rest of the run would no longer "
+                     "see every recipe once per epoch; with `--allow-config-change` applied with a warning"),
+    Policy.ADAPTER: ("the shape of a LoRA run's adapter: refused (exit 2); with `--allow-config-change` a new "
+                     "`--lora-alpha` (a rescaling of the same weights) is applied with a warning, while another "
+                     "rank or other target modules are still refused: the saved adapter's tensors would not fit"),
+    Policy.RECORDED: ("kept as the run's history, unused by a resume (the weights come from the checkpoint): a "
+                      "different flag is ignored with a warning; a LoRA run rebuilds its base from it"),
+    Policy.SESSION: "this session's own: never taken from the checkpoint",
+}
 
 
 @dataclass(frozen=True)

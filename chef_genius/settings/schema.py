@@ -11,8 +11,10 @@ To add a setting, add one field to the section it belongs to, e.g. in ``Optimisa
                                      help="label smoothing of the loss (default {default})")
 
 That is the whole edit: the flag ``--label-smoothing`` (its type from the annotation, its default and
-help from the field), its check in ``validate``, its resume policy and README's flags table follow
-(regenerate the table: ``python -m chef_genius.devtools.flags_table --write README.md``).
+help from the field), its check in ``validate``, its resume policy, its key in ``--config`` files and
+in a run's ``settings.yaml`` (``settings/config_file.py``) and the reference pages follow
+(regenerate them: ``python -m chef_genius.devtools.references --write``; docs/reference/flags.md and
+docs/reference/resume-policy.md).
 
 - Choices are a ``Literal[...]`` annotation (``list[Literal[...]]`` for several values).
 - A bool is a switch: ``--name`` turns on one that is off by default, ``--no-name`` turns off one
@@ -98,6 +100,9 @@ class ModelSettings:
     pretrained_model: str = setting(DEFAULT_MODEL, policy=RECORDED, note=(
         "the LoRA run's base model is rebuilt from it (its weights must match the checkpoint's fingerprint)"),
         help="model name or folder to start from (default {default})")
+    config: str | None = setting(None, policy=SESSION, metavar="FILE.yaml", help=(
+        "read settings from a YAML file (name: value, one a line; see configs/); flags given on the command line "
+        "override it, and a resume treats the file's settings as flags given"))
     model_output: str = setting(str(MODELS_ROOT / "chef-genius"), policy=SESSION, cli_default=None,
                                 help="run folder: checkpoints and the final model (default models/chef-genius)")
     resume_from_checkpoint: str | None = setting(None, policy=SESSION, flags=("--resume-from-checkpoint", "--resume"),
@@ -259,7 +264,7 @@ _DIRECTIONS = ", ".join(f"{name} ({'higher' if up else 'lower'} is better)" for 
 
 @dataclass
 class RecipeMetricsSettings:
-    title = "recipe metrics (README: Recipe metrics)"
+    title = "recipe metrics (docs/monitoring.md)"
     eval_generate: int = setting(0, policy=APPLIED, check=checks.at_least_zero, metavar="N", help=(
         "at each evaluation, write recipes (greedy, repetition penalty 1.15, no repeated 10-token span, batched, "
         "at most --max-target-length new tokens) for the first N validation recipes and log their recipe metrics "

@@ -38,7 +38,7 @@ def _demo_model(config):
     threads = torch.get_num_threads()
     if not torch.cuda.is_available():
         # The demo's matrices are too small to share among threads: on 2 busy cores, 2 threads made
-        # each step 8 times slower than 1 (wall and CPU time; README: Quickstart).
+        # each step 8 times slower than 1 (wall and CPU time; docs/training-and-data.md: The demo).
         torch.set_num_threads(1)
     try:
         yield
@@ -92,7 +92,7 @@ def show_learning(trainer, before: tuple[int, str, str] | None) -> None:
     print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
           f"{text[:300] or '(no text: the untrained model ends at once)'}\n--- written at step {step} (after training):\n"
           f"{render(parse_target(first['text']))}\n")
-    print(f"recipe metrics at step {step} on {len(details)} held-out recipes (greedy, README: Recipe metrics): "
+    print(f"recipe metrics at step {step} on {len(details)} held-out recipes (greedy, docs/monitoring.md: Recipe metrics): "
           f"{format_metrics(metrics)}")
 
 

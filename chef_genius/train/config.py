@@ -3,7 +3,9 @@ line and checked.
 
 Every field but ``explicit`` is saved into each checkpoint (``hyperparameters``); a resume takes the
 run's settings back from there and keeps only the flags given on its own command line
-(``explicit``), see ``chef_genius/train/settings.py``.
+(``explicit``), see ``chef_genius/train/settings.py``. ``--config FILE.yaml`` gives settings as a file
+(``chef_genius/settings/config_file.py``): the command line overrides it, and the settings it names
+are explicit like flags.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ EXAMPLES = """examples:
   python cli/complete_optimized_training.py --data RecipeNLG_dataset.csv --model-output models/flan-large \\
       --batch-size 8 --gradient-accumulation-steps 4 --epochs 2
   python cli/complete_optimized_training.py --model-output models/flan-large --resume-from-checkpoint latest
+  python cli/complete_optimized_training.py --config configs/flan-t5-large-24gb.yaml --data RecipeNLG_dataset.csv
+  python cli/complete_optimized_training.py --config models/flan-large/settings.yaml --model-output models/again
 """
 
 
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The demo's settings, tuned so that its model writes recipes on held-out ingredients (README: Quickstart):
+# The demo's settings, tuned so that its model writes recipes on held-out ingredients (docs/training-and-data.md: The demo):
 # 10 epochs of 380 recipes (480 steps) at a high peak LR suit its small model; 20 recipes (5 %) are held
 # out and all of them are written and scored at each evaluation.
 DEMO_OVERRIDES = dict(epochs=10, batch_size=8, learning_rate=3e-3, warmup_steps=30, save_steps=120,
@@ -62,6 +66,13 @@ def parse_args(argv=None) -> TrainConfig:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     values = vars(parser.parse_args(argv))
     explicit = explicit_flags(parser, argv)
+    if values["config"] is not None:
+        # The file's settings are the user's, as if typed before the command line's flags: the flags
+        # win, and a resume treats the file's settings as given (train/settings.py).
+        from chef_genius.settings.config_file import read_config
+        given = read_config(values["config"], TrainConfig, skip=explicit)
+        values.update({name: value for name, value in given.items() if name not in explicit})
+        explicit = explicit | frozenset(given)
     if values["demo"]:  # the demo's values are defaults: any flag given, however spelled, wins
         for key, value in DEMO_OVERRIDES.items():
             if key not in explicit:

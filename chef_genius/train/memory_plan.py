@@ -91,7 +91,7 @@ def verdict_word(total: int, free: int | None) -> str:
 
 
 def card_table(model=None, settings: list[memory.Setting] | None = None) -> str:
-    """README's table: FLAN-T5-large's plan per setting and the largest micro-batch on each card."""
+    """The memory table of docs/memory.md: FLAN-T5-large's plan per setting and the largest micro-batch on each card."""
     model = model or memory.flan_t5_large()
     base = memory.Setting(micro_batch=1)
     settings = settings or [replace(base, optimizer=o, gradient_checkpointing=g)

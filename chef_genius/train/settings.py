@@ -23,6 +23,12 @@ the checkpoint's is handled by its group:
 - ``SESSION``: this session's business (which checkpoint, where to write, workers, progress...):
   never taken from the checkpoint.
 
+A config file (``--config FILE.yaml``) counts as the command line: each setting it names is in
+``explicit`` and goes through the same groups as a typed flag (a file with another batch size is
+refused, one with another learning rate applied), settings it does not name come from the
+checkpoint. Resuming with the file the run started with, or with the run's own ``settings.yaml``,
+changes nothing.
+
 A checkpoint without a setting (written before its flag existed) leaves this command's value, and
 says so. ``decide`` is the rule, a pure function; ``settle`` adds the file checks and the log lines.
 """

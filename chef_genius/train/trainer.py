@@ -47,6 +47,7 @@ from chef_genius.checkpoint import disk
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
 from chef_genius.checkpoint.resume import resolve
+from chef_genius.checkpoint.files import atomic_write_bytes
 from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.fingerprint import content_identity
 from chef_genius.data.position import DataPosition
@@ -60,6 +61,7 @@ from chef_genius.model.loading import (load_model, load_tokenizer, make_optimize
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
 from chef_genius.monitoring.progress import Progress, epoch_label
 from chef_genius.monitoring.reporting import make_reporters
+from chef_genius.settings import config_file, schema
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
 from chef_genius.train import memory_plan
@@ -146,12 +148,20 @@ class Trainer:
             self._resume(loaded)
         self._compile()
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
+        self._write_settings()
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
                  "global batch %d (%d per device x %d processes x %d accumulation)",
                  len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
                  self.total_steps, self.global_batch, c.batch_size, self.accelerator.num_processes,
                  c.gradient_accumulation_steps)
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
+
+    def _write_settings(self) -> None:
+        """The settings this session resolved, as a reusable config file in the run folder (rewritten by
+        each session; ``--config RUN/settings.yaml`` gives them again)."""
+        if self.is_main:
+            atomic_write_bytes(self.output / config_file.SETTINGS_FILE,
+                               config_file.settings_yaml(self.config, schema.SECTIONS).encode("utf-8"))
 
     def _hold_run_folder(self) -> None:
         """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.

@@ -74,9 +74,9 @@ def test_the_training_log_shows_the_plan(tiny_model, small_csv, cache_dir, tmp_p
     assert "optimizer state" in caplog.text and "activations" in caplog.text
 
 
-def test_readme_table_is_the_plans():
+def test_docs_memory_table_is_the_plans():
     from conftest import REPO
-    assert card_table() in (REPO / "README.md").read_text(encoding="utf-8")
+    assert card_table() in (REPO / "docs" / "memory.md").read_text(encoding="utf-8")
 
 
 def test_advice_names_only_settings_that_fit():
