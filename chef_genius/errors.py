@@ -53,7 +53,12 @@ EXIT_SAVE = _code(4, "a checkpoint (or `metrics.jsonl`, or the final model) coul
 EXIT_OUT_OF_MEMORY = _code(5, "out of GPU memory in a step; earlier checkpoints intact", training=(
     "out of GPU memory in a step, without `--auto-micro-batch` (or at a micro-batch of 1): the line names settings "
     "that fit and the intact checkpoint to resume from"))
-EXIT_STOPPED_IN_SETUP = _code(6, "stopped by a signal before the first step; nothing half-built kept", training=(
+EXIT_DIVERGED = _code(6, "the run diverged and rolling back did not cure it; the line names the newest healthy "
+                         "checkpoint", training=(
+    "the run diverged (a loss spike or non-finite steps; docs/checkpoints.md: Divergence) and "
+    "`--max-rollbacks` is used up, no healthy checkpoint precedes the divergence, or the run is under FSDP; or its "
+    "final weights are not finite (no final model saved): the line names the newest healthy checkpoint"))
+EXIT_STOPPED_IN_SETUP = _code(7, "stopped by a signal before the first step; nothing half-built kept", training=(
     "stopped by SIGTERM / Ctrl+C before the first step (reading the checkpoint, a first tokenization, loading the "
     "model): no checkpoint written, the tokenizing workers ended, no staging folder kept; run the same command "
     "again"))
@@ -98,6 +103,13 @@ class OutOfMemory(UserError):
     exit_code = EXIT_OUT_OF_MEMORY
 
 
+class Diverged(UserError):
+    """The run's numbers went bad and rolling back did not cure them (or could not): the message names the
+    newest healthy checkpoint; nothing non-finite was saved as the final model."""
+
+    exit_code = EXIT_DIVERGED
+
+
 class ReportedByRankZero(UserError):
     """The error of the main process, which printed it: ends another process of the run with the same
     exit code and no second copy of the line."""
@@ -115,7 +127,7 @@ class Preempted(UserError):
 class StoppedInSetup(KeyboardInterrupt):
     """A stop signal before training began (first-time tokenization, loading the model): raised by the
     signal handler (a ``KeyboardInterrupt``, so no ``except Exception`` swallows it), so every cleanup on
-    the way out runs (staging folders removed, worker processes ended); ends with one line, exit 6."""
+    the way out runs (staging folders removed, worker processes ended); ends with one line, exit 7."""
 
     exit_code = EXIT_STOPPED_IN_SETUP
 

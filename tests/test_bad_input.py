@@ -99,6 +99,11 @@ def test_mixed_encodings_skip_the_bad_rows_and_train(tiny_model, small_csv, cach
     (("--on-save-error", "ignore"), "invalid choice"),
     (("--no-such-flag",), "unrecognized arguments"),
     (("--epochs", "two"), "invalid int value"),
+    (("--learning-rate", "1e38"), "--learning-rate must be positive and at most 10"),  # was a traceback
+    (("--learning-rate", "nan"), "--learning-rate must be positive"),
+    (("--learning-rate", "inf"), "--learning-rate must be positive"),
+    (("--learning-rate=-1e-4",), "--learning-rate must be positive"),
+    (("--spike-factor", "-1"), "--spike-factor must be 0 or more"),
 ])
 def test_bad_flags_exit_2(tiny_model, small_csv, cache_dir, tmp_path, capsys, extra, expected):
     code, lines = run(train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, *extra), capsys)

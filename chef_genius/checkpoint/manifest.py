@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from chef_genius.checkpoint import trust
+from chef_genius.checkpoint.health import health_problem
 from chef_genius.checkpoint.files import sha256_file
 from chef_genius.checkpoint.layout import (
     ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
@@ -111,7 +112,7 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
 def find_latest(output_dir: str | Path, verify_hashes: bool = False,
                 need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint that verifies and whose state and model load, with its step equal to its
-    folder's name; and the newer ones skipped (symbolic links too), each with the reason.
+    folder's name and its numbers finite; and the newer ones skipped (symbolic links too), each with the reason.
     ``need_state=False`` (generation): the training state is not looked at."""
     candidates = [(p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)]
     candidates += [(p, None) for p in list_checkpoints(output_dir)]
@@ -124,32 +125,50 @@ def find_latest(output_dir: str | Path, verify_hashes: bool = False,
     return None, skipped
 
 
+def newest_healthy(output_dir: str | Path, before_step: int | None = None) -> Path | None:
+    """The newest checkpoint a resume would accept (its numbers finite, see ``health.py``), only among
+    those before step ``before_step`` when given (a rollback's target)."""
+    for path in reversed(list_checkpoints(output_dir)):
+        if (before_step is None or step_of(path) < before_step) and usability_problem(path) is None:
+            return path
+    return None
+
+
 def usability_problem(folder: str | Path, verify_hashes: bool = False, need_state: bool = True) -> str | None:
     """Why a resume from ``folder`` would fail (None when it would not): the manifest, links or odd
-    files, the training state under ``weights_only`` and its step, the weights' header, the JSON files."""
+    files, the training state under ``weights_only``, its step and its numbers (``health.py``: the
+    record, or the tensors read when there is none), the weights' header, the JSON files."""
     folder = Path(folder)
     problems = manifest_problems(folder, verify_hashes)
     if problems:
         return problems[0]
+    state = None
     if need_state:
-        problem = _state_problem(folder)
+        problem, state = _state_problem(folder)
         if problem:
             return problem
-    return _model_problem(folder)
+    problem = _model_problem(folder)
+    if problem or state is None:
+        return problem
+    try:  # last: a checkpoint without a health record has its numbers read
+        return health_problem(folder, state)
+    except Exception as err:  # safetensors' own errors, a truncated tensor: its numbers cannot be judged
+        return f"its numbers could not be read ({type(err).__name__})"
 
 
-def _state_problem(folder: Path) -> str | None:
+def _state_problem(folder: Path) -> tuple[str | None, dict | None]:
+    """(why the training state is unusable, or None; the state, loaded with mmap)."""
     try:
         state = load_training_state(folder, mmap=True)  # the optimizer's moments are not read here
     except CheckpointError as err:
-        return str(err)
+        return str(err), None
     contract = state_contract_problem(state)
     if contract:
-        return f"{TRAINING_STATE} {contract}"
+        return f"{TRAINING_STATE} {contract}", state
     if step_of(folder) is not None and state.get("global_step") != step_of(folder):
         return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
-                f"the folder is named {folder.name}")
-    return None
+                f"the folder is named {folder.name}"), state
+    return None, state
 
 
 def _model_problem(folder: Path) -> str | None:

@@ -1,7 +1,9 @@
 """``--save-total-limit K``: which checkpoints to delete after a new one is committed.
 
 Kept, always: the newest K complete checkpoints, the best one (lowest validation loss), the one the
-run resumed from, and therefore at least one complete checkpoint. Folders that do not verify
+run resumed from, the newest *healthy* one (its health record says its weights and optimizer moments
+are finite, ``health.py``: when the newest K went NaN, the past a rollback or a resume needs stays),
+and therefore at least one complete checkpoint. Folders that do not verify
 (interrupted or damaged) are neither counted nor deleted: ``verify_and_fix_checkpoint.py`` may still
 repair them, and deleting evidence is not retention's job. Deletion happens only after the new
 checkpoint is committed, and goes through ``checkpoint.delete_checkpoint`` (rename, then remove),
@@ -17,6 +19,8 @@ from typing import Iterable
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
+from chef_genius.checkpoint.health import health_problem
+from chef_genius.checkpoint.training_state import load_training_state
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,19 @@ def select_for_deletion(complete_steps: Iterable[int], keep_last: int, best_step
     return [step for step in steps if step not in keep]
 
 
+def newest_recorded_healthy(complete: dict[int, Path]) -> int | None:
+    """The step of the newest of ``complete`` (step -> folder) whose health record says its numbers are
+    finite (the record only: no tensor is read after each save)."""
+    for step in sorted(complete, reverse=True):
+        try:
+            state = load_training_state(complete[step], mmap=True)
+        except ckpt.CheckpointError:
+            continue
+        if health_problem(complete[step], state, check_numbers=False) is None:
+            return step
+    return None
+
+
 def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | None = None,
                     protected: Iterable[Path | None] = ()) -> list[Path]:
     """Delete the checkpoints ``select_for_deletion`` picks; returns the deleted paths."""
@@ -41,6 +58,9 @@ def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | Non
     complete = {ckpt.step_of(p): p for p in ckpt.list_checkpoints(output_dir) if not ckmanifest.manifest_problems(p)}
     root = Path(output_dir).resolve()
     protected_steps = {ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root}
+    healthy = newest_recorded_healthy(complete)
+    if healthy is not None:
+        protected_steps.add(healthy)
     deleted = []
     for step in select_for_deletion(complete, keep_last, best_step, protected_steps - {None}):
         try:

@@ -82,7 +82,11 @@ SCHEDULER = "scheduler"          # dict: the LR scheduler's state dict
 RNG = "rng"                      # list: the RNG state of every process, rank 0 first
 REPORTING = "reporting"          # dict: what the reporters need to continue their runs
 SETTINGS = "hyperparameters"     # dict: the run's settings (every flag, steps per epoch, world size...)
-SLICES = (RUN_STATE, DATA_POSITION, OPTIMIZER, SCHEDULER, RNG, REPORTING, SETTINGS)
+HEALTH = "health"                # dict: HEALTH_KEYS, the checkpoint judged by its numbers (absent before them)
+SLICES = (RUN_STATE, DATA_POSITION, OPTIMIZER, SCHEDULER, RNG, REPORTING, SETTINGS, HEALTH)
+# weights_finite / moments_finite: every weight / optimizer moment was finite when it was saved;
+# recent_losses: the last finite training losses; skipped_steps: non-finite steps skipped so far.
+HEALTH_KEYS = ("weights_finite", "moments_finite", "recent_losses", "skipped_steps")
 
 
 def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
@@ -130,6 +134,8 @@ def pack_training_state(slices: dict) -> dict:
         extra[OPTIMIZER_KIND] = optimizer["kind"]
     if slices.get(REPORTING):
         extra[REPORTING_KEY] = slices[REPORTING]
+    if slices.get(HEALTH):
+        extra[HEALTH] = slices[HEALTH]
     return make_training_state(slices.get(RUN_STATE) or {}, dict(slices.get(DATA_POSITION) or {}),
                                optimizer.get("state"), slices.get(SCHEDULER) or {},
                                per_rank[0] if per_rank else None, slices.get(SETTINGS) or {}, extra)
@@ -152,7 +158,18 @@ def unpack_training_state(state: dict) -> dict:
             OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT),
                         "kind": state.get(OPTIMIZER_KIND, "adamw")},
             SCHEDULER: dict(state.get("scheduler_state_dict") or {}), RNG: list(per_rank),
-            REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {})}
+            REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {}),
+            HEALTH: dict(state.get(HEALTH) or {})}
+
+
+def recorded_health(state: dict) -> dict | None:
+    """The health record of a loaded ``training_state.pt``: None when it has none (a checkpoint older
+    than the record, or rebuilt by the doctor): its numbers must then be checked, never assumed."""
+    record = state.get(HEALTH)
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), bool)
+                                               for k in ("weights_finite", "moments_finite")):
+        return None
+    return record
 
 
 def saved_world_size(state: dict) -> int:

@@ -8,13 +8,14 @@ others, silently. ``--allow-config-change`` accepts it with one warning line.
 
 Saved as the checkpoint's ``data_position`` (the keys are today's, so older checkpoints load; a
 position rebuilt by the doctor may carry only ``epoch`` and ``samples_in_epoch``, and what it lacks is
-not checked).
+not checked). ``skipped_ranges``: the data a rollback jumped over (``skip_to``), for the record; a
+resume continues from the position after them, like the run that skipped them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chef_genius.errors import UserError
 from chef_genius.settings.fields import flag_name, settings_of, spec_of
@@ -38,6 +39,7 @@ class DataPosition:
     group_by_length: bool = TrainConfig.group_by_length
     length_group_size: int = TrainConfig.length_group_size
     max_tokens_per_batch: int = TrainConfig.max_tokens_per_batch  # 0: fixed --batch-size micro-batches
+    skipped: list = field(default_factory=list)  # [epoch, sample, to epoch, to sample] per rollback's skip
 
     @classmethod
     def saved_at(cls, saved: dict) -> "DataPosition":
@@ -50,6 +52,14 @@ class DataPosition:
         if self.samples_in_epoch >= self.num_samples:
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
 
+    def skip_to(self, epoch: int, samples_in_epoch: int) -> tuple[int, int, int, int]:
+        """Jump forward to (``epoch``, ``samples_in_epoch``) without training on what lies between (a
+        rollback's skip); the skipped range is kept with the position and returned."""
+        skipped = (self.epoch, self.samples_in_epoch, int(epoch), int(samples_in_epoch))
+        self.skipped.append(list(skipped))
+        self.epoch, self.samples_in_epoch = int(epoch), int(samples_in_epoch)
+        return skipped
+
     @property
     def fraction(self) -> float:
         """Epochs done, as a float (for logs and plots)."""
@@ -57,7 +67,8 @@ class DataPosition:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
-                **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()}}
+                **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()},
+                **({"skipped_ranges": [list(r) for r in self.skipped]} if self.skipped else {})}
 
     def differences(self, saved: dict) -> list[str]:
         """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""
@@ -79,5 +90,6 @@ class DataPosition:
                         "epoch will repeat some recipes and skip others", "; ".join(changes))
         where = self.saved_at(saved)
         self.epoch, self.samples_in_epoch = where.epoch, where.samples_in_epoch
+        self.skipped = [list(map(int, r)) for r in saved.get("skipped_ranges") or ()]
         if self.samples_in_epoch >= self.num_samples:  # a smaller data set: that epoch is over
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0

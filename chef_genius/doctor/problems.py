@@ -91,8 +91,12 @@ class Problem(str, Enum):
         "embeddings_inconsistent", "`--deep`: T5's shared embedding and the encoder/decoder `embed_tokens` differ",
         "no", _EARLIER)
     WEIGHTS_NONFINITE = _entry(
-        "weights_nonfinite", "`--deep`: a tensor (of any shard, or of a LoRA adapter) holds NaN or Inf", "no",
-        _SIBLING, fatal=True)
+        "weights_nonfinite", "a weight tensor (of any shard, or of a LoRA adapter) holds NaN or Inf: recorded so "
+        "when the checkpoint was saved, or found by reading the tensors (`--deep`, or a checkpoint without a "
+        "health record)", "no", _SIBLING, fatal=True)
+    OPTIMIZER_NONFINITE = _entry(
+        "optimizer_nonfinite", "an optimizer moment holds NaN or Inf (recorded when the checkpoint was saved, or "
+        "read from a checkpoint without a health record): a resume would train on it", "no", _SIBLING, fatal=True)
     STATE_MISSING = _entry(
         "state_missing", "`training_state.pt` is missing", "yes",
         _FIX + "; the steps per epoch come from a sibling or `--steps-per-epoch`")

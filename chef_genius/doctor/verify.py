@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from chef_genius.checkpoint import health as cphealth
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import records as ckrecords
 from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import trust
 from chef_genius.checkpoint import weight_files
 from chef_genius.doctor import foreign
@@ -44,6 +46,7 @@ class Facts:
     weight_files: list[Path] = field(default_factory=list)
     adapter_header: dict | None = None       # a LoRA checkpoint's adapter header
     unfixed: list[str] = field(default_factory=list)  # repairs --fix needed but could not make, and why
+    weights_read: bool = False               # every weight tensor was read (--deep): no second read for NaN
 
 
 @dataclass
@@ -195,6 +198,7 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
             report.facts.adapter_header = header
             if deep:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
+                report.facts.weights_read = True
                 if bad:
                     report.fail(Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
                 else:
@@ -263,6 +267,7 @@ def _check_weights(report: Report, folder: Path, deep: bool):
         except Exception as err:  # safetensors' own checks go further than the header's
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(shown, err))
             return model
+        report.facts.weights_read = True
         if nonfinite:
             report.fail(Problem.WEIGHTS_NONFINITE, f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
@@ -331,6 +336,36 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     elif "rng_states" in (state.get("rebuilt") or ()):
         report.fail(Problem.RNG_REBUILT, "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
                                    "draw new streams on resume", "warn")
+    _check_health(report, folder, state)
+
+
+def _check_health(report: Report, folder: Path, state: dict) -> None:
+    """The checkpoint judged by its numbers: its health record, or (none: an older checkpoint) the numbers
+    themselves, never assumed finite (``checkpoint/health.py``)."""
+    record = ckstate.recorded_health(state)
+    if record is not None:
+        if not record["weights_finite"]:
+            report.fail(Problem.WEIGHTS_NONFINITE, "its weights held NaN or Inf when it was saved (health record)")
+        if not record["moments_finite"]:
+            report.fail(Problem.OPTIMIZER_NONFINITE,
+                        "its optimizer moments held NaN or Inf when it was saved (health record)")
+        if record["weights_finite"] and record["moments_finite"]:
+            report.ok("health record: weights and optimizer moments finite when saved")
+        return
+    if not report.facts.weights_read and not report.codes() & FATAL:  # --deep read them already
+        try:
+            bad = cphealth.nonfinite_weights(folder)
+        except Exception as err:  # safetensors' own checks go further than the header's
+            report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(folder.name, err))
+            return
+        if bad:
+            report.fail(Problem.WEIGHTS_NONFINITE, f"no health record, so the numbers were read: {len(bad)} "
+                                                   f"tensors hold NaN or Inf (e.g. {bad[0]})")
+    if not cphealth.moments_finite(state):
+        report.fail(Problem.OPTIMIZER_NONFINITE, "no health record, so the numbers were read: optimizer moments "
+                                                   "hold NaN or Inf")
+    if not report.codes() & {Problem.WEIGHTS_NONFINITE, Problem.OPTIMIZER_NONFINITE}:
+        report.ok("no health record (an older checkpoint): its weights and optimizer moments were read, all finite")
 
 
 def _check_optimizer(report: Report, state: dict, model) -> None:

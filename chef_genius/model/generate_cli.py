@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     device = _device(args.device)
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(model_dir).to(device).eval()
+    refuse_nonfinite(model, model_dir)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     autocast = contextlib.nullcontext
@@ -147,6 +148,16 @@ def main(argv=None) -> int:
             blocks.append(body if len(given) == 1 and len(outs) == 1 else f"{header}\n{body}")
     print("\n\n".join(blocks))
     return EXIT_OK
+
+
+def refuse_nonfinite(model, model_dir: Path) -> None:
+    """A model whose weights hold NaN or Inf (a diverged run) writes nothing: say so instead (exit 2)."""
+    import torch
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"--model {model_dir}: {len(bad)} of its weight tensors hold NaN or Inf (e.g. {bad[0]}): the "
+                        "training run that wrote it diverged; give an earlier checkpoint (python "
+                        "cli/fix_all_checkpoints.py RUN_FOLDER --dry-run names the newest healthy one)")
 
 
 def model_inputs(args, model_dir: Path) -> tuple[list[str], list[str]]:

@@ -43,7 +43,7 @@ def history(records: list[dict]) -> History:
             continue
         if kind == "start":
             h = History()
-        elif kind == "resume":
+        elif kind in ("resume", "rollback"):  # a rollback replaces the steps after its checkpoint too
             _cut(h, step)
             h.resumes.append(record)
         elif kind == "train":

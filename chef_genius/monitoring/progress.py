@@ -134,7 +134,9 @@ class Progress:
         """A ``{"type": "train"}`` metrics record of a logging step (values already on the host)."""
         if not self.enabled:
             return
-        self.losses.extend(record.get("step_losses") or [record["loss"]])
+        self.losses.extend(v for v in record.get("step_losses") or [record["loss"]] if v is not None)  # None: skipped
+        if not self.losses:
+            return
         mean = sum(self.losses) / len(self.losses)
         epoch = epoch_label(epoch_of_step(record["epoch"]), self.epochs)
         if self._bar is not None:
@@ -142,7 +144,8 @@ class Progress:
                                       f"{format_count(record['tokens_per_s'])} tok/s, epoch {epoch}", refresh=False)
             return
         log.info("step %d/%d epoch %s loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
-                 record["step"], self.total_steps, epoch, record["loss"], len(self.losses), mean,
+                 record["step"], self.total_steps, epoch, record["loss"] if record["loss"] is not None else math.nan,
+                 len(self.losses), mean,
                  record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))
 
 

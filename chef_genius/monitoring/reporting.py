@@ -101,8 +101,11 @@ def make_reporters(config, output: Path, is_main: bool) -> Reporters:
 def _scalars(record: dict) -> dict[str, float]:
     kind = record.get("type")
     if kind == "train":
-        return {"train/loss": record["loss"], "train/learning_rate": record["lr"],
-                "train/tokens_per_s": record["tokens_per_s"], "train/epoch": record["epoch"]}
+        values = {"train/learning_rate": record["lr"], "train/tokens_per_s": record["tokens_per_s"],
+                  "train/epoch": record["epoch"]}
+        if record["loss"] is not None:  # None: every step of the interval was skipped (not finite)
+            values["train/loss"] = record["loss"]
+        return values
     if kind == "eval":
         values = {"eval/loss": record["eval_loss"]}
         if record.get("best_loss") is not None:

@@ -29,6 +29,17 @@ def positive(value, flag):
     return value
 
 
+MAX_LEARNING_RATE = 10.0  # far above any useful peak (AdamW: about 1e-5 to 1e-2); 1e38 overflowed the optimizer
+
+
+def learning_rate(value, flag):
+    """Finite, positive and at most ``MAX_LEARNING_RATE``: an absurd rate is one line, not a traceback."""
+    if not 0 < value <= MAX_LEARNING_RATE:  # also refuses NaN
+        raise UserError(f"{flag} must be positive and at most {MAX_LEARNING_RATE:g} (AdamW peaks are about "
+                        f"1e-5 to 1e-2), got {value}")
+    return value
+
+
 def fraction(value, flag):
     """In [0, 1)."""
     if not 0 <= value < 1:

@@ -138,7 +138,7 @@ class OptimisationSettings:
         "padding (default {default}: --batch-size rows)"))
     gradient_accumulation_steps: int = setting(1, policy=GUARDED, check=checks.positive_int,
                                                help="micro-batches per optimizer step (default {default})")
-    learning_rate: float = setting(1e-4, policy=APPLIED, check=checks.positive,
+    learning_rate: float = setting(1e-4, policy=APPLIED, check=checks.learning_rate,
                                    note="the schedule's peak from step {step} on",
                                    help="peak AdamW learning rate (default {default})")
     warmup_steps: int = setting(500, policy=APPLIED, check=checks.at_least_zero,
@@ -222,7 +222,8 @@ class CheckpointSettings:
         "copy the state to CPU memory and write the checkpoint in a background thread: same files, same crash "
         "safety, at most one save in flight (default: on with CUDA, off on CPU)"))
     save_total_limit: int = setting(0, policy=APPLIED, check=checks.at_least_zero, help=(
-        "keep the newest N checkpoints plus the best one and the one resumed from; older ones are deleted after "
+        "keep the newest N checkpoints plus the best one, the one resumed from and the newest healthy one (finite "
+        "numbers); older ones are deleted after "
         "each new checkpoint is committed (default {default}: keep all)"))
     save_every_minutes: float = setting(0.0, policy=APPLIED, check=checks.at_least_zero, help=(
         "also checkpoint when this many minutes of wall-clock time passed since the last checkpoint (default 0: "
@@ -240,6 +241,20 @@ class CheckpointSettings:
         "(default {default}; 0: all of them)"))
     logging_steps: int = setting(50, policy=APPLIED, check=checks.positive_int,
                                  help="log every N optimizer steps (default {default})")
+
+
+@dataclass
+class DivergenceSettings:
+    title = "divergence guard (docs/checkpoints.md: Divergence)"
+    spike_factor: float = setting(3.0, policy=APPLIED, check=checks.at_least_zero, metavar="F", help=(
+        "a loss above F times the median of the last 32 finite losses is a spike: the run rolls back to the "
+        "newest healthy checkpoint before it and skips the recipes that led into it (default {default}; 0: off)"))
+    max_nonfinite_steps: int = setting(3, policy=APPLIED, check=checks.at_least_zero, metavar="K", help=(
+        "K steps in a row whose loss or gradient norm is NaN/Inf (each skipped: no weight changes) roll the run "
+        "back the same way (default {default}; 0: never, the steps are only skipped)"))
+    max_rollbacks: int = setting(3, policy=APPLIED, check=checks.at_least_zero, metavar="R", help=(
+        "rollbacks in one session before the run stops with exit code 6, naming the newest healthy checkpoint "
+        "(default {default}; 0: stop at the first divergence)"))
 
 
 @dataclass
@@ -276,7 +291,7 @@ class RecipeMetricsSettings:
 
 @dataclass
 class TrainConfig(DataSettings, ModelSettings, OptimisationSettings, LoRASettings, PrecisionSettings,
-                  CheckpointSettings, MonitoringSettings, RecipeMetricsSettings):
+                  CheckpointSettings, DivergenceSettings, MonitoringSettings, RecipeMetricsSettings):
     """All settings, flat. (As dataclasses do, the fields run from the last section to the first; a
     resume lists its changes in that order.)"""
     # The fields the command line set (any spelling of their flags); never saved in a checkpoint.

@@ -54,7 +54,7 @@ def _train(config) -> int:
     trainer = Trainer(config)
     try:
         with abort_on_signal("setting up (reading the checkpoint, tokenizing, loading the model)"):
-            trainer.setup()  # nothing to save yet: a stop signal ends it at once, cleaning up (exit 6)
+            trainer.setup()  # nothing to save yet: a stop signal ends it at once, cleaning up (exit 7)
         # held until the run folder is given back: a signal during the exit cannot cut it short
         with trainer.preemption:
             try:

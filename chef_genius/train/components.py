@@ -13,7 +13,9 @@ decision on restore, is here:
   size reseeds instead);
 - ``PositionSlice``: the sampler's position, refused under another sample order unless
   ``--allow-config-change``;
-- ``SettingsSlice``: the run's settings, saved for the next resume (read before setup builds anything).
+- ``SettingsSlice``: the run's settings, saved for the next resume (read before setup builds anything);
+- ``HealthSlice``: the checkpoint judged by its numbers: whether its weights and optimizer moments are
+  finite (checked by the trainer before each save) and the recent losses (``train/divergence.py``).
 """
 
 from __future__ import annotations
@@ -203,6 +205,19 @@ class SettingsSlice:
         """Nothing to do here: a resume reads the saved settings before setup builds anything from them."""
 
 
+class HealthSlice:
+    def __init__(self, health):
+        self.health = health   # divergence.StepHealth
+        self.numbers: tuple[bool, bool] = (True, True)  # (weights, moments) finite: set before each save
+
+    def state_dict(self) -> dict:
+        weights, moments = self.numbers
+        return {"weights_finite": weights, "moments_finite": moments, **self.health.state_dict()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.health.load_state_dict(saved)
+
+
 # the order of saving and restoring: the run state first (the others restore at its step)
 ORDER = (ckstate.RUN_STATE, ckstate.DATA_POSITION, ckstate.OPTIMIZER, ckstate.SCHEDULER, ckstate.RNG, ckstate.REPORTING,
-         ckstate.SETTINGS)
+         ckstate.SETTINGS, ckstate.HEALTH)

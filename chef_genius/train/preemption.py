@@ -10,7 +10,7 @@ no ``checkpoint-N`` that looks complete is left behind; once the stop's checkpoi
 further signal changes nothing (the exit with 75 is already under way, and its line stays true).
 
 Before training starts there is nothing to save: ``abort_on_signal`` (around the setup: first-time
-tokenization, loading) turns the first signal into ``StoppedInSetup`` (exit 6), raised where the main
+tokenization, loading) turns the first signal into ``StoppedInSetup`` (exit 7), raised where the main
 thread is, so every cleanup on the way out runs (the tokenizing workers are ended, the cache's
 staging folder removed); further signals are ignored while that cleanup runs.
 

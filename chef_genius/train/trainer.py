@@ -12,6 +12,10 @@ Features, in the order a step meets them:
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
   (``train/evaluation.py``: validation loss, recipe metrics, the best step, samples), checkpoints every
   ``--save-steps`` optimizer steps;
+- divergence (``train/divergence.py``): a step whose loss or gradient norm is not finite changes no
+  weight and no optimizer moment (counted, logged, in metrics.jsonl); a loss spike or a run of
+  non-finite steps rolls the run back to the newest healthy checkpoint before it, skipping the recipes
+  that led into it (``_roll_back``); every checkpoint records whether its numbers are finite;
 - out of GPU memory in a step (``train/oom.py``): retried at half the micro-batch with
   ``--auto-micro-batch``, else one line with what would fit;
 - checkpoints and resume: the ``CheckpointManager`` (``checkpoint/manager.py``) saves and restores
@@ -29,7 +33,8 @@ Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or
 live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
 for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl or the final model could
 not be written (``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint is
-committed.
+committed, ``Diverged`` (exit 6) when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its
+final weights are not finite (the message names the newest healthy checkpoint).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import disk
+from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
 from chef_genius.checkpoint.resume import resolve
@@ -52,7 +58,7 @@ from chef_genius.checkpoint.runlock import RunLock
 from chef_genius.data.fingerprint import content_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.errors import Preempted, ReportedByRankZero, SaveError, UserError
+from chef_genius.errors import Diverged, Preempted, ReportedByRankZero, SaveError, UserError
 from chef_genius.model import lean_loss
 from chef_genius.model import lora
 from chef_genius.model import memory
@@ -64,6 +70,7 @@ from chef_genius.monitoring.reporting import make_reporters
 from chef_genius.settings import config_file, schema
 from chef_genius.train import components as parts
 from chef_genius.train import distributed as dist
+from chef_genius.train import divergence
 from chef_genius.train import memory_plan
 from chef_genius.train import oom
 from chef_genius.train import preemption
@@ -84,11 +91,17 @@ class LogWindow:
 
     def __init__(self):
         self.losses: list[torch.Tensor] = []
+        self.finite: list[torch.Tensor] = []  # per step: its loss and gradient norm were finite
         self.tokens = 0          # target tokens
         self.source_tokens = 0
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
         self.wall_started = self.started     # not moved: the wall-clock rate, validation included
+
+
+def _mean_finite(losses: list) -> float | None:
+    finite = [v for v in losses if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
 
 
 class Trainer:
@@ -116,6 +129,9 @@ class Trainer:
         self.run_lock: RunLock | None = None
         self.preemption = preemption.Preemption()  # entered by ``train`` (and by the CLI, until the exit)
         self.data_identities: dict = {}  # data_identity / eval_data_identity: the files by content (setup)
+        self.health = divergence.StepHealth(divergence.Policy(), self.device)
+        self.rollbacks = 0  # in this session
+        self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -125,6 +141,7 @@ class Trainer:
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final
         c = self.config
+        self.health.policy = divergence.Policy.of(c)
         self.reporters = make_reporters(c, self.output, self.is_main)
         rng.seed_everything(dist.rank_seed(c.seed, self.accelerator.process_index))
         if self.device.type == "cuda":
@@ -261,6 +278,7 @@ class Trainer:
     def _make_checkpoint_manager(self, model, loaded: LoadedCheckpoint | None) -> CheckpointManager:
         c, acc = self.config, self.accelerator
         self.rng = parts.RngSlice(acc, c.seed, self.state)
+        self.health_slice = parts.HealthSlice(self.health)
         components = {
             ckstate.RUN_STATE: self.state,
             ckstate.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
@@ -270,6 +288,7 @@ class Trainer:
             ckstate.RNG: self.rng,
             ckstate.REPORTING: self.reporters,
             ckstate.SETTINGS: parts.SettingsSlice(self._hyperparameters),
+            ckstate.HEALTH: self.health_slice,
         }
         tensors, tokenizer = disk.model_tensors(model), disk.tokenizer_bytes(self.model_source)
         files = parts.ModelFiles(acc, self.model, self.tokenizer, c.source_template)
@@ -357,13 +376,29 @@ class Trainer:
                 window = [next(batches) for _ in range(min(accumulation, remaining))]
                 remaining -= len(window)
                 self.sample_log.write(self.position.epoch, window)
-                self._step(window)
-                self.maybe_log()
-                self.maybe_evaluate()
-                if self.maybe_save():
-                    self._stop_preempted()
+                if not self._after_step(self._step(window)):
+                    break  # rolled back: the iteration starts again at the position after the skip
             del batches
+            if self._finished() and (verdict := self.health.flush()) is not None:
+                self._roll_back(verdict)  # the last steps' verdict, read before the final save
         self.finish()
+
+    def _after_step(self, verdict: divergence.Verdict | None) -> bool:
+        """The periodic work after a step: log, evaluate, checkpoint, stop. Returns False when the run rolled
+        back instead (a diverged step, or a checkpoint whose numbers are not finite)."""
+        if verdict is None:
+            self.maybe_log()
+            self.maybe_evaluate()
+            stop, save = self.checkpoints.due(self.state.global_step, self.preemption.requested)
+            verdict = self.health.flush() if save else None  # a checkpoint never holds a step not yet judged
+            if verdict is None:
+                if save and not self.maybe_save():
+                    return False
+                if stop:
+                    self._stop_preempted()
+                return True
+        self._roll_back(verdict)
+        return False
 
     def _finished(self) -> bool:
         s, c = self.state, self.config
@@ -371,21 +406,24 @@ class Trainer:
             return True
         return s.global_step >= self.total_steps or self.position.epoch >= c.epochs
 
-    def _step(self, window: list[dict]) -> None:
-        loss, tokens = self._step_fitting_memory(window)
+    def _step(self, window: list[dict]) -> divergence.Verdict | None:
+        loss, tokens, finite = self._step_fitting_memory(window)
         self.state.global_step += 1
         self.unsettled_tokens += tokens  # on several processes a device tensor: read when logging or saving
         self.sampler.advance(len(window))
         self.window.losses.append(loss)
+        self.window.finite.append(finite)
         self.window.tokens += tokens
         self.progress.step()
+        return self.health.note(self.state.global_step, loss, finite,
+                                (self.position.epoch, self.position.samples_in_epoch))
 
     def _settle_tokens(self) -> None:
         """Add the target tokens of the steps since the last call to the run state (a host read)."""
         self.state.tokens_seen += int(self.unsettled_tokens)
         self.unsettled_tokens = 0
 
-    def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int]:
+    def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
         """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
         step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends."""
         while True:
@@ -403,9 +441,10 @@ class Trainer:
             raise oom.give_up(self.config, self.state, self.checkpoints, unwrap(self.model),
                               self.accelerator.mixed_precision == "bf16", self.gpu_free)
 
-    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor]:
+    def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor, torch.Tensor]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
-        an int on one process, a device tensor on several, so the step never waits on the host)."""
+        an int on one process, a device tensor on several, so the step never waits on the host, and a
+        device bool: the loss and gradient norm were finite, else the update was skipped)."""
         # Counted on the CPU tensors, before the device copy: no host sync.
         tokens = sum(int((batch["labels"] != LABEL_PAD).sum()) for batch in window)
         divisor, tokens = dist.token_divisor(self.accelerator, tokens)  # global tokens on N processes
@@ -417,14 +456,21 @@ class Trainer:
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(self.model):
                 loss = self._loss_sum(batch) / divisor
+                if self.state.global_step + 1 in self.poisoned:
+                    loss = loss * self.poison
                 self.accelerator.backward(loss)
             total += loss.detach()
-        if self.config.max_grad_norm > 0:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        self.poisoned.discard(self.state.global_step + 1)
+        # The clip computes the global norm anyway; without a clip (--max-grad-norm 0) an infinite bound
+        # computes it and multiplies every gradient by exactly 1.
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), limit)
+        loss = dist.global_step_loss(self.accelerator, total)
+        finite = divergence.step_is_finite(loss, torch.as_tensor(norm, device=loss.device))
+        divergence.skip_nonfinite_update(self.optimizer.step, parts.bare(self.optimizer), finite)
+        self.scheduler.step()  # a skipped step still counts: the LR stays a pure function of the step
         self.optimizer.zero_grad(set_to_none=True)
-        return dist.global_step_loss(self.accelerator, total), tokens
+        return loss, tokens, finite
 
     def _loss_sum(self, batch: dict) -> torch.Tensor:
         """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
@@ -448,7 +494,11 @@ class Trainer:
         s, w = self.state, self.window
         if not w.losses or not (force or s.global_step % self.config.logging_steps == 0):
             return
-        losses = torch.stack(w.losses).tolist()  # the one host sync per logging interval
+        losses = [v if math.isfinite(v) else None  # JSON has no NaN: a skipped step's loss is null
+                  for v in torch.stack(w.losses).tolist()]  # the one host sync per logging interval
+        finite = torch.stack(w.finite).tolist()
+        first = s.global_step - len(losses) + 1
+        skipped = [first + i for i, (ok, v) in enumerate(zip(finite, losses)) if not ok or v is None]
         w.tokens = int(w.tokens)
         self._settle_tokens()
         elapsed = time.perf_counter() - w.started
@@ -458,11 +508,16 @@ class Trainer:
                             w.tokens / rows, frozen_weights=bool(self.config.lora_r)) * self.accelerator.num_processes
         utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
         record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
-                  "loss": sum(losses) / len(losses), "step_losses": losses,
+                  "loss": _mean_finite(losses), "step_losses": losses,
                   "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": w.tokens / max(elapsed, 1e-9),
                   "wall_tokens_per_s": w.tokens / max(time.perf_counter() - w.wall_started, 1e-9),
                   "tokens": w.tokens, "seconds": elapsed,
                   "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
+        if skipped:
+            record.update(skipped_steps=skipped, skipped_total=self.health.skipped_steps)
+            log.warning("step%s %s: the loss or gradient norm was not finite: the update was skipped (weights and "
+                        "optimizer moments unchanged; %d skipped in this run)", "s" if len(skipped) > 1 else "",
+                        ", ".join(map(str, skipped)), self.health.skipped_steps)
         self.reporters.write(record)
         self.progress.report(record)
         self.window = LogWindow()
@@ -489,13 +544,74 @@ class Trainer:
         return self.evaluation.final_generation(self.model)
 
     def maybe_save(self) -> bool:
-        """Checkpoint when it is time (every ``--save-steps``, ``--save-every-minutes``, a stop signal on any
-        process); returns True when the run must stop after this step."""
-        stop, due = self.checkpoints.due(self.state.global_step, self.preemption.requested)
-        if due:
-            self._settle_tokens()
-            self.checkpoints.save(self.state.global_step)
-        return stop
+        """Checkpoint this step (the loop asked ``checkpoints.due``: every ``--save-steps``,
+        ``--save-every-minutes``, a stop signal on any process) once its weights and optimizer moments
+        are known to be finite; when they are not, the run rolls back instead and this returns False."""
+        weights, moments = self._numbers_finite()
+        if not (weights and moments):
+            what = "weights" if not weights else "optimizer moments"
+            self._roll_back(divergence.Verdict(self.state.global_step, f"the {what} are not finite",
+                                               (self.position.epoch, self.position.samples_in_epoch)))
+            return False
+        self.health_slice.numbers = (weights, moments)
+        self._settle_tokens()
+        self.checkpoints.save(self.state.global_step)
+        return True
+
+    def _numbers_finite(self) -> tuple[bool, bool]:
+        """(every weight finite, every optimizer moment finite), the same on every process."""
+        weights = divergence.numbers_finite(list(self.model.parameters()))
+        moments = divergence.numbers_finite(list(divergence.optimizer_tensors(parts.bare(self.optimizer))))
+        bad_weights, bad_moments = self.checkpoints.world.agree(not weights, not moments)
+        return not bad_weights, not bad_moments
+
+    # -----------------------------------------------------------------------------------------
+    # rollback
+
+    def _roll_back(self, verdict: divergence.Verdict) -> None:
+        """Back to the newest healthy checkpoint before ``verdict.step``, the recipes from its position to
+        the end of that step skipped; ``Diverged`` (exit 6) when rollbacks are used up or impossible."""
+        self.maybe_log(force=True)
+        self.health.forget_pending()
+        self.checkpoints.wait()  # the newest checkpoint is committed before one is chosen
+        target = None
+        if self.is_main:
+            target = ckmanifest.newest_healthy(self.output, before_step=verdict.step)
+        target = dist.agree_on_path(self.accelerator, target)
+        self.rollbacks += 1
+        limit = self.health.policy.max_rollbacks
+        where = (f"the newest healthy checkpoint is {target}: resume from it with --resume-from-checkpoint {target}"
+                 if target else "no healthy checkpoint of this run precedes it")
+        if target is None or self.rollbacks > limit or sharded.is_fsdp(self.accelerator):
+            why = ("no checkpoint to roll back to" if target is None else
+                   "a run under FSDP does not roll back by itself" if sharded.is_fsdp(self.accelerator) else
+                   f"{limit} rollback{'s' if limit != 1 else ''} already (--max-rollbacks {limit})")
+            raise Diverged(f"the run diverged at step {verdict.step} ({verdict.reason}) and stopped: {why}; {where}")
+        loaded = read_checkpoint(target)
+        self.checkpoints.restore(loaded)
+        self._load_weights(target)
+        self.rng.apply()
+        e0, s0, e1, s1 = self.position.skip_to(*verdict.position)
+        self.unsettled_tokens = 0
+        self.window = LogWindow()
+        skipped = f"epoch {e0 + 1} sample {s0} to " + (f"sample {s1}" if e1 == e0 else f"epoch {e1 + 1} sample {s1}")
+        log.warning("rolled back at step %d (%s) to %s, skipping the recipes from %s; rollback %d of at most %d",
+                    verdict.step, verdict.reason, target.name, skipped, self.rollbacks, limit)
+        self.reporters.write({"type": "rollback", "step": self.state.global_step, "at_step": verdict.step,
+                              "reason": verdict.reason, "checkpoint": str(target),
+                              "skipped": [e0, s0, e1, s1], "rollback": self.rollbacks})
+
+    def _load_weights(self, folder: Path) -> None:
+        """The weights of checkpoint ``folder`` into the model being trained (in place: the optimizer keeps
+        its parameters)."""
+        model = unwrap(self.model)
+        if self.config.lora_r:
+            lora.load_adapter(model, folder)
+            return
+        saved = load_model(folder)
+        lean_loss.install(saved)
+        with torch.no_grad():
+            model.load_state_dict(saved.state_dict())
 
     # -----------------------------------------------------------------------------------------
     # the end
@@ -512,10 +628,19 @@ class Trainer:
                         "with --resume-from-checkpoint latest")
 
     def finish(self) -> None:
-        """Flush the last log, validate, checkpoint the final step, commit the final model for use."""
+        """Flush the last log, validate, checkpoint the final step, commit the final model for use; never
+        a model whose numbers are not finite (``Diverged``, naming the newest healthy checkpoint)."""
         self.maybe_log(force=True)
+        weights, moments = self._numbers_finite()
+        if not weights:
+            self.checkpoints.wait()
+            target = ckmanifest.newest_healthy(self.output) if self.is_main else None
+            raise Diverged(f"the final weights (step {self.state.global_step}) are not finite: no final model was "
+                           "saved; " + (f"the newest healthy checkpoint is {target}" if target else
+                                        "no healthy checkpoint of this run exists"))
         if self.checkpoints.last_step != self.state.global_step:
             self.maybe_evaluate(force=True)
+            self.health_slice.numbers = (weights, moments)
             self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
         if preemption.agree(self.accelerator, self.preemption.requested)[0]:

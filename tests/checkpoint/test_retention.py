@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chef_genius.checkpoint import layout as ckpt
+from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint import faults
@@ -72,3 +73,29 @@ def test_crash_mid_deletion_never_leaves_a_valid_looking_half(tmp_path, monkeypa
     assert not ckmanifest.manifest_problems(tmp_path / "checkpoint-2", verify_hashes=True)
     ckpt.remove_staging(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+
+
+def _judged_checkpoint(root, step, finite: bool | None):
+    """A fake checkpoint whose health record says its numbers are finite, or not (None: no record)."""
+    def save_model(folder):
+        (folder / ckpt.MODEL_CONFIG).write_text("{}")
+        (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
+    state = {"global_step": step}
+    if finite is not None:
+        state[ckstate.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [], "skipped_steps": 0}
+    return ckcommit.write_checkpoint(root, step, save_model, state)
+
+
+def test_retention_keeps_the_newest_healthy_checkpoint_when_the_newest_went_nan(tmp_path):
+    for step, finite in ((2, True), (4, True), (6, False), (8, False)):
+        _judged_checkpoint(tmp_path, step, finite)
+    deleted = apply_retention(tmp_path, keep_last=2)
+    assert [p.name for p in deleted] == ["checkpoint-2"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+
+def test_a_checkpoint_without_a_health_record_is_not_taken_for_healthy(tmp_path):
+    for step, finite in ((2, True), (4, None), (6, False)):
+        _judged_checkpoint(tmp_path, step, finite)
+    deleted = apply_retention(tmp_path, keep_last=1)
+    assert [p.name for p in deleted] == ["checkpoint-4"]

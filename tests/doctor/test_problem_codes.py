@@ -22,6 +22,8 @@ PUBLISHED = {
     "optimizer_mismatch", "optimizer_empty", "scheduler_mismatch", "step_mismatch", "rng_missing", "rng_rebuilt",
     "rng_unreadable", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing", "manifest_invalid",
     "weights_corrupt", "state_corrupt", "file_corrupt", "check_failed", "repair_incomplete"}
+# codes added since (each a new value; none of the above changed)
+ADDED = {"optimizer_nonfinite"}  # issue 22: a checkpoint judged by its numbers
 
 
 def test_guide_table_is_the_registry():
@@ -40,7 +42,7 @@ def test_check_mode_fails_on_a_stale_table(tmp_path):
 
 
 def test_code_values_are_the_published_ones():
-    assert {p.value for p in Problem} == PUBLISHED
+    assert {p.value for p in Problem} == PUBLISHED | ADDED
     assert Problem.STATE_MISSING == "state_missing" and f"{Problem.STATE_MISSING}" == "state_missing"
 
 
@@ -50,7 +52,7 @@ def test_soft_and_fatal_are_what_verify_always_used():
                      "state_unsafe", "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt",
                      "untrusted_entry", "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable",
                      "rng_unreadable", "check_failed", "adapter_unreadable", "adapter_config_unreadable",
-                     "base_record_missing"}
+                     "base_record_missing", "optimizer_nonfinite"}
     assert not SOFT & FATAL
 
 

@@ -106,3 +106,17 @@ def test_missing_model_dir_is_one_line_and_exit_2(tmp_path):
 def test_a_folder_with_no_model_and_no_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no model here"):
         resolve_model_dir(str(tmp_path))
+
+
+def test_a_model_with_nan_weights_is_one_line_and_exit_2(tiny_model, tmp_path):
+    """A diverged run's weights: said in one line, never an empty recipe with exit 0."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    nan_model = tmp_path / "nan-model"
+    shutil.copytree(tiny_model, nan_model)
+    weights = load_file(nan_model / ckpt.WEIGHTS)
+    weights = {k: torch.full_like(v, float("nan")) if k.startswith("decoder.") else v for k, v in weights.items()}
+    save_file(weights, nan_model / ckpt.WEIGHTS, metadata={"format": "pt"})
+    with pytest.raises(UserError, match="hold NaN or Inf") as err:
+        main(["--model", str(nan_model), "--ingredients", "eggs"])
+    assert err.value.exit_code == EXIT_USAGE and "\n" not in str(err.value)

@@ -1,6 +1,6 @@
 """Stop signals in every phase, in real training processes: during validation and recipe generation
 the evaluation is abandoned, the last finished step is checkpointed and the run exits 75 within
-seconds; during a first tokenization it exits 6 with one line, its workers gone and no staging
+seconds; during a first tokenization it exits 7 with one line, its workers gone and no staging
 folder left; a second signal never leaves a line that claims a save the disk does not hold."""
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_a_second_sigterm_during_validation_never_claims_a_save_that_did_not_hap
     assert not [p for p in out.iterdir() if p.name.startswith(ckpt.STAGING_PREFIX)]
 
 
-def test_sigterm_during_first_tokenization_exits_6_leaving_no_staging_nor_worker(tiny_model, tmp_path):
+def test_sigterm_during_first_tokenization_exits_7_leaving_no_staging_nor_worker(tiny_model, tmp_path):
     data = _sample_times(tmp_path / "big.csv", 80)  # about 22 MB: cut in ranges, tokenized by 2 workers
     cache = tmp_path / "cache"
     run = Run(train_args(tiny_model, data, tmp_path / "run", cache, "--num-proc", 2))
