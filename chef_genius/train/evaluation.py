@@ -11,9 +11,10 @@ so a generation on the main process alone would wait for the others forever. The
 makes the same generation calls on the same recipes, synced (``generation.generate_texts``), each
 inside its own ``rng.isolated()``; only the main process logs, writes and keeps what they return.
 
-A stop signal abandons an evaluation: ``stop_requested`` is read between validation batches and
-between generation calls (agreed over the processes wherever they all take part, so they all leave
-at the same batch), and ``Stopped`` is raised; nothing of the abandoned evaluation is recorded.
+A stop signal abandons an evaluation: ``stop_requested`` is read between validation batches, after
+every generated token (a stopping criterion ends the ``generate`` call) and after each generation
+batch (agreed over the processes wherever they all take part, so they all leave at the same batch),
+and ``Stopped`` is raised; nothing of the abandoned evaluation is recorded.
 """
 
 from __future__ import annotations

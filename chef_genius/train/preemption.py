@@ -3,8 +3,8 @@
 The first signal only sets a flag. The training loop reads it once per optimizer step (an attribute
 read), so the step in progress finishes, a checkpoint is committed and the process exits with
 ``EXIT_PREEMPTED`` (75): spot/preemptible VMs, Slurm and Kubernetes send SIGTERM and allow a grace
-period before SIGKILL. An evaluation reads it between batches and between generation calls, and is
-abandoned: the stop never waits for a validation pass or for ``--eval-generate``. A second signal
+period before SIGKILL. An evaluation reads it between validation batches and after every generated
+token, and is abandoned: the stop never waits for a validation pass or for ``--eval-generate``. A second signal
 aborts at once (``KeyboardInterrupt`` -> exit 130): a save in progress removes its staging folder, so
 no ``checkpoint-N`` that looks complete is left behind; once the stop's checkpoint is committed a
 further signal changes nothing (the exit with 75 is already under way, and its line stays true).
