@@ -28,7 +28,7 @@ SAVE_SHAPE = "flan-t5-small"  # save_vs_raw on CPU: 726 MB of weights and Adam m
 
 
 def _repeats(profile: Profile) -> int:
-    return 1 if profile.mode == "smoke" else REPEATS
+    return profile.checkpoint_repeats or REPEATS
 
 
 def _timed(action) -> float:
@@ -101,7 +101,8 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: 
     first = _timed(lambda: ours(work / "save-first"))  # makes the config and tokenizer files, once per run
     shutil.rmtree(work / "save-first", ignore_errors=True)
     times = {"ours": [], "raw": []}
-    repeats = 1 if profile.mode == "smoke" else profile_repeats or (3 if profile.model_config == "flan-t5-large" else SAVE_REPEATS)
+    repeats = (profile.checkpoint_repeats or profile_repeats
+               or (3 if profile.model_config == "flan-t5-large" else SAVE_REPEATS))
     for i in range(repeats):
         order = (("ours", ours), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("ours", ours))
         for label, save in order:

@@ -47,17 +47,31 @@ class Profile:
     # saving ``evals_per_epoch`` times in it
     epoch_rows: int = 40
     evals_per_epoch: int = 1
+    # the checkpoint benchmarks' repetitions (None: their own defaults; 1 with --smoke or --budget-s)
+    checkpoint_repeats: int | None = None
+    # which throughput comparisons run: the loop's (identical batches, a window) and the whole trainer's
+    # (whole epochs of three contenders, on recipes with RecipeNLG's length skew when ``skewed``)
+    loop: bool = True
+    whole_epochs: bool = True
+    skewed: bool = False
 
 
 def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     large = model_config == "flan-t5-large"
     if mode == "smoke":
         return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64, repeats=1, eval_every=1,
-                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=2)
-    if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more), under 10 minutes
+                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=2,
+                       checkpoint_repeats=1)
+    if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more); 25-40 minutes
+        # in all on an H100 by estimate (bench/__main__.py: GPU_COST_S); --budget-s 480 fits 8
         repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
         return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,
                        repeats=repeats, eval_every=10, eval_max_samples=64, epoch_rows=200, evals_per_epoch=1)
+    if mode == "quick" and model_config == "flan-head":
+        # a step of the proxy costs about 100 MFLOP per target token in its head alone (30 times the tiny
+        # model's): half the batch, fewer steps and recipes than the tiny model's quick run
+        return Profile(mode, model_config, 2000, 4, 4, 8, 50_000, 1, gpu, gpu, repeats=3, eval_every=4,
+                       eval_max_samples=8, threads=1, epoch_rows=60, evals_per_epoch=1)
     if mode == "quick":
         return Profile(mode, model_config, 2000, 8, 5, 20, 50_000, 1, gpu, gpu, repeats=3, eval_every=5,
                        eval_max_samples=16, threads=1, epoch_rows=200, evals_per_epoch=2)
@@ -89,6 +103,11 @@ def machine() -> dict:
 SHAPES = {
     "flan-t5-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6),
     "flan-t5-base": dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12),
+    # the CPU proxy (the default CPU model of --quick and the full run): FLAN-T5's 32,128-token untied head
+    # at t5-small's width, with two layers each side, so the head and the loss weigh in a step about as
+    # they do in FLAN-T5-large on a GPU (where the lean loss and the token budget matter) while a step
+    # stays around a second on one CPU thread
+    "flan-head": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=2, num_decoder_layers=2, num_heads=8),
 }
 
 
@@ -112,20 +131,32 @@ def build_model_folder(root: Path, model_config: str, name: str = "model") -> Pa
     return folder
 
 
-def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000) -> Path:
-    """A RecipeNLG-layout CSV of ``rows`` generated recipes (variable lengths), written in chunks."""
+def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000, skew: bool = False) -> Path:
+    """A RecipeNLG-layout CSV of ``rows`` generated recipes (variable lengths), written in chunks.
+
+    ``skew``: RecipeNLG's long tail of long directions. Each recipe's directions are followed by those of
+    ``round(exp(N(0, 0.6)))`` - 1 other generated recipes (seeded): 3 in 4 keep their own only, 1 in
+    5 get twice as many steps, 1 in 50 four times or more, so a batch of fixed rows holds a lot of
+    padding behind its longest recipe, as on the real corpus."""
     import csv
+    import random
 
     from chef_genius.devtools.sample_data import generate_recipes
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 7919)
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["", "title", "ingredients", "directions", "link", "source", "NER"])
         index = 0
         for start in range(0, rows, chunk):
-            for r in generate_recipes(min(chunk, rows - start), seed=seed * 100_003 + start):
-                writer.writerow([index, r["title"], json.dumps(r["ingredients"]), json.dumps(r["directions"]),
+            recipes = generate_recipes(min(chunk, rows - start), seed=seed * 100_003 + start)
+            for r in recipes:
+                directions = list(r["directions"])
+                if skew:
+                    for _ in range(max(1, round(rng.lognormvariate(0, 0.6))) - 1):
+                        directions += rng.choice(recipes)["directions"]
+                writer.writerow([index, r["title"], json.dumps(r["ingredients"]), json.dumps(directions),
                                  r["link"], r["source"], json.dumps(r["ner"])])
                 index += 1
     return path

@@ -94,6 +94,7 @@ class Plan:
     max_tokens: int                 # the token budget of ours_token_budget
     mean_target_tokens: float       # over the train split: what a window's recipes are compared with
     target_tokens: int              # over the train split: what a whole epoch trains on
+    target_lengths: np.ndarray      # target tokens of each recipe of the train split
     epochs: bool = False            # whole epochs (the whole-trainer plan) or a window of steps (the loop's)
     # whole epochs: per contender, optimizer steps in epoch 1 and epoch 2, and the evaluation / save interval
     epoch_steps: dict = field(default_factory=dict)
@@ -131,7 +132,7 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
     longest = np.argsort(-(padded(src) + padded(tgt)), kind="stable")[:profile.batch_size]
     budget = profile.batch_size * int(padded(src[longest]).max() + padded(tgt[longest]).max())
     plan = Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()),
-                int(tgt.sum()), epochs)
+                int(tgt.sum()), tgt, epochs)
     if not epochs:
         needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
         assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
@@ -284,10 +285,8 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(plan.model)
     model = AutoModelForSeq2SeqLM.from_pretrained(plan.model, dtype=torch.float32)
-    tokenized = load_tokenized(plan.data, tokenizer, p.max_source, p.max_target, plan.cache).dataset
-    tokenized = tokenized.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
-                              batched=True).remove_columns(["source_len", "target_len"])
-    train, held_out = tokenized.select(plan.train_rows), tokenized.select(plan.eval_rows)
+    rows = load_tokenized(plan.data, tokenizer, p.max_source, p.max_target, plan.cache).dataset
+    train, held_out = hf_dataset(rows, plan.train_rows), hf_dataset(rows, plan.eval_rows)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=8, label_pad_token_id=LABEL_PAD)
     first, last, every = plan.window(name)
     stop = last + 1 if plan.epochs else last
@@ -313,6 +312,10 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
         def _get_train_sampler(self, train_dataset=None):
             if same_batches:
                 return [int(i) for i in order]  # a sequence of indices is a sampler
+            if isinstance(self.train_dataset, InMemoryRows):  # what it does with a datasets length column
+                from transformers.trainer_pt_utils import LengthGroupedSampler
+                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                            lengths=self.train_dataset.lengths)
             return super()._get_train_sampler(train_dataset)
 
     workers = p.workers
@@ -334,6 +337,37 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
     del trainer
     shutil.rmtree(plan.work / f"{name}-{attempt}", ignore_errors=True)
     return result
+
+
+class InMemoryRows(torch.utils.data.Dataset):
+    """The baseline's rows where ``datasets`` is not installed (the GPU machine): dicts of input_ids and
+    labels, with the source + target length of each for its length-grouped sampler."""
+
+    def __init__(self, rows, indices):
+        self.rows = [rows[int(i)] for i in indices]
+        self.lengths = [r["source_len"] + r["target_len"] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i]["input_ids"], "labels": self.rows[i]["labels"]}
+
+
+def hf_dataset(rows, indices):
+    """Rows ``indices`` of the cache (an ``ArrowRows``) as a careful ``Seq2SeqTrainer`` user feeds them: a
+    ``datasets.Dataset`` of the same Arrow files with a ``length`` column (source + target tokens) for
+    ``group_by_length``; without ``datasets``, the same rows in memory (``InMemoryRows``)."""
+    try:
+        import datasets
+    except ImportError:
+        return InMemoryRows(rows, indices)
+    datasets.disable_progress_bars()
+    opened = [datasets.Dataset.from_file(str(path)) for path in rows.paths]
+    table = opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
+    table = table.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
+                      batched=True).remove_columns(["source_len", "target_len"])
+    return table.select(indices)
 
 
 def run_in_process(plan: Plan, name: str, attempt: int) -> dict:
@@ -428,15 +462,17 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
     from .common import write_recipes_csv
 
     loop = make_plan(profile, model, data, work, cache)
-    epoch_data = write_recipes_csv(work / "epochs.csv", profile.epoch_rows, seed=1)
-    whole = make_plan(profile, model, epoch_data, work, cache, epochs=True)
-    plans = {**{name: loop for name in LOOP}, **{name: whole for name in WHOLE}}
+    plans = {name: loop for name in LOOP} if profile.loop else {}
+    if profile.whole_epochs:
+        epoch_data = write_recipes_csv(work / "epochs.csv", profile.epoch_rows, seed=1, skew=profile.skewed)
+        whole = make_plan(profile, model, epoch_data, work, cache, epochs=True)
+        plans.update({name: whole for name in WHOLE})
     load_before = os.getloadavg()
     results = alternate(plans, profile.repeats)
     load_after = os.getloadavg()
     s = {name: summarise(runs) for name, runs in results.items()}
     prints = {name: [r["fingerprint"] for r in runs] for name, runs in results.items()}
-    loop_prints = prints["ours_fixed"] + prints["hf_same_batches"]
+    loop_prints = prints.get("ours_fixed", []) + prints.get("hf_same_batches", [])
     identical = all(fp == loop_prints[0] for fp in loop_prints)
     common = {"batch_size": profile.batch_size, "repeats": profile.repeats, "workers": profile.workers,
               "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
@@ -446,12 +482,6 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
                     "timed_steps": profile.timed_steps, "eval_and_save_every": profile.eval_every,
                     "eval_recipes": len(loop.eval_rows), "train_recipes": len(loop.train_rows),
                     "train_mean_target_tokens": loop.mean_target_tokens}
-    # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
-    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
-                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
-                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
-                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
-                     "eval_and_save_every": dict(whole.every)}
 
     def record(name, ours, baseline, key, setting, target=None, **extra):
         a, b = s[ours][key]["median"], s[baseline][key]["median"]
@@ -467,9 +497,19 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
         rec["training_only"] = {"ours": ours, "baseline": baseline, "ratio": ours / baseline}
         return rec
 
-    return [
-        record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting, ">= 1.0",
-               identical_batches=identical, batches_compared=len(loop_prints)),
+    loop_records = [record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting,
+                           ">= 1.0", identical_batches=identical, batches_compared=len(loop_prints))] if profile.loop else []
+    if not profile.whole_epochs:
+        return loop_records
+    # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
+    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
+                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
+                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
+                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
+                     "eval_and_save_every": dict(whole.every), "skewed_lengths": profile.skewed,
+                     "train_target_tokens_percentiles": {str(q): float(np.percentile(whole.target_lengths, q))
+                                                         for q in (5, 50, 95, 100)}}
+    return loop_records + [
         training_only(record("throughput_vs_seq2seqtrainer", "ours_token_budget", "hf_tuned", "wall_tokens_per_s",
                              whole_setting, ">= 1.3")),
         training_only(record("token_budget_vs_fixed_batches", "ours_token_budget", "ours_fixed_epochs",

@@ -73,3 +73,14 @@ def check_throughput(records):
     assert loop["ours_detail"]["tokens"] == loop["baseline_detail"]["tokens"] == sum(b[3] for b in ours[0]) > 0
     # the fingerprint tells batches apart: Seq2SeqTrainer's own length grouping drew other recipes
     assert whole["batch_fingerprints"]["hf_tuned"][0] != ours[0]
+
+
+def test_spent_budget_skips_every_benchmark_with_a_record(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--budget-s", "0.01", "--work-dir", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {r["name"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert set(records) == {"machine", "throughput", "save_vs_raw", "async_save_stall", "resume_startup",
+                            "preprocess_cached"}
+    assert all(r["skipped"].startswith("--budget-s 0: ") for name, r in records.items() if name != "machine")

@@ -1,4 +1,4 @@
-"""Tokenized training data: an on-disk ``datasets`` cache, the validation split, batches.
+"""Tokenized training data: an on-disk Arrow cache, the validation split, batches.
 
 The cache folder is named by the data file (``data/fingerprint.py``: absolute path, size,
 modification time and a sampled hash), the tokenizer (hash of its serialized vocabulary), the recipe
@@ -11,7 +11,9 @@ open, so an edit that keeps the size and the modification time is tokenized agai
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
 ``preprocess.py``) and ``CACHE_META``, which lists them in row order with their checksums and the read
 statistics and is written last, so a folder without it is never used. ``cache_store.py`` owns the
-folders: verified when opened, rebuilt when damaged, built by one run while the others wait.
+folders: verified when opened, rebuilt when damaged, built by one run while the others wait. They are
+read back memory-mapped with pyarrow alone (``ArrowRows``): the training path needs no ``datasets``
+package, and a row read costs a slice of two mapped arrays.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 @dataclass
 class TokenizedData:
-    dataset: "datasets.Dataset"  # noqa: F821 - columns input_ids, labels, source_len, target_len
+    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len
     stats: dict
     cache_dir: Path
     from_cache: bool
@@ -120,13 +122,69 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
     return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, from_cache)
 
 
-def _open_parts(folder: Path, parts: list[str]):
-    """The parts, memory-mapped, as one dataset in row order."""
-    import datasets
+def _open_parts(folder: Path, parts: list[str]) -> "ArrowRows":
+    """The parts, memory-mapped, as one table in row order."""
+    return ArrowRows([folder / part for part in parts])
 
-    datasets.disable_progress_bars()
-    opened = [datasets.Dataset.from_file(str(folder / part)) for part in parts]
-    return opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
+
+class ArrowRows:
+    """Arrow stream files of the cache's schema, memory-mapped, read as one table: ``rows[i]`` is row i
+    and ``rows["labels"]`` a whole column, as Python values (as ``datasets.Dataset`` gives them);
+    ``rows.column("source_len")`` a numeric column as one numpy array.
+
+    A row read slices the mapped list arrays through their offsets (a few microseconds), where
+    ``datasets.Dataset`` formats each row through its own machinery (several times slower, measured
+    on CPU). Pickled as its file paths, so loader workers started by spawn (Windows, macOS) map the
+    same files instead of receiving a copy of the data."""
+
+    def __init__(self, paths: list[Path]):
+        import pyarrow as pa
+
+        self.paths = [Path(p) for p in paths]
+        self._batches = [batch for path in self.paths
+                         for batch in pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_batches()]
+        self._batches = [b for b in self._batches if b.num_rows]
+        sizes = [b.num_rows for b in self._batches]
+        self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.column_names = list(self._batches[0].schema.names) if self._batches else []
+        # per batch: (flat values, offsets) of each list column, zero-copy numpy views of the mapped file
+        self._lists = [{name: (b.column(name).values.to_numpy(), b.column(name).offsets.to_numpy())
+                        for name in self.column_names if b.schema.field(name).type.num_fields}
+                       for b in self._batches]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.column_names:
+            raise KeyError(name)
+        return np.concatenate([np.zeros(0, dtype=np.int64)] +
+                              [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches])
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.column_names:
+                raise KeyError(key)
+            return [value for b in self._batches for value in b.column(key).to_pylist()]
+        index = int(key)
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)}")
+        chunk = int(np.searchsorted(self._starts, index, side="right")) - 1
+        within = index - int(self._starts[chunk])
+        row = {}
+        for name in self.column_names:
+            if name in self._lists[chunk]:
+                values, offsets = self._lists[chunk][name]
+                row[name] = values[offsets[within]:offsets[within + 1]].tolist()
+            else:
+                row[name] = self._batches[chunk].column(name)[within].as_py()
+        return row
+
+    def __getstate__(self):
+        return {"paths": self.paths}
+
+    def __setstate__(self, state):
+        self.__init__(state["paths"])
 
 
 def _no_recipe(data_path, stats: ReadStats) -> DataError:
@@ -147,7 +205,8 @@ class RecipeDataset(torch.utils.data.Dataset):
     """Rows ``indices`` of a tokenized dataset; item i is ``(input_ids, labels)`` as lists."""
 
     def __init__(self, dataset, indices=None):
-        self.dataset = dataset.with_format(None)
+        # an ``ArrowRows`` (the cache) or anything indexable alike (a ``datasets.Dataset``: plain Python rows)
+        self.dataset = dataset.with_format(None) if hasattr(dataset, "with_format") else dataset
         self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
 
     def __len__(self) -> int:
@@ -157,17 +216,17 @@ class RecipeDataset(torch.utils.data.Dataset):
         row = self.dataset[int(self.indices[i])]
         return row["input_ids"], row["labels"]
 
+    def _column(self, name: str) -> np.ndarray:
+        column = self.dataset.column(name) if isinstance(self.dataset, ArrowRows) else self.dataset[name]
+        return np.asarray(column, dtype=np.int64)
+
     def lengths(self) -> np.ndarray:
         """Tokens per example (source + target), for length-grouped batching."""
-        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
-        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
-        return (src + tgt)[self.indices]
+        return (self._column("source_len") + self._column("target_len"))[self.indices]
 
     def source_target_lengths(self) -> tuple[np.ndarray, np.ndarray]:
         """Source and target tokens per example (for token-budget batches)."""
-        src = np.asarray(self.dataset["source_len"], dtype=np.int64)
-        tgt = np.asarray(self.dataset["target_len"], dtype=np.int64)
-        return src[self.indices], tgt[self.indices]
+        return self._column("source_len")[self.indices], self._column("target_len")[self.indices]
 
 
 class Collator:
