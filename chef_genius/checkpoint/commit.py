@@ -27,7 +27,7 @@ from chef_genius.checkpoint.faults import fault_point
 from chef_genius.checkpoint.files import (
     atomic_write_json, fsync_dir, fsync_files, retry_os, sha256_file, torch_save_hashed)
 from chef_genius.checkpoint.layout import (
-    MANIFEST, TRAINING_STATE, SaveCancelled, checkpoint_path, deleting_path, staging_path)
+    MANIFEST, TRAINING_STATE, CheckpointError, SaveCancelled, checkpoint_path, deleting_path, staging_path)
 from chef_genius.checkpoint.manifest import build_manifest
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,40 @@ def write_checkpoint(output_dir: str | Path, global_step: int, save_model: SaveM
                      training_state: dict, cancelled: Callable[[], bool] | None = None) -> Path:
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer.
     ``cancelled()`` is asked between the steps: when it says yes, the save is given up (``SaveCancelled``)."""
+    return _commit(output_dir, global_step, cancelled, lambda staging: _write_sealed(
+        staging, save_model, training_state, cancelled, labels=MODEL_LABELS))
+
+
+def commit_copy(output_dir: str | Path, global_step: int, copy: Callable[[Path], Mapping[str, str]],
+                check: Callable[[Path], str | None] | None = None) -> Path:
+    """Commit checkpoint ``global_step`` whose files ``copy(staging)`` brings from elsewhere (the mirror),
+    returning each file's sha256, through the same staging, fsync, manifest and rename as a save.
+    ``check(staging)`` (after the manifest, before the rename) says why the copy is unusable: then it is
+    not committed (``CheckpointError``). An interrupted copy leaves only a staging folder."""
+    def fill(staging: Path) -> dict[str, str]:
+        digests = dict(copy(staging))
+        fsync_files(sorted(p for p in staging.rglob("*") if p.is_file()))
+        return digests
+    return _commit(output_dir, global_step, None, fill, check)
+
+
+def _commit(output_dir: str | Path, global_step: int, cancelled: Callable[[], bool] | None,
+            fill: Callable[[Path], dict[str, str]], check: Callable[[Path], str | None] | None = None) -> Path:
+    """Staging folder, ``fill`` (the files, fsynced; returns their sha256), manifest, rename."""
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, global_step)
     staging = staging_folder(output_dir, final.name)
     try:
         fault_point("staging created")
-        digests = _write_sealed(staging, save_model, training_state, cancelled, labels=MODEL_LABELS)
+        digests = fill(staging)
         manifest = build_manifest(staging, global_step, digests)
         fault_point("files fsynced")
         atomic_write_json(staging / MANIFEST, manifest)
         fault_point("manifest written")  # atomic_write_json fsynced the staging folder too
         _stop_if(cancelled)
+        problem = check(staging) if check is not None else None
+        if problem:
+            raise CheckpointError(problem)
         if final.exists():  # only now, so a crash before this point leaves the older folder in place
             set_aside(final)
         retry_os(lambda: os.rename(staging, final))

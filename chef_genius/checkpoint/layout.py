@@ -133,12 +133,19 @@ def deleting_path(path: str | Path) -> Path:
     return path.parent / f"{DELETING_PREFIX}{path.name}-{process_tag()}"
 
 
+# The temporary file of an atomic write in the run folder (``files.atomic_write_bytes``: the run's
+# settings.yaml, metrics files): ``.NAME.tmp-PID-TOKEN``.
+_TEMP_FILE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]+$")
+
+
 def staging_folders(output_dir: str | Path) -> list[Path]:
-    """Leftovers of a save or a deletion that did not finish (never a complete checkpoint)."""
+    """Leftovers of a save, a deletion or an atomic file write that did not finish (never a complete
+    checkpoint): staging and deletion folders, and the temporary files of atomic writes."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)))
+    return sorted(p for p in root.iterdir()
+                  if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)) or (_TEMP_FILE.match(p.name) and p.is_file()))
 
 
 def remove_staging(output_dir: str | Path) -> list[Path]:
@@ -148,7 +155,10 @@ def remove_staging(output_dir: str | Path) -> list[Path]:
     proves that no other live process is saving into the folder."""
     removed = []
     for path in staging_folders(output_dir):
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir() and not trust.is_link(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 

@@ -25,6 +25,11 @@ No exit reports a checkpoint the manager has not seen committed: ``wait`` is how
 it, and leaving the manager's ``with`` block waits for a write still in flight (a second Ctrl+C
 gives it up instead: the write stops at its next step and removes its staging folder). The final
 model goes through the same writer, staging and fsync (``commit.write_final_model``).
+
+With ``--checkpoint-mirror``, a ``Mirror`` (``mirror.py``, main process) is one more component of the
+same path: step 5 hands it each committed checkpoint to upload in its own thread (the local retention
+keeps what it still reads); its failures follow ``--on-save-error`` like a failed write, and ``finish``
+waits for it (bounded) and ends with exit code 4 when the final checkpoint did not reach the mirror.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import commit as ckcommit
 from chef_genius.checkpoint.async_writer import AsyncCheckpointer
+from chef_genius.checkpoint.mirror import FINAL_WAIT_SECONDS, Mirror
 from chef_genius.checkpoint.retention import apply_retention
 from chef_genius.errors import SaveError
 
@@ -121,7 +127,7 @@ class CheckpointManager:
     def __init__(self, output: Path, model: ModelFiles, components: dict[str, Stateful], *, world=None,
                  async_save: bool = False, on_error: str = "stop", save_steps: int = 1000,
                  save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] = None,
-                 checkpoint_bytes: int = 0, model_bytes: int = 0):
+                 checkpoint_bytes: int = 0, model_bytes: int = 0, mirror: Mirror | None = None):
         unknown = set(components) - set(ckstate.SLICES)
         if unknown:
             raise ValueError(f"no slice of the checkpoint format is named {sorted(unknown)}")
@@ -137,6 +143,7 @@ class CheckpointManager:
         self.best_step = best_step or (lambda: None)
         self.checkpoint_bytes = checkpoint_bytes  # an estimate; the real size once a checkpoint is written
         self.model_bytes = model_bytes
+        self.mirror = mirror  # main process only
         self.resumed_from: Path | None = None
         self.last_step: int | None = None    # the newest step a save was started for
         self.committed: list[int] = []       # steps committed by this session
@@ -160,6 +167,9 @@ class CheckpointManager:
                 restored.append(said)
         self.resumed_from = loaded.path
         self.last_step = loaded.global_step  # it is on disk: no save again at that step
+        if self.mirror is not None:  # on the mirror too (a no-op when it is there already)
+            self.mirror.resumed_step = loaded.global_step
+            self.mirror.submit(loaded.path)
         if loaded.torch_num_threads and loaded.torch_num_threads != torch.get_num_threads():
             log.warning("the checkpoint was written with %d torch threads, this run has %d: CPU losses will not "
                         "be bitwise equal to an uninterrupted run", loaded.torch_num_threads, torch.get_num_threads())
@@ -173,6 +183,8 @@ class CheckpointManager:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.mirror is not None:
+            self.mirror.close()  # its thread ends after the upload in flight (finish and a stop waited for it)
         if exc_type is None:
             return
         if issubclass(exc_type, KeyboardInterrupt):  # a second stop signal: give the write in flight up
@@ -191,7 +203,7 @@ class CheckpointManager:
         A save that failed in the background is acted on here (``--on-save-error``)."""
         if self.world.is_main:
             self._collect(block=False)
-        failed_here = self._record()
+        failed_here = self._record() + self._mirror_failures()
         self._unvoted_failures += failed_here
         clock_due = bool(self.save_every_minutes) and \
             time.monotonic() - self._last_save_clock >= 60 * self.save_every_minutes
@@ -246,7 +258,11 @@ class CheckpointManager:
             manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}
             actual = sum(entry.get("size", 0) for entry in manifest["files"].values())
             self.checkpoint_bytes = max(self.checkpoint_bytes, actual)
-            apply_retention(self.output, self.keep_last, best, protected)
+            kept = list(protected)
+            if self.mirror is not None:
+                self.mirror.submit(outcome.path)
+                kept += self.mirror.busy()  # what it still reads stays on disk
+            apply_retention(self.output, self.keep_last, best, kept)
 
         self._outcome = outcome
         self._writer.submit(write, outcome.what)
@@ -281,6 +297,26 @@ class CheckpointManager:
         missing_here = self.world.is_main and self.last_step is not None and not self._has(self.last_step)
         failed, missing = self.world.agree(bool(failed_here), missing_here)
         self._act(failed, failed_here)
+        return not missing
+
+    def _mirror_failures(self) -> list[_Outcome]:
+        """Checkpoints the mirror could not upload since the last call, as failed saves."""
+        if self.mirror is None:
+            return []
+        return [_Outcome(f"the mirror's copy of {f.what}", None,
+                         reason=f"{f.reason} ({f.what} itself is saved locally)") for f in self.mirror.take_failures()]
+
+    def drain_mirror(self, timeout: float = FINAL_WAIT_SECONDS) -> bool:
+        """Wait (every process) for the mirror to upload what it was given, at most ``timeout`` seconds;
+        returns whether the newest checkpoint this session saved or resumed from is on the mirror."""
+        mirrored = True
+        if self.mirror is not None:
+            self.mirror.drain(timeout)
+            mirrored = self.last_step is None or self.mirror.has(self.last_step)
+            if not mirrored:
+                log.warning("%s%s is not on the mirror: %s", ckpt.PREFIX, self.last_step,
+                            self.mirror.summary(self.last_step) or "its upload failed")
+        (missing,) = self.world.agree(not mirrored)
         return not missing
 
     def _has(self, step: int) -> bool:
@@ -324,13 +360,16 @@ class CheckpointManager:
         what was not saved. Raises ``SaveError`` (exit 4) when the final state was not saved."""
         final_checkpoint = self.wait()
         final_model = self._save_final_model()
+        mirrored = self.drain_mirror() if final_checkpoint else True
+        self._mirror_failures()  # summed up below, whatever --on-save-error says
         lost = self._lost(list(also_lost))
-        if final_checkpoint and final_model:
+        if final_checkpoint and final_model and mirrored:
             if lost:
                 log.warning("the run finished and its final state is saved, but %s", lost)
             return
         missing = [] if final_checkpoint else [f"{ckpt.PREFIX}{self.last_step}"]
         missing += [] if final_model else ["the final model"]
+        missing += [] if mirrored else [f"the mirror's copy of {ckpt.PREFIX}{self.last_step}"]
         if not self.world.is_main:
             raise SaveError(f"the final state was not saved ({' and '.join(missing)}; the main process said why)")
         if self.committed:
@@ -339,6 +378,7 @@ class CheckpointManager:
             where = f"the run can still resume from {self.resumed_from.name}, where this session began"
         else:
             where = "no checkpoint of this run was saved"
+        lost = lost or "its upload did not finish in time"
         raise SaveError(f"the final state was not saved ({' and '.join(missing)}): {lost}; {where} "
                         "(resume with --resume-from-checkpoint latest)")
 
@@ -350,6 +390,8 @@ class CheckpointManager:
             parts.append(f"{len(failed)} of {len(failed) + len(self.committed)} checkpoints were not saved "
                          f"({', '.join(o.what for o in failed)}; the last because {failed[-1].reason})")
         parts += [f"the final model was not written ({o.reason})" for o in self.failures if o.step is None]
+        if self.mirror is not None and self.mirror.failures:
+            parts.append(self.mirror.summary(None))
         return "; ".join(parts + also_lost)
 
     def _save_final_model(self) -> bool:

@@ -84,7 +84,12 @@ class Encoder:
 
     # -- encoding ---------------------------------------------------------------------------------
     def __call__(self, texts: list[str]) -> list[list[int]]:
+        return self.with_lengths(texts)[0]
+
+    def with_lengths(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+        """(ids, untruncated length of each text): what it is cut to, and how long it was."""
         out: list[list[int] | None] = [None] * len(texts)
+        full: list[int] = [0] * len(texts)
         slow: list[int] = []
         if self._backend is None:
             slow = list(range(len(texts)))
@@ -99,10 +104,19 @@ class Encoder:
                     slow.append(i)
                     continue
                 out[i] = self.prefix + ids[:room] + self.suffix
+                full[i] = len(ids) + len(self.prefix) + len(self.suffix)
         if slow:
-            for i, ids in zip(slow, self._tokenizer([texts[i] for i in slow])):
-                out[i] = ids
-        return out
+            texts_slow = [texts[i] for i in slow]
+            for i, ids, whole in zip(slow, self._tokenizer(texts_slow), self._full_lengths(texts_slow)):
+                out[i], full[i] = ids, whole
+        return out, full
+
+    def _full_lengths(self, texts: list[str]) -> list[int]:
+        if self.target:
+            ids = self.tokenizer(text_target=texts, truncation=False, verbose=False)["input_ids"]
+        else:
+            ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        return [len(i) for i in ids]
 
     def _tokenizer(self, texts: list[str]) -> list[list[int]]:
         if self.target:

@@ -46,7 +46,9 @@ def available_cpus() -> int:
 def schema():
     import pyarrow as pa
     ids = pa.list_(pa.int32())
-    return pa.schema([("input_ids", ids), ("labels", ids), ("source_len", pa.int32()), ("target_len", pa.int32())])
+    # *_full_len: the length before truncation at the max lengths (the truncation report)
+    return pa.schema([("input_ids", ids), ("labels", ids), ("source_len", pa.int32()), ("target_len", pa.int32()),
+                      ("source_full_len", pa.int32()), ("target_full_len", pa.int32())])
 
 
 def build_parts(data_path, tokenizer, max_source_length: int, max_target_length: int, folder: Path,
@@ -197,12 +199,13 @@ def _batches(examples):
 def _encode(batch: list[dict], encoders):
     import pyarrow as pa
     source, target = encoders
-    sources = source([e["source"] for e in batch])
-    targets = target([e["target"] for e in batch])
+    sources, source_full = source.with_lengths([e["source"] for e in batch])
+    targets, target_full = target.with_lengths([e["target"] for e in batch])
     ids = pa.list_(pa.int32())
     return pa.record_batch([pa.array(sources, ids), pa.array(targets, ids),
                             pa.array([len(s) for s in sources], pa.int32()),
-                            pa.array([len(t) for t in targets], pa.int32())], schema=schema())
+                            pa.array([len(t) for t in targets], pa.int32()),
+                            pa.array(source_full, pa.int32()), pa.array(target_full, pa.int32())], schema=schema())
 
 
 # -- any other file: parsed here in order, tokenized by the workers -----------------------------------

@@ -8,6 +8,10 @@ is used only if it was built from the data file's content as it is now: its meta
 file's ``content_sha256`` (hashed beside the first tokenization), compared with the file's on every
 open, so an edit that keeps the size and the modification time is tokenized again, never served stale.
 
+The duplicate search (``corpus.find_duplicates``) keeps its decision in the same folder, under a key of
+its own settings (``--dedup-threshold``, the ``--eval-data`` file), so another threshold re-hashes
+without re-tokenizing.
+
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
 ``preprocess.py``) and ``CACHE_META``, which lists them in row order with their checksums and the read
 statistics and is written last, so a folder without it is never used. ``cache_store.py`` owns the
@@ -38,7 +42,8 @@ from chef_genius.data.recipes import TEMPLATE_VERSION
 log = logging.getLogger(__name__)
 
 # 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
-CACHE_LAYOUT = 2
+# 3: the untruncated lengths too (source_full_len, target_full_len: the truncation report)
+CACHE_LAYOUT = 3
 PAD_MULTIPLE = 8
 LABEL_PAD = -100
 
@@ -73,7 +78,7 @@ def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: i
 
 @dataclass
 class TokenizedData:
-    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len
+    dataset: "ArrowRows"  # columns input_ids, labels, source_len, target_len, source_full_len, target_full_len
     stats: dict
     cache_dir: Path
     from_cache: bool

@@ -84,9 +84,10 @@ def table_in(document: str, begin: str = BEGIN, end: str = END) -> str | None:
     return document[first + len(begin):last].strip("\n")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m chef_genius.devtools.flags_table",
-                                description="Print, write or check the table of training flags.")
+def table_main(argv, prog: str, what: str, markdown, begin: str, end: str) -> int:
+    """The command line of one generated table: print it, ``--write PAGE`` it between its markers, or
+    ``--check PAGE`` (exit 1 when the page's copy is out of date)."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=f"Print, write or check the {what}.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", metavar="PAGE", help="replace the table in this file")
     mode.add_argument("--check", metavar="PAGE", help="exit 1 if the table in this file is out of date")
@@ -98,14 +99,17 @@ def main(argv=None) -> int:
     path = Path(args.write or args.check)
     document = path.read_text(encoding="utf-8")
     if args.check:
-        if table_in(document) != table:
-            print(f"{path}: the flags table is out of date; run python -m chef_genius.devtools.flags_table --write {path}",
-                  file=sys.stderr)
+        if table_in(document, begin, end) != table:
+            print(f"{path}: the {what} is out of date; run python -m {prog} --write {path}", file=sys.stderr)
             return 1
         return 0
-    path.write_text(replace_table(document, table), encoding="utf-8")
-    print(f"updated the flags table in {path}")
+    path.write_text(replace_table(document, table, begin, end), encoding="utf-8")
+    print(f"updated the {what} in {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    return table_main(argv, "chef_genius.devtools.flags_table", "flags table", markdown, BEGIN, END)
 
 
 if __name__ == "__main__":

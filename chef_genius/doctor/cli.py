@@ -20,6 +20,7 @@ from chef_genius.checkpoint import runlock
 from chef_genius.cli_support import Parser
 from chef_genius.train.config import SCHEDULES
 from chef_genius.errors import EXIT_FAILURE, EXIT_OK, UserError, printable, run_cli
+from chef_genius.doctor import mirror
 from chef_genius.doctor.repair import fix
 from chef_genius.doctor.state_builder import Overrides
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
@@ -35,6 +36,8 @@ VERIFY_EXAMPLES = """examples:
   python cli/verify_and_fix_checkpoint.py old-run/checkpoint-3000 --fix --steps-per-epoch 4000 --samples-per-step 32
   python cli/verify_and_fix_checkpoint.py accelerate-run/step_500 --fix --pretrained-model models/flan-large --steps-per-epoch 4000 --samples-per-step 32
 
+  python cli/verify_and_fix_checkpoint.py s3://bucket/runs/flan-large/checkpoint-12000 --deep   # on a mirror, read-only
+
 exit codes: 0 complete and resumable with full state, 1 problems remain, 2 path missing or not a folder.
 """
 
@@ -43,6 +46,7 @@ FIX_ALL_EXAMPLES = """examples:
   python cli/fix_all_checkpoints.py models/chef-genius              # repair all, name the newest resumable
   python cli/fix_all_checkpoints.py models/chef-genius --json
   python cli/fix_all_checkpoints.py models/old-run --steps-per-epoch 4000 --samples-per-step 32 --learning-rate 1e-4
+  python cli/fix_all_checkpoints.py s3://bucket/runs/flan-large --dry-run   # a mirror's checkpoints and their health
 
 exit codes: 0 every checkpoint resumable, 1 problems remain, 2 no such folder or no checkpoint-N inside.
 """
@@ -109,7 +113,8 @@ def verify_main(argv=None) -> int:
     p = Parser(prog="verify_and_fix_checkpoint.py", description="Check a checkpoint folder and optionally "
                 "repair it without losing anything (" + GUIDE + ").", epilog=VERIFY_EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint-N folder")
+    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint-N folder, or URL/checkpoint-N on a --checkpoint-mirror "
+                   "(verified read-only)")
     p.add_argument("--fix", action="store_true", help="repair what can be repaired (originals kept in backup-*/)")
     p.add_argument("--deep", action="store_true", help="read every tensor: NaN/Inf, sha256 against the manifest")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
@@ -122,6 +127,14 @@ def verify_main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.accept_changed_weights and not args.fix:
         raise UserError("--accept-changed-weights works with --fix only")
+    if mirror.is_url(args.checkpoint):  # a checkpoint on a --checkpoint-mirror: verified read-only
+        if args.fix:
+            raise UserError(f"--fix {args.checkpoint}: a mirror's checkpoint is only verified; repair a local copy "
+                            "(training with --auto-resume --checkpoint-mirror URL fetches the newest healthy one)")
+        _quiet()
+        report = mirror.verify_remote(args.checkpoint, args.deep)
+        print(json.dumps(report.to_json(), indent=2) if args.json else report.text())
+        return EXIT_OK if report.valid else EXIT_FAILURE
     folder = _folder(args.checkpoint, "checkpoint")
     overrides = _overrides(args)
     _check_live_run(Path(os.path.abspath(folder)).parent, writes=args.fix)  # no link followed
@@ -138,12 +151,20 @@ def fix_all_main(argv=None) -> int:
     p = Parser(prog="fix_all_checkpoints.py", description="Verify and repair every checkpoint-N folder of a "
                 "run, oldest first (" + GUIDE + ").", epilog=FIX_ALL_EXAMPLES,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="the run folder (--model-output of training)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="the run folder (--model-output of training), or a "
+                   "--checkpoint-mirror URL (listed with --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="write nothing; say what would be repaired")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-backup", action="store_true", help="do not keep copies of replaced files")
     _add_settings(p)
     args = p.parse_args(argv)
+    if mirror.is_url(args.model_dir):  # a --checkpoint-mirror: listed, read-only
+        if not args.dry_run:
+            raise UserError(f"MODEL_DIR {args.model_dir}: a mirror is only listed; add --dry-run")
+        _quiet()
+        table, code = mirror.list_remote(args.model_dir)
+        print(table)
+        return code
     root = _folder(args.model_dir, "MODEL_DIR")
     folders = sorted(ckpt.list_checkpoints(root) + ckpt.linked_checkpoints(root), key=ckpt.step_of)
     if not folders:

@@ -171,6 +171,11 @@ class Problem(str, Enum):
     CHECK_FAILED = _entry(
         "check_failed", "`fix_all_checkpoints.py`: the check of this checkpoint stopped (the folder is left alone)",
         "no", "run `verify_and_fix_checkpoint.py` on it for the details", fatal=True)
+    MIRROR_INCOMPLETE = _entry(
+        "mirror_incomplete", "a checkpoint on a `--checkpoint-mirror` whose upload did not finish (no manifest) or "
+        "whose objects do not match its remote manifest (size or sha256)", "no",
+        "resume with `--auto-resume --checkpoint-mirror URL`, which skips it and fetches the newest healthy one; "
+        "the next save uploads a new checkpoint", fatal=True)
     REPAIR_INCOMPLETE = _entry(
         "repair_incomplete", "`--fix` could not make a repair it needed (the message says why)", "no",
         "act on the message (free space, a writable copy, the flags it names) and rerun `--fix`")

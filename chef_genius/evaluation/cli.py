@@ -77,7 +77,6 @@ def expand(given: str) -> list[tuple[str, int | None, Path]]:
 def held_out_recipes(args, models) -> tuple[list, str]:
     from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
     from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
-    from chef_genius.data.tokenized import split_indices
     from chef_genius.errors import DataError
     from chef_genius.evaluation.heldout import held_out_from_examples
     if args.data:
@@ -96,7 +95,7 @@ def held_out_recipes(args, models) -> tuple[list, str]:
             raise UserError(f"the run's data file {data} is not here: pass --data with held-out recipes")
         examples = list(read_examples(data, ReadStats(), options))
         if not settings.get("eval_data"):
-            _, idx = split_indices(len(examples), float(settings.get("eval_split_ratio", 0.0)), int(settings["seed"]))
+            idx = _validation_rows(examples, settings)
             if not len(idx):
                 raise UserError(f"the run held out no validation recipes from {data}: pass --data")
             examples = [examples[i] for i in idx]
@@ -104,6 +103,33 @@ def held_out_recipes(args, models) -> tuple[list, str]:
     if not examples:
         raise DataError(f"{where}: no usable recipe")
     return held_out_from_examples(examples[:args.max_recipes], options.source_template), where
+
+
+def _validation_rows(examples: list[dict], settings: dict):
+    """The run's validation rows of its ``--data`` recipes: its content split when it looked for
+    duplicates (``--dedup``), the split by row number when it did not (runs before the flag)."""
+    import numpy as np
+
+    from chef_genius.data import corpus, dedup
+    mode, seed = settings.get("dedup", "off"), int(settings["seed"])
+    ratio = float(settings.get("eval_split_ratio", 0.0))
+    found = None
+    if mode != "off":
+        result = dedup.deduplicate([e["target"] for e in examples],
+                                   float(settings.get("dedup_threshold", dedup.DEFAULT_THRESHOLD)))
+        found = corpus.FileDedup("", np.arange(1, len(examples) + 1), [""] * len(examples), result)
+    return corpus.split_rows(len(examples), found, mode, False, ratio, seed)[1]
+
+
+def trained_twins(folder: Path, examples) -> dict | None:
+    """How many of the held-out ``examples`` have a twin in the training data the model folder records
+    (``chef_genius_training_signatures.npz``, written by training with --dedup on); None without it."""
+    from chef_genius.data import corpus
+    signatures = corpus.find_signatures(folder)
+    if signatures is None:
+        return None
+    hit, threshold = corpus.twins_in_training(signatures, [e.reference for e in examples])
+    return {"count": int(hit.sum()), "of": len(examples), "threshold": threshold}
 
 
 def _run_settings(models) -> dict:
@@ -142,7 +168,18 @@ def main(argv=None) -> int:
             metrics, details = evaluate_model(model, tokenizer, examples, device, max_new_tokens=args.max_new_tokens,
                                               batch_size=args.batch_size, on_batch=progress.update,
                                               decoding=decoding)
-        results.append({"model": label, "path": str(folder), "step": step, "metrics": metrics, "recipes": details})
+        twins = trained_twins(folder, examples)
+        if twins is None:
+            log.info("%s: no record of its training data (trained before --dedup, or with --dedup off): "
+                     "its held-out recipes cannot be checked for twins in training", label)
+        elif twins["count"]:
+            log.warning("%s: %d of %d held-out recipes have a twin in its training data (exact, or similarity "
+                        ">= %.2f estimated from LSH bands): their scores are not held-out scores", label,
+                        twins["count"], twins["of"], twins["threshold"])
+        else:
+            log.info("%s: none of the %d held-out recipes has a twin in its training data", label, twins["of"])
+        results.append({"model": label, "path": str(folder), "step": step, "metrics": metrics, "recipes": details,
+                        "trained_twins": twins})
     out = report_folder(args.out, args.models[0])
     report = {"data": where, "recipes": len(examples), "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
               **decoding,

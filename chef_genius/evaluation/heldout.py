@@ -136,7 +136,7 @@ def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.devi
         s = score_recipe(text, example.ingredients, example.reference)
         details.append({"ingredients": example.ingredient_text, "text": text, "structure_valid": s.structure_valid,
                         "ingredient_coverage": s.ingredient_coverage, "invented": s.invented,
-                        "repetition": s.repetition, "rouge_l": s.rouge_l})
+                        "repetition": s.repetition, "step_loops": s.step_loops, "rouge_l": s.rouge_l})
     return metrics, details
 
 

@@ -9,7 +9,11 @@ BLEU; neither downloads anything). The recipe-specific ones are defined here:
 - ``structure_valid``: the text parses back, with the project's own parser (``data/recipes.py``),
   into a title, at least one ingredient and numbered directions, and writing that recipe back out
   gives the same text (nothing lost: no stray text, no empty items, steps numbered 1, 2, 3...);
-- ``repetition``: the share of the text's word n-grams (n = ``REPETITION_N``) that repeat an earlier one.
+- ``repetition``: the share of the text's word n-grams (n = ``REPETITION_N``) that repeat an earlier one;
+- ``step_loops``: short loops inside one step: the share of word bigrams (n = ``LOOP_N``) of each
+  direction, ingredient line and the title that repeat an earlier bigram of the same piece
+  ("d tomatoes, d tomatoes, d tomatoes": 0.6). ``repetition``'s 4-grams miss such short loops once
+  generation bans repeated long spans; a phrase repeated across steps ("salt and pepper") is no loop.
 
 Matching is on normalised words: lower case, letters and digits only, a plural "s" / "es" dropped.
 """
@@ -22,9 +26,11 @@ from dataclasses import dataclass
 from chef_genius.data.recipes import format_target, parse_target
 
 REPETITION_N = 4
-METRICS = ("rouge_l", "bleu", "ingredient_coverage", "invented_ingredients", "structure_valid", "repetition")
+LOOP_N = 2
+METRICS = ("rouge_l", "bleu", "ingredient_coverage", "invented_ingredients", "structure_valid", "repetition",
+           "step_loops")
 HIGHER_IS_BETTER = {"rouge_l": True, "bleu": True, "ingredient_coverage": True, "invented_ingredients": False,
-                    "structure_valid": True, "repetition": False}
+                    "structure_valid": True, "repetition": False, "step_loops": False}
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -87,6 +93,21 @@ def repetition(text: str, n: int = REPETITION_N) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+def step_loops(text: str, n: int = LOOP_N) -> float:
+    """Share of word n-grams of each step, ingredient line and the title that repeat an earlier n-gram
+    of the same piece (the whole text when it has no structure; 0.0 without any n-gram)."""
+    recipe = parse_target(text)
+    pieces = [recipe.title, *recipe.ingredients, *recipe.directions] if (recipe.ingredients or
+                                                                        recipe.directions) else [text]
+    total = repeated = 0
+    for piece in pieces:
+        tokens = _WORD.findall(piece.lower())
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
+    return repeated / total if total else 0.0
+
+
 @dataclass
 class RecipeScore:
     """One generated recipe's scores."""
@@ -95,6 +116,7 @@ class RecipeScore:
     invented: list[str]
     structure_valid: bool
     repetition: float
+    step_loops: float
 
 
 _ROUGE = None
@@ -120,7 +142,7 @@ def bleu(generated: list[str], references: list[str]) -> float:
 def score_recipe(generated: str, given: list[str], reference: str) -> RecipeScore:
     return RecipeScore(rouge_l=rouge_l(generated, reference), ingredient_coverage=ingredient_coverage(generated, given),
                        invented=invented_ingredients(generated, given), structure_valid=structure_valid(generated),
-                       repetition=repetition(generated))
+                       repetition=repetition(generated), step_loops=step_loops(generated))
 
 
 def score_recipes(generated: list[str], given: list[list[str]], references: list[str]) -> dict:
@@ -134,4 +156,5 @@ def score_recipes(generated: list[str], given: list[list[str]], references: list
             "ingredient_coverage": sum(s.ingredient_coverage for s in scores) / n,
             "invented_ingredients": sum(len(s.invented) for s in scores) / n,
             "structure_valid": sum(s.structure_valid for s in scores) / n,
-            "repetition": sum(s.repetition for s in scores) / n}
+            "repetition": sum(s.repetition for s in scores) / n,
+            "step_loops": sum(s.step_loops for s in scores) / n}

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     given, sources = model_inputs(args, model_dir)
 
     import torch
-    from chef_genius.model.loading import load_model, load_tokenizer, quiet_transformers
+    from chef_genius.model.loading import load_model, load_tokenizer, native_bf16, quiet_transformers
     quiet_transformers()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     device = _device(args.device)
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     if args.seed is not None:
         torch.manual_seed(args.seed)
     autocast = contextlib.nullcontext
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if native_bf16(device):
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     if not args.json:
         print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr, flush=True)

@@ -16,7 +16,13 @@ cross-entropy, computed ``chunk_rows`` positions at a time:
 - without (evaluation): the chunks' losses, summed.
 
 The loss is computed inside the model's own forward, so DDP, FSDP (the weight is gathered for
-the forward) and ``torch.compile`` see an ordinary call. Under autocast the matmuls run in the
+the forward) and ``torch.compile`` see an ordinary call. ``summed_loss`` is that whole training
+forward as one function of the batch's tensors (no decoder cache: ``use_cache=False``), which the
+trainer compiles as one region, loss included. Compiled, the head splits the labelled positions into
+a fixed number of chunks (``TargetHead.chunks``, a Python int) instead of looping over
+``chunk_rows``-row chunks: the graph then does not depend on how many positions a batch labels
+(a loop over a data-dependent count cannot be traced, and ``cross_entropy_sum`` is kept out of
+compiled graphs for that reason). Under autocast the matmuls run in the
 autocast dtype and the softmax in fp32, as ``logits.float()`` did. The values equal the plain
 cross-entropy within float tolerance (the sum runs in another order), and so do the gradients
 (``tests/test_lean_loss.py``).
@@ -25,6 +31,7 @@ cross-entropy within float tolerance (the sum runs in another order), and so do 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +47,7 @@ class TargetHead(nn.Linear):
         super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
         self.weight = linear.weight
         self.chunk_rows = chunk_rows
+        self.chunks: int | None = None  # set for a compiled forward: this many chunks, whatever the batch
         self.armed: tuple[torch.Tensor, torch.Tensor] | None = None  # (flat positions, target ids)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -47,6 +55,8 @@ class TargetHead(nn.Linear):
             return super().forward(hidden)
         positions, labels = self.armed
         rows = hidden.flatten(0, -2).index_select(0, positions)
+        if self.chunks is not None:
+            return cross_entropy_sum_in_chunks(rows, self.weight, labels, self.chunks)
         return cross_entropy_sum(rows, self.weight, labels, self.chunk_rows)
 
 
@@ -68,6 +78,25 @@ def label_positions(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tens
     flat = labels.flatten()
     positions = (flat != ignore_index).nonzero().squeeze(1)
     return positions, flat.index_select(0, positions)
+
+
+def chunks_for(positions: int, chunk_rows: int = CHUNK_ROWS) -> int:
+    """The fixed number of chunks of a compiled head for batches of at most ``positions`` labelled
+    positions: each chunk at most ``chunk_rows`` rows at that size."""
+    return max(1, math.ceil(positions / chunk_rows))
+
+
+def summed_loss(model, head: TargetHead, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                decoder_input_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy of one batch: the model's forward without a decoder cache, the head
+    armed with the batch's labelled ``positions`` and their ``labels``. Every input is a tensor
+    argument, so a compiled version of it is one region from the token ids to the loss."""
+    head.armed = (positions, labels)
+    try:
+        return model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                     use_cache=False).logits  # the head's output: the summed loss
+    finally:
+        head.armed = None
 
 
 @contextlib.contextmanager
@@ -93,17 +122,33 @@ def cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
     return total
 
 
+def cross_entropy_sum_in_chunks(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                                chunks: int) -> torch.Tensor:
+    """``cross_entropy_sum`` over a fixed number of ``chunks`` (traceable: the loop does not depend on
+    how many rows there are)."""
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(hidden, weight, labels, None, chunks)
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for rows, target in zip(hidden.tensor_split(chunks), labels.tensor_split(chunks)):
+        total = total + F.cross_entropy(F.linear(rows, weight).float(), target, reduction="sum")
+    return total
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Loss and both gradients chunk by chunk in the forward pass; the backward scales them."""
+    """Loss and both gradients chunk by chunk in the forward pass; the backward scales them. Chunks of
+    ``chunk_rows`` rows, or (``chunk_rows`` None) ``chunks`` near-equal ones."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk_rows):
+    def forward(ctx, hidden, weight, labels, chunk_rows, chunks=None):
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        grad_hidden = torch.empty_like(hidden)
+        grads = []
         weight_grad = ctx.needs_input_grad[1]  # a frozen head (LoRA): no vocabulary x model-width gradient
         grad_weight = torch.zeros(weight.shape if weight_grad else (), device=weight.device, dtype=torch.float32)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows, target = hidden[start:start + chunk_rows], labels[start:start + chunk_rows]
+        if chunk_rows is None:
+            pieces = zip(hidden.tensor_split(chunks), labels.tensor_split(chunks))
+        else:
+            pieces = zip(hidden.split(chunk_rows), labels.split(chunk_rows))
+        for rows, target in pieces:
             logits = F.linear(rows, weight)          # autocast dtype under autocast, else the weights'
             compute = logits.dtype
             logits = logits.float()
@@ -113,10 +158,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad = logits.sub_(log_z[:, None]).exp_()
             grad[torch.arange(grad.shape[0], device=grad.device), target] -= 1
             grad = grad.to(compute)
-            grad_hidden[start:start + chunk_rows] = grad @ weight.to(compute)
+            grads.append(grad @ weight.to(compute))
             if weight_grad:
                 grad_weight += (grad.t() @ rows.to(compute)).float()
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        grad_hidden = torch.cat(grads) if grads else torch.empty_like(hidden)
+        ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype))
         ctx.weight_grad = weight_grad
         return total
 
@@ -124,4 +170,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_weight = grad_weight * grad_total.to(grad_weight.dtype) if ctx.weight_grad else None
-        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight, None, None
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight, None, None, None

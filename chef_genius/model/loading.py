@@ -120,29 +120,79 @@ def unwrap(model):
 
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Triton imports (torch.compile's GPU code generator; absent on Windows, or broken installs)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        importlib.import_module("triton")
+    except Exception:  # an install that does not load is no better than none
+        return False
+    return True
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def _compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot generate code for this CUDA device, or None."""
+    major, minor = _capability(device)
+    if (major, minor) < (7, 0):
+        return f"Triton cannot compile for this GPU (compute capability {major}.{minor}, it needs 7.0 or newer)"
+    if not triton_available():
+        return "Triton is not installed" + (" (usual on Windows)" if sys.platform == "win32" else "")
+    return None
 
 
 def should_compile(requested: bool | None, device: torch.device) -> tuple[bool, str]:
-    """(compile?, why): on with CUDA and Triton unless disabled; off on CPU unless forced."""
+    """(compile?, why): on with CUDA where Triton can compile (the package imports and the GPU's compute
+    capability is 7.0 or newer) unless disabled; off on CPU unless forced. An explicit ``--compile`` on a
+    GPU where Triton cannot compile is refused here, at start (``UserError``, exit 2), not at the first
+    forward."""
     if requested is False:
         return False, "disabled by --disable-compilation"
-    if requested is True:
-        return True, "forced by --compile"
     if device.type != "cuda":
+        if requested is True:
+            return True, "forced by --compile"
         return False, "off on CPU (no steady gain, slow cold start); --compile forces it"
-    if not triton_available():
-        why = "Triton is not installed" + (" (usual on Windows)" if sys.platform == "win32" else "")
-        return False, f"off: {why}"
+    problem = _compile_problem(device)
+    if requested is True:
+        if problem is not None:
+            raise UserError(f"--compile cannot work here: {problem}; train without it (the default here) or "
+                            "pass --disable-compilation")
+        return True, "forced by --compile"
+    if problem is not None:
+        return False, f"off: {problem}"
     return True, "on: CUDA and Triton present"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability 8.0 or newer, or ROCm), not the emulation that
+    ``torch.cuda.is_bf16_supported()`` also counts (T4, V100, RTX 20xx: much slower than fp32)."""
+    if device.type != "cuda":
+        return False
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the keyword
+        return _capability(device) >= (8, 0)
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """'bf16' or 'no'. fp16 is never used: T5 activations overflow in fp16."""
+    """'bf16' or 'no'. fp16 is never used: T5 activations overflow in fp16. bf16 only where the GPU has
+    it natively; elsewhere fp32, and the log says why."""
     if requested == "no":
         return "no"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if native_bf16(device):
         return "bf16"
+    if device.type == "cuda":
+        major, minor = _capability(device)
+        why = (f"this GPU (compute capability {major}.{minor}) has no native bf16 (emulated bf16 is slower than "
+               "fp32) and fp16 is never used (T5 overflows in fp16): training in fp32")
+        if requested == "bf16":
+            log.warning("--mixed-precision bf16 not used: %s", why)
+        else:
+            log.info("bf16 autocast off: %s", why)
+        return "no"
     if requested == "bf16":
         log.warning("bf16 autocast needs a CUDA GPU with bf16 support; training in fp32")
     return "no"

@@ -19,8 +19,24 @@ the labelled positions are projected to the vocabulary, ``CHUNK_ROWS`` at a time
 for the backward is the gradient of those positions' hidden states; one chunk of logits (with its
 fp32 copy and gradient) and, for a trained head, the head's fp32 gradient exist once, whatever the
 micro-batch (``activation_fixed``). Every target position is counted as labelled (the longest batch).
-Under LoRA each adapted layer also keeps its dropped-out input and its rank-r projection. Pure
-functions except ``gpu_free_bytes``.
+Under LoRA each adapted layer also keeps its dropped-out input and its rank-r projection.
+
+Two more terms, and when each is held (``Plan.total``):
+
+- bf16 weight copies (``weight_copy_bytes``, estimated): under bf16 autocast every ``nn.Linear``
+  multiplies with a bf16 copy of its fp32 weight, and that copy is kept for the backward pass (2
+  bytes per element of every matmul weight, the head included: 1.40 GiB for FLAN-T5-large). With
+  gradient checkpointing, autocast's cache still holds the copies of trained weights until the
+  forward ends; a LoRA run's frozen base is cast layer by layer then, so nothing stays. None in fp32.
+- gradients are not held together with the activations: a step's backward frees the activations as it
+  writes the gradients, and the step ends with ``zero_grad(set_to_none=True)``. They are, from the
+  second micro-batch of a step on, with ``--gradient-accumulation-steps`` above 1 (``Setting.accumulation``).
+
+  total = weights + optimizer state + CUDA overhead
+          + max(activations + weight copies + (gradients if accumulation > 1 else 0),   # the forward's end
+                gradients)                                                              # the backward's end
+
+Pure functions except ``gpu_free_bytes``.
 """
 
 from __future__ import annotations
@@ -51,6 +67,7 @@ class Setting:
     target_length: int = 512
     lora_r: int = 0                      # 0: full fine-tuning
     lora_targets: tuple = LORA_TARGETS
+    accumulation: int = 1                # micro-batches per optimizer step: above 1, gradients stay meanwhile
 
     def flags(self) -> str:
         words = [f"--optimizer {self.optimizer}", f"--batch-size {self.micro_batch}"]
@@ -74,18 +91,28 @@ class Plan:
     activations: int         # bytes, estimated, one micro-batch
     per_example: int         # bytes of activations per example of the micro-batch, estimated
     activation_fixed: int = 0  # bytes of activations whatever the micro-batch (the loss's chunk), estimated
+    weight_copies: int = 0     # bytes of bf16 weight copies kept for the backward, estimated
+
+    @property
+    def held_gradients(self) -> int:
+        """Gradient bytes held while a micro-batch's activations are: all of them under accumulation."""
+        return self.gradients if self.setting.accumulation > 1 else 0
 
     @property
     def fixed(self) -> int:
-        """Bytes that do not depend on the micro-batch (exact part + the CUDA overhead estimate)."""
-        return self.weights + self.gradients + self.optimizer_state + CUDA_OVERHEAD
+        """Bytes held at the forward's end that do not depend on the micro-batch."""
+        return self.weights + self.optimizer_state + CUDA_OVERHEAD + self.weight_copies + self.held_gradients
 
     @property
     def total(self) -> int:
-        return self.fixed + self.activations
+        """The peak: the forward's end, or the backward's end (all gradients, activations freed)."""
+        return max(self.fixed + self.activations,
+                   self.weights + self.optimizer_state + CUDA_OVERHEAD + self.gradients)
 
     def largest_micro_batch(self, capacity: int) -> int:
         """The largest micro-batch whose estimated total fits ``capacity`` bytes (0: not even one)."""
+        if self.weights + self.optimizer_state + CUDA_OVERHEAD + self.gradients > capacity:
+            return 0
         left = capacity - self.fixed - self.activation_fixed
         return max(0, left // self.per_example) if self.per_example else 0
 
@@ -98,10 +125,13 @@ class Plan:
                 f"x ({s.source_length} source + {s.target_length} target tokens)")
         rows = [head,
                 f"  weights (fp32)          {gib(self.weights)}  exact",
-                f"  gradients               {gib(self.gradients)}  exact",
+                f"  gradients               {gib(self.gradients)}  exact ("
+                + ("held with the activations: gradient accumulation" if self.held_gradients else
+                   "not held with the activations: no gradient accumulation") + ")",
                 f"  optimizer state         {gib(self.optimizer_state)}  exact",
                 f"  activations             {gib(self.activations)}  estimated ({gib(self.per_example).strip()} "
                 "per example)",
+                f"  bf16 weight copies      {gib(self.weight_copies)}  estimated (autocast's, kept for the backward)",
                 f"  CUDA context and slack  {gib(CUDA_OVERHEAD)}  estimated",
                 f"  total                   {gib(self.total)}  " + verdict(self.total, free)]
         return rows
@@ -165,6 +195,16 @@ def optimizer_bytes(shapes: list[tuple[int, ...]], kind: str) -> int:
 # the estimated part
 
 
+def weight_copy_bytes(model, setting: Setting) -> int:
+    """The bf16 copies of matmul weights that autocast keeps for the backward (module docstring): 2 bytes
+    per element of each ``nn.Linear`` weight (each shared tensor once) and, under LoRA, of the adapter."""
+    if not setting.bf16 or (setting.lora_r and setting.gradient_checkpointing):
+        return 0
+    weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    adapter = sum(math.prod(shape) for shape in trainable_shapes(model, setting)) if setting.lora_r else 0
+    return 2 * (sum(weights.values()) + adapter)
+
+
 def loss_fixed_bytes(config, setting: Setting) -> int:
     """The lean loss's memory that does not grow with the micro-batch: one chunk of logits in the
     autocast dtype, its fp32 copy turned into its gradient, and the head's fp32 gradient when the head
@@ -224,7 +264,7 @@ def plan(model, setting: Setting) -> Plan:
     fixed = loss_fixed_bytes(model.config, setting)
     return Plan(setting, base + (trainable if setting.lora_r else 0), trainable, weights, 4 * trainable,
                 optimizer_bytes(shapes, setting.optimizer), activation_bytes(model.config, setting) + fixed,
-                activation_bytes(model.config, setting, batch=1), fixed)
+                activation_bytes(model.config, setting, batch=1), fixed, weight_copy_bytes(model, setting))
 
 
 def alternatives(setting: Setting, lora: bool = True, eight_bit: bool = True) -> list[Setting]:

@@ -181,11 +181,14 @@ def plot_run(h: History, out_dir: str | Path, title: str = "", smooth: int = SMO
 def plot_recipe_metrics(h: History, path: Path, title: str = "") -> Path:
     """One panel per recipe metric of the ``generation`` records, over steps, the best point starred."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 9), layout="constrained")
-    axes = fig.subplots(3, 2, sharex=True).flatten()
+    rows = -(-len(METRICS) // 2)
+    fig = Figure(figsize=(10, 3 * rows), layout="constrained")
+    axes = fig.subplots(rows, 2, sharex=True).flatten()
+    for ax in axes[len(METRICS):]:
+        ax.set_visible(False)
     for i, (ax, name) in enumerate(zip(axes, METRICS)):
         draw_recipe_metric(ax, h, name, HIGHER_IS_BETTER[name])
-        _finish(ax, xlabel=i >= len(axes) - 2)
+        _finish(ax, xlabel=i >= len(METRICS) - 2)
     recipes = h.generations[-1].get("recipes")
     fig.suptitle(f"{title + ': ' if title else ''}recipe metrics"
                  f"{f' on {recipes} validation recipes' if recipes else ''} (greedy)", fontsize=11)

@@ -12,7 +12,11 @@ that says where it started, so plots can mark it and drop what a resume from an 
 - Weights & Biases (``--report-to wandb``; needs ``wandb`` installed and logged in): off by default;
   the project comes from ``--wandb-project`` or ``$WANDB_PROJECT``, the key from wandb's own login.
   The run id is saved in every checkpoint (``Reporters`` is one of the checkpoint manager's stateful
-  components: ``state_dict`` / ``load_state_dict``), so a resume continues the same run.
+  components: ``state_dict`` / ``load_state_dict``), so a resume continues the same run, rewound to the
+  checkpoint's step (W&B's ``resume_from="ID?_step=N+1"``): the steps logged after the checkpoint by the
+  session that was cut short are replaced, as TensorBoard's purge does. A server that refuses to rewind
+  gets the plain resume of the same run (one warning). Offline (``WANDB_MODE=offline``) it works the
+  same, and ``wandb sync`` uploads it later.
 
 Only the main process reports; the others get a ``Reporters`` that writes nothing.
 """
@@ -74,7 +78,8 @@ class Reporters:
             # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
             self.sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
         if "wandb" in config.report_to:
-            self.sinks.append(WandbSink(config, Path(output), self.previous.get("wandb_run_id")))
+            self.sinks.append(WandbSink(config, Path(output), self.previous.get("wandb_run_id"),
+                                        step if resumed_from else None))
         log.info("metrics: %s%s", self.path, "".join(f", {name}" for name in config.report_to))
         if resumed_from is not None:
             self.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
@@ -150,17 +155,25 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    def __init__(self, config, output: Path, run_id: str | None):
+    def __init__(self, config, output: Path, run_id: str | None, resumed_step: int | None = None):
         try:
             import wandb
         except ImportError:
             raise UserError("--report-to wandb needs the wandb package: pip install wandb, then wandb login") from None
         self.wandb = wandb
         project = config.wandb_project or os.environ.get("WANDB_PROJECT")
-        self.run = wandb.init(project=project, id=run_id, resume="allow" if run_id else None,
-                              name=output.name, dir=str(output), config=config.to_dict())
+        common = dict(project=project, name=output.name, dir=str(output), config=config.to_dict())
+        self.run = None
+        if run_id and resumed_step is not None:  # the same run, rewound: what came after the checkpoint goes
+            try:
+                self.run = wandb.init(resume_from=f"{run_id}?_step={resumed_step + 1}", **common)
+            except Exception as err:  # a server without rewinding: the plain resume below
+                log.warning("Weights & Biases did not rewind run %s to step %d (%s); continuing it as it is",
+                            run_id, resumed_step, " ".join(str(err).split())[:200])
+        if self.run is None:
+            self.run = wandb.init(id=run_id, resume="allow" if run_id else None, **common)
         self.run_id = self.run.id
-        log.info("Weights & Biases run %s%s", self.run_id, " (continued)" if run_id else "")
+        log.info("Weights & Biases run %s%s", self.run_id, f" (continued after step {resumed_step})" if run_id else "")
 
     def write(self, record: dict) -> None:
         values = dict(_scalars(record))

@@ -47,6 +47,12 @@ def fraction(value, flag):
     return value
 
 
+def similarity(value, flag):
+    if not 0 < value <= 1:
+        raise UserError(f"{flag} must be in (0, 1], got {value}")
+    return value
+
+
 def lora_rank(value, flag):
     if value < 0:
         raise UserError(f"{flag} must be 0 (off) or more, got {value}")

@@ -66,10 +66,11 @@ class Spec:
     check: Callable | None = None           # check(value, flag) -> the accepted value, or raises UserError
     position_key: str | None = None         # the key of the checkpoint's data position that also saves it
     note: str | None = None                 # what a resume that changes it affects (a log line)
+    legacy: object = AS_FIELD               # what a checkpoint that does not record it ran with (AS_FIELD: unknown)
 
 
 def setting(default=dataclasses.MISSING, *, help: str, policy: Policy, flags=None, metavar=None,
-            cli_default=AS_FIELD, check=None, position_key=None, note=None, factory=None):
+            cli_default=AS_FIELD, check=None, position_key=None, note=None, factory=None, legacy=AS_FIELD):
     """A setting's dataclass field. ``help`` may say ``{default}`` (or ``{default!r}``): the parser
     writes the default there. ``flags``: a flag name, a tuple of aliases, or a list of ``Flag``."""
     if isinstance(flags, str):
@@ -78,7 +79,7 @@ def setting(default=dataclasses.MISSING, *, help: str, policy: Policy, flags=Non
         flags = (Flag(flags),)
     elif flags is not None:
         flags = tuple(flags)
-    spec = Spec(help, policy, flags, metavar, cli_default, check, position_key, note)
+    spec = Spec(help, policy, flags, metavar, cli_default, check, position_key, note, legacy)
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"spec": spec})
     return dataclasses.field(default=default, metadata={"spec": spec})
@@ -148,6 +149,11 @@ def flag_name(f: dataclasses.Field) -> str:
 def position_keys(cls) -> dict[str, str]:
     """field -> the key of the data position that saves it too (older checkpoints kept them only there)."""
     return {f.name: spec_of(f).position_key for f in settings_of(cls) if spec_of(f).position_key}
+
+
+def legacy_values(cls) -> dict[str, object]:
+    """field -> the value a checkpoint that does not record it was trained with (declared ``legacy``)."""
+    return {f.name: spec_of(f).legacy for f in settings_of(cls) if spec_of(f).legacy is not AS_FIELD}
 
 
 def by_policy(cls, policy: Policy) -> tuple[str, ...]:

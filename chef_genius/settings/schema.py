@@ -25,7 +25,9 @@ docs/reference/resume-policy.md).
   depends on; ``note``: what a resume that changes the setting announces.
 - A check that involves several settings goes into ``validate`` (``train/config.py``).
 - Checkpoints from before the setting existed do not record it: their resume keeps the command's value
-  and says so (``train/settings.py``), nothing else to do.
+  and says so (``train/settings.py``), nothing else to do; unless the new default would change what
+  such a run did: then ``legacy`` declares the value those runs had (``dedup``: they trained on every
+  row), and a resume of them keeps it like a recorded value.
 - Keep these annotations real types (no ``from __future__ import annotations`` here): the parser
   reads them.
 """
@@ -34,6 +36,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from chef_genius.data.dedup import DEFAULT_THRESHOLD
 from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.model.names import LORA_TARGETS
@@ -50,7 +53,8 @@ Optimizer = Literal["adamw", "adafactor", "adamw-8bit"]
 OnSaveError = Literal["stop", "continue"]
 # eval_loss, then the recipe metrics of evaluation/metrics.py (a test keeps the two in step)
 MetricForBest = Literal["eval_loss", "rouge_l", "bleu", "ingredient_coverage", "invented_ingredients",
-                        "structure_valid", "repetition"]
+                        "structure_valid", "repetition", "step_loops"]
+DedupMode = Literal["remove", "keep", "off"]
 
 APPLIED, GUARDED, ADAPTER, RECORDED, SESSION = Policy  # short names for the declarations below
 
@@ -74,6 +78,14 @@ class DataSettings:
         "(default {default!r})"))
     eval_split_ratio: float = setting(0.02, policy=GUARDED, check=checks.fraction,
                                       help="fraction of --data held out for validation (default {default})")
+    dedup: DedupMode = setting("remove", policy=GUARDED, legacy="off", help=(
+        "duplicate recipes of --data (exact after normalising case, spacing, punctuation and ingredient order; "
+        "near: MinHash similarity >= --dedup-threshold) and twins of --eval-data recipes: remove them from "
+        "training and list them in removed_duplicates.csv, keep them (found, listed, held out or trained on "
+        "together), or off (not looked for; the validation split by row number, as before) (default {default})"))
+    dedup_threshold: float = setting(DEFAULT_THRESHOLD, policy=GUARDED, check=checks.similarity, metavar="J", help=(
+        "estimated Jaccard similarity of word 3-grams from which two recipes are near-duplicates (default "
+        "{default}, set by measurement: docs/data.md)"))
     max_source_length: int = setting(256, policy=GUARDED, check=checks.positive_int,
                                      help="max input tokens (default {default})")
     max_target_length: int = setting(512, policy=GUARDED, check=checks.positive_int,
@@ -189,7 +201,8 @@ class PrecisionSettings:
         Flag(("--mixed-precision",)),
         Flag(("--enable-mixed-precision",), action="store_const", const="bf16",
              help="same as --mixed-precision bf16 (fp16 is never used: T5 overflows in fp16)")],
-        help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU that supports it")
+        help="bf16 autocast with fp32 weights; auto = bf16 on a CUDA GPU with native bf16 (compute capability 8.0 "
+             "or newer; older GPUs only emulate it, slower than fp32), else fp32")
     gradient_checkpointing: bool = setting(False, policy=APPLIED, flags=[
         Flag(("--gradient-checkpointing",), action="store_true"),
         Flag(("--no-gradient-checkpointing",), action="store_false",
@@ -204,10 +217,16 @@ class PrecisionSettings:
              help="turn off the --auto-micro-batch a resumed run inherits from its checkpoint")], help=(
         "on a CUDA out-of-memory error, retry the step with half the micro-batch and twice the accumulation (same "
         "global batch, same recipes per step), and keep that setting"))
-    compile: bool | None = setting(None, policy=SESSION, flags=[  # None: on with CUDA and Triton
+    # None: on where Triton can compile. A resume keeps the run's choice: compiled and eager steps differ in
+    # floating point (the checkpoint also records whether its run compiled: the trainer warns when the
+    # same choice resolves otherwise on this machine)
+    compile: bool | None = setting(None, policy=APPLIED, note=(
+        "from step {step} on; compiled and eager steps differ in floating point, so the losses are no longer "
+        "bitwise equal to an uninterrupted run's"), flags=[
         Flag(("--compile",), action="store_true"),
         Flag(("--disable-compilation",), action="store_false", help="never torch.compile")],
-        help="force torch.compile (default: on with CUDA and Triton, off on CPU)")
+        help="force torch.compile (default: on with a CUDA GPU of compute capability 7.0 or newer and Triton "
+             "installed, off on CPU; refused at start where it cannot work)")
 
 
 @dataclass
@@ -231,6 +250,14 @@ class CheckpointSettings:
     on_save_error: OnSaveError = setting("stop", policy=APPLIED, help=(
         "when a checkpoint cannot be written (full disk, permissions): stop with exit code 4 (default), or "
         "warn and train on"))
+    checkpoint_mirror: str | None = setting(None, policy=APPLIED, metavar="URL", help=(
+        "copy every committed checkpoint, in the background, to this fsspec URL (s3://bucket/prefix or a second "
+        "folder; pip install -r requirements-mirror.txt), each file read back and verified, the manifest last; "
+        "--auto-resume on an empty run folder fetches the newest healthy one from there (a resume keeps the "
+        "run's mirror)"))
+    requeue_on_preemption: bool = setting(False, policy=SESSION, help=(
+        "Slurm: after the checkpoint of a stop signal (SIGTERM, SIGUSR1) is committed, requeue the job with "
+        "scontrol requeue $SLURM_JOB_ID (it resumes with --auto-resume)"))
     verify_hashes: bool = setting(False, policy=SESSION, help=(
         "resuming checks every checkpoint file's sha256 against its manifest, not only its size (reads the whole "
         "checkpoint once)"))

@@ -7,7 +7,8 @@ decision on restore, is here:
   ``save_pretrained`` writes them, each file hashed as it is written (``model/saving.py``);
   ``AdapterFiles`` for a LoRA run: the adapter and the base's record, and a merged final model;
 - ``OptimizerSlice``: AdamW's moments; keyed by parameter name under FSDP; a checkpoint without them
-  (or one FSDP's shards cannot take) re-warms the learning rate instead;
+  (or one FSDP's shards cannot take) re-warms the learning rate instead; the kernels (``fused``,
+  ``foreach``, ``capturable``) stay this device's choice, not the saving device's;
 - ``SchedulerSlice``: the LR schedule's position (the schedule itself is this run's);
 - ``RngSlice``: the RNG of every process, given back to each at the first step (a changed world
   size reseeds instead);
@@ -20,6 +21,7 @@ decision on restore, is here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -130,13 +132,14 @@ class OptimizerSlice:
                         "fresh and the learning rate ramps back up over %d steps (--optimizer-rewarmup-steps)",
                         saved_kind, self.kind, self.rewarm_steps)
             return f"no {self.kind} state ({saved_kind}'s not loaded; re-warming)"
+        optimizer = bare(self.optimizer)
         if saved["state"] and sharded.saved_by_name(saved["layout"]):
-            with settings.explicit_optimizer_settings(bare(self.optimizer), self.explicit):
-                sharded.load_optimizer_by_name(self.model, bare(self.optimizer), saved["state"])
+            with settings.explicit_optimizer_settings(optimizer, self.explicit), this_devices_kernels(optimizer):
+                sharded.load_optimizer_by_name(self.model, optimizer, saved["state"])
             return "optimizer"
         if saved["state"] and not sharded.is_fsdp(self.accelerator):
-            with settings.explicit_optimizer_settings(bare(self.optimizer), self.explicit):
-                bare(self.optimizer).load_state_dict(saved["state"])
+            with settings.explicit_optimizer_settings(optimizer, self.explicit), this_devices_kernels(optimizer):
+                optimizer.load_state_dict(saved["state"])
             return "optimizer"
         # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
         self._rewarm()
@@ -146,6 +149,25 @@ class OptimizerSlice:
 
     def _rewarm(self) -> None:
         self.schedule.rewarm_from, self.schedule.rewarm_steps = self.run.global_step, self.rewarm_steps
+
+
+_KERNEL_KEYS = ("fused", "foreach", "capturable")  # how torch's optimizers run a step, chosen per device
+
+
+@contextlib.contextmanager
+def this_devices_kernels(optimizer):
+    """Loading an optimizer state brings back the saving device's kernel choice with the param groups: a
+    CPU checkpoint's ``fused: None`` would make AdamW run unfused on a GPU (and a GPU's ``fused: True``
+    would run CPU-fused kernels on a CPU resume). Keep what ``make_optimizer`` chose for this device."""
+    fresh = [{key: group[key] for key in _KERNEL_KEYS if key in group} for group in optimizer.param_groups]
+    yield
+    changed = set()
+    for group, values in zip(optimizer.param_groups, fresh):
+        changed |= {f"{key}={group.get(key)} -> {value}" for key, value in values.items() if group.get(key) != value}
+        group.update(values)
+    if changed:
+        log.info("optimizer kernels set for this device (the checkpoint was saved on another): %s",
+                 ", ".join(sorted(changed)))
 
 
 class SchedulerSlice:

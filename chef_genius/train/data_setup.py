@@ -13,6 +13,7 @@ resumed run would see another dropout stream than the uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chef_genius.data import corpus, report
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, is_cached, load_tokenized, split_indices
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, cache_folder, is_cached, load_tokenized
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -38,6 +40,25 @@ class Data:
     sampler: ResumableBatchSampler    # owns the data position
     loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader | None
+    records: DataRecords | None = None  # what the run folder gets once the run starts (rank 0; cached path)
+
+
+@dataclass
+class DataRecords:
+    """The data summary, the removed rows and the training recipes' signatures, written into the run
+    folder by ``write`` once setup has succeeded (a refused resume leaves the folder as it was)."""
+    summary: dict
+    found: corpus.FileDedup | None
+    train_rows: np.ndarray
+
+    def write(self, output: Path) -> None:
+        output = Path(output)
+        (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
+        if self.found is not None:
+            audit = corpus.write_audit(output, self.found)
+            if self.found.result.removed:
+                log.info("every duplicate found is listed in %s", audit)
+            corpus.write_signatures(output, self.found, self.train_rows)
 
 
 def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:
@@ -53,25 +74,43 @@ def read_options(c) -> ReadOptions:
     return ReadOptions(c.columns, c.source_template)
 
 
+def dedup_options(c) -> corpus.DedupOptions:
+    """``--dedup`` and ``--dedup-threshold``."""
+    return corpus.DedupOptions(c.dedup, c.dedup_threshold)
+
+
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
-    options = read_options(c)
+    options, settings = read_options(c), dedup_options(c)
     files = [path for path in (c.data, c.eval_data) if path]
-    with _main_tokenizes_first(accelerator, lambda: all(
-            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
-            for path in files)), _cache_errors(cache_root):
+
+    def ready() -> bool:
+        if not all(is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+                   for path in files):
+            return False
+        folder = cache_folder(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
+        return not settings.active or corpus.result_path(folder, c.data, options, settings, c.eval_data).is_file()
+
+    with _main_tokenizes_first(accelerator, ready), _cache_errors(cache_root):
         train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
                                options, c.progress)
         evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
                                 c.num_proc, options, c.progress) if c.eval_data else None)
+        found = (corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data)
+                 if settings.active else None)
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
     if encoding_hint(train.stats):
         log.warning("%s: %s", c.data, encoding_hint(train.stats))
+    if found is not None and len(found.result.keys) != len(train.dataset):
+        raise DataError(f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
+                        f"{len(train.dataset)}; delete {train.cache_dir} and run again")
+    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
+                                            c.eval_split_ratio, c.seed)
+    train_data = RecipeDataset(train.dataset, train_idx)
     if evald is not None:
-        train_data, eval_data = RecipeDataset(train.dataset), RecipeDataset(evald.dataset)
+        eval_data = RecipeDataset(evald.dataset)
     else:
-        train_idx, eval_idx = split_indices(len(train.dataset), c.eval_split_ratio, c.seed)
-        train_data = RecipeDataset(train.dataset, train_idx)
         eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
+    records = _report(c, train, found, settings, train_data, eval_data, accelerator)
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     sort_by = train_data.lengths() if c.group_by_length else None
@@ -90,7 +129,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         common["worker_init_fn"] = preemption.ignore_in_worker
     loader = torch.utils.data.DataLoader(dist.ShareDataset(train_data), batch_sampler=sampler,
                                          generator=torch.Generator().manual_seed(c.seed), **common)
-    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate))
+    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate), records)
 
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
@@ -102,6 +141,9 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
                                 c.num_proc, options, c.progress) if c.eval_data else None)
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
+    if c.dedup != "off":
+        log.warning("--streaming: duplicates are not looked for and the file is trained on as it is "
+                    "(--dedup needs the cached path); pass --dedup off to say so")
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
     sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes,
                                accelerator.process_index)
@@ -118,6 +160,22 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
 
 
+def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> DataRecords | None:
+    """The data summary, once (rank 0): in the log now, and what the run folder gets (``DataRecords``)."""
+    if not accelerator.is_main_process:
+        return None
+    lengths = report.full_lengths(train.dataset, train_data.indices)
+    lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
+    summary = report.summarize(c.data, train.stats, found, settings.mode, len(train_data),
+                               len(eval_data) if eval_data is not None else 0, lengths_report)
+    for line in report.summary_lines(summary):
+        log.info("%s", line)
+    for line in report.truncation_warnings(lengths_report):
+        log.warning("%s", line)
+    return DataRecords(summary, found, train_data.indices)
+
+
+DATA_SUMMARY_FILE = "data_summary.json"
 EVAL_BATCH_FACTOR = 2  # no gradients, no optimizer state: an evaluation batch fits twice the training rows
 
 

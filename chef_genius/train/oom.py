@@ -4,6 +4,12 @@ end the run with one line that says what would fit (exit code of ``OutOfMemory``
 Halving keeps the global batch: each micro-batch of the step is cut in two along its rows and the
 accumulation doubles, so an optimizer step sees the same recipes and the LR schedule is unchanged.
 The split is part of the run state, so a resume keeps it.
+
+Out of memory is not always ``torch.cuda.OutOfMemoryError``: cuBLAS and cuDNN report a failed workspace
+allocation as a ``RuntimeError`` (``CUBLAS_STATUS_ALLOC_FAILED``, ``CUDNN_STATUS_ALLOC_FAILED``), Triton's
+launcher as ``RuntimeError('Triton Error [CUDA]: out of memory')``, and torch.compile wraps what a compiled
+region raised in its own error types with the original as the cause. ``is_out_of_memory`` is the one
+place that decides.
 """
 
 from __future__ import annotations
@@ -19,6 +25,25 @@ from chef_genius.errors import OutOfMemory
 from chef_genius.train import memory_plan
 
 log = logging.getLogger("chef_genius")
+
+
+_OUT_OF_MEMORY_TEXTS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
+                        "cuda_error_out_of_memory", "cudaerrormemoryallocation")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for an out-of-GPU-memory error of any type: ``torch.cuda.OutOfMemoryError``, or a
+    ``RuntimeError`` whose message says so (cuBLAS, cuDNN, Triton), or an error caused by one of these
+    (torch.compile's wrappers)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            return True
+        if isinstance(err, RuntimeError) and any(t in str(err).lower() for t in _OUT_OF_MEMORY_TEXTS):
+            return True
+        err = err.__cause__  # raised 'from' it (torch.compile's wrappers); not a mere __context__
+    return False
 
 
 def split_micro_batches(window: list[dict], pieces: int) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Preemption: stop cleanly on SIGTERM, Ctrl+C (SIGINT) and, on Windows, CTRL_BREAK (SIGBREAK).
+"""Preemption: stop cleanly on SIGTERM, Ctrl+C (SIGINT), SIGUSR1 (Slurm's notice before a time limit or
+a preemption, ``#SBATCH --signal=B:USR1@300``) and, on Windows, CTRL_BREAK (SIGBREAK).
 
 The first signal only sets a flag. The training loop reads it once per optimizer step (an attribute
 read), so the step in progress finishes, a checkpoint is committed and the process exits with
@@ -19,13 +20,20 @@ decides when to stop and shuts its workers down itself.
 
 Leaving the context puts back the handlers found on entering it, whatever they were (Python's
 default, ``SIG_IGN`` in a background job, a calling program's own), also when training raised.
+
+``--requeue-on-preemption`` (Slurm): once the stop's checkpoint is committed (and on the mirror, when
+there is one), ``requeue_slurm_job`` runs ``scontrol requeue`` for this job, so it starts again later
+and resumes with ``--auto-resume``. Slurm then ends this job with SIGTERM: from that point on a signal
+is only noted (``Preemption.settled``), it no longer aborts the exit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
 
@@ -35,7 +43,7 @@ log = logging.getLogger("chef_genius")
 
 
 def stop_signals() -> list[signal.Signals]:
-    names = ["SIGTERM", "SIGINT"] + (["SIGBREAK"] if sys.platform == "win32" else [])
+    names = ["SIGTERM", "SIGINT", "SIGUSR1"] + (["SIGBREAK"] if sys.platform == "win32" else [])
     return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
@@ -44,7 +52,7 @@ class Preemption:
 
     def __init__(self):
         self.signal_name: str | None = None
-        self.committed = False  # the stop's checkpoint is on disk: the exit (75) is under way
+        self.settled = False  # the stop's checkpoint is committed: later signals are only noted
         self._previous: dict = {}
         self._depth = 0  # entered again (the CLI holds it past the loop, until the run folder is given back)
 
@@ -71,8 +79,8 @@ class Preemption:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.committed:
-            log.warning("%s received: the stop's checkpoint is already committed; exiting", name)
+        if self.settled:
+            log.info("%s received while exiting; the checkpoint is already committed", name)
             return
         if self.signal_name is not None:
             log.warning("second stop signal (%s): aborting now without a checkpoint", name)
@@ -114,6 +122,34 @@ def abort_on_signal(what: str):
         yield
     finally:
         _restore(previous)
+
+
+def slurm_job_id() -> str | None:
+    """This Slurm job's id for ``scontrol`` (an array task's ``JOBID_TASK``), None outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this job (after the stop's checkpoint is committed); one line either way.
+    Returns whether Slurm accepted it."""
+    job = slurm_job_id()
+    if job is None:
+        log.warning("--requeue-on-preemption: not a Slurm job (no SLURM_JOB_ID), nothing requeued")
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.warning("--requeue-on-preemption: scontrol requeue %s failed (%s); requeue the job by hand", job, err)
+        return False
+    if done.returncode != 0:
+        log.warning("--requeue-on-preemption: scontrol requeue %s failed (exit %d: %s); requeue the job by hand",
+                    job, done.returncode, " ".join(done.stderr.split())[:200])
+        return False
+    log.info("requeued Slurm job %s (scontrol requeue): it resumes from this checkpoint when it starts again", job)
+    return True
 
 
 def agree(accelerator, *flags: bool) -> tuple[bool, ...]:

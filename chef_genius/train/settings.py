@@ -30,7 +30,8 @@ checkpoint. Resuming with the file the run started with, or with the run's own `
 changes nothing.
 
 A checkpoint without a setting (written before its flag existed) leaves this command's value, and
-says so. ``decide`` is the rule, a pure function; ``settle`` adds the file checks and the log lines.
+says so; a setting whose default would change what such a run did declares the value it had
+(``legacy``: ``--dedup off``), which the resume keeps as if recorded. ``decide`` is the rule, a pure function; ``settle`` adds the file checks and the log lines.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from typing import Callable
 from chef_genius.data.fingerprint import content_identity, data_identity, is_content_identity
 from chef_genius.errors import UserError
 from chef_genius.settings.checks import check_optimizer, check_reporters
-from chef_genius.settings.fields import Policy, by_policy, position_keys, settings_of, spec_of
+from chef_genius.settings.fields import Policy, by_policy, legacy_values, position_keys, settings_of, spec_of
 from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser
 
 log = logging.getLogger("chef_genius")
@@ -63,6 +64,8 @@ RESHAPING = ("lora_r", "lora_target_modules")  # ADAPTER settings the saved adap
 FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
 # Older checkpoints kept these only in their data position.
 POSITION_KEYS = position_keys(TrainConfig)
+# What checkpoints from before a setting existed ran with, where today's default would differ.
+LEGACY = legacy_values(TrainConfig)
 NOTES = {f.name: spec_of(f).note for f in settings_of(TrainConfig) if spec_of(f).note}
 
 
@@ -97,6 +100,8 @@ def decide(saved: dict, command: dict, explicit, position: dict | None = None) -
     for name, key in POSITION_KEYS.items():
         if name not in recorded and key in (position or {}):
             recorded[name] = position[key]
+    for name, value in LEGACY.items():
+        recorded.setdefault(name, value)
     out = Decision(values=dict(command))
     for name, value in command.items():
         if name in SESSION:

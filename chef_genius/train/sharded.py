@@ -29,6 +29,19 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == "FSDP"  # accelerate's DistributedType is a str enum
 
 
+def prepare(accelerator, model, optimizer, device):
+    """accelerate's ``prepare`` of the model and its optimizer: (model, optimizer).
+
+    Without FSDP the model goes to this process's device first. Under FSDP it goes in where it was
+    loaded, on the CPU (or, with ``fsdp_cpu_ram_efficient_loading``, on the meta device on every rank
+    but 0, which ``prepare`` fills from rank 0): ``prepare`` shards it and puts each process's shard
+    on its GPU. Moving it whole before would put every parameter on every GPU at once (FLAN-T5-XXL's
+    44 GiB of fp32 weights on each card) and cannot move meta weights at all."""
+    if not is_fsdp(accelerator):
+        model = model.to(device)
+    return accelerator.prepare(model, optimizer)
+
+
 def prepare_generation(model) -> None:
     """Let ``model.generate`` run on an FSDP2 model (a no-op on any other): FSDP gathers the root's own
     parameters (the shared embeddings, the head) only around ``forward``, and generate calls the encoder

@@ -6,7 +6,9 @@ Features, in the order a step meets them:
   index arithmetic, no skipped batches replayed);
 - model: every weight trained, or with ``--lora-r`` rank-R adapters (``model/lora.py``, peft) on a
   frozen base checked by its fingerprint on resume; the final model is then the merged one;
-- precision: fp32 master weights, bf16 autocast on CUDA (never fp16: T5 overflows), TF32 matmuls;
+- precision: fp32 master weights, bf16 autocast on GPUs with native bf16 (never fp16: T5 overflows),
+  TF32 matmuls; with torch.compile the training forward and its loss are one compiled region
+  (``lean_loss.summed_loss``), validation runs eager;
 - step: gradient accumulation with the loss normalised by the real target tokens of the whole
   optimizer step, gradient clipping, AdamW (fused on CUDA), warmup + linear / cosine / constant LR;
 - periodic work (each a ``maybe_*`` helper that owns its "is it time?"): logging, evaluation
@@ -22,6 +24,9 @@ Features, in the order a step meets them:
   every stateful piece (``train/components.py``): model, optimizer, scheduler, every RNG, the data
   position, the run state, the reporters; on CPU the resumed losses equal the uninterrupted run's
   bit for bit. A stop (signal, ``--stop-after-steps``, the end) waits for the checkpoint in flight;
+- a checkpoint mirror (``--checkpoint-mirror``): the manager's ``Mirror`` uploads each committed
+  checkpoint in the background; a resume on an empty run folder first fetches the mirror's newest
+  healthy checkpoint (``checkpoint/fetch.py``); a mirror that cannot be used is refused at setup;
 - several processes (``accelerate launch`` / ``torchrun``): DDP or FSDP through accelerate; what
   differs (padding shares, global-token loss, per-rank RNG, rank-0 saves) lives in ``distributed``
   and ``sharded``.
@@ -29,17 +34,20 @@ Features, in the order a step meets them:
 A resume trains with the run's settings saved in its checkpoint, the explicit flags of its command
 on top (what it may change is decided in ``train/settings.py``).
 
-Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint or a run folder that a
-live run holds (``checkpoint/runlock.py``; the lock is held until ``close``), ``DataError`` (exit 3)
-for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl or the final model could
-not be written (``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint is
-committed, ``Diverged`` (exit 6) when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its
-final weights are not finite (the message names the newest healthy checkpoint).
+Raises ``UserError`` (exit 2) for a resume that does not match its checkpoint, a run folder that a
+live run holds (``checkpoint/runlock.py``; the lock is held until ``close``) or a mirror that cannot be
+used, ``DataError`` (exit 3) for unusable data, ``SaveError`` (exit 4) when a checkpoint, metrics.jsonl
+or the final model could not be written, or the final checkpoint did not reach the mirror
+(``--on-save-error``), ``Preempted`` (exit 75) after a stop signal's checkpoint (SIGTERM, SIGUSR1,
+Ctrl+C) is committed (then ``--requeue-on-preemption`` requeues the Slurm job), ``Diverged`` (exit 6)
+when the run keeps diverging after ``--max-rollbacks`` rollbacks, or its final weights are not finite
+(the message names the newest healthy checkpoint).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -49,9 +57,12 @@ import torch
 import torch.nn.functional as F
 
 from chef_genius.checkpoint import disk
+from chef_genius.checkpoint import fetch
+from chef_genius.checkpoint import remote
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.files import atomic_write_bytes
 from chef_genius.checkpoint.runlock import RunLock
@@ -86,6 +97,13 @@ from chef_genius.train.state import RunState
 log = logging.getLogger("chef_genius")
 
 
+def _logits_loss(model, input_ids, attention_mask, decoder_input_ids, labels) -> torch.Tensor:
+    """The summed cross-entropy of the logits (a model without a plain linear head), no decoder cache."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                   use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD, reduction="sum")
+
+
 class LogWindow:
     """What the steps since the last log line trained on (for the loss, tokens/s and FLOPs)."""
 
@@ -116,6 +134,9 @@ class Trainer:
                                        cpu=probe.type == "cpu")
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
+        # decided, or an explicit --compile that cannot work here refused, before anything is touched (a
+        # resume that inherits another choice decides again in _adopt_settings)
+        self.compiled, self.compile_why = should_compile(config.compile, self.device)
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         if config.auto_micro_batch and self.accelerator.num_processes > 1:
             # an out-of-memory error on one process would leave the others waiting in a collective
@@ -129,17 +150,21 @@ class Trainer:
         self.run_lock: RunLock | None = None
         self.preemption = preemption.Preemption()  # entered by ``train`` (and by the CLI, until the exit)
         self.data_identities: dict = {}  # data_identity / eval_data_identity: the files by content (setup)
+        self.mirror_store: remote.RemoteStore | None = None  # --checkpoint-mirror, on the main process
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.rollbacks = 0  # in this session
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
+        self.data_records = None  # data_setup.DataRecords: written into the run folder once setup succeeds
 
     # -----------------------------------------------------------------------------------------
     # setup
 
     def setup(self) -> None:
         self._hold_run_folder()
+        self._on_main(self._fill_from_mirror)
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final
+        self._on_main(self._open_mirror)
         c = self.config
         self.health.policy = divergence.Policy.of(c)
         self.reporters = make_reporters(c, self.output, self.is_main)
@@ -157,15 +182,17 @@ class Trainer:
                                      self.reporters, self.state, lambda: self.preemption.requested)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
-        self.model, self.optimizer = self.accelerator.prepare(model.to(self.device), self.optimizer)
+        self.model, self.optimizer = sharded.prepare(self.accelerator, model, self.optimizer, self.device)
         if sharded.is_fsdp(self.accelerator):
             sharded.prepare_generation(unwrap(self.model))  # the evaluation's samples and recipe metrics
         self.checkpoints = self._make_checkpoint_manager(model, loaded)
         if loaded is not None:
             self._resume(loaded)
-        self._compile()
+        self._compile(loaded)
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
         self._write_settings()
+        if self.is_main and self.data_records is not None:
+            self.data_records.write(self.output)  # the data summary, removed rows, training signatures
         log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
                  "global batch %d (%d per device x %d processes x %d accumulation)",
                  len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
@@ -181,14 +208,20 @@ class Trainer:
                                config_file.settings_yaml(self.config, schema.SECTIONS).encode("utf-8"))
 
     def _hold_run_folder(self) -> None:
-        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go.
-        Rank 0 takes the lock; a refusal ends every rank (the others would wait in its next collective)."""
+        """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+        def hold() -> None:
+            disk.prepare_output(self.output)
+            self.run_lock = RunLock(self.output).acquire()
+            self.run_lock.remove_leftovers()
+        self._on_main(hold)
+
+    def _on_main(self, action) -> None:
+        """``action()`` on rank 0; its refusal (``UserError``) ends every rank (the others would wait in
+        its next collective)."""
         refusal = None
         if self.is_main:
             try:
-                disk.prepare_output(self.output)
-                self.run_lock = RunLock(self.output).acquire()
-                self.run_lock.remove_leftovers()
+                action()
             except UserError as err:
                 refusal = err
         shared = dist.broadcast_object(self.accelerator, None if refusal is None else (str(refusal), refusal.exit_code))
@@ -196,6 +229,29 @@ class Trainer:
             raise refusal
         if shared is not None:
             raise ReportedByRankZero(*shared)
+
+    def _fill_from_mirror(self) -> None:
+        """A resume with a mirror (the command's, else the one the local checkpoints were written with):
+        the mirror's newest healthy checkpoint is fetched first when it is newer than the local ones
+        (a fresh machine: the run folder is empty). Wrong credentials or a missing bucket: exit 2 here."""
+        c = self.config
+        if not (c.auto_resume or c.resume_from_checkpoint == "latest"):
+            return
+        url = c.checkpoint_mirror or fetch.saved_mirror(self.output, "checkpoint_mirror")
+        if url:
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
+            fetch.fill_run_folder(self.mirror_store, self.output, c.verify_hashes)
+
+    def _open_mirror(self) -> None:
+        """The run's mirror (a run setting: a resume keeps the checkpoint's unless the command names one),
+        checked before training: refused now (exit 2), not at the first save."""
+        url = self.config.checkpoint_mirror
+        if not url:
+            self.mirror_store = None
+        elif self.mirror_store is None or self.mirror_store.url != url.rstrip("/"):
+            self.mirror_store = remote.open_store(url)
+            self.mirror_store.check_access()
 
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
@@ -243,6 +299,7 @@ class Trainer:
         self.train_data, self.eval_data = data.train, data.eval
         self.loader, self.eval_loader, self.sampler = data.loader, data.eval_loader, data.sampler
         self.position = self.sampler.position
+        self.data_records = data.records
 
     def _make_schedule(self, loaded: LoadedCheckpoint | None) -> None:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the
@@ -298,8 +355,11 @@ class Trainer:
                                        c.save_adapter_only)
             final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
             tensors = [t for t in tensors if t[2]]
+        mirror = None
+        if self.mirror_store is not None:
+            mirror = Mirror(self.mirror_store, keep_last=c.save_total_limit, best_step=lambda: self.state.best_step)
         return CheckpointManager(
-            self.output, files, components,
+            self.output, files, components, mirror=mirror,
             world=dist.World(acc),
             async_save=self._async_save(), on_error=c.on_save_error, save_steps=c.save_steps,
             save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
@@ -323,11 +383,27 @@ class Trainer:
                  self.position.samples_in_epoch,
                  len(self.train_data), ", ".join(restored))
 
-    def _compile(self) -> None:
-        compile_model, why = should_compile(self.config.compile, self.device)
-        log.info("torch.compile %s", why)
-        if compile_model:
-            self.model = torch.compile(self.model, dynamic=True)
+    def _compile(self, loaded: LoadedCheckpoint | None) -> None:
+        log.info("torch.compile %s", self.compile_why)
+        saved = None if loaded is None else loaded.settings.get("compiled")
+        if saved is not None and saved != self.compiled:  # None: a checkpoint older than the record
+            log.warning("this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
+                        "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
+                        *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
+                          ("eager", "compiled", loaded.global_step, "--compile")))
+        if self.head is None:
+            self._eager_loss = functools.partial(_logits_loss, self.model)
+        else:
+            self._eager_loss = functools.partial(lean_loss.summed_loss, self.model, self.head)
+        self._compiled_loss = None
+        if self.compiled:
+            # One region from the token ids to the summed loss (no decoder cache, the loss inside): no
+            # graph break at the head. Validation runs eager (``_loss_sum(compiled=False)``): in eval mode
+            # under no_grad the compiled region would be compiled a second time in full.
+            c = self.config
+            if self.head is not None:
+                self.head.chunks = lean_loss.chunks_for(c.max_tokens_per_batch or c.batch_size * c.max_target_length)
+            self._compiled_loss = torch.compile(self._eager_loss, dynamic=True)
 
     def _adopt_settings(self, command: TrainConfig) -> None:
         """Redo what ``__init__`` built from the ``command`` line where the resumed run's settings differ."""
@@ -335,6 +411,9 @@ class Trainer:
         precision = self.accelerator.mixed_precision
         if c.mixed_precision != command.mixed_precision:
             precision = resolve_precision(c.mixed_precision, self.device)
+        if c.compile != command.compile:  # --compile / --disable-compilation inherited from the checkpoint
+            self.compiled, self.compile_why = should_compile(c.compile, self.device)
+            self.compile_why += " (the run's setting, from its checkpoint)"
         if precision != self.accelerator.mixed_precision:  # e.g. a --mixed-precision no run resumed on a GPU
             from accelerate import Accelerator
             from accelerate.state import AcceleratorState
@@ -347,7 +426,7 @@ class Trainer:
 
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
-        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, compiled=self.compiled,
                       world_size=self.accelerator.num_processes, **self.data_identities)
         return values
 
@@ -425,13 +504,16 @@ class Trainer:
 
     def _step_fitting_memory(self, window: list[dict]) -> tuple[torch.Tensor, int, torch.Tensor]:
         """``_train_step`` over the micro-batches of this run's split; on a CUDA out-of-memory error the
-        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends."""
+        step is freed and retried with half the micro-batch (``--auto-micro-batch``), else the run ends.
+        Any error type that reports an exhausted GPU counts (cuBLAS, cuDNN, Triton: ``oom.is_out_of_memory``)."""
         while True:
             counted = self.window.source_tokens, self.window.rows
             try:
                 return self._train_step(oom.split_micro_batches(window, self.state.micro_batch_split))
-            except torch.cuda.OutOfMemoryError:
-                pass  # handled below, outside the except: its traceback holds the step's tensors
+            except Exception as err:  # out of memory of any type (oom.is_out_of_memory); others go on up
+                if not oom.is_out_of_memory(err):
+                    raise
+                # handled below, outside the except: its traceback holds the step's tensors
             self.window.source_tokens, self.window.rows = counted
             self._out_of_memory()
 
@@ -472,20 +554,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens, finite
 
-    def _loss_sum(self, batch: dict) -> torch.Tensor:
-        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU."""
-        inputs = {k: batch[k].to(self.device, non_blocking=True)
-                  for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    def _loss_sum(self, batch: dict, compiled: bool = True) -> torch.Tensor:
+        """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU.
+        ``compiled``: through the compiled region when this session compiles (training), else eager."""
+        inputs = [batch[k].to(self.device, non_blocking=True)
+                  for k in ("input_ids", "attention_mask", "decoder_input_ids")]
         if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
-            with self.accelerator.autocast():
-                logits = self.model(**inputs).logits
-            labels = batch["labels"].to(self.device, non_blocking=True)
-            return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD,
-                                   reduction="sum")
-        positions, targets = (t.to(self.device, non_blocking=True)
-                              for t in lean_loss.label_positions(batch["labels"], LABEL_PAD))
-        with self.accelerator.autocast(), lean_loss.targets(self.head, positions, targets):
-            return self.model(**inputs).logits  # the head's output: the summed loss
+            targets = [batch["labels"].to(self.device, non_blocking=True)]
+        else:  # the labelled positions, found on the CPU tensors (no data-dependent shape on the device)
+            targets = [t.to(self.device, non_blocking=True)
+                       for t in lean_loss.label_positions(batch["labels"], LABEL_PAD)]
+        loss = self._compiled_loss if compiled and self._compiled_loss is not None else self._eager_loss
+        with self.accelerator.autocast():
+            return loss(*inputs, *targets)
 
     # -----------------------------------------------------------------------------------------
     # periodic work
@@ -527,7 +608,7 @@ class Trainer:
             return None
         started = time.perf_counter()
         try:
-            loss = self.evaluation.run(self.model, self._loss_sum)
+            loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
         except EvaluationStopped as why:  # a stop signal: the checkpoint of this step comes next
             log.warning("step %d: %s for %s; nothing of it recorded", self.state.global_step, why,
                         self.preemption.signal_name or "a stop signal")
@@ -623,9 +704,12 @@ class Trainer:
         if not self.checkpoints.wait():
             raise SaveError(f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
                             "(see the warning above)")
-        self.preemption.committed = True  # a further signal must not cut the exit short: the line below is true
-        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; continue "
-                        "with --resume-from-checkpoint latest")
+        self.checkpoints.drain_mirror()  # a warning when it did not make it: the local checkpoint is there
+        self.preemption.settled = True
+        requeued = self.config.requeue_on_preemption and self.is_main and preemption.requeue_slurm_job()
+        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; "
+                        + ("the Slurm job is requeued and resumes with --auto-resume" if requeued else
+                           "continue with --resume-from-checkpoint latest"))
 
     def finish(self) -> None:
         """Flush the last log, validate, checkpoint the final step, commit the final model for use; never

@@ -14,12 +14,15 @@ from chef_genius.data.tokenized import ArrowRows, RecipeDataset
 
 
 def _part(path, rows, batch_rows):
-    """An Arrow stream file of the cache's schema, ``batch_rows`` rows per record batch."""
+    """An Arrow stream file of the cache's schema, ``batch_rows`` rows per record batch (nothing cut: the
+    untruncated lengths are the lengths)."""
     ids = pa.list_(pa.int32())
     with pa.ipc.new_stream(str(path), schema()) as writer:
         for start in range(0, len(rows), batch_rows):
             chunk = rows[start:start + batch_rows]
             writer.write_batch(pa.record_batch([pa.array([s for s, _ in chunk], ids), pa.array([t for _, t in chunk], ids),
+                                                pa.array([len(s) for s, _ in chunk], pa.int32()),
+                                                pa.array([len(t) for _, t in chunk], pa.int32()),
                                                 pa.array([len(s) for s, _ in chunk], pa.int32()),
                                                 pa.array([len(t) for _, t in chunk], pa.int32())], schema=schema()))
     return path

@@ -23,7 +23,8 @@ PUBLISHED = {
     "rng_unreadable", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing", "manifest_invalid",
     "weights_corrupt", "state_corrupt", "file_corrupt", "check_failed", "repair_incomplete"}
 # codes added since (each a new value; none of the above changed)
-ADDED = {"optimizer_nonfinite"}  # issue 22: a checkpoint judged by its numbers
+ADDED = {"optimizer_nonfinite",  # issue 22: a checkpoint judged by its numbers
+         "mirror_incomplete"}  # issue 25: the doctor on a --checkpoint-mirror
 
 
 def test_guide_table_is_the_registry():
@@ -52,7 +53,7 @@ def test_soft_and_fatal_are_what_verify_always_used():
                      "state_unsafe", "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt",
                      "untrusted_entry", "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable",
                      "rng_unreadable", "check_failed", "adapter_unreadable", "adapter_config_unreadable",
-                     "base_record_missing", "optimizer_nonfinite"}
+                     "base_record_missing", "optimizer_nonfinite", "mirror_incomplete"}
     assert not SOFT & FATAL
 
 

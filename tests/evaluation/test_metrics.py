@@ -101,3 +101,27 @@ def test_training_with_a_hub_name_offline_fails_before_loading_torch_or_transfor
     lines = result.stdout.splitlines()
     assert lines[0].startswith("refused: 'chef-genius-tests/no-such-model' is not a local folder")
     assert lines[1] == "[]"
+
+
+def test_short_loops_inside_a_step_are_scored_as_looping():
+    looping = format_target(Recipe("Tomato Soup", ["4 tomatoes", "2 cloves garlic"],
+                                   ["Chop the d tomatoes, d tomatoes, d tomatoes, d tomatoes.",
+                                    "Add garlic s garlic s garlic s garlic."]))
+    assert m.structure_valid(looping)              # the structure is fine: only the new metric sees it
+    assert m.repetition(looping) < 0.35
+    assert m.step_loops(looping) > 0.4
+    assert m.step_loops(GOOD) == 0.0
+    # a phrase repeated across steps is no loop
+    across = format_target(Recipe("Rice", ["2 c. rice"], ["Add salt and pepper.", "Stir, add salt and pepper."]))
+    assert m.step_loops(across) == 0.0
+    assert m.step_loops("d tomatoes, d tomatoes, d tomatoes") == pytest.approx(3 / 5)  # no structure: the text
+    scores = m.score_recipes([looping, GOOD], [["tomatoes"], ["rice"]], [GOOD, GOOD])
+    assert scores["step_loops"] == pytest.approx(m.step_loops(looping) / 2)
+    assert not m.HIGHER_IS_BETTER["step_loops"] and "step_loops" in m.METRICS
+
+
+def test_step_loops_can_choose_the_best_checkpoint():
+    from chef_genius.train.config import build_parser
+    from chef_genius.train.evaluation import is_better
+    assert build_parser().parse_args(["--metric-for-best", "step_loops"]).metric_for_best == "step_loops"
+    assert is_better("step_loops", 0.1, 0.3) and not is_better("step_loops", 0.3, 0.1)

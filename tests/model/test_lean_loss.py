@@ -34,6 +34,26 @@ def test_chunked_loss_and_gradients_equal_the_plain_cross_entropy(chunk_rows):
                                    rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunks", [1, 4, 13, 20])  # 20 > 13 rows: some chunks are empty
+def test_a_fixed_number_of_chunks_gives_the_same_loss_and_gradients(chunks):
+    """The compiled head's variant: as many chunks as the run's largest batch needs, whatever this one's."""
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(13, 16, generator=g, requires_grad=True)
+    weight = torch.randn(40, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 40, (13,), generator=g)
+    expected = _plain(hidden, weight, labels)
+    want_h, want_w = torch.autograd.grad(expected * 0.37, (hidden, weight))
+    got = lean_loss.cross_entropy_sum_in_chunks(hidden, weight, labels, chunks)
+    got_h, got_w = torch.autograd.grad(got * 0.37, (hidden, weight))
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got_h, want_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(lean_loss.cross_entropy_sum_in_chunks(hidden, weight, labels, chunks), expected,
+                                   rtol=1e-6, atol=1e-5)
+    assert lean_loss.chunks_for(16 * 512) == 8 and lean_loss.chunks_for(1) == 1
+
+
 def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_the_same():
     """Under LoRA the head is frozen: the vocabulary x width gradient is neither computed nor returned."""
     g = torch.Generator().manual_seed(2)
@@ -99,3 +119,98 @@ def test_the_tiny_model_trains_on_the_same_loss_and_gradients(tiny_batch):
     torch.manual_seed(3)
     with torch.no_grad():  # unarmed (generation, eval of the logits): the plain projection
         torch.testing.assert_close(model(**inputs).logits, logits.detach())
+
+
+def _region_inputs(batch):
+    positions, targets = lean_loss.label_positions(batch["labels"], LABEL_PAD)
+    return [batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")] + [positions, targets]
+
+
+def test_the_compiled_training_forward_is_one_graph_from_the_token_ids_to_the_loss(tiny_batch):
+    """The trainer compiles ``summed_loss``: the forward without a decoder cache and the loss, as one
+    graph whose inputs are the batch's five tensors (and the weights): no break at the head, no cache
+    object rebuilt at a split. With the head's row-chunk loop (eager ``cross_entropy_sum``) the graph
+    breaks there."""
+    import functools
+    import torch._dynamo
+
+    model, batch = tiny_batch
+    model.train()
+    head = lean_loss.install(model)
+    region = functools.partial(lean_loss.summed_loss, model, head)
+    try:
+        head.chunks = 3
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(region)(*_region_inputs(batch))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+        placeholders = [n for n in explained.graphs[0].graph.nodes if n.op == "placeholder"]
+        data = [n for n in placeholders if isinstance(n.meta.get("example_value"), torch.Tensor)
+                and "_parameters_" not in n.name and "_buffers_" not in n.name]
+        assert len(data) == 5, [n.name for n in data]
+        weights = [n for n in placeholders if "_parameters_" in n.name]
+        assert len(weights) == len(list(model.parameters()))
+        assert head.armed is None
+
+        head.chunks = None  # the eager head: its loop is kept out of graphs, so the region splits
+        torch._dynamo.reset()
+        assert torch._dynamo.explain(region)(*_region_inputs(batch)).graph_break_count >= 1
+    finally:
+        head.chunks = None
+        torch._dynamo.reset()
+
+
+def test_the_compiled_region_gives_the_eager_loss_and_gradients(tiny_batch):
+    """Traced through torch.compile (aot_eager: dynamo and autograd tracing, no code generation, so it
+    runs here), the region's loss and gradients are the eager lean loss's."""
+    import functools
+    import torch._dynamo
+
+    model, batch = tiny_batch
+    model.eval()  # no dropout: both passes see the same function
+    head = lean_loss.install(model)
+    inputs = _region_inputs(batch)
+    region = functools.partial(lean_loss.summed_loss, model, head)
+    want = region(*inputs)
+    want_grads = _grads(model, want)
+    try:
+        head.chunks = 4
+        torch._dynamo.reset()
+        got = torch.compile(region, backend="aot_eager", dynamic=True)(*inputs)
+        got_grads = _grads(model, got)
+    finally:
+        head.chunks = None
+        torch._dynamo.reset()
+        model.train()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    for name in want_grads:
+        error, scale = (got_grads[name] - want_grads[name]).abs().max().item(), want_grads[name].abs().max().item()
+        assert error <= 1e-5 * scale, f"{name}: gradients differ by {error} (scale {scale})"
+
+
+def test_training_steps_go_through_the_compiled_region_and_validation_does_not(tiny_model, small_csv, cache_dir,
+                                                                                tmp_path, monkeypatch):
+    """--compile compiles the loss function once, called with the batch's tensors only; validation (eval
+    mode, no gradients: a full recompile) takes the eager path. torch.compile is replaced by a recorder
+    here (compiling for real takes minutes on these cores)."""
+    from conftest import run_training, train_args
+    compiled, calls = [], []
+
+    def recorder(fn, **options):
+        compiled.append(options)
+
+        def region(*args):
+            calls.append((torch.is_grad_enabled(), [type(a) for a in args]))
+            return fn(*args)
+        return region
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    out = tmp_path / "run"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--compile", "--max-steps", "2",
+                                    "--eval-steps", "2", "--save-steps", "2", "--gradient-accumulation-steps",
+                                    "2")) == 0
+    assert compiled == [{"dynamic": True}]
+    assert len(calls) == 4  # 2 steps x 2 micro-batches; none from the validation at step 2
+    assert all(grad and kinds == [torch.Tensor] * 5 for grad, kinds in calls)
+    import json
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "eval" for r in records)

@@ -33,7 +33,8 @@ class FakeWandb(types.ModuleType):
     def init(self, **kwargs):
         self.inits.append(kwargs)
         fake = self
-        run_id = kwargs.get("id") or f"run{len(self.inits)}"
+        rewound = (kwargs.get("resume_from") or "").split("?")[0]  # "ID?_step=N": the same run, rewound
+        run_id = kwargs.get("id") or rewound or f"run{len(self.inits)}"
 
         class Run:
             id = run_id
@@ -143,7 +144,7 @@ def test_wandb_run_id_is_kept_in_checkpoints_and_reused_on_resume(runs):
     wandb = runs.wandb
     assert len(wandb.inits) == 2 and wandb.finished == 2
     assert wandb.inits[0]["project"] == "test-project" and wandb.inits[0].get("id") is None
-    assert wandb.inits[1]["id"] == "run1" and wandb.inits[1]["resume"] == "allow"
+    assert wandb.inits[1]["resume_from"] == "run1?_step=8"  # the same run, from after checkpoint-7 on
     state = ckstate.load_training_state(runs.resumed / "checkpoint-7")
     assert state["reporting"] == {"wandb_run_id": "run1"}
     logged_steps = [step for step, values in wandb.logged if "train/loss" in values]

@@ -139,3 +139,11 @@ def test_one_field_gives_flag_default_help_choices_and_check():
         p.parse_args(["--style", "medium"])
     with pytest.raises(UserError, match=r"--smoothing must be in \[0, 1\), got 1.5"):
         run_checks(_Extra(smoothing=1.5))
+
+
+def test_a_legacy_value_is_declared_only_where_the_default_changed_what_old_runs_did():
+    from chef_genius.settings.fields import default_of, legacy_values
+    legacy = legacy_values(TrainConfig)
+    assert legacy == {"dedup": "off"} and settings.LEGACY == legacy
+    fields = {f.name: f for f in settings_of(TrainConfig)}
+    assert all(default_of(fields[name]) != value for name, value in legacy.items())

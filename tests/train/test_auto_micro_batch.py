@@ -12,23 +12,24 @@ import torch
 from chef_genius.checkpoint import training_state as ckstate
 from chef_genius.checkpoint import manifest as ckmanifest
 from chef_genius.errors import EXIT_OUT_OF_MEMORY, OutOfMemory
-from chef_genius.train.oom import split_micro_batches
+from chef_genius.train.oom import is_out_of_memory, split_micro_batches
 from chef_genius.train.trainer import Trainer
 from conftest import run_training, step_losses, train_args
 
 STEPS = ("--max-steps", "4", "--save-steps", "2", "--gradient-accumulation-steps", "2")
 
 
-def fits_two_rows(monkeypatch, after_step: int = 0, recipes: dict | None = None):
-    """Steps after ``after_step`` run out of memory whenever a micro-batch has more than 2 rows;
-    ``recipes``: step -> the source rows it trained on (pads stripped), for the steps that fit."""
+def fits_two_rows(monkeypatch, after_step: int = 0, recipes: dict | None = None, error=None):
+    """Steps after ``after_step`` run out of memory whenever a micro-batch has more than 2 rows (raising
+    ``error()``, by default a ``torch.cuda.OutOfMemoryError``); ``recipes``: step -> the source rows it
+    trained on (pads stripped), for the steps that fit."""
     real = Trainer._train_step
     seen = []
 
     def step(self, window):
         seen.append([batch["input_ids"].shape[0] for batch in window])
         if self.state.global_step >= after_step and max(b["input_ids"].shape[0] for b in window) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            raise error() if error else torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         if recipes is not None:
             recipes[self.state.global_step + 1] = sorted(tuple(row[row != 0].tolist()) for batch in window
                                                          for row in batch["input_ids"])
@@ -98,3 +99,50 @@ def test_without_the_flag_the_run_ends_with_exit_5(tiny_model, small_csv, cache_
     assert "out of GPU memory in step 3 at micro-batch 8 x accumulation 2" in message
     assert "--auto-micro-batch" in message and "checkpoint-2 is intact" in message
     assert ckmanifest.manifest_problems(out / "checkpoint-2", verify_hashes=True) == []
+
+
+class _CompiledRegionFailed(Exception):
+    """Stands for torch.compile's wrapper of an error raised inside a compiled region."""
+
+
+def _wrapped(inner: BaseException) -> BaseException:
+    try:
+        raise _CompiledRegionFailed("backend failed") from inner
+    except _CompiledRegionFailed as err:
+        return err
+
+
+@pytest.mark.parametrize("err, expected", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("Triton Error [CUDA]: out of memory"), True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (_wrapped(RuntimeError("Triton Error [CUDA]: out of memory")), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64)"), False),
+    (ValueError("out of memory"), False),  # not an error a device raises
+    (_wrapped(RuntimeError("index out of range")), False),
+])
+def test_out_of_memory_is_recognised_whatever_its_type(err, expected):
+    assert is_out_of_memory(err) is expected
+
+
+def test_a_cublas_allocation_failure_is_retried_at_half_the_micro_batch(tiny_model, small_csv, cache_dir, tmp_path,
+                                                                        monkeypatch, caplog):
+    seen = fits_two_rows(monkeypatch, after_step=1,
+                         error=lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "run"
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "2", "--save-steps", "2",
+                                    "--gradient-accumulation-steps", "2", "--auto-micro-batch")) == 0
+    assert seen == [[8, 8], [8, 8], [4] * 4, [2] * 8]
+    assert "retrying it with micro-batch 4 x accumulation 4" in caplog.text
+
+
+def test_an_error_that_is_not_out_of_memory_ends_the_run_as_it_is(tiny_model, small_csv, cache_dir, tmp_path,
+                                                                   monkeypatch):
+    seen = fits_two_rows(monkeypatch, after_step=1, error=lambda: RuntimeError("shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--max-steps", "2",
+                                 "--save-steps", "2", "--gradient-accumulation-steps", "2", "--auto-micro-batch"))
+    assert seen == [[8, 8], [8, 8]]  # not retried

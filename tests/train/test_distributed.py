@@ -264,3 +264,38 @@ def test_lora_on_two_processes_trains_like_one_and_saves_the_adapter(no_dropout_
     assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
     names = {p.name for p in checkpoint.iterdir()}
     assert ckpt.WEIGHTS not in names and any("adapter" in name for name in names)
+
+
+class _RecordingModel(torch.nn.Linear):
+    """Records each ``.to`` (a CUDA device cannot be reached here) and where it was at ``prepare``."""
+
+    def __init__(self, events: list):
+        super().__init__(2, 2)
+        self.events = events
+
+    def to(self, *args, **kwargs):
+        self.events.append(("to", str(args[0] if args else kwargs.get("device"))))
+        return self
+
+
+@pytest.mark.parametrize("distributed_type, expected", [
+    ("FSDP", [("prepare", "cpu")]),  # sharded by prepare, each shard on its GPU; never whole on one
+    ("MULTI_GPU", [("to", "cuda:1"), ("prepare", "cpu")]),
+    ("NO", [("to", "cuda:1"), ("prepare", "cpu")]),
+])
+def test_fsdp_prepares_the_model_where_it_was_loaded(distributed_type, expected):
+    """fsdp_cpu_ram_efficient_loading (configs/accelerate_fsdp.yaml) only helps if the model reaches
+    accelerate's prepare on the CPU (or meta): moving it to the GPU first puts all of it on every GPU."""
+    from types import SimpleNamespace
+
+    from chef_genius.train import sharded
+    events = []
+    model, optimizer = _RecordingModel(events), object()
+
+    def prepare(*objects):
+        events.append(("prepare", str(next(objects[0].parameters()).device)))
+        return objects
+
+    accelerator = SimpleNamespace(distributed_type=distributed_type, prepare=prepare)
+    assert sharded.prepare(accelerator, model, optimizer, torch.device("cuda:1")) == (model, optimizer)
+    assert events == expected

@@ -85,3 +85,37 @@ def test_adamw_8bit_is_refused_without_cuda(tiny_model, small_csv, cache_dir, tm
         run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--optimizer", "adamw-8bit"))
     assert err.value.exit_code == 2
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("by_name", [False, True], ids=["torch-layout", "fsdp-by-name-layout"])
+def test_a_resume_on_another_device_keeps_this_devices_fused_adamw(by_name, caplog, monkeypatch):
+    """A CPU-made checkpoint holds AdamW's ``fused: None``; loaded as is on a GPU, AdamW would then run
+    unfused. The resumed optimizer keeps what make_optimizer chose for this device (fused on CUDA; here
+    fused CPU AdamW stands in for it), and the moments are the saved ones."""
+    from types import SimpleNamespace
+    from chef_genius.train import sharded
+    from chef_genius.train.components import OptimizerSlice
+    from chef_genius.train.schedule import Schedule
+    from chef_genius.train.state import RunState
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    saving = torch.optim.AdamW(model.parameters(), lr=1e-3)  # as on the CPU that saved: fused None
+    model(torch.ones(3, 4)).sum().backward()
+    saving.step()
+    state, layout = saving.state_dict(), ckstate.OPTIMIZER_LAYOUT_NAMES if by_name else None
+    if by_name:  # torch's by-name loader needs a process group; what matters here is the path around it
+        monkeypatch.setattr(sharded, "load_optimizer_by_name", lambda model, optimizer, state:
+                            optimizer.load_state_dict(state))
+    assert all(group["fused"] is None for group in saving.state_dict()["param_groups"])
+
+    resuming = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # this device's choice
+    plain = SimpleNamespace(distributed_type="NO")
+    part = OptimizerSlice(plain, model, resuming, Schedule(0, 10, "linear"), RunState(), rewarm_steps=2)
+    caplog.set_level(logging.INFO)
+    assert part.load_state_dict({"state": state, "layout": layout, "kind": "adamw"}) == "optimizer"
+    assert [group["fused"] for group in resuming.param_groups] == [True]
+    assert resuming.param_groups[0]["foreach"] is None and resuming.param_groups[0]["capturable"] is False
+    assert "fused=None -> True" in caplog.text
+    for param in model.parameters():
+        assert torch.equal(resuming.state[param]["exp_avg"], saving.state[param]["exp_avg"])

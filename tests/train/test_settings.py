@@ -402,3 +402,56 @@ def test_async_save_is_the_default_on_cuda_only():
         return Trainer._async_save(SimpleNamespace(device=torch.device(device), config=config))
     assert async_save("cuda") and not async_save("cpu")
     assert not async_save("cuda", "--no-async-save") and async_save("cpu", "--async-save")
+
+
+@pytest.mark.parametrize("saved, command, said", [
+    (True, [], "this session trains eager while the checkpoint's run trained compiled"),
+    (None, [], None),   # a checkpoint older than the record: nothing known, nothing said
+    (False, [], None),
+])
+def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(reference, cache_dir, tmp_path, caplog,
+                                                                        saved, command, said):
+    """The run's --compile setting (None: decided by the machine) may resolve otherwise on another machine;
+    the numerics of a compiled step differ from an eager one's, so a resume that trains otherwise says so
+    in one line (the checkpoint records whether its run compiled)."""
+    from chef_genius.train.trainer import Trainer
+    out = _copy(reference, tmp_path, 12)
+    assert ckstate.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
+    if saved is None:
+        _edit_hyperparameters(out / "checkpoint-12", drop=("compiled",))
+    else:
+        _edit_hyperparameters(out / "checkpoint-12", compiled=saved)
+    caplog.set_level(logging.INFO)
+    trainer = Trainer(parse_args(short_resume(out, cache_dir, *command)))
+    try:
+        trainer.setup()
+    finally:
+        trainer.reporters.close()
+        trainer.close()
+    lines = [r.getMessage() for r in caplog.records if "bitwise equal to an uninterrupted run's (pass" in r.getMessage()]
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and said in lines[0] and "from step 12 on" in lines[0] and "--compile" in lines[0]
+
+
+def test_a_resume_keeps_the_runs_compile_choice_unless_a_flag_changes_it():
+    """--disable-compilation (or --compile) is the run's: compiled and eager steps differ in floating point,
+    so a resume keeps it; a flag on the resume command changes it with one line."""
+    saved = _saved(data="a.csv", compile=False)
+    plain = parse_args(["--data", str(SAMPLE_CSV)])
+    assert plain.compile is None and settings.decide(saved, plain.to_dict(), plain.explicit).values["compile"] is False
+    forced = parse_args(["--data", str(SAMPLE_CSV), "--compile"])
+    decision = settings.decide(saved, forced.to_dict(), forced.explicit)
+    assert decision.values["compile"] is True
+    assert [str(c) for c in decision.applied] == ["--compile (compile off -> on)"]
+
+
+def test_a_checkpoint_from_before_dedup_resumes_without_it_and_refuses_turning_it_on():
+    saved = {"batch_size": 8, "seed": 42}  # written before --dedup existed: its run trained on every row
+    decision = settings.decide(saved, _saved(), explicit=set())
+    assert decision.values["dedup"] == "off" and "dedup" in decision.kept and decision.refused == []
+    turned_on = settings.decide(saved, _saved(dedup="remove"), explicit={"dedup"})
+    assert [str(c) for c in turned_on.refused] == ["--dedup off -> remove"]
+    recorded = settings.decide(_saved(dedup="keep"), _saved(), explicit=set())
+    assert recorded.values["dedup"] == "keep"

@@ -1,0 +1,231 @@
+"""A training file's duplicates, its content-based validation split, and what a run records of them.
+
+- ``find_duplicates``: ``dedup.deduplicate`` over the file's usable recipes (and the ``--eval-data``
+  recipes, whose twins leave training), kept in the tokenized cache folder under a key of the
+  dedup settings and the held-out file, so a rerun or a resume reads it back instead of hashing again.
+- ``content_split``: the validation split by content. A recipe is held out when a hash of its
+  cluster's content key and the seed falls below ``--eval-split-ratio``: its side depends on what it
+  is, not on its row number, so appending rows moves no old recipe across the split, and a recipe and
+  its twins (kept with ``--dedup keep``) always fall on the same side.
+- ``write_audit``: ``removed_duplicates.csv`` in the run folder, one line per removed row.
+- ``write_signatures`` / ``twins_in_training``: the training recipes' content keys and LSH band keys
+  (``dedup.band_keys``, 136 bytes a recipe), saved beside the final model, so ``evaluate_recipes.py``
+  can count held-out recipes that were trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chef_genius.data import dedup
+from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
+from chef_genius.data.recipes import parse_target
+
+log = logging.getLogger("chef_genius")
+
+DEDUP_VERSION = 1          # part of the saved result's key: bump when the normal form or hashing changes
+AUDIT_FILE = "removed_duplicates.csv"
+SIGNATURES_FILE = "chef_genius_training_signatures.npz"
+
+
+@dataclass(frozen=True)
+class DedupOptions:
+    """``--dedup`` (remove | keep | off) and ``--dedup-threshold``."""
+    mode: str = "remove"
+    threshold: float = dedup.DEFAULT_THRESHOLD
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+
+@dataclass
+class FileDedup:
+    """What was decided for one training file (rows = its usable recipes, in order)."""
+    path: str
+    records: np.ndarray        # 1-based record number in the file of each usable recipe
+    titles: list[str]
+    result: dedup.Dedup
+    eval_path: str | None = None
+    eval_records: np.ndarray | None = None
+    eval_titles: list[str] | None = None
+
+    def train_rows(self, mode: str) -> np.ndarray:
+        """The rows training may use: the kept ones (``remove``) or all but the held-out twins (``keep``)."""
+        if mode == "remove":
+            return self.result.kept
+        held = [r.row for r in self.result.removed if r.kind == "held_out_twin"]
+        mask = np.ones(len(self.result.keys), dtype=bool)
+        mask[held] = False
+        return np.flatnonzero(mask)
+
+
+def _key(path, options: ReadOptions, settings: DedupOptions, eval_path) -> str:
+    from chef_genius.data.fingerprint import file_fingerprint
+    key = {"version": DEDUP_VERSION, "data": file_fingerprint(path), **options.key(), "threshold": settings.threshold,
+           "eval": file_fingerprint(eval_path) if eval_path else None}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def result_path(folder: Path, path, options: ReadOptions, settings: DedupOptions, eval_path) -> Path:
+    return Path(folder) / f"dedup-{_key(path, options, settings, eval_path)}.npz"
+
+
+def find_duplicates(path, options: ReadOptions, settings: DedupOptions, folder: Path, eval_path=None) -> FileDedup:
+    """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``."""
+    saved = result_path(folder, path, options, settings, eval_path)
+    if saved.is_file():
+        return _load(saved, path, eval_path, settings.threshold)
+    targets, records, titles = _read(path, options)
+    held, held_records, held_titles = _read(eval_path, options) if eval_path else ([], None, None)
+    log.info("looking for duplicates among %d recipes of %s (threshold %.2f)", len(targets), path, settings.threshold)
+    result = dedup.deduplicate(targets, settings.threshold, held)
+    found = FileDedup(str(path), records, titles, result, str(eval_path) if eval_path else None, held_records,
+                      held_titles)
+    _save(saved, found)
+    return found
+
+
+def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]:
+    stats = ReadStats()
+    targets, records, titles = [], [], []
+    for example in read_examples(path, stats, options):
+        targets.append(example["target"])
+        records.append(stats.rows)  # counted before the row is yielded: its record number
+        titles.append(parse_target(example["target"]).title[:120])  # a pair file's "title" may be its whole text
+    return targets, np.array(records, dtype=np.int64), titles
+
+
+def _save(where: Path, found: FileDedup) -> None:
+    r = found.result
+    removed = np.array([(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed],
+                       dtype=np.float64).reshape(-1, 4)
+    tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, keys=r.keys, bands=r.bands, removed=removed, records=found.records,
+             titles=np.array(found.titles, dtype=object),
+             eval_records=found.eval_records if found.eval_records is not None else np.zeros(0, np.int64),
+             eval_titles=np.array(found.eval_titles or [], dtype=object))
+    os.replace(tmp, where)
+
+
+def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
+    with np.load(where, allow_pickle=True) as z:
+        removed = [dedup.Removal(int(row), int(twin), dedup.REMOVAL_KINDS[int(kind)], float(sim))
+                   for row, twin, kind, sim in z["removed"]]
+        result = dedup.Dedup(z["keys"], removed, z["bands"], threshold)
+        return FileDedup(str(path), z["records"], list(z["titles"]), result, str(eval_path) if eval_path else None,
+                         z["eval_records"], list(z["eval_titles"]))
+
+
+# -- the split ----------------------------------------------------------------------------------------
+def side_hash(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform 64-bit value per content key and seed (splitmix64's finaliser over key ^ seed)."""
+    x = np.asarray(keys, dtype=np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def content_split(keys: np.ndarray, rows: np.ndarray, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of ``rows``: held out where the side hash of the row's cluster
+    key falls below ``ratio`` (pure). With a ratio above 0 and two rows or more, at least one row is on
+    each side (the lowest hash held out, or the highest kept)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if ratio <= 0 or len(rows) < 2:
+        return rows, rows[:0]
+    h = side_hash(keys[rows], seed)
+    cut = np.uint64(min(int(ratio * 2.0 ** 64), 2 ** 64 - 1))
+    held = h < cut
+    if not held.any():
+        held[np.argmin(h)] = True
+    if held.all():
+        held[np.argmax(h)] = False
+    return rows[~held], rows[held]
+
+
+def split_rows(num_rows: int, found: FileDedup | None, mode: str, has_eval_data: bool, ratio: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a file's usable recipes (pure given ``found``): with
+    ``--eval-data`` every row training may use and no validation row, else the content split of those
+    rows; with ``--dedup off`` (``found`` None) the split of rows by number, as before duplicates were
+    looked for (``tokenized.split_indices``)."""
+    if found is None:
+        if has_eval_data:
+            return np.arange(num_rows), np.arange(0)
+        from chef_genius.data.tokenized import split_indices
+        return split_indices(num_rows, ratio, seed)
+    usable = found.train_rows(mode)
+    if has_eval_data:
+        return usable, usable[:0]
+    return content_split(found.result.keys, usable, ratio, seed)
+
+
+# -- what the run folder gets -------------------------------------------------------------------------
+def write_audit(out_dir: Path, found: FileDedup) -> Path:
+    """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity."""
+    out = Path(out_dir) / AUDIT_FILE
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(["kind", "file", "record", "title", "twin_file", "twin_record", "twin_title", "similarity"])
+        for r in found.result.removed:
+            held = r.kind == "held_out_twin"
+            twin_file = found.eval_path if held else found.path
+            twin_record = (found.eval_records if held else found.records)[r.twin]
+            twin_title = (found.eval_titles if held else found.titles)[r.twin]
+            w.writerow([r.kind, found.path, int(found.records[r.row]), found.titles[r.row], twin_file,
+                        int(twin_record), twin_title, f"{r.similarity:.4f}"])
+    os.replace(tmp, out)
+    return out
+
+
+def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
+    """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``."""
+    out = Path(folder) / SIGNATURES_FILE
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}.npz")
+    np.savez_compressed(tmp, keys=np.unique(found.result.keys[train_rows]), bands=found.result.bands[train_rows],
+                        version=np.array(DEDUP_VERSION), threshold=np.array(found.result.threshold))
+    os.replace(tmp, out)
+    return out
+
+
+def find_signatures(folder: Path) -> Path | None:
+    """The signatures file of a model folder, a checkpoint's run folder, or None."""
+    for where in (Path(folder), Path(folder).parent):
+        if (where / SIGNATURES_FILE).is_file():
+            return where / SIGNATURES_FILE
+    return None
+
+
+def twins_in_training(signatures: Path, targets: list[str]) -> tuple[np.ndarray, float]:
+    """(for each recipe text: whether the recorded training data holds its twin, the threshold): an
+    exact twin (same content key), or a near-twin, a training recipe sharing at least
+    ``dedup.bands_for(threshold)`` of its band keys (similarity estimated at the threshold or above)."""
+    with np.load(signatures) as z:
+        keys, bands, threshold = z["keys"], z["bands"], float(z["threshold"])
+    normals = [dedup.normal_form(t) for t in targets]
+    mine = np.array([dedup.content_key(n) for n in normals], dtype=np.uint64)
+    digests = np.array([dedup.minhash(n).digest() for n in normals], dtype=np.uint32).reshape(len(normals), -1)
+    mine_bands = dedup.band_keys(digests)
+    hit = np.isin(mine, keys)
+    need = dedup.bands_for(threshold)
+    order = np.argsort(bands, axis=0, kind="stable")
+    columns = np.take_along_axis(bands, order, axis=0)
+    for i in np.flatnonzero(~hit):
+        rows = []
+        for b in range(bands.shape[1]):
+            lo, hi = np.searchsorted(columns[:, b], mine_bands[i, b], "left"), np.searchsorted(
+                columns[:, b], mine_bands[i, b], "right")
+            rows.append(order[lo:hi, b])
+        found = np.concatenate(rows)
+        hit[i] = len(found) > 0 and np.bincount(found).max() >= need
+    return hit, threshold
