@@ -28,8 +28,9 @@ pytestmark = [pytest.mark.slow,
 
 CLI = REPO / "cli" / "complete_optimized_training.py"
 ACT_SECONDS = 10.0  # the goal on the tiny model: from the signal to the exit, the save included
+# --dedup off: the validation files repeat the training recipes (the point is a long evaluation)
 QUICK = ("--max-steps", 6, "--max-source-length", 32, "--max-target-length", 64, "--save-steps", 100,
-         "--eval-steps", 2)
+         "--eval-steps", 2, "--dedup", "off")
 
 
 def _sample_times(path: Path, copies: int) -> Path:
