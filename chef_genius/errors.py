@@ -61,6 +61,10 @@ EXIT_DIVERGED = _code(6, "the run diverged and rolling back did not cure it; the
     "the run diverged (a loss spike or non-finite steps; docs/checkpoints.md: Divergence) and "
     "`--max-rollbacks` is used up, no healthy checkpoint precedes the divergence, or the run is under FSDP; or its "
     "final weights are not finite (no final model saved): the line names the newest healthy checkpoint"))
+EXIT_STOPPED_IN_SETUP = _code(7, "stopped by a signal before the first step; nothing half-built kept", training=(
+    "stopped by SIGTERM / Ctrl+C before the first step (reading the checkpoint, a first tokenization, loading the "
+    "model): no checkpoint written, the tokenizing workers ended, no staging folder kept; run the same command "
+    "again"))
 EXIT_PREEMPTED = _code(75, "stopped by SIGTERM, SIGUSR1 or Ctrl+C after a checkpoint; resume with `latest`",
                        training=(
     "preempted (SIGTERM / SIGUSR1 / Ctrl+C / Ctrl+Break): the checkpoint it names was committed (`--async-save` "
@@ -124,6 +128,14 @@ class Preempted(UserError):
     label = "stopped"
 
 
+class StoppedInSetup(KeyboardInterrupt):
+    """A stop signal before training began (first-time tokenization, loading the model): raised by the
+    signal handler (a ``KeyboardInterrupt``, so no ``except Exception`` swallows it), so every cleanup on
+    the way out runs (staging folders removed, worker processes ended); ends with one line, exit 7."""
+
+    exit_code = EXIT_STOPPED_IN_SETUP
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run ``main`` and turn a ``UserError`` into one line on stderr and its exit code."""
     try:
@@ -131,6 +143,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except UserError as err:
         if err.label:
             print(f"{err.label}: {err}", file=sys.stderr)
+        code = err.exit_code
+    except StoppedInSetup as err:
+        print(f"stopped: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted at once, without a new checkpoint; the earlier checkpoints are intact "

@@ -16,13 +16,12 @@
   ENOSYS, EOPNOTSUPP...): the run is not refused, it warns once that nothing stops a second trainer
   here, and keeps leftover staging folders (it cannot tell a dead run's from a live run's save).
 
-On Windows the lock is on one byte far past the record (``_WINDOWS_LOCK_OFFSET``): Windows locks are
+On Windows the lock is on one byte far past the record (``oslock.WINDOWS_LOCK_OFFSET``): Windows locks are
 mandatory, and a lock over the record would stop a refused trainer from reading who holds it.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -35,17 +34,15 @@ from pathlib import Path
 
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.errors import SaveError, UserError
+# the OS primitives (shared with the tokenized cache's builder lock)
+from chef_genius.oslock import CONTENDED as _CONTENDED, lock as _lock, same_file as _same_file, unlock as _unlock
 
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 0.5  # a held lock is tried again this long (a doctor's probe holds it for microseconds)
 _RETRY_SECONDS = 0.1
-_WINDOWS_LOCK_OFFSET = 1 << 30
 _MAX_RECORD = 64 << 10
 _O_BINARY = getattr(os, "O_BINARY", 0)
-# errno of a lock that another process holds; any other OSError means "this file system has no locks"
-_CONTENDED = {getattr(errno, name) for name in ("EAGAIN", "EWOULDBLOCK", "EACCES", "EDEADLK", "EDEADLOCK")
-              if hasattr(errno, name)}
 _HELD: set[RunLock] = set()
 
 
@@ -214,41 +211,6 @@ def live_holder(output_dir: str | Path) -> Holder | None:
         return None
     finally:
         os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# the OS primitives
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _lock(fd: int, shared: bool) -> None:
-        # msvcrt has no shared lock; a probe takes the byte exclusively for an instant
-        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-    def _same_file(fd: int, path: Path) -> bool:
-        return True  # an open file cannot be deleted on Windows: a released lock file is never replaced under us
-
-else:
-    import fcntl
-
-    def _lock(fd: int, shared: bool) -> None:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _same_file(fd: int, path: Path) -> bool:
-        try:
-            here, there = os.fstat(fd), os.stat(path)
-        except OSError:
-            return False
-        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read(fd: int) -> bytes:

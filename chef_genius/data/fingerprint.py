@@ -1,30 +1,106 @@
 """What "the same data file" means: the one place that fingerprints a data file.
 
-Two fingerprints, for two questions:
+The fingerprint is the file's content: ``content_sha256``, the sha256 of every byte.
 
-- ``data_identity``: is this the file a checkpoint trained on? Saved in the checkpoint's settings
-  (``data_identity``, ``eval_data_identity``) and compared on resume, so it must survive a copy to
-  another machine: the file's name, size and a sha256 of its first and last MiB, never its path or
-  time. Checkpoints keep the value they were written with, so a change of what it hashes must still
-  compare equal for an unchanged file (or tell an old identity by its keys: ``sha256_head_tail``).
-- ``file_fingerprint``: may this machine reuse what it derived from the file (the tokenized cache,
-  the streaming row count)? Local, so path and modification time count too, plus a sha256 of
-  about 3 MiB sampled over the whole file.
+- ``content_identity``: is this the file a checkpoint trained on? Name, size and content sha256,
+  saved in the checkpoint's settings (``data_identity``, ``eval_data_identity``) and compared on
+  resume; it survives a copy to another machine (never its path or time). An edit anywhere, of any
+  length, with the modification time kept or not, is a different file.
+- The tokenized cache records the same ``content_sha256`` in its metadata and is reused only for
+  it (``data/tokenized.py``); ``file_fingerprint`` (path, size, time, a sampled hash) only names the
+  cache folder to look in, so a first run finds none without reading the file.
+- The cost: one read of the file per run start (sha256 runs at about 345 MB/s on this 2-core machine
+  at load average 13, 1.4 GB/s on a quiet core; docs/training-and-data.md: "Data by content"), remembered for the life
+  of the process so the resume check and the cache check share it. A first run pays nothing in wall
+  time: the hash runs in a thread beside the tokenization (``hashing_beside``).
+- ``data_identity``: the identity checkpoints saved before the content fingerprint (name, size, a
+  sha256 of the first and last MiB). Still computed, to compare such a checkpoint, which cannot tell
+  an edit in the middle (the resume says so in one line and records the content identity from then on).
 
-Both read their bytes through ``_digest``: a change to "every byte" is a change of the spans.
+``data_identity`` and ``file_fingerprint`` read their bytes through ``_digest``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 _MIB = 1 << 20
 _BLOCK, _SAMPLES = 64 << 10, 16
+_CHUNK = 4 * _MIB
+_known: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content sha256, this process
+_lock = threading.Lock()
+
+
+def content_sha256(path: str | Path) -> str:
+    """sha256 of every byte of ``path``, read in chunks. Remembered for this process while the file's
+    device, inode, size, modification and change times stay (a write changes the change time, which
+    no tool can set back), so the resume check and the cache check read the file once."""
+    path = Path(path).resolve()
+    key = _stat_key(path)
+    with _lock:
+        if key in _known:
+            return _known[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    if _stat_key(path) == key:  # not written to while it was read
+        with _lock:
+            _known[key] = value
+    return value
+
+
+def content_identity(path: str | Path | None) -> dict | None:
+    """Name, size and content sha256: what a checkpoint records of the data file it trained on."""
+    if path is None:
+        return None
+    path = Path(path)
+    return {"name": path.name, "size": path.stat().st_size, "sha256": content_sha256(path)}
+
+
+def is_content_identity(identity: dict | None) -> bool:
+    """Whether a saved identity fingerprints the whole content (else: an older, head-and-tail one)."""
+    return isinstance(identity, dict) and "sha256" in identity
+
+
+@contextmanager
+def hashing_beside(path: str | Path):
+    """Compute ``content_sha256(path)`` in a thread while the body reads the file for its own ends
+    (the first tokenization); yields a callable that returns the digest, waiting for it if needed.
+    sha256 releases the GIL, so the hash takes no wall time from a body that is slower than a read."""
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["sha256"] = content_sha256(path)
+        except BaseException as err:  # handed to the caller
+            result["error"] = err
+
+    thread = threading.Thread(target=work, name="content-sha256", daemon=True)
+    thread.start()
+
+    def digest() -> str:
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["sha256"]
+
+    yield digest
+
+
+def _stat_key(path: Path) -> tuple:
+    stat = os.stat(path)
+    return (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def data_identity(path: str | Path | None) -> dict | None:
-    """Name, size and a hash of the first and last MiB: survives a copy to another machine."""
+    """Name, size and a hash of the first and last MiB: the identity saved by checkpoints written
+    before ``content_identity``, computed now to compare with theirs."""
     if path is None:
         return None
     path = Path(path)
@@ -33,7 +109,8 @@ def data_identity(path: str | Path | None) -> dict | None:
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """Path, size, modification time and a sampled hash: the key of what this machine derived from the file."""
+    """Path, size, modification time and a sampled hash: names the folder of what this machine derived
+    from the file (the tokenized cache checks the content itself, ``content_sha256``)."""
     path = Path(path).resolve()
     stat = path.stat()
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections import Counter, deque
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def _pool(procs: int):
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        return multiprocessing.get_context("fork").Pool(procs, initializer=_start_worker)
+        return multiprocessing.get_context("fork").Pool(procs, initializer=_start_worker, initargs=(os.getpid(),))
     finally:
         if before is None:
             del os.environ["TOKENIZERS_PARALLELISM"]
@@ -92,10 +93,27 @@ def _pool(procs: int):
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def _start_worker() -> None:
-    # Ctrl-C is the parent's to handle; a trainer's SIGTERM handler must not keep a worker alive.
+def _start_worker(parent: int) -> None:
+    # Ctrl-C is the parent's to handle; a trainer's SIGTERM handler must not keep a worker alive. The
+    # parent ends its pool on the way out of a stop (the pool's ``with``); a parent killed outright
+    # (SIGKILL, the OOM killer) cannot, so on Linux the kernel ends the worker when its parent dies.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent(parent)
+
+
+def _end_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call: nobody would end this worker
+        os._exit(1)
 
 
 def _range_part(index: int) -> tuple[int, dict, int, bool]:

@@ -33,14 +33,19 @@ from chef_genius.data.shares import ShareCollator, ShareDataset, rank_share
 
 
 def count_rows(path: str | Path, cache_root: str | Path, options: ReadOptions = ReadOptions()) -> int:
-    """Usable recipes in ``path``, counted once and remembered by the file's fingerprint and the
-    ``--columns`` mapping (which decides which rows are usable)."""
-    from chef_genius.data.fingerprint import file_fingerprint
+    """Usable recipes in ``path``, counted once and remembered by the file's fingerprint, its content
+    (an edit that keeps the size and time changes the count) and the ``--columns`` mapping (which
+    decides which rows are usable). An unreadable memo is counted again."""
+    from chef_genius.data.fingerprint import content_sha256, file_fingerprint
 
     fingerprint = file_fingerprint(path)
     memo = Path(cache_root) / "stream-counts.json"
-    known = json.loads(memo.read_text()) if memo.is_file() else {}
-    key = json.dumps({**fingerprint, "columns": options.columns}, sort_keys=True)
+    try:
+        known = json.loads(memo.read_text()) if memo.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    key = json.dumps({**fingerprint, "sha256": content_sha256(path), "columns": options.columns}, sort_keys=True)
     if key not in known:
         stats = ReadStats()
         known[key] = sum(1 for _ in read_examples(path, stats, options))

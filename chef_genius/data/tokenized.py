@@ -1,20 +1,23 @@
 """Tokenized training data: an on-disk Arrow cache, the validation split, batches.
 
-The cache is keyed by the data file (``data/fingerprint.py``: absolute path, size, modification time
-and a hash of its first and last MiB and of 16 blocks between them, so an edit that keeps size and
-time still counts), the tokenizer (hash of its serialized vocabulary), the recipe template version, the
-``--columns`` mapping, the ``--source-template``, the max lengths and the cache layout, so a second
-run or a resume memory-maps the same Arrow files instead of tokenizing again.
+The cache folder is named by the data file (``data/fingerprint.py``: absolute path, size,
+modification time and a sampled hash), the tokenizer (hash of its serialized vocabulary), the recipe
+template version, the ``--columns`` mapping, the ``--source-template``, the max lengths and the cache
+layout, so a second run or a resume memory-maps the same Arrow files instead of tokenizing again. It
+is used only if it was built from the data file's content as it is now: its metadata records the
+file's ``content_sha256`` (hashed beside the first tokenization), compared with the file's on every
+open, so an edit that keeps the size and the modification time is tokenized again, never served stale.
 
 The duplicate search (``corpus.find_duplicates``) keeps its decision in the same folder, under a key of
 its own settings (``--dedup-threshold``, the ``--eval-data`` file), so another threshold re-hashes
 without re-tokenizing.
 
 A cache folder holds Arrow parts (written once, by the processes that tokenized them:
-``preprocess.py``) and ``CACHE_META``, which lists them in row order with the read statistics and is
-written last, so a folder without it is never used. They are read back memory-mapped with pyarrow
-alone (``ArrowRows``): the training path needs no ``datasets`` package, and a row read costs a slice
-of two mapped arrays.
+``preprocess.py``) and ``CACHE_META``, which lists them in row order with their checksums and the read
+statistics and is written last, so a folder without it is never used. ``cache_store.py`` owns the
+folders: verified when opened, rebuilt when damaged, built by one run while the others wait. They are
+read back memory-mapped with pyarrow alone (``ArrowRows``): the training path needs no ``datasets``
+package, and a row read costs a slice of two mapped arrays.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +32,15 @@ import numpy as np
 import torch
 
 from chef_genius.errors import DataError
-from chef_genius.data.fingerprint import file_fingerprint
+from chef_genius.data import cache_store
+from chef_genius.data.cache_store import CACHE_META
+from chef_genius.data.fingerprint import content_sha256, file_fingerprint, hashing_beside
 from chef_genius.data.preprocess import build_parts
 from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
 
 log = logging.getLogger(__name__)
 
-CACHE_META = "chef_genius_cache.json"
 # 2: Arrow parts listed in CACHE_META (was: one ``datasets.save_to_disk`` folder); same rows and ids
 # 3: the untruncated lengths too (source_full_len, target_full_len: the truncation report)
 CACHE_LAYOUT = 3
@@ -100,26 +102,29 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
                    cache_root: str | Path, num_proc: int = 0, options: ReadOptions = ReadOptions(),
                    progress: str = "auto") -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root`` (on ``num_proc`` processes, 0: all cores);
-    later calls memory-map the cached Arrow parts."""
+    later calls verify and memory-map the cached Arrow parts (``cache_store.py``: checksums, one
+    builder at a time, a damaged cache built again)."""
     final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
-    if (final / CACHE_META).is_file():
-        meta = json.loads((final / CACHE_META).read_text())
-        return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, True)
 
-    staging = final.with_name(final.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "data").mkdir(parents=True)
-    try:
-        stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, staging / "data",
-                                   num_proc, options, progress)
-        if stats.kept == 0:
-            raise _no_recipe(data_path, stats)
-        meta = {"stats": stats.to_dict(), "parts": parts}
-        (staging / "data" / CACHE_META).write_text(json.dumps(meta))
-        os.replace(staging / "data", final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return TokenizedData(_open_parts(final, parts), meta["stats"], final, False)
+    def build(folder: Path) -> dict:
+        with hashing_beside(data_path) as content:  # the fingerprint, read beside the tokenization
+            stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, folder,
+                                       num_proc, options, progress)
+            if stats.kept == 0:
+                raise _no_recipe(data_path, stats)
+            return {"stats": stats.to_dict(), "parts": parts, "content_sha256": content()}
+
+    def built_from_this_content(meta: dict) -> str | None:
+        recorded = meta.get("content_sha256")
+        if recorded is None:
+            return f"it does not record the content of {Path(data_path).name} (written by an older version)"
+        if recorded != content_sha256(data_path):
+            return (f"{Path(data_path).name} changed since it was built (its content; size and modification "
+                    "time may be the same)")
+        return None
+
+    meta, from_cache = cache_store.open_or_build(final, build, built_from_this_content)
+    return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, from_cache)
 
 
 def _open_parts(folder: Path, parts: list[str]) -> ArrowRows:

@@ -88,8 +88,9 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
                  max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
                  autocast=contextlib.nullcontext, max_source_length: int = 256,
                  on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE, decoding: dict | None = None,
-                 synced: bool = False) -> list[str]:
-    """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch);
+                 synced: bool = False, stop=None) -> list[str]:
+    """Greedy recipes for ``examples``, ``batch_size`` at a time (``on_batch(done)`` after each batch;
+    ``stop()``: read after each token, a true one cuts the batch short, see ``generate_texts``);
     ``decoding``: ``no_repeat_ngram_size`` / ``repetition_penalty`` other than the project's defaults;
     ``synced``: every process of a sharded model calls this with the same examples (``generate_texts``).
 
@@ -97,11 +98,12 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
     from chef_genius.model.generation import GenerationSettings, generate_texts
     settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=1, **(decoding or {}))
     texts: list[str] = []
+    stopping = {} if stop is None else {"stop": stop}
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         out = generate_texts(model, tokenizer, [e.ingredient_text for e in chunk], settings, device, autocast,
                              max_source_length, template, sources=[e.model_input(template) for e in chunk],
-                             synced=synced)
+                             synced=synced, **stopping)
         texts += [outs[0] for outs in out]
         if on_batch is not None:
             on_batch(len(texts))
@@ -111,7 +113,7 @@ def generate_for(model, tokenizer, examples: list[HeldOut], device: torch.device
 def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.device, autocast=contextlib.nullcontext,
                    max_new_tokens: int = EVAL_MAX_NEW_TOKENS, batch_size: int = EVAL_BATCH_SIZE,
                    max_source_length: int = 256, on_batch=None, template: str = DEFAULT_SOURCE_TEMPLATE,
-                   decoding: dict | None = None, synced: bool = False) -> tuple[dict, list[dict]]:
+                   decoding: dict | None = None, synced: bool = False, stop=None) -> tuple[dict, list[dict]]:
     """(metrics, per-recipe details) of greedy generation on ``examples``.
 
     Every RNG stream is saved and restored around generation and the model's train/eval mode is
@@ -125,7 +127,7 @@ def evaluate_model(model, tokenizer, examples: list[HeldOut], device: torch.devi
         model.eval()
         try:
             texts = generate_for(model, tokenizer, examples, device, max_new_tokens, batch_size, autocast,
-                                 max_source_length, on_batch, template, decoding, synced)
+                                 max_source_length, on_batch, template, decoding, synced, stop)
         finally:
             model.train(was_training)
     metrics = score_recipes(texts, [e.ingredients for e in examples], [e.reference for e in examples])

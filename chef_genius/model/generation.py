@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -74,22 +75,36 @@ class GenerationSettings:
 def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: GenerationSettings,
                    device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256,
                    template: str = DEFAULT_SOURCE_TEMPLATE, sources: list[str] | None = None,
-                   synced: bool = False) -> list[list[str]]:
+                   synced: bool = False, stop: Callable[[], bool] | None = None) -> list[list[str]]:
     """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts; ``sources``
     given: those model inputs as they are (``--prompt``) instead of the template filled.
 
     ``synced``: every process of a sharded (FSDP) model makes this call together. Each forward then
     gathers the parameters from all of them, so a process whose recipes end early must keep stepping
-    until every process is done (transformers' ``synced_gpus``), or the others wait for it forever."""
+    until every process is done (transformers' ``synced_gpus``), or the others wait for it forever.
+    ``stop``: read after every generated token; once true the call ends early (the texts are cut
+    short: the caller that asked to stop discards them)."""
     if sources is None:
         sources = [source_from_ingredients(text, template) for text in ingredient_lists]
     batch = tokenizer(sources, return_tensors="pt", padding=True, truncation=True, max_length=max_source_length)
     batch = {k: v.to(device) for k, v in batch.items()}
+    extra = {} if stop is None else {"stopping_criteria": _stopping(stop)}
     with autocast():
-        out = model.generate(**batch, **settings.generate_kwargs(), synced_gpus=synced)
+        out = model.generate(**batch, **settings.generate_kwargs(), synced_gpus=synced, **extra)
     texts = [clean(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
     n = settings.num_return_sequences
     return [texts[i * n:(i + 1) * n] for i in range(len(sources))]
+
+
+def _stopping(stop: Callable[[], bool]):
+    """transformers' stopping criteria that end every sequence of a ``generate`` call once ``stop()``."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhen(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhen()])
 
 
 def recipe_dict(text: str) -> dict:

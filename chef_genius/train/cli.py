@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 
 from chef_genius.cli_support import setup_logging
 from chef_genius.train.config import parse_args
-from chef_genius.errors import EXIT_OK, run_cli
+from chef_genius.errors import EXIT_OK, Preempted, run_cli
 from chef_genius.monitoring.progress import epoch_label
+from chef_genius.train.preemption import abort_on_signal, stop_signals
 
 
 def main(argv=None) -> int:
@@ -51,13 +53,19 @@ def _train(config) -> int:
     from chef_genius.train.trainer import Trainer
     trainer = Trainer(config)
     try:
-        trainer.setup()
-        before = trainer.preview() if config.demo else None
-        state = trainer.train()
-        if config.demo:
-            show_learning(trainer, before)
+        with abort_on_signal("setting up (reading the checkpoint, tokenizing, loading the model)"):
+            trainer.setup()  # nothing to save yet: a stop signal ends it at once, cleaning up (exit 7)
+        # held until the run folder is given back: a signal during the exit cannot cut it short
+        with trainer.preemption:
+            try:
+                before = trainer.preview() if config.demo else None
+                state = trainer.train()
+                if config.demo:
+                    show_learning(trainer, before)
+            finally:
+                trainer.close()  # after the final model is written: the run folder is this run's until then
     finally:
-        trainer.close()  # after the final model is written: the run folder is this run's until then
+        trainer.close()
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
         epoch = epoch_label(trainer.position.epoch + 1, trainer.config.epochs)
@@ -92,4 +100,16 @@ def show_learning(trainer, before: tuple[int, str, str] | None) -> None:
 
 
 def entry() -> None:
-    run_cli(main)
+    run_cli(_main_to_the_end)
+
+
+def _main_to_the_end(argv=None) -> int:
+    """``main`` for the command line: once a stop's checkpoint is committed the process is on its way
+    out with exit 75, and a further SIGTERM / Ctrl+C must not turn that into 143 / 130 after the line
+    saying 75 (the trainer's handlers are already given back by then)."""
+    try:
+        return main(argv)
+    except Preempted:
+        for sig in stop_signals():
+            signal.signal(sig, signal.SIG_IGN)
+        raise

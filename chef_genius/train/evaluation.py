@@ -10,6 +10,11 @@ Under FSDP no process holds the whole model and every forward gathers the shards
 so a generation on the main process alone would wait for the others forever. There every process
 makes the same generation calls on the same recipes, synced (``generation.generate_texts``), each
 inside its own ``rng.isolated()``; only the main process logs, writes and keeps what they return.
+
+A stop signal abandons an evaluation: ``stop_requested`` is read between validation batches, after
+every generated token (a stopping criterion ends the ``generate`` call) and after each generation
+batch (agreed over the processes wherever they all take part, so they all leave at the same batch),
+and ``Stopped`` is raised; nothing of the abandoned evaluation is recorded.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import unwrap
 from chef_genius.monitoring.progress import CountProgress
 from chef_genius.train import distributed as dist
+from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import sharded
 
 log = logging.getLogger("chef_genius")
+
+
+class Stopped(Exception):
+    """The evaluation was abandoned for a stop signal (``Evaluation.stop_requested``)."""
 
 
 def is_better(metric: str, value: float, best: float | None) -> bool:
@@ -47,8 +57,10 @@ class Evaluation:
     """What one run evaluates on: its validation split and loader, the ``--eval-generate`` recipes, the
     fixed sample ingredient lists; the results go to the reporters and the best step to ``state``."""
 
-    def __init__(self, config, accelerator, tokenizer, eval_data, eval_loader, reporters, state):
+    def __init__(self, config, accelerator, tokenizer, eval_data, eval_loader, reporters, state,
+                 stop_requested: Callable[[], bool] | None = None):
         self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
+        self.stop_requested = stop_requested  # this process's stop flag (a signal); None: never stops
         self.eval_data, self.eval_loader = eval_data, eval_loader
         self.reporters, self.state = reporters, state
         self.device = accelerator.device
@@ -66,8 +78,17 @@ class Evaluation:
         """Whether this process runs the generation: the main one, and under FSDP every one."""
         return self.is_main or self.synced
 
+    def _stopping(self, everyone: bool = True) -> bool:
+        """Whether to abandon now; ``everyone``: agreed over the processes (they all run this batch)."""
+        if self.stop_requested is None:
+            return False
+        if everyone:
+            return preemption.agree(self.accelerator, self.stop_requested())[0]
+        return self.stop_requested()
+
     def run(self, model, loss_sum: Callable[[dict], torch.Tensor]) -> float:
-        """One evaluation: validation loss, recipe metrics, the best step, sample recipes; returns the loss."""
+        """One evaluation: validation loss, recipe metrics, the best step, sample recipes; returns the loss.
+        Raises ``Stopped`` (the model back in training mode) when a stop signal abandons it."""
         s, c = self.state, self.config
         loss = self.validation_loss(model, loss_sum)
         generation = self.log_generation(model)
@@ -91,14 +112,18 @@ class Evaluation:
         model.eval()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
-        with CountProgress("validation", len(self.eval_loader), self.config.progress, self.is_main,
-                           unit="batch") as progress:
-            for done, batch in enumerate(self.eval_loader, 1):
-                total += loss_sum(batch)
-                tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
-                progress.update(done)
-        total, tokens = self.accelerator.reduce(total), self.accelerator.reduce(tokens)
-        model.train()
+        try:
+            with CountProgress("validation", len(self.eval_loader), self.config.progress, self.is_main,
+                               unit="batch") as progress:
+                for done, batch in enumerate(self.eval_loader, 1):
+                    if self._stopping():
+                        raise Stopped(f"validation abandoned after {done - 1} of {len(self.eval_loader)} batches")
+                    total += loss_sum(batch)
+                    tokens += int((batch["labels"] != LABEL_PAD).sum())  # counted on the CPU tensor
+                    progress.update(done)
+            total, tokens = self.accelerator.reduce(total), self.accelerator.reduce(tokens)
+        finally:
+            model.train()
         return (total / tokens.clamp(min=1)).item()
 
     def _best_value(self) -> float | None:
@@ -115,18 +140,25 @@ class Evaluation:
             return None
         if self.generation_set is None:
             self.generation_set = held_out(self.eval_data, self.tokenizer, c.eval_generate, c.source_template)
-        metrics = None
+        metrics, stopped = None, None
         if self.generates:
-            metrics, details = self.score_generation(model)
-            # kept on every generating process: final_generation's choice to generate again must agree
-            self.last_generation = (self.state.global_step, metrics, details)
+            try:
+                metrics, details = self.score_generation(model)
+                # kept on every generating process: final_generation's choice to generate again must agree
+                self.last_generation = (self.state.global_step, metrics, details)
+            except Stopped as err:
+                stopped = str(err)
+        # the main process may stop alone (it generates alone): the others learn it here, not by waiting
+        metrics, stopped = dist.broadcast_object(self.accelerator, (metrics, stopped))
+        if stopped is not None:
+            raise Stopped(stopped)
         if self.is_main:
             assert metrics is not None  # the main process always generates
             self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
                                   "recipes": len(details), "samples": details[:3]})
             log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
                      format_metrics(metrics))
-        return dist.broadcast_object(self.accelerator, metrics)
+        return metrics
 
     def preview(self, model) -> tuple[int, str, str] | None:
         """(step, given ingredients, recipe) the model writes now for the first validation recipe."""
@@ -157,16 +189,25 @@ class Evaluation:
         """(metrics, per-recipe details) of the model as it is now on the chosen validation recipes."""
         c = self.config
         assert self.generation_set is not None  # chosen before the first generation
-        with rng.isolated(), CountProgress("generating validation recipes", len(self.generation_set), c.progress,
+        total = len(self.generation_set)
+        if self.is_main:
+            log.info("step %d: generating %d validation recipes for the recipe metrics", self.state.global_step, total)
+        with rng.isolated(), CountProgress("generating validation recipes", total, c.progress,
                                            self.is_main) as progress:
+            def on_batch(done: int) -> None:
+                # a batch cut short by the stop below ends here: its texts are discarded with the rest
+                if self._stopping(everyone=self.synced):
+                    raise Stopped(f"recipe generation abandoned after {done} of {total} recipes")
+                progress.update(done)
             return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,
                                   self.accelerator.autocast, max_new_tokens=c.max_target_length,
-                                  max_source_length=c.max_source_length, on_batch=progress.update,
-                                  template=c.source_template, synced=self.synced)
+                                  max_source_length=c.max_source_length, on_batch=on_batch,
+                                  template=c.source_template, synced=self.synced,
+                                  stop=self.stop_requested)
 
     def log_samples(self, model) -> None:
         """A few greedy recipes from fixed ingredient lists (logged by the main process; training RNG untouched)."""
-        if not self.generates or not self.config.eval_samples:
+        if not self.generates or not self.config.eval_samples or self._stopping(everyone=self.synced):
             return
         with rng.isolated():
             samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,

@@ -4,8 +4,16 @@ a preemption, ``#SBATCH --signal=B:USR1@300``) and, on Windows, CTRL_BREAK (SIGB
 The first signal only sets a flag. The training loop reads it once per optimizer step (an attribute
 read), so the step in progress finishes, a checkpoint is committed and the process exits with
 ``EXIT_PREEMPTED`` (75): spot/preemptible VMs, Slurm and Kubernetes send SIGTERM and allow a grace
-period before SIGKILL. A second signal aborts at once (``KeyboardInterrupt`` -> exit 130): a save in
-progress removes its staging folder, so no ``checkpoint-N`` that looks complete is left behind.
+period before SIGKILL. An evaluation reads it between validation batches and after every generated
+token, and is abandoned: the stop never waits for a validation pass or for ``--eval-generate``. A second signal
+aborts at once (``KeyboardInterrupt`` -> exit 130): a save in progress removes its staging folder, so
+no ``checkpoint-N`` that looks complete is left behind; once the stop's checkpoint is committed a
+further signal changes nothing (the exit with 75 is already under way, and its line stays true).
+
+Before training starts there is nothing to save: ``abort_on_signal`` (around the setup: first-time
+tokenization, loading) turns the first signal into ``StoppedInSetup`` (exit 7), raised where the main
+thread is, so every cleanup on the way out runs (the tokenizing workers are ended, the cache's
+staging folder removed); further signals are ignored while that cleanup runs.
 
 DataLoader workers ignore these signals (Ctrl+C reaches the whole process group): the main process
 decides when to stop and shuts its workers down itself.
@@ -21,12 +29,15 @@ is only noted (``Preemption.settled``), it no longer aborts the exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+
+from chef_genius.errors import StoppedInSetup
 
 log = logging.getLogger("chef_genius")
 
@@ -43,12 +54,16 @@ class Preemption:
         self.signal_name: str | None = None
         self.settled = False  # the stop's checkpoint is committed: later signals are only noted
         self._previous: dict = {}
+        self._depth = 0  # entered again (the CLI holds it past the loop, until the run folder is given back)
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def __enter__(self) -> Preemption:
+        self._depth += 1
+        if self._depth > 1:
+            return self
         if threading.current_thread() is not threading.main_thread():
             log.debug("not the main thread: stop signals keep their default handlers")
             return self
@@ -57,11 +72,10 @@ class Preemption:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            # None: a handler installed outside Python, which Python cannot put back; the OS default
-            # is closer to it than leaving this run's handler behind.
-            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
-        self._previous.clear()
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        _restore(self._previous)
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
@@ -72,8 +86,42 @@ class Preemption:
             log.warning("second stop signal (%s): aborting now without a checkpoint", name)
             raise KeyboardInterrupt
         self.signal_name = name
-        log.warning("%s received: finishing this step, saving a checkpoint, then exiting "
-                    "(send it again to abort at once without saving)", name)
+        log.warning("%s received: finishing this step (an evaluation in progress is abandoned), saving a "
+                    "checkpoint, then exiting (send it again to abort at once without saving)", name)
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        # None: a handler installed outside Python, which Python cannot put back; the OS default
+        # is closer to it than leaving this run's handler behind.
+        signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    previous.clear()
+
+
+@contextlib.contextmanager
+def abort_on_signal(what: str):
+    """While ``what`` runs (before any step, so nothing to save), the first stop signal raises
+    ``StoppedInSetup`` in the main thread; later ones are logged and ignored, so the cleanup that the
+    exception sets off is not cut short. The handlers found are back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[str] = []
+
+    def handle(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            log.warning("%s received: already stopping, cleaning up", name)
+            return
+        received.append(name)
+        raise StoppedInSetup(f"{name} received while {what}: nothing to save yet, nothing half-built kept; "
+                             "run the same command again to start over")
+
+    previous = {sig: signal.signal(sig, handle) for sig in stop_signals()}
+    try:
+        yield
+    finally:
+        _restore(previous)
 
 
 def slurm_job_id() -> str | None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
-from chef_genius.data.fingerprint import data_identity
+from chef_genius.data.fingerprint import content_identity, data_identity, is_content_identity
 from chef_genius.errors import UserError
 from chef_genius.settings.checks import check_optimizer, check_reporters
 from chef_genius.settings.fields import Policy, by_policy, legacy_values, position_keys, settings_of, spec_of
@@ -185,7 +185,10 @@ def _check_adapter(changes: list[Change], allowed: bool, where: str) -> None:
 
 
 def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
-    """The data files, compared by content with the ones the checkpoint trained on."""
+    """The data files, compared by content with the ones the checkpoint trained on (every byte: see
+    ``data/fingerprint.py``). A checkpoint from before the content fingerprint saved a hash of the
+    first and last MiB only: compared on that, and an unchanged one is said to be unverifiable in the
+    middle (the next checkpoints record the content)."""
     changes = []
     for name, key in FILES.items():
         path = values[name]
@@ -194,10 +197,16 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
                             f"pass {flag_of(name)} with the file's new place")
         if key not in saved:  # an older checkpoint: nothing to compare with
             continue
-        identity = data_identity(path)
-        if identity != saved[key]:
-            old, new = _described(saved[key]), _described(identity)
-            changes.append(Change(name, old, new if new != old else f"{new}, other content"))
+        old = saved[key]
+        content = old is None or is_content_identity(old)
+        identity = content_identity(path) if content else data_identity(path)
+        if identity != old:
+            before, now = _described(old), _described(identity)
+            changes.append(Change(name, before, now if now != before else f"{now}, other content"))
+        elif not content:
+            log.warning("%s recorded %s %s by its size and first and last MiB only (written before content "
+                        "fingerprints): an edit in its middle cannot be told; its full content is recorded "
+                        "from the next checkpoint on", where, flag_of(name), path)
     return changes
 
 

@@ -66,7 +66,7 @@ from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.files import atomic_write_bytes
 from chef_genius.checkpoint.runlock import RunLock
-from chef_genius.data.fingerprint import data_identity
+from chef_genius.data.fingerprint import content_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
 from chef_genius.errors import Diverged, Preempted, ReportedByRankZero, SaveError, UserError
@@ -90,7 +90,7 @@ from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
 from chef_genius.train.data_setup import make_data
-from chef_genius.train.evaluation import Evaluation
+from chef_genius.train.evaluation import Evaluation, Stopped as EvaluationStopped
 from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
 
@@ -148,6 +148,8 @@ class Trainer:
         self.progress = Progress(0, enabled=False)
         self.window = LogWindow()
         self.run_lock: RunLock | None = None
+        self.preemption = preemption.Preemption()  # entered by ``train`` (and by the CLI, until the exit)
+        self.data_identities: dict = {}  # data_identity / eval_data_identity: the files by content (setup)
         self.mirror_store: remote.RemoteStore | None = None  # --checkpoint-mirror, on the main process
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.rollbacks = 0  # in this session
@@ -172,8 +174,12 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         model = self._make_model(loaded)
         self._make_data(model)
+        # what the run trains on, fingerprinted by content once (the cache check already read it: no second
+        # read); every checkpoint records it, whatever happens to the files later
+        self.data_identities = {"data_identity": content_identity(c.data),
+                                "eval_data_identity": content_identity(c.eval_data)}
         self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
-                                     self.reporters, self.state)
+                                     self.reporters, self.state, lambda: self.preemption.requested)
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = sharded.prepare(self.accelerator, model, self.optimizer, self.device)
@@ -423,15 +429,14 @@ class Trainer:
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
         values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, compiled=self.compiled,
-                      world_size=self.accelerator.num_processes, data_identity=data_identity(self.config.data),
-                      eval_data_identity=data_identity(self.config.eval_data))
+                      world_size=self.accelerator.num_processes, **self.data_identities)
         return values
 
     # -----------------------------------------------------------------------------------------
     # the loop
 
     def train(self) -> RunState:
-        with preemption.Preemption() as self.preemption, \
+        with self.preemption, \
                 Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main,
                          epochs=self.config.epochs) as self.progress, \
                 contextlib.closing(self.reporters), self.checkpoints:
@@ -604,7 +609,12 @@ class Trainer:
         if not self.evaluation.enabled or not (force or self.state.global_step % self.config.eval_steps == 0):
             return None
         started = time.perf_counter()
-        loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
+        try:
+            loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
+        except EvaluationStopped as why:  # a stop signal: the checkpoint of this step comes next
+            log.warning("step %d: %s for %s; nothing of it recorded", self.state.global_step, why,
+                        self.preemption.signal_name or "a stop signal")
+            loss = None
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
 
@@ -719,6 +729,8 @@ class Trainer:
             self.health_slice.numbers = (weights, moments)
             self._settle_tokens()
             self.checkpoints.save(self.state.global_step)
+        if preemption.agree(self.accelerator, self.preemption.requested)[0]:
+            self._stop_preempted()  # the final model is written by the resume (it has nothing left to train)
         self.checkpoints.finish(also_lost=self.reporters.losses())
 
     def close(self) -> None:

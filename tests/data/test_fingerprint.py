@@ -56,3 +56,33 @@ def test_cache_fingerprint_reads_a_small_file_whole_and_samples_a_large_one(tmp_
     assert (second["size"], second["mtime_ns"]) == (first["size"], first["mtime_ns"])
     assert second["sampled_sha256"] != first["sampled_sha256"]
     assert second["path"] == str(large.resolve())
+
+
+def _edit_in_the_middle_keeping_size_and_time(path):
+    """Flip one byte at the middle of ``path`` (the same length) and set its modification time back."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return stat
+
+
+def test_content_identity_sees_an_edit_anywhere_with_size_and_time_kept(tmp_path):
+    from chef_genius.data.fingerprint import content_identity, content_sha256
+    path = _file(tmp_path, 5 * MIB)
+    before, legacy = content_identity(path), data_identity(path)
+    assert before == {"name": "recipes.csv", "size": 5 * MIB, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    stat = _edit_in_the_middle_keeping_size_and_time(path)
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == stat.st_size
+    assert data_identity(path) == legacy  # what checkpoints saved before could not tell
+    assert content_identity(path) != before  # remembered per file state: the edit is read again
+    assert content_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_hash_beside_a_reader_is_the_content_sha256(tmp_path):
+    from chef_genius.data.fingerprint import hashing_beside
+    path = _file(tmp_path, 3 * MIB + 7)
+    with hashing_beside(path) as digest:
+        path.read_bytes()  # the reader's own pass
+    assert digest() == hashlib.sha256(path.read_bytes()).hexdigest()

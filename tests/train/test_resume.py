@@ -106,3 +106,37 @@ def test_an_end_the_resume_cannot_train_to_is_refused(reference, cache_dir, tmp_
         run_training(*_short_resume(out, 12, "--cache-dir", cache_dir, *extra))
     assert err.value.exit_code == 2
     assert sorted(p.name for p in out.iterdir()) == before  # no new checkpoint, no final model
+
+
+def test_a_same_length_edit_with_the_time_kept_is_refused_on_resume_and_never_read_from_the_cache(
+        tiny_model, tmp_path, caplog):
+    import csv
+    import logging
+    import os
+    from chef_genius.checkpoint.manager import read_checkpoint
+    from chef_genius.data.fingerprint import _sampled, content_identity
+    from conftest import SAMPLE_CSV
+    data, out, cache = tmp_path / "recipes.csv", tmp_path / "run", tmp_path / "cache"
+    rows = list(csv.reader(SAMPLE_CSV.open(encoding="utf-8", newline="")))
+    with open(data, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerows([rows[0]] + rows[1:] * 13)  # over 3 MiB: the cache folder's key samples it
+    flags = ("--max-steps", 4, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32,
+             "--max-target-length", 64)
+    assert run_training(*train_args(tiny_model, data, out, cache, *flags, "--stop-after-steps", 2)) == 0
+    text = bytearray(data.read_bytes())
+    sampled = [(a, len(text) if n is None else a + n) for a, n in _sampled(len(text))]
+    where = next(i for i in range(len(text) // 2, len(text))
+                 if chr(text[i]).islower() and not any(a <= i < b for a, b in sampled))
+    stat = data.stat()
+    text[where] = ord("x") if text[where] != ord("x") else ord("y")  # one recipe edited, same length
+    data.write_bytes(bytes(text))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # modification time kept (cp -p, rsync -t)
+    resume = train_args(tiny_model, data, out, cache, *flags, "--resume-from-checkpoint", "latest")
+    with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
+                                        r"other content") as err:
+        run_training(*resume)
+    assert err.value.exit_code == 2
+    with caplog.at_level(logging.WARNING, logger="chef_genius"):
+        assert run_training(*resume, "--allow-config-change") == 0
+    assert any("recipes.csv changed since it was built" in r.getMessage() for r in caplog.records)  # re-tokenized
+    assert read_checkpoint(out / "checkpoint-4").settings["data_identity"] == content_identity(data)

@@ -252,6 +252,37 @@ def test_the_data_file_is_inherited_compared_by_content_and_must_exist(tmp_path)
         settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved)
 
 
+def test_an_edit_in_the_middle_with_size_and_time_kept_is_refused(tmp_path):
+    import os
+    from chef_genius.data.fingerprint import content_identity
+    data = tmp_path / "recipes.csv"
+    shutil.copy(SAMPLE_CSV, data)
+    saved = {**_resume_state(data), "hyperparameters": {**_resume_state(data)["hyperparameters"],
+                                                         "data_identity": content_identity(data)}}
+    stat = data.stat()
+    text = bytearray(data.read_bytes())
+    text[len(text) // 2] = ord("x") if text[len(text) // 2] != ord("x") else ord("y")
+    data.write_bytes(bytes(text))
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
+                                        r"other content") as err:
+        settings.settle(parse_args(["--resume", "latest"]), saved)
+    assert err.value.exit_code == 2
+    allowed = settings.settle(parse_args(["--resume", "latest", "--allow-config-change"]), saved)
+    assert allowed.data == str(data)
+
+
+def test_an_old_head_and_tail_identity_is_compared_on_what_it_holds_and_said_so(tmp_path, caplog):
+    import logging
+    data = tmp_path / "recipes.csv"
+    shutil.copy(SAMPLE_CSV, data)
+    saved = _resume_state(data)  # the identity checkpoints saved before the content fingerprint
+    with caplog.at_level(logging.WARNING):
+        assert settings.settle(parse_args(["--resume", "latest"]), saved).data == str(data)
+    said = [r.getMessage() for r in caplog.records if "first and last MiB only" in r.getMessage()]
+    assert len(said) == 1 and "--data" in said[0] and "recorded from the next checkpoint on" in said[0]
+
+
 def _scheduler(lr=1e-3, **schedule):
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([{"params": [param]}], lr=lr)
