@@ -29,7 +29,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from chef_genius.oslock import try_lock
 
