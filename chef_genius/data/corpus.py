@@ -69,9 +69,11 @@ class FileDedup:
 
 
 def _key(path, options: ReadOptions, settings: DedupOptions, eval_path) -> str:
-    from chef_genius.data.fingerprint import file_fingerprint
-    key = {"version": DEDUP_VERSION, "data": file_fingerprint(path), **options.key(), "threshold": settings.threshold,
-           "eval": file_fingerprint(eval_path) if eval_path else None}
+    """By content (every byte, as the tokenized cache and the resume check): an edit that keeps the size
+    and modification time still gets a new decision. The hash is remembered per file state in this process."""
+    from chef_genius.data.fingerprint import content_sha256
+    key = {"version": DEDUP_VERSION, "data": content_sha256(path), **options.key(), "threshold": settings.threshold,
+           "eval": content_sha256(eval_path) if eval_path else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,7 +85,11 @@ def find_duplicates(path, options: ReadOptions, settings: DedupOptions, folder: 
     """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``."""
     saved = result_path(folder, path, options, settings, eval_path)
     if saved.is_file():
-        return _load(saved, path, eval_path, settings.threshold)
+        try:
+            return _load(saved, path, eval_path, settings.threshold)
+        except Exception as err:  # a damaged or cut-short decision file: found again, never trusted
+            log.warning("%s is damaged (%s): looking for the duplicates again", saved.name, type(err).__name__)
+            saved.unlink(missing_ok=True)
     targets, records, titles = _read(path, options)
     held, held_records, held_titles = _read(eval_path, options) if eval_path else ([], None, None)
     log.info("looking for duplicates among %d recipes of %s (threshold %.2f)", len(targets), path, settings.threshold)

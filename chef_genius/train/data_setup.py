@@ -106,6 +106,11 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
                         f"{len(train.dataset)}; delete {train.cache_dir} and run again")
     train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
                                             c.eval_split_ratio, c.seed)
+    if not len(train_idx):  # e.g. every recipe a twin of an --eval-data recipe: nothing left to train on
+        removed = len(found.result.removed) if found is not None else 0
+        raise DataError(f"{c.data}: no recipe is left to train on ({len(train.dataset)} read, {removed} removed as "
+                        "duplicates or twins of held-out recipes, the rest held out for validation); check "
+                        "--eval-data and --eval-split-ratio, or pass --dedup off")
     train_data = RecipeDataset(train.dataset, train_idx)
     if evald is not None:
         eval_data = RecipeDataset(evald.dataset)

@@ -131,3 +131,59 @@ def test_recorded_signatures_find_trained_recipes_and_their_copies(planted, tmp_
     assert threshold == dedup.DEFAULT_THRESHOLD and hit.all()
     hit, _ = corpus.twins_in_training(path, [targets[i] for i in held])
     assert hit.mean() < 0.25  # held-out recipes have no twin in training, up to the estimate's noise
+
+
+def _rewrite_keeping_size_and_time(path, old: str, new: str) -> None:
+    import os
+    assert len(old) == len(new)
+    stat = path.stat()
+    text = path.read_text(encoding="utf-8")
+    at = text.index(old, text.index(old) + 1)  # the second occurrence: the copy's
+    path.write_text(text[:at] + new + text[at + len(old):], encoding="utf-8")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+
+
+def test_a_same_length_edit_with_the_time_kept_gets_a_new_duplicate_decision(tmp_path):
+    """The saved decision is keyed by content: a file edited in place with its size and modification
+    time kept (cp -p, rsync -t) is searched again, never given the old file's removals, even where the
+    edit falls between the blocks a sampled fingerprint reads."""
+    import random
+
+    from chef_genius.data import fingerprint
+    draw = random.Random(9)
+    filler = [{"title": f"Filler {i}", "ingredients": ["1 cup water"], "ner": ["water"], "link": "", "source": "t",
+               "directions": [" ".join(f"w{draw.randrange(10**6)}" for _ in range(6000))]}
+              for i in range(90)]  # about 4 MB of distinct rows
+    recipes, _ = planted_recipes(20, 0, seed=7)
+    copy = dict(recipes[3])
+    data = tmp_path / "train.csv"
+    title = copy["title"].encode()
+    for cut in range(30, 90):  # the copy among the filler where no sampled block reads its title
+        write_recipenlg_csv(data, filler[:cut] + recipes + [copy] + filler[cut:])
+        raw = data.read_bytes()
+        at = raw.index(title, raw.index(title) + 1)  # the copy's title
+        if not any(start <= at < start + (length or len(raw)) for start, length in fingerprint._sampled(len(raw))):
+            break
+    else:
+        pytest.fail("no place left unsampled")
+    first = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
+    assert [r.kind for r in first.result.removed] == ["exact"]
+    changed = bytes(b"Z"[0] if chr(c).isalpha() else c for c in title)
+    _rewrite_keeping_size_and_time(data, title.decode(), changed.decode())
+    again = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
+    # the retitled copy is still a near twin, no longer an exact one: searched again, not the old decision
+    assert [r.kind for r in again.result.removed] == ["near"]
+
+
+def test_a_damaged_saved_decision_is_said_and_found_again(tmp_path, caplog):
+    recipes, _ = planted_recipes(30, 0, seed=8)
+    recipes.append(dict(recipes[2]))
+    data = tmp_path / "train.csv"
+    write_recipenlg_csv(data, recipes)
+    first = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
+    saved = corpus.result_path(tmp_path, data, ReadOptions(), corpus.DedupOptions(), None)
+    saved.write_bytes(saved.read_bytes()[:100])  # cut short
+    again = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
+    assert again.result.removed == first.result.removed
+    assert any("is damaged" in r.getMessage() for r in caplog.records)

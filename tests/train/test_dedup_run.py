@@ -78,3 +78,19 @@ def test_turning_dedup_off_on_resume_is_refused(reference, planted_csv, tiny_mod
         run_training(*train_args(tiny_model, planted_csv[0], out, cache_dir, *FLAGS, "--dedup", "off",
                                  "--resume-from-checkpoint", str(out / "checkpoint-3")))
     assert err.value.exit_code == 2 and "--dedup remove -> off" in str(err.value)
+
+
+def test_eval_data_that_twins_every_training_recipe_is_refused_not_trained_for_zero_steps(
+        planted_csv, tiny_model, cache_dir, tmp_path, capsys):
+    """Every training recipe removed as a twin of a held-out one: one line and the data exit code (3),
+    never a run that "trains" 0 steps and exits 0; nothing written to the run folder."""
+    path, _ = planted_csv
+    out = tmp_path / "run"
+    from chef_genius.errors import EXIT_DATA, run_cli
+    from chef_genius.train.cli import main
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main, train_args(tiny_model, path, out, cache_dir, *FLAGS, "--eval-data", path))
+    assert stop.value.code == EXIT_DATA
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no recipe is left to train on" in err and "--eval-data" in err
+    assert not list(out.glob("checkpoint-*")) and not (out / "metrics.jsonl").exists()
