@@ -107,6 +107,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
                                             c.eval_split_ratio, c.seed)
     train_data = RecipeDataset(train.dataset, train_idx)
+    eval_data: RecipeDataset | None
     if evald is not None:
         eval_data = RecipeDataset(evald.dataset)
     else:
