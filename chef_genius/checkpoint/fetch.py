@@ -35,9 +35,9 @@ def fetch_newer(store: RemoteStore, output_dir: str | Path, local_step: int | No
     except RemoteError as err:
         log.warning("mirror: cannot list %s (%s); resuming from the local checkpoints only", store.url, err)
         return None
-    newest_first = sorted(listed, key=ckpt.step_of, reverse=True)
+    newest_first = sorted(listed, key=ckpt.checkpoint_step, reverse=True)
     for name in newest_first:
-        step = ckpt.step_of(name)
+        step = ckpt.checkpoint_step(name)
         if local_step is not None and step <= local_step:
             log.info("the local %s%d is as new as the mirror's newest healthy checkpoint: resuming locally",
                      ckpt.PREFIX, local_step)
@@ -59,7 +59,7 @@ def _fetch_one(store: RemoteStore, output_dir: str | Path, name: str, listed: di
         return None
     began = time.perf_counter()
     try:
-        path = ckcommit.commit_copy(output_dir, ckpt.step_of(name),
+        path = ckcommit.commit_copy(output_dir, ckpt.checkpoint_step(name),
                                     lambda staging: store.download(name, staging, retry),
                                     check=lambda staging: usability_problem(staging, verify_hashes=False))
     except (RemoteError, ckpt.CheckpointError) as err:

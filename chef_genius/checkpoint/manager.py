@@ -133,7 +133,7 @@ class _Outcome:
 class CheckpointManager:
     def __init__(self, output: Path, model: ModelFiles, components: dict[str, Stateful], *, world=None,
                  async_save: bool = False, on_error: str = "stop", save_steps: int = 1000,
-                 save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] = None,
+                 save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] | None = None,
                  checkpoint_bytes: int = 0, model_bytes: int = 0, mirror: Mirror | None = None):
         unknown = set(components) - set(ckstate.SLICES)
         if unknown:

@@ -21,6 +21,7 @@ best, the one the run resumed from, and the one just uploaded are kept).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -43,14 +44,14 @@ _POLL_SECONDS = 0.1
 @dataclass
 class MirrorFailure:
     what: str     # "checkpoint-N"
-    step: int
+    step: int | None  # None: a resume source not named checkpoint-N
     reason: str
 
 
 @dataclass
 class _Work:
     path: Path
-    step: int
+    step: int | None  # None: a resume source not named checkpoint-N
     retried: list[str] = field(default_factory=list)
 
 
@@ -64,10 +65,11 @@ class Mirror:
         self.best_step = best_step
         self.resumed_step = resumed_step  # kept on the mirror by retention, like the local resume source
         self.retry = retry or Retry()
-        self.mirrored: list[int] = []             # steps uploaded (or found there already) by this session
+        # the steps below are None for a resume source not named checkpoint-N
+        self.mirrored: list[int | None] = []      # steps uploaded (or found there already) by this session
         self.failures: list[MirrorFailure] = []   # every checkpoint not mirrored
-        self.skipped: list[int] = []              # replaced by a newer one before their upload began
-        self.healthy: set[int] = set()            # uploaded steps whose health record says finite numbers
+        self.skipped: list[int | None] = []       # replaced by a newer one before their upload began
+        self.healthy: set[int | None] = set()     # uploaded steps whose health record says finite numbers
         self._new_failures: list[MirrorFailure] = []
         self._lock = threading.Lock()
         self._waiting: _Work | None = None
@@ -205,13 +207,14 @@ class Mirror:
             return
         try:
             listed = self.retry(self.store.objects)
-            complete = [ckpt.step_of(name) for name, files in listed.items() if self.store.problem(name, files) is None]
-            protected = {work.step} | ({self.resumed_step} if self.resumed_step is not None else set())
+            complete = [ckpt.checkpoint_step(name) for name, files in listed.items()
+                        if self.store.problem(name, files) is None]
+            protected = {step for step in (work.step, self.resumed_step) if step is not None}
             healthy = [step for step in complete if step in self.healthy]
             protected |= {max(healthy)} if healthy else set()  # as locally: the newest with finite numbers
             for step in select_for_deletion(complete, self.keep_last, self.best_step(), protected):
                 name = f"{ckpt.PREFIX}{step}"
-                self.retry(lambda name=name: self.store.delete(name))
+                self.retry(functools.partial(self.store.delete, name))
                 log.info("mirror: deleted %s (--save-total-limit %d)", name, self.keep_last)
         except (RemoteError, OSError) as err:  # kept, tried again after the next upload
             log.warning("mirror: retention could not finish (%s); the older checkpoints are kept for now", err)

@@ -20,6 +20,7 @@ a missing bucket or an unreachable store into a ``UserError`` before training st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -173,7 +174,7 @@ class RemoteStore:
 
     def steps(self) -> list[int]:
         """Steps of the remote checkpoints (complete or not), oldest first."""
-        return sorted(ckpt.step_of(name) for name in self.objects())
+        return sorted(ckpt.checkpoint_step(name) for name in self.objects())
 
     def read_manifest(self, name: str) -> dict | None:
         """The remote manifest of ``name``; None when it is missing, too large or not a manifest."""
@@ -232,8 +233,7 @@ class RemoteStore:
         for file, entry in sorted(manifest["files"].items()):
             if cancelled():
                 raise RemoteError("given up")
-            retry(lambda file=file, entry=entry: self._put_verified(folder / file, self._path(name, file), entry),
-                  on_retry)
+            retry(functools.partial(self._put_verified, folder / file, self._path(name, file), entry), on_retry)
             sent += int(entry["size"])
         manifest_bytes = (folder / ckpt.MANIFEST).read_bytes()
         manifest_entry = {"size": len(manifest_bytes), "sha256": hashlib.sha256(manifest_bytes).hexdigest()}
@@ -292,7 +292,7 @@ class RemoteStore:
             target = staging / file
             target.parent.mkdir(parents=True, exist_ok=True)
             remote = self._path(name, file)
-            size, digest = retry(lambda remote=remote, target=target: self._hash_remote(remote, into=target))
+            size, digest = retry(functools.partial(self._hash_remote, remote, into=target))
             if size != entry.get("size") or digest != entry.get("sha256"):
                 raise RemoteError(f"{printable(file)} does not match its sha256 in the remote manifest")
             digests[file] = digest

@@ -112,6 +112,7 @@ def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]
 
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
+    assert r.bands is not None  # dedup.deduplicate always computes them
     removed = np.array([(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed],
                        dtype=np.float64).reshape(-1, 4)
     tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
@@ -186,8 +187,11 @@ def write_audit(out_dir: Path, found: FileDedup) -> Path:
         for r in found.result.removed:
             held = r.kind == "held_out_twin"
             twin_file = found.eval_path if held else found.path
-            twin_record = (found.eval_records if held else found.records)[r.twin]
-            twin_title = (found.eval_titles if held else found.titles)[r.twin]
+            if held:  # a twin in the --eval-data file, read with it
+                assert found.eval_records is not None and found.eval_titles is not None
+                twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
+            else:
+                twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
             w.writerow([r.kind, found.path, int(found.records[r.row]), found.titles[r.row], twin_file,
                         int(twin_record), twin_title, f"{r.similarity:.4f}"])
     os.replace(tmp, out)
@@ -197,6 +201,7 @@ def write_audit(out_dir: Path, found: FileDedup) -> Path:
 def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
     """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``."""
     out = Path(folder) / SIGNATURES_FILE
+    assert found.result.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}.npz")
     np.savez_compressed(tmp, keys=np.unique(found.result.keys[train_rows]), bands=found.result.bands[train_rows],
                         version=np.array(DEDUP_VERSION), threshold=np.array(found.result.threshold))

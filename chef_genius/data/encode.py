@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from itertools import chain
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -114,7 +114,7 @@ class Encoder:
             texts_slow = [texts[i] for i in slow]
             for i, ids, whole in zip(slow, self._tokenizer(texts_slow), self._full_lengths(texts_slow)):
                 out[i], full[i] = ids, whole
-        return out, full
+        return cast("list[list[int]]", out), full  # every text is encoded by one of the two paths above
 
     def _full_lengths(self, texts: list[str]) -> list[int]:
         if self.target:

@@ -64,9 +64,15 @@ def summarize(path, stats: dict, found, mode: str, train_rows: int, eval_rows: i
     return {"data": str(path), "rows_read": stats.get("rows"), "usable": stats.get("kept"),
             "skipped": dict(stats.get("skipped") or {}),
             "dedup": {"mode": mode, "threshold": found.result.threshold if found is not None else None,
-                      "found": removed, "removed_from_training": (sum(removed.values()) if mode == "remove" else
-                                                                  (removed or {}).get("held_out_twin", 0))},
+                      "found": removed, "removed_from_training": _removed_from_training(removed, mode)},
             "training_recipes": train_rows, "validation_recipes": eval_rows, "lengths": lengths}
+
+
+def _removed_from_training(removed: dict | None, mode: str) -> int:
+    """The rows training leaves out: every duplicate found (``remove``), else the held-out twins only."""
+    if removed is None:  # --dedup off: none looked for
+        return 0
+    return sum(removed.values()) if mode == "remove" else removed.get("held_out_twin", 0)
 
 
 def summary_lines(summary: dict) -> list[str]:

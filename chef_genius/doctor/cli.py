@@ -190,7 +190,7 @@ def fix_all_main(argv=None) -> int:
         print(_table(rows, args.dry_run))
         for (_, after), why in zip(rows, remedies):
             if why:
-                print(f"  {after.path.name}: {why['reason']}; repair: {why['repair']}")
+                print(f"  {Path(after.path).name}: {why['reason']}; repair: {why['repair']}")
         print(("dry run: nothing was written; " if args.dry_run else "")
               + f"newest resumable checkpoint: {newest or 'none'}")
     return EXIT_OK if all(a.resumable for _, a in rows) else EXIT_FAILURE

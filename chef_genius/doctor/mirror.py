@@ -66,7 +66,7 @@ def list_remote(url: str) -> tuple[str, int]:
     listed = store.objects()
     if not listed:
         raise UserError(f"MODEL_DIR {url}: the mirror holds no {ckpt.PREFIX}N folder")
-    problems = {name: store.problem(name, listed[name]) for name in sorted(listed, key=ckpt.step_of)}
+    problems = {name: store.problem(name, listed[name]) for name in sorted(listed, key=ckpt.checkpoint_step)}
     rows = [("step", "on the mirror")]
     rows += [(str(ckpt.step_of(name)), "complete" if problem is None else f"incomplete: {problem}")
              for name, problem in problems.items()]

@@ -51,7 +51,7 @@ class Facts:
 
 @dataclass
 class Report:
-    path: Path
+    path: Path | str                         # a str: a mirror's checkpoint, named by its URL
     kind: str = foreign.UNKNOWN
     global_step: int | None = None
     epoch: int | None = None

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from chef_genius.checkpoint import layout as ckpt
@@ -128,9 +129,12 @@ def main(argv=None) -> int:
     refuse_nonfinite(model, model_dir)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    autocast = contextlib.nullcontext
-    if native_bf16(device):
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+
+    def bf16_autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    autocast: Callable[[], contextlib.AbstractContextManager] = (bf16_autocast if native_bf16(device)
+                                                                 else contextlib.nullcontext)
     if not args.json:
         print(f"model: {model_dir}; {_decoding(settings)}", file=sys.stderr, flush=True)
     texts = generate_texts(model, tokenizer, given, settings, device, autocast, sources=sources)

@@ -132,7 +132,8 @@ def triton_available() -> bool:
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
-    return tuple(torch.cuda.get_device_capability(device))
+    major, minor = torch.cuda.get_device_capability(device)
+    return major, minor
 
 
 def _compile_problem(device: torch.device) -> str | None:

@@ -163,15 +163,16 @@ class WandbSink:
         self.wandb = wandb
         project = config.wandb_project or os.environ.get("WANDB_PROJECT")
         common = dict(project=project, name=output.name, dir=str(output), config=config.to_dict())
-        self.run = None
+        run = None
         if run_id and resumed_step is not None:  # the same run, rewound: what came after the checkpoint goes
             try:
-                self.run = wandb.init(resume_from=f"{run_id}?_step={resumed_step + 1}", **common)
+                run = wandb.init(resume_from=f"{run_id}?_step={resumed_step + 1}", **common)
             except Exception as err:  # a server without rewinding: the plain resume below
                 log.warning("Weights & Biases did not rewind run %s to step %d (%s); continuing it as it is",
                             run_id, resumed_step, " ".join(str(err).split())[:200])
-        if self.run is None:
-            self.run = wandb.init(id=run_id, resume="allow" if run_id else None, **common)
+        if run is None:
+            run = wandb.init(id=run_id, resume="allow" if run_id else None, **common)
+        self.run = run
         self.run_id = self.run.id
         log.info("Weights & Biases run %s%s", self.run_id, f" (continued after step {resumed_step})" if run_id else "")
 

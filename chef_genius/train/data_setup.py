@@ -112,6 +112,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
                         "duplicates or twins of held-out recipes, the rest held out for validation); check "
                         "--eval-data and --eval-split-ratio, or pass --dedup off")
     train_data = RecipeDataset(train.dataset, train_idx)
+    eval_data: RecipeDataset | None
     if evald is not None:
         eval_data = RecipeDataset(evald.dataset)
     else:

@@ -36,13 +36,14 @@ def is_out_of_memory(err: BaseException) -> bool:
     ``RuntimeError`` whose message says so (cuBLAS, cuDNN, Triton), or an error caused by one of these
     (torch.compile's wrappers)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, torch.cuda.OutOfMemoryError):
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, torch.cuda.OutOfMemoryError):
             return True
-        if isinstance(err, RuntimeError) and any(t in str(err).lower() for t in _OUT_OF_MEMORY_TEXTS):
+        if isinstance(link, RuntimeError) and any(t in str(link).lower() for t in _OUT_OF_MEMORY_TEXTS):
             return True
-        err = err.__cause__  # raised 'from' it (torch.compile's wrappers); not a mere __context__
+        link = link.__cause__  # raised 'from' it (torch.compile's wrappers); not a mere __context__
     return False
 
 

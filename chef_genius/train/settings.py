@@ -67,7 +67,7 @@ FILES = {"data": "data_identity", "eval_data": "eval_data_identity"}
 POSITION_KEYS = position_keys(TrainConfig)
 # What checkpoints from before a setting existed ran with, where today's default would differ.
 LEGACY = legacy_values(TrainConfig)
-NOTES = {f.name: spec_of(f).note for f in settings_of(TrainConfig) if spec_of(f).note}
+NOTES: dict[str, str] = {f.name: note for f in settings_of(TrainConfig) if (note := spec_of(f).note)}
 
 
 @dataclass(frozen=True)

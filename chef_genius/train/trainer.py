@@ -89,7 +89,7 @@ from chef_genius.train import rng
 from chef_genius.train import settings
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
-from chef_genius.train.data_setup import make_data
+from chef_genius.train.data_setup import DataRecords, make_data
 from chef_genius.train.evaluation import Evaluation, Stopped as EvaluationStopped
 from chef_genius.train.schedule import Schedule, make_scheduler
 from chef_genius.train.state import RunState
@@ -154,7 +154,7 @@ class Trainer:
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.rollbacks = 0  # in this session
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
-        self.data_records = None  # data_setup.DataRecords: written into the run folder once setup succeeds
+        self.data_records: DataRecords | None = None  # written into the run folder once setup succeeds
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -389,6 +389,7 @@ class Trainer:
         log.info("torch.compile %s", self.compile_why)
         saved = None if loaded is None else loaded.settings.get("compiled")
         if saved is not None and saved != self.compiled:  # None: a checkpoint older than the record
+            assert loaded is not None  # saved was read from it
             log.warning("this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
                         "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
                         *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
