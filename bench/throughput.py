@@ -255,7 +255,7 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
 
 def _instrument_ours(trainer, run: Run) -> None:
     step, evaluate = trainer._step, trainer.maybe_evaluate
-    save, maybe_save = trainer.checkpoints.save, trainer.maybe_save
+    save, after_step = trainer.checkpoints.save, trainer._after_step
 
     def timed_step(window):
         if run.timed(trainer.state.global_step + 1):
@@ -266,16 +266,17 @@ def _instrument_ours(trainer, run: Run) -> None:
     def timed_save(*args, **kwargs):
         return run.periodic("save", trainer.state.global_step, save, *args, **kwargs)
 
-    def marked_maybe_save(*args, **kwargs):
-        stop = maybe_save(*args, **kwargs)
+    def marked_after_step(*args, **kwargs):
+        # after the step's periodic work (log, evaluate, save): what the window's end includes
+        went_on = after_step(*args, **kwargs)
         run.mark(trainer.state.global_step)
-        return stop
+        return went_on
 
     trainer._step = timed_step
     trainer.maybe_evaluate = lambda *a, **k: (run.periodic("eval", trainer.state.global_step, evaluate, *a, **k)
                                               if run.due(trainer.state.global_step) else evaluate(*a, **k))
     trainer.checkpoints.save = timed_save
-    trainer.maybe_save = marked_maybe_save
+    trainer._after_step = marked_after_step
 
 
 def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int) -> dict:
