@@ -101,7 +101,7 @@ def _stopping(stop: Callable[[], bool]):
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class StopWhen(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:  # a bool tensor, one per sequence
             return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopWhen()])

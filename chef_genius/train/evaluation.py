@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from chef_genius.data.tokenized import LABEL_PAD
-from chef_genius.evaluation.heldout import evaluate_model, held_out
+from chef_genius.evaluation.heldout import HeldOut, evaluate_model, held_out
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.model.generation import eval_samples
 from chef_genius.model.loading import unwrap
@@ -66,8 +66,9 @@ class Evaluation:
         self.device = accelerator.device
         self.is_main = accelerator.is_main_process
         self.synced = sharded.is_fsdp(accelerator)  # every process joins each generation
-        self.generation_set = None    # the held-out recipes scored at every evaluation, chosen once
-        self.last_generation = None   # (step, metrics, details) of the newest scoring
+        # the held-out recipes scored at every evaluation (chosen once), and the newest scoring
+        self.generation_set: list[HeldOut] | None = None
+        self.last_generation: tuple[int, dict, list[dict]] | None = None  # (step, metrics, details)
 
     @property
     def enabled(self) -> bool:
