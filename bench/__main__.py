@@ -31,42 +31,73 @@ BENCHMARKS = ("throughput", "save_vs_raw", "async_save_stall", "resume_startup",
 # sizes (one repetition, a 9.4 GB checkpoint of weights and AdamW moments, each fresh process importing
 # torch and loading 3.1 GB of weights), by estimate until a GPU session measures them (bench_s in each
 # record); the benchmarks are taken in this order while their sum fits the budget
-GPU_COST_S = {"throughput": 130, "async_save_stall": 80, "save_vs_raw": 50, "resume_startup": 100,
-              "preprocess_cached": 30}
+GPU_COST_S = {
+    "throughput": 130,
+    "async_save_stall": 80,
+    "save_vs_raw": 50,
+    "resume_startup": 100,
+    "preprocess_cached": 30,
+}
 WHOLE_EPOCHS_COST_S = 220  # throughput's whole-trainer comparisons (three more contenders, whole epochs)
-SETUP_COST_S = 30          # building FLAN-T5-large and writing the recipes
+SETUP_COST_S = 30  # building FLAN-T5-large and writing the recipes
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     size.add_argument("--quick", action="store_true", help="a few minutes on CPU")
     p.add_argument("--gpu", action="store_true", help="FLAN-T5-large architecture, bf16 and torch.compile")
-    p.add_argument("--threads", type=int, help="torch threads of each throughput run (default 1 on CPU; 0: "
-                                               "torch's default)")
-    p.add_argument("--model-config", choices=("tiny", "flan-head", "flan-t5-large"), default=None,
-                   help="model architecture (default: flan-t5-large with --gpu, tiny with --smoke, else flan-head: "
-                        "FLAN-T5's 32,128-token head at d_model 512 with 2 + 2 layers, bench/common.py)")
-    p.add_argument("--comparisons", nargs="+", choices=("loop", "whole"), default=("loop", "whole"),
-                   help="the throughput comparisons to run: the loop's (identical batches) and the whole "
-                        "trainer's (whole epochs); default both")
-    p.add_argument("--skewed", action="store_true", help="generated recipes with RecipeNLG's long tail of long "
-                                                         "directions (bench/common.py: write_recipes_csv)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads of each throughput run (default 1 on CPU; 0: torch's default)"
+    )
+    p.add_argument(
+        "--model-config",
+        choices=("tiny", "flan-head", "flan-t5-large"),
+        default=None,
+        help="model architecture (default: flan-t5-large with --gpu, tiny with --smoke, else flan-head: "
+        "FLAN-T5's 32,128-token head at d_model 512 with 2 + 2 layers, bench/common.py)",
+    )
+    p.add_argument(
+        "--comparisons",
+        nargs="+",
+        choices=("loop", "whole"),
+        default=("loop", "whole"),
+        help="the throughput comparisons to run: the loop's (identical batches) and the whole "
+        "trainer's (whole epochs); default both",
+    )
+    p.add_argument(
+        "--skewed",
+        action="store_true",
+        help="generated recipes with RecipeNLG's long tail of long directions (bench/common.py: write_recipes_csv)",
+    )
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
-    p.add_argument("--repeats", type=int, help="runs of each throughput contender, alternated (default 5; "
-                                               "3 with --quick, 1 with --smoke or --gpu)")
-    p.add_argument("--epoch-rows", type=int, help="recipes in the CSV whose train split the whole-trainer "
-                                                   "comparisons train on for two epochs (default 200 with --quick)")
-    p.add_argument("--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with "
-                                                        "--quick / --smoke)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="runs of each throughput contender, alternated (default 5; 3 with --quick, 1 with --smoke or --gpu)",
+    )
+    p.add_argument(
+        "--epoch-rows",
+        type=int,
+        help="recipes in the CSV whose train split the whole-trainer "
+        "comparisons train on for two epochs (default 200 with --quick)",
+    )
+    p.add_argument(
+        "--preprocess-rows", type=int, help="rows of the generated CSV (default 1M; fewer with --quick / --smoke)"
+    )
     p.add_argument("--work-dir", help="scratch folder (default: a temporary one, removed at the end)")
-    p.add_argument("--budget-s", type=float, help="fit the run in about this many seconds: one repetition, "
-                                                  "one evaluation and save in each timed window, and with --gpu "
-                                                  "only the benchmarks whose estimated time fits (GPU_COST_S); "
-                                                  "a benchmark left out, or not started because the time is "
-                                                  "spent, gets a record saying so")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="fit the run in about this many seconds: one repetition, "
+        "one evaluation and save in each timed window, and with --gpu "
+        "only the benchmarks whose estimated time fits (GPU_COST_S); "
+        "a benchmark left out, or not started because the time is "
+        "spent, gets a record saying so",
+    )
     return p.parse_args(argv)
 
 
@@ -103,8 +134,18 @@ def main(argv=None) -> int:
     scratch = tempfile.TemporaryDirectory(prefix="chef-bench-") if not args.work_dir else None
     work = Path(args.work_dir or scratch.name)
     work.mkdir(parents=True, exist_ok=True)
-    emit({"name": "machine", "ours": None, "baseline": None, "ratio": None, "unit": None, "mode": mode,
-          "model": model_config, **machine()})
+    emit(
+        {
+            "name": "machine",
+            "ours": None,
+            "baseline": None,
+            "ratio": None,
+            "unit": None,
+            "mode": mode,
+            "model": model_config,
+            **machine(),
+        }
+    )
     model = build_model_folder(work, model_config)
     data = write_recipes_csv(work / "train.csv", profile.rows, skew=profile.skewed)
     cache = work / "cache"
@@ -116,8 +157,16 @@ def main(argv=None) -> int:
             continue
         left = args.budget_s - (time.monotonic() - run_started) if args.budget_s else None
         if left is not None and left < (GPU_COST_S[name] if args.gpu else 1):
-            emit({"name": name, "ours": None, "baseline": None, "ratio": None, "unit": None,
-                  "skipped": f"--budget-s {args.budget_s:.0f}: {max(left, 0):.0f} s left"})
+            emit(
+                {
+                    "name": name,
+                    "ours": None,
+                    "baseline": None,
+                    "ratio": None,
+                    "unit": None,
+                    "skipped": f"--budget-s {args.budget_s:.0f}: {max(left, 0):.0f} s left",
+                }
+            )
             continue
         try:
             started = time.perf_counter()
@@ -128,8 +177,16 @@ def main(argv=None) -> int:
         except Exception as err:  # one broken benchmark must not hide the others' figures
             failures += 1
             traceback.print_exc()
-            emit({"name": name, "ours": None, "baseline": None, "ratio": None, "unit": None,
-                  "error": f"{type(err).__name__}: {err}"})
+            emit(
+                {
+                    "name": name,
+                    "ours": None,
+                    "baseline": None,
+                    "ratio": None,
+                    "unit": None,
+                    "error": f"{type(err).__name__}: {err}",
+                }
+            )
     if scratch is not None:
         scratch.cleanup()
     return 1 if failures else 0
@@ -153,8 +210,9 @@ def budgeted(profile, wanted: set, budget_s: float, gpu: bool) -> dict:
             planned[name], left = None, left - GPU_COST_S[name]
         else:
             planned[name] = f"--budget-s {budget_s:.0f}: needs about {GPU_COST_S[name]} s, {max(left, 0):.0f} left"
-    profile.whole_epochs = (profile.whole_epochs and planned.get("throughput", "") is None
-                            and left >= WHOLE_EPOCHS_COST_S)
+    profile.whole_epochs = (
+        profile.whole_epochs and planned.get("throughput", "") is None and left >= WHOLE_EPOCHS_COST_S
+    )
     return planned
 
 

@@ -58,8 +58,9 @@ def _model_and_state(model_dir: Path, device: torch.device = torch.device("cpu")
         param.grad = torch.zeros_like(param)
     optimizer.step()  # creates the Adam moments, so the state has its full size
     optimizer.zero_grad(set_to_none=True)
-    state = ckstate.make_training_state(RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1},
-                                        rng.capture(), {})
+    state = ckstate.make_training_state(
+        RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1}, rng.capture(), {}
+    )
     return model, optimizer, state
 
 
@@ -101,8 +102,11 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: 
     first = _timed(lambda: ours(work / "save-first"))  # makes the config and tokenizer files, once per run
     shutil.rmtree(work / "save-first", ignore_errors=True)
     times = {"ours": [], "raw": []}
-    repeats = (profile.checkpoint_repeats or profile_repeats
-               or (3 if profile.model_config == "flan-t5-large" else SAVE_REPEATS))
+    repeats = (
+        profile.checkpoint_repeats
+        or profile_repeats
+        or (3 if profile.model_config == "flan-t5-large" else SAVE_REPEATS)
+    )
     for i in range(repeats):
         order = (("ours", ours), ("raw", raw)) if i % 2 == 0 else (("raw", raw), ("ours", ours))
         for label, save in order:
@@ -112,12 +116,22 @@ def save_vs_raw(profile: Profile, model_dir: Path, work: Path, profile_repeats: 
                 size = sum(p.stat().st_size for p in out.iterdir())
                 hashing = _timed(lambda: [ckfiles.sha256_file(p) for p in out.iterdir()])  # noqa: B023
             shutil.rmtree(out, ignore_errors=True)
-    return dict(name="save_vs_raw", ours=statistics.median(times["ours"]), baseline=statistics.median(times["raw"]),
-                unit="s", target="<= 1.25", bytes=size, repeats=repeats, ours_min_max=_spread(times["ours"]),
-                baseline_min_max=_spread(times["raw"]), first_save_s=first, sha256_of_raw_files_s=hashing,
-                note="ours = write_checkpoint (staging, one-pass sha256, batched fsync, manifest, rename) of the "
-                     "model files as ModelFiles.save writes them + torch.save(training state), after a first save; "
-                     "baseline = safetensors.save_file + torch.save, both fsynced, no hashing; alternated")
+    return dict(
+        name="save_vs_raw",
+        ours=statistics.median(times["ours"]),
+        baseline=statistics.median(times["raw"]),
+        unit="s",
+        target="<= 1.25",
+        bytes=size,
+        repeats=repeats,
+        ours_min_max=_spread(times["ours"]),
+        baseline_min_max=_spread(times["raw"]),
+        first_save_s=first,
+        sha256_of_raw_files_s=hashing,
+        note="ours = write_checkpoint (staging, one-pass sha256, batched fsync, manifest, rename) of the "
+        "model files as ModelFiles.save writes them + torch.save(training state), after a first save; "
+        "baseline = safetensors.save_file + torch.save, both fsynced, no hashing; alternated",
+    )
 
 
 def _train_batches(profile: Profile, model_dir: Path, data: Path, cache: Path, count: int):
@@ -132,8 +146,11 @@ def _step(model, optimizer, batch):
     device = next(model.parameters()).device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=batch["decoder_input_ids"]).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+        ).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=LABEL_PAD)
     loss.backward()
     optimizer.step()
@@ -155,6 +172,7 @@ class _Slice:
 class _BenchModelFiles:
     def __init__(self, model, tokenizer):
         from chef_genius.model.saving import PretrainedFiles
+
         self.model, self.files = model, PretrainedFiles(model, tokenizer)
 
     def state_dict(self) -> dict:
@@ -174,14 +192,17 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
     model, optimizer, _ = _model_and_state(model_dir, device)
     batches, tokenizer = _train_batches(profile, model_dir, data, cache, 4)
     model_files = _BenchModelFiles(model, tokenizer)
-    components = {ckstate.RUN_STATE: RunState(global_step=1),
-                  ckstate.OPTIMIZER: _Slice(lambda: {"state": optimizer.state_dict(), "layout": None, "kind": "adamw"}),
-                  ckstate.RNG: _Slice(lambda: [rng.capture()])}
+    components = {
+        ckstate.RUN_STATE: RunState(global_step=1),
+        ckstate.OPTIMIZER: _Slice(lambda: {"state": optimizer.state_dict(), "layout": None, "kind": "adamw"}),
+        ckstate.RNG: _Slice(lambda: [rng.capture()]),
+    }
     managers = {}
 
     def manager(kind: str, n: int) -> CheckpointManager:
-        managers[kind] = managers.get(kind) or CheckpointManager(work / f"stall-{kind}", model_files, components,
-                                                                 async_save=kind == "async", save_steps=10 ** 9)
+        managers[kind] = managers.get(kind) or CheckpointManager(
+            work / f"stall-{kind}", model_files, components, async_save=kind == "async", save_steps=10**9
+        )
         managers[kind].output = work / f"stall-{kind}-{n}"
         managers[kind].output.mkdir(parents=True, exist_ok=True)
         return managers[kind]  # one per kind, as in a run: the async one reuses its buffers
@@ -216,14 +237,23 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
             if kind == "async":
                 tails.append(tail)
     blocked = {k: statistics.median(v) for k, v in calls.items() if k != "none"}
-    return dict(name="async_save_stall", ours=blocked["async"], baseline=blocked["sync"], unit="s blocked",
-                target="<= 0.2", steps_after_save=steps, step_s=step_s, ours_min_max=_spread(calls["async"]),
-                baseline_min_max=_spread(calls["sync"]), async_write_left_after_steps_s=statistics.median(tails),
-                end_to_end_lost_s={k: statistics.median(v) for k, v in lost.items()},
-                note="ours/baseline: seconds CheckpointManager.save blocks the training thread (async: gather the "
-                     "state, copy it into the reused CPU buffers, hand it to the writer; sync: the whole write). "
-                     "end_to_end_lost_s: (save + K steps) - (K steps), which also counts the background write "
-                     "competing for CPU cores; noisy on a shared CPU")
+    return dict(
+        name="async_save_stall",
+        ours=blocked["async"],
+        baseline=blocked["sync"],
+        unit="s blocked",
+        target="<= 0.2",
+        steps_after_save=steps,
+        step_s=step_s,
+        ours_min_max=_spread(calls["async"]),
+        baseline_min_max=_spread(calls["sync"]),
+        async_write_left_after_steps_s=statistics.median(tails),
+        end_to_end_lost_s={k: statistics.median(v) for k, v in lost.items()},
+        note="ours/baseline: seconds CheckpointManager.save blocks the training thread (async: gather the "
+        "state, copy it into the reused CPU buffers, hand it to the writer; sync: the whole write). "
+        "end_to_end_lost_s: (save + K steps) - (K steps), which also counts the background write "
+        "competing for CPU cores; noisy on a shared CPU",
+    )
 
 
 def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, samples_per_epoch: int) -> Path:
@@ -270,8 +300,21 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
 
     big = 1_000_000_000
     base = work / "resume-base"
-    flags = train_flags(profile, model_dir, data, base, cache, "--max-steps", "1", "--save-steps", "1",
-                        "--dataloader-num-workers", "0", "--epochs", str(big))
+    flags = train_flags(
+        profile,
+        model_dir,
+        data,
+        base,
+        cache,
+        "--max-steps",
+        "1",
+        "--save-steps",
+        "1",
+        "--dataloader-num-workers",
+        "0",
+        "--epochs",
+        str(big),
+    )
     assert main(flags) == 0
     source = ckpt.checkpoint_path(base, 1)
     saved = ckstate.load_training_state(source)
@@ -282,18 +325,38 @@ def resume_startup(profile: Profile, model_dir: Path, data: Path, work: Path, ca
     for label, step in (("zero", 0), ("large", large_step)):
         root = work / f"resume-{label}"
         path = _forge(source, root, step, spe, samples)
-        flags[label] = train_flags(profile, model_dir, data, root, cache, "--max-steps", "0", "--epochs",
-                                   str(big + 1), "--dataloader-num-workers", "0", "--resume-from-checkpoint", str(path))
+        flags[label] = train_flags(
+            profile,
+            model_dir,
+            data,
+            root,
+            cache,
+            "--max-steps",
+            "0",
+            "--epochs",
+            str(big + 1),
+            "--dataloader-num-workers",
+            "0",
+            "--resume-from-checkpoint",
+            str(path),
+        )
     for _ in range(_repeats(profile) + 1):  # alternated, so a drift in the machine's load hits both
         for label in runs:
             runs[label].append(_time_to_first_step(flags[label]))
     times = {label: (min(r[0] for r in rs), min(r[1] for r in rs)) for label, rs in runs.items()}
-    return dict(name="resume_startup", ours=times["large"][0], baseline=times["zero"][0],
-                unit="s to first batch", target="<= 1.1", large_step=large_step, samples_per_epoch=samples,
-                with_first_step_s={"large": times["large"][1], "zero": times["zero"][1]},
-                note="Trainer setup (checkpoint load, restore, data position) until the first batch is ready, "
-                     f"resuming at step {large_step} (mid-epoch) vs at step 0; with_first_step_s adds the first step, "
-                     "whose batch length differs between the two positions")
+    return dict(
+        name="resume_startup",
+        ours=times["large"][0],
+        baseline=times["zero"][0],
+        unit="s to first batch",
+        target="<= 1.1",
+        large_step=large_step,
+        samples_per_epoch=samples,
+        with_first_step_s={"large": times["large"][1], "zero": times["zero"][1]},
+        note="Trainer setup (checkpoint load, restore, data position) until the first batch is ready, "
+        f"resuming at step {large_step} (mid-epoch) vs at step 0; with_first_step_s adds the first step, "
+        "whose batch length differs between the two positions",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,8 +371,9 @@ def main(argv=None) -> int:
 
     from .common import SHAPES, build_model_folder, make_profile, write_recipes_csv
 
-    p = argparse.ArgumentParser(prog="python -m bench.checkpoints",
-                                description="save_vs_raw (and --stall: async_save_stall) at a FLAN-T5 size")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.checkpoints", description="save_vs_raw (and --stall: async_save_stall) at a FLAN-T5 size"
+    )
     p.add_argument("--shape", choices=["tiny", *sorted(SHAPES), "flan-t5-large"], default=SAVE_SHAPE)
     p.add_argument("--repeats", type=int, default=SAVE_REPEATS)
     p.add_argument("--stall", action="store_true", help="also the async save's stall, training the shape on CPU")

@@ -13,19 +13,33 @@ import torch
 
 # FLAN-T5-large's architecture (google/flan-t5-large config.json), written here because no model hub
 # is reachable: weights are initialised from it, which is all a speed benchmark needs.
-FLAN_T5_LARGE = dict(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24,
-                     num_heads=16, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                     dropout_rate=0.1, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                     layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+FLAN_T5_LARGE = dict(
+    vocab_size=32128,
+    d_model=1024,
+    d_kv=64,
+    d_ff=2816,
+    num_layers=24,
+    num_decoder_layers=24,
+    num_heads=16,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    dropout_rate=0.1,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    layer_norm_epsilon=1e-6,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
 
 
 @dataclass
 class Profile:
-    mode: str              # smoke | quick | full
-    model_config: str      # tiny | flan-t5-large
-    rows: int              # recipes in the training CSV
+    mode: str  # smoke | quick | full
+    model_config: str  # tiny | flan-t5-large
+    rows: int  # recipes in the training CSV
     batch_size: int
-    warmup_steps: int      # steps run before timing starts (also the logging interval)
+    warmup_steps: int  # steps run before timing starts (also the logging interval)
     timed_steps: int
     preprocess_rows: int
     workers: int
@@ -59,24 +73,105 @@ class Profile:
 def make_profile(mode: str, model_config: str, gpu: bool) -> Profile:
     large = model_config == "flan-t5-large"
     if mode == "smoke":
-        return Profile(mode, model_config, 64, 4, 1, 2, 300, 0, gpu, gpu, 32, 64, repeats=1, eval_every=1,
-                       eval_max_samples=8, threads=0 if gpu else 1, epoch_rows=40, evals_per_epoch=2,
-                       checkpoint_repeats=1)
+        return Profile(
+            mode,
+            model_config,
+            64,
+            4,
+            1,
+            2,
+            300,
+            0,
+            gpu,
+            gpu,
+            32,
+            64,
+            repeats=1,
+            eval_every=1,
+            eval_max_samples=8,
+            threads=0 if gpu else 1,
+            epoch_rows=40,
+            evals_per_epoch=2,
+            checkpoint_repeats=1,
+        )
     if gpu:  # FLAN-T5-large steps and 9 GB saves are slow: one run each (--repeats N for more); 25-40 minutes
         # in all on an H100 by estimate (bench/__main__.py: GPU_COST_S); --budget-s 480 fits 8
         repeats, warmup, timed = (1, 10, 10) if mode == "quick" else (1, 10, 20)
-        return Profile(mode, model_config, 20000, 16 if large else 8, warmup, timed, 50_000, 2, gpu, gpu,
-                       repeats=repeats, eval_every=10, eval_max_samples=64, epoch_rows=200, evals_per_epoch=1)
+        return Profile(
+            mode,
+            model_config,
+            20000,
+            16 if large else 8,
+            warmup,
+            timed,
+            50_000,
+            2,
+            gpu,
+            gpu,
+            repeats=repeats,
+            eval_every=10,
+            eval_max_samples=64,
+            epoch_rows=200,
+            evals_per_epoch=1,
+        )
     if mode == "quick" and model_config == "flan-head":
         # a step of the proxy costs about 100 MFLOP per target token in its head alone (30 times the tiny
         # model's): half the batch, fewer steps and recipes than the tiny model's quick run
-        return Profile(mode, model_config, 2000, 4, 4, 8, 50_000, 1, gpu, gpu, repeats=3, eval_every=4,
-                       eval_max_samples=8, threads=1, epoch_rows=60, evals_per_epoch=1)
+        return Profile(
+            mode,
+            model_config,
+            2000,
+            4,
+            4,
+            8,
+            50_000,
+            1,
+            gpu,
+            gpu,
+            repeats=3,
+            eval_every=4,
+            eval_max_samples=8,
+            threads=1,
+            epoch_rows=60,
+            evals_per_epoch=1,
+        )
     if mode == "quick":
-        return Profile(mode, model_config, 2000, 8, 5, 20, 50_000, 1, gpu, gpu, repeats=3, eval_every=5,
-                       eval_max_samples=16, threads=1, epoch_rows=200, evals_per_epoch=2)
-    return Profile(mode, model_config, 20000, 8 if not large else 16, 10, 40, 1_000_000, 2, gpu, gpu, repeats=5,
-                   eval_every=10, eval_max_samples=32, threads=1, epoch_rows=1000, evals_per_epoch=4)
+        return Profile(
+            mode,
+            model_config,
+            2000,
+            8,
+            5,
+            20,
+            50_000,
+            1,
+            gpu,
+            gpu,
+            repeats=3,
+            eval_every=5,
+            eval_max_samples=16,
+            threads=1,
+            epoch_rows=200,
+            evals_per_epoch=2,
+        )
+    return Profile(
+        mode,
+        model_config,
+        20000,
+        8 if not large else 16,
+        10,
+        40,
+        1_000_000,
+        2,
+        gpu,
+        gpu,
+        repeats=5,
+        eval_every=10,
+        eval_max_samples=32,
+        threads=1,
+        epoch_rows=1000,
+        evals_per_epoch=4,
+    )
 
 
 def emit(record: dict) -> None:
@@ -92,8 +187,13 @@ def emit(record: dict) -> None:
 
 
 def machine() -> dict:
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -120,13 +220,13 @@ def build_model_folder(root: Path, model_config: str, name: str = "model") -> Pa
     folder = build_tiny(root / name)
     if model_config != "tiny":
         from transformers import T5Config, T5ForConditionalGeneration
+
         torch.manual_seed(0)
-        sizes = FLAN_T5_LARGE if model_config == "flan-t5-large" else dict(
-            FLAN_T5_LARGE, **SHAPES[model_config])
+        sizes = FLAN_T5_LARGE if model_config == "flan-t5-large" else dict(FLAN_T5_LARGE, **SHAPES[model_config])
         config = T5Config(**sizes)
         model = T5ForConditionalGeneration(config)
         model.lm_head = torch.nn.Linear(config.d_model, config.vocab_size, bias=False)
-        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
+        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model**-0.5)
         model.save_pretrained(folder)
     return folder
 
@@ -156,8 +256,17 @@ def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000,
                 if skew:
                     for _ in range(max(1, round(rng.lognormvariate(0, 0.6))) - 1):
                         directions += rng.choice(recipes)["directions"]
-                writer.writerow([index, r["title"], json.dumps(r["ingredients"]), json.dumps(directions),
-                                 r["link"], r["source"], json.dumps(r["ner"])])
+                writer.writerow(
+                    [
+                        index,
+                        r["title"],
+                        json.dumps(r["ingredients"]),
+                        json.dumps(directions),
+                        r["link"],
+                        r["source"],
+                        json.dumps(r["ner"]),
+                    ]
+                )
                 index += 1
     return path
 
@@ -165,13 +274,41 @@ def write_recipes_csv(path: Path, rows: int, seed: int = 0, chunk: int = 20_000,
 def train_flags(profile: Profile, model: Path, data: Path, output: Path, cache: Path, *extra) -> list[str]:
     """Our trainer's flags for a timed run: no validation, no periodic checkpoint, one log per
     ``warmup_steps`` steps (the first window is the warm-up, later ones are timed)."""
-    flags = ["--data", str(data), "--pretrained-model", str(model), "--model-output", str(output),
-             "--cache-dir", str(cache), "--batch-size", str(profile.batch_size), "--epochs", "1000",
-             "--max-steps", str(profile.warmup_steps + profile.timed_steps), "--eval-split-ratio", "0",
-             "--save-steps", "1000000000", "--eval-steps", "1000000000",
-             "--logging-steps", str(profile.warmup_steps), "--warmup-steps", "0",
-             "--max-source-length", str(profile.max_source), "--max-target-length", str(profile.max_target),
-             "--dataloader-num-workers", str(profile.workers),
-             "--mixed-precision", "bf16" if profile.bf16 else "no", "--dedup", "off"]  # timing, on every row
+    flags = [
+        "--data",
+        str(data),
+        "--pretrained-model",
+        str(model),
+        "--model-output",
+        str(output),
+        "--cache-dir",
+        str(cache),
+        "--batch-size",
+        str(profile.batch_size),
+        "--epochs",
+        "1000",
+        "--max-steps",
+        str(profile.warmup_steps + profile.timed_steps),
+        "--eval-split-ratio",
+        "0",
+        "--save-steps",
+        "1000000000",
+        "--eval-steps",
+        "1000000000",
+        "--logging-steps",
+        str(profile.warmup_steps),
+        "--warmup-steps",
+        "0",
+        "--max-source-length",
+        str(profile.max_source),
+        "--max-target-length",
+        str(profile.max_target),
+        "--dataloader-num-workers",
+        str(profile.workers),
+        "--mixed-precision",
+        "bf16" if profile.bf16 else "no",
+        "--dedup",
+        "off",
+    ]  # timing, on every row
     flags.append("--compile" if profile.compile else "--disable-compilation")
     return flags + [str(x) for x in extra]

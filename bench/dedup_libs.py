@@ -20,19 +20,23 @@ def _texts(rows: int, copies: int):
     from chef_genius.data.dedup import content_key, normal_form
     from chef_genius.data.recipes import format_target, recipe_from_fields
     from chef_genius.devtools.planted import planted_recipes
+
     recipes, planted = planted_recipes(rows, copies)
-    normals = [normal_form(format_target(recipe_from_fields(r["title"], r["ingredients"], r["directions"])))
-               for r in recipes]
+    normals = [
+        normal_form(format_target(recipe_from_fields(r["title"], r["ingredients"], r["directions"]))) for r in recipes
+    ]
     return normals, [content_key(n) for n in normals], planted
 
 
 def _run(lib: str, rows: int, copies: int, threshold: float) -> dict:
     from chef_genius.data.dedup import MINHASH_SEED, NUM_BANDS, NUM_PERM, shingles
+
     normals, keys, _ = _texts(rows, copies)
     grams = [shingles(n) for n in normals]
     started = time.perf_counter()
     if lib == "rensa":
         from rensa import RMinHash, RMinHashLSH
+
         hashes = []
         for g in grams:
             m = RMinHash(NUM_PERM, MINHASH_SEED)
@@ -41,6 +45,7 @@ def _run(lib: str, rows: int, copies: int, threshold: float) -> dict:
         lsh = RMinHashLSH(threshold, NUM_PERM, NUM_BANDS)
     else:
         from datasketch import MinHash, MinHashLSH
+
         hashes = [MinHash(num_perm=NUM_PERM, seed=1) for _ in grams]
         for m, g in zip(hashes, grams, strict=True):
             m.update_batch([s.encode() for s in g])
@@ -62,9 +67,14 @@ def _run(lib: str, rows: int, copies: int, threshold: float) -> dict:
         seen[key] = row
         lsh.insert(row, m)
     done = time.perf_counter()
-    return {"lib": lib, "rows": len(normals), "minhash_s": round(hashed - started, 2),
-            "lsh_pass_s": round(done - hashed, 2), "peak_rss_mb": round(resource.getrusage(
-                resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "removed": sorted(removed)}
+    return {
+        "lib": lib,
+        "rows": len(normals),
+        "minhash_s": round(hashed - started, 2),
+        "lsh_pass_s": round(done - hashed, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "removed": sorted(removed),
+    }
 
 
 def _scores(removed: set, rows: int, planted) -> dict:
@@ -73,8 +83,11 @@ def _scores(removed: set, rows: int, planted) -> dict:
         hit, total = by_kind.get(kind, (0, 0))
         by_kind[kind] = (hit + (copy in removed), total + 1)
     false = sum(1 for r in removed if r < rows)
-    return {"recall": {k: round(h / t, 3) for k, (h, t) in by_kind.items()},
-            "originals_removed": false, "originals_removed_share": round(false / rows, 4)}
+    return {
+        "recall": {k: round(h / t, 3) for k, (h, t) in by_kind.items()},
+        "originals_removed": false,
+        "originals_removed_share": round(false / rows, 4),
+    }
 
 
 def main(argv=None) -> None:
@@ -86,19 +99,32 @@ def main(argv=None) -> None:
     rows, copies = (int(a) for a in argv[:2])
     thresholds = [float(t) for t in argv[2:]] or [0.7]
     from chef_genius.devtools.planted import planted_recipes
+
     planted = planted_recipes(rows, copies)[1]
     for threshold in thresholds:
         results = {}
         for lib in ("rensa", "datasketch"):
-            out = subprocess.run([sys.executable, "-m", "bench.dedup_libs", "--one", lib, str(rows), str(copies),
-                                  str(threshold)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.dedup_libs", "--one", lib, str(rows), str(copies), str(threshold)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[lib] = json.loads(out.stdout.strip().splitlines()[-1])
         a, b = set(results["rensa"]["removed"]), set(results["datasketch"]["removed"])
         for r in results.values():
             removed = set(r.pop("removed"))
             print(json.dumps({**r, "threshold": threshold, **_scores(removed, rows, planted)}))
-        print(json.dumps({"threshold": threshold, "agreement_jaccard": round(len(a & b) / max(1, len(a | b)), 4),
-                          "only_rensa": len(a - b), "only_datasketch": len(b - a)}))
+        print(
+            json.dumps(
+                {
+                    "threshold": threshold,
+                    "agreement_jaccard": round(len(a & b) / max(1, len(a | b)), 4),
+                    "only_rensa": len(a - b),
+                    "only_datasketch": len(b - a),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -70,38 +70,58 @@ PHASES = ("build", "eager", "resume", "gc_adafactor", "compiled", "vs_seq2seq")
 
 @dataclass(frozen=True)
 class Budget:
-    seconds: float   # the phase is stopped after this
-    minimum: float   # skipped when less than this is left of the whole budget
+    seconds: float  # the phase is stopped after this
+    minimum: float  # skipped when less than this is left of the whole budget
 
 
 # Sized for FLAN-T5-large on an H100 (a 9.4 GB checkpoint with AdamW; each fresh process imports torch
 # and loads the 3.1 GB of weights): they add up to 460 s of the default 480, the rest for the start.
-BUDGETS = {"build": Budget(45, 20), "eager": Budget(80, 40), "resume": Budget(55, 30),
-           "gc_adafactor": Budget(45, 25), "compiled": Budget(110, 60), "vs_seq2seq": Budget(125, 80)}
+BUDGETS = {
+    "build": Budget(45, 20),
+    "eager": Budget(80, 40),
+    "resume": Budget(55, 30),
+    "gc_adafactor": Budget(45, 25),
+    "compiled": Budget(110, 60),
+    "vs_seq2seq": Budget(125, 80),
+}
 DRY_BUDGET = Budget(240, 1)  # generous: the suite runs it on 2 shared cores; about 40 s of CPU in all
 
 
 @dataclass(frozen=True)
 class Sizes:
     """What each phase trains: steps, batch, lengths."""
+
     model: str
     rows: int
     batch: int
     max_source: int
     max_target: int
-    half: int            # eager saves at step ``half`` and ends at ``2 * half``; resume continues from there
+    half: int  # eager saves at step ``half`` and ends at ``2 * half``; resume continues from there
     log_every: int
     gc_steps: int
     compiled_steps: int
-    vs_warmup: int       # vs_seq2seq: warm-up steps = timed steps = evaluation and save interval
+    vs_warmup: int  # vs_seq2seq: warm-up steps = timed steps = evaluation and save interval
     workers: int
     eval_samples: int
 
 
-GPU_SIZES = Sizes("flan-t5-large", 2000, 8, 256, 512, half=10, log_every=5, gc_steps=10, compiled_steps=30,
-                  vs_warmup=10, workers=2, eval_samples=16)
-DRY_SIZES = Sizes("tiny", 200, 4, 64, 64, half=2, log_every=1, gc_steps=2, compiled_steps=2, vs_warmup=2,
-                  workers=0, eval_samples=8)
+GPU_SIZES = Sizes(
+    "flan-t5-large",
+    2000,
+    8,
+    256,
+    512,
+    half=10,
+    log_every=5,
+    gc_steps=10,
+    compiled_steps=30,
+    vs_warmup=10,
+    workers=2,
+    eval_samples=16,
+)
+DRY_SIZES = Sizes(
+    "tiny", 200, 4, 64, 64, half=2, log_every=1, gc_steps=2, compiled_steps=2, vs_warmup=2, workers=0, eval_samples=8
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,18 +129,28 @@ DRY_SIZES = Sizes("tiny", 200, 4, 64, 64, half=2, log_every=1, gc_steps=2, compi
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="bash bench/gpu_check.sh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bash bench/gpu_check.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny model, 2 steps a phase (seconds)")
     p.add_argument("--budget-s", type=float, default=480.0, help="the whole check's time (default 480)")
-    p.add_argument("--out", default=os.environ.get("OUT") or "gpu-check-out",
-                   help="folder of the JSON summary (default $OUT, else ./gpu-check-out)")
-    p.add_argument("--work-dir", help="scratch folder for the model, data and runs (default: a new temporary "
-                                      "folder, removed at the end unless --keep-work)")
+    p.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or "gpu-check-out",
+        help="folder of the JSON summary (default $OUT, else ./gpu-check-out)",
+    )
+    p.add_argument(
+        "--work-dir",
+        help="scratch folder for the model, data and runs (default: a new temporary "
+        "folder, removed at the end unless --keep-work)",
+    )
     p.add_argument("--keep-work", action="store_true", help="keep the scratch folder")
     p.add_argument("--phases", nargs="+", choices=PHASES, help="run only these phases (build always runs)")
-    p.add_argument("--model", help="a model folder (weights and tokenizer) to check instead of the one the build "
-                                   "phase makes from FLAN-T5-large's config (the tiny one with --dry-run)")
+    p.add_argument(
+        "--model",
+        help="a model folder (weights and tokenizer) to check instead of the one the build "
+        "phase makes from FLAN-T5-large's config (the tiny one with --dry-run)",
+    )
     # the child's own flags
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--progress", help=argparse.SUPPRESS)
@@ -132,6 +162,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.child:
         from .gpu_phases import child_main
+
         return child_main(args)
     started = time.time()
     deadline = started + args.budget_s - 5  # the summary is written in the last seconds
@@ -140,30 +171,44 @@ def main(argv=None) -> int:
     if missing:
         module, (dist, needed_by) = missing[0]
         more = f" (also missing: {', '.join(m for m, _ in missing[1:])})" if len(missing) > 1 else ""
-        print(f"gpu_check: missing Python package {dist!r} (import {module}, needed by {needed_by}){more}; put its "
-              "wheel in .wheels/ with `bash bench/fetch_wheels.sh` on a machine with a package index, then run "
-              "`bash bench/gpu_check.sh`", file=sys.stderr)
+        print(
+            f"gpu_check: missing Python package {dist!r} (import {module}, needed by {needed_by}){more}; put its "
+            "wheel in .wheels/ with `bash bench/fetch_wheels.sh` on a machine with a package index, then run "
+            "`bash bench/gpu_check.sh`",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     out.mkdir(parents=True, exist_ok=True)
     # not under OUT: on the device machine whatever OUT holds is copied back (8 files at most), and a run
     # stopped at the command's limit would leave 9 GB checkpoints and logs there beside the summary
     import tempfile
+
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="chef-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    summary = {"check": "gpu_check", "dry_run": args.dry_run, "budget_s": args.budget_s,
-               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "commit": _commit(),
-               "versions": versions, "phases": {}}
+    summary = {
+        "check": "gpu_check",
+        "dry_run": args.dry_run,
+        "budget_s": args.budget_s,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "commit": _commit(),
+        "versions": versions,
+        "phases": {},
+    }
     wanted = ["build"] + [p for p in PHASES[1:] if not args.phases or p in args.phases]
     status = watch(args, work, wanted, deadline, summary, out)
     if not args.keep_work and not args.work_dir:
         import shutil
+
         shutil.rmtree(work, ignore_errors=True)
     summary["elapsed_s"] = round(time.time() - started, 1)
     summary["ok"] = status == EXIT_OK
     _write(out, summary)
     for name, phase in summary["phases"].items():
-        print(f"gpu_check {name}: {phase.get('status')} in {phase.get('elapsed_s', 0)} s"
-              + (f" ({phase['reason']})" if phase.get("reason") else ""), file=sys.stderr)
+        print(
+            f"gpu_check {name}: {phase.get('status')} in {phase.get('elapsed_s', 0)} s"
+            + (f" ({phase['reason']})" if phase.get("reason") else ""),
+            file=sys.stderr,
+        )
     if "error" in summary:
         print(f"gpu_check: {summary['error']}", file=sys.stderr)
     print(f"gpu_check: summary in {out / SUMMARY} ({summary['elapsed_s']} s)", file=sys.stderr)
@@ -190,6 +235,7 @@ def preflight() -> tuple[list, dict]:
 
 def _importable(module: str) -> bool:
     import importlib.util
+
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a finder that refuses the name, a broken package's metadata
@@ -198,6 +244,7 @@ def _importable(module: str) -> bool:
 
 def _version(dist: str) -> str | None:
     import importlib.metadata
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -206,8 +253,12 @@ def _version(dist: str) -> str | None:
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -229,16 +280,27 @@ def watch(args, work: Path, wanted: list[str], deadline: float, summary: dict, o
         if time.time() >= deadline:
             break
         progress.write_text("")
-        command = [sys.executable, "-m", "bench.gpu_check", "--child", "--progress", str(progress),
-                   "--deadline", str(deadline), "--work-dir", str(work), "--phases", *remaining]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--child",
+            "--progress",
+            str(progress),
+            "--deadline",
+            str(deadline),
+            "--work-dir",
+            str(work),
+            "--phases",
+            *remaining,
+        ]
         if args.model:
             command += ["--model", str(Path(args.model).resolve())]
         if args.dry_run:
             command.append("--dry-run")
         log_path = work / f"child-{len(wanted) - len(remaining)}.log"
         with open(log_path, "w") as log:
-            child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            child = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             current, began, seen = None, time.time(), 0
             while True:
                 events = progress.read_text().splitlines()
@@ -264,24 +326,34 @@ def watch(args, work: Path, wanted: list[str], deadline: float, summary: dict, o
                 budget = DRY_BUDGET if args.dry_run else BUDGETS.get(current, DRY_BUDGET)
                 if current is not None and time.time() - began > budget.seconds:
                     _stop(child)
-                    results[current] = {"status": "timeout", "elapsed_s": round(time.time() - began, 1),
-                                        "reason": f"stopped after its budget of {budget.seconds:.0f} s",
-                                        "log_tail": _tail(log_path)}
+                    results[current] = {
+                        "status": "timeout",
+                        "elapsed_s": round(time.time() - began, 1),
+                        "reason": f"stopped after its budget of {budget.seconds:.0f} s",
+                        "log_tail": _tail(log_path),
+                    }
                     remaining.remove(current)
                     _write(out, summary)
                     break
                 if time.time() >= deadline:
                     _stop(child)
                     if current is not None:
-                        results[current] = {"status": "timeout", "elapsed_s": round(time.time() - began, 1),
-                                            "reason": "the whole budget ran out", "log_tail": _tail(log_path)}
+                        results[current] = {
+                            "status": "timeout",
+                            "elapsed_s": round(time.time() - began, 1),
+                            "reason": "the whole budget ran out",
+                            "log_tail": _tail(log_path),
+                        }
                         remaining.remove(current)
                     break
                 if child.poll() is not None and seen == len(progress.read_text().splitlines()):
                     if current is not None:
-                        results[current] = {"status": "failed", "elapsed_s": round(time.time() - began, 1),
-                                            "reason": f"the check's process ended with exit code {child.returncode}",
-                                            "log_tail": _tail(log_path)}
+                        results[current] = {
+                            "status": "failed",
+                            "elapsed_s": round(time.time() - began, 1),
+                            "reason": f"the check's process ended with exit code {child.returncode}",
+                            "log_tail": _tail(log_path),
+                        }
                         remaining.remove(current)
                         _write(out, summary)
                     elif remaining and child.returncode != 0:  # died before its first phase: do not loop
@@ -292,8 +364,7 @@ def watch(args, work: Path, wanted: list[str], deadline: float, summary: dict, o
                 time.sleep(0.2)
     _skip_rest(results, remaining, "skipped: the whole budget was spent")
     _write(out, summary)
-    return EXIT_OK if all(r.get("status") == "ok" for r in results.values()) and "error" not in summary \
-        else EXIT_FAILED
+    return EXIT_OK if all(r.get("status") == "ok" for r in results.values()) and "error" not in summary else EXIT_FAILED
 
 
 def _skip_rest(results: dict, remaining: list[str], reason: str) -> None:

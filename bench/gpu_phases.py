@@ -13,8 +13,6 @@ from pathlib import Path
 from .gpu_check import BUDGETS, DRY_BUDGET, DRY_SIZES, EXIT_OK, EXIT_USAGE, GPU_SIZES, Sizes, _importable
 
 
-
-
 class Events:
     def __init__(self, path: Path):
         self.path = path
@@ -37,25 +35,42 @@ def child_main(args) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    device = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if cuda
-              else None, "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
-              "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
-              "bf16_supported": torch.cuda.is_bf16_supported() if cuda else False, "cpu_count": os.cpu_count(),
-              "datasets_importable": _importable("datasets")}
+    device = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+        "bf16_supported": torch.cuda.is_bf16_supported() if cuda else False,
+        "cpu_count": os.cpu_count(),
+        "datasets_importable": _importable("datasets"),
+    }
     if not cuda and not args.dry_run:
-        events.send(event="fatal", error="no CUDA GPU is visible to torch; run with --dry-run to check the path on CPU",
-                    extra={"device": device})
+        events.send(
+            event="fatal",
+            error="no CUDA GPU is visible to torch; run with --dry-run to check the path on CPU",
+            extra={"device": device},
+        )
         return EXIT_USAGE
     events.send(event="env", device=device)
-    check = Check(Path(args.work_dir), DRY_SIZES if args.dry_run else GPU_SIZES, args.dry_run,
-                  Path(args.model) if args.model else None)
+    check = Check(
+        Path(args.work_dir),
+        DRY_SIZES if args.dry_run else GPU_SIZES,
+        args.dry_run,
+        Path(args.model) if args.model else None,
+    )
     for name in args.phases:
         budget = DRY_BUDGET if args.dry_run else BUDGETS[name]
         left = args.deadline - time.time()
         if left < budget.minimum:
-            events.send(event="end", phase=name, result={
-                "status": "skipped",
-                "reason": f"budget spent: {left:.0f} s left, the phase needs {budget.minimum:.0f}"})
+            events.send(
+                event="end",
+                phase=name,
+                result={
+                    "status": "skipped",
+                    "reason": f"budget spent: {left:.0f} s left, the phase needs {budget.minimum:.0f}",
+                },
+            )
             continue
         events.send(event="start", phase=name)
         began = time.time()
@@ -65,9 +80,13 @@ def child_main(args) -> int:
             result = {"status": "skipped", "reason": str(why)}
         except Exception as err:  # one broken phase must not hide the others' figures
             import traceback
+
             traceback.print_exc()
-            result = {"status": "failed", "reason": f"{type(err).__name__}: {err}",
-                      "traceback_tail": traceback.format_exc()[-2000:]}
+            result = {
+                "status": "failed",
+                "reason": f"{type(err).__name__}: {err}",
+                "traceback_tail": traceback.format_exc()[-2000:],
+            }
         result["elapsed_s"] = round(time.time() - began, 1)
         check.release(name)
         events.send(event="end", phase=name, result=result)
@@ -103,6 +122,7 @@ class Check:
         import shutil
 
         import torch
+
         for folder in self.DONE_WITH.get(phase, ()):
             shutil.rmtree(self.work / folder, ignore_errors=True)
         if "torch._dynamo" in sys.modules:  # its caches hold the compiled model (and so its weights)
@@ -113,13 +133,43 @@ class Check:
 
     def _flags(self, output: Path, max_steps: int, *extra) -> list[str]:
         s = self.sizes
-        return ["--data", str(self.data), "--pretrained-model", str(self.model_dir), "--model-output", str(output),
-                "--cache-dir", str(self.cache), "--batch-size", str(s.batch), "--epochs", "100",
-                "--max-steps", str(max_steps), "--eval-split-ratio", "0", "--eval-steps", "1000000000",
-                "--logging-steps", str(s.log_every), "--warmup-steps", "0", "--seed", "42",
-                "--max-source-length", str(s.max_source), "--max-target-length", str(s.max_target),
-                "--dataloader-num-workers", str(s.workers), "--progress", "log",
-                "--mixed-precision", "no" if self.dry_run else "bf16", *[str(x) for x in extra]]
+        return [
+            "--data",
+            str(self.data),
+            "--pretrained-model",
+            str(self.model_dir),
+            "--model-output",
+            str(output),
+            "--cache-dir",
+            str(self.cache),
+            "--batch-size",
+            str(s.batch),
+            "--epochs",
+            "100",
+            "--max-steps",
+            str(max_steps),
+            "--eval-split-ratio",
+            "0",
+            "--eval-steps",
+            "1000000000",
+            "--logging-steps",
+            str(s.log_every),
+            "--warmup-steps",
+            "0",
+            "--seed",
+            "42",
+            "--max-source-length",
+            str(s.max_source),
+            "--max-target-length",
+            str(s.max_target),
+            "--dataloader-num-workers",
+            str(s.workers),
+            "--progress",
+            "log",
+            "--mixed-precision",
+            "no" if self.dry_run else "bf16",
+            *[str(x) for x in extra],
+        ]
 
     def _need_model(self) -> None:
         if not (self.model_dir / "config.json").is_file() or not self.data.is_file():
@@ -175,15 +225,21 @@ class Check:
         records = [json.loads(line) for line in (Path(config.model_output) / METRICS_FILE).read_text().splitlines()]
         train = [r for r in records if r.get("type") == "train"]
         steady = train[1:] or train  # the first window holds the warm-up (allocation, autotuning, compilation)
-        out = {"steps": trainer.state.global_step, "setup_s": round(marks["setup_s"], 2),
-               "first_step_s": round(marks.get("first_step_s", float("nan")), 2), "train_s": round(marks["train_s"], 2),
-               "tokens_per_s": _median([r["tokens_per_s"] for r in steady]),
-               "tokens_per_s_windows": [round(r["tokens_per_s"], 1) for r in train],
-               "mfu": _median([r["mfu"] for r in steady if r.get("mfu") is not None]),
-               "tflops_per_s": _median([r["tflops_per_s"] for r in steady]),
-               "step_losses": {int(r["step"]) - len(r["step_losses"]) + 1 + i: v
-                               for r in train for i, v in enumerate(r["step_losses"])},
-               "saves": saves, "memory": plan}
+        out = {
+            "steps": trainer.state.global_step,
+            "setup_s": round(marks["setup_s"], 2),
+            "first_step_s": round(marks.get("first_step_s", float("nan")), 2),
+            "train_s": round(marks["train_s"], 2),
+            "tokens_per_s": _median([r["tokens_per_s"] for r in steady]),
+            "tokens_per_s_windows": [round(r["tokens_per_s"], 1) for r in train],
+            "mfu": _median([r["mfu"] for r in steady if r.get("mfu") is not None]),
+            "tflops_per_s": _median([r["tflops_per_s"] for r in steady]),
+            "step_losses": {
+                int(r["step"]) - len(r["step_losses"]) + 1 + i: v for r in train for i, v in enumerate(r["step_losses"])
+            },
+            "saves": saves,
+            "memory": plan,
+        }
         return out
 
     def _plan(self, model, trainer, shapes) -> dict:
@@ -202,16 +258,23 @@ class Check:
         target = max((s[2] for s in shapes), default=0)
         seen = memory.plan(model, replace(setting, micro_batch=rows, source_length=source, target_length=target))
         gib = 2**30
-        out = {"plan_gib": round(planned.total / gib, 2), "plan_at_longest_seen_gib": round(seen.total / gib, 2),
-               "plan_terms_gib": {k: round(getattr(planned, k) / gib, 3)
-                                  for k in ("weights", "gradients", "optimizer_state", "activations")},
-               "longest_batch_seen": [rows, source, target],
-               "setting": setting.flags()}
+        out = {
+            "plan_gib": round(planned.total / gib, 2),
+            "plan_at_longest_seen_gib": round(seen.total / gib, 2),
+            "plan_terms_gib": {
+                k: round(getattr(planned, k) / gib, 3)
+                for k in ("weights", "gradients", "optimizer_state", "activations")
+            },
+            "longest_batch_seen": [rows, source, target],
+            "setting": setting.flags(),
+        }
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated()
-            out.update(peak_allocated_gib=round(peak / gib, 2),
-                       peak_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 2),
-                       peak_over_plan_at_seen=round(peak / seen.total, 3))
+            out.update(
+                peak_allocated_gib=round(peak / gib, 2),
+                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / gib, 2),
+                peak_over_plan_at_seen=round(peak / seen.total, 3),
+            )
         return out
 
     # -- the phases -----------------------------------------------------------------------------
@@ -230,22 +293,48 @@ class Check:
         built = time.perf_counter() - began
         write_recipes_csv(self.data, self.sizes.rows)
         began = time.perf_counter()
-        tokenized = load_tokenized(self.data, load_tokenizer(str(self.model_dir)), self.sizes.max_source,
-                                   self.sizes.max_target, self.cache)
+        tokenized = load_tokenized(
+            self.data, load_tokenizer(str(self.model_dir)), self.sizes.max_source, self.sizes.max_target, self.cache
+        )
         config = json.loads((self.model_dir / "config.json").read_text())
         weights = sum(p.stat().st_size for p in self.model_dir.glob("*.safetensors"))
-        return {"model": str(self.given_model) if self.given_model else self.sizes.model,
-                "build_and_save_s": round(built, 2), "weights_bytes": weights,
-                "config": {k: config.get(k) for k in ("d_model", "d_ff", "num_layers", "num_decoder_layers",
-                                                      "num_heads", "d_kv", "vocab_size", "feed_forward_proj",
-                                                      "tie_word_embeddings")},
-                "recipes": len(tokenized.dataset), "tokenize_s": round(time.perf_counter() - began, 2)}
+        return {
+            "model": str(self.given_model) if self.given_model else self.sizes.model,
+            "build_and_save_s": round(built, 2),
+            "weights_bytes": weights,
+            "config": {
+                k: config.get(k)
+                for k in (
+                    "d_model",
+                    "d_ff",
+                    "num_layers",
+                    "num_decoder_layers",
+                    "num_heads",
+                    "d_kv",
+                    "vocab_size",
+                    "feed_forward_proj",
+                    "tie_word_embeddings",
+                )
+            },
+            "recipes": len(tokenized.dataset),
+            "tokenize_s": round(time.perf_counter() - began, 2),
+        }
 
     def eager(self) -> dict:
         self._need_model()
         s = self.sizes
-        out = self._train(self._flags(self.work / "eager", 2 * s.half, "--save-steps", s.half, "--async-save",
-                                      "--save-total-limit", 3, "--disable-compilation"))
+        out = self._train(
+            self._flags(
+                self.work / "eager",
+                2 * s.half,
+                "--save-steps",
+                s.half,
+                "--async-save",
+                "--save-total-limit",
+                3,
+                "--disable-compilation",
+            )
+        )
         out["checkpoints"] = sorted(p.name for p in (self.work / "eager").glob("checkpoint-*"))
         return out
 
@@ -254,28 +343,55 @@ class Check:
         source = self.work / "eager" / f"checkpoint-{s.half}"
         if not source.is_dir():
             raise Skipped(f"the eager phase left no {source.name}")
-        out = self._train(self._flags(self.work / "resume", 2 * s.half, "--resume-from-checkpoint", source,
-                                      "--save-steps", s.half, "--disable-compilation"), save_final=False)
+        out = self._train(
+            self._flags(
+                self.work / "resume",
+                2 * s.half,
+                "--resume-from-checkpoint",
+                source,
+                "--save-steps",
+                s.half,
+                "--disable-compilation",
+            ),
+            save_final=False,
+        )
         reference = self._eager_losses()
         common = sorted(set(out["step_losses"]) & set(reference))
         diffs = [abs(out["step_losses"][k] - reference[k]) for k in common]
-        out.update(resumed_from_step=s.half, steps_compared=common,
-                   max_abs_loss_diff=max(diffs) if diffs else None,
-                   bitwise_equal=bool(diffs) and max(diffs) == 0.0)
+        out.update(
+            resumed_from_step=s.half,
+            steps_compared=common,
+            max_abs_loss_diff=max(diffs) if diffs else None,
+            bitwise_equal=bool(diffs) and max(diffs) == 0.0,
+        )
         if not common:
             raise RuntimeError("the resumed run logged no step that the eager run logged")
         return out
 
     def _eager_losses(self) -> dict:
         records = [json.loads(line) for line in (self.work / "eager" / "metrics.jsonl").read_text().splitlines()]
-        return {int(r["step"]) - len(r["step_losses"]) + 1 + i: v
-                for r in records if r.get("type") == "train" for i, v in enumerate(r["step_losses"])}
+        return {
+            int(r["step"]) - len(r["step_losses"]) + 1 + i: v
+            for r in records
+            if r.get("type") == "train"
+            for i, v in enumerate(r["step_losses"])
+        }
 
     def gc_adafactor(self) -> dict:
         self._need_model()
-        return self._train(self._flags(self.work / "gc_adafactor", self.sizes.gc_steps, "--gradient-checkpointing",
-                                       "--optimizer", "adafactor", "--save-steps", 1_000_000_000,
-                                       "--disable-compilation"), save_final=False)
+        return self._train(
+            self._flags(
+                self.work / "gc_adafactor",
+                self.sizes.gc_steps,
+                "--gradient-checkpointing",
+                "--optimizer",
+                "adafactor",
+                "--save-steps",
+                1_000_000_000,
+                "--disable-compilation",
+            ),
+            save_final=False,
+        )
 
     def compiled(self) -> dict:
         self._need_model()
@@ -283,9 +399,11 @@ class Check:
 
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        out = self._train(self._flags(self.work / "compiled", self.sizes.compiled_steps, "--compile",
-                                      "--save-steps", 1_000_000_000), save_final=False,
-                          compile_backend="eager" if self.dry_run else None)
+        out = self._train(
+            self._flags(self.work / "compiled", self.sizes.compiled_steps, "--compile", "--save-steps", 1_000_000_000),
+            save_final=False,
+            compile_backend="eager" if self.dry_run else None,
+        )
         counters = torch._dynamo.utils.counters
         out["graph_breaks"] = {str(k): v for k, v in counters["graph_break"].items()}
         out["graph_break_count"] = sum(counters["graph_break"].values())
@@ -300,31 +418,70 @@ class Check:
 
         s = self.sizes
         w = s.vs_warmup
-        profile = Profile("gpucheck", s.model, s.rows, s.batch, w, w, 0, s.workers, bf16=not self.dry_run,
-                          compile=False, max_source=s.max_source, max_target=s.max_target, repeats=1, eval_every=w,
-                          eval_max_samples=s.eval_samples, threads=1 if self.dry_run else 0)
+        profile = Profile(
+            "gpucheck",
+            s.model,
+            s.rows,
+            s.batch,
+            w,
+            w,
+            0,
+            s.workers,
+            bf16=not self.dry_run,
+            compile=False,
+            max_source=s.max_source,
+            max_target=s.max_target,
+            repeats=1,
+            eval_every=w,
+            eval_max_samples=s.eval_samples,
+            threads=1 if self.dry_run else 0,
+        )
         plan = throughput.make_plan(profile, self.model_dir, self.data, self.work, self.cache)
         results = throughput.alternate({name: plan for name in throughput.LOOP}, 1)
         runs = {name: runs[0] for name, runs in results.items()}
-        keep = ("tokens_per_s", "wall_tokens_per_s", "mfu", "tflops_per_s", "peak_memory_gb", "eval_s", "save_s",
-                "evals", "saves", "steps", "tokens", "padded_tokens_per_step")
+        keep = (
+            "tokens_per_s",
+            "wall_tokens_per_s",
+            "mfu",
+            "tflops_per_s",
+            "peak_memory_gb",
+            "eval_s",
+            "save_s",
+            "evals",
+            "saves",
+            "steps",
+            "tokens",
+            "padded_tokens_per_step",
+        )
         ours, theirs = runs["ours_fixed"], runs["hf_same_batches"]
-        return {"ours": {k: ours.get(k) for k in keep}, "seq2seq_trainer": {k: theirs.get(k) for k in keep},
-                "ratio_tokens_per_s": ours["tokens_per_s"] / theirs["tokens_per_s"],
-                "ratio_wall_tokens_per_s": ours["wall_tokens_per_s"] / theirs["wall_tokens_per_s"],
-                "identical_batches": ours["fingerprint"] == theirs["fingerprint"],
-                "setting": {"batch": s.batch, "warmup_steps": w, "timed_steps": w, "eval_and_save_every": w,
-                            "bf16": not self.dry_run, "compile": False, "eval_recipes": len(plan.eval_rows)}}
+        return {
+            "ours": {k: ours.get(k) for k in keep},
+            "seq2seq_trainer": {k: theirs.get(k) for k in keep},
+            "ratio_tokens_per_s": ours["tokens_per_s"] / theirs["tokens_per_s"],
+            "ratio_wall_tokens_per_s": ours["wall_tokens_per_s"] / theirs["wall_tokens_per_s"],
+            "identical_batches": ours["fingerprint"] == theirs["fingerprint"],
+            "setting": {
+                "batch": s.batch,
+                "warmup_steps": w,
+                "timed_steps": w,
+                "eval_and_save_every": w,
+                "bf16": not self.dry_run,
+                "compile": False,
+                "eval_recipes": len(plan.eval_rows),
+            },
+        }
 
 
 def _sync() -> None:
     import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def _median(values):
     import statistics
+
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
@@ -338,10 +495,12 @@ class _compile_backend:
 
     def __enter__(self):
         import torch
+
         self.original = torch.compile
         if self.backend:
             torch.compile = lambda model, **kwargs: self.original(model, **{**kwargs, "backend": self.backend})
 
     def __exit__(self, *exc):
         import torch
+
         torch.compile = self.original

@@ -28,9 +28,14 @@ def _one_run(csv: str, model: str, cache: str, num_proc: int) -> dict:
     seconds = time.perf_counter() - started
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"seconds": seconds, "rows": result.stats.get("rows"), "kept": result.stats.get("kept"),
-            "from_cache": result.from_cache, "peak_rss_mb": round(self_kb / 1024, 1),
-            "peak_worker_rss_mb": round(child_kb / 1024, 1)}
+    return {
+        "seconds": seconds,
+        "rows": result.stats.get("rows"),
+        "kept": result.stats.get("kept"),
+        "from_cache": result.from_cache,
+        "peak_rss_mb": round(self_kb / 1024, 1),
+        "peak_worker_rss_mb": round(child_kb / 1024, 1),
+    }
 
 
 def preprocess_cached(rows: int, model: Path, work: Path, reduced_from: int | None = None) -> dict:
@@ -42,16 +47,31 @@ def preprocess_cached(rows: int, model: Path, work: Path, reduced_from: int | No
     num_proc = max(1, min(4, os.cpu_count() or 1))
     runs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-m", "bench.preprocess", str(csv), str(model), str(cache),
-                              str(num_proc)], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent.parent)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.preprocess", str(csv), str(model), str(cache), str(num_proc)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     first, cached = runs
-    record = dict(name="preprocess_cached", ours=cached["seconds"], baseline=first["seconds"], unit="s",
-                  target="<= 0.05", rows=rows, csv_mb=round(csv.stat().st_size / 1e6, 1), num_proc=num_proc,
-                  first_rows_per_s=round(rows / first["seconds"]), first_peak_rss_mb=first["peak_rss_mb"],
-                  first_peak_worker_rss_mb=first["peak_worker_rss_mb"], cached_peak_rss_mb=cached["peak_rss_mb"],
-                  cached_from_cache=cached["from_cache"], generate_csv_s=round(generate_s, 1))
+    record = dict(
+        name="preprocess_cached",
+        ours=cached["seconds"],
+        baseline=first["seconds"],
+        unit="s",
+        target="<= 0.05",
+        rows=rows,
+        csv_mb=round(csv.stat().st_size / 1e6, 1),
+        num_proc=num_proc,
+        first_rows_per_s=round(rows / first["seconds"]),
+        first_peak_rss_mb=first["peak_rss_mb"],
+        first_peak_worker_rss_mb=first["peak_worker_rss_mb"],
+        cached_peak_rss_mb=cached["peak_rss_mb"],
+        cached_from_cache=cached["from_cache"],
+        generate_csv_s=round(generate_s, 1),
+    )
     if reduced_from:
         record["note"] = f"{rows} rows, not {reduced_from}: reduced for --quick/--smoke; run without them for 1M"
     csv.unlink()

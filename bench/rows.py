@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         reference = opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
         times = {"arrow_rows": {"rows_s": [], "lengths_s": []}, "datasets": {"rows_s": [], "lengths_s": []}}
         for round_ in range(3):
-            for name, table in (("arrow_rows", arrow), ("datasets", reference))[::1 if round_ % 2 == 0 else -1]:
+            for name, table in (("arrow_rows", arrow), ("datasets", reference))[:: 1 if round_ % 2 == 0 else -1]:
                 began = time.perf_counter()
                 data = RecipeDataset(table)
                 data.lengths()
@@ -48,12 +48,22 @@ def main(argv=None) -> int:
                     data[i]
                 times[name]["rows_s"].append(time.perf_counter() - began)
     medians = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
-    print(json.dumps({"name": "cache_row_reads", "rows": rows, "parts": len(arrow.paths),
-                      "ours": medians["arrow_rows"]["rows_s"], "baseline": medians["datasets"]["rows_s"],
-                      "ratio": medians["arrow_rows"]["rows_s"] / medians["datasets"]["rows_s"],
-                      "unit": "s, every row once",
-                      "lengths_s": {n: m["lengths_s"] for n, m in medians.items()},
-                      "runs": times, "load_average": [round(x, 2) for x in os.getloadavg()]}))
+    print(
+        json.dumps(
+            {
+                "name": "cache_row_reads",
+                "rows": rows,
+                "parts": len(arrow.paths),
+                "ours": medians["arrow_rows"]["rows_s"],
+                "baseline": medians["datasets"]["rows_s"],
+                "ratio": medians["arrow_rows"]["rows_s"] / medians["datasets"]["rows_s"],
+                "unit": "s, every row once",
+                "lengths_s": {n: m["lengths_s"] for n, m in medians.items()},
+                "runs": times,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
     return 0
 
 

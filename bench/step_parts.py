@@ -26,8 +26,9 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.step_parts", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.step_parts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--shape", default="flan-head", help="a bench model architecture (default flan-head)")
     p.add_argument("--rows", type=int, default=60, help="recipes generated (with --skewed lengths)")
     p.add_argument("--batch", type=int, default=4)
@@ -53,13 +54,15 @@ def main(argv=None) -> int:
         work = Path(scratch)
         folder = build_model_folder(work, args.shape)
         tokenizer = load_tokenizer(str(folder))
-        rows = load_tokenized(write_recipes_csv(work / "r.csv", args.rows, seed=1, skew=True), tokenizer, 256, 512,
-                              work / "cache").dataset
+        rows = load_tokenized(
+            write_recipes_csv(work / "r.csv", args.rows, seed=1, skew=True), tokenizer, 256, 512, work / "cache"
+        ).dataset
         data = RecipeDataset(rows)
         order = epoch_order(len(data), 42, 0, data.lengths(), 1024)
         collate = Collator(tokenizer.pad_token_id)
-        batches = [collate([data[int(i)] for i in order[k * args.batch:(k + 1) * args.batch]])
-                   for k in range(args.batches)]
+        batches = [
+            collate([data[int(i)] for i in order[k * args.batch : (k + 1) * args.batch]]) for k in range(args.batches)
+        ]
         model = load_model(folder)
         model.train()
         torch.manual_seed(0)
@@ -69,13 +72,18 @@ def main(argv=None) -> int:
 
     def body(b):
         encoded = model.encoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-        decoded = model.decoder(input_ids=b["decoder_input_ids"], encoder_hidden_states=encoded,
-                                encoder_attention_mask=b["attention_mask"], use_cache=False).last_hidden_state
+        decoded = model.decoder(
+            input_ids=b["decoder_input_ids"],
+            encoder_hidden_states=encoded,
+            encoder_attention_mask=b["attention_mask"],
+            use_cache=False,
+        ).last_hidden_state
         decoded.sum().backward()
 
     def hf(b):
-        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
-              use_cache=False).loss.backward()
+        model(
+            input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"], use_cache=False
+        ).loss.backward()
 
     head = lean_loss.install(model)  # unarmed it is the plain linear head (body and hf), armed the lean loss
 
@@ -96,15 +104,28 @@ def main(argv=None) -> int:
     medians = {k: statistics.median(v) for k, v in times.items()}
     labelled = sum(int((b["labels"] != LABEL_PAD).sum()) for b in batches)
     padded = sum(b["labels"].numel() for b in batches)
-    print(json.dumps({
-        "name": "step_parts", "shape": args.shape, "batch": args.batch, "batches": args.batches,
-        "repeats": args.repeats, "threads": args.threads, "seconds": medians,
-        "spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in times.items()},
-        "head_and_loss_s": {"ours": medians["ours"] - medians["body"], "hf": medians["hf"] - medians["body"]},
-        "projected_positions": {"ours": labelled, "hf": padded}, "padding_share": 1 - labelled / padded,
-        "target_widths": [int(b["labels"].shape[1]) for b in batches],
-        "target_tokens_p50_p95_max": [float(np.percentile(data.source_target_lengths()[1], q)) for q in (50, 95, 100)],
-        "load_average": [round(x, 2) for x in os.getloadavg()]}))
+    print(
+        json.dumps(
+            {
+                "name": "step_parts",
+                "shape": args.shape,
+                "batch": args.batch,
+                "batches": args.batches,
+                "repeats": args.repeats,
+                "threads": args.threads,
+                "seconds": medians,
+                "spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in times.items()},
+                "head_and_loss_s": {"ours": medians["ours"] - medians["body"], "hf": medians["hf"] - medians["body"]},
+                "projected_positions": {"ours": labelled, "hf": padded},
+                "padding_share": 1 - labelled / padded,
+                "target_widths": [int(b["labels"].shape[1]) for b in batches],
+                "target_tokens_p50_p95_max": [
+                    float(np.percentile(data.source_target_lengths()[1], q)) for q in (50, 95, 100)
+                ],
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
     return 0
 
 

@@ -64,8 +64,8 @@ SEED = 42
 EVAL_SPLIT = 0.1
 LEARNING_RATE = 1e-4
 SAVE_LIMIT = 2
-LOOP = ("ours_fixed", "hf_same_batches")                            # the loop: identical batches, a window
-WHOLE = ("ours_token_budget", "hf_tuned", "ours_fixed_epochs")      # the whole trainer: whole epochs
+LOOP = ("ours_fixed", "hf_same_batches")  # the loop: identical batches, a window
+WHOLE = ("ours_token_budget", "hf_tuned", "ours_fixed_epochs")  # the whole trainer: whole epochs
 CONTENDERS = LOOP + WHOLE
 EPOCHS = 2  # the first epoch is the warm-up, the second is timed; one step of a third ends the run (its
 # end-of-training evaluation and save fall after the window, as for any step count)
@@ -83,19 +83,20 @@ def _sync():
 @dataclass
 class Plan:
     """The data every contender trains on, chosen once with the trainer's own functions."""
+
     profile: Profile
     model: Path
     data: Path
     cache: Path
     work: Path
-    train_rows: np.ndarray          # rows of the tokenized file in the train split
-    eval_rows: np.ndarray           # the held-out recipes every evaluation uses
-    order: np.ndarray               # our epoch-0 order (positions in the train split)
-    max_tokens: int                 # the token budget of ours_token_budget
-    mean_target_tokens: float       # over the train split: what a window's recipes are compared with
-    target_tokens: int              # over the train split: what a whole epoch trains on
-    target_lengths: np.ndarray      # target tokens of each recipe of the train split
-    epochs: bool = False            # whole epochs (the whole-trainer plan) or a window of steps (the loop's)
+    train_rows: np.ndarray  # rows of the tokenized file in the train split
+    eval_rows: np.ndarray  # the held-out recipes every evaluation uses
+    order: np.ndarray  # our epoch-0 order (positions in the train split)
+    max_tokens: int  # the token budget of ours_token_budget
+    mean_target_tokens: float  # over the train split: what a window's recipes are compared with
+    target_tokens: int  # over the train split: what a whole epoch trains on
+    target_lengths: np.ndarray  # target tokens of each recipe of the train split
+    epochs: bool = False  # whole epochs (the whole-trainer plan) or a window of steps (the loop's)
     # whole epochs: per contender, optimizer steps in epoch 1 and epoch 2, and the evaluation / save interval
     epoch_steps: dict = field(default_factory=dict)
     every: dict = field(default_factory=dict)
@@ -129,19 +130,37 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
     held_out = eval_subset(RecipeDataset(tokenized, eval_idx), profile.eval_max_samples, SEED)
     order = epoch_order(len(train), SEED, 0, train.lengths(), 1024)
     src, tgt = train.source_target_lengths()
-    longest = np.argsort(-(padded(src) + padded(tgt)), kind="stable")[:profile.batch_size]
+    longest = np.argsort(-(padded(src) + padded(tgt)), kind="stable")[: profile.batch_size]
     budget = profile.batch_size * int(padded(src[longest]).max() + padded(tgt[longest]).max())
-    plan = Plan(profile, model, data, cache, work, train.indices, held_out.indices, order, budget, float(tgt.mean()),
-                int(tgt.sum()), tgt, epochs)
+    plan = Plan(
+        profile,
+        model,
+        data,
+        cache,
+        work,
+        train.indices,
+        held_out.indices,
+        order,
+        budget,
+        float(tgt.mean()),
+        int(tgt.sum()),
+        tgt,
+        epochs,
+    )
     if not epochs:
         needed = (profile.warmup_steps + profile.timed_steps) * profile.batch_size
         assert needed <= len(train), "the loop comparison must stay within one epoch (same order for both)"
         return plan
     fixed = -(-len(train) // profile.batch_size)
-    budgeted = [len(budget_bounds(epoch_order(len(train), SEED, e, train.lengths(), 1024), src, tgt, budget)) - 1
-                for e in range(EPOCHS)]
-    plan.epoch_steps = {"ours_token_budget": tuple(budgeted), "hf_tuned": (fixed, fixed),
-                        "ours_fixed_epochs": (fixed, fixed)}
+    budgeted = [
+        len(budget_bounds(epoch_order(len(train), SEED, e, train.lengths(), 1024), src, tgt, budget)) - 1
+        for e in range(EPOCHS)
+    ]
+    plan.epoch_steps = {
+        "ours_token_budget": tuple(budgeted),
+        "hf_tuned": (fixed, fixed),
+        "ours_fixed_epochs": (fixed, fixed),
+    }
     plan.every = {name: interval(*steps, profile.evals_per_epoch) for name, steps in plan.epoch_steps.items()}
     return plan
 
@@ -149,6 +168,7 @@ def make_plan(profile: Profile, model: Path, data: Path, work: Path, cache: Path
 @dataclass
 class Run:
     """What one run did in its timed window."""
+
     contender: str
     first: int
     last: int
@@ -173,8 +193,16 @@ class Run:
 
     def batch(self, input_ids, attention_mask, labels) -> None:
         # device tensors, read after the run: no host sync in the step
-        self.batches.append((*input_ids.shape, labels.shape[1], (labels != LABEL_PAD).sum(), attention_mask.sum(),
-                             input_ids.sum(), labels.clamp(min=0).sum()))
+        self.batches.append(
+            (
+                *input_ids.shape,
+                labels.shape[1],
+                (labels != LABEL_PAD).sum(),
+                attention_mask.sum(),
+                input_ids.sum(),
+                labels.clamp(min=0).sum(),
+            )
+        )
 
     def periodic(self, kind: str, step: int, fn, *args, **kwargs):
         """``fn`` timed as evaluation or save work when ``step`` is in the window (a sync only then)."""
@@ -203,13 +231,24 @@ class Run:
         flops = train_flops(model_config, source, tokens, source / samples, tokens / samples)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         peak = peak_flops(device, "bf16" if torch.cuda.is_available() else "no")
-        out = {"tokens": tokens, "steps": len(rows), "rows_per_step": samples / max(len(rows), 1),
-               "target_tokens_per_row": tokens / samples,
-               "padded_tokens_per_step": sum(r[0] * (r[1] + r[2]) for r in rows) / max(len(rows), 1),
-               "wall_s": wall, "train_s": train_s, "eval_s": self.eval_s, "save_s": self.save_s,
-               "evals": self.evals, "saves": self.saves, "tokens_per_s": tokens / train_s,
-               "wall_tokens_per_s": tokens / wall, "tflops_per_s": flops / train_s / 1e12,
-               "mfu": mfu(flops, train_s, peak), "fingerprint": [list(r) for r in rows]}
+        out = {
+            "tokens": tokens,
+            "steps": len(rows),
+            "rows_per_step": samples / max(len(rows), 1),
+            "target_tokens_per_row": tokens / samples,
+            "padded_tokens_per_step": sum(r[0] * (r[1] + r[2]) for r in rows) / max(len(rows), 1),
+            "wall_s": wall,
+            "train_s": train_s,
+            "eval_s": self.eval_s,
+            "save_s": self.save_s,
+            "evals": self.evals,
+            "saves": self.saves,
+            "tokens_per_s": tokens / train_s,
+            "wall_tokens_per_s": tokens / wall,
+            "tflops_per_s": flops / train_s / 1e12,
+            "mfu": mfu(flops, train_s, peak),
+            "fingerprint": [list(r) for r in rows],
+        }
         if torch.cuda.is_available():
             out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return out
@@ -229,17 +268,53 @@ def run_ours(plan: Plan, name: str, budget: bool, attempt: int) -> dict:
     output = plan.work / f"{name}-{attempt}"
     first, last, every = plan.window(name)
     stop = last + 1 if plan.epochs else last
-    flags = ["--data", str(plan.data), "--pretrained-model", str(plan.model), "--model-output", str(output),
-             "--cache-dir", str(plan.cache), "--epochs", str(EPOCHS + 1 if plan.epochs else 1000),
-             "--max-steps", str(stop),
-             "--learning-rate", str(LEARNING_RATE), "--warmup-steps", "0", "--seed", str(SEED),
-             "--eval-split-ratio", str(EVAL_SPLIT), "--eval-max-samples", str(p.eval_max_samples),
-             "--eval-steps", str(every), "--save-steps", str(every), "--logging-steps",
-             str(every), "--save-total-limit", str(SAVE_LIMIT), "--eval-samples", "0",
-             "--max-source-length", str(p.max_source), "--max-target-length", str(p.max_target),
-             "--dataloader-num-workers", str(p.workers), "--mixed-precision", "bf16" if p.bf16 else "no",
-             "--progress", "log", "--compile" if p.compile else "--disable-compilation",
-             "--dedup", "off"]  # the same rows as the baseline's split: a speed comparison
+    flags = [
+        "--data",
+        str(plan.data),
+        "--pretrained-model",
+        str(plan.model),
+        "--model-output",
+        str(output),
+        "--cache-dir",
+        str(plan.cache),
+        "--epochs",
+        str(EPOCHS + 1 if plan.epochs else 1000),
+        "--max-steps",
+        str(stop),
+        "--learning-rate",
+        str(LEARNING_RATE),
+        "--warmup-steps",
+        "0",
+        "--seed",
+        str(SEED),
+        "--eval-split-ratio",
+        str(EVAL_SPLIT),
+        "--eval-max-samples",
+        str(p.eval_max_samples),
+        "--eval-steps",
+        str(every),
+        "--save-steps",
+        str(every),
+        "--logging-steps",
+        str(every),
+        "--save-total-limit",
+        str(SAVE_LIMIT),
+        "--eval-samples",
+        "0",
+        "--max-source-length",
+        str(p.max_source),
+        "--max-target-length",
+        str(p.max_target),
+        "--dataloader-num-workers",
+        str(p.workers),
+        "--mixed-precision",
+        "bf16" if p.bf16 else "no",
+        "--progress",
+        "log",
+        "--compile" if p.compile else "--disable-compilation",
+        "--dedup",
+        "off",
+    ]  # the same rows as the baseline's split: a speed comparison
     flags += ["--max-tokens-per-batch", str(plan.max_tokens)] if budget else ["--batch-size", str(p.batch_size)]
     run = Run(name, first, last, every)
     trainer = Trainer(parse_args(flags))
@@ -273,8 +348,11 @@ def _instrument_ours(trainer, run: Run) -> None:
         return went_on
 
     trainer._step = timed_step
-    trainer.maybe_evaluate = lambda *a, **k: (run.periodic("eval", trainer.state.global_step, evaluate, *a, **k)
-                                              if run.due(trainer.state.global_step) else evaluate(*a, **k))
+    trainer.maybe_evaluate = lambda *a, **k: (
+        run.periodic("eval", trainer.state.global_step, evaluate, *a, **k)
+        if run.due(trainer.state.global_step)
+        else evaluate(*a, **k)
+    )
     trainer.checkpoints.save = timed_save
     trainer._after_step = marked_after_step
 
@@ -282,8 +360,13 @@ def _instrument_ours(trainer, run: Run) -> None:
 def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int) -> dict:
     """``Seq2SeqTrainer`` tuned; ``same_batches``: its sampler yields our epoch order instead of its
     own length grouping, so with the same batch size it steps on exactly our fixed batches."""
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
 
     p = plan.profile
     cuda = torch.cuda.is_available()
@@ -318,24 +401,53 @@ def run_seq2seq_trainer(plan: Plan, name: str, same_batches: bool, attempt: int)
                 return [int(i) for i in order]  # a sequence of indices is a sampler
             if isinstance(self.train_dataset, InMemoryRows):  # what it does with a datasets length column
                 from transformers.trainer_pt_utils import LengthGroupedSampler
-                return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                            lengths=self.train_dataset.lengths)
+
+                return LengthGroupedSampler(
+                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                    lengths=self.train_dataset.lengths,
+                )
             return super()._get_train_sampler(train_dataset)
 
     workers = p.workers
     args = Seq2SeqTrainingArguments(
-        output_dir=str(plan.work / f"{name}-{attempt}"), per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR, max_steps=stop,
-        learning_rate=LEARNING_RATE, warmup_steps=0, lr_scheduler_type="linear", weight_decay=0.01,
-        max_grad_norm=1.0, seed=SEED, optim="adamw_torch_fused",
-        train_sampling_strategy="group_by_length", length_column_name="length",
-        eval_strategy="steps", eval_steps=every, prediction_loss_only=True,
-        save_strategy="steps", save_steps=every, save_total_limit=SAVE_LIMIT,
-        logging_strategy="steps", logging_steps=every, report_to="none", disable_tqdm=True,
-        dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, dataloader_pin_memory=cuda,
-        bf16=p.bf16, torch_compile=p.compile and cuda, use_cpu=not cuda)
-    trainer = Timed(model=model, args=args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
-                    processing_class=tokenizer)
+        output_dir=str(plan.work / f"{name}-{attempt}"),
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size * EVAL_BATCH_FACTOR,
+        max_steps=stop,
+        learning_rate=LEARNING_RATE,
+        warmup_steps=0,
+        lr_scheduler_type="linear",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=SEED,
+        optim="adamw_torch_fused",
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        eval_strategy="steps",
+        eval_steps=every,
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=SAVE_LIMIT,
+        logging_strategy="steps",
+        logging_steps=every,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_pin_memory=cuda,
+        bf16=p.bf16,
+        torch_compile=p.compile and cuda,
+        use_cpu=not cuda,
+    )
+    trainer = Timed(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
     trainer.train()
     result = run.result(model.config)
     del trainer
@@ -369,8 +481,9 @@ def hf_dataset(rows, indices):
     datasets.disable_progress_bars()
     opened = [datasets.Dataset.from_file(str(path)) for path in rows.paths]
     table = opened[0] if len(opened) == 1 else datasets.concatenate_datasets(opened)
-    table = table.map(lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]},
-                      batched=True).remove_columns(["source_len", "target_len", "source_full_len", "target_full_len"])
+    table = table.map(
+        lambda b: {"length": [s + t for s, t in zip(b["source_len"], b["target_len"])]}, batched=True
+    ).remove_columns(["source_len", "target_len", "source_full_len", "target_full_len"])
     return table.select(indices)
 
 
@@ -400,8 +513,10 @@ def run_contender(plan: Plan, name: str, attempt: int) -> dict:
         result = None
     child.join()
     if child.exitcode != 0 or result is None:
-        raise RuntimeError(f"throughput contender {name} (run {attempt + 1}) failed (exit code {child.exitcode}); "
-                           "its traceback is above")
+        raise RuntimeError(
+            f"throughput contender {name} (run {attempt + 1}) failed (exit code {child.exitcode}); "
+            "its traceback is above"
+        )
     return result
 
 
@@ -437,8 +552,14 @@ def alternate(plans: dict, repeats: int, runner=run_contender) -> dict:
             result = runner(plans[name], name, attempt)
             result["load_1min"] = round((load + os.getloadavg()[0]) / 2, 2)
             results[name].append(result)
-            log.warning("throughput %s run %d: %.0f target tokens/s training, %.0f wall-clock (load %.2f)", name,
-                        attempt + 1, result["tokens_per_s"], result["wall_tokens_per_s"], result["load_1min"])
+            log.warning(
+                "throughput %s run %d: %.0f target tokens/s training, %.0f wall-clock (load %.2f)",
+                name,
+                attempt + 1,
+                result["tokens_per_s"],
+                result["wall_tokens_per_s"],
+                result["load_1min"],
+            )
     return results
 
 
@@ -448,8 +569,15 @@ def spread(values: list[float]) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     out = {key: spread([r[key] for r in runs]) for key in ("tokens_per_s", "wall_tokens_per_s")}
-    for key in ("tokens", "steps", "rows_per_step", "target_tokens_per_row", "padded_tokens_per_step", "evals",
-                "saves"):
+    for key in (
+        "tokens",
+        "steps",
+        "rows_per_step",
+        "target_tokens_per_row",
+        "padded_tokens_per_step",
+        "evals",
+        "saves",
+    ):
         out[key] = runs[0][key]
     for key in ("eval_s", "save_s", "tflops_per_s", "load_1min"):
         out[key] = statistics.median(r[key] for r in runs)
@@ -478,45 +606,105 @@ def throughput_records(profile: Profile, model: Path, data: Path, work: Path, ca
     prints = {name: [r["fingerprint"] for r in runs] for name, runs in results.items()}
     loop_prints = prints.get("ours_fixed", []) + prints.get("hf_same_batches", [])
     identical = all(fp == loop_prints[0] for fp in loop_prints)
-    common = {"batch_size": profile.batch_size, "repeats": profile.repeats, "workers": profile.workers,
-              "bf16": profile.bf16, "compile": profile.compile, "model": profile.model_config,
-              "torch_threads": profile.threads or torch.get_num_threads(),
-              "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after]}
-    loop_setting = {**common, "max_tokens_per_batch": loop.max_tokens, "warmup_steps": profile.warmup_steps,
-                    "timed_steps": profile.timed_steps, "eval_and_save_every": profile.eval_every,
-                    "eval_recipes": len(loop.eval_rows), "train_recipes": len(loop.train_rows),
-                    "train_mean_target_tokens": loop.mean_target_tokens}
+    common = {
+        "batch_size": profile.batch_size,
+        "repeats": profile.repeats,
+        "workers": profile.workers,
+        "bf16": profile.bf16,
+        "compile": profile.compile,
+        "model": profile.model_config,
+        "torch_threads": profile.threads or torch.get_num_threads(),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+    }
+    loop_setting = {
+        **common,
+        "max_tokens_per_batch": loop.max_tokens,
+        "warmup_steps": profile.warmup_steps,
+        "timed_steps": profile.timed_steps,
+        "eval_and_save_every": profile.eval_every,
+        "eval_recipes": len(loop.eval_rows),
+        "train_recipes": len(loop.train_rows),
+        "train_mean_target_tokens": loop.mean_target_tokens,
+    }
 
     def record(name, ours, baseline, key, setting, target=None, **extra):
         a, b = s[ours][key]["median"], s[baseline][key]["median"]
-        return dict(name=name, ours=a, baseline=b, ratio=a / b, unit=f"real target tokens/s ({key}, medians)",
-                    target=target, contenders=[ours, baseline], setting=setting,
-                    ours_detail=s[ours], baseline_detail=s[baseline], **extra,
-                    # per run, per timed batch: rows, source width, target width, real target tokens,
-                    # real source tokens, sum of input ids, sum of label ids
-                    batch_fingerprints={ours: prints[ours], baseline: prints[baseline]})
+        return dict(
+            name=name,
+            ours=a,
+            baseline=b,
+            ratio=a / b,
+            unit=f"real target tokens/s ({key}, medians)",
+            target=target,
+            contenders=[ours, baseline],
+            setting=setting,
+            ours_detail=s[ours],
+            baseline_detail=s[baseline],
+            **extra,
+            # per run, per timed batch: rows, source width, target width, real target tokens,
+            # real source tokens, sum of input ids, sum of label ids
+            batch_fingerprints={ours: prints[ours], baseline: prints[baseline]},
+        )
 
     def training_only(rec):
         ours, baseline = (s[n]["tokens_per_s"]["median"] for n in rec["contenders"])
         rec["training_only"] = {"ours": ours, "baseline": baseline, "ratio": ours / baseline}
         return rec
 
-    loop_records = [record("loop_efficiency", "ours_fixed", "hf_same_batches", "tokens_per_s", loop_setting,
-                           ">= 1.0", identical_batches=identical, batches_compared=len(loop_prints))
-                    ] if profile.loop else []
+    loop_records = (
+        [
+            record(
+                "loop_efficiency",
+                "ours_fixed",
+                "hf_same_batches",
+                "tokens_per_s",
+                loop_setting,
+                ">= 1.0",
+                identical_batches=identical,
+                batches_compared=len(loop_prints),
+            )
+        ]
+        if profile.loop
+        else []
+    )
     if not profile.whole_epochs:
         return loop_records
     # the whole trainer: epoch 2 of 2 of a small split, every recipe once for every contender
-    whole_setting = {**common, "max_tokens_per_batch": whole.max_tokens, "epochs": EPOCHS, "timed_epoch": EPOCHS,
-                     "train_recipes": len(whole.train_rows), "eval_recipes": len(whole.eval_rows),
-                     "epoch_target_tokens": whole.target_tokens, "evals_per_epoch": profile.evals_per_epoch,
-                     "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
-                     "eval_and_save_every": dict(whole.every), "skewed_lengths": profile.skewed,
-                     "train_target_tokens_percentiles": {str(q): float(np.percentile(whole.target_lengths, q))
-                                                         for q in (5, 50, 95, 100)}}
+    whole_setting = {
+        **common,
+        "max_tokens_per_batch": whole.max_tokens,
+        "epochs": EPOCHS,
+        "timed_epoch": EPOCHS,
+        "train_recipes": len(whole.train_rows),
+        "eval_recipes": len(whole.eval_rows),
+        "epoch_target_tokens": whole.target_tokens,
+        "evals_per_epoch": profile.evals_per_epoch,
+        "steps_per_epoch": {n: list(v) for n, v in whole.epoch_steps.items()},
+        "eval_and_save_every": dict(whole.every),
+        "skewed_lengths": profile.skewed,
+        "train_target_tokens_percentiles": {
+            str(q): float(np.percentile(whole.target_lengths, q)) for q in (5, 50, 95, 100)
+        },
+    }
     return loop_records + [
-        training_only(record("throughput_vs_seq2seqtrainer", "ours_token_budget", "hf_tuned", "wall_tokens_per_s",
-                             whole_setting, ">= 1.3")),
-        training_only(record("token_budget_vs_fixed_batches", "ours_token_budget", "ours_fixed_epochs",
-                             "wall_tokens_per_s", whole_setting)),
+        training_only(
+            record(
+                "throughput_vs_seq2seqtrainer",
+                "ours_token_budget",
+                "hf_tuned",
+                "wall_tokens_per_s",
+                whole_setting,
+                ">= 1.3",
+            )
+        ),
+        training_only(
+            record(
+                "token_budget_vs_fixed_batches",
+                "ours_token_budget",
+                "ours_fixed_epochs",
+                "wall_tokens_per_s",
+                whole_setting,
+            )
+        ),
     ]

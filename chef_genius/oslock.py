@@ -17,8 +17,9 @@ from pathlib import Path
 
 WINDOWS_LOCK_OFFSET = 1 << 30
 # errno of a lock that another process holds; any other OSError means "this file system has no locks"
-CONTENDED = {getattr(errno, name) for name in ("EAGAIN", "EWOULDBLOCK", "EACCES", "EDEADLK", "EDEADLOCK")
-             if hasattr(errno, name)}
+CONTENDED = {
+    getattr(errno, name) for name in ("EAGAIN", "EWOULDBLOCK", "EACCES", "EDEADLK", "EDEADLOCK") if hasattr(errno, name)
+}
 
 
 def try_lock(fd: int) -> bool | None:

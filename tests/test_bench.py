@@ -20,8 +20,14 @@ pytestmark = pytest.mark.slow  # runs every benchmark in a subprocess
 
 def test_bench_smoke_prints_one_json_object_per_benchmark(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--work-dir", str(tmp_path)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--work-dir", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.splitlines()]  # every stdout line is JSON
     assert {r["name"] for r in records} == EXPECTED
@@ -53,15 +59,19 @@ def check_throughput(records):
                 assert detail[key]["min"] <= detail[key]["median"] <= detail[key]["max"]
             # wall-clock includes the evaluations and saves, as many of them for every contender
             assert detail["wall_tokens_per_s"]["median"] < detail["tokens_per_s"]["median"]
-            expected = (setting["evals_per_epoch"] if record is not loop
-                        else setting["timed_steps"] // setting["eval_and_save_every"])
+            expected = (
+                setting["evals_per_epoch"]
+                if record is not loop
+                else setting["timed_steps"] // setting["eval_and_save_every"]
+            )
             assert detail["evals"] == detail["saves"] == expected > 0
     for record in (whole, records["token_budget_vs_fixed_batches"]):
         # the whole trainer is timed over a whole epoch: every recipe of the split exactly once, so each
         # contender trained on the same real target tokens (its own batches, but the same recipes)
         ours, theirs = record["ours_detail"], record["baseline_detail"]
-        assert ours["tokens"] == theirs["tokens"] == record["setting"]["epoch_target_tokens"] > 0, \
+        assert ours["tokens"] == theirs["tokens"] == record["setting"]["epoch_target_tokens"] > 0, (
             "the whole-trainer contenders trained on different real target tokens"
+        )
         for name, detail in zip(record["contenders"], (ours, theirs)):
             assert detail["steps"] == record["setting"]["steps_per_epoch"][name][1]
             assert all(sum(b[3] for b in run) == ours["tokens"] for run in record["batch_fingerprints"][name])
@@ -77,10 +87,22 @@ def check_throughput(records):
 
 def test_spent_budget_skips_every_benchmark_with_a_record(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--budget-s", "0.01", "--work-dir", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--budget-s", "0.01", "--work-dir", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = {r["name"]: r for r in map(json.loads, done.stdout.splitlines())}
-    assert set(records) == {"machine", "throughput", "save_vs_raw", "async_save_stall", "resume_startup",
-                            "preprocess_cached"}
+    assert set(records) == {
+        "machine",
+        "throughput",
+        "save_vs_raw",
+        "async_save_stall",
+        "resume_startup",
+        "preprocess_cached",
+    }
     assert all(r["skipped"].startswith("--budget-s 0: ") for name, r in records.items() if name != "machine")

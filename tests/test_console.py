@@ -37,8 +37,22 @@ def test_an_unknown_or_missing_command_is_one_line_and_exit_2(capsys):
 
 @pytest.mark.slow  # builds a wheel in a subprocess
 def test_the_wheel_installs_the_command_and_the_demo_sample(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(REPO)], check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("chef_genius-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

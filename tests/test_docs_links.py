@@ -10,8 +10,16 @@ import pytest
 
 from conftest import REPO
 
-PAGES = sorted([REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "CHANGELOG.md", REPO / "CHECKPOINT_FIX_GUIDE.md",
-                *(REPO / "docs").rglob("*.md"), *(REPO / "bench" / "results").glob("*.md")])
+PAGES = sorted(
+    [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        REPO / "CHANGELOG.md",
+        REPO / "CHECKPOINT_FIX_GUIDE.md",
+        *(REPO / "docs").rglob("*.md"),
+        *(REPO / "bench" / "results").glob("*.md"),
+    ]
+)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 

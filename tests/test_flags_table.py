@@ -26,6 +26,7 @@ def test_every_option_appears_in_the_table():
 
 def test_write_replaces_only_the_table():
     from chef_genius.devtools.flags_table import BEGIN, END
+
     document = f"# Title\n\nbefore\n{BEGIN}\nold\n{END}\nafter\n"
     updated = replace_table(document, "| new |")
     assert updated == f"# Title\n\nbefore\n{BEGIN}\n| new |\n{END}\nafter\n"

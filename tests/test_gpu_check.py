@@ -19,17 +19,29 @@ PHASES = ["build", "eager", "resume", "gc_adafactor", "compiled", "vs_seq2seq"]
 
 def _env(**extra) -> dict:
     """The check's environment; no carried wheels unless ``extra`` names a folder of them."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PYTHON": sys.executable, "GPU_CHECK_WHEELS": str(REPO / "tests" / "no-wheels-here"), **extra}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHON": sys.executable,
+        "GPU_CHECK_WHEELS": str(REPO / "tests" / "no-wheels-here"),
+        **extra,
+    }
 
 
 def test_dry_run_passes_every_phase_without_datasets_and_writes_one_summary(tmp_path, tiny_model):
     """The GPU machine has no ``datasets``: the whole check (our trainer and the Seq2SeqTrainer baseline)
     runs without it."""
     out = tmp_path / "out"
-    done = subprocess.run(["bash", "bench/gpu_check.sh", "--dry-run", "--model", str(tiny_model), "--out", str(out)],
-                          cwd=REPO, env=_env(PYTHONPATH=str(_hiding(tmp_path, "datasets"))), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--dry-run", "--model", str(tiny_model), "--out", str(out)],
+        cwd=REPO,
+        env=_env(PYTHONPATH=str(_hiding(tmp_path, "datasets"))),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     summary = json.loads((out / "gpu_check.json").read_text())
     phases = summary["phases"]
     assert done.returncode == 0, (done.stderr[-3000:], json.dumps(phases, indent=1)[-3000:])
@@ -63,8 +75,14 @@ def _hiding(tmp_path: Path, *modules: str) -> Path:
 def test_missing_package_fails_in_seconds_with_one_line(tmp_path):
     hide = _hiding(tmp_path, "pyarrow")
     started = time.monotonic()
-    done = subprocess.run(["bash", "bench/gpu_check.sh", "--out", str(tmp_path / "out")], cwd=REPO,
-                          env=_env(PYTHONPATH=str(hide)), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=_env(PYTHONPATH=str(hide)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -75,8 +93,14 @@ def test_missing_package_fails_in_seconds_with_one_line(tmp_path):
 
 
 def test_without_gpu_and_without_dry_run_refuses_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "out")], cwd=REPO,
-                          env=_env(CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=_env(CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "gpu_check: no CUDA GPU is visible to torch; run with --dry-run" in done.stderr
     summary = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
@@ -90,9 +114,11 @@ def _wheel(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True)
     path = folder / f"{name}-1.0-py3-none-any.whl"
     info = f"{name}-1.0.dist-info"
-    files = {f"{name}/__init__.py": "CARRIED = True\n",
-             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
-             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        f"{name}/__init__.py": "CARRIED = True\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{info}/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as archive:
         for member, text in files.items():
@@ -105,10 +131,18 @@ def test_carried_wheels_are_installed_first_and_put_on_the_path(tmp_path):
     first on PYTHONPATH: a carried package is importable by the check, and the missing one is still named."""
     _wheel(tmp_path / "wheels", "chef_probe_pkg")
     site = tmp_path / "site"
-    done = subprocess.run(["bash", "bench/gpu_check.sh", "--out", str(tmp_path / "out")], cwd=REPO,
-                          env=_env(GPU_CHECK_WHEELS=str(tmp_path / "wheels"), GPU_CHECK_SITE=str(site),
-                                   PYTHONPATH=str(_hiding(tmp_path, "pyarrow"))),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=_env(
+            GPU_CHECK_WHEELS=str(tmp_path / "wheels"),
+            GPU_CHECK_SITE=str(site),
+            PYTHONPATH=str(_hiding(tmp_path, "pyarrow")),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (site / "chef_probe_pkg" / "__init__.py").read_text() == "CARRIED = True\n"
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith("gpu_check: installed 1 wheels from ") and done.returncode == 2

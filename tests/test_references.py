@@ -42,8 +42,9 @@ def test_check_names_a_stale_page_and_write_fixes_it(tmp_path, capsys):
 
 
 def test_exit_codes_are_one_registry_each_with_its_meaning():
-    constants = {name: value for name, value in vars(errors).items()
-                 if name.startswith("EXIT_") and isinstance(value, int)}
+    constants = {
+        name: value for name, value in vars(errors).items() if name.startswith("EXIT_") and isinstance(value, int)
+    }
     assert sorted(constants.values()) == list(errors.EXIT_CODES) == [0, 1, 2, 3, 4, 5, 6, 7, 75, 130]
     assert len(set(constants.values())) == len(constants)  # no two names for one code
     assert all(code.meaning for code in errors.EXIT_CODES.values())

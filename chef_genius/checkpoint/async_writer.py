@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.1
 _PLAIN = (int, float, bool, str, bytes, type(None))
-SEGMENT_BYTES = 256 * 2 ** 20  # one flat buffer (a power of two: the pinned allocator rounds up to one)
-ALIGN = 256                    # each tensor's offset in its buffer: any dtype, and the copies' best alignment
+SEGMENT_BYTES = 256 * 2**20  # one flat buffer (a power of two: the pinned allocator rounds up to one)
+ALIGN = 256  # each tensor's offset in its buffer: any dtype, and the copies' best alignment
 
 
 def _round_up(n: int, to: int) -> int:
@@ -54,8 +54,9 @@ def power_of_two_at_least(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def pack(sizes: dict[str, int], segment: int = SEGMENT_BYTES, align: int = ALIGN
-         ) -> tuple[list[int], dict[str, tuple[int, int]]]:
+def pack(
+    sizes: dict[str, int], segment: int = SEGMENT_BYTES, align: int = ALIGN
+) -> tuple[list[int], dict[str, tuple[int, int]]]:
     """Place tensors of ``sizes`` bytes into flat buffers: (bytes used in each buffer, path -> (buffer,
     offset)). Largest first, each into the first buffer with room (a new one of ``segment`` bytes, or of
     the tensor's own size rounded to a power of two when it is larger); offsets are ``align``ed. Pure."""
@@ -118,7 +119,7 @@ class HostBuffers:
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype)
         segment, offset = self._where[path]
-        return torch.frombuffer(self._arrays[segment][offset:offset + nbytes], dtype=dtype).view(shape)
+        return torch.frombuffer(self._arrays[segment][offset : offset + nbytes], dtype=dtype).view(shape)
 
     def __len__(self) -> int:
         return len(self._segments)
@@ -131,7 +132,7 @@ class AsyncCheckpointer:
         self._error: BaseException | None = None
         self._buffers: dict[str, HostBuffers] = {}  # by snapshot prefix ("model", "state")
         self._pin_failed = False  # a pinned allocation failed once: pageable from then on, said once
-        self._stream = None    # the side CUDA stream of the copies (made at the first CUDA snapshot)
+        self._stream = None  # the side CUDA stream of the copies (made at the first CUDA snapshot)
         self._copied: list = []  # CUDA events of the copies the next write must wait for
 
     # -- copying --------------------------------------------------------------------------------
@@ -181,13 +182,20 @@ class AsyncCheckpointer:
         buffers = HostBuffers(specs, pin and not self._pin_failed)
         if buffers.error is not None:
             self._pin_failed = True
-            log.warning("could not pin %.2f GiB of host memory for asynchronous checkpoints (%s): using pageable "
-                        "memory, so each save's copy to the CPU holds up training until it is done",
-                        buffers.tensor_bytes / 2 ** 30, str(buffers.error).strip().splitlines()[0][:160])
+            log.warning(
+                "could not pin %.2f GiB of host memory for asynchronous checkpoints (%s): using pageable "
+                "memory, so each save's copy to the CPU holds up training until it is done",
+                buffers.tensor_bytes / 2**30,
+                str(buffers.error).strip().splitlines()[0][:160],
+            )
         elif buffers.pinned:
-            log.info("asynchronous checkpoints: %.2f GiB of pinned host memory in %d buffers for %.2f GiB of %s "
-                     "tensors", buffers.held_bytes / 2 ** 30, len(buffers), buffers.tensor_bytes / 2 ** 30,
-                     prefix or "snapshot")
+            log.info(
+                "asynchronous checkpoints: %.2f GiB of pinned host memory in %d buffers for %.2f GiB of %s tensors",
+                buffers.held_bytes / 2**30,
+                len(buffers),
+                buffers.tensor_bytes / 2**30,
+                prefix or "snapshot",
+            )
         self._buffers[prefix] = buffers
         return buffers
 
@@ -281,8 +289,14 @@ class AsyncCheckpointer:
 
 def _key(tensor: torch.Tensor) -> tuple:
     """Tensors with the same key are the same values (shared storage stays shared in a snapshot)."""
-    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-            tuple(tensor.stride()), tensor.dtype, tensor.device)
+    return (
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tuple(tensor.stride()),
+        tensor.dtype,
+        tensor.device,
+    )
 
 
 @contextlib.contextmanager

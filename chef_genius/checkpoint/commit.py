@@ -26,9 +26,22 @@ import torch
 
 from chef_genius.checkpoint.faults import fault_point
 from chef_genius.checkpoint.files import (
-    atomic_write_json, fsync_dir, fsync_files, retry_os, sha256_file, torch_save_hashed)
+    atomic_write_json,
+    fsync_dir,
+    fsync_files,
+    retry_os,
+    sha256_file,
+    torch_save_hashed,
+)
 from chef_genius.checkpoint.layout import (
-    MANIFEST, TRAINING_STATE, CheckpointError, SaveCancelled, checkpoint_path, deleting_path, staging_path)
+    MANIFEST,
+    TRAINING_STATE,
+    CheckpointError,
+    SaveCancelled,
+    checkpoint_path,
+    deleting_path,
+    staging_path,
+)
 from chef_genius.checkpoint.manifest import build_manifest
 
 log = logging.getLogger(__name__)
@@ -37,7 +50,7 @@ log = logging.getLogger(__name__)
 SaveModel = Callable[[Path], Mapping[str, str] | None]
 _PARALLEL_BYTES = 16 << 20  # a training state this large is written in its own thread
 MODEL_LABELS = ("model written", "training state written")  # fault points of a checkpoint's files
-FINAL_LABELS = ("final model written", None)                 # ... and of the final model's
+FINAL_LABELS = ("final model written", None)  # ... and of the final model's
 
 
 def staging_folder(output_dir: str | Path, name: str) -> Path:
@@ -48,29 +61,49 @@ def staging_folder(output_dir: str | Path, name: str) -> Path:
     return staging
 
 
-def write_checkpoint(output_dir: str | Path, global_step: int, save_model: SaveModel,
-                     training_state: dict, cancelled: Callable[[], bool] | None = None) -> Path:
+def write_checkpoint(
+    output_dir: str | Path,
+    global_step: int,
+    save_model: SaveModel,
+    training_state: dict,
+    cancelled: Callable[[], bool] | None = None,
+) -> Path:
     """Write checkpoint ``global_step`` atomically; ``save_model(folder)`` writes model and tokenizer.
     ``cancelled()`` is asked between the steps: when it says yes, the save is given up (``SaveCancelled``)."""
-    return _commit(output_dir, global_step, cancelled, lambda staging: _write_sealed(
-        staging, save_model, training_state, cancelled, labels=MODEL_LABELS))
+    return _commit(
+        output_dir,
+        global_step,
+        cancelled,
+        lambda staging: _write_sealed(staging, save_model, training_state, cancelled, labels=MODEL_LABELS),
+    )
 
 
-def commit_copy(output_dir: str | Path, global_step: int, copy: Callable[[Path], Mapping[str, str]],
-                check: Callable[[Path], str | None] | None = None) -> Path:
+def commit_copy(
+    output_dir: str | Path,
+    global_step: int,
+    copy: Callable[[Path], Mapping[str, str]],
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
     """Commit checkpoint ``global_step`` whose files ``copy(staging)`` brings from elsewhere (the mirror),
     returning each file's sha256, through the same staging, fsync, manifest and rename as a save.
     ``check(staging)`` (after the manifest, before the rename) says why the copy is unusable: then it is
     not committed (``CheckpointError``). An interrupted copy leaves only a staging folder."""
+
     def fill(staging: Path) -> dict[str, str]:
         digests = dict(copy(staging))
         fsync_files(sorted(p for p in staging.rglob("*") if p.is_file()))
         return digests
+
     return _commit(output_dir, global_step, None, fill, check)
 
 
-def _commit(output_dir: str | Path, global_step: int, cancelled: Callable[[], bool] | None,
-            fill: Callable[[Path], dict[str, str]], check: Callable[[Path], str | None] | None = None) -> Path:
+def _commit(
+    output_dir: str | Path,
+    global_step: int,
+    cancelled: Callable[[], bool] | None,
+    fill: Callable[[Path], dict[str, str]],
+    check: Callable[[Path], str | None] | None = None,
+) -> Path:
     """Staging folder, ``fill`` (the files, fsynced; returns their sha256), manifest, rename."""
     output_dir = Path(output_dir)
     final = checkpoint_path(output_dir, global_step)
@@ -97,8 +130,9 @@ def _commit(output_dir: str | Path, global_step: int, cancelled: Callable[[], bo
     return final
 
 
-def write_final_model(output_dir: str | Path, save_model: SaveModel,
-                      cancelled: Callable[[], bool] | None = None) -> list[Path]:
+def write_final_model(
+    output_dir: str | Path, save_model: SaveModel, cancelled: Callable[[], bool] | None = None
+) -> list[Path]:
     """``save_model(folder)`` into ``output_dir`` itself (the run's final model): written and fsynced in a
     staging folder like a checkpoint, then each file moved into place (one atomic replace each)."""
     output_dir = Path(output_dir)
@@ -118,8 +152,14 @@ def write_final_model(output_dir: str | Path, save_model: SaveModel,
     return moved
 
 
-def _write_sealed(staging: Path, save_model: SaveModel, training_state: dict | None,
-                  cancelled: Callable[[], bool] | None, labels: tuple, hash_files: bool = True) -> dict[str, str]:
+def _write_sealed(
+    staging: Path,
+    save_model: SaveModel,
+    training_state: dict | None,
+    cancelled: Callable[[], bool] | None,
+    labels: tuple,
+    hash_files: bool = True,
+) -> dict[str, str]:
     """Write the model (and the training state) into ``staging``, then fsync every file together;
     returns each file's sha256. Hashes come from the bytes as they were written; only a file that
     ``save_model`` wrote without saying its hash is read back for it. The training state is written
@@ -134,8 +174,9 @@ def _write_sealed(staging: Path, save_model: SaveModel, training_state: dict | N
         digests = dict(save_model(staging) or {})
         fault_point(labels[0])
         if training_state is not None:
-            digests[TRAINING_STATE] = (state.result() if state is not None
-                                       else torch_save_hashed(staging / TRAINING_STATE, training_state))
+            digests[TRAINING_STATE] = (
+                state.result() if state is not None else torch_save_hashed(staging / TRAINING_STATE, training_state)
+            )
             fault_point(labels[1])
     _stop_if(cancelled)
     files = sorted(p for p in staging.rglob("*") if p.is_file())

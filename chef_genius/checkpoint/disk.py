@@ -21,15 +21,16 @@ from chef_genius.errors import SaveError, UserError, printable
 
 log = logging.getLogger("chef_genius")
 
-PER_TENSOR_BYTES = 2048        # safetensors header + pickle entry + the optimizer's step counter
-FIXED_BYTES = 256 << 10        # config, generation config, manifest, RNG and run state
+PER_TENSOR_BYTES = 2048  # safetensors header + pickle entry + the optimizer's step counter
+FIXED_BYTES = 256 << 10  # config, generation config, manifest, RNG and run state
 TOKENIZER_ALLOWANCE = 8 << 20  # when the tokenizer's files are not on local disk to measure
-MARGIN = 1.10                  # free space asked for: the estimate plus 10 %
+MARGIN = 1.10  # free space asked for: the estimate plus 10 %
 ON_SAVE_ERROR = ("stop", "continue")
 
 
-def estimate_checkpoint_bytes(tensors: Iterable[tuple[int, int, bool]], optimizer_moments: int = 2,
-                              extra_bytes: int = 0) -> int:
+def estimate_checkpoint_bytes(
+    tensors: Iterable[tuple[int, int, bool]], optimizer_moments: int = 2, extra_bytes: int = 0
+) -> int:
     """Bytes of one checkpoint. ``tensors``: (number of elements, bytes per element, trainable) for
     each distinct parameter tensor; ``optimizer_moments``: state tensors per trainable parameter."""
     total = FIXED_BYTES + extra_bytes
@@ -87,8 +88,12 @@ def preflight(output_dir: Path, checkpoint_bytes: int, checkpoints_kept: int) ->
     free = free_bytes(output_dir)
     log.info("a checkpoint takes about %s; %s free in %s", human(checkpoint_bytes), human(free), output_dir)
     if checkpoints_kept * checkpoint_bytes > free:
-        log.warning("the %d checkpoints this run keeps need about %s but only %s is free; consider "
-                    "--save-total-limit", checkpoints_kept, human(checkpoints_kept * checkpoint_bytes), human(free))
+        log.warning(
+            "the %d checkpoints this run keeps need about %s but only %s is free; consider --save-total-limit",
+            checkpoints_kept,
+            human(checkpoints_kept * checkpoint_bytes),
+            human(free),
+        )
 
 
 def prepare_output(folder: str | Path) -> None:
@@ -101,8 +106,9 @@ def prepare_output(folder: str | Path) -> None:
         probe.unlink()
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise UserError(f"--model-output {folder} is not a writable folder ({reason}); "
-                        "pick another --model-output") from None
+        raise UserError(
+            f"--model-output {folder} is not a writable folder ({reason}); pick another --model-output"
+        ) from None
 
 
 def disk_full(err: Exception) -> bool:

@@ -25,8 +25,9 @@ from chef_genius.checkpoint.remote import RemoteError, RemoteStore, Retry
 log = logging.getLogger("chef_genius")
 
 
-def fetch_newer(store: RemoteStore, output_dir: str | Path, local_step: int | None,
-                retry: Retry | None = None) -> Path | None:
+def fetch_newer(
+    store: RemoteStore, output_dir: str | Path, local_step: int | None, retry: Retry | None = None
+) -> Path | None:
     """Download the newest healthy remote checkpoint newer than ``local_step`` (None: no local one) into
     ``output_dir``; returns its local path, or None when the local one is as new (or none is healthy)."""
     retry = retry or Retry()
@@ -39,8 +40,11 @@ def fetch_newer(store: RemoteStore, output_dir: str | Path, local_step: int | No
     for name in newest_first:
         step = ckpt.checkpoint_step(name)
         if local_step is not None and step <= local_step:
-            log.info("the local %s%d is as new as the mirror's newest healthy checkpoint: resuming locally",
-                     ckpt.PREFIX, local_step)
+            log.info(
+                "the local %s%d is as new as the mirror's newest healthy checkpoint: resuming locally",
+                ckpt.PREFIX,
+                local_step,
+            )
             return None
         path = _fetch_one(store, output_dir, name, listed[name], retry)
         if path is not None:
@@ -48,8 +52,9 @@ def fetch_newer(store: RemoteStore, output_dir: str | Path, local_step: int | No
     return None
 
 
-def _fetch_one(store: RemoteStore, output_dir: str | Path, name: str, listed: dict[str, int],
-               retry: Retry) -> Path | None:
+def _fetch_one(
+    store: RemoteStore, output_dir: str | Path, name: str, listed: dict[str, int], retry: Retry
+) -> Path | None:
     try:
         problem = retry(lambda: store.problem(name, listed))
     except RemoteError as err:
@@ -59,15 +64,23 @@ def _fetch_one(store: RemoteStore, output_dir: str | Path, name: str, listed: di
         return None
     began = time.perf_counter()
     try:
-        path = ckcommit.commit_copy(output_dir, ckpt.checkpoint_step(name),
-                                    lambda staging: store.download(name, staging, retry),
-                                    check=lambda staging: usability_problem(staging, verify_hashes=False))
+        path = ckcommit.commit_copy(
+            output_dir,
+            ckpt.checkpoint_step(name),
+            lambda staging: store.download(name, staging, retry),
+            check=lambda staging: usability_problem(staging, verify_hashes=False),
+        )
     except (RemoteError, ckpt.CheckpointError) as err:
         log.warning("mirror: skipping %s: %s", store.where(name), err)
         return None
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    log.info("fetched %s from %s (%.1f MB in %.1fs, every file checked against its sha256)", name, store.url,
-             size / 1e6, time.perf_counter() - began)
+    log.info(
+        "fetched %s from %s (%.1f MB in %.1fs, every file checked against its sha256)",
+        name,
+        store.url,
+        size / 1e6,
+        time.perf_counter() - began,
+    )
     return path
 
 

@@ -58,6 +58,7 @@ def nonfinite_weights(folder: str | Path) -> list[str]:
             tensors = torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
         else:
             from safetensors import safe_open
+
             handle = safe_open(str(path), framework="pt")
             tensors = ((name, handle.get_tensor(name)) for name in handle.keys())
         bad += [name for name, t in tensors if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -69,7 +70,7 @@ def moments_finite(state: dict) -> bool:
     optimizer = state.get("optimizer_state_dict") or {}
     per_param = optimizer.get("state") if isinstance(optimizer, dict) else None
     for values in (per_param or {}).values():
-        for value in (values.values() if isinstance(values, dict) else ()):
+        for value in values.values() if isinstance(values, dict) else ():
             if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
                 return False
     return True

@@ -46,7 +46,7 @@ TRAINING_STATE = "training_state.pt"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded weights: tensor name -> shard file
-WEIGHTS_BIN = "pytorch_model.bin"                # older transformers format, read with weights_only=True
+WEIGHTS_BIN = "pytorch_model.bin"  # older transformers format, read with weights_only=True
 MODEL_CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 PROMPT = "chef_genius_prompt.json"  # how the model's input is built (--source-template); optional
@@ -54,11 +54,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model")  # one of them is needed to load the tokenizer
 REQUIRED_FILES = (MODEL_CONFIG, WEIGHTS, TRAINING_STATE)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a LoRA checkpoint: the adapter (peft's names), no model weights
-ADAPTER_CONFIG = "adapter_config.json"          # peft's LoraConfig
-BASE_RECORD = "chef_genius_base.json"           # the base the adapter belongs to: source and weights' sha256
+ADAPTER_CONFIG = "adapter_config.json"  # peft's LoraConfig
+BASE_RECORD = "chef_genius_base.json"  # the base the adapter belongs to: source and weights' sha256
 ADAPTER_REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, BASE_RECORD, TRAINING_STATE)
 _STEP = re.compile(rf"^{PREFIX}(\d+)$")
-
 
 
 class CheckpointError(UserError):
@@ -71,6 +70,7 @@ class SaveCancelled(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # names and discovery
+
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"{PREFIX}{step}"
@@ -152,8 +152,11 @@ def staging_folders(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir()
-                  if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)) or (_TEMP_FILE.match(p.name) and p.is_file()))
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.name.startswith((STAGING_PREFIX, DELETING_PREFIX)) or (_TEMP_FILE.match(p.name) and p.is_file())
+    )
 
 
 def remove_staging(output_dir: str | Path) -> list[Path]:
@@ -195,8 +198,9 @@ def weights_layout(folder: str | Path) -> tuple[str | None, list[Path]]:
             raise ValueError(str(err)) from None
         except (OSError, KeyError, TypeError, AttributeError):
             raise ValueError(f"{WEIGHTS_INDEX} is unreadable or has no weight_map: corrupt") from None
-        if not shards or not all(isinstance(s, str) and Path(s).name == s and trust.confined(folder, s)
-                                 for s in shards):
+        if not shards or not all(
+            isinstance(s, str) and Path(s).name == s and trust.confined(folder, s) for s in shards
+        ):
             raise ValueError(f"{WEIGHTS_INDEX} names no shard files, or names outside the folder")
         return "sharded", [folder / s for s in shards]
     if os.path.lexists(folder / WEIGHTS_BIN):

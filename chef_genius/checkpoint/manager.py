@@ -64,7 +64,7 @@ class Stateful(Protocol):
 
 
 class ModelFiles(Protocol):
-    def state_dict(self) -> dict: ...                        # the full weights (a collective under FSDP)
+    def state_dict(self) -> dict: ...  # the full weights (a collective under FSDP)
 
     def save(self, folder: Path, weights: dict) -> dict[str, str] | None: ...  # the model files; their sha256
 
@@ -114,15 +114,19 @@ def read_checkpoint(path: Path | None) -> LoadedCheckpoint | None:
     if path is None:
         return None
     state = ckstate.load_training_state(path)
-    return LoadedCheckpoint(Path(path), ckstate.unpack_training_state(state), ckstate.saved_world_size(state),
-                            state.get("torch_num_threads"))
+    return LoadedCheckpoint(
+        Path(path),
+        ckstate.unpack_training_state(state),
+        ckstate.saved_world_size(state),
+        state.get("torch_num_threads"),
+    )
 
 
 @dataclass
 class _Outcome:
-    what: str                  # "checkpoint-N" or "the final model"
-    step: int | None           # None for the final model
-    path: Path | None = None   # where it was committed; None when it was not
+    what: str  # "checkpoint-N" or "the final model"
+    step: int | None  # None for the final model
+    path: Path | None = None  # where it was committed; None when it was not
     reason: str | None = None  # why not
 
     @property
@@ -131,10 +135,23 @@ class _Outcome:
 
 
 class CheckpointManager:
-    def __init__(self, output: Path, model: ModelFiles, components: dict[str, Stateful], *, world=None,
-                 async_save: bool = False, on_error: str = "stop", save_steps: int = 1000,
-                 save_every_minutes: float = 0.0, keep_last: int = 0, best_step: Callable[[], int | None] | None = None,
-                 checkpoint_bytes: int = 0, model_bytes: int = 0, mirror: Mirror | None = None):
+    def __init__(
+        self,
+        output: Path,
+        model: ModelFiles,
+        components: dict[str, Stateful],
+        *,
+        world=None,
+        async_save: bool = False,
+        on_error: str = "stop",
+        save_steps: int = 1000,
+        save_every_minutes: float = 0.0,
+        keep_last: int = 0,
+        best_step: Callable[[], int | None] | None = None,
+        checkpoint_bytes: int = 0,
+        model_bytes: int = 0,
+        mirror: Mirror | None = None,
+    ):
         unknown = set(components) - set(ckstate.SLICES)
         if unknown:
             raise ValueError(f"no slice of the checkpoint format is named {sorted(unknown)}")
@@ -152,12 +169,12 @@ class CheckpointManager:
         self.model_bytes = model_bytes
         self.mirror = mirror  # main process only
         self.resumed_from: Path | None = None
-        self.last_step: int | None = None    # the newest step a save was started for
-        self.committed: list[int] = []       # steps committed by this session
+        self.last_step: int | None = None  # the newest step a save was started for
+        self.committed: list[int] = []  # steps committed by this session
         self.failures: list[_Outcome] = []
         self._writer = AsyncCheckpointer()
         self._outcome: _Outcome | None = None  # of the write in flight
-        self._unsettled: list[_Outcome] = []   # finished, not yet acted on
+        self._unsettled: list[_Outcome] = []  # finished, not yet acted on
         self._unvoted_failures: list[_Outcome] = []  # failures the late stop vote has not reported yet
         self._cancel = threading.Event()
         self._last_save_clock = time.monotonic()
@@ -178,8 +195,12 @@ class CheckpointManager:
             self.mirror.resumed_step = loaded.global_step
             self.mirror.submit(loaded.path)
         if loaded.torch_num_threads and loaded.torch_num_threads != torch.get_num_threads():
-            log.warning("the checkpoint was written with %d torch threads, this run has %d: CPU losses will not "
-                        "be bitwise equal to an uninterrupted run", loaded.torch_num_threads, torch.get_num_threads())
+            log.warning(
+                "the checkpoint was written with %d torch threads, this run has %d: CPU losses will not "
+                "be bitwise equal to an uninterrupted run",
+                loaded.torch_num_threads,
+                torch.get_num_threads(),
+            )
         return restored
 
     # -----------------------------------------------------------------------------------------
@@ -212,8 +233,9 @@ class CheckpointManager:
             self._collect(block=False)
         failed_here = self._record() + self._mirror_failures()
         self._unvoted_failures += failed_here
-        clock_due = bool(self.save_every_minutes) and \
-            time.monotonic() - self._last_save_clock >= 60 * self.save_every_minutes
+        clock_due = (
+            bool(self.save_every_minutes) and time.monotonic() - self._last_save_clock >= 60 * self.save_every_minutes
+        )
         # Several processes: the vote cast at the previous step (no host wait on the step just queued);
         # every process reads the same one, so all stop / save at the same step, one step late.
         stop, clock_due, failed = self.world.agree_late(stop_requested, clock_due, bool(failed_here))
@@ -250,19 +272,31 @@ class CheckpointManager:
         if self.async_save:
             began = time.perf_counter()
             weights, state = self._writer.snapshot(weights, "model"), self._writer.snapshot(state, "state")
-            log.info("copied %s to CPU memory in %.2fs; writing it in the background", outcome.what,
-                     time.perf_counter() - began)
+            log.info(
+                "copied %s to CPU memory in %.2fs; writing it in the background",
+                outcome.what,
+                time.perf_counter() - began,
+            )
         best, protected = self.best_step(), [self.resumed_from]
 
         def write() -> None:
             began = time.perf_counter()
-            self._attempt(outcome, self.checkpoint_bytes, lambda: ckcommit.write_checkpoint(
-                self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set))
+            self._attempt(
+                outcome,
+                self.checkpoint_bytes,
+                lambda: ckcommit.write_checkpoint(
+                    self.output, step, lambda folder: self.model.save(folder, weights), state, self._cancel.is_set
+                ),
+            )
             if not outcome.ok:
                 return
             assert outcome.path is not None  # set by every save that succeeded
-            log.info("saved %s in %.1fs%s", outcome.what, time.perf_counter() - began,
-                     " (background)" if self.async_save else "")
+            log.info(
+                "saved %s in %.1fs%s",
+                outcome.what,
+                time.perf_counter() - began,
+                " (background)" if self.async_save else "",
+            )
             manifest = ckmanifest.read_manifest(outcome.path) or {"files": {}}
             actual = sum(entry.get("size", 0) for entry in manifest["files"].values())
             self.checkpoint_bytes = max(self.checkpoint_bytes, actual)
@@ -311,8 +345,10 @@ class CheckpointManager:
         """Checkpoints the mirror could not upload since the last call, as failed saves."""
         if self.mirror is None:
             return []
-        return [_Outcome(f"the mirror's copy of {f.what}", None,
-                         reason=f"{f.reason} ({f.what} itself is saved locally)") for f in self.mirror.take_failures()]
+        return [
+            _Outcome(f"the mirror's copy of {f.what}", None, reason=f"{f.reason} ({f.what} itself is saved locally)")
+            for f in self.mirror.take_failures()
+        ]
 
     def drain_mirror(self, timeout: float = FINAL_WAIT_SECONDS) -> bool:
         """Wait (every process) for the mirror to upload what it was given, at most ``timeout`` seconds;
@@ -322,8 +358,12 @@ class CheckpointManager:
             self.mirror.drain(timeout)
             mirrored = self.last_step is None or self.mirror.has(self.last_step)
             if not mirrored:
-                log.warning("%s%s is not on the mirror: %s", ckpt.PREFIX, self.last_step,
-                            self.mirror.summary(self.last_step) or "its upload failed")
+                log.warning(
+                    "%s%s is not on the mirror: %s",
+                    ckpt.PREFIX,
+                    self.last_step,
+                    self.mirror.summary(self.last_step) or "its upload failed",
+                )
         (missing,) = self.world.agree(not mirrored)
         return not missing
 
@@ -345,12 +385,17 @@ class CheckpointManager:
         if self.on_error == "stop":
             if not failed:  # the main process saw it and says why
                 raise SaveError("a checkpoint could not be written (the main process said why)")
-            raise SaveError(f"{failed[0].what} was not saved: {failed[0].reason}; the earlier checkpoints are "
-                            "intact (resume with --resume-from-checkpoint latest), or pass --on-save-error "
-                            "continue to train on without this checkpoint")
+            raise SaveError(
+                f"{failed[0].what} was not saved: {failed[0].reason}; the earlier checkpoints are "
+                "intact (resume with --resume-from-checkpoint latest), or pass --on-save-error "
+                "continue to train on without this checkpoint"
+            )
         for outcome in failed:
-            log.warning("%s was not saved: %s; training goes on (--on-save-error continue); the earlier "
-                        "checkpoints are intact", outcome.what, outcome.reason)
+            log.warning(
+                "%s was not saved: %s; training goes on (--on-save-error continue); the earlier checkpoints are intact",
+                outcome.what,
+                outcome.reason,
+            )
 
     # -----------------------------------------------------------------------------------------
     # the end of the run
@@ -387,16 +432,20 @@ class CheckpointManager:
         else:
             where = "no checkpoint of this run was saved"
         lost = lost or "its upload did not finish in time"
-        raise SaveError(f"the final state was not saved ({' and '.join(missing)}): {lost}; {where} "
-                        "(resume with --resume-from-checkpoint latest)")
+        raise SaveError(
+            f"the final state was not saved ({' and '.join(missing)}): {lost}; {where} "
+            "(resume with --resume-from-checkpoint latest)"
+        )
 
     def _lost(self, also_lost: list[str]) -> str:
         """One clause on everything not saved in this run ("" when nothing)."""
         failed = [o for o in self.failures if o.step is not None]
         parts = []
         if failed:
-            parts.append(f"{len(failed)} of {len(failed) + len(self.committed)} checkpoints were not saved "
-                         f"({', '.join(o.what for o in failed)}; the last because {failed[-1].reason})")
+            parts.append(
+                f"{len(failed)} of {len(failed) + len(self.committed)} checkpoints were not saved "
+                f"({', '.join(o.what for o in failed)}; the last because {failed[-1].reason})"
+            )
         parts += [f"the final model was not written ({o.reason})" for o in self.failures if o.step is None]
         if self.mirror is not None and self.mirror.failures:
             parts.append(self.mirror.summary(None))
@@ -411,18 +460,25 @@ class CheckpointManager:
             if outcome.reason is None:
                 self._outcome = outcome
                 self._writer.submit(
-                    lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)), outcome.what)
+                    lambda: self._attempt(outcome, self.model_bytes, lambda: self._write_final(weights)), outcome.what
+                )
                 self._collect(block=True)
             else:
                 self._unsettled.append(outcome)
             self._writer.release()
             failed_here = bool(self._record())
             if failed_here:
-                log.error("the final model could not be written to %s: %s; the checkpoints are intact",
-                          self.output, outcome.reason)
+                log.error(
+                    "the final model could not be written to %s: %s; the checkpoints are intact",
+                    self.output,
+                    outcome.reason,
+                )
             else:
-                log.info("final model saved to %s (%s)", self.output,
-                         getattr(self.model, "how_to_load", "load it with from_pretrained"))
+                log.info(
+                    "final model saved to %s (%s)",
+                    self.output,
+                    getattr(self.model, "how_to_load", "load it with from_pretrained"),
+                )
         (failed,) = self.world.agree(failed_here)
         return not failed
 

@@ -17,10 +17,28 @@ from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.health import health_problem
 from chef_genius.checkpoint.files import sha256_file
 from chef_genius.checkpoint.layout import (
-    ADAPTER_CONFIG, ADAPTER_REQUIRED_FILES, ADAPTER_WEIGHTS, BASE_RECORD, FORMAT_NAME, FORMAT_VERSION,
-    GENERATION_CONFIG, MANIFEST, MODEL_CONFIG, REQUIRED_FILES, TRAINING_STATE, WEIGHT_ENTRY_FILES, WEIGHTS,
-    WEIGHTS_BIN, WEIGHTS_INDEX, CheckpointError, checkpoint_step, linked_checkpoints, list_checkpoints, step_of,
-    weights_layout)
+    ADAPTER_CONFIG,
+    ADAPTER_REQUIRED_FILES,
+    ADAPTER_WEIGHTS,
+    BASE_RECORD,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    GENERATION_CONFIG,
+    MANIFEST,
+    MODEL_CONFIG,
+    REQUIRED_FILES,
+    TRAINING_STATE,
+    WEIGHT_ENTRY_FILES,
+    WEIGHTS,
+    WEIGHTS_BIN,
+    WEIGHTS_INDEX,
+    CheckpointError,
+    checkpoint_step,
+    linked_checkpoints,
+    list_checkpoints,
+    step_of,
+    weights_layout,
+)
 from chef_genius.checkpoint.records import read_base
 from chef_genius.checkpoint.training_state import load_training_state, state_contract_problem
 from chef_genius.errors import printable
@@ -40,8 +58,14 @@ def build_manifest(folder: str | Path, global_step: int, known_sha256: dict[str,
             continue
         digest = known_sha256.get(name) or sha256_file(path)
         files[name] = {"size": path.stat().st_size, "sha256": digest}
-    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "global_step": global_step,
-            "complete": True, "created_unix": time.time(), "files": files}
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "global_step": global_step,
+        "complete": True,
+        "created_unix": time.time(),
+        "files": files,
+    }
 
 
 def read_manifest(folder: str | Path) -> dict | None:
@@ -58,6 +82,7 @@ class ManifestProblem:
     """One reason a folder's manifest does not verify. ``kind`` says which: ``changed`` means a file the
     manifest lists (``name``) has another size or sha256 than it says (damage, never a stale manifest);
     every other kind means the manifest itself is missing, incomplete or does not match the folder."""
+
     kind: Literal["unreadable", "incomplete", "unlisted", "outside", "odd_entry", "bad_entry", "missing", "changed"]
     message: str
     name: str | None = None  # the file concerned, as the manifest names it
@@ -71,8 +96,11 @@ def manifest_findings(folder: str | Path, verify_hashes: bool = False) -> list[M
     folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
-        return [ManifestProblem("unreadable", "no readable manifest.json (the save did not finish, or the files "
-                                              "were copied by hand)")]
+        return [
+            ManifestProblem(
+                "unreadable", "no readable manifest.json (the save did not finish, or the files were copied by hand)"
+            )
+        ]
     if not manifest.get("complete"):
         return [ManifestProblem("incomplete", "manifest.json does not mark the checkpoint complete")]
     problems = []
@@ -83,8 +111,11 @@ def manifest_findings(folder: str | Path, verify_hashes: bool = False) -> list[M
             problems.append(ManifestProblem("unlisted", f"manifest lists no {name}", name))
     outside = [name for name in manifest["files"] if not trust.confined(folder, name)]
     if outside:  # never opened, never stat'ed: the manifest itself is invalid
-        return [ManifestProblem("outside", f"manifest.json names {printable(outside[0])}, a path outside the "
-                                           "checkpoint", outside[0])]
+        return [
+            ManifestProblem(
+                "outside", f"manifest.json names {printable(outside[0])}, a path outside the checkpoint", outside[0]
+            )
+        ]
     odd = trust.odd_entries(folder, tuple(manifest["files"]))
     if odd:
         return [ManifestProblem("odd_entry", odd[0])]
@@ -95,8 +126,13 @@ def manifest_findings(folder: str | Path, verify_hashes: bool = False) -> list[M
         elif not path.is_file():
             problems.append(ManifestProblem("missing", f"{shown} is missing", name))
         elif path.stat().st_size != entry.get("size"):
-            problems.append(ManifestProblem("changed", f"{shown} has {path.stat().st_size} bytes, the manifest "
-                                                       f"says {printable(entry.get('size'), 20)}", name))
+            problems.append(
+                ManifestProblem(
+                    "changed",
+                    f"{shown} has {path.stat().st_size} bytes, the manifest says {printable(entry.get('size'), 20)}",
+                    name,
+                )
+            )
         elif verify_hashes and sha256_file(path) != entry.get("sha256"):
             problems.append(ManifestProblem("changed", f"{shown} does not match its sha256 in the manifest", name))
     return problems
@@ -110,13 +146,16 @@ def manifest_problems(folder: str | Path, verify_hashes: bool = False) -> list[s
 # ---------------------------------------------------------------------------------------------
 # is this folder a checkpoint a run can use?
 
-def find_latest(output_dir: str | Path, verify_hashes: bool = False,
-                need_state: bool = True) -> tuple[Path | None, list[tuple[Path, str]]]:
+
+def find_latest(
+    output_dir: str | Path, verify_hashes: bool = False, need_state: bool = True
+) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint that verifies and whose state and model load, with its step equal to its
     folder's name and its numbers finite; and the newer ones skipped (symbolic links too), each with the reason.
     ``need_state=False`` (generation): the training state is not looked at."""
-    candidates: list[tuple[Path, str | None]] = [(p, "a symbolic link: never followed")
-                                                 for p in linked_checkpoints(output_dir)]
+    candidates: list[tuple[Path, str | None]] = [
+        (p, "a symbolic link: never followed") for p in linked_checkpoints(output_dir)
+    ]
     candidates += [(p, None) for p in list_checkpoints(output_dir)]
     skipped: list[tuple[Path, str]] = []
     for path, known in sorted(candidates, key=lambda c: checkpoint_step(c[0]), reverse=True):
@@ -168,8 +207,9 @@ def _state_problem(folder: Path) -> tuple[str | None, dict | None]:
     if contract:
         return f"{TRAINING_STATE} {contract}", state
     if step_of(folder) is not None and state.get("global_step") != step_of(folder):
-        return (f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, "
-                f"the folder is named {folder.name}"), state
+        return (
+            f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, the folder is named {folder.name}"
+        ), state
     return None, state
 
 

@@ -43,7 +43,7 @@ _POLL_SECONDS = 0.1
 
 @dataclass
 class MirrorFailure:
-    what: str     # "checkpoint-N"
+    what: str  # "checkpoint-N"
     step: int | None  # None: a resume source not named checkpoint-N
     reason: str
 
@@ -58,18 +58,24 @@ class _Work:
 class Mirror:
     """Uploads committed checkpoints to ``store`` in one background thread (see the module docstring)."""
 
-    def __init__(self, store: RemoteStore, keep_last: int = 0, best_step: Callable[[], int | None] = lambda: None,
-                 resumed_step: int | None = None, retry: Retry | None = None):
+    def __init__(
+        self,
+        store: RemoteStore,
+        keep_last: int = 0,
+        best_step: Callable[[], int | None] = lambda: None,
+        resumed_step: int | None = None,
+        retry: Retry | None = None,
+    ):
         self.store = store
         self.keep_last = keep_last
         self.best_step = best_step
         self.resumed_step = resumed_step  # kept on the mirror by retention, like the local resume source
         self.retry = retry or Retry()
         # the steps below are None for a resume source not named checkpoint-N
-        self.mirrored: list[int | None] = []      # steps uploaded (or found there already) by this session
-        self.failures: list[MirrorFailure] = []   # every checkpoint not mirrored
-        self.skipped: list[int | None] = []       # replaced by a newer one before their upload began
-        self.healthy: set[int | None] = set()     # uploaded steps whose health record says finite numbers
+        self.mirrored: list[int | None] = []  # steps uploaded (or found there already) by this session
+        self.failures: list[MirrorFailure] = []  # every checkpoint not mirrored
+        self.skipped: list[int | None] = []  # replaced by a newer one before their upload began
+        self.healthy: set[int | None] = set()  # uploaded steps whose health record says finite numbers
         self._new_failures: list[MirrorFailure] = []
         self._lock = threading.Lock()
         self._waiting: _Work | None = None
@@ -88,8 +94,11 @@ class Mirror:
         with self._lock:
             if self._waiting is not None:
                 self.skipped.append(self._waiting.step)
-                log.info("mirror: %s is not uploaded, %s replaces it (the store is slower than the saves)",
-                         self._waiting.path.name, work.path.name)
+                log.info(
+                    "mirror: %s is not uploaded, %s replaces it (the store is slower than the saves)",
+                    self._waiting.path.name,
+                    work.path.name,
+                )
             self._waiting = work
             self._idle.clear()
             thread = None
@@ -118,8 +127,11 @@ class Mirror:
         announced = False
         while not self._idle.wait(_POLL_SECONDS):
             if not announced:
-                log.info("waiting for the mirror to finish uploading %s (at most %.0f s)",
-                         ", ".join(p.name for p in self.busy()), timeout)
+                log.info(
+                    "waiting for the mirror to finish uploading %s (at most %.0f s)",
+                    ", ".join(p.name for p in self.busy()),
+                    timeout,
+                )
                 announced = True
             if time.monotonic() >= deadline:
                 return False
@@ -138,11 +150,14 @@ class Mirror:
         """One clause on what did not reach the mirror ("" when everything did)."""
         parts = []
         if self.failures:
-            parts.append(f"{len(self.failures)} checkpoint(s) did not reach the mirror {self.store.url} "
-                         f"({', '.join(f.what for f in self.failures)}; the last because {self.failures[-1].reason})")
+            parts.append(
+                f"{len(self.failures)} checkpoint(s) did not reach the mirror {self.store.url} "
+                f"({', '.join(f.what for f in self.failures)}; the last because {self.failures[-1].reason})"
+            )
         if final_step is not None and not self.has(final_step) and final_step not in [f.step for f in self.failures]:
-            parts.append(f"{ckpt.PREFIX}{final_step} is not on the mirror {self.store.url} (its upload did not "
-                         "finish in time)")
+            parts.append(
+                f"{ckpt.PREFIX}{final_step} is not on the mirror {self.store.url} (its upload did not finish in time)"
+            )
         return "; ".join(parts)
 
     # -- the thread -------------------------------------------------------------------------------
@@ -186,8 +201,13 @@ class Mirror:
                 self.healthy.add(work.step)
         if sent:
             seconds = time.perf_counter() - began
-            log.info("mirrored %s to %s (%.1f MB in %.1fs, every file read back and verified)", work.path.name,
-                     self.store.where(work.path.name), sent / 1e6, seconds)
+            log.info(
+                "mirrored %s to %s (%.1f MB in %.1fs, every file read back and verified)",
+                work.path.name,
+                self.store.where(work.path.name),
+                sent / 1e6,
+                seconds,
+            )
         self._retention(work)
 
     def _retrying(self, work: _Work, err: Exception) -> None:
@@ -207,8 +227,9 @@ class Mirror:
             return
         try:
             listed = self.retry(self.store.objects)
-            complete = [ckpt.checkpoint_step(name) for name, files in listed.items()
-                        if self.store.problem(name, files) is None]
+            complete = [
+                ckpt.checkpoint_step(name) for name, files in listed.items() if self.store.problem(name, files) is None
+            ]
             protected = {step for step in (work.step, self.resumed_step) if step is not None}
             healthy = [step for step in complete if step in self.healthy]
             protected |= {max(healthy)} if healthy else set()  # as locally: the newest with finite numbers

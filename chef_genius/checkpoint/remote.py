@@ -127,13 +127,16 @@ class RemoteStore:
             if self.fs.cat_file(probe) != text:
                 raise UserError(f"--checkpoint-mirror {self.url}: the store returned other bytes than those written")
             self.fs.rm_file(probe)
+
         self._refuse_errors(probe_round_trip, "--checkpoint-mirror")
 
     def check_access_read(self) -> None:
         """``check_access`` for a reader (the doctor): one listing, nothing written."""
+
         def listing() -> None:
             if not self.fs.exists(self.root):
                 raise FileNotFoundError(self.url)
+
         self._refuse_errors(listing, "mirror")
 
     def _refuse_errors(self, action: Callable[[], None], what: str) -> None:
@@ -142,15 +145,21 @@ class RemoteStore:
         except UserError:
             raise
         except FileNotFoundError as err:
-            raise UserError(f"{what} {self.url}: not found ({describe(err)}); create the bucket or folder first, "
-                            "or fix the URL") from None
+            raise UserError(
+                f"{what} {self.url}: not found ({describe(err)}); create the bucket or folder first, or fix the URL"
+            ) from None
         except PermissionError as err:
-            fix = ("check the folder's permissions" if self.is_local else "check the store's credentials (for S3: "
-                   "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+            fix = (
+                "check the folder's permissions"
+                if self.is_local
+                else "check the store's credentials (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            )
             raise UserError(f"{what} {self.url}: access denied ({describe(err)}); {fix}") from None
         except Exception as err:
-            raise UserError(f"{what} {self.url}: the store cannot be used ({describe(err)}); for an "
-                            "S3-compatible store set AWS_ENDPOINT_URL") from None
+            raise UserError(
+                f"{what} {self.url}: the store cannot be used ({describe(err)}); for an "
+                "S3-compatible store set AWS_ENDPOINT_URL"
+            ) from None
 
     # -- listing ----------------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class RemoteStore:
             path = path.lstrip("/") if not self.root.startswith("/") else path
             if not path.startswith(prefix) or info.get("type") == "directory":
                 continue
-            name, _, inner = path[len(prefix):].partition("/")
+            name, _, inner = path[len(prefix) :].partition("/")
             if ckpt.step_of(name) is not None and inner:
                 folders.setdefault(name, {})[inner] = int(info.get("size") or 0)
         return folders
@@ -213,8 +222,13 @@ class RemoteStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def upload(self, folder: Path, retry: Retry, on_retry: Callable[[Exception], None],
-               cancelled: Callable[[], bool] = lambda: False) -> int:
+    def upload(
+        self,
+        folder: Path,
+        retry: Retry,
+        on_retry: Callable[[Exception], None],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> int:
         """Copy the committed local checkpoint ``folder`` to ``URL/<its name>``: each file hashed on its way
         and read back from the store and hashed, the manifest last. Returns the bytes uploaded (0 when the
         store already held it complete and identical)."""
@@ -224,8 +238,11 @@ class RemoteStore:
             raise RemoteError(f"{folder.name} has no readable manifest: it is not a committed checkpoint")
         name = folder.name
         remote_manifest = retry(lambda: self.read_manifest(name), on_retry)
-        if remote_manifest is not None and remote_manifest.get("files") == manifest["files"] \
-                and retry(lambda: self.problem(name), on_retry) is None:
+        if (
+            remote_manifest is not None
+            and remote_manifest.get("files") == manifest["files"]
+            and retry(lambda: self.problem(name), on_retry) is None
+        ):
             return 0
         if remote_manifest is not None or retry(lambda: self.fs.exists(self._path(name, ckpt.MANIFEST)), on_retry):
             retry(lambda: self.fs.rm_file(self._path(name, ckpt.MANIFEST)), on_retry)  # no longer complete
@@ -237,8 +254,10 @@ class RemoteStore:
             sent += int(entry["size"])
         manifest_bytes = (folder / ckpt.MANIFEST).read_bytes()
         manifest_entry = {"size": len(manifest_bytes), "sha256": hashlib.sha256(manifest_bytes).hexdigest()}
-        retry(lambda: self._put_verified(folder / ckpt.MANIFEST, self._path(name, ckpt.MANIFEST), manifest_entry),
-              on_retry)
+        retry(
+            lambda: self._put_verified(folder / ckpt.MANIFEST, self._path(name, ckpt.MANIFEST), manifest_entry),
+            on_retry,
+        )
         return sent + len(manifest_bytes)
 
     def _put_verified(self, local: Path, remote: str, entry: dict) -> None:
@@ -251,8 +270,10 @@ class RemoteStore:
                 target.write(chunk)
                 size += len(chunk)
         if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-            raise RemoteError(f"the local {local.parent.name}/{local.name} does not match its manifest "
-                              "(damaged on disk?): not mirrored")
+            raise RemoteError(
+                f"the local {local.parent.name}/{local.name} does not match its manifest "
+                "(damaged on disk?): not mirrored"
+            )
         self.fs.invalidate_cache(posixpath.dirname(remote))
         read_size, read_digest = self._hash_remote(remote)
         if read_size != entry["size"] or read_digest != entry["sha256"]:
@@ -260,7 +281,7 @@ class RemoteStore:
 
     def _hash_remote(self, remote: str, into: Path | None = None) -> tuple[int, str]:
         digest, size = hashlib.sha256(), 0
-        with self.fs.open(remote, "rb") as source, (open(into, "wb") if into else _Discard()) as target:
+        with self.fs.open(remote, "rb") as source, open(into, "wb") if into else _Discard() as target:
             while chunk := source.read(_CHUNK):
                 digest.update(chunk)
                 target.write(chunk)

@@ -20,8 +20,10 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
     if resume is None and not auto_resume:
         existing = ckpt.list_checkpoints(output_dir)
         if existing:
-            raise UserError(f"{output_dir} already holds checkpoints (newest {existing[-1].name}); resume with "
-                            "--resume-from-checkpoint latest or --auto-resume, or pick another --model-output")
+            raise UserError(
+                f"{output_dir} already holds checkpoints (newest {existing[-1].name}); resume with "
+                "--resume-from-checkpoint latest or --auto-resume, or pick another --model-output"
+            )
         return None
     if resume is None or resume == "latest":
         found, skipped = ckmanifest.find_latest(output_dir, verify_hashes)
@@ -31,11 +33,18 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
             if auto_resume:
                 log.info("no usable checkpoint in %s: starting fresh", output_dir)
                 return None
-            raise UserError(f"no complete checkpoint under {output_dir} to resume from"
-                            + (f" ({len(skipped)} unusable skipped)" if skipped else ""))
+            raise UserError(
+                f"no complete checkpoint under {output_dir} to resume from"
+                + (f" ({len(skipped)} unusable skipped)" if skipped else "")
+            )
         if skipped:
-            log.warning("resuming from %s, the newest usable checkpoint (%d newer skipped: check them with "
-                        "python cli/fix_all_checkpoints.py %s --dry-run)", found.name, len(skipped), output_dir)
+            log.warning(
+                "resuming from %s, the newest usable checkpoint (%d newer skipped: check them with "
+                "python cli/fix_all_checkpoints.py %s --dry-run)",
+                found.name,
+                len(skipped),
+                output_dir,
+            )
         return found
     path = Path(resume)
     if trust.is_link(path):
@@ -43,14 +52,20 @@ def resolve(resume: str | None, auto_resume: bool, output_dir: str | Path, verif
     if not path.is_dir():
         raise UserError(f"--resume-from-checkpoint {resume}: no such folder")
     if not (path / ckpt.TRAINING_STATE).is_file():
-        raise UserError(f"--resume-from-checkpoint {resume}: not a checkpoint (no {ckpt.TRAINING_STATE}); "
-                        f"check it with: python cli/verify_and_fix_checkpoint.py {resume}")
+        raise UserError(
+            f"--resume-from-checkpoint {resume}: not a checkpoint (no {ckpt.TRAINING_STATE}); "
+            f"check it with: python cli/verify_and_fix_checkpoint.py {resume}"
+        )
     problems = ckmanifest.manifest_problems(path, verify_hashes)
     if problems:
-        raise UserError(f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
-                        f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix")
+        raise UserError(
+            f"--resume-from-checkpoint {resume}: incomplete checkpoint ({problems[0]}); "
+            f"repair it with: python cli/verify_and_fix_checkpoint.py {resume} --fix"
+        )
     problem = ckmanifest.usability_problem(path, verify_hashes)
     if problem:
-        raise ckpt.CheckpointError(f"--resume-from-checkpoint {resume}: not usable ({problem}); check it with: "
-                                   f"python cli/verify_and_fix_checkpoint.py {resume}")
+        raise ckpt.CheckpointError(
+            f"--resume-from-checkpoint {resume}: not usable ({problem}); check it with: "
+            f"python cli/verify_and_fix_checkpoint.py {resume}"
+        )
     return path

@@ -25,8 +25,9 @@ from chef_genius.checkpoint.training_state import load_training_state
 log = logging.getLogger(__name__)
 
 
-def select_for_deletion(complete_steps: Iterable[int], keep_last: int, best_step: int | None = None,
-                        protected: Iterable[int] = ()) -> list[int]:
+def select_for_deletion(
+    complete_steps: Iterable[int], keep_last: int, best_step: int | None = None, protected: Iterable[int] = ()
+) -> list[int]:
     """Steps of the complete checkpoints to delete, oldest first (pure; ``keep_last`` 0 keeps all)."""
     steps = sorted(set(complete_steps))
     if keep_last <= 0 or not steps:
@@ -50,13 +51,15 @@ def newest_recorded_healthy(complete: dict[int, Path]) -> int | None:
     return None
 
 
-def apply_retention(output_dir: str | Path, keep_last: int, best_step: int | None = None,
-                    protected: Iterable[Path | None] = ()) -> list[Path]:
+def apply_retention(
+    output_dir: str | Path, keep_last: int, best_step: int | None = None, protected: Iterable[Path | None] = ()
+) -> list[Path]:
     """Delete the checkpoints ``select_for_deletion`` picks; returns the deleted paths."""
     if keep_last <= 0:
         return []
-    complete = {ckpt.checkpoint_step(p): p for p in ckpt.list_checkpoints(output_dir)
-                if not ckmanifest.manifest_problems(p)}
+    complete = {
+        ckpt.checkpoint_step(p): p for p in ckpt.list_checkpoints(output_dir) if not ckmanifest.manifest_problems(p)
+    }
     root = Path(output_dir).resolve()
     steps = (ckpt.step_of(p) for p in protected if p is not None and Path(p).resolve().parent == root)
     protected_steps = {step for step in steps if step is not None}

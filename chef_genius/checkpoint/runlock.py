@@ -34,6 +34,7 @@ from pathlib import Path
 
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.errors import SaveError, UserError
+
 # the OS primitives (shared with the tokenized cache's builder lock)
 from chef_genius.oslock import CONTENDED as _CONTENDED, lock as _lock, same_file as _same_file, unlock as _unlock
 
@@ -53,6 +54,7 @@ class RunLocked(UserError):
 @dataclass(frozen=True)
 class Holder:
     """Who holds (or last held) a run lock, as its file records it."""
+
     pid: int | None = None
     host: str | None = None
     started: str | None = None
@@ -70,8 +72,12 @@ class Holder:
         if not isinstance(value, dict):
             return cls()
         pid = value.get("pid")
-        return cls(pid if isinstance(pid, int) else None, _text(value.get("host")), _text(value.get("started")),
-                   _text(value.get("command")))
+        return cls(
+            pid if isinstance(pid, int) else None,
+            _text(value.get("host")),
+            _text(value.get("started")),
+            _text(value.get("command")),
+        )
 
     def describe(self) -> str:
         if self.pid is None:
@@ -106,8 +112,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
             except OSError as err:  # e.g. a run.lock of another user in a shared folder
-                raise UserError(f"cannot open {self.path} ({err.strerror or type(err).__name__}); "
-                                "pick another --model-output") from None
+                raise UserError(
+                    f"cannot open {self.path} ({err.strerror or type(err).__name__}); pick another --model-output"
+                ) from None
             try:
                 _lock(fd, shared=False)
             except OSError as err:
@@ -123,7 +130,8 @@ class RunLock:
                     f"{self.output_dir} is in use by another training run: "
                     f"{holder.describe() if holder else 'a process that has not written its record yet'} "
                     f"holds {self.path}; wait for that run to end or stop it, or pick another --model-output "
-                    "(a lock left by a killed run is taken over automatically)") from None
+                    "(a lock left by a killed run is taken over automatically)"
+                ) from None
             if not _same_file(fd, self.path):  # its holder released and removed it between our open and lock
                 os.close(fd)
                 continue
@@ -133,8 +141,10 @@ class RunLock:
             _write(fd, _record())
         except OSError as err:  # a full disk, a quota: the lock would hold a folder no save can use
             os.close(fd)
-            raise SaveError(f"cannot write {self.path} ({err.strerror or type(err).__name__}); free some space "
-                            "or pick another --model-output (nothing else was written)") from None
+            raise SaveError(
+                f"cannot write {self.path} ({err.strerror or type(err).__name__}); free some space "
+                "or pick another --model-output (nothing else was written)"
+            ) from None
         self.held = True
         # Held for the life of the process unless released: kept alive here (dropping the object does not
         # release it), released at the latest when the process exits, after its non-daemon threads (such
@@ -142,14 +152,22 @@ class RunLock:
         _HELD.add(self)
         self._finalizer = weakref.finalize(self, _release, fd, str(self.path), os.getpid())
         if previous is not None:
-            log.warning("took over %s from %s, which ended without releasing it (killed or crashed)",
-                        self.path, previous.describe())
+            log.warning(
+                "took over %s from %s, which ended without releasing it (killed or crashed)",
+                self.path,
+                previous.describe(),
+            )
         return self
 
     def _without_lock(self, err: OSError) -> None:
-        log.warning("%s: this file system does not support file locks (%s); training goes on, but nothing "
-                    "stops a second trainer from using %s at the same time, and leftover staging folders are "
-                    "kept", self.path, err.strerror or type(err).__name__, self.output_dir)
+        log.warning(
+            "%s: this file system does not support file locks (%s); training goes on, but nothing "
+            "stops a second trainer from using %s at the same time, and leftover staging folders are "
+            "kept",
+            self.path,
+            err.strerror or type(err).__name__,
+            self.output_dir,
+        )
         try:
             if self.path.stat().st_size == 0:
                 self.path.unlink()  # the empty file we just created
@@ -161,9 +179,12 @@ class RunLock:
         leftovers = ckpt.staging_folders(self.output_dir)
         if not self.held:
             if leftovers:
-                log.warning("kept %s: without a working lock a live run's save in progress cannot be told from "
-                            "a dead run's leftover; remove them by hand when no run uses %s",
-                            ", ".join(p.name for p in leftovers), self.output_dir)
+                log.warning(
+                    "kept %s: without a working lock a live run's save in progress cannot be told from "
+                    "a dead run's leftover; remove them by hand when no run uses %s",
+                    ", ".join(p.name for p in leftovers),
+                    self.output_dir,
+                )
             return []
         removed = ckpt.remove_staging(self.output_dir)
         for path in removed:
@@ -227,16 +248,22 @@ def _write(fd: int, data: bytes) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.fsync(fd)
 
 
 def _record() -> bytes:
     now = time.time()
     command = " ".join([Path(sys.executable).name, *sys.argv])
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_unix": now,
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
-                       "command": command}).encode("utf-8")
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_unix": now,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(now)),
+            "command": command,
+        }
+    ).encode("utf-8")
 
 
 def _release(fd: int, path: str, owner: int) -> None:

@@ -20,12 +20,23 @@ import torch
 
 # safetensors' dtype names, in the order its writer sorts by (the last first)
 _DTYPES = [
-    (torch.bool, "BOOL"), (getattr(torch, "float4_e2m1fn_x2", None), "F4"), (torch.uint8, "U8"),
-    (torch.int8, "I8"), (getattr(torch, "float8_e5m2", None), "F8_E5M2"),
-    (getattr(torch, "float8_e4m3fn", None), "F8_E4M3"), (getattr(torch, "float8_e8m0fnu", None), "F8_E8M0"),
-    (torch.int16, "I16"), (getattr(torch, "uint16", None), "U16"), (torch.float16, "F16"),
-    (torch.bfloat16, "BF16"), (torch.int32, "I32"), (getattr(torch, "uint32", None), "U32"),
-    (torch.float32, "F32"), (torch.float64, "F64"), (torch.int64, "I64"), (getattr(torch, "uint64", None), "U64"),
+    (torch.bool, "BOOL"),
+    (getattr(torch, "float4_e2m1fn_x2", None), "F4"),
+    (torch.uint8, "U8"),
+    (torch.int8, "I8"),
+    (getattr(torch, "float8_e5m2", None), "F8_E5M2"),
+    (getattr(torch, "float8_e4m3fn", None), "F8_E4M3"),
+    (getattr(torch, "float8_e8m0fnu", None), "F8_E8M0"),
+    (torch.int16, "I16"),
+    (getattr(torch, "uint16", None), "U16"),
+    (torch.float16, "F16"),
+    (torch.bfloat16, "BF16"),
+    (torch.int32, "I32"),
+    (getattr(torch, "uint32", None), "U32"),
+    (torch.float32, "F32"),
+    (torch.float64, "F64"),
+    (torch.int64, "I64"),
+    (getattr(torch, "uint64", None), "U64"),
 ]
 _NAME = {dtype: name for dtype, name in _DTYPES if dtype is not None}
 _RANK = {dtype: rank for rank, (dtype, _) in enumerate(_DTYPES) if dtype is not None}
@@ -46,8 +57,11 @@ def header(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = N
     for name in layout(tensors):
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
-        entries[name] = {"dtype": _NAME[tensor.dtype], "shape": list(tensor.shape),
-                         "data_offsets": [offset, offset + size]}
+        entries[name] = {
+            "dtype": _NAME[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)
@@ -60,8 +74,9 @@ class Writable(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
 
-def write_safetensors(stream: Writable, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    stream: Writable, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Write ``tensors`` (a state dict without tensors sharing memory) as one safetensors file."""
     if sys.byteorder != "little":  # the format is little-endian; torch's memory is the machine's
         raise ValueError("writing safetensors needs a little-endian machine")

@@ -22,8 +22,18 @@ OPTIMIZER_LAYOUT = "optimizer_layout"  # absent: torch's id-keyed layout; OPTIMI
 OPTIMIZER_LAYOUT_NAMES = "full-by-name"  # a full state gathered under FSDP (see train/sharded.py)
 OPTIMIZER_KIND = "optimizer_kind"  # "adamw" (also when absent: checkpoints older than --optimizer), "adafactor"...
 REPORTING_KEY = "reporting"  # {"wandb_run_id": ...}, so a resume reports into the same runs
-STATE_KEYS = ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
-              "scheduler_state_dict", "rng_states", "data_position", "hyperparameters")
+STATE_KEYS = (
+    "format_version",
+    "global_step",
+    "epoch",
+    "best_loss",
+    "optimizer_state_dict",
+    "scheduler_state_dict",
+    "rng_states",
+    "data_position",
+    "hyperparameters",
+)
+
 
 class UnsafeStateError(CheckpointError):
     """A training state that does not load under ``weights_only=True`` (never unpickled further)."""
@@ -31,6 +41,7 @@ class UnsafeStateError(CheckpointError):
 
 # ---------------------------------------------------------------------------------------------
 # reading
+
 
 def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """Load ``training_state.pt`` with ``weights_only=True``; never a general unpickle. ``mmap``: the
@@ -44,8 +55,10 @@ def load_training_state(folder_or_file: str | Path, map_location="cpu", mmap: bo
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         if trust.refused_by_weights_only(err):
-            raise UnsafeStateError(f"{path} holds objects that are not plain tensors and values "
-                                   "(an old-format or unsafe file); it was not unpickled") from None
+            raise UnsafeStateError(
+                f"{path} holds objects that are not plain tensors and values "
+                "(an old-format or unsafe file); it was not unpickled"
+            ) from None
         raise CheckpointError(f"{path} is unreadable ({type(err).__name__}); it is truncated or corrupt") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a training-state dictionary")
@@ -74,34 +87,44 @@ def state_contract_problem(state: dict) -> str | None:
 # the training state's keys
 
 # The slices: one per stateful component of a run, under the name the checkpoint manager knows it by.
-RUN_STATE = "run_state"          # dict: RunState (step, best loss, tokens, time)
+RUN_STATE = "run_state"  # dict: RunState (step, best loss, tokens, time)
 DATA_POSITION = "data_position"  # dict: DataPosition (epoch, sample, and the sample order it belongs to)
-OPTIMIZER = "optimizer"          # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES,
-                                 #  "kind": the --optimizer that wrote it}
-SCHEDULER = "scheduler"          # dict: the LR scheduler's state dict
-RNG = "rng"                      # list: the RNG state of every process, rank 0 first
-REPORTING = "reporting"          # dict: what the reporters need to continue their runs
-SETTINGS = "hyperparameters"     # dict: the run's settings (every flag, steps per epoch, world size...)
-HEALTH = "health"                # dict: HEALTH_KEYS, the checkpoint judged by its numbers (absent before them)
+OPTIMIZER = "optimizer"  # {"state": optimizer state dict, "layout": None or OPTIMIZER_LAYOUT_NAMES,
+#  "kind": the --optimizer that wrote it}
+SCHEDULER = "scheduler"  # dict: the LR scheduler's state dict
+RNG = "rng"  # list: the RNG state of every process, rank 0 first
+REPORTING = "reporting"  # dict: what the reporters need to continue their runs
+SETTINGS = "hyperparameters"  # dict: the run's settings (every flag, steps per epoch, world size...)
+HEALTH = "health"  # dict: HEALTH_KEYS, the checkpoint judged by its numbers (absent before them)
 SLICES = (RUN_STATE, DATA_POSITION, OPTIMIZER, SCHEDULER, RNG, REPORTING, SETTINGS, HEALTH)
 # weights_finite / moments_finite: every weight / optimizer moment was finite when it was saved;
 # recent_losses: the last finite training losses; skipped_steps: non-finite steps skipped so far.
 HEALTH_KEYS = ("weights_finite", "moments_finite", "recent_losses", "skipped_steps")
 
 
-def make_training_state(run_state, data_position: dict, optimizer_state: dict | None, scheduler_state: dict,
-                        rng_states: dict | None, hyperparameters: dict, extra: dict | None = None) -> dict:
+def make_training_state(
+    run_state,
+    data_position: dict,
+    optimizer_state: dict | None,
+    scheduler_state: dict,
+    rng_states: dict | None,
+    hyperparameters: dict,
+    extra: dict | None = None,
+) -> dict:
     """The dictionary saved as ``training_state.pt`` (plain values and tensors only). ``run_state``: a
     ``RunState`` or its dict; the epoch and sample come from ``data_position``."""
     import transformers
 
     from chef_genius import __version__
+
     run = dict(run_state if isinstance(run_state, dict) else run_state.to_dict())
     global_step, best_loss = int(run.pop("global_step", 0)), run.pop("best_loss", None)
     # written once: the step and best loss at the top, the sample in ``data_position``. The epoch is
     # still written three times and the RNG twice: tools and tests read those copies (see ``unpack``).
-    run = {"epoch": int(data_position.get("epoch", 0)),
-           **{k: v for k, v in run.items() if k not in ("epoch", "samples_in_epoch")}}
+    run = {
+        "epoch": int(data_position.get("epoch", 0)),
+        **{k: v for k, v in run.items() if k not in ("epoch", "samples_in_epoch")},
+    }
     state = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -115,8 +138,12 @@ def make_training_state(run_state, data_position: dict, optimizer_state: dict | 
         "scheduler_state_dict": scheduler_state,
         "rng_states": rng_states,
         "hyperparameters": hyperparameters,
-        "versions": {"chef_genius": __version__, "torch": str(torch.__version__),
-                     "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "versions": {
+            "chef_genius": __version__,
+            "torch": str(torch.__version__),
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
         "torch_num_threads": torch.get_num_threads(),
     }
     state.update(extra or {})
@@ -136,9 +163,15 @@ def pack_training_state(slices: dict) -> dict:
         extra[REPORTING_KEY] = slices[REPORTING]
     if slices.get(HEALTH):
         extra[HEALTH] = slices[HEALTH]
-    return make_training_state(slices.get(RUN_STATE) or {}, dict(slices.get(DATA_POSITION) or {}),
-                               optimizer.get("state"), slices.get(SCHEDULER) or {},
-                               per_rank[0] if per_rank else None, slices.get(SETTINGS) or {}, extra)
+    return make_training_state(
+        slices.get(RUN_STATE) or {},
+        dict(slices.get(DATA_POSITION) or {}),
+        optimizer.get("state"),
+        slices.get(SCHEDULER) or {},
+        per_rank[0] if per_rank else None,
+        slices.get(SETTINGS) or {},
+        extra,
+    )
 
 
 def unpack_training_state(state: dict) -> dict:
@@ -154,20 +187,29 @@ def unpack_training_state(state: dict) -> dict:
     position.setdefault("samples_in_epoch", int(run.get("samples_in_epoch", 0)))
     run.setdefault("samples_in_epoch", position["samples_in_epoch"])  # written in run_state until 2026-12
     per_rank = state.get(RNG_PER_RANK) or ([state["rng_states"]] if state.get("rng_states") else [])
-    return {RUN_STATE: run, DATA_POSITION: position,
-            OPTIMIZER: {"state": state.get("optimizer_state_dict") or {}, "layout": state.get(OPTIMIZER_LAYOUT),
-                        "kind": state.get(OPTIMIZER_KIND, "adamw")},
-            SCHEDULER: dict(state.get("scheduler_state_dict") or {}), RNG: list(per_rank),
-            REPORTING: dict(state.get(REPORTING_KEY) or {}), SETTINGS: dict(state.get("hyperparameters") or {}),
-            HEALTH: dict(state.get(HEALTH) or {})}
+    return {
+        RUN_STATE: run,
+        DATA_POSITION: position,
+        OPTIMIZER: {
+            "state": state.get("optimizer_state_dict") or {},
+            "layout": state.get(OPTIMIZER_LAYOUT),
+            "kind": state.get(OPTIMIZER_KIND, "adamw"),
+        },
+        SCHEDULER: dict(state.get("scheduler_state_dict") or {}),
+        RNG: list(per_rank),
+        REPORTING: dict(state.get(REPORTING_KEY) or {}),
+        SETTINGS: dict(state.get("hyperparameters") or {}),
+        HEALTH: dict(state.get(HEALTH) or {}),
+    }
 
 
 def recorded_health(state: dict) -> dict | None:
     """The health record of a loaded ``training_state.pt``: None when it has none (a checkpoint older
     than the record, or rebuilt by the doctor): its numbers must then be checked, never assumed."""
     record = state.get(HEALTH)
-    if not isinstance(record, dict) or not all(isinstance(record.get(k), bool)
-                                               for k in ("weights_finite", "moments_finite")):
+    if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), bool) for k in ("weights_finite", "moments_finite")
+    ):
         return None
     return record
 

@@ -27,12 +27,27 @@ from pathlib import Path, PurePosixPath
 
 from chef_genius.errors import printable
 
-MAX_JSON_BYTES = 16 << 20      # config.json, generation_config.json, manifest.json, trainer_state.json
-MAX_HEADER_BYTES = 16 << 20    # a safetensors header: ~100 bytes per tensor, FLAN-T5-XXL needs ~60 KB
+MAX_JSON_BYTES = 16 << 20  # config.json, generation_config.json, manifest.json, trainer_state.json
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header: ~100 bytes per tensor, FLAN-T5-XXL needs ~60 KB
 MAX_TENSORS = 100_000
-MAX_WALK_ENTRIES = 10_000      # entries looked at in one checkpoint folder
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+MAX_WALK_ENTRIES = 10_000  # entries looked at in one checkpoint folder
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+}
 
 
 class Untrusted(ValueError):
@@ -141,8 +156,10 @@ def read_safetensors_header(path: Path, max_tensors: int = MAX_TENSORS) -> dict[
         if length > size - 8:
             raise Untrusted(f"{name} has a header length past its end ({size} bytes): truncated or corrupt")
         if length > MAX_HEADER_BYTES:
-            raise Untrusted(f"{name} has a {length}-byte header, more than the {MAX_HEADER_BYTES >> 20} MiB "
-                            "allowed: not a model this tool checks")
+            raise Untrusted(
+                f"{name} has a {length}-byte header, more than the {MAX_HEADER_BYTES >> 20} MiB "
+                "allowed: not a model this tool checks"
+            )
         data = handle.read(length)
     try:
         header = json.loads(data.decode("utf-8"))
@@ -153,8 +170,7 @@ def read_safetensors_header(path: Path, max_tensors: int = MAX_TENSORS) -> dict[
     if not isinstance(header, dict):
         raise Untrusted(f"{name} has a header that is not a JSON object: corrupt")
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict)
-                                     and all(isinstance(v, str) for v in metadata.values())):
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise Untrusted(f"{name} has __metadata__ that is not a map of strings: corrupt")
     if len(header) > max_tensors:
         raise Untrusted(f"{name} lists {len(header)} tensors, more than the {max_tensors} allowed")
@@ -191,8 +207,9 @@ def _entry_problem(entry) -> str | None:
     for dim in shape:
         count *= dim
     if offsets[1] - offsets[0] != count * DTYPE_BYTES[dtype]:
-        return (f"has data_offsets spanning {offsets[1] - offsets[0]} bytes, its shape needs "
-                f"{count * DTYPE_BYTES[dtype]}")
+        return (
+            f"has data_offsets spanning {offsets[1] - offsets[0]} bytes, its shape needs {count * DTYPE_BYTES[dtype]}"
+        )
     return None
 
 

@@ -59,8 +59,10 @@ def read_weights(folder: Path) -> tuple[str | None, dict[str, dict], list[Path]]
         extra = [n for n in header if n not in weight_map]
         if wrong or extra:
             example = (wrong or extra)[0]
-            raise ValueError(f"{ckpt.WEIGHTS_INDEX} disagrees with its shards ({len(wrong)} names not in the shard "
-                             f"it gives, {len(extra)} tensors it does not list, e.g. {example})")
+            raise ValueError(
+                f"{ckpt.WEIGHTS_INDEX} disagrees with its shards ({len(wrong)} names not in the shard "
+                f"it gives, {len(extra)} tensors it does not list, e.g. {example})"
+            )
     return layout, header, files
 
 
@@ -70,10 +72,13 @@ def load_bin(path: Path, device: str) -> dict:
         value = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError/EOFError for damage
         if trust.refused_by_weights_only(err):
-            raise RefusedPickle(f"{path.name} does not load with weights_only=True: it holds objects other than "
-                                "tensors; it was not unpickled") from None
-        raise ValueError(f"{path.name} does not load with weights_only=True: unreadable ({type(err).__name__}): "
-                         "truncated or corrupt") from None
+            raise RefusedPickle(
+                f"{path.name} does not load with weights_only=True: it holds objects other than "
+                "tensors; it was not unpickled"
+            ) from None
+        raise ValueError(
+            f"{path.name} does not load with weights_only=True: unreadable ({type(err).__name__}): truncated or corrupt"
+        ) from None
     if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
         raise ValueError(f"{path.name} does not hold a name -> tensor dictionary")
     return value
@@ -85,6 +90,7 @@ def tensors(path: Path):
         yield from load_bin(path, "cpu").items()
         return
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as handle:
         for name in handle.keys():
             yield name, handle.get_tensor(name)
@@ -96,5 +102,6 @@ def get_tensor(header: dict, name: str) -> torch.Tensor:
     if path.suffix == ".bin":
         return load_bin(path, "cpu")[stored]
     from safetensors import safe_open
+
     with safe_open(str(path), "pt") as handle:
         return handle.get_tensor(stored)

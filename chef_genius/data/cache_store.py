@@ -87,8 +87,9 @@ def problem(folder: Path, check: Callable[[dict], str | None] = lambda meta: Non
     return (None, wrong) if wrong else (meta, None)
 
 
-def open_or_build(final: Path, build: Callable[[Path], dict],
-                  check: Callable[[dict], str | None] = lambda meta: None) -> tuple[dict, bool]:
+def open_or_build(
+    final: Path, build: Callable[[Path], dict], check: Callable[[dict], str | None] = lambda meta: None
+) -> tuple[dict, bool]:
     """(metadata, from_cache) of the sound cache folder ``final``, building it with ``build(folder)``
     (which writes the parts into ``folder`` and returns ``{"stats", "parts", ...}``) when it is
     missing, damaged or stale (``check(metadata)`` says what is wrong), under the builder lock."""
@@ -143,8 +144,7 @@ def builder_lock(final: Path):
     """Hold the builder lock of cache folder ``final``, waiting for a run that holds it; yields whether
     it is held (False on a file system without locks)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(final.with_name(final.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0),
-                 0o644)
+    fd = os.open(final.with_name(final.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
     try:
         next_line = time.monotonic()
         while (taken := try_lock(fd)) is False:

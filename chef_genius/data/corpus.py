@@ -31,7 +31,7 @@ from chef_genius.data.recipes import parse_target
 
 log = logging.getLogger("chef_genius")
 
-DEDUP_VERSION = 1          # part of the saved result's key: bump when the normal form or hashing changes
+DEDUP_VERSION = 1  # part of the saved result's key: bump when the normal form or hashing changes
 AUDIT_FILE = "removed_duplicates.csv"
 SIGNATURES_FILE = "chef_genius_training_signatures.npz"
 
@@ -39,6 +39,7 @@ SIGNATURES_FILE = "chef_genius_training_signatures.npz"
 @dataclass(frozen=True)
 class DedupOptions:
     """``--dedup`` (remove | keep | off) and ``--dedup-threshold``."""
+
     mode: str = "remove"
     threshold: float = dedup.DEFAULT_THRESHOLD
 
@@ -50,8 +51,9 @@ class DedupOptions:
 @dataclass
 class FileDedup:
     """What was decided for one training file (rows = its usable recipes, in order)."""
+
     path: str
-    records: np.ndarray        # 1-based record number in the file of each usable recipe
+    records: np.ndarray  # 1-based record number in the file of each usable recipe
     titles: list[str]
     result: dedup.Dedup
     eval_path: str | None = None
@@ -72,8 +74,14 @@ def _key(path, options: ReadOptions, settings: DedupOptions, eval_path) -> str:
     """By content (every byte, as the tokenized cache and the resume check): an edit that keeps the size
     and modification time still gets a new decision. The hash is remembered per file state in this process."""
     from chef_genius.data.fingerprint import content_sha256
-    key = {"version": DEDUP_VERSION, "data": content_sha256(path), **options.key(), "threshold": settings.threshold,
-           "eval": content_sha256(eval_path) if eval_path else None}
+
+    key = {
+        "version": DEDUP_VERSION,
+        "data": content_sha256(path),
+        **options.key(),
+        "threshold": settings.threshold,
+        "eval": content_sha256(eval_path) if eval_path else None,
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -94,8 +102,9 @@ def find_duplicates(path, options: ReadOptions, settings: DedupOptions, folder: 
     held, held_records, held_titles = _read(eval_path, options) if eval_path else ([], None, None)
     log.info("looking for duplicates among %d recipes of %s (threshold %.2f)", len(targets), path, settings.threshold)
     result = dedup.deduplicate(targets, settings.threshold, held)
-    found = FileDedup(str(path), records, titles, result, str(eval_path) if eval_path else None, held_records,
-                      held_titles)
+    found = FileDedup(
+        str(path), records, titles, result, str(eval_path) if eval_path else None, held_records, held_titles
+    )
     _save(saved, found)
     return found
 
@@ -113,23 +122,39 @@ def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
     assert r.bands is not None  # dedup.deduplicate always computes them
-    removed = np.array([(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed],
-                       dtype=np.float64).reshape(-1, 4)
+    removed = np.array(
+        [(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed], dtype=np.float64
+    ).reshape(-1, 4)
     tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, keys=r.keys, bands=r.bands, removed=removed, records=found.records,
-             titles=np.array(found.titles, dtype=object),
-             eval_records=found.eval_records if found.eval_records is not None else np.zeros(0, np.int64),
-             eval_titles=np.array(found.eval_titles or [], dtype=object))
+    np.savez(
+        tmp,
+        keys=r.keys,
+        bands=r.bands,
+        removed=removed,
+        records=found.records,
+        titles=np.array(found.titles, dtype=object),
+        eval_records=found.eval_records if found.eval_records is not None else np.zeros(0, np.int64),
+        eval_titles=np.array(found.eval_titles or [], dtype=object),
+    )
     os.replace(tmp, where)
 
 
 def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
     with np.load(where, allow_pickle=True) as z:
-        removed = [dedup.Removal(int(row), int(twin), dedup.REMOVAL_KINDS[int(kind)], float(sim))
-                   for row, twin, kind, sim in z["removed"]]
+        removed = [
+            dedup.Removal(int(row), int(twin), dedup.REMOVAL_KINDS[int(kind)], float(sim))
+            for row, twin, kind, sim in z["removed"]
+        ]
         result = dedup.Dedup(z["keys"], removed, z["bands"], threshold)
-        return FileDedup(str(path), z["records"], list(z["titles"]), result, str(eval_path) if eval_path else None,
-                         z["eval_records"], list(z["eval_titles"]))
+        return FileDedup(
+            str(path),
+            z["records"],
+            list(z["titles"]),
+            result,
+            str(eval_path) if eval_path else None,
+            z["eval_records"],
+            list(z["eval_titles"]),
+        )
 
 
 # -- the split ----------------------------------------------------------------------------------------
@@ -150,7 +175,7 @@ def content_split(keys: np.ndarray, rows: np.ndarray, ratio: float, seed: int) -
     if ratio <= 0 or len(rows) < 2:
         return rows, rows[:0]
     h = side_hash(keys[rows], seed)
-    cut = np.uint64(min(int(ratio * 2.0 ** 64), 2 ** 64 - 1))
+    cut = np.uint64(min(int(ratio * 2.0**64), 2**64 - 1))
     held = h < cut
     if not held.any():
         held[np.argmin(h)] = True
@@ -159,8 +184,9 @@ def content_split(keys: np.ndarray, rows: np.ndarray, ratio: float, seed: int) -
     return rows[~held], rows[held]
 
 
-def split_rows(num_rows: int, found: FileDedup | None, mode: str, has_eval_data: bool, ratio: float,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(
+    num_rows: int, found: FileDedup | None, mode: str, has_eval_data: bool, ratio: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of a file's usable recipes (pure given ``found``): with
     ``--eval-data`` every row training may use and no validation row, else the content split of those
     rows; with ``--dedup off`` (``found`` None) the split of rows by number, as before duplicates were
@@ -169,6 +195,7 @@ def split_rows(num_rows: int, found: FileDedup | None, mode: str, has_eval_data:
         if has_eval_data:
             return np.arange(num_rows), np.arange(0)
         from chef_genius.data.tokenized import split_indices
+
         return split_indices(num_rows, ratio, seed)
     usable = found.train_rows(mode)
     if has_eval_data:
@@ -192,8 +219,18 @@ def write_audit(out_dir: Path, found: FileDedup) -> Path:
                 twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
             else:
                 twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
-            w.writerow([r.kind, found.path, int(found.records[r.row]), found.titles[r.row], twin_file,
-                        int(twin_record), twin_title, f"{r.similarity:.4f}"])
+            w.writerow(
+                [
+                    r.kind,
+                    found.path,
+                    int(found.records[r.row]),
+                    found.titles[r.row],
+                    twin_file,
+                    int(twin_record),
+                    twin_title,
+                    f"{r.similarity:.4f}",
+                ]
+            )
     os.replace(tmp, out)
     return out
 
@@ -203,8 +240,13 @@ def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> 
     out = Path(folder) / SIGNATURES_FILE
     assert found.result.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, keys=np.unique(found.result.keys[train_rows]), bands=found.result.bands[train_rows],
-                        version=np.array(DEDUP_VERSION), threshold=np.array(found.result.threshold))
+    np.savez_compressed(
+        tmp,
+        keys=np.unique(found.result.keys[train_rows]),
+        bands=found.result.bands[train_rows],
+        version=np.array(DEDUP_VERSION),
+        threshold=np.array(found.result.threshold),
+    )
     os.replace(tmp, out)
     return out
 
@@ -234,8 +276,10 @@ def twins_in_training(signatures: Path, targets: list[str]) -> tuple[np.ndarray,
     for i in np.flatnonzero(~hit):
         rows = []
         for b in range(bands.shape[1]):
-            lo, hi = np.searchsorted(columns[:, b], mine_bands[i, b], "left"), np.searchsorted(
-                columns[:, b], mine_bands[i, b], "right")
+            lo, hi = (
+                np.searchsorted(columns[:, b], mine_bands[i, b], "left"),
+                np.searchsorted(columns[:, b], mine_bands[i, b], "right"),
+            )
             rows.append(order[lo:hi, b])
         found = np.concatenate(rows)
         hit[i] = len(found) > 0 and np.bincount(found).max() >= need

@@ -33,9 +33,9 @@ SCAN_BLOCK = 8 << 20
 class CsvPlan:
     path: str
     delimiter: str
-    width: int                      # fields in the header
-    at: dict                        # layout field -> column index
-    ranges: tuple                   # (start, end) byte ranges of records, in file order
+    width: int  # fields in the header
+    at: dict  # layout field -> column index
+    ranges: tuple  # (start, end) byte ranges of records, in file order
 
 
 class Lines:
@@ -93,7 +93,7 @@ def _cuts(path: Path, start: int, targets: list[int]) -> list[int] | None:
     number of quotes from ``start`` on), without repeats; None if the file has a lone CR."""
     cuts: list[int] = []
     quotes, offset, cr_before = 0, start, False
-    pending = list(targets)   # pending[0]: where the search for the next cut goes on
+    pending = list(targets)  # pending[0]: where the search for the next cut goes on
     with open(path, "rb") as handle:
         handle.seek(start)
         while block := handle.read(SCAN_BLOCK):
@@ -129,11 +129,13 @@ def _even_newline(block: bytes, at: int, quotes: int) -> int | None:
 
 class Cut:
     """Whether a range's reader ended exactly at the range's end (None until it has ended)."""
+
     ok: bool | None = None
 
 
-def read_range(plan: CsvPlan, index: int, stats: ReadStats, options: ReadOptions, cut: Cut,
-               done=None) -> Iterator[dict]:
+def read_range(
+    plan: CsvPlan, index: int, stats: ReadStats, options: ReadOptions, cut: Cut, done=None
+) -> Iterator[dict]:
     """The examples of range ``index``; ``done(byte position)`` is called as it goes."""
     import csv
 

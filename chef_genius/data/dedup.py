@@ -34,8 +34,8 @@ from chef_genius.data.recipes import parse_target
 
 DEFAULT_THRESHOLD = 0.75
 NUM_PERM = 128
-NUM_BANDS = 32                 # 32 bands of 4 rows: a pair at Jaccard 0.5 is a candidate with p = 0.87
-MINHASH_SEED = 20261206        # fixed: signatures recorded with a model must match those computed later
+NUM_BANDS = 32  # 32 bands of 4 rows: a pair at Jaccard 0.5 is a candidate with p = 0.87
+MINHASH_SEED = 20261206  # fixed: signatures recorded with a model must match those computed later
 SHINGLE = 3
 MODES = ("remove", "keep", "off")  # remove twins / find them (report, split) but train on all / old behaviour
 REMOVAL_KINDS = ("exact", "near", "held_out_twin")
@@ -66,12 +66,13 @@ def shingles(normal: str) -> list[str]:
     tokens = normal.split()
     if len(tokens) <= SHINGLE:
         return [" ".join(tokens)]
-    return list({" ".join(tokens[i:i + SHINGLE]) for i in range(len(tokens) - SHINGLE + 1)})
+    return list({" ".join(tokens[i : i + SHINGLE]) for i in range(len(tokens) - SHINGLE + 1)})
 
 
 def minhash(normal: str):
     """The MinHash of a normal form (``rensa.RMinHash``)."""
     from rensa import RMinHash
+
     m = RMinHash(NUM_PERM, MINHASH_SEED)
     m.update(shingles(normal))
     return m
@@ -97,23 +98,24 @@ def bands_for(threshold: float) -> int:
     """Shared bands that make two recipes near-twins when only band keys are known: each band of two
     recipes at Jaccard J is equal with probability J ** ROWS_PER_BAND, so the count of equal bands
     estimates J; this is the count at the threshold."""
-    return max(1, math.ceil(NUM_BANDS * threshold ** ROWS_PER_BAND))
+    return max(1, math.ceil(NUM_BANDS * threshold**ROWS_PER_BAND))
 
 
 @dataclass
 class Removal:
-    row: int                 # the removed row: index among the file's usable recipes
-    twin: int                # the row kept in its place (a held-out row's index for held_out_twin)
-    kind: str                # exact | near | held_out_twin
-    similarity: float        # 1.0 for an exact duplicate; the MinHash estimate otherwise
+    row: int  # the removed row: index among the file's usable recipes
+    twin: int  # the row kept in its place (a held-out row's index for held_out_twin)
+    kind: str  # exact | near | held_out_twin
+    similarity: float  # 1.0 for an exact duplicate; the MinHash estimate otherwise
 
 
 @dataclass
 class Dedup:
     """What deduplication decided for one file's usable recipes."""
-    keys: np.ndarray                         # uint64 content key of each row's cluster (its kept twin's)
+
+    keys: np.ndarray  # uint64 content key of each row's cluster (its kept twin's)
     removed: list[Removal] = field(default_factory=list)
-    bands: np.ndarray | None = None          # (rows, NUM_BANDS) uint32 band keys of each row
+    bands: np.ndarray | None = None  # (rows, NUM_BANDS) uint32 band keys of each row
     threshold: float = DEFAULT_THRESHOLD
 
     @property
@@ -136,6 +138,7 @@ class Index:
 
     def __init__(self, threshold: float, digests: np.ndarray):
         from rensa import RMinHashLSH
+
         self.threshold, self.digests = threshold, digests
         self.lsh = RMinHashLSH(threshold, NUM_PERM, NUM_BANDS)
         self.exact: dict[int, int] = {}

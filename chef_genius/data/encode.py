@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 UNICODE_FORMS = {"NFC", "NFD", "NFKC", "NFKD"}
-MAX_WORDS = 1 << 21                             # distinct words cached before the cache starts over
+MAX_WORDS = 1 << 21  # distinct words cached before the cache starts over
 
 
 class Encoder:
@@ -61,6 +61,7 @@ class Encoder:
         if pieces is None or model.get("type") not in ("Unigram", "BPE", "WordPiece") or model.get("dropout"):
             return
         from tokenizers import Tokenizer
+
         plain = Tokenizer.from_str(backend.to_str())
         plain.no_truncation()
         plain.no_padding()
@@ -69,7 +70,7 @@ class Encoder:
         at = _find(probe, core)
         if at is None or not core:
             return
-        self.prefix, self.suffix = probe[:at], probe[at + len(core):]
+        self.prefix, self.suffix = probe[:at], probe[at + len(core) :]
         self.room = self.max_length - len(self.prefix) - len(self.suffix)
         if self.room < 1 or plain.num_special_tokens_to_add(False) != len(self.prefix) + len(self.suffix):
             return
@@ -187,6 +188,6 @@ def _word_pieces(pre) -> tuple[str, bool] | None:
 
 def _find(seq: list[int], part: list[int]) -> int | None:
     for at in range(len(seq) - len(part) + 1):
-        if seq[at:at + len(part)] == part:
+        if seq[at : at + len(part)] == part:
             return at
     return None

@@ -113,8 +113,12 @@ def file_fingerprint(path: str | Path) -> dict:
     from the file (the tokenized cache checks the content itself, ``content_sha256``)."""
     path = Path(path).resolve()
     stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "sampled_sha256": sampled_digest(path, stat.st_size)}
+    return {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sampled_sha256": sampled_digest(path, stat.st_size),
+    }
 
 
 def sampled_digest(path: Path, size: int) -> str:
@@ -125,6 +129,7 @@ def sampled_digest(path: Path, size: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # which bytes each fingerprint reads: (offset, length) spans, length None = to the end
+
 
 def _head_tail(size: int) -> list[tuple[int, int | None]]:
     """The first MiB, and the last MiB of a file over 2 MiB (as checkpoints have always saved it)."""

@@ -23,9 +23,22 @@ from chef_genius.errors import EXIT_OK, UserError, run_cli
 log = logging.getLogger("chef_genius")
 
 # the training flags this command takes, as training defines them
-DATA_FLAGS = ("data", "eval_data", "columns", "source_template", "eval_split_ratio", "seed", "dedup",
-              "dedup_threshold", "max_source_length", "max_target_length", "cache_dir", "num_proc",
-              "pretrained_model", "progress")
+DATA_FLAGS = (
+    "data",
+    "eval_data",
+    "columns",
+    "source_template",
+    "eval_split_ratio",
+    "seed",
+    "dedup",
+    "dedup_threshold",
+    "max_source_length",
+    "max_target_length",
+    "cache_dir",
+    "num_proc",
+    "pretrained_model",
+    "progress",
+)
 
 EXAMPLES = """examples:
   python cli/inspect_data.py --data RecipeNLG_dataset.csv --pretrained-model google/flan-t5-large
@@ -37,14 +50,20 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     from chef_genius.settings.fields import add_section, settings_of
     from chef_genius.settings.schema import TrainConfig
-    p = Parser(prog="inspect_data.py", description="Report what is in a recipe file as training would see it: "
-               "rows, skips, duplicates, split, token lengths and truncation (of --pretrained-model only the "
-               "tokenizer is loaded).", epilog=EXAMPLES,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = Parser(
+        prog="inspect_data.py",
+        description="Report what is in a recipe file as training would see it: "
+        "rows, skips, duplicates, split, token lengths and truncation (of --pretrained-model only the "
+        "tokenizer is loaded).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # the training settings themselves (settings/schema.py): one definition, one help text, one check
     add_section(p, "data, as training reads it", [f for f in settings_of(TrainConfig) if f.name in DATA_FLAGS])
-    p.add_argument("--out", default="data-report", metavar="DIR",
-                   help="where the length histograms go (default ./data-report)")
+    p.add_argument(
+        "--out", default="data-report", metavar="DIR", help="where the length histograms go (default ./data-report)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
     return p
 
@@ -68,17 +87,38 @@ def inspect(args) -> dict:
     default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
     cache_root = Path(c.cache_dir) if c.cache_dir else default_root
     settings = corpus.DedupOptions(c.dedup, c.dedup_threshold)
-    train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
-                           options, c.progress)
-    evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                            c.num_proc, options, c.progress) if c.eval_data else None)
+    train = load_tokenized(
+        c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
+    )
+    evald = (
+        load_tokenized(
+            c.eval_data,
+            tokenizer,
+            c.max_source_length,
+            c.max_target_length,
+            cache_root,
+            c.num_proc,
+            options,
+            c.progress,
+        )
+        if c.eval_data
+        else None
+    )
     found = corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
-    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
-                                            c.eval_split_ratio, c.seed)
+    train_idx, eval_idx = corpus.split_rows(
+        len(train.dataset), found, c.dedup, evald is not None, c.eval_split_ratio, c.seed
+    )
     lengths = report.full_lengths(train.dataset, train_idx)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
-    summary = report.summarize(c.data, train.stats, found, c.dedup, len(train_idx),
-                               len(evald.dataset) if evald is not None else len(eval_idx), lengths_report)
+    summary = report.summarize(
+        c.data,
+        train.stats,
+        found,
+        c.dedup,
+        len(train_idx),
+        len(evald.dataset) if evald is not None else len(eval_idx),
+        lengths_report,
+    )
     summary["warnings"] = report.truncation_warnings(lengths_report)
     summary["plots"] = [str(p) for p in report.write_histograms(lengths, lengths_report, Path(args.out))]
     return summary
@@ -92,6 +132,7 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
     else:
         from chef_genius.data.report import summary_lines
+
         print("\n".join(summary_lines(summary) + [f"warning: {w}" for w in summary["warnings"]]))
         print("written: " + ", ".join(summary["plots"]))
     return EXIT_OK

@@ -29,10 +29,24 @@ OPTIONAL = ("ner",)
 # Column names other datasets use, for the suggestion in a refusal (never applied silently).
 SYNONYMS = {
     "title": ("title", "name", "recipe_name", "recipe", "recipe_title", "dish"),
-    "ingredients": ("ingredients", "ingredient_list", "ingredients_list", "ingredient", "ingredient_lines",
-                    "cleaned_ingredients"),
-    "directions": ("directions", "steps", "instructions", "method", "preparation", "recipe_instructions",
-                   "instruction", "procedure"),
+    "ingredients": (
+        "ingredients",
+        "ingredient_list",
+        "ingredients_list",
+        "ingredient",
+        "ingredient_lines",
+        "cleaned_ingredients",
+    ),
+    "directions": (
+        "directions",
+        "steps",
+        "instructions",
+        "method",
+        "preparation",
+        "recipe_instructions",
+        "instruction",
+        "procedure",
+    ),
 }
 
 
@@ -45,8 +59,10 @@ def parse_columns(spec: str | None) -> dict[str, str]:
         name, sep, column = part.partition("=")
         name, column = name.strip().lower(), column.strip()
         if not sep or not column:
-            raise UserError(f"--columns {spec}: write FIELD=COLUMN pairs separated by commas, "
-                            "e.g. --columns title=name,directions=steps")
+            raise UserError(
+                f"--columns {spec}: write FIELD=COLUMN pairs separated by commas, "
+                "e.g. --columns title=name,directions=steps"
+            )
         if name not in FIELDS:
             raise UserError(f"--columns {spec}: unknown field {name!r}; the fields are {', '.join(FIELDS)}")
         if name in mapping:
@@ -95,12 +111,16 @@ def resolve_layout(where, found, spec: str | None = None) -> Layout:
             return Layout(name, {f: c for f, c in located.items() if c})
     shown = printable(", ".join(map(str, found)), 120)
     if _looks_binary(found):  # a binary file read as CSV: a short excerpt, never its raw bytes
-        raise DataError(f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
-                        f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
-                        "it looks like a binary file, not text")
-    raise DataError(f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
-                    f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
-                    f"map yours with {printable(suggestion(found), 200)}")
+        raise DataError(
+            f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
+            f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
+            "it looks like a binary file, not text"
+        )
+    raise DataError(
+        f"{where}: expected columns title, ingredients, directions (RecipeNLG), name, steps, "
+        f"ingredients (Food.com) or input, output; found {shown or 'none'}; "
+        f"map yours with {printable(suggestion(found), 200)}"
+    )
 
 
 def _looks_binary(found) -> bool:
@@ -115,11 +135,15 @@ def _mapped(where, found: list[str], mapping: dict, spec: str) -> Layout:
     for name in (*wanted, *(() if wanted == PAIR_FIELDS else OPTIONAL)):
         column = _find(mapping.get(name, "NER" if name == "ner" else name), found)
         if column is None and name in mapping:
-            raise DataError(f"{where}: --columns {spec} maps {name} to {mapping[name]}, which the file does not "
-                            f"have (found {', '.join(found) or 'none'})")
+            raise DataError(
+                f"{where}: --columns {spec} maps {name} to {mapping[name]}, which the file does not "
+                f"have (found {', '.join(found) or 'none'})"
+            )
         if column is None and name not in OPTIONAL:
-            raise DataError(f"{where}: no column for {name} (found {', '.join(found) or 'none'}); add "
-                            f"{name}=COLUMN to --columns {spec}")
+            raise DataError(
+                f"{where}: no column for {name} (found {', '.join(found) or 'none'}); add "
+                f"{name}=COLUMN to --columns {spec}"
+            )
         if column is not None:
             columns[name] = column
     return Layout("--columns " + spec, columns)

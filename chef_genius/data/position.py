@@ -25,15 +25,16 @@ log = logging.getLogger("chef_genius")
 
 # attribute -> (key in the saved dict, the flag a user changes it with); the settings' keys are declared
 # in the schema (``setting(position_key=...)``)
-_IDENTITY = {f.name: (spec_of(f).position_key, flag_name(f)) for f in settings_of(TrainConfig)
-             if spec_of(f).position_key}
+_IDENTITY = {
+    f.name: (spec_of(f).position_key, flag_name(f)) for f in settings_of(TrainConfig) if spec_of(f).position_key
+}
 _IDENTITY["num_samples"] = ("num_samples", "the training recipes (data file, max lengths, --eval-split-ratio)")
 
 
 @dataclass
 class DataPosition:
-    epoch: int = 0                # 0-based epoch in progress (an epoch just finished counts as the next)
-    samples_in_epoch: int = 0     # samples of that epoch already consumed, all processes together
+    epoch: int = 0  # 0-based epoch in progress (an epoch just finished counts as the next)
+    samples_in_epoch: int = 0  # samples of that epoch already consumed, all processes together
     seed: int = TrainConfig.seed
     num_samples: int = 0
     group_by_length: bool = TrainConfig.group_by_length
@@ -66,9 +67,12 @@ class DataPosition:
         return self.epoch + self.samples_in_epoch / max(self.num_samples, 1)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "samples_in_epoch": self.samples_in_epoch,
-                **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()},
-                **({"skipped_ranges": [list(r) for r in self.skipped]} if self.skipped else {})}
+        return {
+            "epoch": self.epoch,
+            "samples_in_epoch": self.samples_in_epoch,
+            **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()},
+            **({"skipped_ranges": [list(r) for r in self.skipped]} if self.skipped else {}),
+        }
 
     def differences(self, saved: dict) -> list[str]:
         """How the sample order ``saved`` was taken under differs from this one (only keys it has)."""
@@ -82,12 +86,18 @@ class DataPosition:
         """Continue at ``saved``'s epoch and sample; refuse another sample order unless ``allow_change``."""
         changes = self.differences(saved)
         if changes and not allow_change:
-            raise UserError("the checkpoint's data position was taken under another sample order ("
-                            + "; ".join(changes) + "): resuming would repeat some recipes and skip others; "
-                            "resume with the checkpoint's settings, or pass --allow-config-change to accept it")
+            raise UserError(
+                "the checkpoint's data position was taken under another sample order ("
+                + "; ".join(changes)
+                + "): resuming would repeat some recipes and skip others; "
+                "resume with the checkpoint's settings, or pass --allow-config-change to accept it"
+            )
         if changes:
-            log.warning("data position restored under another sample order (--allow-config-change): %s; this "
-                        "epoch will repeat some recipes and skip others", "; ".join(changes))
+            log.warning(
+                "data position restored under another sample order (--allow-config-change): %s; this "
+                "epoch will repeat some recipes and skip others",
+                "; ".join(changes),
+            )
         where = self.saved_at(saved)
         self.epoch, self.samples_in_epoch = where.epoch, where.samples_in_epoch
         self.skipped = [list(map(int, r)) for r in saved.get("skipped_ranges") or ()]

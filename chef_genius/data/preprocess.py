@@ -32,7 +32,7 @@ from chef_genius.monitoring.progress import CountProgress
 log = logging.getLogger("chef_genius")
 
 BATCH_ROWS = 1000
-RANGE_BYTES = 16 << 20      # a range of a cut CSV: a part of the cache, a unit of progress
+RANGE_BYTES = 16 << 20  # a range of a cut CSV: a part of the cache, a unit of progress
 POLL_SECONDS = 0.5
 
 
@@ -45,15 +45,32 @@ def available_cpus() -> int:
 
 def schema():
     import pyarrow as pa
+
     ids = pa.list_(pa.int32())
     # *_full_len: the length before truncation at the max lengths (the truncation report)
-    return pa.schema([("input_ids", ids), ("labels", ids), ("source_len", pa.int32()), ("target_len", pa.int32()),
-                      ("source_full_len", pa.int32()), ("target_full_len", pa.int32())])
+    return pa.schema(
+        [
+            ("input_ids", ids),
+            ("labels", ids),
+            ("source_len", pa.int32()),
+            ("target_len", pa.int32()),
+            ("source_full_len", pa.int32()),
+            ("target_full_len", pa.int32()),
+        ]
+    )
 
 
-def build_parts(data_path, tokenizer, max_source_length: int, max_target_length: int, folder: Path,
-                num_proc: int = 0, options: ReadOptions = ReadOptions(), progress: str = "auto",
-                range_bytes: int | None = None) -> tuple[ReadStats, list[str]]:
+def build_parts(
+    data_path,
+    tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+    folder: Path,
+    num_proc: int = 0,
+    options: ReadOptions = ReadOptions(),
+    progress: str = "auto",
+    range_bytes: int | None = None,
+) -> tuple[ReadStats, list[str]]:
     """Write the tokenized rows of ``data_path`` as Arrow parts into ``folder``; (stats, part names in
     row order). ``num_proc``: worker processes (0: one per available core)."""
     range_bytes = range_bytes or RANGE_BYTES
@@ -108,6 +125,7 @@ def _end_with_parent(parent: int) -> None:
         return
     try:
         import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -125,8 +143,12 @@ def _range_part(index: int) -> tuple[int, dict, int, bool]:
     def moved(position: int) -> None:
         where[0] = position
 
-    rows = _write_part(folder / _part_name(index), read_range(plan, index, stats, options, cut, moved), encoders,
-                       lambda: done.__setitem__(index, where[0]))
+    rows = _write_part(
+        folder / _part_name(index),
+        read_range(plan, index, stats, options, cut, moved),
+        encoders,
+        lambda: done.__setitem__(index, where[0]),
+    )
     return index, stats.to_dict(), rows, bool(cut.ok)
 
 
@@ -138,8 +160,10 @@ def _in_ranges(plan, encoders, folder: Path, procs: int, options, progress: str,
     results = {}
     try:
         total_mb = max(1, total >> 20)
-        with CountProgress(f"tokenizing {name}", total_mb, mode=progress, unit="MB",
-                           plural="MB") as shown, _pool(procs) as pool:
+        with (
+            CountProgress(f"tokenizing {name}", total_mb, mode=progress, unit="MB", plural="MB") as shown,
+            _pool(procs) as pool,
+        ):
             pending = pool.map_async(_range_part, range(len(plan.ranges)), chunksize=1)
             while not pending.ready():
                 pending.wait(POLL_SECONDS)
@@ -171,6 +195,7 @@ def _part_name(index: int) -> str:
 def _write_part(path: Path, examples, encoders, after_batch=lambda: None) -> int:
     """Tokenize ``examples`` in batches into one Arrow stream file; rows written (none: no file)."""
     import pyarrow as pa
+
     rows, writer = 0, None
     try:
         for batch in _batches(examples):
@@ -199,14 +224,22 @@ def _batches(examples):
 
 def _encode(batch: list[dict], encoders):
     import pyarrow as pa
+
     source, target = encoders
     sources, source_full = source.with_lengths([e["source"] for e in batch])
     targets, target_full = target.with_lengths([e["target"] for e in batch])
     ids = pa.list_(pa.int32())
-    return pa.record_batch([pa.array(sources, ids), pa.array(targets, ids),
-                            pa.array([len(s) for s in sources], pa.int32()),
-                            pa.array([len(t) for t in targets], pa.int32()),
-                            pa.array(source_full, pa.int32()), pa.array(target_full, pa.int32())], schema=schema())
+    return pa.record_batch(
+        [
+            pa.array(sources, ids),
+            pa.array(targets, ids),
+            pa.array([len(s) for s in sources], pa.int32()),
+            pa.array([len(t) for t in targets], pa.int32()),
+            pa.array(source_full, pa.int32()),
+            pa.array(target_full, pa.int32()),
+        ],
+        schema=schema(),
+    )
 
 
 # -- any other file: parsed here in order, tokenized by the workers -----------------------------------
@@ -238,6 +271,7 @@ def _write_part_pooled(path: Path, batches, encoders, procs: int) -> int:
     """Batches tokenized by ``procs`` workers while this process parses the next ones; at most two
     batches a worker in flight, so memory stays flat however large the file."""
     import pyarrow as pa
+
     _shared["encoders"] = encoders
     rows, writer = 0, None
     try:
@@ -262,4 +296,3 @@ def _write_part_pooled(path: Path, batches, encoders, procs: int) -> int:
         if writer is not None:
             writer.close()
     return rows
-

@@ -32,8 +32,14 @@ from collections.abc import Iterator
 
 from chef_genius.errors import DataError, printable
 from chef_genius.data.layouts import Layout, needed_columns, resolve_layout
-from chef_genius.data.recipes import (DEFAULT_SOURCE_TEMPLATE, RowError, clean, format_source, format_target,
-                                      recipe_from_fields)
+from chef_genius.data.recipes import (
+    DEFAULT_SOURCE_TEMPLATE,
+    RowError,
+    clean,
+    format_source,
+    format_target,
+    recipe_from_fields,
+)
 from chef_genius.data.sources import data_format, open_binary, open_text
 
 MAX_FIELD_CHARS = 1_000_000  # a recipe field larger than this is junk, not a recipe
@@ -42,6 +48,7 @@ MAX_FIELD_CHARS = 1_000_000  # a recipe field larger than this is junk, not a re
 @dataclass(frozen=True)
 class ReadOptions:
     """How rows become examples: the ``--columns`` mapping and the ``--source-template``."""
+
     columns: str | None = None
     source_template: str = DEFAULT_SOURCE_TEMPLATE
 
@@ -73,8 +80,10 @@ def encoding_hint(stats: dict) -> str | None:
     if not count:
         return None
     rows = "1 row is" if count == 1 else f"{count} rows are"
-    return (f"{rows} not valid UTF-8 and skipped; if the file was saved as Windows-1252 or "
-            "Latin-1, convert it (iconv -f CP1252 -t UTF-8 FILE > FILE.utf8) and train on the converted file")
+    return (
+        f"{rows} not valid UTF-8 and skipped; if the file was saved as Windows-1252 or "
+        "Latin-1, convert it (iconv -f CP1252 -t UTF-8 FILE > FILE.utf8) and train on the converted file"
+    )
 
 
 def read_examples(path: str | Path, stats: ReadStats, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
@@ -248,6 +257,7 @@ def _json_array_rows(path: Path, text: str, columns: str | None) -> Iterator[dic
 
 def _parquet_rows(path: Path, stats: ReadStats, columns: str | None) -> Iterator[dict]:
     import pyarrow.parquet as pq
+
     with contextlib.ExitStack() as stack:
         plain = path.suffix.lower() in (".parquet", ".pq")  # else compressed or zipped: read as a stream
         source = path if plain else stack.enter_context(open_binary(path))

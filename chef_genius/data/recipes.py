@@ -112,19 +112,24 @@ def template_fields(template: str) -> set[str]:
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise ValueError(f"--source-template {template!r} is not a valid template ({err}); write literal "
-                         "braces as {{ and }}") from None
+        raise ValueError(
+            f"--source-template {template!r} is not a valid template ({err}); write literal braces as {{{{ and }}}}"
+        ) from None
     fields = set()
     for _, name, spec, conversion in parts:
         if name is None:
             continue
         if name not in TEMPLATE_FIELDS or spec or conversion:
-            raise ValueError(f"--source-template {template!r}: unknown placeholder {{{name}}}; use "
-                             f"{{ingredients}} and/or {{title}} (literal braces as {{{{ and }}}})")
+            raise ValueError(
+                f"--source-template {template!r}: unknown placeholder {{{name}}}; use "
+                f"{{ingredients}} and/or {{title}} (literal braces as {{{{ and }}}})"
+            )
         fields.add(name)
     if not fields:
-        raise ValueError(f"--source-template {template!r} has no placeholder: every recipe would get the same "
-                         "input; put {ingredients} and/or {title} in it")
+        raise ValueError(
+            f"--source-template {template!r} has no placeholder: every recipe would get the same "
+            "input; put {ingredients} and/or {title} in it"
+        )
     return fields
 
 
@@ -146,8 +151,7 @@ def source_from_ingredients(text: str, template: str = DEFAULT_SOURCE_TEMPLATE, 
 def format_target(recipe: Recipe) -> str:
     steps = " ".join(f"{i}. {step}" for i, step in enumerate(recipe.directions, 1))
     items = ITEM_SEP.join(_item(item) for item in recipe.ingredients)
-    return (f"{_TITLE} {clean(recipe.title)} {_INGREDIENTS} {items} "
-            f"{_DIRECTIONS} {steps}")
+    return f"{_TITLE} {clean(recipe.title)} {_INGREDIENTS} {items} {_DIRECTIONS} {steps}"
 
 
 def parse_target(text: str) -> Recipe:

@@ -24,8 +24,7 @@ SIDES = (("input", "source_full_len"), ("target", "target_full_len"))
 def full_lengths(dataset, rows) -> dict[str, np.ndarray]:
     """Untruncated token lengths of ``rows`` of a tokenized dataset, per side."""
     read = dataset.column if hasattr(dataset, "column") else dataset.__getitem__  # ArrowRows: one numpy array
-    return {side: np.asarray(read(column), dtype=np.int64)[np.asarray(rows, dtype=np.int64)]
-            for side, column in SIDES}
+    return {side: np.asarray(read(column), dtype=np.int64)[np.asarray(rows, dtype=np.int64)] for side, column in SIDES}
 
 
 def lengths_report(lengths: dict[str, np.ndarray], max_source: int, max_target: int) -> dict:
@@ -34,9 +33,13 @@ def lengths_report(lengths: dict[str, np.ndarray], max_source: int, max_target: 
     for side, limit in (("input", max_source), ("target", max_target)):
         values = lengths[side]
         cut = int((values > limit).sum())
-        out[side] = {"max_length": limit, "cut": cut, "cut_share": round(cut / max(1, len(values)), 4),
-                     "percentiles": {str(p): int(np.percentile(values, p)) if len(values) else 0 for p in PERCENTILES},
-                     "suggested": suggested_length(values)}
+        out[side] = {
+            "max_length": limit,
+            "cut": cut,
+            "cut_share": round(cut / max(1, len(values)), 4),
+            "percentiles": {str(p): int(np.percentile(values, p)) if len(values) else 0 for p in PERCENTILES},
+            "suggested": suggested_length(values),
+        }
     return out
 
 
@@ -52,20 +55,32 @@ def truncation_warnings(report: dict) -> list[str]:
     out = []
     for side, r in report.items():
         if r["cut_share"] > CUT_WARN_SHARE:
-            out.append(f"{r['cut_share']:.1%} of the training recipes' {side}s are cut at {flags[side]} "
-                       f"{r['max_length']} (more than {CUT_WARN_SHARE:.0%}); {flags[side]} {r['suggested']} would "
-                       f"keep {SUGGEST_PERCENTILE}% whole")
+            out.append(
+                f"{r['cut_share']:.1%} of the training recipes' {side}s are cut at {flags[side]} "
+                f"{r['max_length']} (more than {CUT_WARN_SHARE:.0%}); {flags[side]} {r['suggested']} would "
+                f"keep {SUGGEST_PERCENTILE}% whole"
+            )
     return out
 
 
 def summarize(path, stats: dict, found, mode: str, train_rows: int, eval_rows: int, lengths: dict) -> dict:
     """The data summary: ``stats`` (ReadStats.to_dict), ``found`` (corpus.FileDedup or None)."""
     removed = found.result.counts() if found is not None else None
-    return {"data": str(path), "rows_read": stats.get("rows"), "usable": stats.get("kept"),
-            "skipped": dict(stats.get("skipped") or {}),
-            "dedup": {"mode": mode, "threshold": found.result.threshold if found is not None else None,
-                      "found": removed, "removed_from_training": _removed_from_training(removed, mode)},
-            "training_recipes": train_rows, "validation_recipes": eval_rows, "lengths": lengths}
+    return {
+        "data": str(path),
+        "rows_read": stats.get("rows"),
+        "usable": stats.get("kept"),
+        "skipped": dict(stats.get("skipped") or {}),
+        "dedup": {
+            "mode": mode,
+            "threshold": found.result.threshold if found is not None else None,
+            "found": removed,
+            "removed_from_training": _removed_from_training(removed, mode),
+        },
+        "training_recipes": train_rows,
+        "validation_recipes": eval_rows,
+        "lengths": lengths,
+    }
 
 
 def _removed_from_training(removed: dict | None, mode: str) -> int:
@@ -77,36 +92,47 @@ def _removed_from_training(removed: dict | None, mode: str) -> int:
 
 def summary_lines(summary: dict) -> list[str]:
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"
-    lines = [f"data {summary['data']}: {summary['rows_read']} rows read, {summary['usable']} usable, "
-             f"skipped: {skipped}"]
+    lines = [
+        f"data {summary['data']}: {summary['rows_read']} rows read, {summary['usable']} usable, skipped: {skipped}"
+    ]
     d = summary["dedup"]
     if d["found"] is None:
         lines.append("duplicates: not looked for (--dedup off)")
     else:
         found = d["found"]
         verb = "removed" if d["mode"] == "remove" else "found (kept for training: --dedup keep)"
-        lines.append(f"duplicates {verb}: {found['exact']} exact, {found['near']} near (similarity >= "
-                     f"{d['threshold']:.2f}); {found['held_out_twin']} twins of --eval-data recipes removed")
+        lines.append(
+            f"duplicates {verb}: {found['exact']} exact, {found['near']} near (similarity >= "
+            f"{d['threshold']:.2f}); {found['held_out_twin']} twins of --eval-data recipes removed"
+        )
     lines.append(f"{summary['training_recipes']} training and {summary['validation_recipes']} validation recipes")
     for side, r in (summary["lengths"] or {}).items():
         p = r["percentiles"]
-        lines.append(f"{side} tokens: median {p['50']}, p90 {p['90']}, p99 {p['99']}, max {p['100']}; "
-                     f"{r['cut']} ({r['cut_share']:.1%}) cut at {r['max_length']}")
+        lines.append(
+            f"{side} tokens: median {p['50']}, p90 {p['90']}, p99 {p['99']}, max {p['100']}; "
+            f"{r['cut']} ({r['cut_share']:.1%}) cut at {r['max_length']}"
+        )
     return lines
 
 
 def write_histograms(lengths: dict[str, np.ndarray], report: dict, out_dir: Path) -> list[Path]:
     """One PNG per side: the untruncated token lengths, the max length marked."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for side, values in lengths.items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist(values, bins=min(60, max(5, len(set(values.tolist())))), color="#4a7ab5")
-        ax.axvline(report[side]["max_length"], color="#c0392b", linestyle="--",
-                   label=f"max length {report[side]['max_length']} ({report[side]['cut_share']:.1%} cut)")
+        ax.axvline(
+            report[side]["max_length"],
+            color="#c0392b",
+            linestyle="--",
+            label=f"max length {report[side]['max_length']} ({report[side]['cut_share']:.1%} cut)",
+        )
         ax.set_xlabel(f"{side} tokens (before truncation)")
         ax.set_ylabel("recipes")
         ax.legend()

@@ -21,15 +21,16 @@ from chef_genius.data.shares import rank_share
 from chef_genius.data.position import DataPosition
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int, lengths: np.ndarray | None = None,
-                group_size: int = 1024) -> np.ndarray:
+def epoch_order(
+    num_samples: int, seed: int, epoch: int, lengths: np.ndarray | None = None, group_size: int = 1024
+) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(num_samples)
     if lengths is None:
         return order
     lengths = np.asarray(lengths)
     groups = []
     for start in range(0, num_samples, group_size):
-        group = order[start:start + group_size]
+        group = order[start : start + group_size]
         groups.append(group[np.argsort(-lengths[group], kind="stable")])
     return np.concatenate(groups) if groups else order
 
@@ -44,8 +45,16 @@ class ResumableBatchSampler:
     an iteration starts there, while ``position`` moves on as the trainer consumes batches.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, lengths=None, group_size: int = 1024,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        lengths=None,
+        group_size: int = 1024,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
@@ -55,8 +64,9 @@ class ResumableBatchSampler:
         self.rank = rank
         self.epoch = 0  # where the iteration starts (set_position)
         self.start = 0
-        self.position = DataPosition(seed=seed, num_samples=num_samples, group_by_length=lengths is not None,
-                                     length_group_size=group_size)
+        self.position = DataPosition(
+            seed=seed, num_samples=num_samples, group_by_length=lengths is not None, length_group_size=group_size
+        )
 
     @property
     def global_batch_size(self) -> int:
@@ -83,8 +93,7 @@ class ResumableBatchSampler:
         if epoch >= epochs:
             return 0
         per_epoch = math.ceil(self.micro_batches_per_epoch() / accumulation)
-        rest = math.ceil(math.ceil(max(0, self.num_samples - samples_in_epoch) / self.global_batch_size)
-                         / accumulation)
+        rest = math.ceil(math.ceil(max(0, self.num_samples - samples_in_epoch) / self.global_batch_size) / accumulation)
         return rest + (epochs - epoch - 1) * per_epoch
 
     def state_dict(self) -> dict:
@@ -103,7 +112,7 @@ class ResumableBatchSampler:
     def __iter__(self):
         order = self.order()
         for pos in range(self.start, self.num_samples, self.global_batch_size):
-            yield rank_share(order[pos:pos + self.global_batch_size], self.num_replicas, self.rank)
+            yield rank_share(order[pos : pos + self.global_batch_size], self.num_replicas, self.rank)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +123,9 @@ def padded(lengths: np.ndarray, multiple: int = 8) -> np.ndarray:
     return -(-np.asarray(lengths, dtype=np.int64) // multiple) * multiple
 
 
-def budget_bounds(order: np.ndarray, source_lengths: np.ndarray, target_lengths: np.ndarray,
-                  max_tokens: int, multiple: int = 8) -> np.ndarray:
+def budget_bounds(
+    order: np.ndarray, source_lengths: np.ndarray, target_lengths: np.ndarray, max_tokens: int, multiple: int = 8
+) -> np.ndarray:
     """Where the micro-batches of ``order`` start, plus ``len(order)`` (pure).
 
     Consecutive samples of the order go into one micro-batch while its padded size, rows x (widest
@@ -146,8 +156,18 @@ class TokenBudgetSampler(ResumableBatchSampler):
     boundary, on any world size: resuming is a search in the boundaries.
     """
 
-    def __init__(self, num_samples: int, max_tokens: int, seed: int, lengths, source_lengths, target_lengths,
-                 group_size: int = 1024, num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        max_tokens: int,
+        seed: int,
+        lengths,
+        source_lengths,
+        target_lengths,
+        group_size: int = 1024,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         super().__init__(num_samples, 1, seed, lengths, group_size, num_replicas, rank)
         self.max_tokens = max_tokens
         self.source_lengths, self.target_lengths = np.asarray(source_lengths), np.asarray(target_lengths)
@@ -182,7 +202,7 @@ class TokenBudgetSampler(ResumableBatchSampler):
         for g in range(self._first(self.epoch, self.start), count, self.num_replicas):
             mine = g + self.rank
             if mine < count:
-                yield order[bounds[mine]:bounds[mine + 1]].tolist()
+                yield order[bounds[mine] : bounds[mine + 1]].tolist()
             else:
                 yield [~int(order[bounds[g]])]
 

@@ -26,14 +26,22 @@ from typing import Any
 
 from chef_genius.errors import DataError
 
-DATA_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
-                 ".parquet": "parquet", ".pq": "parquet"}
+DATA_SUFFIXES = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 COMPRESSED: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open}  # opened "rb": binary
 ARCHIVES = (".zip",)
 BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
-    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32 LE"), (codecs.BOM_UTF32_BE, "utf-32", "UTF-32 BE"),
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32 LE"),
+    (codecs.BOM_UTF32_BE, "utf-32", "UTF-32 BE"),
     (codecs.BOM_UTF8, "utf-8-sig", "UTF-8 with BOM"),
-    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16 LE"), (codecs.BOM_UTF16_BE, "utf-16", "UTF-16 BE"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16 LE"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16 BE"),
 )
 UNDECODABLE = "chef_genius_undecodable"
 _HEAD = 4096
@@ -62,8 +70,10 @@ def _suffix_format(name: PurePosixPath | Path, path: Path) -> str:
     fmt = DATA_SUFFIXES.get(name.suffix.lower())
     if fmt is None:
         shown = name.suffix or "(no suffix)"
-        raise DataError(f"{path}: unknown data format {shown}; use .csv, .jsonl or .parquet, "
-                        "optionally as .gz, .bz2 or inside a .zip")
+        raise DataError(
+            f"{path}: unknown data format {shown}; use .csv, .jsonl or .parquet, "
+            "optionally as .gz, .bz2 or inside a .zip"
+        )
     return fmt
 
 
@@ -81,8 +91,10 @@ def _zip_member(path: Path) -> str:
     if not data:
         shown = ", ".join(visible[:5]) or "nothing"
         raise DataError(f"{path}: the zip holds no .csv, .jsonl or .parquet file (it holds {shown})")
-    raise DataError(f"{path}: the zip holds {len(data)} data files ({', '.join(data[:5])}); "
-                    "unzip it and pass the one to train on with --data")
+    raise DataError(
+        f"{path}: the zip holds {len(data)} data files ({', '.join(data[:5])}); "
+        "unzip it and pass the one to train on with --data"
+    )
 
 
 @contextlib.contextmanager
@@ -120,15 +132,17 @@ def detect_encoding(head: bytes, where: str | Path) -> tuple[str, str]:
             return codec, name
     utf16 = _utf16_without_bom(head)
     if utf16:
-        raise DataError(f"{where}: looks like {utf16} text without a byte-order mark; save it as UTF-8 "
-                        f"(iconv -f {utf16.replace(' ', '')} -t UTF-8 FILE > FILE.utf8, or in PowerShell: "
-                        "Get-Content FILE | Set-Content -Encoding utf8 NEW_FILE)")
+        raise DataError(
+            f"{where}: looks like {utf16} text without a byte-order mark; save it as UTF-8 "
+            f"(iconv -f {utf16.replace(' ', '')} -t UTF-8 FILE > FILE.utf8, or in PowerShell: "
+            "Get-Content FILE | Set-Content -Encoding utf8 NEW_FILE)"
+        )
     return "utf-8", "UTF-8"
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
     """Mostly-ASCII UTF-16 has a NUL in every other byte: LE puts them at odd offsets, BE at even."""
-    sample = head[:len(head) - len(head) % 2]
+    sample = head[: len(head) - len(head) % 2]
     if len(sample) < 8:
         return None
     even, odd = sample[0::2].count(0), sample[1::2].count(0)

@@ -68,8 +68,9 @@ class StreamingSampler(ResumableBatchSampler):
     """The position of a streamed epoch: the resumable sampler's bookkeeping, with the order made
     while reading (the stream is not indexable)."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, group_size: int, num_replicas: int = 1,
-                 rank: int = 0):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, group_size: int, num_replicas: int = 1, rank: int = 0
+    ):
         super().__init__(num_samples, batch_size, seed, None, group_size, num_replicas, rank)
 
 
@@ -87,8 +88,16 @@ class StreamingDataset(torch.utils.data.IterableDataset):
     the cached path's ``shares.ShareDataset`` / ``ShareCollator``.
     """
 
-    def __init__(self, path, tokenizer, max_source_length: int, max_target_length: int, sampler: StreamingSampler,
-                 collate, options: ReadOptions = ReadOptions()):
+    def __init__(
+        self,
+        path,
+        tokenizer,
+        max_source_length: int,
+        max_target_length: int,
+        sampler: StreamingSampler,
+        collate,
+        options: ReadOptions = ReadOptions(),
+    ):
         self.path, self.tokenizer, self.sampler, self.options = str(path), tokenizer, sampler, options
         self.collate = ShareCollator(collate)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
@@ -110,10 +119,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             chunk = [row for _, row in zip(range(s.group_size), rows)]
             if not chunk:
                 return
-            sources = self.tokenizer([r["source"] for r in chunk], max_length=self.max_source_length,
-                                     truncation=True)["input_ids"]
-            targets = self.tokenizer(text_target=[r["target"] for r in chunk], max_length=self.max_target_length,
-                                     truncation=True)["input_ids"]
+            sources = self.tokenizer([r["source"] for r in chunk], max_length=self.max_source_length, truncation=True)[
+                "input_ids"
+            ]
+            targets = self.tokenizer(
+                text_target=[r["target"] for r in chunk], max_length=self.max_target_length, truncation=True
+            )["input_ids"]
             lengths = np.array([len(a) + len(b) for a, b in zip(sources, targets)])
             for i in group_order(lengths, s.seed, s.epoch, group)[skip:]:
                 yield group * s.group_size + int(i), sources[i], targets[i]

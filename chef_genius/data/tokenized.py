@@ -62,8 +62,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def cache_key(data_path, tokenizer, max_source_length: int, max_target_length: int,
-              options: ReadOptions = ReadOptions()) -> str:
+def cache_key(
+    data_path, tokenizer, max_source_length: int, max_target_length: int, options: ReadOptions = ReadOptions()
+) -> str:
     key = {
         "data": file_fingerprint(data_path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -84,23 +85,43 @@ class TokenizedData:
     from_cache: bool
 
 
-def cache_folder(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
-                 options: ReadOptions = ReadOptions()) -> Path:
+def cache_folder(
+    data_path,
+    tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+    cache_root: str | Path,
+    options: ReadOptions = ReadOptions(),
+) -> Path:
     """Where ``load_tokenized`` keeps the cache of these settings."""
     key = cache_key(data_path, tokenizer, max_source_length, max_target_length, options)
     return Path(cache_root) / f"{Path(data_path).stem}-{key}"
 
 
-def is_cached(data_path, tokenizer, max_source_length: int, max_target_length: int, cache_root: str | Path,
-              options: ReadOptions = ReadOptions()) -> bool:
+def is_cached(
+    data_path,
+    tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+    cache_root: str | Path,
+    options: ReadOptions = ReadOptions(),
+) -> bool:
     """Whether ``load_tokenized`` would only map an existing cache (no parsing, no tokenizing)."""
-    return (cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
-            / CACHE_META).is_file()
+    return (
+        cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options) / CACHE_META
+    ).is_file()
 
 
-def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_length: int,
-                   cache_root: str | Path, num_proc: int = 0, options: ReadOptions = ReadOptions(),
-                   progress: str = "auto") -> TokenizedData:
+def load_tokenized(
+    data_path,
+    tokenizer,
+    max_source_length: int,
+    max_target_length: int,
+    cache_root: str | Path,
+    num_proc: int = 0,
+    options: ReadOptions = ReadOptions(),
+    progress: str = "auto",
+) -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root`` (on ``num_proc`` processes, 0: all cores);
     later calls verify and memory-map the cached Arrow parts (``cache_store.py``: checksums, one
     builder at a time, a damaged cache built again)."""
@@ -108,8 +129,9 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
 
     def build(folder: Path) -> dict:
         with hashing_beside(data_path) as content:  # the fingerprint, read beside the tokenization
-            stats, parts = build_parts(data_path, tokenizer, max_source_length, max_target_length, folder,
-                                       num_proc, options, progress)
+            stats, parts = build_parts(
+                data_path, tokenizer, max_source_length, max_target_length, folder, num_proc, options, progress
+            )
             if stats.kept == 0:
                 raise _no_recipe(data_path, stats)
             return {"stats": stats.to_dict(), "parts": parts, "content_sha256": content()}
@@ -119,8 +141,10 @@ def load_tokenized(data_path, tokenizer, max_source_length: int, max_target_leng
         if recorded is None:
             return f"it does not record the content of {Path(data_path).name} (written by an older version)"
         if recorded != content_sha256(data_path):
-            return (f"{Path(data_path).name} changed since it was built (its content; size and modification "
-                    "time may be the same)")
+            return (
+                f"{Path(data_path).name} changed since it was built (its content; size and modification "
+                "time may be the same)"
+            )
         return None
 
     meta, from_cache = cache_store.open_or_build(final, build, built_from_this_content)
@@ -146,16 +170,24 @@ class ArrowRows:
         import pyarrow as pa
 
         self.paths = [Path(p) for p in paths]
-        self._batches = [batch for path in self.paths
-                         for batch in pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_batches()]
+        self._batches = [
+            batch
+            for path in self.paths
+            for batch in pa.ipc.open_stream(pa.memory_map(str(path))).read_all().to_batches()
+        ]
         self._batches = [b for b in self._batches if b.num_rows]
         sizes = [b.num_rows for b in self._batches]
         self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.column_names = list(self._batches[0].schema.names) if self._batches else []
         # per batch: (flat values, offsets) of each list column, zero-copy numpy views of the mapped file
-        self._lists = [{name: (b.column(name).values.to_numpy(), b.column(name).offsets.to_numpy())
-                        for name in self.column_names if b.schema.field(name).type.num_fields}
-                       for b in self._batches]
+        self._lists = [
+            {
+                name: (b.column(name).values.to_numpy(), b.column(name).offsets.to_numpy())
+                for name in self.column_names
+                if b.schema.field(name).type.num_fields
+            }
+            for b in self._batches
+        ]
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -163,8 +195,9 @@ class ArrowRows:
     def column(self, name: str) -> np.ndarray:
         if name not in self.column_names:
             raise KeyError(name)
-        return np.concatenate([np.zeros(0, dtype=np.int64)] +
-                              [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches])
+        return np.concatenate(
+            [np.zeros(0, dtype=np.int64)] + [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches]
+        )
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -180,7 +213,7 @@ class ArrowRows:
         for name in self.column_names:
             if name in self._lists[chunk]:
                 values, offsets = self._lists[chunk][name]
-                row[name] = values[offsets[within]:offsets[within + 1]].tolist()
+                row[name] = values[offsets[within] : offsets[within + 1]].tolist()
             else:
                 row[name] = self._batches[chunk].column(name)[within].as_py()
         return row
@@ -259,11 +292,15 @@ class Collator:
         labels = torch.full((rows, tgt_w), LABEL_PAD, dtype=torch.long)
         decoder_input_ids = torch.full((rows, tgt_w), self.pad_token_id, dtype=torch.long)
         for row, (src, tgt) in enumerate(zip(sources, targets)):
-            input_ids[row, :len(src)] = torch.as_tensor(src, dtype=torch.long)
-            attention_mask[row, :len(src)] = 1
+            input_ids[row, : len(src)] = torch.as_tensor(src, dtype=torch.long)
+            attention_mask[row, : len(src)] = 1
             tgt = torch.as_tensor(tgt, dtype=torch.long)
-            labels[row, :len(tgt)] = tgt
+            labels[row, : len(tgt)] = tgt
             decoder_input_ids[row, 0] = self.decoder_start_token_id
-            decoder_input_ids[row, 1:len(tgt)] = tgt[:-1]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "decoder_input_ids": decoder_input_ids}
+            decoder_input_ids[row, 1 : len(tgt)] = tgt[:-1]
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "decoder_input_ids": decoder_input_ids,
+        }

@@ -43,7 +43,7 @@ def _default_and_help(action: argparse.Action) -> tuple[str, str]:
     text = " ".join((action.help or "").split()).replace("%%", "%")  # argparse's escape, not the text
     match = _DEFAULT.search(text)
     if match:
-        return match.group(1), (text[:match.start()] + text[match.end():]).strip()
+        return match.group(1), (text[: match.start()] + text[match.end() :]).strip()
     if isinstance(action, argparse._StoreTrueAction):
         return "off", text
     if action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
@@ -66,6 +66,7 @@ def rows(parser: argparse.ArgumentParser) -> list[tuple[str, str, str, str]]:
 def markdown(parser: argparse.ArgumentParser | None = None) -> str:
     if parser is None:
         from chef_genius.train.config import build_parser
+
         parser = build_parser()
     lines = ["| Group | Flag | Default | What it does |", "| --- | --- | --- | --- |"]
     for group, flag, default, text in rows(parser):
@@ -86,7 +87,7 @@ def table_in(document: str, begin: str = BEGIN, end: str = END) -> str | None:
     first, last = document.find(begin), document.find(end)
     if first < 0 or last < first:
         return None
-    return document[first + len(begin):last].strip("\n")
+    return document[first + len(begin) : last].strip("\n")
 
 
 def table_main(argv, prog: str, what: str, markdown, begin: str, end: str) -> int:

@@ -20,10 +20,28 @@ import random
 from chef_genius.devtools.sample_data import generate_recipes
 
 KINDS = ("recased", "reordered", "reworded")
-SYNONYMS = {"add": "stir in", "stir": "mix", "cook": "heat", "bake": "roast", "serve": "plate", "minutes": "mins",
-            "until": "till", "large": "big", "mix": "combine", "pour": "spoon", "pan": "skillet", "bowl": "dish",
-            "chop": "dice", "remove": "take", "place": "put", "heat": "warm", "simmer": "cook gently",
-            "cover": "lid", "season": "flavor", "preheat": "heat"}
+SYNONYMS = {
+    "add": "stir in",
+    "stir": "mix",
+    "cook": "heat",
+    "bake": "roast",
+    "serve": "plate",
+    "minutes": "mins",
+    "until": "till",
+    "large": "big",
+    "mix": "combine",
+    "pour": "spoon",
+    "pan": "skillet",
+    "bowl": "dish",
+    "chop": "dice",
+    "remove": "take",
+    "place": "put",
+    "heat": "warm",
+    "simmer": "cook gently",
+    "cover": "lid",
+    "season": "flavor",
+    "preheat": "heat",
+}
 
 
 def planted_recipes(n: int, copies: int, seed: int = 0) -> tuple[list[dict], list[tuple[int, int, str]]]:
@@ -50,9 +68,14 @@ def _altered(recipe: dict, kind: str, rng: random.Random, index: int) -> dict:
         directions[at] = _with_filler(directions[at], rng)
     else:
         directions = [case(step).replace(".", " .").replace(",", " ,") for step in directions]
-    return dict(title=case(title) + ("!" if kind == "recased" else ""), ingredients=[case(i) for i in ingredients],
-                directions=directions, ner=list(recipe["ner"]), link=f"www.example.com/copy/{index}",
-                source=recipe["source"])
+    return dict(
+        title=case(title) + ("!" if kind == "recased" else ""),
+        ingredients=[case(i) for i in ingredients],
+        directions=directions,
+        ner=list(recipe["ner"]),
+        link=f"www.example.com/copy/{index}",
+        source=recipe["source"],
+    )
 
 
 def _reworded(step: str, rng: random.Random) -> str:

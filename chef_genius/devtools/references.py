@@ -60,13 +60,18 @@ def resume_policy_page() -> str:
     from chef_genius.settings.schema import SECTIONS
     from chef_genius.train.settings import FILES, RESHAPING
 
-    parts = [NOTICE, "# What a resume keeps, applies and refuses", "",
-             "A resume takes every run setting from the checkpoint; only the flags typed on the resume command "
-             "(any spelling or abbreviation) can change one, and the log names what it kept. A flag given with "
-             "another value than the checkpoint's is treated by its setting's policy, declared with the setting "
-             "in `chef_genius/settings/schema.py` and carried out by `chef_genius/train/settings.py`. A checkpoint "
-             "from before a flag existed leaves that flag's value to the command (the log says which). The whole "
-             "story: [checkpoints.md](../checkpoints.md#what-a-resume-keeps-and-what-you-may-change).", ""]
+    parts = [
+        NOTICE,
+        "# What a resume keeps, applies and refuses",
+        "",
+        "A resume takes every run setting from the checkpoint; only the flags typed on the resume command "
+        "(any spelling or abbreviation) can change one, and the log names what it kept. A flag given with "
+        "another value than the checkpoint's is treated by its setting's policy, declared with the setting "
+        "in `chef_genius/settings/schema.py` and carried out by `chef_genius/train/settings.py`. A checkpoint "
+        "from before a flag existed leaves that flag's value to the command (the log says which). The whole "
+        "story: [checkpoints.md](../checkpoints.md#what-a-resume-keeps-and-what-you-may-change).",
+        "",
+    ]
     for policy in Policy:
         rows = []
         for section in SECTIONS:
@@ -81,16 +86,21 @@ def resume_policy_page() -> str:
                 if f.name in RESHAPING:
                     notes.append("refused even with `--allow-config-change`")
                 rows.append([flags, section.title, "; ".join(n for n in notes if n)])
-        parts += [f"## {policy.value}", "", POLICY_MEANINGS[policy][0].upper() + POLICY_MEANINGS[policy][1:] + ".",
-                  "", _table(["flag", "group", "notes"], rows), ""]
+        parts += [
+            f"## {policy.value}",
+            "",
+            POLICY_MEANINGS[policy][0].upper() + POLICY_MEANINGS[policy][1:] + ".",
+            "",
+            _table(["flag", "group", "notes"], rows),
+            "",
+        ]
     return "\n".join(parts)
 
 
 def exit_codes_page() -> str:
     from chef_genius import errors
 
-    names = {value: name for name, value in vars(errors).items()
-             if name.startswith("EXIT_") and isinstance(value, int)}
+    names = {value: name for name, value in vars(errors).items() if name.startswith("EXIT_") and isinstance(value, int)}
     rows = [[f"`{c.code}`", f"`{names[c.code]}`", c.meaning, c.training, c.doctor] for c in errors.EXIT_CODES.values()]
     return f"""{NOTICE}
 # Exit codes
@@ -100,8 +110,18 @@ on is one line on stderr before it. `cli/evaluate_recipes.py`, `cli/generate_rec
 `cli/plot_training.py` use the general meaning. The doctor's codes in detail:
 [CHECKPOINT_FIX_GUIDE.md](../../CHECKPOINT_FIX_GUIDE.md).
 
-{_table(["code", "name", "meaning", "training (`complete_optimized_training.py`)",
-         "`verify_and_fix_checkpoint.py` / `fix_all_checkpoints.py`"], rows)}
+{
+        _table(
+            [
+                "code",
+                "name",
+                "meaning",
+                "training (`complete_optimized_training.py`)",
+                "`verify_and_fix_checkpoint.py` / `fix_all_checkpoints.py`",
+            ],
+            rows,
+        )
+    }
 """
 
 
@@ -119,6 +139,7 @@ Each problem `cli/verify_and_fix_checkpoint.py` reports (`code` in `--json`), fr
 
 def memory_table() -> str:
     from chef_genius.train.memory_plan import card_table
+
     return card_table()
 
 
@@ -128,8 +149,8 @@ def memory_table() -> str:
 
 @dataclass(frozen=True)
 class Generated:
-    path: str                        # relative to the checkout
-    render: Callable[[], str]        # the whole page, or the table between ``begin`` and ``end``
+    path: str  # relative to the checkout
+    render: Callable[[], str]  # the whole page, or the table between ``begin`` and ``end``
     begin: str | None = None
     end: str | None = None
 
@@ -178,8 +199,10 @@ def write(root: Path = ROOT) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m chef_genius.devtools.references",
-                                description="Regenerate or check the pages and tables generated from the code.")
+    p = argparse.ArgumentParser(
+        prog="python -m chef_genius.devtools.references",
+        description="Regenerate or check the pages and tables generated from the code.",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="regenerate every one of them")
     mode.add_argument("--check", action="store_true", help="exit 1 if any of them is out of date")

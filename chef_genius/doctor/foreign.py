@@ -42,16 +42,19 @@ class UnsafePickle(Exception):
 # ---------------------------------------------------------------------------------------------
 # the numpy allowlist
 
+
 def _numpy_globals() -> dict[str, Any]:
     """Qualified name -> object for numpy arrays, dtypes and scalars (numpy 1 and 2 module paths)."""
     allowed: dict[str, Any] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     try:
         from numpy._core import multiarray as core
+
         allowed["numpy._core.multiarray._reconstruct"] = core._reconstruct
         allowed["numpy._core.multiarray.scalar"] = core.scalar
     except ImportError:  # numpy 1.x
         pass
     from numpy.core import multiarray as old  # numpy 2 keeps this alias for old pickles
+
     allowed["numpy.core.multiarray._reconstruct"] = old._reconstruct
     allowed["numpy.core.multiarray.scalar"] = old.scalar
     for name in dir(np.dtypes):
@@ -72,6 +75,7 @@ def pickle_globals(path: Path) -> list[str]:
 def raw_pickle_globals(path: Path) -> set[str]:
     """Globals a raw pickle references, from its opcodes (nothing runs); "?" where a name is not plain."""
     import pickletools
+
     found: set[str] = set()
     memo: dict[object, str | None] = {}  # memo index (the opcode's argument) -> the string stored there
     last: list[str | None] = []
@@ -108,8 +112,9 @@ def load_with_numpy(path: str | Path) -> Any:
         refused = [name for name in raw_pickle_globals(path) if name not in NUMPY_GLOBALS]
         if refused:
             raise UnsafePickle(path, refused) from None
-        raise ckpt.CheckpointError(f"{path.name} is not a torch.save file (a raw pickle, or corrupt); "
-                                   "it was not unpickled") from None
+        raise ckpt.CheckpointError(
+            f"{path.name} is not a torch.save file (a raw pickle, or corrupt); it was not unpickled"
+        ) from None
     refused = [name for name in extra if name not in NUMPY_GLOBALS]
     if refused:
         raise UnsafePickle(path, refused)
@@ -160,12 +165,15 @@ def read_state(folder: Path) -> tuple[StateStatus, dict | None, str | None]:
 # ---------------------------------------------------------------------------------------------
 # conversions to this project's state values
 
+
 def legacy_rng(states: dict | None) -> dict:
     states = states or {}
-    cuda = states.get("cuda_rng_state_all") or ([states["cuda_rng_state"]] if states.get("cuda_rng_state")
-                                                is not None else [])
-    return rng.from_parts(states.get("python_rng_state"), states.get("numpy_rng_state"),
-                          states.get("torch_rng_state"), cuda)
+    cuda = states.get("cuda_rng_state_all") or (
+        [states["cuda_rng_state"]] if states.get("cuda_rng_state") is not None else []
+    )
+    return rng.from_parts(
+        states.get("python_rng_state"), states.get("numpy_rng_state"), states.get("torch_rng_state"), cuda
+    )
 
 
 def hf_rng(folder: Path) -> dict:
@@ -193,5 +201,9 @@ def accelerate_rng(folder: Path) -> dict:
     if not isinstance(saved, dict):
         return {}
     cuda = saved.get("torch_cuda_manual_seed")
-    return rng.from_parts(saved.get("random_state"), saved.get("numpy_random_seed"),
-                          saved.get("torch_manual_seed"), cuda if isinstance(cuda, list) else [])
+    return rng.from_parts(
+        saved.get("random_state"),
+        saved.get("numpy_random_seed"),
+        saved.get("torch_manual_seed"),
+        cuda if isinstance(cuda, list) else [],
+    )

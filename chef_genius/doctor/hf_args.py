@@ -17,23 +17,25 @@ from pathlib import Path
 
 HF_ARGS = "training_args.bin"
 
-ALLOWED = frozenset({
-    "transformers.training_args.TrainingArguments",
-    "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
-    "transformers.trainer_pt_utils.AcceleratorConfig",
-    "transformers.generation.configuration_utils.GenerationConfig",
-    "transformers.trainer_utils.SchedulerType",
-    "transformers.trainer_utils.IntervalStrategy",
-    "transformers.trainer_utils.SaveStrategy",
-    "transformers.trainer_utils.HubStrategy",
-    "transformers.trainer_utils.FSDPOption",
-    "transformers.training_args.OptimizerNames",
-    "transformers.training_args.ParallelMode",
-    "transformers.debug_utils.DebugOption",
-    "accelerate.state.PartialState",
-    "accelerate.utils.dataclasses.DistributedType",
-    "torch.device",
-})
+ALLOWED = frozenset(
+    {
+        "transformers.training_args.TrainingArguments",
+        "transformers.training_args_seq2seq.Seq2SeqTrainingArguments",
+        "transformers.trainer_pt_utils.AcceleratorConfig",
+        "transformers.generation.configuration_utils.GenerationConfig",
+        "transformers.trainer_utils.SchedulerType",
+        "transformers.trainer_utils.IntervalStrategy",
+        "transformers.trainer_utils.SaveStrategy",
+        "transformers.trainer_utils.HubStrategy",
+        "transformers.trainer_utils.FSDPOption",
+        "transformers.training_args.OptimizerNames",
+        "transformers.training_args.ParallelMode",
+        "transformers.debug_utils.DebugOption",
+        "accelerate.state.PartialState",
+        "accelerate.utils.dataclasses.DistributedType",
+        "torch.device",
+    }
+)
 
 # Hugging Face scheduler -> this project's (both warm up linearly, then decay the same way)
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
@@ -45,8 +47,9 @@ class ArgsError(ValueError):
 
 class Record:
     """Stands in for an allowlisted class: keeps its arguments (an enum's value) and state, runs nothing."""
+
     qualname = "?"
-    args: tuple = ()      # built by ``cls.__new__`` (NEWOBJ), a record may never see ``__init__``
+    args: tuple = ()  # built by ``cls.__new__`` (NEWOBJ), a record may never see ``__init__``
     kwargs: dict = {}
     state: dict = {}
 
@@ -70,8 +73,10 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         qualified = f"{module}.{name}"
         if qualified not in ALLOWED:
-            raise ArgsError(f"{HF_ARGS} references {qualified}, which is not on the allowlist of inert "
-                            "argument types: refused, never unpickled")
+            raise ArgsError(
+                f"{HF_ARGS} references {qualified}, which is not on the allowlist of inert "
+                "argument types: refused, never unpickled"
+            )
         return type(name, (Record,), {"qualname": qualified})
 
     def persistent_load(self, pid):
@@ -112,9 +117,12 @@ def run_settings(path: Path) -> tuple[dict, list[str]]:
         value = args.get(name)
         return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    for ours, theirs, kind in (("learning_rate", "learning_rate", float), ("weight_decay", "weight_decay", float),
-                               ("gradient_accumulation_steps", "gradient_accumulation_steps", int),
-                               ("seed", "seed", int)):
+    for ours, theirs, kind in (
+        ("learning_rate", "learning_rate", float),
+        ("weight_decay", "weight_decay", float),
+        ("gradient_accumulation_steps", "gradient_accumulation_steps", int),
+        ("seed", "seed", int),
+    ):
         if (value := number(theirs, kind)) is not None:
             out[ours] = value
     batch = number("per_device_train_batch_size", int)
@@ -126,8 +134,10 @@ def run_settings(path: Path) -> tuple[dict, list[str]]:
         if name in SCHEDULERS and not args.get("lr_scheduler_kwargs"):
             out["lr_scheduler"] = SCHEDULERS[name]
         else:
-            problems.append(f"its scheduler {name!r}{' with arguments' if args.get('lr_scheduler_kwargs') else ''} "
-                            "has no equal here (--lr-scheduler linear|cosine|constant)")
+            problems.append(
+                f"its scheduler {name!r}{' with arguments' if args.get('lr_scheduler_kwargs') else ''} "
+                "has no equal here (--lr-scheduler linear|cosine|constant)"
+            )
     warmup, ratio = number("warmup_steps", float), number("warmup_ratio", float)
     if name == "constant":  # Hugging Face's "constant" ignores the warmup
         out["warmup_steps"] = 0

@@ -37,6 +37,7 @@ def config_problem(folder: Path) -> str | None:
     if any(k in values for k in ("auto_map",)):
         return f"{ckpt.MODEL_CONFIG} asks for remote code (auto_map): never run"
     from transformers import AutoConfig
+
     try:
         AutoConfig.from_pretrained(str(folder))
     except Exception as err:  # transformers raises ValueError, KeyError, TypeError... for a bad config
@@ -52,6 +53,7 @@ def generation_config_problem(folder: Path) -> str | None:
     if not isinstance(values, dict):
         return f"{ckpt.GENERATION_CONFIG} does not hold a JSON object"
     from transformers import GenerationConfig
+
     try:
         GenerationConfig.from_pretrained(str(folder))
     except Exception as err:
@@ -72,6 +74,7 @@ def tokenizer_problem(folder: Path) -> str | None:
             except trust.Untrusted as err:
                 return str(err)
     from transformers import AutoTokenizer
+
     try:
         AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as err:  # tokenizers raises plain Exception for a bad tokenizer.json
@@ -97,7 +100,7 @@ def layers_problem(folder: Path, header: dict) -> str | None:
         values = trust.read_json(folder / ckpt.MODEL_CONFIG)
     except trust.Untrusted:
         return None  # reported by config_problem
-    found = {name[:m.end()] for name in header for m in [_LAYER.search(name)] if m}  # "encoder.block.3."
+    found = {name[: m.end()] for name in header for m in [_LAYER.search(name)] if m}  # "encoder.block.3."
     claimed = 0
     for key in LAYER_KEYS:
         value = values.get(key)

@@ -68,12 +68,16 @@ def list_remote(url: str) -> tuple[str, int]:
         raise UserError(f"MODEL_DIR {url}: the mirror holds no {ckpt.PREFIX}N folder")
     problems = {name: store.problem(name, listed[name]) for name in sorted(listed, key=ckpt.checkpoint_step)}
     rows = [("step", "on the mirror")]
-    rows += [(str(ckpt.step_of(name)), "complete" if problem is None else f"incomplete: {problem}")
-             for name, problem in problems.items()]
+    rows += [
+        (str(ckpt.step_of(name)), "complete" if problem is None else f"incomplete: {problem}")
+        for name, problem in problems.items()
+    ]
     newest = next((name for name, problem in reversed(problems.items()) if problem is None), None)
     width = max(len(r[0]) for r in rows)
     lines = [f"{step.ljust(width)}  {state}" for step, state in rows]
-    lines.append(f"dry run: nothing was written; newest complete checkpoint on the mirror: {newest or 'none'} "
-                 "(sizes and manifests checked; python cli/verify_and_fix_checkpoint.py URL/checkpoint-N also "
-                 "downloads it and checks every sha256)")
+    lines.append(
+        f"dry run: nothing was written; newest complete checkpoint on the mirror: {newest or 'none'} "
+        "(sizes and manifests checked; python cli/verify_and_fix_checkpoint.py URL/checkpoint-N also "
+        "downloads it and checks every sha256)"
+    )
     return "\n".join(lines), EXIT_OK if all(p is None for p in problems.values()) else EXIT_FAILURE

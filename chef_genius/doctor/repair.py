@@ -35,15 +35,29 @@ from chef_genius.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 # Problems a sibling's byte-identical copy (by the manifest's sha256) can undo.
-RESTORABLE = {Problem.FILE_CORRUPT, Problem.MANIFEST_INVALID, Problem.CONFIG_MISSING, Problem.CONFIG_UNREADABLE,
-              Problem.TOKENIZER_MISSING, Problem.TOKENIZER_UNREADABLE, Problem.GENERATION_CONFIG_MISSING,
-              Problem.GENERATION_CONFIG_UNREADABLE}
+RESTORABLE = {
+    Problem.FILE_CORRUPT,
+    Problem.MANIFEST_INVALID,
+    Problem.CONFIG_MISSING,
+    Problem.CONFIG_UNREADABLE,
+    Problem.TOKENIZER_MISSING,
+    Problem.TOKENIZER_UNREADABLE,
+    Problem.GENERATION_CONFIG_MISSING,
+    Problem.GENERATION_CONFIG_UNREADABLE,
+}
 COPYABLE = (ckpt.MODEL_CONFIG, ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES)
 
 
 class Fixer:
-    def __init__(self, folder: Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-                 pretrained: str | Path | None = None, accept_changed_weights: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        backup: bool = True,
+        dry_run: bool = False,
+        overrides: Overrides | None = None,
+        pretrained: str | Path | None = None,
+        accept_changed_weights: bool = False,
+    ):
         self.folder = Path(folder)
         self.accept_changed_weights = accept_changed_weights  # weights the manifest did not seal, taken as they are
         self.pretrained = Path(pretrained) if pretrained else None  # where config / tokenizer may come from
@@ -58,12 +72,19 @@ class Fixer:
     def run(self) -> Report:
         before = verify(self.folder, deep=True)
         codes = before.codes()
-        if codes & RESTORABLE and not codes & {Problem.UNTRUSTED_ENTRY, Problem.STATE_UNSAFE} \
-                and self._restore_from_siblings() and not self.dry_run:
+        if (
+            codes & RESTORABLE
+            and not codes & {Problem.UNTRUSTED_ENTRY, Problem.STATE_UNSAFE}
+            and self._restore_from_siblings()
+            and not self.dry_run
+        ):
             before = verify(self.folder, deep=True)
         codes = before.codes()
-        if (self.accept_changed_weights and Problem.WEIGHTS_CORRUPT in codes
-                and not codes & (FATAL - {Problem.WEIGHTS_CORRUPT})):
+        if (
+            self.accept_changed_weights
+            and Problem.WEIGHTS_CORRUPT in codes
+            and not codes & (FATAL - {Problem.WEIGHTS_CORRUPT})
+        ):
             codes = self._accept_changed_weights(before, codes)
         if not codes or codes & (FATAL - {Problem.STATE_UNREADABLE}):
             before.repairs = self.repairs
@@ -73,8 +94,10 @@ class Fixer:
         except Exception as err:  # read-only mount, permissions, full disk: each write is atomic, so
             if not (isinstance(err, OSError) or disk.disk_full(err)):
                 raise
-            self.unfixed.append(f"stopped repairing: {os_sentence(err)}; every file is either its old or "
-                                "its new version, none half-written")
+            self.unfixed.append(
+                f"stopped repairing: {os_sentence(err)}; every file is either its old or "
+                "its new version, none half-written"
+            )
         after = verify(self.folder, deep=True) if not self.dry_run else before
         after.repairs = self.repairs
         after.lines += [("FAIL", text) for text in self.unfixed]
@@ -92,28 +115,44 @@ class Fixer:
             for path in files:
                 self.keep(path, always=True)
         names = ", ".join(p.name for p in files)
-        self.note("weights_accepted", f"took {names} as it is now, not as the manifest sealed it "
-                                      "(--accept-changed-weights; the file as found kept in the backup folder)")
+        self.note(
+            "weights_accepted",
+            f"took {names} as it is now, not as the manifest sealed it "
+            "(--accept-changed-weights; the file as found kept in the backup folder)",
+        )
         return codes - {Problem.WEIGHTS_CORRUPT}
 
     def _restore_from_siblings(self) -> bool:
         """Damaged or lost files the manifest lists (not the weights, not the state) replaced by a
         sibling's copy whose size and sha256 are the manifest's: the original bytes, proven."""
         manifest = ckmanifest.read_manifest(self.folder)
-        if manifest is None or not manifest.get("complete") or not all(
-                trust.confined(self.folder, n) for n in manifest["files"]):
+        if (
+            manifest is None
+            or not manifest.get("complete")
+            or not all(trust.confined(self.folder, n) for n in manifest["files"])
+        ):
             return False
         restored = False
         for name, entry in manifest["files"].items():
             path = self.folder / name
             if ckpt.is_weights_file(name) or name == ckpt.TRAINING_STATE or "/" in name or not isinstance(entry, dict):
                 continue
-            if trust.regular_file(path) and path.stat().st_size == entry.get("size") and \
-                    ckfiles.sha256_file(path) == entry.get("sha256"):
+            if (
+                trust.regular_file(path)
+                and path.stat().st_size == entry.get("size")
+                and ckfiles.sha256_file(path) == entry.get("sha256")
+            ):
                 continue
-            source = next((s / name for s in sb.candidate_folders(self.folder) if trust.regular_file(s / name)
-                           and (s / name).stat().st_size == entry.get("size")
-                           and ckfiles.sha256_file(s / name) == entry.get("sha256")), None)
+            source = next(
+                (
+                    s / name
+                    for s in sb.candidate_folders(self.folder)
+                    if trust.regular_file(s / name)
+                    and (s / name).stat().st_size == entry.get("size")
+                    and ckfiles.sha256_file(s / name) == entry.get("sha256")
+                ),
+                None,
+            )
             if source is None:
                 continue
             try:
@@ -130,13 +169,22 @@ class Fixer:
     def _repair(self, before: Report, codes: set[Problem]) -> None:
         if codes & {Problem.WEIGHTS_PREFIXED, Problem.WEIGHTS_BIN}:
             self._rewrite_weights(before)
-        for code, names in ((Problem.CONFIG_MISSING, (ckpt.MODEL_CONFIG,)), (Problem.GENERATION_CONFIG_MISSING,
-                             (ckpt.GENERATION_CONFIG,)), (Problem.TOKENIZER_MISSING, ckpt.TOKENIZER_FILES)):
+        for code, names in (
+            (Problem.CONFIG_MISSING, (ckpt.MODEL_CONFIG,)),
+            (Problem.GENERATION_CONFIG_MISSING, (ckpt.GENERATION_CONFIG,)),
+            (Problem.TOKENIZER_MISSING, ckpt.TOKENIZER_FILES),
+        ):
             if code in codes:
                 self._copy_from_run(names)
         model = before.facts.model or wt.meta_model(self.folder, None, before.facts.header)
-        if codes & {Problem.STATE_MISSING, Problem.STATE_UNREADABLE, Problem.STATE_CORRUPT, Problem.STATE_LEGACY,
-                    Problem.HF_TRAINER_STATE, Problem.ACCELERATE_STATE}:
+        if codes & {
+            Problem.STATE_MISSING,
+            Problem.STATE_UNREADABLE,
+            Problem.STATE_CORRUPT,
+            Problem.STATE_LEGACY,
+            Problem.HF_TRAINER_STATE,
+            Problem.ACCELERATE_STATE,
+        }:
             self._write_state(before, model)
         if not (self.repairs or Problem.MANIFEST_INVALID in codes):
             return
@@ -178,12 +226,18 @@ class Fixer:
                 self.keep(files[0], always=True)
                 files[0].unlink()
         if Problem.WEIGHTS_PREFIXED in report.codes():
-            where = {"single": ckpt.WEIGHTS, "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
-                     "bin": ckpt.WEIGHTS_BIN}[layout]
+            where = {
+                "single": ckpt.WEIGHTS,
+                "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
+                "bin": ckpt.WEIGHTS_BIN,
+            }[layout]
             self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
         if layout == "bin":
-            self.note("weights_converted", f"converted {ckpt.WEIGHTS_BIN} to {ckpt.WEIGHTS} (same tensors; the "
-                                           "original moved to the backup folder)")
+            self.note(
+                "weights_converted",
+                f"converted {ckpt.WEIGHTS_BIN} to {ckpt.WEIGHTS} (same tensors; the "
+                "original moved to the backup folder)",
+            )
 
     def _copy_from_run(self, names) -> None:
         for source in ([self.pretrained] if self.pretrained else []) + sb.candidate_folders(self.folder):
@@ -209,8 +263,10 @@ class Fixer:
             self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
             return
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # hostile plain values
-            self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: the old state or trainer_state.json holds "
-                                f"values of the wrong kind ({type(err).__name__}: {printable(str(err), 80)})")
+            self.unfixed.append(
+                f"cannot build {ckpt.TRAINING_STATE}: the old state or trainer_state.json holds "
+                f"values of the wrong kind ({type(err).__name__}: {printable(str(err), 80)})"
+            )
             return
         if not self.dry_run:
             # a state this tool cannot read is kept even with --no-backup: it may be readable elsewhere
@@ -229,13 +285,20 @@ class Fixer:
         self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
 
 
-def fix(folder: str | Path, backup: bool = True, dry_run: bool = False, overrides: Overrides | None = None,
-        pretrained: str | Path | None = None, accept_changed_weights: bool = False) -> Report:
+def fix(
+    folder: str | Path,
+    backup: bool = True,
+    dry_run: bool = False,
+    overrides: Overrides | None = None,
+    pretrained: str | Path | None = None,
+    accept_changed_weights: bool = False,
+) -> Report:
     return Fixer(Path(folder), backup, dry_run, overrides, pretrained, accept_changed_weights).run()
 
 
 # ---------------------------------------------------------------------------------------------
 # where the run's settings and files come from
+
 
 def _same_model(folder: Path, source: Path) -> bool:
     """``source`` belongs to the same model: identical config.json, or shapes that fit our weights."""
@@ -263,15 +326,25 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
     if step is None:
         raise ckpt.CheckpointError(f"the step is unknown (the folder is not named {ckpt.PREFIX}N)")
     if not settings.get("steps_per_epoch"):
-        raise ckpt.CheckpointError("the steps per epoch are unknown (no sibling checkpoint with saved settings): "
-                                   "pass --steps-per-epoch N")
+        raise ckpt.CheckpointError(
+            "the steps per epoch are unknown (no sibling checkpoint with saved settings): pass --steps-per-epoch N"
+        )
     epoch = step // settings["steps_per_epoch"]
     samples, where = sb.position_in_epoch(step, epoch, settings)
     seed = settings.get("seed", TrainConfig().seed)
-    return sb.assemble(step, epoch, samples, settings, model, None, seeded_rng(seed, step), None,
-                       f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
-                       "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
-                       {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]})
+    return sb.assemble(
+        step,
+        epoch,
+        samples,
+        settings,
+        model,
+        None,
+        seeded_rng(seed, step),
+        None,
+        f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
+        "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
+        {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]},
+    )
 
 
 def seeded_rng(seed: int, step: int) -> dict:
@@ -283,6 +356,7 @@ def seeded_rng(seed: int, step: int) -> dict:
 def os_sentence(err: Exception) -> str:
     """An OSError (or torch's words for a full disk) as the operator reads it: what, where, what to do."""
     import errno
+
     if not isinstance(err, OSError):
         return "the disk is full; free space or pass --no-backup"
     where = f" ({err.filename})" if err.filename else ""

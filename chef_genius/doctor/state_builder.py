@@ -20,6 +20,7 @@ from chef_genius.train.state import RunState
 @dataclass
 class Overrides:
     """Run settings given on the command line; they win over what the run's files say."""
+
     steps_per_epoch: int | None = None
     samples_per_step: int | None = None
     learning_rate: float | None = None
@@ -51,6 +52,7 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
             sources.append(source.name)
             break
     from chef_genius.doctor import importers  # they build on this module: looked up when called
+
     for importer in importers.IMPORTERS:  # the run's own files win over a converted sibling's copy
         recorded = importer.recorded_settings(folder)
         if recorded is not None:
@@ -60,8 +62,9 @@ def run_settings(folder: Path, overrides: Overrides) -> tuple[dict, str]:
         values.update(overrides.values())
         sources.append("command line")
     if "samples_per_step" not in values and values.get("batch_size"):
-        values["samples_per_step"] = (values["batch_size"] * values.get("gradient_accumulation_steps", 1)
-                                      * values.get("world_size", 1))
+        values["samples_per_step"] = (
+            values["batch_size"] * values.get("gradient_accumulation_steps", 1) * values.get("world_size", 1)
+        )
     return values, " + ".join(sources) or "no saved run settings"
 
 
@@ -73,8 +76,9 @@ def schedule_of(settings: dict, step: int) -> tuple[Schedule, float, list[str]]:
     if not total:  # only the stored copy of the schedule uses it; a resume takes the run's own flags
         total = max(step + 1, (settings.get("steps_per_epoch") or 0) * d.epochs)
         assumed.append("total_steps")
-    schedule = Schedule(settings.get("warmup_steps", d.warmup_steps), total,
-                        settings.get("lr_scheduler", d.lr_scheduler))
+    schedule = Schedule(
+        settings.get("warmup_steps", d.warmup_steps), total, settings.get("lr_scheduler", d.lr_scheduler)
+    )
     return schedule, settings.get("learning_rate", d.learning_rate), assumed
 
 
@@ -126,7 +130,13 @@ def assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_
         if settings.get(key) is not None:
             position[name] = settings[key]
     hyper = {k: v for k, v in settings.items() if k not in ("num_samples", "samples_per_step")}
-    state = ckstate.make_training_state(run_state, position, optimizer,
-                                     scheduler_state_at(step, lr, schedule, num_groups(model)),
-                                     rng_states, hyper, {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})})
+    state = ckstate.make_training_state(
+        run_state,
+        position,
+        optimizer,
+        scheduler_state_at(step, lr, schedule, num_groups(model)),
+        rng_states,
+        hyper,
+        {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})},
+    )
     return state, text

@@ -38,20 +38,21 @@ StateStatus = foreign.StateStatus
 @dataclass
 class Facts:
     """What the checks found and repair acts on (never printed: ``Report.to_json`` leaves it out)."""
+
     state_status: StateStatus | None = None  # None: the checkpoint was not read (an untrusted entry)
-    state: dict | None = None                # training_state.pt's values (ours or legacy)
-    model: Any = None                        # the meta-device model of config.json, when it fits the weights
-    header: dict | None = None               # weight name -> safetensors header entry (every shard)
-    weights_layout: str | None = None        # single | sharded | bin
+    state: dict | None = None  # training_state.pt's values (ours or legacy)
+    model: Any = None  # the meta-device model of config.json, when it fits the weights
+    header: dict | None = None  # weight name -> safetensors header entry (every shard)
+    weights_layout: str | None = None  # single | sharded | bin
     weight_files: list[Path] = field(default_factory=list)
-    adapter_header: dict | None = None       # a LoRA checkpoint's adapter header
+    adapter_header: dict | None = None  # a LoRA checkpoint's adapter header
     unfixed: list[str] = field(default_factory=list)  # repairs --fix needed but could not make, and why
-    weights_read: bool = False               # every weight tensor was read (--deep): no second read for NaN
+    weights_read: bool = False  # every weight tensor was read (--deep): no second read for NaN
 
 
 @dataclass
 class Report:
-    path: Path | str                         # a str: a mirror's checkpoint, named by its URL
+    path: Path | str  # a str: a mirror's checkpoint, named by its URL
     kind: str = foreign.UNKNOWN
     global_step: int | None = None
     epoch: int | None = None
@@ -84,18 +85,32 @@ class Report:
         return {Problem(p["code"]) for p in self.problems}  # type: ignore[call-arg]  # lookup by value
 
     def to_json(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "valid": self.valid, "resumable": self.resumable,
-                "global_step": self.global_step, "epoch": self.epoch, "problems": self.problems,
-                "repairs": self.repairs, **({"resume_instead": self.hint} if self.hint else {})}
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "valid": self.valid,
+            "resumable": self.resumable,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "problems": self.problems,
+            "repairs": self.repairs,
+            **({"resume_instead": self.hint} if self.hint else {}),
+        }
 
     def text(self) -> str:
         out = [f"{self.path} ({self.kind})"]
         out += [f"  [{status}] {text}" for status, text in self.lines]
         out += [f"  [fixed] {r['message']}" for r in self.repairs]
-        verdict = ("complete and resumable with full state" if self.valid else
-                   "resumable, with less state (see above)" if self.resumable else "NOT resumable")
-        out.append(f"  => {verdict}" + (f"; resume from {self.hint} instead" if self.hint and not self.resumable
-                                        else ""))
+        verdict = (
+            "complete and resumable with full state"
+            if self.valid
+            else "resumable, with less state (see above)"
+            if self.resumable
+            else "NOT resumable"
+        )
+        out.append(
+            f"  => {verdict}" + (f"; resume from {self.hint} instead" if self.hint and not self.resumable else "")
+        )
         return "\n".join(out)
 
 
@@ -121,8 +136,10 @@ def verify(folder: str | Path, deep: bool = False, manifest: bool = True) -> Rep
     try:
         _check_state(report, folder, status, state, detail, model)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:  # plain data, wrong shape
-        report.fail(Problem.STATE_UNREADABLE, f"{ckpt.TRAINING_STATE} holds values of the wrong kind "
-                                              f"({type(err).__name__}: {printable(str(err), 80)})")
+        report.fail(
+            Problem.STATE_UNREADABLE,
+            f"{ckpt.TRAINING_STATE} holds values of the wrong kind ({type(err).__name__}: {printable(str(err), 80)})",
+        )
     importer = importers.importer_for(report.kind)
     if importer is not None:
         importer.check_files(report, folder)
@@ -147,8 +164,16 @@ def _trustworthy(report: Report, folder: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 
-FILE_NAMES = (*ckpt.REQUIRED_FILES, *ckpt.ADAPTER_REQUIRED_FILES, ckpt.WEIGHTS_INDEX, ckpt.WEIGHTS_BIN, ckpt.MANIFEST,
-              ckpt.GENERATION_CONFIG, *ckpt.TOKENIZER_FILES, *importers.FILES)
+FILE_NAMES = (
+    *ckpt.REQUIRED_FILES,
+    *ckpt.ADAPTER_REQUIRED_FILES,
+    ckpt.WEIGHTS_INDEX,
+    ckpt.WEIGHTS_BIN,
+    ckpt.MANIFEST,
+    ckpt.GENERATION_CONFIG,
+    *ckpt.TOKENIZER_FILES,
+    *importers.FILES,
+)
 
 
 def _check_files(report: Report, folder: Path) -> None:
@@ -190,11 +215,14 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
         names = [n for n in header if n != "__metadata__"]
         ranks = {header[n]["shape"][0] for n in names if "lora_A" in n and header[n].get("shape")}
         if not names or not all("lora_A" in n or "lora_B" in n for n in names):
-            report.fail(Problem.ADAPTER_UNREADABLE,
-                        f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices")
+            report.fail(
+                Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} holds tensors that are not LoRA A / B matrices"
+            )
         elif config is not None and ranks != {config["r"]}:
-            report.fail(Problem.ADAPTER_UNREADABLE, f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, "
-                                              f"{ckpt.ADAPTER_CONFIG} says r={config['r']}")
+            report.fail(
+                Problem.ADAPTER_UNREADABLE,
+                f"{ckpt.ADAPTER_WEIGHTS} has rank {sorted(ranks)}, {ckpt.ADAPTER_CONFIG} says r={config['r']}",
+            )
         else:
             report.ok(f"adapter readable ({len(names)} tensors, r={config['r'] if config else '?'})")
             report.facts.adapter_header = header
@@ -202,17 +230,22 @@ def _check_adapter(report: Report, folder: Path, deep: bool) -> None:
                 bad = wt.nonfinite_tensors([folder / ckpt.ADAPTER_WEIGHTS])
                 report.facts.weights_read = True
                 if bad:
-                    report.fail(Problem.WEIGHTS_NONFINITE,
-                                f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})")
+                    report.fail(
+                        Problem.WEIGHTS_NONFINITE, f"{len(bad)} adapter tensors hold NaN or Inf (e.g. {bad[0]})"
+                    )
                 else:
                     report.ok("every adapter tensor read, all values finite")
     base = ckrecords.read_base(folder)
     if base is None:
-        report.fail(Problem.BASE_RECORD_MISSING, f"{ckpt.BASE_RECORD} is missing or malformed: the base model the "
-                                                 "adapter belongs to, and its fingerprint, are unknown")
+        report.fail(
+            Problem.BASE_RECORD_MISSING,
+            f"{ckpt.BASE_RECORD} is missing or malformed: the base model the "
+            "adapter belongs to, and its fingerprint, are unknown",
+        )
     else:
-        report.ok(f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 "
-                  f"{base['sha256'][:12]})")
+        report.ok(
+            f"base model recorded: {printable(base['pretrained_model'], 120)} (weights' sha256 {base['sha256'][:12]})"
+        )
     if not any((folder / name).is_file() for name in ckpt.TOKENIZER_VOCAB_FILES):
         report.fail(Problem.TOKENIZER_MISSING, "tokenizer files are missing (tokenizer.json / spiece.model)")
     else:
@@ -237,19 +270,27 @@ def _check_weights(report: Report, folder: Path, deep: bool):
         report.fail(Problem.WEIGHTS_UNREADABLE, str(err))
         return None
     if layout is None:
-        report.fail(Problem.WEIGHTS_MISSING, f"{ckpt.WEIGHTS} is missing (nor sharded weights with "
-                                       f"{ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})")
+        report.fail(
+            Problem.WEIGHTS_MISSING,
+            f"{ckpt.WEIGHTS} is missing (nor sharded weights with {ckpt.WEIGHTS_INDEX}, nor {ckpt.WEIGHTS_BIN})",
+        )
         return None
     report.facts.header, report.facts.weights_layout, report.facts.weight_files = header, layout, files
     where = {"single": "", "sharded": f" in {len(files)} shards", "bin": f" in {ckpt.WEIGHTS_BIN}"}[layout]
     report.ok(f"model weights readable ({len(header)} tensors{where})")
     if layout == "bin":
-        report.fail(Problem.WEIGHTS_BIN, f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
-                                   f"converts them to {ckpt.WEIGHTS}, keeping the original", "warn")
+        report.fail(
+            Problem.WEIGHTS_BIN,
+            f"weights are in {ckpt.WEIGHTS_BIN} (read with weights_only=True); --fix "
+            f"converts them to {ckpt.WEIGHTS}, keeping the original",
+            "warn",
+        )
     bad = wrappers.wrapped(header)
     if bad:
-        report.fail(Problem.WEIGHTS_PREFIXED, f"{len(bad)} weight names carry a _orig_mod./module. prefix "
-                                              f"(e.g. {bad[0]}){PREFIX_FIX}")
+        report.fail(
+            Problem.WEIGHTS_PREFIXED,
+            f"{len(bad)} weight names carry a _orig_mod./module. prefix (e.g. {bad[0]}){PREFIX_FIX}",
+        )
     shown = files[0].name if len(files) == 1 else f"the {len(files)} weight shards"
     model = None
     if (folder / ckpt.MODEL_CONFIG).is_file() and Problem.CONFIG_UNREADABLE not in report.codes():
@@ -274,8 +315,11 @@ def _check_weights(report: Report, folder: Path, deep: bool):
         if nonfinite:
             report.fail(Problem.WEIGHTS_NONFINITE, f"{len(nonfinite)} tensors hold NaN or Inf (e.g. {nonfinite[0]})")
         else:
-            report.ok("every tensor read" + (f" in each of the {len(files)} shards" if layout == "sharded" else "")
-                      + ", all values finite")
+            report.ok(
+                "every tensor read"
+                + (f" in each of the {len(files)} shards" if layout == "sharded" else "")
+                + ", all values finite"
+            )
     return model
 
 
@@ -286,8 +330,11 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
     present_ids = {ids.get(n) for n in header}
     missing = [n for n in shapes if n not in header and ids.get(n) not in present_ids]
     if unknown or wrong or missing:
-        parts = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in
-                 ((missing, "missing"), (wrong, "with the wrong shape"), (unknown, "unknown")) if x]
+        parts = [
+            f"{len(x)} {what} (e.g. {x[0]})"
+            for x, what in ((missing, "missing"), (wrong, "with the wrong shape"), (unknown, "unknown"))
+            if x
+        ]
         code = Problem.LM_HEAD_MISSING if missing == ["lm_head.weight"] and not wrong else Problem.WEIGHTS_MISMATCH
         report.fail(code, "weights do not match config.json: " + ", ".join(parts))
         return
@@ -300,8 +347,9 @@ def _check_shapes(report: Report, header: dict, model, deep: bool) -> None:
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(header["shared.weight"]["file"].name, err))
             return
         if not equal:
-            report.fail(Problem.EMBEDDINGS_INCONSISTENT,
-                        "encoder/decoder embed_tokens differ from the shared embedding")
+            report.fail(
+                Problem.EMBEDDINGS_INCONSISTENT, "encoder/decoder embed_tokens differ from the shared embedding"
+            )
             return
     report.ok("shared embeddings consistent" + ("" if "lm_head.weight" in header else " (lm_head tied)"))
 
@@ -338,8 +386,11 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
     if not state.get("rng_states"):
         report.fail(Problem.RNG_MISSING, "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
     elif "rng_states" in (state.get("rebuilt") or ()):
-        report.fail(Problem.RNG_REBUILT, "RNG state rebuilt from the run's seed and the step: dropout and shuffling "
-                                   "draw new streams on resume", "warn")
+        report.fail(
+            Problem.RNG_REBUILT,
+            "RNG state rebuilt from the run's seed and the step: dropout and shuffling draw new streams on resume",
+            "warn",
+        )
     _check_health(report, folder, state)
 
 
@@ -351,8 +402,9 @@ def _check_health(report: Report, folder: Path, state: dict) -> None:
         if not record["weights_finite"]:
             report.fail(Problem.WEIGHTS_NONFINITE, "its weights held NaN or Inf when it was saved (health record)")
         if not record["moments_finite"]:
-            report.fail(Problem.OPTIMIZER_NONFINITE,
-                        "its optimizer moments held NaN or Inf when it was saved (health record)")
+            report.fail(
+                Problem.OPTIMIZER_NONFINITE, "its optimizer moments held NaN or Inf when it was saved (health record)"
+            )
         if record["weights_finite"] and record["moments_finite"]:
             report.ok("health record: weights and optimizer moments finite when saved")
         return
@@ -363,11 +415,14 @@ def _check_health(report: Report, folder: Path, state: dict) -> None:
             report.fail(Problem.WEIGHTS_UNREADABLE, loadable.describe(folder.name, err))
             return
         if bad:
-            report.fail(Problem.WEIGHTS_NONFINITE, f"no health record, so the numbers were read: {len(bad)} "
-                                                   f"tensors hold NaN or Inf (e.g. {bad[0]})")
+            report.fail(
+                Problem.WEIGHTS_NONFINITE,
+                f"no health record, so the numbers were read: {len(bad)} tensors hold NaN or Inf (e.g. {bad[0]})",
+            )
     if not cphealth.moments_finite(state):
-        report.fail(Problem.OPTIMIZER_NONFINITE, "no health record, so the numbers were read: optimizer moments "
-                                                   "hold NaN or Inf")
+        report.fail(
+            Problem.OPTIMIZER_NONFINITE, "no health record, so the numbers were read: optimizer moments hold NaN or Inf"
+        )
     if not report.codes() & {Problem.WEIGHTS_NONFINITE, Problem.OPTIMIZER_NONFINITE}:
         report.ok("no health record (an older checkpoint): its weights and optimizer moments were read, all finite")
 
@@ -375,8 +430,12 @@ def _check_health(report: Report, folder: Path, state: dict) -> None:
 def _check_optimizer(report: Report, state: dict, model) -> None:
     optimizer = state.get("optimizer_state_dict") or {}
     if state.get("optimizer_state_empty") or not optimizer.get("state"):
-        report.fail(Problem.OPTIMIZER_EMPTY, "optimizer state is empty: Adam moments restart and the learning rate "
-                                       "re-warms over --optimizer-rewarmup-steps on resume", "warn")
+        report.fail(
+            Problem.OPTIMIZER_EMPTY,
+            "optimizer state is empty: Adam moments restart and the learning rate "
+            "re-warms over --optimizer-rewarmup-steps on resume",
+            "warn",
+        )
         return
     if model is None:
         _check_adapter_optimizer(report, optimizer)
@@ -395,11 +454,16 @@ def _check_adapter_optimizer(report: Report, optimizer: dict) -> None:
     if header is None:
         return
     want = sorted(tuple(e["shape"]) for n, e in header.items() if n != "__metadata__")
-    got = sorted(tuple(m["exp_avg"].shape) for m in optimizer["state"].values()
-                 if isinstance(m, dict) and hasattr(m.get("exp_avg"), "shape"))
+    got = sorted(
+        tuple(m["exp_avg"].shape)
+        for m in optimizer["state"].values()
+        if isinstance(m, dict) and hasattr(m.get("exp_avg"), "shape")
+    )
     if got and got != want:  # Adafactor keeps no exp_avg: its state is not compared here
-        report.fail(Problem.OPTIMIZER_MISMATCH, f"optimizer state does not fit the adapter: {len(got)} moments for "
-                                          f"{len(want)} adapter tensors")
+        report.fail(
+            Problem.OPTIMIZER_MISMATCH,
+            f"optimizer state does not fit the adapter: {len(got)} moments for {len(want)} adapter tensors",
+        )
     else:
         report.ok(f"optimizer state over the adapter ({len(optimizer['state'])} tensors)")
 
@@ -411,8 +475,13 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
         report.ok(f"{ckpt.MANIFEST} verifies" + (" (sha256 of every file)" if deep else " (sizes)"))
         return
     for problem in (p for p in problems if p.kind == "changed"):
-        code = (Problem.WEIGHTS_CORRUPT if ckpt.is_weights_file(problem.name or "") else Problem.STATE_CORRUPT
-                if problem.name == ckpt.TRAINING_STATE else Problem.FILE_CORRUPT)
+        code = (
+            Problem.WEIGHTS_CORRUPT
+            if ckpt.is_weights_file(problem.name or "")
+            else Problem.STATE_CORRUPT
+            if problem.name == ckpt.TRAINING_STATE
+            else Problem.FILE_CORRUPT
+        )
         report.fail(code, f"{problem}: the file changed after it was saved (bit rot, a bad copy or tampering)")
     invalid = [p for p in problems if p.kind != "changed"]
     if invalid:
@@ -420,9 +489,11 @@ def _check_manifest(report: Report, folder: Path, deep: bool) -> None:
 
 
 PREFIX_FIX = "; --fix removes it"
-PREFIX_BLOCKED = ("; --fix leaves it, because the weights changed after the manifest sealed them (the prefixed file "
-                  "is not the one the run saved); if you trust the file as it is, --fix --accept-changed-weights "
-                  "strips the prefix, keeps the original in backup-*/ and re-seals, else resume from a sibling")
+PREFIX_BLOCKED = (
+    "; --fix leaves it, because the weights changed after the manifest sealed them (the prefixed file "
+    "is not the one the run saved); if you trust the file as it is, --fix --accept-changed-weights "
+    "strips the prefix, keeps the original in backup-*/ and re-seals, else resume from a sibling"
+)
 
 
 def _prefix_over_changed_weights(report: Report) -> None:

@@ -17,8 +17,20 @@ from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.weight_files import get_tensor, tensors
 from chef_genius.model import wrappers
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, bytes]:
@@ -27,11 +39,13 @@ def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, by
     from safetensors.torch import save
 
     from chef_genius.checkpoint import layout as ckpt
+
     out = {}
     for path in files:
         metadata = {"format": "pt"}
         if path.suffix != ".bin":
             from safetensors import safe_open
+
             with safe_open(str(path), "pt") as handle:
                 metadata = handle.metadata() or metadata
         # clone: a .bin may hold tied tensors sharing one storage, which safetensors refuses
@@ -60,6 +74,7 @@ def tensors_equal(header: dict, a: str, b: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the model the config describes
 
+
 def meta_model(folder: Path, weights: Path | None = None, header: dict | None = None):
     """The model of ``folder/config.json`` on the meta device, or None when the config is unusable.
 
@@ -67,6 +82,7 @@ def meta_model(folder: Path, weights: Path | None = None, header: dict | None = 
     (FLAN-T5), which changes the parameter count the optimizer sees.
     """
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
     try:
         config = AutoConfig.from_pretrained(str(folder))
         with torch.device("meta"):
@@ -76,9 +92,13 @@ def meta_model(folder: Path, weights: Path | None = None, header: dict | None = 
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     header = {n: e if "file" in e else dict(e, file=weights) for n, e in (header or {}).items()}
     names = {wrappers.strip(n): n for n in header}
-    if (head is not None and head.weight is embed.weight and "lm_head.weight" in names
-            and "shared.weight" in names
-            and not tensors_equal(header, names["lm_head.weight"], names["shared.weight"])):
+    if (
+        head is not None
+        and head.weight is embed.weight
+        and "lm_head.weight" in names
+        and "shared.weight" in names
+        and not tensors_equal(header, names["lm_head.weight"], names["shared.weight"])
+    ):
         with torch.device("meta"):
             head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
     return model
@@ -94,6 +114,7 @@ def expected_tensors(model) -> tuple[dict[str, tuple], dict[str, int]]:
 def our_layout(model) -> list[list[str]]:
     """Parameter names per optimizer group, in the order this project's optimizer holds them."""
     from chef_genius.model.loading import make_optimizer
+
     names = {id(p): n for n, p in model.named_parameters()}
     optimizer = make_optimizer(model, 1e-4, 0.0, torch.device("cpu"))
     return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
@@ -102,6 +123,7 @@ def our_layout(model) -> list[list[str]]:
 def hf_layout(model) -> list[list[str]]:
     """Parameter names per group as Hugging Face Trainer's default AdamW groups them."""
     from transformers import Trainer
+
     # called unbound: the method reads nothing of the Trainer it belongs to
     decay = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -116,8 +138,10 @@ def optimizer_problem(state: dict, layout: list[list[str]], shapes: dict[str, tu
     """Why ``state`` (an optimizer state_dict) does not fit ``layout``; None when it does."""
     groups = state.get("param_groups") or []
     if [len(g.get("params", [])) for g in groups] != [len(g) for g in layout]:
-        return (f"its parameter groups hold {[len(g.get('params', [])) for g in groups]} tensors, "
-                f"the model needs {[len(g) for g in layout]}")
+        return (
+            f"its parameter groups hold {[len(g.get('params', [])) for g in groups]} tensors, "
+            f"the model needs {[len(g) for g in layout]}"
+        )
     per_param = state.get("state") or {}
     for group, names in zip(groups, layout):
         for index, name in zip(group["params"], names):
@@ -134,15 +158,20 @@ def remap_optimizer(state: dict, model) -> tuple[dict | None, str]:
     """``state`` in this project's group layout, from whichever known layout it fits; (None, why) if none."""
     shapes, _ = expected_tensors(model)
     target = our_layout(model)
-    for label, layout in (("this project's", target), ("Hugging Face Trainer's", hf_layout(model)),
-                          ("a single-group", single_layout(model))):
+    for label, layout in (
+        ("this project's", target),
+        ("Hugging Face Trainer's", hf_layout(model)),
+        ("a single-group", single_layout(model)),
+    ):
         if optimizer_problem(state, layout, shapes) is not None:
             continue
         by_name = {}
         for group, names in zip(state["param_groups"], layout):
             for index, name in zip(group["params"], names):
-                by_name[name] = (state["state"][index],
-                                  {k: v for k, v in group.items() if k not in ("params", "param_names")})
+                by_name[name] = (
+                    state["state"][index],
+                    {k: v for k, v in group.items() if k not in ("params", "param_names")},
+                )
         new_state, new_groups, index = {}, [], 0
         for names in target:
             settings = dict(by_name[names[0]][1]) if names else {}

@@ -38,22 +38,40 @@ read from its newest checkpoint. Decoding is greedy, against loops as generate_r
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="evaluate_recipes.py", description="Score models and checkpoints on held-out recipes "
-               "with the recipe metrics (docs/monitoring.md: Recipe metrics).", epilog=EXAMPLES,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="evaluate_recipes.py",
+        description="Score models and checkpoints on held-out recipes "
+        "with the recipe metrics (docs/monitoring.md: Recipe metrics).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("models", nargs="+", metavar="MODEL_CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--data", help="held-out recipes (CSV, JSONL or Parquet); default: the run's validation split")
     p.add_argument("--max-recipes", type=int, default=50, metavar="N", help="score the first N recipes (default 50)")
     p.add_argument("--max-new-tokens", type=int, default=384, metavar="N", help="longest recipe (default 384)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="recipes generated at once (default 16)")
-    p.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY, metavar="X",
-                   help="penalise tokens already written, 1.0 = off (default "
-                        f"{REPETITION_PENALTY}, as generate_recipe.py and the metrics during training)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=NO_REPEAT_NGRAM_SIZE, metavar="N",
-                   help=f"never write the same span of N tokens twice, 0 = off (default {NO_REPEAT_NGRAM_SIZE}, "
-                        "as generate_recipe.py and the metrics during training)")
-    p.add_argument("--out", metavar="DIR", help="where evaluation.json and the PNGs go (default: the first "
-                   "folder given; for a checkpoint-N folder its run folder: a checkpoint is never written into)")
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=REPETITION_PENALTY,
+        metavar="X",
+        help="penalise tokens already written, 1.0 = off (default "
+        f"{REPETITION_PENALTY}, as generate_recipe.py and the metrics during training)",
+    )
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=NO_REPEAT_NGRAM_SIZE,
+        metavar="N",
+        help=f"never write the same span of N tokens twice, 0 = off (default {NO_REPEAT_NGRAM_SIZE}, "
+        "as generate_recipe.py and the metrics during training)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where evaluation.json and the PNGs go (default: the first "
+        "folder given; for a checkpoint-N folder its run folder: a checkpoint is never written into)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--progress", choices=("auto", "bar", "log"), default="auto")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -79,12 +97,14 @@ def held_out_recipes(args, models) -> tuple[list, str]:
     from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE
     from chef_genius.errors import DataError
     from chef_genius.evaluation.heldout import held_out_from_examples
+
     if args.data:
         if not Path(args.data).is_file():
             raise UserError(f"--data file not found: {args.data}")
         # the input the models were trained with (chef_genius_prompt.json), the default prompt without one
-        template = next((t for t in (ckrecords.read_prompt(folder) for _, _, folder in models) if t),
-                        DEFAULT_SOURCE_TEMPLATE)
+        template = next(
+            (t for t in (ckrecords.read_prompt(folder) for _, _, folder in models) if t), DEFAULT_SOURCE_TEMPLATE
+        )
         options = ReadOptions(source_template=template)
         examples, where = list(read_examples(args.data, ReadStats(), options)), args.data
     else:
@@ -102,7 +122,7 @@ def held_out_recipes(args, models) -> tuple[list, str]:
         where = f"{data} (the run's validation split)" if not settings.get("eval_data") else data
     if not examples:
         raise DataError(f"{where}: no usable recipe")
-    return held_out_from_examples(examples[:args.max_recipes], options.source_template), where
+    return held_out_from_examples(examples[: args.max_recipes], options.source_template), where
 
 
 def _validation_rows(examples: list[dict], settings: dict):
@@ -111,12 +131,14 @@ def _validation_rows(examples: list[dict], settings: dict):
     import numpy as np
 
     from chef_genius.data import corpus, dedup
+
     mode, seed = settings.get("dedup", "off"), int(settings["seed"])
     ratio = float(settings.get("eval_split_ratio", 0.0))
     found = None
     if mode != "off":
-        result = dedup.deduplicate([e["target"] for e in examples],
-                                   float(settings.get("dedup_threshold", dedup.DEFAULT_THRESHOLD)))
+        result = dedup.deduplicate(
+            [e["target"] for e in examples], float(settings.get("dedup_threshold", dedup.DEFAULT_THRESHOLD))
+        )
         found = corpus.FileDedup("", np.arange(1, len(examples) + 1), [""] * len(examples), result)
     return corpus.split_rows(len(examples), found, mode, False, ratio, seed)[1]
 
@@ -125,6 +147,7 @@ def trained_twins(folder: Path, examples) -> dict | None:
     """How many of the held-out ``examples`` have a twin in the training data the model folder records
     (``chef_genius_training_signatures.npz``, written by training with --dedup on); None without it."""
     from chef_genius.data import corpus
+
     signatures = corpus.find_signatures(folder)
     if signatures is None:
         return None
@@ -134,6 +157,7 @@ def trained_twins(folder: Path, examples) -> dict | None:
 
 def _run_settings(models) -> dict:
     from chef_genius.checkpoint.manager import read_checkpoint
+
     for _, _, folder in sorted(models, key=lambda m: -1 if m[1] is None else m[1], reverse=True):
         if ckpt.step_of(folder) is not None:
             return read_checkpoint(folder).settings
@@ -156,6 +180,7 @@ def main(argv=None) -> int:
     from chef_genius.evaluation.heldout import evaluate_model
     from chef_genius.model.loading import load_model, load_tokenizer, quiet_transformers
     from chef_genius.monitoring.progress import CountProgress
+
     quiet_transformers()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible to PyTorch")
@@ -165,25 +190,53 @@ def main(argv=None) -> int:
     for label, step, folder in models:
         model, tokenizer = load_model(folder).to(device).eval(), load_tokenizer(str(folder))
         with CountProgress(f"{label}: generating", len(examples), args.progress) as progress:
-            metrics, details = evaluate_model(model, tokenizer, examples, device, max_new_tokens=args.max_new_tokens,
-                                              batch_size=args.batch_size, on_batch=progress.update,
-                                              decoding=decoding)
+            metrics, details = evaluate_model(
+                model,
+                tokenizer,
+                examples,
+                device,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                on_batch=progress.update,
+                decoding=decoding,
+            )
         twins = trained_twins(folder, examples)
         if twins is None:
-            log.info("%s: no record of its training data (trained before --dedup, or with --dedup off): "
-                     "its held-out recipes cannot be checked for twins in training", label)
+            log.info(
+                "%s: no record of its training data (trained before --dedup, or with --dedup off): "
+                "its held-out recipes cannot be checked for twins in training",
+                label,
+            )
         elif twins["count"]:
-            log.warning("%s: %d of %d held-out recipes have a twin in its training data (exact, or similarity "
-                        ">= %.2f estimated from LSH bands): their scores are not held-out scores", label,
-                        twins["count"], twins["of"], twins["threshold"])
+            log.warning(
+                "%s: %d of %d held-out recipes have a twin in its training data (exact, or similarity "
+                ">= %.2f estimated from LSH bands): their scores are not held-out scores",
+                label,
+                twins["count"],
+                twins["of"],
+                twins["threshold"],
+            )
         else:
             log.info("%s: none of the %d held-out recipes has a twin in its training data", label, twins["of"])
-        results.append({"model": label, "path": str(folder), "step": step, "metrics": metrics, "recipes": details,
-                        "trained_twins": twins})
+        results.append(
+            {
+                "model": label,
+                "path": str(folder),
+                "step": step,
+                "metrics": metrics,
+                "recipes": details,
+                "trained_twins": twins,
+            }
+        )
     out = report_folder(args.out, args.models[0])
-    report = {"data": where, "recipes": len(examples), "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-              **decoding,
-              "models": results}
+    report = {
+        "data": where,
+        "recipes": len(examples),
+        "decoding": "greedy",
+        "max_new_tokens": args.max_new_tokens,
+        **decoding,
+        "models": results,
+    }
     files = write_report(report, out)
     if args.json:
         print(json.dumps({**report, "files": [str(f) for f in files]}, indent=2))
@@ -199,8 +252,10 @@ def report_folder(given: str | None, first_model: str) -> Path:
     if given is not None:
         checkpoint = ckpt.enclosing_checkpoint(given)
         if checkpoint is not None:
-            raise UserError(f"--out {given} is in the checkpoint {checkpoint.name}, which nothing may write into; "
-                            f"give another folder, e.g. --out {checkpoint.parent}")
+            raise UserError(
+                f"--out {given} is in the checkpoint {checkpoint.name}, which nothing may write into; "
+                f"give another folder, e.g. --out {checkpoint.parent}"
+            )
         return Path(given)
     checkpoint = ckpt.enclosing_checkpoint(first_model)
     return checkpoint.parent if checkpoint is not None else Path(first_model)
@@ -210,8 +265,11 @@ def table(results: list[dict]) -> str:
     """Models side by side, one row each; the best value of each column marked with *."""
     head = ["model"] + [f"{name} ({'up' if HIGHER_IS_BETTER[name] else 'down'})" for name in METRICS]
     best = {name: (max if HIGHER_IS_BETTER[name] else min)(r["metrics"][name] for r in results) for name in METRICS}
-    rows = [[r["model"]] + [f"{r['metrics'][n]:.3f}{'*' if r['metrics'][n] == best[n] and len(results) > 1 else ''}"
-                            for n in METRICS] for r in results]
+    rows = [
+        [r["model"]]
+        + [f"{r['metrics'][n]:.3f}{'*' if r['metrics'][n] == best[n] and len(results) > 1 else ''}" for n in METRICS]
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in [head] + rows) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [head] + rows)
 
@@ -224,15 +282,19 @@ def write_report(report: dict, out: Path) -> list[Path]:
     stepped = sorted((r for r in report["models"] if r["step"] is not None), key=lambda r: r["step"])
     if len(stepped) >= 2:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         for name in METRICS:
             fig, ax = plt.subplots(figsize=(6, 3.5))
             ax.plot([r["step"] for r in stepped], [r["metrics"][name] for r in stepped], marker="o")
             ax.set_xlabel("step")
             ax.set_ylabel(name)
-            ax.set_title(f"{name} ({'higher' if HIGHER_IS_BETTER[name] else 'lower'} is better), "
-                         f"{report['recipes']} held-out recipes")
+            ax.set_title(
+                f"{name} ({'higher' if HIGHER_IS_BETTER[name] else 'lower'} is better), "
+                f"{report['recipes']} held-out recipes"
+            )
             ax.grid(alpha=0.3)
             fig.tight_layout()
             files.append(out / f"evaluation_{name}.png")

@@ -27,10 +27,24 @@ from chef_genius.data.recipes import format_target, parse_target
 
 REPETITION_N = 4
 LOOP_N = 2
-METRICS = ("rouge_l", "bleu", "ingredient_coverage", "invented_ingredients", "structure_valid", "repetition",
-           "step_loops")
-HIGHER_IS_BETTER = {"rouge_l": True, "bleu": True, "ingredient_coverage": True, "invented_ingredients": False,
-                    "structure_valid": True, "repetition": False, "step_loops": False}
+METRICS = (
+    "rouge_l",
+    "bleu",
+    "ingredient_coverage",
+    "invented_ingredients",
+    "structure_valid",
+    "repetition",
+    "step_loops",
+)
+HIGHER_IS_BETTER = {
+    "rouge_l": True,
+    "bleu": True,
+    "ingredient_coverage": True,
+    "invented_ingredients": False,
+    "structure_valid": True,
+    "repetition": False,
+    "step_loops": False,
+}
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -49,7 +63,7 @@ def _singular(word: str) -> str:
 
 def _contains(haystack: list[str], phrase: list[str]) -> bool:
     n = len(phrase)
-    return n > 0 and any(haystack[i:i + n] == phrase for i in range(len(haystack) - n + 1))
+    return n > 0 and any(haystack[i : i + n] == phrase for i in range(len(haystack) - n + 1))
 
 
 def structure_valid(text: str) -> bool:
@@ -80,14 +94,13 @@ def ingredient_coverage(text: str, given: list[str]) -> float:
 def invented_ingredients(text: str, given: list[str]) -> list[str]:
     """The recipe's ingredient lines that mention none of the ``given`` ingredients."""
     phrases = [p for p in (words(name) for name in given) if p]
-    return [line for line in parse_target(text).ingredients
-            if not any(_contains(words(line), p) for p in phrases)]
+    return [line for line in parse_target(text).ingredients if not any(_contains(words(line), p) for p in phrases)]
 
 
 def repetition(text: str, n: int = REPETITION_N) -> float:
     """Share of word n-grams that already occurred earlier in ``text`` (0.0 for fewer than n words)."""
     tokens = _WORD.findall(text.lower()) if text else []
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
@@ -97,12 +110,13 @@ def step_loops(text: str, n: int = LOOP_N) -> float:
     """Share of word n-grams of each step, ingredient line and the title that repeat an earlier n-gram
     of the same piece (the whole text when it has no structure; 0.0 without any n-gram)."""
     recipe = parse_target(text)
-    pieces = [recipe.title, *recipe.ingredients, *recipe.directions] if (recipe.ingredients or
-                                                                        recipe.directions) else [text]
+    pieces = (
+        [recipe.title, *recipe.ingredients, *recipe.directions] if (recipe.ingredients or recipe.directions) else [text]
+    )
     total = repeated = 0
     for piece in pieces:
         tokens = _WORD.findall(piece.lower())
-        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
         total += len(grams)
         repeated += len(grams) - len(set(grams))
     return repeated / total if total else 0.0
@@ -111,6 +125,7 @@ def step_loops(text: str, n: int = LOOP_N) -> float:
 @dataclass
 class RecipeScore:
     """One generated recipe's scores."""
+
     rouge_l: float
     ingredient_coverage: float
     invented: list[str]
@@ -127,6 +142,7 @@ def rouge_l(generated: str, reference: str) -> float:
     global _ROUGE
     if _ROUGE is None:
         from rouge_score import rouge_scorer
+
         _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return _ROUGE.score(reference, generated)["rougeL"].fmeasure
 
@@ -134,15 +150,21 @@ def rouge_l(generated: str, reference: str) -> float:
 def bleu(generated: list[str], references: list[str]) -> float:
     """Corpus BLEU (``sacrebleu``, its default 13a tokenizer), on sacreBLEU's 0-100 scale."""
     import sacrebleu
+
     if not generated:
         return 0.0
     return sacrebleu.corpus_bleu(generated, [references]).score
 
 
 def score_recipe(generated: str, given: list[str], reference: str) -> RecipeScore:
-    return RecipeScore(rouge_l=rouge_l(generated, reference), ingredient_coverage=ingredient_coverage(generated, given),
-                       invented=invented_ingredients(generated, given), structure_valid=structure_valid(generated),
-                       repetition=repetition(generated), step_loops=step_loops(generated))
+    return RecipeScore(
+        rouge_l=rouge_l(generated, reference),
+        ingredient_coverage=ingredient_coverage(generated, given),
+        invented=invented_ingredients(generated, given),
+        structure_valid=structure_valid(generated),
+        repetition=repetition(generated),
+        step_loops=step_loops(generated),
+    )
 
 
 def score_recipes(generated: list[str], given: list[list[str]], references: list[str]) -> dict:
@@ -151,10 +173,12 @@ def score_recipes(generated: list[str], given: list[list[str]], references: list
         raise ValueError("generated, given and references must have one entry per recipe")
     scores = [score_recipe(g, i, r) for g, i, r in zip(generated, given, references)]
     n = max(len(scores), 1)
-    return {"rouge_l": sum(s.rouge_l for s in scores) / n,
-            "bleu": bleu(generated, references),
-            "ingredient_coverage": sum(s.ingredient_coverage for s in scores) / n,
-            "invented_ingredients": sum(len(s.invented) for s in scores) / n,
-            "structure_valid": sum(s.structure_valid for s in scores) / n,
-            "repetition": sum(s.repetition for s in scores) / n,
-            "step_loops": sum(s.step_loops for s in scores) / n}
+    return {
+        "rouge_l": sum(s.rouge_l for s in scores) / n,
+        "bleu": bleu(generated, references),
+        "ingredient_coverage": sum(s.ingredient_coverage for s in scores) / n,
+        "invented_ingredients": sum(len(s.invented) for s in scores) / n,
+        "structure_valid": sum(s.structure_valid for s in scores) / n,
+        "repetition": sum(s.repetition for s in scores) / n,
+        "step_loops": sum(s.step_loops for s in scores) / n,
+    }

@@ -27,8 +27,13 @@ SAMPLE_INGREDIENTS = (
     "potatoes, onion, cheddar cheese",
     "salmon, lemon, dill",
 )
-SAMPLE_TITLES = ("Garlic chicken and rice", "Butter cookies", "Caprese salad", "Cheesy potato bake",
-                 "Lemon dill salmon")  # for a --source-template that uses {title}
+SAMPLE_TITLES = (
+    "Garlic chicken and rice",
+    "Butter cookies",
+    "Caprese salad",
+    "Cheesy potato bake",
+    "Lemon dill salmon",
+)  # for a --source-template that uses {title}
 SAMPLE_MAX_NEW_TOKENS = 128
 # Against greedy loops ("1 tbsp. honey ; 1 tbsp. honey ; ..."): a token already written scores 1.15
 # times lower (transformers' repetition penalty) and no span of 10 tokens is written twice (a recipe
@@ -47,6 +52,7 @@ class GenerationSettings:
     """Decoding settings; the defaults (greedy with a repetition penalty of 1.15 and no repeated 10-token
     span, up to 384 new tokens, ending at the model's end-of-text token) finish in seconds for the tiny
     model on CPU and fit 95 % of the sample's recipes."""
+
     max_new_tokens: int = 384
     num_beams: int = 1
     do_sample: bool = False
@@ -58,9 +64,13 @@ class GenerationSettings:
     repetition_penalty: float = REPETITION_PENALTY
 
     def generate_kwargs(self) -> dict:
-        kwargs = dict(max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample,
-                      num_return_sequences=self.num_return_sequences,
-                      repetition_penalty=self.repetition_penalty)
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            num_return_sequences=self.num_return_sequences,
+            repetition_penalty=self.repetition_penalty,
+        )
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if self.do_sample:
@@ -72,10 +82,19 @@ class GenerationSettings:
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: GenerationSettings,
-                   device: torch.device, autocast=contextlib.nullcontext, max_source_length: int = 256,
-                   template: str = DEFAULT_SOURCE_TEMPLATE, sources: list[str] | None = None,
-                   synced: bool = False, stop: Callable[[], bool] | None = None) -> list[list[str]]:
+def generate_texts(
+    model,
+    tokenizer,
+    ingredient_lists: list[str],
+    settings: GenerationSettings,
+    device: torch.device,
+    autocast=contextlib.nullcontext,
+    max_source_length: int = 256,
+    template: str = DEFAULT_SOURCE_TEMPLATE,
+    sources: list[str] | None = None,
+    synced: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> list[list[str]]:
     """For each ingredient list, ``num_return_sequences`` generated one-line recipe texts; ``sources``
     given: those model inputs as they are (``--prompt``) instead of the template filled.
 
@@ -93,7 +112,7 @@ def generate_texts(model, tokenizer, ingredient_lists: list[str], settings: Gene
         out = model.generate(**batch, **settings.generate_kwargs(), synced_gpus=synced, **extra)
     texts = [clean(text) for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
     n = settings.num_return_sequences
-    return [texts[i * n:(i + 1) * n] for i in range(len(sources))]
+    return [texts[i * n : (i + 1) * n] for i in range(len(sources))]
 
 
 def _stopping(stop: Callable[[], bool]):
@@ -109,16 +128,22 @@ def _stopping(stop: Callable[[], bool]):
 
 def recipe_dict(text: str) -> dict:
     recipe = parse_target(text)
-    return {"title": recipe.title, "ingredients": recipe.ingredients, "directions": recipe.directions,
-            "raw": text}
+    return {"title": recipe.title, "ingredients": recipe.ingredients, "directions": recipe.directions, "raw": text}
 
 
 def render_text(text: str) -> str:
     return render(parse_target(text))
 
 
-def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=contextlib.nullcontext,
-                 template: str = DEFAULT_SOURCE_TEMPLATE, synced: bool = False) -> list[dict]:
+def eval_samples(
+    model,
+    tokenizer,
+    device: torch.device,
+    count: int,
+    autocast=contextlib.nullcontext,
+    template: str = DEFAULT_SOURCE_TEMPLATE,
+    synced: bool = False,
+) -> list[dict]:
     """Greedy, short generations from the first ``count`` fixed ingredient lists (and titles), their
     inputs built by the run's ``template``; ``synced``: as in ``generate_texts``.
 
@@ -132,9 +157,12 @@ def eval_samples(model, tokenizer, device: torch.device, count: int, autocast=co
     with torch.random.fork_rng(devices=devices):
         model.eval()
         try:
-            texts = generate_texts(model, tokenizer, ingredients, settings, device, autocast, sources=sources,
-                                   synced=synced)
+            texts = generate_texts(
+                model, tokenizer, ingredients, settings, device, autocast, sources=sources, synced=synced
+            )
         finally:
             model.train(was_training)
-    return [{"ingredients": given, "prompt": source, "text": generated[0]}
-            for given, source, generated in zip(ingredients, sources, texts)]
+    return [
+        {"ingredients": given, "prompt": source, "text": generated[0]}
+        for given, source, generated in zip(ingredients, sources, texts)
+    ]

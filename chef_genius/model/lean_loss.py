@@ -86,15 +86,23 @@ def chunks_for(positions: int, chunk_rows: int = CHUNK_ROWS) -> int:
     return max(1, math.ceil(positions / chunk_rows))
 
 
-def summed_loss(model, head: TargetHead, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                decoder_input_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def summed_loss(
+    model,
+    head: TargetHead,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    decoder_input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
     """The summed cross-entropy of one batch: the model's forward without a decoder cache, the head
     armed with the batch's labelled ``positions`` and their ``labels``. Every input is a tensor
     argument, so a compiled version of it is one region from the token ids to the loss."""
     head.armed = (positions, labels)
     try:
-        return model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                     use_cache=False).logits  # the head's output: the summed loss
+        return model(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits  # the head's output: the summed loss
     finally:
         head.armed = None
 
@@ -110,20 +118,22 @@ def targets(head: TargetHead, positions: torch.Tensor, labels: torch.Tensor):
 
 
 @torch.compiler.disable  # a Python loop over a data-dependent number of chunks: run it eagerly
-def cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+def cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int = CHUNK_ROWS
+) -> torch.Tensor:
     """sum over rows of cross_entropy(hidden @ weight.T, labels), fp32, ``chunk_rows`` rows at a time."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_rows)
     total = torch.zeros((), device=hidden.device, dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_rows):
-        logits = F.linear(hidden[start:start + chunk_rows], weight).float()
-        total = total + F.cross_entropy(logits, labels[start:start + chunk_rows], reduction="sum")
+        logits = F.linear(hidden[start : start + chunk_rows], weight).float()
+        total = total + F.cross_entropy(logits, labels[start : start + chunk_rows], reduction="sum")
     return total
 
 
-def cross_entropy_sum_in_chunks(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                                chunks: int) -> torch.Tensor:
+def cross_entropy_sum_in_chunks(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunks: int
+) -> torch.Tensor:
     """``cross_entropy_sum`` over a fixed number of ``chunks`` (traceable: the loop does not depend on
     how many rows there are)."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
@@ -149,7 +159,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         else:
             pieces = zip(hidden.split(chunk_rows), labels.split(chunk_rows))
         for rows, target in pieces:
-            logits = F.linear(rows, weight)          # autocast dtype under autocast, else the weights'
+            logits = F.linear(rows, weight)  # autocast dtype under autocast, else the weights'
             compute = logits.dtype
             logits = logits.float()
             log_z = torch.logsumexp(logits, dim=1)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 def quiet_transformers() -> None:
     """Keep transformers' progress bars and advisory warnings out of the training log."""
     import transformers
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -29,11 +30,14 @@ def quiet_transformers() -> None:
 def load_tokenizer(name_or_path: str):
     check_hub_reachable(name_or_path)
     from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot load the tokenizer of {name_or_path!r} ({_first_line(err)}); give a model "
-                        "name the hub knows or a local folder with tokenizer files") from None
+        raise UserError(
+            f"cannot load the tokenizer of {name_or_path!r} ({_first_line(err)}); give a model "
+            "name the hub knows or a local folder with tokenizer files"
+        ) from None
 
 
 _NAMED = 3  # weight names quoted in an error
@@ -51,40 +55,55 @@ def load_model(name_or_path: str | Path):
     check_hub_reachable(name_or_path)
     from transformers import AutoModelForSeq2SeqLM
     from chef_genius.checkpoint import layout as ckpt
+
     folder = Path(name_or_path)
     local = folder.is_dir()
     if local and ckpt.is_adapter(folder):  # a LoRA adapter: its base, checked, with the adapter merged in
         from chef_genius.model import lora
+
         return lora.load_merged(folder, load_model)
     options = {}
     if local:
         wrapped = wrappers.wrapped(weight_names(folder))
         if wrapped:
-            log.warning("%d weight names in %s carry a wrapper prefix (e.g. %s): loaded without it; repair "
-                        "the folder with: python cli/verify_and_fix_checkpoint.py %s --fix",
-                        len(wrapped), folder, wrapped[0], folder)
+            log.warning(
+                "%d weight names in %s carry a wrapper prefix (e.g. %s): loaded without it; repair "
+                "the folder with: python cli/verify_and_fix_checkpoint.py %s --fix",
+                len(wrapped),
+                folder,
+                wrapped[0],
+                folder,
+            )
             options["key_mapping"] = wrappers.KEY_MAPPING
     try:
-        model, info = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=torch.float32, weights_only=True,
-                                                            output_loading_info=True, **options)
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(
+            name_or_path, dtype=torch.float32, weights_only=True, output_loading_info=True, **options
+        )
     except Exception as err:
         if trust.refused_by_weights_only(err):  # a pickled .bin holding more than tensors
             raise _refused_pickle(name_or_path) from None
         if not isinstance(err, (OSError, ValueError)):
             raise
-        raise UserError(f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
-                        "name the hub knows or a local folder with config.json and model.safetensors "
-                        "(or sharded safetensors with their index, or pytorch_model.bin)") from None
-    problems = [f"{what}: {len(names)} ({', '.join(sorted(names)[:_NAMED])}{', ...' if len(names) > _NAMED else ''})"
-                for what, names in (("missing", info.get("missing_keys") or []),
-                                    ("unexpected", info.get("unexpected_keys") or []),
-                                    ("with the wrong shape", [k[0] if isinstance(k, tuple) else k
-                                                              for k in info.get("mismatched_keys") or []]))
-                if names]
+        raise UserError(
+            f"cannot load the model {str(name_or_path)!r} ({_first_line(err)}); give a model "
+            "name the hub knows or a local folder with config.json and model.safetensors "
+            "(or sharded safetensors with their index, or pytorch_model.bin)"
+        ) from None
+    problems = [
+        f"{what}: {len(names)} ({', '.join(sorted(names)[:_NAMED])}{', ...' if len(names) > _NAMED else ''})"
+        for what, names in (
+            ("missing", info.get("missing_keys") or []),
+            ("unexpected", info.get("unexpected_keys") or []),
+            ("with the wrong shape", [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or []]),
+        )
+        if names
+    ]
     if problems:
-        raise UserError(f"the weights of {str(name_or_path)!r} do not match its config.json: "
-                        f"{'; '.join(problems)}; the model would start from random weights there, "
-                        "so it was not loaded (check the folder with cli/verify_and_fix_checkpoint.py)")
+        raise UserError(
+            f"the weights of {str(name_or_path)!r} do not match its config.json: "
+            f"{'; '.join(problems)}; the model would start from random weights there, "
+            "so it was not loaded (check the folder with cli/verify_and_fix_checkpoint.py)"
+        )
     return model
 
 
@@ -100,8 +119,10 @@ def weight_names(folder: Path) -> list[str]:
 
 def _refused_pickle(name_or_path) -> UserError:
     """Never quotes torch's hint to retry with weights_only=False (that would run what the file carries)."""
-    return UserError(f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
-                     "refused, never unpickled: get the model as model.safetensors from a source you trust")
+    return UserError(
+        f"the weights of {str(name_or_path)!r} are a pickle holding more than plain tensors; "
+        "refused, never unpickled: get the model as model.safetensors from a source you trust"
+    )
 
 
 def _first_line(err: Exception) -> str:
@@ -160,8 +181,10 @@ def should_compile(requested: bool | None, device: torch.device) -> tuple[bool, 
     problem = _compile_problem(device)
     if requested is True:
         if problem is not None:
-            raise UserError(f"--compile cannot work here: {problem}; train without it (the default here) or "
-                            "pass --disable-compilation")
+            raise UserError(
+                f"--compile cannot work here: {problem}; train without it (the default here) or "
+                "pass --disable-compilation"
+            )
         return True, "forced by --compile"
     if problem is not None:
         return False, f"off: {problem}"
@@ -188,8 +211,10 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return "bf16"
     if device.type == "cuda":
         major, minor = _capability(device)
-        why = (f"this GPU (compute capability {major}.{minor}) has no native bf16 (emulated bf16 is slower than "
-               "fp32) and fp16 is never used (T5 overflows in fp16): training in fp32")
+        why = (
+            f"this GPU (compute capability {major}.{minor}) has no native bf16 (emulated bf16 is slower than "
+            "fp32) and fp16 is never used (T5 overflows in fp16): training in fp32"
+        )
         if requested == "bf16":
             log.warning("--mixed-precision bf16 not used: %s", why)
         else:
@@ -212,13 +237,14 @@ def make_optimizer(model, learning_rate: float, weight_decay: float, device: tor
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if "layer_norm" in name or param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if kind == "adafactor":
         from transformers.optimization import Adafactor
+
         return Adafactor(groups, lr=learning_rate, scale_parameter=False, relative_step=False, warmup_init=False)
     if kind == "adamw-8bit":
         import bitsandbytes as bnb
+
         return bnb.optim.AdamW8bit(groups, lr=learning_rate)
     extra: dict[str, Any] = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=learning_rate, **extra)

@@ -47,15 +47,23 @@ def present_targets(model, targets=LORA_TARGETS) -> list[str]:
 def wrap(model, r: int, alpha: float, dropout: float, targets=LORA_TARGETS):
     """``model`` frozen, with rank-``r`` adapters on the ``targets`` it has (a ``PeftModel``)."""
     from peft import LoraConfig, get_peft_model
+
     present = present_targets(model, targets)
     if not present:
-        raise UserError(f"none of --lora-target-modules {' '.join(targets)} names a linear layer of the model "
-                        f"(T5's are {' '.join(LORA_TARGETS)})")
+        raise UserError(
+            f"none of --lora-target-modules {' '.join(targets)} names a linear layer of the model "
+            f"(T5's are {' '.join(LORA_TARGETS)})"
+        )
     # No task type: peft 0.21's seq2seq wrapper calls a generation helper transformers 5 no longer has;
     # the plain PeftModel forwards calls (forward, generate) to the wrapped model as they are.
     # peft annotates lora_alpha as an int; it is only divided by r (scaling = alpha / r), a float works alike
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,  # type: ignore[arg-type]
-                        target_modules=present, bias="none")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,  # type: ignore[arg-type]
+        lora_dropout=dropout,
+        target_modules=present,
+        bias="none",
+    )
     return get_peft_model(model, config)
 
 
@@ -98,13 +106,17 @@ def check_base(folder: Path, digest: str, pretrained_model: str) -> None:
     """Refuse (exit 2) to continue ``folder``'s adapter on a base whose fingerprint is not the recorded one."""
     record = ckrecords.read_base(folder)
     if record is None:
-        raise UserError(f"{folder.name} records no fingerprint of its base model ({ckpt.BASE_RECORD} is missing "
-                        "or unreadable): check it with python cli/verify_and_fix_checkpoint.py "
-                        f"{folder}")
+        raise UserError(
+            f"{folder.name} records no fingerprint of its base model ({ckpt.BASE_RECORD} is missing "
+            "or unreadable): check it with python cli/verify_and_fix_checkpoint.py "
+            f"{folder}"
+        )
     if record["sha256"] != digest:
-        raise UserError(f"{folder.name}'s adapter was trained on base weights {record['sha256'][:12]} "
-                        f"({record['pretrained_model']}), but --pretrained-model {pretrained_model} has "
-                        f"{digest[:12]}: give the base model the run started from")
+        raise UserError(
+            f"{folder.name}'s adapter was trained on base weights {record['sha256'][:12]} "
+            f"({record['pretrained_model']}), but --pretrained-model {pretrained_model} has "
+            f"{digest[:12]}: give the base model the run started from"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +131,10 @@ def base_of_run(model, pretrained_model: str, resumed_from: Path | None) -> dict
     log.info("base model %s: weights' sha256 %s (%.1fs)", pretrained_model, digest[:12], time.perf_counter() - began)
     if resumed_from is not None:
         if not ckpt.is_adapter(resumed_from):
-            raise UserError(f"{resumed_from.name} is a full fine-tuning checkpoint and has no adapter to "
-                            "continue: resume it without --lora-r")
+            raise UserError(
+                f"{resumed_from.name} is a full fine-tuning checkpoint and has no adapter to "
+                "continue: resume it without --lora-r"
+            )
         check_base(resumed_from, digest, pretrained_model)
     return base_record(pretrained_model, digest, sum(p.numel() for p in model.parameters()))
 
@@ -132,8 +146,16 @@ def wrap_for_training(model, r: int, alpha: float, dropout: float, targets, resu
         load_adapter(model, resumed_from)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log.info("LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)", r, alpha, dropout,
-             " ".join(targets_of(model)), f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    log.info(
+        "LoRA r=%d alpha=%g dropout=%g on %s: %s of %s parameters train (%.2f%%)",
+        r,
+        alpha,
+        dropout,
+        " ".join(targets_of(model)),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
     return model
 
 
@@ -146,9 +168,13 @@ def save_adapter(peft_model, folder: Path, weights: dict) -> None:
     """``adapter_model.safetensors`` (peft's saved names) and ``adapter_config.json`` into ``folder``."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
+
     saved = get_peft_model_state_dict(peft_model, state_dict=weights, adapter_name=ADAPTER)
-    save_file({k: v.detach().cpu().contiguous() for k, v in saved.items()}, str(Path(folder) / ckpt.ADAPTER_WEIGHTS),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in saved.items()},
+        str(Path(folder) / ckpt.ADAPTER_WEIGHTS),
+        metadata={"format": "pt"},
+    )
     peft_model.peft_config[ADAPTER].save_pretrained(str(folder))
 
 
@@ -157,11 +183,14 @@ def load_adapter(peft_model, folder: Path) -> None:
     there, with its shape (else ``UserError``: an adapter half made of fresh weights is never trained on)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
+
     try:
         saved = load_file(str(Path(folder) / ckpt.ADAPTER_WEIGHTS))
     except Exception as err:  # safetensors' own errors for a damaged file
-        raise UserError(f"{folder.name}/{ckpt.ADAPTER_WEIGHTS} is unreadable ({type(err).__name__}); check it with "
-                        f"python cli/verify_and_fix_checkpoint.py {folder}") from None
+        raise UserError(
+            f"{folder.name}/{ckpt.ADAPTER_WEIGHTS} is unreadable ({type(err).__name__}); check it with "
+            f"python cli/verify_and_fix_checkpoint.py {folder}"
+        ) from None
     expected = adapter_state(peft_model)
     try:
         # peft's helper is unannotated; it returns the model's load_state_dict result (missing / unexpected keys)
@@ -172,14 +201,17 @@ def load_adapter(peft_model, folder: Path) -> None:
     missing = [k for k in result.missing_keys if k in expected]
     if missing or result.unexpected_keys:
         names = (missing or list(result.unexpected_keys))[:2]
-        raise UserError(f"{folder.name}'s adapter does not fit this model: {len(missing)} adapter tensors missing, "
-                        f"{len(result.unexpected_keys)} unknown (e.g. {', '.join(names)})")
+        raise UserError(
+            f"{folder.name}'s adapter does not fit this model: {len(missing)} adapter tensors missing, "
+            f"{len(result.unexpected_keys)} unknown (e.g. {', '.join(names)})"
+        )
 
 
 def merged_state_dict(peft_model) -> dict:
     """The base model's state dict with every adapter folded into its layer (W + scale * B A), on the
     CPU, one layer at a time; ``peft_model`` itself is left as it was."""
     from peft.tuners.lora import LoraLayer
+
     base = peft_model.get_base_model()
     merged = {}
     with torch.no_grad():
@@ -202,16 +234,21 @@ def load_merged(folder: Path, load_base):
     adapter merged in, for generation and evaluation: the base rebuilt by ``load_base`` from the
     recorded ``--pretrained-model``, refused when its weights are not the ones the adapter was trained on."""
     from peft import LoraConfig, get_peft_model
+
     folder = Path(folder)
     record = ckrecords.read_base(folder)
     if record is None:
-        raise UserError(f"{folder} holds a LoRA adapter but no record of its base model ({ckpt.BASE_RECORD}): "
-                        f"check it with python cli/verify_and_fix_checkpoint.py {folder}")
+        raise UserError(
+            f"{folder} holds a LoRA adapter but no record of its base model ({ckpt.BASE_RECORD}): "
+            f"check it with python cli/verify_and_fix_checkpoint.py {folder}"
+        )
     base = load_base(record["pretrained_model"])
     digest = fingerprint(base)
     if digest != record["sha256"]:
-        raise UserError(f"{folder}'s adapter was trained on base weights {record['sha256'][:12]}, but "
-                        f"{record['pretrained_model']} now has {digest[:12]}: the base model changed")
+        raise UserError(
+            f"{folder}'s adapter was trained on base weights {record['sha256'][:12]}, but "
+            f"{record['pretrained_model']} now has {digest[:12]}: the base model changed"
+        )
     try:
         config = LoraConfig.from_pretrained(str(folder))
     except Exception as err:  # peft raises ValueError / OSError / TypeError for a bad config

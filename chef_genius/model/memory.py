@@ -65,9 +65,9 @@ class Setting:
     micro_batch: int = 8
     source_length: int = 256
     target_length: int = 512
-    lora_r: int = 0                      # 0: full fine-tuning
+    lora_r: int = 0  # 0: full fine-tuning
     lora_targets: tuple = LORA_TARGETS
-    accumulation: int = 1                # micro-batches per optimizer step: above 1, gradients stay meanwhile
+    accumulation: int = 1  # micro-batches per optimizer step: above 1, gradients stay meanwhile
 
     def flags(self) -> str:
         words = [f"--optimizer {self.optimizer}", f"--batch-size {self.micro_batch}"]
@@ -83,15 +83,15 @@ class Setting:
 @dataclass(frozen=True)
 class Plan:
     setting: Setting
-    parameters: int          # elements, each shared tensor once
+    parameters: int  # elements, each shared tensor once
     trainable: int
-    weights: int             # bytes, exact
-    gradients: int           # bytes, exact
-    optimizer_state: int     # bytes, exact
-    activations: int         # bytes, estimated, one micro-batch
-    per_example: int         # bytes of activations per example of the micro-batch, estimated
+    weights: int  # bytes, exact
+    gradients: int  # bytes, exact
+    optimizer_state: int  # bytes, exact
+    activations: int  # bytes, estimated, one micro-batch
+    per_example: int  # bytes of activations per example of the micro-batch, estimated
     activation_fixed: int = 0  # bytes of activations whatever the micro-batch (the loss's chunk), estimated
-    weight_copies: int = 0     # bytes of bf16 weight copies kept for the backward, estimated
+    weight_copies: int = 0  # bytes of bf16 weight copies kept for the backward, estimated
 
     @property
     def held_gradients(self) -> int:
@@ -106,8 +106,7 @@ class Plan:
     @property
     def total(self) -> int:
         """The peak: the forward's end, or the backward's end (all gradients, activations freed)."""
-        return max(self.fixed + self.activations,
-                   self.weights + self.optimizer_state + CUDA_OVERHEAD + self.gradients)
+        return max(self.fixed + self.activations, self.weights + self.optimizer_state + CUDA_OVERHEAD + self.gradients)
 
     def largest_micro_batch(self, capacity: int) -> int:
         """The largest micro-batch whose estimated total fits ``capacity`` bytes (0: not even one)."""
@@ -118,22 +117,30 @@ class Plan:
 
     def lines(self, free: int | None = None) -> list[str]:
         s = self.setting
-        head = (f"memory plan: {self.parameters:,} parameters ({self.trainable:,} trainable), "
-                f"{'bf16 autocast' if s.bf16 else 'fp32'}, --optimizer {s.optimizer}"
-                f"{', LoRA r=' + str(s.lora_r) if s.lora_r else ''}"
-                f"{', gradient checkpointing' if s.gradient_checkpointing else ''}, micro-batch {s.micro_batch} "
-                f"x ({s.source_length} source + {s.target_length} target tokens)")
-        rows = [head,
-                f"  weights (fp32)          {gib(self.weights)}  exact",
-                f"  gradients               {gib(self.gradients)}  exact ("
-                + ("held with the activations: gradient accumulation" if self.held_gradients else
-                   "not held with the activations: no gradient accumulation") + ")",
-                f"  optimizer state         {gib(self.optimizer_state)}  exact",
-                f"  activations             {gib(self.activations)}  estimated ({gib(self.per_example).strip()} "
-                "per example)",
-                f"  bf16 weight copies      {gib(self.weight_copies)}  estimated (autocast's, kept for the backward)",
-                f"  CUDA context and slack  {gib(CUDA_OVERHEAD)}  estimated",
-                f"  total                   {gib(self.total)}  " + verdict(self.total, free)]
+        head = (
+            f"memory plan: {self.parameters:,} parameters ({self.trainable:,} trainable), "
+            f"{'bf16 autocast' if s.bf16 else 'fp32'}, --optimizer {s.optimizer}"
+            f"{', LoRA r=' + str(s.lora_r) if s.lora_r else ''}"
+            f"{', gradient checkpointing' if s.gradient_checkpointing else ''}, micro-batch {s.micro_batch} "
+            f"x ({s.source_length} source + {s.target_length} target tokens)"
+        )
+        rows = [
+            head,
+            f"  weights (fp32)          {gib(self.weights)}  exact",
+            f"  gradients               {gib(self.gradients)}  exact ("
+            + (
+                "held with the activations: gradient accumulation"
+                if self.held_gradients
+                else "not held with the activations: no gradient accumulation"
+            )
+            + ")",
+            f"  optimizer state         {gib(self.optimizer_state)}  exact",
+            f"  activations             {gib(self.activations)}  estimated ({gib(self.per_example).strip()} "
+            "per example)",
+            f"  bf16 weight copies      {gib(self.weight_copies)}  estimated (autocast's, kept for the backward)",
+            f"  CUDA context and slack  {gib(CUDA_OVERHEAD)}  estimated",
+            f"  total                   {gib(self.total)}  " + verdict(self.total, free),
+        ]
         return rows
 
 
@@ -168,8 +175,11 @@ def trainable_shapes(model, setting: Setting) -> list[tuple[int, ...]]:
     """The shapes of the tensors the optimizer updates."""
     if setting.lora_r:
         r = setting.lora_r
-        return [shape for fan_in, fan_out in lora_shapes(model, setting.lora_targets)
-                for shape in ((r, fan_in), (fan_out, r))]
+        return [
+            shape
+            for fan_in, fan_out in lora_shapes(model, setting.lora_targets)
+            for shape in ((r, fan_in), (fan_out, r))
+        ]
     return [tuple(p.shape) for _, p in unique_parameters(model) if p.requires_grad]
 
 
@@ -233,12 +243,17 @@ def activation_bytes(config, setting: Setting, batch: int | None = None) -> int:
     s, t = setting.source_length, setting.target_length
     h, f = config.d_model, config.d_ff
     inner, heads = config.num_heads * config.d_kv, config.num_heads
-    a = 2 if setting.bf16 else 4          # bytes of an autocast activation
-    scores = 4 + 2 * a + 1                # fp32 scores (+ fp32 position bias), softmax, dropout mask and output
+    a = 2 if setting.bf16 else 4  # bytes of an autocast activation
+    scores = 4 + 2 * a + 1  # fp32 scores (+ fp32 position bias), softmax, dropout mask and output
     ff = (5 * a + 1) if "gated" in config.feed_forward_proj else (3 * a + 1)
     encoder_layer = b * s * (2 * (4 + a) * h + 4 * a * inner + 2 * h) + b * heads * s * s * scores + b * s * f * ff
-    decoder_layer = (b * t * (3 * (4 + a) * h + 6 * a * inner + 3 * h) + b * heads * t * t * scores
-                     + b * heads * t * s * scores + 2 * a * b * s * inner + b * t * f * ff)
+    decoder_layer = (
+        b * t * (3 * (4 + a) * h + 6 * a * inner + 3 * h)
+        + b * heads * t * t * scores
+        + b * heads * t * s * scores
+        + 2 * a * b * s * inner
+        + b * t * f * ff
+    )
     if setting.lora_r:
         encoder_layer += b * s * lora_per_token(config, setting, attentions=1)
         decoder_layer += b * t * lora_per_token(config, setting, attentions=2)
@@ -262,9 +277,18 @@ def plan(model, setting: Setting) -> Plan:
     trainable = sum(math.prod(shape) for shape in shapes)
     weights = 4 * (base + (trainable if setting.lora_r else 0))
     fixed = loss_fixed_bytes(model.config, setting)
-    return Plan(setting, base + (trainable if setting.lora_r else 0), trainable, weights, 4 * trainable,
-                optimizer_bytes(shapes, setting.optimizer), activation_bytes(model.config, setting) + fixed,
-                activation_bytes(model.config, setting, batch=1), fixed, weight_copy_bytes(model, setting))
+    return Plan(
+        setting,
+        base + (trainable if setting.lora_r else 0),
+        trainable,
+        weights,
+        4 * trainable,
+        optimizer_bytes(shapes, setting.optimizer),
+        activation_bytes(model.config, setting) + fixed,
+        activation_bytes(model.config, setting, batch=1),
+        fixed,
+        weight_copy_bytes(model, setting),
+    )
 
 
 def alternatives(setting: Setting, lora: bool = True, eight_bit: bool = True) -> list[Setting]:
@@ -302,6 +326,7 @@ def meta_model(config, untied_head: bool = False):
     ``lm_head`` as FLAN-T5's weights have (transformers 5 ties T5's head in the config, and
     ``from_pretrained`` unties it when the weights hold a different one)."""
     from transformers import AutoModelForSeq2SeqLM
+
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
         head = model.get_output_embeddings()
@@ -314,7 +339,17 @@ def flan_t5_large():
     """FLAN-T5-large (783M parameters) on the meta device, its architecture written out here so the
     memory table (docs/memory.md) needs no download."""
     from transformers import T5Config
+
     # tie_word_embeddings goes through T5Config's **kwargs, which its annotations hide
-    config = T5Config(d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16,  # type: ignore[call-arg]
-                      d_kv=64, vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    config = T5Config(
+        d_model=1024,
+        d_ff=2816,
+        num_layers=24,
+        num_decoder_layers=24,
+        num_heads=16,  # type: ignore[call-arg]
+        d_kv=64,
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+    )
     return meta_model(config, untied_head=True)

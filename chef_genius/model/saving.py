@@ -49,8 +49,11 @@ class PretrainedFiles:
                 self.tokenizer.save_pretrained(scratch)
                 if self.source_template is not None:
                     ckrecords.write_prompt(scratch, self.source_template)
-                self._fixed = {p.name: p.read_bytes() for p in sorted(Path(scratch).iterdir())
-                               if p.is_file() and not ckpt.is_weights_file(p.name)}
+                self._fixed = {
+                    p.name: p.read_bytes()
+                    for p in sorted(Path(scratch).iterdir())
+                    if p.is_file() and not ckpt.is_weights_file(p.name)
+                }
         return self._fixed
 
     def _write_weights(self, folder: Path, weights: dict) -> dict[str, str]:
@@ -60,16 +63,21 @@ class PretrainedFiles:
             state.pop(key, None)
         state = remove_tied_weights_from_state_dict(state, self.model)
         state = revert_weight_conversion(self.model, state)
-        split = split_torch_state_dict_into_shards(state, filename_pattern=SHARD_PATTERN,
-                                                   max_shard_size=self.max_shard_size)
+        split = split_torch_state_dict_into_shards(
+            state, filename_pattern=SHARD_PATTERN, max_shard_size=self.max_shard_size
+        )
         digests = {}
         for shard_file, names in split.filename_to_tensors.items():
             shard = {name: state[name] for name in names}
-            digests[shard_file] = write_hashed(folder / shard_file,  # calls the lambda before the loop moves on
-                                               lambda stream: write_safetensors(stream, shard, {"format": "pt"}))  # noqa: B023
+            digests[shard_file] = write_hashed(
+                folder / shard_file,  # calls the lambda before the loop moves on
+                lambda stream: write_safetensors(stream, shard, {"format": "pt"}),  # noqa: B023
+            )
         if split.is_sharded:
-            index = {"metadata": {"total_parameters": self.model.num_parameters(), **split.metadata},
-                     "weight_map": split.tensor_to_filename}
+            index = {
+                "metadata": {"total_parameters": self.model.num_parameters(), **split.metadata},
+                "weight_map": split.tensor_to_filename,
+            }
             text = json.dumps(index, indent=2, sort_keys=True) + "\n"
             digests[ckpt.WEIGHTS_INDEX] = write_bytes_hashed(folder / ckpt.WEIGHTS_INDEX, text.encode("utf-8"))
         return digests

@@ -32,14 +32,23 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
 def tiny_config(vocab_size: int, tie_head: bool = False, **sizes):
     from transformers import T5Config
-    values: dict[str, Any] = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-                                  dropout_rate=0.1)
+
+    values: dict[str, Any] = dict(
+        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.1
+    )
     values.update(sizes)
     # tie_word_embeddings and decoder_start_token_id go through T5Config's **kwargs, which its annotations hide
-    return T5Config(vocab_size=vocab_size, relative_attention_num_buckets=16,  # type: ignore[call-arg]
-                    relative_attention_max_distance=64,
-                    feed_forward_proj="gated-gelu", tie_word_embeddings=tie_head, pad_token_id=0, eos_token_id=1,
-                    decoder_start_token_id=0, **values)
+    return T5Config(
+        vocab_size=vocab_size,
+        relative_attention_num_buckets=16,  # type: ignore[call-arg]
+        relative_attention_max_distance=64,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=tie_head,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        **values,
+    )
 
 
 def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
@@ -50,16 +59,19 @@ def build_tokenizer(texts, vocab_size: int = VOCAB_SIZE):
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>",
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DATA, seed: int = 0,
-               tie_head: bool = False, **sizes) -> Path:
+def build_tiny(
+    out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DATA, seed: int = 0, tie_head: bool = False, **sizes
+) -> Path:
     """Write tokenizer and randomly initialised tiny T5 into ``out_dir`` (``sizes``: T5Config overrides)."""
     from transformers import T5ForConditionalGeneration
 
@@ -76,7 +88,7 @@ def build_tiny(out_dir: str | Path = TINY_DIR, data_path: str | Path = SAMPLE_DA
         # transformers ties lm_head to the embeddings at construction; FLAN-T5 keeps its own lm_head, so
         # give the stand-in a separately initialised one (a checkpoint holding both keeps them untied).
         model.lm_head = torch.nn.Linear(config.d_model, vocab_size, bias=False)
-        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model ** -0.5)
+        torch.nn.init.normal_(model.lm_head.weight, std=config.d_model**-0.5)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
     model.generation_config.max_length = 256

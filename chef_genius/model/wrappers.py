@@ -15,7 +15,7 @@ KEY_MAPPING = {"^(?:" + "|".join(re.escape(p) for p in PREFIXES) + ")+": ""}
 def strip(name: str) -> str:
     """``name`` without its wrapper prefixes."""
     while name.startswith(PREFIXES):
-        name = name[len(next(p for p in PREFIXES if name.startswith(p))):]
+        name = name[len(next(p for p in PREFIXES if name.startswith(p))) :]
     return name
 
 

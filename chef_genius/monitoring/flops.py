@@ -48,8 +48,9 @@ def t5_matmul_params(config) -> dict:
     return {"encoder": encoder, "decoder": decoder}
 
 
-def train_flops(config, source_tokens: int, target_tokens: int, source_len: float, target_len: float,
-                frozen_weights: bool = False) -> float:
+def train_flops(
+    config, source_tokens: int, target_tokens: int, source_len: float, target_len: float, frozen_weights: bool = False
+) -> float:
     """Training FLOPs of one step over ``source_tokens`` / ``target_tokens`` real tokens whose mean
     sequence lengths are ``source_len`` / ``target_len``. The backward costs twice the forward (the
     inputs' and the weights' gradients); ``frozen_weights`` (LoRA): once, no weight gradients (the
@@ -60,8 +61,7 @@ def train_flops(config, source_tokens: int, target_tokens: int, source_len: floa
     # QK^T and AV: 2 * 2 * seq * inner FLOPs per token per attention, forward.
     enc_attn = config.num_layers * 4 * source_len * inner
     dec_attn = decoder_layers * 4 * (target_len + source_len) * inner  # self + cross attention
-    forward = (source_tokens * (2 * params["encoder"] + enc_attn)
-               + target_tokens * (2 * params["decoder"] + dec_attn))
+    forward = source_tokens * (2 * params["encoder"] + enc_attn) + target_tokens * (2 * params["decoder"] + dec_attn)
     return (2.0 if frozen_weights else 3.0) * forward
 
 

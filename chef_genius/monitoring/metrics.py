@@ -46,12 +46,18 @@ class MetricsLog:
     def _failed(self, err: OSError) -> None:
         reason = err.strerror or type(err).__name__
         if self.on_error == "stop":
-            raise SaveError(f"{self.path} could not be written ({reason}); the checkpoints are intact (resume "
-                            "with --resume-from-checkpoint latest), or pass --on-save-error continue to train on "
-                            "without these records") from None
+            raise SaveError(
+                f"{self.path} could not be written ({reason}); the checkpoints are intact (resume "
+                "with --resume-from-checkpoint latest), or pass --on-save-error continue to train on "
+                "without these records"
+            ) from None
         if not self.dropped:
-            log.warning("%s could not be written (%s): its records are dropped until it can be written again "
-                        "(--on-save-error continue)", self.path, reason)
+            log.warning(
+                "%s could not be written (%s): its records are dropped until it can be written again "
+                "(--on-save-error continue)",
+                self.path,
+                reason,
+            )
         self.dropped += 1
 
     def losses(self) -> list[str]:
@@ -66,7 +72,7 @@ def _append_whole(path: Path, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[handle.write(view):]
+                view = view[handle.write(view) :]
         except OSError:
             handle.truncate(start)
             raise

@@ -26,12 +26,21 @@ are dashed vertical lines; steps a resume from an older checkpoint replayed are 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="plot_training.py", description="Plot a training run from MODEL_OUTPUT/metrics.jsonl.",
-                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="plot_training.py",
+        description="Plot a training run from MODEL_OUTPUT/metrics.jsonl.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model_output", metavar="MODEL_OUTPUT", help="the run folder (holds metrics.jsonl)")
     p.add_argument("--out", metavar="DIR", help="folder for the PNG files (default MODEL_OUTPUT/plots)")
-    p.add_argument("--smooth", type=int, metavar="N", default=SMOOTH_STEPS,
-                   help=f"steps in the training loss moving average (default {SMOOTH_STEPS})")
+    p.add_argument(
+        "--smooth",
+        type=int,
+        metavar="N",
+        default=SMOOTH_STEPS,
+        help=f"steps in the training loss moving average (default {SMOOTH_STEPS})",
+    )
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     return p
 
@@ -52,11 +61,17 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else run / "plots"
     written = plot_run(h, out, title=str(run.resolve().name), smooth=args.smooth)
     last = h.step_losses[-1][0] if h.step_losses else h.evals[-1]["step"]
-    summary: dict[str, Any] = {"plots": [str(p) for p in written], "last_step": last,
-               "resumes": [r["step"] for r in h.resumes],
-               "best_eval_loss": min((r["eval_loss"] for r in h.evals), default=None),
-               "recipe_metrics": ({"step": h.generations[-1]["step"],
-                                   **{n: h.generations[-1].get(n) for n in METRICS}} if h.generations else None)}
+    summary: dict[str, Any] = {
+        "plots": [str(p) for p in written],
+        "last_step": last,
+        "resumes": [r["step"] for r in h.resumes],
+        "best_eval_loss": min((r["eval_loss"] for r in h.evals), default=None),
+        "recipe_metrics": (
+            {"step": h.generations[-1]["step"], **{n: h.generations[-1].get(n) for n in METRICS}}
+            if h.generations
+            else None
+        ),
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

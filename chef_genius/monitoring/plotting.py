@@ -18,16 +18,16 @@ from pathlib import Path
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER, METRICS
 
 PLOT_FILES = ("loss.png", "learning_rate.png", "throughput.png", "overview.png")
-RECIPE_METRICS_FILE = "recipe_metrics.png"   # only for a run with ``generation`` records (--eval-generate)
+RECIPE_METRICS_FILE = "recipe_metrics.png"  # only for a run with ``generation`` records (--eval-generate)
 SMOOTH_STEPS = 50
 
 
 @dataclass
 class History:
-    step_losses: list[tuple[int, float]] = field(default_factory=list)   # (step, training loss)
-    train: list[dict] = field(default_factory=list)                      # one per logging step
+    step_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, training loss)
+    train: list[dict] = field(default_factory=list)  # one per logging step
     evals: list[dict] = field(default_factory=list)
-    generations: list[dict] = field(default_factory=list)                # recipe metrics, per evaluation
+    generations: list[dict] = field(default_factory=list)  # recipe metrics, per evaluation
     resumes: list[dict] = field(default_factory=list)
 
     def empty(self) -> bool:
@@ -85,10 +85,12 @@ def moving_average(values: list[float], window: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # drawing
 
+
 def _mark_resumes(ax, h: History, label: bool = True) -> None:
     for i, record in enumerate(h.resumes):
-        ax.axvline(record["step"], color="0.45", linestyle="--", linewidth=1,
-                   label="resumed" if label and i == 0 else None)
+        ax.axvline(
+            record["step"], color="0.45", linestyle="--", linewidth=1, label="resumed" if label and i == 0 else None
+        )
 
 
 def draw_loss(ax, h: History, smooth: int = SMOOTH_STEPS) -> None:
@@ -96,22 +98,46 @@ def draw_loss(ax, h: History, smooth: int = SMOOTH_STEPS) -> None:
         steps, losses = zip(*h.step_losses)
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="training loss (per step)")
         window = max(1, min(smooth, len(losses) // 10))
-        ax.plot(steps, moving_average(list(losses), window), color="tab:blue", linewidth=1.8,
-                label=f"training loss (mean of {window} steps)")
+        ax.plot(
+            steps,
+            moving_average(list(losses), window),
+            color="tab:blue",
+            linewidth=1.8,
+            label=f"training loss (mean of {window} steps)",
+        )
     if h.evals:
-        ax.plot([r["step"] for r in h.evals], [r["eval_loss"] for r in h.evals], color="tab:orange",
-                marker="o", markersize=4, linewidth=1.8, label="validation loss")
+        ax.plot(
+            [r["step"] for r in h.evals],
+            [r["eval_loss"] for r in h.evals],
+            color="tab:orange",
+            marker="o",
+            markersize=4,
+            linewidth=1.8,
+            label="validation loss",
+        )
         best = min(h.evals, key=lambda r: r["eval_loss"])
-        ax.plot([best["step"]], [best["eval_loss"]], marker="*", markersize=14, color="tab:red", linestyle="none",
-                label=f"best {best['eval_loss']:.4f} at step {best['step']}")
+        ax.plot(
+            [best["step"]],
+            [best["eval_loss"]],
+            marker="*",
+            markersize=14,
+            color="tab:red",
+            linestyle="none",
+            label=f"best {best['eval_loss']:.4f} at step {best['step']}",
+        )
     _mark_resumes(ax, h)
     ax.set_ylabel("loss")
     ax.set_title("Loss")
 
 
 def draw_learning_rate(ax, h: History) -> None:
-    ax.plot([r["step"] for r in h.train], [r["lr"] for r in h.train], color="tab:green", linewidth=1.8,
-            label="learning rate")
+    ax.plot(
+        [r["step"] for r in h.train],
+        [r["lr"] for r in h.train],
+        color="tab:green",
+        linewidth=1.8,
+        label="learning rate",
+    )
     _mark_resumes(ax, h)
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.set_ylabel("learning rate")
@@ -119,8 +145,15 @@ def draw_learning_rate(ax, h: History) -> None:
 
 
 def draw_throughput(ax, h: History) -> None:
-    ax.plot([r["step"] for r in h.train], [r["tokens_per_s"] for r in h.train], color="tab:purple",
-            linewidth=1.2, marker=".", markersize=3, label="target tokens / s")
+    ax.plot(
+        [r["step"] for r in h.train],
+        [r["tokens_per_s"] for r in h.train],
+        color="tab:purple",
+        linewidth=1.2,
+        marker=".",
+        markersize=3,
+        label="target tokens / s",
+    )
     _mark_resumes(ax, h)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("tokens / s")
@@ -133,8 +166,15 @@ def draw_recipe_metric(ax, h: History, name: str, higher_is_better: bool) -> Non
         steps, values = zip(*series)
         ax.plot(steps, values, color="tab:brown", marker="o", markersize=4, linewidth=1.6, label=name)
         best = (max if higher_is_better else min)(series, key=lambda point: point[1])
-        ax.plot([best[0]], [best[1]], marker="*", markersize=12, color="tab:red", linestyle="none",
-                label=f"best {best[1]:.3g} at step {best[0]}")
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            marker="*",
+            markersize=12,
+            color="tab:red",
+            linestyle="none",
+            label=f"best {best[1]:.3g} at step {best[0]}",
+        )
     _mark_resumes(ax, h, label=False)
     ax.set_title(f"{name} ({'higher' if higher_is_better else 'lower'} is better)", fontsize=9)
 
@@ -150,13 +190,17 @@ def _finish(ax, xlabel: bool = True) -> None:
 def plot_run(h: History, out_dir: str | Path, title: str = "", smooth: int = SMOOTH_STEPS) -> list[Path]:
     """Write ``PLOT_FILES`` into ``out_dir``; returns their paths."""
     import matplotlib
+
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    drawers = [lambda ax: draw_loss(ax, h, smooth), lambda ax: draw_learning_rate(ax, h),
-               lambda ax: draw_throughput(ax, h)]
+    drawers = [
+        lambda ax: draw_loss(ax, h, smooth),
+        lambda ax: draw_learning_rate(ax, h),
+        lambda ax: draw_throughput(ax, h),
+    ]
     written = []
     for name, draw in zip(PLOT_FILES, drawers):
         fig = Figure(figsize=(10, 5), layout="constrained")
@@ -181,17 +225,21 @@ def plot_run(h: History, out_dir: str | Path, title: str = "", smooth: int = SMO
 def plot_recipe_metrics(h: History, path: Path, title: str = "") -> Path:
     """One panel per recipe metric of the ``generation`` records, over steps, the best point starred."""
     from matplotlib.figure import Figure
+
     rows = -(-len(METRICS) // 2)
     fig = Figure(figsize=(10, 3 * rows), layout="constrained")
     axes = fig.subplots(rows, 2, sharex=True).flatten()
-    for ax in axes[len(METRICS):]:
+    for ax in axes[len(METRICS) :]:
         ax.set_visible(False)
     for i, (ax, name) in enumerate(zip(axes, METRICS)):
         draw_recipe_metric(ax, h, name, HIGHER_IS_BETTER[name])
         _finish(ax, xlabel=i >= len(METRICS) - 2)
     recipes = h.generations[-1].get("recipes")
-    fig.suptitle(f"{title + ': ' if title else ''}recipe metrics"
-                 f"{f' on {recipes} validation recipes' if recipes else ''} (greedy)", fontsize=11)
+    fig.suptitle(
+        f"{title + ': ' if title else ''}recipe metrics"
+        f"{f' on {recipes} validation recipes' if recipes else ''} (greedy)",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 

@@ -24,8 +24,8 @@ from collections import deque
 log = logging.getLogger("chef_genius")
 
 MODES = ("auto", "bar", "log")
-LOSS_WINDOW = 100          # steps in the bar's mean loss
-REFRESH_SECONDS = 0.5      # the bar redraws at most this often
+LOSS_WINDOW = 100  # steps in the bar's mean loss
+REFRESH_SECONDS = 0.5  # the bar redraws at most this often
 
 
 def use_bar(mode: str, stream=None) -> bool:
@@ -78,8 +78,15 @@ def format_count(value: float) -> str:
 class Progress:
     """Progress of one training session from ``start_step`` to ``total_steps``."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, mode: str = "auto", enabled: bool = True,
-                 stream=None, epochs: int = 0):
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        mode: str = "auto",
+        enabled: bool = True,
+        stream=None,
+        epochs: int = 0,
+    ):
         self.total_steps = total_steps
         self.epochs = epochs
         self.start_step = start_step
@@ -98,11 +105,18 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=self.total_steps, initial=self.start_step, desc="train", unit="step",
-                             dynamic_ncols=True, mininterval=REFRESH_SECONDS, smoothing=0.05,
-                             file=self.stream or sys.stderr,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            self._bar = tqdm(
+                total=self.total_steps,
+                initial=self.start_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=REFRESH_SECONDS,
+                smoothing=0.05,
+                file=self.stream or sys.stderr,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            )
             # Log lines (evaluation, checkpoints, warnings) are printed above the bar.
             self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=tqdm))
         return self
@@ -140,16 +154,26 @@ class Progress:
         mean = sum(self.losses) / len(self.losses)
         epoch = epoch_label(epoch_of_step(record["epoch"]), self.epochs)
         if self._bar is not None:
-            self._bar.set_postfix_str(f"loss {mean:.4f}, lr {record['lr']:.2e}, "
-                                      f"{format_count(record['tokens_per_s'])} tok/s, epoch {epoch}", refresh=False)
+            self._bar.set_postfix_str(
+                f"loss {mean:.4f}, lr {record['lr']:.2e}, {format_count(record['tokens_per_s'])} tok/s, epoch {epoch}",
+                refresh=False,
+            )
             return
-        log.info("step %d/%d epoch %s loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
-                 record["step"], self.total_steps, epoch, record["loss"] if record["loss"] is not None else math.nan,
-                 len(self.losses), mean,
-                 record["lr"], format_count(record["tokens_per_s"]), format_duration(self.eta_seconds()))
+        log.info(
+            "step %d/%d epoch %s loss %.4f (mean of last %d: %.4f) lr %.3e %s tok/s ETA %s",
+            record["step"],
+            self.total_steps,
+            epoch,
+            record["loss"] if record["loss"] is not None else math.nan,
+            len(self.losses),
+            mean,
+            record["lr"],
+            format_count(record["tokens_per_s"]),
+            format_duration(self.eta_seconds()),
+        )
 
 
-LINE_SECONDS = 30.0        # without a bar, a counted task logs a line at least this often
+LINE_SECONDS = 30.0  # without a bar, a counted task logs a line at least this often
 
 
 class CountProgress:
@@ -159,8 +183,17 @@ class CountProgress:
     background timer writes it. ``total`` None: not known ahead (the line then shows the count and
     the rate)."""
 
-    def __init__(self, what: str, total: int | None, mode: str = "auto", enabled: bool = True,
-                 unit: str = "recipe", stream=None, clock=time.perf_counter, plural: str | None = None):
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        mode: str = "auto",
+        enabled: bool = True,
+        unit: str = "recipe",
+        stream=None,
+        clock=time.perf_counter,
+        plural: str | None = None,
+    ):
         self.what, self.total, self.unit, self.enabled, self.clock = what, total, unit, enabled, clock
         self.units = plural or unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
         self.bar_mode = enabled and use_bar(mode, stream)
@@ -175,8 +208,16 @@ class CountProgress:
         self.started = self.last_line = self.clock()
         if self.bar_mode:
             from tqdm import tqdm
-            self._bar = tqdm(total=self.total, desc=self.what, unit=self.unit, leave=False, dynamic_ncols=True,
-                             mininterval=REFRESH_SECONDS, file=self.stream or sys.stderr)
+
+            self._bar = tqdm(
+                total=self.total,
+                desc=self.what,
+                unit=self.unit,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=REFRESH_SECONDS,
+                file=self.stream or sys.stderr,
+            )
         elif self.enabled:
             self._timer = threading.Thread(target=self._heartbeat, name="count-progress", daemon=True)
             self._timer.start()
@@ -204,8 +245,11 @@ class CountProgress:
     def _maybe_line(self) -> None:
         with self._lock:
             now = self.clock()
-            if (self._bar is not None or now - self.last_line < LINE_SECONDS
-                    or (self.total is not None and self.done >= self.total)):
+            if (
+                self._bar is not None
+                or now - self.last_line < LINE_SECONDS
+                or (self.total is not None and self.done >= self.total)
+            ):
                 return
             self.last_line = now
             text = self.line(now)
@@ -219,8 +263,11 @@ class CountProgress:
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
         if self.total is None:
-            return (f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, "
-                    f"elapsed {format_duration(elapsed)}")
+            return (
+                f"{self.what}: {self.done} {self.units}, {rate:.2f} {self.units}/s, elapsed {format_duration(elapsed)}"
+            )
         eta = (self.total - self.done) / rate if rate > 0 else None
-        return (f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
-                f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}")
+        return (
+            f"{self.what}: {self.done}/{self.total} {self.units}, {rate:.2f} {self.units}/s, "
+            f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}"
+        )

@@ -78,8 +78,9 @@ class Reporters:
             # Events after the resume step belong to a branch the resume replaces (purge_step is inclusive).
             self.sinks.append(TensorBoardSink(Path(output) / TENSORBOARD_DIR, step + 1 if resumed_from else None))
         if "wandb" in config.report_to:
-            self.sinks.append(WandbSink(config, Path(output), self.previous.get("wandb_run_id"),
-                                        step if resumed_from else None))
+            self.sinks.append(
+                WandbSink(config, Path(output), self.previous.get("wandb_run_id"), step if resumed_from else None)
+            )
         log.info("metrics: %s%s", self.path, "".join(f", {name}" for name in config.report_to))
         if resumed_from is not None:
             self.write({"type": "resume", "step": step, "from_checkpoint": str(resumed_from)})
@@ -103,11 +104,15 @@ def make_reporters(config, output: Path, is_main: bool) -> Reporters:
 # ---------------------------------------------------------------------------------------------
 # sinks: write(record), checkpoint_values(), close()
 
+
 def _scalars(record: dict) -> dict[str, float]:
     kind = record.get("type")
     if kind == "train":
-        values = {"train/learning_rate": record["lr"], "train/tokens_per_s": record["tokens_per_s"],
-                  "train/epoch": record["epoch"]}
+        values = {
+            "train/learning_rate": record["lr"],
+            "train/tokens_per_s": record["tokens_per_s"],
+            "train/epoch": record["epoch"],
+        }
         if record["loss"] is not None:  # None: every step of the interval was skipped (not finite)
             values["train/loss"] = record["loss"]
         return values
@@ -118,6 +123,7 @@ def _scalars(record: dict) -> dict[str, float]:
         return values
     if kind == "generation":  # recipe metrics of --eval-generate (chef_genius/evaluation/metrics.py)
         from chef_genius.evaluation.metrics import METRICS
+
         return {f"generation/{name}": record[name] for name in METRICS if record.get(name) is not None}
     return {}
 
@@ -168,8 +174,12 @@ class WandbSink:
             try:
                 run = wandb.init(resume_from=f"{run_id}?_step={resumed_step + 1}", **common)
             except Exception as err:  # a server without rewinding: the plain resume below
-                log.warning("Weights & Biases did not rewind run %s to step %d (%s); continuing it as it is",
-                            run_id, resumed_step, " ".join(str(err).split())[:200])
+                log.warning(
+                    "Weights & Biases did not rewind run %s to step %d (%s); continuing it as it is",
+                    run_id,
+                    resumed_step,
+                    " ".join(str(err).split())[:200],
+                )
         if run is None:
             run = wandb.init(id=run_id, resume="allow" if run_id else None, **common)
         self.run = run

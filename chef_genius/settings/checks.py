@@ -35,8 +35,10 @@ MAX_LEARNING_RATE = 10.0  # far above any useful peak (AdamW: about 1e-5 to 1e-2
 def learning_rate(value, flag):
     """Finite, positive and at most ``MAX_LEARNING_RATE``: an absurd rate is one line, not a traceback."""
     if not 0 < value <= MAX_LEARNING_RATE:  # also refuses NaN
-        raise UserError(f"{flag} must be positive and at most {MAX_LEARNING_RATE:g} (AdamW peaks are about "
-                        f"1e-5 to 1e-2), got {value}")
+        raise UserError(
+            f"{flag} must be positive and at most {MAX_LEARNING_RATE:g} (AdamW peaks are about "
+            f"1e-5 to 1e-2), got {value}"
+        )
     return value
 
 
@@ -105,12 +107,17 @@ def check_optimizer(name: str) -> None:
     if name != "adamw-8bit":
         return
     import torch
+
     if not torch.cuda.is_available():
-        raise UserError("--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); use --optimizer adafactor "
-                        "to save optimizer memory without one")
+        raise UserError(
+            "--optimizer adamw-8bit needs a CUDA GPU (bitsandbytes); use --optimizer adafactor "
+            "to save optimizer memory without one"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("--optimizer adamw-8bit needs the bitsandbytes package: pip install bitsandbytes "
-                        "(or use --optimizer adafactor)")
+        raise UserError(
+            "--optimizer adamw-8bit needs the bitsandbytes package: pip install bitsandbytes "
+            "(or use --optimizer adafactor)"
+        )
 
 
 def decay_or_clip(value, flag):

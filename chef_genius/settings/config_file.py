@@ -40,9 +40,11 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _mapping(path: Path) -> list[tuple[object, object]]:
@@ -152,17 +154,27 @@ def _scalar(value, tp, f: dataclasses.Field):
 
 def settings_yaml(config, sections) -> str:
     """Every setting of ``config`` (but ``NOT_WRITTEN``) as a config file, one block per section."""
-    lines = ["# The settings this run trains with, as its latest session resolved them (rewritten by each",
-             "# session). Reuse them: --config THIS_FILE starts a new run with the same settings (give",
-             "# --model-output NEW_FOLDER), and --config THIS_FILE --resume-from-checkpoint latest continues",
-             "# this one. Flags on the command line override the file. Not written: what one command does",
-             f"# ({', '.join(NOT_WRITTEN)})."]
+    lines = [
+        "# The settings this run trains with, as its latest session resolved them (rewritten by each",
+        "# session). Reuse them: --config THIS_FILE starts a new run with the same settings (give",
+        "# --model-output NEW_FOLDER), and --config THIS_FILE --resume-from-checkpoint latest continues",
+        "# this one. Flags on the command line override the file. Not written: what one command does",
+        f"# ({', '.join(NOT_WRITTEN)}).",
+    ]
     for section in sections:
-        names = [f.name for f in settings_of(section)
-                 if f.name in vars(section).get("__annotations__", {}) and f.name not in NOT_WRITTEN]
+        names = [
+            f.name
+            for f in settings_of(section)
+            if f.name in vars(section).get("__annotations__", {}) and f.name not in NOT_WRITTEN
+        ]
         if not names:
             continue
         block = {name: getattr(config, name) for name in names}
-        lines += ["", f"# {section.title}", yaml.safe_dump(block, sort_keys=False, default_flow_style=False,
-                                                            allow_unicode=True, width=1000).rstrip("\n")]
+        lines += [
+            "",
+            f"# {section.title}",
+            yaml.safe_dump(block, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000).rstrip(
+                "\n"
+            ),
+        ]
     return "\n".join(lines) + "\n"

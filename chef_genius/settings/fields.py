@@ -25,24 +25,31 @@ AS_FIELD = object()  # cli_default: the field's own default
 class Policy(enum.Enum):
     """How a resume treats a setting given with another value than the checkpoint's
     (``chef_genius/train/settings.py`` says what each one does)."""
-    APPLIED = "applied"      # changes only the rest of the run: applied, one line each
-    GUARDED = "guarded"      # changes which recipes the run sees: refused unless --allow-config-change
-    ADAPTER = "adapter"      # the shape of a LoRA adapter: refused (alpha allowed with --allow-config-change)
-    RECORDED = "recorded"    # the run's history; the weights come from the checkpoint
-    SESSION = "session"      # this session's business, never taken from the checkpoint
+
+    APPLIED = "applied"  # changes only the rest of the run: applied, one line each
+    GUARDED = "guarded"  # changes which recipes the run sees: refused unless --allow-config-change
+    ADAPTER = "adapter"  # the shape of a LoRA adapter: refused (alpha allowed with --allow-config-change)
+    RECORDED = "recorded"  # the run's history; the weights come from the checkpoint
+    SESSION = "session"  # this session's business, never taken from the checkpoint
 
 
 # What a resume does with a setting of each policy given with another value than the checkpoint's, in the
 # words of docs/reference/resume-policy.md (generated from these and the schema).
 POLICY_MEANINGS = {
     Policy.APPLIED: "applied from the resumed step on, one log line each",
-    Policy.GUARDED: ("refused (exit 2) unless `--allow-config-change`, because the rest of the run would no longer "
-                     "see every recipe once per epoch; with `--allow-config-change` applied with a warning"),
-    Policy.ADAPTER: ("the shape of a LoRA run's adapter: refused (exit 2); with `--allow-config-change` a new "
-                     "`--lora-alpha` (a rescaling of the same weights) is applied with a warning, while another "
-                     "rank or other target modules are still refused: the saved adapter's tensors would not fit"),
-    Policy.RECORDED: ("kept as the run's history, unused by a resume (the weights come from the checkpoint): a "
-                      "different flag is ignored with a warning; a LoRA run rebuilds its base from it"),
+    Policy.GUARDED: (
+        "refused (exit 2) unless `--allow-config-change`, because the rest of the run would no longer "
+        "see every recipe once per epoch; with `--allow-config-change` applied with a warning"
+    ),
+    Policy.ADAPTER: (
+        "the shape of a LoRA run's adapter: refused (exit 2); with `--allow-config-change` a new "
+        "`--lora-alpha` (a rescaling of the same weights) is applied with a warning, while another "
+        "rank or other target modules are still refused: the saved adapter's tensors would not fit"
+    ),
+    Policy.RECORDED: (
+        "kept as the run's history, unused by a resume (the weights come from the checkpoint): a "
+        "different flag is ignored with a warning; a LoRA run rebuilds its base from it"
+    ),
     Policy.SESSION: "this session's own: never taken from the checkpoint",
 }
 
@@ -51,9 +58,10 @@ POLICY_MEANINGS = {
 class Flag:
     """One command-line spelling of a setting: its names (the first one as --help shows it) and, for a
     flag that takes no value, what it stores (``store_true``, ``store_false``, ``store_const``)."""
+
     names: tuple[str, ...]
-    help: str | None = None          # None: the setting's help
-    action: str | None = None        # None: the flag takes a value
+    help: str | None = None  # None: the setting's help
+    action: str | None = None  # None: the flag takes a value
     const: object = None
 
 
@@ -61,17 +69,29 @@ class Flag:
 class Spec:
     help: str
     policy: Policy
-    flags: tuple[Flag, ...] | None = None   # None: one flag, --the-field-name (a switch for a bool)
+    flags: tuple[Flag, ...] | None = None  # None: one flag, --the-field-name (a switch for a bool)
     metavar: str | None = None
-    cli_default: object = AS_FIELD            # the parser's default where it differs from the field's
-    check: Callable | None = None           # check(value, flag) -> the accepted value, or raises UserError
-    position_key: str | None = None         # the key of the checkpoint's data position that also saves it
-    note: str | None = None                 # what a resume that changes it affects (a log line)
-    legacy: object = AS_FIELD               # what a checkpoint that does not record it ran with (AS_FIELD: unknown)
+    cli_default: object = AS_FIELD  # the parser's default where it differs from the field's
+    check: Callable | None = None  # check(value, flag) -> the accepted value, or raises UserError
+    position_key: str | None = None  # the key of the checkpoint's data position that also saves it
+    note: str | None = None  # what a resume that changes it affects (a log line)
+    legacy: object = AS_FIELD  # what a checkpoint that does not record it ran with (AS_FIELD: unknown)
 
 
-def setting(default=dataclasses.MISSING, *, help: str, policy: Policy, flags=None, metavar=None,
-            cli_default=AS_FIELD, check=None, position_key=None, note=None, factory=None, legacy=AS_FIELD):
+def setting(
+    default=dataclasses.MISSING,
+    *,
+    help: str,
+    policy: Policy,
+    flags=None,
+    metavar=None,
+    cli_default=AS_FIELD,
+    check=None,
+    position_key=None,
+    note=None,
+    factory=None,
+    legacy=AS_FIELD,
+):
     """A setting's dataclass field. ``help`` may say ``{default}`` (or ``{default!r}``): the parser
     writes the default there. ``flags``: a flag name, a tuple of aliases, or a list of ``Flag``."""
     if isinstance(flags, str):
@@ -142,8 +162,11 @@ def flags_of(f: dataclasses.Field) -> tuple[Flag, ...]:
         return spec.flags
     name = f.name.replace("_", "-")
     if f.type is bool:  # a switch: on with --name when off by default, off with --no-name when on
-        return (Flag((f"--{name}",), action="store_true"),) if not f.default else \
-            (Flag((f"--no-{name}",), action="store_false"),)
+        return (
+            (Flag((f"--{name}",), action="store_true"),)
+            if not f.default
+            else (Flag((f"--no-{name}",), action="store_false"),)
+        )
     return (Flag((f"--{name}",)),)
 
 

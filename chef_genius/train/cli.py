@@ -22,6 +22,7 @@ def main(argv=None) -> int:
         if config.plan_only:
             from chef_genius.model.loading import quiet_transformers
             from chef_genius.train.memory_plan import print_plans
+
             quiet_transformers()
             print_plans(config)
             return EXIT_OK
@@ -33,6 +34,7 @@ def _demo_model(config):
     import torch
     from chef_genius.model.loading import quiet_transformers
     from chef_genius.model.tiny import DEMO_SIZES, ensure_tiny
+
     quiet_transformers()  # no "Writing model shards" bar in the middle of the log
     ensure_tiny(config.pretrained_model, **DEMO_SIZES)
     threads = torch.get_num_threads()
@@ -49,8 +51,10 @@ def _demo_model(config):
 def _train(config) -> int:
     if not (config.resume_from_checkpoint or config.auto_resume):  # a resume takes the checkpoint's weights
         from chef_genius.model.hub import check_hub_reachable
+
         check_hub_reachable(config.pretrained_model)  # before the heavy imports: offline fails in seconds
     from chef_genius.train.trainer import Trainer
+
     trainer = Trainer(config)
     try:
         with abort_on_signal("setting up (reading the checkpoint, tokenizing, loading the model)"):
@@ -69,12 +73,17 @@ def _train(config) -> int:
     if trainer.is_main:
         best = f"{state.best_loss:.4f} at step {state.best_step}" if state.best_loss is not None else "n/a"
         epoch = epoch_label(trainer.position.epoch + 1, trainer.config.epochs)
-        print(f"done: step {state.global_step}, epoch {epoch}, "
-              f"best validation loss {best}; "
-              f"model in {config.model_output}")
+        print(
+            f"done: step {state.global_step}, epoch {epoch}, "
+            f"best validation loss {best}; "
+            f"model in {config.model_output}"
+        )
         logging.getLogger("chef_genius").info(
-            "try it: python cli/generate_recipe.py --model %s --ingredients \"chicken, rice, garlic\"; "
-            "plots: python cli/plot_training.py %s", config.model_output, config.model_output)
+            'try it: python cli/generate_recipe.py --model %s --ingredients "chicken, rice, garlic"; '
+            "plots: python cli/plot_training.py %s",
+            config.model_output,
+            config.model_output,
+        )
     return EXIT_OK
 
 
@@ -84,19 +93,24 @@ def show_learning(trainer, before: tuple[int, str, str] | None) -> None:
     Called on every process (under FSDP they all generate); the main one prints."""
     from chef_genius.data.recipes import parse_target, render
     from chef_genius.train.evaluation import format_metrics
+
     final = trainer.final_generation()
     if before is None or final is None:
         return
     step, metrics, details = final
     start_step, given, text = before
     first = details[0]
-    print(f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
-          f"{text[:300] or '(no text: the untrained model ends at once)'}\n"
-          f"--- written at step {step} (after training):\n"
-          f"{render(parse_target(first['text']))}\n")
-    print(f"recipe metrics at step {step} on {len(details)} held-out recipes "
-          "(greedy, docs/monitoring.md: Recipe metrics): "
-          f"{format_metrics(metrics)}")
+    print(
+        f"\nheld-out recipe from: {given}\n--- written at step {start_step} (before training):\n"
+        f"{text[:300] or '(no text: the untrained model ends at once)'}\n"
+        f"--- written at step {step} (after training):\n"
+        f"{render(parse_target(first['text']))}\n"
+    )
+    print(
+        f"recipe metrics at step {step} on {len(details)} held-out recipes "
+        "(greedy, docs/monitoring.md: Recipe metrics): "
+        f"{format_metrics(metrics)}"
+    )
 
 
 def entry() -> None:

@@ -78,8 +78,9 @@ class AdapterFiles(ModelFiles):
     merged one (``save_pretrained`` of the base with the adapter folded in), or with
     ``adapter_only`` the checkpoint's files."""
 
-    def __init__(self, accelerator, model, tokenizer, source_template: str | None, base: dict,
-                 adapter_only: bool = False):
+    def __init__(
+        self, accelerator, model, tokenizer, source_template: str | None, base: dict, adapter_only: bool = False
+    ):
         super().__init__(accelerator, model, tokenizer, source_template)
         self.base, self.adapter_only = base, adapter_only
 
@@ -95,8 +96,10 @@ class AdapterFiles(ModelFiles):
     def how_to_load(self) -> str:
         if not self.adapter_only:
             return "the merged model: load it with from_pretrained"
-        return (f"the adapter only: PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("
-                f"{self.base['pretrained_model']!r}), FOLDER), or give the folder to generate_recipe.py")
+        return (
+            f"the adapter only: PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained("
+            f"{self.base['pretrained_model']!r}), FOLDER), or give the folder to generate_recipe.py"
+        )
 
     def final_state_dict(self) -> dict:
         return self.state_dict() if self.adapter_only else lora.merged_state_dict(unwrap(self.model))
@@ -115,8 +118,17 @@ class AdapterFiles(ModelFiles):
 
 
 class OptimizerSlice:
-    def __init__(self, accelerator, model, optimizer, schedule: Schedule, run: RunState, rewarm_steps: int,
-                 explicit=frozenset(), kind: str = "adamw"):
+    def __init__(
+        self,
+        accelerator,
+        model,
+        optimizer,
+        schedule: Schedule,
+        run: RunState,
+        rewarm_steps: int,
+        explicit=frozenset(),
+        kind: str = "adamw",
+    ):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.schedule, self.run, self.rewarm_steps = schedule, run, rewarm_steps
         self.explicit = explicit  # flags of the resume command: their values win over the saved param groups
@@ -130,9 +142,13 @@ class OptimizerSlice:
         saved_kind = saved.get("kind") or "adamw"
         if saved["state"] and saved_kind != self.kind:
             self._rewarm()
-            log.warning("the checkpoint's optimizer state is %s's, this run uses --optimizer %s: its state starts "
-                        "fresh and the learning rate ramps back up over %d steps (--optimizer-rewarmup-steps)",
-                        saved_kind, self.kind, self.rewarm_steps)
+            log.warning(
+                "the checkpoint's optimizer state is %s's, this run uses --optimizer %s: its state starts "
+                "fresh and the learning rate ramps back up over %d steps (--optimizer-rewarmup-steps)",
+                saved_kind,
+                self.kind,
+                self.rewarm_steps,
+            )
             return f"no {self.kind} state ({saved_kind}'s not loaded; re-warming)"
         optimizer = bare(self.optimizer)
         if saved["state"] and sharded.saved_by_name(saved["layout"]):
@@ -145,8 +161,11 @@ class OptimizerSlice:
             return "optimizer"
         # no optimizer state, or a DDP / single-GPU one that FSDP's shards cannot take
         self._rewarm()
-        log.warning("the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
-                    "ramps back up over %d steps (--optimizer-rewarmup-steps)", self.rewarm_steps)
+        log.warning(
+            "the checkpoint has no optimizer state: Adam moments start fresh and the learning rate "
+            "ramps back up over %d steps (--optimizer-rewarmup-steps)",
+            self.rewarm_steps,
+        )
         return "no optimizer state (re-warming)"
 
     def _rewarm(self) -> None:
@@ -168,8 +187,10 @@ def this_devices_kernels(optimizer):
         changed |= {f"{key}={group.get(key)} -> {value}" for key, value in values.items() if group.get(key) != value}
         group.update(values)
     if changed:
-        log.info("optimizer kernels set for this device (the checkpoint was saved on another): %s",
-                 ", ".join(sorted(changed)))
+        log.info(
+            "optimizer kernels set for this device (the checkpoint was saved on another): %s",
+            ", ".join(sorted(changed)),
+        )
 
 
 class SchedulerSlice:
@@ -182,8 +203,9 @@ class SchedulerSlice:
 
     def load_state_dict(self, saved: dict) -> str:
         # The schedule comes from the run's settings (a resume may extend --epochs), not the saved copy.
-        self.scheduler.load_state_dict(settings.resumed_scheduler_state(saved, self.scheduler, self.run.global_step,
-                                                                        self.explicit))
+        self.scheduler.load_state_dict(
+            settings.resumed_scheduler_state(saved, self.scheduler, self.run.global_step, self.explicit)
+        )
         apply_lr(self.optimizer, self.scheduler)
         return f"scheduler (lr {self.scheduler.get_last_lr()[0]:.3e})"
 
@@ -231,7 +253,7 @@ class SettingsSlice:
 
 class HealthSlice:
     def __init__(self, health):
-        self.health = health   # divergence.StepHealth
+        self.health = health  # divergence.StepHealth
         self.numbers: tuple[bool, bool] = (True, True)  # (weights, moments) finite: set before each save
 
     def state_dict(self) -> dict:
@@ -243,5 +265,13 @@ class HealthSlice:
 
 
 # the order of saving and restoring: the run state first (the others restore at its step)
-ORDER = (ckstate.RUN_STATE, ckstate.DATA_POSITION, ckstate.OPTIMIZER, ckstate.SCHEDULER, ckstate.RNG, ckstate.REPORTING,
-         ckstate.SETTINGS, ckstate.HEALTH)
+ORDER = (
+    ckstate.RUN_STATE,
+    ckstate.DATA_POSITION,
+    ckstate.OPTIMIZER,
+    ckstate.SCHEDULER,
+    ckstate.RNG,
+    ckstate.REPORTING,
+    ckstate.SETTINGS,
+    ckstate.HEALTH,
+)

@@ -28,8 +28,10 @@ PRECISIONS = typing.get_args(schema.Precision)
 PROGRESS_MODES = typing.get_args(schema.ProgressMode)
 REPORT_TO = typing.get_args(schema.Reporter)
 OPTIMIZERS = typing.get_args(schema.Optimizer)
-DATA_REQUIRED = ("--data is required (a RecipeNLG or Food.com CSV, JSONL or Parquet file, optionally .gz, .bz2 "
-                 "or zipped), or use --demo")
+DATA_REQUIRED = (
+    "--data is required (a RecipeNLG or Food.com CSV, JSONL or Parquet file, optionally .gz, .bz2 "
+    "or zipped), or use --demo"
+)
 
 
 EXAMPLES = """examples:
@@ -44,9 +46,12 @@ EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The training command line, one argument group per section of the schema."""
-    p = Parser(prog="complete_optimized_training.py",
-               description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(
+        prog="complete_optimized_training.py",
+        description="Fine-tune FLAN-T5 to write recipes from ingredient lists.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for section in schema.SECTIONS:
         add_section(p, section.title, own_settings(section))
     return p
@@ -58,10 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
 # out and all of them are written and scored at each evaluation. The sample holds no duplicates
 # (tests/data/test_dedup.py), so --dedup would remove nothing; the demo keeps the split by row number
 # (--dedup off) that its documented held-out scores were measured on.
-DEMO_OVERRIDES = dict(epochs=10, batch_size=8, learning_rate=3e-3, warmup_steps=30, save_steps=120,
-                      eval_steps=240, logging_steps=20, max_source_length=64, max_target_length=256,
-                      dataloader_num_workers=0, length_group_size=64, eval_split_ratio=0.05, eval_generate=20,
-                      eval_samples=0, dedup="off")
+DEMO_OVERRIDES = dict(
+    epochs=10,
+    batch_size=8,
+    learning_rate=3e-3,
+    warmup_steps=30,
+    save_steps=120,
+    eval_steps=240,
+    logging_steps=20,
+    max_source_length=64,
+    max_target_length=256,
+    dataloader_num_workers=0,
+    length_group_size=64,
+    eval_split_ratio=0.05,
+    eval_generate=20,
+    eval_samples=0,
+    dedup="off",
+)
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -73,6 +91,7 @@ def parse_args(argv=None) -> TrainConfig:
         # The file's settings are the user's, as if typed before the command line's flags: the flags
         # win, and a resume treats the file's settings as given (train/settings.py).
         from chef_genius.settings.config_file import read_config
+
         given = read_config(values["config"], TrainConfig, skip=explicit)
         values.update({name: value for name, value in given.items() if name not in explicit})
         explicit = explicit | frozenset(given)
@@ -120,9 +139,11 @@ def validate(c: TrainConfig) -> None:
     if c.max_tokens_per_batch and c.streaming:
         raise UserError("--max-tokens-per-batch needs the tokenized cache: drop --streaming or --max-tokens-per-batch")
     if c.max_tokens_per_batch and c.max_tokens_per_batch < c.max_source_length + c.max_target_length:
-        raise UserError(f"--max-tokens-per-batch {c.max_tokens_per_batch} is smaller than one recipe can be "
-                        f"(--max-source-length + --max-target-length = {c.max_source_length + c.max_target_length});"
-                        " raise it or the max lengths")
+        raise UserError(
+            f"--max-tokens-per-batch {c.max_tokens_per_batch} is smaller than one recipe can be "
+            f"(--max-source-length + --max-target-length = {c.max_source_length + c.max_target_length});"
+            " raise it or the max lengths"
+        )
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
 
@@ -130,10 +151,12 @@ def validate(c: TrainConfig) -> None:
 def check_model_output(model_output: str) -> None:
     """A run folder is never a checkpoint nor inside one: a run's files there would break its seal."""
     from chef_genius.checkpoint.layout import enclosing_checkpoint
+
     checkpoint = enclosing_checkpoint(model_output)
     if checkpoint is None:
         return
     where = "is" if checkpoint == Path(os.path.abspath(model_output)) else "is inside"
-    raise UserError(f"--model-output {model_output} {where} the checkpoint {checkpoint.name}, which a run never "
-                    f"writes into; did you mean its run folder? --model-output {checkpoint.parent}")
-
+    raise UserError(
+        f"--model-output {model_output} {where} the checkpoint {checkpoint.name}, which a run never "
+        f"writes into; did you mean its run folder? --model-output {checkpoint.parent}"
+    )

@@ -36,9 +36,9 @@ log = logging.getLogger("chef_genius")
 
 @dataclass
 class Data:
-    train: Sized                      # the training recipes (``len`` is what the trainer needs)
+    train: Sized  # the training recipes (``len`` is what the trainer needs)
     eval: RecipeDataset | None
-    sampler: ResumableBatchSampler    # owns the data position
+    sampler: ResumableBatchSampler  # owns the data position
     loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader | None
     records: DataRecords | None = None  # what the run folder gets once the run starts (rank 0; cached path)
@@ -48,6 +48,7 @@ class Data:
 class DataRecords:
     """The data summary, the removed rows and the training recipes' signatures, written into the run
     folder by ``write`` once setup has succeeded (a refused resume leaves the folder as it was)."""
+
     summary: dict
     found: corpus.FileDedup | None
     train_rows: np.ndarray
@@ -85,32 +86,52 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     files = [path for path in (c.data, c.eval_data) if path]
 
     def ready() -> bool:
-        if not all(is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
-                   for path in files):
+        if not all(
+            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options) for path in files
+        ):
             return False
         folder = cache_folder(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
         return not settings.active or corpus.result_path(folder, c.data, options, settings, c.eval_data).is_file()
 
     with _main_tokenizes_first(accelerator, ready), _cache_errors(cache_root):
-        train = load_tokenized(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc,
-                               options, c.progress)
-        evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc, options, c.progress) if c.eval_data else None)
-        found = (corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data)
-                 if settings.active else None)
+        train = load_tokenized(
+            c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
+        )
+        evald = (
+            load_tokenized(
+                c.eval_data,
+                tokenizer,
+                c.max_source_length,
+                c.max_target_length,
+                cache_root,
+                c.num_proc,
+                options,
+                c.progress,
+            )
+            if c.eval_data
+            else None
+        )
+        found = (
+            corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
+        )
     log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
     if encoding_hint(train.stats):
         log.warning("%s: %s", c.data, encoding_hint(train.stats))
     if found is not None and len(found.result.keys) != len(train.dataset):
-        raise DataError(f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
-                        f"{len(train.dataset)}; delete {train.cache_dir} and run again")
-    train_idx, eval_idx = corpus.split_rows(len(train.dataset), found, c.dedup, evald is not None,
-                                            c.eval_split_ratio, c.seed)
+        raise DataError(
+            f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
+            f"{len(train.dataset)}; delete {train.cache_dir} and run again"
+        )
+    train_idx, eval_idx = corpus.split_rows(
+        len(train.dataset), found, c.dedup, evald is not None, c.eval_split_ratio, c.seed
+    )
     if not len(train_idx):  # e.g. every recipe a twin of an --eval-data recipe: nothing left to train on
         removed = len(found.result.removed) if found is not None else 0
-        raise DataError(f"{c.data}: no recipe is left to train on ({len(train.dataset)} read, {removed} removed as "
-                        "duplicates or twins of held-out recipes, the rest held out for validation); check "
-                        "--eval-data and --eval-split-ratio, or pass --dedup off")
+        raise DataError(
+            f"{c.data}: no recipe is left to train on ({len(train.dataset)} read, {removed} removed as "
+            "duplicates or twins of held-out recipes, the rest held out for validation); check "
+            "--eval-data and --eval-split-ratio, or pass --dedup off"
+        )
     train_data = RecipeDataset(train.dataset, train_idx)
     eval_data: RecipeDataset | None
     if evald is not None:
@@ -123,46 +144,84 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     sort_by = train_data.lengths() if c.group_by_length else None
     sampler: TokenBudgetSampler | ResumableBatchSampler
     if c.max_tokens_per_batch:
-        sampler = TokenBudgetSampler(len(train_data), c.max_tokens_per_batch, c.seed, sort_by,
-                                     *train_data.source_target_lengths(), c.length_group_size,
-                                     accelerator.num_processes, accelerator.process_index)
+        sampler = TokenBudgetSampler(
+            len(train_data),
+            c.max_tokens_per_batch,
+            c.seed,
+            sort_by,
+            *train_data.source_target_lengths(),
+            c.length_group_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+        )
     else:
-        sampler = ResumableBatchSampler(len(train_data), c.batch_size, c.seed, sort_by, c.length_group_size,
-                                        accelerator.num_processes, accelerator.process_index)
+        sampler = ResumableBatchSampler(
+            len(train_data),
+            c.batch_size,
+            c.seed,
+            sort_by,
+            c.length_group_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+        )
     collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
     workers = c.dataloader_num_workers
-    common = dict(collate_fn=collate, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-                  persistent_workers=workers > 0)
+    common = dict(
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     if workers:
         common["worker_init_fn"] = preemption.ignore_in_worker
-    loader = torch.utils.data.DataLoader(dist.ShareDataset(train_data), batch_sampler=sampler,
-                                         generator=torch.Generator().manual_seed(c.seed), **common)
+    loader = torch.utils.data.DataLoader(
+        dist.ShareDataset(train_data), batch_sampler=sampler, generator=torch.Generator().manual_seed(c.seed), **common
+    )
     return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate), records)
 
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
+
     options = read_options(c)
     with accelerator.main_process_first():
         rows = count_rows(c.data, cache_root, options)
-        evald = (load_tokenized(c.eval_data, tokenizer, c.max_source_length, c.max_target_length, cache_root,
-                                c.num_proc, options, c.progress) if c.eval_data else None)
+        evald = (
+            load_tokenized(
+                c.eval_data,
+                tokenizer,
+                c.max_source_length,
+                c.max_target_length,
+                cache_root,
+                c.num_proc,
+                options,
+                c.progress,
+            )
+            if c.eval_data
+            else None
+        )
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
     if c.dedup != "off":
-        log.warning("--streaming: duplicates are not looked for and the file is trained on as it is "
-                    "(--dedup needs the cached path); pass --dedup off to say so")
+        log.warning(
+            "--streaming: duplicates are not looked for and the file is trained on as it is "
+            "(--dedup needs the cached path); pass --dedup off to say so"
+        )
     log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
-    sampler = StreamingSampler(rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes,
-                               accelerator.process_index)
+    sampler = StreamingSampler(
+        rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes, accelerator.process_index
+    )
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
-    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate,
-                              options)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=min(1, c.dataloader_num_workers),
-                                         pin_memory=accelerator.device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(c.seed))
+    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options)
+    loader = torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=min(1, c.dataloader_num_workers),
+        pin_memory=accelerator.device.type == "cuda",
+        generator=torch.Generator().manual_seed(c.seed),
+    )
     eval_data = eval_subset(RecipeDataset(evald.dataset), c.eval_max_samples, c.seed) if evald is not None else None
     eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
     return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
@@ -174,8 +233,15 @@ def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, acc
         return None
     lengths = report.full_lengths(train.dataset, train_data.indices)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
-    summary = report.summarize(c.data, train.stats, found, settings.mode, len(train_data),
-                               len(eval_data) if eval_data is not None else 0, lengths_report)
+    summary = report.summarize(
+        c.data,
+        train.stats,
+        found,
+        settings.mode,
+        len(train_data),
+        len(eval_data) if eval_data is not None else 0,
+        lengths_report,
+    )
     for line in report.summary_lines(summary):
         log.info("%s", line)
     for line in report.truncation_warnings(lengths_report):
@@ -204,13 +270,24 @@ def _eval_loader(c, eval_data: RecipeDataset | None, accelerator, collate) -> to
     ``collate`` (a ``ShareCollator``) masks out, so no recipe counts twice in the validation loss."""
     if eval_data is None:
         return None
-    sampler = ResumableBatchSampler(len(eval_data), c.batch_size * EVAL_BATCH_FACTOR, c.seed, eval_data.lengths(),
-                                    len(eval_data), accelerator.num_processes, accelerator.process_index)
+    sampler = ResumableBatchSampler(
+        len(eval_data),
+        c.batch_size * EVAL_BATCH_FACTOR,
+        c.seed,
+        eval_data.lengths(),
+        len(eval_data),
+        accelerator.num_processes,
+        accelerator.process_index,
+    )
     # the private generator: even without workers an iterator draws a base seed from it, never from
     # the global RNG that the training steps' dropout uses
-    return torch.utils.data.DataLoader(dist.ShareDataset(eval_data), batch_sampler=sampler, collate_fn=collate,
-                                       pin_memory=accelerator.device.type == "cuda",
-                                       generator=torch.Generator().manual_seed(c.seed))
+    return torch.utils.data.DataLoader(
+        dist.ShareDataset(eval_data),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        pin_memory=accelerator.device.type == "cuda",
+        generator=torch.Generator().manual_seed(c.seed),
+    )
 
 
 @contextlib.contextmanager
@@ -241,8 +318,9 @@ def _cache_errors(cache_root: Path):
         where = Path(err.filename) if err.filename else cache_root
         reason = err.strerror or type(err).__name__
         if where == cache_root or cache_root in where.parents or not where.exists():
-            raise UserError(f"cannot write the tokenized-data cache at {where} ({reason}); "
-                            "pass a writable --cache-dir") from None
+            raise UserError(
+                f"cannot write the tokenized-data cache at {where} ({reason}); pass a writable --cache-dir"
+            ) from None
         raise DataError(f"cannot read {where} ({reason})") from None
 
 

@@ -39,6 +39,7 @@ SAMPLE_LOG_ENV = "CHEF_GENIUS_SAMPLE_LOG"
 # ---------------------------------------------------------------------------------------------
 # loss normalisation
 
+
 def token_divisor(accelerator, local_tokens: int) -> tuple[float | torch.Tensor, int | torch.Tensor]:
     """(divisor for this rank's summed loss, global target tokens of the step).
 
@@ -68,12 +69,14 @@ def global_step_loss(accelerator, local_loss: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # RNG per rank
 
+
 def gather_rng_states(accelerator) -> list[dict] | None:
     """Every rank's RNG state on rank 0 (a collective: all ranks call it); None elsewhere."""
     mine = rng.capture()
     if accelerator.num_processes == 1:
         return [mine]
     import torch.distributed as dist
+
     gathered: list[Any] | None = [None] * accelerator.num_processes if accelerator.is_main_process else None
     dist.gather_object(mine, gathered, dst=0)
     return gathered
@@ -86,8 +89,12 @@ def rng_for_rank(per_rank: list[dict], accelerator, seed: int, global_step: int)
     if len(per_rank) == world:
         return per_rank[rank]
     if per_rank:
-        log.warning("the checkpoint was written by %d processes, this run has %d: each process starts fresh "
-                    "random streams (dropout), so losses will not match an uninterrupted run", len(per_rank), world)
+        log.warning(
+            "the checkpoint was written by %d processes, this run has %d: each process starts fresh "
+            "random streams (dropout), so losses will not match an uninterrupted run",
+            len(per_rank),
+            world,
+        )
     rng.seed_everything(rank_seed(seed + int(global_step), rank))
     return None
 
@@ -99,6 +106,7 @@ def rank_seed(seed: int, rank: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # agreement and plan
+
 
 class World:
     """What the checkpoint manager needs of the processes of a run: who writes, and agreeing on flags."""
@@ -134,6 +142,7 @@ class LateVote:
 
     def cast(self, flags) -> tuple[bool, ...]:
         import torch.distributed as td
+
         values = torch.tensor([float(f) for f in flags])
         if self.device.type == "cuda":
             values = values.pin_memory()
@@ -161,6 +170,7 @@ def broadcast_object(accelerator, value):
     if accelerator.num_processes == 1:
         return value
     from accelerate.utils import broadcast_object_list
+
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
@@ -171,13 +181,21 @@ def agree_on_path(accelerator, path: Path | None) -> Path | None:
     if accelerator.num_processes == 1:
         return path
     import torch.distributed as dist
+
     box = [None if path is None else str(path)]
     dist.broadcast_object_list(box, src=0)
     return None if box[0] is None else Path(box[0])
 
 
-def planned_total_steps(global_step: int, epoch: int, samples_in_epoch: int, num_samples: int,
-                        global_batch: int, accumulation: int, epochs: int) -> int:
+def planned_total_steps(
+    global_step: int,
+    epoch: int,
+    samples_in_epoch: int,
+    num_samples: int,
+    global_batch: int,
+    accumulation: int,
+    epochs: int,
+) -> int:
     """The optimizer step at which ``epochs`` end, counted from a position (pure).
 
     On an unchanged world size this equals ``steps_per_epoch * epochs``; after a resume on another
@@ -194,16 +212,21 @@ def planned_total_steps(global_step: int, epoch: int, samples_in_epoch: int, num
 # ---------------------------------------------------------------------------------------------
 # logging and the sample log
 
+
 def check_launch(accelerator, fsdp_requested: bool) -> None:
     """Refuse launches that would silently train something else than asked."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise UserError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes}: "
-                        "they would each train alone into the same folder; launch with torchrun --nproc_per_node "
-                        f"{launched} or accelerate launch --multi_gpu --num_processes {launched}")
+        raise UserError(
+            f"launched as {launched} processes but accelerate set up {accelerator.num_processes}: "
+            "they would each train alone into the same folder; launch with torchrun --nproc_per_node "
+            f"{launched} or accelerate launch --multi_gpu --num_processes {launched}"
+        )
     if fsdp_requested and accelerator.device.type != "cuda":
-        raise UserError("the FSDP config needs CUDA GPUs; on CPU use accelerate launch --multi_gpu "
-                        "--num_processes N (data-parallel)")
+        raise UserError(
+            "the FSDP config needs CUDA GPUs; on CPU use accelerate launch --multi_gpu "
+            "--num_processes N (data-parallel)"
+        )
 
 
 def quiet_other_ranks(accelerator) -> None:

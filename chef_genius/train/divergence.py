@@ -44,8 +44,8 @@ from chef_genius.settings.schema import TrainConfig
 log = logging.getLogger("chef_genius")
 
 POISON_ENV = "CHEF_GENIUS_POISON"
-SPIKE_WINDOW = 32       # finite losses the median is taken over
-SPIKE_MIN_HISTORY = 8   # no spike is called before this many finite losses are known
+SPIKE_WINDOW = 32  # finite losses the median is taken over
+SPIKE_MIN_HISTORY = 8  # no spike is called before this many finite losses are known
 
 # A skipped step moves the LR schedule without an optimizer step, on purpose: torch's warning about
 # that order (meant for a misplaced scheduler call) would be noise.
@@ -55,9 +55,10 @@ warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step
 @dataclass(frozen=True)
 class Policy:
     """The guard's settings (``--spike-factor``, ``--max-nonfinite-steps``, ``--max-rollbacks``)."""
-    spike_factor: float = TrainConfig.spike_factor            # 0: no spike detection
-    nonfinite_steps: int = TrainConfig.max_nonfinite_steps    # non-finite steps in a row that roll back (0: never)
-    max_rollbacks: int = TrainConfig.max_rollbacks            # rollbacks in one session before the run stops
+
+    spike_factor: float = TrainConfig.spike_factor  # 0: no spike detection
+    nonfinite_steps: int = TrainConfig.max_nonfinite_steps  # non-finite steps in a row that roll back (0: never)
+    max_rollbacks: int = TrainConfig.max_rollbacks  # rollbacks in one session before the run stops
 
     @classmethod
     def of(cls, config: TrainConfig) -> Policy:
@@ -140,7 +141,7 @@ class StepHealth:
         self.late = device.type == "cuda"
         self.recent: deque[float] = deque(maxlen=SPIKE_WINDOW)
         self.nonfinite_in_a_row = 0
-        self.skipped_steps = 0      # non-finite steps of the run, resumes included
+        self.skipped_steps = 0  # non-finite steps of the run, resumes included
         self.unlogged_skips: list[int] = []  # skipped steps the log has not named yet
         self._pending: list[tuple] = []
 
@@ -188,8 +189,12 @@ class StepHealth:
             return None
         self.nonfinite_in_a_row = 0
         if is_spike(loss, self.recent, p.spike_factor):
-            return Verdict(step, f"loss spike: {loss:.4g} > {p.spike_factor:g} x the median {median(self.recent):.4g} "
-                                 f"of the last {len(self.recent)} losses", position)
+            return Verdict(
+                step,
+                f"loss spike: {loss:.4g} > {p.spike_factor:g} x the median {median(self.recent):.4g} "
+                f"of the last {len(self.recent)} losses",
+                position,
+            )
         self.recent.append(loss)
         return None
 

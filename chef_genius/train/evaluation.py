@@ -57,8 +57,17 @@ class Evaluation:
     """What one run evaluates on: its validation split and loader, the ``--eval-generate`` recipes, the
     fixed sample ingredient lists; the results go to the reporters and the best step to ``state``."""
 
-    def __init__(self, config, accelerator, tokenizer, eval_data, eval_loader, reporters, state,
-                 stop_requested: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        config,
+        accelerator,
+        tokenizer,
+        eval_data,
+        eval_loader,
+        reporters,
+        state,
+        stop_requested: Callable[[], bool] | None = None,
+    ):
         self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
         self.stop_requested = stop_requested  # this process's stop flag (a signal); None: never stops
         self.eval_data, self.eval_loader = eval_data, eval_loader
@@ -97,12 +106,23 @@ class Evaluation:
         improved = value is not None and is_better(c.metric_for_best, value, self._best_value())
         if improved:
             s.best_loss, s.best_step, s.best_value = loss, s.global_step, value
-        self.reporters.write({"type": "eval", "step": s.global_step, "eval_loss": loss, "best_loss": s.best_loss,
-                              "best_step": s.best_step, "metric_for_best": c.metric_for_best,
-                              "best_value": s.best_value})
+        self.reporters.write(
+            {
+                "type": "eval",
+                "step": s.global_step,
+                "eval_loss": loss,
+                "best_loss": s.best_loss,
+                "best_step": s.best_step,
+                "metric_for_best": c.metric_for_best,
+                "best_value": s.best_value,
+            }
+        )
         if self.is_main:
-            best = "" if not improved else (" (best)" if c.metric_for_best == "eval_loss"
-                                            else f" (best {c.metric_for_best} {value:.4f})")
+            best = (
+                ""
+                if not improved
+                else (" (best)" if c.metric_for_best == "eval_loss" else f" (best {c.metric_for_best} {value:.4f})")
+            )
             log.info("step %d validation loss %.4f%s", s.global_step, loss, best)
         self.log_samples(model)
         return loss
@@ -114,8 +134,9 @@ class Evaluation:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = torch.zeros((), device=self.device, dtype=torch.float64)
         try:
-            with CountProgress("validation", len(self.eval_loader), self.config.progress, self.is_main,
-                               unit="batch") as progress:
+            with CountProgress(
+                "validation", len(self.eval_loader), self.config.progress, self.is_main, unit="batch"
+            ) as progress:
                 for done, batch in enumerate(self.eval_loader, 1):
                     if self._stopping():
                         raise Stopped(f"validation abandoned after {done - 1} of {len(self.eval_loader)} batches")
@@ -155,10 +176,21 @@ class Evaluation:
             raise Stopped(stopped)
         if self.is_main:
             assert metrics is not None  # the main process always generates
-            self.reporters.write({"type": "generation", "step": self.state.global_step, **metrics,
-                                  "recipes": len(details), "samples": details[:3]})
-            log.info("step %d recipe metrics on %d validation recipes: %s", self.state.global_step, len(details),
-                     format_metrics(metrics))
+            self.reporters.write(
+                {
+                    "type": "generation",
+                    "step": self.state.global_step,
+                    **metrics,
+                    "recipes": len(details),
+                    "samples": details[:3],
+                }
+            )
+            log.info(
+                "step %d recipe metrics on %d validation recipes: %s",
+                self.state.global_step,
+                len(details),
+                format_metrics(metrics),
+            )
         return metrics
 
     def preview(self, model) -> tuple[int, str, str] | None:
@@ -168,9 +200,17 @@ class Evaluation:
         c = self.config
         example = held_out(self.eval_data, self.tokenizer, 1, c.source_template)
         with rng.isolated():
-            _, details = evaluate_model(unwrap(model), self.tokenizer, example, self.device, self.accelerator.autocast,
-                                        max_new_tokens=c.max_target_length, max_source_length=c.max_source_length,
-                                        template=c.source_template, synced=self.synced)
+            _, details = evaluate_model(
+                unwrap(model),
+                self.tokenizer,
+                example,
+                self.device,
+                self.accelerator.autocast,
+                max_new_tokens=c.max_target_length,
+                max_source_length=c.max_source_length,
+                template=c.source_template,
+                synced=self.synced,
+            )
         if not self.is_main:
             return None
         return self.state.global_step, example[0].ingredient_text, details[0]["text"]
@@ -181,8 +221,9 @@ class Evaluation:
         if self.eval_data is None or not len(self.eval_data) or not self.generates:
             return None
         if self.last_generation is None or self.last_generation[0] != self.state.global_step:
-            self.generation_set = held_out(self.eval_data, self.tokenizer, self.config.eval_generate or None,
-                                           self.config.source_template)
+            self.generation_set = held_out(
+                self.eval_data, self.tokenizer, self.config.eval_generate or None, self.config.source_template
+            )
             self.last_generation = (self.state.global_step, *self.score_generation(model))
         return self.last_generation if self.is_main else None
 
@@ -193,29 +234,49 @@ class Evaluation:
         total = len(self.generation_set)
         if self.is_main:
             log.info("step %d: generating %d validation recipes for the recipe metrics", self.state.global_step, total)
-        with rng.isolated(), CountProgress("generating validation recipes", total, c.progress,
-                                           self.is_main) as progress:
+        with (
+            rng.isolated(),
+            CountProgress("generating validation recipes", total, c.progress, self.is_main) as progress,
+        ):
+
             def on_batch(done: int) -> None:
                 # a batch cut short by the stop below ends here: its texts are discarded with the rest
                 if self._stopping(everyone=self.synced):
                     raise Stopped(f"recipe generation abandoned after {done} of {total} recipes")
                 progress.update(done)
-            return evaluate_model(unwrap(model), self.tokenizer, self.generation_set, self.device,
-                                  self.accelerator.autocast, max_new_tokens=c.max_target_length,
-                                  max_source_length=c.max_source_length, on_batch=on_batch,
-                                  template=c.source_template, synced=self.synced,
-                                  stop=self.stop_requested)
+
+            return evaluate_model(
+                unwrap(model),
+                self.tokenizer,
+                self.generation_set,
+                self.device,
+                self.accelerator.autocast,
+                max_new_tokens=c.max_target_length,
+                max_source_length=c.max_source_length,
+                on_batch=on_batch,
+                template=c.source_template,
+                synced=self.synced,
+                stop=self.stop_requested,
+            )
 
     def log_samples(self, model) -> None:
         """A few greedy recipes from fixed ingredient lists (logged by the main process; training RNG untouched)."""
         if not self.generates or not self.config.eval_samples or self._stopping(everyone=self.synced):
             return
         with rng.isolated():
-            samples = eval_samples(unwrap(model), self.tokenizer, self.device, self.config.eval_samples,
-                                   self.accelerator.autocast, self.config.source_template, synced=self.synced)
+            samples = eval_samples(
+                unwrap(model),
+                self.tokenizer,
+                self.device,
+                self.config.eval_samples,
+                self.accelerator.autocast,
+                self.config.source_template,
+                synced=self.synced,
+            )
         if not self.is_main:
             return
         self.reporters.write({"type": "samples", "step": self.state.global_step, "samples": samples})
         for sample in samples:
-            log.info("sample at step %d from %s: %s", self.state.global_step, sample["ingredients"],
-                     sample["text"][:300])
+            log.info(
+                "sample at step %d from %s: %s", self.state.global_step, sample["ingredients"], sample["text"][:300]
+            )

@@ -27,8 +27,13 @@ from chef_genius.train import memory_plan
 log = logging.getLogger("chef_genius")
 
 
-_OUT_OF_MEMORY_TEXTS = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed",
-                        "cuda_error_out_of_memory", "cudaerrormemoryallocation")
+_OUT_OF_MEMORY_TEXTS = (
+    "out of memory",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+    "cuda_error_out_of_memory",
+    "cudaerrormemoryallocation",
+)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -77,10 +82,16 @@ def halve(config, state, global_batch: int) -> bool:
         return False
     accumulation = config.gradient_accumulation_steps * state.micro_batch_split
     state.micro_batch_split *= 2
-    log.warning("out of GPU memory in step %d at micro-batch %d: retrying it with micro-batch %d x "
-                "accumulation %d (global batch %d unchanged; kept for the rest of the run and in its "
-                "checkpoints)", state.global_step + 1, micro, math.ceil(config.batch_size / state.micro_batch_split),
-                accumulation * 2, global_batch)
+    log.warning(
+        "out of GPU memory in step %d at micro-batch %d: retrying it with micro-batch %d x "
+        "accumulation %d (global batch %d unchanged; kept for the rest of the run and in its "
+        "checkpoints)",
+        state.global_step + 1,
+        micro,
+        math.ceil(config.batch_size / state.micro_batch_split),
+        accumulation * 2,
+        global_batch,
+    )
     return True
 
 
@@ -91,9 +102,14 @@ def give_up(config, state, checkpoints, model, bf16: bool, gpu_free: int | None)
     accumulation = config.gradient_accumulation_steps * state.micro_batch_split
     intact = checkpoints.wait()
     newest = checkpoints.last_step
-    where = (f"{ckpt.PREFIX}{newest} is intact (resume with --resume-from-checkpoint latest)"
-             if intact and newest is not None else "no checkpoint of this run was saved yet")
+    where = (
+        f"{ckpt.PREFIX}{newest} is intact (resume with --resume-from-checkpoint latest)"
+        if intact and newest is not None
+        else "no checkpoint of this run was saved yet"
+    )
     fits = memory_plan.advice(model, config, bf16, gpu_free)
     retry = "" if config.auto_micro_batch else "; or pass --auto-micro-batch to halve the micro-batch on this error"
-    return OutOfMemory(f"out of GPU memory in step {state.global_step + 1} at micro-batch {micro} x accumulation "
-                       f"{accumulation}; {fits}{retry}; {where}")
+    return OutOfMemory(
+        f"out of GPU memory in step {state.global_step + 1} at micro-batch {micro} x accumulation "
+        f"{accumulation}; {fits}{retry}; {where}"
+    )

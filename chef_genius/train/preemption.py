@@ -86,8 +86,11 @@ class Preemption:
             log.warning("second stop signal (%s): aborting now without a checkpoint", name)
             raise KeyboardInterrupt
         self.signal_name = name
-        log.warning("%s received: finishing this step (an evaluation in progress is abandoned), saving a "
-                    "checkpoint, then exiting (send it again to abort at once without saving)", name)
+        log.warning(
+            "%s received: finishing this step (an evaluation in progress is abandoned), saving a "
+            "checkpoint, then exiting (send it again to abort at once without saving)",
+            name,
+        )
 
 
 def _restore(previous: dict) -> None:
@@ -114,8 +117,10 @@ def abort_on_signal(what: str):
             log.warning("%s received: already stopping, cleaning up", name)
             return
         received.append(name)
-        raise StoppedInSetup(f"{name} received while {what}: nothing to save yet, nothing half-built kept; "
-                             "run the same command again to start over")
+        raise StoppedInSetup(
+            f"{name} received while {what}: nothing to save yet, nothing half-built kept; "
+            "run the same command again to start over"
+        )
 
     previous = {sig: signal.signal(sig, handle) for sig in stop_signals()}
     try:
@@ -145,8 +150,12 @@ def requeue_slurm_job() -> bool:
         log.warning("--requeue-on-preemption: scontrol requeue %s failed (%s); requeue the job by hand", job, err)
         return False
     if done.returncode != 0:
-        log.warning("--requeue-on-preemption: scontrol requeue %s failed (exit %d: %s); requeue the job by hand",
-                    job, done.returncode, " ".join(done.stderr.split())[:200])
+        log.warning(
+            "--requeue-on-preemption: scontrol requeue %s failed (exit %d: %s); requeue the job by hand",
+            job,
+            done.returncode,
+            " ".join(done.stderr.split())[:200],
+        )
         return False
     log.info("requeued Slurm job %s (scontrol requeue): it resumes from this checkpoint when it starts again", job)
     return True
@@ -158,6 +167,7 @@ def agree(accelerator, *flags: bool) -> tuple[bool, ...]:
     if accelerator.num_processes == 1:
         return flags
     import torch
+
     values = torch.tensor([float(f) for f in flags], device=accelerator.device)
     values = accelerator.reduce(values, reduction="sum")
     return tuple(bool(v > 0) for v in values.tolist())

@@ -28,8 +28,13 @@ def from_parts(python_state, numpy_state, torch_state, cuda_states=()) -> dict:
         out["python"] = [int(version), [int(v) for v in internal], gauss]
     if numpy_state is not None:
         kind, keys, pos, has_gauss, cached = numpy_state
-        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        out["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
     if isinstance(torch_state, torch.Tensor):
         out["torch"] = torch_state
     out["cuda"] = [t for t in (cuda_states or []) if isinstance(t, torch.Tensor)]
@@ -38,16 +43,20 @@ def from_parts(python_state, numpy_state, torch_state, cuda_states=()) -> dict:
 
 def seeded(value: int) -> dict:
     """The stored layout of generators seeded with ``value`` (this process's own are left untouched)."""
-    return from_parts(random.Random(value).getstate(), np.random.RandomState(value).get_state(),
-                      torch.Generator().manual_seed(value).get_state())
+    return from_parts(
+        random.Random(value).getstate(),
+        np.random.RandomState(value).get_state(),
+        torch.Generator().manual_seed(value).get_state(),
+    )
 
 
 def restore(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     npst = state["numpy"]
-    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
-                         npst["has_gauss"], npst["cached_gaussian"]))
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available():

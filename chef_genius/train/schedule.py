@@ -7,8 +7,14 @@ import math
 import torch
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "linear",
-              rewarm_from: int | None = None, rewarm_steps: int = 0) -> float:
+def lr_factor(
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    kind: str = "linear",
+    rewarm_from: int | None = None,
+    rewarm_steps: int = 0,
+) -> float:
     """Multiplier of the peak LR for optimizer step ``step`` (0-based).
 
     Linear warmup over ``warmup_steps``, then linear / cosine decay to 0 at ``total_steps``, or
@@ -30,8 +36,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "linea
 class Schedule:
     """Callable for ``LambdaLR``; its attributes are plain values, so its state saves safely."""
 
-    def __init__(self, warmup_steps: int, total_steps: int, kind: str,
-                 rewarm_from: int | None = None, rewarm_steps: int = 0):
+    def __init__(
+        self, warmup_steps: int, total_steps: int, kind: str, rewarm_from: int | None = None, rewarm_steps: int = 0
+    ):
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.kind = kind
@@ -39,8 +46,7 @@ class Schedule:
         self.rewarm_steps = rewarm_steps
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, self.warmup_steps, self.total_steps, self.kind,
-                         self.rewarm_from, self.rewarm_steps)
+        return lr_factor(step, self.warmup_steps, self.total_steps, self.kind, self.rewarm_from, self.rewarm_steps)
 
 
 def make_scheduler(optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
@@ -50,9 +56,14 @@ def make_scheduler(optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.La
 def scheduler_state_at(step: int, peak_lr: float, schedule: Schedule, num_groups: int = 1) -> dict:
     """The ``LambdaLR`` state a run has after ``step`` optimizer steps (used by resume and repair)."""
     lr = peak_lr * schedule(step)
-    return {"base_lrs": [peak_lr] * num_groups, "last_epoch": step, "_step_count": step + 1,
-            "_get_lr_called_within_step": False, "_last_lr": [lr] * num_groups,
-            "lr_lambdas": [dict(vars(schedule))] * num_groups}
+    return {
+        "base_lrs": [peak_lr] * num_groups,
+        "last_epoch": step,
+        "_step_count": step + 1,
+        "_get_lr_called_within_step": False,
+        "_last_lr": [lr] * num_groups,
+        "lr_lambdas": [dict(vars(schedule))] * num_groups,
+    }
 
 
 def apply_lr(optimizer, scheduler) -> None:

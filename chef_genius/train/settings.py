@@ -85,13 +85,13 @@ class Change:
 
 @dataclass
 class Decision:
-    values: dict                                               # this session's settings
+    values: dict  # this session's settings
     applied: list[Change] = field(default_factory=list)
-    refused: list[Change] = field(default_factory=list)        # GUARDED changes
-    adapter: list[Change] = field(default_factory=list)        # ADAPTER changes
-    ignored: list[Change] = field(default_factory=list)        # RECORDED flags a resume does not use
-    kept: list[str] = field(default_factory=list)              # taken from the checkpoint, unlike this command's
-    unrecorded: list[str] = field(default_factory=list)        # run settings the checkpoint lacks
+    refused: list[Change] = field(default_factory=list)  # GUARDED changes
+    adapter: list[Change] = field(default_factory=list)  # ADAPTER changes
+    ignored: list[Change] = field(default_factory=list)  # RECORDED flags a resume does not use
+    kept: list[str] = field(default_factory=list)  # taken from the checkpoint, unlike this command's
+    unrecorded: list[str] = field(default_factory=list)  # run settings the checkpoint lacks
 
 
 def decide(saved: dict, command: dict, explicit, position: dict | None = None) -> Decision:
@@ -142,9 +142,12 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
     decision = decide(hyper, config.to_dict(), config.explicit, saved.get("data_position"))
     decision.refused += file_changes(decision.values, hyper, where)
     if decision.refused and not config.allow_config_change:
-        raise UserError("the run does not match the checkpoint: " + "; ".join(map(str, decision.refused))
-                        + "; these change which recipes the rest of the run sees: drop them to resume the same "
-                          "run, or pass --allow-config-change to resume anyway (the sample order will differ)")
+        raise UserError(
+            "the run does not match the checkpoint: "
+            + "; ".join(map(str, decision.refused))
+            + "; these change which recipes the rest of the run sees: drop them to resume the same "
+            "run, or pass --allow-config-change to resume anyway (the sample order will differ)"
+        )
     _check_adapter(decision.adapter, config.allow_config_change, where)
     decision.applied += decision.adapter
     step = saved.get("global_step", 0) + 1  # the first step this session trains
@@ -153,14 +156,24 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
     for change in decision.applied:
         log.info("resume changes %s: %s", change, NOTES.get(change.name, "from step {step} on").format(step=step))
     for change in decision.ignored:
-        log.warning("%s is not used on a resume: the weights come from %s (the run keeps %s)",
-                    flag_of(change.name), where, _shown(change.old))
+        log.warning(
+            "%s is not used on a resume: the weights come from %s (the run keeps %s)",
+            flag_of(change.name),
+            where,
+            _shown(change.old),
+        )
     if decision.kept:
-        log.info("%s keeps the run's %s (give a flag to change one)", where,
-                 ", ".join(_as_flag(name, decision.values[name]) for name in decision.kept))
+        log.info(
+            "%s keeps the run's %s (give a flag to change one)",
+            where,
+            ", ".join(_as_flag(name, decision.values[name]) for name in decision.kept),
+        )
     if decision.unrecorded:
-        log.info("%s does not record %s: this command's values are used", where,
-                 ", ".join(flag_of(name) for name in decision.unrecorded))
+        log.info(
+            "%s does not record %s: this command's values are used",
+            where,
+            ", ".join(flag_of(name) for name in decision.unrecorded),
+        )
     check_reporters(decision.values["report_to"])
     check_optimizer(decision.values["optimizer"])  # an inherited adamw-8bit on a machine without CUDA
     return dataclasses.replace(config, **decision.values)
@@ -172,14 +185,19 @@ def _check_adapter(changes: list[Change], allowed: bool, where: str) -> None:
         return
     reshaping = [c for c in changes if c.name in RESHAPING]
     if reshaping:
-        raise UserError(f"{where} was trained with another adapter: " + "; ".join(map(str, reshaping))
-                        + ": its saved tensors do not fit that shape (not even with --allow-config-change); "
-                          "drop the flags to resume the run, or start a new run from the run's merged final "
-                          "model (--pretrained-model MODEL_OUTPUT)")
+        raise UserError(
+            f"{where} was trained with another adapter: "
+            + "; ".join(map(str, reshaping))
+            + ": its saved tensors do not fit that shape (not even with --allow-config-change); "
+            "drop the flags to resume the run, or start a new run from the run's merged final "
+            "model (--pretrained-model MODEL_OUTPUT)"
+        )
     if not allowed:
-        raise UserError(f"{where}'s adapter was trained with " + "; ".join(map(str, changes)) + " as the old "
-                        "value: drop the flag to resume the same run, or pass --allow-config-change to rescale "
-                        "the adapter from here on")
+        raise UserError(
+            f"{where}'s adapter was trained with " + "; ".join(map(str, changes)) + " as the old "
+            "value: drop the flag to resume the same run, or pass --allow-config-change to rescale "
+            "the adapter from here on"
+        )
     for change in changes:
         log.warning("adapter changed on resume: %s (the saved adapter's update is rescaled from here on)", change)
 
@@ -193,8 +211,10 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
     for name, key in FILES.items():
         path = values[name]
         if path is not None and not Path(path).is_file():
-            raise UserError(f"{where} was trained on {flag_of(name)} {path}, which is not there any more; "
-                            f"pass {flag_of(name)} with the file's new place")
+            raise UserError(
+                f"{where} was trained on {flag_of(name)} {path}, which is not there any more; "
+                f"pass {flag_of(name)} with the file's new place"
+            )
         if key not in saved:  # an older checkpoint: nothing to compare with
             continue
         old = saved[key]
@@ -204,9 +224,14 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
             before, now = _described(old), _described(identity)
             changes.append(Change(name, before, now if now != before else f"{now}, other content"))
         elif not content:
-            log.warning("%s recorded %s %s by its size and first and last MiB only (written before content "
-                        "fingerprints): an edit in its middle cannot be told; its full content is recorded "
-                        "from the next checkpoint on", where, flag_of(name), path)
+            log.warning(
+                "%s recorded %s %s by its size and first and last MiB only (written before content "
+                "fingerprints): an edit in its middle cannot be told; its full content is recorded "
+                "from the next checkpoint on",
+                where,
+                flag_of(name),
+                path,
+            )
     return changes
 
 
@@ -214,8 +239,9 @@ def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
 # where a resumed run ends
 
 
-def resumed_end(epochs: int, max_steps: int, saved: dict, explicit, step: int,
-                reach: Callable[[int], int]) -> tuple[int, int, list[str]]:
+def resumed_end(
+    epochs: int, max_steps: int, saved: dict, explicit, step: int, reach: Callable[[int], int]
+) -> tuple[int, int, list[str]]:
     """(epochs, max steps, log lines) of a run resumed at ``step``. ``reach(E)`` is the step at which
     the run ends its E-th epoch, counted from the checkpoint's data position (pure).
 
@@ -224,32 +250,46 @@ def resumed_end(epochs: int, max_steps: int, saved: dict, explicit, step: int,
     end. As in Hugging Face's Trainer, a ``--max-steps`` past the run's last epoch adds the epochs it
     needs (unless ``--epochs`` is given too); an ``--epochs`` past an inherited ``--max-steps`` lifts it
     (unless ``--max-steps`` is given too). Flags that repeat the checkpoint's values change nothing."""
-    changed = [name for name, value in (("epochs", epochs), ("max_steps", max_steps))
-               if name in explicit and saved.get(name) != value]
+    changed = [
+        name
+        for name, value in (("epochs", epochs), ("max_steps", max_steps))
+        if name in explicit and saved.get(name) != value
+    ]
     notes = []
     if "max_steps" in changed and max_steps and "epochs" not in explicit and reach(epochs) < max_steps:
         needed = epochs
         while reach(needed) < max_steps:  # every epoch adds at least one step
             needed += 1
-        notes.append(f"--max-steps {max_steps} is past the run's last epoch (epoch {epochs}, step {reach(epochs)}): "
-                     f"the run now trains {needed} epochs, to reach step {max_steps}")
+        notes.append(
+            f"--max-steps {max_steps} is past the run's last epoch (epoch {epochs}, step {reach(epochs)}): "
+            f"the run now trains {needed} epochs, to reach step {max_steps}"
+        )
         epochs = needed
     if "epochs" in changed and "max_steps" not in explicit and max_steps and max_steps < reach(epochs):
-        notes.append(f"--epochs {epochs} goes past the run's --max-steps {max_steps}: the run now ends with its "
-                     f"last epoch, at step {reach(epochs)}")
+        notes.append(
+            f"--epochs {epochs} goes past the run's --max-steps {max_steps}: the run now ends with its "
+            f"last epoch, at step {reach(epochs)}"
+        )
         max_steps = 0
     end = min(reach(epochs), max_steps) if max_steps else reach(epochs)
-    given = " ".join(_as_flag(name, value) for name, value in (("epochs", epochs), ("max_steps", max_steps))
-                     if name in changed)
+    given = " ".join(
+        _as_flag(name, value) for name, value in (("epochs", epochs), ("max_steps", max_steps)) if name in changed
+    )
     if "max_steps" in changed and max_steps > end:
-        raise UserError(f"--max-steps {max_steps} is past the end of --epochs {epochs} (step {end}): raise "
-                        "--epochs, or drop it and the run adds the epochs --max-steps needs")
+        raise UserError(
+            f"--max-steps {max_steps} is past the end of --epochs {epochs} (step {end}): raise "
+            "--epochs, or drop it and the run adds the epochs --max-steps needs"
+        )
     if "epochs" in changed and reach(epochs) > end:
-        raise UserError(f"--epochs {epochs} ends at step {reach(epochs)}, past --max-steps {max_steps}: raise "
-                        f"--max-steps to {reach(epochs)}, or pass --max-steps 0 to run every epoch")
+        raise UserError(
+            f"--epochs {epochs} ends at step {reach(epochs)}, past --max-steps {max_steps}: raise "
+            f"--max-steps to {reach(epochs)}, or pass --max-steps 0 to run every epoch"
+        )
     if changed and end <= step:
-        raise UserError(f"the checkpoint is at step {step} and {given} ends the run at step {end}: nothing would "
-                        f"be trained; give a later end (--max-steps above {step}, or more --epochs)")
+        raise UserError(
+            f"the checkpoint is at step {step} and {given} ends the run at step {end}: nothing would "
+            f"be trained; give a later end (--max-steps above {step}, or more --epochs)"
+        )
     return epochs, max_steps, notes
 
 
@@ -269,8 +309,9 @@ def resumed_scheduler_state(saved_state: dict | None, scheduler, step: int, expl
     planned = saved_fns[0].get("total_steps") if saved_fns and isinstance(saved_fns[0], dict) else None
     end = scheduler.lr_lambdas[0].total_steps
     if planned is not None and planned != end:
-        log.info("the run now ends at step %d (the checkpoint planned %d); the learning-rate schedule follows",
-                 end, planned)
+        log.info(
+            "the run now ends at step %d (the checkpoint planned %d); the learning-rate schedule follows", end, planned
+        )
     state["lr_lambdas"] = [dict(vars(fn)) for fn in scheduler.lr_lambdas]
     state["last_epoch"] = step
     if "learning_rate" in explicit or not state.get("base_lrs"):
@@ -282,8 +323,9 @@ def resumed_scheduler_state(saved_state: dict | None, scheduler, step: int, expl
 def explicit_optimizer_settings(optimizer, explicit):
     """Loading an optimizer state brings back the param groups' saved settings; an explicit flag keeps
     this run's value (``--weight-decay``; ``--learning-rate`` through the schedule)."""
-    keys = [key for name, key in (("weight_decay", "weight_decay"), ("learning_rate", "initial_lr"))
-            if name in explicit]
+    keys = [
+        key for name, key in (("weight_decay", "weight_decay"), ("learning_rate", "initial_lr")) if name in explicit
+    ]
     fresh = [{key: group[key] for key in keys if key in group} for group in optimizer.param_groups]
     yield
     for group, values in zip(optimizer.param_groups, fresh):

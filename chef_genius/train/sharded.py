@@ -22,6 +22,7 @@ log = logging.getLogger("chef_genius")
 def fsdp_requested() -> bool:
     """Launched with an FSDP accelerate config (``Accelerator(cpu=True)`` would silently drop it)."""
     import os
+
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
@@ -48,6 +49,7 @@ def prepare_generation(model) -> None:
     and the decoder outside it, on still-sharded weights. Registered, generate gathers them for the whole
     call (as transformers' Trainer does); each T5Block still gathers its own around its forward."""
     from torch.distributed.fsdp import register_fsdp_forward_method
+
     register_fsdp_forward_method(model, "generate")
 
 
@@ -63,8 +65,8 @@ def gather_optimizer_state(accelerator, model, optimizer) -> tuple[dict, str | N
     if not is_fsdp(accelerator):
         return optimizer.state_dict(), None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    state = get_optimizer_state_dict(model, optimizer,
-                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state, ckstate.OPTIMIZER_LAYOUT_NAMES
 
 
@@ -75,5 +77,5 @@ def saved_by_name(layout: str | None) -> bool:
 def load_optimizer_by_name(model, optimizer, state: dict) -> None:
     """Load a name-keyed full optimizer state into a prepared (plain, DDP or FSDP) model's optimizer."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                             options=StateDictOptions(full_state_dict=True))
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 @dataclass
 class RunState:
-    global_step: int = 0          # optimizer steps taken
-    best_loss: float | None = None       # validation loss of the best checkpoint
-    best_step: int | None = None         # the best checkpoint's step, by --metric-for-best
-    best_value: float | None = None      # its --metric-for-best value (None: a checkpoint older than the flag)
-    tokens_seen: int = 0          # real (non-padding) target tokens trained on
-    train_seconds: float = 0.0    # wall-clock time spent in training, summed over resumes
-    micro_batch_split: int = 1    # --auto-micro-batch: each loader batch is cut into this many micro-batches
+    global_step: int = 0  # optimizer steps taken
+    best_loss: float | None = None  # validation loss of the best checkpoint
+    best_step: int | None = None  # the best checkpoint's step, by --metric-for-best
+    best_value: float | None = None  # its --metric-for-best value (None: a checkpoint older than the flag)
+    tokens_seen: int = 0  # real (non-padding) target tokens trained on
+    train_seconds: float = 0.0  # wall-clock time spent in training, summed over resumes
+    micro_batch_split: int = 1  # --auto-micro-batch: each loader batch is cut into this many micro-batches
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

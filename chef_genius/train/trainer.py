@@ -73,8 +73,15 @@ from chef_genius.errors import Diverged, Preempted, ReportedByRankZero, SaveErro
 from chef_genius.model import lean_loss
 from chef_genius.model import lora
 from chef_genius.model import memory
-from chef_genius.model.loading import (load_model, load_tokenizer, make_optimizer, quiet_transformers,
-                                       resolve_precision, should_compile, unwrap)
+from chef_genius.model.loading import (
+    load_model,
+    load_tokenizer,
+    make_optimizer,
+    quiet_transformers,
+    resolve_precision,
+    should_compile,
+    unwrap,
+)
 from chef_genius.monitoring.flops import mfu, peak_flops, train_flops
 from chef_genius.monitoring.progress import Progress, epoch_label
 from chef_genius.monitoring.reporting import make_reporters
@@ -99,8 +106,9 @@ log = logging.getLogger("chef_genius")
 
 def _logits_loss(model, input_ids, attention_mask, decoder_input_ids, labels) -> torch.Tensor:
     """The summed cross-entropy of the logits (a model without a plain linear head), no decoder cache."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
-                   use_cache=False).logits
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+    ).logits
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD, reduction="sum")
 
 
@@ -114,7 +122,7 @@ class LogWindow:
         self.source_tokens = 0
         self.rows = 0
         self.started = time.perf_counter()  # moved on by the time spent validating (training-only rate)
-        self.wall_started = self.started     # not moved: the wall-clock rate, validation included
+        self.wall_started = self.started  # not moved: the wall-clock rate, validation included
 
 
 def _mean_finite(losses: list) -> float | None:
@@ -130,8 +138,9 @@ class Trainer:
         self.output = Path(config.model_output)
         quiet_transformers()
         probe = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision, probe),
-                                       cpu=probe.type == "cpu")
+        self.accelerator = Accelerator(
+            mixed_precision=resolve_precision(config.mixed_precision, probe), cpu=probe.type == "cpu"
+        )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         # decided, or an explicit --compile that cannot work here refused, before anything is touched (a
@@ -140,8 +149,10 @@ class Trainer:
         dist.check_launch(self.accelerator, fsdp_requested=sharded.fsdp_requested())
         if config.auto_micro_batch and self.accelerator.num_processes > 1:
             # an out-of-memory error on one process would leave the others waiting in a collective
-            raise UserError("--auto-micro-batch works on one process only; on several GPUs lower --batch-size "
-                            "and raise --gradient-accumulation-steps (see --plan-only)")
+            raise UserError(
+                "--auto-micro-batch works on one process only; on several GPUs lower --batch-size "
+                "and raise --gradient-accumulation-steps (see --plan-only)"
+            )
         dist.quiet_other_ranks(self.accelerator)
         self.sample_log = dist.SampleLog.from_env(self.accelerator.process_index)
         self.state = RunState()
@@ -176,10 +187,20 @@ class Trainer:
         self._make_data(model)
         # what the run trains on, fingerprinted by content once (the cache check already read it: no second
         # read); every checkpoint records it, whatever happens to the files later
-        self.data_identities = {"data_identity": content_identity(c.data),
-                                "eval_data_identity": content_identity(c.eval_data)}
-        self.evaluation = Evaluation(c, self.accelerator, self.tokenizer, self.eval_data, self.eval_loader,
-                                     self.reporters, self.state, lambda: self.preemption.requested)
+        self.data_identities = {
+            "data_identity": content_identity(c.data),
+            "eval_data_identity": content_identity(c.eval_data),
+        }
+        self.evaluation = Evaluation(
+            c,
+            self.accelerator,
+            self.tokenizer,
+            self.eval_data,
+            self.eval_loader,
+            self.reporters,
+            self.state,
+            lambda: self.preemption.requested,
+        )
         self.optimizer = make_optimizer(model, c.learning_rate, c.weight_decay, self.device, c.optimizer)
         self._make_schedule(loaded)
         self.model, self.optimizer = sharded.prepare(self.accelerator, model, self.optimizer, self.device)
@@ -193,26 +214,37 @@ class Trainer:
         self._write_settings()
         if self.is_main and self.data_records is not None:
             self.data_records.write(self.output)  # the data summary, removed rows, training signatures
-        log.info("%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
-                 "global batch %d (%d per device x %d processes x %d accumulation)",
-                 len(self.train_data), len(self.eval_data) if self.eval_data else 0, self.steps_per_epoch,
-                 self.total_steps, self.global_batch, c.batch_size, self.accelerator.num_processes,
-                 c.gradient_accumulation_steps)
+        log.info(
+            "%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
+            "global batch %d (%d per device x %d processes x %d accumulation)",
+            len(self.train_data),
+            len(self.eval_data) if self.eval_data else 0,
+            self.steps_per_epoch,
+            self.total_steps,
+            self.global_batch,
+            c.batch_size,
+            self.accelerator.num_processes,
+            c.gradient_accumulation_steps,
+        )
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
 
     def _write_settings(self) -> None:
         """The settings this session resolved, as a reusable config file in the run folder (rewritten by
         each session; ``--config RUN/settings.yaml`` gives them again)."""
         if self.is_main:
-            atomic_write_bytes(self.output / config_file.SETTINGS_FILE,
-                               config_file.settings_yaml(self.config, schema.SECTIONS).encode("utf-8"))
+            atomic_write_bytes(
+                self.output / config_file.SETTINGS_FILE,
+                config_file.settings_yaml(self.config, schema.SECTIONS).encode("utf-8"),
+            )
 
     def _hold_run_folder(self) -> None:
         """One run per run folder: refused (exit 2) while a live run holds it; a dead run's leftovers go."""
+
         def hold() -> None:
             disk.prepare_output(self.output)
             self.run_lock = RunLock(self.output).acquire()
             self.run_lock.remove_leftovers()
+
         self._on_main(hold)
 
     def _on_main(self, action) -> None:
@@ -256,15 +288,23 @@ class Trainer:
     def _checkpoint_to_resume(self) -> LoadedCheckpoint | None:
         """The checkpoint this run continues (None: a fresh run); rank 0 chooses for every rank."""
         c = self.config
-        path = dist.agree_on_path(self.accelerator,
-                                  resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes))
+        path = dist.agree_on_path(
+            self.accelerator, resolve(c.resume_from_checkpoint, c.auto_resume, self.output, c.verify_hashes)
+        )
         return read_checkpoint(path)
 
     def _settle_settings(self, loaded: LoadedCheckpoint | None) -> None:
         """A resume's settings: the checkpoint's, the explicit flags on top (``train/settings.py``)."""
         command = self.config
-        saved = None if loaded is None else {"hyperparameters": loaded.settings, "global_step": loaded.global_step,
-                                             "data_position": loaded.slices.get(ckstate.DATA_POSITION)}
+        saved = (
+            None
+            if loaded is None
+            else {
+                "hyperparameters": loaded.settings,
+                "global_step": loaded.global_step,
+                "data_position": loaded.slices.get(ckstate.DATA_POSITION),
+            }
+        )
         self.config = settings.settle(command, saved, loaded.path if loaded else None)
         self._adopt_settings(command)
 
@@ -273,8 +313,10 @@ class Trainer:
         self.model_source = loaded.path if loaded is not None else c.pretrained_model
         self.tokenizer = load_tokenizer(str(self.model_source))
         if c.lora_r and sharded.is_fsdp(self.accelerator):
-            raise UserError("--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
-                            "without an FSDP config) or on one GPU")
+            raise UserError(
+                "--lora-r is not supported under FSDP: train the adapter with DDP (accelerate launch "
+                "without an FSDP config) or on one GPU"
+            )
         resumed_from = loaded.path if loaded is not None else None
         model = load_model(c.pretrained_model if c.lora_r else self.model_source)  # LoRA: the base, always
         self.base = lora.base_of_run(model, c.pretrained_model, resumed_from) if c.lora_r else None
@@ -289,14 +331,20 @@ class Trainer:
         self.peak_flops = peak_flops(self.device, self.accelerator.mixed_precision)
         if c.lora_r:
             assert c.lora_alpha is not None  # validate sets 2 x r when not given
-            model = lora.wrap_for_training(model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules,
-                                           resumed_from)
+            model = lora.wrap_for_training(
+                model, c.lora_r, c.lora_alpha, c.lora_dropout, c.lora_target_modules, resumed_from
+            )
         return model
 
     def _make_data(self, model) -> None:
         start = model.config.decoder_start_token_id
-        data = make_data(self.config, self.tokenizer, self.accelerator, self.output,
-                         self.tokenizer.pad_token_id if start is None else start)
+        data = make_data(
+            self.config,
+            self.tokenizer,
+            self.accelerator,
+            self.output,
+            self.tokenizer.pad_token_id if start is None else start,
+        )
         self.train_data, self.eval_data = data.train, data.eval
         self.loader, self.eval_loader, self.sampler = data.loader, data.eval_loader, data.sampler
         self.position = self.sampler.position
@@ -313,7 +361,8 @@ class Trainer:
         if loaded is not None and loaded.world_size != self.accelerator.num_processes:
             where = DataPosition.saved_at(loaded.slices[ckstate.DATA_POSITION])
             self.total_steps = loaded.global_step + self.sampler.planned_steps(
-                c.epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch)
+                c.epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch
+            )
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         self.schedule = Schedule(c.warmup_steps, self.total_steps, c.lr_scheduler)
@@ -325,11 +374,13 @@ class Trainer:
         where = DataPosition.saved_at(loaded.slices.get(ckstate.DATA_POSITION) or {})
 
         def reach(epochs: int) -> int:
-            return loaded.global_step + self.sampler.planned_steps(epochs, c.gradient_accumulation_steps,
-                                                                   where.epoch, where.samples_in_epoch)
+            return loaded.global_step + self.sampler.planned_steps(
+                epochs, c.gradient_accumulation_steps, where.epoch, where.samples_in_epoch
+            )
 
-        c.epochs, c.max_steps, notes = settings.resumed_end(c.epochs, c.max_steps, loaded.settings, c.explicit,
-                                                            loaded.global_step, reach)
+        c.epochs, c.max_steps, notes = settings.resumed_end(
+            c.epochs, c.max_steps, loaded.settings, c.explicit, loaded.global_step, reach
+        )
         for note in notes:
             log.info("%s", note)
 
@@ -340,8 +391,16 @@ class Trainer:
         components: dict[str, Stateful] = {
             ckstate.RUN_STATE: self.state,
             ckstate.DATA_POSITION: parts.PositionSlice(self.sampler, c.allow_config_change),
-            ckstate.OPTIMIZER: parts.OptimizerSlice(acc, self.model, self.optimizer, self.schedule, self.state,
-                                                    c.optimizer_rewarmup_steps, c.explicit, c.optimizer),
+            ckstate.OPTIMIZER: parts.OptimizerSlice(
+                acc,
+                self.model,
+                self.optimizer,
+                self.schedule,
+                self.state,
+                c.optimizer_rewarmup_steps,
+                c.explicit,
+                c.optimizer,
+            ),
             ckstate.SCHEDULER: parts.SchedulerSlice(self.scheduler, self.optimizer, self.state, c.explicit),
             ckstate.RNG: self.rng,
             ckstate.REPORTING: self.reporters,
@@ -353,21 +412,29 @@ class Trainer:
         final_tensors = tensors
         if c.lora_r:  # checkpoints hold the adapter only; the final model the merged base (or the adapter)
             assert self.base is not None  # recorded for every LoRA run
-            files = parts.AdapterFiles(acc, self.model, self.tokenizer, c.source_template, self.base,
-                                       c.save_adapter_only)
+            files = parts.AdapterFiles(
+                acc, self.model, self.tokenizer, c.source_template, self.base, c.save_adapter_only
+            )
             final_tensors = [t for t in tensors if t[2] == c.save_adapter_only]
             tensors = [t for t in tensors if t[2]]
         mirror = None
         if self.mirror_store is not None:
             mirror = Mirror(self.mirror_store, keep_last=c.save_total_limit, best_step=lambda: self.state.best_step)
         return CheckpointManager(
-            self.output, files, components, mirror=mirror,
+            self.output,
+            files,
+            components,
+            mirror=mirror,
             world=dist.World(acc),
-            async_save=self._async_save(), on_error=c.on_save_error, save_steps=c.save_steps,
-            save_every_minutes=c.save_every_minutes, keep_last=c.save_total_limit,
+            async_save=self._async_save(),
+            on_error=c.on_save_error,
+            save_steps=c.save_steps,
+            save_every_minutes=c.save_every_minutes,
+            keep_last=c.save_total_limit,
             best_step=lambda: self.state.best_step,
             checkpoint_bytes=disk.estimate_checkpoint_bytes(tensors, extra_bytes=tokenizer),
-            model_bytes=disk.estimate_checkpoint_bytes(final_tensors, optimizer_moments=0, extra_bytes=tokenizer))
+            model_bytes=disk.estimate_checkpoint_bytes(final_tensors, optimizer_moments=0, extra_bytes=tokenizer),
+        )
 
     def _async_save(self) -> bool:
         """--async-save / --no-async-save; by default on with CUDA (the copy to pinned memory is quick
@@ -377,23 +444,35 @@ class Trainer:
     def _resume(self, loaded: LoadedCheckpoint) -> None:
         restored = self.checkpoints.restore(loaded)
         if self.state.micro_batch_split > 1:
-            restored.append(f"micro-batch {math.ceil(self.config.batch_size / self.state.micro_batch_split)} x "
-                            f"accumulation {self.config.gradient_accumulation_steps * self.state.micro_batch_split} "
-                            "(--auto-micro-batch)")
-        log.info("resumed from %s: step %d, epoch %s, sample %d of %d; restored %s", loaded.path,
-                 self.state.global_step, epoch_label(self.position.epoch + 1, self.config.epochs),
-                 self.position.samples_in_epoch,
-                 len(self.train_data), ", ".join(restored))
+            restored.append(
+                f"micro-batch {math.ceil(self.config.batch_size / self.state.micro_batch_split)} x "
+                f"accumulation {self.config.gradient_accumulation_steps * self.state.micro_batch_split} "
+                "(--auto-micro-batch)"
+            )
+        log.info(
+            "resumed from %s: step %d, epoch %s, sample %d of %d; restored %s",
+            loaded.path,
+            self.state.global_step,
+            epoch_label(self.position.epoch + 1, self.config.epochs),
+            self.position.samples_in_epoch,
+            len(self.train_data),
+            ", ".join(restored),
+        )
 
     def _compile(self, loaded: LoadedCheckpoint | None) -> None:
         log.info("torch.compile %s", self.compile_why)
         saved = None if loaded is None else loaded.settings.get("compiled")
         if saved is not None and saved != self.compiled:  # None: a checkpoint older than the record
             assert loaded is not None  # saved was read from it
-            log.warning("this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
-                        "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
-                        *(("compiled", "eager", loaded.global_step, "--disable-compilation") if self.compiled else
-                          ("eager", "compiled", loaded.global_step, "--compile")))
+            log.warning(
+                "this session trains %s while the checkpoint's run trained %s: the losses from step %d on "
+                "are no longer bitwise equal to an uninterrupted run's (pass %s to keep it as it was)",
+                *(
+                    ("compiled", "eager", loaded.global_step, "--disable-compilation")
+                    if self.compiled
+                    else ("eager", "compiled", loaded.global_step, "--compile")
+                ),
+            )
         if self.head is None:
             self._eager_loss = functools.partial(_logits_loss, self.model)
         else:
@@ -420,6 +499,7 @@ class Trainer:
         if precision != self.accelerator.mixed_precision:  # e.g. a --mixed-precision no run resumed on a GPU
             from accelerate import Accelerator
             from accelerate.state import AcceleratorState
+
             AcceleratorState._reset_state()  # accelerate allows one precision per process; nothing is prepared yet
             self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
 
@@ -429,18 +509,27 @@ class Trainer:
 
     def _hyperparameters(self) -> dict:
         values = self.config.to_dict()
-        values.update(steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, compiled=self.compiled,
-                      world_size=self.accelerator.num_processes, **self.data_identities)
+        values.update(
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            compiled=self.compiled,
+            world_size=self.accelerator.num_processes,
+            **self.data_identities,
+        )
         return values
 
     # -----------------------------------------------------------------------------------------
     # the loop
 
     def train(self) -> RunState:
-        with self.preemption, \
-                Progress(self.total_steps, self.state.global_step, self.config.progress, self.is_main,
-                         epochs=self.config.epochs) as self.progress, \
-                contextlib.closing(self.reporters), self.checkpoints:
+        with (
+            self.preemption,
+            Progress(
+                self.total_steps, self.state.global_step, self.config.progress, self.is_main, epochs=self.config.epochs
+            ) as self.progress,
+            contextlib.closing(self.reporters),
+            self.checkpoints,
+        ):
             self._train_loop()
         return self.state
 
@@ -497,8 +586,9 @@ class Trainer:
         self.window.finite.append(finite)
         self.window.tokens += tokens
         self.progress.step()
-        return self.health.note(self.state.global_step, loss, finite,
-                                (self.position.epoch, self.position.samples_in_epoch))
+        return self.health.note(
+            self.state.global_step, loss, finite, (self.position.epoch, self.position.samples_in_epoch)
+        )
 
     def _settle_tokens(self) -> None:
         """Add the target tokens of the steps since the last call to the run state (a host read)."""
@@ -523,8 +613,14 @@ class Trainer:
     def _out_of_memory(self) -> None:
         oom.free_step(self.optimizer)
         if not oom.halve(self.config, self.state, self.global_batch):
-            raise oom.give_up(self.config, self.state, self.checkpoints, unwrap(self.model),
-                              self.accelerator.mixed_precision == "bf16", self.gpu_free)
+            raise oom.give_up(
+                self.config,
+                self.state,
+                self.checkpoints,
+                unwrap(self.model),
+                self.accelerator.mixed_precision == "bf16",
+                self.gpu_free,
+            )
 
     def _train_step(self, window: list[dict]) -> tuple[torch.Tensor, int | torch.Tensor, torch.Tensor]:
         """One optimizer step over ``window`` micro-batches; returns (mean loss tensor, global target tokens:
@@ -560,13 +656,15 @@ class Trainer:
     def _loss_sum(self, batch: dict, compiled: bool = True) -> torch.Tensor:
         """The summed cross-entropy (fp32) over ``batch``'s labelled target tokens; ``batch`` on the CPU.
         ``compiled``: through the compiled region when this session compiles (training), else eager."""
-        inputs = [batch[k].to(self.device, non_blocking=True)
-                  for k in ("input_ids", "attention_mask", "decoder_input_ids")]
+        inputs = [
+            batch[k].to(self.device, non_blocking=True) for k in ("input_ids", "attention_mask", "decoder_input_ids")
+        ]
         if self.head is None:  # a model without a plain linear head: the logits' cross-entropy
             targets = [batch["labels"].to(self.device, non_blocking=True)]
         else:  # the labelled positions, found on the CPU tensors (no data-dependent shape on the device)
-            targets = [t.to(self.device, non_blocking=True)
-                       for t in lean_loss.label_positions(batch["labels"], LABEL_PAD)]
+            targets = [
+                t.to(self.device, non_blocking=True) for t in lean_loss.label_positions(batch["labels"], LABEL_PAD)
+            ]
         loss = self._compiled_loss if compiled and self._compiled_loss is not None else self._eager_loss
         with self.accelerator.autocast():
             return loss(*inputs, *targets)
@@ -578,8 +676,10 @@ class Trainer:
         s, w = self.state, self.window
         if not w.losses or not (force or s.global_step % self.config.logging_steps == 0):
             return
-        losses = [v if math.isfinite(v) else None  # JSON has no NaN: a skipped step's loss is null
-                  for v in torch.stack(w.losses).tolist()]  # the one host sync per logging interval
+        losses = [
+            v if math.isfinite(v) else None  # JSON has no NaN: a skipped step's loss is null
+            for v in torch.stack(w.losses).tolist()
+        ]  # the one host sync per logging interval
         finite = torch.stack(w.finite).tolist()
         first = s.global_step - len(losses) + 1
         skipped = [first + i for i, (ok, v) in enumerate(zip(finite, losses)) if not ok or v is None]
@@ -588,20 +688,41 @@ class Trainer:
         elapsed = time.perf_counter() - w.started
         s.train_seconds += elapsed
         rows = max(w.rows, 1)
-        flops = train_flops(self.model_config, w.source_tokens, w.tokens, w.source_tokens / rows,
-                            w.tokens / rows, frozen_weights=bool(self.config.lora_r)) * self.accelerator.num_processes
+        flops = (
+            train_flops(
+                self.model_config,
+                w.source_tokens,
+                w.tokens,
+                w.source_tokens / rows,
+                w.tokens / rows,
+                frozen_weights=bool(self.config.lora_r),
+            )
+            * self.accelerator.num_processes
+        )
         utilisation = mfu(flops, elapsed, self.peak_flops, self.accelerator.num_processes)
-        record = {"type": "train", "step": s.global_step, "epoch": self.position.fraction,
-                  "loss": _mean_finite(losses), "step_losses": losses,
-                  "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": w.tokens / max(elapsed, 1e-9),
-                  "wall_tokens_per_s": w.tokens / max(time.perf_counter() - w.wall_started, 1e-9),
-                  "tokens": w.tokens, "seconds": elapsed,
-                  "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12, "mfu": utilisation}
+        record = {
+            "type": "train",
+            "step": s.global_step,
+            "epoch": self.position.fraction,
+            "loss": _mean_finite(losses),
+            "step_losses": losses,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": w.tokens / max(elapsed, 1e-9),
+            "wall_tokens_per_s": w.tokens / max(time.perf_counter() - w.wall_started, 1e-9),
+            "tokens": w.tokens,
+            "seconds": elapsed,
+            "tflops_per_s": flops / max(elapsed, 1e-9) / 1e12,
+            "mfu": utilisation,
+        }
         if skipped:
             record.update(skipped_steps=skipped, skipped_total=self.health.skipped_steps)
-            log.warning("step%s %s: the loss or gradient norm was not finite: the update was skipped (weights and "
-                        "optimizer moments unchanged; %d skipped in this run)", "s" if len(skipped) > 1 else "",
-                        ", ".join(map(str, skipped)), self.health.skipped_steps)
+            log.warning(
+                "step%s %s: the loss or gradient norm was not finite: the update was skipped (weights and "
+                "optimizer moments unchanged; %d skipped in this run)",
+                "s" if len(skipped) > 1 else "",
+                ", ".join(map(str, skipped)),
+                self.health.skipped_steps,
+            )
         self.reporters.write(record)
         self.progress.report(record)
         self.window = LogWindow()
@@ -613,8 +734,12 @@ class Trainer:
         try:
             loss = self.evaluation.run(self.model, functools.partial(self._loss_sum, compiled=False))
         except EvaluationStopped as why:  # a stop signal: the checkpoint of this step comes next
-            log.warning("step %d: %s for %s; nothing of it recorded", self.state.global_step, why,
-                        self.preemption.signal_name or "a stop signal")
+            log.warning(
+                "step %d: %s for %s; nothing of it recorded",
+                self.state.global_step,
+                why,
+                self.preemption.signal_name or "a stop signal",
+            )
             loss = None
         self.window.started += time.perf_counter() - started  # validation is not training: keep tokens/s true
         return loss
@@ -634,8 +759,13 @@ class Trainer:
         weights, moments = self._numbers_finite()
         if not (weights and moments):
             what = "weights" if not weights else "optimizer moments"
-            self._roll_back(divergence.Verdict(self.state.global_step, f"the {what} are not finite",
-                                               (self.position.epoch, self.position.samples_in_epoch)))
+            self._roll_back(
+                divergence.Verdict(
+                    self.state.global_step,
+                    f"the {what} are not finite",
+                    (self.position.epoch, self.position.samples_in_epoch),
+                )
+            )
             return False
         self.health_slice.numbers = (weights, moments)
         self._settle_tokens()
@@ -664,12 +794,19 @@ class Trainer:
         target = dist.agree_on_path(self.accelerator, target)
         self.rollbacks += 1
         limit = self.health.policy.max_rollbacks
-        where = (f"the newest healthy checkpoint is {target}: resume from it with --resume-from-checkpoint {target}"
-                 if target else "no healthy checkpoint of this run precedes it")
+        where = (
+            f"the newest healthy checkpoint is {target}: resume from it with --resume-from-checkpoint {target}"
+            if target
+            else "no healthy checkpoint of this run precedes it"
+        )
         if target is None or self.rollbacks > limit or sharded.is_fsdp(self.accelerator):
-            why = ("no checkpoint to roll back to" if target is None else
-                   "a run under FSDP does not roll back by itself" if sharded.is_fsdp(self.accelerator) else
-                   f"{limit} rollback{'s' if limit != 1 else ''} already (--max-rollbacks {limit})")
+            why = (
+                "no checkpoint to roll back to"
+                if target is None
+                else "a run under FSDP does not roll back by itself"
+                if sharded.is_fsdp(self.accelerator)
+                else f"{limit} rollback{'s' if limit != 1 else ''} already (--max-rollbacks {limit})"
+            )
             raise Diverged(f"the run diverged at step {verdict.step} ({verdict.reason}) and stopped: {why}; {where}")
         loaded = read_checkpoint(target)
         self.checkpoints.restore(loaded)
@@ -679,11 +816,26 @@ class Trainer:
         self.unsettled_tokens = 0
         self.window = LogWindow()
         skipped = f"epoch {e0 + 1} sample {s0} to " + (f"sample {s1}" if e1 == e0 else f"epoch {e1 + 1} sample {s1}")
-        log.warning("rolled back at step %d (%s) to %s, skipping the recipes from %s; rollback %d of at most %d",
-                    verdict.step, verdict.reason, target.name, skipped, self.rollbacks, limit)
-        self.reporters.write({"type": "rollback", "step": self.state.global_step, "at_step": verdict.step,
-                              "reason": verdict.reason, "checkpoint": str(target),
-                              "skipped": [e0, s0, e1, s1], "rollback": self.rollbacks})
+        log.warning(
+            "rolled back at step %d (%s) to %s, skipping the recipes from %s; rollback %d of at most %d",
+            verdict.step,
+            verdict.reason,
+            target.name,
+            skipped,
+            self.rollbacks,
+            limit,
+        )
+        self.reporters.write(
+            {
+                "type": "rollback",
+                "step": self.state.global_step,
+                "at_step": verdict.step,
+                "reason": verdict.reason,
+                "checkpoint": str(target),
+                "skipped": [e0, s0, e1, s1],
+                "rollback": self.rollbacks,
+            }
+        )
 
     def _load_weights(self, folder: Path) -> None:
         """The weights of checkpoint ``folder`` into the model being trained (in place: the optimizer keeps
@@ -705,14 +857,21 @@ class Trainer:
         self.maybe_log(force=True)
         step, name = self.state.global_step, self.preemption.signal_name
         if not self.checkpoints.wait():
-            raise SaveError(f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
-                            "(see the warning above)")
+            raise SaveError(
+                f"stopped by {name or 'a signal'} at step {step} but its checkpoint could not be saved "
+                "(see the warning above)"
+            )
         self.checkpoints.drain_mirror()  # a warning when it did not make it: the local checkpoint is there
         self.preemption.settled = True
         requeued = self.config.requeue_on_preemption and self.is_main and preemption.requeue_slurm_job()
-        raise Preempted(f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; "
-                        + ("the Slurm job is requeued and resumes with --auto-resume" if requeued else
-                           "continue with --resume-from-checkpoint latest"))
+        raise Preempted(
+            f"{name or 'signal'} received: saved checkpoint-{step} and exited with code 75; "
+            + (
+                "the Slurm job is requeued and resumes with --auto-resume"
+                if requeued
+                else "continue with --resume-from-checkpoint latest"
+            )
+        )
 
     def finish(self) -> None:
         """Flush the last log, validate, checkpoint the final step, commit the final model for use; never
@@ -722,9 +881,15 @@ class Trainer:
         if not weights:
             self.checkpoints.wait()
             target = ckmanifest.newest_healthy(self.output) if self.is_main else None
-            raise Diverged(f"the final weights (step {self.state.global_step}) are not finite: no final model was "
-                           "saved; " + (f"the newest healthy checkpoint is {target}" if target else
-                                        "no healthy checkpoint of this run exists"))
+            raise Diverged(
+                f"the final weights (step {self.state.global_step}) are not finite: no final model was "
+                "saved; "
+                + (
+                    f"the newest healthy checkpoint is {target}"
+                    if target
+                    else "no healthy checkpoint of this run exists"
+                )
+            )
         if self.checkpoints.last_step != self.state.global_step:
             self.maybe_evaluate(force=True)
             self.health_slice.numbers = (weights, moments)

@@ -54,11 +54,31 @@ def test_async_checkpoints_equal_sync_ones_and_resume_bitwise(tiny_model, small_
     assert step_losses(asyn) == step_losses(sync)
 
     # Stop after 7 steps with an async save in flight at the end, resume, compare bit for bit.
-    assert run_training(*train_args(tiny_model, small_csv, resumed, cache_dir, "--epochs", "1", "--async-save",
-                                    "--stop-after-steps", "7")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model, small_csv, resumed, cache_dir, "--epochs", "1", "--async-save", "--stop-after-steps", "7"
+            )
+        )
+        == 0
+    )
     assert ckmanifest.find_latest(resumed)[0].name == "checkpoint-7"
-    assert run_training(*train_args(tiny_model, small_csv, resumed, cache_dir, "--epochs", "1", "--async-save",
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                resumed,
+                cache_dir,
+                "--epochs",
+                "1",
+                "--async-save",
+                "--resume-from-checkpoint",
+                "latest",
+            )
+        )
+        == 0
+    )
     assert step_losses(resumed) == step_losses(sync)
 
 
@@ -115,9 +135,11 @@ def test_snapshots_reuse_their_buffers_and_copy_plain_lists():
 # ---------------------------------------------------------------------------------------------
 # host buffers: a few flat buffers sliced per tensor, pageable when pinning fails
 
+
 def _flan_t5_large_adamw_sizes() -> tuple[dict[str, int], dict[str, int]]:
     """Bytes of each tensor an async save of FLAN-T5-large with AdamW copies: (weights, optimizer state)."""
     from chef_genius.model import memory
+
     params = dict(memory.unique_parameters(memory.flan_t5_large()))
     weights = {name: p.numel() * 4 for name, p in params.items()}
     moments = {f"{name}/{k}": p.numel() * 4 for name, p in params.items() for k in ("exp_avg", "exp_avg_sq")}
@@ -128,21 +150,23 @@ def test_flat_buffers_pin_little_more_than_the_tensors_for_flan_t5_large():
     """One pinned buffer per tensor is rounded up to a power of two each: 10.88 GiB for 8.75 GiB of
     FLAN-T5-large weights and AdamW moments. Packed into 256 MiB buffers: under 9 GiB."""
     from chef_genius.checkpoint.async_writer import pack, power_of_two_at_least
+
     held = tensors = per_tensor = 0
     for sizes in _flan_t5_large_adamw_sizes():
         used, where = pack(sizes)
         held += sum(power_of_two_at_least(n) for n in used)
         tensors += sum(sizes.values())
         per_tensor += sum(power_of_two_at_least(n) for n in sizes.values())
-        assert len(used) <= 40 and all(n <= 256 * 2 ** 20 for n in used)
-    assert round(tensors / 2 ** 30, 2) == 8.75 and round(per_tensor / 2 ** 30, 2) == 10.88
-    assert held < 9 * 2 ** 30 and held < 1.015 * tensors
+        assert len(used) <= 40 and all(n <= 256 * 2**20 for n in used)
+    assert round(tensors / 2**30, 2) == 8.75 and round(per_tensor / 2**30, 2) == 10.88
+    assert held < 9 * 2**30 and held < 1.015 * tensors
 
 
 def test_packed_tensors_do_not_overlap_and_are_aligned():
     from chef_genius.checkpoint.async_writer import ALIGN, pack
-    sizes = {"big": 3 * 2 ** 20 + 5, "a": 1000, "b": 4, "empty": 0, "c": 2 ** 20}
-    used, where = pack(sizes, segment=2 ** 20 * 2)
+
+    sizes = {"big": 3 * 2**20 + 5, "a": 1000, "b": 4, "empty": 0, "c": 2**20}
+    used, where = pack(sizes, segment=2**20 * 2)
     spans = sorted((where[p][0], where[p][1], where[p][1] + sizes[p]) for p in sizes)
     for (seg, _, end), (seg2, start2, _) in zip(spans, spans[1:]):
         assert seg != seg2 or end <= start2
@@ -152,8 +176,13 @@ def test_packed_tensors_do_not_overlap_and_are_aligned():
 
 def test_snapshot_tensors_are_views_of_one_flat_buffer_with_their_own_values():
     saver = AsyncCheckpointer()
-    state = {"w": torch.randn(64, 8), "b": torch.arange(5, dtype=torch.int64), "flag": torch.tensor(True),
-             "half": torch.randn(3, 3).to(torch.bfloat16), "none": torch.empty(0, 4)}
+    state = {
+        "w": torch.randn(64, 8),
+        "b": torch.arange(5, dtype=torch.int64),
+        "flag": torch.tensor(True),
+        "half": torch.randn(3, 3).to(torch.bfloat16),
+        "none": torch.empty(0, 4),
+    }
     copy = saver.snapshot(state, "s")
     _assert_same(state, copy)
     assert len(saver._buffers["s"]) == 1
@@ -162,6 +191,7 @@ def test_snapshot_tensors_are_views_of_one_flat_buffer_with_their_own_values():
     assert all(start <= t.data_ptr() < end for t in copy.values() if t.numel())  # all in the one buffer
     # ... each with a storage of its own bytes: torch.save writes what a plain copy would
     import io
+
     saved, plain = io.BytesIO(), io.BytesIO()
     torch.save(copy, saved)
     torch.save({k: v.clone() for k, v in state.items()}, plain)
@@ -172,6 +202,7 @@ def test_a_failed_pinned_allocation_falls_back_to_pageable_memory_with_one_warni
     """As on a 16 GB PC: pinning the checkpoint's copy fails; the save goes on in pageable memory, said
     once, and no later snapshot tries to pin again."""
     from chef_genius.checkpoint import async_writer
+
     tried = []
 
     def allocate(nbytes, pin):

@@ -15,8 +15,14 @@ from conftest import run_training, train_args
 @pytest.fixture(scope="module")
 def run(tiny_model, small_csv, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("contract") / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "10",
-                                    "--gradient-accumulation-steps", "2")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model, small_csv, out, cache_dir, "--max-steps", "10", "--gradient-accumulation-steps", "2"
+            )
+        )
+        == 0
+    )
     return out
 
 
@@ -27,8 +33,17 @@ def test_checkpoints_every_save_steps_optimizer_steps(run):
 
 def test_training_state_loads_weights_only_with_all_keys(run):
     state = torch.load(run / "checkpoint-5" / "training_state.pt", weights_only=True)  # no allowlist
-    for key in ("format_version", "global_step", "epoch", "best_loss", "optimizer_state_dict",
-                "scheduler_state_dict", "rng_states", "data_position", "hyperparameters"):
+    for key in (
+        "format_version",
+        "global_step",
+        "epoch",
+        "best_loss",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "rng_states",
+        "data_position",
+        "hyperparameters",
+    ):
         assert key in state
     assert state["global_step"] == 5
     assert state["scheduler_state_dict"]["last_epoch"] == 5
@@ -36,14 +51,20 @@ def test_training_state_loads_weights_only_with_all_keys(run):
     assert set(state["rng_states"]) >= {"python", "numpy", "torch", "cuda"}
     # 96 recipes; the content split (a hash threshold at --eval-split-ratio 0.02, seed 42: the share is the
     # ratio up to sampling noise) holds out 4 -> 92; 5 steps x 2 micro-batches x 8 = 80 samples in epoch 0
-    assert state["data_position"] == {**state["data_position"], "epoch": 0, "samples_in_epoch": 80,
-                                      "sampler_seed": 42, "num_samples": 92}
+    assert state["data_position"] == {
+        **state["data_position"],
+        "epoch": 0,
+        "samples_in_epoch": 80,
+        "sampler_seed": 42,
+        "num_samples": 92,
+    }
     assert state["hyperparameters"]["batch_size"] == 8
     assert state["hyperparameters"]["gradient_accumulation_steps"] == 2
 
 
 def test_weights_have_no_wrapper_prefixes_and_load_with_from_pretrained(run):
     from transformers import AutoModelForSeq2SeqLM
+
     folder = run / "checkpoint-10"
     with safe_open(folder / "model.safetensors", "pt") as f:
         keys = list(f.keys())
@@ -71,6 +92,7 @@ def test_manifest_lists_every_file_with_size_and_sha256(run):
 
 def test_a_changed_file_fails_the_manifest(run, tmp_path):
     import shutil
+
     copy = tmp_path / "checkpoint-10"
     shutil.copytree(run / "checkpoint-10", copy)
     data = bytearray((copy / "training_state.pt").read_bytes())
@@ -84,6 +106,7 @@ def test_a_changed_file_fails_the_manifest(run, tmp_path):
 
 def test_latest_skips_a_checkpoint_without_manifest(run, tmp_path):
     import shutil
+
     out = tmp_path / "out"
     shutil.copytree(run, out)
     (out / "checkpoint-10" / "manifest.json").unlink()

@@ -33,8 +33,20 @@ from chef_genius.monitoring.metrics import read_metrics
 from conftest import REPO, run_training, train_args
 
 CLI = REPO / "cli" / "complete_optimized_training.py"
-FAST = ("--max-steps", 12, "--save-steps", 2, "--eval-steps", 4, "--save-total-limit", 2,
-        "--max-source-length", 32, "--max-target-length", 64)
+FAST = (
+    "--max-steps",
+    12,
+    "--save-steps",
+    2,
+    "--eval-steps",
+    4,
+    "--save-total-limit",
+    2,
+    "--max-source-length",
+    32,
+    "--max-target-length",
+    64,
+)
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL / SIGTERM from outside are POSIX")
 
@@ -68,6 +80,7 @@ def snapshot(src: Path, dst: Path) -> None:
             os.link(a, b)
         except OSError:
             shutil.copy2(a, b)
+
     shutil.copytree(src, dst, copy_function=link_or_copy, ignore=shutil.ignore_patterns("metrics.jsonl"))
 
 
@@ -82,11 +95,16 @@ def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
             dst = root / "snaps" / f"{len(snaps):03d}"
             snapshot(out, dst)
             snaps.append((label, dst))
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(faults, "hook", record)
         assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *FAST)) == 0
-    return {"out": out, "snaps": snaps, "losses": losses_by_step(out),
-            "args": lambda output, *extra: train_args(tiny_model, small_csv, output, cache_dir, *FAST, *extra)}
+    return {
+        "out": out,
+        "snaps": snaps,
+        "losses": losses_by_step(out),
+        "args": lambda output, *extra: train_args(tiny_model, small_csv, output, cache_dir, *FAST, *extra),
+    }
 
 
 def test_every_kill_point_of_every_save_leaves_a_recoverable_folder(reference, tmp_path):
@@ -125,11 +143,13 @@ def test_resume_after_a_kill_inside_a_save_is_bitwise_exact(reference, tmp_path,
 # ---------------------------------------------------------------------------------------------
 # real processes, real signals
 
+
 def _launch(args, log_path: Path, env_extra: dict) -> subprocess.Popen:
     env = {**os.environ, **env_extra}
     with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, str(CLI), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        return subprocess.Popen(
+            [sys.executable, str(CLI), *map(str, args)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def _train_records(output: Path) -> int:

@@ -24,8 +24,11 @@ def _poison(folder, recorded: bool) -> None:
     """Make ``folder``'s weights NaN, as a diverged run saved them, and seal it again with a manifest.
     ``recorded``: its health record says so; else it has no record (a checkpoint of an older version)."""
     weights = load_file(folder / ckpt.WEIGHTS)
-    save_file({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, folder / ckpt.WEIGHTS,
-              metadata={"format": "pt"})
+    save_file(
+        {k: torch.full_like(v, float("nan")) for k, v in weights.items()},
+        folder / ckpt.WEIGHTS,
+        metadata={"format": "pt"},
+    )
     state = ckstate.load_training_state(folder)
     if recorded:
         state[ckstate.HEALTH] = dict(state[ckstate.HEALTH], weights_finite=False)
@@ -54,6 +57,7 @@ def test_latest_and_auto_resume_skip_a_nan_checkpoint(nan_run, caplog):
 
 def test_resuming_a_nan_checkpoint_by_name_is_refused(nan_run):
     from chef_genius.errors import UserError
+
     with pytest.raises(UserError, match="not usable .*weights hold NaN or Inf") as err:
         resolve(str(nan_run / "checkpoint-10"), False, nan_run)
     assert err.value.exit_code == 2

@@ -11,7 +11,7 @@ def test_a_killed_atomic_write_leaves_a_temp_file_that_the_next_run_removes(tmp_
     run = tmp_path / "run"
     (run / "checkpoint-5").mkdir(parents=True)
     atomic_write_bytes(run / "settings.yaml", b"seed: 1\n")
-    stale = run / f".settings.yaml.tmp-{ckpt.process_tag()}"   # what a kill between write and rename leaves
+    stale = run / f".settings.yaml.tmp-{ckpt.process_tag()}"  # what a kill between write and rename leaves
     stale.write_bytes(b"seed: 2\n")
     staging = run / f"{ckpt.STAGING_PREFIX}checkpoint-10-1-abcd"
     staging.mkdir()

@@ -35,8 +35,7 @@ from chef_genius.train.cli import main
 from chef_genius.train.trainer import Trainer
 from conftest import REPO, run_training, step_losses, train_args
 
-QUICK = ("--max-steps", 6, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32,
-         "--max-target-length", 64)
+QUICK = ("--max-steps", 6, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32, "--max-target-length", 64)
 CLI = REPO / "cli" / "complete_optimized_training.py"
 
 
@@ -73,17 +72,20 @@ def _assert_resumes_like_the_reference(reference, argv, out, step):
 # ---------------------------------------------------------------------------------------------
 # a stop waits for the commit
 
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM from outside is POSIX")
-def test_sigterm_during_an_async_save_exits_75_only_with_a_committed_checkpoint(reference, tiny_model, small_csv,
-                                                                                cache_dir, tmp_path):
+def test_sigterm_during_an_async_save_exits_75_only_with_a_committed_checkpoint(
+    reference, tiny_model, small_csv, cache_dir, tmp_path
+):
     """A real process, a real SIGTERM while checkpoint-2 is written in the background: the write must not
     be cut off at interpreter shutdown, and 75 must name a checkpoint that exists."""
     out = tmp_path / "run"
     argv = _args(tiny_model, small_csv, cache_dir, out, "--async-save")
     env = {**os.environ, faults.FAULT_DELAY_ENV: "0.3"}  # every step of a write takes 0.3 s longer
     with open(tmp_path / "log", "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, str(CLI), *map(str, argv)], stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(CLI), *map(str, argv)], stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
     deadline = time.monotonic() + 180
     while not (out.is_dir() and [p for p in out.iterdir() if p.name.startswith(f"{ckpt.STAGING_PREFIX}checkpoint")]):
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-3000:]
@@ -101,8 +103,9 @@ def test_sigterm_during_an_async_save_exits_75_only_with_a_committed_checkpoint(
     _assert_resumes_like_the_reference(reference, argv, out, step)
 
 
-def test_ctrl_c_right_after_an_async_save_waits_for_both_writes(reference, tiny_model, small_csv, cache_dir,
-                                                                tmp_path, capsys):
+def test_ctrl_c_right_after_an_async_save_waits_for_both_writes(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     argv = _args(tiny_model, small_csv, cache_dir, out, "--async-save")
     with pytest.MonkeyPatch.context() as mp:
@@ -113,6 +116,7 @@ def test_ctrl_c_right_after_an_async_save_waits_for_both_writes(reference, tiny_
             original(self, force)
             if self.state.global_step == 3 and not force:
                 signal.raise_signal(signal.SIGINT)
+
         mp.setattr(Trainer, "maybe_log", maybe_log)
         code, err = _exit(argv, capsys)
     assert code == EXIT_PREEMPTED
@@ -123,8 +127,9 @@ def test_ctrl_c_right_after_an_async_save_waits_for_both_writes(reference, tiny_
     _assert_resumes_like_the_reference(reference, argv, out, 3)
 
 
-def test_a_second_ctrl_c_gives_up_the_async_write_in_flight(tiny_model, small_csv, cache_dir, tmp_path,
-                                                            monkeypatch, capsys):
+def test_a_second_ctrl_c_gives_up_the_async_write_in_flight(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     calls = []
 
@@ -133,6 +138,7 @@ def test_a_second_ctrl_c_gives_up_the_async_write_in_flight(tiny_model, small_cs
             calls.append(label)
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.3)
+
     monkeypatch.setattr(faults, "hook", hook)
     original = Trainer.maybe_log
 
@@ -140,6 +146,7 @@ def test_a_second_ctrl_c_gives_up_the_async_write_in_flight(tiny_model, small_cs
         original(self, force)
         if self.state.global_step == 1 and not force:
             signal.raise_signal(signal.SIGTERM)
+
     monkeypatch.setattr(Trainer, "maybe_log", maybe_log)
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out, "--async-save"), capsys)
     assert code == 130 and "without a new checkpoint" in err[-1]
@@ -148,6 +155,7 @@ def test_a_second_ctrl_c_gives_up_the_async_write_in_flight(tiny_model, small_cs
 
 # ---------------------------------------------------------------------------------------------
 # every save gets the same guarantees
+
 
 def test_async_saves_apply_save_total_limit(tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
@@ -160,8 +168,9 @@ def _full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_async_save_on_a_full_disk_stops_with_one_line_and_exit_4(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_async_save_on_a_full_disk_stops_with_one_line_and_exit_4(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     monkeypatch.setattr(ckcommit, "write_checkpoint", _full_disk)
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out, "--async-save"), capsys)
@@ -173,21 +182,25 @@ def test_async_save_on_a_full_disk_stops_with_one_line_and_exit_4(tiny_model, sm
 
 @pytest.mark.parametrize("mode", [(), ("--async-save",)], ids=["sync", "async"])
 def test_continue_trains_on_and_ends_with_exit_4_when_the_final_checkpoint_failed(
-        tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys, caplog, mode):
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys, caplog, mode
+):
     out = tmp_path / "run"
     monkeypatch.setattr(ckcommit, "write_checkpoint", _full_disk)
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out, "--on-save-error", "continue", *mode), capsys)
     assert code == EXIT_SAVE
     assert sorted(step_losses(out)) == list(range(1, 7))  # the run went on
     assert caplog.text.count("was not saved") >= 3  # a warning for each
-    assert err[-1].startswith("error: the final state was not saved (checkpoint-6): 3 of 3 checkpoints were not "
-                              "saved (checkpoint-2, checkpoint-4, checkpoint-6; the last because the disk under ")
+    assert err[-1].startswith(
+        "error: the final state was not saved (checkpoint-6): 3 of 3 checkpoints were not "
+        "saved (checkpoint-2, checkpoint-4, checkpoint-6; the last because the disk under "
+    )
     assert not [line for line in err if line.startswith("done:")]
     assert (out / ckpt.WEIGHTS).is_file() and ckpt.list_checkpoints(out) == []  # the final model is there
 
 
-def test_the_final_model_is_staged_and_fsynced_before_it_is_moved_in(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                     monkeypatch):
+def test_the_final_model_is_staged_and_fsynced_before_it_is_moved_in(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     seen = {}
 
@@ -196,6 +209,7 @@ def test_the_final_model_is_staged_and_fsynced_before_it_is_moved_in(tiny_model,
             staged = [p for p in out.iterdir() if p.name.startswith(ckpt.STAGING_PREFIX)]
             seen["staged"] = sorted(p.name for folder in staged for p in folder.iterdir())
             seen["in place"] = (out / ckpt.WEIGHTS).exists()
+
     monkeypatch.setattr(faults, "hook", hook)
     assert run_training(*_args(tiny_model, small_csv, cache_dir, out, "--max-steps", 2)) == 0
     assert {ckpt.WEIGHTS, ckpt.MODEL_CONFIG, "tokenizer.json"} <= set(seen["staged"])
@@ -205,6 +219,7 @@ def test_the_final_model_is_staged_and_fsynced_before_it_is_moved_in(tiny_model,
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl on a full disk
+
 
 class _DiskFillsUp:
     """``open`` for the metrics module: appends fail half way with ENOSPC once ``ok`` records were written."""
@@ -229,7 +244,7 @@ class _Torn:
             self.disk.ok -= 1
             return self.handle.write(data)
         self.disk.failures += 1
-        self.handle.write(data[:len(data) // 2])
+        self.handle.write(data[: len(data) // 2])
         if hasattr(self.handle, "flush"):
             self.handle.flush()
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -251,8 +266,9 @@ def _records_all_parse(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]  # a torn line would not parse
 
 
-def test_metrics_on_a_full_disk_stop_with_exit_4_and_no_torn_line(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_metrics_on_a_full_disk_stop_with_exit_4_and_no_torn_line(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     monkeypatch.setattr(metrics_module, "open", _DiskFillsUp(ok=3), raising=False)  # start, steps 1 and 2
     code, err = _exit(_args(tiny_model, small_csv, cache_dir, out), capsys)
@@ -262,8 +278,9 @@ def test_metrics_on_a_full_disk_stop_with_exit_4_and_no_torn_line(tiny_model, sm
     assert [r["type"] for r in _records_all_parse(out / "metrics.jsonl")] == ["start", "train", "train"]
 
 
-def test_metrics_on_a_full_disk_under_continue_warn_and_train_on(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                 monkeypatch, caplog):
+def test_metrics_on_a_full_disk_under_continue_warn_and_train_on(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, caplog
+):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     full = _DiskFillsUp(ok=3)
@@ -278,6 +295,7 @@ def test_metrics_on_a_full_disk_under_continue_warn_and_train_on(tiny_model, sma
 
 # ---------------------------------------------------------------------------------------------
 # the manager on its own (no training)
+
 
 class _Model:
     """What the manager needs of the model: weights, and writing them."""
@@ -354,6 +372,7 @@ def test_a_failing_rename_leaves_no_staging_and_stops_with_exit_4(tmp_path, monk
         if os.path.basename(src).startswith(ckpt.STAGING_PREFIX):
             raise PermissionError(errno.EACCES, "Access is denied", str(src))
         return real_rename(src, dst)
+
     monkeypatch.setattr(os, "rename", rename)
     manager, _, _ = _manager(tmp_path)
     with pytest.raises(SaveError, match="checkpoint-7 was not saved: Access is denied") as err, manager:
@@ -368,6 +387,7 @@ def test_leaving_on_a_second_signal_gives_the_write_up(tmp_path, monkeypatch):
         if label == "model written":
             started.set()
             time.sleep(0.3)
+
     monkeypatch.setattr(faults, "hook", hook)
     manager, _, _ = _manager(tmp_path, async_save=True)
     with pytest.raises(KeyboardInterrupt), manager:
@@ -380,13 +400,16 @@ def test_leaving_on_a_second_signal_gives_the_write_up(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # the data position refuses another sample order
 
-def test_resume_with_another_seed_is_refused_unless_allowed(reference, tiny_model, small_csv, cache_dir, tmp_path,
-                                                            caplog):
+
+def test_resume_with_another_seed_is_refused_unless_allowed(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, caplog
+):
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(reference / "checkpoint-2", out / "checkpoint-2")
     argv = _args(tiny_model, small_csv, cache_dir, out, "--resume-from-checkpoint", "latest", "--seed", 7)
     from chef_genius.errors import UserError
+
     with pytest.raises(UserError, match="seed") as err:
         run_training(*argv)
     assert err.value.exit_code == 2 and ckpt.list_checkpoints(out) == [out / "checkpoint-2"]

@@ -26,12 +26,15 @@ def test_a_sealed_folder_has_no_findings(tmp_path):
 
 def test_changed_files_are_named_and_told_from_an_invalid_manifest(tmp_path):
     folder = _sealed(tmp_path)
-    (folder / WEIGHTS).write_bytes(b"x" * 3)                      # another size
+    (folder / WEIGHTS).write_bytes(b"x" * 3)  # another size
     (folder / TRAINING_STATE).write_bytes(b"y" * len(TRAINING_STATE) * 8)  # same size, other bytes
-    (folder / "sha256_notes.txt").unlink()                       # listed, gone: the manifest no longer fits
+    (folder / "sha256_notes.txt").unlink()  # listed, gone: the manifest no longer fits
     findings = ckmanifest.manifest_findings(folder, verify_hashes=True)
-    assert {(f.kind, f.name) for f in findings} == {("changed", WEIGHTS), ("changed", TRAINING_STATE),
-                                                     ("missing", "sha256_notes.txt")}
+    assert {(f.kind, f.name) for f in findings} == {
+        ("changed", WEIGHTS),
+        ("changed", TRAINING_STATE),
+        ("missing", "sha256_notes.txt"),
+    }
     assert ckmanifest.manifest_problems(folder, verify_hashes=True) == [f.message for f in findings]
     assert [f.kind for f in ckmanifest.manifest_findings(folder)] == ["changed", "missing"]  # sizes only
 

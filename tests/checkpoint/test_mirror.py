@@ -52,13 +52,15 @@ def flip_byte(path: Path, offset: int = -100) -> None:
 # ---------------------------------------------------------------------------------------------
 # a second local folder as the mirror
 
+
 def test_upload_copies_every_file_verified_and_the_manifest_last(run, tmp_path, monkeypatch):
     store = open_store(str(tmp_path / "mirror"))
     store.check_access()
     order = []
     put = store._put_verified
-    monkeypatch.setattr(store, "_put_verified", lambda local, remote, entry: (order.append(local.name),
-                                                                              put(local, remote, entry)))
+    monkeypatch.setattr(
+        store, "_put_verified", lambda local, remote, entry: (order.append(local.name), put(local, remote, entry))
+    )
     mirror = mirrored(store, run / "checkpoint-10")
     assert mirror.mirrored == [10] and not mirror.failures
     assert order[-1] == ckpt.MANIFEST and len(order) == len(set(order)) > 3
@@ -144,11 +146,18 @@ def test_a_download_cut_short_leaves_nothing_that_looks_like_a_checkpoint(run, t
     mirrored(open_store(str(store_path)), run / "checkpoint-10")
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    code = ("from chef_genius.checkpoint.remote import open_store;"
-            "from chef_genius.checkpoint.fetch import fetch_newer;"
-            f"fetch_newer(open_store({str(store_path)!r}), {str(fresh)!r}, None)")
-    killed = subprocess.run([sys.executable, "-c", code], env={**os.environ, "CHEF_GENIUS_FAULT_AT": "2"},
-                            capture_output=True, text=True, timeout=120)
+    code = (
+        "from chef_genius.checkpoint.remote import open_store;"
+        "from chef_genius.checkpoint.fetch import fetch_newer;"
+        f"fetch_newer(open_store({str(store_path)!r}), {str(fresh)!r}, None)"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "CHEF_GENIUS_FAULT_AT": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert killed.returncode != 0 and "files fsynced" in killed.stderr  # killed after the files, before the manifest
     assert ckpt.list_checkpoints(fresh) == [] and ckpt.staging_folders(fresh)
     assert fetch_newer(open_store(str(store_path)), fresh, None, QUICK) == fresh / "checkpoint-10"
@@ -156,6 +165,7 @@ def test_a_download_cut_short_leaves_nothing_that_looks_like_a_checkpoint(run, t
 
 # ---------------------------------------------------------------------------------------------
 # a real S3 server
+
 
 def test_s3_mirror_round_trip_and_a_corrupted_object_is_never_chosen(s3_env, run, tmp_path, caplog):
     url = s3_env.make_bucket("roundtrip") + "/runs/tiny"

@@ -24,6 +24,7 @@ from chef_genius.model.saving import PretrainedFiles
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model):
     from chef_genius.model.loading import load_model, load_tokenizer
+
     return load_model(tiny_model), load_tokenizer(str(tiny_model))
 
 
@@ -32,11 +33,18 @@ def _sha(path) -> str:
 
 
 def test_safetensors_writer_writes_the_bytes_of_save_file():
-    tensors = {"b.weight": torch.randn(3, 4), "a.weight": torch.randn(5).bfloat16(), "steps": torch.arange(7),
-               "mask": torch.tensor([True, False]), "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.0),
-               "half": torch.randn(2, 2).half(), "wide": torch.randn(3).double(),
-               "small": torch.ones(4, dtype=torch.int8),
-               "strided": torch.randn(4, 6)[:, ::2]}
+    tensors = {
+        "b.weight": torch.randn(3, 4),
+        "a.weight": torch.randn(5).bfloat16(),
+        "steps": torch.arange(7),
+        "mask": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.0),
+        "half": torch.randn(2, 2).half(),
+        "wide": torch.randn(3).double(),
+        "small": torch.ones(4, dtype=torch.int8),
+        "strided": torch.randn(4, 6)[:, ::2],
+    }
     ours = io.BytesIO()
     write_safetensors(ours, tensors, {"format": "pt"})
     theirs = {k: v.contiguous() for k, v in tensors.items()}  # save_file refuses a strided tensor
@@ -96,8 +104,9 @@ def test_the_training_state_is_written_without_the_zip_checksum_and_loads(tmp_pa
 
 
 @pytest.mark.parametrize("parallel", [False, True], ids=["state-after-model", "state-in-its-own-thread"])
-def test_a_save_reads_nothing_back_and_fsyncs_every_file_before_the_manifest(model_and_tokenizer, tmp_path,
-                                                                           monkeypatch, parallel):
+def test_a_save_reads_nothing_back_and_fsyncs_every_file_before_the_manifest(
+    model_and_tokenizer, tmp_path, monkeypatch, parallel
+):
     model, tokenizer = model_and_tokenizer
     monkeypatch.setattr(ckcommit, "_PARALLEL_BYTES", 0 if parallel else 1 << 40)
     files = PretrainedFiles(model, tokenizer, source_template="{ingredients}")
@@ -106,6 +115,7 @@ def test_a_save_reads_nothing_back_and_fsyncs_every_file_before_the_manifest(mod
 
     def no_read_back(path):
         raise AssertionError(f"{path} was read back to hash it")
+
     real_fsync = ckfiles.fsync_file
     monkeypatch.setattr(ckcommit, "sha256_file", no_read_back)
     monkeypatch.setattr(ckmanifest, "sha256_file", no_read_back)
@@ -128,5 +138,6 @@ def test_a_save_model_that_writes_its_own_files_still_gets_them_hashed(tmp_path)
     def save_model(folder):  # an older caller: no hashes returned
         (folder / ckpt.MODEL_CONFIG).write_text("{}")
         (folder / ckpt.WEIGHTS).write_bytes(safetensors_bytes({"w": torch.ones(2)}))
+
     folder = ckcommit.write_checkpoint(tmp_path, 1, save_model, {"global_step": 1})
     assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []

@@ -41,6 +41,7 @@ def _fake_checkpoint(root, step):
     def save_model(folder):
         (folder / ckpt.MODEL_CONFIG).write_text("{}")
         (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
+
     return ckcommit.write_checkpoint(root, step, save_model, {"global_step": step})
 
 
@@ -64,6 +65,7 @@ def test_crash_mid_deletion_never_leaves_a_valid_looking_half(tmp_path, monkeypa
     def hook(label):
         if label == crash_at:
             raise Crash
+
     monkeypatch.setattr(faults, "hook", hook)
     with pytest.raises(Crash):
         apply_retention(tmp_path, keep_last=1)
@@ -77,13 +79,19 @@ def test_crash_mid_deletion_never_leaves_a_valid_looking_half(tmp_path, monkeypa
 
 def _judged_checkpoint(root, step, finite: bool | None):
     """A fake checkpoint whose health record says its numbers are finite, or not (None: no record)."""
+
     def save_model(folder):
         (folder / ckpt.MODEL_CONFIG).write_text("{}")
         (folder / ckpt.WEIGHTS).write_bytes(b"w" * 100)
+
     state = {"global_step": step}
     if finite is not None:
-        state[ckstate.HEALTH] = {"weights_finite": finite, "moments_finite": True, "recent_losses": [],
-                                 "skipped_steps": 0}
+        state[ckstate.HEALTH] = {
+            "weights_finite": finite,
+            "moments_finite": True,
+            "recent_losses": [],
+            "skipped_steps": 0,
+        }
     return ckcommit.write_checkpoint(root, step, save_model, state)
 
 

@@ -31,8 +31,7 @@ from chef_genius.train.cli import main
 from conftest import REPO, run_training, train_args
 
 CLI = REPO / "cli" / "complete_optimized_training.py"
-QUICK = ("--max-steps", 2, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32,
-         "--max-target-length", 64)
+QUICK = ("--max-steps", 2, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32, "--max-target-length", 64)
 HOLD = textwrap.dedent("""
     import sys, time
     from chef_genius.checkpoint.runlock import RunLock
@@ -44,8 +43,9 @@ HOLD = textwrap.dedent("""
 
 def _python(code: str, *args, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, **kwargs
+    )
 
 
 def hold(folder: Path) -> subprocess.Popen:
@@ -95,14 +95,20 @@ def live(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # a live run
 
-def test_a_second_fresh_run_is_refused_and_the_live_run_finishes_alone(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                      capsys):
+
+def test_a_second_fresh_run_is_refused_and_the_live_run_finishes_alone(
+    tiny_model, small_csv, cache_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     log_path = tmp_path / "first.log"
     args = train_args(tiny_model, small_csv, out, cache_dir, *QUICK)
     with open(log_path, "wb") as log:  # saves slowed down, so the second trainer starts inside one
-        first = subprocess.Popen([sys.executable, str(CLI), *args], stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, faults.FAULT_DELAY_ENV: "0.3"})
+        first = subprocess.Popen(
+            [sys.executable, str(CLI), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, faults.FAULT_DELAY_ENV: "0.3"},
+        )
     try:
         deadline = time.monotonic() + 120
         while not any(p.name.startswith(f"{ckpt.STAGING_PREFIX}checkpoint-") for p in ckpt.staging_folders(out)):
@@ -125,8 +131,7 @@ def test_a_second_fresh_run_is_refused_and_the_live_run_finishes_alone(tiny_mode
     assert not (out / ckpt.RUN_LOCK).exists() and not ckpt.staging_folders(out)
 
 
-def test_a_resume_on_a_live_run_is_refused_and_leaves_its_saves_alone(live, tiny_model, small_csv, cache_dir,
-                                                                      capsys):
+def test_a_resume_on_a_live_run_is_refused_and_leaves_its_saves_alone(live, tiny_model, small_csv, cache_dir, capsys):
     out = live["out"]
     before = _tree(out)
     line = _refusal(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--auto-resume"), capsys)
@@ -151,8 +156,10 @@ def test_the_doctor_refuses_to_repair_a_run_that_is_training(live, capsys):
 # ---------------------------------------------------------------------------------------------
 # a killed run
 
-def test_a_killed_runs_lock_is_taken_over_with_a_warning_and_the_run_trains(tiny_model, small_csv, cache_dir,
-                                                                            tmp_path, caplog):
+
+def test_a_killed_runs_lock_is_taken_over_with_a_warning_and_the_run_trains(
+    tiny_model, small_csv, cache_dir, tmp_path, caplog
+):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     dead = hold(out)
@@ -161,8 +168,9 @@ def test_a_killed_runs_lock_is_taken_over_with_a_warning_and_the_run_trains(tiny
     _stop(dead)  # SIGKILL (TerminateProcess on Windows): no cleanup ran, the file and its record stay
     assert json.loads((out / ckpt.RUN_LOCK).read_text())["pid"] == dead.pid
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *QUICK)) == 0
-    assert re.search(rf"took over .*{ckpt.RUN_LOCK} from process {dead.pid} on .*ended without releasing it",
-                     caplog.text)
+    assert re.search(
+        rf"took over .*{ckpt.RUN_LOCK} from process {dead.pid} on .*ended without releasing it", caplog.text
+    )
     assert f"removed {leftover.name}" in caplog.text and not leftover.exists()
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-2"]
     assert not (out / ckpt.RUN_LOCK).exists()  # a clean end removes the lock file
@@ -204,15 +212,18 @@ def test_staging_and_deletion_names_differ_between_processes_even_with_the_same_
     assert not set(one) & set(other), (one, other)
 
 
-def test_the_final_model_is_staged_under_a_name_unique_to_the_process(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                      monkeypatch):
+def test_the_final_model_is_staged_under_a_name_unique_to_the_process(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch
+):
     from chef_genius.train.components import ModelFiles
+
     used = []
     original = ModelFiles.save
 
     def save_model(self, folder, weights):
         used.append(Path(folder).name)
         return original(self, folder, weights)
+
     monkeypatch.setattr(ModelFiles, "save", save_model)
     out = tmp_path / "run"
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *QUICK)) == 0
@@ -223,6 +234,7 @@ def test_the_final_model_is_staged_under_a_name_unique_to_the_process(tiny_model
 
 # ---------------------------------------------------------------------------------------------
 # the lock itself
+
 
 def test_the_lock_is_held_until_released_then_removed(tmp_path):
     first = RunLock(tmp_path).acquire()
@@ -243,6 +255,7 @@ def test_the_lock_is_held_until_released_then_removed(tmp_path):
 def test_without_working_locks_the_run_goes_on_with_a_warning_and_keeps_leftovers(tmp_path, monkeypatch, caplog):
     def no_locks(fd, shared):
         raise OSError(errno.ENOLCK, "No locks available")
+
     monkeypatch.setattr(runlock, "_lock", no_locks)
     leftover = tmp_path / f"{ckpt.STAGING_PREFIX}checkpoint-2-1-0123abcd"
     leftover.mkdir()

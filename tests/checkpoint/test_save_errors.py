@@ -27,8 +27,11 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def tree_digest(folder):
-    return {p.relative_to(folder).as_posix(): ckfiles.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
-            and "checkpoint-" in p.as_posix()}
+    return {
+        p.relative_to(folder).as_posix(): ckfiles.sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "checkpoint-" in p.as_posix()
+    }
 
 
 def fail_nth_state_write(monkeypatch, n, err):
@@ -46,11 +49,13 @@ def fail_nth_state_write(monkeypatch, n, err):
                     f.write(b"partial")
                 raise err
         return real_save(obj, f, *args, **kwargs)
+
     monkeypatch.setattr(torch, "save", save)
 
 
 def test_estimate_matches_a_real_checkpoint(tiny_model, small_csv, cache_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
+
     out = tmp_path / "run"
     assert main(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 2)) == 0
     actual = sum(p.stat().st_size for p in (out / "checkpoint-2").iterdir())
@@ -65,8 +70,9 @@ def test_estimate_is_pure_arithmetic():
     assert disk.estimate_checkpoint_bytes([(1000, 4, False)]) < one_fp32
 
 
-def test_full_disk_during_a_save_stops_with_exit_4_and_keeps_earlier(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                     monkeypatch):
+def test_full_disk_during_a_save_stops_with_exit_4_and_keeps_earlier(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     fail_nth_state_write(monkeypatch, 2, OSError(errno.ENOSPC, "No space left on device"))
     with pytest.raises(SaveError) as exc:
@@ -82,8 +88,19 @@ def test_full_disk_during_a_save_stops_with_exit_4_and_keeps_earlier(tiny_model,
 def test_on_save_error_continue_trains_on(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, caplog):
     out = tmp_path / "run"
     fail_nth_state_write(monkeypatch, 2, RuntimeError("PytorchStreamWriter failed writing file data/0"))
-    argv = train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 3, "--save-steps", 1,
-                      "--on-save-error", "continue")
+    argv = train_args(
+        tiny_model,
+        small_csv,
+        out,
+        cache_dir,
+        *QUICK,
+        "--max-steps",
+        3,
+        "--save-steps",
+        1,
+        "--on-save-error",
+        "continue",
+    )
     assert main(argv) == 0
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-1", "checkpoint-3"]
     assert "checkpoint-2 was not saved" in caplog.text
@@ -113,8 +130,7 @@ def test_latest_skips_truncated_and_bit_flipped_checkpoints(tiny_model, small_cs
     flipped.write_bytes(bytes(data))
     assert resolve("latest", False, out).name == "checkpoint-2"  # sizes only: the flip goes unseen
     assert resolve("latest", False, out, verify_hashes=True).name == "checkpoint-1"
-    assert main(train_args(tiny_model, small_csv, out, cache_dir, *quick, "--resume", "latest",
-                           "--verify-hashes")) == 0
+    assert main(train_args(tiny_model, small_csv, out, cache_dir, *quick, "--resume", "latest", "--verify-hashes")) == 0
     assert "skipping checkpoint-3" in caplog.text and "skipping checkpoint-2" in caplog.text
     assert f"resumed from {out / 'checkpoint-1'}: step 1" in caplog.text
     # the damaged ones were moved aside when the run reached their steps again, never overwritten

@@ -11,10 +11,19 @@ from chef_genius.train import rng
 from conftest import same_values
 
 POSITION = {"epoch": 1, "samples_in_epoch": 24, "sampler_seed": 42, "num_samples": 94}
-RUN = {"global_step": 7, "best_loss": 0.5, "best_step": 6, "best_value": 0.5, "tokens_seen": 1234,
-       "train_seconds": 12.5, "micro_batch_split": 1}
-OPTIMIZER = {"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.ones(2)}},
-             "param_groups": [{"lr": 1e-3, "params": [0]}]}
+RUN = {
+    "global_step": 7,
+    "best_loss": 0.5,
+    "best_step": 6,
+    "best_value": 0.5,
+    "tokens_seen": 1234,
+    "train_seconds": 12.5,
+    "micro_batch_split": 1,
+}
+OPTIMIZER = {
+    "state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.ones(2)}},
+    "param_groups": [{"lr": 1e-3, "params": [0]}],
+}
 SCHEDULER = {"last_epoch": 7, "base_lrs": [1e-3]}
 SETTINGS = {"batch_size": 8, "seed": 42, "world_size": 2}
 RANKS = [rng.seeded(1), rng.seeded(2)]
@@ -22,27 +31,58 @@ RANKS = [rng.seeded(1), rng.seeded(2)]
 
 def _todays_main_layout() -> dict:
     """A training state as the writer of main up to 2026-12 laid it out (every repeated fact)."""
-    return {"format": ckpt.FORMAT_NAME, "format_version": 1, "global_step": 7, "epoch": 1, "best_loss": 0.5,
-            "run_state": {"global_step": 7, "epoch": 1, "samples_in_epoch": 24,
-                          **{k: v for k, v in RUN.items() if k != "global_step"}},
-            "data_position": dict(POSITION), "optimizer_state_dict": OPTIMIZER, "optimizer_state_empty": False,
-            "scheduler_state_dict": SCHEDULER, "rng_states": RANKS[0], "hyperparameters": SETTINGS,
-            "versions": {"chef_genius": "0"}, "torch_num_threads": 2, ckstate.RNG_PER_RANK: list(RANKS),
-            ckstate.OPTIMIZER_KIND: "adafactor", ckstate.REPORTING_KEY: {"wandb_run_id": "abc"}}
+    return {
+        "format": ckpt.FORMAT_NAME,
+        "format_version": 1,
+        "global_step": 7,
+        "epoch": 1,
+        "best_loss": 0.5,
+        "run_state": {
+            "global_step": 7,
+            "epoch": 1,
+            "samples_in_epoch": 24,
+            **{k: v for k, v in RUN.items() if k != "global_step"},
+        },
+        "data_position": dict(POSITION),
+        "optimizer_state_dict": OPTIMIZER,
+        "optimizer_state_empty": False,
+        "scheduler_state_dict": SCHEDULER,
+        "rng_states": RANKS[0],
+        "hyperparameters": SETTINGS,
+        "versions": {"chef_genius": "0"},
+        "torch_num_threads": 2,
+        ckstate.RNG_PER_RANK: list(RANKS),
+        ckstate.OPTIMIZER_KIND: "adafactor",
+        ckstate.REPORTING_KEY: {"wandb_run_id": "abc"},
+    }
 
 
 def _pre_slices_layout() -> dict:
     """Older still: no run_state, no per-rank RNG, the position at the top (epoch) and in data_position."""
-    return {"format": ckpt.FORMAT_NAME, "format_version": 1, "global_step": 7, "epoch": 1, "best_loss": 0.5,
-            "data_position": {"epoch": 1, "samples_in_epoch": 24}, "optimizer_state_dict": OPTIMIZER,
-            "scheduler_state_dict": SCHEDULER, "rng_states": RANKS[0], "hyperparameters": SETTINGS}
+    return {
+        "format": ckpt.FORMAT_NAME,
+        "format_version": 1,
+        "global_step": 7,
+        "epoch": 1,
+        "best_loss": 0.5,
+        "data_position": {"epoch": 1, "samples_in_epoch": 24},
+        "optimizer_state_dict": OPTIMIZER,
+        "scheduler_state_dict": SCHEDULER,
+        "rng_states": RANKS[0],
+        "hyperparameters": SETTINGS,
+    }
 
 
 def _slices() -> dict:
-    return {ckstate.RUN_STATE: dict(RUN), ckstate.DATA_POSITION: dict(POSITION),
-            ckstate.OPTIMIZER: {"state": OPTIMIZER, "layout": None, "kind": "adafactor"},
-            ckstate.SCHEDULER: SCHEDULER, ckstate.RNG: list(RANKS), ckstate.REPORTING: {"wandb_run_id": "abc"},
-            ckstate.SETTINGS: SETTINGS}
+    return {
+        ckstate.RUN_STATE: dict(RUN),
+        ckstate.DATA_POSITION: dict(POSITION),
+        ckstate.OPTIMIZER: {"state": OPTIMIZER, "layout": None, "kind": "adafactor"},
+        ckstate.SCHEDULER: SCHEDULER,
+        ckstate.RNG: list(RANKS),
+        ckstate.REPORTING: {"wandb_run_id": "abc"},
+        ckstate.SETTINGS: SETTINGS,
+    }
 
 
 def test_todays_main_layout_unpacks_to_the_values_it_was_written_with():

@@ -14,8 +14,11 @@ from chef_genius.checkpoint import weight_files
 from chef_genius.errors import UserError
 from chef_genius.model.loading import weight_names
 
-TENSORS = {"shared.weight": torch.ones(4, 2), "module.lm_head.weight": torch.zeros(4, 2),
-           "encoder.final_layer_norm.weight": torch.ones(2)}
+TENSORS = {
+    "shared.weight": torch.ones(4, 2),
+    "module.lm_head.weight": torch.zeros(4, 2),
+    "encoder.final_layer_norm.weight": torch.ones(2),
+}
 
 
 def _single(folder):

@@ -19,20 +19,29 @@ def _part(path, rows, batch_rows):
     ids = pa.list_(pa.int32())
     with pa.ipc.new_stream(str(path), schema()) as writer:
         for start in range(0, len(rows), batch_rows):
-            chunk = rows[start:start + batch_rows]
-            writer.write_batch(pa.record_batch([pa.array([s for s, _ in chunk], ids),
-                                                pa.array([t for _, t in chunk], ids),
-                                                pa.array([len(s) for s, _ in chunk], pa.int32()),
-                                                pa.array([len(t) for _, t in chunk], pa.int32()),
-                                                pa.array([len(s) for s, _ in chunk], pa.int32()),
-                                                pa.array([len(t) for _, t in chunk], pa.int32())], schema=schema()))
+            chunk = rows[start : start + batch_rows]
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        pa.array([s for s, _ in chunk], ids),
+                        pa.array([t for _, t in chunk], ids),
+                        pa.array([len(s) for s, _ in chunk], pa.int32()),
+                        pa.array([len(t) for _, t in chunk], pa.int32()),
+                        pa.array([len(s) for s, _ in chunk], pa.int32()),
+                        pa.array([len(t) for _, t in chunk], pa.int32()),
+                    ],
+                    schema=schema(),
+                )
+            )
     return path
 
 
 def _rows(n, seed):
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, 900, rng.integers(1, 40)).tolist(), rng.integers(3, 900, rng.integers(1, 60)).tolist())
-            for _ in range(n)]
+    return [
+        (rng.integers(3, 900, rng.integers(1, 40)).tolist(), rng.integers(3, 900, rng.integers(1, 60)).tolist())
+        for _ in range(n)
+    ]
 
 
 def test_arrow_rows_read_what_datasets_reads(tmp_path):

@@ -55,12 +55,16 @@ def _drop_checksums(path):
     meta.write_text(json.dumps(values))
 
 
-@pytest.mark.parametrize("damage, said", [
-    (_flip_byte, "does not match its checksum"),
-    (_truncate, "cut short"),
-    (_damage_meta, f"its metadata {CACHE_META} is damaged"),
-    (_drop_checksums, "no checksums (written by an older version)"),
-], ids=["flipped-byte", "truncated", "damaged-metadata", "no-checksums"])
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (_flip_byte, "does not match its checksum"),
+        (_truncate, "cut short"),
+        (_damage_meta, f"its metadata {CACHE_META} is damaged"),
+        (_drop_checksums, "no checksums (written by an older version)"),
+    ],
+    ids=["flipped-byte", "truncated", "damaged-metadata", "no-checksums"],
+)
 def test_a_damaged_cache_is_named_in_one_line_and_rebuilt(tok, small_csv, tmp_path, caplog, damage, said):
     clean = load_tokenized(small_csv, tok, 64, 128, tmp_path)
     rows = clean.dataset["input_ids"]
@@ -81,8 +85,10 @@ def test_the_checksums_cover_every_part(tok, small_csv, tmp_path):
     meta = json.loads((result.cache_dir / CACHE_META).read_text())
     assert set(meta["checksums"]) == set(meta["parts"])
     for part, expected in meta["checksums"].items():
-        assert expected == {"size": (result.cache_dir / part).stat().st_size,
-                            "sha256": cache_store.file_sha256(result.cache_dir / part)}
+        assert expected == {
+            "size": (result.cache_dir / part).stat().st_size,
+            "sha256": cache_store.file_sha256(result.cache_dir / part),
+        }
 
 
 def test_a_dead_builders_staging_folder_goes_and_a_live_ones_stays(tok, small_csv, tmp_path, caplog):
@@ -135,9 +141,16 @@ def test_three_runs_started_together_on_one_fresh_cache_all_succeed(tiny_model, 
         csv.writer(handle).writerows([rows[0]] + rows[1:] * 4)  # a second or more to tokenize
     cache, go = tmp_path / "cache", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(tiny_model), str(data), str(cache), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, str(tiny_model), str(data), str(cache), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
     time.sleep(8)  # every process has imported and waits at the start line
     go.touch()
     results = [p.communicate(timeout=300) for p in procs]
@@ -150,6 +163,7 @@ def test_three_runs_started_together_on_one_fresh_cache_all_succeed(tiny_model, 
 
 def _sampled_spans(size):
     from chef_genius.data.fingerprint import _sampled
+
     return [(start, size if length is None else start + length) for start, length in _sampled(size)]
 
 
@@ -164,8 +178,11 @@ def test_a_same_length_edit_with_the_time_kept_is_never_served_from_the_cache(to
     before = load_tokenized(data, tok, 64, 128, cache, num_proc=1)
     text = bytearray(data.read_bytes())
     spans = _sampled_spans(len(text))
-    where = next(i for i in range(len(text) // 2, len(text))
-                 if chr(text[i]).islower() and chr(text[i + 1]).islower() and not any(a <= i < b for a, b in spans))
+    where = next(
+        i
+        for i in range(len(text) // 2, len(text))
+        if chr(text[i]).islower() and chr(text[i + 1]).islower() and not any(a <= i < b for a, b in spans)
+    )
     stat = data.stat()
     text[where] = ord("x") if text[where] != ord("x") else ord("y")
     data.write_bytes(bytes(text))
@@ -176,6 +193,7 @@ def test_a_same_length_edit_with_the_time_kept_is_never_served_from_the_cache(to
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "recipes.csv changed since it was built" in warnings[0]
     assert not after.from_cache
-    assert after.dataset["input_ids"] != before.dataset["input_ids"] or \
-        after.dataset["labels"] != before.dataset["labels"]  # the edited recipe, as it is now
+    assert (
+        after.dataset["input_ids"] != before.dataset["input_ids"] or after.dataset["labels"] != before.dataset["labels"]
+    )  # the edited recipe, as it is now
     assert load_tokenized(data, tok, 64, 128, cache, num_proc=1).from_cache

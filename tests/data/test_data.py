@@ -13,6 +13,7 @@ def test_tokenized_cache_is_reused_and_keyed_by_lengths(tiny_model, small_csv, t
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again although the cache matches")
+
     monkeypatch.setattr(data_mod, "build_parts", no_tokenizing)
     second = load_tokenized(small_csv, tok, 64, 128, tmp_path)
     assert second.from_cache and second.cache_dir == first.cache_dir
@@ -45,5 +46,7 @@ def test_dataset_rows_follow_the_index(tiny_model, small_csv, tmp_path):
     ds = load_tokenized(small_csv, tok, 64, 128, tmp_path).dataset
     view = RecipeDataset(ds, [5, 2])
     assert view[0] == (ds[5]["input_ids"], ds[5]["labels"])
-    assert view.lengths().tolist() == [ds[5]["source_len"] + ds[5]["target_len"],
-                                       ds[2]["source_len"] + ds[2]["target_len"]]
+    assert view.lengths().tolist() == [
+        ds[5]["source_len"] + ds[5]["target_len"],
+        ds[2]["source_len"] + ds[2]["target_len"],
+    ]

@@ -23,15 +23,30 @@ from chef_genius.data.tokenized import cache_key
 from chef_genius.errors import DataError, UserError
 
 HEADER = ["", "title", "ingredients", "directions", "link", "source", "NER"]
-ROWS = [["0", "Crème brûlée", '["2 c. cream", "5 egg yolks"]', '["Bake.", "Chill."]', "x", "Gathered",
-         '["cream", "egg yolks"]'],
-        ["1", "Tea", '["1 bag tea"]', '["Steep."]', "x", "Gathered", '["tea"]'],
-        ["2", "Only", "three"]]  # a bad row: wrong field count
-EXPECTED_FIRST = {"source": "Write a recipe with these ingredients: cream, egg yolks",
-                  "target": "Title: Crème brûlée Ingredients: 2 c. cream ; 5 egg yolks Directions: 1. Bake. 2. Chill."}
-PAIRS = [{"input": "Create a detailed recipe for Tea with step-by-step instructions.",
-          "output": "Title: Tea Ingredients: 1 bag tea Directions: 1. Steep."},
-         {"input": "Create a detailed recipe for Crème brûlée.", "output": "Title: Crème brûlée Directions: 1. Bake."}]
+ROWS = [
+    [
+        "0",
+        "Crème brûlée",
+        '["2 c. cream", "5 egg yolks"]',
+        '["Bake.", "Chill."]',
+        "x",
+        "Gathered",
+        '["cream", "egg yolks"]',
+    ],
+    ["1", "Tea", '["1 bag tea"]', '["Steep."]', "x", "Gathered", '["tea"]'],
+    ["2", "Only", "three"],
+]  # a bad row: wrong field count
+EXPECTED_FIRST = {
+    "source": "Write a recipe with these ingredients: cream, egg yolks",
+    "target": "Title: Crème brûlée Ingredients: 2 c. cream ; 5 egg yolks Directions: 1. Bake. 2. Chill.",
+}
+PAIRS = [
+    {
+        "input": "Create a detailed recipe for Tea with step-by-step instructions.",
+        "output": "Title: Tea Ingredients: 1 bag tea Directions: 1. Steep.",
+    },
+    {"input": "Create a detailed recipe for Crème brûlée.", "output": "Title: Crème brûlée Directions: 1. Bake."},
+]
 
 
 def read(path, **options):
@@ -110,6 +125,7 @@ def test_undecodable_rows_in_utf16_are_skipped_and_counted(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # archives and compression
 
+
 def recipenlg_csv() -> bytes:
     return csv_text([HEADER] + ROWS[:2], newline="\n").encode("utf-8")
 
@@ -141,10 +157,13 @@ def test_compressed_utf16_jsonl(tmp_path):
     assert [e["source"] for e in examples] == [p["input"] for p in PAIRS]
 
 
-@pytest.mark.parametrize("members, message", [
-    ({"a.csv": b"x", "b.csv": b"y"}, "the zip holds 2 data files (a.csv, b.csv); unzip it"),
-    ({"readme.txt": b"x"}, "the zip holds no .csv, .jsonl or .parquet file (it holds readme.txt)"),
-])
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ({"a.csv": b"x", "b.csv": b"y"}, "the zip holds 2 data files (a.csv, b.csv); unzip it"),
+        ({"readme.txt": b"x"}, "the zip holds no .csv, .jsonl or .parquet file (it holds readme.txt)"),
+    ],
+)
 def test_zip_without_exactly_one_data_file_is_refused(tmp_path, members, message):
     path = tmp_path / "data.zip"
     with zipfile.ZipFile(path, "w") as archive:
@@ -154,13 +173,16 @@ def test_zip_without_exactly_one_data_file_is_refused(tmp_path, members, message
         read(path)
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("cut.csv.gz", gzip.compress(b"title,ingredients,directions\n" * 50)[:40], "damaged or cut short"),
-    ("plain.csv.gz", b"title,ingredients,directions\n", "not a readable .gz file"),
-    ("plain.csv.bz2", b"title,ingredients,directions\n", "not a readable .bz2 file"),
-    ("fake.zip", b"PK not a zip", "not a readable zip file"),
-    ("recipes.txt.gz", gzip.compress(b"x"), "unknown data format .txt"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("cut.csv.gz", gzip.compress(b"title,ingredients,directions\n" * 50)[:40], "damaged or cut short"),
+        ("plain.csv.gz", b"title,ingredients,directions\n", "not a readable .gz file"),
+        ("plain.csv.bz2", b"title,ingredients,directions\n", "not a readable .bz2 file"),
+        ("fake.zip", b"PK not a zip", "not a readable zip file"),
+        ("recipes.txt.gz", gzip.compress(b"x"), "unknown data format .txt"),
+    ],
+)
 def test_broken_archives_are_one_line_data_errors(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -172,16 +194,38 @@ def test_broken_archives_are_one_line_data_errors(tmp_path, name, content, messa
 # ---------------------------------------------------------------------------------------------
 # layouts: Food.com and --columns
 
-FOODCOM_HEADER = ["name", "id", "minutes", "contributor_id", "submitted", "tags", "nutrition", "n_steps", "steps",
-                  "description", "ingredients", "n_ingredients"]
+FOODCOM_HEADER = [
+    "name",
+    "id",
+    "minutes",
+    "contributor_id",
+    "submitted",
+    "tags",
+    "nutrition",
+    "n_steps",
+    "steps",
+    "description",
+    "ingredients",
+    "n_ingredients",
+]
 
 
 def foodcom_rows():
     return [
-        ["arriba   baked winter squash mexican style", "137739", "55", "47892", "2005-09-16",
-         "['60-minutes-or-less', 'time-to-make']", "[51.5, 0.0, 13.0, 0.0, 2.0, 0.0, 4.0]", "3",
-         "['make a choice and proceed with recipe', \"don't forget to preheat\", 'bake until tender']",
-         "autumn is my favorite time of year to cook!", "['winter squash', 'mexican seasoning', 'honey']", "3"],
+        [
+            "arriba   baked winter squash mexican style",
+            "137739",
+            "55",
+            "47892",
+            "2005-09-16",
+            "['60-minutes-or-less', 'time-to-make']",
+            "[51.5, 0.0, 13.0, 0.0, 2.0, 0.0, 4.0]",
+            "3",
+            "['make a choice and proceed with recipe', \"don't forget to preheat\", 'bake until tender']",
+            "autumn is my favorite time of year to cook!",
+            "['winter squash', 'mexican seasoning', 'honey']",
+            "3",
+        ],
         ["", "31490", "30", "26278", "2002-06-17", "[]", "[]", "1", "['mix']", "", "['salt']", "1"],  # no name
         ["broken steps", "1", "1", "1", "2002-06-17", "[]", "[]", "1", "['unclosed", "", "['salt']", "1"],
     ]
@@ -194,16 +238,21 @@ def write_foodcom(path):
 
 def test_foodcom_raw_recipes_is_recognised(tmp_path):
     examples, stats = read(write_foodcom(tmp_path / "RAW_recipes.csv"))
-    assert examples == [{
-        "source": "Write a recipe with these ingredients: winter squash, mexican seasoning, honey",
-        "target": "Title: arriba baked winter squash mexican style Ingredients: winter squash ; mexican seasoning ; "
-                  "honey Directions: 1. make a choice and proceed with recipe 2. don't forget to preheat "
-                  "3. bake until tender"}]
+    assert examples == [
+        {
+            "source": "Write a recipe with these ingredients: winter squash, mexican seasoning, honey",
+            "target": "Title: arriba baked winter squash mexican style Ingredients: winter squash ; "
+            "mexican seasoning ; honey Directions: 1. make a choice and proceed with recipe 2. don't forget to preheat "
+            "3. bake until tender",
+        }
+    ]
     assert stats.rows == 3 and stats.skipped == {"empty_text": 1, "unparsable_list": 1}
 
 
-KAGGLE = [["Title", "Ingredients", "Instructions", "Image_Name"],
-          ["Tea", "['1 bag tea', 'water']", "Boil water.\nSteep the tea.", "tea.jpg"]]
+KAGGLE = [
+    ["Title", "Ingredients", "Instructions", "Image_Name"],
+    ["Tea", "['1 bag tea', 'water']", "Boil water.\nSteep the tea.", "tea.jpg"],
+]
 
 
 def test_unknown_layout_is_refused_with_the_columns_line_that_maps_it(tmp_path):
@@ -215,8 +264,9 @@ def test_unknown_layout_is_refused_with_the_columns_line_that_maps_it(tmp_path):
     assert "found Title, Ingredients, Instructions, Image_Name" in message
     assert message.endswith("map yours with --columns title=Title,ingredients=Ingredients,directions=Instructions")
     examples, _ = read(path, columns="directions=Instructions")  # title / ingredients: their own names
-    assert examples[0]["target"] == ("Title: Tea Ingredients: 1 bag tea ; water "
-                                     "Directions: 1. Boil water. 2. Steep the tea.")
+    assert examples[0]["target"] == (
+        "Title: Tea Ingredients: 1 bag tea ; water Directions: 1. Boil water. 2. Steep the tea."
+    )
 
 
 def test_columns_map_pairs_and_name_a_missing_column(tmp_path):
@@ -224,17 +274,21 @@ def test_columns_map_pairs_and_name_a_missing_column(tmp_path):
     path.write_text(jsonl_text([{"prompt": "Make tea.", "completion": "Title: Tea", "id": 1}]), encoding="utf-8")
     examples, _ = read(path, columns="input=prompt,output=completion")
     assert examples == [{"source": "Make tea.", "target": "Title: Tea"}]
-    with pytest.raises(DataError, match="maps output to answer, which the file does not have .found prompt, "
-                                        "completion, id."):
+    with pytest.raises(
+        DataError, match="maps output to answer, which the file does not have .found prompt, completion, id."
+    ):
         read(path, columns="input=prompt,output=answer")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("title", "write FIELD=COLUMN pairs"),
-    ("titel=name", "unknown field 'titel'; the fields are title, ingredients, directions, ner, input, output"),
-    ("title=a,title=b", "title is mapped twice"),
-    ("title=name,input=prompt", "either input/output pairs or recipe fields"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("title", "write FIELD=COLUMN pairs"),
+        ("titel=name", "unknown field 'titel'; the fields are title, ingredients, directions, ner, input, output"),
+        ("title=a,title=b", "title is mapped twice"),
+        ("title=name,input=prompt", "either input/output pairs or recipe fields"),
+    ],
+)
 def test_malformed_columns_flag_is_a_usage_error(spec, message):
     with pytest.raises(UserError, match=message) as err:
         parse_columns(spec)
@@ -249,13 +303,16 @@ def test_columns_have_one_spelling():
 # ---------------------------------------------------------------------------------------------
 # the tokenized cache key
 
+
 def test_cache_key_follows_content_mapping_and_template(tmp_path, tiny_model):
     from chef_genius.model.loading import load_tokenizer
+
     tokenizer = load_tokenizer(str(tiny_model))
     path = write_foodcom(tmp_path / "RAW_recipes.csv")
 
     def key(**options):
         return cache_key(path, tokenizer, 64, 128, ReadOptions(**options))
+
     base = key()
     assert key() == base
     assert key(columns="title=description") != base
@@ -264,7 +321,7 @@ def test_cache_key_follows_content_mapping_and_template(tmp_path, tiny_model):
     stat = path.stat()
     data = bytearray(path.read_bytes())
     at = data.index(b"honey")
-    data[at:at + 5] = b"HONEY"
+    data[at : at + 5] = b"HONEY"
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
@@ -280,23 +337,57 @@ def test_training_on_a_zipped_foodcom_file(tiny_model, small_csv, cache_dir, tmp
     import ast
     import logging
     from conftest import run_training, train_args
+
     caplog.set_level(logging.INFO)
     with open(small_csv, encoding="utf-8", newline="") as handle:
         sample = list(csv.DictReader(handle))
-    rows = [[r["title"], str(i), "10", "1", "2005-09-16", "[]", "[]", "1", repr(ast.literal_eval(r["directions"])),
-             "", repr(json.loads(r["NER"])), "1"] for i, r in enumerate(sample)]
+    rows = [
+        [
+            r["title"],
+            str(i),
+            "10",
+            "1",
+            "2005-09-16",
+            "[]",
+            "[]",
+            "1",
+            repr(ast.literal_eval(r["directions"])),
+            "",
+            repr(json.loads(r["NER"])),
+            "1",
+        ]
+        for i, r in enumerate(sample)
+    ]
     rows.append(["no steps", "0", "1", "1", "2005-09-16", "[]", "[]", "0", "[]", "", "['salt']", "1"])
     path = tmp_path / "food-com.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("RAW_recipes.csv", csv_text([FOODCOM_HEADER] + rows).encode("utf-8-sig"))
     out = tmp_path / "run"
-    assert run_training(*train_args(tiny_model, path, out, cache_dir, "--max-steps", "1", "--save-steps", "1",
-                                    "--max-source-length", "32", "--max-target-length", "64")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                path,
+                out,
+                cache_dir,
+                "--max-steps",
+                "1",
+                "--save-steps",
+                "1",
+                "--max-source-length",
+                "32",
+                "--max-target-length",
+                "64",
+            )
+        )
+        == 0
+    )
     assert "96 of 97 rows used; skipped empty_text 1" in caplog.text
 
 
 def test_streaming_counts_rows_with_the_columns_mapping(tmp_path):
     from chef_genius.data.streaming import count_rows
+
     path = tmp_path / "kaggle.csv"
     path.write_text(csv_text(KAGGLE + [["Soup", "['water']", "Boil.", "soup.jpg"]]), encoding="utf-8")
     with pytest.raises(DataError, match="--columns title=Title"):
@@ -318,6 +409,7 @@ def test_excel_semicolon_and_tab_exports(tmp_path, delimiter):
 def test_json_array_and_zipped_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     array = tmp_path / "pairs.json"
     array.write_bytes(("\r\n" + json.dumps(PAIRS, indent=1).replace("\n", "\r\n")).encode("utf-16"))
     assert [e["source"] for e in read(array)[0]] == [p["input"] for p in PAIRS]
@@ -326,5 +418,9 @@ def test_json_array_and_zipped_parquet(tmp_path):
     archive = tmp_path / "foodcom.zip"
     with zipfile.ZipFile(archive, "w") as handle:
         handle.write(table, "RAW_recipes.parquet")
-    assert read(archive)[0] == [{"source": "Write a recipe with these ingredients: bread",
-                                 "target": "Title: Toast Ingredients: bread Directions: 1. Toast it."}]
+    assert read(archive)[0] == [
+        {
+            "source": "Write a recipe with these ingredients: bread",
+            "target": "Title: Toast Ingredients: bread Directions: 1. Toast it.",
+        }
+    ]

@@ -29,8 +29,9 @@ def planted():
 def _write_jsonl(path, recipes: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for r in recipes:
-            handle.write(json.dumps({"title": r["title"], "ingredients": r["ingredients"],
-                                     "directions": r["directions"]}) + "\n")
+            handle.write(
+                json.dumps({"title": r["title"], "ingredients": r["ingredients"], "directions": r["directions"]}) + "\n"
+            )
 
 
 def test_normal_form_ignores_case_spacing_punctuation_and_ingredient_order():
@@ -59,6 +60,7 @@ def test_the_bundled_sample_loses_no_recipe_at_the_default_threshold(sample_csv)
     """The sample is duplicate-free: row counts and the golden curve do not move with dedup on."""
     import tempfile
     from pathlib import Path
+
     found = corpus.find_duplicates(sample_csv, ReadOptions(), corpus.DedupOptions(), Path(tempfile.mkdtemp()))
     assert found.result.removed == [] and len(found.result.keys) == 400
 
@@ -103,8 +105,9 @@ def test_near_duplicates_across_two_formats_are_removed_and_listed(tmp_path):
     recipes, copies = planted_recipes(120, 12, seed=5)
     write_recipenlg_csv(tmp_path / "train.csv", recipes[:120] + recipes[126:])
     _write_jsonl(tmp_path / "held.jsonl", recipes[120:126])  # copies 0-5: of training recipes
-    found = corpus.find_duplicates(tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path,
-                                   tmp_path / "held.jsonl")
+    found = corpus.find_duplicates(
+        tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path, tmp_path / "held.jsonl"
+    )
     counts = found.result.counts()
     assert counts["held_out_twin"] >= 5 and counts["exact"] + counts["near"] >= 5
     audit = list(csv.DictReader(open(corpus.write_audit(tmp_path, found), encoding="utf-8")))
@@ -114,8 +117,9 @@ def test_near_duplicates_across_two_formats_are_removed_and_listed(tmp_path):
     assert {int(a["record"]) for a in held} >= exact
     assert all(a["twin_file"].endswith("held.jsonl") and float(a["similarity"]) >= 0.75 for a in held)
     # the saved result is read back, not recomputed
-    again = corpus.find_duplicates(tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path,
-                                   tmp_path / "held.jsonl")
+    again = corpus.find_duplicates(
+        tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path, tmp_path / "held.jsonl"
+    )
     assert again.result.removed == found.result.removed
 
 
@@ -135,11 +139,12 @@ def test_recorded_signatures_find_trained_recipes_and_their_copies(planted, tmp_
 
 def _rewrite_keeping_size_and_time(path, old: str, new: str) -> None:
     import os
+
     assert len(old) == len(new)
     stat = path.stat()
     text = path.read_text(encoding="utf-8")
     at = text.index(old, text.index(old) + 1)  # the second occurrence: the copy's
-    path.write_text(text[:at] + new + text[at + len(old):], encoding="utf-8")
+    path.write_text(text[:at] + new + text[at + len(old) :], encoding="utf-8")
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
 
@@ -151,10 +156,19 @@ def test_a_same_length_edit_with_the_time_kept_gets_a_new_duplicate_decision(tmp
     import random
 
     from chef_genius.data import fingerprint
+
     draw = random.Random(9)
-    filler = [{"title": f"Filler {i}", "ingredients": ["1 cup water"], "ner": ["water"], "link": "", "source": "t",
-               "directions": [" ".join(f"w{draw.randrange(10**6)}" for _ in range(6000))]}
-              for i in range(90)]  # about 4 MB of distinct rows
+    filler = [
+        {
+            "title": f"Filler {i}",
+            "ingredients": ["1 cup water"],
+            "ner": ["water"],
+            "link": "",
+            "source": "t",
+            "directions": [" ".join(f"w{draw.randrange(10**6)}" for _ in range(6000))],
+        }
+        for i in range(90)
+    ]  # about 4 MB of distinct rows
     recipes, _ = planted_recipes(20, 0, seed=7)
     copy = dict(recipes[3])
     data = tmp_path / "train.csv"

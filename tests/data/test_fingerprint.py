@@ -19,11 +19,17 @@ def _file(tmp_path, size: int, name: str = "recipes.csv"):
 def test_identity_is_what_checkpoints_saved(tmp_path):
     """Checkpoints store name, size and sha256 of the first MiB plus, over 2 MiB, the last MiB; a
     resume compares with ``==``, so these exact values are the contract with every saved checkpoint."""
-    big, middling, small = _file(tmp_path, 3 * MIB + 123, "big.csv"), _file(tmp_path, MIB + MIB // 2, "mid.csv"), \
-        _file(tmp_path, 5000, "small.csv")
+    big, middling, small = (
+        _file(tmp_path, 3 * MIB + 123, "big.csv"),
+        _file(tmp_path, MIB + MIB // 2, "mid.csv"),
+        _file(tmp_path, 5000, "small.csv"),
+    )
     data = big.read_bytes()
-    assert data_identity(big) == {"name": "big.csv", "size": len(data),
-                                  "sha256_head_tail": hashlib.sha256(data[:MIB] + data[-MIB:]).hexdigest()}
+    assert data_identity(big) == {
+        "name": "big.csv",
+        "size": len(data),
+        "sha256_head_tail": hashlib.sha256(data[:MIB] + data[-MIB:]).hexdigest(),
+    }
     assert data_identity(middling)["sha256_head_tail"] == hashlib.sha256(middling.read_bytes()[:MIB]).hexdigest()
     assert data_identity(small)["sha256_head_tail"] == hashlib.sha256(small.read_bytes()).hexdigest()
     assert data_identity(None) is None
@@ -70,6 +76,7 @@ def _edit_in_the_middle_keeping_size_and_time(path):
 
 def test_content_identity_sees_an_edit_anywhere_with_size_and_time_kept(tmp_path):
     from chef_genius.data.fingerprint import content_identity, content_sha256
+
     path = _file(tmp_path, 5 * MIB)
     before, legacy = content_identity(path), data_identity(path)
     assert before == {"name": "recipes.csv", "size": 5 * MIB, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -82,6 +89,7 @@ def test_content_identity_sees_an_edit_anywhere_with_size_and_time_kept(tmp_path
 
 def test_the_hash_beside_a_reader_is_the_content_sha256(tmp_path):
     from chef_genius.data.fingerprint import hashing_beside
+
     path = _file(tmp_path, 3 * MIB + 7)
     with hashing_beside(path) as digest:
         path.read_bytes()  # the reader's own pass

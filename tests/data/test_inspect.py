@@ -28,9 +28,23 @@ def planted_csv(tmp_path_factory):
 
 def test_the_report_counts_rows_skips_duplicates_and_cut_recipes(planted_csv, tiny_model, tmp_path, capsys):
     path, copies = planted_csv
-    argv = ["--data", str(path), "--pretrained-model", str(tiny_model), "--cache-dir", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "report"), "--max-source-length", "64", "--max-target-length", "128",
-            "--eval-split-ratio", "0.1", "--json"]
+    argv = [
+        "--data",
+        str(path),
+        "--pretrained-model",
+        str(tiny_model),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "report"),
+        "--max-source-length",
+        "64",
+        "--max-target-length",
+        "128",
+        "--eval-split-ratio",
+        "0.1",
+        "--json",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows_read"] == 71 and summary["usable"] == 69
@@ -58,6 +72,7 @@ def test_the_report_counts_rows_skips_duplicates_and_cut_recipes(planted_csv, ti
 
 def test_a_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
     from chef_genius.errors import run_cli
+
     with pytest.raises(SystemExit) as stop:
         run_cli(main, ["--data", str(tmp_path / "nope.csv")])
     assert stop.value.code == EXIT_USAGE

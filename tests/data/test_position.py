@@ -37,12 +37,16 @@ def test_the_saved_position_keeps_its_keys_and_resumes_at_the_next_sample():
     assert [i for batch in resumed for i in batch] == [i for batch in uninterrupted for i in batch][56:]
 
 
-@pytest.mark.parametrize("other, flag", [
-    (dict(seed=7), "--seed: 42 in the checkpoint, 7 now"),
-    (dict(lengths=None), "--no-group-by-length: True in the checkpoint, False now"),
-    (dict(group_size=16), "--length-group-size: 32 in the checkpoint, 16 now"),
-    (dict(num_samples=90), "the training recipes"),
-], ids=["seed", "grouping", "group-size", "sample-count"])
+@pytest.mark.parametrize(
+    "other, flag",
+    [
+        (dict(seed=7), "--seed: 42 in the checkpoint, 7 now"),
+        (dict(lengths=None), "--no-group-by-length: True in the checkpoint, False now"),
+        (dict(group_size=16), "--length-group-size: 32 in the checkpoint, 16 now"),
+        (dict(num_samples=90), "the training recipes"),
+    ],
+    ids=["seed", "grouping", "group-size", "sample-count"],
+)
 def test_a_position_of_another_sample_order_is_refused_unless_allowed(other, flag, caplog):
     saved = _saved()
     with pytest.raises(UserError, match=flag) as err:

@@ -53,11 +53,11 @@ def bad_rows_csv(path, crlf=False, stray_quote=False):
     """Recipes with quoted newlines, plus rows of every kind the reader skips."""
     rows = []
     for i in range(600):
-        title = f"Stew\n{i}" if i % 37 else ""                      # empty title: empty_text
+        title = f"Stew\n{i}" if i % 37 else ""  # empty title: empty_text
         ingredients = json.dumps([f"{i % 9} cups water", "salt, pepper", "½ tsp. thyme"])
-        directions = f"Boil {i} minutes.\nStir \"well\".\r\nServe  hot ; enjoy"  # one step a line
+        directions = f'Boil {i} minutes.\nStir "well".\r\nServe  hot ; enjoy'  # one step a line
         if i % 53 == 0:
-            directions = "[not, a list"                              # unparsable_list
+            directions = "[not, a list"  # unparsable_list
         rows.append([str(i), title, ingredients, directions, "x.com", "Gathered", "[]"])
     newline = "\r\n" if crlf else "\n"
     with open(path, "w", encoding="utf-8", newline="") as handle:
@@ -66,12 +66,12 @@ def bad_rows_csv(path, crlf=False, stray_quote=False):
         for i, row in enumerate(rows):
             writer.writerow(row)
             if i % 71 == 5:
-                handle.write(f"{i},too,few{newline}")                # wrong_field_count
+                handle.write(f"{i},too,few{newline}")  # wrong_field_count
             if i % 97 == 7:
-                handle.write(newline)                                # a blank line
+                handle.write(newline)  # a blank line
             if stray_quote and i == 300:
                 handle.write(f'{i},5" pan,"[""a""]","[""b""]",x,y,[]{newline}')  # a quote in an unquoted field
-    with open(path, "ab") as handle:                                  # undecodable bytes: invalid_utf8
+    with open(path, "ab") as handle:  # undecodable bytes: invalid_utf8
         handle.write(b'9999,Bad \xff title,"[""a""]","[""b""]",x,y,[]' + newline.encode())
     return path
 
@@ -139,8 +139,10 @@ def test_jsonl_is_tokenized_by_the_workers_in_order(tok, sample_csv, tmp_path, m
 
 def test_the_cache_is_reused_without_reading_the_file(tok, sample_csv, tmp_path, small_ranges, monkeypatch):
     first = load_tokenized(sample_csv, tok, 64, 128, tmp_path, num_proc=2)
-    monkeypatch.setattr("chef_genius.data.tokenized.build_parts",
-                        lambda *a, **k: pytest.fail("tokenized again although the cache matches"))
+    monkeypatch.setattr(
+        "chef_genius.data.tokenized.build_parts",
+        lambda *a, **k: pytest.fail("tokenized again although the cache matches"),
+    )
     second = load_tokenized(sample_csv, tok, 64, 128, tmp_path, num_proc=2)
     assert second.from_cache and second.stats == first.stats
     assert second.dataset["labels"] == first.dataset["labels"]
@@ -159,28 +161,51 @@ def test_progress_lines_without_a_terminal(tok, sample_csv, tmp_path, monkeypatc
 def test_count_progress_line_with_rate_and_eta_on_a_fake_clock(caplog):
     now = [0.0]
     with caplog.at_level(logging.INFO, logger="chef_genius"):
-        with progress_mod.CountProgress("tokenizing x.csv", 100, mode="log", unit="MB", plural="MB",
-                                        clock=lambda: now[0]) as shown:
+        with progress_mod.CountProgress(
+            "tokenizing x.csv", 100, mode="log", unit="MB", plural="MB", clock=lambda: now[0]
+        ) as shown:
             now[0] = 10.0
-            shown.update(20)     # under 30 s since the start: no line
+            shown.update(20)  # under 30 s since the start: no line
             now[0] = 31.0
             shown.update(31)
         with progress_mod.CountProgress("reading", None, mode="log", unit="row", clock=lambda: now[0]) as counted:
             now[0] = 71.0
             counted.update(800)
     messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["tokenizing x.csv: 31/100 MB, 1.00 MB/s, elapsed 00:31, ETA 01:09",
-                        "reading: 800 rows, 20.00 rows/s, elapsed 00:40"]
+    assert messages == [
+        "tokenizing x.csv: 31/100 MB, 1.00 MB/s, elapsed 00:31, ETA 01:09",
+        "reading: 800 rows, 20.00 rows/s, elapsed 00:40",
+    ]
 
 
-HOSTILE = ["a  b", " a", "a ", "x\u00a0y", "caf\u00e9 cafe\u0301", "a \u0301b", "</s> x", "x</s>y", "<pad>",
-           "\u2581a b", "tab\tin", "new\nline", "\ufb01ne \ufb02our", "\u00bd cup", "\u216b", "", " ",
-           "a" * 3000, " ".join(["word"] * 600), "Title: Stew Ingredients: 1 cup water ; salt"]
+HOSTILE = [
+    "a  b",
+    " a",
+    "a ",
+    "x\u00a0y",
+    "caf\u00e9 cafe\u0301",
+    "a \u0301b",
+    "</s> x",
+    "x</s>y",
+    "<pad>",
+    "\u2581a b",
+    "tab\tin",
+    "new\nline",
+    "\ufb01ne \ufb02our",
+    "\u00bd cup",
+    "\u216b",
+    "",
+    " ",
+    "a" * 3000,
+    " ".join(["word"] * 600),
+    "Title: Stew Ingredients: 1 cup water ; salt",
+]
 
 
 def variant(tok, tmp_path, name, edit):
     """The tiny tokenizer with its tokenizer.json edited (another pipeline of the same vocabulary)."""
     from transformers import PreTrainedTokenizerFast
+
     spec = json.loads(tok.backend_tokenizer.to_str())
     edit(spec)
     path = tmp_path / f"{name}.json"
@@ -192,11 +217,13 @@ def variant(tok, tmp_path, name, edit):
 def test_encoder_ids_are_the_tokenizers(tok, sample_csv, tmp_path, pipeline):
     edits = {
         "tiny": None,
-        "whitespace_split": lambda s: s.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
-            {"type": "WhitespaceSplit"}, s["pre_tokenizer"]]}),
-        "lowercase": lambda s: s.update(normalizer={"type": "Lowercase"}),   # checked on every text
-        "byte_level": lambda s: s.update(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True,
-                                                        "trim_offsets": True, "use_regex": True}),
+        "whitespace_split": lambda s: s.update(
+            pre_tokenizer={"type": "Sequence", "pretokenizers": [{"type": "WhitespaceSplit"}, s["pre_tokenizer"]]}
+        ),
+        "lowercase": lambda s: s.update(normalizer={"type": "Lowercase"}),  # checked on every text
+        "byte_level": lambda s: s.update(
+            pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        ),
     }
     tokenizer = tok if edits[pipeline] is None else variant(tok, tmp_path, pipeline, edits[pipeline])
     rows = list(read_examples(sample_csv, ReadStats()))[:200]

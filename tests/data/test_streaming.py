@@ -26,11 +26,39 @@ def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_cs
     assert [p.name for p in cache.iterdir()] == ["stream-counts.json"]  # nothing tokenized on disk
 
     # Stop mid-epoch (step 7 of 12, inside the second length group) and resume with a loader worker.
-    assert run_training(*train_args(tiny_model, small_csv, resumed, cache, *flags, "--stop-after-steps", "7",
-                                    "--dataloader-num-workers", "1")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                resumed,
+                cache,
+                *flags,
+                "--stop-after-steps",
+                "7",
+                "--dataloader-num-workers",
+                "1",
+            )
+        )
+        == 0
+    )
     assert ckmanifest.find_latest(resumed)[0].name == "checkpoint-7"
-    assert run_training(*train_args(tiny_model, small_csv, resumed, cache, *flags, "--dataloader-num-workers", "1",
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                resumed,
+                cache,
+                *flags,
+                "--dataloader-num-workers",
+                "1",
+                "--resume-from-checkpoint",
+                "latest",
+            )
+        )
+        == 0
+    )
     assert step_losses(resumed) == losses
 
 
@@ -48,6 +76,7 @@ def test_group_order_is_a_permutation_longest_first_seeded_by_seed_epoch_and_gro
 
 def test_streamed_epoch_is_the_file_shuffled_within_length_groups(tiny_model, seven_recipes):
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
 
     def streamed(seed, epoch):
@@ -65,9 +94,11 @@ def test_streamed_epoch_is_the_file_shuffled_within_length_groups(tiny_model, se
 # ---------------------------------------------------------------------------------------------
 # shares of a streamed epoch on several processes
 
+
 @pytest.fixture(scope="module")
 def seven_recipes(tmp_path_factory, sample_csv) -> Path:
     import csv
+
     with open(sample_csv, encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))[:8]  # header + 7 recipes
     path = tmp_path_factory.mktemp("seven") / "seven.csv"
@@ -87,9 +118,11 @@ def _rank_batches(path, tokenizer, world, batch_size, start=0):
 
 
 @pytest.mark.parametrize("world, batch_size", [(2, 3), (3, 2), (4, 1)])
-def test_streamed_epoch_end_with_fewer_samples_than_ranks_pads_like_the_cached_path(tiny_model, seven_recipes,
-                                                                                    world, batch_size):
+def test_streamed_epoch_end_with_fewer_samples_than_ranks_pads_like_the_cached_path(
+    tiny_model, seven_recipes, world, batch_size
+):
     from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     per_rank = _rank_batches(seven_recipes, tokenizer, world, batch_size)
     cached = [list(ResumableBatchSampler(7, batch_size, seed=3, num_replicas=world, rank=r)) for r in range(world)]
@@ -110,8 +143,9 @@ def test_streamed_epoch_end_with_fewer_samples_than_ranks_pads_like_the_cached_p
     assert sorted(real) == list(range(7))  # every recipe of the file once per epoch, over all ranks
 
     # resumed at the last global micro-batch: only that one is left, padded the same way
-    tail = _rank_batches(seven_recipes, tokenizer, world, batch_size, start=7 // (world * batch_size)
-                         * world * batch_size)
+    tail = _rank_batches(
+        seven_recipes, tokenizer, world, batch_size, start=7 // (world * batch_size) * world * batch_size
+    )
     assert [len(b) for b in tail] == [1] * world
     for rank in range(world):
         assert torch.equal(tail[rank][0]["sample_index"], per_rank[rank][-1]["sample_index"])

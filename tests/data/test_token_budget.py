@@ -36,7 +36,7 @@ def test_budget_bounds_pack_the_whole_order_within_the_budget():
         size = len(members) * (src[members].max() + tgt[members].max())
         assert size <= BUDGET or len(members) == 1
         if b < N:  # greedy: the next recipe would not have fitted
-            grown = order[a:b + 1]
+            grown = order[a : b + 1]
             assert (len(grown)) * (src[grown].max() + tgt[grown].max()) > BUDGET
     np.testing.assert_array_equal(bounds, budget_bounds(order, SRC, TGT, BUDGET))  # pure
 
@@ -117,8 +117,10 @@ def test_training_with_a_token_budget_resumes_bitwise(budget_run, tiny_model, sm
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(budget_run / "checkpoint-3", out / "checkpoint-3")
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *FLAGS,
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(*train_args(tiny_model, small_csv, out, cache_dir, *FLAGS, "--resume-from-checkpoint", "latest"))
+        == 0
+    )
     got = step_losses(out)
     assert sorted(got) == list(range(4, total + 1))
     assert [got[s] for s in got] == [expected[s] for s in got]  # exact float equality
@@ -129,6 +131,17 @@ def test_a_resume_refuses_a_changed_budget(budget_run, tiny_model, small_csv, ca
     out.mkdir()
     shutil.copytree(budget_run / "checkpoint-3", out / "checkpoint-3")
     with pytest.raises(UserError, match="max-tokens-per-batch") as err:
-        run_training(*train_args(tiny_model, small_csv, out, cache_dir, *FLAGS[2:], "--max-tokens-per-batch", 2000,
-                                 "--resume-from-checkpoint", "latest"))
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                *FLAGS[2:],
+                "--max-tokens-per-batch",
+                2000,
+                "--resume-from-checkpoint",
+                "latest",
+            )
+        )
     assert err.value.exit_code == 2

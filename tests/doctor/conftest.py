@@ -129,8 +129,9 @@ def hf_like(run, dest):
     for path in (run / "checkpoint-10").iterdir():
         if path.name not in (ckpt.MANIFEST, ckpt.TRAINING_STATE):
             shutil.copy(path, dest / path.name)
-    (dest / "trainer_state.json").write_text(json.dumps({"global_step": 10, "epoch": 0.83, "max_steps": 24,
-                                                         "num_train_epochs": 2, "train_batch_size": 8}))
+    (dest / "trainer_state.json").write_text(
+        json.dumps({"global_step": 10, "epoch": 0.83, "max_steps": 24, "num_train_epochs": 2, "train_batch_size": 8})
+    )
     return dest
 
 

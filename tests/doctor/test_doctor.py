@@ -53,6 +53,7 @@ def snapshot(folder):
 # ---------------------------------------------------------------------------------------------
 # this project's checkpoints
 
+
 def test_healthy_checkpoint_verifies(run_dir, capsys):
     code, out = cli(verify_main, run_dir / "checkpoint-10", "--deep", capsys=capsys)
     assert code == 0
@@ -60,8 +61,13 @@ def test_healthy_checkpoint_verifies(run_dir, capsys):
     assert "[ok] optimizer state covers all 52 trainable parameters" in out
     assert "[FAIL]" not in out
     code, report = verify_json(run_dir / "checkpoint-10", capsys)
-    assert (code, report["kind"], report["valid"], report["resumable"], report["global_step"]) == \
-        (0, "chef_genius", True, True, 10)
+    assert (code, report["kind"], report["valid"], report["resumable"], report["global_step"]) == (
+        0,
+        "chef_genius",
+        True,
+        True,
+        10,
+    )
 
 
 def test_fix_leaves_a_healthy_checkpoint_alone(run_copy, capsys):
@@ -104,8 +110,18 @@ def test_missing_state_fix_resume_train_on(run_copy, tiny_model, small_csv, cach
     assert ckmanifest.find_latest(run_copy)[0] == folder
 
     caplog.set_level(logging.INFO)
-    args = train_args(tiny_model, small_csv, run_copy, cache_dir, "--resume-from-checkpoint", "latest",
-                      "--optimizer-rewarmup-steps", "4", "--stop-after-steps", "5")
+    args = train_args(
+        tiny_model,
+        small_csv,
+        run_copy,
+        cache_dir,
+        "--resume-from-checkpoint",
+        "latest",
+        "--optimizer-rewarmup-steps",
+        "4",
+        "--stop-after-steps",
+        "5",
+    )
     assert run_training(*args) == 0
     log_text = caplog.text
     assert "resumed from" in log_text and "step 10, epoch 1/2, sample 80 of 92" in log_text
@@ -129,8 +145,21 @@ def test_missing_state_without_sibling_needs_steps_per_epoch(run_copy, capsys):
     (folder / ckpt.TRAINING_STATE).unlink()
     code, report = verify_json(folder, capsys, "--fix")
     assert code == 1 and not report["resumable"] and not (folder / ckpt.TRAINING_STATE).exists()
-    code, report = verify_json(folder, capsys, "--fix", "--steps-per-epoch", "12", "--samples-per-step", "8",
-                               "--learning-rate", "1e-3", "--warmup-steps", "3", "--total-steps", "24")
+    code, report = verify_json(
+        folder,
+        capsys,
+        "--fix",
+        "--steps-per-epoch",
+        "12",
+        "--samples-per-step",
+        "8",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        "3",
+        "--total-steps",
+        "24",
+    )
     assert report["resumable"]
     state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == 80
@@ -177,6 +206,7 @@ def test_flipped_byte_found_by_deep_sha_check(run_copy, capsys):
 # ---------------------------------------------------------------------------------------------
 # the replaced system's checkpoints
 
+
 def make_legacy(run_dir, dest, prefix="_orig_mod."):
     """A checkpoint as the replaced system wrote it: prefixed weights, no manifest, a pickle with numpy
     RNG arrays, a 1-based epoch and a single-group optimizer state."""
@@ -184,27 +214,41 @@ def make_legacy(run_dir, dest, prefix="_orig_mod."):
     from transformers import AutoModelForSeq2SeqLM
 
     from chef_genius.model.loading import make_optimizer
+
     source = run_dir / "checkpoint-10"
     dest.mkdir(parents=True)
     for path in source.iterdir():
         if path.name not in (ckpt.MANIFEST, ckpt.TRAINING_STATE, ckpt.WEIGHTS):
             shutil.copy(path, dest / path.name)
-    save_file({prefix + k: v for k, v in load_file(source / ckpt.WEIGHTS).items()}, dest / ckpt.WEIGHTS,
-              metadata={"format": "pt"})
+    save_file(
+        {prefix + k: v for k, v in load_file(source / ckpt.WEIGHTS).items()},
+        dest / ckpt.WEIGHTS,
+        metadata={"format": "pt"},
+    )
     ours = ckstate.load_training_state(source)
     model = AutoModelForSeq2SeqLM.from_pretrained(source)
     names = {id(p): n for n, p in model.named_parameters()}
-    our_order = [names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups
-                 for p in g["params"]]
+    our_order = [
+        names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups for p in g["params"]
+    ]
     moments = {name: ours["optimizer_state_dict"]["state"][i] for i, name in enumerate(our_order)}
     single = [n for n, _ in model.named_parameters()]
     group = dict(ours["optimizer_state_dict"]["param_groups"][0], params=list(range(len(single))))
-    legacy = {"global_step": 10, "epoch": 1, "best_loss": 5.7, "epoch_losses": [6.1],
-              "optimizer_state_dict": {"state": {i: moments[n] for i, n in enumerate(single)}, "param_groups": [group]},
-              "scheduler_state_dict": ours["scheduler_state_dict"],
-              "rng_states": {"python_rng_state": random.getstate(), "numpy_rng_state": np.random.get_state(),
-                             "torch_rng_state": torch.get_rng_state(), "cuda_rng_state": None,
-                             "cuda_rng_state_all": []}}
+    legacy = {
+        "global_step": 10,
+        "epoch": 1,
+        "best_loss": 5.7,
+        "epoch_losses": [6.1],
+        "optimizer_state_dict": {"state": {i: moments[n] for i, n in enumerate(single)}, "param_groups": [group]},
+        "scheduler_state_dict": ours["scheduler_state_dict"],
+        "rng_states": {
+            "python_rng_state": random.getstate(),
+            "numpy_rng_state": np.random.get_state(),
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_state": None,
+            "cuda_rng_state_all": [],
+        },
+    }
     torch.save(legacy, dest / ckpt.TRAINING_STATE, pickle_module=pickle)
     return dest, moments
 
@@ -226,11 +270,14 @@ def test_legacy_checkpoint_converted_keeping_optimizer(run_dir, tmp_path, capsys
     assert state["data_position"] == {"epoch": 0, "samples_in_epoch": 80}
     assert state["rng_states"]["numpy"]["keys"].dtype == torch.int64
     from chef_genius.model.loading import load_model
+
     model = load_model(folder)
     names = {id(p): n for n, p in model.named_parameters()}
     from chef_genius.model.loading import make_optimizer
-    order = [names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups
-             for p in g["params"]]
+
+    order = [
+        names[id(p)] for g in make_optimizer(model, 1e-3, 0.01, torch.device("cpu")).param_groups for p in g["params"]
+    ]
     for index, name in enumerate(order):
         assert torch.equal(state["optimizer_state_dict"]["state"][index]["exp_avg"], moments[name]["exp_avg"])
 
@@ -241,12 +288,14 @@ def test_module_prefix_stripped_without_backup(run_dir, tmp_path, capsys):
     assert report["resumable"] and "prefixes_stripped" in {r["code"] for r in report["repairs"]}
     assert not list(folder.glob("backup-*"))
     from safetensors import safe_open
+
     with safe_open(str(folder / ckpt.WEIGHTS), "pt") as handle:
         assert not [k for k in handle.keys() if k.startswith("module.")]
 
 
 # ---------------------------------------------------------------------------------------------
 # malicious pickles: reported as unsafe, never executed, by verify, fix, fix-all and resume
+
 
 class Payload:
     def __init__(self, marker):
@@ -284,26 +333,55 @@ def test_malicious_state_never_executed(run_copy, tiny_model, small_csv, cache_d
 # ---------------------------------------------------------------------------------------------
 # checkpoints written by transformers' own Seq2SeqTrainer
 
+
 @pytest.fixture(scope="module")
 def hf_run(tiny_model, tmp_path_factory):
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+
     out = tmp_path_factory.mktemp("hf") / "run"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model)
-    rows = [{"input_ids": tokenizer(f"salt, pepper, egg {i}")["input_ids"],
-             "labels": tokenizer(f"whisk the egg {i} with salt")["input_ids"]} for i in range(32)]
-    args = Seq2SeqTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=1,
-                                    save_strategy="steps", save_steps=2, eval_strategy="no", logging_steps=1,
-                                    learning_rate=1e-3, warmup_steps=1, weight_decay=0.01, use_cpu=True,
-                                    report_to="none", disable_tqdm=True)
-    Seq2SeqTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
-                   data_collator=DataCollatorForSeq2Seq(tokenizer, model)).train()
+    rows = [
+        {
+            "input_ids": tokenizer(f"salt, pepper, egg {i}")["input_ids"],
+            "labels": tokenizer(f"whisk the egg {i} with salt")["input_ids"],
+        }
+        for i in range(32)
+    ]
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="no",
+        logging_steps=1,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        weight_decay=0.01,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model),
+    ).train()
     return out
 
 
-def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_model, small_csv, cache_dir,
-                                                     capsys, caplog):
+def test_hf_trainer_checkpoints_converted_by_fix_all(
+    hf_run, tmp_path, tiny_model, small_csv, cache_dir, capsys, caplog
+):
     run = shutil.copytree(hf_run, tmp_path / "hf")
     code, out = cli(fix_all_main, run, "--dry-run", capsys=capsys)
     assert code == 1 and "would repair" in out and "state_converted_hf" in out
@@ -320,17 +398,21 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(hf_run, tmp_path, tiny_mode
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
     from chef_genius.checkpoint.weight_files import read_header
     from chef_genius.doctor.weights import hf_layout, meta_model, our_layout
+
     model = meta_model(folder, folder / ckpt.WEIGHTS, read_header(folder / ckpt.WEIGHTS))
     hf_names = [n for g in hf_layout(model) for n in g]
     ours = [n for g in our_layout(model) for n in g]
     bias = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # in another group in HF
-    assert torch.equal(state["optimizer_state_dict"]["state"][ours.index(bias)]["exp_avg"],
-                       hf_opt["state"][hf_names.index(bias)]["exp_avg"])
+    assert torch.equal(
+        state["optimizer_state_dict"]["state"][ours.index(bias)]["exp_avg"],
+        hf_opt["state"][hf_names.index(bias)]["exp_avg"],
+    )
     assert verify_json(folder, capsys, "--deep")[0] == 0
 
     caplog.set_level(logging.INFO)
-    args = train_args(tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint", folder,
-                      "--stop-after-steps", "1")
+    args = train_args(
+        tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint", folder, "--stop-after-steps", "1"
+    )
     assert run_training(*args) == 0
     assert "resumed from" in caplog.text and "restored optimizer" in caplog.text
 

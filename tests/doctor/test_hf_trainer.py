@@ -33,21 +33,49 @@ def cli(main, *argv, capsys):
 def hf_run(tiny_model, tmp_path_factory):
     """24 rows, 3 optimizer steps per epoch, checkpoints at steps 2, 4 and 6; and the LR Hugging Face
     used at each step (``learning_rate`` logged at step s is the LR of step s)."""
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+
     out = tmp_path_factory.mktemp("hf-cosine") / "run"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_model)
-    rows = [{"input_ids": tokenizer(f"salt, pepper, egg {i}")["input_ids"],
-             "labels": tokenizer(f"whisk the egg {i} with salt")["input_ids"]} for i in range(24)]
-    args = Seq2SeqTrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH,
-                                    gradient_accumulation_steps=ACCUMULATION, max_steps=MAX_STEPS,
-                                    lr_scheduler_type="cosine", learning_rate=5e-4, warmup_steps=1,
-                                    weight_decay=0.01, seed=7, save_strategy="steps", save_steps=2,
-                                    eval_strategy="no", logging_steps=1, use_cpu=True, report_to="none",
-                                    disable_tqdm=True)
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
-                             data_collator=DataCollatorForSeq2Seq(tokenizer, model))
+    rows = [
+        {
+            "input_ids": tokenizer(f"salt, pepper, egg {i}")["input_ids"],
+            "labels": tokenizer(f"whisk the egg {i} with salt")["input_ids"],
+        }
+        for i in range(24)
+    ]
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION,
+        max_steps=MAX_STEPS,
+        lr_scheduler_type="cosine",
+        learning_rate=5e-4,
+        warmup_steps=1,
+        weight_decay=0.01,
+        seed=7,
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model),
+    )
     trainer.train()
     lrs = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
     assert sorted(lrs) == list(range(1, MAX_STEPS + 1))
@@ -58,9 +86,17 @@ def test_training_args_read_without_running_anything(hf_run, tmp_path, monkeypat
     run, _ = hf_run
     settings, problems = hf_args.run_settings(run / "checkpoint-2" / hf_args.HF_ARGS)
     assert problems == []
-    assert settings == {"learning_rate": 5e-4, "weight_decay": 0.01, "gradient_accumulation_steps": ACCUMULATION,
-                        "seed": 7, "batch_size": BATCH, "lr_scheduler": "cosine", "warmup_steps": 1,
-                        "max_steps": MAX_STEPS, "world_size": 1}
+    assert settings == {
+        "learning_rate": 5e-4,
+        "weight_decay": 0.01,
+        "gradient_accumulation_steps": ACCUMULATION,
+        "seed": 7,
+        "batch_size": BATCH,
+        "lr_scheduler": "cosine",
+        "warmup_steps": 1,
+        "max_steps": MAX_STEPS,
+        "world_size": 1,
+    }
 
     marker = tmp_path / "pwned"
 
@@ -74,15 +110,18 @@ def test_training_args_read_without_running_anything(hf_run, tmp_path, monkeypat
     assert not marker.exists()
 
 
-def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(hf_run, tmp_path, small_csv,
-                                                                                 cache_dir, capsys):
+def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(
+    hf_run, tmp_path, small_csv, cache_dir, capsys
+):
     source, hf_lrs = hf_run
     run = shutil.copytree(source, tmp_path / "run")
     folder = run / "checkpoint-2"
     code, out = cli(verify_main, folder, capsys=capsys)
     assert code == 1 and "(hf_trainer)" in out
-    assert ("Hugging Face run settings read without unpickling: learning_rate 0.0005, lr_scheduler cosine, "
-            "warmup_steps 1, samples_per_step 8") in out
+    assert (
+        "Hugging Face run settings read without unpickling: learning_rate 0.0005, lr_scheduler cosine, "
+        "warmup_steps 1, samples_per_step 8"
+    ) in out
 
     code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
     report = json.loads(out)
@@ -90,9 +129,15 @@ def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(hf
     state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == 2 * BATCH * ACCUMULATION  # 16, not 8
     hyper = state["hyperparameters"]
-    assert (hyper["learning_rate"], hyper["lr_scheduler"], hyper["warmup_steps"], hyper["max_steps"],
-            hyper["batch_size"], hyper["gradient_accumulation_steps"], hyper["seed"]) == (
-        5e-4, "cosine", 1, MAX_STEPS, BATCH, ACCUMULATION, 7)
+    assert (
+        hyper["learning_rate"],
+        hyper["lr_scheduler"],
+        hyper["warmup_steps"],
+        hyper["max_steps"],
+        hyper["batch_size"],
+        hyper["gradient_accumulation_steps"],
+        hyper["seed"],
+    ) == (5e-4, "cosine", 1, MAX_STEPS, BATCH, ACCUMULATION, 7)
     assert state["scheduler_state_dict"]["_last_lr"][0] == pytest.approx(hf_lrs[3], rel=1e-6)
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
     ours = sorted(t["exp_avg_sq"].sum().item() for t in state["optimizer_state_dict"]["state"].values())
@@ -100,10 +145,31 @@ def test_conversion_keeps_schedule_position_and_moments_and_resume_follows_hf(hf
     assert ours == theirs and len(ours) == 52
 
     # the resume inherits the converted settings: no batch, LR or schedule flag is given
-    argv = ["--data", small_csv, "--model-output", run, "--cache-dir", cache_dir, "--resume-from-checkpoint",
-            folder, "--logging-steps", 1, "--save-steps", 100, "--eval-steps", 100, "--eval-samples", 0,
-            "--max-source-length", 64, "--max-target-length", 128, "--dataloader-num-workers", 0,
-            "--disable-compilation"]
+    argv = [
+        "--data",
+        small_csv,
+        "--model-output",
+        run,
+        "--cache-dir",
+        cache_dir,
+        "--resume-from-checkpoint",
+        folder,
+        "--logging-steps",
+        1,
+        "--save-steps",
+        100,
+        "--eval-steps",
+        100,
+        "--eval-samples",
+        0,
+        "--max-source-length",
+        64,
+        "--max-target-length",
+        128,
+        "--dataloader-num-workers",
+        0,
+        "--disable-compilation",
+    ]
     assert run_training(*map(str, argv)) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["lr"] for r in records if r["type"] == "train"}  # the LR of the next step
@@ -126,8 +192,19 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
     assert code == 1 and "pass --lr-scheduler --warmup-steps --samples-per-step" in out
     assert not (folder / ckpt.TRAINING_STATE).exists()
 
-    code, out = cli(verify_main, folder, "--fix", "--json", "--lr-scheduler", "cosine", "--warmup-steps", 1,
-                    "--samples-per-step", BATCH * ACCUMULATION, capsys=capsys)
+    code, out = cli(
+        verify_main,
+        folder,
+        "--fix",
+        "--json",
+        "--lr-scheduler",
+        "cosine",
+        "--warmup-steps",
+        1,
+        "--samples-per-step",
+        BATCH * ACCUMULATION,
+        capsys=capsys,
+    )
     assert code == 0, out
     state = ckstate.load_training_state(folder)
     assert state["data_position"]["samples_in_epoch"] == (4 - 3) * BATCH * ACCUMULATION
@@ -137,12 +214,14 @@ def test_unreadable_training_args_named_and_fix_asks_for_flags(hf_run, tmp_path,
 # ---------------------------------------------------------------------------------------------
 # accelerate's save_state folders
 
+
 @pytest.fixture(scope="module")
 def accelerate_run(tiny_model, tmp_path_factory):
     """Three optimizer steps of the tiny model under ``Accelerator``, then ``save_state``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
     out = tmp_path_factory.mktemp("accelerate") / "run" / "checkpoint-3"
     accelerator = Accelerator(cpu=True)
     try:
@@ -165,9 +244,11 @@ def accelerate_run(tiny_model, tmp_path_factory):
     return out, names
 
 
-def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerate_run, tiny_model, small_csv,
-                                                                      cache_dir, tmp_path, capsys, caplog):
+def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(
+    accelerate_run, tiny_model, small_csv, cache_dir, tmp_path, capsys, caplog
+):
     import logging
+
     source, names = accelerate_run
     run = shutil.copytree(source.parent, tmp_path / "run")
     folder = run / source.name
@@ -181,8 +262,19 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
     code, out = cli(verify_main, folder, "--fix", "--steps-per-epoch", 12, capsys=capsys)
     assert code == 1 and "pass --pretrained-model" in out and not (folder / ckpt.TRAINING_STATE).exists()
 
-    code, out = cli(verify_main, folder, "--fix", "--json", "--pretrained-model", tiny_model, "--steps-per-epoch", 12,
-                    "--samples-per-step", 8, capsys=capsys)
+    code, out = cli(
+        verify_main,
+        folder,
+        "--fix",
+        "--json",
+        "--pretrained-model",
+        tiny_model,
+        "--steps-per-epoch",
+        12,
+        "--samples-per-step",
+        8,
+        capsys=capsys,
+    )
     report = json.loads(out)
     assert code == 0 and report["valid"], report
     repairs = {r["code"]: r["message"] for r in report["repairs"]}
@@ -195,18 +287,42 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(accelerat
     saved = torch.load(folder / "optimizer.bin", weights_only=True)
     from chef_genius.checkpoint.weight_files import read_weights
     from chef_genius.doctor.weights import meta_model, our_layout
+
     order = [n for g in our_layout(meta_model(folder, None, read_weights(folder)[1])) for n in g]
     assert len(order) == len(names) == 52
     for index, name in enumerate(order):
-        assert torch.equal(state["optimizer_state_dict"]["state"][index]["exp_avg"],
-                           saved["state"][names.index(name)]["exp_avg"])
+        assert torch.equal(
+            state["optimizer_state_dict"]["state"][index]["exp_avg"], saved["state"][names.index(name)]["exp_avg"]
+        )
     assert state["rng_states"]["torch"].dtype == torch.uint8
 
     caplog.set_level(logging.INFO)
-    assert run_training("--data", str(small_csv), "--model-output", str(run), "--cache-dir", str(cache_dir),
-                        "--resume-from-checkpoint", str(folder), "--stop-after-steps", "1", "--batch-size", "8",
-                        "--max-source-length", "64", "--max-target-length", "128", "--dataloader-num-workers", "0",
-                        "--disable-compilation", "--eval-samples", "0") == 0
+    assert (
+        run_training(
+            "--data",
+            str(small_csv),
+            "--model-output",
+            str(run),
+            "--cache-dir",
+            str(cache_dir),
+            "--resume-from-checkpoint",
+            str(folder),
+            "--stop-after-steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-source-length",
+            "64",
+            "--max-target-length",
+            "128",
+            "--dataloader-num-workers",
+            "0",
+            "--disable-compilation",
+            "--eval-samples",
+            "0",
+        )
+        == 0
+    )
     assert "restored optimizer" in caplog.text
 
 
@@ -222,14 +338,14 @@ def test_accelerate_rng_pickle_scanned_never_run(accelerate_run, tiny_model, tmp
     torch.save({"step": 3, "random_state": Payload()}, folder / "random_states_0.pkl")
     code, out = cli(verify_main, folder, "--json", capsys=capsys)
     assert "accelerate_rng_unsafe" in {p["code"] for p in json.loads(out)["problems"]}
-    code, out = cli(verify_main, folder, "--fix", "--json", "--pretrained-model", tiny_model, "--steps-per-epoch", 12,
-                    capsys=capsys)
+    code, out = cli(
+        verify_main, folder, "--fix", "--json", "--pretrained-model", tiny_model, "--steps-per-epoch", 12, capsys=capsys
+    )
     report = json.loads(out)
     repairs = {r["code"]: r["message"] for r in report["repairs"]}
     assert report["resumable"] and "not recovered: the RNG state" in repairs["state_converted_accelerate"]
     assert "rng_missing" in {p["code"] for p in report["problems"]}
     assert not marker.exists()
-
 
 
 def test_hf_resume_with_a_larger_max_steps_trains_to_it(hf_run, tmp_path, small_csv, cache_dir, capsys):
@@ -241,10 +357,33 @@ def test_hf_resume_with_a_larger_max_steps_trains_to_it(hf_run, tmp_path, small_
     code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
     assert code == 0, out
     assert ckstate.load_training_state(folder)["data_position"]["epoch"] == 2  # the run's 2 epochs are done
-    argv = ["--data", small_csv, "--model-output", run, "--cache-dir", cache_dir, "--resume-from-checkpoint",
-            folder, "--max-steps", MAX_STEPS + 2, "--logging-steps", 1, "--save-steps", 100, "--eval-steps", 100,
-            "--eval-samples", 0, "--max-source-length", 64, "--max-target-length", 128,
-            "--dataloader-num-workers", 0, "--disable-compilation"]
+    argv = [
+        "--data",
+        small_csv,
+        "--model-output",
+        run,
+        "--cache-dir",
+        cache_dir,
+        "--resume-from-checkpoint",
+        folder,
+        "--max-steps",
+        MAX_STEPS + 2,
+        "--logging-steps",
+        1,
+        "--save-steps",
+        100,
+        "--eval-steps",
+        100,
+        "--eval-samples",
+        0,
+        "--max-source-length",
+        64,
+        "--max-target-length",
+        128,
+        "--dataloader-num-workers",
+        0,
+        "--disable-compilation",
+    ]
     capsys.readouterr()
     assert run_training(*map(str, argv)) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -84,6 +84,7 @@ def test_same_size_flip_in_state_is_rebuilt_keeping_the_original(run, capsys):
 
 def test_rebuilt_state_meets_the_native_contract(run, tmp_path, capsys):
     from chef_genius.train import rng
+
     folder = run / "checkpoint-10"
     native = ckstate.load_training_state(folder)
     other = shutil.copytree(run, tmp_path / "other")

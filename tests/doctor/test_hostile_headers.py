@@ -59,8 +59,11 @@ def test_huge_header_refused_before_it_is_read(run, capsys):
     start = time.perf_counter()
     code, report = report_of(folder, capsys, "--deep")
     assert time.perf_counter() - start < 10
-    assert code == 1 and "more than the 16 MiB allowed" in report["problems"][0]["message"] or \
-        any("16 MiB" in p["message"] for p in report["problems"])
+    assert (
+        code == 1
+        and "more than the 16 MiB allowed" in report["problems"][0]["message"]
+        or any("16 MiB" in p["message"] for p in report["problems"])
+    )
 
 
 def test_config_claiming_thousands_of_layers_costs_nothing(run, capsys):

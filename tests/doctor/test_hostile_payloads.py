@@ -30,8 +30,22 @@ def test_hf_optimizer_or_scheduler_payload_never_runs(run, tmp_path, capsys, out
     torch.save({"state": {}, "param_groups": [], "x": Payload(marker)}, folder / name)
     before = snapshot(folder)
     # every setting given (no training_args.bin here), so the conversion gets to the payload file
-    code, out, _ = cli(verify_main, folder, "--fix", "--steps-per-epoch", "12", "--samples-per-step", "8",
-                       "--learning-rate", "1e-4", "--lr-scheduler", "linear", "--warmup-steps", "0", capsys=capsys)
+    code, out, _ = cli(
+        verify_main,
+        folder,
+        "--fix",
+        "--steps-per-epoch",
+        "12",
+        "--samples-per-step",
+        "8",
+        "--learning-rate",
+        "1e-4",
+        "--lr-scheduler",
+        "linear",
+        "--warmup-steps",
+        "0",
+        capsys=capsys,
+    )
     assert code == 1 and f"cannot build {ckpt.TRAINING_STATE}" in out and "not plain tensors" in out
     assert snapshot(folder) == before
     code, out, _ = cli(fix_all_main, folder.parent, capsys=capsys)
@@ -47,12 +61,20 @@ def test_hostile_trainer_state_json_is_a_report_line(run, tmp_path, capsys, valu
     assert code == 1 and f"cannot build {ckpt.TRAINING_STATE}" in out
 
 
-@pytest.mark.parametrize("state", [
-    {"format": ckpt.FORMAT_NAME, "global_step": 10, "epoch": 0, "optimizer_state_dict": [1],
-     "scheduler_state_dict": {"last_epoch": 10}, "rng_states": {}},
-    {"global_step": 10, "epoch": "one", "optimizer_state_dict": {}, "scheduler_state_dict": {},
-     "rng_states": {}},
-])
+@pytest.mark.parametrize(
+    "state",
+    [
+        {
+            "format": ckpt.FORMAT_NAME,
+            "global_step": 10,
+            "epoch": 0,
+            "optimizer_state_dict": [1],
+            "scheduler_state_dict": {"last_epoch": 10},
+            "rng_states": {},
+        },
+        {"global_step": 10, "epoch": "one", "optimizer_state_dict": {}, "scheduler_state_dict": {}, "rng_states": {}},
+    ],
+)
 def test_state_with_values_of_the_wrong_kind(run, capsys, state):
     folder = run / "checkpoint-10"
     torch.save(state, folder / ckpt.TRAINING_STATE)
@@ -71,9 +93,12 @@ def test_disk_full_while_writing_the_final_model(tiny_model, small_csv, cache_di
 
     def full(self, folder, *args, **kwargs):  # the checkpoint is written, the final model meets a full disk
         if "final" in folder.name:
-            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
-                               '"No space left on device" })')
+            raise RuntimeError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                '"No space left on device" })'
+            )
         return real(self, folder, *args, **kwargs)
+
     monkeypatch.setattr(ModelFiles, "save", full)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:

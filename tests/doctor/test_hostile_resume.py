@@ -47,10 +47,10 @@ def test_same_size_header_flip_is_skipped_without_verify_hashes(run, caplog):
     path = run / "checkpoint-10" / ckpt.WEIGHTS
     data = path.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = data[8:8 + length]
+    header = data[8 : 8 + length]
     flipped = header.replace(b'"F32"', b'"F3!"', 1)
     assert len(flipped) == len(header) and flipped != header
-    path.write_bytes(data[:8] + flipped + data[8 + length:])
+    path.write_bytes(data[:8] + flipped + data[8 + length :])
     caplog.set_level(logging.WARNING)
     assert resume.resolve(None, True, run) == run / "checkpoint-5"
     assert "unknown dtype" in caplog.text

@@ -35,7 +35,9 @@ def test_fix_on_a_read_only_folder_is_a_sentence(run, capsys, monkeypatch, err):
             if target.startswith(inside) or os.fsdecode(path).startswith(inside):
                 raise OSError(err, os.strerror(err), os.fsdecode(path))
             return real(path, *args, **kwargs)
+
         return call
+
     monkeypatch.setattr(os, "mkdir", refuse(os.mkdir))
     monkeypatch.setattr(os, "replace", refuse(os.replace))
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
@@ -56,6 +58,7 @@ def test_a_folder_where_the_state_belongs(run, capsys):
 
 def test_pickled_bin_weights_refused_without_suggesting_weights_only_false(run, tmp_path, outside):
     from chef_genius.model.loading import load_model
+
     secret, marker = outside
     folder = tmp_path / "model"
     folder.mkdir()
@@ -69,8 +72,11 @@ def test_pickled_bin_weights_refused_without_suggesting_weights_only_false(run, 
 
 def test_torch_disk_full_words_become_disk_full(tmp_path):
     from chef_genius.checkpoint.disk import describe_failure
-    for text in ("[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4368",
-                 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'):
+
+    for text in (
+        "[enforce fail at inline_container.cc:664] . unexpected pos 4480 vs 4368",
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })',
+    ):
         assert "is full" in describe_failure(RuntimeError(text), tmp_path, 1)
     assert "is full" not in describe_failure(RuntimeError("something else"), tmp_path, 1)
 
@@ -81,6 +87,7 @@ def test_fix_when_the_disk_fills(run, capsys, monkeypatch):
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
     monkeypatch.setattr(torch, "save", full)
     code, out, _ = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "the disk is full" in out
@@ -88,6 +95,7 @@ def test_fix_when_the_disk_fills(run, capsys, monkeypatch):
 
 def test_binary_data_file_shows_a_short_printable_excerpt(tiny_model, cache_dir, tmp_path, capsys):
     from chef_genius.train.cli import main
+
     data = tmp_path / "recipes.csv"
     data.write_bytes(bytes(range(1, 256)) * 40_000)  # ~10 MB, no newline
     with pytest.raises(SystemExit) as info:

@@ -19,6 +19,7 @@ from .conftest import assert_untouched, codes, report_of, seal, snapshot, write_
 
 def test_each_shard_and_the_index_get_the_trust_checks(run, tmp_path, capsys, outside, opened):
     from transformers import AutoModelForSeq2SeqLM
+
     secret, marker = outside
     folder = run / "checkpoint-10"
     AutoModelForSeq2SeqLM.from_pretrained(folder).save_pretrained(folder, max_shard_size="200KB")
@@ -33,8 +34,9 @@ def test_each_shard_and_the_index_get_the_trust_checks(run, tmp_path, capsys, ou
     assert shards[1].name in ckmanifest.usability_problem(folder)
     assert ckmanifest.find_latest(run)[0] == run / "checkpoint-5"
     code, report = report_of(folder, capsys)
-    assert code == 1 and any(p["code"] == "weights_unreadable" and shards[1].name in p["message"]
-                             for p in report["problems"])
+    assert code == 1 and any(
+        p["code"] == "weights_unreadable" and shards[1].name in p["message"] for p in report["problems"]
+    )
     before = snapshot(folder)
     code, report = report_of(folder, capsys, "--fix")
     assert code == 1 and snapshot(folder) == before
@@ -50,13 +52,15 @@ def test_each_shard_and_the_index_get_the_trust_checks(run, tmp_path, capsys, ou
     index["weight_map"] = {k: "../elsewhere.safetensors" for k in index["weight_map"]}
     (folder / ckpt.WEIGHTS_INDEX).write_text(json.dumps(index))
     code, report = report_of(folder, capsys)
-    assert code == 1 and any(p["code"] == "weights_unreadable" and "outside the folder" in p["message"]
-                             for p in report["problems"])
+    assert code == 1 and any(
+        p["code"] == "weights_unreadable" and "outside the folder" in p["message"] for p in report["problems"]
+    )
     assert_untouched(secret, marker, opened)
 
 
 def test_bin_weights_that_are_a_link_are_never_loaded(run, capsys, outside, opened):
     from safetensors.torch import load_file
+
     secret, marker = outside
     folder = run / "checkpoint-10"
     target = folder.parent / "elsewhere.bin"

@@ -14,17 +14,53 @@ GUIDE = ROOT / "CHECKPOINT_FIX_GUIDE.md"
 
 # the codes `--json` printed before the registry existed: a value never changes
 PUBLISHED = {
-    "untrusted_entry", "config_missing", "tokenizer_missing", "generation_config_missing", "config_unreadable",
-    "generation_config_unreadable", "tokenizer_unreadable", "weights_missing", "weights_unreadable", "weights_bin",
-    "weights_prefixed", "weights_mismatch", "lm_head_missing", "embeddings_inconsistent", "weights_nonfinite",
-    "state_missing", "state_unreadable", "state_unsafe", "state_legacy", "hf_trainer_state", "accelerate_state",
-    "hf_settings_missing", "hf_settings_partial", "accelerate_unknown", "accelerate_rng_unsafe",
-    "optimizer_mismatch", "optimizer_empty", "scheduler_mismatch", "step_mismatch", "rng_missing", "rng_rebuilt",
-    "rng_unreadable", "adapter_unreadable", "adapter_config_unreadable", "base_record_missing", "manifest_invalid",
-    "weights_corrupt", "state_corrupt", "file_corrupt", "check_failed", "repair_incomplete"}
+    "untrusted_entry",
+    "config_missing",
+    "tokenizer_missing",
+    "generation_config_missing",
+    "config_unreadable",
+    "generation_config_unreadable",
+    "tokenizer_unreadable",
+    "weights_missing",
+    "weights_unreadable",
+    "weights_bin",
+    "weights_prefixed",
+    "weights_mismatch",
+    "lm_head_missing",
+    "embeddings_inconsistent",
+    "weights_nonfinite",
+    "state_missing",
+    "state_unreadable",
+    "state_unsafe",
+    "state_legacy",
+    "hf_trainer_state",
+    "accelerate_state",
+    "hf_settings_missing",
+    "hf_settings_partial",
+    "accelerate_unknown",
+    "accelerate_rng_unsafe",
+    "optimizer_mismatch",
+    "optimizer_empty",
+    "scheduler_mismatch",
+    "step_mismatch",
+    "rng_missing",
+    "rng_rebuilt",
+    "rng_unreadable",
+    "adapter_unreadable",
+    "adapter_config_unreadable",
+    "base_record_missing",
+    "manifest_invalid",
+    "weights_corrupt",
+    "state_corrupt",
+    "file_corrupt",
+    "check_failed",
+    "repair_incomplete",
+}
 # codes added since (each a new value; none of the above changed)
-ADDED = {"optimizer_nonfinite",  # issue 22: a checkpoint judged by its numbers
-         "mirror_incomplete"}  # issue 25: the doctor on a --checkpoint-mirror
+ADDED = {
+    "optimizer_nonfinite",  # issue 22: a checkpoint judged by its numbers
+    "mirror_incomplete",
+}  # issue 25: the doctor on a --checkpoint-mirror
 
 
 def test_guide_table_is_the_registry():
@@ -32,7 +68,8 @@ def test_guide_table_is_the_registry():
     assert table is not None, "CHECKPOINT_FIX_GUIDE.md lost its problems-table markers"
     assert table == problems_table.markdown(), (
         "the guide's problem codes are out of date: "
-        "python -m chef_genius.devtools.problems_table --write CHECKPOINT_FIX_GUIDE.md")
+        "python -m chef_genius.devtools.problems_table --write CHECKPOINT_FIX_GUIDE.md"
+    )
 
 
 def test_check_mode_fails_on_a_stale_table(tmp_path):
@@ -50,17 +87,37 @@ def test_code_values_are_the_published_ones():
 
 def test_soft_and_fatal_are_what_verify_always_used():
     assert SOFT == {"optimizer_empty", "rng_missing", "rng_rebuilt", "generation_config_missing", "weights_bin"}
-    assert FATAL == {"weights_unreadable", "weights_corrupt", "weights_nonfinite", "weights_mismatch",
-                     "state_unsafe", "state_unreadable", "lm_head_missing", "weights_missing", "file_corrupt",
-                     "untrusted_entry", "config_unreadable", "generation_config_unreadable", "tokenizer_unreadable",
-                     "rng_unreadable", "check_failed", "adapter_unreadable", "adapter_config_unreadable",
-                     "base_record_missing", "optimizer_nonfinite", "mirror_incomplete"}
+    assert FATAL == {
+        "weights_unreadable",
+        "weights_corrupt",
+        "weights_nonfinite",
+        "weights_mismatch",
+        "state_unsafe",
+        "state_unreadable",
+        "lm_head_missing",
+        "weights_missing",
+        "file_corrupt",
+        "untrusted_entry",
+        "config_unreadable",
+        "generation_config_unreadable",
+        "tokenizer_unreadable",
+        "rng_unreadable",
+        "check_failed",
+        "adapter_unreadable",
+        "adapter_config_unreadable",
+        "base_record_missing",
+        "optimizer_nonfinite",
+        "mirror_incomplete",
+    }
     assert not SOFT & FATAL
 
 
 def test_doctor_spells_only_registered_codes_and_uses_every_one():
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "chef_genius" / "doctor").rglob("*.py")
-                       if p.name != "problems.py")
+    source = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in (ROOT / "chef_genius" / "doctor").rglob("*.py")
+        if p.name != "problems.py"
+    )
     spelled = set(re.findall(r"Problem\.([A-Z_]+)", source))
     assert spelled <= set(Problem.__members__), spelled - set(Problem.__members__)
     assert set(Problem.__members__) <= spelled, f"codes no check reports: {set(Problem.__members__) - spelled}"

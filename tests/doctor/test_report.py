@@ -16,8 +16,17 @@ def test_json_keys_and_code_values_are_unchanged():
     report.facts.unfixed = ["could not restore config.json"]
     report.hint = "run/checkpoint-2"
     out = json.loads(json.dumps(report.to_json()))
-    assert set(out) == {"path", "kind", "valid", "resumable", "global_step", "epoch", "problems", "repairs",
-                        "resume_instead"}
+    assert set(out) == {
+        "path",
+        "kind",
+        "valid",
+        "resumable",
+        "global_step",
+        "epoch",
+        "problems",
+        "repairs",
+        "resume_instead",
+    }
     assert out["problems"] == [{"code": "optimizer_empty", "message": "optimizer state is empty"}]
     assert out["resumable"] and not out["valid"] and report.codes() == {Problem.OPTIMIZER_EMPTY}
 

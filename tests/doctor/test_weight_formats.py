@@ -40,15 +40,20 @@ def copy_without_weights(source, dest):
 
 def with_prefix(source, dest, prefix):
     from safetensors.torch import load_file, save_file
+
     copy_without_weights(source, dest)
-    save_file({prefix + k: v for k, v in load_file(source / ckpt.WEIGHTS).items()}, dest / ckpt.WEIGHTS,
-              metadata={"format": "pt"})
+    save_file(
+        {prefix + k: v for k, v in load_file(source / ckpt.WEIGHTS).items()},
+        dest / ckpt.WEIGHTS,
+        metadata={"format": "pt"},
+    )
     return dest
 
 
 def sharded(source, dest):
     """``source``'s weights as ``save_pretrained`` shards them (six shards of the tiny model)."""
     from transformers import AutoModelForSeq2SeqLM
+
     copy_without_weights(source, dest)
     AutoModelForSeq2SeqLM.from_pretrained(source).save_pretrained(dest, max_shard_size="200KB")
     assert len(list(dest.glob("model-*-of-*.safetensors"))) > 1 and not (dest / ckpt.WEIGHTS).exists()
@@ -57,6 +62,7 @@ def sharded(source, dest):
 
 def as_bin(source, dest):
     from safetensors.torch import load_file
+
     copy_without_weights(source, dest)
     torch.save(load_file(source / ckpt.WEIGHTS), dest / ckpt.WEIGHTS_BIN)
     return dest
@@ -75,9 +81,26 @@ def batch_loss(model, tokenizer) -> float:
 
 def generated(model_dir, capsys):
     from chef_genius.model.generate_cli import main as generate_main
+
     capsys.readouterr()
-    assert generate_main(["--model", str(model_dir), "--ingredients", "egg, salt", "--json", "--seed", "1",
-                          "--max-new-tokens", "12", "--num-beams", "1"]) == 0
+    assert (
+        generate_main(
+            [
+                "--model",
+                str(model_dir),
+                "--ingredients",
+                "egg, salt",
+                "--json",
+                "--seed",
+                "1",
+                "--max-new-tokens",
+                "12",
+                "--num-beams",
+                "1",
+            ]
+        )
+        == 0
+    )
     return json.loads(capsys.readouterr().out)["results"]
 
 
@@ -89,9 +112,11 @@ def same_weights(a, b) -> bool:
 # ---------------------------------------------------------------------------------------------
 # wrapper prefixes: stripped with a warning, never random weights
 
+
 @pytest.mark.parametrize("prefix", WRAPPERS)
 def test_prefixed_folder_loads_the_trained_weights_with_a_warning(tiny_model, tmp_path, caplog, prefix):
     from transformers import AutoTokenizer
+
     folder = with_prefix(tiny_model, tmp_path / "wrapped", prefix)
     caplog.set_level(logging.WARNING)
     model = load_model(folder)
@@ -102,14 +127,21 @@ def test_prefixed_folder_loads_the_trained_weights_with_a_warning(tiny_model, tm
     assert batch_loss(model, tokenizer) == batch_loss(clean, tokenizer)
 
 
-def test_pretrained_model_and_generation_from_a_prefixed_folder(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                 caplog, capsys):
+def test_pretrained_model_and_generation_from_a_prefixed_folder(
+    tiny_model, small_csv, cache_dir, tmp_path, caplog, capsys
+):
     folder = with_prefix(tiny_model, tmp_path / "compiled", "_orig_mod.")
     losses = {}
     for name, source in (("clean", tiny_model), ("wrapped", folder)):
         out = tmp_path / name
-        assert run_training(*train_args(source, small_csv, out, cache_dir, "--max-steps", "2",
-                                        "--save-steps", "100", "--eval-steps", "100")) == 0
+        assert (
+            run_training(
+                *train_args(
+                    source, small_csv, out, cache_dir, "--max-steps", "2", "--save-steps", "100", "--eval-steps", "100"
+                )
+            )
+            == 0
+        )
         losses[name] = step_losses(out)
     assert losses["wrapped"] == losses["clean"] and len(losses["clean"]) == 2
     assert generated(folder, capsys) == generated(tiny_model, capsys)
@@ -117,6 +149,7 @@ def test_pretrained_model_and_generation_from_a_prefixed_folder(tiny_model, smal
 
 def test_unknown_weight_name_is_an_error_naming_it(tiny_model, small_csv, cache_dir, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
+
     folder = copy_without_weights(tiny_model, tmp_path / "renamed")
     tensors = load_file(tiny_model / ckpt.WEIGHTS)
     tensors["encoder.final_norm.weight"] = tensors.pop("encoder.final_layer_norm.weight")
@@ -125,8 +158,10 @@ def test_unknown_weight_name_is_an_error_naming_it(tiny_model, small_csv, cache_
         load_model(folder)
     assert "encoder.final_layer_norm.weight" in str(err.value) and "encoder.final_norm.weight" in str(err.value)
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda argv: run_training(*argv), train_args(folder, small_csv, tmp_path / "out", cache_dir,
-                                                             "--max-steps", "1"))
+        run_cli(
+            lambda argv: run_training(*argv),
+            train_args(folder, small_csv, tmp_path / "out", cache_dir, "--max-steps", "1"),
+        )
     assert exit_info.value.code == 2 and "random weights" in capsys.readouterr().err
 
 
@@ -135,9 +170,11 @@ def test_fix_strips_prefixes_from_every_shard(run_dir, tmp_path, capsys):
     source = sharded(run_dir / "checkpoint-10", tmp_path / "plain")
     copy_without_weights(source, folder)
     from safetensors.torch import load_file, save_file
+
     for shard in source.glob("model-*.safetensors"):
-        save_file({"module." + k: v for k, v in load_file(shard).items()}, folder / shard.name,
-                  metadata={"format": "pt"})
+        save_file(
+            {"module." + k: v for k, v in load_file(shard).items()}, folder / shard.name, metadata={"format": "pt"}
+        )
     index = json.loads((source / ckpt.WEIGHTS_INDEX).read_text())
     index["weight_map"] = {"module." + k: v for k, v in index["weight_map"].items()}
     (folder / ckpt.WEIGHTS_INDEX).write_text(json.dumps(index))
@@ -153,6 +190,7 @@ def test_fix_strips_prefixes_from_every_shard(run_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # sharded safetensors and pytorch_model.bin in checkpoints
 
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, small_csv, cache_dir, tmp_path_factory):
     """A run stopped at step 10 of 24 (12 steps per epoch): checkpoint-5 and checkpoint-10."""
@@ -165,8 +203,21 @@ def run_dir(tiny_model, small_csv, cache_dir, tmp_path_factory):
 def resumed_losses(run_dir, tiny_model, small_csv, cache_dir, tmp_path_factory):
     """Losses of 3 steps resumed from the single-file checkpoint-10: what every layout must match."""
     run = shutil.copytree(run_dir, tmp_path_factory.mktemp("single") / "run")
-    assert run_training(*train_args(tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint",
-                                    run / "checkpoint-10", "--stop-after-steps", "3")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                run,
+                cache_dir,
+                "--resume-from-checkpoint",
+                run / "checkpoint-10",
+                "--stop-after-steps",
+                "3",
+            )
+        )
+        == 0
+    )
     return {s: v for s, v in step_losses(run).items() if s > 10}
 
 
@@ -179,8 +230,9 @@ def relayout(run_dir, tmp_path, how):
     return run
 
 
-def test_sharded_checkpoint_verifies_and_resumes_like_a_single_file(run_dir, resumed_losses, tiny_model,
-                                                                    small_csv, cache_dir, tmp_path, capsys):
+def test_sharded_checkpoint_verifies_and_resumes_like_a_single_file(
+    run_dir, resumed_losses, tiny_model, small_csv, cache_dir, tmp_path, capsys
+):
     run = relayout(run_dir, tmp_path, sharded)
     folder = run / "checkpoint-10"
     code, out = cli(verify_main, folder, "--deep", capsys=capsys)
@@ -191,8 +243,14 @@ def test_sharded_checkpoint_verifies_and_resumes_like_a_single_file(run_dir, res
     code, out = cli(fix_all_main, run, "--json", capsys=capsys)
     assert code == 0 and json.loads(out)["newest_resumable"] == str(folder)
     assert generated(folder, capsys) == generated(run_dir / "checkpoint-10", capsys)
-    assert run_training(*train_args(tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint", "latest",
-                                    "--stop-after-steps", "3")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model, small_csv, run, cache_dir, "--resume-from-checkpoint", "latest", "--stop-after-steps", "3"
+            )
+        )
+        == 0
+    )
     assert {s: v for s, v in step_losses(run).items() if s > 10} == resumed_losses
 
 
@@ -211,8 +269,9 @@ def test_damaged_shards_are_found_per_shard(run_dir, tmp_path, capsys):
 
     shards[3].write_bytes(shards[3].read_bytes()[:-100])
     code, out = cli(verify_main, folder, "--json", capsys=capsys)
-    assert any(p["code"] == "weights_unreadable" and shards[3].name in p["message"]
-               for p in json.loads(out)["problems"])
+    assert any(
+        p["code"] == "weights_unreadable" and shards[3].name in p["message"] for p in json.loads(out)["problems"]
+    )
     shards[4].unlink()
     shards[3].unlink()
     code, out = cli(verify_main, folder, "--fix", "--json", capsys=capsys)
@@ -221,8 +280,9 @@ def test_damaged_shards_are_found_per_shard(run_dir, tmp_path, capsys):
     assert not [r for r in report["repairs"] if r["code"] == "manifest_rebuilt"]
 
 
-def test_bin_checkpoint_resumes_and_fix_converts_keeping_the_original(run_dir, resumed_losses, tiny_model,
-                                                                      small_csv, cache_dir, tmp_path, capsys):
+def test_bin_checkpoint_resumes_and_fix_converts_keeping_the_original(
+    run_dir, resumed_losses, tiny_model, small_csv, cache_dir, tmp_path, capsys
+):
     run = relayout(run_dir, tmp_path, as_bin)
     folder = run / "checkpoint-10"
     original = (folder / ckpt.WEIGHTS_BIN).read_bytes()
@@ -231,8 +291,21 @@ def test_bin_checkpoint_resumes_and_fix_converts_keeping_the_original(run_dir, r
     assert code == 1 and report["resumable"] and [p["code"] for p in report["problems"]] == ["weights_bin"]
 
     resumed = shutil.copytree(run, tmp_path / "resumed")
-    assert run_training(*train_args(tiny_model, small_csv, resumed, cache_dir, "--resume-from-checkpoint",
-                                    resumed / "checkpoint-10", "--stop-after-steps", "3")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                resumed,
+                cache_dir,
+                "--resume-from-checkpoint",
+                resumed / "checkpoint-10",
+                "--stop-after-steps",
+                "3",
+            )
+        )
+        == 0
+    )
     assert {s: v for s, v in step_losses(resumed).items() if s > 10} == resumed_losses
 
     code, out = cli(verify_main, folder, "--fix", "--no-backup", "--json", capsys=capsys)
@@ -266,6 +339,7 @@ def test_unsafe_bin_is_never_unpickled(run_dir, tiny_model, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # fix_all says why a checkpoint is not resumable and what repairs it
 
+
 def test_fix_all_names_reason_and_repair_and_the_newest_resumable(run_dir, tmp_path, capsys):
     run = shutil.copytree(run_dir, tmp_path / "run")
     for flags in ((), ("--dry-run",)):
@@ -290,16 +364,19 @@ def test_fix_all_names_reason_and_repair_and_the_newest_resumable(run_dir, tmp_p
     assert entry["reason"].startswith("weights_unreadable") and "cannot be undone" in entry["repair"]
 
 
-
 def test_prefixed_weights_under_a_stale_manifest_are_explained_and_taken_on_request(run_dir, tmp_path, capsys):
     """torch.compile's prefix written over the sealed model.safetensors: verify must not promise that --fix
     removes it (--fix will not bless a file that changed after the seal); --accept-changed-weights does,
     keeping the file as found."""
     from safetensors.torch import load_file, save_file
+
     run = shutil.copytree(run_dir, tmp_path / "run")
     folder = run / "checkpoint-10"
-    save_file({"_orig_mod." + k: v for k, v in load_file(folder / ckpt.WEIGHTS).items()}, folder / ckpt.WEIGHTS,
-              metadata={"format": "pt"})
+    save_file(
+        {"_orig_mod." + k: v for k, v in load_file(folder / ckpt.WEIGHTS).items()},
+        folder / ckpt.WEIGHTS,
+        metadata={"format": "pt"},
+    )
     found = (folder / ckpt.WEIGHTS).read_bytes()
     code, out = cli(verify_main, folder, capsys=capsys)
     line = next(text for text in out.splitlines() if "weight names carry" in text)
@@ -308,8 +385,7 @@ def test_prefixed_weights_under_a_stale_manifest_are_explained_and_taken_on_requ
     code, out = cli(verify_main, folder, "--fix", capsys=capsys)
     assert code == 1 and "--fix --accept-changed-weights" in out
     assert (folder / ckpt.WEIGHTS).read_bytes() == found  # a plain --fix blesses nothing
-    code, out = cli(verify_main, folder, "--fix", "--accept-changed-weights", "--no-backup", "--json",
-                    capsys=capsys)
+    code, out = cli(verify_main, folder, "--fix", "--accept-changed-weights", "--no-backup", "--json", capsys=capsys)
     report = json.loads(out)
     assert code == 0 and report["valid"], report
     assert {"weights_accepted", "prefixes_stripped", "manifest_rebuilt"} <= {r["code"] for r in report["repairs"]}

@@ -14,20 +14,35 @@ from chef_genius.train.evaluation import is_better
 
 
 def records(output, kind):
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["type"] == kind]
+    return [
+        json.loads(line)
+        for line in (output / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == kind
+    ]
 
 
 @pytest.fixture(scope="module")
 def generating_runs(tiny_model, small_csv, cache_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
-    flags = ("--max-steps", "10", "--eval-generate", "4", "--metric-for-best", "ingredient_coverage",
-             "--max-target-length", "48", "--eval-split-ratio", "0.1")
+    flags = (
+        "--max-steps",
+        "10",
+        "--eval-generate",
+        "4",
+        "--metric-for-best",
+        "ingredient_coverage",
+        "--max-target-length",
+        "48",
+        "--eval-split-ratio",
+        "0.1",
+    )
     whole, parts = root / "whole", root / "parts"
     assert run_training(*train_args(tiny_model, small_csv, whole, cache_dir, *flags)) == 0
     assert run_training(*train_args(tiny_model, small_csv, parts, cache_dir, *flags, "--stop-after-steps", "5")) == 0
-    assert run_training(*train_args(tiny_model, small_csv, parts, cache_dir, *flags,
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(*train_args(tiny_model, small_csv, parts, cache_dir, *flags, "--resume-from-checkpoint", "latest"))
+        == 0
+    )
     return whole, parts
 
 
@@ -44,8 +59,9 @@ def test_each_evaluation_logs_recipe_metrics_of_the_same_validation_recipes(gene
 def test_a_resumed_run_with_generation_is_bitwise_equal_to_an_uninterrupted_one(generating_runs):
     whole, parts = generating_runs
     assert step_losses(parts) == step_losses(whole)
-    assert [r["ingredient_coverage"] for r in records(parts, "generation")] == \
-        [r["ingredient_coverage"] for r in records(whole, "generation")]
+    assert [r["ingredient_coverage"] for r in records(parts, "generation")] == [
+        r["ingredient_coverage"] for r in records(whole, "generation")
+    ]
 
 
 def test_the_best_checkpoint_is_chosen_by_the_metric_for_best(generating_runs):
@@ -71,16 +87,43 @@ def test_metric_for_best_other_than_loss_needs_eval_generate(tiny_model, small_c
 
 def test_evaluate_recipes_scores_every_checkpoint_of_a_run(generating_runs, tmp_path, capsys):
     whole, _ = generating_runs
-    assert evaluate_cli.main([str(whole), "--max-recipes", "3", "--max-new-tokens", "32", "--out", str(tmp_path),
-                              "--json", "--progress", "log"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                str(whole),
+                "--max-recipes",
+                "3",
+                "--max-new-tokens",
+                "32",
+                "--out",
+                str(tmp_path),
+                "--json",
+                "--progress",
+                "log",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [m["model"] for m in report["models"]] == ["checkpoint-5", "checkpoint-10", "whole (final)"]
     assert report["recipes"] == 3 and "validation split" in report["data"]
     assert all(set(METRICS) <= set(m["metrics"]) for m in report["models"])
     assert (tmp_path / "evaluation.json").is_file()
     assert all((tmp_path / f"evaluation_{name}.png").stat().st_size > 0 for name in METRICS)
-    assert evaluate_cli.main([str(whole / "checkpoint-5"), "--max-recipes", "2", "--max-new-tokens", "16",
-                              "--out", str(tmp_path / "one")]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                str(whole / "checkpoint-5"),
+                "--max-recipes",
+                "2",
+                "--max-new-tokens",
+                "16",
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
     assert "checkpoint-5" in capsys.readouterr().out
 
 
@@ -88,11 +131,13 @@ def test_evaluating_a_checkpoint_leaves_it_byte_identical(generating_runs, tmp_p
     """The report of a checkpoint goes beside it, in its run folder; an --out inside it is refused."""
     import shutil
     from chef_genius.doctor.cli import verify_main
+
     whole, _ = generating_runs
     checkpoint = shutil.copytree(whole / "checkpoint-10", tmp_path / "run" / "checkpoint-10")
     before = {p.relative_to(checkpoint): p.read_bytes() for p in sorted(checkpoint.rglob("*"))}
-    assert evaluate_cli.main([str(checkpoint), "--max-recipes", "2", "--max-new-tokens", "16",
-                              "--progress", "log"]) == 0
+    assert (
+        evaluate_cli.main([str(checkpoint), "--max-recipes", "2", "--max-new-tokens", "16", "--progress", "log"]) == 0
+    )
     assert f"written: {checkpoint.parent / 'evaluation.json'}" in capsys.readouterr().out
     with pytest.raises(UserError, match="in the checkpoint checkpoint-10, which nothing may write into") as err:
         evaluate_cli.main([str(checkpoint), "--max-recipes", "2", "--out", str(checkpoint / "reports")])
@@ -101,15 +146,19 @@ def test_evaluating_a_checkpoint_leaves_it_byte_identical(generating_runs, tmp_p
     assert verify_main([str(checkpoint), "--deep"]) == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["/no/such/folder"], "no such folder"),
-    (["{tmp}"], "no model here"),
-    (["{model}", "--data", "/no/such.csv"], "--data file not found"),
-    (["{model}"], "pass --data"),
-    (["{model}", "--max-recipes", "0"], "--max-recipes must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["/no/such/folder"], "no such folder"),
+        (["{tmp}"], "no model here"),
+        (["{model}", "--data", "/no/such.csv"], "--data file not found"),
+        (["{model}"], "pass --data"),
+        (["{model}", "--max-recipes", "0"], "--max-recipes must be at least 1"),
+    ],
+)
 def test_evaluate_recipes_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, capsys, argv, message):
     from chef_genius.errors import run_cli
+
     argv = [a.format(tmp=tmp_path, model=tiny_model) for a in argv]
     with pytest.raises(SystemExit) as stop:
         run_cli(evaluate_cli.main, argv)
@@ -121,6 +170,7 @@ def test_evaluate_recipes_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path,
 def test_held_out_inputs_follow_the_runs_source_template():
     from chef_genius.data.recipes import DEFAULT_SOURCE_TEMPLATE, fill_template
     from chef_genius.evaluation.heldout import HeldOut, held_out_from_examples, ingredients_from_source
+
     template = "Cook {title} from: {ingredients}. Keep it short."
     source = fill_template(template, ["chicken", "rice", "garlic"], "Garlic rice")
     assert ingredients_from_source(source, template) == ["chicken", "rice", "garlic"]
@@ -137,12 +187,15 @@ def test_generation_uses_the_template_built_inputs(tiny_model, monkeypatch):
     import torch
     from chef_genius.evaluation import heldout
     from chef_genius.model import generation
+
     seen = {}
 
-    def fake(model, tokenizer, lists, settings, device, autocast, max_source_length, template, sources=None,
-             synced=False):
+    def fake(
+        model, tokenizer, lists, settings, device, autocast, max_source_length, template, sources=None, synced=False
+    ):
         seen["sources"] = sources
         return [["Title: x"] for _ in lists]
+
     monkeypatch.setattr(generation, "generate_texts", fake)
     examples = [heldout.HeldOut(["eggs", "milk"], "Title: y")]
     heldout.generate_for(None, None, examples, torch.device("cpu"), template="Ingredients: {ingredients}")

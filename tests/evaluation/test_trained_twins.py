@@ -15,9 +15,13 @@ from chef_genius.evaluation.heldout import held_out_from_examples
 
 def _examples(n: int, copies: int):
     recipes, planted = planted_recipes(n, copies, seed=21)
-    examples = [{"source": "Write a recipe with these ingredients: " + ", ".join(r["ner"]),
-                 "target": format_target(recipe_from_fields(r["title"], r["ingredients"], r["directions"]))}
-                for r in recipes]
+    examples = [
+        {
+            "source": "Write a recipe with these ingredients: " + ", ".join(r["ner"]),
+            "target": format_target(recipe_from_fields(r["title"], r["ingredients"], r["directions"])),
+        }
+        for r in recipes
+    ]
     return examples, planted
 
 

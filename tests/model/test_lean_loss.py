@@ -30,8 +30,9 @@ def test_chunked_loss_and_gradients_equal_the_plain_cross_entropy(chunk_rows):
     torch.testing.assert_close(got_h, want_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # evaluation: the same value, no gradient work
-        torch.testing.assert_close(lean_loss.cross_entropy_sum(hidden, weight, labels, chunk_rows), expected,
-                                   rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(
+            lean_loss.cross_entropy_sum(hidden, weight, labels, chunk_rows), expected, rtol=1e-6, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("chunks", [1, 4, 13, 20])  # 20 > 13 rows: some chunks are empty
@@ -49,8 +50,9 @@ def test_a_fixed_number_of_chunks_gives_the_same_loss_and_gradients(chunks):
     torch.testing.assert_close(got_h, want_h, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
-        torch.testing.assert_close(lean_loss.cross_entropy_sum_in_chunks(hidden, weight, labels, chunks), expected,
-                                   rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(
+            lean_loss.cross_entropy_sum_in_chunks(hidden, weight, labels, chunks), expected, rtol=1e-6, atol=1e-5
+        )
     assert lean_loss.chunks_for(16 * 512) == 8 and lean_loss.chunks_for(1) == 1
 
 
@@ -71,15 +73,19 @@ def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_the_same():
 @pytest.fixture(scope="module")
 def tiny_batch(tiny_model):
     from chef_genius.model.loading import load_model
+
     g = torch.Generator().manual_seed(1)
     model = load_model(tiny_model)
     vocab = model.config.vocab_size
     labels = torch.randint(2, vocab, (3, 16), generator=g)
     labels[0, 9:] = LABEL_PAD  # ragged targets, as the collator pads them
     labels[2, 4:] = LABEL_PAD
-    batch = {"input_ids": torch.randint(2, vocab, (3, 8), generator=g),
-             "attention_mask": torch.ones(3, 8, dtype=torch.long),
-             "decoder_input_ids": torch.randint(2, vocab, (3, 16), generator=g), "labels": labels}
+    batch = {
+        "input_ids": torch.randint(2, vocab, (3, 8), generator=g),
+        "attention_mask": torch.ones(3, 8, dtype=torch.long),
+        "decoder_input_ids": torch.randint(2, vocab, (3, 16), generator=g),
+        "labels": labels,
+    }
     return model, batch
 
 
@@ -95,8 +101,9 @@ def test_the_tiny_model_trains_on_the_same_loss_and_gradients(tiny_batch):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
     torch.manual_seed(3)  # dropout: the same mask for both passes
     logits = model(**inputs).logits
-    plain = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=LABEL_PAD,
-                            reduction="sum")
+    plain = F.cross_entropy(
+        logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=LABEL_PAD, reduction="sum"
+    )
     want = _grads(model, plain)
     keys = set(model.state_dict())
 
@@ -145,8 +152,13 @@ def test_the_compiled_training_forward_is_one_graph_from_the_token_ids_to_the_lo
         explained = torch._dynamo.explain(region)(*_region_inputs(batch))
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
         placeholders = [n for n in explained.graphs[0].graph.nodes if n.op == "placeholder"]
-        data = [n for n in placeholders if isinstance(n.meta.get("example_value"), torch.Tensor)
-                and "_parameters_" not in n.name and "_buffers_" not in n.name]
+        data = [
+            n
+            for n in placeholders
+            if isinstance(n.meta.get("example_value"), torch.Tensor)
+            and "_parameters_" not in n.name
+            and "_buffers_" not in n.name
+        ]
         assert len(data) == 5, [n.name for n in data]
         weights = [n for n in placeholders if "_parameters_" in n.name]
         assert len(weights) == len(list(model.parameters()))
@@ -188,12 +200,14 @@ def test_the_compiled_region_gives_the_eager_loss_and_gradients(tiny_batch):
         assert error <= 1e-5 * scale, f"{name}: gradients differ by {error} (scale {scale})"
 
 
-def test_training_steps_go_through_the_compiled_region_and_validation_does_not(tiny_model, small_csv, cache_dir,
-                                                                                tmp_path, monkeypatch):
+def test_training_steps_go_through_the_compiled_region_and_validation_does_not(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch
+):
     """--compile compiles the loss function once, called with the batch's tensors only; validation (eval
     mode, no gradients: a full recompile) takes the eager path. torch.compile is replaced by a recorder
     here (compiling for real takes minutes on these cores)."""
     from conftest import run_training, train_args
+
     compiled, calls = [], []
 
     def recorder(fn, **options):
@@ -202,16 +216,35 @@ def test_training_steps_go_through_the_compiled_region_and_validation_does_not(t
         def region(*args):
             calls.append((torch.is_grad_enabled(), [type(a) for a in args]))
             return fn(*args)
+
         return region
 
     monkeypatch.setattr(torch, "compile", recorder)
     out = tmp_path / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--compile", "--max-steps", "2",
-                                    "--eval-steps", "2", "--save-steps", "2", "--gradient-accumulation-steps",
-                                    "2")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--compile",
+                "--max-steps",
+                "2",
+                "--eval-steps",
+                "2",
+                "--save-steps",
+                "2",
+                "--gradient-accumulation-steps",
+                "2",
+            )
+        )
+        == 0
+    )
     assert compiled == [{"dynamic": True}]
     assert len(calls) == 4  # 2 steps x 2 micro-batches; none from the validation at step 2
     assert all(grad and kinds == [torch.Tensor] * 5 for grad, kinds in calls)
     import json
+
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r["type"] == "eval" for r in records)

@@ -56,8 +56,12 @@ def test_activation_estimate_scales_and_checkpointing_saves():
 
 def test_plan_only_prints_the_plans_and_trains_nothing(tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_training("--plan-only", "--pretrained-model", str(tiny_model), "--model-output", str(out),
-                        "--batch-size", "4") == 0
+    assert (
+        run_training(
+            "--plan-only", "--pretrained-model", str(tiny_model), "--model-output", str(out), "--batch-size", "4"
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "weights (fp32)" in text and "exact" in text and "estimated" in text
     assert "--optimizer adafactor --batch-size 4 --gradient-checkpointing" in text
@@ -66,9 +70,11 @@ def test_plan_only_prints_the_plans_and_trains_nothing(tiny_model, tmp_path, cap
 
 def test_the_training_log_shows_the_plan(tiny_model, small_csv, cache_dir, tmp_path, caplog):
     import logging
+
     caplog.set_level(logging.INFO)
-    args = train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--max-steps", "1",
-                      "--optimizer", "adafactor")
+    args = train_args(
+        tiny_model, small_csv, tmp_path / "run", cache_dir, "--max-steps", "1", "--optimizer", "adafactor"
+    )
     assert run_training(*args) == 0
     assert "memory plan:" in caplog.text and "--optimizer adafactor" in caplog.text
     assert "optimizer state" in caplog.text and "activations" in caplog.text
@@ -76,12 +82,14 @@ def test_the_training_log_shows_the_plan(tiny_model, small_csv, cache_dir, tmp_p
 
 def test_docs_memory_table_is_the_plans():
     from conftest import REPO
+
     assert card_table() in (REPO / "docs" / "memory.md").read_text(encoding="utf-8")
 
 
 def test_advice_names_only_settings_that_fit():
     from chef_genius.train.config import TrainConfig
     from chef_genius.train.memory_plan import advice
+
     model = memory.flan_t5_large()
     config = TrainConfig(data="x", batch_size=8)
     text = advice(model, config, bf16=True, free=12 * memory.GIB)
@@ -100,6 +108,7 @@ def test_lora_plan_equals_what_the_real_peft_model_allocates(tiny_model, kind):
     """The plan with --lora-r counts what training with peft really holds: the adapter's parameters,
     their gradients and the optimizer's state over them, and the frozen base's weights."""
     from chef_genius.model import lora
+
     model = load_model(tiny_model)
     planned = memory.plan(model, memory.Setting(optimizer=kind, micro_batch=1, lora_r=4))  # on the base
     model = lora.wrap(model, 4, 8.0, 0.0)
@@ -120,6 +129,7 @@ def test_activation_estimate_follows_the_lean_loss():
     """Only labelled positions are projected, a chunk at a time: the vocabulary no longer grows the
     per-example activations; one chunk of logits (and a trained head's gradient) is fixed."""
     from dataclasses import replace as copy
+
     model = memory.flan_t5_large()
     wide = memory.meta_model(copy_config(model.config, vocab_size=2 * model.config.vocab_size), untied_head=True)
     setting = memory.Setting(micro_batch=4)
@@ -168,7 +178,6 @@ def test_the_weight_copies_are_what_autocast_keeps_for_the_backward(tiny_model):
             model(input_ids=ids, decoder_input_ids=ids, use_cache=False)
     copies = [t for t in saved if t.dtype == torch.bfloat16]
     weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
-
 
     def is_copy_of(c, w):
         w = w.detach().to(torch.bfloat16)

@@ -21,13 +21,16 @@ def test_compile_defaults(monkeypatch):
     assert modeling.should_compile(None, cuda)[0] is True
 
 
-@pytest.mark.parametrize("capability, triton, requested, expected", [
-    ((9, 0), True, None, True),
-    ((7, 0), True, None, True),
-    ((6, 1), True, None, False),    # a GTX 10xx / P100: Triton has no code generator for it
-    ((6, 1), True, False, False),
-    ((8, 6), False, None, False),
-])
+@pytest.mark.parametrize(
+    "capability, triton, requested, expected",
+    [
+        ((9, 0), True, None, True),
+        ((7, 0), True, None, True),
+        ((6, 1), True, None, False),  # a GTX 10xx / P100: Triton has no code generator for it
+        ((6, 1), True, False, False),
+        ((8, 6), False, None, False),
+    ],
+)
 def test_compile_is_on_only_where_triton_can_compile(monkeypatch, capability, triton, requested, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(modeling, "triton_available", lambda: triton)
@@ -37,10 +40,13 @@ def test_compile_is_on_only_where_triton_can_compile(monkeypatch, capability, tr
         assert "compute capability 6.1" in why
 
 
-@pytest.mark.parametrize("capability, triton, problem", [
-    ((6, 1), True, "compute capability 6.1, it needs 7.0 or newer"),
-    ((8, 0), False, "Triton is not installed"),
-])
+@pytest.mark.parametrize(
+    "capability, triton, problem",
+    [
+        ((6, 1), True, "compute capability 6.1, it needs 7.0 or newer"),
+        ((8, 0), False, "Triton is not installed"),
+    ],
+)
 def test_an_explicit_compile_that_cannot_work_is_refused_at_start(monkeypatch, capability, triton, problem):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(modeling, "triton_available", lambda: triton)
@@ -50,19 +56,21 @@ def test_an_explicit_compile_that_cannot_work_is_refused_at_start(monkeypatch, c
 
 
 def test_an_explicit_compile_without_triton_ends_the_trainer_before_it_touches_the_run_folder(
-        monkeypatch, tiny_model, small_csv, cache_dir, tmp_path):
+    monkeypatch, tiny_model, small_csv, cache_dir, tmp_path
+):
     """Refused when the Trainer is built (as on a CUDA machine without Triton), not at the first forward."""
     from chef_genius.train import trainer as trainer_module
     from chef_genius.train.config import parse_args
     from conftest import train_args
+
     real = modeling.should_compile
-    monkeypatch.setattr(trainer_module, "should_compile",
-                        lambda requested, device: real(requested, torch.device("cuda")))
+    monkeypatch.setattr(
+        trainer_module, "should_compile", lambda requested, device: real(requested, torch.device("cuda"))
+    )
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(modeling, "triton_available", lambda: False)
     with pytest.raises(UserError, match="--compile cannot work here: Triton is not installed"):
-        trainer_module.Trainer(parse_args(train_args(tiny_model, small_csv, tmp_path / "run", cache_dir,
-                                                     "--compile")))
+        trainer_module.Trainer(parse_args(train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--compile")))
     assert not (tmp_path / "run").exists()
 
 
@@ -71,13 +79,16 @@ def _emulating_gpu(capability):
     return lambda including_emulation=True: capability >= (8, 0) or including_emulation
 
 
-@pytest.mark.parametrize("capability, requested, expected, level", [
-    ((8, 0), "auto", "bf16", None),        # A100 and newer: native bf16
-    ((9, 0), "bf16", "bf16", None),
-    ((7, 5), "auto", "no", "INFO"),         # T4 / RTX 20xx: emulated bf16 only: fp32, and the log says why
-    ((7, 0), "bf16", "no", "WARNING"),      # V100 asked for bf16: fp32, with a warning
-    ((6, 1), "auto", "no", "INFO"),
-])
+@pytest.mark.parametrize(
+    "capability, requested, expected, level",
+    [
+        ((8, 0), "auto", "bf16", None),  # A100 and newer: native bf16
+        ((9, 0), "bf16", "bf16", None),
+        ((7, 5), "auto", "no", "INFO"),  # T4 / RTX 20xx: emulated bf16 only: fp32, and the log says why
+        ((7, 0), "bf16", "no", "WARNING"),  # V100 asked for bf16: fp32, with a warning
+        ((6, 1), "auto", "no", "INFO"),
+    ],
+)
 def test_bf16_needs_native_support_not_emulation(monkeypatch, caplog, capability, requested, expected, level):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", _emulating_gpu(capability))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -92,17 +103,21 @@ def test_bf16_needs_native_support_not_emulation(monkeypatch, caplog, capability
         assert f"compute capability {capability[0]}.{capability[1]}) has no native bf16" in lines[0].getMessage()
 
 
-@pytest.mark.parametrize("requested, device, bf16_supported, expected, warned", [
-    ("auto", "cuda", True, "bf16", False),   # the default: bf16 wherever the GPU has it
-    ("bf16", "cuda", True, "bf16", False),
-    ("no", "cuda", True, "no", False),       # asked for fp32: fp32, even on a bf16 GPU
-    ("auto", "cuda", False, "no", False),    # an older GPU: fp32 (never fp16: T5 overflows), quietly
-    ("bf16", "cuda", False, "no", True),     # asked for bf16 it cannot have: fp32, and says so
-    ("auto", "cpu", True, "no", False),
-    ("bf16", "cpu", True, "no", True),
-])
-def test_precision_is_bf16_only_where_the_gpu_has_it_and_never_fp16(monkeypatch, caplog, requested, device,
-                                                                    bf16_supported, expected, warned):
+@pytest.mark.parametrize(
+    "requested, device, bf16_supported, expected, warned",
+    [
+        ("auto", "cuda", True, "bf16", False),  # the default: bf16 wherever the GPU has it
+        ("bf16", "cuda", True, "bf16", False),
+        ("no", "cuda", True, "no", False),  # asked for fp32: fp32, even on a bf16 GPU
+        ("auto", "cuda", False, "no", False),  # an older GPU: fp32 (never fp16: T5 overflows), quietly
+        ("bf16", "cuda", False, "no", True),  # asked for bf16 it cannot have: fp32, and says so
+        ("auto", "cpu", True, "no", False),
+        ("bf16", "cpu", True, "no", True),
+    ],
+)
+def test_precision_is_bf16_only_where_the_gpu_has_it_and_never_fp16(
+    monkeypatch, caplog, requested, device, bf16_supported, expected, warned
+):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_supported)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if bf16_supported else (7, 5))
     with caplog.at_level("WARNING"):
@@ -129,9 +144,13 @@ def test_separate_eval_file(tiny_model, small_csv, sample_csv, cache_dir, tmp_pa
     from chef_genius.train.config import parse_args
     from chef_genius.train.trainer import Trainer
     from conftest import train_args
+
     # the validation file holds the 96 training recipes too, so duplicate removal is off: with it, they
     # would all leave training as twins of held-out recipes (refused: tests/train/test_dedup_run.py)
-    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, tmp_path / "o", cache_dir,
-                                            "--eval-data", sample_csv, "--dedup", "off")))
+    trainer = Trainer(
+        parse_args(
+            train_args(tiny_model, small_csv, tmp_path / "o", cache_dir, "--eval-data", sample_csv, "--dedup", "off")
+        )
+    )
     trainer.setup()
     assert len(trainer.train_data) == 96 and len(trainer.eval_data) == 400

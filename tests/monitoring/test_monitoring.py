@@ -44,6 +44,7 @@ class FakeWandb(types.ModuleType):
 
             def finish(self):
                 fake.finished += 1
+
         return Run()
 
     def Html(self, text):  # noqa: N802 - wandb's API
@@ -87,15 +88,17 @@ def runs(tiny_model, small_csv, cache_dir, tmp_path_factory):
         report = ("wandb", "tensorboard") if _has_tensorboard() else ("wandb",)
         extra = (*common, "--eval-samples", "2", "--wandb-project", "test-project", "--report-to", *report)
         first_log = _run(*train_args(tiny_model, small_csv, resumed, cache_dir, *extra, "--stop-after-steps", 7))
-        second_log = _run(*train_args(tiny_model, small_csv, resumed, cache_dir, *extra,
-                                      "--resume-from-checkpoint", "latest"))
+        second_log = _run(
+            *train_args(tiny_model, small_csv, resumed, cache_dir, *extra, "--resume-from-checkpoint", "latest")
+        )
     finally:
         if saved_module is None:
             sys.modules.pop("wandb", None)
         else:
             sys.modules["wandb"] = saved_module
-    return types.SimpleNamespace(plain=plain, plain_log=plain_log, resumed=resumed, first_log=first_log,
-                                 second_log=second_log, wandb=wandb)
+    return types.SimpleNamespace(
+        plain=plain, plain_log=plain_log, resumed=resumed, first_log=first_log, second_log=second_log, wandb=wandb
+    )
 
 
 def _has_tensorboard() -> bool:
@@ -124,7 +127,7 @@ def test_metrics_are_appended_across_a_resume_with_a_resume_record(runs):
     marks = [r for r in records if r["type"] in ("start", "resume")]
     assert [(r["type"], r["step"]) for r in marks] == [("start", 0), ("resume", 7)]
     assert Path(marks[1]["from_checkpoint"]).name == "checkpoint-7"
-    first_session = records[:records.index(marks[1])]
+    first_session = records[: records.index(marks[1])]
     assert [r["step"] for r in first_session if r["type"] == "train"] == [3, 6, 7]  # kept, not overwritten
     train = [r for r in records if r["type"] == "train"]
     assert {"step", "epoch", "loss", "step_losses", "lr", "tokens_per_s", "time"} <= set(train[0])
@@ -154,6 +157,7 @@ def test_wandb_run_id_is_kept_in_checkpoints_and_reused_on_resume(runs):
 @pytest.mark.skipif(not _has_tensorboard(), reason="tensorboard is not installed")
 def test_tensorboard_curves_span_the_resume_once(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(runs.resumed / "tensorboard"))
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss")]
@@ -164,13 +168,14 @@ def test_tensorboard_curves_span_the_resume_once(runs):
 
 
 def test_a_resume_from_an_older_checkpoint_replaces_the_replayed_steps_in_the_history():
-    records = [{"type": "start", "step": 0},
-               {"type": "train", "step": 4, "loss": 4.0, "step_losses": [1.0, 2.0, 3.0, 4.0], "lr": 1,
-                "tokens_per_s": 1},
-               {"type": "eval", "step": 4, "eval_loss": 9.0},
-               {"type": "train", "step": 6, "loss": 5.5, "step_losses": [5.0, 6.0], "lr": 1, "tokens_per_s": 1},
-               {"type": "resume", "step": 3, "from_checkpoint": "checkpoint-3"},
-               {"type": "train", "step": 6, "loss": 0.5, "step_losses": [0.4, 0.5, 0.6], "lr": 1, "tokens_per_s": 1}]
+    records = [
+        {"type": "start", "step": 0},
+        {"type": "train", "step": 4, "loss": 4.0, "step_losses": [1.0, 2.0, 3.0, 4.0], "lr": 1, "tokens_per_s": 1},
+        {"type": "eval", "step": 4, "eval_loss": 9.0},
+        {"type": "train", "step": 6, "loss": 5.5, "step_losses": [5.0, 6.0], "lr": 1, "tokens_per_s": 1},
+        {"type": "resume", "step": 3, "from_checkpoint": "checkpoint-3"},
+        {"type": "train", "step": 6, "loss": 0.5, "step_losses": [0.4, 0.5, 0.6], "lr": 1, "tokens_per_s": 1},
+    ]
     h = history(records)
     assert h.step_losses == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 0.4), (5, 0.5), (6, 0.6)]
     assert h.evals == [] and [r["step"] for r in h.resumes] == [3]
@@ -179,6 +184,7 @@ def test_a_resume_from_an_older_checkpoint_replaces_the_replayed_steps_in_the_hi
 
 def test_report_to_an_uninstalled_package_is_one_line(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch):
     from chef_genius.errors import UserError
+
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else object())
     with pytest.raises(UserError, match="--report-to wandb needs the wandb package: pip install wandb"):
         run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--report-to", "wandb"))

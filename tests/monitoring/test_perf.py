@@ -14,6 +14,7 @@ def test_flops_match_flan_t5_large_parameter_count():
     from transformers import T5Config
 
     import bench.common
+
     config = T5Config(**bench.common.FLAN_T5_LARGE)
     params = t5_matmul_params(config)
     # FLAN-T5-large has ~783M parameters; the matmul ones exclude the 33M-entry shared embedding.
@@ -23,12 +24,15 @@ def test_flops_match_flan_t5_large_parameter_count():
     assert mfu(flops, 1.0, None) is None and mfu(1e12, 1.0, 1e12) == pytest.approx(1.0)
 
 
-def test_log_has_tokens_and_null_mfu_on_cpu_and_checkpointing_keeps_losses(tiny_model, small_csv, cache_dir,
-                                                                            tmp_path):
+def test_log_has_tokens_and_null_mfu_on_cpu_and_checkpointing_keeps_losses(tiny_model, small_csv, cache_dir, tmp_path):
     plain, ckpt_run = tmp_path / "plain", tmp_path / "gc"
     assert run_training(*train_args(tiny_model, small_csv, plain, cache_dir, "--max-steps", "4")) == 0
-    assert run_training(*train_args(tiny_model, small_csv, ckpt_run, cache_dir, "--max-steps", "4",
-                                    "--gradient-checkpointing")) == 0
+    assert (
+        run_training(
+            *train_args(tiny_model, small_csv, ckpt_run, cache_dir, "--max-steps", "4", "--gradient-checkpointing")
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["type"] == "train"]
     assert all(r["mfu"] is None and r["tokens"] > 0 and r["tflops_per_s"] > 0 for r in train)

@@ -29,9 +29,17 @@ def run_records():
     for step in range(2, 41, 2):
         if step == 22:
             records.append({"type": "resume", "step": 20, "from_checkpoint": "run/checkpoint-20"})
-        records.append({"type": "train", "step": step, "epoch": step / 20, "loss": 5 - step / 10,
-                        "step_losses": [5 - (step - 1) / 10, 5 - step / 10], "lr": 1e-4 * (1 - step / 40),
-                        "tokens_per_s": 1000.0 + step})
+        records.append(
+            {
+                "type": "train",
+                "step": step,
+                "epoch": step / 20,
+                "loss": 5 - step / 10,
+                "step_losses": [5 - (step - 1) / 10, 5 - step / 10],
+                "lr": 1e-4 * (1 - step / 40),
+                "tokens_per_s": 1000.0 + step,
+            }
+        )
         if step % 10 == 0:
             records.append({"type": "eval", "step": step, "eval_loss": 4.5 - step / 20})
     return records
@@ -60,8 +68,17 @@ def test_plots_go_where_asked_and_the_text_output_names_them(tmp_path, capsys):
 
 
 def generation(step, valid):
-    return {"type": "generation", "step": step, "structure_valid": valid, "ingredient_coverage": 0.5,
-            "invented_ingredients": 2.0, "repetition": 0.1, "rouge_l": 0.3, "bleu": 20.0, "recipes": 20}
+    return {
+        "type": "generation",
+        "step": step,
+        "structure_valid": valid,
+        "ingredient_coverage": 0.5,
+        "invented_ingredients": 2.0,
+        "repetition": 0.1,
+        "rouge_l": 0.3,
+        "bleu": 20.0,
+        "recipes": 20,
+    }
 
 
 def test_recipe_metrics_of_a_run_with_eval_generate_are_plotted(tmp_path, capsys):
@@ -79,8 +96,14 @@ def test_recipe_metrics_of_a_run_with_eval_generate_are_plotted(tmp_path, capsys
 
 
 def test_recipe_metrics_replayed_after_a_resume_are_drawn_once():
-    records = [{"type": "start", "step": 0}, generation(10, 0.1), generation(20, 0.2), generation(30, 0.3),
-               {"type": "resume", "step": 20}, generation(30, 0.5)]
+    records = [
+        {"type": "start", "step": 0},
+        generation(10, 0.1),
+        generation(20, 0.2),
+        generation(30, 0.3),
+        {"type": "resume", "step": 20},
+        generation(30, 0.5),
+    ]
     assert metric_series(history(records), "structure_valid") == [(10, 0.1), (20, 0.2), (30, 0.5)]
 
 
@@ -98,6 +121,7 @@ def test_moving_average_is_a_trailing_mean():
 
 def test_a_run_without_records_is_a_data_error(tmp_path):
     from chef_genius.errors import DataError
+
     write_metrics(tmp_path / "run", [{"type": "start", "step": 0}])
     with pytest.raises(DataError) as caught:
         main([str(tmp_path / "run")])
@@ -109,8 +133,12 @@ def test_bad_run_folder_is_one_line_and_exit_2(tmp_path, make):
     target = tmp_path / "nope"
     if make == "no metrics":
         target.mkdir()
-    result = subprocess.run([sys.executable, str(REPO / "cli" / "plot_training.py"), str(target)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli" / "plot_training.py"), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == EXIT_USAGE
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert not (target / "plots").exists()

@@ -14,8 +14,15 @@ class FakeTTY(io.StringIO):
 
 
 def record(step, loss=2.0, lr=1e-4):
-    return {"type": "train", "step": step, "epoch": step / 10, "loss": loss, "step_losses": [loss, loss],
-            "lr": lr, "tokens_per_s": 12345.0}
+    return {
+        "type": "train",
+        "step": step,
+        "epoch": step / 10,
+        "loss": loss,
+        "step_losses": [loss, loss],
+        "lr": lr,
+        "tokens_per_s": 12345.0,
+    }
 
 
 def test_auto_mode_uses_a_bar_only_on_a_terminal():
@@ -64,6 +71,7 @@ def test_bar_shows_step_total_and_windowed_loss(caplog):
 
 def test_epochs_are_counted_from_1_and_stop_at_the_last():
     from chef_genius.monitoring.progress import epoch_label, epoch_of_step
+
     assert [epoch_of_step(x) for x in (0.0, 0.5, 1.0, 1.01, 2.99, 3.0)] == [1, 1, 1, 2, 3, 3]
     assert epoch_label(1, 3) == "1/3" and epoch_label(4, 3) == "3/3" and epoch_label(2) == "2"
 
@@ -80,6 +88,7 @@ def test_other_processes_show_nothing(caplog):
 # ---------------------------------------------------------------------------------------------
 # counted tasks: validation, generation, evaluation after training
 
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -90,16 +99,17 @@ class Clock:
 
 def test_a_counted_task_without_a_terminal_logs_rate_and_eta_every_30_seconds(caplog, monkeypatch):
     from chef_genius.monitoring import progress as progress_module
+
     monkeypatch.setattr(progress_module, "LINE_SECONDS", 30.0)
     caplog.set_level(logging.INFO, logger="chef_genius")
     clock = Clock()
     with progress_module.CountProgress("generating", 100, "log", unit="recipe", clock=clock) as progress:
         clock.now = 10.0
-        progress.update(10)          # 10 s: too soon for a line
+        progress.update(10)  # 10 s: too soon for a line
         clock.now = 31.0
-        progress.update(31)          # 31 s: a line
+        progress.update(31)  # 31 s: a line
         clock.now = 40.0
-        progress.update(40)          # 9 s after it: none
+        progress.update(40)  # 9 s after it: none
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["generating: 31/100 recipes, 1.00 recipes/s, elapsed 00:31, ETA 01:09"]
 
@@ -107,10 +117,11 @@ def test_a_counted_task_without_a_terminal_logs_rate_and_eta_every_30_seconds(ca
 def test_a_slow_unit_still_gets_its_line_from_the_timer(caplog, monkeypatch):
     import time
     from chef_genius.monitoring import progress as progress_module
+
     monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.05)
     caplog.set_level(logging.INFO, logger="chef_genius")
     with progress_module.CountProgress("validation", 4, "log", unit="batch") as progress:
-        time.sleep(0.3)              # the first batch takes long: no update() comes
+        time.sleep(0.3)  # the first batch takes long: no update() comes
         progress.update(1)
     lines = [r.getMessage() for r in caplog.records]
     assert lines and lines[0].startswith("validation: 0/4 batches, 0.00 batches/s") and "ETA ?" in lines[0]
@@ -118,10 +129,11 @@ def test_a_slow_unit_still_gets_its_line_from_the_timer(caplog, monkeypatch):
 
 def test_a_counted_task_on_a_terminal_is_a_bar_and_no_log_line(caplog, monkeypatch):
     from chef_genius.monitoring import progress as progress_module
+
     monkeypatch.setattr(progress_module, "LINE_SECONDS", 0.0)
     caplog.set_level(logging.INFO, logger="chef_genius")
     stream = FakeTTY()
     with progress_module.CountProgress("generating", 5, "auto", stream=stream) as progress:
         progress.update(5)
-    assert "generating:" in stream.getvalue() and "/5 [" in stream.getvalue()   # the tqdm bar
+    assert "generating:" in stream.getvalue() and "/5 [" in stream.getvalue()  # the tqdm bar
     assert not caplog.records

@@ -14,25 +14,86 @@ from chef_genius.data.position import DataPosition
 from chef_genius.errors import UserError
 from chef_genius.evaluation.metrics import HIGHER_IS_BETTER
 from chef_genius.settings import checks, schema
-from chef_genius.settings.fields import (AS_FIELD, Policy, add_section, choices_of, default_of, flags_of,
-                                         own_settings, position_keys, run_checks, setting, settings_of, spec_of,
-                                         value_type)
+from chef_genius.settings.fields import (
+    AS_FIELD,
+    Policy,
+    add_section,
+    choices_of,
+    default_of,
+    flags_of,
+    own_settings,
+    position_keys,
+    run_checks,
+    setting,
+    settings_of,
+    spec_of,
+    value_type,
+)
 from chef_genius.train import config, settings
 from chef_genius.train.config import TrainConfig, build_parser
 
 # The hyperparameters a checkpoint written by main before the schema holds: none may disappear or be
 # renamed, or those checkpoints would resume with "does not record" for settings they do record.
 SAVED_BY_MAIN = {
-    "data", "eval_data", "eval_split_ratio", "columns", "source_template", "pretrained_model", "model_output",
-    "cache_dir", "resume_from_checkpoint", "auto_resume", "allow_config_change", "epochs", "max_steps",
-    "stop_after_steps", "batch_size", "max_tokens_per_batch", "gradient_accumulation_steps", "learning_rate",
-    "warmup_steps", "lr_scheduler", "weight_decay", "max_grad_norm", "optimizer", "optimizer_rewarmup_steps",
-    "save_steps", "eval_steps", "logging_steps", "save_total_limit", "save_every_minutes", "on_save_error",
-    "verify_hashes", "seed", "max_source_length", "max_target_length", "group_by_length", "length_group_size",
-    "mixed_precision", "compile", "dataloader_num_workers", "num_proc", "async_save", "streaming",
-    "gradient_checkpointing", "plan_only", "auto_micro_batch", "lora_r", "lora_alpha", "lora_dropout",
-    "lora_target_modules", "save_adapter_only", "demo", "progress", "report_to", "wandb_project", "eval_samples",
-    "eval_max_samples", "eval_generate", "metric_for_best"}
+    "data",
+    "eval_data",
+    "eval_split_ratio",
+    "columns",
+    "source_template",
+    "pretrained_model",
+    "model_output",
+    "cache_dir",
+    "resume_from_checkpoint",
+    "auto_resume",
+    "allow_config_change",
+    "epochs",
+    "max_steps",
+    "stop_after_steps",
+    "batch_size",
+    "max_tokens_per_batch",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_steps",
+    "lr_scheduler",
+    "weight_decay",
+    "max_grad_norm",
+    "optimizer",
+    "optimizer_rewarmup_steps",
+    "save_steps",
+    "eval_steps",
+    "logging_steps",
+    "save_total_limit",
+    "save_every_minutes",
+    "on_save_error",
+    "verify_hashes",
+    "seed",
+    "max_source_length",
+    "max_target_length",
+    "group_by_length",
+    "length_group_size",
+    "mixed_precision",
+    "compile",
+    "dataloader_num_workers",
+    "num_proc",
+    "async_save",
+    "streaming",
+    "gradient_checkpointing",
+    "plan_only",
+    "auto_micro_batch",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "save_adapter_only",
+    "demo",
+    "progress",
+    "report_to",
+    "wandb_project",
+    "eval_samples",
+    "eval_max_samples",
+    "eval_generate",
+    "metric_for_best",
+}
 
 
 def _actions_by_field() -> dict[str, list[argparse.Action]]:
@@ -50,8 +111,9 @@ def test_every_setting_has_help_a_policy_and_a_real_type():
         spec = spec_of(f)
         assert spec.help.strip(), f"{f.name} has no help"
         assert isinstance(spec.policy, Policy), f"{f.name} has no resume policy"
-        assert not isinstance(f.type, str), (f"{f.name}'s type is a string: "
-                                             "the schema must not use postponed annotations")
+        assert not isinstance(f.type, str), (
+            f"{f.name}'s type is a string: the schema must not use postponed annotations"
+        )
         assert typing.get_origin(f.type) is not None or isinstance(f.type, type), f"{f.name}: {f.type!r}"
 
 
@@ -92,8 +154,12 @@ def test_resume_policy_groups_are_read_from_the_schema():
 
 def test_the_data_position_keys_are_declared_once():
     keys = position_keys(TrainConfig)
-    assert keys == {"seed": "sampler_seed", "group_by_length": "group_by_length",
-                    "length_group_size": "length_group_size", "max_tokens_per_batch": "max_tokens_per_batch"}
+    assert keys == {
+        "seed": "sampler_seed",
+        "group_by_length": "group_by_length",
+        "length_group_size": "length_group_size",
+        "max_tokens_per_batch": "max_tokens_per_batch",
+    }
     assert settings.POSITION_KEYS == keys
     saved = DataPosition().state_dict()
     assert set(saved) == {"epoch", "samples_in_epoch", "num_samples", *keys.values()}
@@ -120,8 +186,9 @@ def test_each_section_is_one_help_group():
 @dataclass
 class _Extra:
     title = "extra"
-    smoothing: float = setting(0.1, policy=Policy.APPLIED, check=checks.fraction,
-                               help="label smoothing (default {default})")
+    smoothing: float = setting(
+        0.1, policy=Policy.APPLIED, check=checks.fraction, help="label smoothing (default {default})"
+    )
     style: Literal["short", "long"] = setting("short", policy=Policy.SESSION, help="how recipes read")
     tidy: bool = setting(True, policy=Policy.APPLIED, help="keep the recipe as written")  # on: --no-tidy
     quiet: bool = setting(False, policy=Policy.SESSION, help="say less")  # off: --quiet
@@ -133,8 +200,12 @@ def test_one_field_gives_flag_default_help_choices_and_check():
     by_dest = {a.dest: a for a in p._actions}
     assert by_dest["smoothing"].help == "label smoothing (default 0.1)" and by_dest["smoothing"].type is float
     assert by_dest["style"].choices == ("short", "long")
-    assert vars(p.parse_args(["--smoothing", "0.2", "--no-tidy", "--quiet"])) == \
-        {"smoothing": 0.2, "style": "short", "tidy": False, "quiet": True}
+    assert vars(p.parse_args(["--smoothing", "0.2", "--no-tidy", "--quiet"])) == {
+        "smoothing": 0.2,
+        "style": "short",
+        "tidy": False,
+        "quiet": True,
+    }
     assert vars(p.parse_args([])) == {"smoothing": 0.1, "style": "short", "tidy": True, "quiet": False}
     with pytest.raises(SystemExit):
         p.parse_args(["--style", "medium"])
@@ -144,6 +215,7 @@ def test_one_field_gives_flag_default_help_choices_and_check():
 
 def test_a_legacy_value_is_declared_only_where_the_default_changed_what_old_runs_did():
     from chef_genius.settings.fields import default_of, legacy_values
+
     legacy = legacy_values(TrainConfig)
     assert legacy == {"dedup": "off"} and settings.LEGACY == legacy
     fields = {f.name: f for f in settings_of(TrainConfig)}

@@ -51,8 +51,12 @@ def eval_data(tokenizer, count: int = 3) -> list[tuple[list[int], list[int]]]:
     """The first ``count`` sample recipes as (input_ids, labels) rows, as a RecipeDataset gives them."""
     rows = []
     for example in read_examples(SAMPLE_DATA, ReadStats()):
-        rows.append((tokenizer(example["source"], truncation=True, max_length=64)["input_ids"],
-                     tokenizer(example["target"], truncation=True, max_length=64)["input_ids"]))
+        rows.append(
+            (
+                tokenizer(example["source"], truncation=True, max_length=64)["input_ids"],
+                tokenizer(example["target"], truncation=True, max_length=64)["input_ids"],
+            )
+        )
         if len(rows) == count:
             return rows
     return rows
@@ -62,11 +66,18 @@ def evaluation_texts(model, tokenizer, accelerator) -> dict:
     """The generation of one evaluation with recipe metrics and samples, the demo's preview and the final
     generation at a later step, through ``Evaluation``; the reporter's records, and whether every RNG
     stream is as it was."""
-    config = SimpleNamespace(eval_generate=3, eval_samples=2, max_target_length=12, max_source_length=64,
-                             source_template=DEFAULT_SOURCE_TEMPLATE, progress="log")
+    config = SimpleNamespace(
+        eval_generate=3,
+        eval_samples=2,
+        max_target_length=12,
+        max_source_length=64,
+        source_template=DEFAULT_SOURCE_TEMPLATE,
+        progress="log",
+    )
     reporters = Recorder()
-    evaluation = Evaluation(config, accelerator, tokenizer, eval_data(tokenizer), None, reporters,
-                            SimpleNamespace(global_step=5))
+    evaluation = Evaluation(
+        config, accelerator, tokenizer, eval_data(tokenizer), None, reporters, SimpleNamespace(global_step=5)
+    )
     before = rng.capture()
     preview = evaluation.preview(model)
     metrics = evaluation.log_generation(model)
@@ -74,12 +85,18 @@ def evaluation_texts(model, tokenizer, accelerator) -> dict:
     evaluation.state.global_step = 6  # the final model is newer than the last evaluation: it generates again
     final = evaluation.final_generation(model)
     after = rng.capture()
-    same_rng = (before["python"] == after["python"] and torch.equal(before["torch"], after["torch"])
-                and torch.equal(before["numpy"]["keys"], after["numpy"]["keys"]))
-    return {"preview": preview and list(preview), "metrics_agree": metrics is not None,
-            "final": final and [final[0], [d["text"] for d in final[2]]],
-            "records": [{k: v for k, v in r.items() if k != "generation_seconds"} for r in reporters.records],
-            "same_rng": same_rng}
+    same_rng = (
+        before["python"] == after["python"]
+        and torch.equal(before["torch"], after["torch"])
+        and torch.equal(before["numpy"]["keys"], after["numpy"]["keys"])
+    )
+    return {
+        "preview": preview and list(preview),
+        "metrics_agree": metrics is not None,
+        "final": final and [final[0], [d["text"] for d in final[2]]],
+        "records": [{k: v for k, v in r.items() if k != "generation_seconds"} for r in reporters.records],
+        "same_rng": same_rng,
+    }
 
 
 def direct_text(model, tokenizer, max_new_tokens: int, synced: bool) -> str:

@@ -24,6 +24,7 @@ class _FsdpAccelerator:  # what sharded.py asks of accelerate's Accelerator
 
     def get_state_dict(self, model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -50,8 +51,9 @@ def main(model_dir: str, out: str) -> None:
     if dist.get_rank() == 0:
         full = AutoModelForSeq2SeqLM.from_pretrained(model_dir).state_dict()
         assert layout == ckstate.OPTIMIZER_LAYOUT_NAMES
-        assert all(name in weights and weights[name].shape == t.shape for name, t in full.items()
-                   if name in weights), "gathered weights have the shapes of the bare model"
+        assert all(name in weights and weights[name].shape == t.shape for name, t in full.items() if name in weights), (
+            "gathered weights have the shapes of the bare model"
+        )
         assert "shared.weight" in box[0]["state"]
     Path(out, f"ok-{dist.get_rank()}").write_text("ok")
     dist.destroy_process_group()

@@ -31,8 +31,9 @@ def fits_two_rows(monkeypatch, after_step: int = 0, recipes: dict | None = None,
         if self.state.global_step >= after_step and max(b["input_ids"].shape[0] for b in window) > 2:
             raise error() if error else torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         if recipes is not None:
-            recipes[self.state.global_step + 1] = sorted(tuple(row[row != 0].tolist()) for batch in window
-                                                         for row in batch["input_ids"])
+            recipes[self.state.global_step + 1] = sorted(
+                tuple(row[row != 0].tolist()) for batch in window for row in batch["input_ids"]
+            )
         return real(self, window)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
@@ -44,7 +45,7 @@ def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("oom-ref") / "run"
     recipes = {}
     with pytest.MonkeyPatch.context() as patch:
-        fits_two_rows(patch, after_step=10 ** 6, recipes=recipes)
+        fits_two_rows(patch, after_step=10**6, recipes=recipes)
         assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS)) == 0
     return out, recipes
 
@@ -56,8 +57,9 @@ def test_split_keeps_every_row_in_order():
     assert torch.equal(torch.cat([p["labels"] for p in pieces]), batch["labels"])
 
 
-def test_auto_micro_batch_halves_until_it_fits(reference, tiny_model, small_csv, cache_dir, tmp_path,
-                                               monkeypatch, caplog):
+def test_auto_micro_batch_halves_until_it_fits(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, caplog
+):
     reference, reference_recipes = reference
     recipes = {}
     seen = fits_two_rows(monkeypatch, after_step=1, recipes=recipes)
@@ -76,8 +78,11 @@ def test_auto_micro_batch_halves_until_it_fits(reference, tiny_model, small_csv,
     assert [got[s] for s in (2, 3, 4)] == pytest.approx([expected[s] for s in (2, 3, 4)], rel=1e-2)
 
     def lrs(run):
-        return [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                if json.loads(line)["type"] == "train"]
+        return [
+            json.loads(line)["lr"]
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["type"] == "train"
+        ]
 
     assert lrs(out) == lrs(reference)  # the schedule is untouched
     assert ckstate.load_training_state(out / "checkpoint-2")["run_state"]["micro_batch_split"] == 4
@@ -86,8 +91,21 @@ def test_auto_micro_batch_halves_until_it_fits(reference, tiny_model, small_csv,
     seen.clear()
     caplog.clear()
     (out / "checkpoint-4").rename(out / "later")
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS, "--auto-micro-batch",
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                *STEPS,
+                "--auto-micro-batch",
+                "--resume-from-checkpoint",
+                "latest",
+            )
+        )
+        == 0
+    )
     assert seen == [[2] * 8] * 2 and "out of GPU memory" not in caplog.text
     assert "micro-batch 2 x accumulation 8 (--auto-micro-batch)" in caplog.text
 
@@ -115,37 +133,74 @@ def _wrapped(inner: BaseException) -> BaseException:
         return err
 
 
-@pytest.mark.parametrize("err, expected", [
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
-    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
-    (RuntimeError("Triton Error [CUDA]: out of memory"), True),
-    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
-    (_wrapped(RuntimeError("Triton Error [CUDA]: out of memory")), True),
-    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64)"), False),
-    (ValueError("out of memory"), False),  # not an error a device raises
-    (_wrapped(RuntimeError("index out of range")), False),
-])
+@pytest.mark.parametrize(
+    "err, expected",
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+        (RuntimeError("Triton Error [CUDA]: out of memory"), True),
+        (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+        (_wrapped(RuntimeError("Triton Error [CUDA]: out of memory")), True),
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x64 and 32x64)"), False),
+        (ValueError("out of memory"), False),  # not an error a device raises
+        (_wrapped(RuntimeError("index out of range")), False),
+    ],
+)
 def test_out_of_memory_is_recognised_whatever_its_type(err, expected):
     assert is_out_of_memory(err) is expected
 
 
-def test_a_cublas_allocation_failure_is_retried_at_half_the_micro_batch(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                        monkeypatch, caplog):
-    seen = fits_two_rows(monkeypatch, after_step=1,
-                         error=lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+def test_a_cublas_allocation_failure_is_retried_at_half_the_micro_batch(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, caplog
+):
+    seen = fits_two_rows(
+        monkeypatch,
+        after_step=1,
+        error=lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"),
+    )
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--max-steps", "2", "--save-steps", "2",
-                                    "--gradient-accumulation-steps", "2", "--auto-micro-batch")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--max-steps",
+                "2",
+                "--save-steps",
+                "2",
+                "--gradient-accumulation-steps",
+                "2",
+                "--auto-micro-batch",
+            )
+        )
+        == 0
+    )
     assert seen == [[8, 8], [8, 8], [4] * 4, [2] * 8]
     assert "retrying it with micro-batch 4 x accumulation 4" in caplog.text
 
 
-def test_an_error_that_is_not_out_of_memory_ends_the_run_as_it_is(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                   monkeypatch):
+def test_an_error_that_is_not_out_of_memory_ends_the_run_as_it_is(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch
+):
     seen = fits_two_rows(monkeypatch, after_step=1, error=lambda: RuntimeError("shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        run_training(*train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--max-steps", "2",
-                                 "--save-steps", "2", "--gradient-accumulation-steps", "2", "--auto-micro-batch"))
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                tmp_path / "run",
+                cache_dir,
+                "--max-steps",
+                "2",
+                "--save-steps",
+                "2",
+                "--gradient-accumulation-steps",
+                "2",
+                "--auto-micro-batch",
+            )
+        )
     assert seen == [[8, 8], [8, 8]]  # not retried

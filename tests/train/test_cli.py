@@ -11,17 +11,20 @@ from chef_genius.errors import UserError
 from conftest import REPO, run_training, train_args
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "-4"], "--batch-size must be a positive integer"),
-    (["--epochs", "0"], "--epochs must be a positive integer"),
-    (["--num-proc", "-1"], "--num-proc must be 0 or more"),
-    (["--learning-rate", "0"], "--learning-rate must be positive"),
-    (["--eval-split-ratio", "1.5"], "--eval-split-ratio must be in"),
-    (["--data", "no/such/file.csv"], "--data file not found"),
-    (["--lr-scheduler", "wavy"], "invalid choice"),
-    (["--batch-size", "many"], "invalid int value"),
-    (["--no-such-flag"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "-4"], "--batch-size must be a positive integer"),
+        (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--num-proc", "-1"], "--num-proc must be 0 or more"),
+        (["--learning-rate", "0"], "--learning-rate must be positive"),
+        (["--eval-split-ratio", "1.5"], "--eval-split-ratio must be in"),
+        (["--data", "no/such/file.csv"], "--data file not found"),
+        (["--lr-scheduler", "wavy"], "invalid choice"),
+        (["--batch-size", "many"], "invalid int value"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
 def test_bad_values_are_usage_errors(sample_csv, flags, message):
     with pytest.raises(UserError, match=message) as err:
         parse_args(["--data", str(sample_csv), *flags])
@@ -38,15 +41,20 @@ def test_resume_path_that_is_not_a_checkpoint(tiny_model, small_csv, cache_dir, 
     (tmp_path / "notckpt").mkdir()
     for target, message in ((tmp_path / "missing", "no such folder"), (tmp_path / "notckpt", "not a checkpoint")):
         with pytest.raises(UserError, match=message) as err:
-            run_training(*train_args(tiny_model, small_csv, tmp_path / "out", cache_dir,
-                                     "--resume-from-checkpoint", str(target)))
+            run_training(
+                *train_args(tiny_model, small_csv, tmp_path / "out", cache_dir, "--resume-from-checkpoint", str(target))
+            )
         assert err.value.exit_code == 2
     assert not (tmp_path / "out" / "checkpoint-5").exists()
 
 
 def test_cli_prints_one_line_and_exits_2_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "cli" / "complete_optimized_training.py"),
-                             "--data", str(tmp_path / "missing.csv")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli" / "complete_optimized_training.py"), "--data", str(tmp_path / "missing.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: --data file not found: {tmp_path / 'missing.csv'}"]
 
@@ -63,15 +71,30 @@ def _help_options(text: str) -> list[set[str]]:
 
 
 def test_help_lists_the_replaced_systems_flags():
-    text = subprocess.run([sys.executable, str(REPO / "cli" / "complete_optimized_training.py"), "--help"],
-                          capture_output=True, text=True, timeout=120).stdout
+    text = subprocess.run(
+        [sys.executable, str(REPO / "cli" / "complete_optimized_training.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     options = _help_options(text)
     listed = set().union(*options)
     from chef_genius.train.config import build_parser
+
     assert listed == {o for action in build_parser()._actions for o in action.option_strings}  # read right
-    for flag in ("--epochs", "--batch-size", "--model-output", "--pretrained-model", "--resume-from-checkpoint",
-                 "--resume", "--gradient-accumulation-steps", "--enable-mixed-precision", "--disable-compilation",
-                 "--dataloader-num-workers", "--demo"):
+    for flag in (
+        "--epochs",
+        "--batch-size",
+        "--model-output",
+        "--pretrained-model",
+        "--resume-from-checkpoint",
+        "--resume",
+        "--gradient-accumulation-steps",
+        "--enable-mixed-precision",
+        "--disable-compilation",
+        "--dataloader-num-workers",
+        "--demo",
+    ):
         assert flag in listed, f"{flag} is not an option of --help"
     # --resume is the short spelling of --resume-from-checkpoint, not a flag of its own
     assert {"--resume-from-checkpoint", "--resume"} in options

@@ -37,10 +37,20 @@ def test_validation_padding_rows_count_nothing(tiny_model, small_csv, cache_dir,
     global_eval_batch = 2 * 2 * EVAL_BATCH_FACTOR  # --batch-size 2 per rank, 2 ranks
     n_eval = 2 * global_eval_batch + 1
     eval_csv = tmp_path / "eval.csv"
-    eval_csv.write_text("".join(small_csv.read_text(encoding="utf-8").splitlines(keepends=True)[:n_eval + 1]),
-                        encoding="utf-8")
-    flags = train_args(tiny_model, small_csv, tmp_path / "run", cache_dir, "--eval-data", eval_csv,
-                       "--batch-size", 2, *(["--streaming"] if streaming else []))
+    eval_csv.write_text(
+        "".join(small_csv.read_text(encoding="utf-8").splitlines(keepends=True)[: n_eval + 1]), encoding="utf-8"
+    )
+    flags = train_args(
+        tiny_model,
+        small_csv,
+        tmp_path / "run",
+        cache_dir,
+        "--eval-data",
+        eval_csv,
+        "--batch-size",
+        2,
+        *(["--streaming"] if streaming else []),
+    )
     config = parse_args(flags)
     tokenizer = load_tokenizer(str(tiny_model))
     counted, padding_rows = {}, 0

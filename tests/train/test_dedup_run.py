@@ -49,21 +49,38 @@ def test_duplicates_leave_training_and_every_removal_is_listed(reference, plante
 def test_the_log_says_duplicates_were_removed(planted_csv, tiny_model, cache_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="chef_genius")
     out = tmp_path / "run"
-    assert run_training(*train_args(tiny_model, planted_csv[0], out, cache_dir, "--max-steps", 1,
-                                    "--eval-split-ratio", 0.1)) == 0
+    assert (
+        run_training(
+            *train_args(tiny_model, planted_csv[0], out, cache_dir, "--max-steps", 1, "--eval-split-ratio", 0.1)
+        )
+        == 0
+    )
     assert any(r.getMessage().startswith("duplicates removed: ") for r in caplog.records)
     assert any(AUDIT_FILE in r.getMessage() for r in caplog.records)
 
 
 def test_a_resumed_dedup_run_is_bitwise_equal(reference, planted_csv, tiny_model, cache_dir, tmp_path):
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     shutil.rmtree(out / "checkpoint-6")
     for name in ("metrics.jsonl",):
         (out / name).unlink()
-    assert run_training(*train_args(tiny_model, planted_csv[0], out, cache_dir, *FLAGS,
-                                    "--resume-from-checkpoint", str(out / "checkpoint-3"))) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                planted_csv[0],
+                out,
+                cache_dir,
+                *FLAGS,
+                "--resume-from-checkpoint",
+                str(out / "checkpoint-3"),
+            )
+        )
+        == 0
+    )
     expected, got = step_losses(reference), step_losses(out)
     assert sorted(got) == [4, 5, 6]
     assert [got[s] for s in got] == [expected[s] for s in got]
@@ -72,22 +89,36 @@ def test_a_resumed_dedup_run_is_bitwise_equal(reference, planted_csv, tiny_model
 def test_turning_dedup_off_on_resume_is_refused(reference, planted_csv, tiny_model, cache_dir, tmp_path):
     from chef_genius.errors import UserError
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     with pytest.raises(UserError) as err:
-        run_training(*train_args(tiny_model, planted_csv[0], out, cache_dir, *FLAGS, "--dedup", "off",
-                                 "--resume-from-checkpoint", str(out / "checkpoint-3")))
+        run_training(
+            *train_args(
+                tiny_model,
+                planted_csv[0],
+                out,
+                cache_dir,
+                *FLAGS,
+                "--dedup",
+                "off",
+                "--resume-from-checkpoint",
+                str(out / "checkpoint-3"),
+            )
+        )
     assert err.value.exit_code == 2 and "--dedup remove -> off" in str(err.value)
 
 
 def test_eval_data_that_twins_every_training_recipe_is_refused_not_trained_for_zero_steps(
-        planted_csv, tiny_model, cache_dir, tmp_path, capsys):
+    planted_csv, tiny_model, cache_dir, tmp_path, capsys
+):
     """Every training recipe removed as a twin of a held-out one: one line and the data exit code (3),
     never a run that "trains" 0 steps and exits 0; nothing written to the run folder."""
     path, _ = planted_csv
     out = tmp_path / "run"
     from chef_genius.errors import EXIT_DATA, run_cli
     from chef_genius.train.cli import main
+
     with pytest.raises(SystemExit) as stop:
         run_cli(main, train_args(tiny_model, path, out, cache_dir, *FLAGS, "--eval-data", path))
     assert stop.value.code == EXIT_DATA

@@ -32,14 +32,14 @@ CLI = str(REPO / "cli" / "complete_optimized_training.py")
 # 43 training recipes with 3 per device on 2 processes: the last global micro-batch holds 1 sample,
 # so rank 1 runs a padding row there; 8 optimizer steps per epoch. The row split (--dedup off) keeps
 # that count exact: the content split holds out the ratio only up to sampling noise.
-EXTRA = ("--batch-size", "3", "--eval-split-ratio", "0.05", "--save-steps", "4", "--eval-steps", "4",
-         "--dedup", "off")
+EXTRA = ("--batch-size", "3", "--eval-split-ratio", "0.05", "--save-steps", "4", "--eval-steps", "4", "--dedup", "off")
 NUM_TRAIN = 43
 
 
 @pytest.fixture(scope="module")
 def data45(tmp_path_factory, sample_csv) -> Path:
     import csv
+
     with open(sample_csv, encoding="utf-8", newline="") as handle:
         rows = list(csv.reader(handle))[:46]
     path = tmp_path_factory.mktemp("data45") / "recipes45.csv"
@@ -52,6 +52,7 @@ def data45(tmp_path_factory, sample_csv) -> Path:
 def no_dropout_model(tiny_model, tmp_path_factory) -> Path:
     """The tiny model with dropout off, so runs that see the same samples give the same losses."""
     import json
+
     model = tmp_path_factory.mktemp("tiny-no-dropout") / "model"
     shutil.copytree(tiny_model, model)
     config = json.loads((model / "config.json").read_text())
@@ -69,11 +70,29 @@ def _launch(launcher: str, args: list[str], sample_log: Path) -> None:
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port())]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               **{SAMPLE_LOG_ENV: str(sample_log)})
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+        ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        **{SAMPLE_LOG_ENV: str(sample_log)},
+    )
     done = subprocess.run(cmd + [CLI, *args], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -94,6 +113,7 @@ def _exactly_once(counter: collections.Counter, num_samples: int = NUM_TRAIN) ->
 
 # ---------------------------------------------------------------------------------------------
 # pure parts (fast)
+
 
 def test_every_rank_gets_a_batch_and_padding_only_when_samples_run_out():
     for world in (1, 2, 3):
@@ -117,11 +137,12 @@ def test_plan_after_world_size_change_finishes_the_epochs():
 # ---------------------------------------------------------------------------------------------
 # launched runs
 
-def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny_model, data45, cache_dir,
-                                                                           tmp_path, monkeypatch):
+
+def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(
+    tiny_model, data45, cache_dir, tmp_path, monkeypatch
+):
     run_a, log_a = tmp_path / "a", tmp_path / "log-a"
-    _launch("torchrun", train_args(tiny_model, data45, run_a, cache_dir, *EXTRA, "--stop-after-steps", "11"),
-            log_a)
+    _launch("torchrun", train_args(tiny_model, data45, run_a, cache_dir, *EXTRA, "--stop-after-steps", "11"), log_a)
     seen = _seen(log_a)
     assert _exactly_once(seen[0]), "epoch 1 on 2 processes must see every sample exactly once"
     assert sum(seen[1].values()) == 18 and max(seen[1].values()) == 1
@@ -134,16 +155,21 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
     assert not torch.equal(state[ckstate.RNG_PER_RANK][0]["torch"], state[ckstate.RNG_PER_RANK][1]["torch"])
     assert state["data_position"]["samples_in_epoch"] == 18
     from safetensors.torch import load_file
+
     assert not any(k.startswith("module.") for k in load_file(checkpoint / ckpt.WEIGHTS))
     from transformers import AutoModelForSeq2SeqLM
+
     AutoModelForSeq2SeqLM.from_pretrained(checkpoint)
 
     # same world size: resuming step 8 on 2 processes repeats steps 9..11 bit for bit
     run_e, log_e = tmp_path / "e", tmp_path / "log-e"
     run_e.mkdir()
     shutil.copytree(run_a / "checkpoint-8", run_e / "checkpoint-8")
-    _launch("torchrun", train_args(tiny_model, data45, run_e, cache_dir, *EXTRA, "--stop-after-steps", "3",
-                                   "--auto-resume"), log_e)
+    _launch(
+        "torchrun",
+        train_args(tiny_model, data45, run_e, cache_dir, *EXTRA, "--stop-after-steps", "3", "--auto-resume"),
+        log_e,
+    )
     a_losses, e_losses = step_losses(run_a), step_losses(run_e)
     assert [e_losses[k] for k in (9, 10, 11)] == [a_losses[k] for k in (9, 10, 11)]
 
@@ -162,8 +188,17 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(tiny
 
 def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):
     """FSDP2 itself on 2 CPU processes; accelerate's FSDP plugin needs GPUs, so the trainer refuses it here."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "train" / "fsdp_worker.py"), str(tiny_model), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "train" / "fsdp_worker.py"),
+        str(tiny_model),
+        str(tmp_path),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -175,6 +210,7 @@ def test_launches_that_would_train_something_else_are_refused(monkeypatch):
 
     from chef_genius.train.distributed import check_launch
     from chef_genius.errors import UserError
+
     cpu = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
     monkeypatch.setenv("WORLD_SIZE", "2")  # two processes that each set up a world of one
     with pytest.raises(UserError, match="each train alone"):
@@ -218,8 +254,11 @@ def _one_process_x6_equals_two_x3(model, data45, cache_dir, tmp_path, *flags) ->
     """One epoch on 1 process x 6 and on 2 processes x 3 (torchrun): the same step losses."""
     common = ("--eval-split-ratio", "0.05", "--epochs", "1", "--eval-steps", "100", *flags)
     assert run_training(*train_args(model, data45, tmp_path / "one", cache_dir, *common, "--batch-size", "6")) == 0
-    _launch("torchrun", train_args(model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "3"),
-            tmp_path / "log")
+    _launch(
+        "torchrun",
+        train_args(model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "3"),
+        tmp_path / "log",
+    )
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 9))
     assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
@@ -230,11 +269,16 @@ def test_streaming_on_two_processes_pads_the_short_last_batch(no_dropout_model, 
     so rank 1 steps on a padding row; every recipe is trained on once and the losses are those of
     1 process x 4 (the padding row adds nothing)."""
     common = ("--streaming", "--eval-split-ratio", "0", "--epochs", "1", "--save-steps", "100")
-    _launch("torchrun", train_args(no_dropout_model, data45, tmp_path / "two", cache_dir, *common,
-                                   "--batch-size", "2"), tmp_path / "log")
+    _launch(
+        "torchrun",
+        train_args(no_dropout_model, data45, tmp_path / "two", cache_dir, *common, "--batch-size", "2"),
+        tmp_path / "log",
+    )
     assert _exactly_once(_seen(tmp_path / "log")[0], num_samples=45)
-    assert run_training(*train_args(no_dropout_model, data45, tmp_path / "one", cache_dir, *common,
-                                    "--batch-size", "4")) == 0
+    assert (
+        run_training(*train_args(no_dropout_model, data45, tmp_path / "one", cache_dir, *common, "--batch-size", "4"))
+        == 0
+    )
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 13))  # ceil(45 / 4) steps
     assert [two[k] for k in one] == pytest.approx([one[k] for k in one], rel=1e-5, abs=1e-6)
@@ -242,26 +286,37 @@ def test_streaming_on_two_processes_pads_the_short_last_batch(no_dropout_model, 
 
 def test_a_run_folder_held_by_a_live_run_ends_every_rank_with_one_line(tiny_model, data45, cache_dir, tmp_path):
     from chef_genius.checkpoint.runlock import RunLock
+
     out = tmp_path / "run"
     out.mkdir()
     RunLock(out).acquire()  # this test process is the live run
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", CLI,
-           *train_args(tiny_model, data45, out, cache_dir, *EXTRA)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        CLI,
+        *train_args(tiny_model, data45, out, cache_dir, *EXTRA),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)  # rank 1 must not wait
     assert done.returncode != 0
     assert done.stderr.count("is in use by another training run") == 1, done.stderr[-3000:]
     # torchrun prints its own ChildFailedError; no rank may end in a traceback (a collective left waiting)
-    assert not any(line.startswith("[rank") and "Traceback" in line for line in done.stderr.splitlines()), \
-        done.stderr[-3000:]
+    assert not any(line.startswith("[rank") and "Traceback" in line for line in done.stderr.splitlines()), done.stderr[
+        -3000:
+    ]
 
 
 def test_lora_on_two_processes_trains_like_one_and_saves_the_adapter(no_dropout_model, data45, cache_dir, tmp_path):
     """LoRA under DDP (adapter dropout off, like the model's): only the adapter is trained and synchronised,
     so 2 x 3 per device still equals 1 x 6, and rank 0 saves the adapter (not the DDP wrapper's names) in
     a checkpoint that verifies."""
-    _one_process_x6_equals_two_x3(no_dropout_model, data45, cache_dir, tmp_path, "--save-steps", "4",
-                                  "--lora-r", "4", "--lora-dropout", "0")
+    _one_process_x6_equals_two_x3(
+        no_dropout_model, data45, cache_dir, tmp_path, "--save-steps", "4", "--lora-r", "4", "--lora-dropout", "0"
+    )
     checkpoint = tmp_path / "two" / "checkpoint-8"
     assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
     names = {p.name for p in checkpoint.iterdir()}
@@ -280,17 +335,21 @@ class _RecordingModel(torch.nn.Linear):
         return self
 
 
-@pytest.mark.parametrize("distributed_type, expected", [
-    ("FSDP", [("prepare", "cpu")]),  # sharded by prepare, each shard on its GPU; never whole on one
-    ("MULTI_GPU", [("to", "cuda:1"), ("prepare", "cpu")]),
-    ("NO", [("to", "cuda:1"), ("prepare", "cpu")]),
-])
+@pytest.mark.parametrize(
+    "distributed_type, expected",
+    [
+        ("FSDP", [("prepare", "cpu")]),  # sharded by prepare, each shard on its GPU; never whole on one
+        ("MULTI_GPU", [("to", "cuda:1"), ("prepare", "cpu")]),
+        ("NO", [("to", "cuda:1"), ("prepare", "cpu")]),
+    ],
+)
 def test_fsdp_prepares_the_model_where_it_was_loaded(distributed_type, expected):
     """fsdp_cpu_ram_efficient_loading (configs/accelerate_fsdp.yaml) only helps if the model reaches
     accelerate's prepare on the CPU (or meta): moving it to the GPU first puts all of it on every GPU."""
     from types import SimpleNamespace
 
     from chef_genius.train import sharded
+
     events = []
     model, optimizer = _RecordingModel(events), object()
 

@@ -26,12 +26,14 @@ def _records(out, kind):
 
 def _poisoned(steps: str):
     """Context: CHEF_GENIUS_POISON set for one run (module fixtures cannot take monkeypatch)."""
+
     class Env:
         def __enter__(self):
             os.environ[divergence.POISON_ENV] = steps
 
         def __exit__(self, *exc):
             os.environ.pop(divergence.POISON_ENV, None)
+
     return Env()
 
 
@@ -44,7 +46,7 @@ def test_a_spike_is_judged_against_the_median_of_recent_losses():
     assert divergence.is_spike(18.0, recent, 3.0)
     assert not divergence.is_spike(17.0, recent, 3.0)
     assert not divergence.is_spike(100.0, recent[:7], 3.0)  # too little history yet
-    assert not divergence.is_spike(100.0, recent, 0.0)      # 0: spike detection off
+    assert not divergence.is_spike(100.0, recent, 0.0)  # 0: spike detection off
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["flag-read", "skipped-on-device"])
@@ -84,8 +86,9 @@ def test_a_skip_is_part_of_the_saved_data_position():
 def test_a_poisoned_step_is_skipped_counted_and_logged(tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
     with _poisoned("4:nan"):
-        code = run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 1, "--max-steps", 5,
-                                        "--eval-steps", 100))
+        code = run_training(
+            *train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 1, "--max-steps", 5, "--eval-steps", 100)
+        )
     assert code == 0
     losses = step_losses(out)
     assert losses[4] is None and all(losses[s] is not None for s in (1, 2, 3, 5))
@@ -106,8 +109,14 @@ def rolled_back(tiny_model, small_csv, cache_dir, tmp_path_factory):
     """A run whose step 11 spikes (its loss x 10^4): rolled back to checkpoint-8, then trained to step 16."""
     out = tmp_path_factory.mktemp("spike") / "run"
     with _poisoned("11:1e4"):
-        assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16,
-                                        "--eval-steps", 100)) == 0
+        assert (
+            run_training(
+                *train_args(
+                    tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16, "--eval-steps", 100
+                )
+            )
+            == 0
+        )
     return out
 
 
@@ -122,15 +131,33 @@ def test_a_spike_rolls_back_to_the_newest_healthy_checkpoint_and_skips_its_recip
     assert position["skipped_ranges"] == [[0, 64, 0, 88]]
 
 
-def test_a_rolled_back_run_equals_a_resume_from_its_checkpoint_with_the_same_skip(rolled_back, tiny_model, small_csv,
-                                                                                 cache_dir, tmp_path):
+def test_a_rolled_back_run_equals_a_resume_from_its_checkpoint_with_the_same_skip(
+    rolled_back, tiny_model, small_csv, cache_dir, tmp_path
+):
     from chef_genius.train.config import parse_args
     from chef_genius.train.trainer import Trainer
+
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(rolled_back / "checkpoint-8", out / "checkpoint-8")
-    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16,
-                                            "--eval-steps", 100, "--resume-from-checkpoint", out / "checkpoint-8")))
+    trainer = Trainer(
+        parse_args(
+            train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--save-steps",
+                4,
+                "--max-steps",
+                16,
+                "--eval-steps",
+                100,
+                "--resume-from-checkpoint",
+                out / "checkpoint-8",
+            )
+        )
+    )
     try:
         trainer.setup()
         trainer.position.skip_to(0, 88)
@@ -146,8 +173,25 @@ def test_a_resume_after_a_rollback_is_bitwise_exact(rolled_back, tiny_model, sma
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(rolled_back / "checkpoint-12", out / "checkpoint-12")
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16,
-                                    "--eval-steps", 100, "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--save-steps",
+                4,
+                "--max-steps",
+                16,
+                "--eval-steps",
+                100,
+                "--resume-from-checkpoint",
+                "latest",
+            )
+        )
+        == 0
+    )
     expected, got = step_losses(rolled_back), step_losses(out)
     assert sorted(got) == [13, 14, 15, 16]
     assert [got[s] for s in got] == [expected[s] for s in got]
@@ -156,20 +200,42 @@ def test_a_resume_after_a_rollback_is_bitwise_exact(rolled_back, tiny_model, sma
 def test_nonfinite_steps_in_a_row_roll_back(tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
     with _poisoned("10-12:nan"):
-        assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 13,
-                                        "--eval-steps", 100)) == 0
+        assert (
+            run_training(
+                *train_args(
+                    tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 13, "--eval-steps", 100
+                )
+            )
+            == 0
+        )
     (record,) = _records(out, "rollback")
     assert (record["at_step"], record["step"], record["skipped"]) == (12, 8, [0, 64, 1, 0])
     assert "3 non-finite steps in a row" in record["reason"]
 
 
-def test_a_divergence_with_no_rollback_left_stops_with_exit_6_naming_the_healthy_checkpoint(tiny_model, small_csv,
-                                                                                            cache_dir, tmp_path):
+def test_a_divergence_with_no_rollback_left_stops_with_exit_6_naming_the_healthy_checkpoint(
+    tiny_model, small_csv, cache_dir, tmp_path
+):
     from chef_genius.errors import Diverged
+
     out = tmp_path / "run"
     with _poisoned("11:1e4"), pytest.raises(Diverged, match=r"diverged at step 11 \(loss spike") as err:
-        run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 4, "--max-steps", 16,
-                                 "--eval-steps", 100, "--max-rollbacks", 0))
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--save-steps",
+                4,
+                "--max-steps",
+                16,
+                "--eval-steps",
+                100,
+                "--max-rollbacks",
+                0,
+            )
+        )
     assert err.value.exit_code == 6
     assert f"the newest healthy checkpoint is {out / 'checkpoint-8'}" in str(err.value)
     assert not (out / ckpt.WEIGHTS).exists()  # no final model
@@ -180,9 +246,26 @@ def test_nan_weights_are_never_saved_as_the_final_model(tiny_model, small_csv, c
     from chef_genius.errors import Diverged
     from chef_genius.train.config import parse_args
     from chef_genius.train.trainer import Trainer
+
     out = tmp_path / "run"
-    trainer = Trainer(parse_args(train_args(tiny_model, small_csv, out, cache_dir, "--save-steps", 100,
-                                            "--max-steps", 2, "--eval-steps", 100, "--max-nonfinite-steps", 0)))
+    trainer = Trainer(
+        parse_args(
+            train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--save-steps",
+                100,
+                "--max-steps",
+                2,
+                "--eval-steps",
+                100,
+                "--max-nonfinite-steps",
+                0,
+            )
+        )
+    )
     try:
         trainer.setup()
         with torch.no_grad():

@@ -18,8 +18,17 @@ import fsdp_generate_worker as worker
 def test_evaluation_generation_on_a_sharded_model_matches_the_unsharded_model(tiny_model, tmp_path):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "train" / "fsdp_generate_worker.py"), str(tiny_model), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "train" / "fsdp_generate_worker.py"),
+        str(tiny_model),
+        str(tmp_path),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     sharded = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -20,14 +20,55 @@ import torch
 from conftest import run_training, step_losses, train_args
 
 THREADS = 1  # CPU reductions may split differently on another thread count: pinned for the run
-FLAGS = ("--epochs", 1, "--max-steps", 8, "--batch-size", 8, "--gradient-accumulation-steps", 1,
-         "--learning-rate", 1e-3, "--warmup-steps", 3, "--lr-scheduler", "linear", "--weight-decay", 0.01,
-         "--max-grad-norm", 1.0, "--seed", 42, "--mixed-precision", "no", "--eval-split-ratio", 0,
-         "--max-source-length", 64, "--max-target-length", 128, "--length-group-size", 32,
-         "--save-steps", 100, "--logging-steps", 1, "--dataloader-num-workers", 0)
+FLAGS = (
+    "--epochs",
+    1,
+    "--max-steps",
+    8,
+    "--batch-size",
+    8,
+    "--gradient-accumulation-steps",
+    1,
+    "--learning-rate",
+    1e-3,
+    "--warmup-steps",
+    3,
+    "--lr-scheduler",
+    "linear",
+    "--weight-decay",
+    0.01,
+    "--max-grad-norm",
+    1.0,
+    "--seed",
+    42,
+    "--mixed-precision",
+    "no",
+    "--eval-split-ratio",
+    0,
+    "--max-source-length",
+    64,
+    "--max-target-length",
+    128,
+    "--length-group-size",
+    32,
+    "--save-steps",
+    100,
+    "--logging-steps",
+    1,
+    "--dataloader-num-workers",
+    0,
+)
 # Recorded from main at 87d9660 (torch and transformers as pinned in requirements.txt), 1 thread.
-GOLDEN_LOSSES = [7.455976486206055, 7.275428771972656, 7.077932834625244, 6.865703582763672,
-                 6.422512054443359, 6.31264066696167, 6.227474212646484, 6.349451065063477]
+GOLDEN_LOSSES = [
+    7.455976486206055,
+    7.275428771972656,
+    7.077932834625244,
+    6.865703582763672,
+    6.422512054443359,
+    6.31264066696167,
+    6.227474212646484,
+    6.349451065063477,
+]
 # The LR logged after step k (the one step k + 1 would use): steps 1..3 warm up at 1/3, 2/3, 3/3 of
 # 1e-3, then the LR decays linearly to 0 at step 8.
 GOLDEN_LRS = [1e-3 * f for f in (2 / 3, 1.0, 1.0, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 0.0)]
@@ -47,8 +88,9 @@ def _logged_lrs(out) -> list[float]:
     return [r["lr"] for r in records if r["type"] == "train"]
 
 
-def test_first_losses_of_the_tiny_model_match_the_golden_curve(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                pinned_threads):
+def test_first_losses_of_the_tiny_model_match_the_golden_curve(
+    tiny_model, small_csv, cache_dir, tmp_path, pinned_threads
+):
     out = tmp_path / "run"
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *FLAGS)) == 0
     by_step = step_losses(out)
@@ -61,5 +103,5 @@ def test_first_losses_of_the_tiny_model_match_the_golden_curve(tiny_model, small
 
     assert _logged_lrs(out) == pytest.approx(GOLDEN_LRS, rel=1e-9, abs=1e-12)
     assert losses == pytest.approx(GOLDEN_LOSSES, **TOLERANCE), (
-        "the tiny model's loss curve moved; if that is intended, store the new values:\n"
-        f"GOLDEN_LOSSES = {losses!r}")
+        f"the tiny model's loss curve moved; if that is intended, store the new values:\nGOLDEN_LOSSES = {losses!r}"
+    )

@@ -11,8 +11,12 @@ from chef_genius.train.data_setup import EVAL_BATCH_FACTOR, _eval_loader, eval_s
 
 
 def _held_out(n=50, rows_in_file=60):
-    rows = {"input_ids": [[i + 2] for i in range(rows_in_file)], "labels": [[i + 3, 1] for i in range(rows_in_file)],
-            "source_len": [1] * rows_in_file, "target_len": [2] * rows_in_file}
+    rows = {
+        "input_ids": [[i + 2] for i in range(rows_in_file)],
+        "labels": [[i + 3, 1] for i in range(rows_in_file)],
+        "source_len": [1] * rows_in_file,
+        "target_len": [2] * rows_in_file,
+    }
     return RecipeDataset(datasets.Dataset.from_dict(rows), np.arange(100, 100 + n) % rows_in_file)
 
 

@@ -32,8 +32,9 @@ def lora_run(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 
 def _resume(tiny_model, small_csv, cache_dir, out, *extra) -> int:
-    return run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS, "--resume-from-checkpoint",
-                                    "latest", *extra))
+    return run_training(
+        *train_args(tiny_model, small_csv, out, cache_dir, *STEPS, "--resume-from-checkpoint", "latest", *extra)
+    )
 
 
 def _copy(run, out, step=3):
@@ -85,16 +86,19 @@ def test_only_the_adapter_changes_the_base_stays_frozen(lora_run, tiny_model):
 # resume
 
 
-def test_interrupted_lora_run_resumed_equals_the_uninterrupted_one(lora_run, tiny_model, small_csv, cache_dir,
-                                                                   tmp_path):
+def test_interrupted_lora_run_resumed_equals_the_uninterrupted_one(
+    lora_run, tiny_model, small_csv, cache_dir, tmp_path
+):
     out = tmp_path / "run"
     _copy(lora_run, out)
     assert _resume(tiny_model, small_csv, cache_dir, out) == 0  # --lora-r comes from the checkpoint
     expected, got = step_losses(lora_run), step_losses(out)
     assert sorted(got) == [4, 5, 6]
     assert [got[s] for s in got] == [expected[s] for s in got]  # no tolerance
-    assert load_file(str(out / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS)).keys() == \
-        load_file(str(lora_run / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS)).keys()
+    assert (
+        load_file(str(out / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS)).keys()
+        == load_file(str(lora_run / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS)).keys()
+    )
     for name, tensor in load_file(str(out / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS)).items():
         assert torch.equal(tensor, load_file(str(lora_run / "checkpoint-6" / ckpt.ADAPTER_WEIGHTS))[name])
 
@@ -123,13 +127,17 @@ def test_the_same_base_at_another_path_is_accepted(lora_run, tiny_model, small_c
     assert ckrecords.read_base(out / "checkpoint-4")["pretrained_model"] == str(moved)
 
 
-@pytest.mark.parametrize("flags, allowed, words", [
-    (("--lora-r", "8"), True, "its saved tensors do not fit"),
-    (("--lora-target-modules", "q", "v"), True, "its saved tensors do not fit"),
-    (("--lora-alpha", "16"), False, "--allow-config-change"),
-])
-def test_another_adapter_shape_on_resume_is_refused(lora_run, tiny_model, small_csv, cache_dir, tmp_path,
-                                                    flags, allowed, words):
+@pytest.mark.parametrize(
+    "flags, allowed, words",
+    [
+        (("--lora-r", "8"), True, "its saved tensors do not fit"),
+        (("--lora-target-modules", "q", "v"), True, "its saved tensors do not fit"),
+        (("--lora-alpha", "16"), False, "--allow-config-change"),
+    ],
+)
+def test_another_adapter_shape_on_resume_is_refused(
+    lora_run, tiny_model, small_csv, cache_dir, tmp_path, flags, allowed, words
+):
     out = tmp_path / "run"
     _copy(lora_run, out)
     extra = ("--allow-config-change",) if allowed else ()
@@ -141,8 +149,12 @@ def test_another_adapter_shape_on_resume_is_refused(lora_run, tiny_model, small_
 def test_a_new_alpha_is_applied_with_allow_config_change(lora_run, tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
     _copy(lora_run, out)
-    assert _resume(tiny_model, small_csv, cache_dir, out, "--lora-alpha", "16", "--allow-config-change",
-                   "--max-steps", "4") == 0
+    assert (
+        _resume(
+            tiny_model, small_csv, cache_dir, out, "--lora-alpha", "16", "--allow-config-change", "--max-steps", "4"
+        )
+        == 0
+    )
     assert json.loads((out / "checkpoint-4" / ckpt.ADAPTER_CONFIG).read_text())["lora_alpha"] == 16
 
 
@@ -153,11 +165,13 @@ def test_a_new_alpha_is_applied_with_allow_config_change(lora_run, tiny_model, s
 def test_merged_final_model_loads_alone_and_equals_the_trained_adapter(lora_run, tiny_model):
     from peft import PeftModel
     from transformers import T5ForConditionalGeneration
+
     merged = T5ForConditionalGeneration.from_pretrained(lora_run).eval()
     assert not (lora_run / ckpt.ADAPTER_WEIGHTS).exists()
     # the trained adapter of the last step, through peft's own loader (the files are peft's)
-    trained = PeftModel.from_pretrained(T5ForConditionalGeneration.from_pretrained(tiny_model),
-                                        lora_run / "checkpoint-6").eval()
+    trained = PeftModel.from_pretrained(
+        T5ForConditionalGeneration.from_pretrained(tiny_model), lora_run / "checkpoint-6"
+    ).eval()
     inputs = {"input_ids": torch.tensor([[5, 9, 13, 7, 1]]), "decoder_input_ids": torch.tensor([[0, 4, 8, 3]])}
     with torch.no_grad():
         want, got = trained(**inputs).logits, merged(**inputs).logits
@@ -169,6 +183,7 @@ def test_merged_final_model_loads_alone_and_equals_the_trained_adapter(lora_run,
 
 def test_merged_final_model_writes_recipes_with_generate_recipe(lora_run, capsys):
     from chef_genius.model.generate_cli import main
+
     assert main(["--model", str(lora_run), "--ingredients", "chicken, rice", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip()
 
@@ -176,8 +191,22 @@ def test_merged_final_model_writes_recipes_with_generate_recipe(lora_run, capsys
 def test_save_adapter_only_with_gradient_checkpointing(tiny_model, small_csv, cache_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *LORA, "--max-steps", "2",
-                                    "--save-adapter-only", "--gradient-checkpointing")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                *LORA,
+                "--max-steps",
+                "2",
+                "--save-adapter-only",
+                "--gradient-checkpointing",
+            )
+        )
+        == 0
+    )
     assert (out / ckpt.ADAPTER_WEIGHTS).is_file() and (out / ckpt.ADAPTER_CONFIG).is_file()
     assert not (out / ckpt.WEIGHTS).exists()
     assert ckrecords.read_base(out)["pretrained_model"] == str(tiny_model)
@@ -185,6 +214,7 @@ def test_save_adapter_only_with_gradient_checkpointing(tiny_model, small_csv, ca
     assert all(torch.isfinite(torch.tensor(loss)) for loss in step_losses(out).values())
     # generate_recipe.py rebuilds the base the adapter records and merges the adapter in
     from chef_genius.model.generate_cli import main
+
     assert main(["--model", str(out), "--ingredients", "chicken, rice", "--max-new-tokens", "8"]) == 0
 
 
@@ -209,8 +239,9 @@ def test_lora_checkpoint_without_base_record_does_not_verify(lora_run, tmp_path,
     assert ckpt.BASE_RECORD in capsys.readouterr().out
 
 
-def test_lost_training_state_of_a_lora_checkpoint_is_rebuilt_and_resumes(lora_run, tiny_model, small_csv,
-                                                                         cache_dir, tmp_path, caplog, capsys):
+def test_lost_training_state_of_a_lora_checkpoint_is_rebuilt_and_resumes(
+    lora_run, tiny_model, small_csv, cache_dir, tmp_path, caplog, capsys
+):
     caplog.set_level(logging.INFO)
     out = tmp_path / "run"
     shutil.copytree(lora_run / "checkpoint-3", out / "checkpoint-3")

@@ -48,8 +48,10 @@ def test_adafactor_resume_is_bitwise_exact(adafactor_run, tiny_model, small_csv,
     out = tmp_path / "run"
     shutil.copytree(adafactor_run / "checkpoint-3", out / "checkpoint-3")
     # the resume inherits --optimizer adafactor from the checkpoint
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS,
-                                    "--resume-from-checkpoint", "latest")) == 0
+    assert (
+        run_training(*train_args(tiny_model, small_csv, out, cache_dir, *STEPS, "--resume-from-checkpoint", "latest"))
+        == 0
+    )
     assert ckstate.load_training_state(out / "checkpoint-6")[ckstate.OPTIMIZER_KIND] == "adafactor"
     expected, got = step_losses(adafactor_run), step_losses(out)
     assert sorted(got) == [4, 5, 6]
@@ -65,13 +67,30 @@ def test_adafactor_learns_differently_from_adamw(adafactor_run, tiny_model, smal
     assert adamw[1] == adafactor[1] and adamw[3] != adafactor[3]
 
 
-def test_an_optimizer_change_on_resume_starts_its_state_fresh(adafactor_run, tiny_model, small_csv, cache_dir,
-                                                               tmp_path, caplog):
+def test_an_optimizer_change_on_resume_starts_its_state_fresh(
+    adafactor_run, tiny_model, small_csv, cache_dir, tmp_path, caplog
+):
     out = tmp_path / "run"
     shutil.copytree(adafactor_run / "checkpoint-3", out / "checkpoint-3")
     caplog.set_level(logging.INFO)
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--optimizer", "adamw", *STEPS,
-                                    "--resume-from-checkpoint", "latest", "--optimizer-rewarmup-steps", "2")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--optimizer",
+                "adamw",
+                *STEPS,
+                "--resume-from-checkpoint",
+                "latest",
+                "--optimizer-rewarmup-steps",
+                "2",
+            )
+        )
+        == 0
+    )
     assert "optimizer state is adafactor's, this run uses --optimizer adamw" in caplog.text
     state = ckstate.load_training_state(out / "checkpoint-6")
     assert state[ckstate.OPTIMIZER_KIND] == "adamw"
@@ -106,8 +125,9 @@ def test_a_resume_on_another_device_keeps_this_devices_fused_adamw(by_name, capl
     saving.step()
     state, layout = saving.state_dict(), ckstate.OPTIMIZER_LAYOUT_NAMES if by_name else None
     if by_name:  # torch's by-name loader needs a process group; what matters here is the path around it
-        monkeypatch.setattr(sharded, "load_optimizer_by_name", lambda model, optimizer, state:
-                            optimizer.load_state_dict(state))
+        monkeypatch.setattr(
+            sharded, "load_optimizer_by_name", lambda model, optimizer, state: optimizer.load_state_dict(state)
+        )
     assert all(group["fused"] is None for group in saving.state_dict()["param_groups"])
 
     resuming = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)  # this device's choice

@@ -29,6 +29,7 @@ def _signal_at_step(monkeypatch, step, sig=signal.SIGINT):
         original(self, force)
         if self.state.global_step == step and not force:
             signal.raise_signal(sig)
+
     monkeypatch.setattr(Trainer, "maybe_log", maybe_log)
 
 
@@ -54,8 +55,9 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_75(tiny_model, small_csv, cach
     assert _handlers() == found  # the handlers the run found are back
 
 
-def test_second_signal_aborts_without_a_complete_looking_checkpoint(tiny_model, small_csv, cache_dir, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_second_signal_aborts_without_a_complete_looking_checkpoint(
+    tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "run"
     _signal_at_step(monkeypatch, 3, signal.SIGTERM)
 
@@ -63,6 +65,7 @@ def test_second_signal_aborts_without_a_complete_looking_checkpoint(tiny_model, 
         if label == "model written":  # the preemption save of step 3 is half done
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.5)  # and has more to write (it runs in the writer thread, the signal in the main one)
+
     monkeypatch.setattr(faults, "hook", second_signal)
     code, line = _exit_code(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--save-steps", 100), capsys)
     assert code == EXIT_INTERRUPTED
@@ -73,8 +76,19 @@ def test_second_signal_aborts_without_a_complete_looking_checkpoint(tiny_model, 
 
 def test_save_every_minutes_saves_on_wall_clock_time(tiny_model, small_csv, cache_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--max-steps", 3, "--save-steps", 1000,
-                      "--save-every-minutes", 1e-6)
+    argv = train_args(
+        tiny_model,
+        small_csv,
+        out,
+        cache_dir,
+        *QUICK,
+        "--max-steps",
+        3,
+        "--save-steps",
+        1000,
+        "--save-every-minutes",
+        1e-6,
+    )
     assert main(argv) == 0
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
 
@@ -83,8 +97,10 @@ def test_save_every_minutes_saves_on_wall_clock_time(tiny_model, small_csv, cach
 def test_the_handlers_found_are_restored_even_when_the_run_fails(found):
     """An embedding program's own handler, SIG_IGN (background job, nohup) or the OS default: whatever
     the trainer found is back afterwards, also when training raised."""
+
     def custom(signum, frame):
         pass
+
     wanted = custom if found == "custom" else found
     outside = _handlers()
     try:

@@ -23,14 +23,25 @@ from chef_genius.data.cache_store import STAGING
 from chef_genius.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, EXIT_STOPPED_IN_SETUP
 from conftest import REPO, SAMPLE_CSV, train_args
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM from outside is POSIX")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM from outside is POSIX")]
 
 CLI = REPO / "cli" / "complete_optimized_training.py"
 ACT_SECONDS = 10.0  # the goal on the tiny model: from the signal to the exit, the save included
 # --dedup off: the validation files repeat the training recipes (the point is a long evaluation)
-QUICK = ("--max-steps", 6, "--max-source-length", 32, "--max-target-length", 64, "--save-steps", 100,
-         "--eval-steps", 2, "--dedup", "off")
+QUICK = (
+    "--max-steps",
+    6,
+    "--max-source-length",
+    32,
+    "--max-target-length",
+    64,
+    "--save-steps",
+    100,
+    "--eval-steps",
+    2,
+    "--dedup",
+    "off",
+)
 
 
 def _sample_times(path: Path, copies: int) -> Path:
@@ -48,8 +59,13 @@ class Run:
     """A training subprocess whose output is read line by line as it comes."""
 
     def __init__(self, argv):
-        self.proc = subprocess.Popen([sys.executable, str(CLI), *map(str, argv)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CLI), *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -113,8 +129,9 @@ def long_eval(tmp_path_factory) -> Path:
     return _sample_times(tmp_path_factory.mktemp("eval") / "long_eval.csv", 5)
 
 
-def test_sigterm_during_validation_abandons_it_saves_the_step_and_exits_75(tiny_model, small_csv, long_eval,
-                                                                             cache_dir, tmp_path):
+def test_sigterm_during_validation_abandons_it_saves_the_step_and_exits_75(
+    tiny_model, small_csv, long_eval, cache_dir, tmp_path
+):
     out = tmp_path / "run"
     run = Run(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--eval-data", long_eval))
     run.wait_for(r"step 2/6 ")
@@ -132,8 +149,21 @@ def test_sigterm_during_validation_abandons_it_saves_the_step_and_exits_75(tiny_
 
 def test_sigterm_during_recipe_generation_abandons_it_and_exits_75(tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "run"
-    run = Run(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--eval-data", SAMPLE_CSV,
-                         "--eval-generate", 400, "--eval-max-samples", 64))
+    run = Run(
+        train_args(
+            tiny_model,
+            small_csv,
+            out,
+            cache_dir,
+            *QUICK,
+            "--eval-data",
+            SAMPLE_CSV,
+            "--eval-generate",
+            400,
+            "--eval-max-samples",
+            64,
+        )
+    )
     run.wait_for(r"step 2: generating 64 validation recipes")
     time.sleep(0.5)
     took = run.stop(signal.SIGTERM)
@@ -144,8 +174,9 @@ def test_sigterm_during_recipe_generation_abandons_it_and_exits_75(tiny_model, s
     assert took < ACT_SECONDS, f"acted {took:.1f} s after the signal"
 
 
-def test_a_second_sigterm_during_validation_never_claims_a_save_that_did_not_happen(tiny_model, small_csv,
-                                                                                   long_eval, cache_dir, tmp_path):
+def test_a_second_sigterm_during_validation_never_claims_a_save_that_did_not_happen(
+    tiny_model, small_csv, long_eval, cache_dir, tmp_path
+):
     out = tmp_path / "run"
     run = Run(train_args(tiny_model, small_csv, out, cache_dir, *QUICK, "--eval-data", long_eval))
     run.wait_for(r"step 2/6 ")

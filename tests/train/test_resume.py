@@ -13,8 +13,23 @@ from conftest import run_training, step_losses, train_args
 def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
     """An uninterrupted 2-epoch run with accumulation 2 and 2 loader workers."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--gradient-accumulation-steps", "2",
-                                    "--dataloader-num-workers", "2", "--save-steps", "3")) == 0
+    assert (
+        run_training(
+            *train_args(
+                tiny_model,
+                small_csv,
+                out,
+                cache_dir,
+                "--gradient-accumulation-steps",
+                "2",
+                "--dataloader-num-workers",
+                "2",
+                "--save-steps",
+                "3",
+            )
+        )
+        == 0
+    )
     return out
 
 
@@ -22,9 +37,23 @@ def _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, step, *extra)
     out = tmp_path / "run"
     out.mkdir()
     shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
-    code = run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--gradient-accumulation-steps", "2",
-                                    "--dataloader-num-workers", "2", "--save-steps", "3",
-                                    "--resume-from-checkpoint", str(out / f"checkpoint-{step}"), *extra))
+    code = run_training(
+        *train_args(
+            tiny_model,
+            small_csv,
+            out,
+            cache_dir,
+            "--gradient-accumulation-steps",
+            "2",
+            "--dataloader-num-workers",
+            "2",
+            "--save-steps",
+            "3",
+            "--resume-from-checkpoint",
+            str(out / f"checkpoint-{step}"),
+            *extra,
+        )
+    )
     return code, out
 
 
@@ -57,8 +86,9 @@ def test_resume_refuses_another_data_file_unless_allowed(reference, tiny_model, 
     with pytest.raises(UserError, match="does not match the checkpoint"):
         _resume(reference, tiny_model, sample_csv, cache_dir, tmp_path, 6)
     shutil.rmtree(tmp_path / "run")
-    code, out = _resume(reference, tiny_model, sample_csv, cache_dir, tmp_path, 6, "--allow-config-change",
-                        "--max-steps", "8")
+    code, out = _resume(
+        reference, tiny_model, sample_csv, cache_dir, tmp_path, 6, "--allow-config-change", "--max-steps", "8"
+    )
     assert code == 0 and (out / "checkpoint-8").is_dir()
 
 
@@ -70,18 +100,22 @@ def test_fresh_run_into_a_folder_with_checkpoints_is_refused(reference, tiny_mod
 def test_latest_and_auto_resume(reference, tiny_model, small_csv, cache_dir, tmp_path):
     out = tmp_path / "auto"
     assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--auto-resume", "--max-steps", "4")) == 0
-    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, "--resume-from-checkpoint", "latest",
-                                    "--max-steps", "6")) == 0
+    assert (
+        run_training(
+            *train_args(tiny_model, small_csv, out, cache_dir, "--resume-from-checkpoint", "latest", "--max-steps", "6")
+        )
+        == 0
+    )
     assert sorted(step_losses(out)) == list(range(1, 7))
 
 
 def _short_resume(out, step, *extra) -> list[str]:
-    return ["--model-output", str(out), "--resume-from-checkpoint", str(out / f"checkpoint-{step}"),
-            *map(str, extra)]
+    return ["--model-output", str(out), "--resume-from-checkpoint", str(out / f"checkpoint-{step}"), *map(str, extra)]
 
 
-def test_a_larger_max_steps_past_the_last_epoch_trains_to_it(reference, tiny_model, small_csv, cache_dir,
-                                                             tmp_path, capsys):
+def test_a_larger_max_steps_past_the_last_epoch_trains_to_it(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, capsys
+):
     """The finished 2-epoch run (6 steps per epoch) resumed with --max-steps 20 trains steps 13 to 20 in
     two more epochs, and the last line counts the run's epochs, not the command line's default 3."""
     out = tmp_path / "run"
@@ -93,10 +127,14 @@ def test_a_larger_max_steps_past_the_last_epoch_trains_to_it(reference, tiny_mod
     assert "done: step 20, epoch 4/4" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra, reason", [
-    (("--max-steps", 10), "is at step 12 and --max-steps 10 ends the run at step 10: nothing would be trained"),
-    (("--max-steps", 15, "--epochs", 2), "--max-steps 15 is past the end of --epochs 2 (step 12)"),
-], ids=["end-before-the-checkpoint", "epochs-end-first"])
+@pytest.mark.parametrize(
+    "extra, reason",
+    [
+        (("--max-steps", 10), "is at step 12 and --max-steps 10 ends the run at step 10: nothing would be trained"),
+        (("--max-steps", 15, "--epochs", 2), "--max-steps 15 is past the end of --epochs 2 (step 12)"),
+    ],
+    ids=["end-before-the-checkpoint", "epochs-end-first"],
+)
 def test_an_end_the_resume_cannot_train_to_is_refused(reference, cache_dir, tmp_path, extra, reason):
     out = tmp_path / "run"
     out.mkdir()
@@ -109,31 +147,49 @@ def test_an_end_the_resume_cannot_train_to_is_refused(reference, cache_dir, tmp_
 
 
 def test_a_same_length_edit_with_the_time_kept_is_refused_on_resume_and_never_read_from_the_cache(
-        tiny_model, tmp_path, caplog):
+    tiny_model, tmp_path, caplog
+):
     import csv
     import logging
     import os
     from chef_genius.checkpoint.manager import read_checkpoint
     from chef_genius.data.fingerprint import _sampled, content_identity
     from conftest import SAMPLE_CSV
+
     data, out, cache = tmp_path / "recipes.csv", tmp_path / "run", tmp_path / "cache"
     rows = list(csv.reader(SAMPLE_CSV.open(encoding="utf-8", newline="")))
     with open(data, "w", encoding="utf-8", newline="") as handle:
         csv.writer(handle).writerows([rows[0]] + rows[1:] * 13)  # over 3 MiB: the cache folder's key samples it
-    flags = ("--max-steps", 4, "--save-steps", 2, "--eval-steps", 100, "--max-source-length", 32,
-             "--max-target-length", 64)
+    flags = (
+        "--max-steps",
+        4,
+        "--save-steps",
+        2,
+        "--eval-steps",
+        100,
+        "--max-source-length",
+        32,
+        "--max-target-length",
+        64,
+    )
     assert run_training(*train_args(tiny_model, data, out, cache, *flags, "--stop-after-steps", 2)) == 0
     text = bytearray(data.read_bytes())
     sampled = [(a, len(text) if n is None else a + n) for a, n in _sampled(len(text))]
-    where = next(i for i in range(len(text) // 2, len(text))
-                 if chr(text[i]).islower() and not any(a <= i < b for a, b in sampled))
+    where = next(
+        i
+        for i in range(len(text) // 2, len(text))
+        if chr(text[i]).islower() and not any(a <= i < b for a, b in sampled)
+    )
     stat = data.stat()
     text[where] = ord("x") if text[where] != ord("x") else ord("y")  # one recipe edited, same length
     data.write_bytes(bytes(text))
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # modification time kept (cp -p, rsync -t)
     resume = train_args(tiny_model, data, out, cache, *flags, "--resume-from-checkpoint", "latest")
-    with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
-                                        r"other content") as err:
+    with pytest.raises(
+        UserError,
+        match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
+        r"other content",
+    ) as err:
         run_training(*resume)
     assert err.value.exit_code == 2
     with caplog.at_level(logging.WARNING, logger="chef_genius"):

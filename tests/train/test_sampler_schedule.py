@@ -15,7 +15,7 @@ def test_epoch_order_is_a_pure_permutation_grouped_by_length():
     assert np.array_equal(a, epoch_order(1000, seed=1, epoch=2, lengths=lengths, group_size=100))
     assert not np.array_equal(a, epoch_order(1000, seed=1, epoch=3, lengths=lengths, group_size=100))
     for start in range(0, 1000, 100):  # longest first inside each group
-        group = lengths[a[start:start + 100]]
+        group = lengths[a[start : start + 100]]
         assert np.all(group[:-1] >= group[1:])
 
 

@@ -26,11 +26,28 @@ from chef_genius.train.schedule import Schedule, make_scheduler
 from conftest import SAMPLE_CSV, run_training, step_losses, train_args
 
 # 94 training recipes / batch 8: 12 steps in the one epoch; checkpoints every 3, evaluations every 5.
-RUN = ("--epochs", "1", "--warmup-steps", "7", "--save-total-limit", "2", "--save-steps", "3",
-       "--mixed-precision", "no")
-REFUSED = [("--seed", "7"), ("--no-group-by-length",), ("--length-group-size", "16"), ("--max-source-length", "32"),
-           ("--max-target-length", "64"), ("--eval-split-ratio", "0.1"),
-           ("--source-template", "Cook {title}: {ingredients}"), ("--columns", "directions=directions")]
+RUN = (
+    "--epochs",
+    "1",
+    "--warmup-steps",
+    "7",
+    "--save-total-limit",
+    "2",
+    "--save-steps",
+    "3",
+    "--mixed-precision",
+    "no",
+)
+REFUSED = [
+    ("--seed", "7"),
+    ("--no-group-by-length",),
+    ("--length-group-size", "16"),
+    ("--max-source-length", "32"),
+    ("--max-target-length", "64"),
+    ("--eval-split-ratio", "0.1"),
+    ("--source-template", "Cook {title}: {ingredients}"),
+    ("--columns", "directions=directions"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +60,17 @@ def reference(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 def short_resume(out, cache_dir, *extra) -> list[str]:
     """README's resume command: the run folder and `latest`, nothing about the run itself."""
-    return ["--model-output", str(out), "--resume-from-checkpoint", "latest", "--cache-dir", str(cache_dir),
-            "--dataloader-num-workers", "0", *map(str, extra)]
+    return [
+        "--model-output",
+        str(out),
+        "--resume-from-checkpoint",
+        "latest",
+        "--cache-dir",
+        str(cache_dir),
+        "--dataloader-num-workers",
+        "0",
+        *map(str, extra),
+    ]
 
 
 def _copy(reference, tmp_path, step):
@@ -92,8 +118,7 @@ def test_short_resume_keeps_warmup_retention_and_every_step(reference, small_csv
     assert "resume changes --save-steps 3 -> 1: from step 10 on" in caplog.text
 
 
-def test_explicit_learning_rate_is_applied_from_the_resumed_step_and_announced(reference, cache_dir, tmp_path,
-                                                                               caplog):
+def test_explicit_learning_rate_is_applied_from_the_resumed_step_and_announced(reference, cache_dir, tmp_path, caplog):
     out = _copy(reference, tmp_path, 9)
     caplog.set_level(logging.INFO)
     assert run_training(*short_resume(out, cache_dir, "--learning-rate", "5e-4")) == 0
@@ -121,14 +146,21 @@ def test_allow_config_change_applies_them_with_a_warning_each(reference, cache_d
     warnings = [r.getMessage() for r in caplog.records if "config changed on resume" in r.getMessage()]
     assert sorted(w.split(": ", 1)[1].split(" ")[0] for w in warnings) == sorted(flag[0] for flag in REFUSED)
     saved = ckstate.load_training_state(out / "checkpoint-10")["hyperparameters"]
-    assert (saved["seed"], saved["group_by_length"], saved["length_group_size"], saved["max_source_length"],
-            saved["max_target_length"], saved["eval_split_ratio"]) == (7, False, 16, 32, 64, 0.1)
+    assert (
+        saved["seed"],
+        saved["group_by_length"],
+        saved["length_group_size"],
+        saved["max_source_length"],
+        saved["max_target_length"],
+        saved["eval_split_ratio"],
+    ) == (7, False, 16, 32, 64, 0.1)
     assert (saved["warmup_steps"], saved["save_total_limit"], saved["max_steps"]) == (7, 2, 10)
     assert (saved["source_template"], saved["columns"]) == ("Cook {title}: {ingredients}", "directions=directions")
 
 
-def test_older_checkpoint_without_some_settings_still_resumes_exactly(reference, tiny_model, small_csv, cache_dir,
-                                                                      tmp_path, caplog):
+def test_older_checkpoint_without_some_settings_still_resumes_exactly(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, caplog
+):
     out = _copy(reference, tmp_path, 9)
     _edit_hyperparameters(out / "checkpoint-9", drop=("warmup_steps", "seed", "max_source_length"))
     caplog.set_level(logging.INFO)
@@ -144,6 +176,7 @@ def test_a_run_trained_in_fp32_resumes_in_fp32_with_its_async_saves(reference, c
     """`__init__` built the accelerator from the command line; the settings win, for it and the saves."""
     from accelerate.state import AcceleratorState
     from chef_genius.train import trainer as trainer_module
+
     out = _copy(reference, tmp_path, 12)
     _edit_hyperparameters(out / "checkpoint-12", async_save=True)
     # As on a bf16 GPU: the command's default `auto` means bf16, the run's `no` means fp32.
@@ -168,8 +201,15 @@ def _as_on_a_bf16_gpu(requested, device):
 def test_auto_resume_into_an_empty_folder_still_needs_data(tiny_model, cache_dir, tmp_path):
     parse_args(["--auto-resume"])  # a resume may omit --data ...
     with pytest.raises(UserError, match="--data is required") as err:  # ... a fresh start may not
-        run_training("--auto-resume", "--model-output", str(tmp_path / "run"), "--pretrained-model", str(tiny_model),
-                     "--cache-dir", str(cache_dir))
+        run_training(
+            "--auto-resume",
+            "--model-output",
+            str(tmp_path / "run"),
+            "--pretrained-model",
+            str(tiny_model),
+            "--cache-dir",
+            str(cache_dir),
+        )
     assert err.value.exit_code == 2
 
 
@@ -188,33 +228,85 @@ def test_every_setting_belongs_to_exactly_one_group():
 
 
 def test_unflagged_settings_come_from_the_checkpoint_and_session_ones_never_do():
-    saved = _saved(data="a.csv", warmup_steps=1000, save_total_limit=3, lr_scheduler="cosine", epochs=5, seed=9,
-                   mixed_precision="no", report_to=["wandb"], model_output="old/place", stop_after_steps=40,
-                   dataloader_num_workers=8, cache_dir="old/cache", resume_from_checkpoint="latest", demo=True)
+    saved = _saved(
+        data="a.csv",
+        warmup_steps=1000,
+        save_total_limit=3,
+        lr_scheduler="cosine",
+        epochs=5,
+        seed=9,
+        mixed_precision="no",
+        report_to=["wandb"],
+        model_output="old/place",
+        stop_after_steps=40,
+        dataloader_num_workers=8,
+        cache_dir="old/cache",
+        resume_from_checkpoint="latest",
+        demo=True,
+    )
     command = _saved(model_output="new/place")
     decision = settings.decide(saved, command, explicit={"model_output"})
     values = decision.values
-    assert (values["data"], values["warmup_steps"], values["save_total_limit"], values["lr_scheduler"],
-            values["epochs"], values["seed"], values["mixed_precision"], values["report_to"]) == \
-        ("a.csv", 1000, 3, "cosine", 5, 9, "no", ["wandb"])
-    assert (values["model_output"], values["stop_after_steps"], values["dataloader_num_workers"],
-            values["cache_dir"], values["resume_from_checkpoint"], values["demo"]) == \
-        ("new/place", 0, 2, None, None, False)
-    assert set(decision.kept) == {"data", "warmup_steps", "save_total_limit", "lr_scheduler", "epochs", "seed",
-                                  "mixed_precision", "report_to"}
+    assert (
+        values["data"],
+        values["warmup_steps"],
+        values["save_total_limit"],
+        values["lr_scheduler"],
+        values["epochs"],
+        values["seed"],
+        values["mixed_precision"],
+        values["report_to"],
+    ) == ("a.csv", 1000, 3, "cosine", 5, 9, "no", ["wandb"])
+    assert (
+        values["model_output"],
+        values["stop_after_steps"],
+        values["dataloader_num_workers"],
+        values["cache_dir"],
+        values["resume_from_checkpoint"],
+        values["demo"],
+    ) == ("new/place", 0, 2, None, None, False)
+    assert set(decision.kept) == {
+        "data",
+        "warmup_steps",
+        "save_total_limit",
+        "lr_scheduler",
+        "epochs",
+        "seed",
+        "mixed_precision",
+        "report_to",
+    }
     assert decision.applied == decision.refused == decision.unrecorded == []
 
 
 def test_explicit_flags_are_applied_or_refused_by_group():
-    saved = _saved(learning_rate=1e-4, epochs=2, save_steps=500, seed=42, batch_size=8, group_by_length=True,
-                   max_target_length=512, pretrained_model="google/flan-t5-large")
-    command = _saved(learning_rate=5e-5, epochs=3, save_steps=500, seed=7, batch_size=4, group_by_length=False,
-                     max_target_length=512, pretrained_model="other")
+    saved = _saved(
+        learning_rate=1e-4,
+        epochs=2,
+        save_steps=500,
+        seed=42,
+        batch_size=8,
+        group_by_length=True,
+        max_target_length=512,
+        pretrained_model="google/flan-t5-large",
+    )
+    command = _saved(
+        learning_rate=5e-5,
+        epochs=3,
+        save_steps=500,
+        seed=7,
+        batch_size=4,
+        group_by_length=False,
+        max_target_length=512,
+        pretrained_model="other",
+    )
     explicit = {"learning_rate", "epochs", "save_steps", "seed", "batch_size", "group_by_length", "pretrained_model"}
     decision = settings.decide(saved, command, explicit)
     assert [str(c) for c in decision.applied] == ["--epochs 2 -> 3", "--learning-rate 0.0001 -> 5e-05"]
-    assert [str(c) for c in decision.refused] == ["--batch-size 8 -> 4", "--seed 42 -> 7",
-                                                  "--no-group-by-length (group by length on -> off)"]
+    assert [str(c) for c in decision.refused] == [
+        "--batch-size 8 -> 4",
+        "--seed 42 -> 7",
+        "--no-group-by-length (group by length on -> off)",
+    ]
     assert [c.name for c in decision.ignored] == ["pretrained_model"]
     assert decision.values["pretrained_model"] == "google/flan-t5-large"  # the weights come from the checkpoint
     assert (decision.values["learning_rate"], decision.values["seed"]) == (5e-5, 7)  # applied if allowed
@@ -224,8 +316,11 @@ def test_a_checkpoint_without_a_setting_leaves_the_commands_value():
     saved = {"batch_size": 8, "learning_rate": 1e-3}  # an older checkpoint
     position = {"sampler_seed": 5, "group_by_length": False, "length_group_size": 64}
     decision = settings.decide(saved, _saved(warmup_steps=20), explicit=set(), position=position)
-    assert (decision.values["seed"], decision.values["group_by_length"], decision.values["length_group_size"]) == \
-        (5, False, 64)
+    assert (decision.values["seed"], decision.values["group_by_length"], decision.values["length_group_size"]) == (
+        5,
+        False,
+        64,
+    )
     assert decision.values["warmup_steps"] == 20 and decision.values["learning_rate"] == 1e-3
     assert "warmup_steps" in decision.unrecorded and "seed" not in decision.unrecorded
 
@@ -255,17 +350,23 @@ def test_the_data_file_is_inherited_compared_by_content_and_must_exist(tmp_path)
 def test_an_edit_in_the_middle_with_size_and_time_kept_is_refused(tmp_path):
     import os
     from chef_genius.data.fingerprint import content_identity
+
     data = tmp_path / "recipes.csv"
     shutil.copy(SAMPLE_CSV, data)
-    saved = {**_resume_state(data), "hyperparameters": {**_resume_state(data)["hyperparameters"],
-                                                         "data_identity": content_identity(data)}}
+    saved = {
+        **_resume_state(data),
+        "hyperparameters": {**_resume_state(data)["hyperparameters"], "data_identity": content_identity(data)},
+    }
     stat = data.stat()
     text = bytearray(data.read_bytes())
     text[len(text) // 2] = ord("x") if text[len(text) // 2] != ord("x") else ord("y")
     data.write_bytes(bytes(text))
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
-                                        r"other content") as err:
+    with pytest.raises(
+        UserError,
+        match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv \(\d+ bytes\), "
+        r"other content",
+    ) as err:
         settings.settle(parse_args(["--resume", "latest"]), saved)
     assert err.value.exit_code == 2
     allowed = settings.settle(parse_args(["--resume", "latest", "--allow-config-change"]), saved)
@@ -274,6 +375,7 @@ def test_an_edit_in_the_middle_with_size_and_time_kept_is_refused(tmp_path):
 
 def test_an_old_head_and_tail_identity_is_compared_on_what_it_holds_and_said_so(tmp_path, caplog):
     import logging
+
     data = tmp_path / "recipes.csv"
     shutil.copy(SAMPLE_CSV, data)
     saved = _resume_state(data)  # the identity checkpoints saved before the content fingerprint
@@ -286,8 +388,7 @@ def test_an_old_head_and_tail_identity_is_compared_on_what_it_holds_and_said_so(
 def _scheduler(lr=1e-3, **schedule):
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([{"params": [param]}], lr=lr)
-    return make_scheduler(optimizer, Schedule(**{"warmup_steps": 10, "total_steps": 100, "kind": "linear",
-                                                 **schedule}))
+    return make_scheduler(optimizer, Schedule(**{"warmup_steps": 10, "total_steps": 100, "kind": "linear", **schedule}))
 
 
 def _reach(epochs: int) -> int:
@@ -343,19 +444,22 @@ def test_an_explicit_weight_decay_survives_loading_the_optimizer_state():
 # which flags the command line gave
 
 
-@pytest.mark.parametrize("argv, given", [
-    ([], set()),
-    (["--epoch", "5"], {"epochs"}),                      # an abbreviation
-    (["--epochs", "3"], {"epochs"}),                     # the default value, given explicitly
-    (["--learning-rate=5e-4"], {"learning_rate"}),
-    (["--no-group-by-length"], {"group_by_length"}),     # store_false
-    (["--enable-mixed-precision"], {"mixed_precision"}),  # store_const
-    (["--disable-compilation"], {"compile"}),
-    (["--no-async-save"], {"async_save"}),
-    (["--resume", "latest"], {"resume_from_checkpoint"}),  # an alias
-    (["--report-to", "none"], {"report_to"}),
-    (["--save-total", "3", "--warmup=7"], {"save_total_limit", "warmup_steps"}),
-])
+@pytest.mark.parametrize(
+    "argv, given",
+    [
+        ([], set()),
+        (["--epoch", "5"], {"epochs"}),  # an abbreviation
+        (["--epochs", "3"], {"epochs"}),  # the default value, given explicitly
+        (["--learning-rate=5e-4"], {"learning_rate"}),
+        (["--no-group-by-length"], {"group_by_length"}),  # store_false
+        (["--enable-mixed-precision"], {"mixed_precision"}),  # store_const
+        (["--disable-compilation"], {"compile"}),
+        (["--no-async-save"], {"async_save"}),
+        (["--resume", "latest"], {"resume_from_checkpoint"}),  # an alias
+        (["--report-to", "none"], {"report_to"}),
+        (["--save-total", "3", "--warmup=7"], {"save_total_limit", "warmup_steps"}),
+    ],
+)
 def test_explicit_flags_are_read_by_argparse_itself(argv, given):
     config = parse_args(["--data", str(SAMPLE_CSV), *argv])
     assert config.explicit == {"data", *given}
@@ -400,21 +504,27 @@ def test_async_save_is_the_default_on_cuda_only():
     def async_save(device, *argv):
         config = parse_args(["--data", str(SAMPLE_CSV), *argv])
         return Trainer._async_save(SimpleNamespace(device=torch.device(device), config=config))
+
     assert async_save("cuda") and not async_save("cpu")
     assert not async_save("cuda", "--no-async-save") and async_save("cpu", "--async-save")
 
 
-@pytest.mark.parametrize("saved, command, said", [
-    (True, [], "this session trains eager while the checkpoint's run trained compiled"),
-    (None, [], None),   # a checkpoint older than the record: nothing known, nothing said
-    (False, [], None),
-])
-def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(reference, cache_dir, tmp_path, caplog,
-                                                                        saved, command, said):
+@pytest.mark.parametrize(
+    "saved, command, said",
+    [
+        (True, [], "this session trains eager while the checkpoint's run trained compiled"),
+        (None, [], None),  # a checkpoint older than the record: nothing known, nothing said
+        (False, [], None),
+    ],
+)
+def test_a_resume_says_when_compilation_differs_from_the_checkpoints_run(
+    reference, cache_dir, tmp_path, caplog, saved, command, said
+):
     """The run's --compile setting (None: decided by the machine) may resolve otherwise on another machine;
     the numerics of a compiled step differ from an eager one's, so a resume that trains otherwise says so
     in one line (the checkpoint records whether its run compiled)."""
     from chef_genius.train.trainer import Trainer
+
     out = _copy(reference, tmp_path, 12)
     assert ckstate.load_training_state(out / "checkpoint-12")["hyperparameters"]["compiled"] is False  # a CPU run
     if saved is None:

@@ -18,8 +18,20 @@ from chef_genius.train.config import parse_args
 from conftest import run_training, train_args
 
 TEMPLATE = "Ingredients on hand: {ingredients}. Write the recipe."
-RUN = ("--max-steps", "2", "--save-steps", "2", "--eval-steps", "2", "--eval-samples", "1",
-       "--max-source-length", "32", "--max-target-length", "64")
+RUN = (
+    "--max-steps",
+    "2",
+    "--save-steps",
+    "2",
+    "--eval-steps",
+    "2",
+    "--eval-samples",
+    "1",
+    "--max-source-length",
+    "32",
+    "--max-target-length",
+    "64",
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +42,17 @@ def run(tiny_model, small_csv, cache_dir, tmp_path_factory):
 
 
 def resume(out, cache_dir, *extra):
-    return ["--model-output", str(out), "--resume-from-checkpoint", "latest", "--cache-dir", str(cache_dir),
-            "--dataloader-num-workers", "0", *map(str, extra)]
+    return [
+        "--model-output",
+        str(out),
+        "--resume-from-checkpoint",
+        "latest",
+        "--cache-dir",
+        str(cache_dir),
+        "--dataloader-num-workers",
+        "0",
+        *map(str, extra),
+    ]
 
 
 def test_template_builds_recipe_inputs_but_not_pair_inputs(tmp_path, small_csv):
@@ -46,11 +67,14 @@ def test_template_builds_recipe_inputs_but_not_pair_inputs(tmp_path, small_csv):
     assert next(read_examples(pairs, ReadStats(), options))["source"] == "Create a detailed recipe for Tea."
 
 
-@pytest.mark.parametrize("template, message", [
-    ("Write a recipe", "has no placeholder"),
-    ("Cook {dish}", "unknown placeholder {dish}"),
-    ("Cook {title", "not a valid template"),
-])
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("Write a recipe", "has no placeholder"),
+        ("Cook {dish}", "unknown placeholder {dish}"),
+        ("Cook {title", "not a valid template"),
+    ],
+)
 def test_unusable_templates_are_refused(small_csv, template, message):
     with pytest.raises(UserError, match=message):
         parse_args(["--data", str(small_csv), "--source-template", template])
@@ -64,8 +88,10 @@ def test_template_is_kept_in_every_model_folder_and_used_by_the_samples(run):
     assert ckstate.load_training_state(run / "checkpoint-2")["hyperparameters"]["source_template"] == TEMPLATE
     samples = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     samples = [r for r in samples if r["type"] == "samples"]
-    assert samples and samples[0]["samples"][0]["prompt"] == \
-        "Ingredients on hand: chicken, rice, garlic. Write the recipe."
+    assert (
+        samples
+        and samples[0]["samples"][0]["prompt"] == "Ingredients on hand: chicken, rice, garlic. Write the recipe."
+    )
 
 
 def test_a_resume_inherits_the_template_and_refuses_another(run, cache_dir, tmp_path):

@@ -42,20 +42,30 @@ def _check_folder(report: Report, folder: Path) -> None:
     """An ``Accelerator.save_state`` folder: what --fix can build from it and what it cannot know."""
     have = [n for n in (ACC_OPTIMIZER, ACC_SCHEDULER, foreign.ACC_RNG) if (folder / n).is_file()]
     lacking = [n for n in (ACC_OPTIMIZER, ACC_SCHEDULER, foreign.ACC_RNG) if n not in have]
-    report.fail(Problem.ACCELERATE_STATE, f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix "
-                                          f"builds it from {', '.join(have)}"
-                + (f" ({', '.join(lacking)} missing)" if lacking else "")
-                + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint")
+    report.fail(
+        Problem.ACCELERATE_STATE,
+        f"accelerate save_state folder: no {ckpt.TRAINING_STATE} yet; --fix "
+        f"builds it from {', '.join(have)}"
+        + (f" ({', '.join(lacking)} missing)" if lacking else "")
+        + f", and takes {ckpt.MODEL_CONFIG} and the tokenizer from --pretrained-model or a sibling checkpoint",
+    )
     if (folder / foreign.ACC_RNG).is_file():
         try:
             foreign.load_with_numpy(folder / foreign.ACC_RNG)
         except (foreign.UnsafePickle, ckpt.CheckpointError) as err:
             report.fail(Problem.ACCELERATE_RNG_UNSAFE, f"{err} (the RNG state will not be restored)", "warn")
-    report.fail(Problem.ACCELERATE_UNKNOWN, "not recorded by accelerate: steps per epoch and samples per step (pass "
-                                            "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
-                                            "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
-                + (f"; {ACC_SAMPLER}'s position is not used (the sample order is this project's)"
-                   if (folder / ACC_SAMPLER).is_file() else ""), "warn")
+    report.fail(
+        Problem.ACCELERATE_UNKNOWN,
+        "not recorded by accelerate: steps per epoch and samples per step (pass "
+        "--steps-per-epoch, --samples-per-step), the LR schedule's shape "
+        "(--warmup-steps, --lr-scheduler, --total-steps) unless a sibling has them"
+        + (
+            f"; {ACC_SAMPLER}'s position is not used (the sample order is this project's)"
+            if (folder / ACC_SAMPLER).is_file()
+            else ""
+        ),
+        "warn",
+    )
 
 
 def convert_state(folder: Path, model, overrides: sb.Overrides) -> tuple[dict, str]:
@@ -64,32 +74,45 @@ def convert_state(folder: Path, model, overrides: sb.Overrides) -> tuple[dict, s
     ``random_states_0.pkl``; epoch and position from --steps-per-epoch / --samples-per-step (or a
     sibling's settings). The reply lists what accelerate does not record."""
     if model is None:
-        raise ckpt.CheckpointError(f"no {ckpt.MODEL_CONFIG} to check {ACC_OPTIMIZER} against: pass "
-                                   "--pretrained-model DIR (the model the run started from)")
+        raise ckpt.CheckpointError(
+            f"no {ckpt.MODEL_CONFIG} to check {ACC_OPTIMIZER} against: pass "
+            "--pretrained-model DIR (the model the run started from)"
+        )
     sched = sb.load_plain(folder / ACC_SCHEDULER) or {}
     step = ckpt.step_of(folder)
     if step is None:
         step = sched.get("last_epoch")
     if not isinstance(step, int):
-        raise ckpt.CheckpointError(f"the step is unknown (no {ACC_SCHEDULER}, and the folder is not named "
-                                   f"{ckpt.PREFIX}N): rename the folder to {ckpt.PREFIX}<step>")
+        raise ckpt.CheckpointError(
+            f"the step is unknown (no {ACC_SCHEDULER}, and the folder is not named "
+            f"{ckpt.PREFIX}N): rename the folder to {ckpt.PREFIX}<step>"
+        )
     settings, source = sb.run_settings(folder, overrides)
     if not settings.get("steps_per_epoch"):
-        raise ckpt.CheckpointError("accelerate does not record the steps per epoch: pass --steps-per-epoch N "
-                                   "(and --samples-per-step N for the position inside the epoch)")
+        raise ckpt.CheckpointError(
+            "accelerate does not record the steps per epoch: pass --steps-per-epoch N "
+            "(and --samples-per-step N for the position inside the epoch)"
+        )
     if sched.get("base_lrs"):
         settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
     epoch = step // settings["steps_per_epoch"]
     samples, where = sb.position_in_epoch(step, epoch, settings)
     optimizer, how = sb.optimizer_for(sb.load_plain(folder / ACC_OPTIMIZER), model)
     rng_states = foreign.accelerate_rng(folder)
-    lost = ([] if rng_states else ["the RNG state (random_states_0.pkl missing or refused)"])
-    lost += [f"{ACC_SAMPLER}'s position (the sample order is this project's)"] if (
-        folder / ACC_SAMPLER).is_file() else []
-    lost += [f"the RNG of processes after the first ({len(list(folder.glob('random_states_*.pkl')))} saved)"] if (
-        folder / "random_states_1.pkl").is_file() else []
+    lost = [] if rng_states else ["the RNG state (random_states_0.pkl missing or refused)"]
+    lost += (
+        [f"{ACC_SAMPLER}'s position (the sample order is this project's)"] if (folder / ACC_SAMPLER).is_file() else []
+    )
+    lost += (
+        [f"the RNG of processes after the first ({len(list(folder.glob('random_states_*.pkl')))} saved)"]
+        if (folder / "random_states_1.pkl").is_file()
+        else []
+    )
     position = f"scheduler at step {sched['last_epoch']}" if "last_epoch" in sched else "no scheduler.bin"
-    text = (f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
-            f"epoch {epoch + 1}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else ""))
-    return sb.assemble(step, epoch, samples, settings, model, optimizer, rng_states, None, text,
-                       {"converted_from": "accelerate"})
+    text = (
+        f"built {ckpt.TRAINING_STATE} from the accelerate save_state files ({source}): step {step} ({position}), "
+        f"epoch {epoch + 1}, {where}; optimizer {how}" + (f"; not recovered: {'; '.join(lost)}" if lost else "")
+    )
+    return sb.assemble(
+        step, epoch, samples, settings, model, optimizer, rng_states, None, text, {"converted_from": "accelerate"}
+    )

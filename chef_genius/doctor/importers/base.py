@@ -16,8 +16,8 @@ class Importer(ABC):
     (``describe``, ``check_files``) and how ``--fix`` turns it into this project's
     ``training_state.pt`` (``convert``)."""
 
-    kind: ClassVar[str]             # the report's "kind" (foreign.LEGACY, foreign.HF, ...)
-    converted: ClassVar[str]        # the repair code of a conversion ("state_converted_hf")
+    kind: ClassVar[str]  # the report's "kind" (foreign.LEGACY, foreign.HF, ...)
+    converted: ClassVar[str]  # the repair code of a conversion ("state_converted_hf")
     files: ClassVar[tuple[str, ...]] = ()  # its files verify requires to be regular files
 
     @abstractmethod

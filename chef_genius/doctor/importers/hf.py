@@ -38,9 +38,12 @@ class HFTrainerImporter(Importer):
     def describe(self, report, folder: Path, state_status: str, state: dict | None) -> bool:
         if state_status != "missing":
             return False
-        report.fail(Problem.HF_TRAINER_STATE, f"Hugging Face Trainer checkpoint: no {ckpt.TRAINING_STATE} yet (--fix "
-                                              "builds it from trainer_state.json, training_args.bin, optimizer.pt, "
-                                              "scheduler.pt, rng_state*.pth)")
+        report.fail(
+            Problem.HF_TRAINER_STATE,
+            f"Hugging Face Trainer checkpoint: no {ckpt.TRAINING_STATE} yet (--fix "
+            "builds it from trainer_state.json, training_args.bin, optimizer.pt, "
+            "scheduler.pt, rng_state*.pth)",
+        )
         _check_settings(report, folder)
         return True
 
@@ -49,7 +52,7 @@ class HFTrainerImporter(Importer):
             if (folder / name).is_file():
                 problem = loadable.rng_file_problem(folder / name)
                 if problem:
-                    report.fail(Problem.RNG_UNREADABLE, f"{problem}; never listed as \"no RNG state\"")
+                    report.fail(Problem.RNG_UNREADABLE, f'{problem}; never listed as "no RNG state"')
 
     def convert(self, folder: Path, report, model, overrides: sb.Overrides) -> tuple[dict, str]:
         return convert_state(folder, model, overrides)
@@ -70,11 +73,14 @@ def _check_settings(report: Report, folder: Path) -> None:
     if missing:
         why = "; ".join(problems) or "not recorded"
         needs = " ".join(f + " ..." for f in missing)
-        report.fail(Problem.HF_SETTINGS_MISSING, f"the run's {', '.join(f[2:] for f in missing)} could not be "
-                                                 f"recovered ({why}): --fix needs {needs}")
+        report.fail(
+            Problem.HF_SETTINGS_MISSING,
+            f"the run's {', '.join(f[2:] for f in missing)} could not be recovered ({why}): --fix needs {needs}",
+        )
         return
-    shown = ", ".join(f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step")
-                      if k in values)
+    shown = ", ".join(
+        f"{k} {values[k]}" for k in ("learning_rate", "lr_scheduler", "warmup_steps", "samples_per_step") if k in values
+    )
     report.ok(f"Hugging Face run settings read without unpickling: {shown}")
     if problems:
         report.fail(Problem.HF_SETTINGS_PARTIAL, "; ".join(problems), "warn")
@@ -105,8 +111,13 @@ def hyperparameters(trainer_state: dict) -> dict:
 
 
 # what a Hugging Face run must tell for an exact conversion, and the flag that supplies each
-NEEDED = {"learning_rate": "--learning-rate", "lr_scheduler": "--lr-scheduler", "warmup_steps": "--warmup-steps",
-          "samples_per_step": "--samples-per-step", "steps_per_epoch": "--steps-per-epoch"}
+NEEDED = {
+    "learning_rate": "--learning-rate",
+    "lr_scheduler": "--lr-scheduler",
+    "warmup_steps": "--warmup-steps",
+    "samples_per_step": "--samples-per-step",
+    "steps_per_epoch": "--steps-per-epoch",
+}
 
 
 def read_settings(folder: Path) -> tuple[dict, list[str]]:
@@ -134,8 +145,7 @@ def read_settings(folder: Path) -> tuple[dict, list[str]]:
         if values.get("total_steps"):  # as Hugging Face rounds it
             values["warmup_steps"] = math.ceil(values["total_steps"] * ratio)
     if values.get("batch_size") and "gradient_accumulation_steps" in values and "world_size" in values:
-        values["samples_per_step"] = (values["batch_size"] * values["gradient_accumulation_steps"]
-                                      * values["world_size"])
+        values["samples_per_step"] = values["batch_size"] * values["gradient_accumulation_steps"] * values["world_size"]
     return values, problems
 
 
@@ -158,8 +168,10 @@ def convert_state(folder: Path, model, overrides: sb.Overrides) -> tuple[dict, s
     needed = unrecovered(settings)
     if needed:
         why = "; ".join(problems) or "the run's files do not record them"
-        raise ckpt.CheckpointError(f"the run's settings are not all known ({why}): pass {' '.join(needed)} "
-                                   "with the values the Hugging Face run used")
+        raise ckpt.CheckpointError(
+            f"the run's settings are not all known ({why}): pass {' '.join(needed)} "
+            "with the values the Hugging Face run used"
+        )
     step = int(trainer_state["global_step"])
     spe = settings["steps_per_epoch"]
     epoch = step // spe if spe else int(math.floor(float(trainer_state.get("epoch") or 0.0) + 1e-9))
@@ -167,11 +179,23 @@ def convert_state(folder: Path, model, overrides: sb.Overrides) -> tuple[dict, s
     saved_opt = sb.load_plain(folder / HF_OPTIMIZER)
     optimizer, how = sb.optimizer_for(saved_opt, model)
     best = trainer_state.get("best_metric")
-    text = (f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): "
-            f"step {step}, epoch {epoch + 1}, "
-            f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
-            f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
-            f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
-            "(the sample order is this project's from here on)")
-    return sb.assemble(step, epoch, samples, settings, model, optimizer, foreign.hf_rng(folder), best, text,
-                       {"converted_from": "hf_trainer"})
+    text = (
+        f"built {ckpt.TRAINING_STATE} from the Hugging Face Trainer files ({source}): "
+        f"step {step}, epoch {epoch + 1}, "
+        f"sample {samples} ({step - epoch * spe} steps x {settings['samples_per_step']} samples); "
+        f"schedule {settings['lr_scheduler']} from lr {settings['learning_rate']:g}, warmup "
+        f"{settings['warmup_steps']}, ending at step {settings.get('total_steps', '?')}; optimizer {how} "
+        "(the sample order is this project's from here on)"
+    )
+    return sb.assemble(
+        step,
+        epoch,
+        samples,
+        settings,
+        model,
+        optimizer,
+        foreign.hf_rng(folder),
+        best,
+        text,
+        {"converted_from": "hf_trainer"},
+    )

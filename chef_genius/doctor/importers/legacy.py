@@ -30,9 +30,12 @@ class LegacyImporter(Importer):
         if state_status != "legacy":
             return False  # model files with a lost state: verify's checks, a rebuild by --fix
         assert state is not None  # read_state returns the state with "legacy"
-        report.fail(Problem.STATE_LEGACY, f"{ckpt.TRAINING_STATE} is in the replaced system's format (epoch "
-                                          f"{state.get('epoch')} 1-based, numpy RNG): --fix converts it, keeping "
-                                          "optimizer and scheduler")
+        report.fail(
+            Problem.STATE_LEGACY,
+            f"{ckpt.TRAINING_STATE} is in the replaced system's format (epoch "
+            f"{state.get('epoch')} 1-based, numpy RNG): --fix converts it, keeping "
+            "optimizer and scheduler",
+        )
         report.global_step = int(state.get("global_step", 0))
         report.epoch = max(0, int(state.get("epoch", 1)) - 1)
         return True
@@ -47,13 +50,25 @@ class LegacyImporter(Importer):
 def convert_state(folder: Path, old: dict, model, overrides: sb.Overrides) -> tuple[dict, str]:
     settings, source = sb.run_settings(folder, overrides)
     step, epoch = int(old["global_step"]), max(0, int(old.get("epoch", 1)) - 1)
-    samples, where = sb.position_in_epoch(step, epoch, settings) if settings.get("steps_per_epoch") else (
-        0, "start of the epoch (pass --steps-per-epoch and --samples-per-step for the exact position)")
+    samples, where = (
+        sb.position_in_epoch(step, epoch, settings)
+        if settings.get("steps_per_epoch")
+        else (0, "start of the epoch (pass --steps-per-epoch and --samples-per-step for the exact position)")
+    )
     optimizer, how = sb.optimizer_for(old.get("optimizer_state_dict"), model)
     sched = old.get("scheduler_state_dict") or {}
     if sched.get("base_lrs"):
         settings.setdefault("learning_rate", float(sched["base_lrs"][0]))
     extra = {"converted_from": "legacy", "epoch_losses": [float(v) for v in old.get("epoch_losses") or []]}
-    return sb.assemble(step, epoch, samples, settings, model, optimizer, foreign.legacy_rng(old.get("rng_states")),
-                       old.get("best_loss"), f"converted the legacy state ({source}): step {step}, epoch {epoch + 1}, "
-                       f"{where}; optimizer {how}", extra)
+    return sb.assemble(
+        step,
+        epoch,
+        samples,
+        settings,
+        model,
+        optimizer,
+        foreign.legacy_rng(old.get("rng_states")),
+        old.get("best_loss"),
+        f"converted the legacy state ({source}): step {step}, epoch {epoch + 1}, {where}; optimizer {how}",
+        extra,
+    )
