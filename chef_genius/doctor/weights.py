@@ -17,21 +17,6 @@ from chef_genius.checkpoint import trust
 from chef_genius.checkpoint.weight_files import get_tensor, tensors
 from chef_genius.model import wrappers
 
-DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
-
 
 def stripped_files(folder: Path, layout: str, files: list[Path]) -> dict[str, bytes]:
     """File name -> new content: the weights with ``_orig_mod.`` / ``module.`` removed from every name
