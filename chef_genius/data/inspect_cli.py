@@ -72,7 +72,7 @@ def inspect(args) -> dict:
     """The data summary (``data/report.py``) of ``args``' data, as training would see it."""
     from chef_genius.data import corpus, report
     from chef_genius.data.readers import ReadOptions
-    from chef_genius.data.tokenized import load_tokenized
+    from chef_genius.data.tokenized import load_settings_file
     from chef_genius.model.loading import load_tokenizer, quiet_transformers
     from chef_genius.settings.fields import run_checks
     from chef_genius.settings.schema import TrainConfig
@@ -87,23 +87,8 @@ def inspect(args) -> dict:
     default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
     cache_root = Path(c.cache_dir) if c.cache_dir else default_root
     settings = corpus.DedupOptions(c.dedup, c.dedup_threshold)
-    train = load_tokenized(
-        c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
-    )
-    evald = (
-        load_tokenized(
-            c.eval_data,
-            tokenizer,
-            c.max_source_length,
-            c.max_target_length,
-            cache_root,
-            c.num_proc,
-            options,
-            c.progress,
-        )
-        if c.eval_data
-        else None
-    )
+    train = load_settings_file(c.data, tokenizer, c, cache_root, options)
+    evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
     found = corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
     train_idx, eval_idx = corpus.split_rows(
         len(train.dataset), found, c.dedup, evald is not None, c.eval_split_ratio, c.seed

@@ -112,6 +112,14 @@ def is_cached(
     ).is_file()
 
 
+def load_settings_file(path, tokenizer, c, cache_root: str | Path, options: ReadOptions) -> TokenizedData:
+    """``path`` tokenized with a run's settings ``c`` (max lengths, ``--num-proc``, ``--progress``), as
+    training and ``inspect_data.py`` read ``--data`` and ``--eval-data``."""
+    return load_tokenized(
+        path, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
+    )
+
+
 def load_tokenized(
     data_path,
     tokenizer,

@@ -25,7 +25,14 @@ import torch
 
 from chef_genius.data import corpus, report
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, cache_folder, is_cached, load_tokenized
+from chef_genius.data.tokenized import (
+    LABEL_PAD,
+    Collator,
+    RecipeDataset,
+    cache_folder,
+    is_cached,
+    load_settings_file,
+)
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -94,23 +101,8 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
         return not settings.active or corpus.result_path(folder, c.data, options, settings, c.eval_data).is_file()
 
     with _main_tokenizes_first(accelerator, ready), _cache_errors(cache_root):
-        train = load_tokenized(
-            c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
-        )
-        evald = (
-            load_tokenized(
-                c.eval_data,
-                tokenizer,
-                c.max_source_length,
-                c.max_target_length,
-                cache_root,
-                c.num_proc,
-                options,
-                c.progress,
-            )
-            if c.eval_data
-            else None
-        )
+        train = load_settings_file(c.data, tokenizer, c, cache_root, options)
+        evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
         found = (
             corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
         )
@@ -186,20 +178,7 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     options = read_options(c)
     with accelerator.main_process_first():
         rows = count_rows(c.data, cache_root, options)
-        evald = (
-            load_tokenized(
-                c.eval_data,
-                tokenizer,
-                c.max_source_length,
-                c.max_target_length,
-                cache_root,
-                c.num_proc,
-                options,
-                c.progress,
-            )
-            if c.eval_data
-            else None
-        )
+        evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
     if rows == 0:
         raise DataError(f"{c.data}: no usable recipe in the file")
     if c.dedup != "off":
