@@ -201,3 +201,35 @@ def test_a_damaged_saved_decision_is_said_and_found_again(tmp_path, caplog):
     again = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
     assert again.result.removed == first.result.removed
     assert any("is damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted, tmp_path, monkeypatch):
+    """The audit and the signatures cost seconds per 1M recipes: a session of the same run and split
+    finds them written; another split or decision, or a folder without them, gets them (again)."""
+    from chef_genius.train.data_setup import DataRecords
+
+    targets, _ = planted
+    result = dedup.deduplicate(targets)
+    found = corpus.FileDedup("x.csv", np.arange(1, len(targets) + 1), [""] * len(targets), result, decision="d-1.npz")
+    train, _ = corpus.content_split(result.keys, result.kept, 0.2, seed=7)
+    first = DataRecords({"n": 1}, found, train)
+    first.write(tmp_path, background=True)  # as the trainer writes them: beside the first steps
+    first.wait()
+    signatures = tmp_path / corpus.SIGNATURES_FILE
+    written = signatures.stat().st_mtime_ns
+
+    def rewritten(*_):
+        raise AssertionError("written again")
+
+    with monkeypatch.context() as m:
+        m.setattr(corpus, "write_audit", rewritten)
+        DataRecords({"n": 1}, found, train).write(tmp_path)  # the same run resumed
+    assert signatures.stat().st_mtime_ns == written
+    DataRecords({"n": 1}, found, train[1:]).write(tmp_path)  # another split
+    with np.load(signatures) as z:
+        assert len(z["bands"]) == len(train) - 1
+    other = corpus.FileDedup("x.csv", found.records, found.titles, result, decision="d-2.npz")
+    (tmp_path / corpus.AUDIT_FILE).unlink()
+    DataRecords({"n": 1}, other, train).write(tmp_path)  # another decision, the audit gone
+    assert (tmp_path / corpus.AUDIT_FILE).is_file()
+    assert corpus.records_written(tmp_path, other, train) and not corpus.records_written(tmp_path, found, train)
