@@ -18,8 +18,9 @@ a *resume* (a copy of the stopped run folder, ``--resume latest``), from the pro
 log's first ``step`` line; the log lines' arrival times give the phases (``first_step_s``, and the
 seconds until the memory plan (imports and the model), the data summary, and the end of setup).
 One JSON object per run on stdout, then one per kind with the median and the spread, the load
-average before and after. ``--repo`` times another checkout (the "before" of a change) on the same
-prepared folder. ``--profile`` writes a cProfile of each run's process beside it.
+average before and after; ``first_step_cpu_s`` is the process's CPU time at that line (all threads:
+steadier than wall time on shared cores). ``--repo`` times another checkout (the "before" of a
+change) on the same prepared folder. ``--profile`` writes a cProfile of each run's process beside it.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
                     "unit": "s",
                     "target": "<= 10",
                     "runs": firsts,
+                    "cpu_s_median": statistics.median(r.get("first_step_cpu_s") or 0 for r in records),
                     "phases_median": {
                         k: round(statistics.median(r[k] for r in records if k in r), 2)
                         for k in PHASES.values()
@@ -151,12 +153,23 @@ def timed(repo: str, argv: list[str], env: dict, profile: Path | None = None) ->
                 record[phase] = now
         if "first_step_s" not in record and STEP.search(line):
             record["first_step_s"] = now
+            record["first_step_cpu_s"] = cpu_seconds(proc.pid)
     code = proc.wait()
     if code != 0 or "first_step_s" not in record:
         sys.stderr.write("".join(lines[-30:]))
         raise SystemExit(f"the timed run failed (exit {code})")
     record["load_before"], record["load_after"] = round(load, 2), round(os.getloadavg()[0], 2)
     return record
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``; else None):
+    less swayed than wall time by the other processes on shared cores."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def prepare(paths: Paths, rows: int, how: str, env: dict) -> Path:
