@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +55,11 @@ class FileDedup:
 
     path: str
     records: np.ndarray  # 1-based record number in the file of each usable recipe
-    titles: list[str]
+    titles: Sequence[str]  # read back from a saved decision at first use (``SavedColumn``)
     result: dedup.Dedup
     eval_path: str | None = None
     eval_records: np.ndarray | None = None
-    eval_titles: list[str] | None = None
+    eval_titles: Sequence[str] | None = None
     decision: str = ""  # the saved decision's file name (``result_path``): names what was decided
 
     def train_rows(self, mode: str) -> np.ndarray:
@@ -151,13 +152,34 @@ def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
         return FileDedup(
             str(path),
             z["records"],
-            z["titles"].tolist(),
+            SavedColumn(Path(where), "titles", len(z["records"])),
             result,
             str(eval_path) if eval_path else None,
             z["eval_records"],
-            z["eval_titles"].tolist(),
+            SavedColumn(Path(where), "eval_titles", len(z["eval_records"])),
             Path(where).name,
         )
+
+
+class SavedColumn(Sequence):
+    """A column of a saved decision read at its first use: the titles, which only the audit reads (a
+    resume does not write it again), so a start does not unpickle a million strings for nothing."""
+
+    def __init__(self, where: Path, name: str, length: int):
+        self.where, self.name, self.length = where, name, length
+        self._values: list | None = None
+
+    def _read(self) -> list:
+        if self._values is None:
+            with np.load(self.where, allow_pickle=True) as z:
+                self._values = z[self.name].tolist()
+        return self._values
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        return self._read()[index]
 
 
 # -- the split ----------------------------------------------------------------------------------------
