@@ -15,10 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,48 +59,16 @@ class DataRecords:
     summary: dict
     found: corpus.FileDedup | None
     train_rows: np.ndarray
-    _writer: threading.Thread | None = field(default=None, init=False, repr=False)
-    _failed: BaseException | None = field(default=None, init=False, repr=False)
 
-    def write(self, output: Path, background: bool = False) -> None:
-        """The summary now; the audit and the signatures unless the folder holds them for this decision
-        and split already (a resume), with ``background`` in a thread while training starts (seconds
-        per 1M recipes; ``wait`` joins it, the trainer's ``close`` at the latest)."""
+    def write(self, output: Path) -> None:
+        """The summary; the audit and the signatures unless the folder holds them for this decision and
+        split already (a resume), copied from the cache folder (``corpus.install_records``)."""
         output = Path(output)
         (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
-        if self.found is None or corpus.records_written(output, self.found, self.train_rows):
-            return  # no duplicate search, or a resume of the same data and split: nothing more to write
-        if not background:
-            self._write_dedup(output)
-            return
-        self._writer = threading.Thread(target=self._write_dedup, args=(output, True), name="data-records")
-        self._writer.start()
-
-    def _write_dedup(self, output: Path, caught: bool = False) -> None:
-        assert self.found is not None
-        try:
-            audit = corpus.write_audit(output, self.found)  # the audit first: the signatures' stamp says both are
-            if self.found.result.removed:
+        if self.found is not None:
+            audit = corpus.install_records(output, self.found, self.train_rows)
+            if audit is not None and self.found.result.removed:
                 log.info("every duplicate found is listed in %s", audit)
-            corpus.write_signatures(output, self.found, self.train_rows)
-        except Exception as err:
-            if not caught:
-                raise
-            self._failed = err
-
-    def wait(self) -> None:
-        """Join the background writer; a failure is said in one line (the next session writes them again)."""
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-        if self._failed is not None:
-            log.warning(
-                "could not write %s and %s into the run folder (%s); a resume writes them again",
-                corpus.AUDIT_FILE,
-                corpus.SIGNATURES_FILE,
-                self._failed,
-            )
-            self._failed = None
 
 
 def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:

@@ -213,7 +213,7 @@ class Trainer:
         self.checkpoints.preflight((self.total_steps - self.state.global_step) // c.save_steps + 1)
         self._write_settings()
         if self.is_main and self.data_records is not None:
-            self.data_records.write(self.output, background=True)  # summary now; removed rows, signatures beside
+            self.data_records.write(self.output)  # the data summary, removed rows, training signatures
         log.info(
             "%d training and %d validation recipes; %d optimizer steps per epoch, %d in total; "
             "global batch %d (%d per device x %d processes x %d accumulation)",
@@ -909,8 +909,6 @@ class Trainer:
             if loader is not None and iterator is not None and hasattr(iterator, "_shutdown_workers"):
                 iterator._shutdown_workers()
                 loader._iterator = None
-        if self.data_records is not None:
-            self.data_records.wait()  # written beside the first steps: before the run folder is given back
         if self.run_lock is not None:
             self.run_lock.release()
             self.run_lock = None
