@@ -67,7 +67,7 @@ class FileDedup:
         """The rows training may use: the kept ones (``remove``) or all but the held-out twins (``keep``)."""
         if mode == "remove":
             return self.result.kept
-        held = [r.row for r in self.result.removed if r.kind == "held_out_twin"]
+        held = self.result.removed_rows("held_out_twin")
         mask = np.ones(len(self.result.keys), dtype=bool)
         mask[held] = False
         return np.flatnonzero(mask)
@@ -125,9 +125,12 @@ def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
     assert r.bands is not None  # dedup.deduplicate always computes them
-    removed = np.array(
-        [(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed], dtype=np.float64
-    ).reshape(-1, 4)
+    if isinstance(r.removed, dedup.RemovalTable):
+        removed = r.removed.table
+    else:
+        removed = np.array(
+            [(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed], dtype=np.float64
+        ).reshape(-1, 4)
     tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
     np.savez(
         tmp,
@@ -144,12 +147,7 @@ def _save(where: Path, found: FileDedup) -> None:
 
 def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
     with np.load(where, allow_pickle=True) as z:
-        kinds = dedup.REMOVAL_KINDS
-        # .tolist(): Python numbers at once (iterating the array's rows makes numpy scalars: 10x slower)
-        removed = [
-            dedup.Removal(int(row), int(twin), kinds[int(kind)], sim) for row, twin, kind, sim in z["removed"].tolist()
-        ]
-        result = dedup.Dedup(z["keys"], removed, z["bands"], threshold)
+        result = dedup.Dedup(z["keys"], dedup.RemovalTable(z["removed"]), z["bands"], threshold)
         return FileDedup(
             str(path),
             z["records"],

@@ -121,6 +121,14 @@ def test_near_duplicates_across_two_formats_are_removed_and_listed(tmp_path):
         tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path, tmp_path / "held.jsonl"
     )
     assert again.result.removed == found.result.removed
+    # read back as one table (no object per removal until the audit): the same rows, counts and audit
+    assert isinstance(again.result.removed, dedup.RemovalTable)
+    assert np.array_equal(again.result.kept, found.result.kept) and again.result.counts() == counts
+    assert np.array_equal(again.train_rows("keep"), found.train_rows("keep"))
+    assert (
+        corpus.write_audit(_mkdir(tmp_path / "again"), again).read_bytes()
+        == (tmp_path / corpus.AUDIT_FILE).read_bytes()
+    )
 
 
 def test_recorded_signatures_find_trained_recipes_and_their_copies(planted, tmp_path):
@@ -239,3 +247,8 @@ def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted
     DataRecords({"n": 1}, other, train).write(run)  # another decision, the audit gone
     assert (run / corpus.AUDIT_FILE).is_file()
     assert corpus.records_written(run, other, train) and not corpus.records_written(run, found, train)
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
