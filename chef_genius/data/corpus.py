@@ -28,10 +28,15 @@ import numpy as np
 from chef_genius.data import dedup
 from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
 from chef_genius.data.recipes import parse_target
+from chef_genius.errors import DataError
 
 log = logging.getLogger("chef_genius")
 
-DEDUP_VERSION = 1  # part of the saved result's key: bump when the normal form or hashing changes
+# Part of the saved decision's key and of the signatures file: bump when the normal form or hashing
+# changes (cached decisions are rebuilt). 2: the decision file holds plain arrays (titles as a string
+# table), read without pickle; the normal form and hashing are version 1's.
+DEDUP_VERSION = 2
+SIGNATURE_VERSIONS = (1, 2)  # signatures files whose band keys this code computes the same way
 AUDIT_FILE = "removed_duplicates.csv"
 SIGNATURES_FILE = "chef_genius_training_signatures.npz"
 
@@ -89,58 +94,188 @@ def result_path(folder: Path, path, options: ReadOptions, settings: DedupOptions
     return Path(folder) / f"dedup-{_key(path, options, settings, eval_path)}.npz"
 
 
-def find_duplicates(path, options: ReadOptions, settings: DedupOptions, folder: Path, eval_path=None) -> FileDedup:
-    """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``."""
+def find_duplicates(
+    path, options: ReadOptions, settings: DedupOptions, folder: Path, eval_path=None, num_proc: int = 0
+) -> FileDedup:
+    """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``.
+    ``num_proc``: processes that read and hash the file (0: one per available core)."""
     saved = result_path(folder, path, options, settings, eval_path)
     if saved.is_file():
         try:
             return _load(saved, path, eval_path, settings.threshold)
-        except Exception as err:  # a damaged or cut-short decision file: found again, never trusted
+        except Exception as err:  # damaged, cut short, or an older (pickled) layout: found again, never trusted
             log.warning("%s is damaged (%s): looking for the duplicates again", saved.name, type(err).__name__)
             saved.unlink(missing_ok=True)
-    targets, records, titles = _read(path, options)
-    held, held_records, held_titles = _read(eval_path, options) if eval_path else ([], None, None)
-    log.info("looking for duplicates among %d recipes of %s (threshold %.2f)", len(targets), path, settings.threshold)
-    result = dedup.deduplicate(targets, settings.threshold, held)
+    signed = read_signed(path, options, num_proc)
+    held = read_signed(eval_path, options, num_proc) if eval_path else None
+    log.info(
+        "looking for duplicates among %d recipes of %s (threshold %.2f)", len(signed.keys), path, settings.threshold
+    )
+    result = dedup.decide(
+        signed.keys,
+        signed.digests,
+        settings.threshold,
+        held.keys if held else None,
+        held.digests if held else None,
+    )
     found = FileDedup(
-        str(path), records, titles, result, str(eval_path) if eval_path else None, held_records, held_titles
+        str(path),
+        signed.records,
+        signed.titles,
+        result,
+        str(eval_path) if eval_path else None,
+        held.records if held else None,
+        held.titles if held else None,
     )
     _save(saved, found)
     return found
 
 
-def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]:
-    stats = ReadStats()
-    targets, records, titles = [], [], []
-    for example in read_examples(path, stats, options):
-        targets.append(example["target"])
+# -- reading and hashing a file, in worker processes where it can be cut --------------------------------
+@dataclass
+class Signed:
+    """A file's usable recipes as the duplicate search needs them, in row order."""
+
+    records: np.ndarray  # 1-based record number in the file
+    titles: list[str]
+    keys: np.ndarray  # uint64 content keys
+    digests: np.ndarray  # (rows, NUM_PERM) uint32 MinHash values
+
+
+def _signed(examples, stats: ReadStats) -> Signed:
+    """Hash ``examples`` (an iterator that counts into ``stats``) in one process."""
+    records, titles, normals = [], [], []
+    for example in examples:
         records.append(stats.rows)  # counted before the row is yielded: its record number
-        titles.append(parse_target(example["target"]).title[:120])  # a pair file's "title" may be its whole text
-    return targets, np.array(records, dtype=np.int64), titles
+        recipe = parse_target(example["target"])
+        titles.append(recipe.title[:120])  # a pair file's "title" may be its whole text
+        normals.append(dedup.normal_form(example["target"], recipe))
+    keys, digests = dedup.signatures(None, normals)
+    return Signed(np.array(records, dtype=np.int64), titles, keys, digests)
+
+
+def _joined(parts: list[Signed]) -> Signed:
+    if not parts:
+        return Signed(np.zeros(0, np.int64), [], np.zeros(0, np.uint64), np.zeros((0, dedup.NUM_PERM), np.uint32))
+    return Signed(
+        np.concatenate([p.records for p in parts]),
+        [t for p in parts for t in p.titles],
+        np.concatenate([p.keys for p in parts]),
+        np.concatenate([p.digests for p in parts]),
+    )
+
+
+_shared: dict = {}
+
+
+def _signed_range(index: int) -> tuple[int, int, Signed, bool]:
+    """Range ``index`` of the cut CSV: (index, records read, its rows, whether its cut was a record start)."""
+    from chef_genius.data.csv_ranges import Cut, read_range
+
+    plan, options = _shared["plan"], _shared["options"]
+    stats, cut = ReadStats(), Cut()
+    signed = _signed(read_range(plan, index, stats, options, cut), stats)
+    return index, stats.rows, signed, bool(cut.ok)
+
+
+def _signed_batch(targets: list[str]) -> Signed:
+    stats = ReadStats()
+    return _signed(({"target": t} for t in targets), stats)
+
+
+def read_signed(path, options: ReadOptions, num_proc: int = 0) -> Signed:
+    """The usable recipes of ``path`` with their record numbers, titles, content keys and digests: the
+    rows and record numbers of ``readers.read_examples`` in one pass. A plain CSV is cut into byte
+    ranges (``csv_ranges``) that worker processes read and hash; any other file is read here while the
+    workers hash its batches."""
+    import multiprocessing
+
+    from chef_genius.data import preprocess
+    from chef_genius.data.csv_ranges import plan_csv
+
+    procs = num_proc or preprocess.available_cpus()
+    size = Path(path).stat().st_size
+    if "fork" not in multiprocessing.get_all_start_methods() or size < preprocess.RANGE_BYTES:
+        procs = 1  # a small file is hashed before a pool would have started
+    plan = plan_csv(path, options, max(1, size // preprocess.RANGE_BYTES)) if procs > 1 else None
+    if plan is not None and len(plan.ranges) > 1:
+        _shared.update(plan=plan, options=options)
+        try:
+            with preprocess._pool(min(procs, len(plan.ranges))) as pool:
+                done = sorted(pool.imap_unordered(_signed_range, range(len(plan.ranges))), key=lambda r: r[0])
+        finally:
+            _shared.clear()
+        if all(ok for *_, ok in done):
+            offset = 0
+            for _, rows, signed, _ in done:  # record numbers count from the file's first record
+                signed.records += offset
+                offset += rows
+            return _joined([signed for _, _, signed, _ in done])
+        log.info("%s: a quote outside a quoted field; reading it in one pass", Path(path).name)
+    stats = ReadStats()
+    if procs <= 1:
+        return _signed(read_examples(path, stats, options), stats)
+    # one reader here, the hashing in the workers; each batch's record numbers are taken here
+    from chef_genius.data.preprocess import BATCH_ROWS
+
+    parts, records, batch = [], [], []
+    with preprocess._pool(procs) as pool:
+        for example in read_examples(path, stats, options):
+            records.append(stats.rows)
+            batch.append(example["target"])
+            if len(batch) == BATCH_ROWS:
+                parts.append(pool.apply_async(_signed_batch, (batch,)))
+                batch = []
+        if batch:
+            parts.append(pool.apply_async(_signed_batch, (batch,)))
+        joined = _joined([p.get() for p in parts])
+    joined.records = np.array(records, dtype=np.int64)
+    return joined
+
+
+# -- the saved decision: plain arrays, no pickle --------------------------------------------------------
+def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A string table: the UTF-8 bytes of all strings and the character offset where each ends."""
+    text = "".join(strings)
+    ends = np.cumsum([len(s) for s in strings], dtype=np.int64)
+    return np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8), ends
+
+
+def _unpack(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    text = blob.tobytes().decode("utf-8", "surrogatepass")
+    starts = np.concatenate(([0], ends[:-1])).tolist()
+    return [text[a:b] for a, b in zip(starts, ends.tolist())]
 
 
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
-    assert r.bands is not None  # dedup.deduplicate always computes them
+    assert r.bands is not None  # dedup.decide always computes them
     removed = np.array(
         [(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed], dtype=np.float64
     ).reshape(-1, 4)
+    titles, title_ends = _pack(found.titles)
+    eval_titles, eval_title_ends = _pack(found.eval_titles or [])
     tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
     np.savez(
         tmp,
+        version=np.array(DEDUP_VERSION),
         keys=r.keys,
         bands=r.bands,
         removed=removed,
         records=found.records,
-        titles=np.array(found.titles, dtype=object),
+        titles=titles,
+        title_ends=title_ends,
         eval_records=found.eval_records if found.eval_records is not None else np.zeros(0, np.int64),
-        eval_titles=np.array(found.eval_titles or [], dtype=object),
+        eval_titles=eval_titles,
+        eval_title_ends=eval_title_ends,
     )
     os.replace(tmp, where)
 
 
 def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
-    with np.load(where, allow_pickle=True) as z:
+    with np.load(where, allow_pickle=False) as z:  # a pickled (older) file raises: found again
+        if int(z["version"]) != DEDUP_VERSION:
+            raise ValueError(f"decision file version {int(z['version'])}")
         removed = [
             dedup.Removal(int(row), int(twin), dedup.REMOVAL_KINDS[int(kind)], float(sim))
             for row, twin, kind, sim in z["removed"]
@@ -149,11 +284,11 @@ def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
         return FileDedup(
             str(path),
             z["records"],
-            list(z["titles"]),
+            _unpack(z["titles"], z["title_ends"]),
             result,
             str(eval_path) if eval_path else None,
             z["eval_records"],
-            list(z["eval_titles"]),
+            _unpack(z["eval_titles"], z["eval_title_ends"]),
         )
 
 
@@ -264,10 +399,13 @@ def twins_in_training(signatures: Path, targets: list[str]) -> tuple[np.ndarray,
     exact twin (same content key), or a near-twin, a training recipe sharing at least
     ``dedup.bands_for(threshold)`` of its band keys (similarity estimated at the threshold or above)."""
     with np.load(signatures) as z:
-        keys, bands, threshold = z["keys"], z["bands"], float(z["threshold"])
-    normals = [dedup.normal_form(t) for t in targets]
-    mine = np.array([dedup.content_key(n) for n in normals], dtype=np.uint64)
-    digests = np.array([dedup.minhash(n).digest() for n in normals], dtype=np.uint32).reshape(len(normals), -1)
+        keys, bands, threshold, version = z["keys"], z["bands"], float(z["threshold"]), int(z["version"])
+    if version not in SIGNATURE_VERSIONS:
+        raise DataError(
+            f"{signatures} was written by another chef-genius (signatures version {version}, this one reads "
+            f"{', '.join(map(str, SIGNATURE_VERSIONS))}): use that version to count the trained twins"
+        )
+    mine, digests = dedup.signatures(targets)
     mine_bands = dedup.band_keys(digests)
     hit = np.isin(mine, keys)
     need = dedup.bands_for(threshold)
