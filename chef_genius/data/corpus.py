@@ -154,15 +154,20 @@ def _signed(examples, stats: ReadStats) -> Signed:
     return Signed(np.array(records, dtype=np.int64), titles, keys, digests)
 
 
-def _joined(parts: list[Signed]) -> Signed:
-    if not parts:
-        return Signed(np.zeros(0, np.int64), [], np.zeros(0, np.uint64), np.zeros((0, dedup.NUM_PERM), np.uint32))
-    return Signed(
-        np.concatenate([p.records for p in parts]),
-        [t for p in parts for t in p.titles],
-        np.concatenate([p.keys for p in parts]),
-        np.concatenate([p.digests for p in parts]),
-    )
+def _joined(parts: list) -> Signed:
+    """The parts as one, in order; each part's digests are let go once copied (``parts`` is emptied),
+    so the peak is the whole once plus one part, not twice the whole."""
+    records = np.concatenate([p.records for p in parts]) if parts else np.zeros(0, np.int64)
+    keys = np.concatenate([p.keys for p in parts]) if parts else np.zeros(0, np.uint64)
+    titles = [t for p in parts for t in p.titles]
+    digests = np.empty((len(keys), dedup.NUM_PERM), dtype=np.uint32)
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        digests[at : at + len(part.keys)] = part.digests
+        at += len(part.keys)
+        del part
+    return Signed(records, titles, keys, digests)
 
 
 _shared: dict = {}
@@ -210,7 +215,9 @@ def read_signed(path, options: ReadOptions, num_proc: int = 0) -> Signed:
             for _, rows, signed, _ in done:  # record numbers count from the file's first record
                 signed.records += offset
                 offset += rows
-            return _joined([signed for _, _, signed, _ in done])
+            parts = [signed for _, _, signed, _ in done]
+            del done
+            return _joined(parts)
         log.info("%s: a quote outside a quoted field; reading it in one pass", Path(path).name)
     stats = ReadStats()
     if procs <= 1:
@@ -228,7 +235,9 @@ def read_signed(path, options: ReadOptions, num_proc: int = 0) -> Signed:
                 batch = []
         if batch:
             parts.append(pool.apply_async(_signed_batch, (batch,)))
-        joined = _joined([p.get() for p in parts])
+        results = [p.get() for p in parts]
+        del parts
+        joined = _joined(results)
     joined.records = np.array(records, dtype=np.int64)
     return joined
 

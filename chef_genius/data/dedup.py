@@ -97,16 +97,21 @@ ROWS_PER_BAND = NUM_PERM // NUM_BANDS
 _MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint32)
 
 
-def band_keys(digests: np.ndarray) -> np.ndarray:
+def band_keys(digests: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """(rows, NUM_BANDS) uint32: one key per LSH band (4 MinHash values) of each digest (rows x
-    NUM_PERM uint32): what a model records of its training recipes, 128 bytes each."""
-    values = np.asarray(digests, dtype=np.uint32).reshape(len(digests), NUM_BANDS, ROWS_PER_BAND)
-    with np.errstate(over="ignore"):
-        mixed = values * _MIX[:ROWS_PER_BAND]
-    keys = mixed[..., 0].copy()
-    for i in range(1, ROWS_PER_BAND):
-        keys = (keys << np.uint32(5) | keys >> np.uint32(27)) ^ mixed[..., i]
-    return keys
+    NUM_PERM uint32): what a model records of its training recipes, 128 bytes each. Computed in
+    chunks of rows: no temporary the size of all digests."""
+    digests = np.asarray(digests, dtype=np.uint32)
+    out = np.empty((len(digests), NUM_BANDS), dtype=np.uint32)
+    for s in range(0, len(digests), chunk):
+        values = digests[s : s + chunk].reshape(-1, NUM_BANDS, ROWS_PER_BAND)
+        with np.errstate(over="ignore"):
+            mixed = values * _MIX[:ROWS_PER_BAND]
+        keys = mixed[..., 0].copy()
+        for i in range(1, ROWS_PER_BAND):
+            keys = (keys << np.uint32(5) | keys >> np.uint32(27)) ^ mixed[..., i]
+        out[s : s + chunk] = keys
+    return out
 
 
 def bands_for(threshold: float) -> int:
@@ -165,29 +170,28 @@ def signatures(targets, normals=None, kind: str | None = None) -> tuple[np.ndarr
     return keys, digests
 
 
-def band_hashes(digests: np.ndarray) -> np.ndarray:
-    """(rows, NUM_BANDS) uint64: the 4 MinHash values of each LSH band folded into 64 bits (two rows
-    share a band when these are equal; a spurious equality, about 1 in 2**64, only adds a candidate,
-    which the similarity check then judges)."""
-    values = np.asarray(digests, dtype=np.uint32).reshape(len(digests), NUM_BANDS, ROWS_PER_BAND).astype(np.uint64)
-    h = np.zeros(values.shape[:2], dtype=np.uint64)
+def band_hash(digests: np.ndarray, band: int) -> np.ndarray:
+    """(rows,) uint64: the 4 MinHash values of LSH band ``band`` of each row folded into 64 bits (two
+    rows share the band when these are equal; a spurious equality, about 1 in 2**64, only adds a
+    candidate, which the similarity check then judges)."""
+    h = np.zeros(len(digests), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(ROWS_PER_BAND):
-            h = (h ^ values[..., i]) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
+        for i in range(band * ROWS_PER_BAND, (band + 1) * ROWS_PER_BAND):
+            h = (h ^ digests[:, i].astype(np.uint64)) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
             h ^= h >> np.uint64(29)
     return h
 
 
-def candidate_pairs(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def candidate_pairs(*digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(earlier rows, later rows): every pair of rows sharing at least one LSH band, once; the
     candidates ``rensa.RMinHashLSH`` gives with NUM_BANDS bands (one sort per band, no Python loop
-    per row)."""
-    n = len(digests)
-    bands = band_hashes(digests)
+    per row). Several arrays of digests are numbered as one, in order, without being copied into one."""
+    n = sum(len(d) for d in digests)
     codes = []
     for b in range(NUM_BANDS):
-        order = np.argsort(bands[:, b], kind="stable")
-        column = bands[order, b]
+        column = np.concatenate([band_hash(d, b) for d in digests])
+        order = np.argsort(column, kind="stable")
+        column = column[order]
         at = np.flatnonzero(column[1:] == column[:-1])  # runs of equal band values: pairs at distance d
         d = 1
         while len(at):
@@ -204,12 +208,21 @@ def candidate_pairs(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return unique // n, unique % n
 
 
-def similarities(digests: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+def similarities(held: np.ndarray, digests: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 1 << 16):
     """The MinHash estimate of each pair's Jaccard similarity (the share of equal values, what
-    ``RMinHash.jaccard`` computes)."""
+    ``RMinHash.jaccard`` computes); rows numbered as ``candidate_pairs(held, digests)`` numbers them."""
+
+    def rows(index: np.ndarray) -> np.ndarray:
+        if not len(held):
+            return digests[index]
+        out = np.empty((len(index), NUM_PERM), dtype=np.uint32)
+        mine = index < len(held)
+        out[mine], out[~mine] = held[index[mine]], digests[index[~mine] - len(held)]
+        return out
+
     out = np.empty(len(lo), dtype=np.float64)
     for s in range(0, len(lo), chunk):
-        out[s : s + chunk] = (digests[lo[s : s + chunk]] == digests[hi[s : s + chunk]]).mean(axis=1)
+        out[s : s + chunk] = (rows(lo[s : s + chunk]) == rows(hi[s : s + chunk])).mean(axis=1)
     return out
 
 
@@ -226,9 +239,9 @@ def decide(keys, digests, threshold: float = DEFAULT_THRESHOLD, held_keys=None, 
     held_keys = np.zeros(0, np.uint64) if held_keys is None else np.asarray(held_keys, dtype=np.uint64)
     held_digests = np.zeros((0, NUM_PERM), np.uint32) if held_digests is None else np.asarray(held_digests, np.uint32)
     h = len(held_keys)
-    both = np.concatenate([held_digests.reshape(h, NUM_PERM), digests]) if h else digests
-    lo, hi = candidate_pairs(both)
-    sim = similarities(both, lo, hi)
+    held_digests = held_digests.reshape(h, NUM_PERM)
+    lo, hi = candidate_pairs(held_digests, digests)  # held-out rows first: rows 0 .. h-1
+    sim = similarities(held_digests, digests, lo, hi)
     keep = (sim >= threshold) & (hi >= h)  # pairs of two held-out rows do not matter
     lo, hi, sim = lo[keep] - h, hi[keep] - h, sim[keep]  # held-out rows now negative: -h .. -1
     order = np.lexsort((lo, hi))
