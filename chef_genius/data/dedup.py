@@ -23,11 +23,11 @@ that twins one of them is removed too (``held_out_twin``).
 
 How it runs at scale (``decide``): the per-row work (normal form, content key, MinHash) is pure, so
 ``signatures`` runs in worker processes over chunks of a file (``corpus.read_signed``); the LSH
-candidates of all rows are found at once (one sort per band, ``candidate_pairs``: the pairs
-``rensa.RMinHashLSH`` would return) and their similarities compared in numpy; only the rows with a
-candidate at or above the threshold are then visited in order, applying the rule above. The result is
-the row-by-row decision's, removal for removal (tests/data/test_dedup.py checks it against rensa's
-index queried row by row).
+candidates of all rows (rows sharing one of ``SEARCH_BANDS`` bands of ``SEARCH_ROWS`` MinHash values)
+are found at once, a sort per band, and their similarities compared in numpy (``twin_pairs``); only
+the rows with a candidate at or above the threshold are then visited in order, applying the rule
+above. The result is the row-by-row decision's, removal for removal (tests/data/test_dedup.py checks
+it against an LSH index filled and queried row by row).
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ from chef_genius.data.recipes import parse_target
 
 DEFAULT_THRESHOLD = 0.74
 NUM_PERM = 128
-NUM_BANDS = 32  # 32 bands of 4 rows: a pair at Jaccard 0.5 is a candidate with p = 0.87
+NUM_BANDS = 32  # the band keys a model records (band_keys): 32 bands of 4 values
+# The search's LSH bands: 25 of 5 values (125 of the 128). A pair at the 0.74 default is a candidate
+# with p = 0.998, one at 0.2 (recipes sharing stock phrases) with p = 0.008; 32 bands of 4 made the
+# second 0.05, and candidates grew with the corpus (18 a row at 60,000 generated recipes, 670 at 2.2M).
+SEARCH_ROWS = 5
+SEARCH_BANDS = NUM_PERM // SEARCH_ROWS
 MINHASH_SEED = 20261206  # fixed: signatures recorded with a model must match those computed later
 SHINGLING = "word3"  # see shingles()
 MODES = ("remove", "keep", "off")  # remove twins / find them (report, split) but train on all / old behaviour
@@ -171,46 +176,66 @@ def signatures(targets, normals=None, kind: str | None = None) -> tuple[np.ndarr
 
 
 def band_hash(digests: np.ndarray, band: int) -> np.ndarray:
-    """(rows,) uint64: the 4 MinHash values of LSH band ``band`` of each row folded into 64 bits (two
-    rows share the band when these are equal; a spurious equality, about 1 in 2**64, only adds a
-    candidate, which the similarity check then judges)."""
+    """(rows,) uint64: the SEARCH_ROWS MinHash values of search band ``band`` of each row folded into
+    64 bits (two rows share the band when these are equal; a spurious equality, about 1 in 2**64, only
+    adds a candidate, which the similarity check then judges)."""
     h = np.zeros(len(digests), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for i in range(band * ROWS_PER_BAND, (band + 1) * ROWS_PER_BAND):
+        for i in range(band * SEARCH_ROWS, (band + 1) * SEARCH_ROWS):
             h = (h ^ digests[:, i].astype(np.uint64)) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
             h ^= h >> np.uint64(29)
     return h
 
 
-def candidate_pairs(*digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(earlier rows, later rows): every pair of rows sharing at least one LSH band, once; the
-    candidates ``rensa.RMinHashLSH`` gives with NUM_BANDS bands (one sort per band, no Python loop
-    per row). Several arrays of digests are numbered as one, in order, without being copied into one."""
-    n = sum(len(d) for d in digests)
-    codes = []
-    for b in range(NUM_BANDS):
-        column = np.concatenate([band_hash(d, b) for d in digests])
-        order = np.argsort(column, kind="stable")
-        column = column[order]
-        at = np.flatnonzero(column[1:] == column[:-1])  # runs of equal band values: pairs at distance d
-        d = 1
-        while len(at):
-            lo, hi = order[at], order[at + d]
-            codes.append(np.minimum(lo, hi).astype(np.int64) * n + np.maximum(lo, hi))
-            d += 1
-            at = at[at + d < n]
-            at = at[column[at + d] == column[at]]
-    if not codes:
+def _band_pairs(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later) rows of every pair with equal values in ``column`` (one sort)."""
+    order = np.argsort(column, kind="stable")
+    column = column[order]
+    n, los, his = len(column), [], []
+    at = np.flatnonzero(column[1:] == column[:-1])  # runs of equal values: pairs at distance d
+    d = 1
+    while len(at):
+        lo, hi = order[at], order[at + d]
+        los.append(np.minimum(lo, hi))
+        his.append(np.maximum(lo, hi))
+        d += 1
+        at = at[at + d < n]
+        at = at[column[at + d] == column[at]]
+    if not los:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    every = np.concatenate(codes)
-    every.sort()  # np.sort and a compare: np.unique's hashing is many times slower on this
-    unique = every[np.concatenate(([True], every[1:] != every[:-1]))]
-    return unique // n, unique % n
+    return np.concatenate(los).astype(np.int64), np.concatenate(his).astype(np.int64)
+
+
+def twin_pairs(held: np.ndarray, digests: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
+    """(earlier rows, later rows, similarities), sorted by later row then earlier: every pair of rows
+    that shares at least one search band (the LSH candidates) and whose MinHash similarity is at
+    least ``threshold``; rows numbered held-out first (0 .. len(held)-1), then ``digests``. One sort
+    per band and the similarities in numpy, band by band, so only pairs at or above the threshold
+    are kept: memory does not grow with the candidates."""
+    h = len(held)
+    codes, sims = [], []
+    n = h + len(digests)
+    for b in range(SEARCH_BANDS):
+        column = band_hash(digests, b)
+        lo, hi = _band_pairs(np.concatenate([band_hash(held, b), column]) if h else column)
+        keep = hi >= h  # pairs of two held-out rows do not matter
+        lo, hi = lo[keep], hi[keep]
+        sim = similarities(held, digests, lo, hi)
+        close = sim >= threshold
+        codes.append(lo[close] * n + hi[close])
+        sims.append(sim[close])
+    code, sim = np.concatenate(codes), np.concatenate(sims)
+    lo, hi = code // n, code % n
+    order = np.lexsort((lo, hi))
+    lo, hi, sim = lo[order], hi[order], sim[order]
+    first = np.ones(len(lo), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])  # a pair found in several bands, once
+    return lo[first], hi[first], sim[first]
 
 
 def similarities(held: np.ndarray, digests: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 1 << 16):
     """The MinHash estimate of each pair's Jaccard similarity (the share of equal values, what
-    ``RMinHash.jaccard`` computes); rows numbered as ``candidate_pairs(held, digests)`` numbers them."""
+    ``RMinHash.jaccard`` computes); rows numbered as ``twin_pairs`` numbers them."""
 
     def rows(index: np.ndarray) -> np.ndarray:
         if not len(held):
@@ -239,13 +264,8 @@ def decide(keys, digests, threshold: float = DEFAULT_THRESHOLD, held_keys=None, 
     held_keys = np.zeros(0, np.uint64) if held_keys is None else np.asarray(held_keys, dtype=np.uint64)
     held_digests = np.zeros((0, NUM_PERM), np.uint32) if held_digests is None else np.asarray(held_digests, np.uint32)
     h = len(held_keys)
-    held_digests = held_digests.reshape(h, NUM_PERM)
-    lo, hi = candidate_pairs(held_digests, digests)  # held-out rows first: rows 0 .. h-1
-    sim = similarities(held_digests, digests, lo, hi)
-    keep = (sim >= threshold) & (hi >= h)  # pairs of two held-out rows do not matter
-    lo, hi, sim = lo[keep] - h, hi[keep] - h, sim[keep]  # held-out rows now negative: -h .. -1
-    order = np.lexsort((lo, hi))
-    lo, hi, sim = lo[order], hi[order], sim[order]
+    lo, hi, sim = twin_pairs(held_digests.reshape(h, NUM_PERM), digests, threshold)
+    lo, hi = lo - h, hi - h  # held-out rows now negative: -h .. -1
     starts = np.searchsorted(hi, np.arange(len(keys) + 1))
     visit = np.unique(np.concatenate([lo[lo >= 0], hi]))  # rows with a twin candidate, in order
     held_exact: dict[int, int] = {}

@@ -57,16 +57,10 @@ def test_planted_copies_are_found_and_the_first_copy_kept(planted):
 
 
 def _one_by_one(targets: list[str], threshold: float, held_out: list[str]) -> list[tuple]:
-    """The rule, row by row with rensa's own LSH index (how dedup.py decided before the pass was
-    vectorised): each row against the held-out rows, then against the rows kept before it."""
-    from rensa import RMinHash, RMinHashLSH
-
-    def index(rows):
-        lsh, exact, hashes = RMinHashLSH(threshold, dedup.NUM_PERM, dedup.NUM_BANDS), {}, []
-        for i, (key, m) in enumerate(rows):
-            exact.setdefault(key, i)
-            lsh.insert(i, m)
-        return lsh, exact, hashes
+    """The rule, row by row with an LSH index of dicts (one per search band): each row against the
+    held-out rows, then against the rows kept before it; exact twin first, else the candidate of
+    highest MinHash similarity (rensa's own ``jaccard``), the earliest of equals."""
+    from rensa import RMinHash
 
     def signed(texts):
         out = []
@@ -76,31 +70,45 @@ def _one_by_one(targets: list[str], threshold: float, held_out: list[str]) -> li
             out.append((dedup.content_key(dedup.normal_form(t)), m))
         return out
 
-    def match(lsh, exact, rows, key, m):
-        if key in exact:
-            return exact[key], 1.0
-        best = None
-        for i in sorted(lsh.query(m)):
-            s = float((np.array(rows[i][1].digest()) == np.array(m.digest())).mean())
-            if best is None or s > best[1]:
-                best = (i, s)
-        return best if best is not None and best[1] >= threshold else None
+    def bands(m):
+        d = m.digest()
+        return [tuple(d[b * dedup.SEARCH_ROWS : (b + 1) * dedup.SEARCH_ROWS]) for b in range(dedup.SEARCH_BANDS)]
 
-    held = signed(held_out)
-    held_lsh, held_exact, _ = index(held)
-    rows = signed(targets)
-    lsh, exact, out = RMinHashLSH(threshold, dedup.NUM_PERM, dedup.NUM_BANDS), {}, []
-    for row, (key, m) in enumerate(rows):
-        twin = match(held_lsh, held_exact, held, key, m) if held else None
+    class Index:
+        def __init__(self):
+            self.exact, self.bands, self.rows = {}, [{} for _ in range(dedup.SEARCH_BANDS)], {}
+
+        def add(self, row, key, m):
+            self.exact.setdefault(key, row)
+            self.rows[row] = m
+            for table, band in zip(self.bands, bands(m)):
+                table.setdefault(band, []).append(row)
+
+        def match(self, key, m):
+            if key in self.exact:
+                return self.exact[key], 1.0
+            candidates = sorted({r for table, band in zip(self.bands, bands(m)) for r in table.get(band, ())})
+            best = None
+            for r in candidates:
+                s = m.jaccard(self.rows[r])
+                if best is None or s > best[1]:
+                    best = (r, s)
+            return best if best is not None and best[1] >= threshold else None
+
+    held = Index()
+    for row, (key, m) in enumerate(signed(held_out)):
+        held.add(row, key, m)
+    index, out = Index(), []
+    for row, (key, m) in enumerate(signed(targets)):
+        twin = held.match(key, m) if held_out else None
         if twin is not None:
             out.append((row, twin[0], "held_out_twin", round(twin[1], 4)))
             continue
-        twin = match(lsh, exact, rows, key, m)
+        twin = index.match(key, m)
         if twin is not None:
-            out.append((row, twin[0], "exact" if key in exact else "near", round(twin[1], 4)))
+            out.append((row, twin[0], "exact" if key in index.exact else "near", round(twin[1], 4)))
             continue
-        exact.setdefault(key, row)
-        lsh.insert(row, m)
+        index.add(row, key, m)
     return out
 
 
