@@ -112,7 +112,7 @@ def _one_by_one(targets: list[str], threshold: float, held_out: list[str]) -> li
     return out
 
 
-@pytest.mark.parametrize("threshold", [0.75, 0.5])
+@pytest.mark.parametrize("threshold", [dedup.DEFAULT_THRESHOLD, 0.5])
 def test_the_vectorised_pass_decides_as_the_row_by_row_rule(planted, threshold):
     """Candidates and similarities computed for all rows at once, then one pass over the rows with a
     twin candidate: the same removals, twins and similarities as asking rensa's index row by row."""
