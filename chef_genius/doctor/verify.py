@@ -78,9 +78,6 @@ class Report:
         self.problems.append({"code": Problem(code).value, "message": text})  # type: ignore[call-arg]
         self.lines.append((status, text))
 
-    def repaired(self, code: str, text: str) -> None:
-        self.repairs.append({"code": code, "message": text})
-
     def codes(self) -> set[Problem]:
         return {Problem(p["code"]) for p in self.problems}  # type: ignore[call-arg]  # lookup by value
 
