@@ -413,7 +413,7 @@ class Check:
 
     def vs_seq2seq(self) -> dict:
         self._need_model()
-        from . import throughput
+        from . import throughput, throughput_plan
         from .common import Profile
 
         s = self.sizes
@@ -436,7 +436,7 @@ class Check:
             eval_max_samples=s.eval_samples,
             threads=1 if self.dry_run else 0,
         )
-        plan = throughput.make_plan(profile, self.model_dir, self.data, self.work, self.cache)
+        plan = throughput_plan.make_plan(profile, self.model_dir, self.data, self.work, self.cache)
         results = throughput.alternate({name: plan for name in throughput.LOOP}, 1)
         runs = {name: runs[0] for name, runs in results.items()}
         keep = (
