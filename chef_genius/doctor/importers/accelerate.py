@@ -15,7 +15,7 @@ from chef_genius.doctor.problems import Problem
 from chef_genius.doctor.repairs import Repair
 
 if TYPE_CHECKING:
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 ACC_OPTIMIZER = "optimizer.bin"
 ACC_SCHEDULER = "scheduler.bin"

@@ -10,7 +10,7 @@ from chef_genius.doctor.repairs import Repair
 
 if TYPE_CHECKING:  # annotations only: verify and the state builder import the importers
     from chef_genius.doctor.state_builder import Overrides
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 
 class Importer(ABC):

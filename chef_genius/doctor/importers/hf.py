@@ -20,7 +20,7 @@ from chef_genius.doctor.problems import Problem
 from chef_genius.doctor.repairs import Repair
 
 if TYPE_CHECKING:
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 HF_STATE = "trainer_state.json"
 HF_OPTIMIZER = "optimizer.pt"
