@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-
-def _entry(value: str, when: str, does: str, lost: str) -> tuple[str, str, str, str]:
-    return value, when, does, lost
+from chef_genius.doctor.codes import code_member
 
 
 class Repair(str, Enum):
@@ -24,15 +22,12 @@ class Repair(str, Enum):
     lost: str
 
     def __new__(cls, value: str, when: str, does: str, lost: str):
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.when, member.does, member.lost = when, does, lost
-        return member
+        return code_member(cls, value, when=when, does=does, lost=lost)
 
     def __str__(self) -> str:  # the code itself in f-strings and messages
         return self.value
 
-    STATE_REBUILT = _entry(
+    STATE_REBUILT = (
         "state_rebuilt",
         (
             "`training_state.pt` missing (or unreadable, or its size / sha256 differs from the manifest: the "
@@ -52,7 +47,7 @@ class Repair(str, Enum):
             "names what was rebuilt); the best validation loss"
         ),
     )
-    STATE_CONVERTED_LEGACY = _entry(
+    STATE_CONVERTED_LEGACY = (
         "state_converted_legacy",
         "a legacy `training_state.pt`",
         (
@@ -66,7 +61,7 @@ class Repair(str, Enum):
             "(then re-warm)"
         ),
     )
-    STATE_CONVERTED_HF = _entry(
+    STATE_CONVERTED_HF = (
         "state_converted_hf",
         "a Hugging Face Trainer checkpoint",
         (
@@ -87,7 +82,7 @@ class Repair(str, Enum):
             "(`k/warmup`) becomes this project's (`(k+1)/warmup`) for the remaining warmup steps"
         ),
     )
-    STATE_CONVERTED_ACCELERATE = _entry(
+    STATE_CONVERTED_ACCELERATE = (
         "state_converted_accelerate",
         "an `Accelerator.save_state` folder",
         (
@@ -102,7 +97,7 @@ class Repair(str, Enum):
             "given or a sibling has them), `sampler.bin`'s position, the RNG of other processes"
         ),
     )
-    PREFIXES_STRIPPED = _entry(
+    PREFIXES_STRIPPED = (
         "prefixes_stripped",
         (
             "weight names start with `_orig_mod.` or `module.` (any nesting), in weights the manifest sealed (or "
@@ -111,7 +106,7 @@ class Repair(str, Enum):
         "rewrites `model.safetensors` (or every shard and the index) without the prefixes",
         "nothing",
     )
-    WEIGHTS_ACCEPTED = _entry(
+    WEIGHTS_ACCEPTED = (
         "weights_accepted",
         (
             "`--fix --accept-changed-weights`, and the weights' size or sha256 differs from the manifest "
@@ -127,13 +122,13 @@ class Repair(str, Enum):
             "file you changed yourself (for example re-saved after `torch.compile`)"
         ),
     )
-    WEIGHTS_CONVERTED = _entry(
+    WEIGHTS_CONVERTED = (
         "weights_converted",
         "weights only in `pytorch_model.bin`",
         ("writes the same tensors to `model.safetensors`; the `.bin` moves to `backup-*/` even with `--no-backup`"),
         "nothing",
     )
-    FILE_COPIED = _entry(
+    FILE_COPIED = (
         "file_copied",
         "`config.json`, `generation_config.json` or tokenizer files missing",
         (
@@ -142,7 +137,7 @@ class Repair(str, Enum):
         ),
         "nothing",
     )
-    FILE_RESTORED = _entry(
+    FILE_RESTORED = (
         "file_restored",
         (
             "a file the manifest lists (config, generation config, tokenizer files; never the weights or the "
@@ -155,13 +150,13 @@ class Repair(str, Enum):
         ),
         "nothing",
     )
-    MANIFEST_REBUILT = _entry(
+    MANIFEST_REBUILT = (
         "manifest_rebuilt",
         "after any repair, or a missing / stale manifest on healthy files",
         ("writes `manifest.json` (sizes and sha256) last, so `--resume-from-checkpoint latest` accepts the folder"),
         "nothing",
     )
-    BACKUP = _entry(
+    BACKUP = (
         "backup",
         "before the first file a repair replaces (not with `--no-backup`, except where a row above says "
         '"even with `--no-backup`")',

@@ -129,12 +129,14 @@ def test_soft_and_fatal_are_what_verify_always_used():
     assert not SOFT & FATAL
 
 
+def _doctor_source(registry: str) -> str:
+    """Every module of the doctor but the registry ``registry`` (``problems.py``, ``repairs.py``)."""
+    modules = (ROOT / "chef_genius" / "doctor").rglob("*.py")
+    return "\n".join(p.read_text(encoding="utf-8") for p in modules if p.name != registry)
+
+
 def test_doctor_spells_only_registered_codes_and_uses_every_one():
-    source = "\n".join(
-        p.read_text(encoding="utf-8")
-        for p in (ROOT / "chef_genius" / "doctor").rglob("*.py")
-        if p.name != "problems.py"
-    )
+    source = _doctor_source("problems.py")
     spelled = set(re.findall(r"Problem\.([A-Z_]+)", source))
     assert spelled <= set(Problem.__members__), spelled - set(Problem.__members__)
     assert set(Problem.__members__) <= spelled, f"codes no check reports: {set(Problem.__members__) - spelled}"
@@ -157,11 +159,7 @@ def test_guide_repair_table_is_the_registry():
 
 
 def test_doctor_names_repairs_only_through_the_registry_and_uses_every_one():
-    source = "\n".join(
-        p.read_text(encoding="utf-8")
-        for p in (ROOT / "chef_genius" / "doctor").rglob("*.py")
-        if p.name != "repairs.py"
-    )
+    source = _doctor_source("repairs.py")
     spelled = set(re.findall(r"Repair\.([A-Z_]+)", source))
     assert spelled == set(Repair.__members__), spelled ^ set(Repair.__members__)
     assert not re.search(r"note\(\s*[\"']", source), "a repair reported by a bare string, not a Repair"

@@ -1,9 +1,4 @@
-"""The checkpoint, evaluation and logging settings, and the divergence guard's.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
-"""
+"""The checkpoint, evaluation and logging settings, and the divergence guard's."""
 
 from dataclasses import dataclass
 

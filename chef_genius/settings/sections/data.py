@@ -1,9 +1,5 @@
 """The data settings: the files and their columns, the prompt, the split, duplicates, token lengths, the
 cache and the loaders, grouping by length.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
 """
 
 from dataclasses import dataclass

@@ -1,9 +1,5 @@
 """The model and output settings (the pretrained model, a config file, the run folder, resuming, the demo)
 and LoRA's.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
 """
 
 from dataclasses import dataclass

@@ -1,9 +1,4 @@
-"""The monitoring settings (reporters, progress, sample recipes) and the recipe metrics'.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
-"""
+"""The monitoring settings (reporters, progress, sample recipes) and the recipe metrics'."""
 
 from dataclasses import dataclass
 

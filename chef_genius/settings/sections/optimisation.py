@@ -1,9 +1,5 @@
 """The optimisation settings: epochs and steps, the batch shape, the learning rate and its schedule, the
 optimizer, the seed.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
 """
 
 from dataclasses import dataclass

@@ -1,9 +1,5 @@
 """The precision and speed settings: mixed precision, gradient checkpointing, the memory plan, micro-batches,
 compilation.
-
-One section of the settings schema (``chef_genius/settings/schema.py`` joins the sections into
-``TrainConfig`` and says how to add a setting). No ``from __future__ import annotations``: the parser
-reads these annotations as types.
 """
 
 from dataclasses import dataclass
