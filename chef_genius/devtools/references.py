@@ -72,7 +72,8 @@ def resume_policy_page() -> str:
         "A resume takes every run setting from the checkpoint; only the flags typed on the resume command "
         "(any spelling or abbreviation) can change one, and the log names what it kept. A flag given with "
         "another value than the checkpoint's is treated by its setting's policy, declared with the setting "
-        "in `chef_genius/settings/schema.py` and carried out by `chef_genius/train/settings.py`. A checkpoint "
+        "in its section of the schema (`chef_genius/settings/sections/`) and carried out by "
+        "`chef_genius/train/settings.py`. A checkpoint "
         "from before a flag existed leaves that flag's value to the command (the log says which). The whole "
         "story: [checkpoints.md](../checkpoints.md#what-a-resume-keeps-and-what-you-may-change).",
         "",
