@@ -22,7 +22,7 @@ removes nothing that was kept before. Held-out recipes (``--eval-data``) come fi
 that twins one of them is removed too (``held_out_twin``).
 
 How it runs at scale (``decide``): the per-row work (normal form, content key, MinHash) is pure, so
-``signatures`` runs in worker processes over chunks of a file (``corpus.read_signed``); the LSH
+``signatures`` runs in worker processes over chunks of a file (``dedup_read.read_signed``); the LSH
 candidates of all rows (rows sharing one of ``SEARCH_BANDS`` bands of ``SEARCH_ROWS`` MinHash values)
 are found at once, a sort per band, and their similarities compared in numpy (``twin_pairs``); only
 the rows with a candidate at or above the threshold are then visited in order, applying the rule
@@ -87,15 +87,6 @@ def shingles(normal: str, kind: str | None = None) -> list[str]:
     if len(tokens) <= k:
         return [" ".join(tokens)]
     return list({" ".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)})
-
-
-def minhash(normal: str):
-    """The MinHash of a normal form (``rensa.RMinHash``)."""
-    from rensa import RMinHash
-
-    m = RMinHash(NUM_PERM, MINHASH_SEED)
-    m.update(shingles(normal))
-    return m
 
 
 ROWS_PER_BAND = NUM_PERM // NUM_BANDS
@@ -166,7 +157,7 @@ def signatures(targets, normals=None, kind: str | None = None) -> tuple[np.ndarr
     if not normals:
         return keys, np.zeros((0, NUM_PERM), dtype=np.uint32)
     # One RMinHash a row, not RMinHash.digests_from_token_sets: that one hashes on a thread pool, which
-    # a forked worker (corpus.read_signed) inherits without its threads and waits on forever.
+    # a forked worker (dedup_read.read_signed) inherits without its threads and waits on forever.
     digests = np.empty((len(normals), NUM_PERM), dtype=np.uint32)
     for row, normal in enumerate(normals):
         m = RMinHash(NUM_PERM, MINHASH_SEED)

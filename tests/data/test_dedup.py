@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from chef_genius.data import corpus, dedup
+from chef_genius.data import corpus, dedup, dedup_read
 from chef_genius.data.readers import ReadOptions
 from chef_genius.data.recipes import format_target, recipe_from_fields
 from chef_genius.devtools.planted import planted_recipes
@@ -300,10 +300,10 @@ def test_worker_processes_read_and_hash_a_file_as_one_process_does(tmp_path, mon
     recipes.insert(7, {**recipes[3], "ingredients": []})  # unusable: skipped, later record numbers shift
     data = tmp_path / f"{layout}.csv"
     (write_recipenlg_csv if layout == "recipenlg" else write_foodcom_csv)(data, recipes)
-    one = corpus.read_signed(data, ReadOptions(), num_proc=1)
+    one = dedup_read.read_signed(data, ReadOptions(), num_proc=1)
     monkeypatch.setattr(preprocess, "RANGE_BYTES", 16 << 10)  # several ranges of a small file
     monkeypatch.setattr(preprocess, "BATCH_ROWS", 50)
-    many = corpus.read_signed(data, ReadOptions(), num_proc=2)
+    many = dedup_read.read_signed(data, ReadOptions(), num_proc=2)
     assert len(one.keys) == 400 and one.records[-1] == 401
     assert np.array_equal(one.records, many.records) and one.titles == many.titles
     assert np.array_equal(one.keys, many.keys) and np.array_equal(one.digests, many.digests)
@@ -312,7 +312,7 @@ def test_worker_processes_read_and_hash_a_file_as_one_process_does(tmp_path, mon
 
     gz.write_bytes(gzip.compress(data.read_bytes()))
     monkeypatch.setattr(preprocess, "RANGE_BYTES", 1)
-    batched = corpus.read_signed(gz, ReadOptions(), num_proc=2)
+    batched = dedup_read.read_signed(gz, ReadOptions(), num_proc=2)
     assert np.array_equal(one.records, batched.records) and one.titles == batched.titles
     assert np.array_equal(one.keys, batched.keys) and np.array_equal(one.digests, batched.digests)
 
