@@ -66,6 +66,7 @@ from chef_genius.checkpoint.mirror import Mirror
 from chef_genius.checkpoint.resume import resolve
 from chef_genius.checkpoint.files import atomic_write_bytes
 from chef_genius.checkpoint.runlock import RunLock
+from chef_genius.data import mixture
 from chef_genius.data.fingerprint import content_identity
 from chef_genius.data.position import DataPosition
 from chef_genius.data.tokenized import LABEL_PAD
@@ -166,6 +167,7 @@ class Trainer:
         self.rollbacks = 0  # in this session
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
         self.data_records: DataRecords | None = None  # written into the run folder once setup succeeds
+        self.data_sources: list[dict] | None = None  # several sources: each one's counts (checkpoint, metrics)
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -188,8 +190,9 @@ class Trainer:
         # what the run trains on, fingerprinted by content once (the cache check already read it: no second
         # read); every checkpoint records it, whatever happens to the files later
         self.data_identities = {
-            "data_identity": content_identity(c.data),
+            "data_identity": mixture.identity(mixture.parse_sources(c.data)),
             "eval_data_identity": content_identity(c.eval_data),
+            **({"data_sources": self.data_sources} if self.data_sources is not None else {}),
         }
         self.evaluation = Evaluation(
             c,
@@ -227,6 +230,8 @@ class Trainer:
             c.gradient_accumulation_steps,
         )
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
+        if self.data_sources is not None:  # several sources: what each gives the run, once per session
+            self.reporters.write({"type": "data", "step": self.state.global_step, "sources": self.data_sources})
 
     def _write_settings(self) -> None:
         """The settings this session resolved, as a reusable config file in the run folder (rewritten by
@@ -349,6 +354,7 @@ class Trainer:
         self.loader, self.eval_loader, self.sampler = data.loader, data.eval_loader, data.sampler
         self.position = self.sampler.position
         self.data_records = data.records
+        self.data_sources = data.sources
 
     def _make_schedule(self, loaded: LoadedCheckpoint | None) -> None:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the
