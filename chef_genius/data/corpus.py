@@ -246,8 +246,8 @@ def _audit_rows(found: FileDedup):
 
 def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
     """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``."""
-    assert found.result.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     r = found.result
+    assert r.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     return save_signatures(folder, r.keys[train_rows], r.bands[train_rows], r.threshold)
 
 

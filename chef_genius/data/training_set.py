@@ -85,16 +85,12 @@ def training_set(
                 f"{len(tok.dataset)}; delete {tok.cache_dir} and run again"
             )
         loaded.append((s, tok, found))
-    founds = [f for _, _, f in loaded]
-    if settings.active and len(sources) > 1:
-        across, keys = across_sources(
-            [f.result.keys for f in founds],  # type: ignore[union-attr]
-            [f.result.bands for f in founds],  # type: ignore[union-attr]
-            [f.result.kept for f in founds],  # type: ignore[union-attr]
-            settings.threshold,
-        )
-    else:
-        across, keys = [[] for _ in sources], [f.result.keys if f is not None else None for f in founds]
+    results = [f.result for _, _, f in loaded if f is not None]
+    across: list[list[Across]] = [[] for _ in sources]
+    keys: list = [r.keys for r in results] or [None] * len(sources)
+    if len(results) > 1:  # each source's kept recipes against the earlier sources' (canonical order)
+        bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
+        across, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
     out = []
     for (s, tok, found), twins, key in zip(loaded, across, keys):
         n = len(tok.dataset)

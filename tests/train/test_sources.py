@@ -1,0 +1,194 @@
+"""Several --data sources in training: each weight's share of an epoch, the order independent of the
+command line's, twins across sources removed and listed, ranks, the resume's identity check and an
+exact resume of a mixed run."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chef_genius.data.fingerprint import content_sha256
+from chef_genius.errors import UserError
+from chef_genius.model.loading import load_tokenizer
+from chef_genius.train import settings
+from chef_genius.train.config import parse_args
+from chef_genius.train.data_setup import make_data
+from conftest import SAMPLE_CSV, run_training, step_losses, train_args
+
+
+class _Rank:
+    """What make_data asks of accelerate's Accelerator, for rank ``rank`` of ``world`` processes."""
+
+    def __init__(self, world: int = 1, rank: int = 0):
+        self.num_processes, self.process_index, self.device = world, rank, torch.device("cpu")
+        self.is_main_process = rank == 0
+
+    def main_process_first(self):
+        return contextlib.nullcontext()
+
+    def wait_for_everyone(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def foodcom_jsonl(tmp_path_factory) -> Path:
+    """40 other sample recipes in the Food.com layout (name, ingredients, steps) as JSON lines, and a
+    re-cased copy of small.csv's first recipe: a twin across the two sources."""
+    with open(SAMPLE_CSV, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    picked = rows[200:240] + [dict(rows[0], title=rows[0]["title"].upper())]
+    path = tmp_path_factory.mktemp("foodcom") / "foodcom.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for r in picked:
+            record = {"name": r["title"], "ingredients": json.loads(r["ingredients"]), "steps": r["directions"]}
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def _data(tiny_model, out, cache_dir, *sources, world=1, rank=0, extra=()):
+    config = parse_args(train_args(tiny_model, sources[0], out, cache_dir, "--data", *sources, *extra))
+    tokenizer = load_tokenizer(str(tiny_model))
+    return make_data(config, tokenizer, _Rank(world, rank), out, tokenizer.pad_token_id)
+
+
+def _per_source(data, counts) -> list[collections.Counter]:
+    """How often each training recipe of each source is in the epoch the sampler iterates."""
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    seen = [collections.Counter() for _ in counts]
+    for batch in data.sampler:
+        for i in batch:
+            if i >= 0:
+                s = int(np.searchsorted(offsets, i, side="right")) - 1
+                seen[s][i - offsets[s]] += 1
+    return seen
+
+
+@pytest.mark.parametrize("weight", ["1", "2", "0.5"])
+def test_a_weight_sets_its_sources_share_of_the_epoch(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path, weight
+):
+    data = _data(tiny_model, tmp_path / "run", cache_dir, small_csv, f"{foodcom_jsonl}:{weight}")
+    by_name = {Path(s["data"]).name: s for s in data.sources}
+    csv_rows, food_rows = by_name["small.csv"]["training_recipes"], by_name["foodcom.jsonl"]["training_recipes"]
+    assert by_name["small.csv"]["per_epoch"] == csv_rows
+    assert by_name["foodcom.jsonl"]["per_epoch"] == int(np.floor(float(weight) * food_rows + 0.5))
+    assert data.sampler.num_samples == csv_rows + by_name["foodcom.jsonl"]["per_epoch"]
+    assert data.sampler.position.mixture is not None  # the checkpoint's data position records the mixture
+    counts = [s["training_recipes"] for s in data.sources]
+    seen = _per_source(data, counts)
+    for s, got in zip(data.sources, seen):
+        n = s["training_recipes"]
+        if s["weight"] == 1:
+            assert sorted(got) == list(range(n)) and set(got.values()) == {1}  # every recipe exactly once
+        elif s["weight"] == 2:
+            assert sorted(got) == list(range(n)) and set(got.values()) == {2}  # every recipe exactly twice
+        else:
+            assert sum(got.values()) == s["per_epoch"] and set(got.values()) == {1}  # a half, no repeats
+
+
+def test_the_order_of_data_changes_neither_the_samples_nor_the_identity(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    from chef_genius.data import mixture
+
+    one = _data(tiny_model, tmp_path / "a", cache_dir, small_csv, f"{foodcom_jsonl}:0.5")
+    two = _data(tiny_model, tmp_path / "b", cache_dir, f"{foodcom_jsonl}:0.5", small_csv)
+    assert [list(b) for b in one.sampler] == [list(b) for b in two.sampler]
+    assert [one.train[i] for i in range(len(one.train))] == [two.train[i] for i in range(len(two.train))]
+    assert mixture.identity(mixture.parse_sources([str(small_csv), f"{foodcom_jsonl}:0.5"])) == mixture.identity(
+        mixture.parse_sources([f"{foodcom_jsonl}:0.5", str(small_csv)])
+    )
+
+
+def test_a_twin_across_sources_is_removed_and_listed_with_its_source(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    data = _data(tiny_model, out, cache_dir, small_csv, foodcom_jsonl)
+    data.records.write(out)
+    with open(out / "removed_duplicates.csv", encoding="utf-8") as handle:
+        across = [r for r in csv.DictReader(handle) if r["kind"].endswith("_across")]
+    # the later source in the canonical order (by content) loses its copy, whatever the command line says
+    earlier, later = sorted([small_csv, foodcom_jsonl], key=content_sha256)
+    assert len(across) == 1 and across[0]["kind"] == "exact_across"
+    assert across[0]["file"] == str(later) and across[0]["twin_file"] == str(earlier)
+    assert across[0]["title"].lower() == across[0]["twin_title"].lower()
+    summary = json.loads((out / "data_summary.json").read_text())
+    assert summary["dedup"]["found"]["exact_across"] == 1
+    removed = {Path(s["data"]).name: s["duplicates"]["exact_across"] for s in summary["sources"]}
+    assert removed == {later.name: 1, earlier.name: 0}
+
+
+def test_two_ranks_share_a_weighted_epoch(tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path):
+    seen = collections.Counter()
+    for rank in (0, 1):
+        data = _data(tiny_model, tmp_path / "run", cache_dir, small_csv, f"{foodcom_jsonl}:2", world=2, rank=rank)
+        for batch in data.loader:
+            seen.update(i for i in batch["sample_index"].tolist() if i >= 0)
+    expected = collections.Counter(data.sampler.mixture.rows(data.sampler.seed, 0).tolist())
+    assert seen == expected and sum(seen.values()) == data.sampler.num_samples
+
+
+def _mixed_state(*sources) -> dict:
+    from chef_genius.data import mixture
+
+    config = parse_args(["--data", *map(str, sources)])
+    hyper = {**config.to_dict(), "data_identity": mixture.identity(mixture.parse_sources(config.data))}
+    hyper.pop("resume_from_checkpoint", None)
+    return {"global_step": 3, "hyperparameters": hyper}
+
+
+def test_a_changed_added_or_removed_source_is_refused_unless_allowed(small_csv, foodcom_jsonl, tmp_path):
+    third = tmp_path / "third.csv"
+    shutil.copy(SAMPLE_CSV, third)
+    saved = _mixed_state(small_csv, f"{foodcom_jsonl}:0.5")
+    same = settings.settle(parse_args(["--resume", "latest", "--data", f"{foodcom_jsonl}:0.5", str(small_csv)]), saved)
+    assert sorted(same.data) == sorted([str(small_csv), f"{foodcom_jsonl}:0.5"])  # any order: the same sources
+    assert settings.settle(parse_args(["--resume", "latest"]), saved).data == saved["hyperparameters"]["data"]
+    for given, said in (
+        ([str(small_csv), f"{foodcom_jsonl}:2"], "foodcom.jsonl weight 0.5 -> 2"),
+        ([str(small_csv), f"{foodcom_jsonl}:0.5", str(third)], "third.csv added"),
+        ([str(small_csv)], "foodcom.jsonl removed"),
+    ):
+        with pytest.raises(UserError, match=said) as err:
+            settings.settle(parse_args(["--resume", "latest", "--data", *given]), saved)
+        assert err.value.exit_code == 2
+        allowed = settings.settle(parse_args(["--resume", "latest", "--allow-config-change", "--data", *given]), saved)
+        assert allowed.data == given
+
+
+def test_several_sources_with_streaming_are_refused(small_csv, foodcom_jsonl):
+    with pytest.raises(UserError, match="--streaming reads one --data file") as err:
+        parse_args(["--data", str(small_csv), str(foodcom_jsonl), "--streaming"])
+    assert err.value.exit_code == 2
+
+
+def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path):
+    mixed = ("--data", small_csv, f"{foodcom_jsonl}:0.5", "--epochs", "2", "--save-steps", "4")
+    reference = tmp_path / "reference"
+    assert run_training(*train_args(tiny_model, small_csv, reference, cache_dir, *mixed)) == 0
+    expected = step_losses(reference)
+    last = max(expected)
+    saved = json.loads(
+        next(line for line in (reference / "metrics.jsonl").read_text().splitlines() if '"type": "data"' in line)
+    )
+    assert {Path(s["data"]).name for s in saved["sources"]} == {"small.csv", "foodcom.jsonl"}
+    out = tmp_path / "resumed"
+    out.mkdir()
+    step = 20  # in the second epoch (about 94 + 20 samples an epoch, batch 8: 15 steps), whose half is drawn anew
+    assert last // 2 < step < last and step % 4 == 0
+    shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    resume = ("--resume-from-checkpoint", out / f"checkpoint-{step}")
+    assert run_training(*train_args(tiny_model, small_csv, out, cache_dir, *mixed, *resume)) == 0
+    got = step_losses(out)
+    assert sorted(got) == list(range(step + 1, last + 1))
+    assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(got)]  # exact float equality
