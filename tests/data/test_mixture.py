@@ -58,6 +58,16 @@ def test_a_weighted_sampler_counts_the_epoch_and_shares_it_between_ranks():
     assert sorted(seen) == sorted(m.rows(42, 0).tolist())  # every sample of the epoch once, over both ranks
 
 
+def test_token_budget_batches_cover_a_weighted_epoch():
+    from chef_genius.data.sampler import TokenBudgetSampler
+
+    m = Mixture((10, 6), (1.0, 1.5))
+    lengths = np.arange(16) % 5 + 3
+    sampler = TokenBudgetSampler(m.size, 40, 42, lengths * 2, lengths, lengths, 8, mixture=m)
+    seen = sorted(i for batch in sampler for i in batch)
+    assert seen == sorted(m.rows(42, 0).tolist()) and sampler.num_samples == 19
+
+
 def test_the_identity_is_independent_of_order_and_names_what_changed(tmp_path):
     a, b, c = (tmp_path / n for n in ("a.csv", "b.csv", "c.csv"))
     for i, p in enumerate((a, b, c)):

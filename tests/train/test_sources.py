@@ -182,6 +182,14 @@ def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_json
         next(line for line in (reference / "metrics.jsonl").read_text().splitlines() if '"type": "data"' in line)
     )
     assert {Path(s["data"]).name for s in saved["sources"]} == {"small.csv", "foodcom.jsonl"}
+    from chef_genius.checkpoint import training_state as ckstate
+    from chef_genius.checkpoint.manager import read_checkpoint
+
+    checkpoint = read_checkpoint(reference / "checkpoint-4")
+    assert checkpoint.settings["data_sources"] == saved["sources"]  # the per-source counts in every checkpoint
+    assert [w for _, w in checkpoint.slices[ckstate.DATA_POSITION]["mixture"]] == [
+        s["weight"] for s in saved["sources"]
+    ]
     out = tmp_path / "resumed"
     out.mkdir()
     step = 20  # in the second epoch (about 94 + 20 samples an epoch, batch 8: 15 steps), whose half is drawn anew
