@@ -141,6 +141,24 @@ def source_counts(ts: TrainingSet) -> list[dict]:
     return out
 
 
+def streamed_counts(sources: list[Source], mix: Mixture) -> list[dict]:
+    """``source_counts`` of the streaming path: usable rows only (nothing deduplicated or held out)."""
+    return [
+        {
+            "data": s.path,
+            "sha256": content_sha256(s.path),
+            "weight": s.weight,
+            "rows_read": None,
+            "usable": n,
+            "duplicates": None,
+            "training_recipes": n,
+            "validation_recipes": 0,
+            "per_epoch": k,
+        }
+        for s, n, k in zip(sources, mix.counts, mix.per_epoch)
+    ]
+
+
 def source_lines(counts: list[dict], mode: str) -> list[str]:
     """One log line per source."""
     verb = "removed" if mode == "remove" else "found"
@@ -153,8 +171,9 @@ def source_lines(counts: list[dict], mode: str) -> list[str]:
             else f"duplicates {verb}: {d['exact']} exact, {d['near']} near within, "
             f"{d['exact_across']} exact, {d['near_across']} near of an earlier source"
         )
+        read = f"{s['rows_read']} rows read, " if s["rows_read"] is not None else ""
         lines.append(
-            f"source {s['data']} (weight {s['weight']:g}): {s['rows_read']} rows read, {s['usable']} usable; "
+            f"source {s['data']} (weight {s['weight']:g}): {read}{s['usable']} usable; "
             f"{dup}; {s['training_recipes']} training, {s['validation_recipes']} validation; "
             f"{s['per_epoch']} samples per epoch"
         )

@@ -136,8 +136,6 @@ def validate(c: TrainConfig) -> None:
     check_model_output(c.model_output)
     if c.metric_for_best != "eval_loss" and not c.eval_generate:
         raise UserError(f"--metric-for-best {c.metric_for_best} needs recipes to score: add --eval-generate N")
-    if c.streaming and c.data:
-        check_streaming_sources(c.data)
     if c.max_tokens_per_batch and c.streaming:
         raise UserError("--max-tokens-per-batch needs the tokenized cache: drop --streaming or --max-tokens-per-batch")
     if c.max_tokens_per_batch and c.max_tokens_per_batch < c.max_source_length + c.max_target_length:
@@ -148,17 +146,6 @@ def validate(c: TrainConfig) -> None:
         )
     if c.resume_from_checkpoint and c.auto_resume:
         raise UserError("use either --resume-from-checkpoint or --auto-resume, not both")
-
-
-def check_streaming_sources(data) -> None:
-    """``--streaming`` reads one source of weight 1 (several sources are mixed on the cached path)."""
-    from chef_genius.data.mixture import is_plain, parse_sources
-
-    if not is_plain(parse_sources(data)):
-        raise UserError(
-            "--streaming reads one --data file of weight 1; several sources or a weight need the tokenized "
-            "cache: drop --streaming"
-        )
 
 
 def check_model_output(model_output: str) -> None:

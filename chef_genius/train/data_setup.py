@@ -25,7 +25,7 @@ import torch
 
 from chef_genius.data import corpus, report, training_set
 from chef_genius.data.training_set import TrainingSet
-from chef_genius.data.mixture import parse_sources
+from chef_genius.data.mixture import Mixture, canonical, parse_sources
 from chef_genius.data.readers import ReadOptions, encoding_hint
 from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_settings_file
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
@@ -163,28 +163,42 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
 
-    from chef_genius.train.config import check_streaming_sources
-
-    check_streaming_sources(c.data)  # a resume's inherited sources too
-    options, data = read_options(c), parse_sources(c.data)[0].path
+    options, sources = read_options(c), canonical(parse_sources(c.data))
+    paths = [s.path for s in sources]
     with accelerator.main_process_first():
-        rows = count_rows(data, cache_root, options)
+        rows = [count_rows(path, cache_root, options) for path in paths]
         evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
-    if rows == 0:
-        raise DataError(f"{data}: no usable recipe in the file")
+    for path, n in zip(paths, rows):
+        if n == 0:
+            raise DataError(f"{path}: no usable recipe in the file")
     if c.dedup != "off":
         log.warning(
             "--streaming: duplicates are not looked for and the file is trained on as it is "
             "(--dedup needs the cached path); pass --dedup off to say so"
         )
-    log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", data, rows)
+    mix = Mixture(tuple(rows), tuple(s.weight for s in sources))
+    for path, n in zip(paths, rows):
+        log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", path, n)
+    counts = None
+    if len(sources) > 1 or not mix.plain:
+        counts = training_set.streamed_counts(sources, mix)
+        for line in training_set.source_lines(counts, "off"):
+            log.info("%s", line)
     sampler = StreamingSampler(
-        rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes, accelerator.process_index
+        mix.size,
+        c.batch_size,
+        c.seed,
+        c.length_group_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        mix,
     )
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
-    stream = StreamingDataset(data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options)
+    stream = StreamingDataset(
+        paths, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options, mix
+    )
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -194,7 +208,7 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     )
     eval_data = eval_subset(RecipeDataset(evald.dataset), c.eval_max_samples, c.seed) if evald is not None else None
     eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
-    return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
+    return Data(StreamingRows(sum(rows)), eval_data, sampler, loader, eval_loader, sources=counts)
 
 
 def _report(c, ts: TrainingSet, train_data: RecipeDataset, eval_data, accelerator, counts) -> DataRecords | None:

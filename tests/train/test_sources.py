@@ -166,10 +166,43 @@ def test_a_changed_added_or_removed_source_is_refused_unless_allowed(small_csv, 
         assert allowed.data == given
 
 
-def test_several_sources_with_streaming_are_refused(small_csv, foodcom_jsonl):
-    with pytest.raises(UserError, match="--streaming reads one --data file") as err:
-        parse_args(["--data", str(small_csv), str(foodcom_jsonl), "--streaming"])
-    assert err.value.exit_code == 2
+def test_streamed_sources_are_interleaved_by_weight(small_csv, foodcom_jsonl):
+    from chef_genius.data.mixture import Mixture, canonical, parse_sources
+    from chef_genius.data.readers import ReadStats, read_examples
+    from chef_genius.data.streaming import mixed_examples
+
+    sources = canonical(parse_sources([str(small_csv), f"{foodcom_jsonl}:2"]))
+    texts = [[e["target"] for e in read_examples(s.path, ReadStats())] for s in sources]
+    mix = Mixture(tuple(map(len, texts)), tuple(s.weight for s in sources))
+    epoch = [e["target"] for e in mixed_examples([s.path for s in sources], mix, 42, 0)]
+    expected = collections.Counter()
+    for s, t in zip(sources, texts):
+        expected.update({x: int(s.weight) * n for x, n in collections.Counter(t).items()})
+    assert collections.Counter(epoch) == expected  # weight 1 once, weight 2 twice, over both files
+    food = set(texts[[s.weight for s in sources].index(2.0)])
+    first_half = sum(t in food for t in epoch[: len(epoch) // 2])
+    assert 0.3 < first_half / (len(epoch) // 2) < 0.7  # interleaved, not one file after the other
+    assert epoch == [e["target"] for e in mixed_examples([s.path for s in sources], mix, 42, 0)]  # pure
+
+
+def test_a_streamed_mixture_is_shared_by_ranks_and_resumes_mid_epoch(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    flags = ("--streaming", "--eval-split-ratio", "0", "--dedup", "off")
+    given = (small_csv, f"{foodcom_jsonl}:0.5")
+    seen = collections.Counter()
+    for rank in (0, 1):
+        data = _data(tiny_model, tmp_path / "run", cache_dir, *given, world=2, rank=rank, extra=flags)
+        for batch in data.loader:
+            seen.update(i for i in batch["sample_index"].tolist() if i >= 0)
+    assert sorted(seen) == list(range(data.sampler.num_samples)) and set(seen.values()) == {1}
+    assert {s["per_epoch"] for s in data.sources} == {96, 21}  # 96 once, half of 41 rounded up
+    whole = _data(tiny_model, tmp_path / "run", cache_dir, *given, extra=flags)
+    batches = [b["input_ids"] for b in whole.loader]
+    resumed = _data(tiny_model, tmp_path / "run", cache_dir, *given, extra=flags)
+    resumed.sampler.set_position(0, 8 * 5)  # after 5 batches of 8: what a resume does
+    tail = [b["input_ids"] for b in resumed.loader]
+    assert len(tail) == len(batches) - 5 and all(torch.equal(a, b) for a, b in zip(tail, batches[5:]))
 
 
 def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path):
