@@ -68,7 +68,7 @@ def existing_file(value, flag):
 
 
 def data_sources(value, flag):
-    """``--data FILE[:WEIGHT] ...``: files that exist, positive weights, the streaming path's one source."""
+    """``--data FILE[:WEIGHT] ...``: files that exist, positive weights (``data/mixture.py``)."""
     from chef_genius.data.mixture import check_sources
 
     return check_sources(value, flag)

@@ -1,10 +1,11 @@
 """The trainer's data: datasets, the resumable sampler and the loaders, built from the config.
 
-- cached (default): ``--data`` tokenized once into the on-disk cache (``data/tokenized.py``), a
-  held-out validation split (or ``--eval-data``), length-grouped batches from
-  ``ResumableBatchSampler``, padding rows for short last batches on several processes
-  (``distributed.ShareDataset``);
-- ``--streaming``: tokenized as it is read (``data/streaming.py``); validation needs ``--eval-data``.
+- cached (default): each ``--data`` source tokenized once into the on-disk cache, deduplicated and
+  split (``data/training_set.py``; or ``--eval-data``), length-grouped batches of the epoch's samples
+  (weighted: ``data/mixture.py``) from ``ResumableBatchSampler``, padding rows for short last batches
+  on several processes (``distributed.ShareDataset``);
+- ``--streaming``: tokenized as it is read, several sources interleaved by weight
+  (``data/streaming.py``); validation needs ``--eval-data``.
 
 Loaders use a private seeded generator: their worker seeds must not draw from the global RNG, or a
 resumed run would see another dropout stream than the uninterrupted one.
