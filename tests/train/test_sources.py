@@ -233,3 +233,38 @@ def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_json
     got = step_losses(out)
     assert sorted(got) == list(range(step + 1, last + 1))
     assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(got)]  # exact float equality
+
+
+def test_two_launched_processes_train_each_sample_of_a_weighted_epoch(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+
+    from chef_genius.data.mixture import Mixture
+    from chef_genius.train.distributed import SAMPLE_LOG_ENV
+    from conftest import REPO
+
+    out, sample_log = tmp_path / "run", tmp_path / "samples"
+    args = train_args(
+        tiny_model, small_csv, out, cache_dir, "--data", small_csv, f"{foodcom_jsonl}:1.5", "--epochs", "1"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **{SAMPLE_LOG_ENV: str(sample_log)})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*cmd, str(REPO / "cli" / "complete_optimized_training.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = collections.Counter()
+    for path in sample_log.glob("rank-*.txt"):
+        for line in path.read_text().splitlines():
+            epoch, index = map(int, line.split())
+            seen[index] += epoch == 0
+    sources = json.loads((out / "data_summary.json").read_text())["sources"]  # canonical order
+    mix = Mixture(tuple(s["training_recipes"] for s in sources), tuple(s["weight"] for s in sources))
+    assert seen == collections.Counter(mix.rows(42, 0).tolist())  # the weighted epoch, each sample as often as drawn
