@@ -14,17 +14,25 @@ source's remaining recipes are compared with the recipes kept from the sources b
 A twin takes the earlier recipe's cluster key, so with ``--dedup keep`` (twins trained on) the content
 split still puts both on the same side; with ``--dedup remove`` it leaves training and is listed in
 ``removed_duplicates.csv`` as ``exact_across`` / ``near_across`` with the twin's source and record.
+
+The decision is saved in the tokenized cache (``across-KEY.npy``, named by every source's own saved
+decision, in canonical order), so a rerun or a resume reads it instead of matching again (the
+matching took 46 s and 2.2 GB peak for 2.2M + 0.5M recipes of random band keys, 1 % of them planted
+twins, on this 2-core machine under load; 2 s for 220k + 50k).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from chef_genius.data import dedup
 
 ACROSS_KINDS = ("exact_across", "near_across")
+ACROSS_VERSION = 1  # part of the saved decision's name: bump when the matching changes
 _CHUNK = 50_000  # new rows matched at once (bounds the candidate pairs held in memory)
 
 
@@ -55,9 +63,7 @@ def across_sources(keys: list[np.ndarray], bands: list[np.ndarray], candidates: 
             Across(int(rows[r]), int(seen_from[t, 0]), int(seen_from[t, 1]), kind, sim)
             for r, (t, kind, sim) in sorted(twins.items())
         ]
-        remapped = np.asarray(k, dtype=np.uint64).copy()
-        for a in mine:  # the twin's cluster, and the rows of this source in the same cluster
-            remapped[k == k[a.row]] = new_keys[a.twin_source][a.twin]
+        remapped = _clustered(k, mine, new_keys)
         found.append(mine)
         new_keys.append(remapped)
         keep = np.setdiff1d(rows, [a.row for a in mine])
@@ -65,6 +71,49 @@ def across_sources(keys: list[np.ndarray], bands: list[np.ndarray], candidates: 
         seen_bands = np.concatenate([seen_bands, b[keep]])
         seen_from = np.concatenate([seen_from, np.stack([np.full(len(keep), i), keep], axis=1)])
     return found, new_keys
+
+
+def _clustered(k: np.ndarray, mine: list[Across], earlier: list[np.ndarray]) -> np.ndarray:
+    """Keys ``k`` of a source with each twin's cluster (its rows in this source with it) moved to the
+    cluster key of the earlier recipe it twins (``earlier``: the earlier sources' keys, clustered)."""
+    remapped = np.asarray(k, dtype=np.uint64).copy()
+    if mine:
+        moved = {int(k[a.row]): int(earlier[a.twin_source][a.twin]) for a in mine}
+        old = np.array(sorted(moved), dtype=np.uint64)
+        new = np.array([moved[o] for o in sorted(moved)], dtype=np.uint64)
+        where = np.isin(remapped, old)
+        remapped[where] = new[np.searchsorted(old, remapped[where])]
+    return remapped
+
+
+def clustered_keys(keys: list[np.ndarray], found: list[list[Across]]) -> list[np.ndarray]:
+    """``across_sources``' keys from its twins (a saved decision read back)."""
+    out: list[np.ndarray] = []
+    for k, mine in zip(keys, found):
+        out.append(_clustered(k, mine, out))
+    return out
+
+
+def save(path: Path, found: list[list[Across]]) -> None:
+    """The twins across sources, one row each (source, row, twin source, twin row, kind, similarity)."""
+    table = np.array(
+        [
+            (i, a.row, a.twin_source, a.twin, ACROSS_KINDS.index(a.kind), a.similarity)
+            for i, m in enumerate(found)
+            for a in m
+        ],
+        dtype=np.float64,
+    ).reshape(-1, 6)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npy")
+    np.save(tmp, table)
+    os.replace(tmp, path)
+
+
+def load(path: Path, sources: int) -> list[list[Across]]:
+    found: list[list[Across]] = [[] for _ in range(sources)]
+    for i, row, twin_source, twin, kind, similarity in np.load(path):
+        found[int(i)].append(Across(int(row), int(twin_source), int(twin), ACROSS_KINDS[int(kind)], float(similarity)))
+    return found
 
 
 def _match(keys, bands, seen_keys, seen_bands, need: int) -> dict[int, tuple[int, str, float]]:
@@ -78,20 +127,22 @@ def _match(keys, bands, seen_keys, seen_bands, need: int) -> dict[int, tuple[int
         if key in first:
             out[r] = (first[key], "exact_across", 1.0)
     rest = np.array([r for r in range(len(keys)) if r not in out], dtype=np.int64)
-    order = np.argsort(seen_bands, axis=0, kind="stable")
-    columns = np.take_along_axis(seen_bands, order, axis=0)
+    by_band = np.ascontiguousarray(seen_bands.T)  # one contiguous row per band: searched band by band
+    order = np.argsort(by_band, axis=1, kind="stable")
+    columns = np.take_along_axis(by_band, order, axis=1)
     for start in range(0, len(rest), _CHUNK):
         chunk = rest[start : start + _CHUNK]
+        asked = np.ascontiguousarray(bands[chunk].T)
         pairs = []
         for b in range(dedup.NUM_BANDS):
-            lo = np.searchsorted(columns[:, b], bands[chunk, b], "left")
-            hi = np.searchsorted(columns[:, b], bands[chunk, b], "right")
+            lo = np.searchsorted(columns[b], asked[b], "left")
+            hi = np.searchsorted(columns[b], asked[b], "right")
             counts = hi - lo
             if not counts.any():
                 continue
             who = np.repeat(chunk, counts)
             within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            pairs.append(who * len(seen_keys) + order[np.repeat(lo, counts) + within, b])
+            pairs.append(who * len(seen_keys) + order[b, np.repeat(lo, counts) + within])
         if not pairs:
             continue
         codes, shared = np.unique(np.concatenate(pairs), return_counts=True)

@@ -15,12 +15,15 @@ order.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from chef_genius.data import across as across_mod
 from chef_genius.data import corpus
 from chef_genius.data.across import Across, across_sources
 from chef_genius.data.fingerprint import content_sha256
@@ -89,8 +92,19 @@ def training_set(
     across: list[list[Across]] = [[] for _ in sources]
     keys: list = [r.keys for r in results] or [None] * len(sources)
     if len(results) > 1:  # each source's kept recipes against the earlier sources' (canonical order)
-        bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
-        across, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
+        names = [corpus.result_path(t.cache_dir, s.path, options, settings, c.eval_data).name for s, t, _ in loaded]
+        saved = Path(cache_root) / f"across-{_tag([across_mod.ACROSS_VERSION, names])}.npy"
+        try:
+            across = across_mod.load(saved, len(results)) if saved.is_file() else []
+        except Exception as err:  # damaged: matched again, never trusted
+            log.warning("%s is damaged (%s): looking for twins across sources again", saved.name, type(err).__name__)
+            across = []
+        if across:
+            keys = across_mod.clustered_keys(keys, across)
+        else:
+            bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
+            across, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
+            across_mod.save(saved, across)
     out = []
     for (s, tok, found), twins, key in zip(loaded, across, keys):
         n = len(tok.dataset)
@@ -113,6 +127,10 @@ def training_set(
         train, held = out[0].train_rows, out[0].eval_rows
     mixture = Mixture(tuple(len(d.train_rows) for d in out), tuple(d.source.weight for d in out))
     return TrainingSet(out, rows, train, held, mixture, c.dedup)
+
+
+def _tag(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
 
 def source_counts(ts: TrainingSet) -> list[dict]:

@@ -126,3 +126,16 @@ def test_a_later_source_twin_of_an_earlier_recipe_is_found_exact_or_near():
     assert kinds == {0: ("exact_across", 0, 0), 1: ("near_across", 0, 1)}
     assert keys[1][0] == k1[0] and keys[1][1] == k1[1]  # a twin joins its earlier recipe's cluster
     assert keys[1][2] == k2[2]
+
+
+def test_the_decision_across_sources_reads_back_as_it_was_found(tmp_path):
+    from chef_genius.data import across
+
+    first = [RECIPE.format(t=t, i=i) for t, i in (("Apple Cake", "apples"), ("Plum Tart", "plums"))]
+    second = [RECIPE.format(t="APPLE CAKE", i="apples"), RECIPE.format(t="Pear Pie", i="pears")]
+    (k1, b1), (k2, b2) = _signatures(first), _signatures(second)
+    found, keys = across_sources([k1, k2], [b1, b2], [np.arange(2), np.arange(2)], 0.75)
+    across.save(tmp_path / "across.npy", found)
+    again = across.load(tmp_path / "across.npy", 2)
+    assert again == found and len(found[1]) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(across.clustered_keys([k1, k2], again), keys))

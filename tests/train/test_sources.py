@@ -126,6 +126,9 @@ def test_a_twin_across_sources_is_removed_and_listed_with_its_source(
     assert summary["dedup"]["found"]["exact_across"] == 1
     removed = {Path(s["data"]).name: s["duplicates"]["exact_across"] for s in summary["sources"]}
     assert removed == {later.name: 1, earlier.name: 0}
+    assert len(list(cache_dir.glob("across-*.npy"))) >= 1  # the decision is kept in the cache: a rerun reads it
+    again = _data(tiny_model, out, cache_dir, foodcom_jsonl, small_csv)
+    assert np.array_equal(again.train.indices, data.train.indices)
 
 
 def test_two_ranks_share_a_weighted_epoch(tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path):
