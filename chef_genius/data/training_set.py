@@ -88,23 +88,7 @@ def training_set(
                 f"{len(tok.dataset)}; delete {tok.cache_dir} and run again"
             )
         loaded.append((s, tok, found))
-    results = [f.result for _, _, f in loaded if f is not None]
-    across: list[list[Across]] = [[] for _ in sources]
-    keys: list = [r.keys for r in results] or [None] * len(sources)
-    if len(results) > 1:  # each source's kept recipes against the earlier sources' (canonical order)
-        names = [corpus.result_path(t.cache_dir, s.path, options, settings, c.eval_data).name for s, t, _ in loaded]
-        saved = Path(cache_root) / f"across-{_tag([across_mod.ACROSS_VERSION, names])}.npy"
-        try:
-            across = across_mod.load(saved, len(results)) if saved.is_file() else []
-        except Exception as err:  # damaged: matched again, never trusted
-            log.warning("%s is damaged (%s): looking for twins across sources again", saved.name, type(err).__name__)
-            across = []
-        if across:
-            keys = across_mod.clustered_keys(keys, across)
-        else:
-            bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
-            across, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
-            across_mod.save(saved, across)
+    across, keys = _twins_across(loaded, c, cache_root, options, settings)
     out = []
     for (s, tok, found), twins, key in zip(loaded, across, keys):
         n = len(tok.dataset)
@@ -127,6 +111,27 @@ def training_set(
         train, held = out[0].train_rows, out[0].eval_rows
     mixture = Mixture(tuple(len(d.train_rows) for d in out), tuple(d.source.weight for d in out))
     return TrainingSet(out, rows, train, held, mixture, c.dedup)
+
+
+def _twins_across(loaded, c, cache_root: Path, options: ReadOptions, settings: corpus.DedupOptions):
+    """(twins across sources, content keys clustered across sources) per source: ``across.across_sources``,
+    or its saved decision read back (``across-KEY.npy`` in the cache, named by each source's own one)."""
+    results = [f.result for _, _, f in loaded if f is not None]
+    keys: list = [r.keys for r in results] or [None] * len(loaded)
+    if len(results) < 2:
+        return [[] for _ in loaded], keys
+    names = [corpus.result_path(t.cache_dir, s.path, options, settings, c.eval_data).name for s, t, _ in loaded]
+    saved = Path(cache_root) / f"across-{_tag([across_mod.ACROSS_VERSION, names])}.npy"
+    if saved.is_file():
+        try:
+            found = across_mod.load(saved, len(results))
+            return found, across_mod.clustered_keys(keys, found)
+        except Exception as err:  # damaged: matched again, never trusted
+            log.warning("%s is damaged (%s): looking for twins across sources again", saved.name, type(err).__name__)
+    bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
+    found, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
+    across_mod.save(saved, found)
+    return found, keys
 
 
 def _tag(value) -> str:
