@@ -84,7 +84,7 @@ class DataPosition:
         for name, (key, flag) in _IDENTITY.items():
             if saved.get(key) is not None and saved[key] != getattr(self, name):
                 changes.append(f"{flag}: {saved[key]} in the checkpoint, {getattr(self, name)} now")
-        if saved.get("mixture") is not None or (self.mixture is not None and "num_samples" in saved):
+        if saved.get("mixture") is not None:  # a position without it (older, or rebuilt by the doctor): unchecked
             before, now = _mixture(saved.get("mixture")), _mixture(self.mixture)
             if before != now:
                 changes.append(f"the sources' [training recipes, weight]: {before} in the checkpoint, {now} now")
