@@ -139,3 +139,17 @@ def test_the_decision_across_sources_reads_back_as_it_was_found(tmp_path):
     again = across.load(tmp_path / "across.npy", 2)
     assert again == found and len(found[1]) == 1
     assert all(np.array_equal(a, b) for a, b in zip(across.clustered_keys([k1, k2], again), keys))
+
+
+def test_a_position_taken_under_another_mixture_is_refused_unless_allowed():
+    taken = ResumableBatchSampler(13, 2, 42, None, 8, mixture=Mixture((10, 6), (1.0, 0.5)))
+    taken.set_position(0, 4)
+    saved = taken.state_dict()
+    other = ResumableBatchSampler(13, 2, 42, None, 8, mixture=Mixture((10, 6), (1.0, 0.55)))  # the same epoch size
+    with pytest.raises(UserError, match=r"the sources' \[training recipes, weight\]") as err:
+        other.load_state_dict(saved)
+    assert err.value.exit_code == 2
+    other.load_state_dict(saved, allow_change=True)
+    assert other.position.samples_in_epoch == 4
+    rebuilt = {k: v for k, v in saved.items() if k != "mixture"}  # as the doctor rebuilds one
+    ResumableBatchSampler(13, 2, 42, None, 8, mixture=Mixture((10, 6), (1.0, 0.5))).load_state_dict(rebuilt)
