@@ -237,6 +237,15 @@ def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_json
     assert sorted(got) == list(range(step + 1, last + 1))
     assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(got)]  # exact float equality
 
+    changed = tmp_path / "changed"  # the same checkpoint resumed without one of its sources
+    changed.mkdir()
+    shutil.copytree(reference / f"checkpoint-{step}", changed / f"checkpoint-{step}")
+    again = (*mixed, "--data", small_csv, "--resume-from-checkpoint", changed / f"checkpoint-{step}")
+    with pytest.raises(UserError, match="foodcom.jsonl removed") as err:
+        run_training(*train_args(tiny_model, small_csv, changed, cache_dir, *again))
+    assert err.value.exit_code == 2
+    assert run_training(*train_args(tiny_model, small_csv, changed, cache_dir, *again, "--allow-config-change")) == 0
+
 
 def test_two_launched_processes_train_each_sample_of_a_weighted_epoch(
     tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
