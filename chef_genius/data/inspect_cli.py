@@ -6,7 +6,8 @@ Takes the training command's data flags (the same definitions: ``--data``, ``--e
 for its tokenizer only (no model is loaded, no GPU used). It reads, deduplicates, splits and tokenizes
 exactly as training does, into the same cache (a training run afterwards maps it), and prints rows
 read, kept, skipped by reason, duplicates (exact / near / twins of --eval-data), the split, token
-lengths and truncation; ``--json`` prints the same as JSON. Histograms of the token lengths go to
+lengths and truncation (with several ``--data`` sources: the whole, then each source's counts, twins
+across sources and share of an epoch); ``--json`` prints the same as JSON. Histograms of the token lengths go to
 ``--out`` as PNG files. Bad input: one line, exit 2.
 """
 
