@@ -280,3 +280,20 @@ def test_two_launched_processes_train_each_sample_of_a_weighted_epoch(
     sources = json.loads((out / "data_summary.json").read_text())["sources"]  # canonical order
     mix = Mixture(tuple(s["training_recipes"] for s in sources), tuple(s["weight"] for s in sources))
     assert seen == collections.Counter(mix.rows(42, 0).tolist())  # the weighted epoch, each sample as often as drawn
+
+
+def test_evaluate_recipes_needs_data_for_a_run_of_several_sources(monkeypatch, small_csv, foodcom_jsonl):
+    import argparse
+
+    from chef_genius.evaluation import cli as evaluation
+
+    saved = {"seed": 42, "dedup": "off", "eval_split_ratio": 0.05}
+    args = argparse.Namespace(data=None, max_recipes=3)
+    monkeypatch.setattr(
+        evaluation, "_run_settings", lambda models: {**saved, "data": [str(small_csv), str(foodcom_jsonl)]}
+    )
+    with pytest.raises(UserError, match="several --data sources"):
+        evaluation.held_out_recipes(args, [])
+    monkeypatch.setattr(evaluation, "_run_settings", lambda models: {**saved, "data": [str(small_csv)]})
+    recipes, where = evaluation.held_out_recipes(args, [])  # one source, saved as a list: its split, as before
+    assert len(recipes) == 3 and where == f"{small_csv} (the run's validation split)"
