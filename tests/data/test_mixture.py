@@ -98,12 +98,8 @@ def test_the_same_content_twice_is_refused(tmp_path):
 
 
 def _signatures(texts):
-    keys, digests = [], []
-    for t in texts:
-        n = dedup.normal_form(t)
-        keys.append(dedup.content_key(n))
-        digests.append(dedup.minhash(n).digest())
-    return np.array(keys, dtype=np.uint64), dedup.band_keys(np.array(digests, dtype=np.uint32))
+    keys, digests = dedup.signatures(texts)
+    return keys, dedup.band_keys(digests)
 
 
 RECIPE = (
