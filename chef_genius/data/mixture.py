@@ -82,7 +82,8 @@ def parse_sources(values) -> list[Source]:
 
 
 def check_sources(values, flag: str = "--data") -> list[str]:
-    """Every source is a file and no content is given twice; returns the values as given."""
+    """Every source is a file with a valid weight (the same content twice is refused by ``canonical``,
+    which reads the files); returns the values as given."""
     sources = parse_sources(values)
     for s in sources:
         if not Path(s.path).is_file():
@@ -93,7 +94,7 @@ def check_sources(values, flag: str = "--data") -> list[str]:
 def canonical(sources: list[Source]) -> list[Source]:
     """The sources in their canonical order (by content sha256, then weight); the same content twice
     is refused (``UserError``)."""
-    hashed = sorted(((content_sha256(s.path), s.weight, s.path), s) for s in sources)
+    hashed = sorted((((content_sha256(s.path), s.weight, s.path), s) for s in sources), key=lambda pair: pair[0])
     for (a, _), (b, _) in zip(hashed, hashed[1:]):
         if a[0] == b[0]:
             raise UserError(

@@ -95,6 +95,8 @@ def test_the_same_content_twice_is_refused(tmp_path):
     b.write_text("same\n")
     with pytest.raises(UserError, match="have the same content"):
         mixture.canonical([Source(str(a)), Source(str(b))])
+    with pytest.raises(UserError, match="have the same content"):  # one file given twice
+        mixture.canonical([Source(str(a)), Source(str(a))])
 
 
 def _signatures(texts):
