@@ -89,6 +89,17 @@ def state_version(state: dict) -> int:
     return version if isinstance(version, int) and not isinstance(version, bool) and version >= 2 else 1
 
 
+def newer_version_problem(state: dict) -> str | None:
+    """Why ``state`` cannot be read here: a layout newer than this chef-genius knows (None if not)."""
+    version = state_version(state)
+    if version <= FORMAT_VERSION:
+        return None
+    return (
+        f"is in format version {version}, newer than this chef-genius reads ({FORMAT_VERSION}): "
+        "use the chef-genius that wrote it"
+    )
+
+
 def missing_state_keys(state: dict) -> list[str]:
     keys = STATE_KEYS if state_version(state) >= 2 else STATE_KEYS_V1
     return [key for key in keys if key not in state]
@@ -101,9 +112,10 @@ def _is_int(value) -> bool:
 def state_contract_problem(state: dict) -> str | None:
     """Why ``state`` breaks the training state's contract (keys and the kind of each value, as its
     version lays them out); None if not."""
+    newer = newer_version_problem(state)
+    if newer:
+        return newer
     version = state_version(state)
-    if version > FORMAT_VERSION:
-        return f"is in format version {version}, newer than this chef-genius reads ({FORMAT_VERSION}): upgrade it"
     missing = missing_state_keys(state)
     if missing:
         return f"lacks {', '.join(missing)}"
@@ -143,7 +155,7 @@ def saved_epoch(state: dict):
 def rng_per_rank(state: dict) -> list:
     """The RNG state of every process that saved, rank 0 first ([] when the state has none)."""
     per_rank = state.get(RNG_PER_RANK)
-    if per_rank:
+    if isinstance(per_rank, (list, tuple)) and per_rank:
         return list(per_rank)
     old = state.get("rng_states")  # version 1 without the list: rank 0's only
     return [old] if old else []
