@@ -8,6 +8,7 @@ import shutil
 
 from chef_genius import errors
 from chef_genius.devtools import references
+from chef_genius.devtools.flags_table import table_in
 from chef_genius.settings.fields import Policy, flag_name, settings_of
 from chef_genius.train.config import TrainConfig
 
@@ -27,6 +28,7 @@ def test_check_names_a_stale_page_and_write_fixes_it(tmp_path, capsys):
     exit_page.write_text(exit_page.read_text(encoding="utf-8").replace("`EXIT_DATA`", "`EXIT_OLD`"), encoding="utf-8")
     guide = tmp_path / "CHECKPOINT_FIX_GUIDE.md"
     guide.write_text(guide.read_text(encoding="utf-8").replace("`state_missing`", "`state_gone`"), encoding="utf-8")
+    guide_repairs_stale = guide.read_text(encoding="utf-8").replace("| `file_copied` |", "| `file_copy` |")
     (tmp_path / "docs" / "reference" / "flags.md").unlink()
 
     assert references.main(["--check", "--root", str(tmp_path)]) == 1
@@ -40,6 +42,11 @@ def test_check_names_a_stale_page_and_write_fixes_it(tmp_path, capsys):
     assert references.main(["--check", "--root", str(tmp_path)]) == 0
     assert guide.read_text(encoding="utf-8").startswith(hand_written)  # only the table is replaced
 
+    guide.write_text(guide_repairs_stale, encoding="utf-8")  # a second table of the same page: the repairs
+    assert references.stale(tmp_path) == ["CHECKPOINT_FIX_GUIDE.md"]
+    references.write(tmp_path)
+    assert "| `file_copied` |" in guide.read_text(encoding="utf-8") and references.stale(tmp_path) == []
+
 
 def test_exit_codes_are_one_registry_each_with_its_meaning():
     constants = {
@@ -51,6 +58,18 @@ def test_exit_codes_are_one_registry_each_with_its_meaning():
     page = (REPO / "docs" / "reference" / "exit-codes.md").read_text(encoding="utf-8")
     for name, value in constants.items():
         assert re.search(rf"^\| `{value}` \| `{name}` \| {re.escape(errors.EXIT_CODES[value].meaning)}", page, re.M)
+
+
+def test_the_guide_lists_the_doctors_exit_codes_from_the_registry():
+    guide = (REPO / "CHECKPOINT_FIX_GUIDE.md").read_text(encoding="utf-8")
+    table = table_in(guide, references.DOCTOR_EXITS_BEGIN, references.DOCTOR_EXITS_END)
+    assert table is not None, "CHECKPOINT_FIX_GUIDE.md lost its exit-codes-table markers"
+    doctor = [c for c in errors.EXIT_CODES.values() if c.doctor]
+    assert [c.code for c in doctor] == [0, 1, 2]
+    for code in doctor:
+        assert f"| `{code.code}` |" in table and code.doctor in table
+    outside = guide.replace(table, "")
+    assert not re.search(r"^\| `?[0-9]+`? \|", outside, re.M), "an exit code listed by hand beside the generated table"
 
 
 def test_resume_policy_page_puts_every_setting_under_its_policy():

@@ -24,6 +24,7 @@ from chef_genius.doctor import mirror
 from chef_genius.doctor.repair import fix
 from chef_genius.doctor.state_builder import Overrides
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.repairs import Repair
 from chef_genius.doctor.verify import Report, verify
 
 GUIDE = "see CHECKPOINT_FIX_GUIDE.md"
@@ -321,7 +322,7 @@ def _table(rows, dry_run: bool) -> str:
     header = ("step", "kind", "before", "repairs" if not dry_run else "would repair", "after")
     lines = []
     for before, after in rows:
-        repairs = ", ".join(r["code"] for r in after.repairs if r["code"] != "backup") or "-"
+        repairs = ", ".join(r["code"] for r in after.repairs if r["code"] != Repair.BACKUP) or "-"
         step = "?" if after.global_step is None else str(after.global_step)
         problem = "" if after.resumable or not after.problems else f" ({after.problems[0]['code']})"
         kind = before.kind if before.kind == after.kind else f"{before.kind}->{after.kind}"

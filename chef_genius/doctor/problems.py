@@ -13,6 +13,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
+from chef_genius.doctor.codes import code_member
+
 # what ``--fix`` does about a problem
 FixKind = Literal["yes", "no", "copy", "flags"]
 FIX_WORDS = {
@@ -44,10 +46,7 @@ class Problem(str, Enum):
     action: str
 
     def __new__(cls, value: str, meaning: str, fix: FixKind, action: str, soft: bool = False, fatal: bool = False):
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.meaning, member.fix, member.action, member.soft, member.fatal = meaning, fix, action, soft, fatal
-        return member
+        return code_member(cls, value, meaning=meaning, fix=fix, action=action, soft=soft, fatal=fatal)
 
     def __str__(self) -> str:  # the code itself in f-strings and messages
         return self.value

@@ -25,6 +25,7 @@ from chef_genius.doctor import loadable
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor import weights as wt
 from chef_genius.doctor.problems import FATAL, SOFT, Problem
+from chef_genius.doctor.repairs import Repair
 from chef_genius.doctor.state_builder import Overrides
 from chef_genius.doctor.verify import Report, verify
 from chef_genius.errors import printable
@@ -116,7 +117,7 @@ class Fixer:
                 self.keep(path, always=True)
         names = ", ".join(p.name for p in files)
         self.note(
-            "weights_accepted",
+            Repair.WEIGHTS_ACCEPTED,
             f"took {names} as it is now, not as the manifest sealed it "
             "(--accept-changed-weights; the file as found kept in the backup folder)",
         )
@@ -162,7 +163,7 @@ class Fixer:
             except OSError as err:
                 self.unfixed.append(f"could not restore {name}: {os_sentence(err)}")
                 return restored
-            self.note("file_restored", f"restored {name} from {source.parent} (its sha256 is the manifest's)")
+            self.note(Repair.FILE_RESTORED, f"restored {name} from {source.parent} (its sha256 is the manifest's)")
             restored = True
         return restored
 
@@ -198,8 +199,8 @@ class Fixer:
                 return
         self._rebuild_manifest()
 
-    def note(self, code: str, text: str) -> None:
-        self.repairs.append({"code": code, "message": ("would: " if self.dry_run else "") + text})
+    def note(self, code: Repair, text: str) -> None:
+        self.repairs.append({"code": code.value, "message": ("would: " if self.dry_run else "") + text})
 
     def keep(self, path: Path, always: bool = False) -> None:
         """Copy ``path`` into the backup folder before it changes (``always``: even with --no-backup)."""
@@ -208,7 +209,7 @@ class Fixer:
         if self.backup_dir is None:
             self.backup_dir = self.folder / f"backup-{time.strftime('%Y%m%d-%H%M%S')}"
             self.backup_dir.mkdir(exist_ok=True)
-            self.note("backup", f"originals kept in {self.backup_dir.name}/")
+            self.note(Repair.BACKUP, f"originals kept in {self.backup_dir.name}/")
         shutil.copy2(path, self.backup_dir / path.name)
 
     # -----------------------------------------------------------------------------------------
@@ -231,10 +232,10 @@ class Fixer:
                 "sharded": f"{len(files)} shards and {ckpt.WEIGHTS_INDEX}",
                 "bin": ckpt.WEIGHTS_BIN,
             }[layout]
-            self.note("prefixes_stripped", f"removed _orig_mod./module. prefixes from {where}")
+            self.note(Repair.PREFIXES_STRIPPED, f"removed _orig_mod./module. prefixes from {where}")
         if layout == "bin":
             self.note(
-                "weights_converted",
+                Repair.WEIGHTS_CONVERTED,
                 f"converted {ckpt.WEIGHTS_BIN} to {ckpt.WEIGHTS} (same tensors; the "
                 "original moved to the backup folder)",
             )
@@ -247,7 +248,7 @@ class Fixer:
             for name in found:
                 if not self.dry_run:
                     ckfiles.atomic_write_bytes(self.folder / name, (source / name).read_bytes())
-            self.note("file_copied", f"copied {', '.join(found)} from {source}")
+            self.note(Repair.FILE_COPIED, f"copied {', '.join(found)} from {source}")
             return
 
     def _write_state(self, report: Report, model) -> None:
@@ -258,7 +259,7 @@ class Fixer:
                 code = importer.converted
             else:
                 state, text = rebuild_state(self.folder, model, self.overrides)
-                code = "state_rebuilt"
+                code = Repair.STATE_REBUILT
         except ckpt.CheckpointError as err:
             self.unfixed.append(f"cannot build {ckpt.TRAINING_STATE}: {err}")
             return
@@ -282,7 +283,7 @@ class Fixer:
                 step = int(ckstate.saved_step(ckstate.load_training_state(self.folder)))
             self.keep(self.folder / ckpt.MANIFEST)
             ckfiles.atomic_write_json(self.folder / ckpt.MANIFEST, ckmanifest.build_manifest(self.folder, step))
-        self.note("manifest_rebuilt", f"rebuilt {ckpt.MANIFEST}")
+        self.note(Repair.MANIFEST_REBUILT, f"rebuilt {ckpt.MANIFEST}")
 
 
 def fix(

@@ -53,7 +53,7 @@ from chef_genius.train.config import DATA_REQUIRED, TrainConfig, build_parser
 
 log = logging.getLogger("chef_genius")
 
-# Each setting's group is declared with it, in the schema (``chef_genius/settings/schema.py``).
+# Each setting's group is declared with it, in its section of the schema (``chef_genius/settings/sections/``).
 APPLIED = by_policy(TrainConfig, Policy.APPLIED)
 GUARDED = by_policy(TrainConfig, Policy.GUARDED)
 ADAPTER = by_policy(TrainConfig, Policy.ADAPTER)

@@ -86,7 +86,7 @@ def test_benchmark_baseline_rows_without_datasets(tmp_path, monkeypatch):
     the source + target lengths its length-grouped sampler needs; with ``datasets``, a Dataset of them."""
     import sys
 
-    from bench.throughput import InMemoryRows, hf_dataset
+    from bench.throughput_contenders import InMemoryRows, hf_dataset
 
     recipes = _rows(12, 4)
     rows = ArrowRows([_part(tmp_path / "part-00000.arrow", recipes, 5)])

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from chef_genius.doctor.problems import Problem
-from chef_genius.doctor.verify import Facts, Report
+from chef_genius.doctor.report import Facts, Report
 
 
 def test_json_keys_and_code_values_are_unchanged():

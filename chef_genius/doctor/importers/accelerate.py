@@ -12,9 +12,10 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor.importers.base import Importer
 from chef_genius.doctor.problems import Problem
+from chef_genius.doctor.repairs import Repair
 
 if TYPE_CHECKING:
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 ACC_OPTIMIZER = "optimizer.bin"
 ACC_SCHEDULER = "scheduler.bin"
@@ -23,7 +24,7 @@ ACC_SAMPLER = "sampler.bin"
 
 class AccelerateImporter(Importer):
     kind = foreign.ACCELERATE
-    converted = "state_converted_accelerate"
+    converted = Repair.STATE_CONVERTED_ACCELERATE
 
     def detect(self, folder: Path, state_status: str) -> bool:
         return (folder / ACC_OPTIMIZER).is_file() or (folder / foreign.ACC_RNG).is_file()

@@ -6,9 +6,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from chef_genius.doctor.repairs import Repair
+
 if TYPE_CHECKING:  # annotations only: verify and the state builder import the importers
     from chef_genius.doctor.state_builder import Overrides
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 
 class Importer(ABC):
@@ -17,7 +19,7 @@ class Importer(ABC):
     ``training_state.pt`` (``convert``)."""
 
     kind: ClassVar[str]  # the report's "kind" (foreign.LEGACY, foreign.HF, ...)
-    converted: ClassVar[str]  # the repair code of a conversion ("state_converted_hf")
+    converted: ClassVar[Repair]  # the repair code of a conversion (Repair.STATE_CONVERTED_HF)
     files: ClassVar[tuple[str, ...]] = ()  # its files verify requires to be regular files
 
     @abstractmethod

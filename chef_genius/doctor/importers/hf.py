@@ -17,9 +17,10 @@ from chef_genius.doctor import loadable
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor.importers.base import Importer
 from chef_genius.doctor.problems import Problem
+from chef_genius.doctor.repairs import Repair
 
 if TYPE_CHECKING:
-    from chef_genius.doctor.verify import Report
+    from chef_genius.doctor.report import Report
 
 HF_STATE = "trainer_state.json"
 HF_OPTIMIZER = "optimizer.pt"
@@ -29,7 +30,7 @@ RNG_FILES = ("rng_state.pth", "rng_state_0.pth")
 
 class HFTrainerImporter(Importer):
     kind = foreign.HF
-    converted = "state_converted_hf"
+    converted = Repair.STATE_CONVERTED_HF
     files = (HF_STATE, HF_OPTIMIZER, HF_SCHEDULER, *RNG_FILES)
 
     def detect(self, folder: Path, state_status: str) -> bool:

@@ -12,11 +12,12 @@ from chef_genius.doctor import foreign
 from chef_genius.doctor import state_builder as sb
 from chef_genius.doctor.importers.base import Importer
 from chef_genius.doctor.problems import Problem
+from chef_genius.doctor.repairs import Repair
 
 
 class LegacyImporter(Importer):
     kind = foreign.LEGACY
-    converted = "state_converted_legacy"
+    converted = Repair.STATE_CONVERTED_LEGACY
 
     def detect(self, folder: Path, state_status: str) -> bool:
         return state_status == "legacy"
