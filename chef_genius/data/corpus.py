@@ -1,8 +1,9 @@
 """A training file's duplicates, its content-based validation split, and what a run records of them.
 
-- ``find_duplicates``: ``dedup.deduplicate`` over the file's usable recipes (and the ``--eval-data``
-  recipes, whose twins leave training), kept in the tokenized cache folder under a key of the
-  dedup settings and the held-out file, so a rerun or a resume reads it back instead of hashing again.
+- ``find_duplicates``: ``dedup.decide`` over the file's usable recipes (and the ``--eval-data``
+  recipes, whose twins leave training), read and hashed by worker processes (``dedup_read``), kept
+  in the tokenized cache folder under a key of the dedup settings and the held-out file (plain
+  arrays, read without pickle), so a rerun or a resume reads it back instead of hashing again.
 - ``content_split``: the validation split by content. A recipe is held out when a hash of its
   cluster's content key and the seed falls below ``--eval-split-ratio``: its side depends on what it
   is, not on its row number, so appending rows moves no old recipe across the split, and a recipe and
@@ -26,12 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from chef_genius.data import dedup
-from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
-from chef_genius.data.recipes import parse_target
+from chef_genius.data.dedup_read import read_signed
+from chef_genius.data.readers import ReadOptions
+from chef_genius.errors import DataError
 
 log = logging.getLogger("chef_genius")
 
-DEDUP_VERSION = 1  # part of the saved result's key: bump when the normal form or hashing changes
+# Part of the saved decision's key and of the signatures file: bump when the normal form or hashing
+# changes (cached decisions are rebuilt). 2: the decision file holds plain arrays (titles as a string
+# table), read without pickle; the normal form and hashing are version 1's.
+DEDUP_VERSION = 2
+SIGNATURE_VERSIONS = (1, 2)  # signatures files whose band keys this code computes the same way
 AUDIT_FILE = "removed_duplicates.csv"
 SIGNATURES_FILE = "chef_genius_training_signatures.npz"
 
@@ -89,58 +95,86 @@ def result_path(folder: Path, path, options: ReadOptions, settings: DedupOptions
     return Path(folder) / f"dedup-{_key(path, options, settings, eval_path)}.npz"
 
 
-def find_duplicates(path, options: ReadOptions, settings: DedupOptions, folder: Path, eval_path=None) -> FileDedup:
-    """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``."""
+def find_duplicates(
+    path, options: ReadOptions, settings: DedupOptions, folder: Path, eval_path=None, num_proc: int = 0
+) -> FileDedup:
+    """The duplicates of ``path`` (and the twins of ``eval_path``'s recipes), saved in ``folder``.
+    ``num_proc``: processes that read and hash the file (0: one per available core)."""
     saved = result_path(folder, path, options, settings, eval_path)
     if saved.is_file():
         try:
             return _load(saved, path, eval_path, settings.threshold)
-        except Exception as err:  # a damaged or cut-short decision file: found again, never trusted
+        except Exception as err:  # damaged, cut short, or an older (pickled) layout: found again, never trusted
             log.warning("%s is damaged (%s): looking for the duplicates again", saved.name, type(err).__name__)
             saved.unlink(missing_ok=True)
-    targets, records, titles = _read(path, options)
-    held, held_records, held_titles = _read(eval_path, options) if eval_path else ([], None, None)
-    log.info("looking for duplicates among %d recipes of %s (threshold %.2f)", len(targets), path, settings.threshold)
-    result = dedup.deduplicate(targets, settings.threshold, held)
+    signed = read_signed(path, options, num_proc)
+    held = read_signed(eval_path, options, num_proc) if eval_path else None
+    log.info(
+        "looking for duplicates among %d recipes of %s (threshold %.2f)", len(signed.keys), path, settings.threshold
+    )
+    result = dedup.decide(
+        signed.keys,
+        signed.digests,
+        settings.threshold,
+        held.keys if held else None,
+        held.digests if held else None,
+    )
     found = FileDedup(
-        str(path), records, titles, result, str(eval_path) if eval_path else None, held_records, held_titles
+        str(path),
+        signed.records,
+        signed.titles,
+        result,
+        str(eval_path) if eval_path else None,
+        held.records if held else None,
+        held.titles if held else None,
     )
     _save(saved, found)
     return found
 
 
-def _read(path, options: ReadOptions) -> tuple[list[str], np.ndarray, list[str]]:
-    stats = ReadStats()
-    targets, records, titles = [], [], []
-    for example in read_examples(path, stats, options):
-        targets.append(example["target"])
-        records.append(stats.rows)  # counted before the row is yielded: its record number
-        titles.append(parse_target(example["target"]).title[:120])  # a pair file's "title" may be its whole text
-    return targets, np.array(records, dtype=np.int64), titles
+# -- the saved decision: plain arrays, no pickle --------------------------------------------------------
+def _pack(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A string table: the UTF-8 bytes of all strings and the character offset where each ends."""
+    text = "".join(strings)
+    ends = np.cumsum([len(s) for s in strings], dtype=np.int64)
+    return np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8), ends
+
+
+def _unpack(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    text = blob.tobytes().decode("utf-8", "surrogatepass")
+    starts = np.concatenate(([0], ends[:-1])).tolist()
+    return [text[a:b] for a, b in zip(starts, ends.tolist())]
 
 
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
-    assert r.bands is not None  # dedup.deduplicate always computes them
+    assert r.bands is not None  # dedup.decide always computes them
     removed = np.array(
         [(x.row, x.twin, dedup.REMOVAL_KINDS.index(x.kind), x.similarity) for x in r.removed], dtype=np.float64
     ).reshape(-1, 4)
+    titles, title_ends = _pack(found.titles)
+    eval_titles, eval_title_ends = _pack(found.eval_titles or [])
     tmp = where.with_name(where.name + f".tmp-{os.getpid()}.npz")
     np.savez(
         tmp,
+        version=np.array(DEDUP_VERSION),
         keys=r.keys,
         bands=r.bands,
         removed=removed,
         records=found.records,
-        titles=np.array(found.titles, dtype=object),
+        titles=titles,
+        title_ends=title_ends,
         eval_records=found.eval_records if found.eval_records is not None else np.zeros(0, np.int64),
-        eval_titles=np.array(found.eval_titles or [], dtype=object),
+        eval_titles=eval_titles,
+        eval_title_ends=eval_title_ends,
     )
     os.replace(tmp, where)
 
 
 def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
-    with np.load(where, allow_pickle=True) as z:
+    with np.load(where, allow_pickle=False) as z:  # a pickled (older) file raises: found again
+        if int(z["version"]) != DEDUP_VERSION:
+            raise ValueError(f"decision file version {int(z['version'])}")
         removed = [
             dedup.Removal(int(row), int(twin), dedup.REMOVAL_KINDS[int(kind)], float(sim))
             for row, twin, kind, sim in z["removed"]
@@ -149,11 +183,11 @@ def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
         return FileDedup(
             str(path),
             z["records"],
-            list(z["titles"]),
+            _unpack(z["titles"], z["title_ends"]),
             result,
             str(eval_path) if eval_path else None,
             z["eval_records"],
-            list(z["eval_titles"]),
+            _unpack(z["eval_titles"], z["eval_title_ends"]),
         )
 
 
@@ -264,10 +298,13 @@ def twins_in_training(signatures: Path, targets: list[str]) -> tuple[np.ndarray,
     exact twin (same content key), or a near-twin, a training recipe sharing at least
     ``dedup.bands_for(threshold)`` of its band keys (similarity estimated at the threshold or above)."""
     with np.load(signatures) as z:
-        keys, bands, threshold = z["keys"], z["bands"], float(z["threshold"])
-    normals = [dedup.normal_form(t) for t in targets]
-    mine = np.array([dedup.content_key(n) for n in normals], dtype=np.uint64)
-    digests = np.array([dedup.minhash(n).digest() for n in normals], dtype=np.uint32).reshape(len(normals), -1)
+        keys, bands, threshold, version = z["keys"], z["bands"], float(z["threshold"]), int(z["version"])
+    if version not in SIGNATURE_VERSIONS:
+        raise DataError(
+            f"{signatures} was written by another chef-genius (signatures version {version}, this one reads "
+            f"{', '.join(map(str, SIGNATURE_VERSIONS))}): use that version to count the trained twins"
+        )
+    mine, digests = dedup.signatures(targets)
     mine_bands = dedup.band_keys(digests)
     hit = np.isin(mine, keys)
     need = dedup.bands_for(threshold)

@@ -13,12 +13,21 @@ Two rows with the same normal form are exact duplicates. Near-duplicates are fou
 the normal form's word 3-grams, indexed with LSH (``rensa``: chosen over ``datasketch`` by the
 measurement in ``bench/results/2026-12-06-dedup-libraries.md``): a row whose estimated Jaccard
 similarity to an earlier kept row is at least the threshold (``DEFAULT_THRESHOLD``, set by the
-planted-duplicates measurement in that file; ``--dedup-threshold``) is a near-duplicate of it.
+planted-duplicates measurement in ``bench/results/2026-12-06-dedup-scale.md``; ``--dedup-threshold``)
+is a near-duplicate of it.
 
-Rows are taken in order and each is compared with the rows kept before it, so the first copy of a
-recipe is the one kept, and a row's fate never depends on rows after it: appending rows to a file
-removes nothing that was kept before. Held-out recipes (``--eval-data``) are indexed first, so a
-training row that twins one of them is removed too (``held_out_twin``).
+The rule: rows are taken in order and each is compared with the rows kept before it, so the first copy
+of a recipe is the one kept, and a row's fate never depends on rows after it: appending rows to a file
+removes nothing that was kept before. Held-out recipes (``--eval-data``) come first, so a training row
+that twins one of them is removed too (``held_out_twin``).
+
+How it runs at scale (``decide``): the per-row work (normal form, content key, MinHash) is pure, so
+``signatures`` runs in worker processes over chunks of a file (``dedup_read.read_signed``); the LSH
+candidates of all rows (rows sharing one of ``SEARCH_BANDS`` bands of ``SEARCH_ROWS`` MinHash values)
+are found at once, a sort per band, and their similarities compared in numpy (``twin_pairs``); only
+the rows with a candidate at or above the threshold are then visited in order, applying the rule
+above. The result is the row-by-row decision's, removal for removal (tests/data/test_dedup.py checks
+it against an LSH index filled and queried row by row).
 """
 
 from __future__ import annotations
@@ -32,11 +41,16 @@ import numpy as np
 
 from chef_genius.data.recipes import parse_target
 
-DEFAULT_THRESHOLD = 0.75
+DEFAULT_THRESHOLD = 0.74
 NUM_PERM = 128
-NUM_BANDS = 32  # 32 bands of 4 rows: a pair at Jaccard 0.5 is a candidate with p = 0.87
+NUM_BANDS = 32  # the band keys a model records (band_keys): 32 bands of 4 values
+# The search's LSH bands: 25 of 5 values (125 of the 128). A pair at the 0.74 default is a candidate
+# with p = 0.998, one at 0.2 (recipes sharing stock phrases) with p = 0.008; 32 bands of 4 made the
+# second 0.05, and candidates grew with the corpus (18 a row at 60,000 generated recipes, 670 at 2.2M).
+SEARCH_ROWS = 5
+SEARCH_BANDS = NUM_PERM // SEARCH_ROWS
 MINHASH_SEED = 20261206  # fixed: signatures recorded with a model must match those computed later
-SHINGLE = 3
+SHINGLING = "word3"  # see shingles()
 MODES = ("remove", "keep", "off")  # remove twins / find them (report, split) but train on all / old behaviour
 REMOVAL_KINDS = ("exact", "near", "held_out_twin")
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -47,9 +61,10 @@ def words_of(text: str) -> str:
     return " ".join(_NOT_WORD.sub(" ", text.casefold()).split())
 
 
-def normal_form(target: str) -> str:
-    """The recipe text as duplicates are judged: see the module docstring."""
-    recipe = parse_target(target)
+def normal_form(target: str, recipe=None) -> str:
+    """The recipe text as duplicates are judged: see the module docstring (``recipe``: the target
+    already parsed, ``parse_target(target)``)."""
+    recipe = parse_target(target) if recipe is None else recipe
     if not recipe.ingredients and not recipe.directions:
         return words_of(target)
     items = sorted(w for w in (words_of(i) for i in recipe.ingredients) if w)
@@ -61,37 +76,38 @@ def content_key(normal: str) -> int:
     return int.from_bytes(hashlib.blake2b(normal.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def shingles(normal: str) -> list[str]:
-    """The word 3-grams of a normal form (the whole text when it is shorter)."""
+def shingles(normal: str, kind: str | None = None) -> list[str]:
+    """The shingles of a normal form (``SHINGLING`` unless ``kind`` says: ``word<k>`` for word k-grams,
+    ``char<k>`` for character k-grams); the whole text when it is shorter than one."""
+    kind = kind or SHINGLING
+    k = int(kind[4:])
+    if kind.startswith("char"):
+        return list({normal[i : i + k] for i in range(max(1, len(normal) - k + 1))})
     tokens = normal.split()
-    if len(tokens) <= SHINGLE:
+    if len(tokens) <= k:
         return [" ".join(tokens)]
-    return list({" ".join(tokens[i : i + SHINGLE]) for i in range(len(tokens) - SHINGLE + 1)})
-
-
-def minhash(normal: str):
-    """The MinHash of a normal form (``rensa.RMinHash``)."""
-    from rensa import RMinHash
-
-    m = RMinHash(NUM_PERM, MINHASH_SEED)
-    m.update(shingles(normal))
-    return m
+    return list({" ".join(tokens[i : i + k]) for i in range(len(tokens) - k + 1)})
 
 
 ROWS_PER_BAND = NUM_PERM // NUM_BANDS
 _MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint32)
 
 
-def band_keys(digests: np.ndarray) -> np.ndarray:
+def band_keys(digests: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """(rows, NUM_BANDS) uint32: one key per LSH band (4 MinHash values) of each digest (rows x
-    NUM_PERM uint32): what a model records of its training recipes, 128 bytes each."""
-    values = np.asarray(digests, dtype=np.uint32).reshape(len(digests), NUM_BANDS, ROWS_PER_BAND)
-    with np.errstate(over="ignore"):
-        mixed = values * _MIX[:ROWS_PER_BAND]
-    keys = mixed[..., 0].copy()
-    for i in range(1, ROWS_PER_BAND):
-        keys = (keys << np.uint32(5) | keys >> np.uint32(27)) ^ mixed[..., i]
-    return keys
+    NUM_PERM uint32): what a model records of its training recipes, 128 bytes each. Computed in
+    chunks of rows: no temporary the size of all digests."""
+    digests = np.asarray(digests, dtype=np.uint32)
+    out = np.empty((len(digests), NUM_BANDS), dtype=np.uint32)
+    for s in range(0, len(digests), chunk):
+        values = digests[s : s + chunk].reshape(-1, NUM_BANDS, ROWS_PER_BAND)
+        with np.errstate(over="ignore"):
+            mixed = values * _MIX[:ROWS_PER_BAND]
+        keys = mixed[..., 0].copy()
+        for i in range(1, ROWS_PER_BAND):
+            keys = (keys << np.uint32(5) | keys >> np.uint32(27)) ^ mixed[..., i]
+        out[s : s + chunk] = keys
+    return out
 
 
 def bands_for(threshold: float) -> int:
@@ -131,64 +147,167 @@ class Dedup:
         return out
 
 
-class Index:
-    """Kept recipes so far: their exact keys, and their MinHashes in an LSH index. ``digests`` (rows x
-    NUM_PERM) holds every row's MinHash values; a candidate's similarity is the share of equal values
-    (what ``RMinHash.jaccard`` computes), compared for all candidates of a row at once."""
+def signatures(targets, normals=None, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(content keys uint64, MinHash digests rows x NUM_PERM uint32) of recipe texts: what the
+    decision needs of each row, pure per row, so workers can compute them for chunks of a file."""
+    from rensa import RMinHash
 
-    def __init__(self, threshold: float, digests: np.ndarray):
-        from rensa import RMinHashLSH
+    normals = [normal_form(t) for t in targets] if normals is None else normals
+    keys = np.fromiter((content_key(n) for n in normals), dtype=np.uint64, count=len(normals))
+    if not normals:
+        return keys, np.zeros((0, NUM_PERM), dtype=np.uint32)
+    # One RMinHash a row, not RMinHash.digests_from_token_sets: that one hashes on a thread pool, which
+    # a forked worker (dedup_read.read_signed) inherits without its threads and waits on forever.
+    digests = np.empty((len(normals), NUM_PERM), dtype=np.uint32)
+    for row, normal in enumerate(normals):
+        m = RMinHash(NUM_PERM, MINHASH_SEED)
+        m.update(shingles(normal, kind))
+        digests[row] = m.digest()
+    return keys, digests
 
-        self.threshold, self.digests = threshold, digests
-        self.lsh = RMinHashLSH(threshold, NUM_PERM, NUM_BANDS)
-        self.exact: dict[int, int] = {}
 
-    def match(self, key: int, m, row: int) -> tuple[int, float] | None:
-        """(kept row, similarity) of the closest kept twin of ``row`` at or above the threshold, exact first;
-        ties go to the earliest row."""
-        if key in self.exact:
-            return self.exact[key], 1.0
-        candidates = np.sort(np.fromiter(self.lsh.query(m), dtype=np.int64))
-        if not len(candidates):
-            return None
-        similarity = (self.digests[candidates] == self.digests[row]).mean(axis=1)
-        best = int(np.argmax(similarity))  # the first of the highest: the earliest row
-        return (int(candidates[best]), float(similarity[best])) if similarity[best] >= self.threshold else None
+def band_hash(digests: np.ndarray, band: int) -> np.ndarray:
+    """(rows,) uint64: the SEARCH_ROWS MinHash values of search band ``band`` of each row folded into
+    64 bits (two rows share the band when these are equal; a spurious equality, about 1 in 2**64, only
+    adds a candidate, which the similarity check then judges)."""
+    h = np.zeros(len(digests), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(band * SEARCH_ROWS, (band + 1) * SEARCH_ROWS):
+            h = (h ^ digests[:, i].astype(np.uint64)) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
+            h ^= h >> np.uint64(29)
+    return h
 
-    def add(self, row: int, key: int, m) -> None:
-        self.exact.setdefault(key, row)
-        self.lsh.insert(row, m)
+
+def _band_pairs(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(earlier, later) rows of every pair with equal values in ``column`` (one sort)."""
+    order = np.argsort(column, kind="stable")
+    column = column[order]
+    n, los, his = len(column), [], []
+    at = np.flatnonzero(column[1:] == column[:-1])  # runs of equal values: pairs at distance d
+    d = 1
+    while len(at):
+        lo, hi = order[at], order[at + d]
+        los.append(np.minimum(lo, hi))
+        his.append(np.maximum(lo, hi))
+        d += 1
+        at = at[at + d < n]
+        at = at[column[at + d] == column[at]]
+    if not los:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(los).astype(np.int64), np.concatenate(his).astype(np.int64)
+
+
+def twin_pairs(held: np.ndarray, digests: np.ndarray, threshold: float) -> tuple[np.ndarray, ...]:
+    """(earlier rows, later rows, similarities), sorted by later row then earlier: every pair of rows
+    that shares at least one search band (the LSH candidates) and whose MinHash similarity is at
+    least ``threshold``; rows numbered held-out first (0 .. len(held)-1), then ``digests``. One sort
+    per band and the similarities in numpy, band by band, so only pairs at or above the threshold
+    are kept: memory does not grow with the candidates."""
+    h = len(held)
+    codes, sims = [], []
+    n = h + len(digests)
+    for b in range(SEARCH_BANDS):
+        column = band_hash(digests, b)
+        lo, hi = _band_pairs(np.concatenate([band_hash(held, b), column]) if h else column)
+        keep = hi >= h  # pairs of two held-out rows do not matter
+        lo, hi = lo[keep], hi[keep]
+        sim = similarities(held, digests, lo, hi)
+        close = sim >= threshold
+        codes.append(lo[close] * n + hi[close])
+        sims.append(sim[close])
+    code, sim = np.concatenate(codes), np.concatenate(sims)
+    lo, hi = code // n, code % n
+    order = np.lexsort((lo, hi))
+    lo, hi, sim = lo[order], hi[order], sim[order]
+    first = np.ones(len(lo), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])  # a pair found in several bands, once
+    return lo[first], hi[first], sim[first]
+
+
+def similarities(held: np.ndarray, digests: np.ndarray, lo: np.ndarray, hi: np.ndarray, chunk: int = 1 << 16):
+    """The MinHash estimate of each pair's Jaccard similarity (the share of equal values, what
+    ``RMinHash.jaccard`` computes); rows numbered as ``twin_pairs`` numbers them."""
+
+    def rows(index: np.ndarray) -> np.ndarray:
+        if not len(held):
+            return digests[index]
+        out = np.empty((len(index), NUM_PERM), dtype=np.uint32)
+        mine = index < len(held)
+        out[mine], out[~mine] = held[index[mine]], digests[index[~mine] - len(held)]
+        return out
+
+    out = np.empty(len(lo), dtype=np.float64)
+    for s in range(0, len(lo), chunk):
+        out[s : s + chunk] = (rows(lo[s : s + chunk]) == rows(hi[s : s + chunk])).mean(axis=1)
+    return out
+
+
+def decide(keys, digests, threshold: float = DEFAULT_THRESHOLD, held_keys=None, held_digests=None) -> Dedup:
+    """The duplicates among rows with these content keys and digests (row order) and the twins of the
+    held-out rows: each row against the rows kept before it (exact twin first, else the kept candidate
+    of highest similarity at or above the threshold, ties to the earliest), as a pass over the rows
+    would decide; the candidates and similarities are computed for all rows at once, and only rows
+    with a twin candidate are visited one by one."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"the near-duplicate threshold must be in (0, 1], got {threshold}")
+    keys = np.asarray(keys, dtype=np.uint64).copy()
+    digests = np.asarray(digests, dtype=np.uint32).reshape(len(keys), NUM_PERM)
+    held_keys = np.zeros(0, np.uint64) if held_keys is None else np.asarray(held_keys, dtype=np.uint64)
+    held_digests = np.zeros((0, NUM_PERM), np.uint32) if held_digests is None else np.asarray(held_digests, np.uint32)
+    h = len(held_keys)
+    lo, hi, sim = twin_pairs(held_digests.reshape(h, NUM_PERM), digests, threshold)
+    lo, hi = lo - h, hi - h  # held-out rows now negative: -h .. -1
+    starts = np.searchsorted(hi, np.arange(len(keys) + 1))
+    visit = np.unique(np.concatenate([lo[lo >= 0], hi]))  # rows with a twin candidate, in order
+    held_exact: dict[int, int] = {}
+    for i, k in enumerate(held_keys.tolist()):
+        held_exact.setdefault(k, i)
+    kept = np.ones(len(keys), dtype=bool)
+    exact: dict[int, int] = {}  # content key -> the kept row holding it
+    removed = []
+    lo_l, sim_l, key_l = lo.tolist(), sim.tolist(), keys.tolist()
+    for row in visit.tolist():
+        key, a, b = key_l[row], int(starts[row]), int(starts[row + 1])
+        twin = _held_twin(key, held_exact, lo_l[a:b], sim_l[a:b], h)
+        if twin is not None:
+            removed.append(Removal(row, twin[0], "held_out_twin", round(twin[1], 4)))
+            kept[row] = False
+            continue
+        if key in exact:
+            twin, kind = (exact[key], 1.0), "exact"
+        else:
+            twin, kind = _best(((i, s) for i, s in zip(lo_l[a:b], sim_l[a:b]) if i >= 0 and kept[i])), "near"
+        if twin is not None:
+            removed.append(Removal(row, twin[0], kind, round(twin[1], 4)))
+            kept[row] = False
+            keys[row] = keys[twin[0]]
+            continue
+        exact.setdefault(key, row)
+    return Dedup(keys, removed, band_keys(digests), threshold)
+
+
+def _held_twin(key: int, held_exact: dict, lo: list, sim: list, h: int) -> tuple[int, float] | None:
+    if not h:
+        return None
+    if key in held_exact:
+        return held_exact[key], 1.0
+    best = _best((i + h, s) for i, s in zip(lo, sim) if i < 0)
+    return None if best is None else (best[0], best[1])
+
+
+def _best(candidates) -> tuple[int, float] | None:
+    """The candidate of highest similarity, the earliest of equals (candidates come in row order)."""
+    best = None
+    for row, s in candidates:
+        if best is None or s > best[1]:
+            best = (row, s)
+    return best
 
 
 def deduplicate(targets, threshold: float = DEFAULT_THRESHOLD, held_out=()) -> Dedup:
     """Duplicates among ``targets`` (recipe texts in row order) and twins of the ``held_out`` ones."""
     if not 0 < threshold <= 1:
         raise ValueError(f"the near-duplicate threshold must be in (0, 1], got {threshold}")
-    targets, held_out = list(targets), list(held_out)
-    held = Index(threshold, np.zeros((len(held_out) + 1, NUM_PERM), dtype=np.uint32))
-    for row, target in enumerate(held_out):
-        normal = normal_form(target)
-        m = minhash(normal)
-        held.digests[row] = m.digest()
-        held.add(row, content_key(normal), m)
-    index = Index(threshold, np.zeros((len(targets), NUM_PERM), dtype=np.uint32))
-    keys, removed = np.zeros(len(targets), dtype=np.uint64), []
-    for row, target in enumerate(targets):
-        normal = normal_form(target)
-        key = content_key(normal)
-        m = minhash(normal)
-        index.digests[row] = m.digest()
-        keys[row] = key
-        if held_out:
-            held.digests[-1] = index.digests[row]
-            twin = held.match(key, m, len(held_out))
-            if twin is not None:
-                removed.append(Removal(row, twin[0], "held_out_twin", round(twin[1], 4)))
-                continue
-        twin = index.match(key, m, row)
-        if twin is not None:
-            removed.append(Removal(row, twin[0], "exact" if key in index.exact else "near", round(twin[1], 4)))
-            keys[row] = keys[twin[0]]
-            continue
-        index.add(row, key, m)
-    return Dedup(keys, removed, band_keys(index.digests), threshold)
+    keys, digests = signatures(list(targets))
+    held_keys, held_digests = signatures(list(held_out))
+    return decide(keys, digests, threshold, held_keys, held_digests)
