@@ -238,48 +238,63 @@ def split_rows(
 
 
 # -- what the run folder gets -------------------------------------------------------------------------
-def write_audit(out_dir: Path, found: FileDedup) -> Path:
-    """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity."""
+AUDIT_COLUMNS = ["kind", "file", "record", "title", "twin_file", "twin_record", "twin_title", "similarity"]
+
+
+def write_audit(out_dir: Path, found: FileDedup | list[FileDedup], extra_rows=()) -> Path:
+    """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity;
+    of one file or of several (``found`` a list), then ``extra_rows`` (the twins across sources, in
+    ``AUDIT_COLUMNS``' order)."""
     out = Path(out_dir) / AUDIT_FILE
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["kind", "file", "record", "title", "twin_file", "twin_record", "twin_title", "similarity"])
-        for r in found.result.removed:
-            held = r.kind == "held_out_twin"
-            twin_file = found.eval_path if held else found.path
-            if held:  # a twin in the --eval-data file, read with it
-                assert found.eval_records is not None and found.eval_titles is not None
-                twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
-            else:
-                twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
-            w.writerow(
-                [
-                    r.kind,
-                    found.path,
-                    int(found.records[r.row]),
-                    found.titles[r.row],
-                    twin_file,
-                    int(twin_record),
-                    twin_title,
-                    f"{r.similarity:.4f}",
-                ]
-            )
+        w.writerow(AUDIT_COLUMNS)
+        for one in found if isinstance(found, list) else [found]:
+            w.writerows(_audit_rows(one))
+        w.writerows(extra_rows)
     os.replace(tmp, out)
     return out
 
 
+def _audit_rows(found: FileDedup):
+    for r in found.result.removed:
+        held = r.kind == "held_out_twin"
+        twin_file = found.eval_path if held else found.path
+        if held:  # a twin in the --eval-data file, read with it
+            assert found.eval_records is not None and found.eval_titles is not None
+            twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
+        else:
+            twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
+        yield [
+            r.kind,
+            found.path,
+            int(found.records[r.row]),
+            found.titles[r.row],
+            twin_file,
+            int(twin_record),
+            twin_title,
+            f"{r.similarity:.4f}",
+        ]
+
+
 def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
     """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``."""
+    r = found.result
+    assert r.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
+    return save_signatures(folder, r.keys[train_rows], r.bands[train_rows], r.threshold)
+
+
+def save_signatures(folder: Path, keys: np.ndarray, bands: np.ndarray, threshold: float) -> Path:
+    """``SIGNATURES_FILE`` of training recipes with content ``keys`` and band keys ``bands``."""
     out = Path(folder) / SIGNATURES_FILE
-    assert found.result.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}.npz")
     np.savez_compressed(
         tmp,
-        keys=np.unique(found.result.keys[train_rows]),
-        bands=found.result.bands[train_rows],
+        keys=np.unique(keys),
+        bands=bands,
         version=np.array(DEDUP_VERSION),
-        threshold=np.array(found.result.threshold),
+        threshold=np.array(threshold),
     )
     os.replace(tmp, out)
     return out

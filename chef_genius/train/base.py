@@ -58,6 +58,7 @@ class TrainerBase:
     mirror_store: remote.RemoteStore | None  # --checkpoint-mirror, on the main process
     data_identities: dict  # data_identity / eval_data_identity: the files by content
     data_records: DataRecords | None  # written into the run folder once setup succeeds
+    data_sources: list[dict] | None  # several sources: each one's counts (the checkpoint's settings, metrics.jsonl)
     reporters: Reporters
     # -- the model (setup.py ``_make_model``)
     model_source: str | Path  # the checkpoint resumed from, else --pretrained-model

@@ -105,6 +105,7 @@ class Setup(TrainerBase):
         self.loader, self.eval_loader, self.sampler = data.loader, data.eval_loader, data.sampler
         self.run.position = self.sampler.position  # one object: the sampler advances it, the run reads it
         self.data_records = data.records
+        self.data_sources = data.sources
 
     def _make_schedule(self, loaded: LoadedCheckpoint | None) -> None:
         """The LR schedule over the planned steps (after a resume on another world size: the steps the

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import torch
 
+from chef_genius.data import mixture
 from chef_genius.data.fingerprint import content_identity
 from chef_genius.errors import UserError
 from chef_genius.model.loading import make_optimizer, quiet_transformers, resolve_precision, should_compile, unwrap
@@ -121,6 +122,7 @@ class Trainer(Setup, RunFolder, Step, Periodic, Rollback, Ending):
         self.health = divergence.StepHealth(divergence.Policy(), self.device)
         self.poisoned, self.poison = divergence.poisoned_steps()  # a test hook (see train/divergence.py)
         self.data_records = None
+        self.data_sources = None
 
     # -----------------------------------------------------------------------------------------
     # setup
@@ -147,8 +149,9 @@ class Trainer(Setup, RunFolder, Step, Periodic, Rollback, Ending):
         # what the run trains on, fingerprinted by content once (the cache check already read it: no second
         # read); every checkpoint records it, whatever happens to the files later
         self.data_identities = {
-            "data_identity": content_identity(c.data),
+            "data_identity": mixture.identity(mixture.parse_sources(c.data)),
             "eval_data_identity": content_identity(c.eval_data),
+            **({"data_sources": self.data_sources} if self.data_sources is not None else {}),
         }
         self.evaluation = Evaluation(
             c,
@@ -186,6 +189,8 @@ class Trainer(Setup, RunFolder, Step, Periodic, Rollback, Ending):
             c.gradient_accumulation_steps,
         )
         self.reporters.open(c, self.output, self.state.global_step, loaded.path if loaded else None)
+        if self.data_sources is not None:  # several sources: what each gives the run, once per session
+            self.reporters.write({"type": "data", "step": self.state.global_step, "sources": self.data_sources})
 
     def _adopt_settings(self, command: TrainConfig) -> None:
         """Redo what ``__init__`` built from the ``command`` line where the resumed run's settings differ."""
