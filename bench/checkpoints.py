@@ -258,15 +258,12 @@ def async_save_stall(profile: Profile, model_dir: Path, data: Path, work: Path, 
 
 def _forge(source: Path, target_root: Path, step: int, steps_per_epoch: int, samples_per_epoch: int) -> Path:
     """A copy of checkpoint ``source`` moved to optimizer step ``step`` (mid-epoch), written like any other."""
-    state = ckstate.load_training_state(source)
+    slices = ckstate.unpack_training_state(ckstate.load_training_state(source))  # any layout version
     epoch, within = divmod(step, steps_per_epoch)
     samples = min(within * (samples_per_epoch // steps_per_epoch), samples_per_epoch - 1)
-    state["global_step"] = step
-    state["epoch"] = epoch
-    state["run_state"]["epoch"] = epoch
-    for repeated in ("global_step", "samples_in_epoch"):  # a source written before they were stored once
-        state["run_state"].pop(repeated, None)
-    state["data_position"].update(epoch=epoch, samples_in_epoch=samples)
+    slices[ckstate.RUN_STATE]["global_step"] = step
+    slices[ckstate.DATA_POSITION].update(epoch=epoch, samples_in_epoch=samples)
+    state = ckstate.pack_training_state(slices)  # each fact once, as a run writes it
 
     def copy_model(folder):
         for path in source.iterdir():

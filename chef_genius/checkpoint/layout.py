@@ -37,7 +37,7 @@ from chef_genius.errors import UserError
 from chef_genius.checkpoint import trust
 
 FORMAT_NAME = "chef-genius-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the training state holds each fact once (training_state.py reads 1 too)
 PREFIX = "checkpoint-"
 STAGING_PREFIX = ".staging-"
 DELETING_PREFIX = ".deleting-"

@@ -40,7 +40,7 @@ from chef_genius.checkpoint.layout import (
     weights_layout,
 )
 from chef_genius.checkpoint.records import read_base
-from chef_genius.checkpoint.training_state import load_training_state, state_contract_problem
+from chef_genius.checkpoint.training_state import load_training_state, saved_step, state_contract_problem
 from chef_genius.errors import printable
 
 
@@ -206,9 +206,9 @@ def _state_problem(folder: Path) -> tuple[str | None, dict | None]:
     contract = state_contract_problem(state)
     if contract:
         return f"{TRAINING_STATE} {contract}", state
-    if step_of(folder) is not None and state.get("global_step") != step_of(folder):
+    if step_of(folder) is not None and saved_step(state) != step_of(folder):
         return (
-            f"{TRAINING_STATE} is at step {printable(state.get('global_step'), 20)}, the folder is named {folder.name}"
+            f"{TRAINING_STATE} is at step {printable(saved_step(state), 20)}, the folder is named {folder.name}"
         ), state
     return None, state
 

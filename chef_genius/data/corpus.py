@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,51 +267,69 @@ def split_rows(
 
 
 # -- what the run folder gets -------------------------------------------------------------------------
-def write_audit(out_dir: Path, found: FileDedup) -> Path:
-    """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity."""
+AUDIT_COLUMNS = ["kind", "file", "record", "title", "twin_file", "twin_record", "twin_title", "similarity"]
+
+
+def write_audit(out_dir: Path, found: FileDedup | list[FileDedup], extra_rows=()) -> Path:
+    """``removed_duplicates.csv``: each removed row (file, record, title), its kept twin, the similarity;
+    of one file or of several (``found`` a list), then ``extra_rows`` (the twins across sources, in
+    ``AUDIT_COLUMNS``' order)."""
     out = Path(out_dir) / AUDIT_FILE
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["kind", "file", "record", "title", "twin_file", "twin_record", "twin_title", "similarity"])
-        for r in found.result.removed:
-            held = r.kind == "held_out_twin"
-            twin_file = found.eval_path if held else found.path
-            if held:  # a twin in the --eval-data file, read with it
-                assert found.eval_records is not None and found.eval_titles is not None
-                twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
-            else:
-                twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
-            w.writerow(
-                [
-                    r.kind,
-                    found.path,
-                    int(found.records[r.row]),
-                    found.titles[r.row],
-                    twin_file,
-                    int(twin_record),
-                    twin_title,
-                    f"{r.similarity:.4f}",
-                ]
-            )
+        w.writerow(AUDIT_COLUMNS)
+        for one in found if isinstance(found, list) else [found]:
+            w.writerows(_audit_rows(one))
+        w.writerows(extra_rows)
     os.replace(tmp, out)
     return out
 
 
+def _audit_rows(found: FileDedup):
+    for r in found.result.removed:
+        held = r.kind == "held_out_twin"
+        twin_file = found.eval_path if held else found.path
+        if held:  # a twin in the --eval-data file, read with it
+            assert found.eval_records is not None and found.eval_titles is not None
+            twin_record, twin_title = found.eval_records[r.twin], found.eval_titles[r.twin]
+        else:
+            twin_record, twin_title = found.records[r.twin], found.titles[r.twin]
+        yield [
+            r.kind,
+            found.path,
+            int(found.records[r.row]),
+            found.titles[r.row],
+            twin_file,
+            int(twin_record),
+            twin_title,
+            f"{r.similarity:.4f}",
+        ]
+
+
 def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
     """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``, with the
-    ``records_stamp`` of what they were written from. Not compressed: hash values do not compress (5 %
-    smaller, 2 s more per 1M recipes on this machine)."""
+    ``records_stamp`` of what they were written from."""
+    r = found.result
+    assert r.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
+    return save_signatures(
+        folder, r.keys[train_rows], r.bands[train_rows], r.threshold, records_stamp(found, train_rows)
+    )
+
+
+def save_signatures(folder: Path, keys: np.ndarray, bands: np.ndarray, threshold: float, stamp: str = "") -> Path:
+    """``SIGNATURES_FILE`` of training recipes with content ``keys`` and band keys ``bands``, and the
+    ``stamp`` of what they were written from (``records_written``). Not compressed: hash values do not
+    compress (5 % smaller, 2 s more per 1M recipes on this machine)."""
     out = Path(folder) / SIGNATURES_FILE
-    assert found.result.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}.npz")
     np.savez(
         tmp,
-        keys=np.unique(found.result.keys[train_rows]),
-        bands=found.result.bands[train_rows],
+        keys=np.unique(keys),
+        bands=bands,
         version=np.array(DEDUP_VERSION),
-        threshold=np.array(found.result.threshold),
-        stamp=np.array(records_stamp(found, train_rows)),
+        threshold=np.array(threshold),
+        stamp=np.array(stamp),
     )
     os.replace(tmp, out)
     return out
@@ -325,57 +342,15 @@ def records_stamp(found: FileDedup, train_rows: np.ndarray) -> str:
     return f"{Path(found.decision).name}:{rows}:{found.path}:{found.eval_path}"
 
 
-def install_records(out_dir: Path, found: FileDedup, train_rows: np.ndarray) -> Path | None:
-    """``AUDIT_FILE`` and ``SIGNATURES_FILE`` of this decision and split in ``out_dir``; None when it holds
-    them already (a resume), else the audit's path. They are made once, into ``records-<stamp>`` beside
-    the saved decision in the cache folder (they are a function of it and of the split, as the cache is
-    of the data), and copied from there: a new run on a cached corpus copies two files (the kernel
-    copies them) instead of writing 160,000 audit lines and 110 MB of signatures (3 s and more for 1M
-    recipes on this machine). A cache folder that cannot be written: they are written straight into
-    ``out_dir``."""
-    out_dir = Path(out_dir)
-    if records_written(out_dir, found, train_rows):
-        return None
-    stamp = hashlib.sha256(records_stamp(found, train_rows).encode()).hexdigest()[:16]
-    store = Path(found.decision).with_name(f"records-{stamp}") if found.decision else None
-    if store is None or not _stored(store, found, train_rows):
-        write_audit(out_dir, found)
-        write_signatures(out_dir, found, train_rows)
-        return out_dir / AUDIT_FILE
-    for name in (AUDIT_FILE, SIGNATURES_FILE):  # the audit first: the signatures' stamp says both are there
-        tmp = out_dir / f"{name}.tmp-{os.getpid()}"
-        shutil.copyfile(store / name, tmp)
-        os.replace(tmp, out_dir / name)
-    return out_dir / AUDIT_FILE
-
-
-def _stored(store: Path, found: FileDedup, train_rows: np.ndarray) -> bool:
-    """Whether ``store`` holds the records (made now if not); False where it cannot be written."""
-    if records_written(store, found, train_rows):
-        return True
-    staging = store.with_name(f"{store.name}.tmp-{os.getpid()}")
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        write_audit(staging, found)
-        write_signatures(staging, found, train_rows)
-        shutil.rmtree(store, ignore_errors=True)  # an unfinished or damaged one
-        os.replace(staging, store)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        return records_written(store, found, train_rows)  # another run may have put it in place first
-    return True
-
-
-def records_written(folder: Path, found: FileDedup, train_rows: np.ndarray) -> bool:
-    """Whether ``folder`` already holds the audit and the signatures of this decision and these rows (a
-    resume of the same run: written again, they would cost seconds per 1M recipes)."""
+def records_written(folder: Path, stamp: str) -> bool:
+    """Whether ``folder`` already holds the audit and the signatures written with ``stamp`` (a resume of
+    the same run: written again, they would cost seconds per 1M recipes)."""
     signatures = Path(folder) / SIGNATURES_FILE
-    if not found.decision or not (Path(folder) / AUDIT_FILE).is_file() or not signatures.is_file():
+    if not stamp or not (Path(folder) / AUDIT_FILE).is_file() or not signatures.is_file():
         return False
     try:
         with np.load(signatures) as z:
-            return "stamp" in z.files and str(z["stamp"]) == records_stamp(found, train_rows)
+            return "stamp" in z.files and str(z["stamp"]) == stamp
     except (OSError, ValueError, EOFError):  # damaged: written again
         return False
 

@@ -6,7 +6,8 @@ Takes the training command's data flags (the same definitions: ``--data``, ``--e
 for its tokenizer only (no model is loaded, no GPU used). It reads, deduplicates, splits and tokenizes
 exactly as training does, into the same cache (a training run afterwards maps it), and prints rows
 read, kept, skipped by reason, duplicates (exact / near / twins of --eval-data), the split, token
-lengths and truncation; ``--json`` prints the same as JSON. Histograms of the token lengths go to
+lengths and truncation (with several ``--data`` sources: the whole, then each source's counts, twins
+across sources and share of an epoch); ``--json`` prints the same as JSON. Histograms of the token lengths go to
 ``--out`` as PNG files. Bad input: one line, exit 2.
 """
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def inspect(args) -> dict:
     """The data summary (``data/report.py``) of ``args``' data, as training would see it."""
-    from chef_genius.data import corpus, report
+    from chef_genius.data import corpus, report, training_set
     from chef_genius.data.readers import ReadOptions
     from chef_genius.data.tokenized import load_settings_file
     from chef_genius.model.loading import load_tokenizer, quiet_transformers
@@ -78,7 +79,7 @@ def inspect(args) -> dict:
     from chef_genius.settings.schema import TrainConfig
 
     if not args.data:
-        raise UserError("--data is required: the recipe file to inspect")
+        raise UserError("--data is required: the recipe file(s) to inspect")
     c = TrainConfig(**{name: getattr(args, name) for name in DATA_FLAGS})
     run_checks(c)  # each setting's own check, as training runs it
     quiet_transformers()
@@ -87,23 +88,14 @@ def inspect(args) -> dict:
     default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
     cache_root = Path(c.cache_dir) if c.cache_dir else default_root
     settings = corpus.DedupOptions(c.dedup, c.dedup_threshold)
-    train = load_settings_file(c.data, tokenizer, c, cache_root, options)
     evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
-    found = corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
-    train_idx, eval_idx = corpus.split_rows(
-        len(train.dataset), found, c.dedup, evald is not None, c.eval_split_ratio, c.seed
-    )
-    lengths = report.full_lengths(train.dataset, train_idx)
+    ts = training_set.training_set(c, tokenizer, cache_root, options, settings, evald is not None)
+    lengths = report.full_lengths(ts.rows, ts.train)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
-    summary = report.summarize(
-        c.data,
-        train.stats,
-        found,
-        c.dedup,
-        len(train_idx),
-        len(evald.dataset) if evald is not None else len(eval_idx),
-        lengths_report,
-    )
+    held = len(evald.dataset) if evald is not None else len(ts.eval)
+    summary = report.summarize_set(ts, len(ts.train), held, lengths_report)
+    if ts.several or not ts.mixture.plain:
+        summary["sources"] = training_set.source_counts(ts)
     summary["warnings"] = report.truncation_warnings(lengths_report)
     summary["plots"] = [str(p) for p in report.write_histograms(lengths, lengths_report, Path(args.out))]
     return summary
@@ -118,7 +110,10 @@ def main(argv=None) -> int:
     else:
         from chef_genius.data.report import summary_lines
 
-        print("\n".join(summary_lines(summary) + [f"warning: {w}" for w in summary["warnings"]]))
+        from chef_genius.data.training_set import source_lines
+
+        lines = summary_lines(summary) + source_lines(summary.get("sources") or [], summary["dedup"]["mode"])
+        print("\n".join(lines + [f"warning: {w}" for w in summary["warnings"]]))
         print("written: " + ", ".join(summary["plots"]))
     return EXIT_OK
 

@@ -8,7 +8,9 @@ others, silently. ``--allow-config-change`` accepts it with one warning line.
 
 Saved as the checkpoint's ``data_position`` (the keys are today's, so older checkpoints load; a
 position rebuilt by the doctor may carry only ``epoch`` and ``samples_in_epoch``, and what it lacks is
-not checked). ``skipped_ranges``: the data a rollback jumped over (``skip_to``), for the record; a
+not checked). ``mixture``: with several ``--data`` sources, the training recipes and weight of each
+(``data/mixture.py``), which the order also depends on; saved only then. ``skipped_ranges``: the data
+a rollback jumped over (``skip_to``), for the record; a
 resume continues from the position after them, like the run that skipped them.
 """
 
@@ -41,6 +43,7 @@ class DataPosition:
     length_group_size: int = TrainConfig.length_group_size
     max_tokens_per_batch: int = TrainConfig.max_tokens_per_batch  # 0: fixed --batch-size micro-batches
     skipped: list = field(default_factory=list)  # [epoch, sample, to epoch, to sample] per rollback's skip
+    mixture: list | None = None  # several sources: [training recipes, weight] each, in canonical order
 
     @classmethod
     def saved_at(cls, saved: dict) -> DataPosition:
@@ -72,6 +75,7 @@ class DataPosition:
             "samples_in_epoch": self.samples_in_epoch,
             **{key: getattr(self, name) for name, (key, _) in _IDENTITY.items()},
             **({"skipped_ranges": [list(r) for r in self.skipped]} if self.skipped else {}),
+            **({"mixture": [list(m) for m in self.mixture]} if self.mixture is not None else {}),
         }
 
     def differences(self, saved: dict) -> list[str]:
@@ -80,6 +84,10 @@ class DataPosition:
         for name, (key, flag) in _IDENTITY.items():
             if saved.get(key) is not None and saved[key] != getattr(self, name):
                 changes.append(f"{flag}: {saved[key]} in the checkpoint, {getattr(self, name)} now")
+        if saved.get("mixture") is not None:  # a position without it (older, or rebuilt by the doctor): unchecked
+            before, now = _mixture(saved.get("mixture")), _mixture(self.mixture)
+            if before != now:
+                changes.append(f"the sources' [training recipes, weight]: {before} in the checkpoint, {now} now")
         return changes
 
     def load_state_dict(self, saved: dict, allow_change: bool = False) -> None:
@@ -103,3 +111,7 @@ class DataPosition:
         self.skipped = [list(map(int, r)) for r in saved.get("skipped_ranges") or ()]
         if self.samples_in_epoch >= self.num_samples:  # a smaller data set: that epoch is over
             self.epoch, self.samples_in_epoch = self.epoch + 1, 0
+
+
+def _mixture(saved) -> list | None:
+    return None if saved is None else [[int(n), float(w)] for n, w in saved]

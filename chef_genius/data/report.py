@@ -83,6 +83,42 @@ def summarize(path, stats: dict, found, mode: str, train_rows: int, eval_rows: i
     }
 
 
+def summarize_set(ts, train_rows: int, eval_rows: int, lengths: dict) -> dict:
+    """The data summary of a ``training_set.TrainingSet``: ``summarize``'s of its one source, or the
+    sums over several (``data`` their list; duplicates across sources counted as ``exact_across`` /
+    ``near_across``)."""
+    if len(ts.sources) == 1:
+        d = ts.sources[0]
+        return summarize(d.source.path, d.tokenized.stats, d.found, ts.mode, train_rows, eval_rows, lengths)
+    skipped: dict = {}
+    for d in ts.sources:
+        for reason, n in (d.tokenized.stats.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    found = None
+    if ts.sources[0].found is not None:
+        found = {"exact": 0, "near": 0, "held_out_twin": 0, "exact_across": 0, "near_across": 0}
+        for d in ts.sources:
+            for kind, n in d.found.result.counts().items():
+                found[kind] += n
+            for a in d.across:
+                found[a.kind] += 1
+    return {
+        "data": [d.source.spelled() for d in ts.sources],
+        "rows_read": sum(d.tokenized.stats.get("rows") or 0 for d in ts.sources),
+        "usable": sum(d.tokenized.stats.get("kept") or 0 for d in ts.sources),
+        "skipped": skipped,
+        "dedup": {
+            "mode": ts.mode,
+            "threshold": ts.sources[0].found.result.threshold if found is not None else None,
+            "found": found,
+            "removed_from_training": _removed_from_training(found, ts.mode),
+        },
+        "training_recipes": train_rows,
+        "validation_recipes": eval_rows,
+        "lengths": lengths,
+    }
+
+
 def _removed_from_training(removed: dict | None, mode: str) -> int:
     """The rows training leaves out: every duplicate found (``remove``), else the held-out twins only."""
     if removed is None:  # --dedup off: none looked for
@@ -92,9 +128,9 @@ def _removed_from_training(removed: dict | None, mode: str) -> int:
 
 def summary_lines(summary: dict) -> list[str]:
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped"].items())) or "none"
-    lines = [
-        f"data {summary['data']}: {summary['rows_read']} rows read, {summary['usable']} usable, skipped: {skipped}"
-    ]
+    data = summary["data"]
+    shown = " + ".join(data) if isinstance(data, list) else data
+    lines = [f"data {shown}: {summary['rows_read']} rows read, {summary['usable']} usable, skipped: {skipped}"]
     d = summary["dedup"]
     if d["found"] is None:
         lines.append("duplicates: not looked for (--dedup off)")
@@ -104,6 +140,12 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(
             f"duplicates {verb}: {found['exact']} exact, {found['near']} near (similarity >= "
             f"{d['threshold']:.2f}); {found['held_out_twin']} twins of --eval-data recipes removed"
+            + (
+                f"; across sources: {found['exact_across']} exact, {found['near_across']} near twins of an "
+                "earlier source's recipe"
+                if "exact_across" in found
+                else ""
+            )
         )
     lines.append(f"{summary['training_recipes']} training and {summary['validation_recipes']} validation recipes")
     for side, r in (summary["lengths"] or {}).items():

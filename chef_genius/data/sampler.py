@@ -6,6 +6,10 @@ a batch holds examples of similar length (little padding). The order does not de
 size or the number of processes, so a run can resume on another world size at the same global
 sample position. Resuming mid-epoch is index arithmetic: start at ``samples_in_epoch``.
 
+Several weighted sources (``data/mixture.py``): the epoch's samples are ``Mixture.rows`` (a pure
+function of the seed, the epoch, the weights and the per-source counts), ordered the same way
+(``mixed_order``); with every weight 1 that is every recipe once, the order above.
+
 The sampler owns the run's ``DataPosition`` (``chef_genius/data/position.py``): the trainer advances it
 as batches are trained on, and a checkpoint saves and restores it through ``state_dict`` /
 ``load_state_dict``, which refuses a position taken under another sample order.
@@ -17,6 +21,7 @@ import math
 
 import numpy as np
 
+from chef_genius.data.mixture import Mixture
 from chef_genius.data.shares import rank_share
 from chef_genius.data.position import DataPosition
 
@@ -33,6 +38,14 @@ def epoch_order(
         group = order[start : start + group_size]
         groups.append(group[np.argsort(-lengths[group], kind="stable")])
     return np.concatenate(groups) if groups else order
+
+
+def mixed_order(rows: np.ndarray, seed: int, epoch: int, lengths: np.ndarray | None = None, group_size: int = 1024):
+    """The order of an epoch whose samples are ``rows`` (training-set indices, some repeated or left out:
+    a weighted mixture's, ``mixture.Mixture.rows``): ``epoch_order`` over the list, as indices into the
+    training set. ``lengths`` are the training set's."""
+    lengths = None if lengths is None else np.asarray(lengths)[rows]
+    return rows[epoch_order(len(rows), seed, epoch, lengths, group_size)]
 
 
 class ResumableBatchSampler:
@@ -54,6 +67,7 @@ class ResumableBatchSampler:
         group_size: int = 1024,
         num_replicas: int = 1,
         rank: int = 0,
+        mixture: Mixture | None = None,
     ):
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -64,9 +78,14 @@ class ResumableBatchSampler:
         self.rank = rank
         self.epoch = 0  # where the iteration starts (set_position)
         self.start = 0
+        # a weighted mixture's epochs (num_samples: its samples per epoch); None: every sample once
+        self.mixture = mixture if mixture is not None and not mixture.plain else None
         self.position = DataPosition(
             seed=seed, num_samples=num_samples, group_by_length=lengths is not None, length_group_size=group_size
         )
+        if mixture is not None and (len(mixture.counts) > 1 or not mixture.plain):
+            assert mixture.size == num_samples, "a mixture's sampler counts its samples per epoch"
+            self.position.mixture = mixture.record()  # one file of weight 1 saves the position as always
 
     @property
     def global_batch_size(self) -> int:
@@ -103,8 +122,12 @@ class ResumableBatchSampler:
         self.position.load_state_dict(state, allow_change)
         self.resume_iteration()
 
-    def order(self) -> np.ndarray:
-        return epoch_order(self.num_samples, self.seed, self.epoch, self.lengths, self.group_size)
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The sample order of ``epoch`` (default: the one the iteration starts in), as training-set indices."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.mixture is not None:
+            return mixed_order(self.mixture.rows(self.seed, epoch), self.seed, epoch, self.lengths, self.group_size)
+        return epoch_order(self.num_samples, self.seed, epoch, self.lengths, self.group_size)
 
     def __len__(self) -> int:
         return math.ceil(max(0, self.num_samples - self.start) / self.global_batch_size)
@@ -167,8 +190,9 @@ class TokenBudgetSampler(ResumableBatchSampler):
         group_size: int = 1024,
         num_replicas: int = 1,
         rank: int = 0,
+        mixture: Mixture | None = None,
     ):
-        super().__init__(num_samples, 1, seed, lengths, group_size, num_replicas, rank)
+        super().__init__(num_samples, 1, seed, lengths, group_size, num_replicas, rank, mixture)
         self.max_tokens = max_tokens
         self.source_lengths, self.target_lengths = np.asarray(source_lengths), np.asarray(target_lengths)
         self.position.max_tokens_per_batch = max_tokens
@@ -178,7 +202,7 @@ class TokenBudgetSampler(ResumableBatchSampler):
         if epoch not in self._bounds:
             if len(self._bounds) > 2:
                 self._bounds.clear()
-            order = epoch_order(self.num_samples, self.seed, epoch, self.lengths, self.group_size)
+            order = self.order(epoch)
             self._bounds[epoch] = budget_bounds(order, self.source_lengths, self.target_lengths, self.max_tokens)
         return self._bounds[epoch]
 

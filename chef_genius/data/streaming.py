@@ -17,6 +17,14 @@ so every recipe is trained on once per epoch over all ranks.
 Resume stays exact: the order of epoch E is a pure function of (file, seed, E, group size), and a
 resumed run re-reads the file up to its position, skipping the rows before its length group without
 tokenizing them. That skip costs a parse of the rows before the position (not index arithmetic).
+
+Several sources (``--data a.csv b.jsonl:0.5``, ``data/mixture.py``) are interleaved, not concatenated:
+each source contributes the samples its weight gives it (``Mixture.rows``: whole passes over the file,
+then the drawn rows, read in file order), and which source the next sample comes from follows a
+seeded permutation of the epoch's source labels (``interleave``), so every stretch of the stream holds
+the sources in about their shares. The stream is still a pure function of the files, seed and epoch,
+so resume stays exact. A sample's index is its place in the epoch's stream (with one file: its row).
+Duplicates are not looked for on this path, within a source or across sources.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chef_genius.data.mixture import Mixture
 from chef_genius.data.readers import ReadOptions, ReadStats, read_examples
 from chef_genius.data.sampler import ResumableBatchSampler
 from chef_genius.data.shares import ShareCollator, ShareDataset, rank_share
@@ -54,6 +63,51 @@ def count_rows(path: str | Path, cache_root: str | Path, options: ReadOptions = 
     return known[key]
 
 
+_INTERLEAVE = 0x1A7E  # the interleave's own random stream
+
+
+def interleave(per_epoch: list[int], seed: int, epoch: int) -> np.ndarray:
+    """Which source each sample of the epoch's stream comes from: source i ``per_epoch[i]`` times, in a
+    seeded order (pure). One source: all zeros, no draw."""
+    labels = np.repeat(np.arange(len(per_epoch), dtype=np.int16), per_epoch)
+    if len(per_epoch) < 2:
+        return labels
+    return np.random.default_rng([seed, epoch, _INTERLEAVE]).permutation(labels)
+
+
+def _source_rows(path: str, wanted: np.ndarray, options: ReadOptions):
+    """The usable recipes of ``path`` at rows ``wanted`` (ascending within each pass over the file; a
+    smaller row than the last starts another pass), as ``read_examples`` yields them."""
+    rows, at = None, -1  # at: the row ``rows`` yielded last
+    for want in wanted.tolist():
+        if rows is None or want <= at:
+            rows, at = read_examples(path, ReadStats(), options), -1
+        example = None
+        while at < want:
+            example, at = next(rows, None), at + 1
+            if example is None:
+                return  # the file has fewer rows than counted (it changed): the stream ends early
+        yield example
+
+
+def mixed_examples(paths: list[str], mixture: Mixture, seed: int, epoch: int, options: ReadOptions = ReadOptions()):
+    """The epoch's examples of ``paths`` (the sources in canonical order) as one stream (pure order):
+    each source's samples (``mixture.rows``) taken in the order ``interleave`` gives."""
+    if len(paths) == 1 and mixture.plain:  # one file of weight 1: the file, once, as it is read
+        yield from read_examples(paths[0], ReadStats(), options)
+        return
+    rows, bounds = mixture.rows(seed, epoch), np.concatenate([[0], np.cumsum(mixture.per_epoch)])
+    offsets = mixture.offsets
+    streams = [
+        _source_rows(path, rows[bounds[i] : bounds[i + 1]] - offsets[i], options) for i, path in enumerate(paths)
+    ]
+    for label in interleave(mixture.per_epoch, seed, epoch).tolist():
+        example = next(streams[label], None)
+        if example is None:
+            return
+        yield example
+
+
 class StreamingRows:
     """Stands in for the dataset where only the number of rows is needed."""
 
@@ -69,9 +123,16 @@ class StreamingSampler(ResumableBatchSampler):
     while reading (the stream is not indexable)."""
 
     def __init__(
-        self, num_samples: int, batch_size: int, seed: int, group_size: int, num_replicas: int = 1, rank: int = 0
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        group_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        mixture: Mixture | None = None,
     ):
-        super().__init__(num_samples, batch_size, seed, None, group_size, num_replicas, rank)
+        super().__init__(num_samples, batch_size, seed, None, group_size, num_replicas, rank, mixture)
 
 
 def group_order(lengths: np.ndarray, seed: int, epoch: int, group: int) -> np.ndarray:
@@ -97,8 +158,12 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         sampler: StreamingSampler,
         collate,
         options: ReadOptions = ReadOptions(),
+        mixture: Mixture | None = None,
     ):
-        self.path, self.tokenizer, self.sampler, self.options = str(path), tokenizer, sampler, options
+        """``path``: the file, or the sources' files in canonical order with their ``mixture``."""
+        self.paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+        self.mixture = mixture if mixture is not None else Mixture((sampler.num_samples,), (1.0,))
+        self.tokenizer, self.sampler, self.options = tokenizer, sampler, options
         self.collate = ShareCollator(collate)
         self.max_source_length, self.max_target_length = max_source_length, max_target_length
 
@@ -110,7 +175,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         s = self.sampler
         first_group, skip = divmod(s.start, s.group_size)
-        rows = read_examples(self.path, ReadStats(), self.options)
+        rows = mixed_examples(self.paths, self.mixture, s.seed, s.epoch, self.options)
         for _ in range(first_group * s.group_size):  # parsed, not tokenized
             if next(rows, None) is None:
                 return

@@ -155,6 +155,9 @@ def read_state(folder: Path) -> tuple[StateStatus, dict | None, str | None]:
         return "unreadable", None, str(err)
     if not isinstance(state, dict):
         return "unreadable", None, f"{path.name} does not hold a dictionary"
+    newer = ckstate.newer_version_problem(state)
+    if newer:  # never judged by this version's rules (nor rebuilt without keeping it: "unreadable")
+        return "unreadable", None, f"{path.name} {newer}"
     if state.get("format") == ckpt.FORMAT_NAME or not ckstate.missing_state_keys(state):
         return "ours", state, None
     if all(key in state for key in ("global_step", "epoch")):

@@ -280,7 +280,7 @@ class Fixer:
         step = ckpt.step_of(self.folder)
         if not self.dry_run:
             if step is None:
-                step = int(ckstate.load_training_state(self.folder)["global_step"])
+                step = int(ckstate.saved_step(ckstate.load_training_state(self.folder)))
             self.keep(self.folder / ckpt.MANIFEST)
             ckfiles.atomic_write_json(self.folder / ckpt.MANIFEST, ckmanifest.build_manifest(self.folder, step))
         self.note(Repair.MANIFEST_REBUILT, f"rebuilt {ckpt.MANIFEST}")
@@ -344,7 +344,7 @@ def rebuild_state(folder: Path, model, overrides: Overrides) -> tuple[dict, str]
         None,
         f"rebuilt {ckpt.TRAINING_STATE} from {source}: step {step}, epoch {epoch + 1}, {where}; "
         "optimizer state empty (re-warms on resume); RNG seeded from the run's seed and the step",
-        {"rebuilt": ["optimizer_state_dict", "rng_states", "best_loss"]},
+        {ckstate.REBUILT: ["optimizer_state_dict", ckstate.REBUILT_RNG, "best_loss"]},
     )
 
 

@@ -135,7 +135,7 @@ def assemble(step, epoch, samples, settings, model, optimizer, rng_states, best_
         position,
         optimizer,
         scheduler_state_at(step, lr, schedule, num_groups(model)),
-        rng_states,
+        [rng_states] if rng_states else [],
         hyper,
         {"repaired_by": "verify_and_fix_checkpoint", **(extra or {})},
     )

@@ -106,7 +106,7 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
         report.fail(Problem.STATE_UNSAFE if status == "unsafe" else Problem.STATE_UNREADABLE, f"{name}: {detail}")
         return
     report.ok(f"{name} loads with weights_only=True")
-    step, epoch = state.get("global_step"), state.get("epoch", 0)
+    step, epoch = ckstate.saved_step(state), ckstate.saved_epoch(state)
     if not (isinstance(step, int) and isinstance(epoch, int)) or isinstance(step, bool):
         report.fail(Problem.STATE_UNREADABLE, f"{name} holds a global_step / epoch that are not integers")
         return
@@ -123,9 +123,9 @@ def _check_state(report: Report, folder: Path, status: str, state, detail, model
         report.fail(Problem.SCHEDULER_MISMATCH, f"scheduler is at step {sched.get('last_epoch')}, the run at {step}")
     else:
         report.ok(f"scheduler position {step} matches global_step")
-    if not state.get("rng_states"):
+    if not ckstate.rank0_rng(state):
         report.fail(Problem.RNG_MISSING, "no RNG state: dropout and shuffling draw fresh seeds on resume", "warn")
-    elif "rng_states" in (state.get("rebuilt") or ()):
+    elif ckstate.REBUILT_RNG in ckstate.rebuilt_facts(state):
         report.fail(
             Problem.RNG_REBUILT,
             "RNG state rebuilt from the run's seed and the step: dropout and shuffling draw new streams on resume",

@@ -111,6 +111,14 @@ def held_out_recipes(args, models) -> tuple[list, str]:
         settings = _run_settings(models)
         options = ReadOptions(settings.get("columns"), settings.get("source_template") or DEFAULT_SOURCE_TEMPLATE)
         data = settings.get("eval_data") or settings.get("data")
+        if isinstance(data, list):  # --data as runs save it since several sources
+            from chef_genius.data.mixture import parse_sources
+
+            if len(data) > 1:
+                raise UserError(
+                    "the run trained on several --data sources, each split by itself: pass --data with held-out recipes"
+                )
+            data = parse_sources(data)[0].path
         if not data or not Path(data).is_file():
             raise UserError(f"the run's data file {data} is not here: pass --data with held-out recipes")
         examples = list(read_examples(data, ReadStats(), options))

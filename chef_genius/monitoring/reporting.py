@@ -7,6 +7,9 @@ that says where it started, so plots can mark it and drop what a resume from an 
     {"type": "start", "step": 0}                                      a fresh run
     {"type": "resume", "step": 1200, "from_checkpoint": ".../checkpoint-1200"}
 
+followed, when ``--data`` names several sources, by ``{"type": "data", "step": N, "sources": [...]}``,
+each source's counts (``data/training_set.py``: ``source_counts``).
+
 - TensorBoard (``--report-to tensorboard``; needs the ``tensorboard`` package): event files in
   ``MODEL_OUTPUT/tensorboard``; a resume purges the events after its step, so the curves stay single.
 - Weights & Biases (``--report-to wandb``; needs ``wandb`` installed and logged in): off by default;

@@ -67,6 +67,13 @@ def existing_file(value, flag):
     return value
 
 
+def data_sources(value, flag):
+    """``--data FILE[:WEIGHT] ...``: files that exist, positive weights (``data/mixture.py``)."""
+    from chef_genius.data.mixture import check_sources
+
+    return check_sources(value, flag)
+
+
 def unique(value, flag):
     """A list without repeats, first places kept."""
     return list(dict.fromkeys(value))

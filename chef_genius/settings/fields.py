@@ -143,6 +143,14 @@ def _unwrapped(tp):
     return tp
 
 
+def is_list(f: dataclasses.Field) -> bool:
+    """A setting that takes several values (``list[X]``, also ``list[X] | None``)."""
+    args = [a for a in typing.get_args(f.type) if a is not _NONE]
+    if typing.get_origin(f.type) in (typing.Union, types.UnionType) and len(args) == 1:
+        return typing.get_origin(args[0]) is list
+    return typing.get_origin(f.type) is list
+
+
 def choices_of(f: dataclasses.Field) -> tuple | None:
     """The allowed values of a ``Literal`` setting (also inside ``list[...]`` or ``... | None``)."""
     inner = _unwrapped(f.type)
@@ -217,7 +225,7 @@ def add_section(parser: argparse.ArgumentParser, title: str, fields: list[datacl
                     kwargs["const"] = flag.const
             else:
                 kwargs.update(type=value_type(f), choices=choices_of(f), metavar=spec.metavar)
-                if typing.get_origin(f.type) is list:
+                if is_list(f):
                     kwargs["nargs"] = "+"
             if i == 0:  # argparse takes a field's default from its first flag
                 default = default_of(f) if spec.cli_default is AS_FIELD else spec.cli_default

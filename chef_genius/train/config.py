@@ -99,7 +99,7 @@ def parse_args(argv=None) -> TrainConfig:
         for key, value in DEMO_OVERRIDES.items():
             if key not in explicit:
                 values[key] = value
-        values["data"] = values["data"] or str(SAMPLE_DATA)
+        values["data"] = values["data"] or [str(SAMPLE_DATA)]
         if "pretrained_model" not in explicit:
             values["pretrained_model"] = str(MODELS_ROOT / "demo-t5")
         values["model_output"] = values["model_output"] or str(MODELS_ROOT / "demo")

@@ -1,10 +1,11 @@
 """The trainer's data: datasets, the resumable sampler and the loaders, built from the config.
 
-- cached (default): ``--data`` tokenized once into the on-disk cache (``data/tokenized.py``), a
-  held-out validation split (or ``--eval-data``), length-grouped batches from
-  ``ResumableBatchSampler``, padding rows for short last batches on several processes
-  (``distributed.ShareDataset``);
-- ``--streaming``: tokenized as it is read (``data/streaming.py``); validation needs ``--eval-data``.
+- cached (default): each ``--data`` source tokenized once into the on-disk cache, deduplicated and
+  split (``data/training_set.py``; or ``--eval-data``), length-grouped batches of the epoch's samples
+  (weighted: ``data/mixture.py``) from ``ResumableBatchSampler``, padding rows for short last batches
+  on several processes (``distributed.ShareDataset``);
+- ``--streaming``: tokenized as it is read, several sources interleaved by weight
+  (``data/streaming.py``); validation needs ``--eval-data``.
 
 Loaders use a private seeded generator: their worker seeds must not draw from the global RNG, or a
 resumed run would see another dropout stream than the uninterrupted one.
@@ -23,16 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chef_genius.data import corpus, report
+from chef_genius.data import corpus, report, training_set
+from chef_genius.data.training_set import TrainingSet
+from chef_genius.data.mixture import Mixture, canonical, parse_sources
 from chef_genius.data.readers import ReadOptions, encoding_hint
-from chef_genius.data.tokenized import (
-    LABEL_PAD,
-    Collator,
-    RecipeDataset,
-    cache_folder,
-    is_cached,
-    load_settings_file,
-)
+from chef_genius.data.tokenized import LABEL_PAD, Collator, RecipeDataset, load_settings_file
 from chef_genius.data.sampler import ResumableBatchSampler, TokenBudgetSampler
 from chef_genius.errors import DataError, UserError
 from chef_genius.train import distributed as dist
@@ -49,6 +45,7 @@ class Data:
     loader: torch.utils.data.DataLoader
     eval_loader: torch.utils.data.DataLoader | None
     records: DataRecords | None = None  # what the run folder gets once the run starts (rank 0; cached path)
+    sources: list[dict] | None = None  # per-source counts of several sources (every rank; the checkpoint's)
 
 
 @dataclass
@@ -57,18 +54,21 @@ class DataRecords:
     folder by ``write`` once setup has succeeded (a refused resume leaves the folder as it was)."""
 
     summary: dict
-    found: corpus.FileDedup | None
-    train_rows: np.ndarray
+    training: TrainingSet
 
     def write(self, output: Path) -> None:
         """The summary; the audit and the signatures unless the folder holds them for this decision and
-        split already (a resume), copied from the cache folder (``corpus.install_records``)."""
+        split already (a resume of one source: ``corpus.records_written``)."""
         output = Path(output)
         (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
-        if self.found is not None:
-            audit = corpus.install_records(output, self.found, self.train_rows)
-            if audit is not None and self.found.result.removed:
+        if self.training.sources[0].found is not None:
+            stamp = training_set.records_stamp(self.training)
+            if corpus.records_written(output, stamp):
+                return  # a resume of the same data and split: the folder holds them
+            audit = training_set.write_audit(output, self.training)
+            if training_set.removed_any(self.training):
                 log.info("every duplicate found is listed in %s", audit)
+            training_set.write_signatures(output, self.training)
 
 
 def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:
@@ -91,54 +91,44 @@ def dedup_options(c) -> corpus.DedupOptions:
 
 def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     options, settings = read_options(c), dedup_options(c)
-    files = [path for path in (c.data, c.eval_data) if path]
-
-    def ready() -> bool:
-        if not all(
-            is_cached(path, tokenizer, c.max_source_length, c.max_target_length, cache_root, options) for path in files
-        ):
-            return False
-        folder = cache_folder(c.data, tokenizer, c.max_source_length, c.max_target_length, cache_root, options)
-        return not settings.active or corpus.result_path(folder, c.data, options, settings, c.eval_data).is_file()
-
-    with _main_tokenizes_first(accelerator, ready), _cache_errors(cache_root):
-        train = load_settings_file(c.data, tokenizer, c, cache_root, options)
+    with (
+        _main_tokenizes_first(accelerator, lambda: training_set.is_ready(c, tokenizer, cache_root, options, settings)),
+        _cache_errors(cache_root),
+    ):
         evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
-        found = (
-            corpus.find_duplicates(c.data, options, settings, train.cache_dir, c.eval_data) if settings.active else None
-        )
-    log.info("data %s: %s%s", c.data, _stats_line(train.stats), " (cached)" if train.from_cache else "")
-    if encoding_hint(train.stats):
-        log.warning("%s: %s", c.data, encoding_hint(train.stats))
-    if found is not None and len(found.result.keys) != len(train.dataset):
+        ts = training_set.training_set(c, tokenizer, cache_root, options, settings, evald is not None)
+    for d in ts.sources:
+        path, stats = d.source.path, d.tokenized.stats
+        log.info("data %s: %s%s", path, _stats_line(stats), " (cached)" if d.tokenized.from_cache else "")
+        if encoding_hint(stats):
+            log.warning("%s: %s", path, encoding_hint(stats))
+    if not len(ts.train):  # e.g. every recipe a twin of an --eval-data recipe: nothing left to train on
+        read = sum(len(d.tokenized.dataset) for d in ts.sources)
+        removed = sum(len(d.found.result.removed) + len(d.across) for d in ts.sources if d.found is not None)
         raise DataError(
-            f"{c.data}: the duplicate search saw {len(found.result.keys)} recipes, the tokenized cache "
-            f"{len(train.dataset)}; delete {train.cache_dir} and run again"
-        )
-    train_idx, eval_idx = corpus.split_rows(
-        len(train.dataset), found, c.dedup, evald is not None, c.eval_split_ratio, c.seed
-    )
-    if not len(train_idx):  # e.g. every recipe a twin of an --eval-data recipe: nothing left to train on
-        removed = len(found.result.removed) if found is not None else 0
-        raise DataError(
-            f"{c.data}: no recipe is left to train on ({len(train.dataset)} read, {removed} removed as "
+            f"{_shown_data(c)}: no recipe is left to train on ({read} read, {removed} removed as "
             "duplicates or twins of held-out recipes, the rest held out for validation); check "
             "--eval-data and --eval-split-ratio, or pass --dedup off"
         )
-    train_data = RecipeDataset(train.dataset, train_idx)
+    for d in ts.sources:
+        if ts.several and not len(d.train_rows):
+            log.warning("source %s: no recipe of it is left to train on; its weight adds nothing", d.source.path)
+    train_data = RecipeDataset(ts.rows, ts.train)
     eval_data: RecipeDataset | None
     if evald is not None:
         eval_data = RecipeDataset(evald.dataset)
     else:
-        eval_data = RecipeDataset(train.dataset, eval_idx) if len(eval_idx) else None
-    records = _report(c, train, found, settings, train_data, eval_data, accelerator)
+        eval_data = RecipeDataset(ts.rows, ts.eval) if len(ts.eval) else None
+    counts = training_set.source_counts(ts) if ts.several or not ts.mixture.plain else None
+    records = _report(c, ts, train_data, eval_data, accelerator, counts)
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
+    num_samples = ts.mixture.size
     sort_by = train_data.lengths() if c.group_by_length else None
     sampler: TokenBudgetSampler | ResumableBatchSampler
     if c.max_tokens_per_batch:
         sampler = TokenBudgetSampler(
-            len(train_data),
+            num_samples,
             c.max_tokens_per_batch,
             c.seed,
             sort_by,
@@ -146,16 +136,18 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
             c.length_group_size,
             accelerator.num_processes,
             accelerator.process_index,
+            ts.mixture,
         )
     else:
         sampler = ResumableBatchSampler(
-            len(train_data),
+            num_samples,
             c.batch_size,
             c.seed,
             sort_by,
             c.length_group_size,
             accelerator.num_processes,
             accelerator.process_index,
+            ts.mixture,
         )
     collate = dist.ShareCollator(collate, LABEL_PAD)  # padding rows of short last batches, sample indices
     workers = c.dataloader_num_workers
@@ -170,31 +162,49 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     loader = torch.utils.data.DataLoader(
         dist.ShareDataset(train_data), batch_sampler=sampler, generator=torch.Generator().manual_seed(c.seed), **common
     )
-    return Data(train_data, eval_data, sampler, loader, _eval_loader(c, eval_data, accelerator, collate), records)
+    eval_loader = _eval_loader(c, eval_data, accelerator, collate)
+    return Data(train_data, eval_data, sampler, loader, eval_loader, records, counts)
 
 
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
 
-    options = read_options(c)
+    options, sources = read_options(c), canonical(parse_sources(c.data))
+    paths = [s.path for s in sources]
     with accelerator.main_process_first():
-        rows = count_rows(c.data, cache_root, options)
+        rows = [count_rows(path, cache_root, options) for path in paths]
         evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
-    if rows == 0:
-        raise DataError(f"{c.data}: no usable recipe in the file")
+    for path, n in zip(paths, rows):
+        if n == 0:
+            raise DataError(f"{path}: no usable recipe in the file")
     if c.dedup != "off":
         log.warning(
             "--streaming: duplicates are not looked for and the file is trained on as it is "
             "(--dedup needs the cached path); pass --dedup off to say so"
         )
-    log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", c.data, rows)
+    mix = Mixture(tuple(rows), tuple(s.weight for s in sources))
+    for path, n in zip(paths, rows):
+        log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", path, n)
+    counts = None
+    if len(sources) > 1 or not mix.plain:
+        counts = training_set.streamed_counts(sources, mix)
+        for line in training_set.source_lines(counts, "off"):
+            log.info("%s", line)
     sampler = StreamingSampler(
-        rows, c.batch_size, c.seed, c.length_group_size, accelerator.num_processes, accelerator.process_index
+        mix.size,
+        c.batch_size,
+        c.seed,
+        c.length_group_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        mix,
     )
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
-    stream = StreamingDataset(c.data, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options)
+    stream = StreamingDataset(
+        paths, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options, mix
+    )
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -204,29 +214,29 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     )
     eval_data = eval_subset(RecipeDataset(evald.dataset), c.eval_max_samples, c.seed) if evald is not None else None
     eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
-    return Data(StreamingRows(rows), eval_data, sampler, loader, eval_loader)
+    return Data(StreamingRows(sum(rows)), eval_data, sampler, loader, eval_loader, sources=counts)
 
 
-def _report(c, train, found, settings, train_data: RecipeDataset, eval_data, accelerator) -> DataRecords | None:
+def _report(c, ts: TrainingSet, train_data: RecipeDataset, eval_data, accelerator, counts) -> DataRecords | None:
     """The data summary, once (rank 0): in the log now, and what the run folder gets (``DataRecords``)."""
     if not accelerator.is_main_process:
         return None
-    lengths = report.full_lengths(train.dataset, train_data.indices)
+    lengths = report.full_lengths(ts.rows, ts.train)
     lengths_report = report.lengths_report(lengths, c.max_source_length, c.max_target_length)
-    summary = report.summarize(
-        c.data,
-        train.stats,
-        found,
-        settings.mode,
-        len(train_data),
-        len(eval_data) if eval_data is not None else 0,
-        lengths_report,
-    )
+    summary = report.summarize_set(ts, len(train_data), len(eval_data) if eval_data is not None else 0, lengths_report)
     for line in report.summary_lines(summary):
+        log.info("%s", line)
+    for line in training_set.source_lines(counts or [], c.dedup):
         log.info("%s", line)
     for line in report.truncation_warnings(lengths_report):
         log.warning("%s", line)
-    return DataRecords(summary, found, train_data.indices)
+    if counts is not None:
+        summary["sources"] = counts
+    return DataRecords(summary, ts)
+
+
+def _shown_data(c) -> str:
+    return " ".join(c.data) if isinstance(c.data, list) else str(c.data)
 
 
 DATA_SUMMARY_FILE = "data_summary.json"

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
+from chef_genius.data import mixture
 from chef_genius.data.fingerprint import content_identity, data_identity, is_content_identity
 from chef_genius.errors import UserError
 from chef_genius.settings.checks import check_optimizer, check_reporters
@@ -140,6 +141,8 @@ def settle(config: TrainConfig, saved: dict | None, source: Path | None = None) 
     hyper = saved.get("hyperparameters") or {}
     where = source.name if source is not None else "the checkpoint"
     decision = decide(hyper, config.to_dict(), config.explicit, saved.get("data_position"))
+    if isinstance(decision.values.get("data"), str):  # checkpoints before several sources saved one path
+        decision.values["data"] = [decision.values["data"]]
     decision.refused += file_changes(decision.values, hyper, where)
     if decision.refused and not config.allow_config_change:
         raise UserError(
@@ -204,20 +207,30 @@ def _check_adapter(changes: list[Change], allowed: bool, where: str) -> None:
 
 def file_changes(values: dict, saved: dict, where: str) -> list[Change]:
     """The data files, compared by content with the ones the checkpoint trained on (every byte: see
-    ``data/fingerprint.py``). A checkpoint from before the content fingerprint saved a hash of the
-    first and last MiB only: compared on that, and an unchanged one is said to be unverifiable in the
-    middle (the next checkpoints record the content)."""
+    ``data/fingerprint.py``); several ``--data`` sources as a set of (content, weight), whatever their
+    order. A checkpoint from before the content fingerprint saved a hash of the first and last MiB
+    only: compared on that, and an unchanged one is said to be unverifiable in the middle (the next
+    checkpoints record the content)."""
     changes = []
     for name, key in FILES.items():
-        path = values[name]
-        if path is not None and not Path(path).is_file():
-            raise UserError(
-                f"{where} was trained on {flag_of(name)} {path}, which is not there any more; "
-                f"pass {flag_of(name)} with the file's new place"
-            )
+        paths = [s.path for s in mixture.parse_sources(values[name])] if name == "data" else [values[name]]
+        for path in paths:
+            if path is not None and not Path(path).is_file():
+                raise UserError(
+                    f"{where} was trained on {flag_of(name)} {path}, which is not there any more; "
+                    f"pass {flag_of(name)} with the file's new place"
+                )
         if key not in saved:  # an older checkpoint: nothing to compare with
             continue
         old = saved[key]
+        sources = mixture.parse_sources(values[name])
+        if name == "data" and not (isinstance(old, dict) and mixture.is_plain(sources)):  # several sources
+            now = mixture.identity(sources)
+            what = mixture.identity_changes(old, now)
+            if what:
+                changes.append(Change(name, _described(old), f"{_described(now)}: {'; '.join(what)}"))
+            continue
+        path = paths[0]
         content = old is None or is_content_identity(old)
         identity = content_identity(path) if content else data_identity(path)
         if identity != old:
@@ -373,5 +386,10 @@ def _shown(value) -> str:
     return str(value)
 
 
-def _described(identity: dict | None) -> str:
-    return "none" if identity is None else f"{identity.get('name')} ({identity.get('size')} bytes)"
+def _described(identity: dict | list | None) -> str:
+    if identity is None:
+        return "none"
+    if isinstance(identity, list):  # several sources, with weights
+        weights = [f" x{e['weight']:g}" if e.get("weight", 1) != 1 else "" for e in identity]
+        return " + ".join(f"{_described(e)}{w}" for e, w in zip(identity, weights))
+    return f"{identity.get('name')} ({identity.get('size')} bytes)"

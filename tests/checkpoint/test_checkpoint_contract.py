@@ -9,6 +9,7 @@ from safetensors import safe_open
 from chef_genius.checkpoint import layout as ckpt
 from chef_genius.checkpoint import files as ckfiles
 from chef_genius.checkpoint import manifest as ckmanifest
+from chef_genius.checkpoint import training_state as ckstate
 from conftest import run_training, train_args
 
 
@@ -33,22 +34,22 @@ def test_checkpoints_every_save_steps_optimizer_steps(run):
 
 def test_training_state_loads_weights_only_with_all_keys(run):
     state = torch.load(run / "checkpoint-5" / "training_state.pt", weights_only=True)  # no allowlist
+    assert ckstate.state_contract_problem(state) is None  # every key of its version, each of its kind
     for key in (
         "format_version",
         "global_step",
-        "epoch",
         "best_loss",
         "optimizer_state_dict",
         "scheduler_state_dict",
-        "rng_states",
+        "rng_states_per_rank",
         "data_position",
         "hyperparameters",
     ):
         assert key in state
-    assert state["global_step"] == 5
+    assert ckstate.saved_step(state) == 5 and ckstate.saved_epoch(state) == 0
     assert state["scheduler_state_dict"]["last_epoch"] == 5
     assert state["optimizer_state_dict"]["state"]  # Adam moments are there
-    assert set(state["rng_states"]) >= {"python", "numpy", "torch", "cuda"}
+    assert set(ckstate.rank0_rng(state)) >= {"python", "numpy", "torch", "cuda"}
     # 96 recipes; the content split (a hash threshold at --eval-split-ratio 0.02, seed 42: the share is the
     # ratio up to sampling noise) holds out 4 -> 92; 5 steps x 2 micro-batches x 8 = 80 samples in epoch 0
     assert state["data_position"] == {

@@ -70,7 +70,7 @@ def assert_recoverable(folder: Path) -> int:
     assert skipped == []
     if latest is None:
         return 0
-    assert ckstate.load_training_state(latest)["global_step"] == ckpt.step_of(latest)
+    assert ckstate.saved_step(ckstate.load_training_state(latest)) == ckpt.step_of(latest)
     return ckpt.step_of(latest)
 
 

@@ -344,7 +344,7 @@ def test_one_save_path_gathers_in_the_main_thread_writes_copies_and_applies_rete
     for step in (2, 3):
         folder = tmp_path / f"checkpoint-{step}"
         assert ckmanifest.manifest_problems(folder, verify_hashes=True) == []
-        assert ckstate.load_training_state(folder)["global_step"] == step
+        assert ckstate.saved_step(ckstate.load_training_state(folder)) == step
         assert (folder / ckpt.WEIGHTS).read_bytes() == (torch.arange(6.0) + step - 1).numpy().tobytes()
     assert set(model.threads + run.threads) == {threading.main_thread()}  # collectives stay in the main thread
     assert manager.committed == [1, 2, 3]

@@ -1,8 +1,9 @@
 """``checkpoint/training_state.py``: checkpoints of every layout written so far unpack to the same
-slices, and a new one writes the step, the best loss and the sample position once."""
+slices and answer the accessors alike, and a new one (version 2) writes each fact once."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chef_genius.checkpoint import layout as ckpt
@@ -101,6 +102,45 @@ def test_new_layout_unpacks_like_the_old_and_writes_step_loss_and_sample_once():
     assert "global_step" not in new["run_state"] and "best_loss" not in new["run_state"]
     assert "samples_in_epoch" not in new["run_state"]
     assert (new["global_step"], new["best_loss"], new["data_position"]["samples_in_epoch"]) == (7, 0.5, 24)
+
+
+def test_new_layout_writes_the_epoch_and_the_rng_once():
+    new = ckstate.pack_training_state(_slices())
+    assert new["format_version"] == ckpt.FORMAT_VERSION == 2
+    assert "epoch" not in new and "epoch" not in new["run_state"] and new["data_position"]["epoch"] == 1
+    assert "rng_states" not in new and same_values(new[ckstate.RNG_PER_RANK], RANKS)
+
+
+@pytest.mark.parametrize(
+    "layout", [_todays_main_layout, _pre_slices_layout, lambda: ckstate.pack_training_state(_slices())]
+)
+def test_every_layout_answers_the_accessors_alike(layout):
+    state = layout()
+    assert ckstate.state_contract_problem(state) is None
+    assert (ckstate.saved_step(state), ckstate.saved_epoch(state)) == (7, 1)
+    assert same_values(ckstate.rank0_rng(state), RANKS[0]) and ckstate.saved_world_size(state) == 2
+    assert ckstate.rebuilt_facts(state) == []
+
+
+def test_the_contract_follows_the_version():
+    new = ckstate.pack_training_state(_slices())
+    old = _todays_main_layout()
+    del old["rng_states"]
+    assert ckstate.state_contract_problem(old) == "lacks rng_states"  # version 1 still needs its copy
+    assert ckstate.state_contract_problem({**new, "data_position": {"epoch": "one"}}) == (
+        "holds a data_position epoch that is not an integer"
+    )
+    assert "rng_states_per_rank" in ckstate.state_contract_problem({**new, ckstate.RNG_PER_RANK: {"torch": 1}})
+    del new[ckstate.RNG_PER_RANK]
+    assert ckstate.state_contract_problem(new) == f"lacks {ckstate.RNG_PER_RANK}"
+    newer = {**ckstate.pack_training_state(_slices()), "format_version": ckpt.FORMAT_VERSION + 1}
+    assert "newer than this chef-genius reads" in ckstate.state_contract_problem(newer)
+
+
+def test_a_state_without_rng_writes_none_and_says_so():
+    new = ckstate.pack_training_state({**_slices(), ckstate.RNG: []})
+    assert new[ckstate.RNG_PER_RANK] == [] and ckstate.rank0_rng(new) == {}
+    assert ckstate.saved_world_size(new) == 2  # the settings say it
 
 
 def test_a_state_from_before_the_slices_still_unpacks():

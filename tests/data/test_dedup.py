@@ -298,20 +298,25 @@ def test_a_damaged_saved_decision_is_said_and_found_again(tmp_path, caplog):
 
 
 def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted, tmp_path, monkeypatch):
-    """The audit and the signatures cost seconds per 1M recipes: made once per decision and split beside the
-    decision in the cache, copied into a new run folder, found written by a resume; another split or
-    decision, or a folder without them, gets them (again)."""
+    """The audit and the signatures cost seconds per 1M recipes: a session of the same run and split
+    finds them written (the signatures' stamp); another split or decision, or a folder without the
+    audit, gets them (again)."""
+    from chef_genius.data.training_set import SourceData, TrainingSet
     from chef_genius.train.data_setup import DataRecords
 
     targets, _ = planted
     result = dedup.deduplicate(targets)
-    cache, run, other_run = tmp_path / "cache", tmp_path / "run", tmp_path / "other-run"
-    for folder in (cache, run, other_run):
-        folder.mkdir()
-    decision = str(cache / "dedup-1.npz")
-    found = corpus.FileDedup("x.csv", np.arange(1, len(targets) + 1), [""] * len(targets), result, decision=decision)
+    found = corpus.FileDedup(
+        "x.csv", np.arange(1, len(targets) + 1), [""] * len(targets), result, decision=str(tmp_path / "dedup-1.npz")
+    )
     train, _ = corpus.content_split(result.keys, result.kept, 0.2, seed=7)
-    DataRecords({"n": 1}, found, train).write(run)
+
+    def records(found, rows):
+        source = SourceData(None, None, found, [], rows, rows[:0])  # type: ignore[arg-type]
+        return DataRecords({"n": 1}, TrainingSet([source], None, rows, rows[:0], None, "remove"))  # type: ignore[arg-type]
+
+    run = _mkdir(tmp_path / "run")
+    records(found, train).write(run)
     signatures = run / corpus.SIGNATURES_FILE
     written = signatures.stat().st_mtime_ns
 
@@ -320,19 +325,17 @@ def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted
 
     with monkeypatch.context() as m:
         m.setattr(corpus, "write_audit", rewritten)
-        DataRecords({"n": 1}, found, train).write(run)  # the same run resumed: nothing written
-        DataRecords({"n": 1}, found, train).write(other_run)  # a new run of the same split: copied
+        records(found, train).write(run)  # the same run resumed: nothing written
     assert signatures.stat().st_mtime_ns == written
-    assert (other_run / corpus.AUDIT_FILE).read_bytes() == (run / corpus.AUDIT_FILE).read_bytes()
-    assert corpus.records_written(other_run, found, train)
-    DataRecords({"n": 1}, found, train[1:]).write(run)  # another split
+    records(found, train[1:]).write(run)  # another split
     with np.load(signatures) as z:
         assert len(z["bands"]) == len(train) - 1
-    other = corpus.FileDedup("x.csv", found.records, found.titles, result, decision=str(cache / "dedup-2.npz"))
+    other = corpus.FileDedup("x.csv", found.records, found.titles, result, decision=str(tmp_path / "dedup-2.npz"))
     (run / corpus.AUDIT_FILE).unlink()
-    DataRecords({"n": 1}, other, train).write(run)  # another decision, the audit gone
+    records(other, train).write(run)  # another decision, the audit gone
     assert (run / corpus.AUDIT_FILE).is_file()
-    assert corpus.records_written(run, other, train) and not corpus.records_written(run, found, train)
+    assert corpus.records_written(run, corpus.records_stamp(other, train))
+    assert not corpus.records_written(run, corpus.records_stamp(found, train))
 
 
 def _mkdir(path):

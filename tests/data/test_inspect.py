@@ -77,3 +77,20 @@ def test_a_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
         run_cli(main, ["--data", str(tmp_path / "nope.csv")])
     assert stop.value.code == EXIT_USAGE
     assert "--data file not found" in capsys.readouterr().err
+
+
+def test_several_sources_are_reported_each(planted_csv, small_csv, tiny_model, tmp_path, capsys):
+    path, _ = planted_csv
+    common = ["--pretrained-model", str(tiny_model), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    assert main(["--data", str(path), f"{small_csv}:0.5", *common, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    by_name = {s["data"].rsplit("/", 1)[-1]: s for s in summary["sources"]}
+    assert set(by_name) == {"planted.csv", "small.csv"}
+    assert by_name["planted.csv"]["rows_read"] == 71 and by_name["small.csv"]["rows_read"] == 96
+    assert summary["rows_read"] == 71 + 96
+    assert sum(s["training_recipes"] for s in summary["sources"]) == summary["training_recipes"]
+    small = by_name["small.csv"]
+    assert small["weight"] == 0.5 and small["per_epoch"] == int(small["training_recipes"] * 0.5 + 0.5)
+    assert main(["--data", str(path), f"{small_csv}:0.5", *common]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("source ")]
+    assert len(lines) == 2 and any("small.csv (weight 0.5)" in line for line in lines)

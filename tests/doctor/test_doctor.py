@@ -268,7 +268,7 @@ def test_legacy_checkpoint_converted_keeping_optimizer(run_dir, tmp_path, capsys
     assert len(backups) == 1 and (backups[0] / ckpt.TRAINING_STATE).read_bytes() == original
     state = ckstate.load_training_state(folder)  # weights_only: no numpy left
     assert state["data_position"] == {"epoch": 0, "samples_in_epoch": 80}
-    assert state["rng_states"]["numpy"]["keys"].dtype == torch.int64
+    assert ckstate.rank0_rng(state)["numpy"]["keys"].dtype == torch.int64
     from chef_genius.model.loading import load_model
 
     model = load_model(folder)
@@ -393,8 +393,8 @@ def test_hf_trainer_checkpoints_converted_by_fix_all(
     assert [c["global_step"] for c in table["checkpoints"]] == [2, 4]
     folder = run / "checkpoint-2"
     state = ckstate.load_training_state(folder)
-    assert state["global_step"] == 2 and state["epoch"] == 0 and not state["optimizer_state_empty"]
-    assert state["rng_states"]["torch"].dtype == torch.uint8
+    assert ckstate.saved_step(state) == 2 and ckstate.saved_epoch(state) == 0 and not state["optimizer_state_empty"]
+    assert ckstate.rank0_rng(state)["torch"].dtype == torch.uint8
     hf_opt = torch.load(folder / "optimizer.pt", weights_only=True)
     from chef_genius.checkpoint.weight_files import read_header
     from chef_genius.doctor.weights import hf_layout, meta_model, our_layout

@@ -282,7 +282,7 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(
     assert "optimizer state kept" in repairs["state_converted_accelerate"]
     assert "assumed the training defaults for warmup_steps, lr_scheduler" in repairs["state_converted_accelerate"]
     state = ckstate.load_training_state(folder)
-    assert state["global_step"] == 3 and state["data_position"]["samples_in_epoch"] == 24
+    assert ckstate.saved_step(state) == 3 and state["data_position"]["samples_in_epoch"] == 24
     assert state["scheduler_state_dict"]["base_lrs"][0] == 1e-3
     saved = torch.load(folder / "optimizer.bin", weights_only=True)
     from chef_genius.checkpoint.weight_files import read_weights
@@ -294,7 +294,7 @@ def test_accelerate_folder_named_and_built_into_a_resumable_checkpoint(
         assert torch.equal(
             state["optimizer_state_dict"]["state"][index]["exp_avg"], saved["state"][names.index(name)]["exp_avg"]
         )
-    assert state["rng_states"]["torch"].dtype == torch.uint8
+    assert ckstate.rank0_rng(state)["torch"].dtype == torch.uint8
 
     caplog.set_level(logging.INFO)
     assert (

@@ -93,16 +93,16 @@ def test_rebuilt_state_meets_the_native_contract(run, tmp_path, capsys):
         assert report_of(target, capsys, "--fix")[1]["resumable"]
     rebuilt = ckstate.load_training_state(folder)
     assert ckstate.missing_state_keys(rebuilt) == []
-    assert set(native["rng_states"]) <= set(rebuilt["rng_states"])  # python, numpy, torch, cuda
-    assert {"rng_states", "optimizer_state_dict"} <= set(rebuilt["rebuilt"])
+    assert set(ckstate.rank0_rng(native)) <= set(ckstate.rank0_rng(rebuilt))  # python, numpy, torch, cuda
+    assert {ckstate.REBUILT_RNG, "optimizer_state_dict"} <= set(ckstate.rebuilt_facts(rebuilt))
     again = ckstate.load_training_state(other / "checkpoint-10")  # seeded from the run's seed and the step
-    assert torch.equal(rebuilt["rng_states"]["torch"], again["rng_states"]["torch"])
-    assert not torch.equal(rebuilt["rng_states"]["torch"], native["rng_states"]["torch"])
+    assert torch.equal(ckstate.rank0_rng(rebuilt)["torch"], ckstate.rank0_rng(again)["torch"])
+    assert not torch.equal(ckstate.rank0_rng(rebuilt)["torch"], ckstate.rank0_rng(native)["torch"])
     saved = rng.capture()
     try:
-        rng.restore(rebuilt["rng_states"])  # every consumer of the contract can read it
+        rng.restore(ckstate.rank0_rng(rebuilt))  # every consumer of the contract can read it
         first = torch.rand(3)
-        rng.restore(again["rng_states"])
+        rng.restore(ckstate.rank0_rng(again))
         assert torch.equal(first, torch.rand(3))
     finally:
         rng.restore(saved)

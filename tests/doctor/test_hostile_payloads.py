@@ -73,6 +73,17 @@ def test_hostile_trainer_state_json_is_a_report_line(run, tmp_path, capsys, valu
             "rng_states": {},
         },
         {"global_step": 10, "epoch": "one", "optimizer_state_dict": {}, "scheduler_state_dict": {}, "rng_states": {}},
+        {  # version 2: the epoch is data_position's
+            "format": ckpt.FORMAT_NAME,
+            "format_version": 2,
+            "global_step": 10,
+            "best_loss": None,
+            "data_position": {"epoch": "one", "samples_in_epoch": 0},
+            "optimizer_state_dict": {},
+            "scheduler_state_dict": {"last_epoch": 10},
+            "rng_states_per_rank": "not a list",
+            "hyperparameters": {},
+        },
     ],
 )
 def test_state_with_values_of_the_wrong_kind(run, capsys, state):
@@ -83,6 +94,25 @@ def test_state_with_values_of_the_wrong_kind(run, capsys, state):
     assert code == 1 and not report["resumable"]
     found, skipped = ckmanifest.find_latest(run)
     assert found == run / "checkpoint-5" and skipped[0][0] == folder
+
+
+def test_a_state_of_a_newer_format_is_never_judged_nor_lost(run, capsys):
+    from chef_genius.checkpoint import training_state as ckstate
+
+    folder = run / "checkpoint-10"
+    state = ckstate.load_training_state(folder)
+    newer = {**state, "format_version": ckpt.FORMAT_VERSION + 1}
+    torch.save(newer, folder / ckpt.TRAINING_STATE)
+    seal(folder)
+    original = (folder / ckpt.TRAINING_STATE).read_bytes()
+    code, report = report_of(folder, capsys)
+    assert code == 1 and not report["resumable"] and codes(report) == {"state_unreadable"}
+    assert f"format version {ckpt.FORMAT_VERSION + 1}, newer than this chef-genius reads" in str(report["problems"])
+    found, skipped = ckmanifest.find_latest(run)
+    assert found == run / "checkpoint-5" and "newer than this chef-genius reads" in skipped[0][1]
+    cli(verify_main, folder, "--fix", "--no-backup", capsys=capsys)
+    kept = [p for p in folder.rglob(ckpt.TRAINING_STATE) if p.read_bytes() == original]
+    assert kept, "the newer state was not kept"
 
 
 def test_disk_full_while_writing_the_final_model(tiny_model, small_csv, cache_dir, tmp_path, monkeypatch, capsys):

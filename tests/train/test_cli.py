@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from chef_genius.paths import SAMPLE_DATA
 from chef_genius.train.config import parse_args
 from chef_genius.errors import UserError
 from conftest import REPO, run_training, train_args
@@ -34,7 +35,7 @@ def test_bad_values_are_usage_errors(sample_csv, flags, message):
 def test_data_is_required_unless_demo():
     with pytest.raises(UserError, match="--data is required"):
         parse_args([])
-    assert parse_args(["--demo"]).data.endswith("sample_recipes.csv")
+    assert parse_args(["--demo"]).data == [str(SAMPLE_DATA)]  # --data is a list of sources
 
 
 def test_resume_path_that_is_not_a_checkpoint(tiny_model, small_csv, cache_dir, tmp_path):

@@ -151,8 +151,9 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(
     checkpoint = run_a / "checkpoint-11"
     assert ckmanifest.manifest_problems(checkpoint, verify_hashes=True) == []
     state = ckstate.load_training_state(checkpoint)
-    assert len(state[ckstate.RNG_PER_RANK]) == 2
-    assert not torch.equal(state[ckstate.RNG_PER_RANK][0]["torch"], state[ckstate.RNG_PER_RANK][1]["torch"])
+    per_rank = ckstate.rng_per_rank(state)
+    assert len(per_rank) == 2
+    assert not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
     assert state["data_position"]["samples_in_epoch"] == 18
     from safetensors.torch import load_file
 
@@ -183,7 +184,7 @@ def test_two_processes_cover_each_sample_once_and_resume_across_world_sizes(
     assert _exactly_once(_seen(log_a)[1])
     final = ckmanifest.find_latest(run_a)[0]
     assert ckmanifest.manifest_problems(final) == []
-    assert ckstate.load_training_state(final)["run_state"]["epoch"] == 2
+    assert ckstate.saved_epoch(ckstate.load_training_state(final)) == 2
 
 
 def test_fsdp_state_dicts_gather_and_reload_on_cpu(tiny_model, tmp_path):

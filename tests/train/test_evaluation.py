@@ -57,7 +57,7 @@ def test_generation_at_evaluation_draws_nothing_training_sees(tiny_model, small_
     )
     assert '"type": "generation"' in (generating / "metrics.jsonl").read_text()
     assert step_losses(generating) == step_losses(plain)
-    saved = [ckstate.load_training_state(run / "checkpoint-6")[ckstate.RNG_PER_RANK][0] for run in (plain, generating)]
+    saved = [ckstate.rank0_rng(ckstate.load_training_state(run / "checkpoint-6")) for run in (plain, generating)]
     assert saved[0]["python"] == saved[1]["python"]
     assert torch.equal(saved[0]["numpy"]["keys"], saved[1]["numpy"]["keys"])
     assert saved[0]["numpy"]["pos"] == saved[1]["numpy"]["pos"]

@@ -68,6 +68,56 @@ def test_resumed_losses_are_bitwise_equal(reference, tiny_model, small_csv, cach
     assert [got[s] for s in got] == [expected[s] for s in got]  # exact float equality, no tolerance
 
 
+def _as_todays_main(folder) -> None:
+    """Rewrite ``folder``'s training state in the layout main wrote until format version 2 (the epoch at
+    the top and in ``run_state`` beside ``data_position``'s, rank 0's RNG beside the per-rank list),
+    with its manifest, as that code left them."""
+    import torch
+
+    from chef_genius.checkpoint import files as ckfiles
+    from chef_genius.checkpoint import layout as ckpt
+    from chef_genius.checkpoint import manifest as ckmanifest
+    from chef_genius.checkpoint import training_state as ckstate
+
+    state = ckstate.load_training_state(folder)
+    epoch = state["data_position"]["epoch"]
+    old = {
+        **state,
+        "format_version": 1,
+        "epoch": epoch,
+        "run_state": {"epoch": epoch, **state["run_state"]},
+        "rng_states": state[ckstate.RNG_PER_RANK][0],
+    }
+    torch.save(old, folder / ckpt.TRAINING_STATE)
+    manifest = ckmanifest.build_manifest(folder, state["global_step"])
+    ckfiles.atomic_write_json(folder / ckpt.MANIFEST, {**manifest, "format_version": 1})
+
+
+@pytest.mark.parametrize("step", [3, 6], ids=["mid-epoch", "epoch-boundary"])
+def test_a_checkpoint_of_the_previous_layout_verifies_and_resumes_bitwise(
+    reference, tiny_model, small_csv, cache_dir, tmp_path, step
+):
+    from chef_genius.checkpoint import manifest as ckmanifest
+    from chef_genius.checkpoint import training_state as ckstate
+    from chef_genius.doctor import verify
+
+    old = tmp_path / "old"
+    shutil.copytree(reference / f"checkpoint-{step}", old / f"checkpoint-{step}")
+    _as_todays_main(old / f"checkpoint-{step}")
+    state = ckstate.load_training_state(old / f"checkpoint-{step}")
+    assert ckstate.state_version(state) == 1 and "rng_states" in state  # the old layout, as written
+    report = verify.verify(old / f"checkpoint-{step}")
+    assert report.valid and report.resumable and not report.problems, report.problems
+    assert (report.global_step, report.epoch) == (step, step // 6)
+    assert ckmanifest.manifest_problems(old / f"checkpoint-{step}", verify_hashes=True) == []
+    code, out = _resume(old, tiny_model, small_csv, cache_dir, tmp_path, step)
+    assert code == 0
+    expected, got = step_losses(reference), step_losses(out)
+    assert sorted(got) == list(range(step + 1, 13))
+    assert [got[s] for s in got] == [expected[s] for s in got]  # exact float equality, no tolerance
+    assert ckstate.state_version(ckstate.load_training_state(out / "checkpoint-12")) == 2  # written anew
+
+
 def test_resume_never_overwrites_its_checkpoint(reference, tiny_model, small_csv, cache_dir, tmp_path):
     before = (reference / "checkpoint-6" / "model.safetensors").read_bytes()
     code, out = _resume(reference, tiny_model, small_csv, cache_dir, tmp_path, 6)

@@ -140,14 +140,15 @@ def test_the_data_file_is_inherited_compared_by_content_and_must_exist(tmp_path)
     data = tmp_path / "recipes.csv"
     shutil.copy(SAMPLE_CSV, data)
     saved = _resume_state(data)
-    assert settings.settle(parse_args(["--resume", "latest"]), saved).data == str(data)
+    # --data is a list of sources since several can be mixed; an older checkpoint's one path becomes a list of one
+    assert settings.settle(parse_args(["--resume", "latest"]), saved).data == [str(data)]
     moved = tmp_path / "moved" / "recipes.csv"
     moved.parent.mkdir()
     data.rename(moved)
     with pytest.raises(UserError, match=r"was trained on --data .*recipes.csv, which is not there any more") as err:
         settings.settle(parse_args(["--resume", "latest"]), saved)
     assert err.value.exit_code == 2
-    assert settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved).data == str(moved)
+    assert settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved).data == [str(moved)]
     moved.write_text(moved.read_text()[:-200])  # edited: another file under the same name
     with pytest.raises(UserError, match=r"--data recipes.csv \(\d+ bytes\) -> recipes.csv"):
         settings.settle(parse_args(["--resume", "latest", "--data", str(moved)]), saved)
@@ -176,7 +177,7 @@ def test_an_edit_in_the_middle_with_size_and_time_kept_is_refused(tmp_path):
         settings.settle(parse_args(["--resume", "latest"]), saved)
     assert err.value.exit_code == 2
     allowed = settings.settle(parse_args(["--resume", "latest", "--allow-config-change"]), saved)
-    assert allowed.data == str(data)
+    assert allowed.data == [str(data)]
 
 
 def test_an_old_head_and_tail_identity_is_compared_on_what_it_holds_and_said_so(tmp_path, caplog):
@@ -186,7 +187,7 @@ def test_an_old_head_and_tail_identity_is_compared_on_what_it_holds_and_said_so(
     shutil.copy(SAMPLE_CSV, data)
     saved = _resume_state(data)  # the identity checkpoints saved before the content fingerprint
     with caplog.at_level(logging.WARNING):
-        assert settings.settle(parse_args(["--resume", "latest"]), saved).data == str(data)
+        assert settings.settle(parse_args(["--resume", "latest"]), saved).data == [str(data)]
     said = [r.getMessage() for r in caplog.records if "first and last MiB only" in r.getMessage()]
     assert len(said) == 1 and "--data" in said[0] and "recorded from the next checkpoint on" in said[0]
 

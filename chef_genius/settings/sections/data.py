@@ -18,13 +18,15 @@ from chef_genius.settings.fields import setting
 @dataclass
 class DataSettings:
     title = "data"
-    data: str | None = setting(
+    data: list[str] | None = setting(
         None,
         policy=GUARDED,
-        check=checks.existing_file,
+        check=checks.data_sources,
+        metavar="FILE[:WEIGHT]",
         help=(
-            "training recipes: RecipeNLG / Food.com CSV, JSONL or Parquet, also .gz, .bz2 or a .zip holding one "
-            "(a resume reuses the run's)"
+            "training recipes: RecipeNLG / Food.com CSV, JSONL or Parquet, also .gz, .bz2 or a .zip holding one; "
+            "several sources mix, each with an optional weight, its share of an epoch (1: every recipe once, 2: "
+            "twice, 0.5: a different half each epoch; docs/data.md) (a resume reuses the run's)"
         ),
     )
     eval_data: str | None = setting(
