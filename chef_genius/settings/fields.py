@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import weakref
 import enum
 import types
 import typing
@@ -212,6 +213,25 @@ def help_of(f: dataclasses.Field, flag: Flag) -> str:
     return text.replace("{default!r}", repr(default)).replace("{default}", _shown(default))
 
 
+class ListOnce(argparse.Action):
+    """A list setting's flag (``nargs="+"``) given once: argparse would keep only the last of two
+    (``--data a.csv --data b.csv`` training on b.csv alone), so a second one is refused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the namespaces this flag was given into (by identity: a Namespace is unhashable)
+        self._seen: list[weakref.ref] = []
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self._seen = [ref for ref in self._seen if ref() is not None]
+        if any(ref() is namespace for ref in self._seen):
+            parser.error(
+                f"{option_string} given twice: list every value after one {option_string} (e.g. {option_string} A B)"
+            )
+        self._seen.append(weakref.ref(namespace))
+        setattr(namespace, self.dest, values)
+
+
 def add_section(parser: argparse.ArgumentParser, title: str, fields: list[dataclasses.Field]) -> None:
     """One argument group: every flag of every field, in declaration order."""
     g = parser.add_argument_group(title)
@@ -226,7 +246,7 @@ def add_section(parser: argparse.ArgumentParser, title: str, fields: list[datacl
             else:
                 kwargs.update(type=value_type(f), choices=choices_of(f), metavar=spec.metavar)
                 if is_list(f):
-                    kwargs["nargs"] = "+"
+                    kwargs.update(nargs="+", action=ListOnce)
             if i == 0:  # argparse takes a field's default from its first flag
                 default = default_of(f) if spec.cli_default is AS_FIELD else spec.cli_default
                 kwargs["default"] = list(default) if isinstance(default, list) else default

@@ -220,3 +220,14 @@ def test_a_legacy_value_is_declared_only_where_the_default_changed_what_old_runs
     assert legacy == {"dedup": "off"} and settings.LEGACY == legacy
     fields = {f.name: f for f in settings_of(TrainConfig)}
     assert all(default_of(fields[name]) != value for name, value in legacy.items())
+
+
+def test_a_list_flag_given_twice_is_refused_not_halved():
+    # argparse keeps the last of two `--data` (training on one source without a word): refused instead
+    parser = build_parser()
+    with pytest.raises(UserError, match="--data given twice") as refused:
+        parser.parse_args(["--data", "a.csv", "--data", "b.csv"])
+    assert refused.value.exit_code == 2
+    # once, with several values, and a second parse with the same parser, are fine
+    assert parser.parse_args(["--data", "a.csv", "b.csv:2"]).data == ["a.csv", "b.csv:2"]
+    assert parser.parse_args(["--data", "c.csv"]).data == ["c.csv"]
