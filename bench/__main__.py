@@ -6,6 +6,7 @@
     python -m bench --quick --only throughput --comparisons whole --skewed --epoch-rows 30   # the proxy, whole epochs
     python -m bench --gpu        # FLAN-T5-large architecture, bf16, torch.compile (needs a CUDA GPU; 25-40 min)
     python -m bench --gpu --budget-s 480   # what fits 8 minutes on one H100 (one lease's command)
+    python -m bench.start --rows 1000000 --work-dir DIR   # time to the first step on a cached corpus (its own entry)
 
 Logs go to stderr; stdout holds only the JSON lines.
 """

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,22 +126,64 @@ class Removal:
     similarity: float  # 1.0 for an exact duplicate; the MinHash estimate otherwise
 
 
+class RemovalTable(Sequence):
+    """Removals read back from a saved decision: one (n, 4) array of row, twin, kind index and similarity,
+    made into ``Removal`` objects only when they are read one by one (the audit). A start needs only
+    the rows and kinds (``Dedup.kept``, ``counts``): 350,000 objects for 2.2M recipes cost 1.4 s."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = np.asarray(table, dtype=np.float64).reshape(-1, 4)
+        self._items: list[Removal] | None = None
+
+    def rows(self) -> np.ndarray:
+        return self.table[:, 0].astype(np.int64)
+
+    def kinds(self) -> np.ndarray:
+        return self.table[:, 2].astype(np.int64)
+
+    def _list(self) -> list[Removal]:
+        if self._items is None:
+            self._items = [Removal(int(r), int(t), REMOVAL_KINDS[int(k)], s) for r, t, k, s in self.table.tolist()]
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index):
+        return self._list()[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-alike, as a list
+
+
 @dataclass
 class Dedup:
     """What deduplication decided for one file's usable recipes."""
 
     keys: np.ndarray  # uint64 content key of each row's cluster (its kept twin's)
-    removed: list[Removal] = field(default_factory=list)
+    removed: Sequence[Removal] = field(default_factory=list)  # a list, or a RemovalTable read back
     bands: np.ndarray | None = None  # (rows, NUM_BANDS) uint32 band keys of each row
     threshold: float = DEFAULT_THRESHOLD
+
+    def removed_rows(self, kind: str | None = None) -> np.ndarray:
+        """The removed rows (of one ``kind``), as an array."""
+        if isinstance(self.removed, RemovalTable):
+            rows = self.removed.rows()
+            return rows if kind is None else rows[self.removed.kinds() == REMOVAL_KINDS.index(kind)]
+        return np.array([r.row for r in self.removed if kind is None or r.kind == kind], dtype=np.int64)
 
     @property
     def kept(self) -> np.ndarray:
         mask = np.ones(len(self.keys), dtype=bool)
-        mask[[r.row for r in self.removed]] = False
+        mask[self.removed_rows()] = False
         return np.flatnonzero(mask)
 
     def counts(self) -> dict:
+        if isinstance(self.removed, RemovalTable):
+            found = np.bincount(self.removed.kinds(), minlength=len(REMOVAL_KINDS))
+            return {kind: int(n) for kind, n in zip(REMOVAL_KINDS, found)}
         out = {"exact": 0, "near": 0, "held_out_twin": 0}
         for r in self.removed:
             out[r.kind] += 1

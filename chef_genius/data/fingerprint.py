@@ -9,10 +9,21 @@ The fingerprint is the file's content: ``content_sha256``, the sha256 of every b
 - The tokenized cache records the same ``content_sha256`` in its metadata and is reused only for
   it (``data/tokenized.py``); ``file_fingerprint`` (path, size, time, a sampled hash) only names the
   cache folder to look in, so a first run finds none without reading the file.
-- The cost: one read of the file per run start (sha256 runs at about 345 MB/s on this 2-core machine
-  at load average 13, 1.4 GB/s on a quiet core; docs/training-and-data.md: "Data by content"), remembered for the life
-  of the process so the resume check and the cache check share it. A first run pays nothing in wall
-  time: the hash runs in a thread beside the tokenization (``hashing_beside``).
+- The cost: one read of the file (sha256 runs at about 345 MB/s on this 2-core machine at load
+  average 13, 1.4 GB/s on a quiet core; docs/training-and-data.md: "Data by content"), remembered for
+  the life of the process so the resume check and the cache check share it, and across runs by the
+  file's state (``HashMemo``, the trust rule below). A first run pays nothing in wall time: the hash
+  runs in a thread beside the tokenization (``hashing_beside``).
+- Across runs (``HashMemo``): a digest is remembered with the state of the file it was taken of
+  (``file_state``: device, inode, size, modification and change times in ns) and given back while the
+  file is in that state. The rule that makes this sound: bytes change only through a write, every
+  write sets the change time to the clock's now, and no tool sets a change time back (``touch``,
+  ``os.utime``, ``cp -p`` and ``rsync -t`` set the modification time only); a file replaced by another
+  has another inode or a newer change time. Two guards: a digest is remembered only when the change
+  time is ``RACY_SECONDS`` older than the moment the hash began, so a write in the same tick of a
+  coarse file-system clock cannot follow it unseen (git's "racily clean" rule); and Windows, whose
+  ``st_ctime`` is the creation time, never remembers. What the rule cannot see: bytes changed under the
+  file system (a failing disk, a raw write to the device); ``--verify-hashes`` reads every byte anyway.
 - ``data_identity``: the identity checkpoints saved before the content fingerprint (name, size, a
   sha256 of the first and last MiB). Still computed, to compare such a checkpoint, which cannot tell
   an edit in the middle (the resume says so in one line and records the content identity from then on).
@@ -22,10 +33,12 @@ The fingerprint is the file's content: ``content_sha256``, the sha256 of every b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import threading
-from contextlib import contextmanager
+import time
 from pathlib import Path
 
 _MIB = 1 << 20
@@ -33,26 +46,97 @@ _BLOCK, _SAMPLES = 64 << 10, 16
 _CHUNK = 4 * _MIB
 _known: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content sha256, this process
 _lock = threading.Lock()
+MEMO_FILE = "chef_genius_hashes.json"
+RACY_SECONDS = 2.0  # a change time this close to the hash's start is not trusted across runs
 
 
-def content_sha256(path: str | Path) -> str:
-    """sha256 of every byte of ``path``, read in chunks. Remembered for this process while the file's
-    device, inode, size, modification and change times stay (a write changes the change time, which
-    no tool can set back), so the resume check and the cache check read the file once."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of every byte of ``path``, read in chunks (no memo)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_sha256(path: str | Path, memo: HashMemo | None = None) -> str:
+    """sha256 of every byte of ``path``. Remembered for this process while the file's device, inode,
+    size, modification and change times stay (a write changes the change time, which no tool can set
+    back), so the resume check and the cache check read the file once; with ``memo``, also across
+    runs (``HashMemo``: the trust rule in the module docstring)."""
     path = Path(path).resolve()
     key = _stat_key(path)
     with _lock:
         if key in _known:
             return _known[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    value = digest.hexdigest()
+    if memo is not None and (value := memo.recall(path)) is not None:
+        with _lock:
+            _known[key] = value
+        return value
+    began = time.time_ns()
+    value = file_sha256(path)
     if _stat_key(path) == key:  # not written to while it was read
         with _lock:
             _known[key] = value
+        if memo is not None:
+            memo.remember(path, value, began)
     return value
+
+
+def file_state(path: str | Path) -> list[int]:
+    """What a write to ``path`` always changes: device, inode, size, modification and change time (ns)."""
+    stat = os.stat(path)
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
+class HashMemo:
+    """sha256 digests of files remembered across runs in ``folder / MEMO_FILE``, each with the state of
+    the file it was taken of and given back only while the file is in that state (the trust rule in the
+    module docstring). ``trusted=False`` (``--verify-hashes``) recalls nothing: every byte is read.
+    ``save`` writes it when something was added (atomically; a read-only folder keeps it unsaved)."""
+
+    def __init__(self, folder: str | Path, trusted: bool = True):
+        self.path = Path(folder) / MEMO_FILE
+        self.trusted = trusted and os.name != "nt"  # Windows: st_ctime is the creation time
+        self.entries: dict[str, dict] = {}
+        self.changed = False
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            self.entries = {k: v for k, v in loaded.items() if isinstance(v, dict)}
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or unreadable: every file is hashed
+
+    def recall(self, path: str | Path) -> str | None:
+        """The digest of ``path`` if it is in the state it was hashed in, else None."""
+        entry = self.entries.get(str(Path(path).resolve()))
+        if not self.trusted or entry is None:
+            return None
+        try:
+            same = entry.get("state") == file_state(path)
+        except OSError:
+            return None
+        return entry.get("sha256") if same else None
+
+    def remember(self, path: str | Path, sha256: str, began_ns: int) -> None:
+        """Record ``sha256`` of ``path`` (hashed from ``began_ns`` on), unless its change time is too
+        recent to rule out a write in the same clock tick (``RACY_SECONDS``)."""
+        state = file_state(path)
+        if not self.trusted or began_ns - state[4] < RACY_SECONDS * 1e9:
+            return
+        self.entries[str(Path(path).resolve())] = {"state": state, "sha256": sha256}
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.entries, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+            self.changed = False
+        except OSError:  # a read-only cache: the next run hashes again
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def content_identity(path: str | Path | None) -> dict | None:
@@ -68,16 +152,16 @@ def is_content_identity(identity: dict | None) -> bool:
     return isinstance(identity, dict) and "sha256" in identity
 
 
-@contextmanager
-def hashing_beside(path: str | Path):
-    """Compute ``content_sha256(path)`` in a thread while the body reads the file for its own ends
+@contextlib.contextmanager
+def hashing_beside(path: str | Path, memo: HashMemo | None = None):
+    """Compute ``content_sha256(path, memo)`` in a thread while the body reads the file for its own ends
     (the first tokenization); yields a callable that returns the digest, waiting for it if needed.
     sha256 releases the GIL, so the hash takes no wall time from a body that is slower than a read."""
     result: dict = {}
 
     def work() -> None:
         try:
-            result["sha256"] = content_sha256(path)
+            result["sha256"] = content_sha256(path, memo)
         except BaseException as err:  # handed to the caller
             result["error"] = err
 

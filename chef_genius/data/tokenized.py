@@ -34,7 +34,7 @@ import torch
 from chef_genius.errors import DataError
 from chef_genius.data import cache_store
 from chef_genius.data.cache_store import CACHE_META
-from chef_genius.data.fingerprint import content_sha256, file_fingerprint, hashing_beside
+from chef_genius.data.fingerprint import HashMemo, content_sha256, file_fingerprint, hashing_beside
 from chef_genius.data.preprocess import build_parts
 from chef_genius.data.readers import ReadOptions, ReadStats, encoding_hint
 from chef_genius.data.recipes import TEMPLATE_VERSION
@@ -116,7 +116,15 @@ def load_settings_file(path, tokenizer, c, cache_root: str | Path, options: Read
     """``path`` tokenized with a run's settings ``c`` (max lengths, ``--num-proc``, ``--progress``), as
     training and ``inspect_data.py`` read ``--data`` and ``--eval-data``."""
     return load_tokenized(
-        path, tokenizer, c.max_source_length, c.max_target_length, cache_root, c.num_proc, options, c.progress
+        path,
+        tokenizer,
+        c.max_source_length,
+        c.max_target_length,
+        cache_root,
+        c.num_proc,
+        options,
+        c.progress,
+        trusted=not c.verify_hashes,
     )
 
 
@@ -129,33 +137,42 @@ def load_tokenized(
     num_proc: int = 0,
     options: ReadOptions = ReadOptions(),
     progress: str = "auto",
+    trusted: bool = True,
 ) -> TokenizedData:
     """Tokenize ``data_path`` once into ``cache_root`` (on ``num_proc`` processes, 0: all cores);
     later calls verify and memory-map the cached Arrow parts (``cache_store.py``: checksums, one
-    builder at a time, a damaged cache built again)."""
+    builder at a time, a damaged cache built again). ``trusted``: the data file's and the parts'
+    sha256 remembered in the folder by file state count (``fingerprint.HashMemo``); False
+    (``--verify-hashes``) reads every byte."""
     final = cache_folder(data_path, tokenizer, max_source_length, max_target_length, cache_root, options)
 
     def build(folder: Path) -> dict:
-        with hashing_beside(data_path) as content:  # the fingerprint, read beside the tokenization
+        memo = HashMemo(folder, trusted)  # moves into place with the folder: the next run reads no byte of it
+        with hashing_beside(data_path, memo) as content:  # the fingerprint, read beside the tokenization
             stats, parts = build_parts(
                 data_path, tokenizer, max_source_length, max_target_length, folder, num_proc, options, progress
             )
             if stats.kept == 0:
                 raise _no_recipe(data_path, stats)
-            return {"stats": stats.to_dict(), "parts": parts, "content_sha256": content()}
+            digest = content()
+        memo.save()
+        return {"stats": stats.to_dict(), "parts": parts, "content_sha256": digest}
 
     def built_from_this_content(meta: dict) -> str | None:
         recorded = meta.get("content_sha256")
         if recorded is None:
             return f"it does not record the content of {Path(data_path).name} (written by an older version)"
-        if recorded != content_sha256(data_path):
+        memo = HashMemo(final, trusted)  # the file's digest, remembered by its state (``fingerprint.py``)
+        current = content_sha256(data_path, memo)
+        memo.save()
+        if recorded != current:
             return (
                 f"{Path(data_path).name} changed since it was built (its content; size and modification "
                 "time may be the same)"
             )
         return None
 
-    meta, from_cache = cache_store.open_or_build(final, build, built_from_this_content)
+    meta, from_cache = cache_store.open_or_build(final, build, built_from_this_content, trusted)
     return TokenizedData(_open_parts(final, meta["parts"]), meta["stats"], final, from_cache)
 
 
@@ -190,7 +207,7 @@ class ArrowRows:
         # per batch: (flat values, offsets) of each list column, zero-copy numpy views of the mapped file
         self._lists = [
             {
-                name: (b.column(name).values.to_numpy(), b.column(name).offsets.to_numpy())
+                name: (numpy_view(b.column(name).values), numpy_view(b.column(name).offsets))
                 for name in self.column_names
                 if b.schema.field(name).type.num_fields
             }
@@ -203,9 +220,7 @@ class ArrowRows:
     def column(self, name: str) -> np.ndarray:
         if name not in self.column_names:
             raise KeyError(name)
-        return np.concatenate(
-            [np.zeros(0, dtype=np.int64)] + [b.column(name).to_numpy(zero_copy_only=False) for b in self._batches]
-        )
+        return np.concatenate([np.zeros(0, dtype=np.int64)] + [numpy_view(b.column(name)) for b in self._batches])
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -231,6 +246,20 @@ class ArrowRows:
 
     def __setstate__(self, state):
         type(self).__init__(self, state["paths"])
+
+
+def numpy_view(array) -> np.ndarray:
+    """A numeric Arrow array as numpy: a zero-copy view of its data buffer when it has no nulls.
+    (pyarrow's ``Array.to_numpy`` imports pandas on its first call: 1.7 s of a run's start on this
+    machine, bench/results/2026-12-06-fast-start.md.)"""
+    import pyarrow as pa
+
+    t = array.type
+    if array.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_float32(t) or pa.types.is_float64(t)):
+        kind = "f" if pa.types.is_floating(t) else "i" if pa.types.is_signed_integer(t) else "u"
+        dtype = np.dtype(f"{kind}{t.bit_width // 8}")
+        return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    return array.to_numpy(zero_copy_only=False)
 
 
 def _no_recipe(data_path, stats: ReadStats) -> DataError:

@@ -230,6 +230,15 @@ def removed_any(ts: TrainingSet) -> bool:
     return any(d.found is not None and (d.found.result.removed or d.across) for d in ts.sources)
 
 
+def records_stamp(ts: TrainingSet) -> str:
+    """What the run folder's audit and signatures are a function of, for one source without twins
+    across sources (``corpus.records_stamp``); "" (always written) otherwise."""
+    d = ts.sources[0]
+    if ts.several or d.found is None or d.across:
+        return ""
+    return corpus.records_stamp(d.found, d.train_rows)
+
+
 def write_signatures(output: Path, ts: TrainingSet) -> Path:
     """The training recipes' content keys and band keys of every source (``corpus.SIGNATURES_FILE``)."""
     founds = [d.found for d in ts.sources]

@@ -57,9 +57,14 @@ class DataRecords:
     training: TrainingSet
 
     def write(self, output: Path) -> None:
+        """The summary; the audit and the signatures unless the folder holds them for this decision and
+        split already (a resume of one source: ``corpus.records_written``)."""
         output = Path(output)
         (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
         if self.training.sources[0].found is not None:
+            stamp = training_set.records_stamp(self.training)
+            if corpus.records_written(output, stamp):
+                return  # a resume of the same data and split: the folder holds them
             audit = training_set.write_audit(output, self.training)
             if training_set.removed_any(self.training):
                 log.info("every duplicate found is listed in %s", audit)

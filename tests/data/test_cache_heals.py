@@ -197,3 +197,46 @@ def test_a_same_length_edit_with_the_time_kept_is_never_served_from_the_cache(to
         after.dataset["input_ids"] != before.dataset["input_ids"] or after.dataset["labels"] != before.dataset["labels"]
     )  # the edited recipe, as it is now
     assert load_tokenized(data, tok, 64, 128, cache, num_proc=1).from_cache
+
+
+def _trusted_after(monkeypatch, tok, data, cache):
+    """Tokenize, then open once more with the parts' and data file's writes old enough to be trusted
+    (the racy window shortened for the test): the folder's memo now holds every digest."""
+    from chef_genius.data import fingerprint
+
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.02)
+    load_tokenized(data, tok, 64, 128, cache)
+    time.sleep(0.05)
+    monkeypatch.setattr(fingerprint, "_known", {})  # a later run
+    return load_tokenized(data, tok, 64, 128, cache)
+
+
+def test_a_rerun_reads_no_byte_of_the_parts_nor_of_the_data_file(tok, small_csv, tmp_path, monkeypatch):
+    from chef_genius.data import fingerprint
+
+    assert _trusted_after(monkeypatch, tok, small_csv, tmp_path).from_cache
+    monkeypatch.setattr(fingerprint, "_known", {})
+
+    def no_read(path):
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(fingerprint, "file_sha256", no_read)
+    monkeypatch.setattr(cache_store, "file_sha256", no_read)
+    assert load_tokenized(small_csv, tok, 64, 128, tmp_path).from_cache
+
+
+def test_a_part_damaged_after_its_digest_was_remembered_is_still_rebuilt(tok, small_csv, tmp_path, caplog, monkeypatch):
+    from chef_genius.data import fingerprint
+
+    clean = _trusted_after(monkeypatch, tok, small_csv, tmp_path)
+    rows = clean.dataset["input_ids"]
+    part = _part(clean)
+    stat = part.stat()
+    _flip_byte(part)
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and modification time as remembered
+    del clean
+    monkeypatch.setattr(fingerprint, "_known", {})
+    with caplog.at_level(logging.WARNING, logger="chef_genius"):
+        again = load_tokenized(small_csv, tok, 64, 128, tmp_path)
+    assert not again.from_cache and again.dataset["input_ids"] == rows
+    assert any("does not match its checksum" in r.getMessage() for r in caplog.records)

@@ -207,6 +207,14 @@ def test_near_duplicates_across_two_formats_are_removed_and_listed(tmp_path):
         tmp_path / "train.csv", ReadOptions(), corpus.DedupOptions(), tmp_path, tmp_path / "held.jsonl"
     )
     assert again.result.removed == found.result.removed
+    # read back as one table (no object per removal until the audit): the same rows, counts and audit
+    assert isinstance(again.result.removed, dedup.RemovalTable)
+    assert np.array_equal(again.result.kept, found.result.kept) and again.result.counts() == counts
+    assert np.array_equal(again.train_rows("keep"), found.train_rows("keep"))
+    assert (
+        corpus.write_audit(_mkdir(tmp_path / "again"), again).read_bytes()
+        == (tmp_path / corpus.AUDIT_FILE).read_bytes()
+    )
 
 
 def test_recorded_signatures_find_trained_recipes_and_their_copies(planted, tmp_path):
@@ -287,6 +295,52 @@ def test_a_damaged_saved_decision_is_said_and_found_again(tmp_path, caplog):
     again = corpus.find_duplicates(data, ReadOptions(), corpus.DedupOptions(), tmp_path)
     assert again.result.removed == first.result.removed
     assert any("is damaged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted, tmp_path, monkeypatch):
+    """The audit and the signatures cost seconds per 1M recipes: a session of the same run and split
+    finds them written (the signatures' stamp); another split or decision, or a folder without the
+    audit, gets them (again)."""
+    from chef_genius.data.training_set import SourceData, TrainingSet
+    from chef_genius.train.data_setup import DataRecords
+
+    targets, _ = planted
+    result = dedup.deduplicate(targets)
+    found = corpus.FileDedup(
+        "x.csv", np.arange(1, len(targets) + 1), [""] * len(targets), result, decision=str(tmp_path / "dedup-1.npz")
+    )
+    train, _ = corpus.content_split(result.keys, result.kept, 0.2, seed=7)
+
+    def records(found, rows):
+        source = SourceData(None, None, found, [], rows, rows[:0])  # type: ignore[arg-type]
+        return DataRecords({"n": 1}, TrainingSet([source], None, rows, rows[:0], None, "remove"))  # type: ignore[arg-type]
+
+    run = _mkdir(tmp_path / "run")
+    records(found, train).write(run)
+    signatures = run / corpus.SIGNATURES_FILE
+    written = signatures.stat().st_mtime_ns
+
+    def rewritten(*_):
+        raise AssertionError("written again")
+
+    with monkeypatch.context() as m:
+        m.setattr(corpus, "write_audit", rewritten)
+        records(found, train).write(run)  # the same run resumed: nothing written
+    assert signatures.stat().st_mtime_ns == written
+    records(found, train[1:]).write(run)  # another split
+    with np.load(signatures) as z:
+        assert len(z["bands"]) == len(train) - 1
+    other = corpus.FileDedup("x.csv", found.records, found.titles, result, decision=str(tmp_path / "dedup-2.npz"))
+    (run / corpus.AUDIT_FILE).unlink()
+    records(other, train).write(run)  # another decision, the audit gone
+    assert (run / corpus.AUDIT_FILE).is_file()
+    assert corpus.records_written(run, corpus.records_stamp(other, train))
+    assert not corpus.records_written(run, corpus.records_stamp(found, train))
+
+
+def _mkdir(path):
+    path.mkdir()
+    return path
 
 
 @pytest.mark.parametrize("layout", ["recipenlg", "foodcom"])

@@ -84,7 +84,8 @@ class CheckpointSettings:
         policy=SESSION,
         help=(
             "resuming checks every checkpoint file's sha256 against its manifest, not only its size (reads the whole "
-            "checkpoint once)"
+            "checkpoint once); the data files and the tokenized cache are hashed in full, not taken from the digests "
+            "remembered by file state (docs/training-and-data.md: Data by content)"
         ),
     )
     eval_steps: int = setting(
