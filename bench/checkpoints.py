@@ -59,7 +59,7 @@ def _model_and_state(model_dir: Path, device: torch.device = torch.device("cpu")
     optimizer.step()  # creates the Adam moments, so the state has its full size
     optimizer.zero_grad(set_to_none=True)
     state = ckstate.make_training_state(
-        RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1}, rng.capture(), {}
+        RunState(global_step=1), {}, optimizer.state_dict(), {"last_epoch": 1}, [rng.capture()], {}
     )
     return model, optimizer, state
 

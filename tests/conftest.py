@@ -84,10 +84,11 @@ def s3_env(s3_server, monkeypatch):
 
 
 def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
-    """Flags for a fast CPU run of the tiny model; ``extra`` overrides them."""
+    """Flags for a fast CPU run of the tiny model; ``extra`` overrides them (a ``--data`` in ``extra``
+    replaces ``data``: a list flag may be given once)."""
+    extra = tuple(map(str, extra))
     return [
-        "--data",
-        str(data),
+        *(() if "--data" in extra else ("--data", str(data))),
         "--pretrained-model",
         str(tiny_model),
         "--model-output",
@@ -119,7 +120,7 @@ def train_args(tiny_model, data, output, cache_dir, *extra) -> list[str]:
         "--disable-compilation",
         "--eval-samples",
         "0",
-        *map(str, extra),
+        *extra,
     ]
 
 
