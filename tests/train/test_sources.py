@@ -240,7 +240,7 @@ def test_a_stopped_mixed_run_resumes_bitwise(tiny_model, small_csv, foodcom_json
     changed = tmp_path / "changed"  # the same checkpoint resumed without one of its sources
     changed.mkdir()
     shutil.copytree(reference / f"checkpoint-{step}", changed / f"checkpoint-{step}")
-    again = (*mixed, "--data", small_csv, "--resume-from-checkpoint", changed / f"checkpoint-{step}")
+    again = ("--data", small_csv, *mixed[3:], "--resume-from-checkpoint", changed / f"checkpoint-{step}")
     with pytest.raises(UserError, match="foodcom.jsonl removed") as err:
         run_training(*train_args(tiny_model, small_csv, changed, cache_dir, *again))
     assert err.value.exit_code == 2
