@@ -23,19 +23,11 @@ import torch
 
 from chef_genius.checkpoint.faults import fault_point
 from chef_genius.checkpoint.layout import process_tag
+from chef_genius.hashing import sha256_file  # noqa: F401  (the manifest's readers import it from here)
 
-_HASH_CHUNK = 8 << 20
 _OVERLAP_BYTES = 256 << 10  # writes this large are hashed in another thread while they are written
 _WRITEBACK_BYTES = 64 << 20  # after this many new bytes a file's data is flushed to disk in the background
 _FSYNC_THREADS = max(2, min(8, os.cpu_count() or 1))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fsync_file(path: str | Path) -> None:

@@ -41,22 +41,14 @@ import threading
 import time
 from pathlib import Path
 
+from chef_genius.hashing import sha256_file as file_sha256  # every byte, no memo
+
 _MIB = 1 << 20
 _BLOCK, _SAMPLES = 64 << 10, 16
-_CHUNK = 4 * _MIB
 _known: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content sha256, this process
 _lock = threading.Lock()
 MEMO_FILE = "chef_genius_hashes.json"
 RACY_SECONDS = 2.0  # a change time this close to the hash's start is not trusted across runs
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of every byte of ``path``, read in chunks (no memo)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_sha256(path: str | Path, memo: HashMemo | None = None) -> str:
