@@ -30,10 +30,14 @@ from chef_genius.devtools.sample_data import write_recipenlg_csv
 
 CROSS_SHARE = 0.05
 OWN_SHARE = 0.05
+RECIPENLG_SEED = 1
+# distinct_recipe(i, seed) draws from Random(seed * 1_000_003 + i): with seed 2, Food.com's recipe i would be
+# RecipeNLG's recipe i + 1_000_003, an exact twin, once RecipeNLG has a million recipes; 9 keeps them apart
+FOODCOM_SEED = 9
 
 
 def _foodcom_stream(rows: int, recipenlg_originals: list[int], planted: list):
-    """Food.com rows: distinct recipes (seed 2), copies of its own earlier ones and of RecipeNLG's."""
+    """Food.com rows: distinct recipes (FOODCOM_SEED), copies of its own earlier ones and of RecipeNLG's."""
     rng = random.Random(7)
     own: list[int] = []
     for row in range(rows):
@@ -42,14 +46,14 @@ def _foodcom_stream(rows: int, recipenlg_originals: list[int], planted: list):
         if draw < CROSS_SHARE:
             which = rng.randrange(len(recipenlg_originals))
             planted.append(("foodcom", row, "recipenlg", recipenlg_originals[which], kind))
-            yield _altered(distinct_recipe(which, 1), kind, rng, row)
+            yield _altered(distinct_recipe(which, RECIPENLG_SEED), kind, rng, row)
         elif own and draw < CROSS_SHARE + OWN_SHARE:
             which = rng.randrange(len(own))
             planted.append(("foodcom", row, "foodcom", own[which], kind))
-            yield _altered(distinct_recipe(which, 2), kind, rng, row)
+            yield _altered(distinct_recipe(which, FOODCOM_SEED), kind, rng, row)
         else:
             own.append(row)
-            yield distinct_recipe(len(own) - 1, 2)
+            yield distinct_recipe(len(own) - 1, FOODCOM_SEED)
 
 
 def write_corpora(work: Path, recipenlg_rows: int, foodcom_rows: int) -> tuple[Path, Path, list]:
@@ -57,7 +61,7 @@ def write_corpora(work: Path, recipenlg_rows: int, foodcom_rows: int) -> tuple[P
     originals: list[int] = []
 
     def recipenlg():
-        for row, (recipe, copy) in enumerate(planted_stream(recipenlg_rows, 0.1, 1)):
+        for row, (recipe, copy) in enumerate(planted_stream(recipenlg_rows, 0.1, RECIPENLG_SEED)):
             if copy is None:
                 originals.append(row)
             else:
