@@ -7,6 +7,7 @@
     python -m bench --gpu        # FLAN-T5-large architecture, bf16, torch.compile (needs a CUDA GPU; 25-40 min)
     python -m bench --gpu --budget-s 480   # what fits 8 minutes on one H100 (one lease's command)
     python -m bench.start --rows 1000000 --work-dir DIR   # time to the first step on a cached corpus (its own entry)
+    python -m bench.corpus_scale 2200000 500000 TINY_MODEL DIR   # a RecipeNLG-scale mixture to its first step
 
 Logs go to stderr; stdout holds only the JSON lines.
 """
