@@ -128,7 +128,11 @@ def main(model_dir: str, out: str) -> None:
     result["training_mode"] = model.training
     result["direct"] = direct_text(model, tokenizer, SHORT if rank == 0 else LONG, synced=True)
     Path(out, f"rank-{rank}.json").write_text(json.dumps(result))
+    # both ranks leave together: a rank tearing gloo down while the other still talks to it aborted once
+    # in CI ("terminate called without an active exception", SIGABRT after both results were right)
+    dist.barrier()
     dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":
