@@ -206,6 +206,9 @@ def test_s3_wrong_credentials_and_a_missing_bucket_are_refused_at_once(s3_env, m
 
 
 def test_s3_server_killed_mid_upload_then_restarted(s3_env, run, monkeypatch):
+    # botocore's own retries, as a user sets them: 2 attempts instead of 5 (whose backoff adds about 7 s to
+    # each of the mirror's attempts against the dead server); the mirror's retries are QUICK's, as before
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     url = s3_env.make_bucket("restart")
     store = open_store(url)
     put, sent = store._put_verified, []
