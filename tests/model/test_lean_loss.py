@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,7 +137,75 @@ def _region_inputs(batch):
     return [batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")] + [positions, targets]
 
 
-def test_the_compiled_training_forward_is_one_graph_from_the_token_ids_to_the_loss(tiny_batch):
+@pytest.fixture(scope="module")
+def compiled_region(tiny_batch):
+    """One trace of the region the trainer compiles, shared by the two tests below (tracing it takes tens of
+    seconds on these cores): ``torch.compile(summed_loss, dynamic=True)`` with the fixed-chunk head, in
+    train mode (dropout on, as the trainer runs it), through a backend that notes dynamo's graphs and
+    hands them to aot_eager (dynamo and autograd tracing, no code generation, so it runs here). Beside it,
+    the eager lean loss (the head's row-chunk loop) on the same batch under the same seed: aot_eager runs
+    the same dropout kernels in the same order, so both draw the same masks.
+
+    Module floats (layer-norm epsilons, dropout rates) are traced as constants (``specialize_float``):
+    left symbolic, dynamo traces them, fails to turn them into tensors and traces the whole region a
+    second time with them constant. Only the graphs' inputs are kept: the graphs hold the whole trace,
+    which would slow every later garbage collection of the session."""
+    import functools
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model, batch = tiny_batch
+    model.train()
+    head = lean_loss.install(model)
+    # copies: a dynamic=True compile marks the tensors it is given as dynamic, and a later trace of the
+    # batch's own tensors (the explain below) would then be dynamic too, and twice as slow
+    inputs = [t.clone() for t in _region_inputs(batch)]
+    region = functools.partial(lean_loss.summed_loss, model, head)
+    torch.manual_seed(3)
+    eager = region(*inputs)
+    eager_grads = _grads(model, eager)
+    graphs = []
+
+    def keep_graphs(graph, example_inputs, **kwargs):
+        graphs.append(graph)
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs, **kwargs)
+
+    try:
+        head.chunks = 3
+        torch._dynamo.reset()  # also clears dynamo's counters
+        torch.manual_seed(3)
+        with torch._dynamo.config.patch(specialize_float=True):
+            compiled = torch.compile(region, backend=keep_graphs, dynamic=True)(*inputs)
+        breaks = dict(counters["graph_break"])
+        armed_after = head.armed
+        compiled_grads = _grads(model, compiled)
+    finally:
+        head.chunks = None
+        torch._dynamo.reset()
+    # each graph's inputs: (name, whether dynamo traced it as a tensor)
+    graph_inputs = [
+        [
+            (n.name, isinstance(n.meta.get("example_value"), torch.Tensor))
+            for n in g.graph.nodes
+            if n.op == "placeholder"
+        ]
+        for g in graphs
+    ]
+    graphs.clear()
+    gc.collect()
+    return types.SimpleNamespace(
+        model=model,
+        graph_inputs=graph_inputs,
+        breaks=breaks,
+        armed_after=armed_after,
+        eager=eager.detach(),
+        eager_grads=eager_grads,
+        compiled=compiled.detach(),
+        compiled_grads=compiled_grads,
+    )
+
+
+def test_the_compiled_training_forward_is_one_graph_from_the_token_ids_to_the_loss(compiled_region, tiny_batch):
     """The trainer compiles ``summed_loss``: the forward without a decoder cache and the loss, as one
     graph whose inputs are the batch's five tensors (and the weights): no break at the head, no cache
     object rebuilt at a split. With the head's row-chunk loop (eager ``cross_entropy_sum``) the graph
@@ -142,61 +213,38 @@ def test_the_compiled_training_forward_is_one_graph_from_the_token_ids_to_the_lo
     import functools
     import torch._dynamo
 
-    model, batch = tiny_batch
+    traced = compiled_region
+    assert len(traced.graph_inputs) == 1 and traced.breaks == {}, traced.breaks
+    (placeholders,) = traced.graph_inputs
+    data = [
+        name for name, is_tensor in placeholders if is_tensor and "_parameters_" not in name and "_buffers_" not in name
+    ]
+    assert len(data) == 5, data  # the sizes are symbols (dynamic=True), not tensors
+    weights = [name for name, _ in placeholders if "_parameters_" in name]
+    assert len(weights) == len(list(traced.model.parameters()))
+    assert traced.armed_after is None
+
+    model, _ = tiny_batch
     model.train()
     head = lean_loss.install(model)
     region = functools.partial(lean_loss.summed_loss, model, head)
+    assert head.chunks is None  # the eager head: its loop is kept out of graphs, so the region splits
     try:
-        head.chunks = 3
         torch._dynamo.reset()
-        explained = torch._dynamo.explain(region)(*_region_inputs(batch))
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-        placeholders = [n for n in explained.graphs[0].graph.nodes if n.op == "placeholder"]
-        data = [
-            n
-            for n in placeholders
-            if isinstance(n.meta.get("example_value"), torch.Tensor)
-            and "_parameters_" not in n.name
-            and "_buffers_" not in n.name
-        ]
-        assert len(data) == 5, [n.name for n in data]
-        weights = [n for n in placeholders if "_parameters_" in n.name]
-        assert len(weights) == len(list(model.parameters()))
-        assert head.armed is None
-
-        head.chunks = None  # the eager head: its loop is kept out of graphs, so the region splits
-        torch._dynamo.reset()
-        assert torch._dynamo.explain(region)(*_region_inputs(batch)).graph_break_count >= 1
+        assert torch._dynamo.explain(region)(*_region_inputs(tiny_batch[1])).graph_break_count >= 1
     finally:
-        head.chunks = None
         torch._dynamo.reset()
 
 
-def test_the_compiled_region_gives_the_eager_loss_and_gradients(tiny_batch):
-    """Traced through torch.compile (aot_eager: dynamo and autograd tracing, no code generation, so it
-    runs here), the region's loss and gradients are the eager lean loss's."""
-    import functools
-    import torch._dynamo
-
-    model, batch = tiny_batch
-    model.eval()  # no dropout: both passes see the same function
-    head = lean_loss.install(model)
-    inputs = _region_inputs(batch)
-    region = functools.partial(lean_loss.summed_loss, model, head)
-    want = region(*inputs)
-    want_grads = _grads(model, want)
-    try:
-        head.chunks = 4
-        torch._dynamo.reset()
-        got = torch.compile(region, backend="aot_eager", dynamic=True)(*inputs)
-        got_grads = _grads(model, got)
-    finally:
-        head.chunks = None
-        torch._dynamo.reset()
-        model.train()
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
-    for name in want_grads:
-        error, scale = (got_grads[name] - want_grads[name]).abs().max().item(), want_grads[name].abs().max().item()
+def test_the_compiled_region_gives_the_eager_loss_and_gradients(compiled_region):
+    """Traced through torch.compile, the region's loss and gradients (dropout on, the same seed) are the
+    eager lean loss's."""
+    traced = compiled_region
+    torch.testing.assert_close(traced.compiled, traced.eager, rtol=1e-6, atol=1e-5)
+    assert traced.compiled_grads.keys() == traced.eager_grads.keys()
+    for name, want in traced.eager_grads.items():
+        got = traced.compiled_grads[name]
+        error, scale = (got - want).abs().max().item(), want.abs().max().item()
         assert error <= 1e-5 * scale, f"{name}: gradients differ by {error} (scale {scale})"
 
 
