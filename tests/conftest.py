@@ -12,6 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that wait for work sleep instead of spinning (read when torch loads libgomp, so before any
+# test imports torch; inherited by the runs the tests launch). The tiny model's operations are short parallel
+# regions: a spinning thread holds a core that a loader worker, another rank or a descheduled partner thread
+# needs, and on 2 shared cores that made a 12-step run with 2 loader workers take 16 to 80 s instead of 3.
+# Neither the number of threads nor any result changes, only how idle threads wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = REPO / "data" / "sample_recipes.csv"
