@@ -182,3 +182,23 @@ def test_reworded_copies_in_another_source_are_found_as_often_as_within_one():
     )
     assert len(found[1]) / len(copy) >= within - 0.01
     assert all(firsts[a.twin] == o for a, o in zip(found[1], original[[a.row for a in found[1]]]))
+
+
+def test_the_same_content_twice_is_refused_as_the_flags_are_read_reading_only_files_of_equal_size(
+    tmp_path, monkeypatch
+):
+    from chef_genius.data import fingerprint
+    from chef_genius.train.config import parse_args
+
+    a, b, other = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "other.csv"
+    a.write_text("title\nsame\n")
+    b.write_text("title\nsame\n")
+    other.write_text("title\nanother one\n")
+    with pytest.raises(UserError, match="have the same content") as err:
+        parse_args(["--data", str(a), f"{b}:2"])  # before the model is loaded: nothing else has happened
+    assert err.value.exit_code == 2
+    read = []
+    monkeypatch.setattr(fingerprint, "_known", {})
+    monkeypatch.setattr(fingerprint, "file_sha256", lambda path: read.append(path) or "x")
+    assert parse_args(["--data", str(a), str(other)]).data == [str(a), str(other)]
+    assert read == []  # sizes differ: no byte read

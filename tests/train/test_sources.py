@@ -334,3 +334,26 @@ def test_a_new_run_on_cached_sources_reads_no_data_byte_and_writes_no_records(
         assert (second / name).read_bytes() == (first / name).read_bytes()
     with open(second / corpus.AUDIT_FILE, encoding="utf-8") as handle:
         assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1
+
+
+def test_with_dedup_keep_a_twin_across_sources_is_listed_trained_on_and_held_out_with_its_twin(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    sides = {}
+    for mode in ("keep", "remove"):
+        out = tmp_path / mode
+        out.mkdir()
+        data = _data(tiny_model, out, cache_dir, small_csv, foodcom_jsonl, extra=("--dedup", mode))
+        data.records.write(out)
+        ts = data.records.training
+        later = ts.sources[1]
+        (twin,) = later.across  # small.csv's first recipe, re-cased in foodcom.jsonl
+        earlier = ts.sources[twin.twin_source]
+        sides[mode] = (
+            ("train" if twin.row in later.train_rows else "eval" if twin.row in later.eval_rows else "removed"),
+            "train" if twin.twin in earlier.train_rows else "eval",
+        )
+        with open(out / "removed_duplicates.csv", encoding="utf-8") as handle:
+            assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1  # listed either way
+    assert sides["keep"][0] == sides["keep"][1]  # trained on, on its twin's side of the split
+    assert sides["remove"][0] == "removed" and sides["remove"][1] == sides["keep"][1]
