@@ -9,8 +9,8 @@
   is, not on its row number, so appending rows moves no old recipe across the split, and a recipe and
   its twins (kept with ``--dedup keep``) always fall on the same side.
 - ``write_audit``: ``removed_duplicates.csv`` in the run folder, one line per removed row.
-- ``write_signatures`` / ``twins_in_training``: the training recipes' content keys and LSH band keys
-  (``dedup.band_keys``, 136 bytes a recipe), saved beside the final model, so ``evaluate_recipes.py``
+- ``write_signatures`` / ``twins_in_training``: the training recipes' content keys and sketches
+  (``dedup.sketch``, 136 bytes a recipe), saved beside the final model, so ``evaluate_recipes.py``
   can count held-out recipes that were trained on.
 """
 
@@ -36,9 +36,10 @@ log = logging.getLogger("chef_genius")
 
 # Part of the saved decision's key and of the signatures file: bump when the normal form or hashing
 # changes (cached decisions are rebuilt). 2: the decision file holds plain arrays (titles as a string
-# table), read without pickle; the normal form and hashing are version 1's.
-DEDUP_VERSION = 2
-SIGNATURE_VERSIONS = (1, 2)  # signatures files whose band keys this code computes the same way
+# table), read without pickle; the normal form and hashing are version 1's. 3: each row's sketch
+# (``dedup.sketch``) replaces its band keys, in the decision and in the signatures file.
+DEDUP_VERSION = 3
+SIGNATURE_VERSIONS = (1, 2, 3)  # signatures files this code reads (1, 2: band keys; 3: sketches)
 AUDIT_FILE = "removed_duplicates.csv"
 SIGNATURES_FILE = "chef_genius_training_signatures.npz"
 
@@ -67,6 +68,14 @@ class FileDedup:
     eval_records: np.ndarray | None = None
     eval_titles: Sequence[str] | None = None
     decision: str = ""  # the saved decision's path (``result_path``; its name is its key): what was decided
+
+    def sketches(self) -> np.ndarray:
+        """Every row's ``dedup.sketch``: in memory after a search, else read from the saved decision now
+        (a start from the cache needs them only to look for twins across sources anew)."""
+        if self.result.sketch is None:
+            with np.load(self.decision, allow_pickle=False) as z:
+                self.result.sketch = z["sketch"]
+        return self.result.sketch
 
     def train_rows(self, mode: str) -> np.ndarray:
         """The rows training may use: the kept ones (``remove``) or all but the held-out twins (``keep``)."""
@@ -151,7 +160,7 @@ def _unpack(blob: np.ndarray, ends: np.ndarray) -> list[str]:
 
 def _save(where: Path, found: FileDedup) -> None:
     r = found.result
-    assert r.bands is not None  # dedup.decide always computes them
+    assert r.sketch is not None  # dedup.decide always computes them
     if isinstance(r.removed, dedup.RemovalTable):
         removed = r.removed.table
     else:
@@ -165,7 +174,7 @@ def _save(where: Path, found: FileDedup) -> None:
         tmp,
         version=np.array(DEDUP_VERSION),
         keys=r.keys,
-        bands=r.bands,
+        sketch=r.sketch,
         removed=removed,
         records=found.records,
         titles=titles,
@@ -181,7 +190,8 @@ def _load(where: Path, path, eval_path, threshold: float) -> FileDedup:
     with np.load(where, allow_pickle=False) as z:  # a pickled (older) file raises: found again
         if int(z["version"]) != DEDUP_VERSION:
             raise ValueError(f"decision file version {int(z['version'])}")
-        result = dedup.Dedup(z["keys"], dedup.RemovalTable(z["removed"]), z["bands"], threshold)
+        # the sketches (128 bytes a row, most of the file) read when asked for (``FileDedup.sketches``)
+        result = dedup.Dedup(z["keys"], dedup.RemovalTable(z["removed"]), None, threshold)
         return FileDedup(
             str(path),
             z["records"],
@@ -308,17 +318,19 @@ def _audit_rows(found: FileDedup):
 
 
 def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
-    """The training recipes' content keys and band keys (``SIGNATURES_FILE``) in ``folder``, with the
+    """The training recipes' content keys and sketches (``SIGNATURES_FILE``) in ``folder``, with the
     ``records_stamp`` of what they were written from."""
-    r = found.result
-    assert r.bands is not None  # computed by dedup.deduplicate, saved and loaded with the keys
     return save_signatures(
-        folder, r.keys[train_rows], r.bands[train_rows], r.threshold, records_stamp(found, train_rows)
+        folder,
+        found.result.keys[train_rows],
+        found.sketches()[train_rows],
+        found.result.threshold,
+        records_stamp(found, train_rows),
     )
 
 
-def save_signatures(folder: Path, keys: np.ndarray, bands: np.ndarray, threshold: float, stamp: str = "") -> Path:
-    """``SIGNATURES_FILE`` of training recipes with content ``keys`` and band keys ``bands``, and the
+def save_signatures(folder: Path, keys: np.ndarray, sketches: np.ndarray, threshold: float, stamp: str = "") -> Path:
+    """``SIGNATURES_FILE`` of training recipes with content ``keys`` and ``sketches``, and the
     ``stamp`` of what they were written from (``records_written``). Not compressed: hash values do not
     compress (5 % smaller, 2 s more per 1M recipes on this machine)."""
     out = Path(folder) / SIGNATURES_FILE
@@ -326,7 +338,7 @@ def save_signatures(folder: Path, keys: np.ndarray, bands: np.ndarray, threshold
     np.savez(
         tmp,
         keys=np.unique(keys),
-        bands=bands,
+        sketch=sketches,
         version=np.array(DEDUP_VERSION),
         threshold=np.array(threshold),
         stamp=np.array(stamp),
@@ -365,29 +377,40 @@ def find_signatures(folder: Path) -> Path | None:
 
 def twins_in_training(signatures: Path, targets: list[str]) -> tuple[np.ndarray, float]:
     """(for each recipe text: whether the recorded training data holds its twin, the threshold): an
-    exact twin (same content key), or a near-twin, a training recipe sharing at least
-    ``dedup.bands_for(threshold)`` of its band keys (similarity estimated at the threshold or above)."""
+    exact twin (same content key), or a near-twin: a training recipe whose sketch similarity is at the
+    threshold or above (``dedup.sketch_twins``, what the search across sources uses); in a signatures
+    file of version 1 or 2, which kept band keys, a training recipe sharing at least
+    ``dedup.bands_for(threshold)`` of them."""
     with np.load(signatures) as z:
-        keys, bands, threshold, version = z["keys"], z["bands"], float(z["threshold"]), int(z["version"])
-    if version not in SIGNATURE_VERSIONS:
-        raise DataError(
-            f"{signatures} was written by another chef-genius (signatures version {version}, this one reads "
-            f"{', '.join(map(str, SIGNATURE_VERSIONS))}): use that version to count the trained twins"
-        )
-    mine, digests = dedup.signatures(targets)
-    mine_bands = dedup.band_keys(digests)
-    hit = np.isin(mine, keys)
-    need = dedup.bands_for(threshold)
-    order = np.argsort(bands, axis=0, kind="stable")
-    columns = np.take_along_axis(bands, order, axis=0)
-    for i in np.flatnonzero(~hit):
-        rows = []
-        for b in range(bands.shape[1]):
-            lo, hi = (
-                np.searchsorted(columns[:, b], mine_bands[i, b], "left"),
-                np.searchsorted(columns[:, b], mine_bands[i, b], "right"),
+        version, threshold, keys = int(z["version"]), float(z["threshold"]), z["keys"]
+        if version not in SIGNATURE_VERSIONS:
+            raise DataError(
+                f"{signatures} was written by another chef-genius (signatures version {version}, this one "
+                f"reads {', '.join(map(str, SIGNATURE_VERSIONS))}): use that version to count the trained twins"
             )
-            rows.append(order[lo:hi, b])
-        found = np.concatenate(rows)
+        recorded = z["bands"] if version < 3 else z["sketch"]
+    mine, digests = dedup.signatures(targets)
+    hit = np.isin(mine, keys)
+    asked = np.flatnonzero(~hit)
+    if version >= 3:
+        rows, _, _ = dedup.sketch_twins(dedup.sketch(digests[asked]), recorded, threshold)
+        hit[asked[rows]] = True
+        return hit, threshold
+    mine_bands = dedup.band_keys(digests)
+    need = dedup.bands_for(threshold)
+    order = np.argsort(recorded, axis=0, kind="stable")
+    columns = np.take_along_axis(recorded, order, axis=0)
+    for i in asked:
+        found = np.concatenate(
+            [
+                order[
+                    np.searchsorted(columns[:, b], mine_bands[i, b], "left") : np.searchsorted(
+                        columns[:, b], mine_bands[i, b], "right"
+                    ),
+                    b,
+                ]
+                for b in range(recorded.shape[1])
+            ]
+        )
         hit[i] = len(found) > 0 and np.bincount(found).max() >= need
     return hit, threshold

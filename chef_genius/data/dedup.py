@@ -44,7 +44,7 @@ from chef_genius.data.recipes import parse_target
 
 DEFAULT_THRESHOLD = 0.74
 NUM_PERM = 128
-NUM_BANDS = 32  # the band keys a model records (band_keys): 32 bands of 4 values
+NUM_BANDS = 32  # the LSH bands of a sketch (sketch_bands): 32 bands of 4 values
 # The search's LSH bands: 25 of 5 values (125 of the 128). A pair at the 0.74 default is a candidate
 # with p = 0.998, one at 0.2 (recipes sharing stock phrases) with p = 0.008; 32 bands of 4 made the
 # second 0.05, and candidates grew with the corpus (18 a row at 60,000 generated recipes, 670 at 2.2M).
@@ -91,13 +91,37 @@ def shingles(normal: str, kind: str | None = None) -> list[str]:
 
 
 ROWS_PER_BAND = NUM_PERM // NUM_BANDS
+SKETCH_BITS = 8
 _MIX = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F], dtype=np.uint32)
 
 
+def sketch(digests: np.ndarray) -> np.ndarray:
+    """(rows, NUM_PERM) uint8: the low ``SKETCH_BITS`` bits of each MinHash value ("b-bit MinHash"),
+    what is kept of a recipe once its file is decided (128 bytes): the recipes a model trained on
+    (``corpus.SIGNATURES_FILE``) and, per source, what the search across sources compares. Two
+    recipes at Jaccard J agree on a value with probability J + (1 - J) / 256, so the share of equal
+    values estimates J nearly as well as the full digests (``sketch_similarity``); viewed as 32 uint32
+    (``sketch_bands``) they are the LSH band keys that find the candidates."""
+    return np.asarray(digests, dtype=np.uint32).astype(np.uint8)  # the low 8 bits of each value
+
+
+def sketch_bands(sketches: np.ndarray) -> np.ndarray:
+    """(rows, NUM_BANDS) uint32: each band of ROWS_PER_BAND sketch values as one key (equal when all four
+    values are; two recipes at J share a band with probability about J ** 4)."""
+    return np.ascontiguousarray(sketches, dtype=np.uint8).view(np.uint32).reshape(len(sketches), NUM_BANDS)
+
+
+def sketch_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The Jaccard estimate of each row pair of two (n, NUM_PERM) sketches: the share of equal values less
+    the chance agreement of two different values (1 / 256), rescaled, clipped to [0, 1]."""
+    chance = 1.0 / (1 << SKETCH_BITS)
+    equal = (np.asarray(a) == np.asarray(b)).mean(axis=1)
+    return np.clip((equal - chance) / (1.0 - chance), 0.0, 1.0)
+
+
 def band_keys(digests: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """(rows, NUM_BANDS) uint32: one key per LSH band (4 MinHash values) of each digest (rows x
-    NUM_PERM uint32): what a model records of its training recipes, 128 bytes each. Computed in
-    chunks of rows: no temporary the size of all digests."""
+    """(rows, NUM_BANDS) uint32: one key per LSH band (4 MinHash values) of each digest: what signatures
+    files of versions 1 and 2 recorded (``corpus.twins_in_training`` reads them); ``sketch`` since."""
     digests = np.asarray(digests, dtype=np.uint32)
     out = np.empty((len(digests), NUM_BANDS), dtype=np.uint32)
     for s in range(0, len(digests), chunk):
@@ -112,9 +136,9 @@ def band_keys(digests: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
 
 
 def bands_for(threshold: float) -> int:
-    """Shared bands that make two recipes near-twins when only band keys are known: each band of two
-    recipes at Jaccard J is equal with probability J ** ROWS_PER_BAND, so the count of equal bands
-    estimates J; this is the count at the threshold."""
+    """Shared band keys that make two recipes near-twins when only band keys are known (signatures of
+    versions 1 and 2): each band of two recipes at Jaccard J is equal with probability J ** ROWS_PER_BAND,
+    so the count of equal bands estimates J; this is the count at the threshold."""
     return max(1, math.ceil(NUM_BANDS * threshold**ROWS_PER_BAND))
 
 
@@ -164,7 +188,7 @@ class Dedup:
 
     keys: np.ndarray  # uint64 content key of each row's cluster (its kept twin's)
     removed: Sequence[Removal] = field(default_factory=list)  # a list, or a RemovalTable read back
-    bands: np.ndarray | None = None  # (rows, NUM_BANDS) uint32 band keys of each row
+    sketch: np.ndarray | None = None  # (rows, NUM_PERM) uint8 ``sketch`` of each row (None: not read yet)
     threshold: float = DEFAULT_THRESHOLD
 
     def removed_rows(self, kind: str | None = None) -> np.ndarray:
@@ -326,7 +350,7 @@ def decide(keys, digests, threshold: float = DEFAULT_THRESHOLD, held_keys=None, 
             keys[row] = keys[twin[0]]
             continue
         exact.setdefault(key, row)
-    return Dedup(keys, removed, band_keys(digests), threshold)
+    return Dedup(keys, removed, sketch(digests), threshold)
 
 
 def _held_twin(key: int, held_exact: dict, lo: list, sim: list, h: int) -> tuple[int, float] | None:
@@ -354,3 +378,49 @@ def deduplicate(targets, threshold: float = DEFAULT_THRESHOLD, held_out=()) -> D
     keys, digests = signatures(list(targets))
     held_keys, held_digests = signatures(list(held_out))
     return decide(keys, digests, threshold, held_keys, held_digests)
+
+
+_PAIRS_AT_ONCE = 1_000_000  # candidate pairs compared at once: 400 MB of sketch rows (bounds sketch_twins)
+
+
+def sketch_twins(asked: np.ndarray, seen: np.ndarray, threshold: float):
+    """(rows of ``asked``, their twins in ``seen``, similarities), by row: for each row of the sketches
+    ``asked`` the row of ``seen`` of highest ``sketch_similarity`` at or above ``threshold`` (the earliest
+    of equals). Candidates are found as the file's own search finds them (``twin_pairs``): the pairs
+    sharing one of ``SEARCH_BANDS`` bands of ``SEARCH_ROWS`` sketch values, band by band, a sort of
+    ``seen``'s band each, and compared at once in numpy, ``_PAIRS_AT_ONCE`` at most, so memory does not
+    grow with the candidates (32 bands of 4 gave 3,000 candidates a row between 0.5M and 2M generated
+    recipes sharing stock phrases: 5 GB and 95 s)."""
+    empty = np.zeros(0, np.int64)
+    if not len(asked) or not len(seen):
+        return empty, empty, np.zeros(0)
+    n = len(seen)
+    codes, sims = [empty], [np.zeros(0)]
+    for b in range(SEARCH_BANDS):
+        column = band_hash(seen, b)
+        order = np.argsort(column, kind="stable")
+        column = column[order]
+        mine = band_hash(asked, b)
+        lo = np.searchsorted(column, mine, "left")
+        counts = np.searchsorted(column, mine, "right") - lo
+        del column, mine
+        ends = np.cumsum(counts)
+        start = 0
+        while start < len(counts):  # rows of ``asked`` whose candidates fit in one batch of pairs
+            stop = max(start + 1, int(np.searchsorted(ends, ends[start] - counts[start] + _PAIRS_AT_ONCE, "right")))
+            c = counts[start:stop]
+            if c.any():
+                who = np.repeat(np.arange(start, stop, dtype=np.int64), c)
+                within = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+                twin = order[np.repeat(lo[start:stop], c) + within]
+                sim = sketch_similarity(asked[who], seen[twin])
+                close = sim >= threshold
+                codes.append(who[close] * n + twin[close])
+                sims.append(sim[close])
+            start = stop
+    code, sim = np.concatenate(codes), np.concatenate(sims)
+    rows, twins = code // n, code % n
+    best = np.lexsort((twins, -sim, rows))  # per row: the most similar, then the earliest
+    _, first = np.unique(rows[best], return_index=True)
+    pick = best[first]
+    return rows[pick], twins[pick], sim[pick]

@@ -47,6 +47,7 @@ _MIB = 1 << 20
 _BLOCK, _SAMPLES = 64 << 10, 16
 _known: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> content sha256, this process
 _lock = threading.Lock()
+_run_memo: HashMemo | None = None  # remember_across_runs: the memo of digests asked for without one
 MEMO_FILE = "chef_genius_hashes.json"
 RACY_SECONDS = 2.0  # a change time this close to the hash's start is not trusted across runs
 
@@ -61,6 +62,8 @@ def content_sha256(path: str | Path, memo: HashMemo | None = None) -> str:
     with _lock:
         if key in _known:
             return _known[key]
+    own = memo is None and _run_memo is not None  # the run's memo: saved here, no caller saves it
+    memo = _run_memo if memo is None else memo
     if memo is not None and (value := memo.recall(path)) is not None:
         with _lock:
             _known[key] = value
@@ -72,7 +75,19 @@ def content_sha256(path: str | Path, memo: HashMemo | None = None) -> str:
             _known[key] = value
         if memo is not None:
             memo.remember(path, value, began)
+            if own:
+                memo.save()
     return value
+
+
+def remember_across_runs(folder: str | Path | None, trusted: bool = True) -> None:
+    """From now on in this process, a digest asked for without a memo is remembered in ``folder`` (the
+    run's cache root) by the trust rule of ``HashMemo``: the sources' canonical order and the resume's
+    data check hash the data files before their cache folders are known, and would otherwise read every
+    byte of them on every start. None: nothing remembered across runs (the default)."""
+    global _run_memo
+    with _lock:
+        _run_memo = None if folder is None else HashMemo(folder, trusted)
 
 
 def file_state(path: str | Path) -> list[int]:
@@ -123,6 +138,7 @@ class HashMemo:
             return
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the run's cache root, before the first cache
             tmp.write_text(json.dumps(self.entries, indent=1), encoding="utf-8")
             os.replace(tmp, self.path)
             self.changed = False

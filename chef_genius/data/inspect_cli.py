@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def inspect(args) -> dict:
     """The data summary (``data/report.py``) of ``args``' data, as training would see it."""
-    from chef_genius.data import corpus, report, training_set
+    from chef_genius.data import corpus, fingerprint, report, training_set
     from chef_genius.data.readers import ReadOptions
     from chef_genius.data.tokenized import load_settings_file
     from chef_genius.model.loading import load_tokenizer, quiet_transformers
@@ -87,6 +87,7 @@ def inspect(args) -> dict:
     options = ReadOptions(c.columns, c.source_template)
     default_root = Path(TrainConfig().model_output).parent / ".cache" / "tokenized"  # training's default
     cache_root = Path(c.cache_dir) if c.cache_dir else default_root
+    fingerprint.remember_across_runs(cache_root)  # the data files' digests, as training remembers them
     settings = corpus.DedupOptions(c.dedup, c.dedup_threshold)
     evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
     ts = training_set.training_set(c, tokenizer, cache_root, options, settings, evald is not None)

@@ -82,12 +82,19 @@ def parse_sources(values) -> list[Source]:
 
 
 def check_sources(values, flag: str = "--data") -> list[str]:
-    """Every source is a file with a valid weight (the same content twice is refused by ``canonical``,
-    which reads the files); returns the values as given."""
+    """Every source is a file with a valid weight, and no content is given twice; returns the values as
+    given. Only files of equal size can have equal content, so only those are read (hardly ever: the
+    check costs a ``stat`` a file), before the model is loaded rather than after."""
     sources = parse_sources(values)
     for s in sources:
         if not Path(s.path).is_file():
             raise UserError(f"{flag} file not found: {s.path}")
+    by_size: dict[int, list[Source]] = {}
+    for s in sources:
+        by_size.setdefault(Path(s.path).stat().st_size, []).append(s)
+    for same in by_size.values():
+        if len(same) > 1:
+            canonical(same)  # refuses the same content twice
     return list(values)
 
 

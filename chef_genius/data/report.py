@@ -100,8 +100,8 @@ def summarize_set(ts, train_rows: int, eval_rows: int, lengths: dict) -> dict:
         for d in ts.sources:
             for kind, n in d.found.result.counts().items():
                 found[kind] += n
-            for a in d.across:
-                found[a.kind] += 1
+            for kind in ("exact_across", "near_across"):
+                found[kind] += d.across.count(kind)
     return {
         "data": [d.source.spelled() for d in ts.sources],
         "rows_read": sum(d.tokenized.stats.get("rows") or 0 for d in ts.sources),

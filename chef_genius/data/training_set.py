@@ -10,7 +10,7 @@ one memory-mapped table of every source's cache parts; the epoch's samples follo
 order.
 
 ``training_set`` is what training and ``cli/inspect_data.py`` both call; ``source_counts`` and
-``write_audit`` are what a run records of it.
+``records_in_cache`` (the audit and the signatures) are what a run records of it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from chef_genius.data import across as across_mod
 from chef_genius.data import corpus
-from chef_genius.data.across import Across, across_sources
+from chef_genius.data.across import AcrossTable, across_sources
 from chef_genius.data.fingerprint import content_sha256
 from chef_genius.data.mixture import Mixture, Source, canonical, parse_sources
 from chef_genius.data.readers import ReadOptions
@@ -40,7 +42,7 @@ class SourceData:
     source: Source
     tokenized: TokenizedData
     found: corpus.FileDedup | None  # its own duplicates (None: --dedup off)
-    across: list[Across]  # its twins of earlier sources' recipes
+    across: AcrossTable  # its twins of earlier sources' recipes
     train_rows: np.ndarray  # its usable recipes that training uses (indices into ``tokenized.dataset``)
     eval_rows: np.ndarray  # held out for validation
 
@@ -96,8 +98,8 @@ def training_set(
             train, held = corpus.split_rows(n, None, c.dedup, has_eval_data, c.eval_split_ratio, c.seed)
         else:
             usable = found.train_rows(c.dedup)
-            if c.dedup == "remove" and twins:
-                usable = np.setdiff1d(usable, [a.row for a in twins])
+            if c.dedup == "remove" and len(twins):
+                usable = np.setdiff1d(usable, twins.rows())
             if has_eval_data:
                 train, held = usable, usable[:0]
             else:
@@ -119,7 +121,7 @@ def _twins_across(loaded, c, cache_root: Path, options: ReadOptions, settings: c
     results = [f.result for _, _, f in loaded if f is not None]
     keys: list = [r.keys for r in results] or [None] * len(loaded)
     if len(results) < 2:
-        return [[] for _ in loaded], keys
+        return [AcrossTable() for _ in loaded], keys
     names = [corpus.result_path(t.cache_dir, s.path, options, settings, c.eval_data).name for s, t, _ in loaded]
     saved = Path(cache_root) / f"across-{_tag([across_mod.ACROSS_VERSION, names])}.npy"
     if saved.is_file():
@@ -128,8 +130,8 @@ def _twins_across(loaded, c, cache_root: Path, options: ReadOptions, settings: c
             return found, across_mod.clustered_keys(keys, found)
         except Exception as err:  # damaged: matched again, never trusted
             log.warning("%s is damaged (%s): looking for twins across sources again", saved.name, type(err).__name__)
-    bands = [r.bands for r in results if r.bands is not None]  # dedup.deduplicate computes them all
-    found, keys = across_sources(keys, bands, [r.kept for r in results], settings.threshold)
+    sketches = [f.sketches() for _, _, f in loaded if f is not None]
+    found, keys = across_sources(keys, sketches, [r.kept for r in results], settings.threshold)
     across_mod.save(saved, found)
     return found, keys
 
@@ -146,8 +148,8 @@ def source_counts(ts: TrainingSet) -> list[dict]:
         found = d.found.result.counts() if d.found is not None else None
         removed = dict(found or {})
         if d.found is not None:
-            removed["exact_across"] = sum(a.kind == "exact_across" for a in d.across)
-            removed["near_across"] = sum(a.kind == "near_across" for a in d.across)
+            removed["exact_across"] = d.across.count("exact_across")
+            removed["near_across"] = d.across.count("near_across")
         out.append(
             {
                 "data": d.source.path,
@@ -227,24 +229,63 @@ def write_audit(output: Path, ts: TrainingSet) -> Path:
 
 
 def removed_any(ts: TrainingSet) -> bool:
-    return any(d.found is not None and (d.found.result.removed or d.across) for d in ts.sources)
+    return any(d.found is not None and (len(d.found.result.removed) or len(d.across)) for d in ts.sources)
 
 
 def records_stamp(ts: TrainingSet) -> str:
-    """What the run folder's audit and signatures are a function of, for one source without twins
-    across sources (``corpus.records_stamp``); "" (always written) otherwise."""
-    d = ts.sources[0]
-    if ts.several or d.found is None or d.across:
+    """What the run's audit and signatures are a function of: per source its saved decision (its name is
+    its key: the content, the settings, the held-out file), its training rows and the paths the audit
+    names (``corpus.records_stamp``), and with several sources the matching across them; "" without a
+    duplicate search (``--dedup off``)."""
+    if any(d.found is None for d in ts.sources):
         return ""
-    return corpus.records_stamp(d.found, d.train_rows)
+    parts = [corpus.records_stamp(d.found, d.train_rows) for d in ts.sources]  # type: ignore[arg-type]
+    return " | ".join(parts + ([f"across {across_mod.ACROSS_VERSION}"] if ts.several else []))
 
 
-def write_signatures(output: Path, ts: TrainingSet) -> Path:
-    """The training recipes' content keys and band keys of every source (``corpus.SIGNATURES_FILE``)."""
+def write_signatures(output: Path, ts: TrainingSet, stamp: str = "") -> Path:
+    """The training recipes' content keys and sketches of every source (``corpus.SIGNATURES_FILE``)."""
     founds = [d.found for d in ts.sources]
-    assert all(f is not None and f.result.bands is not None for f in founds)
-    if len(founds) == 1:
-        return corpus.write_signatures(output, founds[0], ts.sources[0].train_rows)  # type: ignore[arg-type]
+    assert all(f is not None for f in founds)
     keys = np.concatenate([d.found.result.keys[d.train_rows] for d in ts.sources])  # type: ignore[union-attr]
-    bands = np.concatenate([d.found.result.bands[d.train_rows] for d in ts.sources])  # type: ignore[union-attr,index]
-    return corpus.save_signatures(output, keys, bands, founds[0].result.threshold)  # type: ignore[union-attr]
+    sketches = np.concatenate([d.found.sketches()[d.train_rows] for d in ts.sources])  # type: ignore[union-attr]
+    return corpus.save_signatures(output, keys, sketches, founds[0].result.threshold, stamp)  # type: ignore[union-attr]
+
+
+def records_in_cache(cache_root: Path, ts: TrainingSet, stamp: str) -> Path | None:
+    """A folder in the cache holding the audit and the signatures of this data and split (``stamp``),
+    written once: a new run folder on the same cached data gets them linked or copied
+    (``place_records``) instead of writing 700,000 audit lines and 2.7M signatures again (8 s). One
+    folder per set of decisions, so another split replaces it rather than adding one. None when the
+    cache cannot hold it (read-only, or a run beside this one replaced it meanwhile)."""
+    names = [Path(d.found.decision).name for d in ts.sources if d.found is not None]
+    folder = Path(cache_root) / f"records-{_tag([across_mod.ACROSS_VERSION, names])}"
+    if corpus.records_written(folder, stamp):
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_audit(tmp, ts)
+        write_signatures(tmp, ts, stamp)
+        shutil.rmtree(folder, ignore_errors=True)  # another split's
+        os.replace(tmp, folder)
+    except OSError:
+        pass  # a read-only cache, or a run beside this one wrote the folder first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder if corpus.records_written(folder, stamp) else None
+
+
+def place_records(folder: Path, output: Path) -> None:
+    """The audit and the signatures of ``folder`` into the run folder ``output``: hard links where the
+    file system allows (no copy; both are only ever replaced whole, never written in place), else
+    copies; the signatures last, as their stamp says the pair is complete."""
+    for name in (corpus.AUDIT_FILE, corpus.SIGNATURES_FILE):
+        tmp = Path(output) / f"{name}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(folder / name, tmp)
+        except OSError:
+            shutil.copyfile(folder / name, tmp)
+        os.replace(tmp, Path(output) / name)

@@ -55,24 +55,35 @@ class DataRecords:
 
     summary: dict
     training: TrainingSet
+    cache_root: Path | None = None  # where the audit and signatures of this data and split are kept once
 
     def write(self, output: Path) -> None:
         """The summary; the audit and the signatures unless the folder holds them for this decision and
-        split already (a resume of one source: ``corpus.records_written``)."""
+        split already (a resume: ``corpus.records_written``), linked or copied from the cache where they
+        were written once (``training_set.records_in_cache``), else written here."""
         output = Path(output)
         (output / DATA_SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n", encoding="utf-8")
-        if self.training.sources[0].found is not None:
-            stamp = training_set.records_stamp(self.training)
-            if corpus.records_written(output, stamp):
-                return  # a resume of the same data and split: the folder holds them
-            audit = training_set.write_audit(output, self.training)
-            if training_set.removed_any(self.training):
-                log.info("every duplicate found is listed in %s", audit)
-            training_set.write_signatures(output, self.training)
+        ts = self.training
+        stamp = training_set.records_stamp(ts)
+        if not stamp or corpus.records_written(output, stamp):
+            return  # no duplicate search (--dedup off), or a resume of the same data and split
+        kept = training_set.records_in_cache(self.cache_root, ts, stamp) if self.cache_root is not None else None
+        if kept is not None:
+            training_set.place_records(kept, output)
+        else:
+            training_set.write_audit(output, ts)
+            training_set.write_signatures(output, ts, stamp)
+        if training_set.removed_any(ts):
+            log.info("every duplicate found is listed in %s", output / corpus.AUDIT_FILE)
+
+
+def cache_root_of(config, output: Path) -> Path:
+    """``--cache-dir``, or ``.cache/tokenized`` beside the run folder."""
+    return Path(config.cache_dir) if config.cache_dir else Path(output).parent / ".cache" / "tokenized"
 
 
 def make_data(config, tokenizer, accelerator, output: Path, decoder_start: int) -> Data:
-    cache_root = Path(config.cache_dir) if config.cache_dir else Path(output).parent / ".cache" / "tokenized"
+    cache_root = cache_root_of(config, output)
     collate = Collator(tokenizer.pad_token_id, decoder_start_token_id=decoder_start)
     if config.streaming:
         return _streaming(config, tokenizer, accelerator, cache_root, collate)
@@ -120,7 +131,7 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     else:
         eval_data = RecipeDataset(ts.rows, ts.eval) if len(ts.eval) else None
     counts = training_set.source_counts(ts) if ts.several or not ts.mixture.plain else None
-    records = _report(c, ts, train_data, eval_data, accelerator, counts)
+    records = _report(c, ts, train_data, eval_data, accelerator, counts, cache_root)
     if eval_data is not None:
         eval_data = eval_subset(eval_data, c.eval_max_samples, c.seed)
     num_samples = ts.mixture.size
@@ -217,7 +228,9 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     return Data(StreamingRows(sum(rows)), eval_data, sampler, loader, eval_loader, sources=counts)
 
 
-def _report(c, ts: TrainingSet, train_data: RecipeDataset, eval_data, accelerator, counts) -> DataRecords | None:
+def _report(
+    c, ts: TrainingSet, train_data: RecipeDataset, eval_data, accelerator, counts, cache_root: Path
+) -> DataRecords | None:
     """The data summary, once (rank 0): in the log now, and what the run folder gets (``DataRecords``)."""
     if not accelerator.is_main_process:
         return None
@@ -232,7 +245,7 @@ def _report(c, ts: TrainingSet, train_data: RecipeDataset, eval_data, accelerato
         log.warning("%s", line)
     if counts is not None:
         summary["sources"] = counts
-    return DataRecords(summary, ts)
+    return DataRecords(summary, ts, cache_root)
 
 
 def _shown_data(c) -> str:

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 from chef_genius.data import mixture
-from chef_genius.data.fingerprint import content_identity
+from chef_genius.data.fingerprint import content_identity, remember_across_runs
 from chef_genius.errors import UserError
 from chef_genius.model.loading import make_optimizer, quiet_transformers, resolve_precision, should_compile, unwrap
 from chef_genius.monitoring.progress import Progress
@@ -72,6 +72,7 @@ from chef_genius.train import preemption
 from chef_genius.train import rng
 from chef_genius.train import sharded
 from chef_genius.train.config import TrainConfig
+from chef_genius.train.data_setup import cache_root_of
 from chef_genius.train.ending import Ending
 from chef_genius.train.evaluation import Evaluation
 from chef_genius.train.periodic import Periodic
@@ -133,6 +134,9 @@ class Trainer(Setup, RunFolder, Step, Periodic, Rollback, Ending):
         mirror, the model, the data, the optimizer and LR schedule, the prepared model, the checkpoint
         manager and its restore, the compiled loss; then the settings file and the data records."""
         self._hold_run_folder()
+        # the data files' digests remembered by file state in the cache root: the resume's data check
+        # and the sources' canonical order read no byte of an unchanged file (``fingerprint.py``)
+        remember_across_runs(cache_root_of(self.config, self.output), trusted=not self.config.verify_hashes)
         self._on_main(self._fill_from_mirror)
         loaded = self._checkpoint_to_resume()
         self._settle_settings(loaded)  # from here on the run's settings are final

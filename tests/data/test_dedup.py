@@ -329,7 +329,7 @@ def test_a_resume_rewrites_the_run_folders_records_only_when_they_change(planted
     assert signatures.stat().st_mtime_ns == written
     records(found, train[1:]).write(run)  # another split
     with np.load(signatures) as z:
-        assert len(z["bands"]) == len(train) - 1
+        assert len(z["sketch"]) == len(train) - 1
     other = corpus.FileDedup("x.csv", found.records, found.titles, result, decision=str(tmp_path / "dedup-2.npz"))
     (run / corpus.AUDIT_FILE).unlink()
     records(other, train).write(run)  # another decision, the audit gone

@@ -52,3 +52,27 @@ def test_the_runs_validation_split_is_rebuilt_as_the_run_drew_it():
     run = {"seed": 4, "eval_split_ratio": 0.1, "dedup": "remove", "dedup_threshold": 0.75}
     result = dedup.deduplicate([e["target"] for e in examples], 0.75)
     assert list(_validation_rows(examples, run)) == list(corpus.content_split(result.keys, result.kept, 0.1, 4)[1])
+
+
+def test_a_signatures_file_of_band_keys_written_before_version_3_is_still_read(tmp_path):
+    """Runs trained before the sketches recorded 32 band keys a recipe (signatures versions 1 and 2):
+    their trained-on twins are still counted, by the count of equal band keys."""
+    examples, planted = _examples(150, 15)
+    targets = [e["target"] for e in examples]
+    result = dedup.deduplicate(targets)
+    train, _ = corpus.content_split(result.keys, result.kept, 0.2, seed=3)
+    _, digests = dedup.signatures(targets)
+    model = tmp_path / "model"
+    model.mkdir()
+    np.savez(
+        model / corpus.SIGNATURES_FILE,
+        keys=np.unique(result.keys[train]),
+        bands=dedup.band_keys(digests[train]),
+        version=np.array(2),
+        threshold=np.array(dedup.DEFAULT_THRESHOLD),
+    )
+    trained = set(train.tolist())
+    copies = [examples[c] for c, o, kind in planted if o in trained and kind != "reworded"]
+    assert copies and trained_twins(model, held_out_from_examples(copies))["count"] == len(copies)
+    reworded = [examples[c] for c, o, kind in planted if o in trained and kind == "reworded"]
+    assert trained_twins(model, held_out_from_examples(reworded))["count"] >= 1  # near twins by band keys

@@ -297,3 +297,63 @@ def test_evaluate_recipes_needs_data_for_a_run_of_several_sources(monkeypatch, s
     monkeypatch.setattr(evaluation, "_run_settings", lambda models: {**saved, "data": [str(small_csv)]})
     recipes, where = evaluation.held_out_recipes(args, [])  # one source, saved as a list: its split, as before
     assert len(recipes) == 3 and where == f"{small_csv} (the run's validation split)"
+
+
+def test_a_new_run_on_cached_sources_reads_no_data_byte_and_writes_no_records(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path, monkeypatch
+):
+    """A second run on cached sources, in a new run folder: the sources' canonical order takes the files'
+    digests from the cache root's memo, and the audit and the signatures come from the cache, where the
+    first run wrote them (a 2.7M-recipe mixture spent 3.5 s hashing and 8 s writing them every start)."""
+    import time
+
+    from chef_genius.data import corpus, fingerprint
+    from chef_genius.data import training_set as training_set_mod
+
+    monkeypatch.setattr(fingerprint, "RACY_SECONDS", 0.02)
+    given = ("--data", str(small_csv), str(foodcom_jsonl), "--max-steps", "1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_training(*train_args(tiny_model, small_csv, first, cache_dir, *given)) == 0
+    time.sleep(0.05)
+    monkeypatch.setattr(fingerprint, "_known", {})  # a later process
+    data_files = {Path(small_csv).resolve(), Path(foodcom_jsonl).resolve()}
+    read = fingerprint.file_sha256
+
+    def not_the_data(path):
+        assert Path(path).resolve() not in data_files, f"{path} was read again"
+        return read(path)
+
+    def not_again(*_):
+        raise AssertionError("written again")
+
+    monkeypatch.setattr(fingerprint, "file_sha256", not_the_data)
+    monkeypatch.setattr(corpus, "write_audit", not_again)
+    monkeypatch.setattr(training_set_mod, "write_signatures", not_again)
+    assert run_training(*train_args(tiny_model, small_csv, second, cache_dir, *given)) == 0
+    for name in (corpus.AUDIT_FILE, corpus.SIGNATURES_FILE):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
+    with open(second / corpus.AUDIT_FILE, encoding="utf-8") as handle:
+        assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1
+
+
+def test_with_dedup_keep_a_twin_across_sources_is_listed_trained_on_and_held_out_with_its_twin(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    sides = {}
+    for mode in ("keep", "remove"):
+        out = tmp_path / mode
+        out.mkdir()
+        data = _data(tiny_model, out, cache_dir, small_csv, foodcom_jsonl, extra=("--dedup", mode))
+        data.records.write(out)
+        ts = data.records.training
+        later = ts.sources[1]
+        (twin,) = later.across  # small.csv's first recipe, re-cased in foodcom.jsonl
+        earlier = ts.sources[twin.twin_source]
+        sides[mode] = (
+            ("train" if twin.row in later.train_rows else "eval" if twin.row in later.eval_rows else "removed"),
+            "train" if twin.twin in earlier.train_rows else "eval",
+        )
+        with open(out / "removed_duplicates.csv", encoding="utf-8") as handle:
+            assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1  # listed either way
+    assert sides["keep"][0] == sides["keep"][1]  # trained on, on its twin's side of the split
+    assert sides["remove"][0] == "removed" and sides["remove"][1] == sides["keep"][1]
