@@ -8,7 +8,8 @@ Two harnesses:
 - real kills: a chain of training subprocesses, each resuming from the previous one's leftovers and
   killed with SIGKILL (at a random fault point of a save or deletion, or at a random instant with
   saves slowed down), the last one stopped with SIGTERM (exit 75). Set CHEF_GENIUS_FAULT_TRIALS (SIGKILL
-  trials, default 1) for a longer chain and CHEF_GENIUS_FAULT_SEED to replay one.
+  trials, default 2: one in a save, one at a random instant) for a longer chain and
+  CHEF_GENIUS_FAULT_SEED to replay one.
 """
 
 from __future__ import annotations
