@@ -24,7 +24,12 @@ then the drawn rows, read in file order), and which source the next sample comes
 seeded permutation of the epoch's source labels (``interleave``), so every stretch of the stream holds
 the sources in about their shares. The stream is still a pure function of the files, seed and epoch,
 so resume stays exact. A sample's index is its place in the epoch's stream (with one file: its row).
-Duplicates are not looked for on this path, within a source or across sources.
+Duplicates are removed as on the cached path (``--dedup``, default remove): each source's decision and
+the one across sources are made before the first step (a read of each file with MinHash in worker
+processes, kept in the cache root under ``stream-NAME-KEY/``, no tokenizing) and the stream skips the
+removed rows: ``kept`` gives, per source, the usable rows it trains on, and a sample's row is its index
+there. There is still no validation split (``--eval-data`` gives one, and its recipes' twins leave
+training as on the cached path).
 """
 
 from __future__ import annotations
@@ -90,17 +95,23 @@ def _source_rows(path: str, wanted: np.ndarray, options: ReadOptions):
         yield example
 
 
-def mixed_examples(paths: list[str], mixture: Mixture, seed: int, epoch: int, options: ReadOptions = ReadOptions()):
+def mixed_examples(
+    paths: list[str], mixture: Mixture, seed: int, epoch: int, options: ReadOptions = ReadOptions(), kept=None
+):
     """The epoch's examples of ``paths`` (the sources in canonical order) as one stream (pure order):
-    each source's samples (``mixture.rows``) taken in the order ``interleave`` gives."""
-    if len(paths) == 1 and mixture.plain:  # one file of weight 1: the file, once, as it is read
+    each source's samples (``mixture.rows``) taken in the order ``interleave`` gives. ``kept``: per
+    source, the usable rows trained on (the others are duplicates); None: every row."""
+    if len(paths) == 1 and mixture.plain and kept is None:  # one file of weight 1: the file, once, as it is read
         yield from read_examples(paths[0], ReadStats(), options)
         return
     rows, bounds = mixture.rows(seed, epoch), np.concatenate([[0], np.cumsum(mixture.per_epoch)])
     offsets = mixture.offsets
-    streams = [
-        _source_rows(path, rows[bounds[i] : bounds[i + 1]] - offsets[i], options) for i, path in enumerate(paths)
-    ]
+
+    def usable(i: int) -> np.ndarray:
+        mine = rows[bounds[i] : bounds[i + 1]] - offsets[i]
+        return mine if kept is None else np.asarray(kept[i])[mine]
+
+    streams = [_source_rows(path, usable(i), options) for i, path in enumerate(paths)]
     for label in interleave(mixture.per_epoch, seed, epoch).tolist():
         example = next(streams[label], None)
         if example is None:
@@ -159,8 +170,11 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         collate,
         options: ReadOptions = ReadOptions(),
         mixture: Mixture | None = None,
+        kept: list[np.ndarray] | None = None,
     ):
-        """``path``: the file, or the sources' files in canonical order with their ``mixture``."""
+        """``path``: the file, or the sources' files in canonical order with their ``mixture``; ``kept``:
+        per source, the usable rows trained on (``mixed_examples``)."""
+        self.kept = kept
         self.paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
         self.mixture = mixture if mixture is not None else Mixture((sampler.num_samples,), (1.0,))
         self.tokenizer, self.sampler, self.options = tokenizer, sampler, options
@@ -175,7 +189,7 @@ class StreamingDataset(torch.utils.data.IterableDataset):
         """
         s = self.sampler
         first_group, skip = divmod(s.start, s.group_size)
-        rows = mixed_examples(self.paths, self.mixture, s.seed, s.epoch, self.options)
+        rows = mixed_examples(self.paths, self.mixture, s.seed, s.epoch, self.options, self.kept)
         for _ in range(first_group * s.group_size):  # parsed, not tokenized
             if next(rows, None) is None:
                 return

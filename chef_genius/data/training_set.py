@@ -90,7 +90,7 @@ def training_set(
                 f"{len(tok.dataset)}; delete {tok.cache_dir} and run again"
             )
         loaded.append((s, tok, found))
-    across, keys = _twins_across(loaded, c, cache_root, options, settings)
+    across, keys = _twins_across([(s, t.cache_dir, f) for s, t, f in loaded], c, cache_root, options, settings)
     out = []
     for (s, tok, found), twins, key in zip(loaded, across, keys):
         n = len(tok.dataset)
@@ -117,12 +117,13 @@ def training_set(
 
 def _twins_across(loaded, c, cache_root: Path, options: ReadOptions, settings: corpus.DedupOptions):
     """(twins across sources, content keys clustered across sources) per source: ``across.across_sources``,
-    or its saved decision read back (``across-KEY.npy`` in the cache, named by each source's own one)."""
+    or its saved decision read back (``across-KEY.npy`` in the cache, named by each source's own one).
+    ``loaded``: per source (canonical order) the source, the folder of its decision, the decision."""
     results = [f.result for _, _, f in loaded if f is not None]
     keys: list = [r.keys for r in results] or [None] * len(loaded)
     if len(results) < 2:
         return [AcrossTable() for _ in loaded], keys
-    names = [corpus.result_path(t.cache_dir, s.path, options, settings, c.eval_data).name for s, t, _ in loaded]
+    names = [corpus.result_path(folder, s.path, options, settings, c.eval_data).name for s, folder, _ in loaded]
     saved = Path(cache_root) / f"across-{_tag([across_mod.ACROSS_VERSION, names])}.npy"
     if saved.is_file():
         try:
@@ -134,6 +135,29 @@ def _twins_across(loaded, c, cache_root: Path, options: ReadOptions, settings: c
     found, keys = across_sources(keys, sketches, [r.kept for r in results], settings.threshold)
     across_mod.save(saved, found)
     return found, keys
+
+
+def streamed_set(c, sources: list[Source], cache_root: Path, options: ReadOptions, settings: corpus.DedupOptions):
+    """``--streaming`` with ``--dedup``: per source (canonical order) its duplicate decision (kept in
+    ``stream-NAME-KEY/`` of the cache root: no tokenized cache), its twins of earlier sources, and the
+    usable rows it trains on; as a ``TrainingSet`` without tokenized rows (``rows`` is None), for the
+    log's counts and the run folder's audit and signatures."""
+    from chef_genius.data.fingerprint import file_fingerprint
+
+    loaded = []
+    for s in sources:
+        folder = Path(cache_root) / f"stream-{Path(s.path).stem}-{_tag(file_fingerprint(s.path))}"
+        folder.mkdir(parents=True, exist_ok=True)
+        loaded.append((s, folder, corpus.find_duplicates(s.path, options, settings, folder, c.eval_data)))
+    across, _ = _twins_across(loaded, c, cache_root, options, settings)
+    out = []
+    for (s, _, found), twins in zip(loaded, across):
+        usable = found.train_rows(c.dedup)
+        if c.dedup == "remove" and len(twins):
+            usable = np.setdiff1d(usable, twins.rows())
+        out.append(SourceData(s, None, found, twins, usable, usable[:0]))  # type: ignore[arg-type]
+    mixture = Mixture(tuple(len(d.train_rows) for d in out), tuple(s.weight for s in sources))
+    return TrainingSet(out, None, None, None, mixture, c.dedup)  # type: ignore[arg-type]
 
 
 def _tag(value) -> str:
@@ -166,22 +190,33 @@ def source_counts(ts: TrainingSet) -> list[dict]:
     return out
 
 
-def streamed_counts(sources: list[Source], mix: Mixture) -> list[dict]:
-    """``source_counts`` of the streaming path: usable rows only (nothing deduplicated or held out)."""
-    return [
-        {
-            "data": s.path,
-            "sha256": content_sha256(s.path),
-            "weight": s.weight,
-            "rows_read": None,
-            "usable": n,
-            "duplicates": None,
-            "training_recipes": n,
-            "validation_recipes": 0,
-            "per_epoch": k,
-        }
-        for s, n, k in zip(sources, mix.counts, mix.per_epoch)
-    ]
+def streamed_counts(sources: list[Source], mix: Mixture, ts: TrainingSet | None = None) -> list[dict]:
+    """``source_counts`` of the streaming path (nothing held out): the training recipes, and with ``ts``
+    (``streamed_set``: ``--dedup`` on) the usable rows and duplicates of each source."""
+    out = []
+    for i, (s, n, k) in enumerate(zip(sources, mix.counts, mix.per_epoch)):
+        found, duplicates = None, None
+        if ts is not None:
+            d = ts.sources[i]
+            found = d.found
+            duplicates = {**d.found.result.counts()} if d.found is not None else None
+            if duplicates is not None:
+                duplicates["exact_across"] = d.across.count("exact_across")
+                duplicates["near_across"] = d.across.count("near_across")
+        out.append(
+            {
+                "data": s.path,
+                "sha256": content_sha256(s.path),
+                "weight": s.weight,
+                "rows_read": None,
+                "usable": len(found.result.keys) if found is not None else n,
+                "duplicates": duplicates,
+                "training_recipes": n,
+                "validation_recipes": 0,
+                "per_epoch": k,
+            }
+        )
+    return out
 
 
 def source_lines(counts: list[dict], mode: str) -> list[str]:

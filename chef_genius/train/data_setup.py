@@ -180,27 +180,33 @@ def _cached(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
 def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     from chef_genius.data.streaming import StreamingDataset, StreamingRows, StreamingSampler, count_rows
 
-    options, sources = read_options(c), canonical(parse_sources(c.data))
+    options, sources, settings = read_options(c), canonical(parse_sources(c.data)), dedup_options(c)
     paths = [s.path for s in sources]
+    ts = None
     with accelerator.main_process_first():
         rows = [count_rows(path, cache_root, options) for path in paths]
+        for path, n in zip(paths, rows):
+            if n == 0:
+                raise DataError(f"{path}: no usable recipe in the file")
         evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
-    for path, n in zip(paths, rows):
-        if n == 0:
-            raise DataError(f"{path}: no usable recipe in the file")
-    if c.dedup != "off":
-        log.warning(
-            "--streaming: duplicates are not looked for and the file is trained on as it is "
-            "(--dedup needs the cached path); pass --dedup off to say so"
-        )
-    mix = Mixture(tuple(rows), tuple(s.weight for s in sources))
-    for path, n in zip(paths, rows):
-        log.info("streaming %s: %d usable recipes, tokenized as they are read (no cache)", path, n)
-    counts = None
-    if len(sources) > 1 or not mix.plain:
-        counts = training_set.streamed_counts(sources, mix)
-        for line in training_set.source_lines(counts, "off"):
+        if settings.active:  # the decisions, made once (rank 0 first) and read back by the other ranks
+            ts = training_set.streamed_set(c, sources, cache_root, options, settings)
+    mix = ts.mixture if ts is not None else Mixture(tuple(rows), tuple(s.weight for s in sources))
+    if not mix.size:
+        raise DataError(f"{_shown_data(c)}: no recipe is left to train on (every one a duplicate); pass --dedup off")
+    for path, n, m in zip(paths, rows, mix.counts):
+        note = f", {m} after removing duplicates" if m != n else ""
+        log.info("streaming %s: %d usable recipes%s, tokenized as they are read (no cache)", path, n, note)
+    per_source = training_set.streamed_counts(sources, mix, ts)
+    if len(sources) > 1 or not mix.plain or ts is not None:
+        for line in training_set.source_lines(per_source, c.dedup if ts is not None else "off"):
             log.info("%s", line)
+    records = None
+    if ts is not None and accelerator.is_main_process:
+        summary = {"data": [s.spelled() for s in sources], "streaming": True, "dedup": c.dedup, "sources": per_source}
+        records = DataRecords(summary, ts, cache_root)
+    # one file of weight 1: recorded as it always was (the checkpoint's data identity only)
+    counts = None if len(sources) == 1 and mix.plain else per_source
     sampler = StreamingSampler(
         mix.size,
         c.batch_size,
@@ -213,8 +219,9 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     # A streamed order is length-sorted within groups whatever the flag; the position records the
     # flag as given, as checkpoints always have.
     sampler.position.group_by_length = c.group_by_length
+    kept = [d.train_rows for d in ts.sources] if ts is not None else None
     stream = StreamingDataset(
-        paths, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options, mix
+        paths, tokenizer, c.max_source_length, c.max_target_length, sampler, collate, options, mix, kept
     )
     loader = torch.utils.data.DataLoader(
         stream,
@@ -225,7 +232,7 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     )
     eval_data = eval_subset(RecipeDataset(evald.dataset), c.eval_max_samples, c.seed) if evald is not None else None
     eval_loader = _eval_loader(c, eval_data, accelerator, dist.ShareCollator(collate, LABEL_PAD))
-    return Data(StreamingRows(sum(rows)), eval_data, sampler, loader, eval_loader, sources=counts)
+    return Data(StreamingRows(int(sum(mix.counts))), eval_data, sampler, loader, eval_loader, records, counts)
 
 
 def _report(

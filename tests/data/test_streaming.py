@@ -23,7 +23,8 @@ def test_streaming_trains_without_cache_and_resumes_exactly(tiny_model, small_cs
     assert run_training(*train_args(tiny_model, small_csv, whole, cache, *flags)) == 0
     losses = step_losses(whole)
     assert len(losses) == 12 and all(np.isfinite(v) for v in losses.values())  # 96 rows / 8
-    assert [p.name for p in cache.iterdir()] == ["stream-counts.json"]  # nothing tokenized on disk
+    assert not list(cache.rglob("*.arrow"))  # nothing tokenized on disk: the row counts and duplicate decision
+    assert (whole / "removed_duplicates.csv").is_file()  # duplicates looked for, as on the cached path
 
     # Stop mid-epoch (step 7 of 12, inside the second length group) and resume with a loader worker.
     assert (

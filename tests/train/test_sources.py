@@ -357,3 +357,30 @@ def test_with_dedup_keep_a_twin_across_sources_is_listed_trained_on_and_held_out
             assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1  # listed either way
     assert sides["keep"][0] == sides["keep"][1]  # trained on, on its twin's side of the split
     assert sides["remove"][0] == "removed" and sides["remove"][1] == sides["keep"][1]
+
+
+def test_a_streamed_mixture_leaves_out_the_twins_the_cached_path_removes(
+    tiny_model, small_csv, foodcom_jsonl, cache_dir, tmp_path
+):
+    from chef_genius.data import dedup
+    from chef_genius.data.mixture import Mixture
+    from chef_genius.data.streaming import mixed_examples
+
+    out = tmp_path / "run"
+    out.mkdir()
+    flags = ("--streaming", "--eval-split-ratio", "0")
+    data = _data(tiny_model, out, cache_dir, small_csv, foodcom_jsonl, extra=flags)
+    data.records.write(out)
+    ts = data.records.training
+    paths, kept = [d.source.path for d in ts.sources], [d.train_rows for d in ts.sources]
+    streamed = [dedup.normal_form(e["target"]) for e in mixed_examples(paths, ts.mixture, 42, 0, kept=kept)]
+    whole = Mixture(tuple(len(d.found.result.keys) for d in ts.sources), (1.0, 1.0))  # every usable row
+    everything = [dedup.normal_form(e["target"]) for e in mixed_examples(paths, whole, 42, 0)]
+    assert len(set(everything)) < len(everything)  # small.csv's first recipe, re-cased in foodcom.jsonl
+    assert len(set(streamed)) == len(streamed)  # the twin is not streamed
+    cached = _data(tiny_model, tmp_path / "cached", cache_dir, small_csv, foodcom_jsonl, extra=flags[1:])
+    assert len(streamed) == data.sampler.num_samples == len(cached.train)
+    seen = sum(int((batch["sample_index"] >= 0).sum()) for batch in data.loader)
+    assert seen == len(streamed)  # what the loader trains on
+    with open(out / "removed_duplicates.csv", encoding="utf-8") as handle:
+        assert [r["kind"] for r in csv.DictReader(handle)].count("exact_across") == 1

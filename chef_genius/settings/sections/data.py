@@ -106,8 +106,9 @@ class DataSettings:
         False,
         policy=GUARDED,
         help=(
-            "read and tokenize --data on the fly, no disk cache (for data larger than the disk); order is shuffled "
-            "only within --length-group-size groups; validation needs --eval-data"
+            "read and tokenize --data on the fly, no tokenized cache (for data larger than the disk; duplicates are "
+            "still found, in one read before the first step); order is shuffled only within --length-group-size "
+            "groups; validation needs --eval-data"
         ),
     )
     group_by_length: bool = setting(
