@@ -58,7 +58,8 @@ class AcrossTable(Sequence):
     def rows(self) -> np.ndarray:
         return self.table[:, 0].astype(np.int64)
 
-    def count(self, kind: str) -> int:  # type: ignore[override]  # of a kind, not of a value
+    def of_kind(self, kind: str) -> int:
+        """How many twins are of ``kind`` (exact_across | near_across)."""
         return int((self.table[:, 3] == ACROSS_KINDS.index(kind)).sum())
 
     def __len__(self) -> int:

@@ -9,7 +9,7 @@
   is, not on its row number, so appending rows moves no old recipe across the split, and a recipe and
   its twins (kept with ``--dedup keep``) always fall on the same side.
 - ``write_audit``: ``removed_duplicates.csv`` in the run folder, one line per removed row.
-- ``write_signatures`` / ``twins_in_training``: the training recipes' content keys and sketches
+- ``save_signatures`` / ``twins_in_training``: the training recipes' content keys and sketches
   (``dedup.sketch``, 136 bytes a recipe), saved beside the final model, so ``evaluate_recipes.py``
   can count held-out recipes that were trained on.
 """
@@ -317,18 +317,6 @@ def _audit_rows(found: FileDedup):
         ]
 
 
-def write_signatures(folder: Path, found: FileDedup, train_rows: np.ndarray) -> Path:
-    """The training recipes' content keys and sketches (``SIGNATURES_FILE``) in ``folder``, with the
-    ``records_stamp`` of what they were written from."""
-    return save_signatures(
-        folder,
-        found.result.keys[train_rows],
-        found.sketches()[train_rows],
-        found.result.threshold,
-        records_stamp(found, train_rows),
-    )
-
-
 def save_signatures(folder: Path, keys: np.ndarray, sketches: np.ndarray, threshold: float, stamp: str = "") -> Path:
     """``SIGNATURES_FILE`` of training recipes with content ``keys`` and ``sketches``, and the
     ``stamp`` of what they were written from (``records_written``). Not compressed: hash values do not
@@ -348,7 +336,7 @@ def save_signatures(folder: Path, keys: np.ndarray, sketches: np.ndarray, thresh
 
 
 def records_stamp(found: FileDedup, train_rows: np.ndarray) -> str:
-    """What a run folder's audit and signatures are a function of: the saved decision (its file name is
+    """What a run folder's audit and signatures are a function of, for one source: the saved decision (its file name is
     its key: the data's and held-out file's content, the settings) and the training rows."""
     rows = hashlib.sha256(np.ascontiguousarray(train_rows, dtype=np.int64).tobytes()).hexdigest()[:16]
     return f"{Path(found.decision).name}:{rows}:{found.path}:{found.eval_path}"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chef_genius.data.training_set import duplicate_counts
+
 CUT_WARN_SHARE = 0.02
 SUGGEST_PERCENTILE = 99
 PERCENTILES = (50, 90, 95, 99, 100)
@@ -98,10 +100,8 @@ def summarize_set(ts, train_rows: int, eval_rows: int, lengths: dict) -> dict:
     if ts.sources[0].found is not None:
         found = {"exact": 0, "near": 0, "held_out_twin": 0, "exact_across": 0, "near_across": 0}
         for d in ts.sources:
-            for kind, n in d.found.result.counts().items():
+            for kind, n in (duplicate_counts(d) or {}).items():
                 found[kind] += n
-            for kind in ("exact_across", "near_across"):
-                found[kind] += d.across.count(kind)
     return {
         "data": [d.source.spelled() for d in ts.sources],
         "rows_read": sum(d.tokenized.stats.get("rows") or 0 for d in ts.sources),

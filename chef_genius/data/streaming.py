@@ -7,8 +7,9 @@ memory stays bounded by one length group. What it gives up, compared with the ca
   grouping is local, not over a random sample of the whole file;
 - a held-out split: validation needs ``--eval-data`` (without it there is no validation);
 - parallel loading: one loader worker at most (it reads the file in order);
-- a free epoch length: the first start counts the usable rows once (parsing, no tokenizing) and
-  keeps the count in the cache folder, so the LR schedule and progress are still exact.
+- a free epoch length: the first start counts the usable rows once (parsing, no tokenizing; with
+  ``--dedup`` the duplicate decision's read counts them) and keeps the count in the cache folder, so
+  the LR schedule and progress are still exact.
 
 On several processes every rank reads the whole file and keeps its share of each global
 micro-batch, split and padded at an epoch's end exactly as on the cached path (data/shares.py),

@@ -97,9 +97,7 @@ def training_set(
         if found is None:
             train, held = corpus.split_rows(n, None, c.dedup, has_eval_data, c.eval_split_ratio, c.seed)
         else:
-            usable = found.train_rows(c.dedup)
-            if c.dedup == "remove" and len(twins):
-                usable = np.setdiff1d(usable, twins.rows())
+            usable = _trained_rows(found, twins, c.dedup)
             if has_eval_data:
                 train, held = usable, usable[:0]
             else:
@@ -152,12 +150,24 @@ def streamed_set(c, sources: list[Source], cache_root: Path, options: ReadOption
     across, _ = _twins_across(loaded, c, cache_root, options, settings)
     out = []
     for (s, _, found), twins in zip(loaded, across):
-        usable = found.train_rows(c.dedup)
-        if c.dedup == "remove" and len(twins):
-            usable = np.setdiff1d(usable, twins.rows())
+        usable = _trained_rows(found, twins, c.dedup)
         out.append(SourceData(s, None, found, twins, usable, usable[:0]))  # type: ignore[arg-type]
     mixture = Mixture(tuple(len(d.train_rows) for d in out), tuple(s.weight for s in sources))
     return TrainingSet(out, None, None, None, mixture, c.dedup)  # type: ignore[arg-type]
+
+
+def _trained_rows(found: corpus.FileDedup, twins: AcrossTable, mode: str) -> np.ndarray:
+    """A source's usable rows that training may use: its own decision's (``FileDedup.train_rows``), less
+    its twins of earlier sources with ``--dedup remove``."""
+    usable = found.train_rows(mode)
+    return np.setdiff1d(usable, twins.rows()) if mode == "remove" and len(twins) else usable
+
+
+def duplicate_counts(d: SourceData) -> dict | None:
+    """A source's duplicates by kind (within it, and twins of earlier sources); None without a search."""
+    if d.found is None:
+        return None
+    return {**d.found.result.counts(), **{kind: d.across.of_kind(kind) for kind in across_mod.ACROSS_KINDS}}
 
 
 def _tag(value) -> str:
@@ -169,11 +179,6 @@ def source_counts(ts: TrainingSet) -> list[dict]:
     out = []
     for d, per_epoch in zip(ts.sources, ts.mixture.per_epoch):
         stats = d.tokenized.stats
-        found = d.found.result.counts() if d.found is not None else None
-        removed = dict(found or {})
-        if d.found is not None:
-            removed["exact_across"] = d.across.count("exact_across")
-            removed["near_across"] = d.across.count("near_across")
         out.append(
             {
                 "data": d.source.path,
@@ -181,7 +186,7 @@ def source_counts(ts: TrainingSet) -> list[dict]:
                 "weight": d.source.weight,
                 "rows_read": stats.get("rows"),
                 "usable": stats.get("kept"),
-                "duplicates": removed or None,
+                "duplicates": duplicate_counts(d),
                 "training_recipes": len(d.train_rows),
                 "validation_recipes": len(d.eval_rows),
                 "per_epoch": per_epoch,
@@ -195,14 +200,7 @@ def streamed_counts(sources: list[Source], mix: Mixture, ts: TrainingSet | None 
     (``streamed_set``: ``--dedup`` on) the usable rows and duplicates of each source."""
     out = []
     for i, (s, n, k) in enumerate(zip(sources, mix.counts, mix.per_epoch)):
-        found, duplicates = None, None
-        if ts is not None:
-            d = ts.sources[i]
-            found = d.found
-            duplicates = {**d.found.result.counts()} if d.found is not None else None
-            if duplicates is not None:
-                duplicates["exact_across"] = d.across.count("exact_across")
-                duplicates["near_across"] = d.across.count("near_across")
+        found = ts.sources[i].found if ts is not None else None
         out.append(
             {
                 "data": s.path,
@@ -210,7 +208,7 @@ def streamed_counts(sources: list[Source], mix: Mixture, ts: TrainingSet | None 
                 "weight": s.weight,
                 "rows_read": None,
                 "usable": len(found.result.keys) if found is not None else n,
-                "duplicates": duplicates,
+                "duplicates": duplicate_counts(ts.sources[i]) if ts is not None else None,
                 "training_recipes": n,
                 "validation_recipes": 0,
                 "per_epoch": k,

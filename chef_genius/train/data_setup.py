@@ -184,13 +184,15 @@ def _streaming(c, tokenizer, accelerator, cache_root: Path, collate) -> Data:
     paths = [s.path for s in sources]
     ts = None
     with accelerator.main_process_first():
-        rows = [count_rows(path, cache_root, options) for path in paths]
-        for path, n in zip(paths, rows):
-            if n == 0:
-                raise DataError(f"{path}: no usable recipe in the file")
         evald = load_settings_file(c.eval_data, tokenizer, c, cache_root, options) if c.eval_data else None
         if settings.active:  # the decisions, made once (rank 0 first) and read back by the other ranks
             ts = training_set.streamed_set(c, sources, cache_root, options, settings)
+            rows = [len(d.found.result.keys) for d in ts.sources if d.found is not None]  # the usable rows
+        else:
+            rows = [count_rows(path, cache_root, options) for path in paths]
+    for path, n in zip(paths, rows):
+        if n == 0:
+            raise DataError(f"{path}: no usable recipe in the file")
     mix = ts.mixture if ts is not None else Mixture(tuple(rows), tuple(s.weight for s in sources))
     if not mix.size:
         raise DataError(f"{_shown_data(c)}: no recipe is left to train on (every one a duplicate); pass --dedup off")

@@ -222,7 +222,7 @@ def test_recorded_signatures_find_trained_recipes_and_their_copies(planted, tmp_
     result = dedup.deduplicate(targets)
     found = corpus.FileDedup("x.csv", np.arange(1, len(targets) + 1), [""] * len(targets), result)
     train, held = corpus.content_split(result.keys, result.kept, 0.2, seed=7)
-    path = corpus.write_signatures(tmp_path, found, train)
+    path = corpus.save_signatures(tmp_path, result.keys[train], found.sketches()[train], result.threshold)
     trained = set(train.tolist())
     exact_copies = [targets[c] for c, o, k in copies if o in trained and k != "reworded"]
     hit, threshold = corpus.twins_in_training(path, [targets[i] for i in train[:30]] + exact_copies)

@@ -33,7 +33,7 @@ def test_held_out_recipes_with_a_twin_in_training_are_counted(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     assert trained_twins(model, held_out_from_examples(examples[:5])) is None  # nothing recorded
-    corpus.write_signatures(model, found, train)
+    corpus.save_signatures(model, result.keys[train], found.sketches()[train], result.threshold)
     trained = set(train.tolist())
     copies = [examples[c] for c, o, kind in planted if o in trained and kind != "reworded"]
     twins = trained_twins(model, held_out_from_examples(copies))
